@@ -1,0 +1,62 @@
+"""`raw_ticks` and `series`: landing files into the record, and the cleaned series per source."""
+
+
+import numpy as np
+import pandas as pd
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, Output, asset
+
+from nq_dagster.assets.common import md_table, source_partitions, table_metadata
+from nq_dagster.ingest import Ingestor, landing_files, primary_column
+from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
+
+
+@asset(partitions_def=source_partitions, pool=DUCKDB_POOL, group_name="ingestion", kinds={"parquet", "duckdb"})
+def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+    """Every accepted row of the source, with the file it came from and its content hash (append-only).
+
+    Ingests the source's files waiting in `landing/` first; bad files go to `quarantine/`.
+    """
+    source = context.partition_key
+    wh = warehouse.warehouse()
+    results = [Ingestor(wh).ingest_file(p, source=source, move=True) for p in landing_files(wh, source).get(source, [])]
+    for r in results:
+        if r.status == "quarantined":
+            context.log.warning(f"quarantined {r.file}: {r.reason}")
+    raw = wh.read_table("raw_ticks", source)
+    wh.refresh_views()
+    files = pd.DataFrame([{"file": r.file.rsplit("/", 1)[-1], "status": r.status, "rows": r.rows_accepted,
+                           "bad_rows": len(r.bad_rows)} for r in results])
+    summary = f"**{source}**: {len(raw)} rows from {raw['content_hash'].nunique()} file(s)."
+    if len(files):
+        summary += "\n\nThis run:\n\n" + md_table(files)
+    meta = table_metadata(raw, summary)
+    meta["files_this_run"] = len(results)
+    meta["files_quarantined"] = sum(r.status == "quarantined" for r in results)
+    return MaterializeResult(metadata=meta)
+
+
+def build_series(raw: pd.DataFrame) -> pd.DataFrame:
+    """Sorted, de-duplicated series: timestamp, value (the primary column), and the other value columns."""
+    value_col = primary_column(list(raw.columns))
+    extra = [c for c in raw.columns if c not in ("source", "timestamp", "file", "content_hash", value_col)]
+    out = raw[["timestamp", value_col, *extra]].rename(columns={value_col: "value"})
+    out = out.dropna(subset=["value"]).sort_values("timestamp", kind="stable")
+    out = out.drop_duplicates("timestamp", keep="first").reset_index(drop=True)
+    out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True)
+    out.attrs["value_column"] = value_col
+    return out
+
+
+@asset(partitions_def=source_partitions, deps=[raw_ticks], group_name="ingestion", kinds={"parquet"})
+def series(context: AssetExecutionContext, warehouse: WarehouseResource) -> Output[pd.DataFrame]:
+    """The cleaned series of one source: sorted by time, one row per timestamp."""
+    wh = warehouse.warehouse()
+    out = build_series(wh.read_table("raw_ticks", context.partition_key))
+    gaps = out["timestamp"].diff().dt.total_seconds().to_numpy()[1:]
+    median_gap = float(np.median(gaps)) if len(gaps) else float("nan")
+    summary = (f"**{context.partition_key}**: {len(out)} points, value column `{out.attrs['value_column']}`, "
+               f"median spacing {median_gap:g} s, value range [{out['value'].min():.6g}, {out['value'].max():.6g}].")
+    meta = table_metadata(out, summary)
+    meta["median_spacing_s"] = median_gap
+    meta["value_column"] = MetadataValue.text(out.attrs["value_column"])
+    return Output(out, metadata=meta)

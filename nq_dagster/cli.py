@@ -1,0 +1,227 @@
+"""The `nq` command: demo, run, ingest, query, predict, dev.
+
+Every command works on the data directory `$NQ_HOME` (default `.nq/` under the
+working directory, or `--home`). Pipeline runs execute in-process against the
+persistent Dagster instance in `$NQ_HOME/dagster`, so they show up in `nq dev`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from nq_dagster.resources.storage import Warehouse
+
+INSTANCE_YAML = """\
+# Dagster instance for nq-dagster (written by `nq`; edit freely, it is not overwritten).
+concurrency:
+  runs:
+    max_concurrent_runs: 4
+  pools:
+    default_limit: 1
+telemetry:
+  enabled: false
+"""
+
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def _setup_env(home: str | None) -> Warehouse:
+    wh = Warehouse(home).ensure()
+    os.environ["NQ_HOME"] = str(wh.home)
+    os.environ["DAGSTER_HOME"] = str(wh.dagster_home)
+    yaml = wh.dagster_home / "dagster.yaml"
+    if not yaml.exists():
+        yaml.write_text(INSTANCE_YAML)
+    return wh
+
+
+def _instance():
+    from dagster import DagsterInstance
+
+    return DagsterInstance.get()
+
+
+def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print) -> dict[str, bool]:
+    """Materialize the per-source graph for `sources` (default: every source with data or landing files),
+    then the cross-source assets. Returns success per run."""
+    from nq_dagster.definitions import CROSS_SOURCE_JOB, SOURCE_JOB, defs
+    from nq_dagster.ingest import landing_files
+
+    if sources is None:
+        sources = sorted(set(wh.sources("raw_ticks")) | set(landing_files(wh)))
+    instance = _instance()
+    known = set(instance.get_dynamic_partitions("source"))
+    new = [s for s in sources if s not in known]
+    if new:
+        instance.add_dynamic_partitions("source", new)
+    job = defs.resolve_job_def(SOURCE_JOB)
+    ok: dict[str, bool] = {}
+    for src in sources:
+        res = job.execute_in_process(partition_key=src, instance=instance, raise_on_error=False, run_config=QUIET)
+        ok[src] = res.success
+        log(f"  {src}: {'ok' if res.success else 'FAILED'} (run {res.run_id[:8]})")
+        if not res.success:
+            for ev in res.all_events:
+                if ev.is_step_failure and ev.event_specific_data is not None and getattr(ev.event_specific_data, "error", None):
+                    log(f"    {ev.step_key}: {ev.event_specific_data.error.message.strip()}")
+    cross = defs.resolve_job_def(CROSS_SOURCE_JOB) if CROSS_SOURCE_JOB else None
+    if cross is not None and any(ok.values()):
+        res = cross.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET)
+        ok["_all"] = res.success
+        log(f"  cross-source: {'ok' if res.success else 'FAILED'} (run {res.run_id[:8]})")
+    return ok
+
+
+def summary_table(wh: Warehouse) -> pd.DataFrame:
+    """One row per source: what the warehouse holds and, once validated, how good the predictions are."""
+    from nq_dagster.validation.summary import source_summary
+
+    return source_summary(wh)
+
+
+def _print_frame(df: pd.DataFrame, fmt: str = "table") -> None:
+    if fmt == "csv":
+        sys.stdout.write(df.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(df.to_json(orient="records", date_format="iso") + "\n")
+    else:
+        with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
+            print(df.to_string(index=False) if len(df) else "(no rows)")
+
+
+def cmd_demo(args) -> int:
+    from nq_dagster.demo import write_demo
+
+    wh = _setup_env(args.home)
+    paths = write_demo(wh, sources=args.sources, points=args.points, seed=args.seed)
+    print(f"wrote {len(paths)} demo sources into {wh.landing}")
+    ok = run_pipeline(wh, sources=sorted({p.parent.name for p in paths}))
+    print()
+    _print_frame(summary_table(wh))
+    print(f"\nreports: {wh.reports}")
+    print(f"query:   nq query \"SELECT * FROM predictions LIMIT 5\"   (NQ_HOME={wh.home})")
+    return 0 if all(ok.values()) else 1
+
+
+def cmd_run(args) -> int:
+    wh = _setup_env(args.home)
+    ok = run_pipeline(wh, sources=args.source or None)
+    if not ok:
+        print("nothing to run: no sources in the warehouse and no files in the landing zone")
+        return 1
+    _print_frame(summary_table(wh))
+    return 0 if all(ok.values()) else 1
+
+
+def cmd_ingest(args) -> int:
+    from nq_dagster.ingest import Ingestor
+
+    wh = _setup_env(args.home)
+    ing = Ingestor(wh)
+    worst = 0
+    sources: set[str] = set()
+    for f in args.files:
+        path = Path(f)
+        if not path.is_file():
+            print(f"{path}: no such file. Fix: check the path", file=sys.stderr)
+            worst = 2
+            continue
+        r = ing.ingest_file(path, source=args.source, skip_bad_rows=args.skip_bad_rows)
+        sources |= set(r.sources)
+        if r.status == "quarantined":
+            print(f"QUARANTINED {path}: {r.reason}\n  reason file: {wh.quarantine}", file=sys.stderr)
+            worst = max(worst, 1)
+        else:
+            per = ", ".join(f"{s}={n}" for s, n in sorted(r.sources.items())) or "-"
+            print(f"{r.status:24s} {path}  rows: {per}  bad rows: {len(r.bad_rows)}")
+            for note in r.notes:
+                print(f"  note: {note}")
+            if r.bad_rows:
+                print(f"  bad rows recorded in {wh.quarantine / (path.name + '.reason.txt')}")
+    if sources:
+        _instance().add_dynamic_partitions("source", sorted(sources - set(_instance().get_dynamic_partitions("source"))))
+        wh.refresh_views()
+        print(f"sources: {', '.join(sorted(sources))}. Next: `nq run` to predict and validate.")
+    return worst
+
+
+def cmd_query(args) -> int:
+    wh = _setup_env(args.home)
+    try:
+        df = wh.query(args.sql)
+    except Exception as exc:  # duckdb errors carry a readable message
+        print(f"query failed: {exc}", file=sys.stderr)
+        return 1
+    _print_frame(df, args.format)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from nq_dagster.fusion.serve import predict_now
+
+    wh = _setup_env(args.home)
+    values = [float(v) for v in args.values.split(",")] if args.values else None
+    record = predict_now(wh, args.source, values)
+    print(json.dumps(record, indent=2, default=str))
+    return 0
+
+
+def cmd_dev(args) -> int:
+    wh = _setup_env(args.home)
+    cmd = ["dagster", "dev", "-p", str(args.port)]
+    ws = Path.cwd() / "workspace.yaml"
+    cmd += ["-w", str(ws)] if ws.exists() else ["-m", "nq_dagster.definitions"]
+    print(f"DAGSTER_HOME={wh.dagster_home}\n$ {' '.join(cmd)}")
+    os.execvp(cmd[0], cmd)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nq", description=__doc__.split("\n\n")[0])
+    p.add_argument("--home", help="data directory (default: $NQ_HOME or ./.nq)")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="generate the demo sources and run the whole graph")
+    d.add_argument("--sources", type=int, default=5)
+    d.add_argument("--points", type=int, default=3000)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(fn=cmd_demo)
+    r = sub.add_parser("run", help="run the graph for landed / stored sources")
+    r.add_argument("--source", action="append", help="only this source (repeatable)")
+    r.set_defaults(fn=cmd_run)
+    i = sub.add_parser("ingest", help="ingest CSV / Parquet / JSON-lines files")
+    i.add_argument("files", nargs="+")
+    i.add_argument("--source", help="source name for every row (default: the `source` column, else the file name)")
+    i.add_argument("--skip-bad-rows", action="store_true", help="store the good rows, record the bad ones")
+    i.set_defaults(fn=cmd_ingest)
+    q = sub.add_parser("query", help="run DuckDB SQL over the warehouse")
+    q.add_argument("sql")
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.set_defaults(fn=cmd_query)
+    pr = sub.add_parser("predict", help="one prediction now, as JSON, without a Dagster run")
+    pr.add_argument("--source", required=True)
+    pr.add_argument("--values", help="new values v1,v2,... appended after the last stored point")
+    pr.set_defaults(fn=cmd_predict)
+    dv = sub.add_parser("dev", help="open the Dagster UI")
+    dv.add_argument("--port", type=int, default=3000)
+    dv.set_defaults(fn=cmd_dev)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

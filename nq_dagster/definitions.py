@@ -1,0 +1,43 @@
+"""Definitions: every asset, check, job, schedule, sensor and resource, assembled in one place."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor, load_assets_from_modules
+
+from nq_dagster.assets import ingestion
+from nq_dagster.assets.common import source_partitions
+from nq_dagster.resources import ComputeResource, WarehouseResource
+from nq_dagster.resources.io_manager import WarehouseIOManager
+
+ASSET_MODULES = [ingestion]
+
+
+def build_resources() -> dict:
+    """Resources for the deployment chosen by DAGSTER_DEPLOYMENT (only `local` is implemented)."""
+    deployment = os.environ.get("DAGSTER_DEPLOYMENT", "local")
+    if deployment != "local":
+        raise ValueError(f"DAGSTER_DEPLOYMENT={deployment!r} is not supported yet; use 'local'")
+    home = os.environ.get("NQ_HOME", "")
+    return {
+        "warehouse": WarehouseResource(home=home),
+        "compute": ComputeResource(device=os.environ.get("NQ_DEVICE", "auto")),
+        "io_manager": WarehouseIOManager(home=home),
+    }
+
+
+all_assets = load_assets_from_modules(ASSET_MODULES)
+
+source_pipeline = define_asset_job(
+    "source_pipeline",
+    selection=AssetSelection.all() - AssetSelection.keys(*[]),
+    partitions_def=source_partitions,
+    executor_def=in_process_executor,
+    description="The per-source graph: ingestion to validation report, for one source partition.",
+)
+
+SOURCE_JOB = "source_pipeline"
+CROSS_SOURCE_JOB = None
+
+defs = Definitions(assets=all_assets, jobs=[source_pipeline], resources=build_resources())

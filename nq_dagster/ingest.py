@@ -1,0 +1,392 @@
+"""Ingestion of user files (CSV, Parquet, JSON lines) into `raw_ticks`.
+
+Every row is checked before anything is stored. A file with a bad row is
+quarantined whole (copied or moved to `quarantine/` with a `.reason.txt` that
+names the file, row, column and fix) unless `skip_bad_rows` is set, in which
+case the good rows are stored and the bad ones recorded next to the file in
+quarantine. Accepted rows are written as one Parquet part per (file, source),
+named by the file's content hash, so re-ingesting the same bytes is a no-op and
+a crash mid-way leaves nothing half-written.
+
+Row numbers in messages are 1-based data rows as a user sees them: for CSV the
+line number in the file (header = line 1), for JSON lines the line number, for
+Parquet the row index + 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from nq_dagster.resources.storage import SOURCE_RE, Warehouse, atomic_write_bytes
+
+TIMESTAMP_NAMES = ("timestamp", "time", "ts", "datetime", "date")
+PRIMARY_NAMES = ("value", "price", "close", "reading")
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
+            ".json": "jsonl"}
+INGEST_LOG_DDL = (
+    "CREATE TABLE IF NOT EXISTS ingest_log (content_hash VARCHAR, file VARCHAR, sources VARCHAR, "
+    "rows_accepted BIGINT, rows_rejected BIGINT, status VARCHAR, reason VARCHAR, ingested_at TIMESTAMPTZ)"
+)
+
+
+@dataclass
+class BadRow:
+    row: int
+    column: str
+    value: str
+    problem: str
+    fix: str
+
+    def describe(self, file: str) -> str:
+        return f"{file}: row {self.row}, column {self.column!r}: {self.problem} (value {self.value!r}). Fix: {self.fix}"
+
+
+@dataclass
+class FileResult:
+    file: str
+    content_hash: str
+    status: str  # ingested | skipped-duplicate-file | quarantined | ingested-with-bad-rows
+    sources: dict[str, int] = field(default_factory=dict)
+    bad_rows: list[BadRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def rows_accepted(self) -> int:
+        return sum(self.sources.values())
+
+
+class FileRejected(Exception):
+    """The whole file is unusable (empty, unreadable, wrong encoding, missing columns) or has bad rows."""
+
+    def __init__(self, message: str, bad_rows: list[BadRow] | None = None):
+        super().__init__(message)
+        self.bad_rows = bad_rows or []
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _row_of_offset(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def read_user_file(path: Path, data: bytes) -> tuple[pd.DataFrame, int]:
+    """Parse bytes into a frame of strings (or typed Parquet columns); returns (frame, row offset).
+
+    The row offset turns a 0-based frame index into the row number a user sees.
+    """
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise FileRejected(f"{path}: unsupported file type {path.suffix!r}. Fix: use .csv, .parquet or .jsonl")
+    if not data.strip():
+        raise FileRejected(f"{path}: the file is empty. Fix: write a header and at least one data row")
+    if kind == "parquet":
+        try:
+            frame = pq.read_table(io.BytesIO(data)).to_pandas()
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise FileRejected(f"{path}: not a readable Parquet file ({exc}). Fix: re-export it as Parquet") from exc
+        return frame, 1
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        row = _row_of_offset(data, exc.start)
+        raise FileRejected(
+            f"{path}: row {row}: byte {exc.start} is not UTF-8 ({exc.reason}). Fix: re-save the file as UTF-8",
+            [BadRow(row, "*", repr(data[exc.start:exc.start + 4]), "not UTF-8", "re-save the file as UTF-8")],
+        ) from exc
+    if kind == "csv":
+        try:
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+        except pd.errors.ParserError as exc:
+            raise FileRejected(f"{path}: malformed CSV ({exc}). Fix: every line needs the header's number of fields") from exc
+        except pd.errors.EmptyDataError as exc:
+            raise FileRejected(f"{path}: the file is empty. Fix: write a header and at least one data row") from exc
+        return frame, 2
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FileRejected(
+                f"{path}: row {lineno}: not valid JSON ({exc.msg}). Fix: one JSON object per line",
+                [BadRow(lineno, "*", line[:40], "not valid JSON", "one JSON object per line")],
+            ) from exc
+        if not isinstance(rec, dict):
+            raise FileRejected(f"{path}: row {lineno}: expected a JSON object, got {type(rec).__name__}. Fix: one object per line")
+        rec["__line"] = lineno
+        records.append(rec)
+    frame = pd.DataFrame.from_records(records)
+    return frame, 0
+
+
+def _parse_timestamps(col: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Parse ISO 8601 strings or epoch seconds / milliseconds into UTC; returns (parsed, ok mask)."""
+    if pd.api.types.is_datetime64_any_dtype(col):
+        parsed = pd.to_datetime(col, utc=True)
+        return parsed, parsed.notna().to_numpy()
+    as_str = col.astype("string").str.strip()
+    numeric = pd.to_numeric(as_str, errors="coerce")
+    is_num = numeric.notna().to_numpy()
+    out = pd.Series(pd.NaT, index=col.index, dtype="datetime64[us, UTC]")
+    if is_num.any():
+        nums = numeric[is_num].astype(float)
+        # epoch milliseconds from 1973 on are above 1e11; epoch seconds stay below it until the year 5138
+        ms = nums.abs() >= 1e11
+        secs = np.where(ms, nums / 1000.0, nums)
+        bad_range = ~np.isfinite(secs) | (np.abs(secs) > 1e11)
+        secs = np.where(bad_range, np.nan, secs)
+        out[is_num] = pd.to_datetime(secs, unit="s", utc=True, errors="coerce")
+    if (~is_num).any():
+        out[~is_num] = pd.to_datetime(as_str[~is_num], utc=True, errors="coerce", format="ISO8601")
+    return out, out.notna().to_numpy()
+
+
+def validate_frame(frame: pd.DataFrame, path: Path, row_offset: int, source_override: str | None
+                   ) -> tuple[pd.DataFrame, list[BadRow], list[str]]:
+    """Check every row; return (clean rows with source, timestamp, values), bad rows, notes."""
+    notes: list[str] = []
+    lines = frame.pop("__line").to_numpy() if "__line" in frame.columns else np.arange(len(frame)) + row_offset
+    cols = {c.lower().strip(): c for c in frame.columns}
+    if frame.empty:
+        raise FileRejected(f"{path}: no data rows. Fix: add at least one row below the header")
+    ts_col = next((cols[n] for n in TIMESTAMP_NAMES if n in cols), None)
+    if ts_col is None:
+        raise FileRejected(
+            f"{path}: missing timestamp column; found columns {list(frame.columns)}. "
+            f"Fix: name the time column one of {list(TIMESTAMP_NAMES)} (ISO 8601 or epoch seconds/milliseconds)"
+        )
+    src_col = cols.get("source")
+    value_cols = [c for c in frame.columns if c not in (ts_col, src_col)]
+    if not value_cols:
+        raise FileRejected(f"{path}: no value columns besides {ts_col!r}. Fix: add at least one numeric column")
+    bad: list[BadRow] = []
+    bad_mask = np.zeros(len(frame), dtype=bool)
+
+    ts, ok = _parse_timestamps(frame[ts_col])
+    for i in np.flatnonzero(~ok)[:1000]:
+        bad.append(BadRow(int(lines[i]), ts_col, str(frame[ts_col].iloc[i]), "unparseable timestamp",
+                          "use ISO 8601 (2026-01-31T12:00:00Z) or epoch seconds/milliseconds"))
+    bad_mask |= ~ok
+
+    values = {}
+    for c in value_cols:
+        raw = frame[c]
+        if pd.api.types.is_numeric_dtype(raw):
+            num = pd.to_numeric(raw, errors="coerce").astype(float)
+            nonnum = np.zeros(len(raw), dtype=bool)
+        else:
+            s = raw.astype("string").str.strip()
+            num = pd.to_numeric(s, errors="coerce").astype(float)
+            nonnum = (num.isna() & ~s.str.lower().isin(["nan", "-nan", "+nan"]).fillna(False)).to_numpy()
+        arr = num.to_numpy(dtype=float)
+        nonfinite = ~np.isfinite(arr) & ~nonnum
+        for i in np.flatnonzero(nonnum)[:1000]:
+            v = str(raw.iloc[i])
+            bad.append(BadRow(int(lines[i]), c, v, "missing value" if v.strip() == "" else "not a number",
+                              "write a decimal number, or drop the row"))
+        for i in np.flatnonzero(nonfinite)[:1000]:
+            bad.append(BadRow(int(lines[i]), c, str(raw.iloc[i]), "NaN or infinite value",
+                              "write a finite number, or drop the row"))
+        bad_mask |= nonnum | nonfinite
+        values[c] = arr
+
+    if source_override:
+        sources = pd.Series(source_override, index=frame.index)
+        if src_col is not None:
+            notes.append(f"--source {source_override!r} overrides the file's source column")
+    elif src_col is not None:
+        sources = frame[src_col].astype("string").str.strip().fillna("")
+    else:
+        sources = pd.Series(path.stem, index=frame.index)
+    valid_src = sources.map(lambda s: bool(SOURCE_RE.match(s or ""))).to_numpy(dtype=bool)
+    for i in np.flatnonzero(~valid_src)[:1000]:
+        bad.append(BadRow(int(lines[i]), src_col or "source", str(sources.iloc[i]), "invalid source name",
+                          "use 1-64 letters, digits, '_', '-' or '.'"))
+    bad_mask |= ~valid_src
+
+    out = pd.DataFrame({"source": sources.to_numpy(dtype=object), "timestamp": ts.to_numpy()})
+    for c in value_cols:
+        out[c.strip()] = values[c]
+    out["_row"] = lines
+    good_ts = ~bad_mask
+    dup = np.zeros(len(out), dtype=bool)
+    dup[good_ts] = out.loc[good_ts].duplicated(["source", "timestamp"], keep="first").to_numpy()
+    if dup.any():
+        first = out.loc[good_ts].drop_duplicates(["source", "timestamp"]).set_index(["source", "timestamp"])["_row"]
+        for i in np.flatnonzero(dup)[:1000]:
+            key = (out["source"].iloc[i], out["timestamp"].iloc[i])
+            bad.append(BadRow(int(lines[i]), ts_col, str(frame[ts_col].iloc[i]),
+                              f"duplicate (source, timestamp) of row {int(first.loc[key])}",
+                              "keep one row per source and timestamp"))
+    bad_mask |= dup
+    clean = out.loc[~bad_mask]
+    if not clean["timestamp"].is_monotonic_increasing:
+        notes.append("rows were out of time order and have been sorted")
+    clean = clean.sort_values(["source", "timestamp"], kind="stable").reset_index(drop=True)
+    bad.sort(key=lambda b: b.row)
+    return clean, bad, notes
+
+
+class Ingestor:
+    """Ingests files into the warehouse; one instance per batch of files."""
+
+    def __init__(self, warehouse: Warehouse):
+        self.wh = warehouse.ensure()
+
+    def _already_ingested(self, digest: str) -> bool:
+        if not self.wh.duckdb_path.exists():
+            return False
+        try:
+            hits = self.wh.query(
+                f"SELECT count(*) AS n FROM ingest_log WHERE content_hash = '{digest}' AND status LIKE 'ingested%'"
+            )
+        except Exception:  # the table does not exist yet
+            return False
+        return int(hits["n"].iloc[0]) > 0
+
+    def _stored_timestamps(self, source: str, exclude_part: str) -> pd.Series:
+        parts = [p for p in self.wh.table_parts("raw_ticks", source) if p.stem != exclude_part]
+        if not parts:
+            return pd.Series([], dtype="datetime64[us, UTC]")
+        return pd.concat([pq.read_table(p, columns=["timestamp"]).to_pandas()["timestamp"] for p in parts])
+
+    def ingest_file(self, path: str | Path, source: str | None = None, skip_bad_rows: bool = False,
+                    move: bool = False) -> FileResult:
+        """Ingest one file. `move` moves it out of the landing zone afterwards (processed or quarantine)."""
+        path = Path(path)
+        data = path.read_bytes()
+        digest = content_hash(data)
+        result = FileResult(file=str(path), content_hash=digest, status="ingested")
+        if self._already_ingested(digest):
+            result.status = "skipped-duplicate-file"
+            result.notes.append("the same content was ingested before; nothing to do")
+            self._finish(path, result, move)
+            return result
+        part = f"part-{digest[:20]}"
+        try:
+            frame, offset = read_user_file(path, data)
+            clean, bad, notes = validate_frame(frame, path, offset, source)
+            result.notes += notes
+            # duplicates against what is already stored, for each source in the file
+            dup_mask = np.zeros(len(clean), dtype=bool)
+            for src, idx in clean.groupby("source").groups.items():
+                stored = self._stored_timestamps(src, exclude_part=part)
+                if len(stored):
+                    hit = clean.loc[idx, "timestamp"].isin(stored).to_numpy()
+                    dup_mask[np.asarray(idx)[hit]] = True
+            for i in np.flatnonzero(dup_mask)[:1000]:
+                bad.append(BadRow(int(clean["_row"].iloc[i]), "timestamp", str(clean["timestamp"].iloc[i]),
+                                  f"(source, timestamp) already stored for source {clean['source'].iloc[i]!r}",
+                                  "drop rows that were ingested before, or use a new timestamp"))
+            clean = clean.loc[~dup_mask]
+            bad.sort(key=lambda b: b.row)
+            result.bad_rows = bad
+            if bad and not skip_bad_rows:
+                raise FileRejected(f"{path}: {len(bad)} bad row(s); first: {bad[0].describe(str(path))}", bad)
+            if clean.empty:
+                raise FileRejected(f"{path}: no good rows left to ingest", bad)
+        except FileRejected as exc:
+            result.status = "quarantined"
+            result.reason = str(exc)
+            result.bad_rows = exc.bad_rows
+            self._quarantine(path, data, result, move)
+            self._log(result)
+            return result
+        clean = clean.drop(columns="_row")
+        clean["file"] = path.name
+        clean["content_hash"] = digest
+        for src, rows in clean.groupby("source", sort=True):
+            self.wh.write_table("raw_ticks", str(src), rows.reset_index(drop=True), part=part)
+            result.sources[str(src)] = len(rows)
+        if bad:
+            result.status = "ingested-with-bad-rows"
+            self._quarantine(path, data, result, move=False, rows_only=True)
+        self._finish(path, result, move)
+        self._log(result)
+        return result
+
+    def _reason_text(self, path: Path, result: FileResult) -> str:
+        lines = [f"file: {path}", f"sha256: {result.content_hash}", f"status: {result.status}"]
+        if result.reason:
+            lines.append(f"reason: {result.reason}")
+        if result.bad_rows:
+            lines.append(f"bad rows ({len(result.bad_rows)}):")
+            lines += ["  " + b.describe(path.name) for b in result.bad_rows[:1000]]
+        if result.status == "quarantined":
+            lines.append("nothing of this file was stored; fix the rows above and ingest it again, "
+                         "or ingest with --skip-bad-rows to store the good rows only")
+        return "\n".join(lines) + "\n"
+
+    def _quarantine(self, path: Path, data: bytes, result: FileResult, move: bool, rows_only: bool = False) -> None:
+        q = self.wh.quarantine
+        q.mkdir(parents=True, exist_ok=True)
+        target = q / path.name
+        if not rows_only:
+            if target.exists() and content_hash(target.read_bytes()) != result.content_hash:
+                target = q / f"{path.stem}.{result.content_hash[:8]}{path.suffix}"
+            if move:
+                shutil.move(str(path), target)
+            else:
+                atomic_write_bytes(target, data)
+        atomic_write_bytes(q / f"{target.name}.reason.txt", self._reason_text(path, result).encode())
+
+    def _finish(self, path: Path, result: FileResult, move: bool) -> None:
+        if move and path.exists():
+            rel = path.relative_to(self.wh.landing) if path.is_relative_to(self.wh.landing) else Path(path.name)
+            target = self.wh.processed / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), target)
+
+    def _log(self, result: FileResult) -> None:
+        row = pd.DataFrame([{
+            "content_hash": result.content_hash, "file": result.file, "sources": ",".join(sorted(result.sources)),
+            "rows_accepted": result.rows_accepted, "rows_rejected": len(result.bad_rows), "status": result.status,
+            "reason": result.reason, "ingested_at": datetime.now(UTC),
+        }])
+        self.wh.append_rows("ingest_log", row, INGEST_LOG_DDL)
+
+
+def landing_files(wh: Warehouse, source: str | None = None) -> dict[str, list[Path]]:
+    """Files waiting in the landing zone, grouped by source.
+
+    A file's source is its sub-directory (`landing/<source>/x.csv`), else its
+    stem (`landing/<source>.csv`). Files are returned oldest first.
+    """
+    groups: dict[str, list[Path]] = {}
+    if not wh.landing.exists():
+        return groups
+    for p in sorted(wh.landing.rglob("*"), key=lambda q: (q.stat().st_mtime_ns, str(q))):
+        if not p.is_file() or p.name.startswith(".") or p.suffix.lower() not in SUFFIXES:
+            continue
+        rel = p.relative_to(wh.landing)
+        src = rel.parts[0] if len(rel.parts) > 1 else p.stem
+        if source is None or src == source:
+            groups.setdefault(src, []).append(p)
+    return groups
+
+
+def primary_column(columns: list[str]) -> str:
+    """The value column the pipeline predicts: value/price/close/reading, else the first numeric one."""
+    skip = {"source", "timestamp", "file", "content_hash"}
+    candidates = [c for c in columns if c not in skip]
+    for name in PRIMARY_NAMES:
+        for c in candidates:
+            if c.lower() == name:
+                return c
+    if not candidates:
+        raise ValueError("no value column")
+    return candidates[0]

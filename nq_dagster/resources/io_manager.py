@@ -1,0 +1,50 @@
+"""IO manager: asset outputs into the warehouse.
+
+DataFrames become Parquet partitions `warehouse/<asset>/source=<partition>/data.parquet`
+(queryable through DuckDB views); anything else (models, reservoir states) is an
+artifact pickle. Unpartitioned assets use the partition name `_all`. Both writes
+are atomic (see `storage`).
+"""
+
+
+from typing import Any
+
+import pandas as pd
+from dagster import ConfigurableIOManager, InputContext, OutputContext
+
+from nq_dagster.resources.storage import Warehouse, default_home
+
+ALL = "_all"
+
+
+class WarehouseIOManager(ConfigurableIOManager):
+    home: str = ""
+
+    def _wh(self) -> Warehouse:
+        return Warehouse(self.home or default_home()).ensure()
+
+    @staticmethod
+    def _partition(context: OutputContext | InputContext) -> str:
+        return context.partition_key if context.has_partition_key else ALL
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        wh = self._wh()
+        name = context.asset_key.path[-1]
+        source = self._partition(context)
+        if isinstance(obj, pd.DataFrame):
+            new_table = not wh.table_parts(name)
+            wh.write_table(name, source, obj)
+            if new_table:
+                wh.refresh_views()
+        else:
+            wh.save_artifact(name, source, obj)
+
+    def load_input(self, context: InputContext) -> Any:
+        wh = self._wh()
+        name = context.upstream_output.asset_key.path[-1] if context.upstream_output else context.asset_key.path[-1]
+        source = self._partition(context)
+        if wh.table_parts(name, source):
+            return wh.read_table(name, source)
+        return wh.load_artifact(name, source)

@@ -1,0 +1,1 @@
+"""Validation: great-expectations suites, statistical tests on realized outcomes, reports."""
