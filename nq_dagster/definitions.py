@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import os
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor, load_assets_from_modules
+from dagster import (
+    AssetSelection,
+    Definitions,
+    define_asset_job,
+    in_process_executor,
+    load_assets_from_modules,
+)
 
-from nq_dagster.assets import ingestion
+from nq_dagster.assets import ingestion, neuromorphic
 from nq_dagster.assets.common import source_partitions
 from nq_dagster.resources import ComputeResource, WarehouseResource
 from nq_dagster.resources.io_manager import WarehouseIOManager
 
-ASSET_MODULES = [ingestion]
+ASSET_MODULES = [ingestion, neuromorphic]
 
 
 def build_resources() -> dict:

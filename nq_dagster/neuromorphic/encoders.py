@@ -1,0 +1,176 @@
+"""Spike encoders: values in [0, 1] into spike trains that keep neuron identity.
+
+Shapes: input `x` is (S, T, F) (sources, time steps, features) with values in
+[0, 1]. The `neuron_count` neurons are split into F contiguous blocks, one per
+feature. Each time step spans `window_bins` bins of `bin_ms` milliseconds.
+Output is a bool tensor (S, T, W, N): spikes[s, t, b, n] is True when neuron n
+fired in bin b of step t. All encoders are vectorised over S, T and N, and
+deterministic under `seed` (a torch.Generator on the target device).
+
+- rate: Poisson (Bernoulli per bin), rate = min_rate + x (max_rate - min_rate) Hz.
+- temporal (latency): neuron j of a block has threshold theta_j = j / n_block and
+  fires once, iff x >= theta_j, at bin floor((1 - x) (W - 1)): larger values fire earlier.
+- population: Gaussian receptive fields with preferred values tiled over [0, 1]
+  (width `sigma`); per-bin spike probability max_rate * bin * exp(-(x - mu)^2 / 2 sigma^2).
+- phase: spikes locked to a base oscillation (default 40 Hz): each neuron fires
+  (with probability 0.9) in the bin whose oscillation phase is closest to 2 pi x
+  (with the default 25 bins of 1 ms a step spans one full 40 Hz cycle).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+ENCODERS = ("rate", "temporal", "population", "phase")
+
+
+def _blocks(n_features: int, neuron_count: int) -> np.ndarray:
+    """Feature index of every neuron: contiguous blocks, the last block takes the remainder."""
+    if neuron_count < n_features:
+        raise ValueError(f"neuron_count={neuron_count} must be at least the number of features ({n_features})")
+    per = neuron_count // n_features
+    idx = np.minimum(np.arange(neuron_count) // per, n_features - 1)
+    return idx
+
+
+def _check(x: torch.Tensor, window_bins: int, min_rate_hz: float, max_rate_hz: float, bin_ms: float) -> None:
+    if x.ndim != 3:
+        raise ValueError(f"input must be (sources, time, features); got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError("input is empty: need at least one source, one time step and one feature")
+    if not torch.isfinite(x).all():
+        raise ValueError("input contains NaN or infinite values; clean the series first")
+    if float(x.min()) < 0 or float(x.max()) > 1:
+        raise ValueError("input values must lie in [0, 1]; squash them first (see encoder_inputs)")
+    if window_bins < 1 or bin_ms <= 0:
+        raise ValueError("window_bins must be >= 1 and bin_ms > 0")
+    if min_rate_hz < 0 or max_rate_hz < 0 or min_rate_hz > max_rate_hz:
+        raise ValueError(f"rates must satisfy 0 <= min_rate_hz <= max_rate_hz; got {min_rate_hz}, {max_rate_hz}")
+    if max_rate_hz * bin_ms / 1000.0 > 1.0:
+        raise ValueError(f"max_rate_hz={max_rate_hz} with bin_ms={bin_ms} exceeds one spike per bin")
+
+
+_M31 = (1 << 31) - 1
+
+
+def _mix(k: torch.Tensor) -> torch.Tensor:
+    """A 31-bit integer hash (xorshift-multiply); products stay below 2**58, so int64 never overflows."""
+    k = ((k ^ (k >> 16)) * 0x45D9F3B) & _M31
+    k = ((k ^ (k >> 16)) * 0x45D9F3B) & _M31
+    return k ^ (k >> 16)
+
+
+def counter_uniform(seed: int, shape: tuple[int, int, int, int], step_offset: int, device: str) -> torch.Tensor:
+    """Uniform [0, 1) numbers keyed by (seed, source, absolute step, bin, neuron).
+
+    Counter-based, not sequential: the number for a given spike slot does not
+    depend on how the stream was chunked, so encoding T steps at once equals
+    encoding T1 then T2 steps.
+    """
+    S, T, W, N = shape
+    dev = torch.device(device)
+    s = torch.arange(S, device=dev, dtype=torch.int64)[:, None, None, None]
+    t = torch.arange(step_offset, step_offset + T, device=dev, dtype=torch.int64)[None, :, None, None]
+    b = torch.arange(W, device=dev, dtype=torch.int64)[None, None, :, None]
+    n = torch.arange(N, device=dev, dtype=torch.int64)[None, None, None, :]
+    k = _mix(torch.full((1,), int(seed) & _M31, device=dev, dtype=torch.int64) + s * 7919)
+    k = _mix((k + t) & _M31)
+    k = _mix((k + b * 65_537 + n) & _M31)
+    return k.float() / float(1 << 31)
+
+
+def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int = 1000, window_bins: int = 25,
+           bin_ms: float = 1.0, min_rate_hz: float = 1.0, max_rate_hz: float = 100.0, sigma: float = 0.05,
+           base_hz: float = 40.0, seed: int = 0, device: str = "cpu", step_offset: int = 0,
+           chunk_steps: int = 256) -> torch.Tensor:
+    """Encode (S, T, F) values in [0, 1] into (S, T, W, N) bool spikes. See the module docstring.
+
+    `step_offset` is the index of the first step in the whole stream, so that a
+    stream encoded in chunks equals the stream encoded at once (the random
+    numbers are keyed by absolute step, and the phase encoder's oscillation
+    continues). Work is done `chunk_steps` steps at a time to bound memory.
+    """
+    if method not in ENCODERS:
+        raise ValueError(f"unknown encoder {method!r}; choose one of {ENCODERS}")
+    x = torch.as_tensor(x, dtype=torch.float32, device=device)
+    _check(x, window_bins, min_rate_hz, max_rate_hz, bin_ms)
+    if method == "population" and sigma <= 0:
+        raise ValueError("sigma must be > 0")
+    S, T, F = x.shape
+    W, N = window_bins, neuron_count
+    block = torch.as_tensor(_blocks(F, N), device=device)
+    counts = torch.bincount(block, minlength=F)
+    start = torch.cumsum(counts, 0) - counts
+    j = (torch.arange(N, device=device) - start[block]).float()  # index of each neuron inside its block
+    per_block = counts[block].float()
+    p_bin = bin_ms / 1000.0
+    out = torch.empty((S, T, W, N), dtype=torch.bool, device=device)
+    for c0 in range(0, T, chunk_steps):
+        c1 = min(T, c0 + chunk_steps)
+        xn = x[:, c0:c1, block]  # (S, t, N): the value each neuron sees
+        shape = (S, c1 - c0, W, N)
+        if method == "rate":
+            p = (min_rate_hz + xn * (max_rate_hz - min_rate_hz)) * p_bin
+            out[:, c0:c1] = counter_uniform(seed, shape, step_offset + c0, device) < p[:, :, None, :]
+        elif method == "population":
+            mu = (j + 0.5) / per_block
+            p = max_rate_hz * p_bin * torch.exp(-((xn - mu) ** 2) / (2 * sigma**2))
+            out[:, c0:c1] = counter_uniform(seed, shape, step_offset + c0, device) < p[:, :, None, :]
+        elif method == "temporal":
+            fires = xn >= j / per_block
+            latency = torch.floor((1.0 - xn) * (W - 1)).long().clamp(0, W - 1)
+            bins = torch.arange(W, device=device)[None, None, :, None]
+            out[:, c0:c1] = (bins == latency[:, :, None, :]) & fires[:, :, None, :]
+        else:
+            # the bin whose oscillation phase is nearest 2 pi x; none when that bin lies outside the window
+            period = 1000.0 / (base_hz * bin_ms)
+            t_abs = torch.arange(step_offset + c0, step_offset + c1, device=device, dtype=torch.float64)
+            theta0 = (2 * math.pi * t_abs * W / period) % (2 * math.pi)  # phase at bin 0 of each step
+            ahead = torch.remainder(2 * math.pi * xn.double() - theta0[None, :, None], 2 * math.pi)
+            best = torch.round(ahead * period / (2 * math.pi)).long()
+            best = torch.where(best >= round(period), best - round(period), best)
+            bins = torch.arange(W, device=device)[None, None, :, None]
+            locked = bins == best[:, :, None, :]
+            out[:, c0:c1] = locked & (counter_uniform(seed, shape, step_offset + c0, device) < 0.9)
+    return out
+
+
+def phase_of_bins(T: int, window_bins: int, bin_ms: float = 1.0, base_hz: float = 40.0, step_offset: int = 0) -> np.ndarray:
+    """Oscillation phase (radians, [0, 2 pi)) of every bin, (T, W): for decoding the phase code."""
+    period_bins = 1000.0 / (base_hz * bin_ms)
+    abs_bin = (np.arange(T)[:, None] + step_offset) * window_bins + np.arange(window_bins)[None, :]
+    return (2 * np.pi * abs_bin / period_bins) % (2 * np.pi)
+
+
+def encoder_inputs(values: np.ndarray, window: int = 50) -> np.ndarray:
+    """Causal input features in [0, 1] for one series, shape (T, 3).
+
+    0: scaled change  sigmoid(dx_t / sd_t), sd_t the std of the past `window` changes
+    1: level z-score  sigmoid((x_t - mean_t) / std_t) over the past `window` levels
+    2: volatility     sigmoid(log(sd_t / median of sd over the past 10 windows))
+    Only values at or before t enter feature t.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) < 3:
+        raise ValueError("need a 1-d series of at least 3 values")
+    if not np.isfinite(x).all():
+        raise ValueError("series contains NaN or infinite values")
+    import pandas as pd
+
+    s = pd.Series(x)
+    dx = s.diff().fillna(0.0)
+    sd = dx.rolling(window, min_periods=2).std().bfill().fillna(0.0)
+    floor = max(float(np.std(np.diff(x[: window + 1]))) * 1e-3, 1e-12)
+    sd = sd.clip(lower=floor)
+    mean = s.rolling(window, min_periods=1).mean()
+    std = s.rolling(window, min_periods=2).std().bfill().fillna(0.0).clip(lower=floor)
+    med = sd.rolling(10 * window, min_periods=1).median()
+    feats = np.column_stack([
+        dx / sd,
+        (s - mean) / std,
+        np.log(sd / med),
+    ])
+    return 1.0 / (1.0 + np.exp(-np.clip(feats, -30, 30)))

@@ -1,0 +1,183 @@
+"""Eight pattern detectors, each a strength in [0, 1] per time step.
+
+Inputs: `spikes`, a bool array (T, W, N) (step, bin, neuron) of the encoded
+input, and `activity`, a float array (T, M) of reservoir features. Detectors
+that look back use the last `window` steps only (causal: step t never sees
+t + 1). Spike-time statistics are computed on spikes sorted by time per neuron
+(inter-spike intervals run across step boundaries).
+
+- synchronous: Kuramoto order parameter |mean exp(i phi)| of the spikes of a
+  step, phi = 2 pi bin / W (1 when all spikes share a bin, ~1/sqrt(n) for random).
+- travelling_wave: |correlation| between neuron index and spike bin within a step
+  (a consistent phase lag across neuron order).
+- standing_wave: share of variance in the first spatial mode of the last `window`
+  activity frames, times how often that mode's time course changes sign
+  (fixed nodes, oscillating antinodes), capped at 1.
+- emergent: Golomb's synchrony chi = sqrt(Var_t(mean_i x_i) / mean_i Var_t(x_i)):
+  collective variance not explained by independent units (~1/sqrt(M) if independent).
+- rhythmic: 1 - CV of inter-spike intervals pooled over the window (0 Poisson, 1 clockwork).
+- sparse: Treves-Rolls population sparseness of the step's spike counts.
+- burst: share of inter-spike intervals no longer than `burst_isi` bins.
+- chaotic: normalised permutation entropy (order 3) of the population mean activity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PATTERN_NAMES = ("synchronous", "travelling_wave", "standing_wave", "emergent", "rhythmic", "sparse", "burst",
+                 "chaotic")
+
+
+def _rolling_sum(a: np.ndarray, window: int) -> np.ndarray:
+    c = np.cumsum(np.concatenate([np.zeros((1, *a.shape[1:])), a], axis=0), axis=0)
+    idx = np.arange(1, len(a) + 1)
+    return c[idx] - c[np.maximum(idx - window, 0)]
+
+
+def synchronous(spikes: np.ndarray) -> np.ndarray:
+    T, W, _ = spikes.shape
+    counts = spikes.sum(axis=2).astype(float)  # (T, W)
+    phase = np.exp(2j * np.pi * np.arange(W) / W)
+    total = counts.sum(axis=1)
+    r = np.abs(counts @ phase) / np.maximum(total, 1)
+    return np.where(total >= 2, r, 0.0)
+
+
+def travelling_wave(spikes: np.ndarray) -> np.ndarray:
+    T, W, N = spikes.shape
+    s = spikes.astype(float)
+    b = np.arange(W, dtype=float)[None, :, None]
+    i = np.arange(N, dtype=float)[None, None, :]
+    n = s.sum(axis=(1, 2))
+    sb, si = (s * b).sum(axis=(1, 2)), (s * i).sum(axis=(1, 2))
+    sbb, sii, sbi = (s * b * b).sum(axis=(1, 2)), (s * i * i).sum(axis=(1, 2)), (s * b * i).sum(axis=(1, 2))
+    nn = np.maximum(n, 1)
+    cov = sbi / nn - sb * si / nn**2
+    vb = sbb / nn - (sb / nn) ** 2
+    vi = sii / nn - (si / nn) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.abs(cov) / np.sqrt(vb * vi)
+    return np.where((n >= 3) & (vb > 1e-12) & (vi > 1e-12), np.clip(r, 0, 1), 0.0)
+
+
+def _windows(activity: np.ndarray, window: int, t: int) -> np.ndarray:
+    return activity[max(0, t - window + 1): t + 1]
+
+
+def standing_wave(activity: np.ndarray, window: int = 32) -> np.ndarray:
+    T = len(activity)
+    out = np.zeros(T)
+    for t in range(3, T):
+        X = _windows(activity, window, t)
+        X = X - X.mean(axis=0)
+        G = X @ X.T  # (k, k) Gram matrix: cheap eigen-decomposition of a short window
+        vals, vecs = np.linalg.eigh(G)
+        total = vals.sum()
+        if total <= 1e-12:
+            continue
+        share = vals[-1] / total
+        temporal = vecs[:, -1]
+        crossings = np.count_nonzero(np.diff(np.sign(temporal)) != 0)
+        out[t] = share * min(1.0, crossings / max(1.0, len(X) / 4.0))
+    return np.clip(out, 0, 1)
+
+
+def emergent(activity: np.ndarray, window: int = 32) -> np.ndarray:
+    X = np.asarray(activity, dtype=float)
+    m = X.mean(axis=1)
+    n = np.minimum(np.arange(1, len(X) + 1), window).astype(float)
+    s1, s2 = _rolling_sum(m, window), _rolling_sum(m**2, window)
+    var_pop = s2 / n - (s1 / n) ** 2
+    u1, u2 = _rolling_sum(X, window), _rolling_sum(X**2, window)
+    var_units = (u2 / n[:, None] - (u1 / n[:, None]) ** 2).mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2 = np.where(var_units > 1e-15, var_pop / var_units, 0.0)
+    out = np.sqrt(np.clip(chi2, 0, 1))
+    out[n < 3] = 0.0
+    return out
+
+
+def _isi_by_step(spikes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inter-spike intervals (bins) of time-sorted spikes per neuron, and the step where each interval ends."""
+    T, W, N = spikes.shape
+    flat = spikes.reshape(T * W, N)
+    neuron, time = np.nonzero(flat.T)  # sorted by neuron, then by time: time-sorted spikes per neuron
+    same = neuron[1:] == neuron[:-1]
+    isi = (time[1:] - time[:-1])[same]
+    end_step = time[1:][same] // W
+    return isi.astype(float), end_step
+
+
+def _isi_stats(spikes: np.ndarray, window: int, burst_isi: int) -> tuple[np.ndarray, np.ndarray]:
+    T = spikes.shape[0]
+    isi, step = _isi_by_step(spikes)
+    cnt = np.bincount(step, minlength=T).astype(float)
+    s1 = np.bincount(step, weights=isi, minlength=T)
+    s2 = np.bincount(step, weights=isi**2, minlength=T)
+    short = np.bincount(step, weights=(isi <= burst_isi).astype(float), minlength=T)
+    c, r1, r2, rs = (_rolling_sum(a, window) for a in (cnt, s1, s2, short))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = r1 / c
+        sd = np.sqrt(np.maximum(r2 / c - mean**2, 0))
+        rhythm = np.where(c >= 3, np.clip(1 - sd / mean, 0, 1), 0.0)
+        burst = np.where(c >= 3, rs / c, 0.0)
+    return rhythm, np.clip(burst, 0, 1)
+
+
+def sparse(spikes: np.ndarray) -> np.ndarray:
+    counts = spikes.sum(axis=1).astype(float)  # (T, N)
+    N = counts.shape[1]
+    m1 = counts.mean(axis=1)
+    m2 = (counts**2).mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = np.where(m2 > 0, m1**2 / m2, 1.0)
+    return np.clip((1 - a) / (1 - 1 / N), 0, 1)
+
+
+def permutation_entropy(x: np.ndarray, window: int = 32, order: int = 3) -> np.ndarray:
+    """Rolling normalised permutation entropy (Bandt and Pompe 2002) of a 1-d series; 0 before enough data."""
+    x = np.asarray(x, dtype=float)
+    T = len(x)
+    out = np.zeros(T)
+    if T < order:
+        return out
+    emb = np.lib.stride_tricks.sliding_window_view(x, order)  # (T - order + 1, order)
+    ranks = np.argsort(np.argsort(emb, axis=1, kind="stable"), axis=1)
+    code = (ranks * (order ** np.arange(order))).sum(axis=1)
+    n_codes = order**order
+    onehot = np.zeros((len(code), n_codes))
+    onehot[np.arange(len(code)), code] = 1
+    counts = _rolling_sum(onehot, window - order + 1)
+    p = counts / counts.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.nansum(np.where(p > 0, p * np.log(p), 0.0), axis=1) / math.log(math.factorial(order))
+    out[order - 1:] = np.clip(h, 0, 1)
+    out[: min(T, window // 2)] = 0.0  # too few patterns for a meaningful entropy
+    return out
+
+
+def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = 32, burst_isi: int = 2
+                    ) -> dict[str, np.ndarray]:
+    """All eight strengths, (T,) each, in [0, 1]. `spikes` (T, W, N) bool, `activity` (T, M) float."""
+    spikes = np.asarray(spikes, dtype=bool)
+    activity = np.asarray(activity, dtype=float)
+    if spikes.ndim != 3 or activity.ndim != 2 or len(spikes) != len(activity):
+        raise ValueError(f"need spikes (T, W, N) and activity (T, M) with the same T; got {spikes.shape}, {activity.shape}")
+    if len(spikes) == 0:
+        raise ValueError("no time steps")
+    if window < 4:
+        raise ValueError("window must be >= 4 steps")
+    rhythm, burst = _isi_stats(spikes, window, burst_isi)
+    return {
+        "synchronous": synchronous(spikes),
+        "travelling_wave": travelling_wave(spikes),
+        "standing_wave": standing_wave(activity, window),
+        "emergent": emergent(activity, window),
+        "rhythmic": rhythm,
+        "sparse": sparse(spikes),
+        "burst": burst,
+        "chaotic": permutation_entropy(activity.mean(axis=1), window),
+    }

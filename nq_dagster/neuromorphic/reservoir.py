@@ -1,0 +1,147 @@
+"""Reservoir computing in torch, batched over sources, on CPU or CUDA.
+
+Two modes over one interface (`Reservoir.run(u, state) -> (features, state)`):
+
+- `esn`: leaky-tanh echo-state network (Jaeger 2001; Lukosevicius 2012):
+      x_t = (1 - a) x_{t-1} + a tanh(W_in u_t + W x_{t-1} + b)
+- `lif`: liquid state machine of leaky integrate-and-fire neurons (Maass 2002),
+  one Euler step of dt = 1 per input step:
+      v_t = v_{t-1} exp(-1/tau_m) + (1 - exp(-1/tau_m)) (W_in u_t + W z_{t-1} + b)
+      z_t = [v_t >= v_th and not refractory];  v_t <- v_reset where z_t
+  the features are exponentially filtered spike trains r_t = (1 - a) r_{t-1} + a z_t.
+
+W is sparse (fraction `connectivity` non-zero), scaled so that its spectral
+radius (largest eigenvalue modulus, computed exactly with LAPACK in float64)
+equals `spectral_radius`. State is returned and accepted, so a stream run in
+chunks equals the stream run at once. The readout is ridge regression in closed
+form (`ridge_fit`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def scale_to_spectral_radius(w: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
+    """Scale `w` so that max |eigenvalue| == radius; returns (scaled w, radius before scaling)."""
+    if radius <= 0 or not np.isfinite(radius):
+        raise ValueError(f"spectral_radius must be > 0 and finite; got {radius}")
+    current = float(np.max(np.abs(np.linalg.eigvals(w.astype(np.float64)))))
+    if current == 0:
+        raise ValueError("recurrent matrix has spectral radius 0 (too sparse); raise connectivity or size")
+    return w * (radius / current), current
+
+
+@dataclass
+class ReservoirState:
+    """Everything a stream needs to continue: (B, size) tensors, on the reservoir's device."""
+
+    x: torch.Tensor  # esn activation / lif filtered spikes
+    v: torch.Tensor | None = None  # lif membrane potential
+    z: torch.Tensor | None = None  # lif spikes of the last step
+    refr: torch.Tensor | None = None  # lif remaining refractory steps
+
+    def to(self, device: str) -> ReservoirState:
+        return ReservoirState(*[t.to(device) if t is not None else None for t in (self.x, self.v, self.z, self.refr)])
+
+
+class Reservoir:
+    def __init__(self, n_inputs: int, size: int = 500, spectral_radius: float = 0.95, leak: float = 0.3,
+                 connectivity: float = 0.1, input_scaling: float = 1.0, bias_scaling: float = 0.2,
+                 mode: str = "esn", seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 tau_m: float = 4.0, v_th: float = 0.5, v_reset: float = 0.0, refractory: int = 1):
+        if mode not in ("esn", "lif"):
+            raise ValueError(f"mode must be 'esn' or 'lif'; got {mode!r}")
+        if n_inputs < 1 or size < 2:
+            raise ValueError("need n_inputs >= 1 and size >= 2")
+        if not 0 < leak <= 1:
+            raise ValueError(f"leak must be in (0, 1]; got {leak}")
+        if not 0 < connectivity <= 1:
+            raise ValueError(f"connectivity must be in (0, 1]; got {connectivity}")
+        if tau_m <= 0 or refractory < 0:
+            raise ValueError("tau_m must be > 0 and refractory >= 0")
+        rng = np.random.default_rng(seed)
+        w = rng.uniform(-1, 1, (size, size)) * (rng.random((size, size)) < connectivity)
+        w, self.radius_before_scaling = scale_to_spectral_radius(w, spectral_radius)
+        w_in = rng.uniform(-1, 1, (size, n_inputs)) * input_scaling
+        bias = rng.uniform(-1, 1, size) * bias_scaling
+        self.mode, self.size, self.n_inputs, self.leak = mode, size, n_inputs, leak
+        self.spectral_radius = spectral_radius
+        self.device, self.dtype = device, dtype
+        self.W = torch.as_tensor(w.T, dtype=dtype, device=device).contiguous()  # row-vector convention: x @ W^T
+        self.W_in = torch.as_tensor(w_in.T, dtype=dtype, device=device).contiguous()
+        self.b = torch.as_tensor(bias, dtype=dtype, device=device)
+        self.decay = float(np.exp(-1.0 / tau_m))
+        self.v_th, self.v_reset, self.refractory = v_th, v_reset, refractory
+
+    def actual_spectral_radius(self) -> float:
+        return float(np.max(np.abs(np.linalg.eigvals(self.W.double().cpu().numpy()))))
+
+    def initial_state(self, batch: int, x0: torch.Tensor | None = None) -> ReservoirState:
+        z = torch.zeros((batch, self.size), dtype=self.dtype, device=self.device)
+        x = z.clone() if x0 is None else torch.as_tensor(x0, dtype=self.dtype, device=self.device).clone()
+        if self.mode == "esn":
+            return ReservoirState(x)
+        return ReservoirState(x, v=z.clone(), z=z.clone(), refr=z.clone())
+
+    @torch.no_grad()
+    def run(self, u: torch.Tensor | np.ndarray, state: ReservoirState | None = None
+            ) -> tuple[torch.Tensor, ReservoirState]:
+        """Drive the reservoir with u (B, T, n_inputs); returns features (B, T, size) and the final state."""
+        u = torch.as_tensor(u, dtype=self.dtype, device=self.device)
+        if u.ndim == 2:
+            u = u[None]
+        if u.ndim != 3 or u.shape[-1] != self.n_inputs:
+            raise ValueError(f"input must be (batch, time, {self.n_inputs}); got {tuple(u.shape)}")
+        if u.shape[1] == 0:
+            raise ValueError("input has no time steps")
+        if not torch.isfinite(u).all():
+            raise ValueError("input contains NaN or infinite values")
+        B, T, _ = u.shape
+        state = state or self.initial_state(B)
+        drive = torch.matmul(u, self.W_in) + self.b  # (B, T, size): all input terms in one matmul
+        out = torch.empty((B, T, self.size), dtype=self.dtype, device=self.device)
+        a = self.leak
+        if self.mode == "esn":
+            x = state.x
+            for t in range(T):
+                x = (1 - a) * x + a * torch.tanh(drive[:, t] + x @ self.W)
+                out[:, t] = x
+            return out, ReservoirState(x)
+        x, v, z, refr = state.x, state.v, state.z, state.refr
+        for t in range(T):
+            v = self.decay * v + (1 - self.decay) * (drive[:, t] + z @ self.W)
+            active = refr <= 0
+            z = ((v >= self.v_th) & active).to(self.dtype)
+            v = torch.where(z > 0, torch.full_like(v, self.v_reset), torch.where(active, v, torch.full_like(v, self.v_reset)))
+            refr = torch.where(z > 0, torch.full_like(refr, float(self.refractory)), refr - 1)
+            x = (1 - a) * x + a * z
+            out[:, t] = x
+        return out, ReservoirState(x, v, z, refr)
+
+
+def ridge_fit(X: np.ndarray, Y: np.ndarray, alpha: float = 1e-6) -> np.ndarray:
+    """Closed-form ridge readout with intercept: W = (X1^T X1 + alpha I')^-1 X1^T Y (intercept not penalised).
+
+    X: (n, d) states, Y: (n,) or (n, k) targets; returns (d + 1, k) weights, last row the intercept.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if len(X) == 0 or len(X) != len(Y):
+        raise ValueError(f"ridge_fit needs matching non-empty X and Y; got {X.shape} and {Y.shape}")
+    if alpha < 0:
+        raise ValueError("alpha must be >= 0")
+    X1 = np.hstack([X, np.ones((len(X), 1))])
+    reg = alpha * np.eye(X1.shape[1])
+    reg[-1, -1] = 0.0
+    return np.linalg.solve(X1.T @ X1 + reg, X1.T @ Y)
+
+
+def ridge_predict(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    return X @ weights[:-1] + weights[-1]
