@@ -12,12 +12,12 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from nq_dagster.assets import ingestion, neuromorphic
+from nq_dagster.assets import fusion, ingestion, neuromorphic, quantum
 from nq_dagster.assets.common import source_partitions
 from nq_dagster.resources import ComputeResource, WarehouseResource
 from nq_dagster.resources.io_manager import WarehouseIOManager
 
-ASSET_MODULES = [ingestion, neuromorphic]
+ASSET_MODULES = [ingestion, neuromorphic, quantum, fusion]
 
 
 def build_resources() -> dict:
@@ -37,13 +37,17 @@ all_assets = load_assets_from_modules(ASSET_MODULES)
 
 source_pipeline = define_asset_job(
     "source_pipeline",
-    selection=AssetSelection.all() - AssetSelection.keys(*[]),
+    selection=AssetSelection.all() - AssetSelection.keys("portfolio"),
     partitions_def=source_partitions,
     executor_def=in_process_executor,
     description="The per-source graph: ingestion to validation report, for one source partition.",
 )
 
 SOURCE_JOB = "source_pipeline"
-CROSS_SOURCE_JOB = None
+CROSS_SOURCE_JOB = "cross_source"
+cross_source = define_asset_job(
+    "cross_source", selection=AssetSelection.keys("portfolio"), executor_def=in_process_executor,
+    description="Assets across all sources: the quantum portfolio.",
+)
 
-defs = Definitions(assets=all_assets, jobs=[source_pipeline], resources=build_resources())
+defs = Definitions(assets=all_assets, jobs=[source_pipeline, cross_source], resources=build_resources())

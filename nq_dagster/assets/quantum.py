@@ -1,0 +1,90 @@
+"""`feature_selection` (per source) and `portfolio` (across sources): QUBOs solved on n-qubit state vectors."""
+
+import numpy as np
+import pandas as pd
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
+
+from nq_dagster.assets.common import md_table, source_partitions
+from nq_dagster.fusion.pipeline import candidate_columns
+from nq_dagster.fusion.walkforward import make_targets
+from nq_dagster.quantum import solve_qubo
+from nq_dagster.resources import WarehouseResource
+
+
+def selection_qubo(relevance: np.ndarray, redundancy: np.ndarray, k: int, lam: float = 0.5, penalty: float = 1.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """min -sum r_i x_i + lam sum_{i<j} R_ij x_i x_j + P (sum x_i - k)^2, as (Q, h) without the constant."""
+    n = len(relevance)
+    R = redundancy.copy()
+    np.fill_diagonal(R, 0.0)
+    Q = penalty * np.ones((n, n)) + 0.5 * lam * R
+    h = -relevance - 2 * penalty * k
+    return Q, h
+
+
+@asset(partitions_def=source_partitions, group_name="quantum", kinds={"scipy"})
+def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, warehouse: WarehouseResource) -> Output[dict]:
+    """Choose `select_k` fusion features by a relevance-minus-redundancy QUBO on the first training window only."""
+    cfg = warehouse.pipeline_config()
+    targets = make_targets(features["value"].to_numpy(), cfg.horizon, cfg.hold_band, cfg.feature_window)
+    train = slice(0, cfg.train_min - cfg.horizon)  # rows whose targets are known before the first prediction
+    cands = candidate_columns(features)
+    F = features[cands].iloc[train]
+    y = targets["change"].iloc[train]
+    rel = F.corrwith(y, method="spearman").abs().fillna(0.0)
+    # more candidates than qubits: keep the most relevant qubit_count (stated in the metadata)
+    pool = list(rel.sort_values(ascending=False).index[: cfg.qubit_count])
+    red = F[pool].corr(method="spearman").abs().fillna(0.0).to_numpy()
+    Q, h = selection_qubo(rel[pool].to_numpy(), red, min(cfg.select_k, len(pool)))
+    res = solve_qubo(Q, h, evolution_time=cfg.evolution_time, energy_tolerance=cfg.energy_tolerance)
+    chosen = [c for c, b in zip(pool, res.x, strict=True) if b]
+    table = pd.DataFrame({"feature": pool, "relevance": rel[pool].to_numpy(), "chosen": [bool(b) for b in res.x]})
+    value = {"selected": chosen, "pool": pool, "result": res.as_dict(), "config_version": cfg.version}
+    return Output(value, metadata={
+        "selected": MetadataValue.json(chosen), "method": res.method, "qubits": len(pool),
+        "energy": float(res.energy), "gap_to_exact_optimum": 0.0 if res.exact else MetadataValue.text("unknown (classical)"),
+        "annealing_success_probability": float(res.annealing_success_probability or 0.0),
+        "annealed_energy": float(res.annealed_energy or 0.0), "annealed_coherence": float(res.annealed_coherence or 0.0),
+        "annealing_converged": bool(res.converged),
+        "summary": MetadataValue.md(f"Relevance = |Spearman| with the {cfg.horizon}-step change on the first "
+                                    f"{cfg.train_min - cfg.horizon} rows; candidates above {cfg.qubit_count} qubits "
+                                    "are cut by relevance.\n\n" + md_table(table)),
+    })
+
+
+@asset(deps=["predictions"], group_name="quantum", kinds={"scipy"})
+def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> Output[pd.DataFrame]:
+    """Choose a subset of market sources: predicted return minus risk (covariance of realized returns), with a
+    cardinality penalty; solved as a QUBO with one qubit per source."""
+    cfg = warehouse.pipeline_config()
+    wh = warehouse.warehouse()
+    sources = [s for s in wh.sources("predictions") if s.startswith("market")] or wh.sources("predictions")
+    if len(sources) < 2:
+        raise ValueError("portfolio needs predictions for at least two sources; run the pipeline for more sources")
+    mu, rets = [], []
+    for s in sources:
+        p = wh.read_table("predictions", s).sort_values("timestamp")
+        ser = wh.read_table("series", s).set_index("timestamp")["value"]
+        r = np.log(ser).diff().dropna()
+        rets.append(r.rename(s))
+        last = p.tail(50)
+        sign = last["direction"].map({"up": 1, "down": -1, "hold": 0}).to_numpy()
+        mu.append(float(np.mean(sign * last["confidence"].to_numpy())) * float(r.std()))
+    R = pd.concat(rets, axis=1).dropna()
+    cov = R.cov().to_numpy()
+    mu = np.array(mu)
+    k = max(1, len(sources) // 2)
+    risk_aversion = 1.0
+    scale = max(np.abs(mu).max(), np.abs(cov).max(), 1e-12)
+    Q = (risk_aversion * cov + 0.0) / scale
+    pen = 2.0 * np.abs(Q).max() + np.abs(mu / scale).max()
+    Qp = Q + pen * np.ones_like(Q)
+    h = -mu / scale - 2 * pen * k
+    res = solve_qubo(Qp, h, evolution_time=cfg.evolution_time, energy_tolerance=cfg.energy_tolerance)
+    df = pd.DataFrame({"source": sources, "expected_return": mu, "volatility": np.sqrt(np.diag(cov)),
+                       "chosen": res.x.astype(bool)})
+    return Output(df, metadata={
+        "chosen": MetadataValue.json([s for s, b in zip(sources, res.x, strict=True) if b]), "method": res.method,
+        "energy": float(res.energy), "annealing_success_probability": float(res.annealing_success_probability or 0.0),
+        "annealed_coherence": float(res.annealed_coherence or 0.0), "summary": MetadataValue.md(md_table(df)),
+    })

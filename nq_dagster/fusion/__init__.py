@@ -1,0 +1,1 @@
+"""Pure numerics of fusion: targets, walk-forward models, baselines, calibration (no dagster)."""

@@ -1,0 +1,186 @@
+"""Walk-forward fusion of reservoir states and selected features into calibrated predictions.
+
+Targets (horizon h steps): change_t = x_{t+h} - x_t; direction up / down / hold,
+hold when |change_t| < hold_band * sd_t * sqrt(h), sd_t the std of the last
+`vol_window` one-step changes known at t.
+
+Walk-forward with an expanding window: at each refit point T0 (every
+`refit_every` steps from `train_min`), a model is trained on the rows whose
+target was realized by T0 (t + h <= T0) and predicts rows T0 .. T0 + refit_every - 1.
+The model is a ridge regression of the change (penalty by leave-one-out CV);
+direction probabilities follow from a Normal error around the predicted change,
+whose scale is fitted by log loss on the most recent `calibration_fraction` of
+the training rows, held out from the regression fit, so
+a confidence is always calibrated on data the model did not fit. Each
+prediction records `train_end`, the last row whose target the model saw, and
+`train_end + h <= t` is checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from scipy.stats import norm
+from sklearn.linear_model import RidgeCV
+from sklearn.preprocessing import StandardScaler
+
+CLASSES = np.array([-1, 0, 1])  # down, hold, up
+CLASS_NAMES = {-1: "down", 0: "hold", 1: "up"}
+ALPHAS = np.logspace(-9, 5, 15)
+
+
+def make_targets(values: np.ndarray, horizon: int = 1, hold_band: float = 0.1, vol_window: int = 50
+                 ) -> pd.DataFrame:
+    v = np.asarray(values, dtype=float)
+    T = len(v)
+    change = np.full(T, np.nan)
+    change[: T - horizon] = v[horizon:] - v[:-horizon]
+    step = pd.Series(np.diff(v, prepend=v[0]))
+    sd = step.rolling(vol_window, min_periods=2).std().bfill().fillna(0.0).to_numpy()
+    band = hold_band * sd * np.sqrt(horizon)
+    direction = np.where(change > band, 1, np.where(change < -band, -1, 0))
+    direction = np.where(np.isnan(change), -9, direction)  # -9: not yet realized
+    last_change = np.full(T, np.nan)
+    last_change[horizon:] = v[horizon:] - v[:-horizon]
+    return pd.DataFrame({"change": change, "direction": direction, "band": band, "volatility": sd,
+                         "last_change": last_change})
+
+
+def direction_probabilities(pred_change: np.ndarray, band: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
+    """P(down), P(hold), P(up) when the change is Normal(pred_change, scale): (n, 3) in CLASSES order."""
+    p_down = norm.cdf((-band - pred_change) / scale)
+    p_up = norm.sf((band - pred_change) / scale)
+    p_hold = np.clip(1.0 - p_down - p_up, 0.0, 1.0)
+    P = np.column_stack([p_down, p_hold, p_up]) + 1e-9
+    return P / P.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class FusionModel:
+    """One fitted model: scaler, ridge regressor (penalty chosen by leave-one-out CV on the fit rows), and the
+    residual scale calibrated on held-out rows; knows which rows it was trained on."""
+
+    stages: list[tuple[slice, StandardScaler, RidgeCV]]
+    scale: float
+    train_end: int
+    fit_end: int
+    columns: list[str]
+
+    def predict_change(self, X: np.ndarray) -> np.ndarray:
+        return sum(reg.predict(sc.transform(X[:, cols])) for cols, sc, reg in self.stages)
+
+    def predict(self, X: np.ndarray, band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (class probabilities (n, 3) in CLASSES order, predicted change (n,))."""
+        chg = self.predict_change(X)
+        return direction_probabilities(chg, band, self.scale), chg
+
+
+def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_fraction: float,
+              columns: list[str], n_base: int = 0) -> FusionModel:
+    """Fit on rows [0, fit_end); calibrate the probability scale on [fit_end, train_end] by log loss.
+
+    With `n_base` > 0 the last n_base columns (few, informative: recent changes, selected features) are
+    fitted first and the other columns (the many reservoir states) fit the remaining residual, each stage
+    with its own ridge penalty, so the fused model contains the linear model of the base columns."""
+    n = train_end + 1
+    fit_end = max(10, int(n * (1 - calibration_fraction)))
+    y_dir = targets["direction"].to_numpy()[:n]
+    y_chg = targets["change"].to_numpy()[:n]
+    if (y_dir == -9).any():
+        raise AssertionError("training rows include an unrealized target: leakage guard")
+    d = X.shape[1]
+    groups = [slice(d - n_base, d), slice(0, d - n_base)] if 0 < n_base < d else [slice(0, d)]
+    stages, target = [], y_chg[:fit_end].copy()
+    for cols in groups:
+        sc = StandardScaler().fit(X[:fit_end, cols])
+        reg = RidgeCV(alphas=ALPHAS).fit(sc.transform(X[:fit_end, cols]), target)
+        target = target - reg.predict(sc.transform(X[:fit_end, cols]))
+        stages.append((cols, sc, reg))
+    model = FusionModel(stages, 1.0, train_end, fit_end, columns)
+    if len(stages) == 2:
+        # keep the reservoir stage only if it lowers the error on the held-out calibration rows
+        base_only = FusionModel(stages[:1], 1.0, train_end, fit_end, columns)
+        e_both = np.mean((y_chg[fit_end:n] - model.predict_change(X[fit_end:n])) ** 2)
+        e_base = np.mean((y_chg[fit_end:n] - base_only.predict_change(X[fit_end:n])) ** 2)
+        if e_base < e_both:
+            model = base_only
+    resid = y_chg[fit_end:n] - model.predict_change(X[fit_end:n])
+    s0 = float(np.sqrt(np.mean(resid**2))) or 1e-12
+    band = targets["band"].to_numpy()[fit_end:n]
+    pred = y_chg[fit_end:n] - resid
+    y_idx = np.searchsorted(CLASSES, y_dir[fit_end:n])
+
+    def nll(log_k: float) -> float:
+        P = direction_probabilities(pred, band, s0 * np.exp(log_k))
+        return -float(np.mean(np.log(P[np.arange(len(y_idx)), y_idx])))
+
+    k = float(np.exp(minimize_scalar(nll, bounds=(-4, 4), method="bounded").x)) if len(y_idx) >= 20 else 1.0
+    model.scale = s0 * k
+    return model
+
+
+def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_min: int = 500, refit_every: int = 250,
+                 calibration_fraction: float = 0.3, columns: list[str] | None = None, n_base: int = 0
+                 ) -> tuple[pd.DataFrame, FusionModel]:
+    """Predictions for every row t >= train_min, each by a model trained only on targets realized by t.
+
+    Returns the prediction frame (row, p_down, p_hold, p_up, pred_change, direction, confidence, train_end,
+    model_id) and the last fitted model (for serving the next rows)."""
+    X = np.asarray(X, dtype=float)
+    T = len(X)
+    if T != len(targets):
+        raise ValueError("features and targets differ in length")
+    if train_min < 50 or T <= train_min:
+        raise ValueError(f"need more than train_min={train_min} rows (and train_min >= 50); got {T}")
+    out = []
+    model = None
+    band = targets["band"].to_numpy()
+    for k, t0 in enumerate(range(train_min, T, refit_every)):
+        train_end = t0 - horizon  # last row whose target (realized at train_end + h) is known at t0
+        model = fit_model(X, targets, train_end, calibration_fraction, columns or [], n_base)
+        rows = np.arange(t0, min(T, t0 + refit_every))
+        probs, chg = model.predict(X[rows], band[rows])
+        out.append(pd.DataFrame({"row": rows, "p_down": probs[:, 0], "p_hold": probs[:, 1], "p_up": probs[:, 2],
+                                 "pred_change": chg, "train_end": train_end, "model_id": k}))
+    pred = pd.concat(out, ignore_index=True)
+    P = pred[["p_down", "p_hold", "p_up"]].to_numpy()
+    pred["direction"] = CLASSES[P.argmax(axis=1)]
+    pred["confidence"] = P.max(axis=1)
+    if ((pred["train_end"] + horizon) > pred["row"]).any():
+        raise AssertionError("a model was fit on data at or after its prediction time")
+    return pred, model
+
+
+def lag_matrix(values: np.ndarray, p: int = 5) -> np.ndarray:
+    """The last p one-step changes known at t: column k holds x_{t-k} - x_{t-k-1} (0 before the series starts)."""
+    d = np.diff(np.asarray(values, dtype=float), prepend=np.nan)
+    lags = np.column_stack([np.concatenate([np.full(k, np.nan), d[: len(d) - k]]) for k in range(p)])
+    return np.nan_to_num(lags)
+
+
+def ar_forecast(values: np.ndarray, targets: pd.DataFrame, p: int = 5, horizon: int = 1, train_min: int = 500,
+                refit_every: int = 250) -> np.ndarray:
+    """AR(p) on one-step changes, refit walk-forward at the same points; h-step forecast of the change."""
+    v = np.asarray(values, dtype=float)
+    d = np.diff(v, prepend=np.nan)
+    T = len(v)
+    lags = np.column_stack([np.roll(d, k) for k in range(p)])  # lags[t] = d_t, d_{t-1}, ...
+    lags[: p + 1] = np.nan
+    y = targets["change"].to_numpy()
+    out = np.full(T, np.nan)
+    for t0 in range(train_min, T, refit_every):
+        train_end = t0 - horizon
+        rows = np.arange(p + 1, train_end + 1)
+        ok = np.isfinite(lags[rows]).all(axis=1) & np.isfinite(y[rows])
+        A = np.column_stack([lags[rows][ok], np.ones(ok.sum())])
+        coef, *_ = np.linalg.lstsq(A, y[rows][ok], rcond=None)
+        pr = np.arange(t0, min(T, t0 + refit_every))
+        out[pr] = np.column_stack([lags[pr], np.ones(len(pr))]) @ coef
+    return out
+
+
+def direction_of(change_forecast: np.ndarray, band: np.ndarray) -> np.ndarray:
+    return np.where(change_forecast > band, 1, np.where(change_forecast < -band, -1, 0))

@@ -1,0 +1,84 @@
+"""Validation report: HTML with plots (written atomically to reports/) and a Markdown summary for the UI."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from nq_dagster.resources.storage import atomic_write_bytes  # noqa: E402
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+
+
+def markdown_summary(source: str, ev: dict) -> str:
+    m = ev["metrics"]
+    lines = [f"### {source}: validation score {m['score']:.0f}/100",
+             f"{m['predictions']} held-out predictions. Directional accuracy **{m['accuracy']:.3f}** "
+             f"(95 % CI {m['acc_ci_low']:.3f}-{m['acc_ci_high']:.3f}), best constant predictor {m['majority_share']:.3f}, "
+             f"binomial p = {m['p_binom']:.2g}. Mean reported confidence {m['mean_confidence']:.3f} against accuracy "
+             f"{m['accuracy']:.3f} (ECE {m['ece']:.3f}).", "", "| criterion | passed | figure |", "|---|---|---|"]
+    lines += [f"| {r.criterion} | {'yes' if r.passed else 'no'} | {r.figure} |" for r in ev["criteria"].itertuples()]
+    return "\n".join(lines)
+
+
+def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: str) -> Path:
+    figs = []
+    rel = ev["reliability"]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    if len(rel):
+        ax.plot(rel["mean_confidence"], rel["accuracy"], "o-")
+    ax.set(xlabel="reported confidence", ylabel="realized accuracy", title="Reliability diagram")
+    figs.append(("Reliability", _png(fig)))
+    fig, ax = plt.subplots(figsize=(7, 3))
+    w = 100
+    roll = lambda c: pd.Series(c.astype(float)).rolling(w, min_periods=20).mean()  # noqa: E731
+    ax.plot(roll(ev["correct"]), label="fused")
+    for name, d in ev["baseline_dirs"].items():
+        ax.plot(roll(d == ev["y_dir"]), label=name, alpha=0.7)
+    ax.set(xlabel="held-out prediction", ylabel=f"accuracy (rolling {w})", title="Rolling accuracy against baselines")
+    ax.legend(fontsize=7)
+    figs.append(("Rolling accuracy", _png(fig)))
+    cm = pd.crosstab(pd.Series(ev["y_dir"], name="realized"), pd.Series(ev["pred_dir"], name="predicted"))
+    if kind == "market":
+        fig, ax = plt.subplots(figsize=(7, 3))
+        rows = ev["rows"]
+        ret = np.diff(np.log(values))[rows[rows < len(values) - 1]]
+        pos = ev["pred_dir"][: len(ret)]
+        ax.plot(np.cumsum(pos * ret), label="long/short on predicted direction")
+        ax.plot(np.cumsum(ret), label="buy and hold", alpha=0.7)
+        ax.set(title="Cumulative log return (no costs)")
+        ax.legend(fontsize=7)
+        figs.append(("Cumulative return", _png(fig)))
+    body = [f"<h1>Validation report: {html.escape(source)}</h1>",
+            f"<p><b>Validation score {ev['metrics']['score']:.0f}/100</b>: share of the criteria below that pass, "
+            "each measured on held-out, realized outcomes.</p>", _table(ev["criteria"]),
+            "<h2>Metrics</h2>", _table(pd.DataFrame([ev["metrics"]])),
+            "<h2>Baselines (same rows)</h2>", _table(ev["baselines"]),
+            "<h2>Ablations</h2>", _table(ev["ablations"]),
+            "<h2>Accuracy per volatility regime</h2>", _table(ev["regimes"]),
+            "<h2>Confusion matrix (-1 down, 0 hold, 1 up)</h2>", cm.to_html(border=0)]
+    if "anomalies" in ev:
+        body += ["<h2>Anomaly detection against recorded ground truth</h2>", _table(pd.DataFrame([ev["anomalies"]]))]
+    body += [f"<h2>{t}</h2><img src='data:image/png;base64,{b}'/>" for t, b in figs]
+    doc = "<html><head><meta charset='utf-8'><title>nq validation</title></head><body style='font-family:sans-serif'>"
+    atomic_write_bytes(path, (doc + "\n".join(body) + "</body></html>").encode())
+    return path
