@@ -14,7 +14,7 @@ from dagster import ConfigurableIOManager, InputContext, OutputContext
 
 from nq_dagster.resources.storage import Warehouse, default_home
 
-ALL = "_all"
+ALL = "all-sources"
 
 
 class WarehouseIOManager(ConfigurableIOManager):

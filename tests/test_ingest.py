@@ -1,0 +1,104 @@
+import os
+
+import pandas as pd
+import pytest
+
+from nq_dagster.ingest import Ingestor
+from nq_dagster.resources.storage import atomic_write_parquet
+
+GOOD = "timestamp,value\n2026-01-01T00:00:00Z,1.5\n2026-01-01T00:01:00Z,2.5\n2026-01-01T00:02:00Z,3.0\n"
+
+
+def write(tmp_path, name, text, mode="w"):
+    p = tmp_path / name
+    if isinstance(text, bytes):
+        p.write_bytes(text)
+    else:
+        p.write_text(text)
+    return p
+
+
+def test_good_csv_and_reingest_is_noop(wh, tmp_path):
+    ing = Ingestor(wh)
+    r = ing.ingest_file(write(tmp_path, "alpha.csv", GOOD))
+    assert r.status == "ingested" and r.sources == {"alpha": 3}
+    again = ing.ingest_file(tmp_path / "alpha.csv")
+    assert again.status == "skipped-duplicate-file"
+    assert len(wh.read_table("raw_ticks", "alpha")) == 3
+
+
+@pytest.mark.parametrize("text,row,needle", [
+    ("timestamp,value\n2026-01-01T00:00:00Z,1\nnot-a-time,2\n", 3, "unparseable timestamp"),
+    ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,abc\n", 3, "not a number"),
+    ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,inf\n", 3, "NaN or infinite"),
+    ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,nan\n", 3, "NaN or infinite"),
+    ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:00:00Z,2\n", 3, "duplicate (source, timestamp) of row 2"),
+    ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,\n", 3, "missing value"),
+])
+def test_bad_row_quarantines_whole_file_with_reason(wh, tmp_path, text, row, needle):
+    ok = Ingestor(wh).ingest_file(write(tmp_path, "other.csv", GOOD))
+    assert ok.status == "ingested"
+    p = write(tmp_path, "beta.csv", text)
+    r = Ingestor(wh).ingest_file(p)
+    assert r.status == "quarantined"
+    assert f"row {row}" in r.reason and needle in r.reason and "Fix:" in r.reason
+    reason = (wh.quarantine / "beta.csv.reason.txt").read_text()
+    assert str(p) in reason and needle in reason
+    assert (wh.quarantine / "beta.csv").exists()
+    assert wh.table_parts("raw_ticks", "beta") == []  # nothing half-ingested
+    assert len(wh.read_table("raw_ticks", "other")) == 3  # other data untouched
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"", "empty"),
+    (b"timestamp,value\n", "no data rows"),
+    (b"when,value\n2026-01-01,1\n", "missing timestamp column"),
+    (b"timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,\xff\xfe\n", "not UTF-8"),
+])
+def test_whole_file_problems(wh, tmp_path, content, needle):
+    r = Ingestor(wh).ingest_file(write(tmp_path, "gamma.csv", content))
+    assert r.status == "quarantined" and needle in r.reason
+
+
+def test_skip_bad_rows_keeps_good_rows_and_records_bad(wh, tmp_path):
+    text = "timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,x\n2026-01-01T00:02:00Z,3\n"
+    r = Ingestor(wh).ingest_file(write(tmp_path, "delta.csv", text), skip_bad_rows=True)
+    assert r.status == "ingested-with-bad-rows" and r.sources == {"delta": 2}
+    assert "row 3" in (wh.quarantine / "delta.csv.reason.txt").read_text()
+
+
+def test_out_of_order_sorted_epochs_and_duplicates_against_store(wh, tmp_path):
+    text = "timestamp,value\n1767225720,2\n1767225600,1\n"  # epoch seconds, reversed
+    r = Ingestor(wh).ingest_file(write(tmp_path, "eps.csv", text))
+    assert "sorted" in " ".join(r.notes)
+    raw = wh.read_table("raw_ticks", "eps")
+    assert list(raw["value"]) == [1.0, 2.0]
+    ms = "timestamp,value\n1767225600000,5\n"  # the same instant in milliseconds: a duplicate of a stored row
+    r2 = Ingestor(wh).ingest_file(write(tmp_path, "eps2.csv", ms), source="eps")
+    assert r2.status == "quarantined" and "already stored" in r2.reason
+
+
+def test_jsonl_parquet_source_column(wh, tmp_path):
+    jl = '{"timestamp": "2026-01-01T00:00:00Z", "source": "s1", "v": 1}\n{"timestamp": "2026-01-01T00:00:00Z", "source": "s2", "v": 2}\n'
+    r = Ingestor(wh).ingest_file(write(tmp_path, "multi.jsonl", jl))
+    assert r.sources == {"s1": 1, "s2": 1}
+    df = pd.DataFrame({"timestamp": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True), "price": [1.0, 2.0]})
+    atomic_write_parquet(tmp_path / "pq.parquet", df)
+    r = Ingestor(wh).ingest_file(tmp_path / "pq.parquet", source="pqsrc")
+    assert r.sources == {"pqsrc": 2}
+    bad = '{"timestamp": "2026-01-01T00:00:00Z", "v": 1}\n{oops\n'
+    r = Ingestor(wh).ingest_file(write(tmp_path, "bad.jsonl", bad))
+    assert r.status == "quarantined" and "row 2" in r.reason
+
+
+def test_atomic_write_survives_crash(wh, monkeypatch):
+    df = pd.DataFrame({"timestamp": pd.to_datetime(["2026-01-01"], utc=True), "value": [1.0]})
+    path = wh.write_table("t", "s", df)
+    def boom(*a, **k):
+        raise OSError("simulated crash during rename")
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        wh.write_table("t", "s", pd.concat([df, df]))
+    monkeypatch.undo()
+    assert len(wh.read_table("t", "s")) == 1  # the old partition is intact
+    assert [p.name for p in path.parent.iterdir()] == ["data.parquet"]  # no temp file left behind

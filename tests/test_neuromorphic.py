@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+import torch
+
+from nq_dagster.neuromorphic import PATTERN_NAMES, Reservoir, detect_patterns, encode, ridge_fit, ridge_predict
+from nq_dagster.neuromorphic.encoders import phase_of_bins
+from nq_dagster.neuromorphic.patterns import (
+    emergent,
+    permutation_entropy,
+    sparse,
+    standing_wave,
+    synchronous,
+    travelling_wave,
+)
+
+
+def test_rate_encoder_matches_requested_rate():
+    x = torch.full((1, 400, 1), 0.3)
+    s = encode(x, "rate", neuron_count=200, window_bins=25, min_rate_hz=0, max_rate_hz=100)
+    n = s.numel()
+    p = 0.03
+    emp = s.float().mean().item()
+    assert abs(emp - p) < 4 * np.sqrt(p * (1 - p) / n)
+
+
+def test_latency_monotone_and_population_decodes():
+    vals = torch.linspace(0.05, 0.95, 10)[None, :, None]
+    lat = encode(vals, "temporal", neuron_count=50, window_bins=25)[0]
+    first = [int(lat[t].any(dim=1).nonzero()[0]) for t in range(10)]
+    assert all(a >= b for a, b in zip(first, first[1:], strict=False)) and first[0] > first[-1]
+    pop = encode(vals, "population", neuron_count=200, window_bins=25, seed=1)[0].float().sum(1)
+    mu = (torch.arange(200) + 0.5) / 200
+    decoded = (pop * mu).sum(1) / pop.sum(1)
+    assert torch.allclose(decoded, vals[0, :, 0], atol=0.03)
+
+
+def test_phase_code_recovers_value():
+    vals = np.array([0.1, 0.37, 0.62, 0.88])
+    s = encode(torch.tensor(vals)[None, :, None].float(), "phase", neuron_count=20, window_bins=25)[0].numpy()
+    ph = phase_of_bins(len(vals), 25)
+    for t, v in enumerate(vals):
+        bins = np.nonzero(s[t].any(axis=1))[0]
+        assert len(bins) == 1
+        assert abs(ph[t, bins[0]] / (2 * np.pi) - v) <= 0.5 / 25 + 1e-9
+
+
+def test_chunked_encoding_equals_whole():
+    x = torch.rand((2, 60, 3), generator=torch.Generator().manual_seed(0))
+    for m in ("rate", "population", "phase"):
+        whole = encode(x, m, neuron_count=60, seed=3)
+        parts = torch.cat([encode(x[:, :25], m, neuron_count=60, seed=3),
+                           encode(x[:, 25:], m, neuron_count=60, seed=3, step_offset=25)], dim=1)
+        assert torch.equal(whole, parts)
+
+
+def test_spectral_radius_exact_and_echo_state_property():
+    r = Reservoir(3, size=200, spectral_radius=0.9, seed=0)
+    assert abs(r.actual_spectral_radius() - 0.9) < 1e-6
+    u = torch.rand((1, 300, 3), generator=torch.Generator().manual_seed(1))
+    a, _ = r.run(u, r.initial_state(1, x0=torch.full((1, 200), 0.9)))
+    b, _ = r.run(u, r.initial_state(1, x0=torch.full((1, 200), -0.9)))
+    assert (a[0, 0] - b[0, 0]).abs().max() > 0.1
+    assert (a[0, -1] - b[0, -1]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["esn", "lif"])
+def test_streaming_equals_one_run_and_no_blowup(mode):
+    r = Reservoir(4, size=100, mode=mode, seed=2)
+    u = torch.rand((3, 120, 4), generator=torch.Generator().manual_seed(2)) * 5
+    whole, _ = r.run(u)
+    first, st = r.run(u[:, :70])
+    second, _ = r.run(u[:, 70:], st)
+    assert torch.allclose(whole, torch.cat([first, second], 1), atol=1e-6)
+    extreme, _ = r.run(torch.full((1, 50, 4), 1e6))
+    assert torch.isfinite(extreme).all() and extreme.abs().max() <= 1.0 + 1e-6
+
+
+def test_invalid_parameters_raise():
+    with pytest.raises(ValueError, match="spectral_radius"):
+        Reservoir(2, spectral_radius=0)
+    with pytest.raises(ValueError, match="rates"):
+        encode(torch.rand(1, 5, 1), "rate", min_rate_hz=-1)
+    with pytest.raises(ValueError, match="empty"):
+        encode(torch.zeros(1, 0, 1), "rate")
+    with pytest.raises(ValueError, match="no time steps"):
+        Reservoir(2, size=10).run(torch.zeros(1, 0, 2))
+
+
+def test_ridge_readout_recovers_linear_map():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5))
+    w = np.array([1.0, -2.0, 0.5, 0.0, 3.0])
+    W = ridge_fit(X, X @ w + 0.7, alpha=1e-9)
+    assert np.allclose(W[:-1, 0], w, atol=1e-6) and abs(W[-1, 0] - 0.7) < 1e-6
+    assert np.allclose(ridge_predict(X, W)[:, 0], X @ w + 0.7, atol=1e-6)
+
+
+RNG = np.random.default_rng(5)
+
+
+def poisson(T=40, W=25, N=100, p=0.03):
+    return RNG.random((T, W, N)) < p
+
+
+def test_synchronous_and_travelling_wave():
+    sync = np.zeros((10, 25, 100), bool)
+    sync[:, 7, :] = True
+    assert synchronous(sync).min() > 0.99 and synchronous(poisson()).mean() < 0.4
+    wave = np.zeros((10, 25, 100), bool)
+    wave[:, np.arange(100) * 25 // 100, np.arange(100)] = True
+    assert travelling_wave(wave).min() > 0.95 and travelling_wave(poisson()).mean() < 0.2
+
+
+def test_standing_and_emergent():
+    t = np.arange(100)[:, None]
+    profile = np.sin(np.linspace(0, np.pi, 50))[None, :]
+    stand = np.sin(2 * np.pi * t / 8) * profile
+    noise = RNG.normal(size=(100, 50))
+    assert standing_wave(stand)[40:].min() > 0.8 and standing_wave(noise)[40:].mean() < 0.3
+    common = RNG.normal(size=(100, 1)) + 0.1 * RNG.normal(size=(100, 50))
+    assert emergent(common)[40:].min() > 0.9 and emergent(noise)[40:].mean() < 0.3
+
+
+def test_rhythmic_burst_sparse_chaotic():
+    reg = np.zeros((40, 25, 50), bool)
+    reg[:, 3, :] = True  # one spike per neuron every 25 bins
+    d = detect_patterns(reg, np.zeros((40, 5)))
+    d_p = detect_patterns(poisson(N=50), np.zeros((40, 5)))
+    assert d["rhythmic"][10:].min() > 0.95 and d_p["rhythmic"][10:].mean() < 0.3
+    bursts = np.zeros((40, 25, 50), bool)
+    bursts[:, [2, 3, 4], :] = True
+    d_b = detect_patterns(bursts, np.zeros((40, 5)))
+    assert d_b["burst"][10:].min() > 0.6 and d["burst"][10:].max() < 0.1
+    few = np.zeros((10, 25, 100), bool)
+    few[:, :, :2] = True
+    assert sparse(few).min() > 0.95 and sparse(np.ones((10, 25, 100), bool)).max() < 0.05
+    x = np.empty(300)
+    x[0] = 0.3
+    for i in range(1, 300):
+        x[i] = 4 * x[i - 1] * (1 - x[i - 1])
+    assert permutation_entropy(x)[100:].mean() > 0.7
+    assert permutation_entropy(np.arange(300.0))[100:].max() < 0.05
+
+
+def test_all_strengths_in_unit_interval():
+    d = detect_patterns(poisson(), RNG.normal(size=(40, 20)))
+    assert set(d) == set(PATTERN_NAMES)
+    for v in d.values():
+        assert v.shape == (40,) and (v >= 0).all() and (v <= 1).all()
