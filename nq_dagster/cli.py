@@ -1,4 +1,4 @@
-"""The `nq` command: demo, run, ingest, query, predict, dev.
+"""The `nq` command: demo, run, ingest, query, dev.
 
 Every command works on the data directory `$NQ_HOME` (default `.nq/` under the
 working directory, or `--home`). Pipeline runs execute in-process against the
@@ -8,7 +8,6 @@ persistent Dagster instance in `$NQ_HOME/dagster`, so they show up in `nq dev`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -163,16 +162,6 @@ def cmd_query(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
-    from nq_dagster.fusion.serve import predict_now
-
-    wh = _setup_env(args.home)
-    values = [float(v) for v in args.values.split(",")] if args.values else None
-    record = predict_now(wh, args.source, values)
-    print(json.dumps(record, indent=2, default=str))
-    return 0
-
-
 def cmd_dev(args) -> int:
     wh = _setup_env(args.home)
     cmd = ["dagster", "dev", "-p", str(args.port)]
@@ -204,10 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("sql")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.set_defaults(fn=cmd_query)
-    pr = sub.add_parser("predict", help="one prediction now, as JSON, without a Dagster run")
-    pr.add_argument("--source", required=True)
-    pr.add_argument("--values", help="new values v1,v2,... appended after the last stored point")
-    pr.set_defaults(fn=cmd_predict)
     dv = sub.add_parser("dev", help="open the Dagster UI")
     dv.add_argument("--port", type=int, default=3000)
     dv.set_defaults(fn=cmd_dev)

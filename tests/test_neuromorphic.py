@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from nq_dagster.neuromorphic import PATTERN_NAMES, Reservoir, detect_patterns, encode, ridge_fit, ridge_predict
+from nq_dagster.neuromorphic import (
+    PATTERN_NAMES,
+    Reservoir,
+    detect_patterns,
+    encode,
+    ridge_fit,
+    ridge_predict,
+)
 from nq_dagster.neuromorphic.encoders import phase_of_bins
 from nq_dagster.neuromorphic.patterns import (
     emergent,

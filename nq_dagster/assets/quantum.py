@@ -58,20 +58,21 @@ def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> O
     cardinality penalty; solved as a QUBO with one qubit per source."""
     cfg = warehouse.pipeline_config()
     wh = warehouse.warehouse()
-    sources = [s for s in wh.sources("predictions") if s.startswith("market")] or wh.sources("predictions")
+    markets = [s for s in wh.sources("predictions") if s.startswith("market")]
+    sources = markets if len(markets) >= 2 else wh.sources("predictions")
     if len(sources) < 2:
         raise ValueError("portfolio needs predictions for at least two sources; run the pipeline for more sources")
     mu, rets = [], []
     for s in sources:
         p = wh.read_table("predictions", s).sort_values("timestamp")
         ser = wh.read_table("series", s).set_index("timestamp")["value"]
-        r = np.log(ser).diff().dropna()
-        rets.append(r.rename(s))
+        r = ser.pct_change().replace([np.inf, -np.inf], np.nan).dropna()
+        rets.append(r.to_numpy())
         last = p.tail(50)
         sign = last["direction"].map({"up": 1, "down": -1, "hold": 0}).to_numpy()
         mu.append(float(np.mean(sign * last["confidence"].to_numpy())) * float(r.std()))
-    R = pd.concat(rets, axis=1).dropna()
-    cov = R.cov().to_numpy()
+    n_common = min(len(r) for r in rets)  # the most recent common number of steps, aligned by position
+    cov = np.cov(np.vstack([r[-n_common:] for r in rets]))
     mu = np.array(mu)
     k = max(1, len(sources) // 2)
     risk_aversion = 1.0

@@ -1,0 +1,90 @@
+"""Honesty checks: no skill on random walks, skill on Mackey-Glass, shuffled targets kill skill, calibration,
+and no model fit on data at or after its prediction time."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nq_dagster.config import PipelineConfig
+from nq_dagster.demo import mackey_glass, market, random_walk
+from nq_dagster.fusion.pipeline import run_fusion
+from nq_dagster.fusion.walkforward import lag_matrix, make_targets, walk_forward
+from nq_dagster.neuromorphic import Reservoir, encode, encoder_inputs
+from nq_dagster.validation.evaluate import evaluate
+
+CFG = PipelineConfig(neuron_count=300, reservoir_size=150, train_min=400, refit_every=300)
+
+
+def states_for(values, cfg=CFG, seed=0):
+    inp = encoder_inputs(values, cfg.feature_window)
+    sp = encode(inp[None], cfg.encoding, cfg.neuron_count, cfg.window_bins, seed=seed)[0].numpy()
+    res = Reservoir(cfg.neuron_count, cfg.reservoir_size, seed=seed)
+    return res.run(sp.sum(1)[None] / sp.shape[1])[0][0].numpy()
+
+
+def fuse(values, cfg=CFG):
+    return run_fusion(pd.DataFrame({"value": values}), states_for(values, cfg), [], cfg)
+
+
+def test_random_walk_shows_no_significant_skill():
+    seeds = [0, 1, 2, 3]
+    for s in seeds:
+        ev = evaluate(fuse(random_walk(1200, seed=s)["value"].to_numpy()))
+        assert ev["metrics"]["p_binom"] > 0.05 / len(seeds)  # Bonferroni over seeds
+
+
+@pytest.fixture(scope="module")
+def mg():
+    values = mackey_glass(2600)["value"].to_numpy()
+    return values, fuse(values)
+
+
+def test_mackey_glass_beats_persistence(mg):
+    ev = evaluate(mg[1])
+    assert ev["metrics"]["p_binom"] < 1e-6
+    assert ev["metrics"]["p_dm_persistence"] < 0.01
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: on Mackey-Glass the fused model does not yet beat AR(5) in MSE")
+def test_mackey_glass_beats_ar(mg):
+    assert evaluate(mg[1])["metrics"]["p_dm_ar"] < 0.05
+
+
+def test_calibration_on_2000_held_out(mg):
+    ev = evaluate(mg[1])
+    assert ev["metrics"]["predictions"] >= 2000 and ev["metrics"]["ece"] <= 0.05
+    frames, _ = market(2600, tickers=1, seed=3)
+    ev_m = evaluate(fuse(frames["market_A"]["price"].to_numpy()))
+    assert ev_m["metrics"]["predictions"] >= 2000 and ev_m["metrics"]["ece"] <= 0.05
+
+
+def test_shuffled_target_destroys_skill(mg):
+    values, _ = mg
+    targets = make_targets(values, 1, CFG.hold_band, CFG.feature_window)
+    perm = np.random.default_rng(0).permutation(len(targets) - 1)
+    shuffled = targets.copy()
+    shuffled.iloc[: len(perm)] = targets.iloc[perm].to_numpy()
+    X = np.hstack([states_for(values), lag_matrix(values)])
+    pred, _ = walk_forward(X, shuffled, train_min=CFG.train_min, refit_every=CFG.refit_every)
+    y = shuffled["direction"].to_numpy()[pred["row"]]
+    ok = y != -9
+    acc = np.mean(pred["direction"].to_numpy()[ok] == y[ok])
+    best_const = max(np.mean(y[ok] == c) for c in (-1, 0, 1))
+    assert acc < best_const + 0.04
+
+
+def test_no_model_sees_its_future(mg):
+    pred = mg[1]["fused"]
+    assert ((pred["train_end"] + 1) <= pred["row"]).all()
+    targets = make_targets(mg[0])
+    leaky = targets.copy()
+    with pytest.raises(AssertionError, match="unrealized target"):
+        from nq_dagster.fusion.walkforward import fit_model
+        fit_model(np.zeros((len(leaky), 2)), leaky, len(leaky) - 1, 0.3, [])
+
+
+def test_reservoir_is_deterministic():
+    v = mackey_glass(300)["value"].to_numpy()
+    assert np.array_equal(states_for(v), states_for(v))
+    assert torch.get_default_dtype() == torch.float32

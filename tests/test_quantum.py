@@ -1,0 +1,83 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from nq_dagster.quantum import (
+    evolve,
+    ground_state,
+    imaginary_time,
+    l1_coherence,
+    pauli_sum,
+    qubo_hamiltonian,
+    simulated_annealing,
+    solve_qubo,
+    tfim_chain,
+    tfim_open_chain_exact_energy,
+)
+from nq_dagster.quantum.core import expectation
+from nq_dagster.quantum.qubo import qubo_energy
+
+
+@pytest.mark.parametrize("n", range(4, 13))
+def test_tfim_ground_energy_matches_free_fermions(n):
+    e, _ = ground_state(tfim_chain(n, J=1.0, g=0.8))
+    assert abs(e - tfim_open_chain_exact_energy(n, 1.0, 0.8)) < 1e-9
+
+
+def test_real_time_conserves_norm_and_energy():
+    H = tfim_chain(8, 1.0, 0.6) + pauli_sum([(0.3, "YYIIIIII")], 8)
+    rng = np.random.default_rng(0)
+    psi0 = rng.normal(size=256) + 1j * rng.normal(size=256)
+    psi0 /= np.linalg.norm(psi0)
+    for psi in evolve(H, psi0, 2.0, steps=4):
+        assert abs(np.linalg.norm(psi) - 1) < 1e-9
+        assert abs(expectation(H, psi) - expectation(H, psi0)) < 1e-9
+
+
+def test_imaginary_time_reaches_ground_energy():
+    H = tfim_chain(8, 1.0, 1.1)
+    psi, conv = imaginary_time(H, np.ones(256) / 16, energy_tolerance=1e-6)
+    assert conv.converged and abs(conv.energy - ground_state(H)[0]) < 1e-6 and conv.fidelity > 0.999
+
+
+def test_qubo_solver_equals_enumeration_on_100_instances():
+    rng = np.random.default_rng(42)
+    for _ in range(100):
+        A = rng.normal(size=(10, 10))
+        Q, h = (A + A.T) / 2, rng.normal(size=10)
+        best = min(qubo_energy(Q, h, np.array(x)) for x in itertools.product([0, 1], repeat=10))
+        H = qubo_hamiltonian(Q, h)
+        assert abs(ground_state(H)[0] - best) < 1e-9
+    res = solve_qubo(Q, h, anneal_steps=20)
+    assert abs(res.energy - best) < 1e-9 and res.exact and 0 <= res.annealing_success_probability <= 1
+
+
+def test_simulated_annealing_labelled_above_limit():
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(8, 8))
+    Q, h = (A + A.T) / 2, rng.normal(size=8)
+    res = solve_qubo(Q, h, state_vector_limit=6)
+    assert "classical" in res.method and not res.exact
+    best = min(qubo_energy(Q, h, np.array(x)) for x in itertools.product([0, 1], repeat=8))
+    _, e = simulated_annealing(Q, h, seed=0)
+    assert abs(e - best) < 1e-9
+
+
+def test_coherence_measure():
+    basis = np.zeros(16)
+    basis[3] = 1
+    assert l1_coherence(basis) == 0.0
+    assert abs(l1_coherence(np.ones(16)) - 1) < 1e-12
+    partial = np.zeros(16)
+    partial[[0, 1]] = 1
+    assert abs(l1_coherence(partial) - 1 / 15) < 1e-12
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="symmetric"):
+        qubo_hamiltonian(np.array([[0, 1], [0, 0]]))
+    with pytest.raises(ValueError, match="NaN"):
+        qubo_hamiltonian(np.array([[np.nan, 0], [0, 0]]))
+    with pytest.raises(ValueError, match="state-vector limit"):
+        qubo_hamiltonian(np.zeros((30, 30)))
