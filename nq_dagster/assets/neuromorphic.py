@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from nq_dagster.assets.common import md_table, source_partitions, table_metadata
 from nq_dagster.neuromorphic import PATTERN_NAMES, Reservoir, detect_patterns, encode, encoder_inputs
+from nq_dagster.neuromorphic.encoders import _blocks
 from nq_dagster.resources import ComputeResource, WarehouseResource
 
 INPUT_NAMES = ("in_change", "in_level", "in_volatility")
@@ -29,7 +30,8 @@ def spike_trains(context: AssetExecutionContext, series: pd.DataFrame, warehouse
                     device=compute.torch_device())[0].cpu().numpy()
     T, W, N = spikes.shape
     total = int(spikes.sum())
-    block_rate = [float(spikes[:, :, b::3].mean()) * 1000.0 / cfg.bin_ms for b in range(3)]
+    block = _blocks(inputs.shape[1], N)  # neurons are contiguous blocks, one per input feature
+    block_rate = [float(spikes[:, :, block == b].mean()) * 1000.0 / cfg.bin_ms for b in range(inputs.shape[1])]
     value = {"packed": np.packbits(spikes, axis=-1), "shape": (T, W, N), "inputs": inputs.astype(np.float32),
              "timestamps": series["timestamp"].to_numpy(), "encoding": cfg.encoding}
     summary = (f"{cfg.encoding} code, {N} neurons x {W} bins of {cfg.bin_ms} ms per step, {T} steps; "
