@@ -63,23 +63,41 @@ def _mix(k: torch.Tensor) -> torch.Tensor:
     return k ^ (k >> 16)
 
 
-def counter_uniform(seed: int, shape: tuple[int, int, int, int], step_offset: int, device: str) -> torch.Tensor:
-    """Uniform [0, 1) numbers keyed by (seed, source, absolute step, bin, neuron).
+def _mix_(k: torch.Tensor) -> torch.Tensor:
+    """`_mix` in place on an int32 tensor of 31-bit keys.
+
+    int32 products wrap modulo 2**32 and `& _M31` keeps their low 31 bits, which
+    equal the low 31 bits of the exact product, so this is bit-for-bit `_mix`,
+    with half the memory traffic and no temporaries.
+    """
+    for _ in range(2):
+        k.bitwise_xor_(k >> 16).mul_(0x45D9F3B).bitwise_and_(_M31)
+    return k.bitwise_xor_(k >> 16)
+
+
+def counter_bits(seed: int, shape: tuple[int, int, int, int], step_offset: int, device: str) -> torch.Tensor:
+    """Uniform 31-bit integers (int32) keyed by (seed, source, absolute step, bin, neuron).
 
     Counter-based, not sequential: the number for a given spike slot does not
-    depend on how the stream was chunked, so encoding T steps at once equals
-    encoding T1 then T2 steps.
+    depend on how the stream was chunked (so encoding T steps at once equals
+    encoding T1 then T2 steps) nor on the device (CPU and CUDA give the same bits).
     """
     S, T, W, N = shape
     dev = torch.device(device)
     s = torch.arange(S, device=dev, dtype=torch.int64)[:, None, None, None]
     t = torch.arange(step_offset, step_offset + T, device=dev, dtype=torch.int64)[None, :, None, None]
-    b = torch.arange(W, device=dev, dtype=torch.int64)[None, None, :, None]
-    n = torch.arange(N, device=dev, dtype=torch.int64)[None, None, None, :]
     k = _mix(torch.full((1,), int(seed) & _M31, device=dev, dtype=torch.int64) + s * 7919)
-    k = _mix((k + t) & _M31)
-    k = _mix((k + b * 65_537 + n) & _M31)
-    return k.float() / float(1 << 31)
+    k = _mix((k + t) & _M31).to(torch.int32)  # (S, T, 1, 1)
+    slot = (torch.arange(W, device=dev, dtype=torch.int32)[:, None] * 65_537
+            + torch.arange(N, device=dev, dtype=torch.int32)[None, :])  # (W, N), below 2**31
+    full = (k + slot).bitwise_and_(_M31)  # sum of two 31-bit numbers wraps in int32; the mask restores mod 2**31
+    return _mix_(full)
+
+
+def _below(bits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """bits / 2**31 < p, decided exactly in integers: a Bernoulli(p) draw per slot."""
+    thr = torch.ceil(p.double() * float(1 << 31)).clamp(0, float(1 << 31)).to(torch.int64)
+    return bits < thr
 
 
 def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int = 1000, window_bins: int = 25,
@@ -114,11 +132,11 @@ def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int
         shape = (S, c1 - c0, W, N)
         if method == "rate":
             p = (min_rate_hz + xn * (max_rate_hz - min_rate_hz)) * p_bin
-            out[:, c0:c1] = counter_uniform(seed, shape, step_offset + c0, device) < p[:, :, None, :]
+            out[:, c0:c1] = _below(counter_bits(seed, shape, step_offset + c0, device), p[:, :, None, :])
         elif method == "population":
             mu = (j + 0.5) / per_block
             p = max_rate_hz * p_bin * torch.exp(-((xn - mu) ** 2) / (2 * sigma**2))
-            out[:, c0:c1] = counter_uniform(seed, shape, step_offset + c0, device) < p[:, :, None, :]
+            out[:, c0:c1] = _below(counter_bits(seed, shape, step_offset + c0, device), p[:, :, None, :])
         elif method == "temporal":
             fires = xn >= j / per_block
             latency = torch.floor((1.0 - xn) * (W - 1)).long().clamp(0, W - 1)
@@ -134,7 +152,7 @@ def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int
             best = torch.where(best >= round(period), best - round(period), best)
             bins = torch.arange(W, device=device)[None, None, :, None]
             locked = bins == best[:, :, None, :]
-            out[:, c0:c1] = locked & (counter_uniform(seed, shape, step_offset + c0, device) < 0.9)
+            out[:, c0:c1] = locked & (counter_bits(seed, shape, step_offset + c0, device) < int(0.9 * (1 << 31)))
     return out
 
 

@@ -19,6 +19,7 @@ form (`ridge_fit`).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +70,8 @@ class Reservoir:
         w_in = rng.uniform(-1, 1, (size, n_inputs)) * input_scaling
         bias = rng.uniform(-1, 1, size) * bias_scaling
         self.mode, self.size, self.n_inputs, self.leak = mode, size, n_inputs, leak
-        self.spectral_radius = spectral_radius
+        self.spectral_radius, self.connectivity = spectral_radius, connectivity
+        self._csr: torch.Tensor | None = None
         self.device, self.dtype = device, dtype
         self.W = torch.as_tensor(w.T, dtype=dtype, device=device).contiguous()  # row-vector convention: x @ W^T
         self.W_in = torch.as_tensor(w_in.T, dtype=dtype, device=device).contiguous()
@@ -102,25 +104,60 @@ class Reservoir:
             raise ValueError("input contains NaN or infinite values")
         B, T, _ = u.shape
         state = state or self.initial_state(B)
-        drive = torch.matmul(u, self.W_in) + self.b  # (B, T, size): all input terms in one matmul
-        out = torch.empty((B, T, self.size), dtype=self.dtype, device=self.device)
+        if self.mode == "esn" and self._use_sparse(B):
+            return self._run_esn_sparse(u, state)
+        # all input terms in one matmul, time-major so that each step reads one contiguous (B, size) slab
+        u_tm = u.transpose(0, 1).reshape(T * B, self.n_inputs)
+        drive = torch.addmm(self.b, u_tm, self.W_in).view(T, B, self.size)
+        out = torch.empty((T, B, self.size), dtype=self.dtype, device=self.device)
         a = self.leak
         if self.mode == "esn":
             x = state.x
-            for t in range(T):
-                x = (1 - a) * x + a * torch.tanh(drive[:, t] + x @ self.W)
-                out[:, t] = x
-            return out, ReservoirState(x)
+            h = torch.empty((B, self.size), dtype=self.dtype, device=self.device)
+            for t in range(T):  # 3 kernels a step, no allocation: h = tanh(drive_t + x W); x = x + a (h - x)
+                torch.addmm(drive[t], x, self.W, out=h).tanh_()
+                x = torch.lerp(x, h, a, out=out[t])
+            return out.transpose(0, 1), ReservoirState(x.clone())
         x, v, z, refr = state.x, state.v, state.z, state.refr
         for t in range(T):
-            v = self.decay * v + (1 - self.decay) * (drive[:, t] + z @ self.W)
+            v = self.decay * v + (1 - self.decay) * (drive[t] + z @ self.W)
             active = refr <= 0
             z = ((v >= self.v_th) & active).to(self.dtype)
             v = torch.where(z > 0, torch.full_like(v, self.v_reset), torch.where(active, v, torch.full_like(v, self.v_reset)))
             refr = torch.where(z > 0, torch.full_like(refr, float(self.refractory)), refr - 1)
             x = (1 - a) * x + a * z
-            out[:, t] = x
-        return out, ReservoirState(x, v, z, refr)
+            out[t] = x
+        return out.transpose(0, 1), ReservoirState(x, v, z, refr)
+
+    def _use_sparse(self, batch: int) -> bool:
+        """CSR recurrent weights on CPU, where they beat dense BLAS for a sparse W (bench/RESULTS.md);
+        dense on CUDA (cuBLAS) and for a single small reservoir, where the sparse kernel's overhead dominates."""
+        return (self.W.device.type == "cpu" and self.connectivity <= 0.25
+                and (batch > 1 or self.size >= 800))
+
+    def _run_esn_sparse(self, u: torch.Tensor, state: ReservoirState) -> tuple[torch.Tensor, ReservoirState]:
+        """The esn loop in column layout, (size, B), so that the recurrent term is one CSR x dense product.
+
+        The input term is computed step by step (a tiny matmul) rather than for the whole stream up front:
+        that saves writing and re-reading a (T, size, B) tensor, which costs more than the products.
+        """
+        if self._csr is None:
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
+                warnings.simplefilter("ignore", UserWarning)
+                self._csr = self.W.T.contiguous().to_sparse_csr()  # w (column convention): h^T = w x^T
+        B, T, _ = u.shape
+        N, a = self.size, self.leak
+        uT = u.permute(1, 2, 0).contiguous()  # (T, n_inputs, B)
+        w_in, bias = self.W_in.T.contiguous(), self.b[:, None].contiguous()
+        out = torch.empty((T, N, B), dtype=self.dtype, device=self.device)
+        x = state.x.T.contiguous()
+        g = torch.empty((N, B), dtype=self.dtype, device=self.device)
+        h = torch.empty((N, B), dtype=self.dtype, device=self.device)
+        for t in range(T):
+            torch.addmm(bias, w_in, uT[t], out=g)
+            torch.addmm(g, self._csr, x, out=h).tanh_()
+            x = torch.lerp(x, h, a, out=out[t])
+        return out.permute(2, 0, 1), ReservoirState(x.T.contiguous())
 
 
 def ridge_fit(X: np.ndarray, Y: np.ndarray, alpha: float = 1e-6) -> np.ndarray:
