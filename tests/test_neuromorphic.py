@@ -154,3 +154,32 @@ def test_all_strengths_in_unit_interval():
     assert set(d) == set(PATTERN_NAMES)
     for v in d.values():
         assert v.shape == (40,) and (v >= 0).all() and (v <= 1).all()
+
+
+def test_esn_sparse_and_dense_paths_equal_the_equation():
+    """Batched CPU runs use CSR weights, single small ones dense: both must follow x_t = (1-a) x + a tanh(W_in u + W x + b)."""
+    r = Reservoir(2, size=120, leak=0.4, seed=5, dtype=torch.float64)
+    u = torch.rand((3, 40, 2), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    batched, _ = r.run(u)  # sparse path
+    assert r._use_sparse(3) and not r._use_sparse(1)
+    single = torch.cat([r.run(u[i:i + 1])[0] for i in range(3)])  # dense path
+    W, W_in, b = (t.numpy() for t in (r.W, r.W_in, r.b))
+    x = np.zeros((3, 120))
+    for t in range(40):
+        x = 0.6 * x + 0.4 * np.tanh(u[:, t].numpy() @ W_in + x @ W + b)
+        assert np.abs(batched[:, t].numpy() - x).max() < 1e-12
+    assert torch.allclose(batched, single, atol=1e-12)
+
+
+def test_counter_hash_is_the_int64_reference_bit_for_bit():
+    from nq_dagster.neuromorphic.encoders import _M31, _mix, counter_bits
+
+    S, T, W, N, seed, off = 2, 5, 4, 9, 11, 1000
+    s = torch.arange(S)[:, None, None, None]
+    t = torch.arange(off, off + T)[None, :, None, None]
+    k = _mix(torch.full((1,), seed) + s * 7919)
+    k = _mix((k + t) & _M31)
+    k = _mix((k + torch.arange(W)[None, None, :, None] * 65_537 + torch.arange(N)[None, None, None, :]) & _M31)
+    bits = counter_bits(seed, (S, T, W, N), off, "cpu")
+    assert torch.equal(k.to(torch.int32), bits)
+    assert 0.45 < float(bits.double().mean()) / 2**31 < 0.55
