@@ -180,11 +180,11 @@ def encoder_inputs(values: np.ndarray, window: int = 50) -> np.ndarray:
 
     s = pd.Series(x)
     dx = s.diff().fillna(0.0)
-    sd = dx.rolling(window, min_periods=2).std().bfill().fillna(0.0)
-    floor = max(float(np.std(np.diff(x[: window + 1]))) * 1e-3, 1e-12)
+    sd = dx.rolling(window, min_periods=2).std().fillna(0.0)  # causal: no back-fill from later rows
+    floor = (dx.expanding(min_periods=2).std().fillna(0.0) * 1e-3).clip(lower=1e-12)  # causal, per row
     sd = sd.clip(lower=floor)
     mean = s.rolling(window, min_periods=1).mean()
-    std = s.rolling(window, min_periods=2).std().bfill().fillna(0.0).clip(lower=floor)
+    std = s.rolling(window, min_periods=2).std().fillna(0.0).clip(lower=floor)
     med = sd.rolling(10 * window, min_periods=1).median()
     feats = np.column_stack([
         dx / sd,
