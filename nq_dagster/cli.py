@@ -65,7 +65,15 @@ def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print) -> 
     for src in sources:
         res = job.execute_in_process(partition_key=src, instance=instance, raise_on_error=False, run_config=QUIET)
         ok[src] = res.success
-        log(f"  {src}: {'ok' if res.success else 'FAILED'} (run {res.run_id[:8]})")
+        checks = res.get_asset_check_evaluations()
+        failed = [c for c in checks if not c.passed]
+        ok[src] = res.success and not failed
+        log(f"  {src}: {'ok' if ok[src] else 'FAILED'} (run {res.run_id[:8]}; "
+            f"{len(checks) - len(failed)}/{len(checks)} data-quality checks passed)")
+        for c in failed:
+            summary = c.metadata.get("summary")
+            log(f"    check {c.asset_key.to_user_string()}:{c.check_name} failed\n"
+                + "\n".join("      " + line for line in str(summary.value if summary else "").splitlines()[:8]))
         if not res.success:
             for ev in res.all_events:
                 if ev.is_step_failure and ev.event_specific_data is not None and getattr(ev.event_specific_data, "error", None):

@@ -9,10 +9,11 @@ from dagster import (
     Definitions,
     define_asset_job,
     in_process_executor,
+    load_asset_checks_from_modules,
     load_assets_from_modules,
 )
 
-from nq_dagster.assets import fusion, ingestion, neuromorphic, quantum
+from nq_dagster.assets import checks, fusion, ingestion, neuromorphic, quantum
 from nq_dagster.assets.common import source_partitions
 from nq_dagster.resources import ComputeResource, WarehouseResource
 from nq_dagster.resources.io_manager import WarehouseIOManager
@@ -34,6 +35,7 @@ def build_resources() -> dict:
 
 
 all_assets = load_assets_from_modules(ASSET_MODULES)
+all_checks = load_asset_checks_from_modules([checks])
 
 source_pipeline = define_asset_job(
     "source_pipeline",
@@ -50,4 +52,4 @@ cross_source = define_asset_job(
     description="Assets across all sources: the quantum portfolio.",
 )
 
-defs = Definitions(assets=all_assets, jobs=[source_pipeline, cross_source], resources=build_resources())
+defs = Definitions(assets=all_assets, asset_checks=all_checks, jobs=[source_pipeline, cross_source], resources=build_resources())

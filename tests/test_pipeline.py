@@ -18,6 +18,7 @@ def test_demo_ingest_query_cli(wh, tmp_path, capsys):
     assert main(["--home", str(wh.home), "demo", "--sources", "3", "--points", "600", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert "mackey_glass" in out and "score" in out
+    assert out.count("2/2 data-quality checks passed") == 3
     assert (wh.reports / "mackey_glass.html").exists()
     assert main(["--home", str(wh.home), "query", "SELECT source, count(*) AS n FROM predictions GROUP BY 1 ORDER BY 1",
                  "--format", "json"]) == 0
@@ -37,3 +38,55 @@ def test_demo_ingest_query_cli(wh, tmp_path, capsys):
     assert main(["--home", str(wh.home), "query", "SELECT count(*) AS n FROM raw_ticks WHERE source = 'mine'",
                  "--format", "csv"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "1"
+
+
+def test_series_quality_check_blocks_downstream(tmp_path):
+    """A series that breaks the great-expectations suite fails the blocking check, and nothing downstream runs."""
+    import numpy as np
+    import pandas as pd
+    from dagster import AssetExecutionContext, asset, materialize
+
+    from nq_dagster.assets.checks import series_quality
+
+    ran = []
+
+    @asset(name="series")
+    def bad_series(context: AssetExecutionContext) -> pd.DataFrame:
+        ts = pd.date_range("2026-01-01", periods=50, freq="s", tz="UTC").to_series().reset_index(drop=True)
+        ts.iloc[20] = ts.iloc[10]  # out of order
+        v = np.arange(50.0)
+        v[30] = np.nan
+        return pd.DataFrame({"timestamp": ts, "value": v})
+
+    @asset
+    def downstream(series: pd.DataFrame) -> int:
+        ran.append(True)
+        return len(series)
+
+    res = materialize([bad_series, downstream, series_quality], raise_on_error=False)
+    (ev,) = res.get_asset_check_evaluations()
+    assert not ev.passed
+    text = ev.metadata["summary"].value
+    assert "rows [20]" in text and "rows [30]" in text and "fix:" in text
+    assert not ran  # blocked
+
+
+def test_prediction_suite_catches_duplicates_and_leakage():
+    import pandas as pd
+
+    from nq_dagster.validation.quality import PREDICTION_COLUMNS, run_suite
+
+    ts = pd.date_range("2026-01-01", periods=4, freq="s", tz="UTC")
+    good = pd.DataFrame({c: ["x"] * 4 for c in PREDICTION_COLUMNS})
+    good = good.assign(prediction_id=["a", "b", "c", "d"], timestamp=ts, train_end=ts - pd.Timedelta("1s"),
+                       direction=["up", "down", "hold", "up"], confidence=[0.5, 0.9, 0.34, 1.0],
+                       magnitude=[0.0, 1.0, 2.0, 3.0], processing_time_ms=1.0)
+    assert run_suite("predictions", good).success
+    bad = good.copy()
+    bad.loc[3, "timestamp"] = bad.loc[2, "timestamp"]  # two predictions for one (source, time)
+    bad.loc[1, "train_end"] = bad.loc[1, "timestamp"]  # model saw the row it predicts
+    bad.loc[0, "confidence"] = 1.2
+    rep = run_suite("predictions", bad)
+    failed = set(rep.failures()["expectation"])
+    assert {"expect_compound_columns_to_be_unique", "expect_column_pair_values_a_to_be_greater_than_b",
+            "expect_column_values_to_be_between"} <= failed
