@@ -1,4 +1,4 @@
-"""The `nq` command: demo, run, ingest, query, dev.
+"""The `nq` command: demo, run, ingest, query, predict, dev.
 
 Every command works on the data directory `$NQ_HOME` (default `.nq/` under the
 working directory, or `--home`). Pipeline runs execute in-process against the
@@ -170,6 +170,42 @@ def cmd_query(args) -> int:
     return 0
 
 
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+def cmd_predict(args) -> int:
+    """One prediction as JSON from the source's saved serving state; no Dagster run, nothing written."""
+    import json
+
+    from nq_dagster.fusion.serving import advance, predict_latest
+
+    wh = Warehouse(args.home)
+    try:
+        st = wh.load_artifact("serving_state", args.source)
+    except FileNotFoundError:
+        known = sorted(p.stem for p in (wh.artifacts_dir / "serving_state").glob("*.pkl"))
+        raise FileNotFoundError(f"no serving state for source {args.source!r} in {wh.home}; sources with one: "
+                                f"{', '.join(known) or 'none'}. Fix: run `nq run --source {args.source}` first") from None
+    if args.values:
+        try:
+            values = [float(x) for x in args.values.split(",") if x.strip()]
+        except ValueError as exc:
+            raise ValueError(f"--values: {exc}; pass comma-separated numbers, e.g. --values 1.5,1.7") from None
+        records, _ = advance(st, values)
+    else:
+        records = predict_latest(st)
+    rows = [_jsonable(r) for r in records.to_dict(orient="records")]
+    print(json.dumps(rows if args.all else rows[-1], indent=None if args.compact else 1))
+    return 0
+
+
 def cmd_dev(args) -> int:
     wh = _setup_env(args.home)
     cmd = ["dagster", "dev", "-p", str(args.port)]
@@ -201,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("sql")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.set_defaults(fn=cmd_query)
+    pr = sub.add_parser("predict", help="one prediction as JSON from the latest model and saved reservoir state")
+    pr.add_argument("--source", required=True)
+    pr.add_argument("--values", help="new values after the last one seen, comma-separated; the prediction is "
+                    "for the last of them (default: the prediction for the last row already seen)")
+    pr.add_argument("--all", action="store_true", help="print a list: one prediction per new value")
+    pr.add_argument("--compact", action="store_true", help="one line of JSON")
+    pr.set_defaults(fn=cmd_predict)
     dv = sub.add_parser("dev", help="open the Dagster UI")
     dv.add_argument("--port", type=int, default=3000)
     dv.set_defaults(fn=cmd_dev)

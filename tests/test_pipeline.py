@@ -90,3 +90,24 @@ def test_prediction_suite_catches_duplicates_and_leakage():
     failed = set(rep.failures()["expectation"])
     assert {"expect_compound_columns_to_be_unique", "expect_column_pair_values_a_to_be_greater_than_b",
             "expect_column_values_to_be_between"} <= failed
+
+
+def test_predict_cli_matches_pipeline(wh, capsys):
+    """`nq predict` without values reproduces the pipeline's record for the last row; with values it continues."""
+    assert main(["--home", str(wh.home), "demo", "--sources", "3", "--points", "500", "--seed", "2"]) == 0
+    capsys.readouterr()
+    assert main(["--home", str(wh.home), "query", "SELECT direction, confidence, predicted_change FROM predictions "
+                 "WHERE source = 'mackey_glass' ORDER BY timestamp DESC LIMIT 1", "--format", "json"]) == 0
+    stored = json.loads(capsys.readouterr().out)[0]
+    assert main(["--home", str(wh.home), "predict", "--source", "mackey_glass", "--compact"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["direction"] == stored["direction"]
+    assert abs(got["confidence"] - stored["confidence"]) < 1e-9
+    assert abs(got["predicted_change"] - stored["predicted_change"]) < 1e-9
+    assert got["calibration"]["predictions"] > 0  # confidence shown next to the accuracy achieved at it
+    assert main(["--home", str(wh.home), "predict", "--source", "mackey_glass", "--values", "0.9,0.95", "--all",
+                 "--compact"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert len(two) == 2 and two[1]["timestamp"] > two[0]["timestamp"] > got["timestamp"]
+    assert main(["--home", str(wh.home), "predict", "--source", "mackey_glass", "--values", "1,x"]) == 2
+    assert "--values" in capsys.readouterr().err

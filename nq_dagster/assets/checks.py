@@ -1,7 +1,13 @@
 """Asset checks: great-expectations suites on `series` (blocking) and `predictions`, run in every pipeline run."""
 
 import pandas as pd
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    MetadataValue,
+    asset_check,
+)
 
 from nq_dagster.assets.common import md_table
 from nq_dagster.assets.fusion import predictions

@@ -9,7 +9,9 @@ import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from nq_dagster.assets.common import md_table, source_partitions, table_metadata
+from nq_dagster.assets.neuromorphic import INPUT_NAMES, build_reservoir, source_seed, unpack_spikes
 from nq_dagster.fusion.pipeline import run_fusion
+from nq_dagster.fusion.serving import ServingState, build_state
 from nq_dagster.fusion.walkforward import CLASS_NAMES
 from nq_dagster.neuromorphic import PATTERN_NAMES
 from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
@@ -35,6 +37,30 @@ def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservo
                                  "fit_seconds": elapsed})
 
 
+def quantum_summary(q: dict) -> dict:
+    return {"energy": q["energy"], "phase_coherence": q["annealed_coherence"],
+            "convergence": {"converged": q["converged"], "iterations": q["iterations"],
+                            "annealing_success_probability": q["annealing_success_probability"],
+                            "method": q["method"]}}
+
+
+@asset(partitions_def=source_partitions, group_name="fusion")
+def serving_state(context: AssetExecutionContext, fusion_model: dict, series: pd.DataFrame, spike_trains: dict,
+                  reservoir_states: dict, feature_selection: dict, warehouse: WarehouseResource) -> Output[ServingState]:
+    """What `nq predict` and the streaming job continue from: the latest model, the reservoir and its final
+    state, and the tails of values, spikes and states the look-back windows need (all on CPU)."""
+    cfg = warehouse.pipeline_config()
+    source = context.partition_key
+    spikes = unpack_spikes(spike_trains)
+    res = build_reservoir(cfg, spikes.shape[2], source, "cpu")
+    st = build_state(source, cfg, source_seed(cfg.seed, source), INPUT_NAMES, fusion_model, res,
+                     reservoir_states["final_state"], series["timestamp"].to_numpy(), series["value"].to_numpy(),
+                     spikes, reservoir_states["states"], quantum_summary(feature_selection["result"]))
+    return Output(st, metadata={"rows_seen": st.n_rows, "model_version": st.model_version,
+                                "values_tail": len(st.values), "spike_tail_steps": len(st.spikes),
+                                "use": MetadataValue.md(f"`nq predict --source {source} --values v1,v2,...`")})
+
+
 @asset(partitions_def=source_partitions, group_name="fusion", pool=DUCKDB_POOL)
 def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, patterns: pd.DataFrame,
                 reservoir_states: dict, feature_selection: dict) -> Output[pd.DataFrame]:
@@ -45,11 +71,7 @@ def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd
     ts = pd.to_datetime(features["timestamp"]).reset_index(drop=True)
     step_ms = float(ts.diff().dt.total_seconds().median() * 1000) if len(ts) > 1 else 0.0
     states = reservoir_states["states"]
-    q = feature_selection["result"]
-    quantum = json.dumps({"energy": q["energy"], "phase_coherence": q["annealed_coherence"],
-                          "convergence": {"converged": q["converged"], "iterations": q["iterations"],
-                                          "annealing_success_probability": q["annealing_success_probability"],
-                                          "method": q["method"]}})
+    quantum = json.dumps(quantum_summary(feature_selection["result"]))
     pat = patterns[list(PATTERN_NAMES)].to_numpy()
     neuro = [json.dumps({"patterns": dict(zip(PATTERN_NAMES, np.round(pat[r], 4).tolist(), strict=True)),
                          "spike_analysis": {"spike_rate": round(float(features["spike_rate"].iloc[r]), 6)},

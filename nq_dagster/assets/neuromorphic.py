@@ -8,6 +8,7 @@ import torch
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from nq_dagster.assets.common import md_table, source_partitions, table_metadata
+from nq_dagster.fusion.serving import reservoir_input, spike_statistics
 from nq_dagster.neuromorphic import PATTERN_NAMES, Reservoir, detect_patterns, encode, encoder_inputs
 from nq_dagster.neuromorphic.encoders import _blocks
 from nq_dagster.resources import ComputeResource, WarehouseResource
@@ -49,12 +50,7 @@ def unpack_spikes(st: dict) -> np.ndarray:
     return np.unpackbits(st["packed"], axis=-1, count=N).astype(bool).reshape(T, W, N)
 
 
-def reservoir_input(spikes: np.ndarray) -> np.ndarray:
-    """Per-neuron spike counts of each step, scaled to [0, 1] by the bins per step: (T, N)."""
-    return spikes.sum(axis=1, dtype=np.float32) / spikes.shape[1]
-
-
-def build_reservoir(cfg, n_inputs: int, source: str, device: str) -> Reservoir:
+def build_reservoir(cfg, n_inputs: int, source: str, device: str = "cpu") -> Reservoir:
     # inputs are sparse spike rates; scale so that a typical step drives the units near the tanh knee
     return Reservoir(n_inputs, cfg.reservoir_size, cfg.spectral_radius, cfg.leak, cfg.connectivity,
                      input_scaling=cfg.input_scaling, mode=cfg.reservoir_mode,
@@ -108,14 +104,11 @@ def features(context: AssetExecutionContext, series: pd.DataFrame, spike_trains:
     """Candidate fusion features per step (all causal): pattern strengths and spike statistics, plus the
     value and the encoder inputs. The reservoir states join in fusion through its readout."""
     spikes = unpack_spikes(spike_trains)
-    T, W, N = spikes.shape
-    rate = spikes.sum(axis=(1, 2)) / (N * W)
-    active = spikes.any(axis=1).mean(axis=1)
     df = pd.DataFrame({"timestamp": series["timestamp"].to_numpy(), "value": series["value"].to_numpy()})
     for k, name in enumerate(INPUT_NAMES):
         df[name] = spike_trains["inputs"][:, k].astype(float)
     for p in PATTERN_NAMES:
         df[p] = patterns[p].to_numpy()
-    df["spike_rate"] = rate
-    df["active_fraction"] = active
+    for name, v in spike_statistics(spikes).items():
+        df[name] = v
     return Output(df, metadata=table_metadata(df, f"{len(df)} steps x {df.shape[1] - 2} candidate features."))

@@ -181,7 +181,8 @@ def encoder_inputs(values: np.ndarray, window: int = 50) -> np.ndarray:
     s = pd.Series(x)
     dx = s.diff().fillna(0.0)
     sd = dx.rolling(window, min_periods=2).std().fillna(0.0)  # causal: no back-fill from later rows
-    floor = (dx.expanding(min_periods=2).std().fillna(0.0) * 1e-3).clip(lower=1e-12)  # causal, per row
+    # causal and bounded (so a stream's tail of 12 windows reproduces the whole history's values)
+    floor = (dx.rolling(10 * window, min_periods=2).std().fillna(0.0) * 1e-3).clip(lower=1e-12)
     sd = sd.clip(lower=floor)
     mean = s.rolling(window, min_periods=1).mean()
     std = s.rolling(window, min_periods=2).std().fillna(0.0).clip(lower=floor)

@@ -100,20 +100,42 @@ def emergent(activity: np.ndarray, window: int = 32) -> np.ndarray:
     return out
 
 
-def _isi_by_step(spikes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inter-spike intervals (bins) of time-sorted spikes per neuron, and the step where each interval ends."""
+NO_SPIKE = np.iinfo(np.int64).min  # "this neuron has not fired yet" in a prior-last-spike array
+
+
+def last_spike_bins(spikes: np.ndarray) -> np.ndarray:
+    """Per neuron, the bin index (counted from the start of `spikes`) of its last spike, or NO_SPIKE."""
+    T, W, N = spikes.shape
+    flat = spikes.reshape(T * W, N)
+    fired = flat.any(axis=0)
+    last = T * W - 1 - np.argmax(flat[::-1], axis=0)
+    return np.where(fired, last, NO_SPIKE).astype(np.int64)
+
+
+def _isi_by_step(spikes: np.ndarray, prior_last_bin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inter-spike intervals (bins) of time-sorted spikes per neuron, and the step where each interval ends.
+
+    `prior_last_bin` (N,) gives each neuron's last spike before this array (negative bin index, or
+    NO_SPIKE), so that a stream's tail yields the intervals that the whole history would."""
     T, W, N = spikes.shape
     flat = spikes.reshape(T * W, N)
     neuron, time = np.nonzero(flat.T)  # sorted by neuron, then by time: time-sorted spikes per neuron
+    if prior_last_bin is not None:
+        has = prior_last_bin != NO_SPIKE
+        neuron = np.concatenate([np.nonzero(has)[0], neuron])
+        time = np.concatenate([prior_last_bin[has], time])
+        order = np.lexsort((time, neuron))
+        neuron, time = neuron[order], time[order]
     same = neuron[1:] == neuron[:-1]
     isi = (time[1:] - time[:-1])[same]
     end_step = time[1:][same] // W
     return isi.astype(float), end_step
 
 
-def _isi_stats(spikes: np.ndarray, window: int, burst_isi: int) -> tuple[np.ndarray, np.ndarray]:
+def _isi_stats(spikes: np.ndarray, window: int, burst_isi: int, prior_last_bin: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     T = spikes.shape[0]
-    isi, step = _isi_by_step(spikes)
+    isi, step = _isi_by_step(spikes, prior_last_bin)
     cnt = np.bincount(step, minlength=T).astype(float)
     s1 = np.bincount(step, weights=isi, minlength=T)
     s2 = np.bincount(step, weights=isi**2, minlength=T)
@@ -159,9 +181,12 @@ def permutation_entropy(x: np.ndarray, window: int = 32, order: int = 3) -> np.n
     return out
 
 
-def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = 32, burst_isi: int = 2
-                    ) -> dict[str, np.ndarray]:
-    """All eight strengths, (T,) each, in [0, 1]. `spikes` (T, W, N) bool, `activity` (T, M) float."""
+def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = 32, burst_isi: int = 2,
+                    prior_last_bin: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """All eight strengths, (T,) each, in [0, 1]. `spikes` (T, W, N) bool, `activity` (T, M) float.
+
+    On the tail of a stream (at least `window` steps before the rows wanted, and `prior_last_bin` from
+    `last_spike_bins` of everything before the tail) the strengths equal those of the whole history."""
     spikes = np.asarray(spikes, dtype=bool)
     activity = np.asarray(activity, dtype=float)
     if spikes.ndim != 3 or activity.ndim != 2 or len(spikes) != len(activity):
@@ -170,7 +195,7 @@ def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = 32, 
         raise ValueError("no time steps")
     if window < 4:
         raise ValueError("window must be >= 4 steps")
-    rhythm, burst = _isi_stats(spikes, window, burst_isi)
+    rhythm, burst = _isi_stats(spikes, window, burst_isi, prior_last_bin)
     return {
         "synchronous": synchronous(spikes),
         "travelling_wave": travelling_wave(spikes),

@@ -1,7 +1,16 @@
-"""Dagster resources: storage (Parquet + DuckDB), compute device."""
+"""Dagster resources: storage (Parquet + DuckDB), compute device.
 
-from nq_dagster.resources.compute import ComputeResource
-from nq_dagster.resources.storage import DUCKDB_POOL, Warehouse
-from nq_dagster.resources.warehouse_resource import WarehouseResource
+Imported lazily, so that `nq_dagster.resources.storage` (used by `nq predict` and `nq query`) does not pull
+in dagster."""
 
-__all__ = ["DUCKDB_POOL", "ComputeResource", "Warehouse", "WarehouseResource"]
+from importlib import import_module
+
+_WHERE = {"ComputeResource": "compute", "DUCKDB_POOL": "storage", "Warehouse": "storage",
+          "WarehouseResource": "warehouse_resource"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"nq_dagster.resources.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'nq_dagster.resources' has no attribute {name!r}")
