@@ -79,7 +79,11 @@ def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print) -> 
                 if ev.is_step_failure and ev.event_specific_data is not None and getattr(ev.event_specific_data, "error", None):
                     log(f"    {ev.step_key}: {ev.event_specific_data.error.message.strip()}")
     cross = defs.resolve_job_def(CROSS_SOURCE_JOB) if CROSS_SOURCE_JOB else None
-    if cross is not None and any(ok.values()):
+    with_predictions = wh.sources("predictions")
+    if cross is not None and any(ok.values()) and len(with_predictions) < 2:
+        log(f"  cross-source: skipped (the portfolio needs predictions for at least two sources; have "
+            f"{len(with_predictions)})")
+    elif cross is not None and any(ok.values()):
         res = cross.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET)
         ok["_all"] = res.success
         log(f"  cross-source: {'ok' if res.success else 'FAILED'} (run {res.run_id[:8]})")

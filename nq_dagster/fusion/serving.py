@@ -46,14 +46,16 @@ def spike_statistics(spikes: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def feature_frame(inputs: np.ndarray, spikes: np.ndarray, states: np.ndarray, input_names: tuple[str, ...],
-                  prior_last_bin: np.ndarray | None = None) -> pd.DataFrame:
-    """The candidate fusion features of every step (encoder inputs, eight pattern strengths, spike statistics)."""
-    df = pd.DataFrame({name: inputs[:, k].astype(float) for k, name in enumerate(input_names)})
-    strengths = detect_patterns(spikes, states, prior_last_bin=prior_last_bin)
+                  prior_last_bin: np.ndarray | None = None, last: int | None = None) -> pd.DataFrame:
+    """The candidate fusion features (encoder inputs, eight pattern strengths, spike statistics) of every
+    step, or of the final `last` steps only (the look-back windows still read the whole arrays given)."""
+    k = len(spikes) if last is None else last
+    df = pd.DataFrame({name: inputs[-k:, j].astype(float) for j, name in enumerate(input_names)})
+    strengths = detect_patterns(spikes, states, prior_last_bin=prior_last_bin, last=k)
     for p in PATTERN_NAMES:
         df[p] = strengths[p]
-    for k, v in spike_statistics(spikes).items():
-        df[k] = v
+    for name, v in spike_statistics(spikes[-k:]).items():
+        df[name] = v
     return df
 
 
@@ -79,7 +81,8 @@ class ServingState:
 
     @property
     def step(self) -> pd.Timedelta:
-        ts = pd.to_datetime(pd.Series(self.timestamps))
+        """The median spacing of the recent timestamps (spacing of values given without timestamps)."""
+        ts = pd.to_datetime(pd.Series(self.timestamps), utc=True)
         return ts.diff().median() if len(ts) > 1 else pd.Timedelta(seconds=1)
 
 
@@ -124,23 +127,27 @@ def _records(st: ServingState, ts: np.ndarray, X: np.ndarray, band: np.ndarray, 
     probs, chg = st.model.predict(X, band)
     d = CLASSES[probs.argmax(axis=1)]
     horizon_ms = st.step.total_seconds() * 1000 * st.cfg.horizon
+    stamps = pd.to_datetime(pd.Series(ts), utc=True)
+    version = st.cfg.version
+    pats = feats[list(PATTERN_NAMES)].to_numpy().round(4)
+    rates = feats["spike_rate"].to_numpy().round(6)
+    means, norms = states.mean(axis=1).round(6), np.linalg.norm(states, axis=1).round(6)
     rows = []
     for i in range(len(X)):
-        t = pd.Timestamp(ts[i])
+        t = stamps.iloc[i]
+        conf = float(probs[i].max())
         rows.append({
             "prediction_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{st.source}/{t.isoformat()}/{st.model_version}")),
-            "source": st.source, "timestamp": t, "direction": CLASS_NAMES[int(d[i])],
-            "confidence": float(probs[i].max()),
+            "source": st.source, "timestamp": t, "direction": CLASS_NAMES[int(d[i])], "confidence": conf,
             "probabilities": dict(zip(("down", "hold", "up"), map(float, probs[i]), strict=True)),
             "magnitude": float(abs(chg[i])), "predicted_change": float(chg[i]), "time_horizon_ms": horizon_ms,
             "processing_time_ms": elapsed_ms / len(X), "model_version": st.model_version,
-            "config_version": st.cfg.version,
-            "neuromorphic_results": {"patterns": {p: round(float(feats[p].iloc[i]), 4) for p in PATTERN_NAMES},
-                                     "spike_analysis": {"spike_rate": round(float(feats["spike_rate"].iloc[i]), 6)},
-                                     "reservoir_state": {"mean": round(float(states[i].mean()), 6),
-                                                         "norm": round(float(np.linalg.norm(states[i])), 6)}},
+            "config_version": version,
+            "neuromorphic_results": {"patterns": dict(zip(PATTERN_NAMES, map(float, pats[i]), strict=True)),
+                                     "spike_analysis": {"spike_rate": float(rates[i])},
+                                     "reservoir_state": {"mean": float(means[i]), "norm": float(norms[i])}},
             "quantum_results": st.quantum,
-            "calibration": _calibration(st, float(probs[i].max())),
+            "calibration": _calibration(st, conf),
         })
     return pd.DataFrame(rows)
 
@@ -166,9 +173,9 @@ def predict_latest(st: ServingState) -> pd.DataFrame:
     """The prediction for the last row already seen (it equals the batch graph's record for that row)."""
     t0 = time.perf_counter()
     inputs = encoder_inputs(st.values, st.cfg.feature_window)[-len(st.spikes):]
-    feats = feature_frame(inputs, st.spikes, st.states, st.input_names, st.prior_last_bin)
+    feats = feature_frame(inputs, st.spikes, st.states, st.input_names, st.prior_last_bin, last=1)
     X, band = _design(st, st.values, feats, st.states, 1)
-    return _records(st, st.timestamps[-1:], X, band, feats.iloc[-1:], st.states[-1:],
+    return _records(st, st.timestamps[-1:], X, band, feats, st.states[-1:],
                     (time.perf_counter() - t0) * 1000)
 
 
@@ -184,8 +191,8 @@ def advance(st: ServingState, new_values: np.ndarray, new_timestamps: np.ndarray
         bad = int(np.nonzero(~np.isfinite(new))[0][0])
         raise ValueError(f"value {bad + 1} ({new[bad]}) is not a finite number; pass numbers only")
     if new_timestamps is None:
-        last = pd.Timestamp(st.timestamps[-1])
-        new_ts = np.array([last + st.step * (i + 1) for i in range(m)])
+        last, step = pd.Timestamp(st.timestamps[-1]), st.step
+        new_ts = np.asarray(pd.DatetimeIndex([last + step * (i + 1) for i in range(m)]))
     else:
         new_ts = np.asarray(pd.to_datetime(pd.Series(new_timestamps), utc=True))
         if pd.Timestamp(new_ts[0]) <= pd.Timestamp(st.timestamps[-1]):
@@ -202,9 +209,9 @@ def advance(st: ServingState, new_values: np.ndarray, new_timestamps: np.ndarray
     spikes = np.concatenate([st.spikes, spikes_new])
     states = np.concatenate([st.states, states_new])
     k = len(st.spikes)
-    feats = feature_frame(inputs[-(k + m):], spikes, states, st.input_names, st.prior_last_bin)
+    feats = feature_frame(inputs[-(k + m):], spikes, states, st.input_names, st.prior_last_bin, last=m)
     X, band = _design(st, values, feats, states, m)
-    records = _records(st, new_ts, X, band, feats.iloc[-m:], states_new, (time.perf_counter() - t0) * 1000)
+    records = _records(st, new_ts, X, band, feats, states_new, (time.perf_counter() - t0) * 1000)
     # move the tails on
     W = spikes.shape[1]
     drop = len(spikes) - PATTERN_TAIL

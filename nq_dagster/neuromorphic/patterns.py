@@ -46,31 +46,40 @@ def synchronous(spikes: np.ndarray) -> np.ndarray:
     return np.where(total >= 2, r, 0.0)
 
 
-def travelling_wave(spikes: np.ndarray) -> np.ndarray:
+def travelling_wave(spikes: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """|corr(bin, neuron index)| over the step's spikes; the moments come from two matrix-vector products
+    per chunk of steps (bins x neurons against the neuron indices), never a float copy of every slot."""
     T, W, N = spikes.shape
-    s = spikes.astype(float)
-    b = np.arange(W, dtype=float)[None, :, None]
-    i = np.arange(N, dtype=float)[None, None, :]
-    n = s.sum(axis=(1, 2))
-    sb, si = (s * b).sum(axis=(1, 2)), (s * i).sum(axis=(1, 2))
-    sbb, sii, sbi = (s * b * b).sum(axis=(1, 2)), (s * i * i).sum(axis=(1, 2)), (s * b * i).sum(axis=(1, 2))
-    nn = np.maximum(n, 1)
-    cov = sbi / nn - sb * si / nn**2
-    vb = sbb / nn - (sb / nn) ** 2
-    vi = sii / nn - (si / nn) ** 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.abs(cov) / np.sqrt(vb * vi)
-    return np.where((n >= 3) & (vb > 1e-12) & (vi > 1e-12), np.clip(r, 0, 1), 0.0)
+    b = np.arange(W, dtype=float)
+    i = np.arange(N, dtype=float)
+    out = np.zeros(T)
+    for c0 in range(0, T, chunk):
+        s = spikes[c0:c0 + chunk].astype(np.float64)  # (t, W, N), a bounded chunk
+        per_bin = s.sum(axis=2)  # (t, W)
+        si_b = s @ i  # (t, W): sum of neuron indices that fired in each bin
+        sii = (s @ (i * i)).sum(axis=1)
+        n = per_bin.sum(axis=1)
+        sb, sbb = per_bin @ b, per_bin @ (b * b)
+        si, sbi = si_b.sum(axis=1), si_b @ b
+        nn = np.maximum(n, 1)
+        cov = sbi / nn - sb * si / nn**2
+        vb = sbb / nn - (sb / nn) ** 2
+        vi = sii / nn - (si / nn) ** 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.abs(cov) / np.sqrt(vb * vi)
+        out[c0:c0 + chunk] = np.where((n >= 3) & (vb > 1e-12) & (vi > 1e-12), np.clip(r, 0, 1), 0.0)
+    return out
 
 
 def _windows(activity: np.ndarray, window: int, t: int) -> np.ndarray:
     return activity[max(0, t - window + 1): t + 1]
 
 
-def standing_wave(activity: np.ndarray, window: int = 32) -> np.ndarray:
+def standing_wave(activity: np.ndarray, window: int = 32, start: int = 0) -> np.ndarray:
+    """Strength per step; steps before `start` are left at 0 (a stream computes only its new steps)."""
     T = len(activity)
     out = np.zeros(T)
-    for t in range(3, T):
+    for t in range(max(3, start), T):
         X = _windows(activity, window, t)
         X = X - X.mean(axis=0)
         G = X @ X.T  # (k, k) Gram matrix: cheap eigen-decomposition of a short window
@@ -182,11 +191,12 @@ def permutation_entropy(x: np.ndarray, window: int = 32, order: int = 3) -> np.n
 
 
 def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = 32, burst_isi: int = 2,
-                    prior_last_bin: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                    prior_last_bin: np.ndarray | None = None, last: int | None = None) -> dict[str, np.ndarray]:
     """All eight strengths, (T,) each, in [0, 1]. `spikes` (T, W, N) bool, `activity` (T, M) float.
 
     On the tail of a stream (at least `window` steps before the rows wanted, and `prior_last_bin` from
-    `last_spike_bins` of everything before the tail) the strengths equal those of the whole history."""
+    `last_spike_bins` of everything before the tail) the strengths equal those of the whole history.
+    With `last`, only the final `last` steps are computed and returned."""
     spikes = np.asarray(spikes, dtype=bool)
     activity = np.asarray(activity, dtype=float)
     if spikes.ndim != 3 or activity.ndim != 2 or len(spikes) != len(activity):
@@ -195,14 +205,17 @@ def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = 32, 
         raise ValueError("no time steps")
     if window < 4:
         raise ValueError("window must be >= 4 steps")
+    T = len(spikes)
+    k = T if last is None else int(min(max(last, 1), T))
     rhythm, burst = _isi_stats(spikes, window, burst_isi, prior_last_bin)
+    tail = spikes[T - k:]
     return {
-        "synchronous": synchronous(spikes),
-        "travelling_wave": travelling_wave(spikes),
-        "standing_wave": standing_wave(activity, window),
-        "emergent": emergent(activity, window),
-        "rhythmic": rhythm,
-        "sparse": sparse(spikes),
-        "burst": burst,
-        "chaotic": permutation_entropy(activity.mean(axis=1), window),
+        "synchronous": synchronous(tail),
+        "travelling_wave": travelling_wave(tail),
+        "standing_wave": standing_wave(activity, window, start=T - k)[T - k:],
+        "emergent": emergent(activity, window)[T - k:],
+        "rhythmic": rhythm[T - k:],
+        "sparse": sparse(tail),
+        "burst": burst[T - k:],
+        "chaotic": permutation_entropy(activity.mean(axis=1), window)[T - k:],
     }
