@@ -9,7 +9,8 @@ Walk-forward with an expanding window: at each refit point T0 (every
 target was realized by T0 (t + h <= T0) and predicts rows T0 .. T0 + refit_every - 1.
 The model is a ridge regression of the change (penalty by leave-one-out CV);
 direction probabilities follow from a Normal error around the predicted change,
-whose scale is fitted by log loss on the most recent `calibration_fraction` of
+whose scale (a constant, or proportional to the recent volatility: whichever
+fits better) is fitted by log loss on the most recent `calibration_fraction` of
 the training rows, held out from the regression fit, so
 a confidence is always calibrated on data the model did not fit. Each
 prediction records `train_end`, the last row whose target the model saw, and
@@ -68,14 +69,20 @@ class FusionModel:
     train_end: int
     fit_end: int
     columns: list[str]
+    scale_per_band: float | None = None  # when set, the error scale is this times the row's hold band
 
     def predict_change(self, X: np.ndarray) -> np.ndarray:
         return sum(reg.predict(sc.transform(X[:, cols])) for cols, sc, reg in self.stages)
 
+    def error_scale(self, band: np.ndarray) -> np.ndarray | float:
+        if self.scale_per_band is None:
+            return self.scale
+        return np.maximum(self.scale_per_band * np.asarray(band, dtype=float), 1e-12)
+
     def predict(self, X: np.ndarray, band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Returns (class probabilities (n, 3) in CLASSES order, predicted change (n,))."""
         chg = self.predict_change(X)
-        return direction_probabilities(chg, band, self.scale), chg
+        return direction_probabilities(chg, band, self.error_scale(band)), chg
 
 
 def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_fraction: float,
@@ -99,32 +106,45 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
         raise AssertionError("training rows include an unrealized target: leakage guard")
     d = X.shape[1]
     groups = [slice(d - n_base, d), slice(0, d - n_base)] if 0 < n_base < d else [slice(0, d)]
-    stages, target = [], y_chg[warmup:fit_end].copy()
-    for cols in groups:
-        sc = StandardScaler().fit(X[warmup:fit_end, cols])
-        reg = RidgeCV(alphas=ALPHAS).fit(sc.transform(X[warmup:fit_end, cols]), target)
-        target = target - reg.predict(sc.transform(X[warmup:fit_end, cols]))
-        stages.append((cols, sc, reg))
-    model = FusionModel(stages, 1.0, train_end, fit_end, columns)
-    if len(stages) == 2:
-        # keep the reservoir stage only if it lowers the error on the held-out calibration rows
-        base_only = FusionModel(stages[:1], 1.0, train_end, fit_end, columns)
-        e_both = np.mean((y_chg[fit_end:n] - model.predict_change(X[fit_end:n])) ** 2)
-        e_base = np.mean((y_chg[fit_end:n] - base_only.predict_change(X[fit_end:n])) ** 2)
-        if e_base < e_both:
-            model = base_only
+    # candidates: with / without intercept (a drift learned on an old regime can dominate a market's
+    # forecast; a zero-drift model is the martingale default), and with / without the reservoir stage;
+    # the one with the lowest squared error on the held-out calibration rows is kept
+    held = slice(fit_end, n)
+    candidates = []
+    for intercept in (False, True):
+        stages, target = [], y_chg[warmup:fit_end].copy()
+        for cols in groups:
+            sc = StandardScaler().fit(X[warmup:fit_end, cols])
+            reg = RidgeCV(alphas=ALPHAS, fit_intercept=intercept).fit(sc.transform(X[warmup:fit_end, cols]), target)
+            target = target - reg.predict(sc.transform(X[warmup:fit_end, cols]))
+            stages.append((cols, sc, reg))
+        for k in range(1, len(stages) + 1):
+            cand = FusionModel(stages[:k], 1.0, train_end, fit_end, columns)
+            candidates.append((float(np.mean((y_chg[held] - cand.predict_change(X[held])) ** 2)), cand))
+    model = min(candidates, key=lambda c: c[0])[1]
     resid = y_chg[fit_end:n] - model.predict_change(X[fit_end:n])
     s0 = float(np.sqrt(np.mean(resid**2))) or 1e-12
     band = targets["band"].to_numpy()[fit_end:n]
     pred = y_chg[fit_end:n] - resid
     y_idx = np.searchsorted(CLASSES, y_dir[fit_end:n])
 
-    def nll(log_k: float) -> float:
-        P = direction_probabilities(pred, band, s0 * np.exp(log_k))
+    def nll(scale: np.ndarray | float) -> float:
+        P = direction_probabilities(pred, band, scale)
         return -float(np.mean(np.log(P[np.arange(len(y_idx)), y_idx])))
 
-    k = float(np.exp(minimize_scalar(nll, bounds=(-4, 4), method="bounded").x)) if len(y_idx) >= 20 else 1.0
-    model.scale = s0 * k
+    if len(y_idx) < 20:
+        model.scale = s0
+        return model
+    # two error models, each with one factor fitted by log loss on the held-out rows: a constant scale, or a
+    # scale proportional to the recent volatility (through the hold band, which is hold_band x rolling std),
+    # so that the probabilities follow a change of regime between refits; the lower held-out loss wins
+    fit_c = minimize_scalar(lambda lk: nll(s0 * np.exp(lk)), bounds=(-4, 4), method="bounded")
+    model.scale = s0 * float(np.exp(fit_c.x))
+    if np.all(band > 0):
+        b0 = float(np.sqrt(np.mean(resid**2) / np.mean(band**2)))
+        fit_v = minimize_scalar(lambda lk: nll(b0 * np.exp(lk) * band), bounds=(-4, 4), method="bounded")
+        if fit_v.fun < fit_c.fun:
+            model.scale_per_band = b0 * float(np.exp(fit_v.x))
     return model
 
 
@@ -133,8 +153,8 @@ def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_m
                  warmup: int = 50) -> tuple[pd.DataFrame, FusionModel]:
     """Predictions for every row t >= train_min, each by a model trained only on targets realized by t.
 
-    Returns the prediction frame (row, p_down, p_hold, p_up, pred_change, direction, confidence, train_end,
-    model_id) and the last fitted model (for serving the next rows)."""
+    Returns the prediction frame (row, p_down, p_hold, p_up, pred_change, error_scale, direction, confidence,
+    train_end, model_id) and the last fitted model (for serving the next rows)."""
     X = np.asarray(X, dtype=float)
     T = len(X)
     if T != len(targets):
@@ -149,8 +169,9 @@ def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_m
         model = fit_model(X, targets, train_end, calibration_fraction, columns or [], n_base, warmup)
         rows = np.arange(t0, min(T, t0 + refit_every))
         probs, chg = model.predict(X[rows], band[rows])
+        scale = np.broadcast_to(model.error_scale(band[rows]), rows.shape)
         out.append(pd.DataFrame({"row": rows, "p_down": probs[:, 0], "p_hold": probs[:, 1], "p_up": probs[:, 2],
-                                 "pred_change": chg, "train_end": train_end, "model_id": k}))
+                                 "pred_change": chg, "error_scale": scale, "train_end": train_end, "model_id": k}))
     pred = pd.concat(out, ignore_index=True)
     P = pred[["p_down", "p_hold", "p_up"]].to_numpy()
     pred["direction"] = CLASSES[P.argmax(axis=1)]

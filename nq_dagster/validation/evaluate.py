@@ -97,8 +97,9 @@ def evaluate(fusion: dict, anomaly_truth: np.ndarray | None = None) -> dict:
            "reliability": pd.DataFrame(diagram), "rows": rows, "correct": correct, "y_dir": y_dir,
            "pred_dir": f["direction"].to_numpy(), "baseline_dirs": {k: v["direction"] for k, v in baselines.items()}}
     if anomaly_truth is not None:
-        # a point is flagged when its realized change is a > 4 sigma surprise to the model's forecast
-        z = np.abs(y_chg - f["pred_change"].to_numpy()) / max(float(fusion["model"].scale), 1e-12)
+        # a point is flagged when its realized change is a > 4 sigma surprise to the forecast of the model
+        # that made it (its own error scale, fitted before the row)
+        z = np.abs(y_chg - f["pred_change"].to_numpy()) / np.maximum(f["error_scale"].to_numpy(), 1e-12)
         pts = rows + 1  # the change from row r lands on point r + 1
         ok = pts < len(anomaly_truth)
         pr = precision_recall((z > 4)[ok], np.asarray(anomaly_truth, bool)[pts[ok]])
