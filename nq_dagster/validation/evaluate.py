@@ -104,6 +104,8 @@ def evaluate(fusion: dict, anomaly_truth: np.ndarray | None = None) -> dict:
         ok = pts < len(anomaly_truth)
         pr = precision_recall((z > 4)[ok], np.asarray(anomaly_truth, bool)[pts[ok]])
         out["anomalies"] = pr
+        out["anomaly_points"] = {"flagged": pts[ok][(z > 4)[ok]],
+                                 "recorded": np.nonzero(np.asarray(anomaly_truth, bool))[0]}
         metrics["anomaly_precision"], metrics["anomaly_recall"] = pr["precision"], pr["recall"]
     return out
 

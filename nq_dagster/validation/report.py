@@ -68,6 +68,15 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
         ax.set(title="Cumulative log return (no costs)")
         ax.legend(fontsize=7)
         figs.append(("Cumulative return", _png(fig)))
+    if "anomaly_points" in ev:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        ax.plot(values, lw=0.7, color="0.4", label="series")
+        rec, flag = ev["anomaly_points"]["recorded"], ev["anomaly_points"]["flagged"]
+        ax.scatter(rec, values[rec], s=40, facecolors="none", edgecolors="tab:green", label="recorded anomaly")
+        ax.scatter(flag, values[flag], s=14, marker="x", color="tab:red", label="flagged (> 4 sigma surprise)")
+        ax.set(title="Flagged anomalies against the recorded ones", xlabel="point")
+        ax.legend(fontsize=7)
+        figs.append(("Flagged anomalies", _png(fig)))
     body = [f"<h1>Validation report: {html.escape(source)}</h1>",
             f"<p><b>Validation score {ev['metrics']['score']:.0f}/100</b>: share of the criteria below that pass, "
             "each measured on held-out, realized outcomes.</p>", _table(ev["criteria"]),
