@@ -18,11 +18,21 @@ from nq_dagster.resources.storage import Warehouse
 
 INSTANCE_YAML = """\
 # Dagster instance for nq-dagster (written by `nq`; edit freely, it is not overwritten).
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1    # how soon a queued run starts (the landing sensor's interval adds to it)
 concurrency:
   runs:
-    max_concurrent_runs: 4
+    max_concurrent_runs: 4         # a burst of files never becomes more than 4 runs at a time
+    tag_concurrency_limits:
+      - key: "nq/source"           # one run per source at a time: streaming and training never overlap
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
   pools:
-    default_limit: 1
+    default_limit: 1               # the `duckdb` pool: one writer at a time
 telemetry:
   enabled: false
 """
@@ -63,7 +73,8 @@ def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print) -> 
     job = defs.resolve_job_def(SOURCE_JOB)
     ok: dict[str, bool] = {}
     for src in sources:
-        res = job.execute_in_process(partition_key=src, instance=instance, raise_on_error=False, run_config=QUIET)
+        res = job.execute_in_process(partition_key=src, instance=instance, raise_on_error=False, run_config=QUIET,
+                                     tags={"nq/source": src, "nq/trigger": "cli"})
         ok[src] = res.success
         checks = res.get_asset_check_evaluations()
         failed = [c for c in checks if not c.passed]

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import os
 
-from dagster import (
-    AssetSelection,
-    Definitions,
-    define_asset_job,
-    in_process_executor,
-    load_asset_checks_from_modules,
-    load_assets_from_modules,
-)
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from nq_dagster.assets import checks, fusion, ingestion, neuromorphic, quantum
-from nq_dagster.assets.common import source_partitions
+from nq_dagster.assets import checks, fusion, ingestion, neuromorphic, quantum, streaming
+from nq_dagster.jobs import (  # noqa: F401  (names re-exported for the CLI)
+    CROSS_SOURCE_JOB,
+    SOURCE_JOB,
+    cross_source,
+    freshness_job,
+    ingest_only,
+    source_pipeline,
+)
+from nq_dagster.jobs import (
+    streaming as streaming_job,
+)
 from nq_dagster.resources import ComputeResource, WarehouseResource
 from nq_dagster.resources.io_manager import WarehouseIOManager
+from nq_dagster.sensors import freshness_schedule, landing_sensor, run_failure_recorder, training_schedule
 
-ASSET_MODULES = [ingestion, neuromorphic, quantum, fusion]
+ASSET_MODULES = [ingestion, neuromorphic, quantum, fusion, streaming]
 
 
 def build_resources() -> dict:
@@ -37,19 +41,11 @@ def build_resources() -> dict:
 all_assets = load_assets_from_modules(ASSET_MODULES)
 all_checks = load_asset_checks_from_modules([checks])
 
-source_pipeline = define_asset_job(
-    "source_pipeline",
-    selection=AssetSelection.all() - AssetSelection.keys("portfolio"),
-    partitions_def=source_partitions,
-    executor_def=in_process_executor,
-    description="The per-source graph: ingestion to validation report, for one source partition.",
+defs = Definitions(
+    assets=all_assets,
+    asset_checks=all_checks,
+    jobs=[source_pipeline, streaming_job, ingest_only, cross_source, freshness_job],
+    schedules=[training_schedule, freshness_schedule],
+    sensors=[landing_sensor, run_failure_recorder],
+    resources=build_resources(),
 )
-
-SOURCE_JOB = "source_pipeline"
-CROSS_SOURCE_JOB = "cross_source"
-cross_source = define_asset_job(
-    "cross_source", selection=AssetSelection.keys("portfolio"), executor_def=in_process_executor,
-    description="Assets across all sources: the quantum portfolio.",
-)
-
-defs = Definitions(assets=all_assets, asset_checks=all_checks, jobs=[source_pipeline, cross_source], resources=build_resources())

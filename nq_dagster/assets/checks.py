@@ -12,6 +12,7 @@ from dagster import (
 from nq_dagster.assets.common import md_table
 from nq_dagster.assets.fusion import predictions
 from nq_dagster.assets.ingestion import series
+from nq_dagster.resources import WarehouseResource
 from nq_dagster.validation.quality import run_suite
 
 
@@ -40,3 +41,43 @@ def series_quality(context: AssetCheckExecutionContext, series: pd.DataFrame) ->
              "and every model trained strictly before the time it predicts.")
 def predictions_quality(context: AssetCheckExecutionContext, predictions: pd.DataFrame) -> AssetCheckResult:
     return _result(context, "predictions", predictions)
+
+
+def freshness_table(wh, max_lag_s: float, now: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Per source: the newest data row, the newest prediction, and how long the newest data has waited.
+
+    A source is stale when it has data newer than its newest prediction that was ingested more than
+    `max_lag_s` seconds ago."""
+    now = now or pd.Timestamp.now(tz="UTC")
+    sql = """
+        WITH d AS (SELECT source, max(timestamp) AS last_data FROM raw_ticks GROUP BY 1),
+             p AS (SELECT source, max(timestamp) AS last_prediction FROM predictions GROUP BY 1),
+             i AS (SELECT s.source, max(ingested_at) AS last_ingest
+                   FROM ingest_log, unnest(string_split(sources, ',')) AS s(source)
+                   WHERE status LIKE 'ingested%' GROUP BY 1)
+        SELECT d.source, d.last_data, p.last_prediction, i.last_ingest
+        FROM d LEFT JOIN p USING (source) LEFT JOIN i USING (source) ORDER BY 1"""
+    df = wh.query(sql)
+    if df.empty:
+        return df.assign(waiting_s=[], stale=[])
+    for c in ("last_data", "last_prediction", "last_ingest"):
+        df[c] = pd.to_datetime(df[c], utc=True)
+    behind = df["last_prediction"].isna() | (df["last_data"] > df["last_prediction"])
+    df["waiting_s"] = ((now - df["last_ingest"]).dt.total_seconds()).where(behind, 0.0).fillna(0.0)
+    df["stale"] = behind & (df["waiting_s"] > max_lag_s)
+    return df
+
+
+@asset_check(asset=predictions, description="Freshness: every source's newest data has a prediction, or arrived "
+             "less than NQ_FRESHNESS_SECONDS (default 300) ago. Run each minute by the `freshness_check` schedule.")
+def predictions_fresh(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
+    import os
+
+    max_lag = float(os.environ.get("NQ_FRESHNESS_SECONDS", "300"))
+    df = freshness_table(warehouse.warehouse(), max_lag)
+    stale = df[df["stale"]] if len(df) else df
+    shown = df.assign(**{c: df[c].astype(str) for c in ("last_data", "last_prediction", "last_ingest")}) if len(df) else df
+    text = (f"{len(stale)} of {len(df)} source(s) stale (data waiting more than {max_lag:g} s for a prediction): "
+            f"{', '.join(stale['source']) or 'none'}.\n\n" + (md_table(shown) if len(df) else ""))
+    return AssetCheckResult(passed=len(stale) == 0, severity=AssetCheckSeverity.WARN,
+                            metadata={"stale_sources": len(stale), "sources": len(df), "summary": MetadataValue.md(text)})

@@ -78,6 +78,7 @@ class ServingState:
     states: np.ndarray  # (PATTERN_TAIL, size) float32, tail
     prior_last_bin: np.ndarray  # (N,) last spike of each neuron before the spikes tail, bins relative to its start
     reliability: list[dict] = field(default_factory=list)  # realized accuracy per confidence bin (walk-forward)
+    model_train_end: pd.Timestamp | None = None  # time of the last row whose target the model saw
 
     @property
     def step(self) -> pd.Timedelta:
@@ -119,7 +120,8 @@ def build_state(source: str, cfg: PipelineConfig, seed: int, input_names: tuple[
                         fusion["model_version"], quantum, reservoir, reservoir_state.to(reservoir.device), T,
                         np.asarray(timestamps)[-v:], np.asarray(values, dtype=float)[-v:], spikes[-k:].copy(),
                         np.asarray(states[-k:], dtype=np.float32), prior,
-                        walk_forward_reliability(fusion["fused"], fusion["targets"]) if "fused" in fusion else [])
+                        walk_forward_reliability(fusion["fused"], fusion["targets"]) if "fused" in fusion else [],
+                        pd.Timestamp(np.asarray(timestamps)[fusion["model"].train_end]))
 
 
 def _records(st: ServingState, ts: np.ndarray, X: np.ndarray, band: np.ndarray, feats: pd.DataFrame,
@@ -167,6 +169,23 @@ def _design(st: ServingState, values: np.ndarray, feats: pd.DataFrame, states: n
     lags = lag_matrix(values, 5)[-m:]
     band = make_targets(values, st.cfg.horizon, st.cfg.hold_band, st.cfg.feature_window)["band"].to_numpy()[-m:]
     return np.hstack([states[-m:], sel, lags]), band
+
+
+TABLE_COLUMNS = ("prediction_id", "source", "timestamp", "direction", "confidence", "magnitude", "predicted_change",
+                 "time_horizon_ms", "processing_time_ms", "model_version", "config_version", "train_end",
+                 "neuromorphic_results", "quantum_results")
+
+
+def as_table_rows(st: ServingState, records: pd.DataFrame) -> pd.DataFrame:
+    """Records in the `predictions` table's schema (nested results as JSON text)."""
+    import json
+
+    df = records.copy()
+    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
+    df["train_end"] = pd.to_datetime(pd.Series([st.model_train_end] * len(df), dtype=object), utc=True).to_numpy()
+    for c in ("neuromorphic_results", "quantum_results"):
+        df[c] = df[c].map(json.dumps)
+    return df[list(TABLE_COLUMNS)]
 
 
 def predict_latest(st: ServingState) -> pd.DataFrame:

@@ -36,6 +36,9 @@ class WarehouseIOManager(ConfigurableIOManager):
         if isinstance(obj, pd.DataFrame):
             new_table = not wh.table_parts(name)
             wh.write_table(name, source, obj)
+            # a materialization replaces the whole partition: parts the streaming job appended since the last
+            # one (its rows are in the new data part now) go, after the new part is in place
+            wh.drop_other_parts(name, source, keep="data")
             if new_table:
                 wh.refresh_views()
         else:

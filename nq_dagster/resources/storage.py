@@ -137,6 +137,15 @@ class Warehouse:
         atomic_write_parquet(path, df)
         return path
 
+    def drop_other_parts(self, table: str, source: str, keep: str = "data") -> int:
+        """Remove every part of a source partition but `keep` (after a full rewrite replaced them)."""
+        n = 0
+        for p in self.table_parts(table, source):
+            if p.stem != keep:
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
     def table_parts(self, table: str, source: str | None = None) -> list[Path]:
         base = self.tables_dir / table
         if source is not None:

@@ -1,0 +1,41 @@
+"""The jobs: training (the whole per-source graph), streaming (new rows only), ingest-only, cross-source,
+and the freshness check. All use the in-process executor: a process per step costs seconds here."""
+
+from dagster import AssetSelection, define_asset_job, in_process_executor
+
+from nq_dagster.assets.checks import predictions_fresh
+from nq_dagster.assets.common import source_partitions
+
+SOURCE_JOB, STREAMING_JOB, INGEST_JOB, CROSS_SOURCE_JOB, FRESHNESS_JOB = (
+    "source_pipeline", "streaming", "ingest_only", "cross_source", "freshness_check")
+
+source_pipeline = define_asset_job(
+    SOURCE_JOB,
+    selection=(AssetSelection.all() - AssetSelection.assets("portfolio", "live_predictions")
+               - AssetSelection.checks(predictions_fresh)),
+    partitions_def=source_partitions,
+    executor_def=in_process_executor,
+    description="Training: the whole per-source graph over the full history (new model version, new report).",
+)
+streaming = define_asset_job(
+    STREAMING_JOB,
+    selection=AssetSelection.assets("raw_ticks", "live_predictions").without_checks(),
+    partitions_def=source_partitions,
+    executor_def=in_process_executor,
+    description="Streaming: ingest the landed files, predict only the new rows from the saved state.",
+)
+ingest_only = define_asset_job(
+    INGEST_JOB,
+    selection=AssetSelection.assets("raw_ticks").without_checks(),
+    partitions_def=source_partitions,
+    executor_def=in_process_executor,
+    description="Store a new source's rows until it has enough to train on.",
+)
+cross_source = define_asset_job(
+    CROSS_SOURCE_JOB, selection=AssetSelection.assets("portfolio").without_checks(), executor_def=in_process_executor,
+    description="Assets across all sources: the quantum portfolio.",
+)
+freshness_job = define_asset_job(
+    FRESHNESS_JOB, selection=AssetSelection.checks(predictions_fresh), executor_def=in_process_executor,
+    description="Are every source's predictions as recent as its data?",
+)

@@ -1,0 +1,33 @@
+"""Run-failure sensor: every failed run (job, source, error) into the `run_failures` table of the warehouse."""
+
+import pandas as pd
+from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
+
+from nq_dagster.resources import WarehouseResource
+
+RUN_FAILURES_DDL = ("CREATE TABLE IF NOT EXISTS run_failures (run_id VARCHAR, job VARCHAR, source VARCHAR, "
+                    "failed_at TIMESTAMPTZ, step VARCHAR, error VARCHAR)")
+
+
+def failure_rows(context: RunFailureSensorContext) -> pd.DataFrame:
+    run = context.dagster_run
+    source = run.tags.get("nq/source") or run.tags.get("dagster/partition") or ""
+    steps = [(e.step_key or "", e.event_specific_data.error.message.strip() if e.event_specific_data
+              and e.event_specific_data.error else e.message or "")
+             for e in context.get_step_failure_events()]
+    if not steps:  # the run failed outside any step (launch, resources, ...)
+        steps = [("", (context.failure_event.message or "run failed").strip())]
+    now = pd.Timestamp.now(tz="UTC")
+    return pd.DataFrame([{"run_id": run.run_id, "job": run.job_name, "source": source, "failed_at": now,
+                          "step": step, "error": err[:4000]} for step, err in steps])
+
+
+@run_failure_sensor(name="run_failure_recorder", default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=False,
+                    description="Records every failed run in the `run_failures` table (`nq query \"select * from "
+                                "run_failures\"`).")
+def run_failure_recorder(context: RunFailureSensorContext, warehouse: WarehouseResource) -> None:
+    rows = failure_rows(context)
+    warehouse.warehouse().append_rows("run_failures", rows, RUN_FAILURES_DDL)
+    for r in rows.itertuples():
+        context.log.error(f"run {r.run_id[:8]} of {r.job} failed (source {r.source or '-'}, step {r.step or '-'}): "
+                          f"{r.error.splitlines()[0] if r.error else ''}")

@@ -1,0 +1,183 @@
+"""The landing-zone sensor: new files in `landing/` become one run per source.
+
+Each tick (default every 5 s; `NQ_SENSOR_INTERVAL`):
+- the files waiting in `landing/` are grouped by source (sub-directory, else file stem); a file modified less
+  than `NQ_SETTLE_SECONDS` (default 1 s) ago is left for the next tick, as it may still be being written
+  (writers should write elsewhere and rename into `landing/`);
+- a source that already has a run queued or in progress gets nothing new this tick (backpressure: a burst of
+  files becomes one run per source, which ingests every file present when it starts); nothing is dropped,
+  the files simply wait in `landing/`;
+- otherwise one run is requested for the source, with `run_key = <job>-<source>-<hash of the files' content
+  hashes>-a<attempt>`. Dagster never launches a run key twice, so a file set is processed once however often the
+  daemon or the UI restarts; the cursor (kept by Dagster across restarts) only caches content hashes and counts
+  attempts. If a run fails and leaves the files in place, the next tick retries with the next attempt number,
+  up to `NQ_MAX_ATTEMPTS` (3); then the files go to `quarantine/` with the reason, so the stream moves on;
+- the job: `streaming` when the source has a serving state (a trained model), else the full training job
+  `source_pipeline` once the source has at least `NQ_MIN_ROWS_TO_TRAIN` rows (default: train_min + 100),
+  else `ingest_only` (the rows are stored and counted until there are enough).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dagster import (
+    AddDynamicPartitionsRequest,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from nq_dagster.ingest import content_hash, landing_files
+from nq_dagster.jobs import ingest_only, source_pipeline, streaming
+from nq_dagster.resources import WarehouseResource
+from nq_dagster.resources.storage import Warehouse, atomic_write_bytes
+
+STREAMING_JOB, TRAINING_JOB, INGEST_JOB = "streaming", "source_pipeline", "ingest_only"
+SOURCE_TAG = "nq/source"
+ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
+          DagsterRunStatus.CANCELING]
+FINISHED_BAD = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+
+
+def sensor_interval() -> int:
+    return int(os.environ.get("NQ_SENSOR_INTERVAL", "5"))
+
+
+@dataclass
+class Plan:
+    requests: list[RunRequest] = field(default_factory=list)
+    new_sources: list[str] = field(default_factory=list)
+    waiting: dict[str, str] = field(default_factory=dict)  # source -> why nothing was requested
+    quarantined: list[str] = field(default_factory=list)
+    cursor: dict = field(default_factory=dict)
+
+
+def _hash(path: Path, cache: dict) -> str:
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    if key not in cache:
+        cache[key] = content_hash(path.read_bytes())
+    return cache[key]
+
+
+def _landing_rows(path: Path) -> int:
+    """Rows a landing file holds (lines after the header; Parquet from its footer), to decide on training."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    with open(path, "rb") as fh:
+        lines = sum(1 for line in fh if line.strip())
+    return max(0, lines - (0 if path.suffix.lower() in (".jsonl", ".ndjson") else 1))
+
+
+def stored_rows(wh: Warehouse, source: str) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in wh.table_parts("raw_ticks", source))
+
+
+def min_rows_to_train(wh: Warehouse) -> int:
+    if "NQ_MIN_ROWS_TO_TRAIN" in os.environ:
+        return int(os.environ["NQ_MIN_ROWS_TO_TRAIN"])
+    from nq_dagster.config import load_config
+
+    return load_config(wh.home).train_min + 100
+
+
+def _quarantine(wh: Warehouse, files: list[Path], reason: str) -> list[str]:
+    moved = []
+    wh.quarantine.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        if not f.exists():
+            continue
+        target = wh.quarantine / f.name
+        if target.exists():
+            target = wh.quarantine / f"{f.stem}.{int(time.time())}{f.suffix}"
+        f.replace(target)
+        atomic_write_bytes(target.with_name(target.name + ".reason.txt"), f"file: {f}\nreason: {reason}\n".encode())
+        moved.append(str(target))
+    return moved
+
+
+def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], now: float | None = None) -> Plan:
+    """What one tick requests. Pure apart from reading `landing/`, the run records, and quarantining files
+    whose runs failed `NQ_MAX_ATTEMPTS` times."""
+    now = time.time() if now is None else now
+    settle = float(os.environ.get("NQ_SETTLE_SECONDS", "1"))
+    max_attempts = int(os.environ.get("NQ_MAX_ATTEMPTS", "3"))
+    old_cache = cursor.get("hashes", {})
+    plan = Plan(cursor={"hashes": {}, "attempts": dict(cursor.get("attempts", {}))})
+    for source, files in sorted(landing_files(wh).items()):
+        ready = [f for f in files if now - f.stat().st_mtime >= settle]
+        if not ready:
+            plan.waiting[source] = "files still being written"
+            continue
+        if source not in known_sources:
+            plan.new_sources.append(source)
+        active = instance.get_runs(RunsFilter(tags={SOURCE_TAG: source}, statuses=ACTIVE), limit=1)
+        hashes = []
+        for f in ready:
+            h = _hash(f, old_cache)
+            plan.cursor["hashes"][f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}"] = h
+            hashes.append(h)
+        if active:
+            plan.waiting[source] = f"run {active[0].run_id[:8]} for this source is still queued or running"
+            continue
+        files_key = hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16]
+        if wh.artifact_path("serving_state", source).exists():
+            job = STREAMING_JOB
+        elif stored_rows(wh, source) + sum(_landing_rows(f) for f in ready) >= min_rows_to_train(wh):
+            job = TRAINING_JOB
+        else:
+            job = INGEST_JOB
+        akey = f"{source}:{files_key}"
+        attempt = plan.cursor["attempts"].get(akey, 0)
+        previous = instance.get_runs(RunsFilter(tags={"dagster/run_key": f"{job}-{source}-{files_key}-a{attempt}"}),
+                                     limit=1)
+        if previous:  # that exact file set was requested and its run has finished, yet the files are still here
+            attempt += 1
+            plan.cursor["attempts"][akey] = attempt
+            if attempt >= max_attempts:
+                why = (f"{attempt} runs failed on these files (last run {previous[0].run_id}, status "
+                       f"{previous[0].status.value}); see `nq query \"select * from run_failures\"`")
+                plan.quarantined += _quarantine(wh, ready, why)
+                plan.cursor["attempts"].pop(akey, None)
+                continue
+        plan.requests.append(RunRequest(
+            run_key=f"{job}-{source}-{files_key}-a{attempt}", job_name=job, partition_key=source,
+            tags={SOURCE_TAG: source, "nq/trigger": "landing", "nq/files": str(len(ready))}))
+    live = {f"{source}:" for source in landing_files(wh)}
+    plan.cursor["attempts"] = {k: v for k, v in plan.cursor["attempts"].items() if any(k.startswith(s) for s in live)}
+    return plan
+
+
+@sensor(name="landing_sensor", minimum_interval_seconds=sensor_interval(), default_status=DefaultSensorStatus.RUNNING,
+        jobs=[streaming, source_pipeline, ingest_only], description="New files in landing/: one streaming (or first training) run per source.")
+def landing_sensor(context: SensorEvaluationContext, warehouse: WarehouseResource):
+    wh = warehouse.warehouse()
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    known = set(context.instance.get_dynamic_partitions("source"))
+    plan = plan_runs(wh, context.instance, cursor, known)
+    for q in plan.quarantined:
+        context.log.warning(f"quarantined {q} after repeated failed runs")
+    if not plan.requests and not plan.new_sources:
+        msg = "; ".join(f"{s}: {why}" for s, why in plan.waiting.items()) or "no new files in landing/"
+        context.update_cursor(json.dumps(plan.cursor))
+        return SkipReason(msg)
+    return SensorResult(
+        run_requests=plan.requests,
+        dynamic_partitions_requests=[AddDynamicPartitionsRequest("source", plan.new_sources)] if plan.new_sources else [],
+        cursor=json.dumps(plan.cursor),
+    )
