@@ -9,10 +9,19 @@ RUN_FAILURES_DDL = ("CREATE TABLE IF NOT EXISTS run_failures (run_id VARCHAR, jo
                     "failed_at TIMESTAMPTZ, step VARCHAR, error VARCHAR)")
 
 
+def error_text(err) -> str:
+    """The error and the chain of its causes, messages only (the stack traces stay in the run's logs)."""
+    parts = []
+    while err is not None and len(parts) < 5:
+        parts.append(err.message.strip())
+        err = err.cause or getattr(err, "context", None)
+    return "\ncaused by: ".join(parts)
+
+
 def failure_rows(context: RunFailureSensorContext) -> pd.DataFrame:
     run = context.dagster_run
     source = run.tags.get("nq/source") or run.tags.get("dagster/partition") or ""
-    steps = [(e.step_key or "", e.event_specific_data.error.message.strip() if e.event_specific_data
+    steps = [(e.step_key or "", error_text(e.event_specific_data.error) if e.event_specific_data
               and e.event_specific_data.error else e.message or "")
              for e in context.get_step_failure_events()]
     if not steps:  # the run failed outside any step (launch, resources, ...)

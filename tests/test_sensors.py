@@ -1,0 +1,129 @@
+"""Landing sensor (grouping, run keys, cursor across restarts, backpressure, retries), failure recorder,
+freshness check; evaluated against a real (temporary) Dagster instance."""
+
+import pandas as pd
+import pytest
+from dagster import DagsterRunStatus, build_sensor_context, instance_for_test
+from dagster._core.test_utils import create_run_for_test
+
+from nq_dagster.resources import WarehouseResource
+from nq_dagster.sensors.landing import landing_sensor
+
+
+def write_csv(path, start, n, base=100.0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ts = pd.date_range(start, periods=n, freq="min", tz="UTC")
+    pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": base + pd.RangeIndex(n)}).to_csv(path, index=False)
+
+
+@pytest.fixture
+def landing(wh, monkeypatch):
+    monkeypatch.setenv("NQ_SETTLE_SECONDS", "0")
+    write_csv(wh.landing / "alpha" / "a1.csv", "2026-03-01", 5)
+    write_csv(wh.landing / "alpha" / "a2.csv", "2026-03-02", 5)
+    write_csv(wh.landing / "beta.csv", "2026-03-01", 7)
+    return wh
+
+
+def tick(wh, instance, cursor=None):
+    ctx = build_sensor_context(instance=instance, cursor=cursor,
+                               resources={"warehouse": WarehouseResource(home=str(wh.home))})
+    return landing_sensor(ctx)
+
+
+def test_groups_by_source_with_stable_run_keys(landing):
+    with instance_for_test() as inst:
+        res = tick(landing, inst)
+        reqs = {r.partition_key: r for r in res.run_requests}
+        assert set(reqs) == {"alpha", "beta"}  # two files of alpha in one run
+        assert reqs["alpha"].tags["nq/files"] == "2"
+        assert all(r.job_name == "ingest_only" for r in reqs.values())  # too few rows to train yet
+        assert {p for d in res.dynamic_partitions_requests for p in d.partition_keys} == {"alpha", "beta"}
+        # a restarted daemon (same persisted cursor, or none at all) asks for the same run keys: Dagster
+        # launches a run key once, so no file set is processed twice
+        again = tick(landing, inst, res.cursor)
+        fresh = tick(landing, inst, None)
+        keys = lambda r: sorted(q.run_key for q in r.run_requests)  # noqa: E731
+        assert keys(again) == keys(res) == keys(fresh)
+        # a new file for alpha changes alpha's key only
+        write_csv(landing.landing / "alpha" / "a3.csv", "2026-03-03", 5)
+        third = {r.partition_key: r.run_key for r in tick(landing, inst, res.cursor).run_requests}
+        assert third["alpha"] != reqs["alpha"].run_key and third["beta"] == reqs["beta"].run_key
+
+
+def test_backpressure_retries_then_quarantine(landing, monkeypatch):
+    monkeypatch.setenv("NQ_MAX_ATTEMPTS", "2")
+    with instance_for_test() as inst:
+        first = {r.partition_key: r.run_key for r in tick(landing, inst).run_requests}
+        # a run for alpha still in progress: nothing new for alpha (its files wait), beta goes on
+        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.STARTED, tags={"nq/source": "alpha"})
+        res = tick(landing, inst)
+        assert {r.partition_key for r in res.run_requests} == {"beta"}
+    with instance_for_test() as inst:
+        # alpha's run failed and left its files: the next tick retries with the next attempt's key
+        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.FAILURE,
+                            tags={"nq/source": "alpha", "dagster/run_key": first["alpha"]})
+        res = tick(landing, inst)
+        retry = {r.partition_key: r.run_key for r in res.run_requests}["alpha"]
+        assert retry == first["alpha"][:-1] + "1"
+        # that one fails too: attempts are used up, the files go to quarantine with the reason
+        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.FAILURE,
+                            tags={"nq/source": "alpha", "dagster/run_key": retry})
+        res = tick(landing, inst, res.cursor)
+        assert "alpha" not in {r.partition_key for r in res.run_requests}
+        assert not (landing.landing / "alpha").exists() or not list((landing.landing / "alpha").glob("*.csv"))
+        reasons = list(landing.quarantine.glob("a1*.reason.txt"))
+        assert reasons and "runs failed" in reasons[0].read_text()
+
+
+def test_job_choice_training_then_streaming(landing, monkeypatch):
+    monkeypatch.setenv("NQ_MIN_ROWS_TO_TRAIN", "6")
+    with instance_for_test() as inst:
+        jobs = {r.partition_key: r.job_name for r in tick(landing, inst).run_requests}
+        assert jobs == {"alpha": "source_pipeline", "beta": "source_pipeline"}  # 10 and 7 rows >= 6
+        landing.save_artifact("serving_state", "beta", {"stand-in": True})  # beta has a trained model now
+        jobs = {r.partition_key: r.job_name for r in tick(landing, inst).run_requests}
+        assert jobs["beta"] == "streaming"
+
+
+def test_failure_recorder_writes_table(wh):
+    from dagster import DagsterEventType, build_run_status_sensor_context, job, op
+
+    from nq_dagster.sensors.failures import run_failure_recorder
+
+    @op
+    def boom():
+        raise ValueError("landing/x.csv: row 3: bad value")
+
+    @job(tags={"nq/source": "x"})
+    def failing():
+        boom()
+
+    with instance_for_test() as inst:
+        res = failing.execute_in_process(instance=inst, raise_on_error=False)
+        run = inst.get_run_by_id(res.run_id)
+        ev = next(e for e in inst.all_logs(res.run_id) if e.dagster_event
+                  and e.dagster_event.event_type == DagsterEventType.RUN_FAILURE).dagster_event
+        ctx = build_run_status_sensor_context("run_failure_recorder", ev, inst, run,
+                                              resources={"warehouse": WarehouseResource(home=str(wh.home))})
+        run_failure_recorder(ctx.for_run_failure())
+    rows = wh.query("SELECT * FROM run_failures")
+    assert len(rows) == 1 and rows.loc[0, "source"] == "x" and rows.loc[0, "job"] == "failing"
+    assert "row 3: bad value" in rows.loc[0, "error"] and rows.loc[0, "step"] == "boom"
+
+
+def test_freshness_flags_only_data_waiting_too_long(wh):
+    from nq_dagster.assets.checks import freshness_table
+    from nq_dagster.ingest import Ingestor
+
+    write_csv(wh.landing / "gamma.csv", "2026-03-01", 10)
+    Ingestor(wh).ingest_file(wh.landing / "gamma.csv", move=True)
+    ts = pd.date_range("2026-03-01", periods=10, freq="min", tz="UTC")
+    wh.write_table("predictions", "gamma", pd.DataFrame({"source": "gamma", "timestamp": ts[:8]}))
+    wh.refresh_views()
+    now = pd.Timestamp.now(tz="UTC")
+    assert not freshness_table(wh, 300, now)["stale"].any()  # two rows behind, ingested just now
+    later = freshness_table(wh, 300, now + pd.Timedelta("10min"))
+    assert later["stale"].tolist() == [True] and later["waiting_s"].iloc[0] > 300
+    wh.write_table("predictions", "gamma", pd.DataFrame({"source": "gamma", "timestamp": ts}))
+    assert not freshness_table(wh, 300, now + pd.Timedelta("10min"))["stale"].any()  # caught up
