@@ -187,28 +187,47 @@ class Warehouse:
 
     # DuckDB -------------------------------------------------------------------
     @contextlib.contextmanager
-    def duckdb_writer(self, timeout_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The only way to write to nq.duckdb: an exclusive file lock, then a short-lived connection."""
+    def _lock(self, exclusive: bool, timeout_s: float) -> Iterator[None]:
+        """Readers share, writers exclude, through one lock file: every nq process (runs, sensors, the CLI)
+        takes it before opening nq.duckdb, so DuckDB's own file lock never refuses one of them."""
         self.home.mkdir(parents=True, exist_ok=True)
         lock_path = self.home / ".nq.duckdb.lock"
         with open(lock_path, "a+") as lock:
             deadline = time.monotonic() + timeout_s
             while True:
                 try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(lock, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"{lock_path}: another writer held the DuckDB lock for {timeout_s}s") from None
-                    time.sleep(0.05)
+                        who = "a writer" if not exclusive else "another reader or writer"
+                        raise TimeoutError(f"{lock_path}: {who} held the DuckDB lock for {timeout_s}s") from None
+                    time.sleep(0.02)
             try:
-                con = duckdb.connect(str(self.duckdb_path))
-                try:
-                    yield con
-                finally:
-                    con.close()
+                yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _connect(self, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
+        """Connect, waiting out a process outside nq (a DuckDB shell, say) that holds the file."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return duckdb.connect(str(self.duckdb_path), read_only=read_only)
+            except duckdb.IOException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    @contextlib.contextmanager
+    def duckdb_writer(self, timeout_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The only way to write to nq.duckdb: the exclusive lock, then a short-lived connection."""
+        with self._lock(True, timeout_s):
+            con = self._connect(False, timeout_s)
+            try:
+                yield con
+            finally:
+                con.close()
 
     def refresh_views(self) -> list[str]:
         """(Re)create one DuckDB view per Parquet table, reading every source partition."""
@@ -235,20 +254,14 @@ class Warehouse:
             con.execute(f'INSERT INTO "{table}" SELECT * FROM _rows')
             con.unregister("_rows")
 
-    def query(self, sql: str, retries: int = 100) -> pd.DataFrame:
-        """Run SQL read-only over the warehouse views and small tables."""
+    def query(self, sql: str, timeout_s: float = 60.0) -> pd.DataFrame:
+        """Run SQL read-only over the warehouse views and small tables (a shared lock: readers never block
+        each other, and wait for a writer to finish)."""
         if not self.duckdb_path.exists():
             self.refresh_views()
-        for attempt in range(retries):
+        with self._lock(False, timeout_s):
+            con = self._connect(True, timeout_s)
             try:
-                con = duckdb.connect(str(self.duckdb_path), read_only=True)
-                break
-            except duckdb.IOException:
-                # a writer holds the file for a moment; readers wait instead of failing
-                if attempt == retries - 1:
-                    raise
-                time.sleep(0.05)
-        try:
-            return con.execute(sql).df()
-        finally:
-            con.close()
+                return con.execute(sql).df()
+            finally:
+                con.close()
