@@ -7,6 +7,7 @@ import os
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
 from nq_dagster.assets import checks, fusion, ingestion, neuromorphic, quantum, streaming
+from nq_dagster.deployment import deployment
 from nq_dagster.jobs import (  # noqa: F401  (names re-exported for the CLI)
     CROSS_SOURCE_JOB,
     SOURCE_JOB,
@@ -26,10 +27,9 @@ ASSET_MODULES = [ingestion, neuromorphic, quantum, fusion, streaming]
 
 
 def build_resources() -> dict:
-    """Resources for the deployment chosen by DAGSTER_DEPLOYMENT (only `local` is implemented)."""
-    deployment = os.environ.get("DAGSTER_DEPLOYMENT", "local")
-    if deployment != "local":
-        raise ValueError(f"DAGSTER_DEPLOYMENT={deployment!r} is not supported yet; use 'local'")
+    """Resources for the deployment chosen by DAGSTER_DEPLOYMENT (see nq_dagster/deployment.py)."""
+    if deployment() == "k8s" and not os.environ.get("NQ_HOME"):
+        raise ValueError("DAGSTER_DEPLOYMENT=k8s needs NQ_HOME: the path of the volume every pod mounts")
     home = os.environ.get("NQ_HOME", "")
     return {
         "warehouse": WarehouseResource(home=home),

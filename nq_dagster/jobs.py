@@ -5,6 +5,7 @@ from dagster import AssetSelection, define_asset_job, in_process_executor
 
 from nq_dagster.assets.checks import predictions_fresh
 from nq_dagster.assets.common import source_partitions
+from nq_dagster.deployment import training_executor
 
 SOURCE_JOB, STREAMING_JOB, INGEST_JOB, CROSS_SOURCE_JOB, FRESHNESS_JOB = (
     "source_pipeline", "streaming", "ingest_only", "cross_source", "freshness_check")
@@ -14,7 +15,7 @@ source_pipeline = define_asset_job(
     selection=(AssetSelection.all() - AssetSelection.assets("portfolio", "live_predictions")
                - AssetSelection.checks(predictions_fresh)),
     partitions_def=source_partitions,
-    executor_def=in_process_executor,
+    executor_def=training_executor(),
     description="Training: the whole per-source graph over the full history (new model version, new report).",
 )
 streaming = define_asset_job(

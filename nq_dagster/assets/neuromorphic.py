@@ -8,6 +8,7 @@ import torch
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from nq_dagster.assets.common import md_table, source_partitions, table_metadata
+from nq_dagster.deployment import k8s_op_tags
 from nq_dagster.fusion.serving import reservoir_input, spike_statistics
 from nq_dagster.neuromorphic import PATTERN_NAMES, Reservoir, detect_patterns, encode, encoder_inputs
 from nq_dagster.neuromorphic.encoders import _blocks
@@ -57,7 +58,7 @@ def build_reservoir(cfg, n_inputs: int, source: str, device: str = "cpu") -> Res
                      seed=source_seed(cfg.seed + 1, source), device=device)
 
 
-@asset(partitions_def=source_partitions, group_name="neuromorphic", kinds={"torch"})
+@asset(partitions_def=source_partitions, group_name="neuromorphic", kinds={"torch"}, op_tags=k8s_op_tags("gpu"))
 def reservoir_states(context: AssetExecutionContext, spike_trains: dict, warehouse: WarehouseResource,
                      compute: ComputeResource) -> Output[dict]:
     """Reservoir features per step, and the final state so that streaming runs continue from it."""

@@ -5,6 +5,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from nq_dagster.assets.common import md_table, source_partitions
+from nq_dagster.deployment import k8s_op_tags
 from nq_dagster.fusion.pipeline import candidate_columns
 from nq_dagster.fusion.walkforward import make_targets
 from nq_dagster.quantum import solve_qubo
@@ -22,7 +23,7 @@ def selection_qubo(relevance: np.ndarray, redundancy: np.ndarray, k: int, lam: f
     return Q, h
 
 
-@asset(partitions_def=source_partitions, group_name="quantum", kinds={"scipy"})
+@asset(partitions_def=source_partitions, group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"))
 def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, warehouse: WarehouseResource) -> Output[dict]:
     """Choose `select_k` fusion features by a relevance-minus-redundancy QUBO on the first training window only."""
     cfg = warehouse.pipeline_config()
@@ -52,7 +53,7 @@ def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, wa
     })
 
 
-@asset(deps=["predictions"], group_name="quantum", kinds={"scipy"})
+@asset(deps=["predictions"], group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"))
 def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """Choose a subset of market sources: predicted return minus risk (covariance of realized returns), with a
     cardinality penalty; solved as a QUBO with one qubit per source."""

@@ -1,0 +1,97 @@
+"""Kubernetes, offline: definitions load with the k8s deployment; the Job that dagster-k8s builds for the reservoir
+step carries the GPU request, node selector and toleration and validates against the Kubernetes schema; the
+instance configuration for k8s loads through Dagster's config schema; the Helm values parse."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+K8S = Path(__file__).resolve().parents[1] / "k8s"
+pytest.importorskip("dagster_k8s", reason="the k8s extra (pip install -e '.[k8s]') is not installed")
+
+
+def test_definitions_load_for_k8s(tmp_path):
+    code = ("import json; from nq_dagster.definitions import defs; "
+            "j = {n: defs.resolve_job_def(n).executor_def.name for n in ('source_pipeline', 'streaming')}; "
+            "print(json.dumps(j))")
+    env = {**os.environ, "DAGSTER_DEPLOYMENT": "k8s", "NQ_HOME": str(tmp_path), "NQ_GPU_NODE_SELECTOR": "pool=gpu-a"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"source_pipeline": "k8s", "streaming": "in_process"}
+    bad = subprocess.run([sys.executable, "-c", "import nq_dagster.definitions"], capture_output=True, text=True,
+                         env={**os.environ, "DAGSTER_DEPLOYMENT": "k8s", "NQ_HOME": ""})
+    assert bad.returncode != 0 and "needs NQ_HOME" in bad.stderr
+
+
+def reservoir_job(monkeypatch) -> dict:
+    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+
+    monkeypatch.setenv("NQ_GPU_NODE_SELECTOR", "nq.io/pool=gpu")
+    from nq_dagster.definitions import defs
+
+    node = defs.resolve_job_def("source_pipeline").graph.node_named("reservoir_states")
+    user = UserDefinedDagsterK8sConfig.from_dict(node.definition.tags["dagster-k8s/config"])
+    cfg = DagsterK8sJobConfig(job_image="ghcr.io/your-org/nq-dagster:0.1.0-cuda", dagster_home="/opt/dagster/dagster_home",
+                              image_pull_policy="IfNotPresent", instance_config_map="nq-dagster-instance")
+    job = construct_dagster_k8s_job(cfg, args=["dagster", "api", "execute_step"], job_name="nq-step-reservoir",
+                                    user_defined_k8s_config=user, pod_name="nq-step-reservoir",
+                                    component="step_worker")
+    from kubernetes.client import ApiClient
+
+    return ApiClient().sanitize_for_serialization(job)
+
+
+def test_reservoir_step_job_asks_for_a_gpu_node(monkeypatch):
+    job = reservoir_job(monkeypatch)
+    pod = job["spec"]["template"]["spec"]
+    res = pod["containers"][0]["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == "1" and res["requests"]["nvidia.com/gpu"] == "1"
+    assert res["limits"]["cpu"] == "4" and res["limits"]["memory"] == "8Gi"
+    assert pod["nodeSelector"] == {"nq.io/pool": "gpu"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    kv = pytest.importorskip("kubernetes_validate")
+    kv.validate(job, "1.30.0", strict=True)  # raises on any schema violation
+
+
+def test_quantum_steps_ask_for_large_cpu_pods():
+    from nq_dagster.definitions import defs
+
+    tags = defs.resolve_job_def("source_pipeline").graph.node_named("feature_selection").definition.tags
+    res = tags["dagster-k8s/config"]["container_config"]["resources"]
+    assert res["limits"] == {"cpu": "8", "memory": "16Gi"} and "nvidia.com/gpu" not in res["limits"]
+
+
+def test_k8s_instance_config_loads_through_dagster_schema():
+    from dagster._config import validate_config
+    from dagster._core.instance.config import dagster_instance_config_schema
+    from dagster_k8s import K8sRunLauncher
+
+    cfg = yaml.safe_load((K8S / "dagster.yaml").read_text())
+    top = validate_config(dagster_instance_config_schema(), cfg)
+    assert top.success, [e.message for e in top.errors]
+    launcher = validate_config(K8sRunLauncher.config_type(), cfg["run_launcher"]["config"])
+    assert launcher.success, [e.message for e in launcher.errors]
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    queue = validate_config(QueuedRunCoordinator.config_type(), cfg["run_coordinator"]["config"])
+    assert queue.success, [e.message for e in queue.errors]
+
+
+def test_helm_values_parse_and_agree_with_code():
+    base = yaml.safe_load((K8S / "values.yaml").read_text())
+    gpu = yaml.safe_load((K8S / "values-gpu.yaml").read_text())
+    dep = base["dagster-user-deployments"]["deployments"][0]
+    assert dep["dagsterApiGrpcArgs"] == ["-m", "nq_dagster.definitions"]
+    assert {"name": "DAGSTER_DEPLOYMENT", "value": "k8s"} in dep["env"]
+    assert base["runLauncher"]["type"] == "K8sRunLauncher"
+    assert base["postgresql"]["enabled"] is True and base["dagsterDaemon"]["enabled"] is True
+    limits = base["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]["tagConcurrencyLimits"]
+    assert limits[0]["key"] == "nq/source"
+    assert gpu["dagster-user-deployments"]["deployments"][0]["image"]["tag"].endswith("cuda")
+    assert dep["securityContext"]["runAsNonRoot"] is True
+    docker = (K8S / "Dockerfile").read_text()
+    assert "USER 10001" in docker and "ARG VARIANT" in docker and docker.count("FROM ") == 2
