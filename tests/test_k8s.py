@@ -28,13 +28,13 @@ def test_definitions_load_for_k8s(tmp_path):
 
 
 def reservoir_job(monkeypatch) -> dict:
-    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+    from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
 
     monkeypatch.setenv("NQ_GPU_NODE_SELECTOR", "nq.io/pool=gpu")
     from nq_dagster.definitions import defs
 
     node = defs.resolve_job_def("source_pipeline").graph.node_named("reservoir_states")
-    user = UserDefinedDagsterK8sConfig.from_dict(node.definition.tags["dagster-k8s/config"])
+    user = get_user_defined_k8s_config(node.definition.tags)  # what k8s_job_executor reads for the step
     cfg = DagsterK8sJobConfig(job_image="ghcr.io/your-org/nq-dagster:0.1.0-cuda", dagster_home="/opt/dagster/dagster_home",
                               image_pull_policy="IfNotPresent", instance_config_map="nq-dagster-instance")
     job = construct_dagster_k8s_job(cfg, args=["dagster", "api", "execute_step"], job_name="nq-step-reservoir",
@@ -60,8 +60,10 @@ def test_reservoir_step_job_asks_for_a_gpu_node(monkeypatch):
 def test_quantum_steps_ask_for_large_cpu_pods():
     from nq_dagster.definitions import defs
 
+    from dagster_k8s.job import get_user_defined_k8s_config
+
     tags = defs.resolve_job_def("source_pipeline").graph.node_named("feature_selection").definition.tags
-    res = tags["dagster-k8s/config"]["container_config"]["resources"]
+    res = get_user_defined_k8s_config(tags).container_config["resources"]
     assert res["limits"] == {"cpu": "8", "memory": "16Gi"} and "nvidia.com/gpu" not in res["limits"]
 
 
