@@ -28,21 +28,10 @@ def test_definitions_load_for_k8s(tmp_path):
 
 
 def reservoir_job(monkeypatch) -> dict:
-    from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
-
     monkeypatch.setenv("NQ_GPU_NODE_SELECTOR", "nq.io/pool=gpu")
-    from nq_dagster.definitions import defs
+    from nq_dagster.deployment import render_step_job
 
-    node = defs.resolve_job_def("source_pipeline").graph.node_named("reservoir_states")
-    user = get_user_defined_k8s_config(node.definition.tags)  # what k8s_job_executor reads for the step
-    cfg = DagsterK8sJobConfig(job_image="ghcr.io/your-org/nq-dagster:0.1.0-cuda", dagster_home="/opt/dagster/dagster_home",
-                              image_pull_policy="IfNotPresent", instance_config_map="nq-dagster-instance")
-    job = construct_dagster_k8s_job(cfg, args=["dagster", "api", "execute_step"], job_name="nq-step-reservoir",
-                                    user_defined_k8s_config=user, pod_name="nq-step-reservoir",
-                                    component="step_worker")
-    from kubernetes.client import ApiClient
-
-    return ApiClient().sanitize_for_serialization(job)
+    return render_step_job("reservoir_states")  # built by dagster-k8s from the step's op tags
 
 
 def test_reservoir_step_job_asks_for_a_gpu_node(monkeypatch):
@@ -53,14 +42,17 @@ def test_reservoir_step_job_asks_for_a_gpu_node(monkeypatch):
     assert res["limits"]["cpu"] == "4" and res["limits"]["memory"] == "8Gi"
     assert pod["nodeSelector"] == {"nq.io/pool": "gpu"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    sec = pod["containers"][0]["securityContext"]
+    assert sec["runAsNonRoot"] and sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"]
+    assert pod["automountServiceAccountToken"] is False
     kv = pytest.importorskip("kubernetes_validate")
     kv.validate(job, "1.30.0", strict=True)  # raises on any schema violation
 
 
 def test_quantum_steps_ask_for_large_cpu_pods():
-    from nq_dagster.definitions import defs
-
     from dagster_k8s.job import get_user_defined_k8s_config
+
+    from nq_dagster.definitions import defs
 
     tags = defs.resolve_job_def("source_pipeline").graph.node_named("feature_selection").definition.tags
     res = get_user_defined_k8s_config(tags).container_config["resources"]
