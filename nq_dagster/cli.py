@@ -205,8 +205,8 @@ def cmd_predict(args) -> int:
     try:
         st = wh.load_artifact("serving_state", args.source)
     except FileNotFoundError:
-        known = sorted(p.stem for p in (wh.artifacts_dir / "serving_state").glob("*.pkl"))
-        raise FileNotFoundError(f"no serving state for source {args.source!r} in {wh.home}; sources with one: "
+        known = wh.artifact_sources("serving_state")
+        raise FileNotFoundError(f"no serving state for source {args.source!r} in {wh.where}; sources with one: "
                                 f"{', '.join(known) or 'none'}. Fix: run `nq run --source {args.source}` first") from None
     if args.values:
         try:

@@ -30,11 +30,12 @@ def build_resources() -> dict:
     """Resources for the deployment chosen by DAGSTER_DEPLOYMENT (see nq_dagster/deployment.py)."""
     if deployment() == "k8s" and not os.environ.get("NQ_HOME"):
         raise ValueError("DAGSTER_DEPLOYMENT=k8s needs NQ_HOME: the path of the volume every pod mounts")
-    home = os.environ.get("NQ_HOME", "")
+    # home "" = resolved from NQ_HOME each time it is used, not frozen at import: the code server, the runs it
+    # launches and the CLI may point at different data directories over one process's life (tests do)
     return {
-        "warehouse": WarehouseResource(home=home),
+        "warehouse": WarehouseResource(home=""),
         "compute": ComputeResource(device=os.environ.get("NQ_DEVICE", "auto")),
-        "io_manager": WarehouseIOManager(home=home),
+        "io_manager": WarehouseIOManager(home=""),
     }
 
 

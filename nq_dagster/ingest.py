@@ -248,7 +248,7 @@ class Ingestor:
         self.wh = warehouse.ensure()
 
     def _already_ingested(self, digest: str) -> bool:
-        if not self.wh.duckdb_path.exists():
+        if self.wh.store is None and not self.wh.duckdb_path.exists():
             return False
         try:
             hits = self.wh.query(
@@ -262,7 +262,7 @@ class Ingestor:
         parts = [p for p in self.wh.table_parts("raw_ticks", source) if p.stem != exclude_part]
         if not parts:
             return pd.Series([], dtype="datetime64[us, UTC]")
-        return pd.concat([pq.read_table(p, columns=["timestamp"]).to_pandas()["timestamp"] for p in parts])
+        return pd.concat([self.wh.read_part(p, columns=["timestamp"]).to_pandas()["timestamp"] for p in parts])
 
     def ingest_file(self, path: str | Path, source: str | None = None, skip_bad_rows: bool = False,
                     move: bool = False) -> FileResult:

@@ -11,7 +11,15 @@
 
 Every file write goes to a temporary file in the same directory, is fsynced and
 then renamed over the target, so a crash leaves either the old file or the new
-one, never half of one. Writes to the DuckDB file are serialised by an
+one, never half of one.
+
+With `NQ_S3_BUCKET` set (the k8s deployment), the tables and artifacts live in
+S3-compatible object storage instead (`s3://<bucket>/<NQ_S3_PREFIX>/warehouse/...`,
+`.../artifacts/...`, endpoint `NQ_S3_ENDPOINT`, credentials from the usual AWS
+variables): each object is written with a single PUT, which is atomic; the small
+log tables become Parquet parts too, and queries run in an in-memory DuckDB over
+Arrow datasets of those objects (no shared DuckDB file, no DuckDB extension).
+Landing, processed, quarantine and reports stay under `$NQ_HOME`. Writes to the DuckDB file are serialised by an
 inter-process file lock (and, inside Dagster, by the `duckdb` concurrency pool),
 because DuckDB allows a single writer per database file.
 """
@@ -25,16 +33,53 @@ import pickle
 import re
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 DUCKDB_POOL = "duckdb"
+LOG_PARTITION = "_log"  # the partition that appended log rows use in object storage
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """Where tables and artifacts go in the k8s deployment: an S3-compatible bucket (pyarrow's S3 client)."""
+
+    bucket: str
+    prefix: str
+    endpoint: str | None
+    fs: pafs.FileSystem
+
+    @classmethod
+    def from_env(cls) -> ObjectStore | None:
+        bucket = os.environ.get("NQ_S3_BUCKET", "").strip()
+        if not bucket:
+            return None
+        endpoint = os.environ.get("NQ_S3_ENDPOINT", "").strip() or None
+        kw: dict[str, Any] = {"region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))}
+        if os.environ.get("AWS_ACCESS_KEY_ID"):
+            kw.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            if not host:
+                raise ValueError(f"NQ_S3_ENDPOINT={endpoint!r}: expected http(s)://host[:port]")
+            kw.update(endpoint_override=host, scheme=scheme)
+        return cls(bucket, os.environ.get("NQ_S3_PREFIX", "nq").strip("/"), endpoint, pafs.S3FileSystem(**kw))
+
+    def path(self, *parts: str) -> str:
+        return "/".join(p for p in (self.bucket, self.prefix, *parts) if p)
+
+    def url(self) -> str:
+        return f"s3://{self.path()}" + (f" at {self.endpoint}" if self.endpoint else "")
 SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -86,8 +131,9 @@ def check_source_name(source: str) -> str:
 class Warehouse:
     """The data directory and every read and write in it."""
 
-    def __init__(self, home: str | Path | None = None):
+    def __init__(self, home: str | Path | None = None, store: ObjectStore | None = None):
         self.home = Path(home).absolute() if home else default_home()
+        self.store = store if store is not None else ObjectStore.from_env()
 
     # layout -----------------------------------------------------------------
     @property
@@ -128,62 +174,125 @@ class Warehouse:
             p.mkdir(parents=True, exist_ok=True)
         return self
 
+    @property
+    def where(self) -> str:
+        return self.store.url() if self.store else str(self.home)
+
+    def _tables_root(self) -> str:
+        return self.store.path("warehouse") if self.store else str(self.tables_dir)
+
     # Parquet tables ---------------------------------------------------------
     def partition_dir(self, table: str, source: str) -> Path:
         return self.tables_dir / table / f"source={check_source_name(source)}"
 
-    def write_table(self, table: str, source: str, df: pd.DataFrame | pa.Table, part: str = "data") -> Path:
-        path = self.partition_dir(table, source) / f"{part}.parquet"
-        atomic_write_parquet(path, df)
-        return path
+    def write_table(self, table: str, source: str, df: pd.DataFrame | pa.Table, part: str = "data") -> Path | PurePosixPath:
+        if self.store is None:
+            path = self.partition_dir(table, source) / f"{part}.parquet"
+            atomic_write_parquet(path, df)
+            return path
+        name = source if source == LOG_PARTITION else check_source_name(source)  # '_log' is no valid source name
+        key = PurePosixPath(self._tables_root(), table, f"source={name}", f"{part}.parquet")
+        tbl = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+        pq.write_table(tbl, str(key), filesystem=self.store.fs)  # one PUT: the object appears whole or not at all
+        return key
 
     def drop_other_parts(self, table: str, source: str, keep: str = "data") -> int:
         """Remove every part of a source partition but `keep` (after a full rewrite replaced them)."""
         n = 0
         for p in self.table_parts(table, source):
             if p.stem != keep:
-                p.unlink(missing_ok=True)
+                if self.store is None:
+                    p.unlink(missing_ok=True)
+                else:
+                    self.store.fs.delete_file(str(p))
                 n += 1
         return n
 
-    def table_parts(self, table: str, source: str | None = None) -> list[Path]:
-        base = self.tables_dir / table
+    def table_parts(self, table: str, source: str | None = None) -> list[Path] | list[PurePosixPath]:
+        if self.store is None:
+            base = self.tables_dir / table
+            if source is not None:
+                base = base / f"source={source}"
+                return sorted(base.glob("*.parquet")) if base.exists() else []
+            return sorted(base.glob("source=*/*.parquet")) if base.exists() else []
+        base = PurePosixPath(self._tables_root(), table)
         if source is not None:
             base = base / f"source={source}"
-            return sorted(base.glob("*.parquet")) if base.exists() else []
-        return sorted(base.glob("source=*/*.parquet")) if base.exists() else []
+        infos = self.store.fs.get_file_info(pafs.FileSelector(str(base), recursive=True, allow_not_found=True))
+        parts = [PurePosixPath(i.path) for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+        return sorted(p for p in parts if p.parent.name.startswith("source="))
+
+    def read_part(self, part: Path | PurePosixPath, columns: list[str] | None = None) -> pa.Table:
+        if self.store is None:
+            return pq.read_table(part, columns=columns)
+        return pq.read_table(str(part), columns=columns, filesystem=self.store.fs)
+
+    def part_rows(self, part: Path | PurePosixPath) -> int:
+        if self.store is None:
+            return pq.ParquetFile(part).metadata.num_rows
+        with self.store.fs.open_input_file(str(part)) as fh:
+            return pq.ParquetFile(fh).metadata.num_rows
 
     def read_table(self, table: str, source: str | None = None) -> pd.DataFrame:
         parts = self.table_parts(table, source)
         if not parts:
             raise FileNotFoundError(
                 f"no data in table {table!r}" + (f" for source {source!r}" if source else "")
-                + f" under {self.tables_dir}; ingest data or materialize the asset first"
+                + f" under {self.where}; ingest data or materialize the asset first"
             )
-        tables = [pq.read_table(p) for p in parts]
+        tables = [self.read_part(p) for p in parts]
         return pa.concat_tables(tables, promote_options="default").to_pandas()
 
     def sources(self, table: str = "raw_ticks") -> list[str]:
-        base = self.tables_dir / table
-        if not base.exists():
-            return []
-        return sorted(p.name.split("=", 1)[1] for p in base.glob("source=*") if any(p.glob("*.parquet")))
+        names = {p.parent.name.split("=", 1)[1] for p in self.table_parts(table)}
+        return sorted(names - {LOG_PARTITION})
+
+    def table_names(self) -> list[str]:
+        if self.store is None:
+            if not self.tables_dir.exists():
+                return []
+            return sorted(p.name for p in self.tables_dir.iterdir() if p.is_dir() and self.table_parts(p.name))
+        return sorted({p.parent.parent.name for p in self.table_parts("")} - {""})
 
     # artifacts (models, reservoir state) --------------------------------------
     def artifact_path(self, name: str, source: str) -> Path:
         return self.artifacts_dir / name / f"{check_source_name(source)}.pkl"
 
-    def save_artifact(self, name: str, source: str, obj: Any) -> Path:
-        path = self.artifact_path(name, source)
-        atomic_write_bytes(path, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-        return path
+    def _artifact_key(self, name: str, source: str) -> str:
+        assert self.store is not None
+        return self.store.path("artifacts", name, f"{check_source_name(source)}.pkl")
+
+    def has_artifact(self, name: str, source: str) -> bool:
+        if self.store is None:
+            return self.artifact_path(name, source).exists()
+        return self.store.fs.get_file_info(self._artifact_key(name, source)).type == pafs.FileType.File
+
+    def artifact_sources(self, name: str) -> list[str]:
+        if self.store is None:
+            return sorted(p.stem for p in (self.artifacts_dir / name).glob("*.pkl"))
+        infos = self.store.fs.get_file_info(pafs.FileSelector(self.store.path("artifacts", name), allow_not_found=True))
+        return sorted(PurePosixPath(i.path).stem for i in infos if i.path.endswith(".pkl"))
+
+    def save_artifact(self, name: str, source: str, obj: Any) -> Path | str:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        if self.store is None:
+            path = self.artifact_path(name, source)
+            atomic_write_bytes(path, data)
+            return path
+        key = self._artifact_key(name, source)
+        with self.store.fs.open_output_stream(key) as fh:  # one PUT
+            fh.write(data)
+        return key
 
     def load_artifact(self, name: str, source: str) -> Any:
-        path = self.artifact_path(name, source)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no {name} for source {source!r}; run `nq run` (or `nq demo`) first")
-        with open(path, "rb") as fh:
-            return pickle.load(fh)
+        if not self.has_artifact(name, source):
+            where = self.artifact_path(name, source) if self.store is None else f"s3://{self._artifact_key(name, source)}"
+            raise FileNotFoundError(f"{where}: no {name} for source {source!r}; run `nq run` (or `nq demo`) first")
+        if self.store is None:
+            with open(self.artifact_path(name, source), "rb") as fh:
+                return pickle.load(fh)
+        with self.store.fs.open_input_stream(self._artifact_key(name, source)) as fh:
+            return pickle.loads(fh.read())
 
     # DuckDB -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -230,10 +339,11 @@ class Warehouse:
                 con.close()
 
     def refresh_views(self) -> list[str]:
-        """(Re)create one DuckDB view per Parquet table, reading every source partition."""
-        names = []
-        if self.tables_dir.exists():
-            names = sorted(p.name for p in self.tables_dir.iterdir() if p.is_dir() and self.table_parts(p.name))
+        """(Re)create one DuckDB view per Parquet table, reading every source partition. (Object storage: no
+        shared catalogue; `query` builds the views for each query.)"""
+        names = self.table_names()
+        if self.store is not None:
+            return names
         with self.duckdb_writer() as con:
             for name in names:
                 glob = str(self.tables_dir / name / "source=*" / "*.parquet").replace("'", "''")
@@ -247,7 +357,12 @@ class Warehouse:
             con.execute(sql, params or [])
 
     def append_rows(self, table: str, df: pd.DataFrame, ddl: str) -> None:
-        """Append rows to a small DuckDB table, created by `ddl` when missing."""
+        """Append rows to a small log table (`ingest_log`, `run_failures`), created by `ddl` when missing.
+        Object storage: each append is one more Parquet part of the table."""
+        if self.store is not None:
+            part = f"{pd.Timestamp.now(tz='UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
+            self.write_table(table, LOG_PARTITION, df, part=part)
+            return
         with self.duckdb_writer() as con:
             con.execute(ddl)
             con.register("_rows", df)
@@ -257,6 +372,8 @@ class Warehouse:
     def query(self, sql: str, timeout_s: float = 60.0) -> pd.DataFrame:
         """Run SQL read-only over the warehouse views and small tables (a shared lock: readers never block
         each other, and wait for a writer to finish)."""
+        if self.store is not None:
+            return self._query_object_store(sql)
         if not self.duckdb_path.exists():
             self.refresh_views()
         with self._lock(False, timeout_s):
@@ -265,3 +382,17 @@ class Warehouse:
                 return con.execute(sql).df()
             finally:
                 con.close()
+
+    def _query_object_store(self, sql: str) -> pd.DataFrame:
+        """An in-memory DuckDB with one Arrow dataset per table in the bucket (schemas unified by name)."""
+        assert self.store is not None
+        con = duckdb.connect()
+        try:
+            for name in self.table_names():
+                parts = [str(p) for p in self.table_parts(name)]
+                schema = pa.unify_schemas([pq.read_schema(p, filesystem=self.store.fs) for p in parts],
+                                          promote_options="permissive")
+                con.register(name, pads.dataset(parts, schema=schema, format="parquet", filesystem=self.store.fs))
+            return con.execute(sql).df()
+        finally:
+            con.close()

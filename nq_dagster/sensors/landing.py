@@ -83,9 +83,7 @@ def _landing_rows(path: Path) -> int:
 
 
 def stored_rows(wh: Warehouse, source: str) -> int:
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in wh.table_parts("raw_ticks", source))
+    return sum(wh.part_rows(p) for p in wh.table_parts("raw_ticks", source))
 
 
 def min_rows_to_train(wh: Warehouse) -> int:
@@ -136,7 +134,7 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], no
             plan.waiting[source] = f"run {active[0].run_id[:8]} for this source is still queued or running"
             continue
         files_key = hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16]
-        if wh.artifact_path("serving_state", source).exists():
+        if wh.has_artifact("serving_state", source):
             job = STREAMING_JOB
         elif stored_rows(wh, source) + sum(_landing_rows(f) for f in ready) >= min_rows_to_train(wh):
             job = TRAINING_JOB
