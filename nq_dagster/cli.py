@@ -223,7 +223,9 @@ def cmd_predict(args) -> int:
 
 def cmd_dev(args) -> int:
     wh = _setup_env(args.home)
-    cmd = ["dagster", "dev", "-p", str(args.port)]
+    # the dagster next to this interpreter: `.venv/bin/nq dev` works without an activated virtualenv
+    exe = Path(sys.executable).parent / "dagster"
+    cmd = [str(exe) if exe.exists() else "dagster", "dev", "-p", str(args.port)]
     ws = Path.cwd() / "workspace.yaml"
     cmd += ["-w", str(ws)] if ws.exists() else ["-m", "nq_dagster.definitions"]
     print(f"DAGSTER_HOME={wh.dagster_home}\n$ {' '.join(cmd)}")

@@ -127,3 +127,9 @@ def test_freshness_flags_only_data_waiting_too_long(wh):
     assert later["stale"].tolist() == [True] and later["waiting_s"].iloc[0] > 300
     wh.write_table("predictions", "gamma", pd.DataFrame({"source": "gamma", "timestamp": ts}))
     assert not freshness_table(wh, 300, now + pd.Timedelta("10min"))["stale"].any()  # caught up
+
+
+def test_freshness_on_an_empty_warehouse(wh):
+    from nq_dagster.assets.checks import freshness_table
+
+    assert freshness_table(wh, 300).empty  # nothing ingested: no error, nothing stale

@@ -49,9 +49,14 @@ def freshness_table(wh, max_lag_s: float, now: pd.Timestamp | None = None) -> pd
     A source is stale when it has data newer than its newest prediction that was ingested more than
     `max_lag_s` seconds ago."""
     now = now or pd.Timestamp.now(tz="UTC")
-    sql = """
+    tables = set(wh.table_names())
+    if "raw_ticks" not in tables:  # nothing ingested yet: nothing can be stale
+        return pd.DataFrame(columns=["source", "last_data", "last_prediction", "last_ingest", "waiting_s", "stale"])
+    preds = ("SELECT source, max(timestamp) AS last_prediction FROM predictions GROUP BY 1" if "predictions" in tables
+             else "SELECT NULL::VARCHAR AS source, NULL::TIMESTAMPTZ AS last_prediction WHERE false")
+    sql = f"""
         WITH d AS (SELECT source, max(timestamp) AS last_data FROM raw_ticks GROUP BY 1),
-             p AS (SELECT source, max(timestamp) AS last_prediction FROM predictions GROUP BY 1),
+             p AS ({preds}),
              i AS (SELECT s.source, max(ingested_at) AS last_ingest
                    FROM ingest_log, unnest(string_split(sources, ',')) AS s(source)
                    WHERE status LIKE 'ingested%' GROUP BY 1)
@@ -59,7 +64,7 @@ def freshness_table(wh, max_lag_s: float, now: pd.Timestamp | None = None) -> pd
         FROM d LEFT JOIN p USING (source) LEFT JOIN i USING (source) ORDER BY 1"""
     df = wh.query(sql)
     if df.empty:
-        return df.assign(waiting_s=[], stale=[])
+        return df.assign(waiting_s=pd.Series(dtype=float), stale=pd.Series(dtype=bool))
     for c in ("last_data", "last_prediction", "last_ingest"):
         df[c] = pd.to_datetime(df[c], utc=True)
     behind = df["last_prediction"].isna() | (df["last_data"] > df["last_prediction"])
