@@ -52,9 +52,21 @@ _SECURE_POD = {
 }
 
 
+def _data_volume() -> tuple[list[dict], list[dict]]:
+    """The shared data volume (NQ_DATA_PVC, a ReadWriteMany claim) mounted at NQ_HOME in every step pod:
+    landing/, processed/, quarantine/ and reports/ live there (and everything, without object storage)."""
+    claim = os.environ.get("NQ_DATA_PVC", "").strip()
+    if not claim:
+        return [], []
+    return ([{"name": "data", "persistent_volume_claim": {"claim_name": claim}}],
+            [{"name": "data", "mount_path": os.environ.get("NQ_HOME") or "/data"}])
+
+
 def k8s_op_tags(kind: str) -> dict:
     """`dagster-k8s/config` op tags for a step: 'gpu' (reservoir), 'quantum', or 'default'. Ignored locally."""
-    pod = dict(_SECURE_POD)
+    volumes, mounts = _data_volume()
+    pod = {**_SECURE_POD, "volumes": _SECURE_POD["volumes"] + volumes}
+    container = {**_SECURE_CONTAINER, "volume_mounts": _SECURE_CONTAINER["volume_mounts"] + mounts}
     if kind == "gpu":
         resources = {"requests": GPU_RESOURCES, "limits": GPU_RESOURCES}
         pod.update({"node_selector": _node_selector(),
@@ -65,7 +77,7 @@ def k8s_op_tags(kind: str) -> dict:
         resources = DEFAULT_STEP_RESOURCES
     else:
         raise ValueError(f"unknown step kind {kind!r}")
-    return {"dagster-k8s/config": {"container_config": {**_SECURE_CONTAINER, "resources": resources},
+    return {"dagster-k8s/config": {"container_config": {**container, "resources": resources},
                                    "pod_spec_config": pod}}
 
 

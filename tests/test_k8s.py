@@ -27,15 +27,18 @@ def test_definitions_load_for_k8s(tmp_path):
     assert bad.returncode != 0 and "needs NQ_HOME" in bad.stderr
 
 
-def reservoir_job(monkeypatch) -> dict:
-    monkeypatch.setenv("NQ_GPU_NODE_SELECTOR", "nq.io/pool=gpu")
-    from nq_dagster.deployment import render_step_job
+def reservoir_job() -> dict:
+    """The Job dagster-k8s builds for the reservoir step, in a fresh process: op tags are read from the
+    environment when the code location is imported, as in a pod."""
+    env = {**os.environ, "DAGSTER_DEPLOYMENT": "k8s", "NQ_HOME": "/data", "NQ_DATA_PVC": "nq-data",
+           "NQ_GPU_NODE_SELECTOR": "nq.io/pool=gpu"}
+    code = "import json; from nq_dagster.deployment import render_step_job; print(json.dumps(render_step_job('reservoir_states')))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
-    return render_step_job("reservoir_states")  # built by dagster-k8s from the step's op tags
 
-
-def test_reservoir_step_job_asks_for_a_gpu_node(monkeypatch):
-    job = reservoir_job(monkeypatch)
+def test_reservoir_step_job_asks_for_a_gpu_node():
+    job = reservoir_job()
     pod = job["spec"]["template"]["spec"]
     res = pod["containers"][0]["resources"]
     assert res["limits"]["nvidia.com/gpu"] == "1" and res["requests"]["nvidia.com/gpu"] == "1"
@@ -45,8 +48,12 @@ def test_reservoir_step_job_asks_for_a_gpu_node(monkeypatch):
     sec = pod["containers"][0]["securityContext"]
     assert sec["runAsNonRoot"] and sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"]
     assert pod["automountServiceAccountToken"] is False
+    # the shared data volume (landing/, reports/ ...) is mounted at NQ_HOME, scratch space at /tmp
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "nq-data"}} in pod["volumes"]
+    assert {"name": "data", "mountPath": "/data"} in pod["containers"][0]["volumeMounts"]
     kv = pytest.importorskip("kubernetes_validate")
     kv.validate(job, "1.30.0", strict=True)  # raises on any schema violation
+    kv.validate(yaml.safe_load((K8S / "pvc.yaml").read_text()), "1.30.0", strict=True)
 
 
 def test_quantum_steps_ask_for_large_cpu_pods():
@@ -73,6 +80,10 @@ def test_k8s_instance_config_loads_through_dagster_schema():
 
     queue = validate_config(QueuedRunCoordinator.config_type(), cfg["run_coordinator"]["config"])
     assert queue.success, [e.message for e in queue.errors]
+    from dagster_postgres import DagsterPostgresStorage  # in the image through the k8s extra
+
+    storage = validate_config(DagsterPostgresStorage.config_type(), cfg["storage"]["postgres"])
+    assert storage.success, [e.message for e in storage.errors]
 
 
 def test_helm_values_parse_and_agree_with_code():
@@ -87,5 +98,9 @@ def test_helm_values_parse_and_agree_with_code():
     assert limits[0]["key"] == "nq/source"
     assert gpu["dagster-user-deployments"]["deployments"][0]["image"]["tag"].endswith("cuda")
     assert dep["securityContext"]["runAsNonRoot"] is True
+    assert dep["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    run_pod = base["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]
+    assert run_pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "nq-data"
+    assert {"name": "NQ_DATA_PVC", "value": "nq-data"} in dep["env"]
     docker = (K8S / "Dockerfile").read_text()
     assert "USER 10001" in docker and "ARG VARIANT" in docker and docker.count("FROM ") == 2

@@ -133,3 +133,17 @@ def test_freshness_on_an_empty_warehouse(wh):
     from nq_dagster.assets.checks import freshness_table
 
     assert freshness_table(wh, 300).empty  # nothing ingested: no error, nothing stale
+
+
+def test_unusable_files_are_quarantined_with_the_fix(landing):
+    (landing.landing / "notes.xlsx").write_bytes(b"PK\x03\x04")
+    write_csv(landing.landing / "bad name" / "x.csv", "2026-03-01", 3)
+    (landing.landing / "alpha" / "a3.csv.part").write_text("timestamp,value\n")  # still being written: left alone
+    with instance_for_test() as inst:
+        res = tick(landing, inst)
+        assert {r.partition_key for r in res.run_requests} == {"alpha", "beta"}  # the good files still go
+    assert (landing.landing / "alpha" / "a3.csv.part").exists()
+    xlsx = (landing.quarantine / "notes.xlsx.reason.txt").read_text()
+    assert "unsupported file type '.xlsx'" in xlsx and "Fix:" in xlsx and "notes.xlsx" in xlsx
+    bad = (landing.quarantine / "x.csv.reason.txt").read_text()
+    assert "source name 'bad name'" in bad and "Fix:" in bad

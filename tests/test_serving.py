@@ -84,6 +84,8 @@ def test_bad_values_rejected_state_untouched(history):
     values, ts, n0, res, model, pred, st = history
     with pytest.raises(ValueError, match="value 2"):
         advance(st, [1.0, float("nan")])
-    with pytest.raises(ValueError, match="after the last one"):
+    with pytest.raises(ValueError, match="timestamp 1 .* not after the last one seen"):
         advance(st, [1.0], ts[n0 - 5: n0 - 4])
+    with pytest.raises(ValueError, match="timestamp 3 .* not after timestamp 2"):
+        advance(st, [1.0, 2.0, 3.0], ts[[n0, n0 + 1, n0 + 1]])
     assert st.n_rows == n0  # the failed calls changed nothing

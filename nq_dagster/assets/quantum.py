@@ -42,11 +42,8 @@ def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, wa
     table = pd.DataFrame({"feature": pool, "relevance": rel[pool].to_numpy(), "chosen": [bool(b) for b in res.x]})
     value = {"selected": chosen, "pool": pool, "result": res.as_dict(), "config_version": cfg.version}
     return Output(value, metadata={
-        "selected": MetadataValue.json(chosen), "method": res.method, "qubits": len(pool),
-        "energy": float(res.energy), "gap_to_exact_optimum": 0.0 if res.exact else MetadataValue.text("unknown (classical)"),
-        "annealing_success_probability": float(res.annealing_success_probability or 0.0),
-        "annealed_energy": float(res.annealed_energy or 0.0), "annealed_coherence": float(res.annealed_coherence or 0.0),
-        "annealing_converged": bool(res.converged),
+        "selected": MetadataValue.json(chosen), "qubits": len(pool), "energy": float(res.energy),
+        **res.diagnostics(),
         "summary": MetadataValue.md(f"Relevance = |Spearman| with the {cfg.horizon}-step change on the first "
                                     f"{cfg.train_min - cfg.horizon} rows; candidates above {cfg.qubit_count} qubits "
                                     "are cut by relevance.\n\n" + md_table(table)),
@@ -78,7 +75,7 @@ def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> O
     k = max(1, len(sources) // 2)
     risk_aversion = 1.0
     scale = max(np.abs(mu).max(), np.abs(cov).max(), 1e-12)
-    Q = (risk_aversion * cov + 0.0) / scale
+    Q = risk_aversion * cov / scale
     pen = 2.0 * np.abs(Q).max() + np.abs(mu / scale).max()
     Qp = Q + pen * np.ones_like(Q)
     h = -mu / scale - 2 * pen * k
@@ -86,7 +83,6 @@ def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> O
     df = pd.DataFrame({"source": sources, "expected_return": mu, "volatility": np.sqrt(np.diag(cov)),
                        "chosen": res.x.astype(bool)})
     return Output(df, metadata={
-        "chosen": MetadataValue.json([s for s, b in zip(sources, res.x, strict=True) if b]), "method": res.method,
-        "energy": float(res.energy), "annealing_success_probability": float(res.annealing_success_probability or 0.0),
-        "annealed_coherence": float(res.annealed_coherence or 0.0), "summary": MetadataValue.md(md_table(df)),
+        "chosen": MetadataValue.json([s for s, b in zip(sources, res.x, strict=True) if b]), "energy": float(res.energy),
+        **res.diagnostics(), "summary": MetadataValue.md(md_table(df)),
     })

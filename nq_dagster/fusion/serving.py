@@ -213,9 +213,19 @@ def advance(st: ServingState, new_values: np.ndarray, new_timestamps: np.ndarray
         last, step = pd.Timestamp(st.timestamps[-1]), st.step
         new_ts = np.asarray(pd.DatetimeIndex([last + step * (i + 1) for i in range(m)]))
     else:
-        new_ts = np.asarray(pd.to_datetime(pd.Series(new_timestamps), utc=True))
-        if pd.Timestamp(new_ts[0]) <= pd.Timestamp(st.timestamps[-1]):
-            raise ValueError(f"new timestamps must come after the last one seen ({pd.Timestamp(st.timestamps[-1])})")
+        stamps = pd.to_datetime(pd.Series(new_timestamps), utc=True)
+        if len(stamps) != m:
+            raise ValueError(f"{m} values but {len(stamps)} timestamps")
+        last = pd.to_datetime(pd.Series([st.timestamps[-1]]), utc=True).iloc[0]
+        if stamps.iloc[0] <= last:
+            raise ValueError(f"timestamp 1 ({stamps.iloc[0]}) is not after the last one seen ({last}); "
+                             "older rows are used at the next training, not streamed")
+        back = np.nonzero(~(stamps.diff().iloc[1:] > pd.Timedelta(0)).to_numpy())[0]
+        if len(back):
+            i = int(back[0]) + 2
+            raise ValueError(f"timestamp {i} ({stamps.iloc[i - 1]}) is not after timestamp {i - 1}; sort the rows "
+                             "and drop duplicate times")
+        new_ts = np.asarray(stamps)
     cfg = st.cfg
     values = np.concatenate([st.values, new])
     inputs = encoder_inputs(values, cfg.feature_window)

@@ -122,11 +122,11 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
             cand = FusionModel(stages[:k], 1.0, train_end, fit_end, columns)
             candidates.append((float(np.mean((y_chg[held] - cand.predict_change(X[held])) ** 2)), cand))
     model = min(candidates, key=lambda c: c[0])[1]
-    resid = y_chg[fit_end:n] - model.predict_change(X[fit_end:n])
+    pred = model.predict_change(X[held])
+    resid = y_chg[held] - pred
     s0 = float(np.sqrt(np.mean(resid**2))) or 1e-12
-    band = targets["band"].to_numpy()[fit_end:n]
-    pred = y_chg[fit_end:n] - resid
-    y_idx = np.searchsorted(CLASSES, y_dir[fit_end:n])
+    band = targets["band"].to_numpy()[held]
+    y_idx = np.searchsorted(CLASSES, y_dir[held])
 
     def nll(scale: np.ndarray | float) -> float:
         P = direction_probabilities(pred, band, scale)

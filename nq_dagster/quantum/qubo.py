@@ -36,6 +36,15 @@ class QuboResult:
     converged: bool | None = None
     iterations: int = 0
 
+    def diagnostics(self) -> dict:
+        """What the state-vector solve measured, for asset metadata; the classical fallback measured none of it."""
+        if not self.exact:
+            return {"method": self.method, "gap_to_exact_optimum": "unknown: no exact optimum above the state-vector limit"}
+        return {"method": self.method,
+                "annealer_energy_gap": float(self.annealed_energy - self.energy),  # <H_problem> after annealing - optimum
+                "annealing_success_probability": float(self.annealing_success_probability),
+                "annealed_coherence": float(self.annealed_coherence), "annealing_converged": bool(self.converged)}
+
     def as_dict(self) -> dict:
         return {"x": self.x.astype(int).tolist(), "energy": self.energy, "method": self.method, "exact": self.exact,
                 "annealing_success_probability": self.annealing_success_probability,

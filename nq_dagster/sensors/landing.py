@@ -38,10 +38,10 @@ from dagster import (
     sensor,
 )
 
-from nq_dagster.ingest import content_hash, landing_files
+from nq_dagster.ingest import SUFFIXES, content_hash, landing_files
 from nq_dagster.jobs import ingest_only, source_pipeline, streaming
 from nq_dagster.resources import WarehouseResource
-from nq_dagster.resources.storage import Warehouse, atomic_write_bytes
+from nq_dagster.resources.storage import SOURCE_RE, Warehouse, atomic_write_bytes
 
 STREAMING_JOB, TRAINING_JOB, INGEST_JOB = "streaming", "source_pipeline", "ingest_only"
 SOURCE_TAG = "nq/source"
@@ -105,18 +105,48 @@ def _quarantine(wh: Warehouse, files: list[Path], reason: str) -> list[str]:
             target = wh.quarantine / f"{f.stem}.{int(time.time())}{f.suffix}"
         f.replace(target)
         atomic_write_bytes(target.with_name(target.name + ".reason.txt"), f"file: {f}\nreason: {reason}\n".encode())
-        moved.append(str(target))
+        moved.append(f"{target} ({reason})")
+    return moved
+
+
+IN_PROGRESS_SUFFIXES = {".tmp", ".part", ".partial", ".crdownload", ".swp"}  # a writer's file, not ours yet
+
+
+def quarantine_unusable(wh: Warehouse, now: float, settle: float) -> list[str]:
+    """Files in landing/ that no run could ingest go to quarantine/ at once, each with its reason and fix,
+    instead of waiting there unseen: an unsupported type, or a source name that is not valid."""
+    moved = []
+    if not wh.landing.exists():
+        return moved
+    for f in sorted(wh.landing.rglob("*")):
+        if not f.is_file() or f.name.startswith(".") or f.suffix.lower() in IN_PROGRESS_SUFFIXES:
+            continue
+        if now - f.stat().st_mtime < settle:
+            continue
+        rel = f.relative_to(wh.landing)
+        source = rel.parts[0] if len(rel.parts) > 1 else f.stem
+        if f.suffix.lower() not in SUFFIXES:
+            why = (f"unsupported file type {f.suffix!r}. Fix: land CSV (.csv), Parquet (.parquet) or JSON lines "
+                   f"(.jsonl) files")
+        elif not SOURCE_RE.match(source):
+            why = (f"source name {source!r} (from {'its directory' if len(rel.parts) > 1 else 'its file name'}) is "
+                   "not valid. Fix: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, "
+                   "e.g. landing/<source>/<file>.csv")
+        else:
+            continue
+        moved += _quarantine(wh, [f], why)
     return moved
 
 
 def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], now: float | None = None) -> Plan:
     """What one tick requests. Pure apart from reading `landing/`, the run records, and quarantining files
-    whose runs failed `NQ_MAX_ATTEMPTS` times."""
+    that cannot be ingested or whose runs failed `NQ_MAX_ATTEMPTS` times."""
     now = time.time() if now is None else now
     settle = float(os.environ.get("NQ_SETTLE_SECONDS", "0.25"))
     max_attempts = int(os.environ.get("NQ_MAX_ATTEMPTS", "3"))
     old_cache = cursor.get("hashes", {})
     plan = Plan(cursor={"hashes": {}, "attempts": dict(cursor.get("attempts", {}))})
+    plan.quarantined += quarantine_unusable(wh, now, settle)
     for source, files in sorted(landing_files(wh).items()):
         ready = [f for f in files if now - f.stat().st_mtime >= settle]
         if not ready:
@@ -156,7 +186,7 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], no
         plan.requests.append(RunRequest(
             run_key=f"{job}-{source}-{files_key}-a{attempt}", job_name=job, partition_key=source,
             tags={SOURCE_TAG: source, "nq/trigger": "landing", "nq/files": str(len(ready))}))
-    live = {f"{source}:" for source in landing_files(wh)}
+    live = {f"{source}:" for source in landing_files(wh)}  # forget attempt counts of file sets no longer waiting
     plan.cursor["attempts"] = {k: v for k, v in plan.cursor["attempts"].items() if any(k.startswith(s) for s in live)}
     return plan
 
@@ -169,9 +199,10 @@ def landing_sensor(context: SensorEvaluationContext, warehouse: WarehouseResourc
     known = set(context.instance.get_dynamic_partitions("source"))
     plan = plan_runs(wh, context.instance, cursor, known)
     for q in plan.quarantined:
-        context.log.warning(f"quarantined {q} after repeated failed runs")
+        context.log.warning(f"quarantined {q}")
     if not plan.requests and not plan.new_sources:
-        msg = "; ".join(f"{s}: {why}" for s, why in plan.waiting.items()) or "no new files in landing/"
+        msg = "; ".join([f"{s}: {why}" for s, why in plan.waiting.items()]
+                        + [f"quarantined {q}" for q in plan.quarantined]) or "no new files in landing/"
         context.update_cursor(json.dumps(plan.cursor))
         return SkipReason(msg)
     return SensorResult(
