@@ -30,6 +30,10 @@ def test_demo_ingest_query_cli(wh, tmp_path, capsys):
                  "SELECT count(*) AS dup FROM (SELECT source, timestamp FROM predictions GROUP BY 1, 2 HAVING count(*) > 1)",
                  "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["dup"] == 0
+    # the portfolio QUBO's cardinality penalty picks k = 3 // 2 = 1 of the three sources
+    assert main(["--home", str(wh.home), "query", "SELECT count(*) AS n, sum(chosen::INT) AS k FROM portfolio",
+                 "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0] == {"n": 3, "k": 1}
     csv = tmp_path / "mine.csv"
     csv.write_text("timestamp,value\n2026-02-01T00:00:00Z,1\n2026-02-01T00:01:00Z,oops\n")
     assert main(["--home", str(wh.home), "ingest", str(csv)]) == 1

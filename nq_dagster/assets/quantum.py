@@ -52,8 +52,11 @@ def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, wa
 
 @asset(deps=["predictions"], group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"))
 def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> Output[pd.DataFrame]:
-    """Choose a subset of market sources: predicted return minus risk (covariance of realized returns), with a
-    cardinality penalty; solved as a QUBO with one qubit per source."""
+    """Choose a subset of market sources: predicted edge minus risk (covariance of realized returns), with a
+    cardinality penalty; solved as a QUBO with one qubit per source.
+
+    The predicted edge of a source is a score, not a return forecast: the mean of direction (+1/-1/0) times
+    confidence over its last 50 predictions, times the standard deviation of its realized returns."""
     cfg = warehouse.pipeline_config()
     wh = warehouse.warehouse()
     markets = [s for s in wh.sources("predictions") if s.startswith("market")]
@@ -80,7 +83,7 @@ def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> O
     Qp = Q + pen * np.ones_like(Q)
     h = -mu / scale - 2 * pen * k
     res = solve_qubo(Qp, h, evolution_time=cfg.evolution_time, energy_tolerance=cfg.energy_tolerance)
-    df = pd.DataFrame({"source": sources, "expected_return": mu, "volatility": np.sqrt(np.diag(cov)),
+    df = pd.DataFrame({"source": sources, "predicted_edge": mu, "volatility": np.sqrt(np.diag(cov)),
                        "chosen": res.x.astype(bool)})
     return Output(df, metadata={
         "chosen": MetadataValue.json([s for s, b in zip(sources, res.x, strict=True) if b]), "energy": float(res.energy),
