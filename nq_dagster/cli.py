@@ -185,38 +185,31 @@ def cmd_query(args) -> int:
     return 0
 
 
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, pd.Timestamp):
-        return v.isoformat()
-    if hasattr(v, "item"):
-        return v.item()
-    return v
-
-
 def cmd_predict(args) -> int:
     """One prediction as JSON from the source's saved serving state; no Dagster run, nothing written."""
     import json
 
-    from nq_dagster.fusion.serving import advance, predict_latest
+    from nq_dagster.fusion.predictor import Predictor
+    from nq_dagster.fusion.record import jsonable
 
     wh = Warehouse(args.home)
     try:
-        st = wh.load_artifact("serving_state", args.source)
+        saved = wh.load_artifact("serving_state", args.source)
     except FileNotFoundError:
         known = wh.artifact_sources("serving_state")
         raise FileNotFoundError(f"no serving state for source {args.source!r} in {wh.where}; sources with one: "
                                 f"{', '.join(known) or 'none'}. Fix: run `nq run --source {args.source}` first") from None
+    predictor = Predictor()
+    predictor.load(saved)
     if args.values:
         try:
             values = [float(x) for x in args.values.split(",") if x.strip()]
         except ValueError as exc:
             raise ValueError(f"--values: {exc}; pass comma-separated numbers, e.g. --values 1.5,1.7") from None
-        records, _ = advance(st, values)
+        records = predictor.advance(args.source, values)
     else:
-        records = predict_latest(st)
-    rows = [_jsonable(r) for r in records.to_dict(orient="records")]
+        records = [predictor.latest(args.source)]
+    rows = [jsonable(r) for r in records]
     print(json.dumps(rows if args.all else rows[-1], indent=None if args.compact else 1))
     return 0
 

@@ -20,7 +20,7 @@ source_pipeline = define_asset_job(
 )
 streaming = define_asset_job(
     STREAMING_JOB,
-    selection=AssetSelection.assets("raw_ticks", "live_predictions").without_checks(),
+    selection=AssetSelection.assets("raw_ticks", "live_predictions"),  # with the predictions suite on what it wrote
     partitions_def=source_partitions,
     executor_def=in_process_executor,
     description="Streaming: ingest the landed files, predict only the new rows from the saved state.",

@@ -102,7 +102,7 @@ def test_stream_through_daemon_exactly_once(wh):
         wh.quarantine / "bad.csv.reason.txt").read_text()
     assert not list((wh.landing / "mackey_glass").glob("*.csv"))
     st = wh.load_artifact("serving_state", "mackey_glass")
-    assert st.n_rows == N_TRAIN + N_FILES * CHUNK
+    assert st.stream.n_rows == N_TRAIN + N_FILES * CHUNK
     runs = json.loads(subprocess.run([sys.executable, "-c", (
         "import json, os; from dagster import DagsterInstance, RunsFilter; i = DagsterInstance.get(); "
         "print(json.dumps([r.job_name for r in i.get_runs(RunsFilter(tags={'nq/trigger': 'landing'}))]))")],

@@ -36,7 +36,7 @@ def test_graph_on_object_storage(wh, s3, capsys):
     # the record is in the bucket, not on the local disk
     keys = {i.path for i in s3.get_file_info(pafs.FileSelector("nq-test/team-a", recursive=True))}
     assert "nq-test/team-a/warehouse/predictions/source=mackey_glass/data.parquet" in keys
-    assert "nq-test/team-a/artifacts/serving_state/mackey_glass.pkl" in keys
+    assert "nq-test/team-a/artifacts/serving_state/mackey_glass.npz" in keys
     assert any(k.startswith("nq-test/team-a/warehouse/ingest_log/source=_log/") for k in keys)
     assert not list((wh.home / "warehouse").rglob("*.parquet"))
     # DuckDB answers over the objects

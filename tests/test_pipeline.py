@@ -84,12 +84,14 @@ def test_prediction_suite_catches_duplicates_and_leakage():
     good = pd.DataFrame({c: ["x"] * 4 for c in PREDICTION_COLUMNS})
     good = good.assign(prediction_id=["a", "b", "c", "d"], timestamp=ts, train_end=ts - pd.Timedelta("1s"),
                        direction=["up", "down", "hold", "up"], confidence=[0.5, 0.9, 0.34, 1.0],
-                       magnitude=[0.0, 1.0, 2.0, 3.0], processing_time_ms=1.0)
+                       magnitude=[0.0, 1.0, 2.0, 3.0], processing_time_ms=[1.0, None, 2.0, 0.5],
+                       p_down=0.2, p_hold=0.3, p_up=0.5)
     assert run_suite("predictions", good).success
     bad = good.copy()
     bad.loc[3, "timestamp"] = bad.loc[2, "timestamp"]  # two predictions for one (source, time)
     bad.loc[1, "train_end"] = bad.loc[1, "timestamp"]  # model saw the row it predicts
     bad.loc[0, "confidence"] = 1.2
+    bad.loc[2, "p_up"] = 1.5
     rep = run_suite("predictions", bad)
     failed = set(rep.failures()["expectation"])
     assert {"expect_compound_columns_to_be_unique", "expect_column_pair_values_a_to_be_greater_than_b",

@@ -12,6 +12,7 @@ from dagster import (
 from nq_dagster.assets.common import md_table
 from nq_dagster.assets.fusion import predictions
 from nq_dagster.assets.ingestion import series
+from nq_dagster.assets.streaming import live_predictions
 from nq_dagster.resources import WarehouseResource
 from nq_dagster.validation.quality import run_suite
 
@@ -41,6 +42,16 @@ def series_quality(context: AssetCheckExecutionContext, series: pd.DataFrame) ->
              "and every model trained strictly before the time it predicts.")
 def predictions_quality(context: AssetCheckExecutionContext, predictions: pd.DataFrame) -> AssetCheckResult:
     return _result(context, "predictions", predictions)
+
+
+@asset_check(asset=live_predictions, description="The same great-expectations suite `predictions` as training, on "
+             "the source's whole `predictions` table after the streaming run appended to it: the streamed records "
+             "have the record schema, one per source and time, and no model saw a row it predicts.")
+def live_predictions_quality(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
+    source = context.run.tags.get("dagster/partition")
+    wh = warehouse.warehouse()
+    df = wh.read_table("predictions", source) if source and wh.table_parts("predictions", source) else pd.DataFrame()
+    return _result(context, "predictions", df)
 
 
 def freshness_table(wh, max_lag_s: float, now: pd.Timestamp | None = None) -> pd.DataFrame:

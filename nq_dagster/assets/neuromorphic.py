@@ -1,7 +1,5 @@
 """`spike_trains`, `reservoir_states`, `patterns`, `features`: the neuromorphic stage, per source."""
 
-import zlib
-
 import numpy as np
 import pandas as pd
 import torch
@@ -9,16 +7,18 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from nq_dagster.assets.common import md_table, source_partitions, table_metadata
 from nq_dagster.deployment import k8s_op_tags
-from nq_dagster.fusion.serving import reservoir_input, spike_statistics
-from nq_dagster.neuromorphic import PATTERN_NAMES, Reservoir, detect_patterns, encode, encoder_inputs
+from nq_dagster.neuromorphic import PATTERN_NAMES, detect_patterns, encode, encoder_inputs
 from nq_dagster.neuromorphic.encoders import _blocks
+from nq_dagster.neuromorphic.stages import (
+    INPUT_NAMES,
+    build_reservoir,
+    pack_spikes,
+    reservoir_input,
+    source_seed,
+    spike_statistics,
+    unpack_spikes,
+)
 from nq_dagster.resources import ComputeResource, WarehouseResource
-
-INPUT_NAMES = ("in_change", "in_level", "in_volatility")
-
-
-def source_seed(base: int, source: str) -> int:
-    return (base * 1_000_003 + zlib.crc32(source.encode())) & 0x7FFFFFFF
 
 
 @asset(partitions_def=source_partitions, group_name="neuromorphic", kinds={"torch"})
@@ -34,7 +34,7 @@ def spike_trains(context: AssetExecutionContext, series: pd.DataFrame, warehouse
     total = int(spikes.sum())
     block = _blocks(inputs.shape[1], N)  # neurons are contiguous blocks, one per input feature
     block_rate = [float(spikes[:, :, block == b].mean()) * 1000.0 / cfg.bin_ms for b in range(inputs.shape[1])]
-    value = {"packed": np.packbits(spikes, axis=-1), "shape": (T, W, N), "inputs": inputs.astype(np.float32),
+    value = {**pack_spikes(spikes), "inputs": inputs.astype(np.float32),
              "timestamps": series["timestamp"].to_numpy(), "encoding": cfg.encoding}
     summary = (f"{cfg.encoding} code, {N} neurons x {W} bins of {cfg.bin_ms} ms per step, {T} steps; "
                f"{total} spikes, mean rate {total / (T * N * W * cfg.bin_ms / 1000):.2f} Hz.")
@@ -44,18 +44,6 @@ def spike_trains(context: AssetExecutionContext, series: pd.DataFrame, warehouse
         "mean_rate_hz_per_feature_block": MetadataValue.json(dict(zip(INPUT_NAMES, block_rate, strict=True))),
         "summary": MetadataValue.md(summary),
     })
-
-
-def unpack_spikes(st: dict) -> np.ndarray:
-    T, W, N = st["shape"]
-    return np.unpackbits(st["packed"], axis=-1, count=N).astype(bool).reshape(T, W, N)
-
-
-def build_reservoir(cfg, n_inputs: int, source: str, device: str = "cpu") -> Reservoir:
-    # inputs are sparse spike rates; scale so that a typical step drives the units near the tanh knee
-    return Reservoir(n_inputs, cfg.reservoir_size, cfg.spectral_radius, cfg.leak, cfg.connectivity,
-                     input_scaling=cfg.input_scaling, mode=cfg.reservoir_mode,
-                     seed=source_seed(cfg.seed + 1, source), device=device)
 
 
 @asset(partitions_def=source_partitions, group_name="neuromorphic", kinds={"torch"}, op_tags=k8s_op_tags("gpu"))

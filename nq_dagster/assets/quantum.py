@@ -9,18 +9,8 @@ from nq_dagster.deployment import k8s_op_tags
 from nq_dagster.fusion.pipeline import candidate_columns
 from nq_dagster.fusion.walkforward import make_targets
 from nq_dagster.quantum import solve_qubo
+from nq_dagster.quantum.qubo import portfolio_qubo, selection_qubo
 from nq_dagster.resources import WarehouseResource
-
-
-def selection_qubo(relevance: np.ndarray, redundancy: np.ndarray, k: int, lam: float = 0.5, penalty: float = 1.0
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """min -sum r_i x_i + lam sum_{i<j} R_ij x_i x_j + P (sum x_i - k)^2, as (Q, h) without the constant."""
-    n = len(relevance)
-    R = redundancy.copy()
-    np.fill_diagonal(R, 0.0)
-    Q = penalty * np.ones((n, n)) + 0.5 * lam * R
-    h = -relevance - 2 * penalty * k
-    return Q, h
 
 
 @asset(partitions_def=source_partitions, group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"))
@@ -75,13 +65,7 @@ def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> O
     n_common = min(len(r) for r in rets)  # the most recent common number of steps, aligned by position
     cov = np.cov(np.vstack([r[-n_common:] for r in rets]))
     mu = np.array(mu)
-    k = max(1, len(sources) // 2)
-    risk_aversion = 1.0
-    scale = max(np.abs(mu).max(), np.abs(cov).max(), 1e-12)
-    Q = risk_aversion * cov / scale
-    pen = 2.0 * np.abs(Q).max() + np.abs(mu / scale).max()
-    Qp = Q + pen * np.ones_like(Q)
-    h = -mu / scale - 2 * pen * k
+    Qp, h = portfolio_qubo(mu, cov, k=max(1, len(sources) // 2))
     res = solve_qubo(Qp, h, evolution_time=cfg.evolution_time, energy_tolerance=cfg.energy_tolerance)
     df = pd.DataFrame({"source": sources, "predicted_edge": mu, "volatility": np.sqrt(np.diag(cov)),
                        "chosen": res.x.astype(bool)})

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from nq_dagster.fusion.predictor import design_matrix
+from nq_dagster.fusion.stream import CANDIDATES, N_LAGS
 from nq_dagster.fusion.walkforward import ar_forecast, lag_matrix, make_targets, walk_forward
-
-CANDIDATE_EXCLUDE = ("timestamp", "value")
 
 
 def candidate_columns(features: pd.DataFrame) -> list[str]:
-    return [c for c in features.columns if c not in CANDIDATE_EXCLUDE]
+    """The candidate fusion features present in a `features` frame, in the stream's order."""
+    return [c for c in CANDIDATES if c in features.columns]
 
 
 def run_fusion(features: pd.DataFrame, states: np.ndarray, selected: list[str], cfg) -> dict:
@@ -21,13 +22,14 @@ def run_fusion(features: pd.DataFrame, states: np.ndarray, selected: list[str], 
     kw = dict(horizon=cfg.horizon, train_min=cfg.train_min, refit_every=cfg.refit_every,
               calibration_fraction=cfg.calibration_fraction)
     sel = features[selected].to_numpy(dtype=float) if selected else np.zeros((len(features), 0))
-    last = lag_matrix(values, 5)  # the recent changes every model sees, as AR(5) does
-    X_fused = np.hstack([states, sel, last])
+    last = lag_matrix(values, N_LAGS)  # the recent changes every model sees, as AR(5) does
+    X_fused = design_matrix(states, sel, last)
     base = sel.shape[1] + last.shape[1]
-    names = [f"reservoir_{i}" for i in range(states.shape[1])] + selected + [f"lag{k}" for k in range(5)]
+    names = [f"reservoir_{i}" for i in range(states.shape[1])] + selected + [f"lag{k}" for k in range(N_LAGS)]
     fused, model = walk_forward(X_fused, targets, columns=names, n_base=base, **kw)
     ablations = {"reservoir_only": walk_forward(np.hstack([states, last]), targets, n_base=last.shape[1], **kw)[0]}
     if selected:
         ablations["patterns_only"] = walk_forward(np.hstack([sel, last]), targets, **kw)[0]
-    ar = ar_forecast(values, targets, p=5, horizon=cfg.horizon, train_min=cfg.train_min, refit_every=cfg.refit_every)
+    ar = ar_forecast(values, targets, p=N_LAGS, horizon=cfg.horizon, train_min=cfg.train_min,
+                     refit_every=cfg.refit_every)
     return {"targets": targets, "fused": fused, "ablations": ablations, "ar": ar, "model": model}

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
-from scipy.stats import norm
+from scipy.special import ndtr
 from sklearn.linear_model import RidgeCV
 from sklearn.preprocessing import StandardScaler
+
+from nq_dagster.artifacts import register
 
 CLASSES = np.array([-1, 0, 1])  # down, hold, up
 CLASS_NAMES = {-1: "down", 0: "hold", 1: "up"}
@@ -52,19 +54,46 @@ def make_targets(values: np.ndarray, horizon: int = 1, hold_band: float = 0.1, v
 
 def direction_probabilities(pred_change: np.ndarray, band: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
     """P(down), P(hold), P(up) when the change is Normal(pred_change, scale): (n, 3) in CLASSES order."""
-    p_down = norm.cdf((-band - pred_change) / scale)
-    p_up = norm.sf((band - pred_change) / scale)
+    p_down = ndtr((-band - pred_change) / scale)  # the standard normal cdf (what norm.cdf calls, without its overhead)
+    p_up = ndtr(-(band - pred_change) / scale)  # norm.sf(z) = ndtr(-z)
     p_hold = np.clip(1.0 - p_down - p_up, 0.0, 1.0)
     P = np.column_stack([p_down, p_hold, p_up]) + 1e-9
     return P / P.sum(axis=1, keepdims=True)
 
 
+@register
+@dataclass
+class LinearStage:
+    """One fitted stage as plain coefficients: ((X[:, start:stop] - mean) / scale) @ coef + intercept.
+    (scikit-learn's StandardScaler and RidgeCV fit them; storing numbers, not estimators, keeps artifacts
+    free of pickles and prediction free of sklearn's per-call overhead.)"""
+
+    start: int
+    stop: int
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    alpha: float = 0.0  # the ridge penalty chosen by leave-one-out CV
+
+    @classmethod
+    def fit(cls, X: np.ndarray, y: np.ndarray, cols: slice, intercept: bool) -> LinearStage:
+        sc = StandardScaler().fit(X[:, cols])
+        reg = RidgeCV(alphas=ALPHAS, fit_intercept=intercept).fit(sc.transform(X[:, cols]), y)
+        return cls(cols.start, cols.stop, sc.mean_.copy(), sc.scale_.copy(), np.asarray(reg.coef_, dtype=float).copy(),
+                   float(reg.intercept_), float(reg.alpha_))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return ((X[:, self.start:self.stop] - self.mean) / self.scale) @ self.coef + self.intercept
+
+
+@register
 @dataclass
 class FusionModel:
-    """One fitted model: scaler, ridge regressor (penalty chosen by leave-one-out CV on the fit rows), and the
+    """One fitted model: standardised ridge stages (penalty chosen by leave-one-out CV on the fit rows), and the
     residual scale calibrated on held-out rows; knows which rows it was trained on."""
 
-    stages: list[tuple[slice, StandardScaler, RidgeCV]]
+    stages: list[LinearStage]
     scale: float
     train_end: int
     fit_end: int
@@ -72,7 +101,7 @@ class FusionModel:
     scale_per_band: float | None = None  # when set, the error scale is this times the row's hold band
 
     def predict_change(self, X: np.ndarray) -> np.ndarray:
-        return sum(reg.predict(sc.transform(X[:, cols])) for cols, sc, reg in self.stages)
+        return sum(st.predict(X) for st in self.stages)
 
     def error_scale(self, band: np.ndarray) -> np.ndarray | float:
         if self.scale_per_band is None:
@@ -114,10 +143,9 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
     for intercept in (False, True):
         stages, target = [], y_chg[warmup:fit_end].copy()
         for cols in groups:
-            sc = StandardScaler().fit(X[warmup:fit_end, cols])
-            reg = RidgeCV(alphas=ALPHAS, fit_intercept=intercept).fit(sc.transform(X[warmup:fit_end, cols]), target)
-            target = target - reg.predict(sc.transform(X[warmup:fit_end, cols]))
-            stages.append((cols, sc, reg))
+            stage = LinearStage.fit(X[warmup:fit_end], target, cols, intercept)
+            target = target - stage.predict(X[warmup:fit_end])
+            stages.append(stage)
         for k in range(1, len(stages) + 1):
             cand = FusionModel(stages[:k], 1.0, train_end, fit_end, columns)
             candidates.append((float(np.mean((y_chg[held] - cand.predict_change(X[held])) ** 2)), cand))

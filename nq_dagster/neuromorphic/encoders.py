@@ -19,6 +19,7 @@ deterministic under `seed` (a torch.Generator on the target device).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -56,8 +57,18 @@ def _check(x: torch.Tensor, window_bins: int, min_rate_hz: float, max_rate_hz: f
 _M31 = (1 << 31) - 1
 
 
-def _mix(k: torch.Tensor) -> torch.Tensor:
-    """A 31-bit integer hash (xorshift-multiply); products stay below 2**58, so int64 never overflows."""
+@functools.lru_cache(maxsize=16)
+def _layout(F: int, N: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per neuron: its feature block, its index inside the block, and the block's size."""
+    block = torch.as_tensor(_blocks(F, N), device=device)
+    counts = torch.bincount(block, minlength=F)
+    start = torch.cumsum(counts, 0) - counts
+    return block, (torch.arange(N, device=device) - start[block]).float(), counts[block].float()
+
+
+def _mix(k):
+    """A 31-bit integer hash (xorshift-multiply) of int64 tensors or arrays; products stay below 2**58, so int64
+    never overflows."""
     k = ((k ^ (k >> 16)) * 0x45D9F3B) & _M31
     k = ((k ^ (k >> 16)) * 0x45D9F3B) & _M31
     return k ^ (k >> 16)
@@ -81,17 +92,29 @@ def counter_bits(seed: int, shape: tuple[int, int, int, int], step_offset: int, 
     Counter-based, not sequential: the number for a given spike slot does not
     depend on how the stream was chunked (so encoding T steps at once equals
     encoding T1 then T2 steps) nor on the device (CPU and CUDA give the same bits).
+
+    With per-source `seed` and `step_offset` arrays (length S), source s is keyed by (seed[s], 0, its own
+    steps), so a batch of sources equals each source encoded alone: the streaming predictor's batched path.
     """
     S, T, W, N = shape
     dev = torch.device(device)
-    s = torch.arange(S, device=dev, dtype=torch.int64)[:, None, None, None]
-    t = torch.arange(step_offset, step_offset + T, device=dev, dtype=torch.int64)[None, :, None, None]
-    k = _mix(torch.full((1,), int(seed) & _M31, device=dev, dtype=torch.int64) + s * 7919)
-    k = _mix((k + t) & _M31).to(torch.int32)  # (S, T, 1, 1)
-    slot = (torch.arange(W, device=dev, dtype=torch.int32)[:, None] * 65_537
-            + torch.arange(N, device=dev, dtype=torch.int32)[None, :])  # (W, N), below 2**31
-    full = (k + slot).bitwise_and_(_M31)  # sum of two 31-bit numbers wraps in int32; the mask restores mod 2**31
+    # the (S, T) step keys are few: integer numpy (the same int64 arithmetic as `_mix`), then one transfer
+    t = np.arange(T, dtype=np.int64)[None, :]
+    if np.ndim(seed) == 0:
+        k = _mix((int(seed) & _M31) + np.arange(S, dtype=np.int64)[:, None] * 7919)
+    else:
+        k = _mix(np.asarray(seed, dtype=np.int64)[:, None] & _M31)
+    off = np.asarray(step_offset, dtype=np.int64).reshape(-1, 1)
+    k = torch.as_tensor(_mix((k + off + t) & _M31).astype(np.int32), device=dev)[:, :, None, None]  # (S, T, 1, 1)
+    full = (k + _slots(W, N, str(dev))).bitwise_and_(_M31)  # 31-bit sums wrap in int32; the mask restores mod 2**31
     return _mix_(full)
+
+
+@functools.lru_cache(maxsize=16)
+def _slots(W: int, N: int, device: str) -> torch.Tensor:
+    """The (bin, neuron) part of every key: (W, N) int32, below 2**31."""
+    return (torch.arange(W, device=device, dtype=torch.int32)[:, None] * 65_537
+            + torch.arange(N, device=device, dtype=torch.int32)[None, :])
 
 
 def _below(bits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -109,7 +132,8 @@ def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int
     `step_offset` is the index of the first step in the whole stream, so that a
     stream encoded in chunks equals the stream encoded at once (the random
     numbers are keyed by absolute step, and the phase encoder's oscillation
-    continues). Work is done `chunk_steps` steps at a time to bound memory.
+    continues). Work is done `chunk_steps` steps at a time to bound memory. `seed` and `step_offset` may
+    also be per-source arrays (see `counter_bits`): a batch of sources then equals each encoded alone.
     """
     if method not in ENCODERS:
         raise ValueError(f"unknown encoder {method!r}; choose one of {ENCODERS}")
@@ -119,11 +143,10 @@ def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int
         raise ValueError("sigma must be > 0")
     S, T, F = x.shape
     W, N = window_bins, neuron_count
-    block = torch.as_tensor(_blocks(F, N), device=device)
-    counts = torch.bincount(block, minlength=F)
-    start = torch.cumsum(counts, 0) - counts
-    j = (torch.arange(N, device=device) - start[block]).float()  # index of each neuron inside its block
-    per_block = counts[block].float()
+    if np.ndim(seed) or np.ndim(step_offset):
+        seed = np.broadcast_to(np.asarray(seed, dtype=np.int64), (S,)) if np.ndim(seed) else seed
+        step_offset = np.broadcast_to(np.asarray(step_offset, dtype=np.int64), (S,))
+    block, j, per_block = _layout(F, N, str(torch.device(device)))
     p_bin = bin_ms / 1000.0
     out = torch.empty((S, T, W, N), dtype=torch.bool, device=device)
     for c0 in range(0, T, chunk_steps):
@@ -145,9 +168,10 @@ def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int
         else:
             # the bin whose oscillation phase is nearest 2 pi x; none when that bin lies outside the window
             period = 1000.0 / (base_hz * bin_ms)
-            t_abs = torch.arange(step_offset + c0, step_offset + c1, device=device, dtype=torch.float64)
+            off = torch.as_tensor(np.asarray(step_offset, dtype=np.float64), device=device).reshape(-1, 1)
+            t_abs = off + torch.arange(c0, c1, device=device, dtype=torch.float64)[None, :]  # (S or 1, t)
             theta0 = (2 * math.pi * t_abs * W / period) % (2 * math.pi)  # phase at bin 0 of each step
-            ahead = torch.remainder(2 * math.pi * xn.double() - theta0[None, :, None], 2 * math.pi)
+            ahead = torch.remainder(2 * math.pi * xn.double() - theta0[:, :, None], 2 * math.pi)
             best = torch.round(ahead * period / (2 * math.pi)).long()
             best = torch.where(best >= round(period), best - round(period), best)
             bins = torch.arange(W, device=device)[None, None, :, None]

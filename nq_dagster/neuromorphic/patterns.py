@@ -80,18 +80,21 @@ def standing_wave(activity: np.ndarray, window: int = 32, start: int = 0) -> np.
     T = len(activity)
     out = np.zeros(T)
     for t in range(max(3, start), T):
-        X = _windows(activity, window, t)
-        X = X - X.mean(axis=0)
-        G = X @ X.T  # (k, k) Gram matrix: cheap eigen-decomposition of a short window
-        vals, vecs = np.linalg.eigh(G)
-        total = vals.sum()
-        if total <= 1e-12:
-            continue
-        share = vals[-1] / total
-        temporal = vecs[:, -1]
-        crossings = np.count_nonzero(np.diff(np.sign(temporal)) != 0)
-        out[t] = share * min(1.0, crossings / max(1.0, len(X) / 4.0))
-    return np.clip(out, 0, 1)
+        out[t] = standing_wave_windows(_windows(activity, window, t)[None])[0]
+    return out
+
+
+def standing_wave_windows(X: np.ndarray) -> np.ndarray:
+    """The standing-wave strength of each window in a stack (B, k, M) of k activity frames: (B,)."""
+    X = X - X.mean(axis=1, keepdims=True)
+    G = X @ X.transpose(0, 2, 1)  # (B, k, k) Gram matrices: cheap eigen-decompositions of short windows
+    vals, vecs = np.linalg.eigh(G)
+    total = vals.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = vals[:, -1] / total
+    crossings = np.count_nonzero(np.diff(np.sign(vecs[:, :, -1]), axis=1) != 0, axis=1)
+    out = share * np.minimum(1.0, crossings / max(1.0, X.shape[1] / 4.0))
+    return np.clip(np.where(total > 1e-12, out, 0.0), 0, 1)
 
 
 def emergent(activity: np.ndarray, window: int = 32) -> np.ndarray:
@@ -176,21 +179,36 @@ def permutation_entropy(x: np.ndarray, window: int = 32, order: int = 3) -> np.n
     if T < order:
         return out
     emb = np.lib.stride_tricks.sliding_window_view(x, order)  # (T - order + 1, order)
-    ranks = np.argsort(np.argsort(emb, axis=1, kind="stable"), axis=1)
-    code = (ranks * (order ** np.arange(order))).sum(axis=1)
+    code = ordinal_codes(emb, order)
     n_codes = order**order
     onehot = np.zeros((len(code), n_codes))
     onehot[np.arange(len(code)), code] = 1
     counts = _rolling_sum(onehot, window - order + 1)
-    p = counts / counts.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -np.nansum(np.where(p > 0, p * np.log(p), 0.0), axis=1) / math.log(math.factorial(order))
-    out[order - 1:] = np.clip(h, 0, 1)
+    out[order - 1:] = entropy_of_counts(counts, order)
     out[: min(T, window // 2)] = 0.0  # too few patterns for a meaningful entropy
     return out
 
 
-def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = 32, burst_isi: int = 2,
+DETECTOR_WINDOW = 32  # steps the look-back detectors read
+BURST_ISI = 2  # bins: an inter-spike interval this short is part of a burst
+ORDER = 3  # permutation-entropy order
+
+
+def ordinal_codes(emb: np.ndarray, order: int = ORDER) -> np.ndarray:
+    """Bandt-Pompe code of each row of an embedding (n, order): its rank pattern as one integer."""
+    ranks = np.argsort(np.argsort(emb, axis=1, kind="stable"), axis=1)
+    return (ranks * (order ** np.arange(order))).sum(axis=1)
+
+
+def entropy_of_counts(counts: np.ndarray, order: int = ORDER) -> np.ndarray:
+    """Normalised Shannon entropy of each row of pattern counts (n, order!)."""
+    p = counts / counts.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.nansum(np.where(p > 0, p * np.log(p), 0.0), axis=1) / math.log(math.factorial(order))
+    return np.clip(h, 0, 1)
+
+
+def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = DETECTOR_WINDOW, burst_isi: int = BURST_ISI,
                     prior_last_bin: np.ndarray | None = None, last: int | None = None) -> dict[str, np.ndarray]:
     """All eight strengths, (T,) each, in [0, 1]. `spikes` (T, W, N) bool, `activity` (T, M) float.
 

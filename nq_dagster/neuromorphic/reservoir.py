@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nq_dagster.artifacts import register
+
 
 def scale_to_spectral_radius(w: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
     """Scale `w` so that max |eigenvalue| == radius; returns (scaled w, radius before scaling)."""
@@ -36,6 +38,7 @@ def scale_to_spectral_radius(w: np.ndarray, radius: float) -> tuple[np.ndarray, 
     return w * (radius / current), current
 
 
+@register
 @dataclass
 class ReservoirState:
     """Everything a stream needs to continue: (B, size) tensors, on the reservoir's device."""
@@ -128,6 +131,18 @@ class Reservoir:
             x = (1 - a) * x + a * z
             out[t] = x
         return out.transpose(0, 1), ReservoirState(x, v, z, refr)
+
+    @torch.no_grad()
+    def step(self, u: torch.Tensor, state: ReservoirState) -> tuple[torch.Tensor, ReservoirState]:
+        """One step of a streaming source, u (1, n_inputs) already on the device and checked by the caller:
+        the same three kernels as `run`'s dense esn loop for one step (and `run` itself for lif or sparse)."""
+        if self.mode != "esn" or self._use_sparse(u.shape[0]):
+            out, st = self.run(u[:, None], state)
+            return out[:, 0], st
+        h = torch.addmm(self.b, u, self.W_in)
+        torch.addmm(h, state.x, self.W, out=h).tanh_()
+        x = torch.lerp(state.x, h, self.leak)
+        return x, ReservoirState(x)
 
     def _use_sparse(self, batch: int) -> bool:
         """CSR recurrent weights on CPU, where they beat dense BLAS for a sparse W (bench/RESULTS.md);

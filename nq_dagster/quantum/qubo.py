@@ -102,3 +102,26 @@ def simulated_annealing(Q: np.ndarray, h: np.ndarray, sweeps: int = 2000, restar
     energies = np.einsum("ri,ij,rj->r", X, Q, X) + X @ h
     best = int(np.argmin(energies))
     return X[best].astype(int), float(energies[best])
+
+
+def selection_qubo(relevance: np.ndarray, redundancy: np.ndarray, k: int, lam: float = 0.5, penalty: float = 1.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Feature selection: min -sum r_i x_i + lam sum_{i<j} R_ij x_i x_j + P (sum x_i - k)^2, as (Q, h) without
+    the constant."""
+    n = len(relevance)
+    R = redundancy.copy()
+    np.fill_diagonal(R, 0.0)
+    Q = penalty * np.ones((n, n)) + 0.5 * lam * R
+    h = -relevance - 2 * penalty * k
+    return Q, h
+
+
+def portfolio_qubo(edge: np.ndarray, cov: np.ndarray, k: int, risk_aversion: float = 1.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Portfolio choice: min risk_aversion x^T C x - edge^T x + P (sum x_i - k)^2 on a common scale, with the
+    cardinality penalty P large enough to dominate any gain from breaking it. Returns (Q, h)."""
+    edge, cov = np.asarray(edge, dtype=float), np.asarray(cov, dtype=float)
+    scale = max(np.abs(edge).max(), np.abs(cov).max(), 1e-12)
+    Q = risk_aversion * cov / scale
+    pen = 2.0 * np.abs(Q).max() + np.abs(edge / scale).max()
+    return Q + pen * np.ones_like(Q), -edge / scale - 2 * pen * k

@@ -4,7 +4,7 @@
 
     landing/ processed/ quarantine/    files on their way in
     warehouse/<table>/source=<s>/*.parquet   the record, partitioned by source
-    artifacts/<name>/<source>.pkl       models and reservoir states
+    artifacts/<name>/<source>.npz       models and reservoir states (npz + JSON: loading runs no code)
     nq.duckdb                           views over the Parquet, small tables
     dagster/                            DAGSTER_HOME
     reports/                            validation reports
@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import pickle
 import re
 import tempfile
 import time
@@ -45,6 +44,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from nq_dagster import artifacts
+
+ARTIFACT_SUFFIX = ".npz"
 
 DUCKDB_POOL = "duckdb"
 LOG_PARTITION = "_log"  # the partition that appended log rows use in object storage
@@ -256,11 +259,11 @@ class Warehouse:
 
     # artifacts (models, reservoir state) --------------------------------------
     def artifact_path(self, name: str, source: str) -> Path:
-        return self.artifacts_dir / name / f"{check_source_name(source)}.pkl"
+        return self.artifacts_dir / name / f"{check_source_name(source)}{ARTIFACT_SUFFIX}"
 
     def _artifact_key(self, name: str, source: str) -> str:
         assert self.store is not None
-        return self.store.path("artifacts", name, f"{check_source_name(source)}.pkl")
+        return self.store.path("artifacts", name, f"{check_source_name(source)}{ARTIFACT_SUFFIX}")
 
     def has_artifact(self, name: str, source: str) -> bool:
         if self.store is None:
@@ -269,12 +272,12 @@ class Warehouse:
 
     def artifact_sources(self, name: str) -> list[str]:
         if self.store is None:
-            return sorted(p.stem for p in (self.artifacts_dir / name).glob("*.pkl"))
+            return sorted(p.stem for p in (self.artifacts_dir / name).glob(f"*{ARTIFACT_SUFFIX}"))
         infos = self.store.fs.get_file_info(pafs.FileSelector(self.store.path("artifacts", name), allow_not_found=True))
-        return sorted(PurePosixPath(i.path).stem for i in infos if i.path.endswith(".pkl"))
+        return sorted(PurePosixPath(i.path).stem for i in infos if i.path.endswith(ARTIFACT_SUFFIX))
 
     def save_artifact(self, name: str, source: str, obj: Any) -> Path | str:
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        data = artifacts.dumps(obj)
         if self.store is None:
             path = self.artifact_path(name, source)
             atomic_write_bytes(path, data)
@@ -289,10 +292,11 @@ class Warehouse:
             where = self.artifact_path(name, source) if self.store is None else f"s3://{self._artifact_key(name, source)}"
             raise FileNotFoundError(f"{where}: no {name} for source {source!r}; run `nq run` (or `nq demo`) first")
         if self.store is None:
-            with open(self.artifact_path(name, source), "rb") as fh:
-                return pickle.load(fh)
-        with self.store.fs.open_input_stream(self._artifact_key(name, source)) as fh:
-            return pickle.loads(fh.read())
+            path = self.artifact_path(name, source)
+            return artifacts.loads(path.read_bytes(), str(path))
+        key = self._artifact_key(name, source)
+        with self.store.fs.open_input_stream(key) as fh:
+            return artifacts.loads(fh.read(), f"s3://{key}")
 
     # DuckDB -------------------------------------------------------------------
     @contextlib.contextmanager

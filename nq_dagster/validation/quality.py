@@ -13,11 +13,10 @@ from functools import lru_cache
 
 import pandas as pd
 
+from nq_dagster.fusion.record import PREDICTION_COLUMNS  # noqa: E402  (the one schema of the record)
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no usage statistics leave the machine
 
-PREDICTION_COLUMNS = ("prediction_id", "source", "timestamp", "direction", "confidence", "magnitude",
-                      "predicted_change", "time_horizon_ms", "processing_time_ms", "model_version",
-                      "config_version", "train_end", "neuromorphic_results", "quantum_results")
 FIX = {
     "series": "the series is built by `series` from `raw_ticks`; inspect the source's raw rows with "
               "`nq query \"select * from raw_ticks where source = '<source>'\"` and re-ingest a corrected file",
@@ -40,7 +39,7 @@ def _series_expectations(gx) -> list:
 def _prediction_expectations(gx) -> list:
     E = gx.expectations
     return [
-        E.ExpectTableColumnsToMatchSet(column_set=list(PREDICTION_COLUMNS), exact_match=False),
+        E.ExpectTableColumnsToMatchSet(column_set=list(PREDICTION_COLUMNS), exact_match=True),
         *[E.ExpectColumnValuesToNotBeNull(column=c) for c in
           ("prediction_id", "source", "timestamp", "direction", "confidence", "magnitude", "model_version")],
         E.ExpectColumnValuesToBeUnique(column="prediction_id"),
@@ -49,6 +48,8 @@ def _prediction_expectations(gx) -> list:
         # the largest of three class probabilities lies in [1/3, 1]
         E.ExpectColumnValuesToBeBetween(column="confidence", min_value=1 / 3 - 1e-9, max_value=1.0),
         E.ExpectColumnValuesToBeBetween(column="magnitude", min_value=0.0),
+        *[E.ExpectColumnValuesToBeBetween(column=c, min_value=0.0, max_value=1.0) for c in ("p_down", "p_hold", "p_up")],
+        # wall time from tick to record (null where no tick triggered the record: training's walk-forward rows)
         E.ExpectColumnValuesToBeBetween(column="processing_time_ms", min_value=0.0),
         # the model never saw the target of the row it predicts
         E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="timestamp", column_B="train_end", or_equal=False),

@@ -1,0 +1,263 @@
+"""The one prediction path: a model version plus each source's streaming state, advanced tick by tick.
+
+`Predictor` holds, per source, the current `ModelVersion` (fitted coefficients, selected features, calibration
+table, quantum results) and its `StreamState` (fusion/stream.py). `advance` moves one source on by one or many
+ticks; `advance_many` moves many sources at once, batched through the encoder and the reservoir. Every call
+returns one record per tick (fusion/record.py), validates all input before touching any state, and commits the
+new states only when every record is built, so a failed call changes nothing.
+
+The training assets build the state a stream continues from (`serving_state`), the streaming job, `nq predict`
+and the prediction server call this class; nothing else turns a tick into a prediction. No dagster import.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from nq_dagster.artifacts import register
+from nq_dagster.config import PipelineConfig
+from nq_dagster.fusion.record import build_records
+from nq_dagster.fusion.stream import CANDIDATES, StreamState, features_for_ticks, latest_design
+from nq_dagster.fusion.walkforward import CLASSES, FusionModel, direction_probabilities
+from nq_dagster.neuromorphic.stages import build_reservoir, source_seed
+
+CONFIDENCE_EDGES = (1 / 3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0 + 1e-12)
+
+
+def reliability_table(confidence: np.ndarray, correct: np.ndarray) -> list[dict]:
+    """Accuracy actually achieved by the walk-forward predictions in each confidence bin (realized rows only)."""
+    out = []
+    for lo, hi in zip(CONFIDENCE_EDGES[:-1], CONFIDENCE_EDGES[1:], strict=True):
+        m = (confidence >= lo) & (confidence < hi)
+        out.append({"confidence_bin": [round(lo, 4), round(min(hi, 1.0), 4)], "predictions": int(m.sum()),
+                    "observed_accuracy": float(correct[m].mean()) if m.any() else None})
+    return out
+
+
+def design_matrix(states: np.ndarray, selected: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """The fused model's design: reservoir states, the selected candidate features, the recent changes."""
+    return np.hstack([np.asarray(states, dtype=float), np.asarray(selected, dtype=float), np.asarray(lags, dtype=float)])
+
+
+@register
+@dataclass
+class ModelVersion:
+    """A trained model of one source, as streaming and serving use it."""
+
+    source: str
+    model_version: str
+    config: dict  # the PipelineConfig it was trained with
+    model: FusionModel
+    selected: list[str]  # candidate features in the design, in order
+    quantum: dict  # the feature-selection QUBO's results (the record's quantum_results)
+    reliability: list[dict]  # realized walk-forward accuracy per confidence bin
+    train_end_ns: int  # time of the last row whose target the model saw
+    step_ms: float  # median spacing of the training rows (time_horizon_ms = horizon x step)
+    fit_seconds: float  # wall time of the walk-forward fit that produced it
+    trained_rows: int
+    created_at: str
+
+    @property
+    def cfg(self) -> PipelineConfig:
+        return PipelineConfig(**self.config)
+
+    def selected_index(self) -> np.ndarray:
+        return np.array([CANDIDATES.index(c) for c in self.selected], dtype=int)
+
+    def calibration(self, confidence: float) -> dict:
+        """The accuracy the model actually achieved, out of sample, at this confidence."""
+        for b in self.reliability:
+            if b["confidence_bin"][0] <= confidence <= b["confidence_bin"][1]:
+                return {**b, "note": "walk-forward predictions of this source in this confidence bin, realized outcomes"}
+        return {"note": "no realized walk-forward predictions to compare with"}
+
+
+@register
+@dataclass
+class ServingState:
+    """What a stream continues from: the model version and the source's state after its last row."""
+
+    model: ModelVersion
+    stream: StreamState
+
+
+_BLAS_LIMIT = None
+
+
+def _single_threaded_blas():
+    """A context in which numpy's BLAS uses one thread (threadpoolctl, which scikit-learn already depends on)."""
+    global _BLAS_LIMIT
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS_LIMIT is None:
+        _BLAS_LIMIT = ThreadpoolController()
+    return _BLAS_LIMIT.limit(limits=1, user_api="blas")
+
+
+def _to_ns(timestamps) -> np.ndarray:
+    a = np.asarray(timestamps)
+    if a.dtype.kind == "M":
+        return a.astype("datetime64[ns]").view(np.int64)
+    return pd.to_datetime(pd.Series(a), utc=True).to_numpy("datetime64[ns]").view(np.int64)
+
+
+@dataclass
+class _Source:
+    serving: ServingState
+    reservoir: object
+    seed: int
+    cfg: PipelineConfig
+    config_version: str
+    sel: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+
+
+class Predictor:
+    """Sources' model versions and streaming states in memory; see the module docstring."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self._sources: dict[str, _Source] = {}
+        self._reservoirs: dict[tuple[str, str], object] = {}
+
+    # loading ---------------------------------------------------------------------------------------------
+    def load(self, serving: ServingState) -> None:
+        """Add or replace a source's model version and state (a new model version takes effect atomically)."""
+        mv = serving.model
+        cfg = mv.cfg
+        key = (mv.source, cfg.version)
+        if key not in self._reservoirs:
+            self._reservoirs[key] = build_reservoir(cfg, cfg.neuron_count, mv.source, self.device)
+        self._sources[mv.source] = _Source(serving, self._reservoirs[key], source_seed(cfg.seed, mv.source), cfg,
+                                           cfg.version, mv.selected_index())
+
+    def sources(self) -> list[str]:
+        return sorted(self._sources)
+
+    def serving_state(self, source: str) -> ServingState:
+        return self._get(source).serving
+
+    def _get(self, source: str) -> _Source:
+        try:
+            return self._sources[source]
+        except KeyError:
+            raise KeyError(f"no model loaded for source {source!r}; loaded: {', '.join(self.sources()) or 'none'}"
+                           ) from None
+
+    # predicting ------------------------------------------------------------------------------------------
+    def latest(self, source: str) -> dict:
+        """The prediction for the last row already seen (equal to the batch graph's record for that row)."""
+        t0 = time.perf_counter()
+        src = self._get(source)
+        st, cfg = src.serving.stream, src.cfg
+        frame, lags, band_sd = latest_design(st, cfg.feature_window)
+        X = design_matrix(frame[None], st.last_features[src.sel][None], lags[None])
+        return self._records(src, X, np.array([band_sd]), np.array([st.last_ts]), st.last_features[None],
+                             frame[None], [t0])[0]
+
+    def advance(self, source: str, values, timestamps=None) -> list[dict]:
+        """One record per new value (in order); the source's state moves on past them."""
+        return self.advance_many({source: (values, timestamps)})[source]
+
+    def advance_many(self, ticks: dict[str, tuple]) -> dict[str, list[dict]]:
+        """{source: (values, timestamps or None)} -> {source: records}. Sources advance in rounds: round r takes
+        the r-th new value of every source that has one, batched through the encoder and the reservoir."""
+        t_recv = time.perf_counter()
+        # a tick is many small BLAS/LAPACK calls (32 x 32 eigen-decompositions, vector-matrix products): BLAS
+        # threads only add wake-up latency there, and torch's and OpenBLAS's pools fight over the cores
+        # (a 70 us eigh took 2.3 ms beside torch's OpenMP threads on 2 cores), so BLAS runs single-threaded
+        with _single_threaded_blas():
+            return self._advance_many(ticks, t_recv)
+
+    def _advance_many(self, ticks: dict[str, tuple], t_recv: float) -> dict[str, list[dict]]:
+        todo = {s: self._validate(s, *vt) for s, vt in ticks.items()}  # all input checked before any work
+        current = {s: self._sources[s].serving.stream for s in todo}
+        out: dict[str, list[dict]] = {s: [] for s in todo}
+        rounds = max((len(v) for v, _ in todo.values()), default=0)
+        groups: dict[str, list[str]] = {}
+        for s in todo:
+            groups.setdefault(self._sources[s].config_version, []).append(s)
+        for r in range(rounds):
+            for names in groups.values():
+                active = [s for s in names if len(todo[s][0]) > r]
+                if not active:
+                    continue
+                srcs = [self._sources[s] for s in active]
+                cfg = srcs[0].cfg
+                x = np.array([todo[s][0][r] for s in active])
+                ts = np.array([todo[s][1][r] for s in active], dtype=np.int64)
+                tf = features_for_ticks([current[s] for s in active], x, ts, cfg,
+                                        np.array([src.seed for src in srcs]), [src.reservoir for src in srcs])
+                for i, (s, src) in enumerate(zip(active, srcs, strict=True)):
+                    X = design_matrix(tf.frames[i:i + 1], tf.candidates[i:i + 1, src.sel], tf.lags[i:i + 1])
+                    out[s].extend(self._records(src, X, tf.band_sd[i:i + 1], ts[i:i + 1], tf.candidates[i:i + 1],
+                                                tf.frames[i:i + 1], [t_recv]))
+                    current[s] = tf.states[i]
+        for s, st in current.items():  # commit: every record is built
+            src = self._sources[s]
+            src.serving = replace(src.serving, stream=st)
+        return out
+
+    def _records(self, src: _Source, X: np.ndarray, band_sd: np.ndarray, ts: np.ndarray, cands: np.ndarray,
+                 frames: np.ndarray, t_recv: list[float]) -> list[dict]:
+        mv, cfg = src.serving.model, src.cfg
+        band = cfg.hold_band * band_sd * np.sqrt(cfg.horizon)
+        chg = mv.model.predict_change(X)
+        probs = direction_probabilities(chg, band, mv.model.error_scale(band))
+        pats = cands[:, 3:11]
+        recs = build_records(mv.source, ts, probs, chg, pats, cands[:, 11], frames, mv.quantum, mv.model_version,
+                             src.config_version, np.full(len(ts), mv.train_end_ns), mv.step_ms * cfg.horizon, None)
+        done = time.perf_counter()
+        for r, t0 in zip(recs, t_recv * len(recs) if len(t_recv) == 1 else t_recv, strict=True):
+            r["processing_time_ms"] = (done - t0) * 1000.0
+            r["calibration"] = mv.calibration(r["confidence"])
+        return recs
+
+    def _validate(self, source: str, values, timestamps) -> tuple[np.ndarray, np.ndarray]:
+        src = self._get(source)
+        new = np.asarray(values, dtype=float).ravel()
+        m = len(new)
+        if m == 0:
+            raise ValueError(f"{source}: no new values")
+        if not np.isfinite(new).all():
+            bad = int(np.nonzero(~np.isfinite(new))[0][0])
+            raise ValueError(f"{source}: value {bad + 1} ({new[bad]}) is not a finite number; pass numbers only")
+        last = src.serving.stream.last_ts
+        if timestamps is None:
+            step = int(round(src.serving.model.step_ms * 1e6)) or 1
+            return new, last + step * np.arange(1, m + 1, dtype=np.int64)
+        ts = _to_ns(timestamps)
+        if len(ts) != m:
+            raise ValueError(f"{source}: {m} values but {len(ts)} timestamps")
+        if ts[0] <= last:
+            raise ValueError(f"{source}: timestamp 1 ({pd.Timestamp(int(ts[0]), tz='UTC')}) is not after the last "
+                             f"one seen ({pd.Timestamp(last, tz='UTC')}); older rows are used at the next training, "
+                             "not streamed")
+        back = np.nonzero(np.diff(ts) <= 0)[0]
+        if len(back):
+            i = int(back[0]) + 2
+            raise ValueError(f"{source}: timestamp {i} ({pd.Timestamp(int(ts[i - 1]), tz='UTC')}) is not after "
+                             f"timestamp {i - 1}; sort the rows and drop duplicate times")
+        return new, ts
+
+
+def model_version_from_fit(source: str, cfg: PipelineConfig, version: str, fusion: dict, selected: list[str],
+                           quantum: dict, timestamps: np.ndarray, fit_seconds: float) -> ModelVersion:
+    """The model version that training hands to streaming: the last walk-forward model and what it achieved."""
+    fused, targets = fusion["fused"], fusion["targets"]
+    y = targets["direction"].to_numpy()[fused["row"].to_numpy()]
+    ok = y != -9
+    reliability = reliability_table(fused["confidence"].to_numpy()[ok], fused["direction"].to_numpy()[ok] == y[ok])
+    ts = _to_ns(timestamps)
+    step_ms = float(np.median(np.diff(ts)) / 1e6) if len(ts) > 1 else 0.0
+    return ModelVersion(source=source, model_version=version, config=cfg.as_dict(), model=fusion["model"],
+                        selected=list(selected), quantum=quantum, reliability=reliability,
+                        train_end_ns=int(ts[fusion["model"].train_end]), step_ms=step_ms, fit_seconds=float(fit_seconds),
+                        trained_rows=len(ts), created_at=pd.Timestamp.now(tz="UTC").isoformat())
+
+
+__all__ = ["CLASSES", "ModelVersion", "Predictor", "ServingState", "design_matrix", "model_version_from_fit",
+           "reliability_table"]

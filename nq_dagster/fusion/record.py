@@ -1,0 +1,103 @@
+"""The prediction record (DESIGN.md section 6): one pyarrow schema for the `predictions` table, built by one
+function for the training assets, the streaming job, `nq predict` and the prediction server alike."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from nq_dagster.fusion.walkforward import CLASSES
+from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
+
+DIRECTION_NAMES = np.array(["down", "hold", "up"])  # CLASSES order
+
+PREDICTION_SCHEMA = pa.schema([
+    pa.field("prediction_id", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("timestamp", pa.timestamp("ns", tz="UTC"), nullable=False),
+    pa.field("direction", pa.string(), nullable=False),
+    pa.field("confidence", pa.float64(), nullable=False),
+    pa.field("p_down", pa.float64(), nullable=False),
+    pa.field("p_hold", pa.float64(), nullable=False),
+    pa.field("p_up", pa.float64(), nullable=False),
+    pa.field("magnitude", pa.float64(), nullable=False),
+    pa.field("predicted_change", pa.float64(), nullable=False),
+    pa.field("time_horizon_ms", pa.float64(), nullable=False),
+    # wall time from receiving the tick to its record being ready; null for walk-forward records of training,
+    # which no tick triggered (their fit time is in the model version's metadata)
+    pa.field("processing_time_ms", pa.float64(), nullable=True),
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("config_version", pa.string(), nullable=False),
+    pa.field("train_end", pa.timestamp("ns", tz="UTC"), nullable=False),
+    pa.field("neuromorphic_results", pa.string(), nullable=False),  # JSON
+    pa.field("quantum_results", pa.string(), nullable=False),  # JSON
+])
+PREDICTION_COLUMNS = tuple(PREDICTION_SCHEMA.names)
+
+
+def prediction_id(source: str, ts_iso: str, model_version: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source}/{ts_iso}/{model_version}"))
+
+
+def build_records(source: str, ts_ns: np.ndarray, probs: np.ndarray, change: np.ndarray, patterns: np.ndarray,
+                  spike_rate: np.ndarray, frames: np.ndarray, quantum: dict, model_version: str,
+                  config_version: str, train_end_ns: np.ndarray, horizon_ms: float,
+                  processing_ms: np.ndarray | None) -> list[dict]:
+    """The records of n predictions as dicts with nested results (the API's JSON shape)."""
+    n = len(ts_ns)
+    d = probs.argmax(axis=1)
+    pats = np.round(np.asarray(patterns, dtype=float), 4)
+    rates = np.round(np.asarray(spike_rate, dtype=float), 6)
+    fr = np.asarray(frames, dtype=np.float32)
+    means = np.round(fr.mean(axis=1).astype(float), 6)
+    norms = np.round(np.linalg.norm(fr, axis=1).astype(float), 6)
+    out = []
+    for i in range(n):
+        t = pd.Timestamp(int(ts_ns[i]), tz="UTC")
+        p = probs[i]
+        out.append({
+            "prediction_id": prediction_id(source, t.isoformat(), model_version),
+            "source": source, "timestamp": t, "direction": str(DIRECTION_NAMES[d[i]]), "confidence": float(p.max()),
+            "probabilities": {"down": float(p[0]), "hold": float(p[1]), "up": float(p[2])},
+            "magnitude": float(abs(change[i])), "predicted_change": float(change[i]), "time_horizon_ms": float(horizon_ms),
+            "processing_time_ms": None if processing_ms is None else float(processing_ms[i]),
+            "model_version": model_version, "config_version": config_version,
+            "train_end": pd.Timestamp(int(train_end_ns[i]), tz="UTC"),
+            "neuromorphic_results": {"patterns": dict(zip(PATTERN_NAMES, pats[i].tolist(), strict=True)),
+                                     "spike_analysis": {"spike_rate": float(rates[i])},
+                                     "reservoir_state": {"mean": float(means[i]), "norm": float(norms[i])}},
+            "quantum_results": quantum,
+        })
+    return out
+
+
+def records_table(records: list[dict]) -> pa.Table:
+    """Records in the `predictions` table's schema (nested results as JSON text)."""
+    cols = {name: [] for name in PREDICTION_COLUMNS}
+    for r in records:
+        for name in PREDICTION_COLUMNS:
+            if name in ("p_down", "p_hold", "p_up"):
+                cols[name].append(r["probabilities"][name[2:]])
+            elif name in ("neuromorphic_results", "quantum_results"):
+                cols[name].append(json.dumps(r[name]))
+            else:
+                cols[name].append(r[name])
+    return pa.table(cols, schema=PREDICTION_SCHEMA)
+
+
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    return records_table(records).to_pandas()
+
+
+def jsonable(record: dict) -> dict:
+    """A record with timestamps as ISO 8601 strings (for JSON output)."""
+    return {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in record.items()}
+
+
+def class_index(direction: np.ndarray) -> np.ndarray:
+    """Directions -1 / 0 / 1 to column indices of the probabilities."""
+    return np.searchsorted(CLASSES, direction)

@@ -1,0 +1,248 @@
+"""Incremental streaming state: what one source needs to turn its next tick into features, in O(1) per tick.
+
+The batch graph computes every feature of a step from bounded look-back windows: the encoder inputs from
+rolling windows of the values (`feature_window` and 10 x `feature_window` steps), the reservoir from its
+previous state, and the eight pattern detectors from the step's spikes, the last `DETECTOR_WINDOW` reservoir
+frames and each neuron's last spike. `StreamState` keeps exactly those windows (and running per-step
+aggregates), so a tick updates them and computes its features without reading the history again. The work per
+tick is bounded by the window sizes, never by the length of the history.
+
+`features_for_ticks` advances a batch of sources by one tick each (the encoder and the reservoir run batched,
+the detectors vectorised over sources); it returns new states and leaves the given ones untouched, so a failed
+call changes nothing. A stream advanced tick by tick equals the batch graph's computation over the same history
+to float tolerance (tests/test_stream_state.py, tests/test_predictor.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nq_dagster.artifacts import register
+from nq_dagster.neuromorphic.encoders import encode
+from nq_dagster.neuromorphic.patterns import (
+    BURST_ISI,
+    DETECTOR_WINDOW,
+    NO_SPIKE,
+    ORDER,
+    PATTERN_NAMES,
+    _isi_by_step,
+    entropy_of_counts,
+    ordinal_codes,
+    sparse,
+    standing_wave_windows,
+    synchronous,
+    travelling_wave,
+)
+from nq_dagster.neuromorphic.reservoir import Reservoir, ReservoirState
+from nq_dagster.neuromorphic.stages import INPUT_NAMES, SPIKE_STAT_NAMES, reservoir_input, spike_statistics
+
+CANDIDATES = INPUT_NAMES + PATTERN_NAMES + SPIKE_STAT_NAMES  # the candidate fusion features, in the features' order
+N_LAGS = 5  # recent one-step changes every model sees (the AR part of the design)
+N_CODES = DETECTOR_WINDOW - ORDER + 1  # ordinal patterns in one permutation-entropy window
+
+
+def _std(a: np.ndarray) -> float:
+    """pandas' rolling std (ddof 1; 0 below two values, as the batch's fillna(0))."""
+    return float(a.std(ddof=1)) if len(a) >= 2 else 0.0
+
+
+@register
+@dataclass
+class StreamState:
+    """One source's streaming state after row `n_rows - 1` (all windows chronological, oldest first)."""
+
+    n_rows: int  # rows seen; the next tick is row n_rows (its absolute encoder step)
+    last_ts: int  # timestamp of the last row, ns since the epoch (UTC)
+    values: np.ndarray  # last feature_window - 1 values (the level window of the next tick)
+    changes: np.ndarray  # last 10 x feature_window - 1 one-step changes (the first row's change is 0)
+    change_sd: np.ndarray  # last 10 x feature_window - 1 clipped change stds (the volatility median's window)
+    reservoir: ReservoirState  # after the last row (batch 1, CPU)
+    frames: np.ndarray  # (DETECTOR_WINDOW - 1, size) float32: the last reservoir frames
+    last_spike: np.ndarray  # (neurons,) absolute bin of each neuron's last spike, or NO_SPIKE
+    isi: np.ndarray  # (DETECTOR_WINDOW - 1, 4): per step, count / sum / sum of squares / bursts of ISIs ending there
+    codes: np.ndarray  # (N_CODES - 1,) ordinal-pattern codes of the population mean
+    last_features: np.ndarray  # the candidate features of the last row (CANDIDATES order)
+
+    def nbytes(self) -> int:
+        """Bytes of state this source holds (arrays and the reservoir's tensors)."""
+        arrays = [getattr(self, f.name) for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), np.ndarray)]
+        res = [t for t in (self.reservoir.x, self.reservoir.v, self.reservoir.z, self.reservoir.refr) if t is not None]
+        return int(sum(a.nbytes for a in arrays) + sum(t.numel() * t.element_size() for t in res) + 16)
+
+    def breakdown(self) -> dict[str, int]:
+        out = {f.name: int(getattr(self, f.name).nbytes) for f in dataclasses.fields(self)
+               if isinstance(getattr(self, f.name), np.ndarray)}
+        out["reservoir"] = int(sum(t.numel() * t.element_size() for t in
+                                   (self.reservoir.x, self.reservoir.v, self.reservoir.z, self.reservoir.refr)
+                                   if t is not None))
+        return out
+
+
+def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray, states: np.ndarray,
+                 final: ReservoirState, features: np.ndarray, feature_window: int) -> StreamState:
+    """The state after a whole history that the batch graph computed: values (T,), timestamps (T,), spikes
+    (T, W, N) bool, reservoir states (T, size), the reservoir's final state, and the candidate features of the
+    last row. Windows are cut from the same pandas computations the batch encoder uses."""
+    v = np.asarray(values, dtype=float)
+    T = len(v)
+    if T < DETECTOR_WINDOW:
+        raise ValueError(f"a stream needs at least {DETECTOR_WINDOW} rows of history; got {T}")
+    w, long = feature_window, 10 * feature_window
+    s = pd.Series(v)
+    dx = s.diff().fillna(0.0)
+    floor = (dx.rolling(long, min_periods=2).std().fillna(0.0) * 1e-3).clip(lower=1e-12)
+    sd = dx.rolling(w, min_periods=2).std().fillna(0.0).clip(lower=floor)
+    Wb = spikes.shape[1]
+    k = DETECTOR_WINDOW
+    prior = _last_spikes(spikes[: T - k])
+    isi, end_step = _isi_by_step(spikes[T - k:], np.where(prior == NO_SPIKE, NO_SPIKE, prior - (T - k) * Wb))
+    agg = np.column_stack([np.bincount(end_step, minlength=k), np.bincount(end_step, weights=isi, minlength=k),
+                           np.bincount(end_step, weights=isi**2, minlength=k),
+                           np.bincount(end_step, weights=(isi <= BURST_ISI).astype(float), minlength=k)]).astype(float)
+    pop = np.asarray(states[-(N_CODES + ORDER - 2):], dtype=float).mean(axis=1)
+    codes = ordinal_codes(np.lib.stride_tricks.sliding_window_view(pop, ORDER))
+    ts = pd.to_datetime(pd.Series([np.asarray(timestamps)[-1]]), utc=True).iloc[0]
+    return StreamState(
+        n_rows=T, last_ts=int(ts.value), values=v[-(w - 1):].copy(), changes=dx.to_numpy()[-(long - 1):].copy(),
+        change_sd=sd.to_numpy()[-(long - 1):].copy(),
+        reservoir=ReservoirState(*[t.detach().to("cpu").clone() if t is not None else None
+                                   for t in (final.x, final.v, final.z, final.refr)]),
+        frames=np.asarray(states[-(DETECTOR_WINDOW - 1):], dtype=np.float32).copy(),
+        last_spike=_last_spikes(spikes), isi=agg[1:].copy(), codes=codes[-(N_CODES - 1):].astype(np.int16),
+        last_features=np.asarray(features, dtype=float).copy())
+
+
+def _last_spikes(spikes: np.ndarray) -> np.ndarray:
+    T, W, N = spikes.shape
+    if T == 0:
+        return np.full(N, NO_SPIKE, dtype=np.int64)
+    flat = spikes.reshape(T * W, N)
+    fired = flat.any(axis=0)
+    last = T * W - 1 - np.argmax(flat[::-1], axis=0)
+    return np.where(fired, last, NO_SPIKE).astype(np.int64)
+
+
+@dataclass
+class TickFeatures:
+    """What one batched tick produced, per source (row s of each array)."""
+
+    inputs: np.ndarray  # (S, 3) encoder inputs (float32 precision, as the batch stores them)
+    band_sd: np.ndarray  # (S,) std of the last feature_window changes (the hold band's scale)
+    lags: np.ndarray  # (S, N_LAGS) the last one-step changes, newest first
+    frames: np.ndarray  # (S, size) reservoir states
+    candidates: np.ndarray  # (S, len(CANDIDATES))
+    states: list[StreamState]  # the states after the tick
+
+
+def encoder_step(st: StreamState, x: float, feature_window: int) -> tuple[np.ndarray, float, np.ndarray,
+                                                                       np.ndarray, np.ndarray, np.ndarray]:
+    """The encoder inputs of a new value from the state's windows, as `encoder_inputs` computes them."""
+    w, long = feature_window, 10 * feature_window
+    dx = x - st.values[-1] if len(st.values) else x - x
+    changes = np.concatenate((st.changes[-(long - 1):], (dx,)))
+    values = np.concatenate((st.values[-(w - 1):], (x,)))
+    raw_sd = _std(changes[-w:])
+    floor = max(_std(changes) * 1e-3, 1e-12)
+    sd = max(raw_sd, floor)
+    mean = float(values.mean())
+    std = max(_std(values), floor)
+    change_sd = np.concatenate((st.change_sd[-(long - 1):], (sd,)))
+    med = float(np.median(change_sd))
+    z = np.array([dx / sd, (x - mean) / std, np.log(sd / med)])
+    inputs = (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32).astype(float)
+    keep = long - 1  # the next tick's window adds one
+    return (inputs, raw_sd, changes[-keep:], values[-(w - 1):], change_sd[-keep:],
+            np.pad(changes[::-1][:N_LAGS], (0, max(0, N_LAGS - len(changes)))))
+
+
+def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray, cfg, seeds: np.ndarray,
+                       reservoirs: list[Reservoir]) -> TickFeatures:
+    """Advance S sources by one tick each: values x (S,), timestamps ts (S,) ns. Returns the features and the
+    new states; `states` are not modified."""
+    S = len(states)
+    enc = [encoder_step(st, float(v), cfg.feature_window) for st, v in zip(states, x, strict=True)]
+    inputs = np.stack([e[0] for e in enc])
+    steps = np.array([st.n_rows for st in states], dtype=np.int64)
+    device = reservoirs[0].device
+    spikes_t = encode(inputs[:, None, :], cfg.encoding, cfg.neuron_count, cfg.window_bins, cfg.bin_ms,
+                      cfg.min_rate_hz, cfg.max_rate_hz, seed=seeds, device=device, step_offset=steps)[:, 0]
+    spikes = spikes_t.cpu().numpy()  # (S, W, N)
+    u = reservoir_input(spikes)  # (S, N) float32
+    frames_new, res_states = [], []
+    for s, (st, res) in enumerate(zip(states, reservoirs, strict=True)):
+        out, rs = res.step(torch.as_tensor(u[s:s + 1]).to(device), st.reservoir.to(device))
+        frames_new.append(out[0].cpu().numpy().astype(np.float32))
+        res_states.append(rs.to("cpu"))
+    frames_new = np.stack(frames_new)  # (S, size)
+    window = np.concatenate([np.stack([st.frames for st in states]), frames_new[:, None]], axis=1)  # (S, 32, M)
+    act = window.astype(float)
+    n = steps + 1  # rows seen after this tick
+
+    # per-step detectors on the tick's spikes
+    sync, trav, spars = synchronous(spikes), travelling_wave(spikes), sparse(spikes)
+    stats = spike_statistics(spikes)
+    # standing wave and emergent on the last DETECTOR_WINDOW frames
+    stand = np.where(n > 3, standing_wave_windows(act), 0.0)
+    m = act.mean(axis=2)  # (S, 32) population means
+    k = float(DETECTOR_WINDOW)
+    var_pop = (m**2).sum(axis=1) / k - (m.sum(axis=1) / k) ** 2
+    var_units = ((act**2).sum(axis=1) / k - (act.sum(axis=1) / k) ** 2).mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2 = np.where(var_units > 1e-15, var_pop / var_units, 0.0)
+    emerg = np.sqrt(np.clip(chi2, 0, 1))
+    # permutation entropy of the population mean: the code of the newest triple joins the window
+    new_codes = ordinal_codes(m[:, -ORDER:])
+    codes = np.concatenate([np.stack([st.codes for st in states]).astype(np.int64), new_codes[:, None]], axis=1)
+    n_codes = ORDER**ORDER
+    counts = np.bincount((np.arange(S)[:, None] * n_codes + codes).ravel(), minlength=S * n_codes)
+    counts = counts.reshape(S, n_codes).astype(float)
+    chaos = np.where(n > DETECTOR_WINDOW // 2, entropy_of_counts(counts), 0.0)
+    # inter-spike intervals of time-sorted spikes per neuron, across the step boundary
+    W, N = spikes.shape[1], spikes.shape[2]
+    src, neuron, b = np.nonzero(spikes.transpose(0, 2, 1))  # sorted by source, neuron, bin
+    g = src * N + neuron
+    t_abs = steps[src] * W + b
+    last = np.stack([st.last_spike for st in states]).reshape(-1)
+    first = np.ones(len(g), dtype=bool)
+    first[1:] = g[1:] != g[:-1]
+    prev = np.where(first, last[g], np.concatenate([[0], t_abs[:-1]]))
+    ok = prev != NO_SPIKE
+    isi = (t_abs - prev)[ok].astype(float)
+    si = src[ok]
+    agg_new = np.column_stack([np.bincount(si, minlength=S), np.bincount(si, weights=isi, minlength=S),
+                               np.bincount(si, weights=isi**2, minlength=S),
+                               np.bincount(si, weights=(isi <= BURST_ISI).astype(float), minlength=S)]).astype(float)
+    agg = np.concatenate([np.stack([st.isi for st in states]), agg_new[:, None]], axis=1)  # (S, 32, 4)
+    c, r1, r2, rs = (agg[:, :, j].sum(axis=1) for j in range(4))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = r1 / c
+        sd = np.sqrt(np.maximum(r2 / c - mean**2, 0))
+        rhythm = np.where(c >= 3, np.clip(1 - sd / mean, 0, 1), 0.0)
+        burst = np.clip(np.where(c >= 3, rs / c, 0.0), 0, 1)
+    last_new = last.copy()
+    is_last = np.ones(len(g), dtype=bool)
+    is_last[:-1] = g[1:] != g[:-1]
+    last_new[g[is_last]] = t_abs[is_last]
+    last_new = last_new.reshape(S, N)
+
+    pats = np.column_stack([sync, trav, stand, emerg, rhythm, spars, burst, chaos])  # PATTERN_NAMES order
+    cands = np.column_stack([inputs, pats, stats["spike_rate"], stats["active_fraction"]])
+    new_states = [
+        StreamState(n_rows=int(n[s]), last_ts=int(ts[s]), values=enc[s][3], changes=enc[s][2], change_sd=enc[s][4],
+                    reservoir=res_states[s], frames=window[s, 1:].copy(), last_spike=last_new[s].copy(),
+                    isi=agg[s, 1:].copy(), codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy())
+        for s in range(S)]
+    return TickFeatures(inputs=inputs, band_sd=np.array([e[1] for e in enc]), lags=np.stack([e[5] for e in enc]),
+                        frames=frames_new, candidates=cands, states=new_states)
+
+
+def latest_design(st: StreamState, feature_window: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The design pieces of the last row already seen: (reservoir frame, lags, band std)."""
+    lags = st.changes[::-1][:N_LAGS]
+    return st.frames[-1], np.pad(lags, (0, N_LAGS - len(lags))), _std(st.changes[-feature_window:])

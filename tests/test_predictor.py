@@ -1,0 +1,164 @@
+"""The one prediction path against the real training graph: a source materialized over its first rows, then
+advanced tick by tick over the rest from the state saved before them, gives, record by record, what the training
+graph computes over the whole history; batched sources equal sources one at a time; states stay small."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nq_dagster.cli import main
+from nq_dagster.demo import market
+from nq_dagster.fusion.predictor import Predictor
+from nq_dagster.fusion.record import PREDICTION_SCHEMA, records_table
+
+# SMALL_CONFIG (conftest): train_min 250, refit_every 200 -> models are refit at rows 250, 450, 650. The stream
+# starts at row N0 = 460 and runs to N = 640, inside one refit block, so batch and stream use the same model.
+N0, N = 460, 640
+
+
+def _csv(path, df):
+    df.to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    import os
+
+    from nq_dagster.resources.storage import Warehouse
+
+    from .conftest import SMALL_CONFIG
+
+    home = tmp_path_factory.mktemp("pred") / "nq"
+    old = {k: os.environ.get(k) for k in ("NQ_HOME", "DAGSTER_HOME")}
+    os.environ["NQ_HOME"], os.environ["DAGSTER_HOME"] = str(home), str(home / "dagster")
+    wh = Warehouse(home).ensure()
+    (home / "config.json").write_text(json.dumps(SMALL_CONFIG))
+    frames, _ = market(N, tickers=1, seed=11)
+    df = frames["market_A"].rename(columns={"price": "value"})[["timestamp", "value"]]
+    try:
+        assert main(["--home", str(home), "ingest", _csv(home.parent / "a.csv", df.iloc[:N0]), "--source", "m"]) == 0
+        assert main(["--home", str(home), "run", "--source", "m"]) == 0
+        before = wh.load_artifact("serving_state", "m")  # the state saved after row N0 - 1
+        assert main(["--home", str(home), "ingest", _csv(home.parent / "b.csv", df.iloc[N0:]), "--source", "m"]) == 0
+        assert main(["--home", str(home), "run", "--source", "m"]) == 0
+        batch = wh.read_table("predictions", "m").sort_values("timestamp").reset_index(drop=True)
+        after = wh.load_artifact("serving_state", "m")
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return df, before, batch, after
+
+
+def test_tick_by_tick_equals_training_graph(graph):
+    df, before, batch, after = graph
+    assert before.stream.n_rows == N0
+    p = Predictor()
+    p.load(before)
+    recs = []
+    for i in range(N0, N):  # one tick per call, as a live stream
+        recs += p.advance("m", [df["value"].iloc[i]], [df["timestamp"].iloc[i]])
+    got = records_table(recs).to_pandas()
+    want = batch[batch["timestamp"] >= pd.to_datetime(df["timestamp"], utc=True).iloc[N0]].reset_index(drop=True)
+    assert len(got) == len(want) == N - N0
+    assert (got["timestamp"].to_numpy() == want["timestamp"].to_numpy()).all()
+    assert (got["direction"] == want["direction"]).mean() == 1.0
+    scale = np.abs(want["predicted_change"]).max()
+    assert np.abs(got["predicted_change"] - want["predicted_change"]).max() <= 1e-6 * scale
+    for c in ("confidence", "p_down", "p_hold", "p_up"):
+        assert np.abs(got[c] - want[c]).max() < 1e-6, c
+    # the nested results (pattern strengths, spike rate, reservoir summary) as the batch graph computed them
+    for g, w in zip(got["neuromorphic_results"], want["neuromorphic_results"], strict=True):
+        g, w = json.loads(g), json.loads(w)
+        assert np.allclose(list(g["patterns"].values()), list(w["patterns"].values()), atol=2e-4)
+        assert abs(g["reservoir_state"]["norm"] - w["reservoir_state"]["norm"]) < 1e-4
+    # same train_end (the same walk-forward model), and the same state as the second training saved
+    assert (got["train_end"] == want["train_end"]).all()
+    st, ref = p.serving_state("m").stream, after.stream
+    assert st.n_rows == ref.n_rows == N and st.last_ts == ref.last_ts
+    assert np.array_equal(st.last_spike, ref.last_spike) and np.array_equal(st.codes, ref.codes)
+    assert np.allclose(st.frames, ref.frames, atol=1e-5) and np.allclose(st.change_sd, ref.change_sd, rtol=1e-9)
+    assert np.allclose(st.isi, ref.isi)
+    # processing time: measured per record, from the tick's arrival to its record
+    assert all(r["processing_time_ms"] > 0 for r in recs)
+    assert want["processing_time_ms"].isna().all()  # walk-forward rows of training: no tick, no time
+
+
+def test_latest_equals_batch_record(graph):
+    df, before, batch, after = graph
+    p = Predictor()
+    p.load(after)
+    r = p.latest("m")
+    last = batch.iloc[-1]
+    assert r["timestamp"] == last["timestamp"] and r["direction"] == last["direction"]
+    assert abs(r["confidence"] - last["confidence"]) < 1e-9
+    assert abs(r["predicted_change"] - last["predicted_change"]) <= 1e-9 * max(1.0, abs(last["predicted_change"]))
+
+
+def test_chunks_and_batched_sources_equal_single_ticks(graph):
+    df, before, batch, after = graph
+    ref = Predictor()
+    ref.load(before)
+    single = [ref.advance("m", [v], [t])[0] for v, t in zip(df["value"].iloc[N0:N0 + 30], df["timestamp"].iloc[N0:N0 + 30],
+                                                             strict=True)]
+    chunked = Predictor()
+    chunked.load(before)
+    got = []
+    for a, b in [(0, 1), (1, 12), (12, 30)]:
+        got += chunked.advance("m", df["value"].iloc[N0 + a:N0 + b], df["timestamp"].iloc[N0 + a:N0 + b])
+    # three sources in one batched call: the same source under three names (their own seeds and reservoirs)
+    # must each equal that name advanced alone
+    many = Predictor()
+    alone = {}
+    from dataclasses import replace
+
+    for name in ("m", "m2", "m3"):
+        sv = replace(before, model=replace(before.model, source=name))
+        many.load(sv)
+        one = Predictor()
+        one.load(sv)
+        alone[name] = one.advance(name, df["value"].iloc[N0:N0 + 5], df["timestamp"].iloc[N0:N0 + 5])
+    out = many.advance_many({s: (df["value"].iloc[N0:N0 + 5], df["timestamp"].iloc[N0:N0 + 5]) for s in alone})
+    for s in alone:
+        for a, b in zip(out[s], alone[s], strict=True):
+            assert a["direction"] == b["direction"] and abs(a["predicted_change"] - b["predicted_change"]) < 1e-9
+            assert a["neuromorphic_results"] == b["neuromorphic_results"]
+    for a, b in zip(single, got, strict=True):
+        assert a["prediction_id"] == b["prediction_id"] and a["direction"] == b["direction"]
+        assert abs(a["predicted_change"] - b["predicted_change"]) < 1e-12
+    assert out["m2"][0]["predicted_change"] != out["m"][0]["predicted_change"]  # other seed, other reservoir
+
+
+def test_bad_values_rejected_state_untouched(graph):
+    df, before, batch, after = graph
+    p = Predictor()
+    p.load(before)
+    ts = df["timestamp"]
+    with pytest.raises(ValueError, match="value 2"):
+        p.advance("m", [1.0, float("nan")])
+    with pytest.raises(ValueError, match="timestamp 1 .* not after the last one seen"):
+        p.advance("m", [1.0], ts.iloc[N0 - 5:N0 - 4])
+    with pytest.raises(ValueError, match="timestamp 3 .* not after timestamp 2"):
+        p.advance("m", [1.0, 2.0, 3.0], ts.iloc[[N0, N0 + 1, N0 + 1]])
+    with pytest.raises(ValueError, match="value 1"):  # a batch with one bad source changes no source
+        p.advance_many({"m": ([np.inf], None)})
+    assert p.serving_state("m").stream.n_rows == N0
+
+
+def test_record_schema_and_state_size(graph):
+    df, before, batch, after = graph
+    p = Predictor()
+    p.load(before)
+    t = records_table(p.advance("m", [df["value"].iloc[N0]]))
+    assert t.schema == PREDICTION_SCHEMA
+    assert list(batch.columns) == PREDICTION_SCHEMA.names  # the training asset writes the same schema
+    # the state of one source holds bounded windows, not the history (SMALL_CONFIG: 80 units, 120 neurons)
+    # (after 640 rows every window is full: 10 x feature_window = 500 changes)
+    assert before.stream.nbytes() <= after.stream.nbytes() < 32 * 1024
+    p.advance("m", df["value"].iloc[N0 + 1:N], df["timestamp"].iloc[N0 + 1:N])
+    assert p.serving_state("m").stream.nbytes() == after.stream.nbytes()
