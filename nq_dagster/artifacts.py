@@ -184,6 +184,9 @@ def loads(data: bytes, where: str = "artifact") -> Any:
             arrays = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise ArtifactError(f"{where}: damaged or truncated artifact ({exc}); {fix}") from None
+    odd = sorted(k for k, a in arrays.items() if not isinstance(a, np.ndarray) or a.dtype == object)
+    if odd:  # a member that is not a plain .npy array (numpy hands such members back as raw bytes)
+        raise ArtifactError(f"{where}: members {odd} are not plain arrays; {fix}")
     try:
         meta = json.loads(arrays.pop("__meta__").tobytes().decode())
     except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as exc:

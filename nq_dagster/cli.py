@@ -201,6 +201,7 @@ def cmd_predict(args) -> int:
                                 f"{', '.join(known) or 'none'}. Fix: run `nq run --source {args.source}` first") from None
     predictor = Predictor()
     predictor.load(saved)
+    predictor.warm_up(args.source)  # processing_time_ms is then the per-tick cost, not this process's start-up
     if args.values:
         try:
             values = [float(x) for x in args.values.split(",") if x.strip()]

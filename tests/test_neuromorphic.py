@@ -149,11 +149,23 @@ def test_rhythmic_burst_sparse_chaotic():
     assert permutation_entropy(np.arange(300.0))[100:].max() < 0.05
 
 
-def test_all_strengths_in_unit_interval():
-    d = detect_patterns(poisson(), RNG.normal(size=(40, 20)))
+def test_tail_strengths_equal_whole_history():
+    """The streaming invariant of the detectors: the last k steps computed from a tail (window + k steps and each
+    neuron's last spike before it) equal those of the whole history; all strengths lie in [0, 1]."""
+    from nq_dagster.neuromorphic.patterns import NO_SPIKE, last_spike_bins
+
+    spikes, act = poisson(), RNG.normal(size=(40, 20))
+    d = detect_patterns(spikes, act)
     assert set(d) == set(PATTERN_NAMES)
-    for v in d.values():
+    k, tail = 5, 32 + 5
+    before = last_spike_bins(spikes[:-tail])
+    W = spikes.shape[1]
+    prior = np.where(before == NO_SPIKE, NO_SPIKE, before - (len(spikes) - tail) * W)
+    t = detect_patterns(spikes[-tail:], act[-tail:], prior_last_bin=prior, last=k)
+    for name, v in d.items():
         assert v.shape == (40,) and (v >= 0).all() and (v <= 1).all()
+        assert np.allclose(t[name], v[-k:], atol=1e-12), name
+    assert max(float(np.ptp(v)) for v in d.values()) > 0.1  # not a constant output
 
 
 def test_esn_sparse_and_dense_paths_equal_the_equation():

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from nq_dagster.cli import main
 
 
@@ -11,13 +13,25 @@ def test_definitions_load():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"raw_ticks", "series", "spike_trains", "reservoir_states", "patterns", "features",
             "feature_selection", "fusion_model", "predictions", "validation_report", "portfolio"} <= keys
-    assert defs.resolve_job_def("source_pipeline") is not None
+    job = defs.resolve_job_def("source_pipeline")
+    trained = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    assert {"series", "fusion_model", "predictions", "serving_state", "validation_report"} <= trained
+    assert not {"portfolio", "live_predictions"} & trained  # cross-source and streaming are their own jobs
+    stream = defs.resolve_job_def("streaming")
+    assert {k.to_user_string() for k in stream.asset_layer.selected_asset_keys} == {"raw_ticks", "live_predictions"}
+    checks = {c.name for c in stream.asset_layer.asset_graph.asset_check_keys}
+    assert "live_predictions_quality" in checks  # streamed predictions pass the same suite as training
 
 
 def test_demo_ingest_query_cli(wh, tmp_path, capsys):
     assert main(["--home", str(wh.home), "demo", "--sources", "3", "--points", "600", "--seed", "1"]) == 0
     out = capsys.readouterr().out
-    assert "mackey_glass" in out and "score" in out
+    printed = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0] in
+               ("iot_sensor", "mackey_glass", "market_A")}
+    assert set(printed) == {"iot_sensor", "mackey_glass", "market_A"}
+    for src, cols in printed.items():  # the summary's score is the one the validation report stored
+        stored = wh.read_table("validation_metrics", src)["score"].iloc[0]
+        assert float(cols[-1]) == pytest.approx(float(stored), abs=0.06)
     assert out.count("2/2 data-quality checks passed") == 3
     assert (wh.reports / "mackey_glass.html").exists()
     assert main(["--home", str(wh.home), "query", "SELECT source, count(*) AS n FROM predictions GROUP BY 1 ORDER BY 1",

@@ -162,3 +162,50 @@ def test_record_schema_and_state_size(graph):
     assert before.stream.nbytes() <= after.stream.nbytes() < 32 * 1024
     p.advance("m", df["value"].iloc[N0 + 1:N], df["timestamp"].iloc[N0 + 1:N])
     assert p.serving_state("m").stream.nbytes() == after.stream.nbytes()
+
+
+class _RunsCode:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_tampered_or_truncated_artifacts_are_refused(tmp_path, capsys):
+    import pickle
+
+    from nq_dagster.artifacts import ArtifactError, dumps, loads
+    from nq_dagster.resources.storage import Warehouse
+
+    home = tmp_path / "nq"
+    wh = Warehouse(home).ensure()
+    marker = tmp_path / "pwned"
+    path = wh.artifact_path("serving_state", "m")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(ArtifactError, match=r"serving_state/m\.npz: a Python pickle, refused"):
+        wh.load_artifact("serving_state", "m")
+    assert main(["--home", str(home), "predict", "--source", "m"]) == 2
+    assert "pickle, refused" in capsys.readouterr().err and str(path) in capsys.readouterr().err + str(path)
+    assert not marker.exists()  # nothing ran
+    # a pickle hidden inside a valid npz member is refused too (allow_pickle=False)
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("__meta__.npy", pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(ArtifactError):
+        loads(buf.getvalue(), "x.npz")
+    assert not marker.exists()
+    # truncation, and a round trip of plain values
+    data = dumps({"a": np.arange(5), "t": pd.Timestamp("2026-01-01", tz="UTC"), "df": pd.DataFrame({"x": [1.0]})})
+    with pytest.raises(ArtifactError, match="x.npz: damaged or truncated"):
+        loads(data[: len(data) // 2], "x.npz")
+    back = loads(data, "x.npz")
+    assert back["a"].tolist() == [0, 1, 2, 3, 4] and back["t"] == pd.Timestamp("2026-01-01", tz="UTC")
+    with pytest.raises(TypeError, match="cannot store"):
+        dumps({"f": _RunsCode(marker)})  # unregistered objects are not written either

@@ -134,6 +134,18 @@ class Predictor:
         self._sources[mv.source] = _Source(serving, self._reservoirs[key], source_seed(cfg.seed, mv.source), cfg,
                                            cfg.version, mv.selected_index())
 
+    def warm_up(self, source: str) -> None:
+        """Run one tick through a throwaway copy of the source's state, so that the process's one-time costs
+        (first BLAS and torch kernel calls, thread-pool discovery: about 40 ms here) are paid before a tick that
+        is timed. The source's state is left as it was."""
+        src = self._get(source)
+        saved = src.serving
+        try:
+            self.latest(source)
+            self.advance(source, [float(saved.stream.values[-1])])
+        finally:
+            src.serving = saved
+
     def sources(self) -> list[str]:
         return sorted(self._sources)
 

@@ -16,7 +16,6 @@ to float tolerance (tests/test_stream_state.py, tests/test_predictor.py).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
