@@ -189,7 +189,8 @@ def test_tampered_or_truncated_artifacts_are_refused(tmp_path, capsys):
     with pytest.raises(ArtifactError, match=r"serving_state/m\.npz: a Python pickle, refused"):
         wh.load_artifact("serving_state", "m")
     assert main(["--home", str(home), "predict", "--source", "m"]) == 2
-    assert "pickle, refused" in capsys.readouterr().err and str(path) in capsys.readouterr().err + str(path)
+    err = capsys.readouterr().err
+    assert "pickle, refused" in err and str(path) in err
     assert not marker.exists()  # nothing ran
     # a pickle hidden inside a valid npz member is refused too (allow_pickle=False)
     import io

@@ -85,17 +85,17 @@ class ServingState:
     stream: StreamState
 
 
-_BLAS_LIMIT = None
+_THREADPOOLS = None
 
 
 def _single_threaded_blas():
     """A context in which numpy's BLAS uses one thread (threadpoolctl, which scikit-learn already depends on)."""
-    global _BLAS_LIMIT
+    global _THREADPOOLS
     from threadpoolctl import ThreadpoolController
 
-    if _BLAS_LIMIT is None:
-        _BLAS_LIMIT = ThreadpoolController()
-    return _BLAS_LIMIT.limit(limits=1, user_api="blas")
+    if _THREADPOOLS is None:
+        _THREADPOOLS = ThreadpoolController()
+    return _THREADPOOLS.limit(limits=1, user_api="blas")
 
 
 def _to_ns(timestamps) -> np.ndarray:
@@ -168,7 +168,7 @@ class Predictor:
         frame, lags, band_sd = latest_design(st, cfg.feature_window)
         X = design_matrix(frame[None], st.last_features[src.sel][None], lags[None])
         return self._records(src, X, np.array([band_sd]), np.array([st.last_ts]), st.last_features[None],
-                             frame[None], [t0])[0]
+                             frame[None], t0)[0]
 
     def advance(self, source: str, values, timestamps=None) -> list[dict]:
         """One record per new value (in order); the source's state moves on past them."""
@@ -206,7 +206,7 @@ class Predictor:
                 for i, (s, src) in enumerate(zip(active, srcs, strict=True)):
                     X = design_matrix(tf.frames[i:i + 1], tf.candidates[i:i + 1, src.sel], tf.lags[i:i + 1])
                     out[s].extend(self._records(src, X, tf.band_sd[i:i + 1], ts[i:i + 1], tf.candidates[i:i + 1],
-                                                tf.frames[i:i + 1], [t_recv]))
+                                                tf.frames[i:i + 1], t_recv))
                     current[s] = tf.states[i]
         for s, st in current.items():  # commit: every record is built
             src = self._sources[s]
@@ -214,7 +214,7 @@ class Predictor:
         return out
 
     def _records(self, src: _Source, X: np.ndarray, band_sd: np.ndarray, ts: np.ndarray, cands: np.ndarray,
-                 frames: np.ndarray, t_recv: list[float]) -> list[dict]:
+                 frames: np.ndarray, t_recv: float) -> list[dict]:
         mv, cfg = src.serving.model, src.cfg
         band = cfg.hold_band * band_sd * np.sqrt(cfg.horizon)
         chg = mv.model.predict_change(X)
@@ -222,9 +222,9 @@ class Predictor:
         pats = cands[:, 3:11]
         recs = build_records(mv.source, ts, probs, chg, pats, cands[:, 11], frames, mv.quantum, mv.model_version,
                              src.config_version, np.full(len(ts), mv.train_end_ns), mv.step_ms * cfg.horizon, None)
-        done = time.perf_counter()
-        for r, t0 in zip(recs, t_recv * len(recs) if len(t_recv) == 1 else t_recv, strict=True):
-            r["processing_time_ms"] = (done - t0) * 1000.0
+        elapsed_ms = (time.perf_counter() - t_recv) * 1000.0  # from the call that brought the tick
+        for r in recs:
+            r["processing_time_ms"] = elapsed_ms
             r["calibration"] = mv.calibration(r["confidence"])
         return recs
 

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from nq_dagster.fusion.walkforward import CLASSES
 from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
 
 DIRECTION_NAMES = np.array(["down", "hold", "up"])  # CLASSES order
@@ -96,8 +95,3 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 def jsonable(record: dict) -> dict:
     """A record with timestamps as ISO 8601 strings (for JSON output)."""
     return {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in record.items()}
-
-
-def class_index(direction: np.ndarray) -> np.ndarray:
-    """Directions -1 / 0 / 1 to column indices of the probabilities."""
-    return np.searchsorted(CLASSES, direction)

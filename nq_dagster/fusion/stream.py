@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from nq_dagster.artifacts import register
-from nq_dagster.neuromorphic.encoders import encode
+from nq_dagster.neuromorphic.encoders import change_windows, encode
 from nq_dagster.neuromorphic.patterns import (
     BURST_ISI,
     DETECTOR_WINDOW,
@@ -32,6 +32,7 @@ from nq_dagster.neuromorphic.patterns import (
     PATTERN_NAMES,
     _isi_by_step,
     entropy_of_counts,
+    last_spike_bins,
     ordinal_codes,
     sparse,
     standing_wave_windows,
@@ -69,12 +70,11 @@ class StreamState:
     last_features: np.ndarray  # the candidate features of the last row (CANDIDATES order)
 
     def nbytes(self) -> int:
-        """Bytes of state this source holds (arrays and the reservoir's tensors)."""
-        arrays = [getattr(self, f.name) for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), np.ndarray)]
-        res = [t for t in (self.reservoir.x, self.reservoir.v, self.reservoir.z, self.reservoir.refr) if t is not None]
-        return int(sum(a.nbytes for a in arrays) + sum(t.numel() * t.element_size() for t in res) + 16)
+        """Bytes of state this source holds (arrays and the reservoir's tensors; two integers)."""
+        return sum(self.breakdown().values()) + 16
 
     def breakdown(self) -> dict[str, int]:
+        """Bytes per part of the state."""
         out = {f.name: int(getattr(self, f.name).nbytes) for f in dataclasses.fields(self)
                if isinstance(getattr(self, f.name), np.ndarray)}
         out["reservoir"] = int(sum(t.numel() * t.element_size() for t in
@@ -93,13 +93,10 @@ def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray,
     if T < DETECTOR_WINDOW:
         raise ValueError(f"a stream needs at least {DETECTOR_WINDOW} rows of history; got {T}")
     w, long = feature_window, 10 * feature_window
-    s = pd.Series(v)
-    dx = s.diff().fillna(0.0)
-    floor = (dx.rolling(long, min_periods=2).std().fillna(0.0) * 1e-3).clip(lower=1e-12)
-    sd = dx.rolling(w, min_periods=2).std().fillna(0.0).clip(lower=floor)
+    dx, sd, _ = change_windows(v, w)
     Wb = spikes.shape[1]
     k = DETECTOR_WINDOW
-    prior = _last_spikes(spikes[: T - k])
+    prior = last_spike_bins(spikes[: T - k])
     isi, end_step = _isi_by_step(spikes[T - k:], np.where(prior == NO_SPIKE, NO_SPIKE, prior - (T - k) * Wb))
     agg = np.column_stack([np.bincount(end_step, minlength=k), np.bincount(end_step, weights=isi, minlength=k),
                            np.bincount(end_step, weights=isi**2, minlength=k),
@@ -113,25 +110,14 @@ def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray,
         reservoir=ReservoirState(*[t.detach().to("cpu").clone() if t is not None else None
                                    for t in (final.x, final.v, final.z, final.refr)]),
         frames=np.asarray(states[-(DETECTOR_WINDOW - 1):], dtype=np.float32).copy(),
-        last_spike=_last_spikes(spikes), isi=agg[1:].copy(), codes=codes[-(N_CODES - 1):].astype(np.int16),
+        last_spike=last_spike_bins(spikes), isi=agg[1:].copy(), codes=codes[-(N_CODES - 1):].astype(np.int16),
         last_features=np.asarray(features, dtype=float).copy())
-
-
-def _last_spikes(spikes: np.ndarray) -> np.ndarray:
-    T, W, N = spikes.shape
-    if T == 0:
-        return np.full(N, NO_SPIKE, dtype=np.int64)
-    flat = spikes.reshape(T * W, N)
-    fired = flat.any(axis=0)
-    last = T * W - 1 - np.argmax(flat[::-1], axis=0)
-    return np.where(fired, last, NO_SPIKE).astype(np.int64)
 
 
 @dataclass
 class TickFeatures:
     """What one batched tick produced, per source (row s of each array)."""
 
-    inputs: np.ndarray  # (S, 3) encoder inputs (float32 precision, as the batch stores them)
     band_sd: np.ndarray  # (S,) std of the last feature_window changes (the hold band's scale)
     lags: np.ndarray  # (S, N_LAGS) the last one-step changes, newest first
     frames: np.ndarray  # (S, size) reservoir states
@@ -237,7 +223,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
                     reservoir=res_states[s], frames=window[s, 1:].copy(), last_spike=last_new[s].copy(),
                     isi=agg[s, 1:].copy(), codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy())
         for s in range(S)]
-    return TickFeatures(inputs=inputs, band_sd=np.array([e[1] for e in enc]), lags=np.stack([e[5] for e in enc]),
+    return TickFeatures(band_sd=np.array([e[1] for e in enc]), lags=np.stack([e[5] for e in enc]),
                         frames=frames_new, candidates=cands, states=new_states)
 
 

@@ -187,6 +187,17 @@ def phase_of_bins(T: int, window_bins: int, bin_ms: float = 1.0, base_hz: float 
     return (2 * np.pi * abs_bin / period_bins) % (2 * np.pi)
 
 
+def change_windows(values: np.ndarray, window: int):
+    """One-step changes (the first is 0), their rolling std over `window` clipped below at the floor, and the
+    floor (1e-3 x their std over 10 windows): pandas Series, all causal (no back-fill from later rows). The
+    streaming state (fusion/stream.py) starts its windows from these."""
+    import pandas as pd
+
+    dx = pd.Series(np.asarray(values, dtype=float)).diff().fillna(0.0)
+    floor = (dx.rolling(10 * window, min_periods=2).std().fillna(0.0) * 1e-3).clip(lower=1e-12)
+    return dx, dx.rolling(window, min_periods=2).std().fillna(0.0).clip(lower=floor), floor
+
+
 def encoder_inputs(values: np.ndarray, window: int = 50) -> np.ndarray:
     """Causal input features in [0, 1] for one series, shape (T, 3).
 
@@ -203,11 +214,7 @@ def encoder_inputs(values: np.ndarray, window: int = 50) -> np.ndarray:
     import pandas as pd
 
     s = pd.Series(x)
-    dx = s.diff().fillna(0.0)
-    sd = dx.rolling(window, min_periods=2).std().fillna(0.0)  # causal: no back-fill from later rows
-    # causal and bounded (so a stream's tail of 12 windows reproduces the whole history's values)
-    floor = (dx.rolling(10 * window, min_periods=2).std().fillna(0.0) * 1e-3).clip(lower=1e-12)
-    sd = sd.clip(lower=floor)
+    dx, sd, floor = change_windows(x, window)
     mean = s.rolling(window, min_periods=1).mean()
     std = s.rolling(window, min_periods=2).std().fillna(0.0).clip(lower=floor)
     med = sd.rolling(10 * window, min_periods=1).median()

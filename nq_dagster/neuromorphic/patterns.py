@@ -118,6 +118,8 @@ NO_SPIKE = np.iinfo(np.int64).min  # "this neuron has not fired yet" in a prior-
 def last_spike_bins(spikes: np.ndarray) -> np.ndarray:
     """Per neuron, the bin index (counted from the start of `spikes`) of its last spike, or NO_SPIKE."""
     T, W, N = spikes.shape
+    if T == 0:
+        return np.full(N, NO_SPIKE, dtype=np.int64)
     flat = spikes.reshape(T * W, N)
     fired = flat.any(axis=0)
     last = T * W - 1 - np.argmax(flat[::-1], axis=0)

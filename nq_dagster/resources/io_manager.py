@@ -2,7 +2,7 @@
 
 DataFrames become Parquet partitions `warehouse/<asset>/source=<partition>/data.parquet`
 (queryable through DuckDB views); anything else (models, reservoir states) is an
-artifact pickle. Unpartitioned assets use the partition name `_all`. Both writes
+npz + JSON artifact (nq_dagster/artifacts.py: loading it runs no code). Unpartitioned assets use the partition name `_all`. Both writes
 are atomic (see `storage`).
 """
 

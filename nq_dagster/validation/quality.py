@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import pandas as pd
 
-from nq_dagster.fusion.record import PREDICTION_COLUMNS  # noqa: E402  (the one schema of the record)
+from nq_dagster.fusion.record import PREDICTION_COLUMNS  # the one schema of the record
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no usage statistics leave the machine
 
