@@ -23,8 +23,11 @@ from nq_dagster.config import PipelineConfig
 from nq_dagster.fusion.record import build_records
 from nq_dagster.fusion.stream import CANDIDATES, StreamState, features_for_ticks, latest_design
 from nq_dagster.fusion.walkforward import CLASSES, FusionModel, direction_probabilities
+from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
 from nq_dagster.neuromorphic.stages import build_reservoir, source_seed
 
+PATTERN_COLS = [CANDIDATES.index(p) for p in PATTERN_NAMES]  # columns of the candidate features
+SPIKE_RATE_COL = CANDIDATES.index("spike_rate")
 CONFIDENCE_EDGES = (1 / 3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0 + 1e-12)
 
 
@@ -166,9 +169,8 @@ class Predictor:
         src = self._get(source)
         st, cfg = src.serving.stream, src.cfg
         frame, lags, band_sd = latest_design(st, cfg.feature_window)
-        X = design_matrix(frame[None], st.last_features[src.sel][None], lags[None])
-        return self._records(src, X, np.array([band_sd]), np.array([st.last_ts]), st.last_features[None],
-                             frame[None], t0)[0]
+        return self._records([src], frame[None], st.last_features[None], lags[None], np.array([band_sd]),
+                             np.array([st.last_ts]), t0)[0]
 
     def advance(self, source: str, values, timestamps=None) -> list[dict]:
         """One record per new value (in order); the source's state moves on past them."""
@@ -203,27 +205,33 @@ class Predictor:
                 ts = np.array([todo[s][1][r] for s in active], dtype=np.int64)
                 tf = features_for_ticks([current[s] for s in active], x, ts, cfg,
                                         np.array([src.seed for src in srcs]), [src.reservoir for src in srcs])
-                for i, (s, src) in enumerate(zip(active, srcs, strict=True)):
-                    X = design_matrix(tf.frames[i:i + 1], tf.candidates[i:i + 1, src.sel], tf.lags[i:i + 1])
-                    out[s].extend(self._records(src, X, tf.band_sd[i:i + 1], ts[i:i + 1], tf.candidates[i:i + 1],
-                                                tf.frames[i:i + 1], t_recv))
+                recs = self._records(srcs, tf.frames, tf.candidates, tf.lags, tf.band_sd, ts, t_recv)
+                for i, s in enumerate(active):
+                    out[s].append(recs[i])
                     current[s] = tf.states[i]
         for s, st in current.items():  # commit: every record is built
             src = self._sources[s]
             src.serving = replace(src.serving, stream=st)
         return out
 
-    def _records(self, src: _Source, X: np.ndarray, band_sd: np.ndarray, ts: np.ndarray, cands: np.ndarray,
-                 frames: np.ndarray, t_recv: float) -> list[dict]:
-        mv, cfg = src.serving.model, src.cfg
+    def _records(self, srcs: list[_Source], frames: np.ndarray, cands: np.ndarray, lags: np.ndarray,
+                 band_sd: np.ndarray, ts: np.ndarray, t_recv: float) -> list[dict]:
+        """One record per row: row i is a tick of srcs[i] (sources of one config). Each source's own model
+        predicts its change; probabilities and records are built for all rows at once."""
+        cfg = srcs[0].cfg
         band = cfg.hold_band * band_sd * np.sqrt(cfg.horizon)
-        chg = mv.model.predict_change(X)
-        probs = direction_probabilities(chg, band, mv.model.error_scale(band))
-        pats = cands[:, 3:11]
-        recs = build_records(mv.source, ts, probs, chg, pats, cands[:, 11], frames, mv.quantum, mv.model_version,
-                             src.config_version, np.full(len(ts), mv.train_end_ns), mv.step_ms * cfg.horizon, None)
+        chg = np.array([src.serving.model.model.predict_change(
+            design_matrix(frames[i:i + 1], cands[i:i + 1, src.sel], lags[i:i + 1]))[0] for i, src in enumerate(srcs)])
+        scale = np.array([np.broadcast_to(src.serving.model.model.error_scale(band[i:i + 1]), (1,))[0]
+                          for i, src in enumerate(srcs)])
+        probs = direction_probabilities(chg, band, scale)
+        mvs = [src.serving.model for src in srcs]
+        recs = build_records([mv.source for mv in mvs], ts, probs, chg, cands[:, PATTERN_COLS], cands[:, SPIKE_RATE_COL],
+                             frames, [mv.quantum for mv in mvs], [mv.model_version for mv in mvs],
+                             [src.config_version for src in srcs], np.array([mv.train_end_ns for mv in mvs]),
+                             np.array([mv.step_ms * cfg.horizon for mv in mvs]), None)
         elapsed_ms = (time.perf_counter() - t_recv) * 1000.0  # from the call that brought the tick
-        for r in recs:
+        for r, mv in zip(recs, mvs, strict=True):
             r["processing_time_ms"] = elapsed_ms
             r["calibration"] = mv.calibration(r["confidence"])
         return recs

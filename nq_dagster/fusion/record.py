@@ -42,12 +42,19 @@ def prediction_id(source: str, ts_iso: str, model_version: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source}/{ts_iso}/{model_version}"))
 
 
-def build_records(source: str, ts_ns: np.ndarray, probs: np.ndarray, change: np.ndarray, patterns: np.ndarray,
-                  spike_rate: np.ndarray, frames: np.ndarray, quantum: dict, model_version: str,
-                  config_version: str, train_end_ns: np.ndarray, horizon_ms: float,
-                  processing_ms: np.ndarray | None) -> list[dict]:
-    """The records of n predictions as dicts with nested results (the API's JSON shape)."""
+def _rows(v, n: int) -> list:
+    return list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v] * n
+
+
+def build_records(source: str | list[str], ts_ns: np.ndarray, probs: np.ndarray, change: np.ndarray,
+                  patterns: np.ndarray, spike_rate: np.ndarray, frames: np.ndarray, quantum: dict | list[dict],
+                  model_version: str | list[str], config_version: str | list[str], train_end_ns: np.ndarray,
+                  horizon_ms: float | np.ndarray, processing_ms: np.ndarray | None) -> list[dict]:
+    """The records of n predictions as dicts with nested results (the API's JSON shape). Source, model and
+    config fields are one value for every row, or one per row (a batch of sources)."""
     n = len(ts_ns)
+    source, quantum, model_version = _rows(source, n), _rows(quantum, n), _rows(model_version, n)
+    config_version, horizon_ms = _rows(config_version, n), _rows(horizon_ms, n)
     d = probs.argmax(axis=1)
     pats = np.round(np.asarray(patterns, dtype=float), 4)
     rates = np.round(np.asarray(spike_rate, dtype=float), 6)
@@ -59,17 +66,17 @@ def build_records(source: str, ts_ns: np.ndarray, probs: np.ndarray, change: np.
         t = pd.Timestamp(int(ts_ns[i]), tz="UTC")
         p = probs[i]
         out.append({
-            "prediction_id": prediction_id(source, t.isoformat(), model_version),
-            "source": source, "timestamp": t, "direction": str(DIRECTION_NAMES[d[i]]), "confidence": float(p.max()),
+            "prediction_id": prediction_id(source[i], t.isoformat(), model_version[i]),
+            "source": source[i], "timestamp": t, "direction": str(DIRECTION_NAMES[d[i]]), "confidence": float(p.max()),
             "probabilities": {"down": float(p[0]), "hold": float(p[1]), "up": float(p[2])},
-            "magnitude": float(abs(change[i])), "predicted_change": float(change[i]), "time_horizon_ms": float(horizon_ms),
+            "magnitude": float(abs(change[i])), "predicted_change": float(change[i]), "time_horizon_ms": float(horizon_ms[i]),
             "processing_time_ms": None if processing_ms is None else float(processing_ms[i]),
-            "model_version": model_version, "config_version": config_version,
+            "model_version": model_version[i], "config_version": config_version[i],
             "train_end": pd.Timestamp(int(train_end_ns[i]), tz="UTC"),
             "neuromorphic_results": {"patterns": dict(zip(PATTERN_NAMES, pats[i].tolist(), strict=True)),
                                      "spike_analysis": {"spike_rate": float(rates[i])},
                                      "reservoir_state": {"mean": float(means[i]), "norm": float(norms[i])}},
-            "quantum_results": quantum,
+            "quantum_results": quantum[i],
         })
     return out
 

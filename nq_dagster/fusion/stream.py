@@ -47,11 +47,6 @@ N_LAGS = 5  # recent one-step changes every model sees (the AR part of the desig
 N_CODES = DETECTOR_WINDOW - ORDER + 1  # ordinal patterns in one permutation-entropy window
 
 
-def _std(a: np.ndarray) -> float:
-    """pandas' rolling std (ddof 1; 0 below two values, as the batch's fillna(0))."""
-    return float(a.std(ddof=1)) if len(a) >= 2 else 0.0
-
-
 @register
 @dataclass
 class StreamState:
@@ -125,25 +120,54 @@ class TickFeatures:
     states: list[StreamState]  # the states after the tick
 
 
-def encoder_step(st: StreamState, x: float, feature_window: int) -> tuple[np.ndarray, float, np.ndarray,
-                                                                       np.ndarray, np.ndarray, np.ndarray]:
-    """The encoder inputs of a new value from the state's windows, as `encoder_inputs` computes them."""
+@dataclass
+class EncoderStep:
+    """The encoder's part of a tick for S sources (row s each)."""
+
+    inputs: np.ndarray  # (S, 3) encoder inputs, float32 precision (as the batch graph stores them)
+    band_sd: np.ndarray  # (S,) std of the last feature_window changes (the hold band's scale)
+    lags: np.ndarray  # (S, N_LAGS) the last one-step changes, newest first
+    values: list[np.ndarray]  # the windows to keep, per source
+    changes: list[np.ndarray]
+    change_sd: list[np.ndarray]
+
+
+def _std_rows(a: np.ndarray) -> np.ndarray:
+    """Row-wise pandas rolling std (ddof 1; 0 below two values, as the batch's fillna(0))."""
+    return a.std(axis=1, ddof=1) if a.shape[1] >= 2 else np.zeros(len(a))
+
+
+def encoder_steps(states: list[StreamState], x: np.ndarray, feature_window: int) -> EncoderStep:
+    """The encoder inputs of one new value per source from the states' windows, as `encoder_inputs` computes
+    them; vectorised over sources whose windows have the same fill (all of them, once a source has seen
+    10 x feature_window rows)."""
     w, long = feature_window, 10 * feature_window
-    dx = x - st.values[-1] if len(st.values) else x - x
-    changes = np.concatenate((st.changes[-(long - 1):], (dx,)))
-    values = np.concatenate((st.values[-(w - 1):], (x,)))
-    raw_sd = _std(changes[-w:])
-    floor = max(_std(changes) * 1e-3, 1e-12)
-    sd = max(raw_sd, floor)
-    mean = float(values.mean())
-    std = max(_std(values), floor)
-    change_sd = np.concatenate((st.change_sd[-(long - 1):], (sd,)))
-    med = float(np.median(change_sd))
-    z = np.array([dx / sd, (x - mean) / std, np.log(sd / med)])
-    inputs = (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32).astype(float)
-    keep = long - 1  # the next tick's window adds one
-    return (inputs, raw_sd, changes[-keep:], values[-(w - 1):], change_sd[-keep:],
-            np.pad(changes[::-1][:N_LAGS], (0, max(0, N_LAGS - len(changes)))))
+    S = len(states)
+    inputs, band_sd, lags = np.empty((S, 3)), np.empty(S), np.zeros((S, N_LAGS))
+    vals, chs, sds = [None] * S, [None] * S, [None] * S
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, st in enumerate(states):
+        groups.setdefault((len(st.values), len(st.changes), len(st.change_sd)), []).append(i)
+    for (nv, _, _), idx in groups.items():
+        xs = np.asarray(x, dtype=float)[idx]
+        prev = np.stack([states[i].values for i in idx])
+        dx = xs - prev[:, -1] if nv else xs - xs
+        changes = np.concatenate([np.stack([states[i].changes for i in idx]), dx[:, None]], axis=1)[:, -long:]
+        values = np.concatenate([prev, xs[:, None]], axis=1)[:, -w:]
+        raw_sd = _std_rows(changes[:, -w:])
+        floor = np.maximum(_std_rows(changes) * 1e-3, 1e-12)
+        sd = np.maximum(raw_sd, floor)
+        std = np.maximum(_std_rows(values), floor)
+        change_sd = np.concatenate([np.stack([states[i].change_sd for i in idx]), sd[:, None]], axis=1)[:, -long:]
+        med = np.median(change_sd, axis=1)
+        z = np.column_stack([dx / sd, (xs - values.mean(axis=1)) / std, np.log(sd / med)])
+        inputs[idx] = (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32).astype(float)
+        band_sd[idx] = raw_sd
+        k = min(N_LAGS, changes.shape[1])
+        lags[idx, :k] = changes[:, ::-1][:, :k]
+        for j, i in enumerate(idx):  # the next tick's windows add one value each
+            vals[i], chs[i], sds[i] = values[j, -(w - 1):].copy(), changes[j, -(long - 1):].copy(), change_sd[j, -(long - 1):].copy()
+    return EncoderStep(inputs, band_sd, lags, vals, chs, sds)
 
 
 def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray, cfg, seeds: np.ndarray,
@@ -151,8 +175,8 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     """Advance S sources by one tick each: values x (S,), timestamps ts (S,) ns. Returns the features and the
     new states; `states` are not modified."""
     S = len(states)
-    enc = [encoder_step(st, float(v), cfg.feature_window) for st, v in zip(states, x, strict=True)]
-    inputs = np.stack([e[0] for e in enc])
+    enc = encoder_steps(states, x, cfg.feature_window)
+    inputs = enc.inputs
     steps = np.array([st.n_rows for st in states], dtype=np.int64)
     device = reservoirs[0].device
     spikes_t = encode(inputs[:, None, :], cfg.encoding, cfg.neuron_count, cfg.window_bins, cfg.bin_ms,
@@ -161,7 +185,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     u = reservoir_input(spikes)  # (S, N) float32
     frames_new, res_states = [], []
     for s, (st, res) in enumerate(zip(states, reservoirs, strict=True)):
-        out, rs = res.step(torch.as_tensor(u[s:s + 1]).to(device), st.reservoir.to(device))
+        out, rs = res.step(torch.as_tensor(u[s:s + 1]).to(device), st.reservoir.to(device), gather_inputs=S > 1)
         frames_new.append(out[0].cpu().numpy().astype(np.float32))
         res_states.append(rs.to("cpu"))
     frames_new = np.stack(frames_new)  # (S, size)
@@ -219,15 +243,16 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     pats = np.column_stack([sync, trav, stand, emerg, rhythm, spars, burst, chaos])  # PATTERN_NAMES order
     cands = np.column_stack([inputs, pats, stats["spike_rate"], stats["active_fraction"]])
     new_states = [
-        StreamState(n_rows=int(n[s]), last_ts=int(ts[s]), values=enc[s][3], changes=enc[s][2], change_sd=enc[s][4],
+        StreamState(n_rows=int(n[s]), last_ts=int(ts[s]), values=enc.values[s], changes=enc.changes[s],
+                    change_sd=enc.change_sd[s],
                     reservoir=res_states[s], frames=window[s, 1:].copy(), last_spike=last_new[s].copy(),
                     isi=agg[s, 1:].copy(), codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy())
         for s in range(S)]
-    return TickFeatures(band_sd=np.array([e[1] for e in enc]), lags=np.stack([e[5] for e in enc]),
+    return TickFeatures(band_sd=enc.band_sd, lags=enc.lags,
                         frames=frames_new, candidates=cands, states=new_states)
 
 
 def latest_design(st: StreamState, feature_window: int) -> tuple[np.ndarray, np.ndarray, float]:
     """The design pieces of the last row already seen: (reservoir frame, lags, band std)."""
     lags = st.changes[::-1][:N_LAGS]
-    return st.frames[-1], np.pad(lags, (0, N_LAGS - len(lags))), _std(st.changes[-feature_window:])
+    return st.frames[-1], np.pad(lags, (0, N_LAGS - len(lags))), float(_std_rows(st.changes[None, -feature_window:])[0])

