@@ -1,4 +1,4 @@
-"""The `nq` command: demo, run, ingest, query, predict, dev.
+"""The `nq` command: demo, run, ingest, query, predict, serve, keys, dev.
 
 Every command works on the data directory `$NQ_HOME` (default `.nq/` under the
 working directory, or `--home`). Pipeline runs execute in-process against the
@@ -215,6 +215,66 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _replica_from_hostname() -> int:
+    """A StatefulSet pod's ordinal (`nq-serve-2` -> 2); 0 elsewhere."""
+    import re
+    import socket
+
+    m = re.search(r"-(\d+)$", os.environ.get("HOSTNAME", socket.gethostname()))
+    return int(m.group(1)) if m else 0
+
+
+def cmd_serve(args) -> int:
+    """The prediction server: every trained source's model in memory, under uvicorn."""
+    import uvicorn
+
+    from nq_dagster.serve.app import Settings, configure_logging, create_server
+    from nq_dagster.serve.engine import Ownership
+
+    wh = _setup_env(args.home)
+    replicas = args.replicas or int(os.environ.get("NQ_SERVE_REPLICAS", "1"))
+    replica = args.replica if args.replica is not None else (
+        int(os.environ["NQ_SERVE_REPLICA"]) if "NQ_SERVE_REPLICA" in os.environ else _replica_from_hostname())
+    peers = args.peers or os.environ.get("NQ_SERVE_PEERS", "")
+    if "{i}" in peers:
+        peers = ",".join(peers.replace("{i}", str(i)) for i in range(replicas))
+    own = Ownership(replica if replicas > 1 else 0, replicas, tuple(p for p in peers.split(",") if p.strip()))
+    configure_logging(args.log_level.upper())
+    address = f"http://{args.host}:{args.port}"
+    server = create_server(str(wh.home), own, Settings.load(wh), fsync=args.fsync, address=address)
+    keys = server.keys.list()
+    print(f"nq serve: {address} (replica {own.replica} of {own.replicas}); data {wh.home}; sources: "
+          f"{', '.join(server.engine.sources()) or 'none trained yet'}", file=sys.stderr)
+    if not any(k.revoked_at is None for k in keys):
+        print("nq serve: no API key exists yet; every request will get 401. Create one: "
+              "nq keys create --role developer", file=sys.stderr)
+    uvicorn.run(server.app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                log_config=None, lifespan="on", timeout_graceful_shutdown=30, interface="asgi3")
+    return 0
+
+
+def cmd_keys(args) -> int:
+    import json
+
+    from nq_dagster.serve.keys import KeyStore
+
+    wh = Warehouse(args.home).ensure()
+    store = KeyStore(wh.home)
+    if args.keys_command == "create":
+        key, rec = store.create(args.role, args.rate, args.burst, args.max_concurrent, args.name or "")
+        print(f"key id {rec.id} (role {rec.role}, rate {args.rate}, burst {rec.burst}). The key, shown once:")
+        print(key)
+    elif args.keys_command == "list":
+        print(json.dumps([k.public() for k in store.list()], indent=1))
+    else:
+        try:
+            rec = store.revoke(args.id)
+        except KeyError as exc:
+            raise ValueError(str(exc.args[0])) from None
+        print(f"revoked key {rec.id} at {rec.revoked_at}")
+    return 0
+
+
 def cmd_dev(args) -> int:
     wh = _setup_env(args.home)
     # the dagster next to this interpreter: `.venv/bin/nq dev` works without an activated virtualenv
@@ -255,6 +315,29 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--all", action="store_true", help="print a list: one prediction per new value")
     pr.add_argument("--compact", action="store_true", help="one line of JSON")
     pr.set_defaults(fn=cmd_predict)
+    sv = sub.add_parser("serve", help="the prediction server (REST, WebSocket, metrics) on the trained models")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--replica", type=int, help="this replica's index (default: NQ_SERVE_REPLICA, else the "
+                    "host name's ordinal, nq-serve-2 -> 2)")
+    sv.add_argument("--replicas", type=int, help="replica count (default NQ_SERVE_REPLICAS or 1)")
+    sv.add_argument("--peers", help="replica base URLs, comma-separated, or a template with {i} (default NQ_SERVE_PEERS)")
+    sv.add_argument("--fsync", choices=["interval", "always"], default="interval",
+                    help="fsync the tick log every 100 ms (default) or before every reply")
+    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sv.set_defaults(fn=cmd_serve)
+    k = sub.add_parser("keys", help="API keys of the prediction server")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="create a key and print it once")
+    kc.add_argument("--role", required=True, choices=["viewer", "developer", "admin"])
+    kc.add_argument("--rate", default="600/min", help="sustained request rate (N/s, N/min, N/h)")
+    kc.add_argument("--burst", type=int, default=50, help="requests allowed at once above the rate")
+    kc.add_argument("--max-concurrent", type=int, default=32, help="requests of this key in flight at once")
+    kc.add_argument("--name", help="a label")
+    ksub.add_parser("list", help="list keys (never the keys themselves)")
+    kr = ksub.add_parser("revoke", help="revoke a key")
+    kr.add_argument("id")
+    k.set_defaults(fn=cmd_keys)
     dv = sub.add_parser("dev", help="open the Dagster UI")
     dv.add_argument("--port", type=int, default=3000)
     dv.set_defaults(fn=cmd_dev)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -57,10 +60,67 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
+# the services of the original's config API, and the fields each one owns
+SERVICES = {
+    "neuromorphic": ("encoding", "neuron_count", "window_bins", "bin_ms", "min_rate_hz", "max_rate_hz", "feature_window",
+                     "reservoir_mode", "reservoir_size", "spectral_radius", "leak", "connectivity", "input_scaling",
+                     "detection_threshold"),
+    "quantum": ("qubit_count", "evolution_time", "energy_tolerance", "select_k"),
+    "fusion": ("horizon", "hold_band", "train_min", "refit_every", "calibration_fraction", "ridge_alpha", "seed"),
+}
+CHOICES = {"encoding": ("rate", "temporal", "population", "phase"), "reservoir_mode": ("esn", "lif")}
+POSITIVE = {"neuron_count", "window_bins", "bin_ms", "max_rate_hz", "feature_window", "reservoir_size", "spectral_radius",
+            "qubit_count", "evolution_time", "energy_tolerance", "select_k", "horizon", "train_min", "refit_every",
+            "input_scaling"}
+UNIT_INTERVAL = {"leak", "connectivity", "calibration_fraction", "detection_threshold"}
+
+
+class ConfigError(ValueError):
+    """A config value that the pipeline cannot use; `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def validate_overrides(overrides: dict, where: str = "config") -> dict:
+    """Check names, types and ranges of config values; raises ConfigError naming the first bad field."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(where, "expected a JSON object of field: value")
+    types = {f.name: type(f.default) for f in dataclasses.fields(PipelineConfig)}
+    out = {}
+    for name, value in overrides.items():
+        if name not in types:
+            raise ConfigError(name, f"unknown field; known fields are {sorted(types)}")
+        want = types[name]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise ConfigError(name, f"expected {want.__name__}, got {type(value).__name__} {value!r}")
+        if name in CHOICES and value not in CHOICES[name]:
+            raise ConfigError(name, f"{value!r} is not one of {list(CHOICES[name])}")
+        if want is float and value != value:
+            raise ConfigError(name, "NaN is not a value")
+        if name in POSITIVE and not value > 0:
+            raise ConfigError(name, f"must be > 0, got {value!r}")
+        if name in UNIT_INTERVAL and not 0 <= value <= 1:
+            raise ConfigError(name, f"must be within [0, 1], got {value!r}")
+        if name in ("min_rate_hz", "hold_band", "ridge_alpha") and value < 0:
+            raise ConfigError(name, f"must be >= 0, got {value!r}")
+        out[name] = value
+    merged = {**PipelineConfig().as_dict(), **out}
+    if merged["min_rate_hz"] >= merged["max_rate_hz"]:
+        raise ConfigError("min_rate_hz", f"must be below max_rate_hz ({merged['max_rate_hz']})")
+    if merged["select_k"] > merged["qubit_count"]:
+        raise ConfigError("select_k", f"must be at most qubit_count ({merged['qubit_count']})")
+    return out
+
+
 def load_config(home: str | Path | None = None) -> PipelineConfig:
     """Defaults, overridden by `$NQ_HOME/config.json` when it exists.
 
-    Unknown keys are an error, so a typo never silently falls back to a default.
+    Unknown keys, wrong types and out-of-range values are errors naming the field, so a typo never silently
+    falls back to a default.
     """
     if home is None:
         return PipelineConfig()
@@ -71,8 +131,87 @@ def load_config(home: str | Path | None = None) -> PipelineConfig:
         overrides = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg}); fix the file or delete it") from exc
-    known = {f.name for f in dataclasses.fields(PipelineConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; known keys are {sorted(known)}")
-    return PipelineConfig(**overrides)
+    try:
+        return PipelineConfig(**validate_overrides(overrides, str(path)))
+    except ConfigError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ConfigStore:
+    """Versioned pipeline config in the data directory, shared by every replica of the server and by training.
+
+    `config.json` is the active config (what the next training uses, as before). Every change made through
+    `update` is also kept as `config_versions/<n>-<hash>.json` with its author, time, service and the fields it
+    changed; old versions stay readable. Both files are written atomically; a version file is written before
+    `config.json` points at it, so a crash between the two leaves the previous config active.
+    """
+
+    def __init__(self, home: str | Path):
+        self.home = Path(home)
+        self.dir = self.home / "config_versions"
+
+    def active(self) -> PipelineConfig:
+        return load_config(self.home)
+
+    def history(self) -> list[dict]:
+        if not self.dir.exists():
+            return []
+        out = []
+        for p in sorted(self.dir.glob("*.json")):
+            try:
+                out.append(json.loads(p.read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError):
+                continue  # a foreign file; versions are written atomically
+        return sorted(out, key=lambda v: v["number"])
+
+    def version(self, ref: str) -> dict:
+        for v in self.history():
+            if ref in (v["hash"], str(v["number"])):
+                return v
+        raise KeyError(f"no config version {ref!r}; versions: {[v['number'] for v in self.history()]}")
+
+    def update(self, service: str, changes: dict, author: str) -> dict:
+        if service not in SERVICES:
+            raise ConfigError("service", f"{service!r} is not one of {list(SERVICES)}")
+        if not isinstance(changes, dict) or not changes:
+            raise ConfigError(service, "expected a non-empty JSON object of field: value")
+        foreign = sorted(set(changes) - set(SERVICES[service]))
+        if foreign:
+            raise ConfigError(foreign[0], f"not a field of service {service!r}; its fields are {list(SERVICES[service])}")
+        current = self.active().as_dict()
+        path = self.home / "config.json"
+        overrides = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        overrides.update(validate_overrides({**overrides, **changes}))
+        cfg = PipelineConfig(**overrides)
+        history = self.history()
+        entry = {"number": (history[-1]["number"] + 1) if history else 1, "hash": cfg.version, "service": service,
+                 "author": author, "created_at": datetime.now(UTC).isoformat(),
+                 "changes": {k: {"from": current[k], "to": cfg.as_dict()[k]} for k in changes},
+                 "config": cfg.as_dict()}
+        _atomic_write_text(self.dir / f"{entry['number']:06d}-{cfg.version}.json", json.dumps(entry, indent=1))
+        _atomic_write_text(path, json.dumps(overrides, indent=1, sort_keys=True))
+        return entry
+
+    def describe(self, service: str) -> dict:
+        if service not in SERVICES:
+            raise ConfigError("service", f"{service!r} is not one of {list(SERVICES)}")
+        cfg = self.active()
+        values = cfg.as_dict()
+        return {"service": service, "active_version": cfg.version,
+                "values": {k: values[k] for k in SERVICES[service]},
+                "history": [{k: v[k] for k in ("number", "hash", "service", "author", "created_at", "changes")}
+                            for v in self.history()]}

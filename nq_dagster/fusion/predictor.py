@@ -266,6 +266,31 @@ class Predictor:
         return new, ts
 
 
+def continue_from(trained: ServingState, live: ServingState | None, rows_after=None) -> tuple[ServingState, str]:
+    """The state a stream continues from, given training's `serving_state` and the stream's own `live_state`
+    (saved by the streaming job or the server after the rows they predicted); returns (state, how).
+
+    The stream state depends on the config and the data only (not on the fitted coefficients), so when the live
+    state has gone past what training saw, under the same config, the new model continues from the live state.
+    Under a changed config the training state is advanced over the rows it did not see (`rows_after(ts_ns)` ->
+    (values, timestamps)) without emitting predictions: those rows were predicted already, by the older model."""
+    if live is None or live.stream.last_ts <= trained.stream.last_ts:
+        return trained, "training state"
+    if live.model.config == trained.model.config:
+        return ServingState(trained.model, live.stream), "live state, new model" if (
+            live.model.model_version != trained.model.model_version) else "live state"
+    if rows_after is None:
+        raise ValueError(f"{trained.model.source}: the config changed since the live state; rows after "
+                         f"{pd.Timestamp(trained.stream.last_ts, tz='UTC')} must be replayed")
+    values, ts = rows_after(trained.stream.last_ts)
+    keep = _to_ns(ts) <= live.stream.last_ts
+    p = Predictor()
+    p.load(trained)
+    if keep.any():
+        p.advance(trained.model.source, np.asarray(values)[keep], np.asarray(ts)[keep])
+    return p.serving_state(trained.model.source), f"training state replayed over {int(keep.sum())} rows"
+
+
 def model_version_from_fit(source: str, cfg: PipelineConfig, version: str, fusion: dict, selected: list[str],
                            quantum: dict, timestamps: np.ndarray, fit_seconds: float) -> ModelVersion:
     """The model version that training hands to streaming: the last walk-forward model and what it achieved."""
@@ -281,5 +306,5 @@ def model_version_from_fit(source: str, cfg: PipelineConfig, version: str, fusio
                         trained_rows=len(ts), created_at=pd.Timestamp.now(tz="UTC").isoformat())
 
 
-__all__ = ["CLASSES", "ModelVersion", "Predictor", "ServingState", "design_matrix", "model_version_from_fit",
+__all__ = ["CLASSES", "ModelVersion", "Predictor", "ServingState", "continue_from", "design_matrix", "model_version_from_fit",
            "reliability_table"]
