@@ -14,6 +14,7 @@ from nq_dagster.fusion.stream import CANDIDATES, from_history
 from nq_dagster.neuromorphic import PATTERN_NAMES
 from nq_dagster.neuromorphic.stages import unpack_spikes
 from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
+from nq_dagster.resources.storage import LIVE_PARTS
 from nq_dagster.validation.evaluate import evaluate
 from nq_dagster.validation.report import markdown_summary, write_report
 
@@ -62,11 +63,12 @@ def serving_state(context: AssetExecutionContext, fusion_model: dict, features: 
 
 
 @asset(partitions_def=source_partitions, group_name="fusion", pool=DUCKDB_POOL)
-def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, reservoir_states: dict
-                ) -> Output[pd.DataFrame]:
+def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, reservoir_states: dict,
+                warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """One record per (source, time) in the shape of DESIGN.md section 6: the walk-forward predictions, built by
-    the same record function as streaming and serving. `processing_time_ms` is null: no tick triggered these
-    (the fit time is `fit_seconds` of `fusion_model`)."""
+    the same record function as streaming and serving, for every time that was not served live. `processing_time_ms`
+    is null: no tick triggered these (the fit time is `fit_seconds` of `fusion_model`). Records served live by the
+    streaming job or the prediction server (`stream-*` / `serve-*` parts, with their processing time) stay."""
     source = context.partition_key
     f = fusion_model["fused"]
     mv = fusion_model["version"]
@@ -77,9 +79,21 @@ def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd
                          reservoir_states["states"][rows], mv.quantum, mv.model_version, mv.cfg.version,
                          ts[f["train_end"].to_numpy()], mv.step_ms * mv.cfg.horizon, None)
     df = records_frame(recs)
+    live = live_prediction_times(warehouse.warehouse(), source)
+    served = df["timestamp"].isin(live)
+    df = df.loc[~served].reset_index(drop=True)  # one record per time: what was served live stays
     counts = df["direction"].value_counts()
-    return Output(df, metadata=table_metadata(df, f"{len(df)} walk-forward predictions; directions: "
+    return Output(df, metadata=table_metadata(df, f"{len(df)} walk-forward predictions ({int(served.sum())} times "
+                                              "left to the records served live); directions: "
                                               + ", ".join(f"{k} {v}" for k, v in counts.items())))
+
+
+def live_prediction_times(wh, source: str) -> pd.Series:
+    """Times of the source's predictions served live (streaming job, prediction server)."""
+    parts = [p for p in wh.table_parts("predictions", source) if p.stem.startswith(LIVE_PARTS)]
+    if not parts:
+        return pd.Series([], dtype="datetime64[ns, UTC]")
+    return pd.concat([wh.read_part(p, columns=["timestamp"]).to_pandas()["timestamp"] for p in parts])
 
 
 @asset(partitions_def=source_partitions, group_name="validation", deps=[predictions], kinds={"html"})

@@ -6,7 +6,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from nq_dagster.assets.common import md_table, source_partitions
 from nq_dagster.assets.fusion import serving_state
 from nq_dagster.assets.ingestion import build_series, raw_ticks
-from nq_dagster.fusion.predictor import Predictor
+from nq_dagster.fusion.predictor import Predictor, continue_from
 from nq_dagster.fusion.record import records_table
 from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
 
@@ -19,14 +19,29 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
     """Predictions for the rows that arrived since the source's serving state, through the one prediction path
     (`fusion.predictor.Predictor`): appended to `predictions`; the state moves on.
 
-    Exactly once: the new rows are those after the state's last timestamp; their predictions are written as one
-    Parquet part named by the row range, and only then is the state saved. A run that dies in between is re-run
-    over the same rows and rewrites the same part."""
+    Exactly once: the new rows are those after the stream's last timestamp (training's `serving_state` or, when
+    further, the `live_state` that this job or the prediction server saved); their predictions are written as one
+    Parquet part named by the row range, and only then is `live_state` saved. A run that dies in between is re-run
+    over the same rows and rewrites the same part. While `nq serve` owns the source, the server predicts its new
+    rows (it watches `raw_ticks`) and this step leaves them to it: two writers would fork the stream."""
+    from nq_dagster.serve.engine import serving_replica
+
     source = context.partition_key
     wh = warehouse.warehouse()
-    saved = wh.load_artifact("serving_state", source)
-    st = saved.stream
+    lease = serving_replica(wh, source)
+    if lease is not None:
+        who = f"replica {lease['replica']} ({lease.get('address') or lease.get('host')}, pid {lease['pid']})"
+        return MaterializeResult(metadata={"served_by": who, "summary": MetadataValue.md(
+            f"**{source}**: served live by `nq serve` {who}; the server predicts the new rows.")})
     series = build_series(wh.read_table("raw_ticks", source))
+    live = wh.load_artifact("live_state", source) if wh.has_artifact("live_state", source) else None
+
+    def rows_after(ts_ns):
+        later = series[series["timestamp"] > pd.Timestamp(ts_ns, tz="UTC")]
+        return later["value"].to_numpy(), later["timestamp"].to_numpy()
+
+    saved, _how = continue_from(wh.load_artifact("serving_state", source), live, rows_after)
+    st = saved.stream
     last_seen = pd.Timestamp(st.last_ts, tz="UTC")
     new = series[series["timestamp"] > last_seen]
     known = len(series) - len(new)
@@ -44,7 +59,7 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
     table = records_table(records)
     first_table = not wh.table_parts("predictions")
     wh.write_table("predictions", source, table, part=STREAM_PART.format(st.n_rows, nxt.stream.n_rows))
-    wh.save_artifact("serving_state", source, nxt)
+    wh.save_artifact("live_state", source, nxt)
     if first_table:
         wh.refresh_views()
     rows = table.to_pandas()

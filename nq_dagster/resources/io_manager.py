@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
-from nq_dagster.resources.storage import Warehouse, default_home
+from nq_dagster.resources.storage import LIVE_PARTS, Warehouse, default_home
 
 ALL = "all-sources"
 
@@ -36,9 +36,10 @@ class WarehouseIOManager(ConfigurableIOManager):
         if isinstance(obj, pd.DataFrame):
             new_table = not wh.table_parts(name)
             wh.write_table(name, source, obj)
-            # a materialization replaces the whole partition: parts the streaming job appended since the last
-            # one (its rows are in the new data part now) go, after the new part is in place
-            wh.drop_other_parts(name, source, keep="data")
+            # a materialization replaces its own part; the parts the streaming job and the prediction server
+            # appended (what was served live, `stream-*` / `serve-*`) stay: the `predictions` asset leaves their
+            # times out of its walk-forward rows, so each (source, time) keeps one record, the one served
+            wh.drop_other_parts(name, source, keep="data", keep_prefixes=LIVE_PARTS)
             if new_table:
                 wh.refresh_views()
         else:

@@ -50,7 +50,8 @@ from nq_dagster import artifacts
 ARTIFACT_SUFFIX = ".npz"
 
 DUCKDB_POOL = "duckdb"
-LOG_PARTITION = "_log"  # the partition that appended log rows use in object storage
+LOG_PARTITION = "_log"
+LIVE_PARTS = ("stream-", "serve-")  # parts of `predictions` / `raw_ticks` written by the streaming job and the server  # the partition that appended log rows use in object storage
 
 
 @dataclass(frozen=True)
@@ -199,11 +200,11 @@ class Warehouse:
         pq.write_table(tbl, str(key), filesystem=self.store.fs)  # one PUT: the object appears whole or not at all
         return key
 
-    def drop_other_parts(self, table: str, source: str, keep: str = "data") -> int:
-        """Remove every part of a source partition but `keep` (after a full rewrite replaced them)."""
+    def drop_other_parts(self, table: str, source: str, keep: str = "data", keep_prefixes: tuple = ()) -> int:
+        """Remove every part of a source partition but `keep` and those named with `keep_prefixes`."""
         n = 0
         for p in self.table_parts(table, source):
-            if p.stem != keep:
+            if p.stem != keep and not p.stem.startswith(keep_prefixes or ("\0",)):
                 if self.store is None:
                     p.unlink(missing_ok=True)
                 else:

@@ -7,7 +7,7 @@ messages as `nq ingest`), answers re-posted ticks with their stored prediction, 
 the requests. So a tick is acknowledged after it is in the log, and a source's ticks are predicted in the order
 they were accepted.
 
-Durability. The log (`serve/wal/r<replica>/<seq>.jsonl`) is written with one `write` per batch before the reply;
+Durability. The log (`serve/wal/r<replica>/<microseconds since the epoch>-<n>.jsonl`) is written with one `write` per batch before the reply;
 the operating system keeps it when the process dies (kill -9, OOM), and it is fsynced every `fsync_interval_s`
 (or per batch with `fsync="always"`), which bounds what a machine crash can lose. Every `flush_interval_s` the
 worker starts a new segment and a flusher thread turns the closed one into a `raw_ticks` part and a
@@ -54,7 +54,7 @@ log = logging.getLogger("nq.serve")
 MAX_BATCH = 512  # requests taken by the worker at once
 CACHE_PER_SOURCE = 20_000  # recent records kept in memory per source (re-posts, the dashboard)
 LEASE_TTL_S = 10.0  # a replica whose lease is older than this is gone
-SERVE_PART = "serve-r{replica}-{seq:012d}"
+SERVE_PART = "serve-r{replica}-{segment}"  # named by the log segment: unique across restarts, stable on a re-flush
 
 
 def stable_hash(source: str) -> int:
@@ -489,10 +489,8 @@ class Engine:
 
     # the write-ahead log ---------------------------------------------------------------------------------------
     def _open_segment(self) -> None:
-        existing = [int(p.stem) for p in self.wal_dir.glob("*.jsonl") if p.stem.isdigit()]
-        done = self._segment_seq
-        self._segment_seq = max([done, *existing]) + 1
-        self._segment_path = self.wal_dir / f"{self._segment_seq:012d}.jsonl"
+        self._segment_seq += 1
+        self._segment_path = self.wal_dir / f"{time.time_ns() // 1000:017d}-{self._segment_seq:06d}.jsonl"
         self._segment_fd = os.open(self._segment_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._segment_sources = set()
 
@@ -515,7 +513,7 @@ class Engine:
         os.fsync(self._segment_fd)
         os.close(self._segment_fd)
         states = {s: self.predictor.serving_state(s) for s in self._segment_sources}
-        self._flushq.put((self._segment_path, self._segment_seq, states))
+        self._flushq.put((self._segment_path, states))
         self._open_segment()
 
     def _flusher(self) -> None:
@@ -543,11 +541,11 @@ class Engine:
                 next_rotate = now + self.flush_interval_s
                 self.call(self._rotate)
 
-    def _flush_segment(self, path: Path, seq: int, states: dict[str, ServingState] | None) -> None:
+    def _flush_segment(self, path: Path, states: dict[str, ServingState] | None) -> None:
         """A closed segment into `raw_ticks` and `predictions` parts named by it, then the states; then delete it."""
         try:
             lines = _read_segment(path)
-            part = SERVE_PART.format(replica=self.own.replica, seq=seq)
+            part = SERVE_PART.format(replica=self.own.replica, segment=path.stem)
             by_source: dict[str, list[dict]] = {}
             for rec in lines:
                 by_source.setdefault(rec["s"], []).append(rec)
@@ -591,7 +589,7 @@ class Engine:
                     touched.add(s)
                 self._cache.setdefault(s, OrderedDict())[rec["t"]] = rec["r"]
             states = {s: self.predictor.serving_state(s) for s in {r["s"] for r in lines} if s in self.predictor.sources()}
-            self._flush_segment(path, int(path.stem), states)
+            self._flush_segment(path, states)
             log.info(json.dumps({"event": "wal_recovered", "segment": path.name, "ticks": len(lines),
                                  "states_advanced": sorted(touched)}))
 

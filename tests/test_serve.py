@@ -1,0 +1,385 @@
+"""The prediction server on a loopback port, with real HTTP and WebSocket clients: every endpoint's normal path,
+its refusals (401 / 403 / 409 / 413 / 421 / 422 / 429), ticks stored exactly once, served predictions equal to the
+one prediction path and to the streaming job, subscriptions, a new model picked up without a failed request,
+SIGTERM and kill -9 under load, two replicas sharing one data directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import threading
+import time
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from nq_dagster.fusion.predictor import Predictor
+from nq_dagster.resources.storage import Warehouse
+from nq_dagster.serve.engine import stable_hash
+from nq_dagster.serve.keys import KeyStore
+
+from .serving import (
+    CLONES,
+    ProcessServer,
+    ThreadServer,
+    build_trained_home,
+    copy_home,
+    free_port,
+    served_rows,
+    tick,
+)
+
+ws_client = pytest.importorskip("websockets.sync.client")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_trained_home(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture
+def home(base, tmp_path):
+    return copy_home(base[0], tmp_path / "nq")
+
+
+@pytest.fixture
+def ticks(base):
+    return base[1]
+
+
+def keys(home, **kw):
+    store = KeyStore(home)
+    return {role: store.create(role, **kw)[0] for role in ("viewer", "developer", "admin")}
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def srv(home):
+    s = ThreadServer(home)
+    yield s
+    s.stop()
+
+
+def test_realtime_matches_the_prediction_path_and_stores_each_tick_once(home, srv, ticks):
+    k = keys(home)
+    c = httpx.Client(base_url=srv.url, headers=auth(k["developer"]))
+    n = 30
+    got = []
+    for i in range(n):
+        r = c.post("/api/v1/process/realtime", json=tick("m", ticks.timestamp[i], ticks.value[i]))
+        assert r.status_code == 200, r.text
+        assert r.headers["x-request-id"]
+        got.append(r.json())
+    assert all(not g["duplicate"] and g["processing_time_ms"] > 0 for g in got)
+    # posted again: the stored record, not a second row
+    again = c.post("/api/v1/process/realtime", json=tick("m", ticks.timestamp[5], ticks.value[5])).json()
+    assert again["duplicate"] and again["prediction_id"] == got[5]["prediction_id"]
+    assert again["confidence"] == got[5]["confidence"]
+    # the same ticks through the one prediction path, from the state training saved
+    p = Predictor()
+    p.load(Warehouse(home).load_artifact("serving_state", "m"))
+    want = p.advance("m", ticks.value[:n].to_numpy(), ticks.timestamp[:n].to_numpy())
+    assert [g["direction"] for g in got] == [w["direction"] for w in want]
+    assert np.allclose([g["confidence"] for g in got], [w["confidence"] for w in want], rtol=0, atol=1e-9)
+    assert np.allclose([g["predicted_change"] for g in got], [w["predicted_change"] for w in want], rtol=1e-9)
+    # stored once each (after the flush), in raw_ticks and predictions
+    wh = Warehouse(home)
+    deadline = time.monotonic() + 10
+    while len(served_rows(wh, "predictions", "m")) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for table in ("raw_ticks", "predictions"):
+        rows = served_rows(wh, table, "m")
+        stamps = pd.to_datetime(rows["timestamp"], utc=True)
+        assert len(rows) == n and set(stamps) == set(ticks.timestamp[:n]), table
+    raw = served_rows(wh, "raw_ticks", "m").sort_values("timestamp")
+    assert np.array_equal(raw["value"].to_numpy(), ticks.value[:n].to_numpy())
+
+
+def test_refusals_name_the_problem(home, srv, ticks):
+    k = keys(home)
+    url = f"{srv.url}/api/v1/process/realtime"
+    ok = tick("m", ticks.timestamp[0], ticks.value[0])
+    assert httpx.post(url, json=ok).status_code == 401
+    assert httpx.post(url, json=ok, headers=auth(k["developer"] + "x")).status_code == 401
+    assert httpx.post(url, json=ok, headers=auth("nq_000000000000_guess")).status_code == 401
+    r = httpx.post(url, json=ok, headers=auth(k["viewer"]))
+    assert r.status_code == 403 and "developer" in r.json()["error"]["message"]
+    dev = auth(k["developer"])
+    r = httpx.post(url, json={**ok, "source": "zz"}, headers=dev)
+    assert r.status_code == 409 and "training needs 251" in r.json()["error"]["message"]
+    r = httpx.post(url, content=b'{"source": "m", "data": [' + b"1," * 600_000 + b"1]}", headers=dev)
+    assert r.status_code == 413
+    r = httpx.post(url, content=b"{not json", headers=dev)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "body"
+    r = httpx.post(url, json={**ok, "data": [1.0, "x"], "timestamps": ["2027-01-01T00:00:00Z"] * 2}, headers=dev)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "data[1]"
+    r = httpx.post(url, json={**ok, "source": "../evil"}, headers=dev)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "source"
+    # the ingest rules, with ingest's message
+    r = httpx.post(url, json={**ok, "timestamp": "yesterday"}, headers=dev)
+    err = r.json()["error"]
+    assert r.status_code == 422 and "unparseable timestamp" in err["message"] and "Fix: use ISO 8601" in err["message"]
+    assert "row 1, column 'timestamp'" in err["message"]
+    r = httpx.post(url, json={**ok, "data": [1.0, 2.0], "timestamps": [ok["timestamp"]] * 2}, headers=dev)
+    assert r.status_code == 422 and "duplicate (source, timestamp) of row 1" in r.json()["error"]["message"]
+    assert httpx.post(url, json=ok, headers=dev).status_code == 200
+    older = tick("m", ticks.timestamp[0] - pd.Timedelta("30s"), 1.0)
+    r = httpx.post(url, json=older, headers=dev)
+    assert r.status_code == 422 and "not after the last one seen" in r.json()["error"]["message"]
+    # rate limit: 1/min with a burst of 2 -> the third request waits
+    slow = KeyStore(home).create("developer", rate="1/min", burst=2)[0]
+    codes = [httpx.get(f"{srv.url}/api/v1/ping", headers=auth(slow)) for _ in range(3)]
+    assert [c.status_code for c in codes] == [200, 200, 429]
+    assert int(codes[2].headers["retry-after"]) >= 1
+
+
+def test_batch_jobs(home, srv, ticks):
+    k = keys(home)
+    c = httpx.Client(base_url=srv.url, headers=auth(k["developer"]))
+    points = [{"source": s, "timestamp": ticks.timestamp[i].isoformat(), "value": float(ticks.value[i])}
+              for i in range(20) for s in ("s1", "s2")][::-1]  # out of order: sorted as ingest sorts
+    r = c.post("/api/v1/process/batch", json={"job_id": "job-1", "data_points": points})
+    assert r.status_code == 202 and r.json()["job_id"] == "job-1"
+    deadline = time.monotonic() + 20
+    while (job := c.get("/api/v1/jobs/job-1").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert job["status"] == "done" and job["predicted"] == 40 and not job["errors"]
+    by_source = {s: [r["timestamp"] for r in job["results"] if r["source"] == s] for s in ("s1", "s2")}
+    assert by_source["s1"] == sorted(by_source["s1"]) and len(by_source["s2"]) == 20
+    # a bad point fails its chunk with ingest's message, the job says so
+    bad = [{"source": "s3", "timestamp": "not a time", "value": 1.0}]
+    c.post("/api/v1/process/batch", json={"job_id": "job-2", "data_points": bad})
+    while (job := c.get("/api/v1/jobs/job-2").json())["status"] in ("queued", "running"):
+        time.sleep(0.05)
+    assert job["status"] == "failed" and "unparseable timestamp" in job["errors"][0]
+    r = c.post("/api/v1/process/batch", json={"data_points": points, "callback_url": "http://169.254.169.254/x"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "callback_url"
+    r = c.post("/api/v1/process/batch", json={"data_points": [{"source": "s1", "timestamp": 1, "value": "x"}]})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "data_points[0].value"
+    assert c.get("/api/v1/jobs/nope").status_code == 404
+
+
+def test_websocket_subscribers_get_exactly_their_sources(home, srv, ticks):
+    k = keys(home)
+    ws_url = srv.url.replace("http", "ws") + "/ws/predictions"
+    with ws_client.connect(ws_url, additional_headers=auth(k["viewer"])) as a, \
+            ws_client.connect(ws_url) as b, ws_client.connect(ws_url) as bad:
+        a.send(json.dumps({"type": "subscription", "sources": ["s1"]}))
+        b.send(json.dumps({"type": "subscription", "sources": ["s2"], "api_key": k["viewer"],
+                           "filters": {"min_confidence": 0.0, "directions": ["up", "down", "hold"]}}))
+        bad.send(json.dumps({"type": "subscription", "sources": ["s1"], "api_key": "nq_x_y"}))
+        assert json.loads(a.recv(5))["type"] == "subscribed" and json.loads(b.recv(5))["type"] == "subscribed"
+        with pytest.raises(Exception) as closed:
+            bad.recv(5)
+        assert getattr(closed.value, "rcvd", None) is not None and closed.value.rcvd.code == 4401
+        c = httpx.Client(base_url=srv.url, headers=auth(k["developer"]))
+        sent = {"s1": [], "s2": []}
+        for i in range(8):
+            for s in ("s1", "s2", "s3"):
+                r = c.post("/api/v1/process/realtime", json=tick(s, ticks.timestamp[i], ticks.value[i]))
+                assert r.status_code == 200
+                if s in sent:
+                    sent[s].append(r.json()["prediction_id"])
+        for ws, s in ((a, "s1"), (b, "s2")):
+            got = [json.loads(ws.recv(5))["prediction"] for _ in range(8)]
+            assert [g["prediction_id"] for g in got] == sent[s] and {g["source"] for g in got} == {s}
+            with pytest.raises(TimeoutError):
+                ws.recv(0.3)  # nothing else: not the other sources, no duplicates
+
+
+def test_status_metrics_config_keys(home, srv, ticks):
+    k = keys(home)
+    view, dev, admin = (auth(k[r]) for r in ("viewer", "developer", "admin"))
+    c = httpx.Client(base_url=srv.url)
+    for i in range(5):
+        assert c.post("/api/v1/process/realtime", json=tick("m", ticks.timestamp[i], ticks.value[i]),
+                      headers=dev).status_code == 200
+    assert c.get("/api/v1/status").json()["status"] in ("healthy", "degraded")
+    st = c.get("/api/v1/status", headers=view).json()
+    assert st["components"]["models"]["m"]["status"] == "healthy" and st["components"]["storage"]["status"] == "healthy"
+    assert st["average_processing_time_ms"] > 0 and st["success_rate_5m"] == 1.0
+    m = c.get("/api/v1/metrics", headers=view).json()
+    assert m["total_predictions"] == 5 and m["p95_latency_ms"] >= m["p50_latency_ms"] > 0
+    assert m["validation"]["m"]["accuracy"] == pytest.approx(
+        Warehouse(home).read_table("validation_metrics", "m")["accuracy"].iloc[0])
+    prom = c.get("/metrics", headers=view).text
+    assert 'nq_predictions_total{source="m"} 5.0' in prom and "nq_model_info{" in prom
+    assert 'nq_http_request_duration_seconds_bucket{endpoint="/api/v1/process/realtime"' in prom
+    assert c.get("/metrics").status_code == 401
+    # the alert rules use metric names the server exports
+    from pathlib import Path
+
+    rules = yaml.safe_load((Path(__file__).resolve().parents[1] / "k8s" / "prometheus-rules.yaml").read_text())
+    exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+    assert len(exprs) == 2
+    import re
+
+    for e in exprs:
+        for name in re.findall(r"\b(nq_[a-z_]+)", e):
+            base = re.sub(r"_(bucket|count|sum)$", "", name)
+            assert re.search(rf"^{base}(_bucket|_count|_sum|_total)?\{{", prom, re.M) or f"# TYPE {base} " in prom, name
+    # config: viewers read, admins change (validated, versioned, the next training's)
+    assert c.get("/api/v1/config/fusion", headers=view).json()["values"]["train_min"] == 250
+    assert c.put("/api/v1/config/fusion", json={"hold_band": 0.2}, headers=dev).status_code == 403
+    r = c.put("/api/v1/config/fusion", json={"hold_band": "wide"}, headers=admin)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "hold_band"
+    r = c.put("/api/v1/config/fusion", json={"qubit_count": 4}, headers=admin)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "qubit_count"
+    r = c.put("/api/v1/config/fusion", json={"hold_band": 0.2}, headers=admin)
+    assert r.status_code == 200 and r.json()["number"] == 1
+    assert json.loads((home / "config.json").read_text())["hold_band"] == 0.2
+    doc = c.get("/api/v1/config/fusion", params={"version": "1"}, headers=view).json()
+    assert doc["values"]["hold_band"] == 0.2 and doc["history"][0]["changes"]["hold_band"] == {"from": 0.1, "to": 0.2}
+    assert doc["requested_version"]["config"]["hold_band"] == 0.2
+    assert c.get("/api/v1/config/nope", headers=view).status_code == 404
+    # keys: stored as hashes only; admins create and revoke
+    stored = (home / "serve" / "keys.json").read_text()
+    assert not any(key in stored for key in k.values())
+    assert c.post("/api/v1/keys", json={"role": "viewer"}, headers=dev).status_code == 403
+    new = c.post("/api/v1/keys", json={"role": "viewer", "rate": "60/min"}, headers=admin).json()
+    assert c.get("/api/v1/ping", headers=auth(new["key"])).status_code == 200
+    assert c.delete(f"/api/v1/keys/{new['id']}", headers=admin).status_code == 200
+    assert c.get("/api/v1/ping", headers=auth(new["key"])).status_code == 401
+
+
+def test_new_model_is_picked_up_without_a_failed_request(home, srv, ticks):
+    k = keys(home)
+    wh = Warehouse(home)
+    c = httpx.Client(base_url=srv.url, headers=auth(k["developer"]))
+    versions, codes = [], []
+
+    def post(i):
+        r = c.post("/api/v1/process/realtime", json=tick("m", ticks.timestamp[i], ticks.value[i]))
+        codes.append(r.status_code)
+        versions.append(r.json().get("model_version"))
+
+    for i in range(10):
+        post(i)
+    old = wh.load_artifact("serving_state", "m")
+    newer = dataclasses.replace(old, model=dataclasses.replace(old.model, model_version="retrained-1"))
+    done = threading.Event()
+
+    def swap():
+        time.sleep(0.2)
+        wh.save_artifact("serving_state", "m", newer)  # what a training run writes
+        done.set()
+
+    threading.Thread(target=swap).start()
+    i = 10
+    deadline = time.monotonic() + 15
+    while versions[-1] != "retrained-1":
+        assert time.monotonic() < deadline, "new model version not picked up"
+        post(i)
+        i += 1
+    assert set(codes) == {200}
+    assert versions.index("retrained-1") > 10 and set(versions[versions.index("retrained-1"):]) == {"retrained-1"}
+    # the stream continued: the state kept its rows (the live state went further than training's)
+    st = srv.server.engine.predictor.serving_state("m").stream
+    assert st.n_rows == old.stream.n_rows + i
+
+
+def _load(url: str, key: str, sources: list[str], ticks: pd.DataFrame, acked: dict, stop: threading.Event):
+    """Post each source's ticks in order as fast as the server answers; record what was acknowledged."""
+    def run(source):
+        with httpx.Client(base_url=url, headers=auth(key), timeout=10) as c:
+            for i in range(len(ticks)):
+                if stop.is_set():
+                    return
+                try:
+                    r = c.post("/api/v1/process/realtime", json=tick(source, ticks.timestamp[i], ticks.value[i]))
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    acked[source].append(ticks.timestamp[i])
+                elif r.status_code != 503:
+                    return
+    threads = [threading.Thread(target=run, args=(s,)) for s in sources]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_sigterm_and_kill_lose_no_acknowledged_tick(home, ticks):
+    k = keys(home)
+    wh = Warehouse(home)
+    acked = {"s1": [], "s2": []}
+    server = ProcessServer(home)
+    stop = threading.Event()
+    threads = _load(server.url, k["developer"], ["s1", "s2"], ticks.iloc[:150], acked, stop)
+    time.sleep(1.5)
+    # uvicorn shuts down gracefully, then re-raises the signal: the exit status is -SIGTERM either way
+    assert server.stop(signal.SIGTERM) == -signal.SIGTERM
+    assert '"Shutdown complete' in server.output() or "Finished server process" in server.output()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert all(len(v) > 5 for v in acked.values()), acked
+    assert not list((home / "serve" / "wal" / "r0").glob("*.jsonl")), "SIGTERM left the log unflushed"
+    assert k["developer"] not in server.output()  # no key in any log line
+    # kill -9: the acknowledged ticks are in the log; the next start recovers them
+    server = ProcessServer(home)
+    stop = threading.Event()
+    rest = ticks.iloc[150:].reset_index(drop=True)
+    more = {"s1": [], "s2": []}
+    threads = _load(server.url, k["developer"], ["s1", "s2"], rest, more, stop)
+    time.sleep(1.0)
+    server.stop(signal.SIGKILL)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert list((home / "serve" / "wal" / "r0").glob("*.jsonl")), "kill -9 left no log to recover"
+    server = ProcessServer(home)  # recovers the log
+    server.stop(signal.SIGTERM)
+    for s in ("s1", "s2"):
+        everything = acked[s] + more[s]
+        for table in ("raw_ticks", "predictions"):
+            rows = served_rows(wh, table, s)
+            stamps = pd.to_datetime(rows["timestamp"], utc=True)
+            assert stamps.is_unique, f"{s} {table}: a tick stored twice"
+            assert set(everything) <= set(stamps), f"{s} {table}: an acknowledged tick is missing"
+        live = wh.load_artifact("live_state", s)
+        assert live.stream.last_ts == pd.to_datetime(served_rows(wh, "raw_ticks", s)["timestamp"], utc=True).max().value
+
+
+def test_two_replicas_share_one_data_directory(home, ticks):
+    """Replica k owns the sources whose stable hash modulo 2 is k; a tick sent to the other replica is forwarded.
+    Ticks of one source posted alternately to both are stored and predicted once each, in order, as one server
+    would."""
+    k = keys(home)
+    owned_by_1 = next(s for s in CLONES if stable_hash(s) % 2 == 1)
+    ports = [free_port(), free_port()]
+    peers = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+    servers = [ProcessServer(home, port=ports[i], extra=["--replicas", "2", "--replica", str(i), "--peers", peers])
+               for i in range(2)]
+    try:
+        n = 24
+        got = []
+        for i in range(n):
+            r = httpx.post(f"{servers[i % 2].url}/api/v1/process/realtime", headers=auth(k["developer"]),
+                           json=tick(owned_by_1, ticks.timestamp[i], ticks.value[i]), timeout=10)
+            assert r.status_code == 200, r.text
+            if i % 2 == 0:
+                assert r.headers.get("x-nq-replica") == "1"  # forwarded to the owner
+            got.append(r.json())
+        status0 = httpx.get(f"{servers[0].url}/api/v1/status", headers=auth(k["viewer"])).json()
+        assert owned_by_1 not in status0["components"]["models"]
+    finally:
+        for s in servers:
+            s.stop()
+    p = Predictor()
+    p.load(Warehouse(home).load_artifact("serving_state", owned_by_1))
+    want = p.advance(owned_by_1, ticks.value[:n].to_numpy(), ticks.timestamp[:n].to_numpy())
+    assert [g["prediction_id"] for g in got] == [w["prediction_id"] for w in want]
+    assert np.allclose([g["confidence"] for g in got], [w["confidence"] for w in want], atol=1e-9)
+    rows = served_rows(Warehouse(home), "predictions", owned_by_1)
+    assert len(rows) == n and pd.to_datetime(rows["timestamp"], utc=True).is_unique
+    assert all(p.stem.startswith("serve-r1-") for p in Warehouse(home).table_parts("raw_ticks", owned_by_1)
+               if p.stem.startswith("serve-"))
