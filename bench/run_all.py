@@ -4,7 +4,7 @@ with the command that produced them."""
 import subprocess
 import sys
 
-BENCHES = ["bench.ingest_bench", "bench.reservoir_bench", "bench.quantum_bench", "bench.predict_bench",
+BENCHES = ["bench.ingest_bench", "bench.reservoir_bench", "bench.quantum_bench", "bench.predict_bench", "bench.serve_bench",
            "bench.stream_bench"]
 
 if __name__ == "__main__":

@@ -176,6 +176,7 @@ def dumps(obj: Any) -> bytes:
 def loads(data: bytes, where: str = "artifact") -> Any:
     """Read an artifact; never unpickles. Raises ArtifactError naming `where` for anything else."""
     fix = "delete it and re-run training for the source (`nq run --source <source>`)"
+    import nq_dagster.fusion.predictor  # noqa: F401 - registers the model and state classes an artifact may hold
     if not data.startswith(b"PK"):
         kind = "a Python pickle, refused (loading it could run code)" if data[:1] == b"\x80" else "not an nq artifact"
         raise ArtifactError(f"{where}: {kind}; {fix}")

@@ -254,8 +254,14 @@ def cmd_serve(args) -> int:
         peers = ",".join(peers.replace("{i}", str(i)) for i in range(replicas))
     own = Ownership(replica if replicas > 1 else 0, replicas, tuple(p for p in peers.split(",") if p.strip()))
     configure_logging(args.log_level.upper())
+    # one torch thread: the server's parallelism is the batch of requests; torch's intra-op pool on top of the event
+    # loop and the engine's worker only contends for the cores (throughput at concurrency 32: 665 -> 910 /s here)
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("NQ_SERVE_TORCH_THREADS", "1")))
     address = f"http://{args.host}:{args.port}"
-    server = create_server(str(wh.home), own, Settings.load(wh), fsync=args.fsync, address=address)
+    server = create_server(str(wh.home), own, Settings.load(wh), fsync=args.fsync, address=address,
+                           flush_interval_s=args.flush_interval)
     keys = server.keys.list()
     print(f"nq serve: {address} (replica {own.replica} of {own.replicas}); data {wh.home}; sources: "
           f"{', '.join(server.engine.sources()) or 'none trained yet'}", file=sys.stderr)
@@ -338,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--peers", help="replica base URLs, comma-separated, or a template with {i} (default NQ_SERVE_PEERS)")
     sv.add_argument("--fsync", choices=["interval", "always"], default="interval",
                     help="fsync the tick log every 100 ms (default) or before every reply")
+    sv.add_argument("--flush-interval", type=float, default=10.0, help="seconds between writes of the tick log "
+                    "into the raw_ticks / predictions tables (the log itself is written before every reply)")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sv.set_defaults(fn=cmd_serve)
     k = sub.add_parser("keys", help="API keys of the prediction server")

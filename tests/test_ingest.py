@@ -102,3 +102,34 @@ def test_atomic_write_survives_crash(wh, monkeypatch):
     monkeypatch.undo()
     assert len(wh.read_table("t", "s")) == 1  # the old partition is intact
     assert [p.name for p in path.parent.iterdir()] == ["data.parquet"]  # no temp file left behind
+
+
+def test_fast_tick_validation_accepts_a_subset_of_ingest_with_the_same_values():
+    """The server's shortcut never accepts what `validate_frame` refuses, and parses what it accepts to the same
+    timestamps and values; anything unusual is left to validate_frame (None)."""
+    from pathlib import Path
+
+    from nq_dagster.ingest import fast_validate_ticks, validate_frame
+
+    stamps = ["2026-01-05T10:00:00Z", "2026-01-05T10:00:00.123456+02:00", "2026-01-05 10:00:00", "2026-01-05",
+              "2026-01-05T10:00", "2026-01-05T10:00:00-05:30", 1767607200, 1767607200.5, 1767607200123,
+              1767607200123.0, 0, -86400.25, "20260105T100000", "2026-13-05T10:00:00Z", "yesterday", "2026-01-05T10:00:00.1234567Z",
+              "1767607200", float("nan"), float("inf"), True, None, "2026-02-30", "2026-01-05T25:00:00Z"]
+    values = [1.5, 0, -3, 1e300, float("nan"), float("inf"), "1.5", True, None]
+    checked = accepted = 0
+    for ts in stamps:
+        for v in values:
+            for src in ("m", "../evil"):
+                fast = fast_validate_ticks([(src, ts, v)])
+                frame = pd.DataFrame({"source": [src], "timestamp": [ts if isinstance(ts, str) else repr(ts)],
+                                      "value": [repr(v) if isinstance(v, float) else str(v)], "__line": [0]})
+                clean, bad, _ = validate_frame(frame, Path("request"), 0, None)
+                checked += 1
+                if fast is None:
+                    continue
+                accepted += 1
+                assert not bad and len(clean) == 1, (ts, v, src)
+                want = pd.Timestamp(clean["timestamp"].iloc[0]).value
+                assert fast == [(src, want, float(clean["value"].iloc[0]))], (ts, v)
+    assert checked == len(stamps) * len(values) * 2 and accepted >= 30
+    assert fast_validate_ticks([("m", "2026-01-05T10:00:00Z", 1.0), ("m", "2026-01-05T10:00:00+00:00", 2.0)]) is None

@@ -52,6 +52,7 @@ def ticks(base):
 
 
 def keys(home, **kw):
+    kw = {"rate": "60000/min", "burst": 1000, **kw}  # the rate limit has a test of its own
     store = KeyStore(home)
     return {role: store.create(role, **kw)[0] for role in ("viewer", "developer", "admin")}
 
