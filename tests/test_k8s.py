@@ -104,3 +104,25 @@ def test_helm_values_parse_and_agree_with_code():
     assert {"name": "NQ_DATA_PVC", "value": "nq-data"} in dep["env"]
     docker = (K8S / "Dockerfile").read_text()
     assert "USER 10001" in docker and "ARG VARIANT" in docker and docker.count("FROM ") == 2
+
+
+def test_serve_statefulset():
+    """The prediction server's manifests validate strictly; replica count and ownership settings agree; probes hit
+    /api/v1/status; the pods run as non-root on a read-only root file system with the shared data volume."""
+    docs = list(yaml.safe_load_all((K8S / "serve.yaml").read_text()))
+    kv = pytest.importorskip("kubernetes_validate")
+    for d in docs:
+        kv.validate(d, "1.30.0", strict=True)
+    kinds = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    sts = kinds[("StatefulSet", "nq-serve")]
+    assert kinds[("Service", "nq-serve-headless")]["spec"]["clusterIP"] == "None"
+    assert sts["spec"]["serviceName"] == "nq-serve-headless"
+    pod = sts["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert int(env["NQ_SERVE_REPLICAS"]) == sts["spec"]["replicas"]
+    assert "{i}" in env["NQ_SERVE_PEERS"] and "nq-serve-headless" in env["NQ_SERVE_PEERS"]
+    assert c["readinessProbe"]["httpGet"]["path"] == c["livenessProbe"]["httpGet"]["path"] == "/api/v1/status"
+    assert pod["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "nq-data"}} in pod["volumes"]
+    assert c["command"][:2] == ["nq", "serve"] and "0.0.0.0" in c["command"]

@@ -384,3 +384,41 @@ def test_two_replicas_share_one_data_directory(home, ticks):
     assert len(rows) == n and pd.to_datetime(rows["timestamp"], utc=True).is_unique
     assert all(p.stem.startswith("serve-r1-") for p in Warehouse(home).table_parts("raw_ticks", owned_by_1)
                if p.stem.startswith("serve-"))
+
+
+def test_training_scores_what_was_served(home, ticks, monkeypatch):
+    """Predictions served live stay in `predictions` through the next training (one record per time), and the
+    validation report scores them on the outcomes realized since, as an independent recomputation does."""
+    from nq_dagster.cli import main
+    from nq_dagster.fusion.walkforward import make_targets
+
+    k = keys(home)
+    srv = ThreadServer(home)
+    n = 60
+    try:
+        c = httpx.Client(base_url=srv.url, headers=auth(k["developer"]))
+        for i in range(n):
+            assert c.post("/api/v1/process/realtime", json=tick("m", ticks.timestamp[i], ticks.value[i])).status_code == 200
+    finally:
+        srv.stop()  # writes the log into the tables
+    monkeypatch.setenv("NQ_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    assert main(["--home", str(home), "run", "--source", "m"]) == 0  # the predictions suite passes too
+    wh = Warehouse(home)
+    preds = wh.read_table("predictions", "m")
+    assert not preds.duplicated(["source", "timestamp"]).any()
+    served = preds[preds["processing_time_ms"].notna()].sort_values("timestamp")
+    assert len(served) == n
+    metrics = wh.read_table("validation_metrics", "m").iloc[0]
+    assert metrics["live_predictions"] == n - 1  # the last one's outcome is not known yet
+    # independent: realized direction of each served time from the stored series and the config's hold band
+    series = wh.read_table("series", "m").sort_values("timestamp").reset_index(drop=True)
+    cfg = json.loads((home / "config.json").read_text())
+    from nq_dagster.config import PipelineConfig
+
+    pc = PipelineConfig(**cfg)
+    t = make_targets(series["value"].to_numpy(), pc.horizon, pc.hold_band, pc.feature_window)
+    pos = series.index[series["timestamp"].isin(served["timestamp"])].to_numpy()
+    y = t["direction"].to_numpy()[pos][:-1]
+    pred = served["direction"].map({"down": -1, "hold": 0, "up": 1}).to_numpy()[:-1]
+    assert metrics["live_accuracy"] == pytest.approx(float(np.mean(pred == y)))

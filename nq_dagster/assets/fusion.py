@@ -15,7 +15,7 @@ from nq_dagster.neuromorphic import PATTERN_NAMES
 from nq_dagster.neuromorphic.stages import unpack_spikes
 from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
 from nq_dagster.resources.storage import LIVE_PARTS
-from nq_dagster.validation.evaluate import evaluate
+from nq_dagster.validation.evaluate import evaluate, evaluate_live
 from nq_dagster.validation.report import markdown_summary, write_report
 
 
@@ -109,6 +109,14 @@ def validation_report(context: AssetExecutionContext, fusion_model: dict, series
         if "anomaly" in t.columns and len(t) == len(series):
             truth = t["anomaly"].to_numpy()
     ev = evaluate(fusion_model, truth)
+    live_parts = [p for p in wh.table_parts("predictions", source) if p.stem.startswith(LIVE_PARTS)]
+    live = pd.concat([wh.read_part(p).to_pandas() for p in live_parts]) if live_parts else None
+    targets = fusion_model["targets"]
+    ev["live"] = evaluate_live(live, series["timestamp"], targets) if len(targets) == len(series) else None
+    if ev["live"] and ev["live"].get("realized"):
+        lv = ev["live"]
+        ev["metrics"].update({"live_predictions": lv["realized"], "live_accuracy": lv["accuracy"],
+                              "live_acc_ci_low": lv["ci_low"], "live_acc_ci_high": lv["ci_high"]})
     kind = "market" if source.startswith("market") else "sensor"
     path = write_report(wh.reports / f"{source}.html", source, ev, series["value"].to_numpy(), kind)
     metrics = pd.DataFrame([{**ev["metrics"], "model_version": fusion_model["model_version"], "report": str(path)}])

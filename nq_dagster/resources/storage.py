@@ -245,7 +245,8 @@ class Warehouse:
                 + f" under {self.where}; ingest data or materialize the asset first"
             )
         tables = [self.read_part(p) for p in parts]
-        return pa.concat_tables(tables, promote_options="default").to_pandas()
+        # permissive: parts written from pandas (large_string) and from the record schema (string) read as one
+        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
     def sources(self, table: str = "raw_ticks") -> list[str]:
         names = {p.parent.name.split("=", 1)[1] for p in self.table_parts(table)}
@@ -270,6 +271,21 @@ class Warehouse:
         if self.store is None:
             return self.artifact_path(name, source).exists()
         return self.store.fs.get_file_info(self._artifact_key(name, source)).type == pafs.FileType.File
+
+    def artifact_mtime_ns(self, name: str, source: str) -> int:
+        """When the artifact was last written (0 if it does not exist): how a long-lived reader sees a new one."""
+        if self.store is None:
+            try:
+                return self.artifact_path(name, source).stat().st_mtime_ns
+            except FileNotFoundError:
+                return 0
+        info = self.store.fs.get_file_info(self._artifact_key(name, source))
+        return int(info.mtime_ns or 0) if info.type == pafs.FileType.File else 0
+
+    @property
+    def filesystem(self) -> pafs.FileSystem | None:
+        """The pyarrow file system of the tables (None: local paths)."""
+        return self.store.fs if self.store is not None else None
 
     def artifact_sources(self, name: str) -> list[str]:
         if self.store is None:

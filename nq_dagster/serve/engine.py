@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -263,10 +264,7 @@ class Engine:
         return [s for s in self.wh.artifact_sources("serving_state") if self.own.owns(s)]
 
     def _artifact_mtime(self, name: str, source: str) -> int:
-        try:
-            return self.wh.artifact_path(name, source).stat().st_mtime_ns
-        except FileNotFoundError:
-            return 0
+        return self.wh.artifact_mtime_ns(name, source)
 
     def _rows_after(self, source: str):
         """Rows of the source after a time: raw_ticks plus the ticks still in the log (not yet flushed)."""
@@ -410,7 +408,7 @@ class Engine:
         parts = [str(p) for p in self.wh.table_parts("predictions", source) if p.stem.startswith(("serve-", "stream-"))]
         if not parts:
             return None
-        ds = pads.dataset(parts, format="parquet")
+        ds = pads.dataset(parts, format="parquet", filesystem=self.wh.filesystem)
         t = ds.to_table(filter=pads.field("timestamp") == pd.Timestamp(ts_ns, tz="UTC"))
         return record_from_row(t.slice(0, 1).to_pandas().iloc[0].to_dict()) if t.num_rows else None
 
@@ -572,7 +570,7 @@ class Engine:
                     digest = hashlib.sha256("".join(json.dumps(r, sort_keys=True) for r in fresh).encode()).hexdigest()
                     raw = pd.DataFrame({"source": s, "timestamp": pd.to_datetime([r["t"] for r in fresh], utc=True),
                                         col: [r["v"] for r in fresh], "file": f"nq-serve/{part}", "content_hash": digest})
-                    self.wh.write_table("raw_ticks", s, raw, part=part)
+                    self.wh.write_table("raw_ticks", s, self._like_ingested(s, raw), part=part)
                 self.wh.write_table("predictions", s, records_table([_to_table_record(r["r"]) for r in recs]), part=part)
                 if states and s in states:
                     self.wh.save_artifact("live_state", s, states[s])
@@ -585,10 +583,21 @@ class Engine:
             self.last_flush_error = f"{path.name}: {type(exc).__name__}: {exc}"
             log.exception("flush failed")
 
+    def _like_ingested(self, source: str, raw: pd.DataFrame) -> pa.Table:
+        """Rows in the schema of the source's ingested parts (timestamp unit, column types), so the partition
+        reads as one table."""
+        table = pa.Table.from_pandas(raw, preserve_index=False)
+        parts = [p for p in self.wh.table_parts("raw_ticks", source) if not p.stem.startswith("serve-")]
+        if parts:
+            schema = pq.read_schema(str(parts[0]), filesystem=self.wh.filesystem).remove_metadata()
+            if set(schema.names) == set(table.column_names):
+                return table.select(schema.names).cast(schema)
+        return table
+
     def _value_column(self, source: str) -> str:
         if source not in self._value_col:
             parts = [p for p in self.wh.table_parts("raw_ticks", source) if not p.stem.startswith("serve-")]
-            names = pq.read_schema(str(parts[0])).names if parts else ["value"]
+            names = pq.read_schema(str(parts[0]), filesystem=self.wh.filesystem).names if parts else ["value"]
             self._value_col[source] = primary_column(names)
         return self._value_col[source]
 

@@ -113,3 +113,33 @@ def evaluate(fusion: dict, anomaly_truth: np.ndarray | None = None) -> dict:
 def class_share_train(train_dirs: np.ndarray, c: int) -> float:
     d = train_dirs[train_dirs != -9]
     return (np.sum(d == c) + 1) / (len(d) + 3)
+
+
+def evaluate_live(live: pd.DataFrame, timestamps: pd.Series, targets: pd.DataFrame) -> dict | None:
+    """What was served live (the streaming job's and the prediction server's records in `predictions`), scored on
+    the outcomes that have been realized since: accuracy with its 95 % interval and the test against the
+    majority class of the same rows, and how the stated confidence compares with the accuracy achieved.
+    None when nothing served live has a realized outcome yet."""
+    if live is None or not len(live):
+        return None
+    ts = pd.to_datetime(timestamps, utc=True).to_numpy()
+    lt = pd.to_datetime(live["timestamp"], utc=True).to_numpy()
+    idx = np.searchsorted(ts, lt)
+    ok = idx < len(ts)
+    ok[ok] = ts[idx[ok]] == lt[ok]
+    y = np.full(len(live), -9)
+    y[ok] = targets["direction"].to_numpy()[idx[ok]]
+    realized = y != -9
+    if not realized.any():
+        return {"served": len(live), "realized": 0}
+    names = {"down": -1, "hold": 0, "up": 1}
+    pred = live["direction"].map(names).to_numpy()[realized]
+    y = y[realized]
+    correct = pred == y
+    majority = max(float(np.mean(y == c)) for c in CLASSES)
+    acc = accuracy_test(correct, majority)
+    conf = live["confidence"].to_numpy()[realized]
+    return {"served": len(live), "realized": int(realized.sum()), "accuracy": acc["accuracy"],
+            "ci_low": acc["ci_low"], "ci_high": acc["ci_high"], "majority_share": majority, "p_value": acc["p_value"],
+            "mean_confidence": float(conf.mean()), "confidence_gap": float(conf.mean() - acc["accuracy"]),
+            "median_processing_time_ms": float(np.nanmedian(live["processing_time_ms"].to_numpy(dtype=float)))}

@@ -36,6 +36,11 @@ def markdown_summary(source: str, ev: dict) -> str:
              f"binomial p = {m['p_binom']:.2g}. Mean reported confidence {m['mean_confidence']:.3f} against accuracy "
              f"{m['accuracy']:.3f} (ECE {m['ece']:.3f}).", "", "| criterion | passed | figure |", "|---|---|---|"]
     lines += [f"| {r.criterion} | {'yes' if r.passed else 'no'} | {r.figure} |" for r in ev["criteria"].itertuples()]
+    lv = ev.get("live")
+    if lv and lv.get("realized"):
+        lines += ["", f"Served live: {lv['served']} predictions, {lv['realized']} with a realized outcome; accuracy "
+                  f"**{lv['accuracy']:.3f}** (95 % CI {lv['ci_low']:.3f}-{lv['ci_high']:.3f}), majority "
+                  f"{lv['majority_share']:.3f}, mean confidence {lv['mean_confidence']:.3f}."]
     return "\n".join(lines)
 
 
@@ -82,6 +87,8 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
             "each measured on held-out, realized outcomes.</p>", _table(ev["criteria"]),
             "<h2>Metrics</h2>", _table(pd.DataFrame([ev["metrics"]])),
             "<h2>Baselines (same rows)</h2>", _table(ev["baselines"]),
+            "<h2>Served live (streaming job and prediction server), realized outcomes</h2>",
+            _table(pd.DataFrame([ev["live"]])) if ev.get("live") else "<p>Nothing served live yet.</p>",
             "<h2>Ablations</h2>", _table(ev["ablations"]),
             "<h2>Accuracy per volatility regime</h2>", _table(ev["regimes"]),
             "<h2>Confusion matrix (-1 down, 0 hold, 1 up)</h2>", cm.to_html(border=0)]
