@@ -52,3 +52,19 @@ def test_graph_on_object_storage(wh, s3, capsys):
     first = next((wh.home / "processed").rglob("*.csv"))
     assert main(["--home", str(wh.home), "ingest", str(first), "--source", "market_A"]) == 0
     assert "skipped-duplicate-file" in capsys.readouterr().out
+
+
+def test_object_storage_settings_from_secret_files(tmp_path, monkeypatch):
+    """k8s/serve.yaml mounts the storage secret as files (NQ_SECRETS_DIR): they set the variables the environment
+    does not already set."""
+    from nq_dagster.resources.storage import ObjectStore
+
+    for name in ("NQ_S3_BUCKET", "NQ_S3_PREFIX", "NQ_S3_ENDPOINT", "AWS_ACCESS_KEY_ID"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "NQ_S3_BUCKET").write_text("from-file\n")
+    (tmp_path / "NQ_S3_ENDPOINT").write_text("http://127.0.0.1:9")
+    (tmp_path / "NQ_S3_PREFIX").write_text("ignored")
+    monkeypatch.setenv("NQ_S3_PREFIX", "from-env")
+    monkeypatch.setenv("NQ_SECRETS_DIR", str(tmp_path))
+    store = ObjectStore.from_env()
+    assert store.bucket == "from-file" and store.prefix == "from-env" and store.endpoint == "http://127.0.0.1:9"

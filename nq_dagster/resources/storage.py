@@ -65,6 +65,7 @@ class ObjectStore:
 
     @classmethod
     def from_env(cls) -> ObjectStore | None:
+        _secrets_from_files()
         bucket = os.environ.get("NQ_S3_BUCKET", "").strip()
         if not bucket:
             return None
@@ -84,6 +85,18 @@ class ObjectStore:
 
     def url(self) -> str:
         return f"s3://{self.path()}" + (f" at {self.endpoint}" if self.endpoint else "")
+def _secrets_from_files() -> None:
+    """With NQ_SECRETS_DIR set (a Kubernetes secret mounted as files), each file there named like a variable this
+    module reads (NQ_S3_*, AWS_*) sets it unless the environment already does."""
+    d = os.environ.get("NQ_SECRETS_DIR")
+    if not d or not os.path.isdir(d):
+        return
+    for name in os.listdir(d):
+        if (name.startswith(("NQ_S3_", "AWS_"))) and name not in os.environ:
+            with open(os.path.join(d, name), encoding="utf-8") as fh:
+                os.environ[name] = fh.read().strip()
+
+
 SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
