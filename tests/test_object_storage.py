@@ -60,7 +60,8 @@ def test_object_storage_settings_from_secret_files(tmp_path, monkeypatch):
     from nq_dagster.resources.storage import ObjectStore
 
     for name in ("NQ_S3_BUCKET", "NQ_S3_PREFIX", "NQ_S3_ENDPOINT", "AWS_ACCESS_KEY_ID"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so that what the code sets is undone after the test
+        monkeypatch.delenv(name)
     (tmp_path / "NQ_S3_BUCKET").write_text("from-file\n")
     (tmp_path / "NQ_S3_ENDPOINT").write_text("http://127.0.0.1:9")
     (tmp_path / "NQ_S3_PREFIX").write_text("ignored")
