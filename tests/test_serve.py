@@ -422,3 +422,62 @@ def test_training_scores_what_was_served(home, ticks, monkeypatch):
     y = t["direction"].to_numpy()[pos][:-1]
     pred = served["direction"].map({"down": -1, "hold": 0, "up": 1}).to_numpy()[:-1]
     assert metrics["live_accuracy"] == pytest.approx(float(np.mean(pred == y)))
+
+
+def test_served_predictions_equal_the_streaming_jobs(base, tmp_path, monkeypatch):
+    """The same ticks, posted to the server in one data directory and landed as a file for the Dagster streaming
+    job in a copy of it, give the same predictions."""
+    from dagster import DagsterInstance
+
+    from nq_dagster.definitions import defs
+
+    served_home = copy_home(base[0], tmp_path / "a" / "nq")
+    job_home = copy_home(base[0], tmp_path / "b" / "nq")
+    ticks = base[1].iloc[:25]
+    k = keys(served_home)
+    srv = ThreadServer(served_home)
+    try:
+        c = httpx.Client(base_url=srv.url, headers=auth(k["developer"]))
+        served = [c.post("/api/v1/process/realtime", json=tick("m", t, v)).json()
+                  for t, v in zip(ticks.timestamp, ticks.value, strict=True)]
+    finally:
+        srv.stop()
+    landing = job_home / "landing" / "m"
+    landing.mkdir(parents=True)
+    ticks.to_csv(landing / "new.csv", index=False)
+    monkeypatch.setenv("NQ_HOME", str(job_home))
+    monkeypatch.setenv("DAGSTER_HOME", str(job_home / "dagster"))
+    res = defs.resolve_job_def("streaming").execute_in_process(partition_key="m", instance=DagsterInstance.get(),
+                                                               raise_on_error=False)
+    assert res.success and all(c.passed for c in res.get_asset_check_evaluations())
+    wh = Warehouse(job_home)
+    parts = [p for p in wh.table_parts("predictions", "m") if p.stem.startswith("stream-")]
+    streamed = pd.concat([wh.read_part(p).to_pandas() for p in parts]).sort_values("timestamp")
+    assert len(streamed) == len(served)
+    assert list(streamed["prediction_id"]) == [s["prediction_id"] for s in served]
+    assert list(streamed["direction"]) == [s["direction"] for s in served]
+    assert np.allclose(streamed["confidence"], [s["confidence"] for s in served], rtol=0, atol=1e-12)
+    assert np.allclose(streamed["predicted_change"], [s["predicted_change"] for s in served], rtol=1e-12)
+
+
+def test_a_slow_subscriber_is_closed_and_the_others_keep_up():
+    """The hub's policy without sockets: a subscriber whose queue is full is dropped (its sender then closes the
+    socket with 1013); the others get every prediction."""
+    import asyncio
+
+    from nq_dagster.serve.app import Hub, Metrics
+
+    async def run():
+        m = Metrics()
+        hub = Hub(m, limit=3)
+        _, fast = hub.add({"a"}, 0.0, set())
+        _, slow = hub.add({"a"}, 0.0, set())
+        got = []
+        for i in range(5):
+            hub.publish([{"source": "a", "confidence": 0.5, "direction": "up", "i": i}])
+            got.append((await fast.get())["i"])
+        drained = [slow.get_nowait() for _ in range(slow.qsize())]
+        return got, drained, len(hub.subs), m.ws_dropped._value.get()
+
+    got, drained, left, dropped = asyncio.run(run())
+    assert got == [0, 1, 2, 3, 4] and drained == [None] and left == 1 and dropped == 1
