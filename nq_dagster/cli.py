@@ -129,6 +129,8 @@ def cmd_demo(args) -> int:
     _print_frame(summary_table(wh))
     print(f"\nreports: {wh.reports}")
     print(f"query:   nq query \"SELECT * FROM predictions LIMIT 5\"   (NQ_HOME={wh.home})")
+    print(f"serve:   nq keys create --role developer && nq serve   then open http://127.0.0.1:8080/ (the live "
+          f"dashboard; paste the key)   (NQ_HOME={wh.home})")
     return 0 if all(ok.values()) else 1
 
 

@@ -21,7 +21,7 @@ from nq_dagster.resources.storage import Warehouse
 
 from .conftest import SMALL_CONFIG
 
-N_TRAIN, N_ALL = 600, 900
+N_TRAIN, N_ALL = 600, 1000
 CLONES = ("s1", "s2", "s3", "s4", "s5")  # sources sharing m's trained model (names differ, so do their owners)
 
 
@@ -73,13 +73,13 @@ def free_port() -> int:
 class ThreadServer:
     """`nq serve`'s app under uvicorn in a thread of the test process (fast intervals)."""
 
-    def __init__(self, home: Path, **kw):
+    def __init__(self, home: Path, port: int | None = None, **kw):
         import uvicorn
 
         from nq_dagster.serve.app import create_server
 
         self.server = create_server(str(home), flush_interval_s=0.2, watch_interval_s=0.2, **kw)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = uvicorn.Config(self.server.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
                              interface="asgi3", access_log=False, log_config=None, ws_ping_interval=None)

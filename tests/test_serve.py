@@ -411,6 +411,10 @@ def test_training_scores_what_was_served(home, ticks, monkeypatch):
     assert len(served) == n
     metrics = wh.read_table("validation_metrics", "m").iloc[0]
     assert metrics["live_predictions"] == n - 1  # the last one's outcome is not known yet
+    report = wh.reports / "m.html"
+    assert report.stat().st_mode & 0o777 == 0o644  # readable by a viewer, not only the writer
+    text = report.read_text()
+    assert "Served live" in text and "<style>" in text and "overflow-x: auto" in text
     # independent: realized direction of each served time from the stored series and the config's hold band
     series = wh.read_table("series", "m").sort_values("timestamp").reset_index(drop=True)
     cfg = json.loads((home / "config.json").read_text())
@@ -475,7 +479,7 @@ def test_a_slow_subscriber_is_closed_and_the_others_keep_up():
         got = []
         for i in range(5):
             hub.publish([{"source": "a", "confidence": 0.5, "direction": "up", "i": i}])
-            got.append((await fast.get())["i"])
+            got.append((await fast.get())["prediction"]["i"])
         drained = [slow.get_nowait() for _ in range(slow.qsize())]
         return got, drained, len(hub.subs), m.ws_dropped._value.get()
 

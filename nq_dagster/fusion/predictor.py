@@ -251,9 +251,10 @@ class Predictor:
                              [src.config_version for src in srcs], np.array([mv.train_end_ns for mv in mvs]),
                              np.array([mv.step_ms * cfg.horizon for mv in mvs]), None)
         elapsed_ms = (time.perf_counter() - t_recv) * 1000.0  # from the call that brought the tick
-        for r, mv in zip(recs, mvs, strict=True):
+        for i, (r, mv) in enumerate(zip(recs, mvs, strict=True)):
             r["processing_time_ms"] = elapsed_ms
             r["calibration"] = mv.calibration(r["confidence"])
+            r["hold_band"] = float(band[i])  # |change| below it is "hold": the rule realized outcomes are scored by
         return recs
 
     def _validate(self, source: str, values, timestamps) -> tuple[np.ndarray, np.ndarray]:

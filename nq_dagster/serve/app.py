@@ -28,6 +28,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
@@ -42,7 +43,8 @@ from prometheus_client import (
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match, Route, WebSocketRoute
+from starlette.routing import Match, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from nq_dagster.config import SERVICES, ConfigError, ConfigStore
@@ -51,6 +53,7 @@ from nq_dagster.serve.engine import Engine, NoModel, NotOwner, Ownership, Reject
 from nq_dagster.serve.keys import ROLES, KeyRecord, KeyStore, TokenBucket, role_allows
 
 access_log = logging.getLogger("nq.serve.access")
+STATIC = Path(__file__).parent / "static"  # the dashboard page, its script and the vendored chart library
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 LATENCY_BUCKETS = (.0005, .001, .0025, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5, 5, 10)
@@ -177,14 +180,15 @@ class Hub:
         self.subs.pop(sid, None)
         self.metrics.ws_clients.set(len(self.subs))
 
-    def publish(self, records: list[dict]) -> None:
+    def publish(self, records: list[dict], outcomes: list[dict] = ()) -> None:
         for sid, (q, sources, min_conf, directions) in list(self.subs.items()):
-            for rec in records:
-                if rec["source"] not in sources or rec["confidence"] < min_conf or (
-                        directions and rec["direction"] not in directions):
-                    continue
+            items = [{"type": "prediction", "prediction": rec} for rec in records
+                     if rec["source"] in sources and rec["confidence"] >= min_conf
+                     and (not directions or rec["direction"] in directions)]
+            items += [{"type": "outcome", "outcome": o} for o in outcomes if o["source"] in sources]
+            for item in items:
                 try:
-                    q.put_nowait(rec)
+                    q.put_nowait(item)
                 except asyncio.QueueFull:
                     self.subs.pop(sid, None)
                     self.metrics.ws_dropped.inc()
@@ -260,6 +264,11 @@ class Server:
             Route("/api/v1/keys", self.api("admin", self.keys_create), methods=["POST"]),
             Route("/api/v1/keys/{key_id}", self.api("admin", self.keys_revoke), methods=["DELETE"]),
             Route("/api/v1/ping", self.api("viewer", self.ping), methods=["GET"]),
+            Route("/api/v1/outcomes", self.api("viewer", self.outcomes), methods=["GET"]),
+            Route("/api/v1/models", self.api("viewer", self.models), methods=["GET"]),
+            Route("/reports/{name}", self.api("viewer", self.report), methods=["GET"]),
+            Route("/", self.index, methods=["GET"]),
+            Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
             WebSocketRoute("/ws/predictions", self.ws),
         ]
         self.routes = routes
@@ -331,13 +340,13 @@ class Server:
             if self._http is not None:
                 await self._http.aclose()
 
-    def _on_records(self, records: list[dict]) -> None:
-        """Worker thread: count and push the batch's new predictions."""
+    def _on_records(self, records: list[dict], outcomes: list[dict]) -> None:
+        """Worker thread: count and push the batch's new predictions and the outcomes they realized."""
         now = time.monotonic()
         for rec in records:
             self.metrics.prediction(rec, now)
         if self.loop is not None and self.hub.subs:
-            self.loop.call_soon_threadsafe(self.hub.publish, records)
+            self.loop.call_soon_threadsafe(self.hub.publish, records, outcomes)
 
     # auth, limits ------------------------------------------------------------------------------------------------
     def authenticate(self, headers, role: str, scope_state: dict) -> KeyRecord:
@@ -584,6 +593,41 @@ class Server:
     async def ping(self, request: Request, key: KeyRecord):
         return JSONResponse({"ok": True})
 
+    async def outcomes(self, request: Request, key: KeyRecord):
+        """Realized outcomes of the predictions served since the server started (the live reliability view)."""
+        source = request.query_params.get("source")
+        sources = [source] if source else self.engine.sources()
+        return JSONResponse({s: self.engine.outcomes(s) for s in sources})
+
+    async def models(self, request: Request, key: KeyRecord):
+        """Each source's model version: selected features, the quantum selection's results, the reliability of
+        its walk-forward predictions, its latest validation figures; and the cross-source quantum portfolio."""
+        validation = await asyncio.to_thread(self._validation)
+        models = {s: {**info, "validation": validation.get(s)} for s, info in self.engine.model_info().items()}
+        portfolio = None
+        with contextlib.suppress(Exception):
+            if self.wh.table_parts("portfolio"):
+                df = self.wh.read_table("portfolio")
+                cols = [c for c in ("source", "predicted_edge", "volatility", "chosen") if c in df.columns]
+                portfolio = json.loads(df[cols].to_json(orient="records"))
+        return JSONResponse({"models": models, "portfolio": portfolio})
+
+    async def report(self, request: Request, key: KeyRecord):
+        """A source's HTML validation report (viewers may read it)."""
+        name = request.path_params["name"]
+        source = name[:-5] if name.endswith(".html") else ""
+        if not SOURCE_RE.match(source):
+            raise ApiError(404, f"no report {name!r}: reports are <source>.html")
+        path = self.wh.reports / f"{source}.html"
+        if not path.is_file():
+            raise ApiError(404, f"no validation report for {source!r} yet: run `nq run --source {source}`")
+        return Response(path.read_bytes(), media_type="text/html; charset=utf-8")
+
+    async def index(self, request: Request):
+        """The dashboard: a static page; it asks for a key and talks to the API like any client."""
+        return Response((STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-cache"})
+
     # WebSocket ---------------------------------------------------------------------------------------------------
     async def ws(self, websocket: WebSocket):
         await websocket.accept()
@@ -628,11 +672,11 @@ class Server:
                     if receiver in done:
                         getter.cancel()
                         return
-                    rec = getter.result()
-                    if rec is None:
-                        await websocket.close(code=1013, reason=f"too slow: {self.settings.ws_queue} predictions behind")
+                    item = getter.result()
+                    if item is None:
+                        await websocket.close(code=1013, reason=f"too slow: {self.settings.ws_queue} messages behind")
                         return
-                    await websocket.send_json({"type": "prediction", "prediction": rec})
+                    await websocket.send_json(item)
             finally:
                 receiver.cancel()
         except WebSocketDisconnect:

@@ -23,6 +23,7 @@ too, as the streaming job would, and the streaming job leaves owned sources to i
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import hashlib
@@ -53,6 +54,7 @@ from nq_dagster.resources.storage import Warehouse, atomic_write_bytes
 log = logging.getLogger("nq.serve")
 
 MAX_BATCH = 512  # requests taken by the worker at once
+OUTCOMES_KEPT = 500  # realized outcomes kept per source (the live reliability view)
 CACHE_PER_SOURCE = 20_000  # recent records kept in memory per source (re-posts, the dashboard)
 LEASE_TTL_S = 10.0  # a replica whose lease is older than this is gone
 SERVE_PART = "serve-r{replica}-{segment}"  # named by the log segment: unique across restarts, stable on a re-flush
@@ -167,7 +169,9 @@ class Engine:
         self._flushq: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.on_records = None  # callback(list of JSON records) for the WebSocket hub; called on the worker thread
+        self.on_records = None  # callback(JSON records, outcomes) for metrics and the WebSocket hub; worker thread
+        self._pending: dict[str, collections.deque] = {}  # per source: predictions whose outcome is not known yet
+        self._outcomes: dict[str, collections.deque] = {}  # per source: the last OUTCOMES_KEPT realized outcomes
         self.on_batch = None  # callback(n_requests, n_new_ticks, seconds) for metrics
         self.started_at = time.time()
         self.last_flush_error: str | None = None
@@ -239,6 +243,8 @@ class Engine:
         for s in self.predictor.sources():
             st = self.predictor.serving_state(s)
             out[s] = {"model_version": st.model.model_version, "config_version": PredictorConfigVersion(st),
+                      "selected_features": list(st.model.selected), "quantum": st.model.quantum,
+                      "reliability": st.model.reliability,
                       "trained_at": st.model.created_at, "trained_rows": st.model.trained_rows,
                       "rows_seen": st.stream.n_rows,
                       "last_timestamp": pd.Timestamp(st.stream.last_ts, tz="UTC").isoformat()}
@@ -304,6 +310,27 @@ class Engine:
         log.info(json.dumps({"event": "model_loaded", "source": source, "model_version": state.model.model_version,
                              "from": how, "rows_seen": state.stream.n_rows}))
         return how
+
+    def _realize(self, source: str, ts: int, value: float, rec: dict) -> list[dict]:
+        """A new tick realizes the prediction made `horizon` ticks before it: its actual direction by the same
+        rule as training's targets (hold inside the band the prediction stated)."""
+        pend = self._pending.setdefault(source, collections.deque())
+        horizon = self.predictor.serving_state(source).model.cfg.horizon
+        out = []
+        while len(pend) >= horizon:
+            t0, v0, d0, c0, b0 = pend.popleft()
+            change = value - v0
+            actual = "up" if change > b0 else ("down" if change < -b0 else "hold")
+            o = {"source": source, "timestamp": pd.Timestamp(t0, tz="UTC").isoformat(),
+                 "realized_at": pd.Timestamp(ts, tz="UTC").isoformat(), "predicted": d0, "actual": actual,
+                 "confidence": c0, "correct": d0 == actual, "change": change}
+            self._outcomes.setdefault(source, collections.deque(maxlen=OUTCOMES_KEPT)).append(o)
+            out.append(o)
+        pend.append((ts, value, rec["direction"], rec["confidence"], rec["hold_band"]))
+        return out
+
+    def outcomes(self, source: str, limit: int = OUTCOMES_KEPT) -> list[dict]:
+        return list(self._outcomes.get(source, ()))[-limit:]
 
     def load_errors(self) -> dict[str, str]:
         return dict(self._load_errors)
@@ -459,6 +486,7 @@ class Engine:
                         origin[(src, t)] = i
                 answers[i] = out
             records: dict[tuple[str, int], dict] = {}
+            outcomes: list[dict] = []
             if new:
                 got = self.predictor.advance_many({s: ([v for _, v in tk], np.array([t for t, _ in tk], dtype=np.int64))
                                                    for s, tk in new.items()})
@@ -469,6 +497,8 @@ class Engine:
                     for (t, v), rec in zip(new[s], recs, strict=True):
                         w = group[origin[(s, t)]]
                         rec["processing_time_ms"] = (done - w.enqueued) * 1000.0  # request received -> record ready
+                        rec["value"] = v  # the tick's value (not a column of the record's table)
+                        outcomes.extend(self._realize(s, t, v, rec))
                         j = jsonable(rec)
                         text = json.dumps(j)  # encoded once: the log line and the HTTP answer
                         records[(s, t)] = (j, text)
@@ -490,7 +520,7 @@ class Engine:
                         res.append((stored, None, True))
                 group[i].future.set_result(res)
             if records and self.on_records is not None:
-                self.on_records([j for j, _ in records.values()])
+                self.on_records([j for j, _ in records.values()], outcomes)
         except Exception as exc:  # noqa: BLE001 - every request of the batch learns it failed
             log.exception("batch failed")
             for w in group:

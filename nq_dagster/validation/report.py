@@ -25,7 +25,26 @@ def _png(fig) -> str:
 
 
 def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+    html = df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+    return f"<div class='scroll'>{html}</div>"
+
+
+def _fields(row: dict) -> str:
+    """One record as a two-column table (field, value): readable on a laptop however many fields it has."""
+    df = pd.DataFrame({"field": list(row), "value": [f"{v:.4g}" if isinstance(v, float) else v for v in row.values()]})
+    return _table(df)
+
+
+STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, 'Segoe UI', sans-serif; color: #1f2328; max-width: 1100px;
+       margin: 0 auto; padding: 1rem 1.5rem 3rem; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.1rem; margin-top: 2rem; border-bottom: 1px solid #d0d7de; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; font-size: .9rem; margin: .4rem 0; }
+th, td { padding: 3px 10px; border-bottom: 1px solid #eaeef2; text-align: right; vertical-align: top; }
+th { background: #f6f8fa; } td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; height: auto; }
+"""
 
 
 def markdown_summary(source: str, ev: dict) -> str:
@@ -85,16 +104,19 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
     body = [f"<h1>Validation report: {html.escape(source)}</h1>",
             f"<p><b>Validation score {ev['metrics']['score']:.0f}/100</b>: share of the criteria below that pass, "
             "each measured on held-out, realized outcomes.</p>", _table(ev["criteria"]),
-            "<h2>Metrics</h2>", _table(pd.DataFrame([ev["metrics"]])),
+            "<h2>Metrics</h2>", _fields(ev["metrics"]),
             "<h2>Baselines (same rows)</h2>", _table(ev["baselines"]),
             "<h2>Served live (streaming job and prediction server), realized outcomes</h2>",
-            _table(pd.DataFrame([ev["live"]])) if ev.get("live") else "<p>Nothing served live yet.</p>",
+            _fields(ev["live"]) if ev.get("live") else "<p>Nothing served live yet.</p>",
             "<h2>Ablations</h2>", _table(ev["ablations"]),
             "<h2>Accuracy per volatility regime</h2>", _table(ev["regimes"]),
             "<h2>Confusion matrix (-1 down, 0 hold, 1 up)</h2>", cm.to_html(border=0)]
     if "anomalies" in ev:
-        body += ["<h2>Anomaly detection against recorded ground truth</h2>", _table(pd.DataFrame([ev["anomalies"]]))]
+        body += ["<h2>Anomaly detection against recorded ground truth</h2>", _fields(ev["anomalies"])]
     body += [f"<h2>{t}</h2><img src='data:image/png;base64,{b}'/>" for t, b in figs]
-    doc = "<html><head><meta charset='utf-8'><title>nq validation</title></head><body style='font-family:sans-serif'>"
+    doc = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
+           f"content='width=device-width, initial-scale=1'><title>nq validation: {html.escape(source)}</title>"
+           f"<style>{STYLE}</style></head><body>")
     atomic_write_bytes(path, (doc + "\n".join(body) + "</body></html>").encode())
+    path.chmod(0o644)  # a report is for readers (viewers of the server, anyone with the data directory)
     return path
