@@ -209,6 +209,7 @@ def test_status_metrics_config_keys(home, srv, ticks):
     assert st["average_processing_time_ms"] > 0 and st["success_rate_5m"] == 1.0
     m = c.get("/api/v1/metrics", headers=view).json()
     assert m["total_predictions"] == 5 and m["p95_latency_ms"] >= m["p50_latency_ms"] > 0
+    assert m["live"]["m"]["realized"] == 4  # each tick realizes the prediction before it (horizon 1)
     assert m["validation"]["m"]["accuracy"] == pytest.approx(
         Warehouse(home).read_table("validation_metrics", "m")["accuracy"].iloc[0])
     prom = c.get("/metrics", headers=view).text

@@ -128,6 +128,8 @@ class Metrics:
                                          ["source"], registry=r)
         self.validation_score = Gauge("nq_validation_score", "Validation score (0-100), latest report", ["source"],
                                       registry=r)
+        self.live_accuracy = Gauge("nq_live_accuracy", "Accuracy of the last 500 served predictions whose outcome "
+                                   "is known (realized by later ticks)", ["source"], registry=r)
         self.queue_depth = Gauge("nq_engine_queue_depth", "Requests waiting for the engine", registry=r)
         self.batch_seconds = Histogram("nq_engine_batch_seconds", "Engine time per batch", buckets=LATENCY_BUCKETS,
                                        registry=r)
@@ -707,6 +709,14 @@ class Server:
         self._validation_cache = (time.monotonic(), out)
         return out
 
+    def _live(self) -> dict:
+        out = {}
+        for s in self.engine.sources():
+            o = self.engine.outcomes(s)
+            out[s] = {"realized": len(o), "accuracy": (sum(x["correct"] for x in o) / len(o)) if o else None,
+                      "mean_confidence": (sum(x["confidence"] for x in o) / len(o)) if o else None}
+        return out
+
     def _storage_writable(self) -> tuple[bool, str]:
         probe = self.wh.home / "serve" / f".probe-{self.engine.own.replica}"
         try:
@@ -772,11 +782,14 @@ class Server:
             "p50_latency_ms": f["processing_time_ms"]["p50"], "p95_latency_ms": f["processing_time_ms"]["p95"],
             "p99_latency_ms": f["processing_time_ms"]["p99"], "latency_window": f["processing_time_ms"]["over_last"],
             "success_rate": f["success_rate_5m"], "active_connections": len(self.hub.subs),
-            "validation": validation, "models": self.engine.model_info(),
+            "validation": validation, "live": self._live(),
+            "models": {s: {k: v for k, v in info.items() if k not in ("quantum", "reliability")}
+                       for s, info in self.engine.model_info().items()},
             "notes": {"latency": "tick received to record ready, exact percentiles over the last 10,000 predictions",
                       "success_rate": "share of admitted processing requests (past key, role, rate and size checks) "
                                       "answered 2xx over the last 5 minutes; 4xx for bad ticks count as failures",
-                      "validation": "from each source's latest validation report (realized outcomes)"},
+                      "validation": "from each source's latest validation report (realized outcomes)",
+                      "live": "served predictions whose outcome later ticks realized (last 500 per source)"},
         })
 
     async def prometheus(self, request: Request, key: KeyRecord):
@@ -788,6 +801,9 @@ class Server:
         for s, v in (await asyncio.to_thread(self._validation)).items():
             m.validation_accuracy.labels(s).set(v["accuracy"])
             m.validation_score.labels(s).set(v["score"])
+        for s, v in self._live().items():
+            if v["accuracy"] is not None:
+                m.live_accuracy.labels(s).set(v["accuracy"])
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
     # config, keys ----------------------------------------------------------------------------------------------------
