@@ -190,8 +190,11 @@ def test_websocket_subscribers_get_exactly_their_sources(home, srv, ticks):
                 if s in sent:
                     sent[s].append(r.json()["prediction_id"])
         for ws, s in ((a, "s1"), (b, "s2")):
-            got = [json.loads(ws.recv(5))["prediction"] for _ in range(8)]
+            msgs = [json.loads(ws.recv(5)) for _ in range(8 + 7)]  # 8 predictions, 7 outcomes they realized
+            got = [m["prediction"] for m in msgs if m["type"] == "prediction"]
+            outcomes = [m["outcome"] for m in msgs if m["type"] == "outcome"]
             assert [g["prediction_id"] for g in got] == sent[s] and {g["source"] for g in got} == {s}
+            assert len(outcomes) == 7 and {o["source"] for o in outcomes} == {s}
             with pytest.raises(TimeoutError):
                 ws.recv(0.3)  # nothing else: not the other sources, no duplicates
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from dagster import (
     AddDynamicPartitionsRequest,
+    DagsterEventType,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -138,6 +139,30 @@ def quarantine_unusable(wh: Warehouse, now: float, settle: float) -> list[str]:
     return moved
 
 
+def dead_local_run(instance, run) -> str | None:
+    """Why a STARTED run can never finish, if its worker was a local process that is gone (a daemon killed with its
+    process group takes its runs with it); None when alive or unknown. Dagster's run monitoring cannot see this
+    for the DefaultRunLauncher (no worker health check), and such a run would hold its source's one-run slot for
+    ever. Other launchers (Kubernetes) are left to run monitoring (k8s/dagster.yaml)."""
+    if run.status != DagsterRunStatus.STARTED or type(instance.run_launcher).__name__ != "DefaultRunLauncher":
+        return None
+    pid = None
+    for rec in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
+        data = rec.dagster_event.event_specific_data if rec.dagster_event else None
+        meta = getattr(data, "metadata", None) or {}
+        if "pid" in meta:
+            pid = int(getattr(meta["pid"], "text", meta["pid"]))
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"its run worker (pid {pid}) is gone; the run cannot finish"
+    except PermissionError:
+        return None  # a live process of another user
+    return None
+
+
 def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], now: float | None = None) -> Plan:
     """What one tick requests. Pure apart from reading `landing/`, the run records, and quarantining files
     that cannot be ingested or whose runs failed `NQ_MAX_ATTEMPTS` times."""
@@ -160,6 +185,10 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], no
             h = _hash(f, old_cache)
             plan.cursor["hashes"][f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}"] = h
             hashes.append(h)
+        if active and (why := dead_local_run(instance, active[0])):
+            instance.report_run_failed(active[0], why)  # the retry logic below takes it from here
+            plan.waiting[source] = f"run {active[0].run_id[:8]} marked failed: {why}"
+            continue
         if active:
             plan.waiting[source] = f"run {active[0].run_id[:8]} for this source is still queued or running"
             continue
