@@ -179,9 +179,9 @@ def cmd_ingest(args) -> int:
 def cmd_query(args) -> int:
     wh = _setup_env(args.home)
     try:
-        df = wh.query(args.sql)
-    except Exception as exc:  # duckdb errors carry a readable message
-        print(f"query failed: {exc}", file=sys.stderr)
+        df = wh.user_query(args.sql)
+    except Exception as exc:  # duckdb errors and refusals carry a readable message
+        print(f"query failed: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
     _print_frame(df, args.format)
     return 0

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from nq_dagster.resources.storage import SOURCE_RE, Warehouse, atomic_write_bytes
+from nq_dagster.resources.storage import SOURCE_RE, Warehouse, atomic_write_bytes, check_source_name
 
 TIMESTAMP_NAMES = ("timestamp", "time", "ts", "datetime", "date")
 PRIMARY_NAMES = ("value", "price", "close", "reading")
@@ -295,12 +295,14 @@ class Ingestor:
     def __init__(self, warehouse: Warehouse):
         self.wh = warehouse.ensure()
 
-    def _already_ingested(self, digest: str) -> bool:
+    def _already_ingested(self, digest: str, sources: str) -> bool:
+        """The same bytes were ingested before for the same sources (names validated: no quote can occur)."""
         if self.wh.store is None and not self.wh.duckdb_path.exists():
             return False
         try:
             hits = self.wh.query(
-                f"SELECT count(*) AS n FROM ingest_log WHERE content_hash = '{digest}' AND status LIKE 'ingested%'"
+                f"SELECT count(*) AS n FROM ingest_log WHERE content_hash = '{digest}' AND status LIKE 'ingested%' "
+                f"AND sources = '{sources}'"
             )
         except Exception:  # the table does not exist yet
             return False
@@ -319,15 +321,17 @@ class Ingestor:
         data = path.read_bytes()
         digest = content_hash(data)
         result = FileResult(file=str(path), content_hash=digest, status="ingested")
-        if self._already_ingested(digest):
-            result.status = "skipped-duplicate-file"
-            result.notes.append("the same content was ingested before; nothing to do")
-            self._finish(path, result, move)
-            return result
+        if source is not None:
+            check_source_name(source)  # before anything is looked up or stored under it
+        if source is not None and self._already_ingested(digest, source):
+            return self._skip_duplicate(path, result, move)
         part = f"part-{digest[:20]}"
         try:
             frame, offset = read_user_file(path, data)
             clean, bad, notes = validate_frame(frame, path, offset, source)
+            if source is None and len(clean) and self._already_ingested(
+                    digest, ",".join(sorted(clean["source"].unique()))):
+                return self._skip_duplicate(path, result, move)
             result.notes += notes
             # duplicates against what is already stored, for each source in the file
             dup_mask = np.zeros(len(clean), dtype=bool)
@@ -365,6 +369,12 @@ class Ingestor:
             self._quarantine(path, data, result, move=False, rows_only=True)
         self._finish(path, result, move)
         self._log(result)
+        return result
+
+    def _skip_duplicate(self, path: Path, result: FileResult, move: bool) -> FileResult:
+        result.status = "skipped-duplicate-file"
+        result.notes.append("the same content was ingested before for the same source(s); nothing to do")
+        self._finish(path, result, move)
         return result
 
     def _reason_text(self, path: Path, result: FileResult) -> str:

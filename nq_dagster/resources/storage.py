@@ -137,6 +137,10 @@ def atomic_write_parquet(path: Path, table: pa.Table | pd.DataFrame) -> None:
         raise
 
 
+class QueryRefused(ValueError):
+    """A user query the sandbox does not run (a statement other than SELECT, a file outside the warehouse)."""
+
+
 def check_source_name(source: str) -> str:
     if not SOURCE_RE.match(source or ""):
         raise ValueError(
@@ -417,16 +421,79 @@ class Warehouse:
             finally:
                 con.close()
 
+    def user_query(self, sql: str, timeout_s: float = 60.0) -> pd.DataFrame:
+        """Run a user's SQL (`nq query`) in a sandbox: an in-memory DuckDB with one view per warehouse table and
+        copies of the small log tables, that may read the warehouse's Parquet and nothing else. Only SELECT
+        statements run (COPY, EXPORT, ATTACH, INSTALL / LOAD, SET / RESET, CREATE ... are refused before anything
+        executes); file access outside `warehouse/` is refused by DuckDB itself (`enable_external_access=false`
+        with the warehouse as the one allowed directory, then `lock_configuration=true`). Raises QueryRefused
+        with a one-line reason."""
+        from nq_dagster.ingest import INGEST_LOG_DDL
+        from nq_dagster.sensors.failures import RUN_FAILURES_DDL
+
+        con = duckdb.connect()  # in memory: nothing the query does can reach a database file
+        try:
+            try:
+                statements = con.extract_statements(sql)
+            except duckdb.Error as exc:
+                raise QueryRefused(f"not valid SQL: {str(exc).splitlines()[0]}") from None
+            if not statements:
+                raise QueryRefused("no statement to run")
+            for st in statements:
+                if st.type != duckdb.StatementType.SELECT:
+                    raise QueryRefused(f"only SELECT queries run here (the warehouse is read-only to `nq query`); "
+                                       f"refused a {st.type.name} statement. To export, use `--format csv > file`")
+            logs = {"ingest_log": INGEST_LOG_DDL, "run_failures": RUN_FAILURES_DDL}
+            if self.store is None:
+                for name in self.table_names():
+                    glob = str(self.tables_dir / name / "source=*" / "*.parquet").replace("'", "''")
+                    con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', union_by_name=true)")
+                if self.duckdb_path.exists():
+                    with self._lock(False, timeout_s):
+                        src = self._connect(True, timeout_s)
+                        try:
+                            present = {r[0] for r in src.execute("SELECT table_name FROM information_schema.tables"
+                                                                 ).fetchall()}
+                            copies = {n: src.execute(f'SELECT * FROM "{n}"').to_arrow_table()
+                                      for n in logs if n in present}
+                        finally:
+                            src.close()
+                    for n, tbl in copies.items():
+                        con.register(f"_{n}", tbl)
+                        con.execute(f'CREATE TABLE "{n}" AS SELECT * FROM "_{n}"')
+                        con.unregister(f"_{n}")
+            else:
+                self._register_object_store(con)
+            present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            for n, ddl in logs.items():
+                if n not in present:
+                    con.execute(ddl)  # queryable while empty
+            allowed = str(self.tables_dir).replace("'", "''") + "/"
+            con.execute(f"SET allowed_directories = ['{allowed}']")
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            try:
+                return con.execute(sql).df()
+            except duckdb.PermissionException as exc:
+                raise QueryRefused(f"the query reads outside the warehouse, which `nq query` does not allow "
+                                   f"({str(exc).splitlines()[0]})") from None
+        finally:
+            con.close()
+
+    def _register_object_store(self, con: duckdb.DuckDBPyConnection) -> None:
+        assert self.store is not None
+        for name in self.table_names():
+            parts = [str(p) for p in self.table_parts(name)]
+            schema = pa.unify_schemas([pq.read_schema(p, filesystem=self.store.fs) for p in parts],
+                                      promote_options="permissive")
+            con.register(name, pads.dataset(parts, schema=schema, format="parquet", filesystem=self.store.fs))
+
     def _query_object_store(self, sql: str) -> pd.DataFrame:
         """An in-memory DuckDB with one Arrow dataset per table in the bucket (schemas unified by name)."""
         assert self.store is not None
         con = duckdb.connect()
         try:
-            for name in self.table_names():
-                parts = [str(p) for p in self.table_parts(name)]
-                schema = pa.unify_schemas([pq.read_schema(p, filesystem=self.store.fs) for p in parts],
-                                          promote_options="permissive")
-                con.register(name, pads.dataset(parts, schema=schema, format="parquet", filesystem=self.store.fs))
+            self._register_object_store(con)
             return con.execute(sql).df()
         finally:
             con.close()

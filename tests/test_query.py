@@ -1,0 +1,72 @@
+"""`nq query` is a read-only sandbox over the warehouse: SELECTs over the tables and logs work; writing, attaching,
+installing, changing settings and reading files outside the warehouse are refused with one line, and change
+nothing."""
+
+import pandas as pd
+import pytest
+
+from nq_dagster.cli import main
+
+
+@pytest.fixture
+def home(wh, tmp_path):
+    df = pd.DataFrame({"timestamp": pd.date_range("2026-01-01", periods=5, freq="min", tz="UTC").astype(str),
+                       "value": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    df.to_csv(tmp_path / "a.csv", index=False)
+    assert main(["--home", str(wh.home), "ingest", str(tmp_path / "a.csv"), "--source", "a"]) == 0
+    return wh
+
+
+def q(home, sql, capsys):
+    capsys.readouterr()
+    rc = main(["--home", str(home.home), "query", sql, "--format", "csv"])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_selects_work_and_logs_are_queryable_while_empty(home, capsys):
+    rc, out, err = q(home, "SELECT count(*) AS n, sum(value) AS s FROM raw_ticks", capsys)
+    assert rc == 0 and out.splitlines()[1] == "5,15.0", err
+    rc, out, _ = q(home, "SELECT count(*) AS n FROM ingest_log", capsys)
+    assert rc == 0 and out.splitlines()[1] == "1"
+    rc, out, err = q(home, "SELECT count(*) AS n FROM run_failures", capsys)
+    assert rc == 0 and out.splitlines()[1] == "0", err
+
+
+@pytest.mark.parametrize("sql, word", [
+    ("COPY (SELECT 1 AS x) TO '{home}/warehouse/raw_ticks/source=a/part-evil.parquet' (FORMAT parquet)", "COPY"),
+    ("EXPORT DATABASE '{home}/exported'", "EXPORT"),
+    ("ATTACH '{home}/other.duckdb' AS e (READ_WRITE)", "ATTACH"),
+    ("INSTALL httpfs", "LOAD"),  # DuckDB files INSTALL under the LOAD statement type
+    ("LOAD httpfs", "LOAD"),
+    ("SET enable_external_access = true", "SET"),
+    ("RESET allowed_directories", "SET"),
+    ("CREATE TABLE t AS SELECT 1", "CREATE"),
+    ("SELECT 1; DROP VIEW raw_ticks", "DROP"),
+    ("SELECT * FROM read_csv('/etc/passwd', sep=':')", "outside the warehouse"),
+    ("SELECT * FROM read_text('{home}/serve/secret')", "outside the warehouse"),
+    ("SELECT * FROM read_parquet('{home}/warehouse/../artifacts/*.npz')", "outside the warehouse"),
+])
+def test_everything_else_is_refused_in_one_line(home, capsys, sql, word):
+    before = sorted(p.relative_to(home.home) for p in home.home.rglob("*") if ".lock" not in p.name)
+    (home.home / "serve").mkdir(exist_ok=True)
+    (home.home / "serve" / "secret").write_text("s3cr3t")
+    rc, out, err = q(home, sql.format(home=home.home), capsys)
+    assert rc == 1 and err.startswith("query failed:") and len(err.strip().splitlines()) == 1, err
+    assert word in err and "s3cr3t" not in out + err
+    after = sorted(p.relative_to(home.home) for p in home.home.rglob("*") if ".lock" not in p.name)
+    assert [p for p in after if p not in before] in ([], [p for p in after if p.parts[0] == "serve"])
+
+
+def test_the_same_file_for_another_source_is_stored_for_it(home, tmp_path, capsys):
+    """De-duplication is keyed by (source, content): the same bytes ingested for another source are stored there;
+    for the same source again they are skipped; an invalid source name is refused before anything else."""
+    f = str(tmp_path / "a.csv")
+    assert main(["--home", str(home.home), "ingest", f, "--source", "b"]) == 0
+    assert "ingested" in capsys.readouterr().out
+    assert main(["--home", str(home.home), "ingest", f, "--source", "b"]) == 0
+    assert "skipped-duplicate-file" in capsys.readouterr().out
+    rc, out, _ = q(home, "SELECT source, count(*) AS n FROM raw_ticks GROUP BY 1 ORDER BY 1", capsys)
+    assert out.splitlines()[1:] == ["a,5", "b,5"]
+    assert main(["--home", str(home.home), "ingest", f, "--source", "../evil"]) == 2
+    assert "not valid" in capsys.readouterr().err and not (home.tables_dir / "raw_ticks" / "source=../evil").exists()
