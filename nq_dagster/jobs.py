@@ -4,7 +4,6 @@ and the freshness check. All use the in-process executor: a process per step cos
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
 from nq_dagster.assets.checks import predictions_fresh
-from nq_dagster.assets.common import source_partitions
 from nq_dagster.deployment import training_executor
 
 SOURCE_JOB, STREAMING_JOB, INGEST_JOB, CROSS_SOURCE_JOB, FRESHNESS_JOB = (
@@ -14,21 +13,18 @@ source_pipeline = define_asset_job(
     SOURCE_JOB,
     selection=(AssetSelection.all() - AssetSelection.assets("portfolio", "live_predictions")
                - AssetSelection.checks(predictions_fresh)),
-    partitions_def=source_partitions,
     executor_def=training_executor(),
     description="Training: the whole per-source graph over the full history (new model version, new report).",
 )
 streaming = define_asset_job(
     STREAMING_JOB,
     selection=AssetSelection.assets("raw_ticks", "live_predictions"),  # with the predictions suite on what it wrote
-    partitions_def=source_partitions,
     executor_def=in_process_executor,
     description="Streaming: ingest the landed files, predict only the new rows from the saved state.",
 )
 ingest_only = define_asset_job(
     INGEST_JOB,
     selection=AssetSelection.assets("raw_ticks").without_checks(),
-    partitions_def=source_partitions,
     executor_def=in_process_executor,
     description="Store a new source's rows until it has enough to train on.",
 )

@@ -131,3 +131,22 @@ def test_predict_cli_matches_pipeline(wh, capsys):
     assert len(two) == 2 and two[1]["timestamp"] > two[0]["timestamp"] > got["timestamp"]
     assert main(["--home", str(wh.home), "predict", "--source", "mackey_glass", "--values", "1,x"]) == 2
     assert "--values" in capsys.readouterr().err
+
+
+def test_code_location_imports_without_deprecation_warnings_from_this_project():
+    """Loading the definitions raises no DeprecationWarning whose origin is this project's code (a fresh process,
+    so nothing was imported before)."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, warnings\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import nq_dagster.definitions\n"
+            "print(json.dumps([(str(x.filename), str(x.message)[:200]) for x in w\n"
+            "                  if issubclass(x.category, DeprecationWarning)]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    ours = [(f, m) for f, m in found if "/nq_dagster/" in f]
+    assert not ours, ours
