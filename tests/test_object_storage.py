@@ -49,7 +49,7 @@ def test_graph_on_object_storage(wh, s3, capsys):
     assert main(["--home", str(wh.home), "predict", "--source", "market_A", "--values", "101.5", "--compact"]) == 0
     assert json.loads(capsys.readouterr().out)["source"] == "market_A"
     # the ingest log in the bucket still makes re-ingestion of the same bytes a no-op
-    first = next((wh.home / "processed").rglob("*.csv"))
+    first = next((wh.home / "processed" / "market_A").rglob("*.csv"))  # its own file: (source, content) seen
     assert main(["--home", str(wh.home), "ingest", str(first), "--source", "market_A"]) == 0
     assert "skipped-duplicate-file" in capsys.readouterr().out
 

@@ -150,3 +150,16 @@ def test_code_location_imports_without_deprecation_warnings_from_this_project():
     found = json.loads(out.stdout.strip().splitlines()[-1])
     ours = [(f, m) for f, m in found if "/nq_dagster/" in f]
     assert not ours, ours
+
+
+def test_code_location_loads_without_the_heavy_engines():
+    """Every run is a new process that imports the code location: it must not pay for torch, scipy, scikit-learn
+    or matplotlib, which the assets import when they run."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys; import nq_dagster.definitions; "
+            "print(json.dumps([m for m in ('torch', 'scipy', 'sklearn', 'matplotlib') if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -1,22 +1,15 @@
 """`fusion_model`, `predictions`, `validation_report`: walk-forward fusion and its honest evaluation."""
 
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from nq_dagster.assets.common import md_table, source_partitions, table_metadata
-from nq_dagster.fusion.pipeline import run_fusion
-from nq_dagster.fusion.predictor import ServingState, model_version_from_fit
-from nq_dagster.fusion.record import build_records, records_frame
-from nq_dagster.fusion.stream import CANDIDATES, from_history
-from nq_dagster.neuromorphic import PATTERN_NAMES
-from nq_dagster.neuromorphic.stages import unpack_spikes
 from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
 from nq_dagster.resources.storage import LIVE_PARTS
-from nq_dagster.validation.evaluate import evaluate, evaluate_live
-from nq_dagster.validation.report import markdown_summary, write_report
 
 
 def quantum_summary(q: dict) -> dict:
@@ -31,6 +24,8 @@ def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservo
                  feature_selection: dict, warehouse: WarehouseResource) -> Output[dict]:
     """Walk-forward fused model (reservoir readout + selected features + recent changes), its ablations and AR(5);
     `version` is the last model as streaming and serving use it."""
+    from nq_dagster.fusion.pipeline import run_fusion
+    from nq_dagster.fusion.predictor import model_version_from_fit
     cfg = warehouse.pipeline_config()
     t0 = time.perf_counter()
     out = run_fusion(features, reservoir_states["states"], feature_selection["selected"], cfg)
@@ -48,9 +43,12 @@ def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservo
 
 @asset(partitions_def=source_partitions, group_name="fusion")
 def serving_state(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, spike_trains: dict,
-                  reservoir_states: dict) -> Output[ServingState]:
+                  reservoir_states: dict) -> Output[Any]:  # a fusion.predictor.ServingState
     """What the streaming job, `nq predict` and the server continue from: the latest model version and the
     source's streaming state after its last row (encoder windows, reservoir state, detector windows)."""
+    from nq_dagster.fusion.predictor import ServingState
+    from nq_dagster.fusion.stream import CANDIDATES, from_history
+    from nq_dagster.neuromorphic.stages import unpack_spikes
     cfg = fusion_model["version"].cfg
     stream = from_history(features["value"].to_numpy(), features["timestamp"].to_numpy(), unpack_spikes(spike_trains),
                           reservoir_states["states"], reservoir_states["final_state"],
@@ -69,6 +67,8 @@ def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd
     the same record function as streaming and serving, for every time that was not served live. `processing_time_ms`
     is null: no tick triggered these (the fit time is `fit_seconds` of `fusion_model`). Records served live by the
     streaming job or the prediction server (`stream-*` / `serve-*` parts, with their processing time) stay."""
+    from nq_dagster.fusion.record import build_records, records_frame
+    from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
     source = context.partition_key
     f = fusion_model["fused"]
     mv = fusion_model["version"]
@@ -100,6 +100,8 @@ def live_prediction_times(wh, source: str) -> pd.Series:
 def validation_report(context: AssetExecutionContext, fusion_model: dict, series: pd.DataFrame,
                       warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """Statistics on realized outcomes (baselines, ablations, Diebold-Mariano, calibration) and the HTML report."""
+    from nq_dagster.validation.evaluate import evaluate, evaluate_live
+    from nq_dagster.validation.report import markdown_summary, write_report
     source = context.partition_key
     wh = warehouse.warehouse()
     truth = None

@@ -2,22 +2,10 @@
 
 import numpy as np
 import pandas as pd
-import torch
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from nq_dagster.assets.common import md_table, source_partitions, table_metadata
 from nq_dagster.deployment import k8s_op_tags
-from nq_dagster.neuromorphic import PATTERN_NAMES, detect_patterns, encode, encoder_inputs
-from nq_dagster.neuromorphic.encoders import _blocks
-from nq_dagster.neuromorphic.stages import (
-    INPUT_NAMES,
-    build_reservoir,
-    pack_spikes,
-    reservoir_input,
-    source_seed,
-    spike_statistics,
-    unpack_spikes,
-)
 from nq_dagster.resources import ComputeResource, WarehouseResource
 
 
@@ -25,6 +13,8 @@ from nq_dagster.resources import ComputeResource, WarehouseResource
 def spike_trains(context: AssetExecutionContext, series: pd.DataFrame, warehouse: WarehouseResource,
                  compute: ComputeResource) -> Output[dict]:
     """The encoded input: spikes (step, bin, neuron) stored as packed bits, with neuron identity."""
+    from nq_dagster.neuromorphic.encoders import _blocks, encode, encoder_inputs
+    from nq_dagster.neuromorphic.stages import INPUT_NAMES, pack_spikes, source_seed
     cfg = warehouse.pipeline_config()
     inputs = encoder_inputs(series["value"].to_numpy(), cfg.feature_window)
     spikes = encode(inputs[None], cfg.encoding, cfg.neuron_count, cfg.window_bins, cfg.bin_ms, cfg.min_rate_hz,
@@ -50,6 +40,9 @@ def spike_trains(context: AssetExecutionContext, series: pd.DataFrame, warehouse
 def reservoir_states(context: AssetExecutionContext, spike_trains: dict, warehouse: WarehouseResource,
                      compute: ComputeResource) -> Output[dict]:
     """Reservoir features per step, and the final state so that streaming runs continue from it."""
+    import torch
+
+    from nq_dagster.neuromorphic.stages import build_reservoir, reservoir_input, unpack_spikes
     cfg = warehouse.pipeline_config()
     device = compute.torch_device()
     spikes = unpack_spikes(spike_trains)
@@ -72,6 +65,8 @@ def reservoir_states(context: AssetExecutionContext, spike_trains: dict, warehou
 def patterns(context: AssetExecutionContext, spike_trains: dict, reservoir_states: dict,
              warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """The eight pattern strengths per step, in [0, 1]."""
+    from nq_dagster.neuromorphic.patterns import PATTERN_NAMES, detect_patterns
+    from nq_dagster.neuromorphic.stages import unpack_spikes
     cfg = warehouse.pipeline_config()
     strengths = detect_patterns(unpack_spikes(spike_trains), reservoir_states["states"])
     df = pd.DataFrame({"timestamp": spike_trains["timestamps"], **strengths})
@@ -92,6 +87,8 @@ def features(context: AssetExecutionContext, series: pd.DataFrame, spike_trains:
              ) -> Output[pd.DataFrame]:
     """Candidate fusion features per step (all causal): pattern strengths and spike statistics, plus the
     value and the encoder inputs. The reservoir states join in fusion through its readout."""
+    from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
+    from nq_dagster.neuromorphic.stages import INPUT_NAMES, spike_statistics, unpack_spikes
     spikes = unpack_spikes(spike_trains)
     df = pd.DataFrame({"timestamp": series["timestamp"].to_numpy(), "value": series["value"].to_numpy()})
     for k, name in enumerate(INPUT_NAMES):

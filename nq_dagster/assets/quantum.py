@@ -6,16 +6,15 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from nq_dagster.assets.common import md_table, source_partitions
 from nq_dagster.deployment import k8s_op_tags
-from nq_dagster.fusion.pipeline import candidate_columns
-from nq_dagster.fusion.walkforward import make_targets
-from nq_dagster.quantum import solve_qubo
-from nq_dagster.quantum.qubo import portfolio_qubo, selection_qubo
 from nq_dagster.resources import WarehouseResource
 
 
 @asset(partitions_def=source_partitions, group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"))
 def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, warehouse: WarehouseResource) -> Output[dict]:
     """Choose `select_k` fusion features by a relevance-minus-redundancy QUBO on the first training window only."""
+    from nq_dagster.fusion.pipeline import candidate_columns
+    from nq_dagster.fusion.walkforward import make_targets
+    from nq_dagster.quantum.qubo import selection_qubo, solve_qubo
     cfg = warehouse.pipeline_config()
     targets = make_targets(features["value"].to_numpy(), cfg.horizon, cfg.hold_band, cfg.feature_window)
     train = slice(0, cfg.train_min - cfg.horizon)  # rows whose targets are known before the first prediction
@@ -47,6 +46,7 @@ def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> O
 
     The predicted edge of a source is a score, not a return forecast: the mean of direction (+1/-1/0) times
     confidence over its last 50 predictions, times the standard deviation of its realized returns."""
+    from nq_dagster.quantum.qubo import portfolio_qubo, solve_qubo
     cfg = warehouse.pipeline_config()
     wh = warehouse.warehouse()
     markets = [s for s in wh.sources("predictions") if s.startswith("market")]

@@ -6,8 +6,6 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from nq_dagster.assets.common import md_table, source_partitions
 from nq_dagster.assets.fusion import serving_state
 from nq_dagster.assets.ingestion import build_series, raw_ticks
-from nq_dagster.fusion.predictor import Predictor, continue_from
-from nq_dagster.fusion.record import records_table
 from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
 
 STREAM_PART = "stream-{:010d}-{:010d}"  # rows [a, b) of the source; a re-run of the same rows overwrites the part
@@ -24,6 +22,8 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
     Parquet part named by the row range, and only then is `live_state` saved. A run that dies in between is re-run
     over the same rows and rewrites the same part. While `nq serve` owns the source, the server predicts its new
     rows (it watches `raw_ticks`) and this step leaves them to it: two writers would fork the stream."""
+    from nq_dagster.fusion.predictor import Predictor, continue_from
+    from nq_dagster.fusion.record import records_table
     from nq_dagster.serve.engine import serving_replica
 
     source = context.partition_key

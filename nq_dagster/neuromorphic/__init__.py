@@ -1,8 +1,17 @@
-"""Pure numerics of the neuromorphic stage: spike encoders, reservoir, pattern detectors (no dagster)."""
+"""Pure numerics of the neuromorphic stage: spike encoders, reservoir, pattern detectors (no dagster).
 
-from nq_dagster.neuromorphic.encoders import ENCODERS, encode, encoder_inputs
-from nq_dagster.neuromorphic.patterns import PATTERN_NAMES, detect_patterns
-from nq_dagster.neuromorphic.reservoir import Reservoir, ridge_fit, ridge_predict, scale_to_spectral_radius
+Names are imported on first use (PEP 562), so that importing a submodule (say, the detector names) does not load
+torch: the code location stays light to load (tests/test_pipeline.py checks that it imports no torch)."""
 
-__all__ = ["ENCODERS", "PATTERN_NAMES", "Reservoir", "detect_patterns", "encode", "encoder_inputs", "ridge_fit",
-           "ridge_predict", "scale_to_spectral_radius"]
+import importlib
+
+_WHERE = {"ENCODERS": "encoders", "encode": "encoders", "encoder_inputs": "encoders", "PATTERN_NAMES": "patterns",
+          "detect_patterns": "patterns", "Reservoir": "reservoir", "ridge_fit": "reservoir",
+          "ridge_predict": "reservoir", "scale_to_spectral_radius": "reservoir"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
