@@ -27,7 +27,11 @@ concurrency:
   runs:
     max_concurrent_runs: 4         # a burst of files never becomes more than 4 runs at a time
     tag_concurrency_limits:
-      - key: "nq/source"           # one run per source at a time: streaming and training never overlap
+      - key: "dagster/partition"   # one run per source at a time, however launched (UI, sensor, schedule):
+        value:                     # streaming and training never overlap
+          applyLimitPerUniqueValue: true
+        limit: 1
+      - key: "nq/source"           # the same for runs that name their source without a partition
         value:
           applyLimitPerUniqueValue: true
         limit: 1

@@ -21,7 +21,7 @@ from nq_dagster.jobs import (
 )
 from nq_dagster.resources import ComputeResource, WarehouseResource
 from nq_dagster.resources.io_manager import WarehouseIOManager
-from nq_dagster.sensors import freshness_schedule, landing_sensor, run_failure_recorder, training_schedule
+from nq_dagster.sensors import landing_sensor, run_failure_recorder, training_schedule
 
 ASSET_MODULES = [ingestion, neuromorphic, quantum, fusion, streaming]
 
@@ -46,7 +46,7 @@ defs = Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     jobs=[source_pipeline, streaming_job, ingest_only, cross_source, freshness_job],
-    schedules=[training_schedule, freshness_schedule],
+    schedules=[training_schedule],
     sensors=[landing_sensor, run_failure_recorder],
     resources=build_resources(),
 )

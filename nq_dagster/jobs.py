@@ -18,7 +18,8 @@ source_pipeline = define_asset_job(
 )
 streaming = define_asset_job(
     STREAMING_JOB,
-    selection=AssetSelection.assets("raw_ticks", "live_predictions"),  # with the predictions suite on what it wrote
+    # with the predictions suite on what it wrote, and the check that no source's data waits for a prediction
+    selection=AssetSelection.assets("raw_ticks", "live_predictions") | AssetSelection.checks(predictions_fresh),
     executor_def=in_process_executor,
     description="Streaming: ingest the landed files, predict only the new rows from the saved state.",
 )
@@ -34,5 +35,6 @@ cross_source = define_asset_job(
 )
 freshness_job = define_asset_job(
     FRESHNESS_JOB, selection=AssetSelection.checks(predictions_fresh), executor_def=in_process_executor,
-    description="Are every source's predictions as recent as its data?",
+    description="Are every source's predictions as recent as its data? (The streaming job runs the same check on "
+                "every landing; this job is for a manual look.)",
 )

@@ -95,7 +95,7 @@ def test_helm_values_parse_and_agree_with_code():
     assert base["runLauncher"]["type"] == "K8sRunLauncher"
     assert base["postgresql"]["enabled"] is True and base["dagsterDaemon"]["enabled"] is True
     limits = base["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]["tagConcurrencyLimits"]
-    assert limits[0]["key"] == "nq/source"
+    assert [x["key"] for x in limits] == ["dagster/partition", "nq/source"]  # every launch path is limited
     assert gpu["dagster-user-deployments"]["deployments"][0]["image"]["tag"].endswith("cuda")
     assert dep["securityContext"]["runAsNonRoot"] is True
     assert dep["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]

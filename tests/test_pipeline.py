@@ -163,3 +163,24 @@ def test_code_location_loads_without_the_heavy_engines():
             "print(json.dumps([m for m in ('torch', 'scipy', 'sklearn', 'matplotlib') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_partition_without_data_fails_in_one_line(wh):
+    """A source added by hand (the UI's "Add a partition") with no data: the run fails with a one-line reason that
+    says what to do, not a traceback."""
+    from dagster import DagsterInstance
+
+    from nq_dagster.cli import _setup_env
+    from nq_dagster.definitions import defs
+
+    _setup_env(str(wh.home))
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions("source", ["empty"])
+    res = defs.resolve_job_def("source_pipeline").execute_in_process(partition_key="empty", instance=instance,
+                                                                     raise_on_error=False)
+    assert not res.success
+    failure = next(ev for ev in res.all_events if ev.is_step_failure)
+    data = failure.event_specific_data
+    desc = data.user_failure_data.description if data.user_failure_data else data.error.message
+    assert desc.startswith("source 'empty' has no data yet") and "nq ingest FILE --source empty" in desc
+    assert "\n" not in desc

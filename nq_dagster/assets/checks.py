@@ -85,7 +85,7 @@ def freshness_table(wh, max_lag_s: float, now: pd.Timestamp | None = None) -> pd
 
 
 @asset_check(asset=predictions, description="Freshness: every source's newest data has a prediction, or arrived "
-             "less than NQ_FRESHNESS_SECONDS (default 300) ago. Run each minute by the `freshness_check` schedule.")
+             "less than NQ_FRESHNESS_SECONDS (default 300) ago. Run by every streaming run (and the `freshness_check` job).")
 def predictions_fresh(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
     import os
 

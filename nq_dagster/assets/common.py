@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
+
 import pandas as pd
-from dagster import DynamicPartitionsDefinition, MetadataValue, TableColumn, TableSchema
+from dagster import DynamicPartitionsDefinition, FreshnessPolicy, MetadataValue, TableColumn, TableSchema
 
 source_partitions = DynamicPartitionsDefinition(name="source")
+OWNERS = ["team:nq-dagster"]
+TAGS = {"domain": "prediction"}
+# the training outputs are refreshed by the daily training schedule (NQ_TRAIN_CRON): Dagster's freshness daemon
+# marks them late after 25 h and failed after 26 h, with no run of its own
+_h = float(os.environ.get("NQ_TRAINING_FRESH_HOURS", "26"))
+DAILY = FreshnessPolicy.time_window(fail_window=timedelta(hours=_h), warn_window=timedelta(hours=_h - 1))
 
 
 def table_metadata(df: pd.DataFrame, summary: str | None = None) -> dict:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
-from nq_dagster.assets.common import md_table, source_partitions, table_metadata
+from nq_dagster.assets.common import DAILY, OWNERS, TAGS, md_table, source_partitions, table_metadata
 from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
 from nq_dagster.resources.storage import LIVE_PARTS
 
@@ -19,7 +19,7 @@ def quantum_summary(q: dict) -> dict:
                             "method": q["method"]}}
 
 
-@asset(partitions_def=source_partitions, group_name="fusion")
+@asset(partitions_def=source_partitions, group_name="fusion", kinds={"scikit-learn"}, owners=OWNERS, tags=TAGS)
 def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservoir_states: dict,
                  feature_selection: dict, warehouse: WarehouseResource) -> Output[dict]:
     """Walk-forward fused model (reservoir readout + selected features + recent changes), its ablations and AR(5);
@@ -41,7 +41,8 @@ def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservo
                                  "fit_seconds": elapsed, "trained_rows": mv.trained_rows})
 
 
-@asset(partitions_def=source_partitions, group_name="fusion")
+@asset(partitions_def=source_partitions, group_name="fusion", kinds={"numpy"}, owners=OWNERS, tags=TAGS,
+       freshness_policy=DAILY)
 def serving_state(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, spike_trains: dict,
                   reservoir_states: dict) -> Output[Any]:  # a fusion.predictor.ServingState
     """What the streaming job, `nq predict` and the server continue from: the latest model version and the
@@ -60,7 +61,8 @@ def serving_state(context: AssetExecutionContext, fusion_model: dict, features: 
                                 "use": MetadataValue.md(f"`nq predict --source {source} --values v1,v2,...`")})
 
 
-@asset(partitions_def=source_partitions, group_name="fusion", pool=DUCKDB_POOL)
+@asset(partitions_def=source_partitions, group_name="fusion", pool=DUCKDB_POOL, kinds={"parquet", "duckdb"}, owners=OWNERS,
+       tags=TAGS)
 def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, reservoir_states: dict,
                 warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """One record per (source, time) in the shape of DESIGN.md section 6: the walk-forward predictions, built by
@@ -96,7 +98,8 @@ def live_prediction_times(wh, source: str) -> pd.Series:
     return pd.concat([wh.read_part(p, columns=["timestamp"]).to_pandas()["timestamp"] for p in parts])
 
 
-@asset(partitions_def=source_partitions, group_name="validation", deps=[predictions], kinds={"html"})
+@asset(partitions_def=source_partitions, group_name="validation", deps=[predictions], kinds={"html", "parquet"},
+       owners=OWNERS, tags=TAGS, freshness_policy=DAILY)
 def validation_report(context: AssetExecutionContext, fusion_model: dict, series: pd.DataFrame,
                       warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """Statistics on realized outcomes (baselines, ablations, Diebold-Mariano, calibration) and the HTML report."""

@@ -3,14 +3,15 @@
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, Output, asset
 
-from nq_dagster.assets.common import md_table, source_partitions, table_metadata
+from nq_dagster.assets.common import OWNERS, TAGS, md_table, source_partitions, table_metadata
 from nq_dagster.ingest import Ingestor, landing_files, primary_column
 from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
 
 
-@asset(partitions_def=source_partitions, pool=DUCKDB_POOL, group_name="ingestion", kinds={"parquet", "duckdb"})
+@asset(partitions_def=source_partitions, pool=DUCKDB_POOL, group_name="ingestion", kinds={"parquet", "duckdb"}, owners=OWNERS,
+       tags=TAGS)
 def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Every accepted row of the source, with the file it came from and its content hash (append-only).
 
@@ -22,6 +23,12 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
     for r in results:
         if r.status == "quarantined":
             context.log.warning(f"quarantined {r.file}: {r.reason}")
+    if not wh.table_parts("raw_ticks", source):
+        # a partition added by hand (the UI's "Add a partition") with no data: one line, no traceback
+        why = "; ".join(r.reason for r in results if r.reason) or f"no files in {wh.landing / source}"
+        raise Failure(description=f"source {source!r} has no data yet ({why[:300]}). Fix: put a CSV / Parquet / "
+                      f"JSON-lines file in {wh.landing / source}/ or run `nq ingest FILE --source {source}`",
+                      allow_retries=False)
     raw = wh.read_table("raw_ticks", source)
     wh.refresh_views()
     files = pd.DataFrame([{"file": r.file.rsplit("/", 1)[-1], "status": r.status, "rows": r.rows_accepted,
@@ -47,7 +54,8 @@ def build_series(raw: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-@asset(partitions_def=source_partitions, deps=[raw_ticks], group_name="ingestion", kinds={"parquet"})
+@asset(partitions_def=source_partitions, deps=[raw_ticks], group_name="ingestion", kinds={"parquet"},
+       owners=OWNERS, tags=TAGS)
 def series(context: AssetExecutionContext, warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """The cleaned series of one source: sorted by time, one row per timestamp."""
     wh = warehouse.warehouse()

@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
-from nq_dagster.assets.common import md_table, source_partitions, table_metadata
+from nq_dagster.assets.common import OWNERS, TAGS, md_table, source_partitions, table_metadata
 from nq_dagster.deployment import k8s_op_tags
 from nq_dagster.resources import ComputeResource, WarehouseResource
 
 
-@asset(partitions_def=source_partitions, group_name="neuromorphic", kinds={"torch"})
+@asset(partitions_def=source_partitions, group_name="neuromorphic", kinds={"torch"}, owners=OWNERS, tags=TAGS)
 def spike_trains(context: AssetExecutionContext, series: pd.DataFrame, warehouse: WarehouseResource,
                  compute: ComputeResource) -> Output[dict]:
     """The encoded input: spikes (step, bin, neuron) stored as packed bits, with neuron identity."""
@@ -36,7 +36,8 @@ def spike_trains(context: AssetExecutionContext, series: pd.DataFrame, warehouse
     })
 
 
-@asset(partitions_def=source_partitions, group_name="neuromorphic", kinds={"torch"}, op_tags=k8s_op_tags("gpu"))
+@asset(partitions_def=source_partitions, group_name="neuromorphic", kinds={"torch"}, op_tags=k8s_op_tags("gpu"),
+       owners=OWNERS, tags=TAGS)
 def reservoir_states(context: AssetExecutionContext, spike_trains: dict, warehouse: WarehouseResource,
                      compute: ComputeResource) -> Output[dict]:
     """Reservoir features per step, and the final state so that streaming runs continue from it."""
@@ -61,7 +62,7 @@ def reservoir_states(context: AssetExecutionContext, spike_trains: dict, warehou
     })
 
 
-@asset(partitions_def=source_partitions, group_name="neuromorphic")
+@asset(partitions_def=source_partitions, group_name="neuromorphic", kinds={"numpy", "parquet"}, owners=OWNERS, tags=TAGS)
 def patterns(context: AssetExecutionContext, spike_trains: dict, reservoir_states: dict,
              warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """The eight pattern strengths per step, in [0, 1]."""
@@ -82,7 +83,7 @@ def patterns(context: AssetExecutionContext, spike_trains: dict, reservoir_state
     return Output(df, metadata=meta)
 
 
-@asset(partitions_def=source_partitions, group_name="neuromorphic")
+@asset(partitions_def=source_partitions, group_name="neuromorphic", kinds={"pandas", "parquet"}, owners=OWNERS, tags=TAGS)
 def features(context: AssetExecutionContext, series: pd.DataFrame, spike_trains: dict, patterns: pd.DataFrame
              ) -> Output[pd.DataFrame]:
     """Candidate fusion features per step (all causal): pattern strengths and spike statistics, plus the

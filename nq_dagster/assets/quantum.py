@@ -4,12 +4,13 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
-from nq_dagster.assets.common import md_table, source_partitions
+from nq_dagster.assets.common import OWNERS, TAGS, md_table, source_partitions
 from nq_dagster.deployment import k8s_op_tags
 from nq_dagster.resources import WarehouseResource
 
 
-@asset(partitions_def=source_partitions, group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"))
+@asset(partitions_def=source_partitions, group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"),
+       owners=OWNERS, tags=TAGS)
 def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, warehouse: WarehouseResource) -> Output[dict]:
     """Choose `select_k` fusion features by a relevance-minus-redundancy QUBO on the first training window only."""
     from nq_dagster.fusion.pipeline import candidate_columns
@@ -39,7 +40,8 @@ def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, wa
     })
 
 
-@asset(deps=["predictions"], group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"))
+@asset(deps=["predictions"], group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"),
+       owners=OWNERS, tags=TAGS)
 def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """Choose a subset of market sources: predicted edge minus risk (covariance of realized returns), with a
     cardinality penalty; solved as a QUBO with one qubit per source.

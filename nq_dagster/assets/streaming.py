@@ -3,7 +3,7 @@
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from nq_dagster.assets.common import md_table, source_partitions
+from nq_dagster.assets.common import OWNERS, TAGS, md_table, source_partitions
 from nq_dagster.assets.fusion import serving_state
 from nq_dagster.assets.ingestion import build_series, raw_ticks
 from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
@@ -12,6 +12,7 @@ STREAM_PART = "stream-{:010d}-{:010d}"  # rows [a, b) of the source; a re-run of
 
 
 @asset(partitions_def=source_partitions, group_name="streaming", deps=[raw_ticks, serving_state], pool=DUCKDB_POOL,
+       owners=OWNERS, tags=TAGS,
        kinds={"torch", "parquet"})
 def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Predictions for the rows that arrived since the source's serving state, through the one prediction path

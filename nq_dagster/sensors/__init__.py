@@ -2,6 +2,6 @@
 
 from nq_dagster.sensors.failures import run_failure_recorder
 from nq_dagster.sensors.landing import landing_sensor
-from nq_dagster.sensors.schedules import freshness_schedule, training_schedule
+from nq_dagster.sensors.schedules import training_schedule
 
-__all__ = ["freshness_schedule", "landing_sensor", "run_failure_recorder", "training_schedule"]
+__all__ = ["landing_sensor", "run_failure_recorder", "training_schedule"]

@@ -1,4 +1,5 @@
-"""Schedules: the training run of every source (daily by default) and the freshness check (each minute)."""
+"""Schedules: the training run of every source (daily by default). Freshness needs no schedule: the training
+outputs carry Dagster freshness policies, and the streaming job runs the data-waiting check on every landing."""
 
 import os
 
@@ -11,7 +12,7 @@ from dagster import (
     schedule,
 )
 
-from nq_dagster.jobs import FRESHNESS_JOB, SOURCE_JOB
+from nq_dagster.jobs import SOURCE_JOB
 from nq_dagster.resources import WarehouseResource
 from nq_dagster.sensors.landing import ACTIVE, SOURCE_TAG, min_rows_to_train, stored_rows
 
@@ -36,10 +37,3 @@ def training_schedule(context: ScheduleEvaluationContext, warehouse: WarehouseRe
         requests.append(RunRequest(run_key=f"train-{source}-{when}", partition_key=source,
                                    tags={SOURCE_TAG: source, "nq/trigger": "schedule"}))
     return requests or SkipReason("nothing to train: " + (", ".join(waiting) or "no sources"))
-
-
-@schedule(name="freshness_schedule", cron_schedule="* * * * *", job_name=FRESHNESS_JOB,
-          default_status=DefaultScheduleStatus.RUNNING,
-          description="Each minute: flag sources whose newest data has waited too long for a prediction.")
-def freshness_schedule(context: ScheduleEvaluationContext):
-    return RunRequest(run_key=None, tags={"nq/trigger": "schedule"})
