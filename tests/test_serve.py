@@ -419,6 +419,15 @@ def test_training_scores_what_was_served(home, ticks, monkeypatch):
     assert report.stat().st_mode & 0o777 == 0o644  # readable by a viewer, not only the writer
     text = report.read_text()
     assert "Served live" in text and "<style>" in text and "overflow-x: auto" in text
+    # the report's plots and tables in the asset's metadata, as the Dagster UI shows them
+    from dagster import AssetKey, DagsterInstance
+
+    ev = DagsterInstance.get().get_latest_materialization_event(AssetKey("validation_report"))
+    meta = ev.asset_materialization.metadata
+    assert meta["plots"].value.count("data:image/png;base64,") >= 2
+    crit = meta["criteria"].value
+    assert [c.name for c in crit.schema.columns] == ["criterion", "passed", "figure"]
+    assert all(c.description for c in crit.schema.columns) and len(crit.records) >= 3
     # independent: realized direction of each served time from the stored series and the config's hold band
     series = wh.read_table("series", "m").sort_values("timestamp").reset_index(drop=True)
     cfg = json.loads((home / "config.json").read_text())

@@ -90,6 +90,22 @@ def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd
                                               + ", ".join(f"{k} {v}" for k, v in counts.items())))
 
 
+CRITERIA_COLUMNS = {"criterion": "what is tested, on held-out realized outcomes",
+                    "passed": "whether it passed", "figure": "the measured figure and its threshold"}
+
+
+def table_value(df: pd.DataFrame, descriptions: dict) -> MetadataValue:
+    """A frame as Dagster table metadata, its column schema with descriptions."""
+    from dagster import TableColumn, TableRecord, TableSchema
+
+    kinds = {"b": "bool", "i": "int", "u": "int", "f": "float"}
+    schema = TableSchema(columns=[TableColumn(str(c), kinds.get(df[c].dtype.kind, "string"),
+                                              description=descriptions.get(str(c))) for c in df.columns])
+    records = [TableRecord({str(k): (v if isinstance(v, (bool, int, float)) and v == v else str(v))
+                            for k, v in r.items()}) for r in df.to_dict("records")]
+    return MetadataValue.table(records=records, schema=schema)
+
+
 def live_prediction_times(wh, source: str) -> pd.Series:
     """Times of the source's predictions served live (streaming job, prediction server)."""
     parts = [p for p in wh.table_parts("predictions", source) if p.stem.startswith(LIVE_PARTS)]
@@ -123,12 +139,16 @@ def validation_report(context: AssetExecutionContext, fusion_model: dict, series
         ev["metrics"].update({"live_predictions": lv["realized"], "live_accuracy": lv["accuracy"],
                               "live_acc_ci_low": lv["ci_low"], "live_acc_ci_high": lv["ci_high"]})
     kind = "market" if source.startswith("market") else "sensor"
-    path = write_report(wh.reports / f"{source}.html", source, ev, series["value"].to_numpy(), kind)
+    path, figs = write_report(wh.reports / f"{source}.html", source, ev, series["value"].to_numpy(), kind)
     metrics = pd.DataFrame([{**ev["metrics"], "model_version": fusion_model["model_version"], "report": str(path)}])
     wh.write_table("validation_metrics", source, metrics)
     wh.refresh_views()
     md = markdown_summary(source, ev) + "\n\n#### Baselines\n\n" + md_table(ev["baselines"])
     return Output(ev["criteria"], metadata={
         "validation_score": float(ev["metrics"]["score"]), "accuracy": float(ev["metrics"]["accuracy"]),
-        "ece": float(ev["metrics"]["ece"]), "p_binom": float(ev["metrics"]["p_binom"]), "report_path": MetadataValue.path(str(path)), "summary": MetadataValue.md(md),
+        "ece": float(ev["metrics"]["ece"]), "p_binom": float(ev["metrics"]["p_binom"]),
+        "report_path": MetadataValue.path(str(path)), "summary": MetadataValue.md(md),
+        "plots": MetadataValue.md("\n\n".join(f"#### {t}\n\n![{t}](data:image/png;base64,{b})" for t, b in figs)),
+        "criteria": table_value(ev["criteria"], CRITERIA_COLUMNS),
+        "baselines": table_value(ev["baselines"], {}),
     })

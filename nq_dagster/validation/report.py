@@ -63,7 +63,9 @@ def markdown_summary(source: str, ev: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: str) -> Path:
+def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: str) -> tuple[Path, list]:
+    """The HTML report at `path`; returns (path, the plots as (title, base64 PNG)) so that the asset can show
+    them in its metadata too."""
     figs = []
     rel = ev["reliability"]
     fig, ax = plt.subplots(figsize=(4, 4))
@@ -119,4 +121,4 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
            f"<style>{STYLE}</style></head><body>")
     atomic_write_bytes(path, (doc + "\n".join(body) + "</body></html>").encode())
     path.chmod(0o644)  # a report is for readers (viewers of the server, anyone with the data directory)
-    return path
+    return path, figs
