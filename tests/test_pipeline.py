@@ -184,3 +184,25 @@ def test_a_partition_without_data_fails_in_one_line(wh):
     desc = data.user_failure_data.description if data.user_failure_data else data.error.message
     assert desc.startswith("source 'empty' has no data yet") and "nq ingest FILE --source empty" in desc
     assert "\n" not in desc
+
+
+def test_check_results_carry_their_source(wh):
+    """The data-quality checks are partitioned by source: their results, read back from the instance, say which
+    source they were for."""
+    from dagster import AssetCheckKey, AssetKey, DagsterInstance
+
+    from nq_dagster.cli import main
+    from nq_dagster.demo import mackey_glass
+
+    df = mackey_glass(450)
+    path = wh.home.parent / "mg.csv"
+    df.to_csv(path, index=False)
+    assert main(["--home", str(wh.home), "ingest", str(path), "--source", "mg"]) == 0
+    assert main(["--home", str(wh.home), "run", "--source", "mg"]) == 0
+    instance = DagsterInstance.get()
+    for asset, check in (("series", "series_quality"), ("predictions", "predictions_quality")):
+        records = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(AssetKey(asset), check), limit=5)
+        assert records, check
+        evaluation = records[0].event.dagster_event.event_specific_data
+        assert evaluation.partition == "mg" and evaluation.passed, (check, evaluation)

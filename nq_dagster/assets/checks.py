@@ -9,7 +9,7 @@ from dagster import (
     asset_check,
 )
 
-from nq_dagster.assets.common import md_table
+from nq_dagster.assets.common import md_table, source_partitions
 from nq_dagster.assets.fusion import predictions
 from nq_dagster.assets.ingestion import series
 from nq_dagster.assets.streaming import live_predictions
@@ -31,20 +31,20 @@ def _result(context: AssetCheckExecutionContext, suite: str, df: pd.DataFrame) -
     )
 
 
-@asset_check(asset=series, blocking=True, description="great-expectations suite `series`: schema, no nulls or "
+@asset_check(asset=series, blocking=True, partitions_def=source_partitions, description="great-expectations suite `series`: schema, no nulls or "
              "infinities, strictly increasing timestamps. Blocking: nothing downstream runs on a failing series.")
 def series_quality(context: AssetCheckExecutionContext, series: pd.DataFrame) -> AssetCheckResult:
     return _result(context, "series", series)
 
 
-@asset_check(asset=predictions, description="great-expectations suite `predictions`: record schema, one prediction "
+@asset_check(asset=predictions, partitions_def=source_partitions, description="great-expectations suite `predictions`: record schema, one prediction "
              "per source and time, unique ids, direction in {up, down, hold}, confidence in [1/3, 1], magnitude >= 0, "
              "and every model trained strictly before the time it predicts.")
 def predictions_quality(context: AssetCheckExecutionContext, predictions: pd.DataFrame) -> AssetCheckResult:
     return _result(context, "predictions", predictions)
 
 
-@asset_check(asset=live_predictions, description="The same great-expectations suite `predictions` as training, on "
+@asset_check(asset=live_predictions, partitions_def=source_partitions, description="The same great-expectations suite `predictions` as training, on "
              "the source's whole `predictions` table after the streaming run appended to it: the streamed records "
              "have the record schema, one per source and time, and no model saw a row it predicts.")
 def live_predictions_quality(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
