@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    Definitions,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+)
 
 from nq_dagster.assets import checks, fusion, ingestion, neuromorphic, quantum, streaming
 from nq_dagster.deployment import deployment
@@ -24,6 +31,12 @@ from nq_dagster.resources.io_manager import WarehouseIOManager
 from nq_dagster.sensors import landing_sensor, run_failure_recorder, training_schedule
 
 ASSET_MODULES = [ingestion, neuromorphic, quantum, fusion, streaming]
+
+# declarative automation (the portfolio after new predictions), evaluated by the daemon every 30 s
+automation_sensor = AutomationConditionSensorDefinition(
+    "automation", target=AssetSelection.assets("portfolio"), default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30, description="Requests the assets whose automation condition is true "
+    "(the cross-source portfolio after any source's predictions were materialized).")
 
 
 def build_resources() -> dict:
@@ -47,6 +60,6 @@ defs = Definitions(
     asset_checks=all_checks,
     jobs=[source_pipeline, streaming_job, ingest_only, cross_source, freshness_job],
     schedules=[training_schedule],
-    sensors=[landing_sensor, run_failure_recorder],
+    sensors=[landing_sensor, run_failure_recorder, automation_sensor],
     resources=build_resources(),
 )

@@ -206,3 +206,22 @@ def test_check_results_carry_their_source(wh):
         assert records, check
         evaluation = records[0].event.dagster_event.event_specific_data
         assert evaluation.partition == "mg" and evaluation.passed, (check, evaluation)
+
+
+def test_portfolio_follows_new_predictions():
+    """Declarative automation: the portfolio is requested once after sources' predictions are materialized, and
+    not again until new ones are (evaluated on this project's definitions)."""
+    from dagster import AssetKey, AssetMaterialization, DagsterInstance, evaluate_automation_conditions
+
+    from nq_dagster.definitions import defs
+
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("source", ["a", "b", "new"])  # "new" has no predictions yet
+        result = evaluate_automation_conditions(defs=defs, instance=instance)
+        assert result.total_requested == 0  # nothing happened upstream yet
+        for s in ("a", "b"):
+            instance.report_runless_asset_event(AssetMaterialization(asset_key="predictions", partition=s))
+        result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+        assert result.get_requested_partitions(AssetKey("portfolio")) == {None}
+        result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+        assert result.total_requested == 0  # handled: not again until new predictions

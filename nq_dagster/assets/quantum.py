@@ -2,7 +2,7 @@
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AutomationCondition, MetadataValue, Output, asset
 
 from nq_dagster.assets.common import OWNERS, TAGS, md_table, source_partitions
 from nq_dagster.deployment import k8s_op_tags
@@ -40,8 +40,16 @@ def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, wa
     })
 
 
+# portfolio follows new predictions: requested when any source's `predictions` were materialized since it last
+# ran, unless a run of it or of its inputs is in progress (Dagster's `eager`, without its "no input partition
+# missing" clause: a new source still ingesting must not hold back the others)
+PORTFOLIO_AUTOMATION = (AutomationCondition.any_deps_updated().since_last_handled()
+                        & ~AutomationCondition.any_deps_in_progress() & ~AutomationCondition.in_progress()
+                        ).with_label("after new predictions")
+
+
 @asset(deps=["predictions"], group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"),
-       owners=OWNERS, tags=TAGS)
+       owners=OWNERS, tags=TAGS, automation_condition=PORTFOLIO_AUTOMATION, code_version="1")
 def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """Choose a subset of market sources: predicted edge minus risk (covariance of realized returns), with a
     cardinality penalty; solved as a QUBO with one qubit per source.
@@ -54,7 +62,9 @@ def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> O
     markets = [s for s in wh.sources("predictions") if s.startswith("market")]
     sources = markets if len(markets) >= 2 else wh.sources("predictions")
     if len(sources) < 2:
-        raise ValueError("portfolio needs predictions for at least two sources; run the pipeline for more sources")
+        return Output(pd.DataFrame(columns=["source", "predicted_edge", "volatility", "chosen"]), metadata={
+            "summary": MetadataValue.md(f"No portfolio: it needs predictions for at least two sources; there are "
+                                        f"{len(sources)}.")})
     mu, rets = [], []
     for s in sources:
         p = wh.read_table("predictions", s).sort_values("timestamp")
