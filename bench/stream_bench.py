@@ -36,7 +36,9 @@ def drop(wh, name: str, df: pd.DataFrame) -> float:
 def predicted_through(wh) -> pd.Timestamp | None:
     try:
         r = wh.query("SELECT max(timestamp) AS t FROM predictions WHERE source = 'mackey_glass'")
-        return pd.Timestamp(r["t"].iloc[0]).tz_convert("UTC")
+        t = pd.Timestamp(r["t"].iloc[0])
+        # DuckDB 2.0 hands TIMESTAMPTZ_NS to pandas without its zone (the values are UTC)
+        return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
     except Exception:
         return None
 

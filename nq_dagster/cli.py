@@ -56,9 +56,20 @@ def _setup_env(home: str | None) -> Warehouse:
 
 
 def _instance():
+    """The Dagster instance of $DAGSTER_HOME. Opening it creates its SQLite storage on first use; two `nq`
+    processes doing that at once raced on the schema migration ("more than one head"), so it is opened under
+    a file lock."""
+    import fcntl
+
     from dagster import DagsterInstance
 
-    return DagsterInstance.get()
+    lock = Path(os.environ.get("DAGSTER_HOME", ".")) / ".instance.lock"
+    with open(lock, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            return DagsterInstance.get()
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print) -> dict[str, bool]:

@@ -329,8 +329,24 @@ class Ingestor:
         try:
             frame, offset = read_user_file(path, data)
             clean, bad, notes = validate_frame(frame, path, offset, source)
-            if source is None and len(clean) and self._already_ingested(
-                    digest, ",".join(sorted(clean["source"].unique()))):
+        except FileRejected as exc:
+            return self._reject(path, data, result, exc, move)
+        # from the check against what is stored to the write: one ingest per source at a time, across processes
+        # (the CLI, the daemon's runs), so two overlapping files never both store a (source, timestamp)
+        with self.wh.source_locks(sorted(set(clean["source"]))):
+            return self._store(path, data, digest, part, clean, bad, notes, result, source, skip_bad_rows, move)
+
+    def _reject(self, path: Path, data: bytes, result: FileResult, exc: FileRejected, move: bool) -> FileResult:
+        result.status = "quarantined"
+        result.reason = str(exc)
+        result.bad_rows = exc.bad_rows
+        self._quarantine(path, data, result, move)
+        self._log(result)
+        return result
+
+    def _store(self, path, data, digest, part, clean, bad, notes, result, source, skip_bad_rows, move) -> FileResult:
+        try:
+            if len(clean) and self._already_ingested(digest, ",".join(sorted(clean["source"].unique()))):
                 return self._skip_duplicate(path, result, move)
             result.notes += notes
             # duplicates against what is already stored, for each source in the file
@@ -352,12 +368,7 @@ class Ingestor:
             if clean.empty:
                 raise FileRejected(f"{path}: no good rows left to ingest", bad)
         except FileRejected as exc:
-            result.status = "quarantined"
-            result.reason = str(exc)
-            result.bad_rows = exc.bad_rows
-            self._quarantine(path, data, result, move)
-            self._log(result)
-            return result
+            return self._reject(path, data, result, exc, move)
         clean = clean.drop(columns="_row")
         clean["file"] = path.name
         clean["content_hash"] = digest

@@ -133,3 +133,33 @@ def test_fast_tick_validation_accepts_a_subset_of_ingest_with_the_same_values():
                 assert fast == [(src, want, float(clean["value"].iloc[0]))], (ts, v)
     assert checked == len(stamps) * len(values) * 2 and accepted >= 30
     assert fast_validate_ticks([("m", "2026-01-05T10:00:00Z", 1.0), ("m", "2026-01-05T10:00:00+00:00", 2.0)]) is None
+
+
+def test_two_concurrent_overlapping_ingests_store_each_time_once(tmp_path):
+    """Two `nq ingest` processes at the same time, files overlapping by half, one source: every (source,
+    timestamp) is stored once (the check against stored rows and the write are serialised per source)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from nq_dagster.resources.storage import Warehouse
+
+    home = tmp_path / "nq"
+    n = 150_000
+    ts = pd.date_range("2026-01-01", periods=n + n // 2, freq="s", tz="UTC")
+    df = pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": np.arange(len(ts), dtype=float)})
+    df.iloc[:n].to_csv(tmp_path / "a.csv", index=False)
+    df.iloc[n // 2:].to_csv(tmp_path / "b.csv", index=False)
+    env = {**os.environ, "NQ_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    Warehouse(home).ensure()
+    procs = [subprocess.Popen([sys.executable, "-m", "nq_dagster.cli", "--home", str(home), "ingest", str(tmp_path / f),
+                               "--source", "x", "--skip-bad-rows"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for f in ("a.csv", "b.csv")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    wh = Warehouse(home)
+    raw = wh.read_table("raw_ticks", "x")
+    assert len(raw) == raw["timestamp"].nunique() == len(ts), json.dumps([o[0][-300:] for o in outs])

@@ -332,6 +332,31 @@ class Warehouse:
         with self.store.fs.open_input_stream(key) as fh:
             return artifacts.loads(fh.read(), f"s3://{key}")
 
+    @contextlib.contextmanager
+    def source_locks(self, sources: list[str], timeout_s: float = 120.0) -> Iterator[None]:
+        """Exclusive inter-process locks on sources (lock files under the data directory, taken in name order so
+        two holders never wait on each other). Object storage has no such lock: there, one writer per source is
+        the deployment's job (the run queue's one run per source)."""
+        if self.store is not None or not sources:
+            yield
+            return
+        d = self.home / ".locks"
+        d.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            for s in sorted(set(sources)):
+                fh = stack.enter_context(open(d / f"source-{check_source_name(s)}.lock", "a+"))
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    try:
+                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"source {s!r}: another ingest held its lock for {timeout_s:g} s") from None
+                        time.sleep(0.02)
+                stack.callback(fcntl.flock, fh, fcntl.LOCK_UN)
+            yield
+
     # DuckDB -------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self, exclusive: bool, timeout_s: float) -> Iterator[None]:
