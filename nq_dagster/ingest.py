@@ -294,6 +294,7 @@ class Ingestor:
 
     def __init__(self, warehouse: Warehouse):
         self.wh = warehouse.ensure()
+        self.wh.remove_stale_temp_files()  # what an ingest killed mid-write left
 
     def _already_ingested(self, digest: str, sources: str) -> bool:
         """The same bytes were ingested before for the same sources (names validated: no quote can occur)."""

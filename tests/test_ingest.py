@@ -163,3 +163,21 @@ def test_two_concurrent_overlapping_ingests_store_each_time_once(tmp_path):
     wh = Warehouse(home)
     raw = wh.read_table("raw_ticks", "x")
     assert len(raw) == raw["timestamp"].nunique() == len(ts), json.dumps([o[0][-300:] for o in outs])
+
+
+def test_stale_temporary_files_are_removed(wh):
+    """A write killed mid-way leaves `.<name>.<random>.tmp`; the next ingest removes it once it is an hour old,
+    and leaves a fresh one (a write in progress) alone."""
+    import os
+    import time
+
+    from nq_dagster.ingest import Ingestor
+
+    d = wh.tables_dir / "raw_ticks" / "source=a"
+    d.mkdir(parents=True)
+    old, fresh = d / ".part-x.parquet.abc.tmp", d / ".part-y.parquet.def.tmp"
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    Ingestor(wh)
+    assert not old.exists() and fresh.exists()

@@ -195,6 +195,22 @@ class Warehouse:
             p.mkdir(parents=True, exist_ok=True)
         return self
 
+    def remove_stale_temp_files(self, max_age_s: float = 3600.0) -> int:
+        """Delete the temporary files of atomic writes that a killed process left behind (`.<name>.*.tmp` under
+        warehouse/ and artifacts/, older than `max_age_s`, so a write in progress is never touched)."""
+        now, n = time.time(), 0
+        for base in (self.tables_dir, self.artifacts_dir):
+            if not base.exists():
+                continue
+            for p in base.rglob(".*.tmp"):
+                try:
+                    if now - p.stat().st_mtime > max_age_s:
+                        p.unlink()
+                        n += 1
+                except FileNotFoundError:
+                    continue
+        return n
+
     @property
     def where(self) -> str:
         return self.store.url() if self.store else str(self.home)
