@@ -1,4 +1,6 @@
+import contextlib
 import json
+import os
 
 import pytest
 
@@ -15,3 +17,23 @@ def wh(tmp_path, monkeypatch):
     w = Warehouse(home).ensure()
     (home / "config.json").write_text(json.dumps(SMALL_CONFIG))
     return w
+
+
+@contextlib.contextmanager
+def small_home(home):
+    """NQ_HOME and DAGSTER_HOME pointed at `home` (SMALL_CONFIG written there) for a module-scoped fixture, which
+    cannot use monkeypatch; restored afterwards."""
+    from nq_dagster.resources.storage import Warehouse
+
+    old = {k: os.environ.get(k) for k in ("NQ_HOME", "DAGSTER_HOME")}
+    os.environ["NQ_HOME"], os.environ["DAGSTER_HOME"] = str(home), str(home / "dagster")
+    wh = Warehouse(home).ensure()
+    (home / "config.json").write_text(json.dumps(SMALL_CONFIG))
+    try:
+        yield wh
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

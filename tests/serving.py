@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,7 @@ import pandas as pd
 
 from nq_dagster.resources.storage import Warehouse
 
-from .conftest import SMALL_CONFIG
+from .conftest import small_home
 
 N_TRAIN, N_ALL = 600, 1000
 CLONES = ("s1", "s2", "s3", "s4", "s5")  # sources sharing m's trained model (names differ, so do their owners)
@@ -33,22 +32,12 @@ def build_trained_home(root: Path) -> tuple[Path, pd.DataFrame]:
     from nq_dagster.demo import market
 
     home = root / "nq"
-    old = {k: os.environ.get(k) for k in ("NQ_HOME", "DAGSTER_HOME")}
-    os.environ["NQ_HOME"], os.environ["DAGSTER_HOME"] = str(home), str(home / "dagster")
-    wh = Warehouse(home).ensure()
-    (home / "config.json").write_text(json.dumps(SMALL_CONFIG))
     frames, _ = market(N_ALL, tickers=1, seed=11)
     df = frames["market_A"].rename(columns={"price": "value"})[["timestamp", "value"]]
     df.iloc[:N_TRAIN].to_csv(root / "train.csv", index=False)
-    try:
+    with small_home(home) as wh:
         assert main(["--home", str(home), "ingest", str(root / "train.csv"), "--source", "m"]) == 0
         assert main(["--home", str(home), "run", "--source", "m"]) == 0
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     st = wh.load_artifact("serving_state", "m")
     raw = wh.read_table("raw_ticks", "m")
     for name in CLONES:

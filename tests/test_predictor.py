@@ -25,20 +25,12 @@ def _csv(path, df):
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    import os
-
-    from nq_dagster.resources.storage import Warehouse
-
-    from .conftest import SMALL_CONFIG
+    from .conftest import small_home
 
     home = tmp_path_factory.mktemp("pred") / "nq"
-    old = {k: os.environ.get(k) for k in ("NQ_HOME", "DAGSTER_HOME")}
-    os.environ["NQ_HOME"], os.environ["DAGSTER_HOME"] = str(home), str(home / "dagster")
-    wh = Warehouse(home).ensure()
-    (home / "config.json").write_text(json.dumps(SMALL_CONFIG))
     frames, _ = market(N, tickers=1, seed=11)
     df = frames["market_A"].rename(columns={"price": "value"})[["timestamp", "value"]]
-    try:
+    with small_home(home) as wh:
         assert main(["--home", str(home), "ingest", _csv(home.parent / "a.csv", df.iloc[:N0]), "--source", "m"]) == 0
         assert main(["--home", str(home), "run", "--source", "m"]) == 0
         before = wh.load_artifact("serving_state", "m")  # the state saved after row N0 - 1
@@ -46,12 +38,6 @@ def graph(tmp_path_factory):
         assert main(["--home", str(home), "run", "--source", "m"]) == 0
         batch = wh.read_table("predictions", "m").sort_values("timestamp").reset_index(drop=True)
         after = wh.load_artifact("serving_state", "m")
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return df, before, batch, after
 
 
