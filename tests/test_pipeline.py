@@ -225,3 +225,17 @@ def test_portfolio_follows_new_predictions():
         assert result.get_requested_partitions(AssetKey("portfolio")) == {None}
         result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
         assert result.total_requested == 0  # handled: not again until new predictions
+
+
+def test_a_short_series_fails_before_any_work_with_the_reason(wh, tmp_path, capsys):
+    """Fewer rows than training needs: the run stops at `series` with one line naming train_min and the fix."""
+    from nq_dagster.cli import main
+    from nq_dagster.demo import mackey_glass
+
+    mackey_glass(120).to_csv(tmp_path / "short.csv", index=False)
+    assert main(["--home", str(wh.home), "ingest", str(tmp_path / "short.csv"), "--source", "short"]) == 0
+    capsys.readouterr()
+    assert main(["--home", str(wh.home), "run", "--source", "short"]) == 1
+    out = capsys.readouterr().out
+    assert "has 120 rows; training needs more than train_min=250" in out and "Fix: ingest more history" in out
+    assert not wh.table_parts("features", "short")  # nothing after series ran

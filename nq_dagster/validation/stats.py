@@ -76,3 +76,8 @@ def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict:
     return {"flagged": int(flagged.sum()), "true_anomalies": int(truth.sum()), "true_positives": tp,
             "precision": tp / flagged.sum() if flagged.any() else float("nan"),
             "recall": tp / truth.sum() if truth.any() else float("nan")}
+
+
+def fmt_p(p: float) -> str:
+    """A p-value as text; one that underflowed to 0 in double precision is "< 1e-300", never "0"."""
+    return "< 1e-300" if p == 0 else f"{p:.2g}"
