@@ -29,7 +29,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from nq_dagster.resources.storage import SOURCE_RE, Warehouse, atomic_write_bytes, check_source_name
+from nq_dagster.resources.storage import (
+    LIVE_PARTS,
+    SOURCE_RE,
+    Warehouse,
+    atomic_write_bytes,
+    check_source_name,
+)
 
 TIMESTAMP_NAMES = ("timestamp", "time", "ts", "datetime", "date")
 PRIMARY_NAMES = ("value", "price", "close", "reading")
@@ -337,6 +343,21 @@ class Ingestor:
         with self.wh.source_locks(sorted(set(clean["source"]))):
             return self._store(path, data, digest, part, clean, bad, notes, result, source, skip_bad_rows, move)
 
+    def _check_columns(self, path: Path, clean: pd.DataFrame) -> None:
+        """A source's value columns are fixed by its first file: a later file with other columns is refused (it
+        would be stored as NULLs under the old names plus new columns nothing reads)."""
+        found = sorted(c for c in clean.columns if c not in ("source", "timestamp", "_row"))
+        for src in sorted(set(clean["source"])):
+            parts = [q for q in self.wh.table_parts("raw_ticks", src) if not q.stem.startswith(LIVE_PARTS)]
+            if not parts:
+                continue
+            names = pq.read_schema(str(parts[0]), filesystem=self.wh.filesystem).names
+            expected = sorted(c for c in names if c not in ("source", "timestamp", "file", "content_hash"))
+            if found != expected:
+                raise FileRejected(f"{path}: value columns {found} differ from source {src!r}'s columns {expected} "
+                                   "(fixed by its first file). Fix: name the columns as before, or ingest it under "
+                                   "a new source name")
+
     def _reject(self, path: Path, data: bytes, result: FileResult, exc: FileRejected, move: bool) -> FileResult:
         result.status = "quarantined"
         result.reason = str(exc)
@@ -350,6 +371,7 @@ class Ingestor:
             if len(clean) and self._already_ingested(digest, ",".join(sorted(clean["source"].unique()))):
                 return self._skip_duplicate(path, result, move)
             result.notes += notes
+            self._check_columns(path, clean)
             # duplicates against what is already stored, for each source in the file
             dup_mask = np.zeros(len(clean), dtype=bool)
             for src, idx in clean.groupby("source").groups.items():

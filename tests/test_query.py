@@ -70,3 +70,17 @@ def test_the_same_file_for_another_source_is_stored_for_it(home, tmp_path, capsy
     assert out.splitlines()[1:] == ["a,5", "b,5"]
     assert main(["--home", str(home.home), "ingest", f, "--source", "../evil"]) == 2
     assert "not valid" in capsys.readouterr().err and not (home.tables_dir / "raw_ticks" / "source=../evil").exists()
+
+
+def test_a_file_with_other_value_columns_is_refused_for_a_known_source(home, tmp_path, capsys):
+    """The first file fixes a source's value columns: `timestamp,reading` for a source stored as
+    `timestamp,value` is quarantined with both column lists named; nothing is stored as NULLs."""
+    df = pd.DataFrame({"timestamp": pd.date_range("2026-02-01", periods=3, freq="min", tz="UTC").astype(str),
+                       "reading": [1.0, 2.0, 3.0]})
+    df.to_csv(tmp_path / "other.csv", index=False)
+    assert main(["--home", str(home.home), "ingest", str(tmp_path / "other.csv"), "--source", "a"]) == 1
+    err = capsys.readouterr().err
+    assert "value columns ['reading'] differ from source 'a''s columns ['value']" in err
+    rc, out, _ = q(home, "SELECT count(*) AS n, count(value) AS v FROM raw_ticks WHERE source = 'a'", capsys)
+    assert out.splitlines()[1] == "5,5"
+    assert (home.quarantine / "other.csv.reason.txt").exists()
