@@ -202,16 +202,6 @@ def cmd_query(args) -> int:
     return 0
 
 
-def _rows_after(wh: Warehouse, source: str):
-    def rows(ts_ns: int):
-        from nq_dagster.assets.ingestion import build_series
-
-        series = build_series(wh.read_table("raw_ticks", source))
-        later = series[series["timestamp"] > pd.Timestamp(ts_ns, tz="UTC")]
-        return later["value"].to_numpy(), later["timestamp"].to_numpy()
-    return rows
-
-
 def cmd_predict(args) -> int:
     """One prediction as JSON from the source's saved serving state; no Dagster run, nothing written."""
     import json
@@ -228,8 +218,10 @@ def cmd_predict(args) -> int:
                                 f"{', '.join(known) or 'none'}. Fix: run `nq run --source {args.source}` first") from None
     if wh.has_artifact("live_state", args.source):  # the stream went further than training (streaming job, server)
         from nq_dagster.fusion.predictor import continue_from
+        from nq_dagster.ingest import build_series, rows_after
 
-        saved, _ = continue_from(saved, wh.load_artifact("live_state", args.source), _rows_after(wh, args.source))
+        saved, _ = continue_from(saved, wh.load_artifact("live_state", args.source),
+                                 rows_after(lambda: build_series(wh.read_table("raw_ticks", args.source))))
     predictor = Predictor()
     predictor.load(saved)
     predictor.warm_up(args.source)  # processing_time_ms is then the per-tick cost, not this process's start-up

@@ -482,3 +482,25 @@ def primary_column(columns: list[str]) -> str:
     if not candidates:
         raise ValueError("no value column")
     return candidates[0]
+
+
+def build_series(raw: pd.DataFrame) -> pd.DataFrame:
+    """Sorted, de-duplicated series: timestamp, value (the primary column), and the other value columns."""
+    value_col = primary_column(list(raw.columns))
+    extra = [c for c in raw.columns if c not in ("source", "timestamp", "file", "content_hash", value_col)]
+    out = raw[["timestamp", value_col, *extra]].rename(columns={value_col: "value"})
+    out = out.dropna(subset=["value"]).sort_values("timestamp", kind="stable")
+    out = out.drop_duplicates("timestamp", keep="first").reset_index(drop=True)
+    out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True)
+    out.attrs["value_column"] = value_col
+    return out
+
+
+def rows_after(load_series):
+    """The `fusion.predictor.continue_from` callback: (values, timestamps) of a source's rows after a time, from
+    the series `load_series()` returns, loaded only if a stream has to be replayed."""
+    def rows(ts_ns: int):
+        series = load_series()
+        later = series[series["timestamp"] > pd.Timestamp(ts_ns, tz="UTC")]
+        return later["value"].to_numpy(dtype=float), later["timestamp"].to_numpy()
+    return rows

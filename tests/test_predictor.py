@@ -199,3 +199,40 @@ def test_tampered_or_truncated_artifacts_are_refused(tmp_path, capsys):
     assert back["a"].tolist() == [0, 1, 2, 3, 4] and back["t"] == pd.Timestamp("2026-01-01", tz="UTC")
     with pytest.raises(TypeError, match="cannot store"):
         dumps({"f": _RunsCode(marker)})  # unregistered objects are not written either
+
+
+def test_continue_from_keeps_or_replays_the_live_stream(graph):
+    """After a training, a stream continues from the furthest state: under the same config, the live state with
+    the new model; under a changed config, training's state advanced over the rows it did not see (no records),
+    which lands on the same stream state; a live state behind training's is dropped."""
+    import dataclasses
+
+    from nq_dagster.fusion.predictor import continue_from
+    from nq_dagster.ingest import rows_after
+
+    df, before, _, _ = graph
+    k = 20
+    p = Predictor()
+    p.load(before)
+    p.advance("m", df["value"].iloc[N0:N0 + k].to_numpy(), df["timestamp"].iloc[N0:N0 + k].to_numpy())
+    live = p.serving_state("m")
+    series = pd.DataFrame({"timestamp": pd.to_datetime(df["timestamp"], utc=True), "value": df["value"]})
+    calls = []
+
+    def load():
+        calls.append(1)
+        return series
+
+    newer = dataclasses.replace(before, model=dataclasses.replace(before.model, model_version="new"))
+    st, how = continue_from(newer, live, rows_after(load))
+    assert how == "live state, new model" and st.stream is live.stream and st.model.model_version == "new"
+    assert not calls  # nothing replayed
+    changed = dataclasses.replace(before, model=dataclasses.replace(
+        before.model, model_version="new", config={**before.model.config, "ridge_alpha": 2.0}))
+    st, how = continue_from(changed, live, rows_after(load))
+    assert how == f"training state replayed over {k} rows" and calls
+    assert st.model.model_version == "new" and st.stream.n_rows == live.stream.n_rows == N0 + k
+    assert st.stream.last_ts == live.stream.last_ts
+    assert np.allclose(st.stream.frames, live.stream.frames) and np.array_equal(st.stream.codes, live.stream.codes)
+    st, how = continue_from(live, before, rows_after(load))  # the live state is behind training's
+    assert how == "training state" and st is live

@@ -6,7 +6,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, Output, asset
 
 from nq_dagster.assets.common import OWNERS, TAGS, md_table, source_partitions, table_metadata
-from nq_dagster.ingest import Ingestor, landing_files, primary_column
+from nq_dagster.ingest import Ingestor, build_series, landing_files  # noqa: F401 (build_series: re-exported)
 from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
 
 
@@ -40,18 +40,6 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
     meta["files_this_run"] = len(results)
     meta["files_quarantined"] = sum(r.status == "quarantined" for r in results)
     return MaterializeResult(metadata=meta)
-
-
-def build_series(raw: pd.DataFrame) -> pd.DataFrame:
-    """Sorted, de-duplicated series: timestamp, value (the primary column), and the other value columns."""
-    value_col = primary_column(list(raw.columns))
-    extra = [c for c in raw.columns if c not in ("source", "timestamp", "file", "content_hash", value_col)]
-    out = raw[["timestamp", value_col, *extra]].rename(columns={value_col: "value"})
-    out = out.dropna(subset=["value"]).sort_values("timestamp", kind="stable")
-    out = out.drop_duplicates("timestamp", keep="first").reset_index(drop=True)
-    out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True)
-    out.attrs["value_column"] = value_col
-    return out
 
 
 @asset(partitions_def=source_partitions, deps=[raw_ticks], group_name="ingestion", kinds={"parquet"},

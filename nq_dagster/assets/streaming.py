@@ -5,7 +5,8 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from nq_dagster.assets.common import OWNERS, TAGS, md_table, source_partitions
 from nq_dagster.assets.fusion import serving_state
-from nq_dagster.assets.ingestion import build_series, raw_ticks
+from nq_dagster.assets.ingestion import raw_ticks
+from nq_dagster.ingest import build_series, rows_after
 from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
 
 STREAM_PART = "stream-{:010d}-{:010d}"  # rows [a, b) of the source; a re-run of the same rows overwrites the part
@@ -37,11 +38,7 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
     series = build_series(wh.read_table("raw_ticks", source))
     live = wh.load_artifact("live_state", source) if wh.has_artifact("live_state", source) else None
 
-    def rows_after(ts_ns):
-        later = series[series["timestamp"] > pd.Timestamp(ts_ns, tz="UTC")]
-        return later["value"].to_numpy(), later["timestamp"].to_numpy()
-
-    saved, _how = continue_from(wh.load_artifact("serving_state", source), live, rows_after)
+    saved, _how = continue_from(wh.load_artifact("serving_state", source), live, rows_after(lambda: series))
     st = saved.stream
     last_seen = pd.Timestamp(st.last_ts, tz="UTC")
     new = series[series["timestamp"] > last_seen]

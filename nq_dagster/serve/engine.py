@@ -48,7 +48,14 @@ import pyarrow.parquet as pq
 from nq_dagster.config import load_config
 from nq_dagster.fusion.predictor import Predictor, ServingState, continue_from, single_threaded_blas
 from nq_dagster.fusion.record import jsonable, records_table
-from nq_dagster.ingest import FileRejected, fast_validate_ticks, primary_column, validate_frame
+from nq_dagster.ingest import (
+    FileRejected,
+    build_series,
+    fast_validate_ticks,
+    primary_column,
+    rows_after,
+    validate_frame,
+)
 from nq_dagster.resources.storage import Warehouse, atomic_write_bytes
 
 log = logging.getLogger("nq.serve")
@@ -242,7 +249,7 @@ class Engine:
         out = {}
         for s in self.predictor.sources():
             st = self.predictor.serving_state(s)
-            out[s] = {"model_version": st.model.model_version, "config_version": PredictorConfigVersion(st),
+            out[s] = {"model_version": st.model.model_version, "config_version": st.model.cfg.version,
                       "selected_features": list(st.model.selected), "quantum": st.model.quantum,
                       "reliability": st.model.reliability,
                       "trained_at": st.model.created_at, "trained_rows": st.model.trained_rows,
@@ -272,20 +279,15 @@ class Engine:
     def _artifact_mtime(self, name: str, source: str) -> int:
         return self.wh.artifact_mtime_ns(name, source)
 
-    def _rows_after(self, source: str):
-        """Rows of the source after a time: raw_ticks plus the ticks still in the log (not yet flushed)."""
-        def rows(ts_ns: int):
-            raw = self.wh.read_table("raw_ticks", source)
+    def _series(self, source: str) -> pd.DataFrame:
+        """The source's series: raw_ticks plus the ticks still in the log (not yet flushed)."""
+        raw = self.wh.read_table("raw_ticks", source)
+        logged = [r for p in sorted(self.wal_dir.glob("*.jsonl")) for r in _read_segment(p) if r["s"] == source]
+        if logged:
             col = primary_column(list(raw.columns))
-            frame = pd.DataFrame({"timestamp": pd.to_datetime(raw["timestamp"], utc=True), "value": raw[col]})
-            logged = [r for p in sorted(self.wal_dir.glob("*.jsonl")) for r in _read_segment(p) if r["s"] == source]
-            if logged:
-                frame = pd.concat([frame, pd.DataFrame({"timestamp": pd.to_datetime([r["t"] for r in logged], utc=True),
-                                                        "value": [r["v"] for r in logged]})])
-            frame = frame.dropna().sort_values("timestamp", kind="stable").drop_duplicates("timestamp")
-            frame = frame[frame["timestamp"] > pd.Timestamp(ts_ns, tz="UTC")]
-            return frame["value"].to_numpy(dtype=float), frame["timestamp"].to_numpy()
-        return rows
+            raw = pd.concat([raw, pd.DataFrame({"timestamp": pd.to_datetime([r["t"] for r in logged], utc=True),
+                                                col: [r["v"] for r in logged]})])
+        return build_series(raw)
 
     def _load_source(self, source: str) -> str:
         """Load (or swap in) the source's trained model, continuing from the furthest state; runs on the worker
@@ -297,7 +299,7 @@ class Engine:
             current = self.predictor.serving_state(source) if source in self.predictor.sources() else None
             if current is None and self.wh.has_artifact("live_state", source):
                 live = self.wh.load_artifact("live_state", source)
-            state, how = continue_from(trained, current or live, self._rows_after(source))
+            state, how = continue_from(trained, current or live, rows_after(lambda: self._series(source)))
         except Exception as exc:  # a broken artifact must not take the server down; status shows it
             self._load_errors[source] = f"{type(exc).__name__}: {exc}"
             self._model_mtime[source] = mtime
@@ -695,10 +697,6 @@ def _read_segment(path: Path) -> list[dict]:
             except json.JSONDecodeError:
                 break  # a torn last line (the process died inside a write): never acknowledged
     return lines
-
-
-def PredictorConfigVersion(st: ServingState) -> str:  # noqa: N802 - reads as the field it fills
-    return st.model.cfg.version
 
 
 def replica_leases(wh: Warehouse) -> list[dict]:

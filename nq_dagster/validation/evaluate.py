@@ -22,11 +22,6 @@ from nq_dagster.validation.stats import (
 
 ALPHA = 0.05
 
-
-def fmt_p_eq(p: float) -> str:
-    """"= 0.012" or "< 1e-300" (see stats.fmt_p)."""
-    text = fmt_p(p)
-    return text if text.startswith("<") else f"= {text}"
 ECE_MAX = 0.05
 
 
@@ -81,10 +76,10 @@ def evaluate(fusion: dict, anomaly_truth: np.ndarray | None = None) -> dict:
     pers_row = base_df.set_index("baseline").loc["persistence"]
     criteria = [
         ("directional accuracy above the best constant predictor (binomial p < 0.05)", acc["p_value"] < ALPHA,
-         f"acc {acc['accuracy']:.3f} vs {acc['p0']:.3f}, p {fmt_p_eq(acc['p_value'])}"),
+         f"acc {acc['accuracy']:.3f} vs {acc['p0']:.3f}, {fmt_p(acc['p_value'])}"),
         ("lower squared error than persistence (Diebold-Mariano p < 0.05)", pers_row["p_dm"] < ALPHA,
-         f"p {fmt_p_eq(pers_row['p_dm'])}"),
-        ("lower squared error than AR(5) (Diebold-Mariano p < 0.05)", ar_row["p_dm"] < ALPHA, f"p {fmt_p_eq(ar_row['p_dm'])}"),
+         fmt_p(pers_row['p_dm'])),
+        ("lower squared error than AR(5) (Diebold-Mariano p < 0.05)", ar_row["p_dm"] < ALPHA, fmt_p(ar_row['p_dm'])),
         (f"expected calibration error <= {ECE_MAX}", ece <= ECE_MAX, f"ECE = {ece:.3f}"),
         ("Brier score below the training-frequency forecast", brier < brier_clim, f"{brier:.3f} vs {brier_clim:.3f}"),
         ("fused accuracy at least that of every ablation", acc["accuracy"] >= abl_df["accuracy"].max() - 1e-12,

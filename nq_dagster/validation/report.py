@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nq_dagster.resources.storage import atomic_write_bytes  # noqa: E402
-from nq_dagster.validation.evaluate import fmt_p_eq  # noqa: E402
+from nq_dagster.validation.stats import fmt_p  # noqa: E402
 
 
 def _png(fig) -> str:
@@ -53,7 +53,7 @@ def markdown_summary(source: str, ev: dict) -> str:
     lines = [f"### {source}: validation score {m['score']:.0f}/100",
              f"{m['predictions']} held-out predictions. Directional accuracy **{m['accuracy']:.3f}** "
              f"(95 % CI {m['acc_ci_low']:.3f}-{m['acc_ci_high']:.3f}), best constant predictor {m['majority_share']:.3f}, "
-             f"binomial p {fmt_p_eq(m['p_binom'])}. Mean reported confidence {m['mean_confidence']:.3f} against accuracy "
+             f"binomial {fmt_p(m['p_binom'])}. Mean reported confidence {m['mean_confidence']:.3f} against accuracy "
              f"{m['accuracy']:.3f} (ECE {m['ece']:.3f}).", "", "| criterion | passed | figure |", "|---|---|---|"]
     lines += [f"| {r.criterion} | {'yes' if r.passed else 'no'} | {r.figure} |" for r in ev["criteria"].itertuples()]
     lv = ev.get("live")

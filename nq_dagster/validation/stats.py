@@ -79,5 +79,5 @@ def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def fmt_p(p: float) -> str:
-    """A p-value as text; one that underflowed to 0 in double precision is "< 1e-300", never "0"."""
-    return "< 1e-300" if p == 0 else f"{p:.2g}"
+    """"p = 0.012", or "p < 1e-300" for a p-value that underflowed to 0 in double precision (never "p = 0")."""
+    return "p < 1e-300" if p == 0 else f"p = {p:.2g}"
