@@ -87,7 +87,14 @@ def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print) -> 
         instance.add_dynamic_partitions("source", new)
     job = defs.resolve_job_def(SOURCE_JOB)
     ok: dict[str, bool] = {}
+    waiting = set(landing_files(wh))
     for src in sources:
+        if src not in waiting:  # rows known now: say at once whether they are enough, and how training goes
+            line, enough = training_line(wh, src)
+            log(f"  {line}")
+            if not enough:
+                ok[src] = False
+                continue
         res = job.execute_in_process(partition_key=src, instance=instance, raise_on_error=False, run_config=QUIET,
                                      tags={"nq/source": src, "nq/trigger": "cli"})
         ok[src] = res.success
@@ -103,7 +110,7 @@ def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print) -> 
         if not res.success:
             for ev in res.all_events:
                 if ev.is_step_failure and ev.event_specific_data is not None and getattr(ev.event_specific_data, "error", None):
-                    log(f"    {ev.step_key}: {ev.event_specific_data.error.message.strip()}")
+                    log(f"    {ev.step_key}: {root_cause(ev.event_specific_data.error)}")
     cross = defs.resolve_job_def(CROSS_SOURCE_JOB) if CROSS_SOURCE_JOB else None
     with_predictions = wh.sources("predictions")
     if cross is not None and any(ok.values()) and len(with_predictions) < 2:
@@ -114,6 +121,29 @@ def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print) -> 
         ok["_all"] = res.success
         log(f"  cross-source: {'ok' if res.success else 'FAILED'} (run {res.run_id[:8]})")
     return ok
+
+
+def root_cause(err) -> str:
+    """One line for a failed step: the innermost error of Dagster's chain (the user code's exception, not
+    "Error occurred while executing op"), its first line."""
+    while getattr(err, "cause", None) is not None:
+        err = err.cause
+    msg = (err.message or "").strip().splitlines()
+    return msg[0] if msg else (err.cls_name or "error")
+
+
+def training_line(wh: Warehouse, source: str) -> tuple[str, bool]:
+    """How many rows a source has and what training needs of them: (one line, whether it can train)."""
+    from nq_dagster.config import load_config
+    from nq_dagster.fusion.walkforward import MIN_ROWS, schedule_for
+
+    rows = sum(wh.part_rows(p) for p in wh.table_parts("raw_ticks", source))
+    if rows < MIN_ROWS:
+        return (f"{source}: {rows} rows stored; training needs at least {MIN_ROWS}: ingest {MIN_ROWS - rows} more "
+                "rows before `nq run`"), False
+    s = schedule_for(rows, load_config(wh.home))
+    return (f"{source}: {rows} rows stored; training needs at least {MIN_ROWS}: the first model fits on "
+            f"{s.train_min} rows, refits every {s.refit_every}, predicts {rows - s.train_min}"), True
 
 
 def summary_table(wh: Warehouse) -> pd.DataFrame:
@@ -187,6 +217,8 @@ def cmd_ingest(args) -> int:
     if sources:
         _instance().add_dynamic_partitions("source", sorted(sources - set(_instance().get_dynamic_partitions("source"))))
         wh.refresh_views()
+        for src in sorted(sources):
+            print(training_line(wh, src)[0])
         print(f"sources: {', '.join(sorted(sources))}. Next: `nq run` to predict and validate.")
     return worst
 

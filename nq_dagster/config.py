@@ -105,6 +105,8 @@ def validate_overrides(overrides: dict, where: str = "config") -> dict:
             raise ConfigError(name, f"must be > 0, got {value!r}")
         if name in UNIT_INTERVAL and not 0 <= value <= 1:
             raise ConfigError(name, f"must be within [0, 1], got {value!r}")
+        if name == "feature_window" and value < 2:
+            raise ConfigError(name, f"must be >= 2 (a rolling std needs two changes), got {value!r}")
         if name in ("min_rate_hz", "hold_band", "ridge_alpha") and value < 0:
             raise ConfigError(name, f"must be >= 0, got {value!r}")
         out[name] = value

@@ -44,7 +44,7 @@ def test_graph_on_object_storage(wh, s3, capsys):
                  "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["source"] for r in rows] == ["iot_sensor", "mackey_glass", "market_A"]
-    assert all(r["n"] == 450 - 250 for r in rows)
+    assert all(r["n"] == 450 - 225 for r in rows)  # 450 < 2 x train_min: the first model fits on 450 // 2 rows
     # serving from the bucket
     assert main(["--home", str(wh.home), "predict", "--source", "market_A", "--values", "101.5", "--compact"]) == 0
     assert json.loads(capsys.readouterr().out)["source"] == "market_A"

@@ -228,14 +228,34 @@ def test_portfolio_follows_new_predictions():
 
 
 def test_a_short_series_fails_before_any_work_with_the_reason(wh, tmp_path, capsys):
-    """Fewer rows than training needs: the run stops at `series` with one line naming train_min and the fix."""
+    """Fewer rows than training needs: `nq ingest` and `nq run` say at once how many rows the source has and how
+    many training needs; the run does no work."""
     from nq_dagster.cli import main
     from nq_dagster.demo import mackey_glass
 
     mackey_glass(120).to_csv(tmp_path / "short.csv", index=False)
     assert main(["--home", str(wh.home), "ingest", str(tmp_path / "short.csv"), "--source", "short"]) == 0
-    capsys.readouterr()
+    line = "short: 120 rows stored; training needs at least 150: ingest 30 more rows before `nq run`"
+    assert line in capsys.readouterr().out
     assert main(["--home", str(wh.home), "run", "--source", "short"]) == 1
-    out = capsys.readouterr().out
-    assert "has 120 rows; training needs more than train_min=250" in out and "Fix: ingest more history" in out
-    assert not wh.table_parts("features", "short")  # nothing after series ran
+    assert line in capsys.readouterr().out
+    assert not wh.table_parts("series", "short")  # nothing ran
+
+
+def test_a_series_of_180_rows_trains_on_a_scaled_schedule(wh, tmp_path, capsys):
+    """Series shorter than 2 x train_min train on half of themselves (at least 100 rows) and refit about five
+    times over the rest: 180 rows -> the first model on 100 rows, 80 walk-forward predictions."""
+    from nq_dagster.cli import main
+    from nq_dagster.demo import mackey_glass
+    from nq_dagster.fusion.walkforward import training_schedule
+
+    s = training_schedule(180, 250, 200)
+    assert (s.train_min, s.refit_every, s.warmup) == (100, 16, 20)
+    assert training_schedule(5000, 500, 250).train_min == 500  # long series: the config holds
+    mackey_glass(180).to_csv(tmp_path / "s180.csv", index=False)
+    assert main(["--home", str(wh.home), "ingest", str(tmp_path / "s180.csv"), "--source", "s180"]) == 0
+    assert "the first model fits on 100 rows, refits every 16, predicts 80" in capsys.readouterr().out
+    assert main(["--home", str(wh.home), "run", "--source", "s180"]) == 0
+    assert len(wh.read_table("predictions", "s180")) == 80
+    m = wh.read_table("validation_metrics", "s180").iloc[0]
+    assert m["predictions"] == 79  # the last row's outcome is not realized yet

@@ -426,7 +426,7 @@ def test_training_scores_what_was_served(home, ticks, monkeypatch):
     meta = ev.asset_materialization.metadata
     assert meta["plots"].value.count("data:image/png;base64,") >= 2
     crit = meta["criteria"].value
-    assert [c.name for c in crit.schema.columns] == ["criterion", "passed", "figure"]
+    assert [c.name for c in crit.schema.columns] == ["criterion", "p_value", "p_holm", "passed", "counted", "figure"]
     assert all(c.description for c in crit.schema.columns) and len(crit.records) >= 3
     # independent: realized direction of each served time from the stored series and the config's hold band
     series = wh.read_table("series", "m").sort_values("timestamp").reset_index(drop=True)

@@ -54,7 +54,7 @@ def serving_state(context: AssetExecutionContext, fusion_model: dict, features: 
     stream = from_history(features["value"].to_numpy(), features["timestamp"].to_numpy(), unpack_spikes(spike_trains),
                           reservoir_states["states"], reservoir_states["final_state"],
                           features[list(CANDIDATES)].to_numpy(dtype=float)[-1], cfg.feature_window)
-    st = ServingState(fusion_model["version"], stream)
+    st = ServingState(fusion_model["version"], stream, fusion_model.get("calibration"))
     source = context.partition_key
     return Output(st, metadata={"rows_seen": stream.n_rows, "model_version": st.model.model_version,
                                 "state_bytes": stream.nbytes(), "state_bytes_by_part": MetadataValue.json(stream.breakdown()),
@@ -91,7 +91,9 @@ def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd
 
 
 CRITERIA_COLUMNS = {"criterion": "what is tested, on held-out realized outcomes",
-                    "passed": "whether it passed", "figure": "the measured figure and its threshold"}
+                    "p_value": "one-sided p-value of the test (empty: a threshold, not a test)",
+                    "p_holm": "Holm-corrected p-value over the tested criteria", "passed": "whether it passed",
+                    "counted": "whether it counts in the score", "figure": "the measured figure and its threshold"}
 
 
 def table_value(df: pd.DataFrame, descriptions: dict) -> MetadataValue:

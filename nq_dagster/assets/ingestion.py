@@ -48,16 +48,18 @@ def series(context: AssetExecutionContext, warehouse: WarehouseResource) -> Outp
     """The cleaned series of one source: sorted by time, one row per timestamp."""
     wh = warehouse.warehouse()
     out = build_series(wh.read_table("raw_ticks", context.partition_key))
-    train_min = warehouse.pipeline_config().train_min
-    if len(out) <= train_min:  # say so now, not after a minute of encoding and reservoir work
-        raise Failure(description=f"source {context.partition_key!r} has {len(out)} rows; training needs more than "
-                      f"train_min={train_min}. Fix: ingest more history, or lower train_min in "
-                      f"{wh.home / 'config.json'} (at least 50)", allow_retries=False)
+    from nq_dagster.fusion.walkforward import MIN_ROWS, schedule_for
+    if len(out) < MIN_ROWS:  # say so now, not after a minute of encoding and reservoir work
+        raise Failure(description=f"source {context.partition_key!r} has {len(out)} rows; training needs at least "
+                      f"{MIN_ROWS}. Fix: ingest more history", allow_retries=False)
+    sched = schedule_for(len(out), warehouse.pipeline_config())
     gaps = out["timestamp"].diff().dt.total_seconds().to_numpy()[1:]
     median_gap = float(np.median(gaps)) if len(gaps) else float("nan")
     summary = (f"**{context.partition_key}**: {len(out)} points, value column `{out.attrs['value_column']}`, "
                f"median spacing {median_gap:g} s, value range [{out['value'].min():.6g}, {out['value'].max():.6g}].")
     meta = table_metadata(out, summary)
     meta["median_spacing_s"] = median_gap
+    meta["training_schedule"] = MetadataValue.json({"train_min": sched.train_min, "refit_every": sched.refit_every,
+                                                    "warmup": sched.warmup})
     meta["value_column"] = MetadataValue.text(out.attrs["value_column"])
     return Output(out, metadata=meta)

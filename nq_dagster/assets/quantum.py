@@ -14,11 +14,12 @@ from nq_dagster.resources import WarehouseResource
 def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, warehouse: WarehouseResource) -> Output[dict]:
     """Choose `select_k` fusion features by a relevance-minus-redundancy QUBO on the first training window only."""
     from nq_dagster.fusion.pipeline import candidate_columns
-    from nq_dagster.fusion.walkforward import make_targets
+    from nq_dagster.fusion.walkforward import make_targets, schedule_for
     from nq_dagster.quantum.qubo import selection_qubo, solve_qubo
     cfg = warehouse.pipeline_config()
     targets = make_targets(features["value"].to_numpy(), cfg.horizon, cfg.hold_band, cfg.feature_window)
-    train = slice(0, cfg.train_min - cfg.horizon)  # rows whose targets are known before the first prediction
+    first = schedule_for(len(features), cfg).train_min  # the first prediction row (scales with the series)
+    train = slice(0, first - cfg.horizon)  # rows whose targets are known before the first prediction
     cands = candidate_columns(features)
     F = features[cands].iloc[train]
     y = targets["change"].iloc[train]
@@ -35,7 +36,7 @@ def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, wa
         "selected": MetadataValue.json(chosen), "qubits": len(pool), "energy": float(res.energy),
         **res.diagnostics(),
         "summary": MetadataValue.md(f"Relevance = |Spearman| with the {cfg.horizon}-step change on the first "
-                                    f"{cfg.train_min - cfg.horizon} rows; candidates above {cfg.qubit_count} qubits "
+                                    f"{first - cfg.horizon} rows; candidates above {cfg.qubit_count} qubits "
                                     "are cut by relevance.\n\n" + md_table(table)),
     })
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from nq_dagster.fusion.predictor import design_matrix
+from nq_dagster.fusion.baselines import run_baselines
+from nq_dagster.fusion.predictor import design_matrix, live_calibration
 from nq_dagster.fusion.stream import CANDIDATES, N_LAGS
-from nq_dagster.fusion.walkforward import ar_forecast, lag_matrix, make_targets, walk_forward
+from nq_dagster.fusion.walkforward import lag_matrix, make_targets, schedule_for, walk_forward
+
+AR_ORDERS = (1, 2, 4, 8, 16)  # the candidate orders of the linear base stage (on the recent changes)
 
 
 def candidate_columns(features: pd.DataFrame) -> list[str]:
@@ -15,21 +18,46 @@ def candidate_columns(features: pd.DataFrame) -> list[str]:
     return [c for c in CANDIDATES if c in features.columns]
 
 
+def base_variants(d: int, n_selected: int) -> list[np.ndarray]:
+    """The linear base stages the fit chooses among (by held-out error), as column indices of a design whose
+    last columns are [selected features (n_selected), N_LAGS recent changes, the level]: AR on the changes of
+    each order in AR_ORDERS, with and without the level (which makes it AR on the levels), each with the
+    selected features."""
+    sel = np.arange(d - N_LAGS - 1 - n_selected, d - N_LAGS - 1)
+    lag0 = d - N_LAGS - 1
+    out = []
+    for p in AR_ORDERS:
+        for level in (False, True):
+            out.append(np.concatenate([sel, np.arange(lag0, lag0 + p), [d - 1] if level else []]).astype(np.int64))
+    return out
+
+
 def run_fusion(features: pd.DataFrame, states: np.ndarray, selected: list[str], cfg) -> dict:
-    """Walk-forward predictions of the fused model, the two ablations, and AR(p), for rows >= train_min."""
+    """Walk-forward predictions of the fused model, its ablations and the baselines, for rows >= the schedule's
+    train_min (which scales with the series' length: `walkforward.training_schedule`)."""
     values = features["value"].to_numpy()
+    sched = schedule_for(len(values), cfg)
     targets = make_targets(values, cfg.horizon, cfg.hold_band, cfg.feature_window)
-    kw = dict(horizon=cfg.horizon, train_min=cfg.train_min, refit_every=cfg.refit_every,
-              calibration_fraction=cfg.calibration_fraction)
+    kw = dict(horizon=cfg.horizon, train_min=sched.train_min, refit_every=sched.refit_every,
+              calibration_fraction=cfg.calibration_fraction, warmup=sched.warmup)
     sel = features[selected].to_numpy(dtype=float) if selected else np.zeros((len(features), 0))
-    last = lag_matrix(values, N_LAGS)  # the recent changes every model sees, as AR(5) does
+    last = lag_matrix(values, N_LAGS, level=True)  # recent changes and the level: the AR part of the design
     X_fused = design_matrix(states, sel, last)
     base = sel.shape[1] + last.shape[1]
-    names = [f"reservoir_{i}" for i in range(states.shape[1])] + selected + [f"lag{k}" for k in range(N_LAGS)]
-    fused, model = walk_forward(X_fused, targets, columns=names, n_base=base, **kw)
-    ablations = {"reservoir_only": walk_forward(np.hstack([states, last]), targets, n_base=last.shape[1], **kw)[0]}
+    names = ([f"reservoir_{i}" for i in range(states.shape[1])] + selected + [f"lag{k}" for k in range(N_LAGS)]
+             + ["level"])
+    fused, model = walk_forward(X_fused, targets, columns=names, n_base=base,
+                                base_variants=base_variants(X_fused.shape[1], sel.shape[1]), **kw)
+    X_res = np.hstack([states, last])
+    ablations = {"reservoir_only": walk_forward(X_res, targets, n_base=last.shape[1],
+                                                base_variants=base_variants(X_res.shape[1], 0), **kw)[0]}
     if selected:
-        ablations["patterns_only"] = walk_forward(np.hstack([sel, last]), targets, **kw)[0]
-    ar = ar_forecast(values, targets, p=N_LAGS, horizon=cfg.horizon, train_min=cfg.train_min,
-                     refit_every=cfg.refit_every)
-    return {"targets": targets, "fused": fused, "ablations": ablations, "ar": ar, "model": model}
+        X_pat = np.hstack([sel, last])
+        ablations["patterns_only"] = walk_forward(X_pat, targets, n_base=X_pat.shape[1],
+                                                  base_variants=base_variants(X_pat.shape[1], sel.shape[1]), **kw)[0]
+    baselines, season = run_baselines(values, targets, cfg.horizon, sched.train_min, sched.refit_every, sched.warmup,
+                              cfg.calibration_fraction, cfg.seed)
+    calibration = live_calibration(model, X_fused, targets, values, cfg.horizon, sched.refit_every)
+    return {"targets": targets, "calibration": calibration, "fused": fused, "ablations": ablations, "baselines": baselines, "season": season,
+            "model": model,
+            "schedule": {"train_min": sched.train_min, "refit_every": sched.refit_every, "warmup": sched.warmup}}

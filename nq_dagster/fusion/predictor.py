@@ -24,7 +24,14 @@ from nq_dagster.artifacts import register
 from nq_dagster.config import PipelineConfig
 from nq_dagster.fusion.record import build_records
 from nq_dagster.fusion.stream import CANDIDATES, StreamState, features_for_ticks, latest_design
-from nq_dagster.fusion.walkforward import CLASSES, FusionModel, direction_probabilities
+from nq_dagster.fusion.walkforward import (
+    CLASSES,
+    RECAL_WINDOW,
+    FusionModel,
+    calibrate,
+    direction_probabilities,
+    recal_every,
+)
 from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
 from nq_dagster.neuromorphic.stages import build_reservoir, source_seed
 
@@ -83,11 +90,75 @@ class ModelVersion:
 
 @register
 @dataclass
+class LiveCalibration:
+    """The model's error scale as a stream recalibrates it from the outcomes it realizes, on training's grid: at
+    row t = t0 + k x every (k >= 1) the scale is refitted (`walkforward.calibrate`) on the rows
+    max(fit_end, t - h + 1 - window) .. t - h, exactly as `walk_forward_forecaster` does between refits, so a
+    stream's confidences equal the training graph's over the same rows. Holds the last window + h rows'
+    predicted change, hold band and value (24 bytes a row)."""
+
+    t0: int  # the model's first predicted row (train_end + horizon)
+    every: int
+    window: int
+    horizon: int
+    fit_end: int
+    first_row: int  # row of pred[0]
+    pred: np.ndarray
+    band: np.ndarray
+    value: np.ndarray
+    scale: float
+    scale_per_band: float | None = None
+
+    def error_scale(self, band: float) -> float:
+        return self.scale if self.scale_per_band is None else max(self.scale_per_band * band, 1e-12)
+
+    def before(self, t: int, x_t: float) -> LiveCalibration:
+        """The calibration for row t (whose value is x_t): recalibrated when t is on the grid."""
+        if t <= self.t0 or (t - self.t0) % self.every or self.first_row + len(self.pred) != t:
+            return self
+        h = self.horizon
+        last = t - h
+        lo = max(self.fit_end, last + 1 - self.window, self.first_row)
+        if last < lo:
+            return self
+        i = np.arange(lo, last + 1) - self.first_row
+        values = np.append(self.value, x_t)
+        chg = values[i + h] - values[i]
+        band = self.band[i]
+        y_dir = np.where(chg > band, 1, np.where(chg < -band, -1, 0))
+        holder = FusionModel([], self.scale, 0, 0, [], self.scale_per_band)
+        calibrate(holder, self.pred[i], chg, y_dir, band)
+        return replace(self, scale=holder.scale, scale_per_band=holder.scale_per_band)
+
+    def after(self, pred: float, band: float, x: float) -> LiveCalibration:
+        """Row t's prediction recorded (the next row is t + 1)."""
+        keep = self.window + self.horizon
+        cut = max(0, len(self.pred) + 1 - keep)
+        return replace(self, first_row=self.first_row + cut, pred=np.append(self.pred, pred)[cut:],
+                       band=np.append(self.band, band)[cut:], value=np.append(self.value, x)[cut:])
+
+
+def live_calibration(model: FusionModel, X: np.ndarray, targets: pd.DataFrame, values: np.ndarray, horizon: int,
+                     refit_every: int) -> LiveCalibration:
+    """The calibration state after training's last row, for the model `walk_forward` returned."""
+    T = len(values)
+    t0 = model.train_end + horizon
+    window = min(model.train_end + 1 - model.fit_end, RECAL_WINDOW)
+    lo = max(model.fit_end, T - window - horizon)
+    rows = np.arange(lo, T)
+    return LiveCalibration(t0, recal_every(refit_every), window, horizon, model.fit_end, lo,
+                           model.predict_change(X[rows]), targets["band"].to_numpy()[rows].astype(float),
+                           np.asarray(values, dtype=float)[rows], float(model.scale), model.scale_per_band)
+
+
+@register
+@dataclass
 class ServingState:
     """What a stream continues from: the model version and the source's state after its last row."""
 
     model: ModelVersion
     stream: StreamState
+    calibration: LiveCalibration | None = None  # None: the model's own scale until the next training
 
 
 _THREADPOOLS = None
@@ -209,6 +280,7 @@ class Predictor:
     def _advance_many(self, ticks: dict[str, tuple], t_recv: float) -> dict[str, list[dict]]:
         todo = {s: self._validate(s, *vt) for s, vt in ticks.items()}  # all input checked before any work
         current = {s: self._sources[s].serving.stream for s in todo}
+        cals = {s: self._sources[s].serving.calibration for s in todo}
         out: dict[str, list[dict]] = {s: [] for s in todo}
         rounds = max((len(v) for v, _ in todo.values()), default=0)
         groups: dict[str, list[str]] = {}
@@ -225,24 +297,30 @@ class Predictor:
                 ts = np.array([todo[s][1][r] for s in active], dtype=np.int64)
                 tf = features_for_ticks([current[s] for s in active], x, ts, cfg,
                                         np.array([src.seed for src in srcs]), [src.reservoir for src in srcs])
-                recs = self._records(srcs, tf.frames, tf.candidates, tf.lags, tf.band_sd, ts, t_recv)
+                rows = [current[s].n_rows for s in active]
+                cal = [cals[s].before(t, xi) if cals[s] is not None else None for s, t, xi in zip(active, rows, x, strict=True)]
+                recs = self._records(srcs, tf.frames, tf.candidates, tf.lags, tf.band_sd, ts, t_recv, cal)
                 for i, s in enumerate(active):
                     out[s].append(recs[i])
                     current[s] = tf.states[i]
+                    if cal[i] is not None:
+                        cals[s] = cal[i].after(recs[i]["predicted_change"], recs[i]["hold_band"], float(x[i]))
         for s, st in current.items():  # commit: every record is built
             src = self._sources[s]
-            src.serving = replace(src.serving, stream=st)
+            src.serving = replace(src.serving, stream=st, calibration=cals[s])
         return out
 
     def _records(self, srcs: list[_Source], frames: np.ndarray, cands: np.ndarray, lags: np.ndarray,
-                 band_sd: np.ndarray, ts: np.ndarray, t_recv: float) -> list[dict]:
+                 band_sd: np.ndarray, ts: np.ndarray, t_recv: float, cal: list | None = None) -> list[dict]:
         """One record per row: row i is a tick of srcs[i] (sources of one config). Each source's own model
         predicts its change; probabilities and records are built for all rows at once."""
         cfg = srcs[0].cfg
         band = cfg.hold_band * band_sd * np.sqrt(cfg.horizon)
         chg = np.array([src.serving.model.model.predict_change(
             design_matrix(frames[i:i + 1], cands[i:i + 1, src.sel], lags[i:i + 1]))[0] for i, src in enumerate(srcs)])
-        scale = np.array([np.broadcast_to(src.serving.model.model.error_scale(band[i:i + 1]), (1,))[0]
+        cal = cal or [src.serving.calibration for src in srcs]
+        scale = np.array([cal[i].error_scale(float(band[i])) if cal[i] is not None else
+                          np.broadcast_to(src.serving.model.model.error_scale(band[i:i + 1]), (1,))[0]
                           for i, src in enumerate(srcs)])
         probs = direction_probabilities(chg, band, scale)
         mvs = [src.serving.model for src in srcs]
@@ -296,6 +374,8 @@ def continue_from(trained: ServingState, live: ServingState | None, rows_after=N
     if live is None or live.stream.last_ts <= trained.stream.last_ts:
         return trained, "training state"
     if live.model.config == trained.model.config:
+        # the stream went on past training: training's calibration window ends before the live rows, so the new
+        # model keeps its own scale until its next training (the live calibration belongs to the old model)
         return ServingState(trained.model, live.stream), "live state, new model" if (
             live.model.model_version != trained.model.model_version) else "live state"
     if rows_after is None:
@@ -325,5 +405,5 @@ def model_version_from_fit(source: str, cfg: PipelineConfig, version: str, fusio
                         trained_rows=len(ts), created_at=pd.Timestamp.now(tz="UTC").isoformat())
 
 
-__all__ = ["CLASSES", "ModelVersion", "Predictor", "ServingState", "continue_from", "design_matrix", "model_version_from_fit",
+__all__ = ["CLASSES", "LiveCalibration", "ModelVersion", "Predictor", "ServingState", "continue_from", "design_matrix", "model_version_from_fit",
            "reliability_table"]

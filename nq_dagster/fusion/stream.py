@@ -43,7 +43,7 @@ from nq_dagster.neuromorphic.reservoir import Reservoir, ReservoirState
 from nq_dagster.neuromorphic.stages import INPUT_NAMES, SPIKE_STAT_NAMES, reservoir_input, spike_statistics
 
 CANDIDATES = INPUT_NAMES + PATTERN_NAMES + SPIKE_STAT_NAMES  # the candidate fusion features, in the features' order
-N_LAGS = 5  # recent one-step changes every model sees (the AR part of the design)
+N_LAGS = 16  # recent one-step changes every model sees, and then the level (the AR part of the design)
 N_CODES = DETECTOR_WINDOW - ORDER + 1  # ordinal patterns in one permutation-entropy window
 
 
@@ -114,7 +114,7 @@ class TickFeatures:
     """What one batched tick produced, per source (row s of each array)."""
 
     band_sd: np.ndarray  # (S,) std of the last feature_window changes (the hold band's scale)
-    lags: np.ndarray  # (S, N_LAGS) the last one-step changes, newest first
+    lags: np.ndarray  # (S, N_LAGS + 1) the last one-step changes, newest first, then the value itself
     frames: np.ndarray  # (S, size) reservoir states
     candidates: np.ndarray  # (S, len(CANDIDATES))
     states: list[StreamState]  # the states after the tick
@@ -126,7 +126,7 @@ class EncoderStep:
 
     inputs: np.ndarray  # (S, 3) encoder inputs, float32 precision (as the batch graph stores them)
     band_sd: np.ndarray  # (S,) std of the last feature_window changes (the hold band's scale)
-    lags: np.ndarray  # (S, N_LAGS) the last one-step changes, newest first
+    lags: np.ndarray  # (S, N_LAGS + 1) the last one-step changes, newest first, then the value itself
     values: list[np.ndarray]  # the windows to keep, per source
     changes: list[np.ndarray]
     change_sd: list[np.ndarray]
@@ -143,7 +143,7 @@ def encoder_steps(states: list[StreamState], x: np.ndarray, feature_window: int)
     10 x feature_window rows)."""
     w, long = feature_window, 10 * feature_window
     S = len(states)
-    inputs, band_sd, lags = np.empty((S, 3)), np.empty(S), np.zeros((S, N_LAGS))
+    inputs, band_sd, lags = np.empty((S, 3)), np.empty(S), np.zeros((S, N_LAGS + 1))
     vals, chs, sds = [None] * S, [None] * S, [None] * S
     groups: dict[tuple[int, int, int], list[int]] = {}
     for i, st in enumerate(states):
@@ -165,6 +165,7 @@ def encoder_steps(states: list[StreamState], x: np.ndarray, feature_window: int)
         band_sd[idx] = raw_sd
         k = min(N_LAGS, changes.shape[1])
         lags[idx, :k] = changes[:, ::-1][:, :k]
+        lags[idx, N_LAGS] = xs
         for j, i in enumerate(idx):  # the next tick's windows add one value each
             vals[i], chs[i], sds[i] = values[j, -(w - 1):].copy(), changes[j, -(long - 1):].copy(), change_sd[j, -(long - 1):].copy()
     return EncoderStep(inputs, band_sd, lags, vals, chs, sds)
@@ -255,4 +256,5 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
 def latest_design(st: StreamState, feature_window: int) -> tuple[np.ndarray, np.ndarray, float]:
     """The design pieces of the last row already seen: (reservoir frame, lags, band std)."""
     lags = st.changes[::-1][:N_LAGS]
-    return st.frames[-1], np.pad(lags, (0, N_LAGS - len(lags))), float(_std_rows(st.changes[None, -feature_window:])[0])
+    level = st.values[-1] if len(st.values) else 0.0
+    return st.frames[-1], np.append(np.pad(lags, (0, N_LAGS - len(lags))), level), float(_std_rows(st.changes[None, -feature_window:])[0])

@@ -25,8 +25,6 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import ndtr
-from sklearn.linear_model import RidgeCV
-from sklearn.preprocessing import StandardScaler
 
 from nq_dagster.artifacts import register
 
@@ -61,12 +59,45 @@ def direction_probabilities(pred_change: np.ndarray, band: np.ndarray, scale: np
     return P / P.sum(axis=1, keepdims=True)
 
 
+RECAL_WINDOW = 250  # at most this many latest realized rows refit a model's error scale between refits
+MIN_ROWS = 150  # the shortest series that trains: 100 rows before the first prediction, 50 predicted
+MIN_TRAIN = 100
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When models are refit on a series of `rows` rows: the first prediction row, the refit interval, and the
+    warm-up rows left out of every fit. The config's train_min / refit_every hold for series of at least
+    2 x train_min rows; a shorter series (down to MIN_ROWS) trains on half of itself (at least MIN_TRAIN rows),
+    refits about five times over the rest, and leaves a fifth of the first training stretch (at most 50 rows) as
+    warm-up, so that series of 150-1000 rows train instead of failing."""
+
+    rows: int
+    train_min: int
+    refit_every: int
+    warmup: int
+
+
+def training_schedule(rows: int, train_min: int, refit_every: int, warmup: int = 50) -> Schedule:
+    if rows < MIN_ROWS:
+        raise ValueError(f"the series has {rows} rows; training needs at least {MIN_ROWS} "
+                         f"({MIN_TRAIN} to fit the first model and the rest to predict)")
+    if rows >= 2 * train_min:
+        return Schedule(rows, train_min, refit_every, min(warmup, train_min // 5))
+    tm = max(MIN_TRAIN, min(train_min, rows // 2))
+    return Schedule(rows, tm, min(refit_every, max(10, (rows - tm) // 5)), min(warmup, tm // 5))
+
+
+def schedule_for(rows: int, cfg) -> Schedule:
+    return training_schedule(rows, cfg.train_min, cfg.refit_every)
+
+
 @register
 @dataclass
 class LinearStage:
-    """One fitted stage as plain coefficients: ((X[:, start:stop] - mean) / scale) @ coef + intercept.
-    (scikit-learn's StandardScaler and RidgeCV fit them; storing numbers, not estimators, keeps artifacts
-    free of pickles and prediction free of sklearn's per-call overhead.)"""
+    """One fitted stage as plain coefficients: ((X[:, cols] - mean) / scale) @ coef + intercept, cols the
+    slice start:stop or, when set, the index array `columns`. (Storing numbers, not estimators, keeps artifacts
+    free of pickles and prediction free of scikit-learn's per-call overhead.)"""
 
     start: int
     stop: int
@@ -75,16 +106,55 @@ class LinearStage:
     coef: np.ndarray
     intercept: float
     alpha: float = 0.0  # the ridge penalty chosen by leave-one-out CV
-
-    @classmethod
-    def fit(cls, X: np.ndarray, y: np.ndarray, cols: slice, intercept: bool) -> LinearStage:
-        sc = StandardScaler().fit(X[:, cols])
-        reg = RidgeCV(alphas=ALPHAS, fit_intercept=intercept).fit(sc.transform(X[:, cols]), y)
-        return cls(cols.start, cols.stop, sc.mean_.copy(), sc.scale_.copy(), np.asarray(reg.coef_, dtype=float).copy(),
-                   float(reg.intercept_), float(reg.alpha_))
+    columns: np.ndarray | None = None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return ((X[:, self.start:self.stop] - self.mean) / self.scale) @ self.coef + self.intercept
+        A = X[:, self.columns] if self.columns is not None else X[:, self.start:self.stop]
+        return ((A - self.mean) / self.scale) @ self.coef + self.intercept
+
+
+class RidgeBasis:
+    """Ridge regressions on fixed columns of the fit rows, the penalty chosen by exact leave-one-out error among
+    ALPHAS: the computation of scikit-learn's RidgeCV (standardised columns, unpenalised intercept), done through
+    one eigen-decomposition of the p x p Gram matrix shared by every target and intercept choice instead of an
+    SVD of the n x p matrix per fit (same penalty and predictions to 1e-12, about 10x faster at n = 7000,
+    p = 500: tests/test_walkforward.py). The walk-forward refits hundreds of these."""
+
+    def __init__(self, X: np.ndarray, cols: np.ndarray):
+        self.cols = np.asarray(cols, dtype=np.int64)
+        A = X[:, self.cols]
+        self.mean = A.mean(axis=0)
+        sd = A.std(axis=0)
+        self.scale = np.where(sd > 1e-12 * np.maximum(1.0, np.abs(self.mean)), sd, 1.0)  # StandardScaler's rule
+        Z = (A - self.mean) / self.scale
+        s, V = np.linalg.eigh(Z.T @ Z)
+        self.s, self.V, self.Z = np.clip(s, 0.0, None), V, Z
+        self.ZV = Z @ V
+        self.ZV2 = self.ZV**2
+
+    def fit(self, y: np.ndarray, intercept: bool, held: tuple[np.ndarray, np.ndarray] | None = None) -> LinearStage:
+        """The ridge fit whose penalty has the lowest leave-one-out error on the fit rows or, with `held`
+        = (X, y) of later rows, the lowest squared error on those."""
+        n = len(y)
+        ybar = float(y.mean()) if intercept else 0.0
+        yc = y - ybar
+        b = self.V.T @ (self.Z.T @ yc)
+        Zh = ((held[0][:, self.cols] - self.mean) / self.scale) @ self.V if held is not None else None
+        best = None
+        for a in ALPHAS:
+            w = b / (self.s + a)
+            if held is None:
+                h = self.ZV2 @ (1.0 / (self.s + a)) + (1.0 / n if intercept else 0.0)
+                err = float(np.mean(((yc - self.ZV @ w) / (1.0 - h)) ** 2))
+            else:
+                err = float(np.mean((held[1] - ybar - Zh @ w) ** 2))
+            if best is None or err < best[0]:
+                best = (err, a, w)
+        _, alpha, w = best
+        cols = self.cols
+        contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
+        return LinearStage(int(cols[0]) if len(cols) else 0, int(cols[-1]) + 1 if len(cols) else 0, self.mean.copy(),
+                           self.scale.copy(), self.V @ w, ybar, float(alpha), None if contiguous else cols.copy())
 
 
 @register
@@ -114,17 +184,50 @@ class FusionModel:
         return direction_probabilities(chg, band, self.error_scale(band)), chg
 
 
+def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np.ndarray, band: np.ndarray) -> None:
+    """Fit the model's error scale on rows it did not fit (predicted change, realized change, direction, band).
+
+    Two error models, each with one factor fitted by log loss: a constant scale, or a scale proportional to the
+    recent volatility (through the hold band, hold_band x rolling std), so that the probabilities follow a
+    change of regime; the lower loss wins. Fewer than 20 rows: the residuals' root mean square."""
+    resid = y_chg - pred
+    s0 = float(np.sqrt(np.mean(resid**2))) or 1e-12
+    model.scale, model.scale_per_band = s0, None
+    if len(resid) < 20:
+        return
+    y_idx = np.searchsorted(CLASSES, y_dir)
+
+    def nll(scale: np.ndarray | float) -> float:
+        P = direction_probabilities(pred, band, scale)
+        return -float(np.mean(np.log(P[np.arange(len(y_idx)), y_idx])))
+
+    fit_c = minimize_scalar(lambda lk: nll(s0 * np.exp(lk)), bounds=(-4, 4), method="bounded")
+    model.scale = s0 * float(np.exp(fit_c.x))
+    if np.all(band > 0):
+        b0 = float(np.sqrt(np.mean(resid**2) / np.mean(band**2)))
+        fit_v = minimize_scalar(lambda lk: nll(b0 * np.exp(lk) * band), bounds=(-4, 4), method="bounded")
+        if fit_v.fun < fit_c.fun:
+            model.scale_per_band = b0 * float(np.exp(fit_v.x))
+
+
 def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_fraction: float,
-              columns: list[str], n_base: int = 0, warmup: int = 0) -> FusionModel:
+              columns: list[str], n_base: int = 0, warmup: int = 0,
+              base_variants: list[np.ndarray] | None = None) -> FusionModel:
     """Fit on rows [warmup, fit_end); calibrate the probability scale on [fit_end, train_end] by log loss.
 
     The first `warmup` rows are left out of the fit: their lags are zero-filled, rolling windows are short
     and the reservoir is still forgetting its initial state. (Left in, six zero-filled lag rows made
     leave-one-out CV pick a 10^5 times larger ridge penalty on Mackey-Glass and cost a factor 13 in MSE.)
 
-    With `n_base` > 0 the last n_base columns (few, informative: recent changes, selected features) are
-    fitted first and the other columns (the many reservoir states) fit the remaining residual, each stage
-    with its own ridge penalty, so the fused model contains the linear model of the base columns."""
+    With `n_base` > 0 the last n_base columns (few, informative: recent changes, the level, selected features)
+    are fitted first and the other columns (the many reservoir states) fit the remaining residual, each stage
+    with its own ridge penalty, so the fused model contains the linear model of the base columns.
+    `base_variants` (column index arrays within the base, e.g. AR orders on differences, with and without the
+    level) are the candidate linear models; the one with the lowest squared error on the held-out rows is the
+    base. Candidates then: with / without intercept (a drift learned on an old regime can dominate a market's
+    forecast; a zero-drift model is the martingale default), with / without the reservoir stage; the lowest
+    held-out squared error is kept. Held-out rows are never fitted, so each stage stays only where it lowers
+    held-out error."""
     n = train_end + 1
     fit_end = max(warmup + 10, int(n * (1 - calibration_fraction)))
     if fit_end >= n:
@@ -134,72 +237,86 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
     if (y_dir == -9).any():
         raise AssertionError("training rows include an unrealized target: leakage guard")
     d = X.shape[1]
-    groups = [slice(d - n_base, d), slice(0, d - n_base)] if 0 < n_base < d else [slice(0, d)]
-    # candidates: with / without intercept (a drift learned on an old regime can dominate a market's
-    # forecast; a zero-drift model is the martingale default), and with / without the reservoir stage;
-    # the one with the lowest squared error on the held-out calibration rows is kept
-    held = slice(fit_end, n)
+    fit, held = slice(warmup, fit_end), slice(fit_end, n)
+    Xf, Xh, yf, yh = X[fit], X[held], y_chg[fit], y_chg[held]
+    if 0 < n_base < d:
+        base_all, rest = np.arange(d - n_base, d), np.arange(0, d - n_base)
+    else:
+        base_all, rest = np.arange(d), None
+    variants = base_variants or [base_all]
+    bases = [RidgeBasis(Xf, cols) for cols in variants]
+    rest_basis = RidgeBasis(Xf, rest) if rest is not None else None
     candidates = []
     for intercept in (False, True):
-        stages, target = [], y_chg[warmup:fit_end].copy()
-        for cols in groups:
-            stage = LinearStage.fit(X[warmup:fit_end], target, cols, intercept)
-            target = target - stage.predict(X[warmup:fit_end])
-            stages.append(stage)
+        fits = [b.fit(yf, intercept) for b in bases]
+        base = min(fits, key=lambda st: float(np.mean((yh - st.predict(Xh)) ** 2)))
+        stages = [base]
+        if rest_basis is not None:
+            stages.append(rest_basis.fit(yf - base.predict(Xf), intercept))
         for k in range(1, len(stages) + 1):
             cand = FusionModel(stages[:k], 1.0, train_end, fit_end, columns)
-            candidates.append((float(np.mean((y_chg[held] - cand.predict_change(X[held])) ** 2)), cand))
+            candidates.append((float(np.mean((yh - cand.predict_change(Xh)) ** 2)), cand))
     model = min(candidates, key=lambda c: c[0])[1]
-    pred = model.predict_change(X[held])
-    resid = y_chg[held] - pred
-    s0 = float(np.sqrt(np.mean(resid**2))) or 1e-12
-    band = targets["band"].to_numpy()[held]
-    y_idx = np.searchsorted(CLASSES, y_dir[held])
-
-    def nll(scale: np.ndarray | float) -> float:
-        P = direction_probabilities(pred, band, scale)
-        return -float(np.mean(np.log(P[np.arange(len(y_idx)), y_idx])))
-
-    if len(y_idx) < 20:
-        model.scale = s0
-        return model
-    # two error models, each with one factor fitted by log loss on the held-out rows: a constant scale, or a
-    # scale proportional to the recent volatility (through the hold band, which is hold_band x rolling std),
-    # so that the probabilities follow a change of regime between refits; the lower held-out loss wins
-    fit_c = minimize_scalar(lambda lk: nll(s0 * np.exp(lk)), bounds=(-4, 4), method="bounded")
-    model.scale = s0 * float(np.exp(fit_c.x))
-    if np.all(band > 0):
-        b0 = float(np.sqrt(np.mean(resid**2) / np.mean(band**2)))
-        fit_v = minimize_scalar(lambda lk: nll(b0 * np.exp(lk) * band), bounds=(-4, 4), method="bounded")
-        if fit_v.fun < fit_c.fun:
-            model.scale_per_band = b0 * float(np.exp(fit_v.x))
+    calibrate(model, model.predict_change(Xh), yh, y_dir[held], targets["band"].to_numpy()[held])
     return model
 
 
 def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_min: int = 500, refit_every: int = 250,
                  calibration_fraction: float = 0.3, columns: list[str] | None = None, n_base: int = 0,
-                 warmup: int = 50) -> tuple[pd.DataFrame, FusionModel]:
-    """Predictions for every row t >= train_min, each by a model trained only on targets realized by t.
+                 warmup: int = 50, base_variants: list[np.ndarray] | None = None,
+                 recalibrate_every: int | None = None) -> tuple[pd.DataFrame, FusionModel]:
+    """Predictions for every row t >= train_min, each by a model trained only on targets realized by t
+    (`fit_model` on the design X at each refit point; `walk_forward_forecaster` does the rest).
 
     Returns the prediction frame (row, p_down, p_hold, p_up, pred_change, error_scale, direction, confidence,
     train_end, model_id) and the last fitted model (for serving the next rows)."""
     X = np.asarray(X, dtype=float)
-    T = len(X)
-    if T != len(targets):
+    if len(X) != len(targets):
         raise ValueError("features and targets differ in length")
-    if train_min < 50 or T <= train_min:
-        raise ValueError(f"need more than train_min={train_min} rows (and train_min >= 50); got {T}")
+
+    def fit(train_end: int) -> tuple[FusionModel, object]:
+        model = fit_model(X, targets, train_end, calibration_fraction, columns or [], n_base, warmup, base_variants)
+        return model, lambda lo, hi: model.predict_change(X[lo:hi])
+
+    return walk_forward_forecaster(fit, targets, horizon, train_min, refit_every, recalibrate_every)
+
+
+def walk_forward_forecaster(fit, targets: pd.DataFrame, horizon: int, train_min: int, refit_every: int,
+                            recalibrate_every: int | None = None) -> tuple[pd.DataFrame, FusionModel]:
+    """The one walk-forward rule for every forecaster (the fused model, its ablations and the baselines).
+
+    At each refit point t0 = train_min + k x refit_every, `fit(train_end)` (train_end = t0 - horizon, the last
+    row whose target is realized at t0) returns a FusionModel whose error scale was calibrated on held-out rows
+    [fit_end, train_end] and a function giving its predicted change for rows [lo, hi). The model predicts rows
+    t0 .. t0 + refit_every - 1. Between refits its coefficients stay, and its error scale is refitted every
+    `recalibrate_every` rows (default refit_every / 5) on the latest realized rows it did not fit (as many as its
+    first calibration stretch, at most RECAL_WINDOW), so that the confidence follows a drift of the error's size.
+    A direction is the most likely class of the model's own probabilities. The model returned for serving has
+    the scale of its last rows; streams recalibrate it on the same grid (`fusion.predictor.LiveCalibration`)."""
+    T = len(targets)
+    if train_min < MIN_TRAIN // 2 or T <= train_min:
+        raise ValueError(f"need more than train_min={train_min} rows (and train_min >= {MIN_TRAIN // 2}); got {T}")
+    recal = recalibrate_every or recal_every(refit_every)
     out = []
-    model = None
     band = targets["band"].to_numpy()
+    y_chg, y_dir = targets["change"].to_numpy(), targets["direction"].to_numpy()
     for k, t0 in enumerate(range(train_min, T, refit_every)):
-        train_end = t0 - horizon  # last row whose target (realized at train_end + h) is known at t0
-        model = fit_model(X, targets, train_end, calibration_fraction, columns or [], n_base, warmup)
-        rows = np.arange(t0, min(T, t0 + refit_every))
-        probs, chg = model.predict(X[rows], band[rows])
-        scale = np.broadcast_to(model.error_scale(band[rows]), rows.shape)
-        out.append(pd.DataFrame({"row": rows, "p_down": probs[:, 0], "p_hold": probs[:, 1], "p_up": probs[:, 2],
-                                 "pred_change": chg, "error_scale": scale, "train_end": train_end, "model_id": k}))
+        train_end = t0 - horizon
+        model, predict = fit(train_end)
+        window = min(train_end + 1 - model.fit_end, RECAL_WINDOW)
+        stop = min(T, t0 + refit_every)
+        chg_all = predict(model.fit_end, stop)  # out of sample for this model: rows >= fit_end
+        for s0 in range(t0, stop, recal):
+            if s0 > t0:
+                _recalibrate(model, chg_all, s0 - horizon, window, y_chg, y_dir, band)
+            rows = np.arange(s0, min(stop, s0 + recal))
+            chg = chg_all[rows - model.fit_end]
+            scale = np.broadcast_to(model.error_scale(band[rows]), rows.shape)
+            probs = direction_probabilities(chg, band[rows], scale)
+            out.append(pd.DataFrame({"row": rows, "p_down": probs[:, 0], "p_hold": probs[:, 1], "p_up": probs[:, 2],
+                                     "pred_change": chg, "error_scale": scale, "train_end": train_end, "model_id": k}))
+    # the last model keeps the scale of its last sub-block: a stream continuing at row T recalibrates on the same
+    # grid (t0 + k x recal) from the outcomes it realizes (fusion.predictor.LiveCalibration), as this loop would
     pred = pd.concat(out, ignore_index=True)
     P = pred[["p_down", "p_hold", "p_up"]].to_numpy()
     pred["direction"] = CLASSES[P.argmax(axis=1)]
@@ -209,32 +326,27 @@ def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_m
     return pred, model
 
 
-def lag_matrix(values: np.ndarray, p: int = 5) -> np.ndarray:
-    """The last p one-step changes known at t: column k holds x_{t-k} - x_{t-k-1} (0 before the series starts)."""
-    d = np.diff(np.asarray(values, dtype=float), prepend=np.nan)
-    lags = np.column_stack([np.concatenate([np.full(k, np.nan), d[: len(d) - k]]) for k in range(p)])
-    return np.nan_to_num(lags)
+def recal_every(refit_every: int) -> int:
+    return max(10, refit_every // 5)
 
 
-def ar_forecast(values: np.ndarray, targets: pd.DataFrame, p: int = 5, horizon: int = 1, train_min: int = 500,
-                refit_every: int = 250) -> np.ndarray:
-    """AR(p) on one-step changes, refit walk-forward at the same points; h-step forecast of the change."""
+def _recalibrate(model: FusionModel, chg_all: np.ndarray, last: int, window: int, y_chg: np.ndarray,
+                 y_dir: np.ndarray, band: np.ndarray) -> None:
+    """Refit the error scale on rows (last - window, last], all realized and at or after the model's fit_end."""
+    lo = max(model.fit_end, last + 1 - window)
+    rows = np.arange(lo, last + 1)
+    if (y_dir[rows] == -9).any():
+        raise AssertionError("recalibration rows include an unrealized target: leakage guard")
+    calibrate(model, chg_all[rows - model.fit_end], y_chg[rows], y_dir[rows], band[rows])
+
+
+def lag_matrix(values: np.ndarray, p: int = 5, level: bool = False) -> np.ndarray:
+    """The last p one-step changes known at t: column k holds x_{t-k} - x_{t-k-1} (0 before the series starts);
+    with `level`, the value x_t as one more column (the AR-on-levels part of the design)."""
     v = np.asarray(values, dtype=float)
     d = np.diff(v, prepend=np.nan)
-    T = len(v)
-    lags = np.column_stack([np.roll(d, k) for k in range(p)])  # lags[t] = d_t, d_{t-1}, ...
-    lags[: p + 1] = np.nan
-    y = targets["change"].to_numpy()
-    out = np.full(T, np.nan)
-    for t0 in range(train_min, T, refit_every):
-        train_end = t0 - horizon
-        rows = np.arange(p + 1, train_end + 1)
-        ok = np.isfinite(lags[rows]).all(axis=1) & np.isfinite(y[rows])
-        A = np.column_stack([lags[rows][ok], np.ones(ok.sum())])
-        coef, *_ = np.linalg.lstsq(A, y[rows][ok], rcond=None)
-        pr = np.arange(t0, min(T, t0 + refit_every))
-        out[pr] = np.column_stack([lags[pr], np.ones(len(pr))]) @ coef
-    return out
+    lags = np.nan_to_num(np.column_stack([np.concatenate([np.full(k, np.nan), d[: len(d) - k]]) for k in range(p)]))
+    return np.column_stack([lags, v]) if level else lags
 
 
 def direction_of(change_forecast: np.ndarray, band: np.ndarray) -> np.ndarray:

@@ -1,15 +1,21 @@
 """Evaluation of one source's walk-forward predictions on realized outcomes, and the validation score.
 
-The score is the share of named criteria that pass, each a test on held-out
-predictions with a stated threshold; every criterion and its figure is listed.
+One scoring rule for every model (the fused model, its ablations, the baselines): each forecasts the change,
+turns it into class probabilities with its own error scale calibrated on held-out rows, and calls the direction
+its most likely class (`fusion.walkforward.walk_forward_forecaster`). The score never rewards no skill: it is 0
+("no skill") unless the model beats both the best constant predictor (binomial test) and the best baseline
+(McNemar on accuracy or Diebold-Mariano on squared error) significantly, after Holm's correction over the
+tested criteria; only then is it the share of the listed criteria that pass. `SCORE_DEFINITION` is printed in
+every report.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
-from nq_dagster.fusion.walkforward import CLASSES, direction_of
+from nq_dagster.fusion.walkforward import CLASSES
 from nq_dagster.validation.stats import (
     accuracy_test,
     brier_score,
@@ -21,8 +27,42 @@ from nq_dagster.validation.stats import (
 )
 
 ALPHA = 0.05
-
 ECE_MAX = 0.05
+LATE_FRACTION = 0.3
+SCORE_DEFINITION = (
+    "Every model (fused, ablations, baselines) is scored by one rule: its direction is the most likely class of its "
+    "own probabilities (a Normal error around its forecast change, the scale calibrated by log loss on rows it did "
+    "not fit and refitted between refits). Tests: accuracy above the best constant predictor (one-sided binomial), "
+    "accuracy above the best baseline (one-sided exact McNemar on the same rows), squared error below the baseline "
+    "with the lowest squared error (one-sided Diebold-Mariano), Brier score below the training-frequency forecast "
+    "(one-sided Diebold-Mariano on per-row Brier losses); their p-values are Holm-corrected together at 0.05. "
+    "The model has skill when it beats the best constant predictor and the best baseline (in accuracy or squared "
+    "error) after correction; otherwise the score is 0 and the verdict says \"no skill\" with the reasons. With "
+    f"skill, the score is 100 x the share of the counted criteria that pass; calibration criteria: ECE <= {ECE_MAX} "
+    f"over all held-out rows and over the last {LATE_FRACTION:.0%}; the ablation criterion (fused accuracy at least "
+    "that of every ablation) counts only when an ablation's directions differ from the fused model's.")
+
+
+def mcnemar_greater(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """One-sided exact McNemar test that model a is right more often than model b on the same rows: the
+    discordant pairs are Binomial(b + c, 1/2) under equal accuracy. 1.0 when there are none."""
+    b = int(np.sum(correct_a & ~correct_b))
+    c = int(np.sum(~correct_a & correct_b))
+    if b + c == 0:
+        return 1.0
+    return float(sps.binomtest(b, b + c, 0.5, alternative="greater").pvalue)
+
+
+def holm(p: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone), in the given order."""
+    p = np.asarray(p, dtype=float)
+    order = np.argsort(p)
+    adj = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adj[i] = running
+    return adj.tolist()
 
 
 def evaluate(fusion: dict, anomaly_truth: np.ndarray | None = None) -> dict:
@@ -33,36 +73,43 @@ def evaluate(fusion: dict, anomaly_truth: np.ndarray | None = None) -> dict:
     realized = y_dir != -9
     f = fused.loc[realized]
     rows, y_dir, y_chg = rows[realized], y_dir[realized], y_chg[realized]
-    band = targets["band"].to_numpy()[rows]
     correct = f["direction"].to_numpy() == y_dir
     class_share = {int(c): float(np.mean(y_dir == c)) for c in CLASSES}
     acc = accuracy_test(correct, max(class_share.values()))
     P = f[["p_down", "p_hold", "p_up"]].to_numpy()
     y_idx = np.searchsorted(CLASSES, y_dir)
-    ece, diagram = reliability(f["confidence"].to_numpy(), correct)
-    # baselines on the same rows
-    last = np.nan_to_num(targets["last_change"].to_numpy()[rows])
-    ar = fusion["ar"][rows]
-    train_dirs = targets["direction"].to_numpy()[: int(f["train_end"].min()) + 1]
-    majority = int(pd.Series(train_dirs[train_dirs != -9]).mode().iloc[0])
-    baselines = {
-        "persistence": {"direction": direction_of(last, band), "change": last},
-        "ar5": {"direction": direction_of(ar, band), "change": ar},
-        "majority": {"direction": np.full(len(rows), majority), "change": np.zeros(len(rows))},
-    }
+    conf = f["confidence"].to_numpy()
+    ece, diagram = reliability(conf, correct)
+    late = np.arange(len(rows)) >= int(len(rows) * (1 - LATE_FRACTION))
+    ece_late, _ = reliability(conf[late], correct[late])
     err_model = (f["pred_change"].to_numpy() - y_chg) ** 2
-    base_rows = []
-    for name, b in baselines.items():
-        dm = diebold_mariano(err_model, (b["change"] - y_chg) ** 2)
-        base_rows.append({"baseline": name, "accuracy": float(np.mean(b["direction"] == y_dir)),
-                          "mse": float(np.mean((b["change"] - y_chg) ** 2)), "dm_stat": dm["dm_stat"],
-                          "p_dm": dm["p_value"]})
+    train_dirs = targets["direction"].to_numpy()[: int(f["train_end"].min()) + 1]
+
+    base_rows, base_dirs = [], {}
+    for name, b in fusion["baselines"].items():
+        b = b.set_index("row").loc[rows]
+        d, chg = b["direction"].to_numpy(), b["pred_change"].to_numpy()
+        ok_b = d == y_dir
+        base_dirs[name] = d
+        dm = diebold_mariano(err_model, (chg - y_chg) ** 2)
+        dm_rev = diebold_mariano((chg - y_chg) ** 2, err_model)
+        base_rows.append({"baseline": name, "accuracy": float(ok_b.mean()), "mse": float(np.mean((chg - y_chg) ** 2)),
+                          "ece": reliability(b["confidence"].to_numpy(), ok_b)[0],
+                          "p_model_more_accurate": mcnemar_greater(correct, ok_b),
+                          "p_baseline_more_accurate": mcnemar_greater(ok_b, correct),
+                          "p_dm_model_lower_mse": dm["p_value"], "p_dm_baseline_lower_mse": dm_rev["p_value"]})
     base_df = pd.DataFrame(base_rows)
-    abl_rows = [{"model": "fused", "accuracy": acc["accuracy"], "mse": float(err_model.mean())}]
+    by_name = base_df.set_index("baseline")
+    best_acc = by_name["accuracy"].idxmax()
+    best_mse = by_name["mse"].idxmin()
+
+    abl_rows = [{"model": "fused", "accuracy": acc["accuracy"], "mse": float(err_model.mean()), "differs": False}]
     for name, a in fusion["ablations"].items():
         a = a.set_index("row").loc[rows]
-        abl_rows.append({"model": name, "accuracy": float(np.mean(a["direction"].to_numpy() == y_dir)),
-                         "mse": float(np.mean((a["pred_change"].to_numpy() - y_chg) ** 2))})
+        d = a["direction"].to_numpy()
+        abl_rows.append({"model": name, "accuracy": float(np.mean(d == y_dir)),
+                         "mse": float(np.mean((a["pred_change"].to_numpy() - y_chg) ** 2)),
+                         "differs": bool(np.any(d != f["direction"].to_numpy()))})
     abl_df = pd.DataFrame(abl_rows)
     vol = targets["volatility"].to_numpy()[rows]
     q = np.quantile(vol, [1 / 3, 2 / 3])
@@ -71,33 +118,65 @@ def evaluate(fusion: dict, anomaly_truth: np.ndarray | None = None) -> dict:
     regime_df = regime_df.rename(columns={"mean": "accuracy", "size": "n"}).reset_index()
     clim = np.tile([class_share_train(train_dirs, c) for c in CLASSES], (len(rows), 1))
     brier, brier_clim = brier_score(P, y_idx), brier_score(clim, y_idx)
-    best = base_df.sort_values("accuracy", ascending=False).iloc[0]
-    ar_row = base_df.set_index("baseline").loc["ar5"]
-    pers_row = base_df.set_index("baseline").loc["persistence"]
-    criteria = [
-        ("directional accuracy above the best constant predictor (binomial p < 0.05)", acc["p_value"] < ALPHA,
-         f"acc {acc['accuracy']:.3f} vs {acc['p0']:.3f}, {fmt_p(acc['p_value'])}"),
-        ("lower squared error than persistence (Diebold-Mariano p < 0.05)", pers_row["p_dm"] < ALPHA,
-         fmt_p(pers_row['p_dm'])),
-        ("lower squared error than AR(5) (Diebold-Mariano p < 0.05)", ar_row["p_dm"] < ALPHA, fmt_p(ar_row['p_dm'])),
-        (f"expected calibration error <= {ECE_MAX}", ece <= ECE_MAX, f"ECE = {ece:.3f}"),
-        ("Brier score below the training-frequency forecast", brier < brier_clim, f"{brier:.3f} vs {brier_clim:.3f}"),
-        ("fused accuracy at least that of every ablation", acc["accuracy"] >= abl_df["accuracy"].max() - 1e-12,
-         ", ".join(f"{m} {a:.3f}" for m, a in zip(abl_df["model"], abl_df["accuracy"], strict=True))),
+    onehot = np.eye(3)[y_idx]
+    brier_dm = diebold_mariano(np.sum((P - onehot) ** 2, 1), np.sum((clim - onehot) ** 2, 1))
+
+    tests = [
+        ("accuracy above the best constant predictor (binomial)", acc["p_value"],
+         f"acc {acc['accuracy']:.3f} vs {acc['p0']:.3f}"),
+        (f"accuracy above the best baseline, {best_acc} (McNemar)", float(by_name.loc[best_acc, "p_model_more_accurate"]),
+         f"acc {acc['accuracy']:.3f} vs {by_name.loc[best_acc, 'accuracy']:.3f}"),
+        (f"squared error below the best baseline, {best_mse} (Diebold-Mariano)",
+         float(by_name.loc[best_mse, "p_dm_model_lower_mse"]),
+         f"mse {err_model.mean():.4g} vs {by_name.loc[best_mse, 'mse']:.4g}"),
+        ("Brier score below the training-frequency forecast (Diebold-Mariano)", brier_dm["p_value"],
+         f"{brier:.3f} vs {brier_clim:.3f}"),
     ]
-    crit_df = pd.DataFrame(criteria, columns=["criterion", "passed", "figure"])
+    adj = holm([t[1] for t in tests])
+    passed_tests = [a < ALPHA for a in adj]
+    skill = passed_tests[0] and (passed_tests[1] or passed_tests[2])
+    crit = [{"criterion": t[0], "p_value": t[1], "p_holm": a, "passed": ok, "counted": True,
+             "figure": f"{t[2]}, {fmt_p(t[1])} (Holm {fmt_p(a)})"} for t, a, ok in zip(tests, adj, passed_tests, strict=True)]
+    crit.append({"criterion": f"expected calibration error <= {ECE_MAX} (all held-out rows)", "p_value": np.nan,
+                 "p_holm": np.nan, "passed": ece <= ECE_MAX, "counted": True, "figure": f"ECE = {ece:.3f}"})
+    crit.append({"criterion": f"expected calibration error <= {ECE_MAX} (last {LATE_FRACTION:.0%})", "p_value": np.nan,
+                 "p_holm": np.nan, "passed": ece_late <= ECE_MAX, "counted": True, "figure": f"ECE = {ece_late:.3f}"})
+    differing = abl_df.iloc[1:][abl_df.iloc[1:]["differs"]]
+    crit.append({"criterion": "fused accuracy at least that of every ablation (counted when they differ)",
+                 "p_value": np.nan, "p_holm": np.nan,
+                 "passed": bool(len(differing) == 0 or acc["accuracy"] >= differing["accuracy"].max() - 1e-12),
+                 "counted": bool(len(differing)),
+                 "figure": ", ".join(f"{m} {a:.3f}" for m, a in zip(abl_df["model"], abl_df["accuracy"], strict=True))
+                 + ("" if len(differing) else " (identical directions: not counted)")})
+    crit_df = pd.DataFrame(crit)
+    counted = crit_df[crit_df["counted"]]
+    if skill:
+        score, verdict = round(100.0 * counted["passed"].mean(), 1), "skill"
+    else:
+        reasons = []
+        if not passed_tests[0]:
+            reasons.append(f"accuracy {acc['accuracy']:.3f} is not significantly above the best constant predictor "
+                           f"({acc['p0']:.3f}; Holm {fmt_p(adj[0])})")
+        if not (passed_tests[1] or passed_tests[2]):
+            reasons.append(f"not significantly better than the best baselines ({best_acc} in accuracy, Holm "
+                           f"{fmt_p(adj[1])}; {best_mse} in squared error, Holm {fmt_p(adj[2])})")
+        score, verdict = 0.0, "no skill: " + "; ".join(reasons)
+    worse = base_df[(base_df["p_baseline_more_accurate"] < ALPHA) | (base_df["p_dm_baseline_lower_mse"] < ALPHA)]
     metrics = {
         "predictions": int(len(rows)), "accuracy": acc["accuracy"], "acc_ci_low": acc["ci_low"],
         "acc_ci_high": acc["ci_high"], "p_binom": acc["p_value"], "majority_share": acc["p0"],
-        "best_baseline": str(best["baseline"]), "best_baseline_acc": float(best["accuracy"]),
-        "p_dm_best": float(base_df.set_index("baseline").loc[best["baseline"], "p_dm"]),
-        "p_dm_ar": float(ar_row["p_dm"]), "p_dm_persistence": float(pers_row["p_dm"]),
-        "brier": brier, "log_loss": log_loss(P, y_idx), "ece": ece, "mean_confidence": float(f["confidence"].mean()),
-        "score": round(100.0 * crit_df["passed"].mean(), 1),
+        "best_baseline": str(best_acc), "best_baseline_acc": float(by_name.loc[best_acc, "accuracy"]),
+        "p_mcnemar_best": float(by_name.loc[best_acc, "p_model_more_accurate"]),
+        "p_dm_best": float(by_name.loc[best_mse, "p_dm_model_lower_mse"]), "best_mse_baseline": str(best_mse),
+        "significantly_worse_than": ",".join(worse["baseline"]) or "none",
+        **{f"p_dm_{n}": float(by_name.loc[n, "p_dm_model_lower_mse"]) for n in by_name.index},
+        "brier": brier, "brier_climatology": brier_clim, "log_loss": log_loss(P, y_idx), "ece": ece,
+        "ece_late": ece_late, "mean_confidence": float(conf.mean()), "skill": bool(skill), "verdict": verdict,
+        "score": score, "season": fusion.get("season") or 0,
     }
     out = {"metrics": metrics, "baselines": base_df, "ablations": abl_df, "regimes": regime_df, "criteria": crit_df,
            "reliability": pd.DataFrame(diagram), "rows": rows, "correct": correct, "y_dir": y_dir,
-           "pred_dir": f["direction"].to_numpy(), "baseline_dirs": {k: v["direction"] for k, v in baselines.items()}}
+           "pred_dir": f["direction"].to_numpy(), "baseline_dirs": base_dirs}
     if anomaly_truth is not None:
         # a point is flagged when its realized change is a > 4 sigma surprise to the forecast of the model
         # that made it (its own error scale, fitted before the row)

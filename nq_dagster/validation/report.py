@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nq_dagster.resources.storage import atomic_write_bytes  # noqa: E402
+from nq_dagster.validation.evaluate import SCORE_DEFINITION  # noqa: E402
 from nq_dagster.validation.stats import fmt_p  # noqa: E402
 
 
@@ -50,12 +51,16 @@ img { max-width: 100%; height: auto; }
 
 def markdown_summary(source: str, ev: dict) -> str:
     m = ev["metrics"]
-    lines = [f"### {source}: validation score {m['score']:.0f}/100",
+    lines = [f"### {source}: validation score {m['score']:.0f}/100 ({m['verdict']})",
              f"{m['predictions']} held-out predictions. Directional accuracy **{m['accuracy']:.3f}** "
              f"(95 % CI {m['acc_ci_low']:.3f}-{m['acc_ci_high']:.3f}), best constant predictor {m['majority_share']:.3f}, "
              f"binomial {fmt_p(m['p_binom'])}. Mean reported confidence {m['mean_confidence']:.3f} against accuracy "
-             f"{m['accuracy']:.3f} (ECE {m['ece']:.3f}).", "", "| criterion | passed | figure |", "|---|---|---|"]
-    lines += [f"| {r.criterion} | {'yes' if r.passed else 'no'} | {r.figure} |" for r in ev["criteria"].itertuples()]
+             f"{m['accuracy']:.3f} (ECE {m['ece']:.3f}, last {m['ece_late']:.3f}). Best baseline {m['best_baseline']} "
+             f"{m['best_baseline_acc']:.3f}; significantly worse than: {m['significantly_worse_than']}.", "",
+             "| criterion | passed | counted | figure |", "|---|---|---|---|"]
+    lines += [f"| {r.criterion} | {'yes' if r.passed else 'no'} | {'yes' if r.counted else 'no'} | {r.figure} |"
+              for r in ev["criteria"].itertuples()]
+    lines += ["", f"*Score:* {SCORE_DEFINITION}"]
     lv = ev.get("live")
     if lv and lv.get("realized"):
         lines += ["", f"Served live: {lv['served']} predictions, {lv['realized']} with a realized outcome; accuracy "
@@ -105,10 +110,16 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
         ax.legend(fontsize=7)
         figs.append(("Flagged anomalies", _png(fig)))
     body = [f"<h1>Validation report: {html.escape(source)}</h1>",
-            f"<p><b>Validation score {ev['metrics']['score']:.0f}/100</b>: share of the criteria below that pass, "
-            "each measured on held-out, realized outcomes.</p>", _table(ev["criteria"]),
+            f"<p><b>Validation score {ev['metrics']['score']:.0f}/100</b>: {html.escape(ev['metrics']['verdict'])}. "
+            "Every figure is measured on held-out, realized outcomes.</p>",
+            _table(ev["criteria"].drop(columns=["p_value", "p_holm"])),
+            f"<p><b>How the score is computed.</b> {html.escape(SCORE_DEFINITION)}</p>",
             "<h2>Metrics</h2>", _fields(ev["metrics"]),
-            "<h2>Baselines (same rows)</h2>", _table(ev["baselines"]),
+            "<h2>Baselines (same rows, same scoring rule)</h2>", _table(ev["baselines"]),
+            "<p>persistence: the last change repeats; seasonal_naive: the value one season earlier (when a season is "
+            "detected); ar_levels / ar_diffs: AR(p) on levels / on changes, p by AIC (statsmodels); esn: a plain "
+            "echo-state network on the analog inputs. p-values are one-sided: McNemar for accuracy, "
+            "Diebold-Mariano for squared error.</p>",
             "<h2>Served live (streaming job and prediction server), realized outcomes</h2>",
             _fields(ev["live"]) if ev.get("live") else "<p>Nothing served live yet.</p>",
             "<h2>Ablations</h2>", _table(ev["ablations"]),
