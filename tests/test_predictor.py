@@ -238,3 +238,22 @@ def test_continue_from_keeps_or_replays_the_live_stream(graph):
     assert np.allclose(st.stream.frames, live.stream.frames) and np.array_equal(st.stream.codes, live.stream.codes)
     st, how = continue_from(live, before, rows_after(load))  # the live state is behind training's
     assert how == "training state" and st is live
+
+
+def test_a_model_of_an_older_design_is_refused_and_retrained(graph, tmp_path):
+    """A serving state written by a version with another design matrix (5 lags, no analog block) is never fed
+    columns it was not fit on: loading names the source and the fix, and the landing sensor trains it anew."""
+    from dataclasses import replace
+
+    from nq_dagster.resources.storage import Warehouse
+    from nq_dagster.sensors.landing import has_current_model
+
+    _, _, _, after = graph
+    old = replace(after, model=replace(after.model, design=1))
+    with pytest.raises(ValueError, match=r"m: model version .* older version .*nq run --source m"):
+        Predictor().load(old)
+    wh = Warehouse(tmp_path / "nq")
+    wh.save_artifact("serving_state", "m", old)
+    assert not has_current_model(wh, "m")
+    wh.save_artifact("serving_state", "m", after)
+    assert has_current_model(wh, "m")

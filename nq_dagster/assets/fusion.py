@@ -28,7 +28,7 @@ def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservo
     from nq_dagster.fusion.predictor import model_version_from_fit
     cfg = warehouse.pipeline_config()
     t0 = time.perf_counter()
-    out = run_fusion(features, reservoir_states["states"], feature_selection["selected"], cfg)
+    out = run_fusion(features, reservoir_states["states"], feature_selection["selected"], cfg, context.partition_key)
     elapsed = time.perf_counter() - t0
     version = f"{cfg.version}-{pd.Timestamp.now(tz='UTC').strftime('%Y%m%dT%H%M%S')}"
     mv = model_version_from_fit(context.partition_key, cfg, version, out, feature_selection["selected"],
@@ -53,7 +53,8 @@ def serving_state(context: AssetExecutionContext, fusion_model: dict, features: 
     cfg = fusion_model["version"].cfg
     stream = from_history(features["value"].to_numpy(), features["timestamp"].to_numpy(), unpack_spikes(spike_trains),
                           reservoir_states["states"], reservoir_states["final_state"],
-                          features[list(CANDIDATES)].to_numpy(dtype=float)[-1], cfg.feature_window)
+                          features[list(CANDIDATES)].to_numpy(dtype=float)[-1], cfg.feature_window,
+                          fusion_model["analog"])
     st = ServingState(fusion_model["version"], stream, fusion_model.get("calibration"))
     source = context.partition_key
     return Output(st, metadata={"rows_seen": stream.n_rows, "model_version": st.model.model_version,

@@ -11,8 +11,9 @@ probabilities. So model and baselines differ in their forecast of the change and
   first training stretch), used only when that autocorrelation exceeds 0.3 and the 1 % significance bound;
 - ar_levels / ar_diffs: AR(p) with a constant on the levels / on the one-step changes, p chosen by AIC up to
   MAX_AR_ORDER (statsmodels `ar_select_order`, `AutoReg`), iterated over the horizon;
-- esn: a plain echo-state network (leaky tanh, ESN_SIZE neurons) driven by the analog inputs (the standardised
-  value and change, no spike encoding), its ridge penalty chosen on the held-out calibration rows.
+- esn: a plain echo-state network (the source's analog reservoir, `stages.analog_states`: leaky tanh, driven by
+  the standardised value and change, no spike encoding) read out directly by ridge regression, its penalty
+  chosen on the held-out calibration rows.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import pandas as pd
 from nq_dagster.fusion.walkforward import FusionModel, RidgeBasis, calibrate, walk_forward_forecaster
 
 MAX_AR_ORDER = 16
-ESN_SIZE = 300
 SEASON_MIN_ACF = 0.3
 
 
@@ -70,7 +70,7 @@ def _ar_forecast_levels(v: np.ndarray, params: np.ndarray, lags: list[int], hori
 
 
 def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_min: int, warmup: int,
-                calibration_fraction: float, seed: int = 0) -> dict:
+                calibration_fraction: float, analog: np.ndarray | None = None) -> dict:
     """name -> fit(train_end) as `walk_forward_forecaster` takes it; seasonal naive only where a season is found."""
     v = np.asarray(values, dtype=float)
     T = len(v)
@@ -115,26 +115,14 @@ def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_m
 
     out["ar_levels"], out["ar_diffs"] = ar(False), ar(True)
 
-    def esn_states() -> np.ndarray:
-        import torch
+    if analog is None:
+        from nq_dagster.config import PipelineConfig
+        from nq_dagster.neuromorphic.stages import analog_states
 
-        from nq_dagster.neuromorphic.reservoir import Reservoir
-
-        first = v[: train_min - horizon + 1]
-        d = np.diff(v, prepend=v[0])
-        u = np.column_stack([(v - first.mean()) / (first.std() or 1.0),
-                             d / (np.diff(first).std() if len(first) > 2 and np.diff(first).std() > 0 else 1.0)])
-        res = Reservoir(2, ESN_SIZE, 0.95, 0.3, 0.1, input_scaling=1.0, mode="esn", seed=seed + 11,
-                        dtype=torch.float64)
-        states, _ = res.run(torch.as_tensor(np.tanh(u / 3.0))[None])
-        return np.column_stack([states[0].numpy(), u])
-
-    cache: dict = {}
+        analog = analog_states(v, PipelineConfig(), "esn-baseline")[0]
+    X = np.asarray(analog, dtype=float)
 
     def esn(train_end: int):
-        if "X" not in cache:
-            cache["X"] = esn_states()
-        X = cache["X"]
         n, fit_end = split(train_end)
         # readout penalty by squared error on the held-out rows (a reservoir's states are nearly collinear on
         # short fits, where leave-one-out picks penalties that extrapolate badly)
@@ -147,10 +135,11 @@ def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_m
 
 
 def run_baselines(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_min: int, refit_every: int,
-                  warmup: int, calibration_fraction: float, seed: int = 0) -> tuple[dict[str, pd.DataFrame], int | None]:
+                  warmup: int, calibration_fraction: float, analog: np.ndarray | None = None
+                  ) -> tuple[dict[str, pd.DataFrame], int | None]:
     """Walk-forward prediction frames (as `walk_forward` returns them) of every baseline, and the season used by
     seasonal naive (None: no season detected, no seasonal baseline)."""
-    fits = forecasters(values, targets, horizon, train_min, warmup, calibration_fraction, seed)
+    fits = forecasters(values, targets, horizon, train_min, warmup, calibration_fraction, analog)
     frames = {name: walk_forward_forecaster(fit, targets, horizon, train_min, refit_every)[0]
               for name, fit in fits.items()}
     return frames, (detect_season(values, train_min - horizon + 1) if "seasonal_naive" in frames else None)

@@ -32,22 +32,29 @@ def base_variants(d: int, n_selected: int) -> list[np.ndarray]:
     return out
 
 
-def run_fusion(features: pd.DataFrame, states: np.ndarray, selected: list[str], cfg) -> dict:
+def run_fusion(features: pd.DataFrame, states: np.ndarray, selected: list[str], cfg, source: str = "source") -> dict:
     """Walk-forward predictions of the fused model, its ablations and the baselines, for rows >= the schedule's
-    train_min (which scales with the series' length: `walkforward.training_schedule`)."""
+    train_min (which scales with the series' length: `walkforward.training_schedule`). The design's reservoir
+    part is the spiking reservoir's states and the analog reservoir's block (`stages.analog_states`), each a
+    candidate stage of its own."""
+    from nq_dagster.neuromorphic.stages import analog_states
+
     values = features["value"].to_numpy()
+    analog, analog_final, scaling = analog_states(values, cfg, source)
     sched = schedule_for(len(values), cfg)
     targets = make_targets(values, cfg.horizon, cfg.hold_band, cfg.feature_window)
     kw = dict(horizon=cfg.horizon, train_min=sched.train_min, refit_every=sched.refit_every,
               calibration_fraction=cfg.calibration_fraction, warmup=sched.warmup)
     sel = features[selected].to_numpy(dtype=float) if selected else np.zeros((len(features), 0))
     last = lag_matrix(values, N_LAGS, level=True)  # recent changes and the level: the AR part of the design
-    X_fused = design_matrix(states, sel, last)
+    R, A = states.shape[1], analog.shape[1]
+    X_fused = design_matrix(np.hstack([states, analog]), sel, last)
     base = sel.shape[1] + last.shape[1]
-    names = ([f"reservoir_{i}" for i in range(states.shape[1])] + selected + [f"lag{k}" for k in range(N_LAGS)]
-             + ["level"])
+    names = ([f"reservoir_{i}" for i in range(R)] + [f"analog_{i}" for i in range(A - 2)] + ["analog_value", "analog_change"]
+             + selected + [f"lag{k}" for k in range(N_LAGS)] + ["level"])
     fused, model = walk_forward(X_fused, targets, columns=names, n_base=base,
-                                base_variants=base_variants(X_fused.shape[1], sel.shape[1]), **kw)
+                                base_variants=base_variants(X_fused.shape[1], sel.shape[1]),
+                                rest_groups=[np.arange(R), np.arange(R, R + A)], **kw)
     X_res = np.hstack([states, last])
     ablations = {"reservoir_only": walk_forward(X_res, targets, n_base=last.shape[1],
                                                 base_variants=base_variants(X_res.shape[1], 0), **kw)[0]}
@@ -56,8 +63,8 @@ def run_fusion(features: pd.DataFrame, states: np.ndarray, selected: list[str], 
         ablations["patterns_only"] = walk_forward(X_pat, targets, n_base=X_pat.shape[1],
                                                   base_variants=base_variants(X_pat.shape[1], sel.shape[1]), **kw)[0]
     baselines, season = run_baselines(values, targets, cfg.horizon, sched.train_min, sched.refit_every, sched.warmup,
-                              cfg.calibration_fraction, cfg.seed)
+                                      cfg.calibration_fraction, analog)
     calibration = live_calibration(model, X_fused, targets, values, cfg.horizon, sched.refit_every)
-    return {"targets": targets, "calibration": calibration, "fused": fused, "ablations": ablations, "baselines": baselines, "season": season,
+    return {"targets": targets, "calibration": calibration, "analog": {"last": analog[-1].copy(), "final": analog_final, "scaling": scaling}, "fused": fused, "ablations": ablations, "baselines": baselines, "season": season,
             "model": model,
             "schedule": {"train_min": sched.train_min, "refit_every": sched.refit_every, "warmup": sched.warmup}}

@@ -33,7 +33,7 @@ from nq_dagster.fusion.walkforward import (
     recal_every,
 )
 from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
-from nq_dagster.neuromorphic.stages import build_reservoir, source_seed
+from nq_dagster.neuromorphic.stages import build_analog_reservoir, build_reservoir, source_seed
 
 PATTERN_COLS = [CANDIDATES.index(p) for p in PATTERN_NAMES]  # columns of the candidate features
 SPIKE_RATE_COL = CANDIDATES.index("spike_rate")
@@ -48,6 +48,11 @@ def reliability_table(confidence: np.ndarray, correct: np.ndarray) -> list[dict]
         out.append({"confidence_bin": [round(lo, 4), round(min(hi, 1.0), 4)], "predictions": int(m.sum()),
                     "observed_accuracy": float(correct[m].mean()) if m.any() else None})
     return out
+
+
+# 2: [spike reservoir | analog reservoir and inputs | selected features | 16 recent changes | level] (1 had no
+# analog block and 5 changes): a model of another layout is refused, never fed columns it was not fit on
+DESIGN_VERSION = 2
 
 
 def design_matrix(states: np.ndarray, selected: np.ndarray, lags: np.ndarray) -> np.ndarray:
@@ -72,6 +77,7 @@ class ModelVersion:
     fit_seconds: float  # wall time of the walk-forward fit that produced it
     trained_rows: int
     created_at: str
+    design: int = 1  # the layout of the design matrix it was fit on (DESIGN_VERSION when trained by this code)
 
     @property
     def cfg(self) -> PipelineConfig:
@@ -205,6 +211,7 @@ class _Source:
     cfg: PipelineConfig
     config_version: str
     sel: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    analog: object = None
 
 
 class Predictor:
@@ -214,17 +221,23 @@ class Predictor:
         self.device = device
         self._sources: dict[str, _Source] = {}
         self._reservoirs: dict[tuple[str, str], object] = {}
+        self._analog: dict[tuple[str, str], object] = {}
 
     # loading ---------------------------------------------------------------------------------------------
     def load(self, serving: ServingState) -> None:
         """Add or replace a source's model version and state (a new model version takes effect atomically)."""
         mv = serving.model
+        if mv.design != DESIGN_VERSION or serving.stream.analog is None:
+            raise ValueError(f"{mv.source}: model version {mv.model_version} was trained by an older version of "
+                             f"nq-dagster (design {mv.design}, this version reads {DESIGN_VERSION}). Fix: retrain it "
+                             f"with `nq run --source {mv.source}`")
         cfg = mv.cfg
         key = (mv.source, cfg.version)
         if key not in self._reservoirs:
             self._reservoirs[key] = build_reservoir(cfg, cfg.neuron_count, mv.source, self.device)
+            self._analog[key] = build_analog_reservoir(cfg, mv.source, self.device)
         self._sources[mv.source] = _Source(serving, self._reservoirs[key], source_seed(cfg.seed, mv.source), cfg,
-                                           cfg.version, mv.selected_index())
+                                           cfg.version, mv.selected_index(), self._analog[key])
 
     def warm_up(self, source: str) -> None:
         """Run a few ticks through a throwaway copy of the source's state, so that the process's one-time costs
@@ -261,7 +274,7 @@ class Predictor:
         st, cfg = src.serving.stream, src.cfg
         frame, lags, band_sd = latest_design(st, cfg.feature_window)
         return self._records([src], frame[None], st.last_features[None], lags[None], np.array([band_sd]),
-                             np.array([st.last_ts]), t0)[0]
+                             np.array([st.last_ts]), t0, None, st.last_analog[None])[0]
 
     def advance(self, source: str, values, timestamps=None) -> list[dict]:
         """One record per new value (in order); the source's state moves on past them."""
@@ -296,10 +309,11 @@ class Predictor:
                 x = np.array([todo[s][0][r] for s in active])
                 ts = np.array([todo[s][1][r] for s in active], dtype=np.int64)
                 tf = features_for_ticks([current[s] for s in active], x, ts, cfg,
-                                        np.array([src.seed for src in srcs]), [src.reservoir for src in srcs])
+                                        np.array([src.seed for src in srcs]), [src.reservoir for src in srcs],
+                                        [src.analog for src in srcs])
                 rows = [current[s].n_rows for s in active]
                 cal = [cals[s].before(t, xi) if cals[s] is not None else None for s, t, xi in zip(active, rows, x, strict=True)]
-                recs = self._records(srcs, tf.frames, tf.candidates, tf.lags, tf.band_sd, ts, t_recv, cal)
+                recs = self._records(srcs, tf.frames, tf.candidates, tf.lags, tf.band_sd, ts, t_recv, cal, tf.analog)
                 for i, s in enumerate(active):
                     out[s].append(recs[i])
                     current[s] = tf.states[i]
@@ -311,13 +325,15 @@ class Predictor:
         return out
 
     def _records(self, srcs: list[_Source], frames: np.ndarray, cands: np.ndarray, lags: np.ndarray,
-                 band_sd: np.ndarray, ts: np.ndarray, t_recv: float, cal: list | None = None) -> list[dict]:
+                 band_sd: np.ndarray, ts: np.ndarray, t_recv: float, cal: list | None = None,
+                 analog: np.ndarray | None = None) -> list[dict]:
         """One record per row: row i is a tick of srcs[i] (sources of one config). Each source's own model
         predicts its change; probabilities and records are built for all rows at once."""
         cfg = srcs[0].cfg
         band = cfg.hold_band * band_sd * np.sqrt(cfg.horizon)
         chg = np.array([src.serving.model.model.predict_change(
-            design_matrix(frames[i:i + 1], cands[i:i + 1, src.sel], lags[i:i + 1]))[0] for i, src in enumerate(srcs)])
+            design_matrix(np.hstack([frames[i:i + 1], analog[i:i + 1]]), cands[i:i + 1, src.sel], lags[i:i + 1]))[0]
+            for i, src in enumerate(srcs)])
         cal = cal or [src.serving.calibration for src in srcs]
         scale = np.array([cal[i].error_scale(float(band[i])) if cal[i] is not None else
                           np.broadcast_to(src.serving.model.model.error_scale(band[i:i + 1]), (1,))[0]
@@ -402,7 +418,7 @@ def model_version_from_fit(source: str, cfg: PipelineConfig, version: str, fusio
     return ModelVersion(source=source, model_version=version, config=cfg.as_dict(), model=fusion["model"],
                         selected=list(selected), quantum=quantum, reliability=reliability,
                         train_end_ns=int(ts[fusion["model"].train_end]), step_ms=step_ms, fit_seconds=float(fit_seconds),
-                        trained_rows=len(ts), created_at=pd.Timestamp.now(tz="UTC").isoformat())
+                        trained_rows=len(ts), created_at=pd.Timestamp.now(tz="UTC").isoformat(), design=DESIGN_VERSION)
 
 
 __all__ = ["CLASSES", "LiveCalibration", "ModelVersion", "Predictor", "ServingState", "continue_from", "design_matrix", "model_version_from_fit",

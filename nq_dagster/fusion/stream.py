@@ -40,7 +40,13 @@ from nq_dagster.neuromorphic.patterns import (
     travelling_wave,
 )
 from nq_dagster.neuromorphic.reservoir import Reservoir, ReservoirState
-from nq_dagster.neuromorphic.stages import INPUT_NAMES, SPIKE_STAT_NAMES, reservoir_input, spike_statistics
+from nq_dagster.neuromorphic.stages import (
+    INPUT_NAMES,
+    SPIKE_STAT_NAMES,
+    analog_inputs,
+    reservoir_input,
+    spike_statistics,
+)
 
 CANDIDATES = INPUT_NAMES + PATTERN_NAMES + SPIKE_STAT_NAMES  # the candidate fusion features, in the features' order
 N_LAGS = 16  # recent one-step changes every model sees, and then the level (the AR part of the design)
@@ -63,6 +69,9 @@ class StreamState:
     isi: np.ndarray  # (DETECTOR_WINDOW - 1, 4): per step, count / sum / sum of squares / bursts of ISIs ending there
     codes: np.ndarray  # (N_CODES - 1,) ordinal-pattern codes of the population mean
     last_features: np.ndarray  # the candidate features of the last row (CANDIDATES order)
+    analog: ReservoirState | None = None  # the analog reservoir after the last row (stages.analog_states)
+    analog_scaling: np.ndarray | None = None  # (mean, std, change std) of the source's first rows
+    last_analog: np.ndarray | None = None  # the analog design block of the last row (states and inputs)
 
     def nbytes(self) -> int:
         """Bytes of state this source holds (arrays and the reservoir's tensors; two integers)."""
@@ -72,14 +81,16 @@ class StreamState:
         """Bytes per part of the state."""
         out = {f.name: int(getattr(self, f.name).nbytes) for f in dataclasses.fields(self)
                if isinstance(getattr(self, f.name), np.ndarray)}
-        out["reservoir"] = int(sum(t.numel() * t.element_size() for t in
-                                   (self.reservoir.x, self.reservoir.v, self.reservoir.z, self.reservoir.refr)
-                                   if t is not None))
+        for name in ("reservoir", "analog"):
+            r = getattr(self, name)
+            out[name] = int(sum(t.numel() * t.element_size() for t in (r.x, r.v, r.z, r.refr) if t is not None)
+                            ) if r is not None else 0
         return out
 
 
 def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray, states: np.ndarray,
-                 final: ReservoirState, features: np.ndarray, feature_window: int) -> StreamState:
+                 final: ReservoirState, features: np.ndarray, feature_window: int, analog: dict | None = None
+                 ) -> StreamState:
     """The state after a whole history that the batch graph computed: values (T,), timestamps (T,), spikes
     (T, W, N) bool, reservoir states (T, size), the reservoir's final state, and the candidate features of the
     last row. Windows are cut from the same pandas computations the batch encoder uses."""
@@ -106,7 +117,14 @@ def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray,
                                    for t in (final.x, final.v, final.z, final.refr)]),
         frames=np.asarray(states[-(DETECTOR_WINDOW - 1):], dtype=np.float32).copy(),
         last_spike=last_spike_bins(spikes), isi=agg[1:].copy(), codes=codes[-(N_CODES - 1):].astype(np.int16),
-        last_features=np.asarray(features, dtype=float).copy())
+        last_features=np.asarray(features, dtype=float).copy(),
+        analog=_cpu(analog["final"]) if analog else None,
+        analog_scaling=np.asarray(analog["scaling"], float).copy() if analog else None,
+        last_analog=np.asarray(analog["last"], float).copy() if analog else None)
+
+
+def _cpu(st: ReservoirState) -> ReservoirState:
+    return ReservoirState(*[t.detach().to("cpu").clone() if t is not None else None for t in (st.x, st.v, st.z, st.refr)])
 
 
 @dataclass
@@ -118,6 +136,7 @@ class TickFeatures:
     frames: np.ndarray  # (S, size) reservoir states
     candidates: np.ndarray  # (S, len(CANDIDATES))
     states: list[StreamState]  # the states after the tick
+    analog: np.ndarray | None = None  # (S, ANALOG_SIZE + 2) the analog design blocks (None: states without one)
 
 
 @dataclass
@@ -172,7 +191,7 @@ def encoder_steps(states: list[StreamState], x: np.ndarray, feature_window: int)
 
 
 def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray, cfg, seeds: np.ndarray,
-                       reservoirs: list[Reservoir]) -> TickFeatures:
+                       reservoirs: list[Reservoir], analog: list[Reservoir] | None = None) -> TickFeatures:
     """Advance S sources by one tick each: values x (S,), timestamps ts (S,) ns. Returns the features and the
     new states; `states` are not modified."""
     S = len(states)
@@ -243,14 +262,29 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
 
     pats = np.column_stack([sync, trav, stand, emerg, rhythm, spars, burst, chaos])  # PATTERN_NAMES order
     cands = np.column_stack([inputs, pats, stats["spike_rate"], stats["active_fraction"]])
+    # the analog reservoir: the value and its change themselves
+    blocks, an_states = None, [None] * S
+    if analog is not None and all(st.analog is not None for st in states):
+        blocks = []
+        for s, (st, res) in enumerate(zip(states, analog, strict=True)):
+            xs = float(np.asarray(x, dtype=float)[s])
+            prev = float(st.values[-1]) if len(st.values) else xs
+            u = analog_inputs([xs], [xs - prev], st.analog_scaling)
+            out, an_states[s] = res.step(torch.as_tensor(np.tanh(u / 3.0), dtype=res.dtype).to(res.device),
+                                         st.analog.to(res.device))
+            an_states[s] = an_states[s].to("cpu")
+            blocks.append(np.concatenate([out[0].cpu().numpy().astype(float), u[0]]))
+        blocks = np.stack(blocks)
     new_states = [
         StreamState(n_rows=int(n[s]), last_ts=int(ts[s]), values=enc.values[s], changes=enc.changes[s],
                     change_sd=enc.change_sd[s],
                     reservoir=res_states[s], frames=window[s, 1:].copy(), last_spike=last_new[s].copy(),
-                    isi=agg[s, 1:].copy(), codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy())
+                    isi=agg[s, 1:].copy(), codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy(),
+                    analog=an_states[s], analog_scaling=states[s].analog_scaling,
+                    last_analog=blocks[s] if blocks is not None else None)
         for s in range(S)]
     return TickFeatures(band_sd=enc.band_sd, lags=enc.lags,
-                        frames=frames_new, candidates=cands, states=new_states)
+                        frames=frames_new, candidates=cands, states=new_states, analog=blocks)
 
 
 def latest_design(st: StreamState, feature_window: int) -> tuple[np.ndarray, np.ndarray, float]:

@@ -212,7 +212,8 @@ def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np
 
 def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_fraction: float,
               columns: list[str], n_base: int = 0, warmup: int = 0,
-              base_variants: list[np.ndarray] | None = None) -> FusionModel:
+              base_variants: list[np.ndarray] | None = None, rest_groups: list[np.ndarray] | None = None
+              ) -> FusionModel:
     """Fit on rows [warmup, fit_end); calibrate the probability scale on [fit_end, train_end] by log loss.
 
     The first `warmup` rows are left out of the fit: their lags are zero-filled, rolling windows are short
@@ -224,10 +225,13 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
     with its own ridge penalty, so the fused model contains the linear model of the base columns.
     `base_variants` (column index arrays within the base, e.g. AR orders on differences, with and without the
     level) are the candidate linear models; the one with the lowest squared error on the held-out rows is the
-    base. Candidates then: with / without intercept (a drift learned on an old regime can dominate a market's
-    forecast; a zero-drift model is the martingale default), with / without the reservoir stage; the lowest
-    held-out squared error is kept. Held-out rows are never fitted, so each stage stays only where it lowers
-    held-out error."""
+    base. `rest_groups` split the other columns into reservoir blocks (the spiking reservoir, the analog one);
+    each is a candidate second stage fitted to the base's residual, its ridge penalty chosen on the held-out rows
+    (reservoir states are nearly collinear; leave-one-out picked penalties that extrapolated badly). Candidates
+    then: with / without intercept (a drift learned on an old regime can dominate a market's forecast; a
+    zero-drift model is the martingale default), the base alone or with one reservoir stage; the lowest held-out
+    squared error is kept, so each stage stays only where it lowers held-out error. (The penalty and the choice
+    use the same held-out rows: 15 penalties of one stage, a mild optimism the walk-forward rows do not share.)"""
     n = train_end + 1
     fit_end = max(warmup + 10, int(n * (1 - calibration_fraction)))
     if fit_end >= n:
@@ -245,16 +249,15 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
         base_all, rest = np.arange(d), None
     variants = base_variants or [base_all]
     bases = [RidgeBasis(Xf, cols) for cols in variants]
-    rest_basis = RidgeBasis(Xf, rest) if rest is not None else None
+    groups = (rest_groups or [rest]) if rest is not None else []
+    rest_bases = [RidgeBasis(Xf, g) for g in groups]
     candidates = []
     for intercept in (False, True):
         fits = [b.fit(yf, intercept) for b in bases]
         base = min(fits, key=lambda st: float(np.mean((yh - st.predict(Xh)) ** 2)))
-        stages = [base]
-        if rest_basis is not None:
-            stages.append(rest_basis.fit(yf - base.predict(Xf), intercept))
-        for k in range(1, len(stages) + 1):
-            cand = FusionModel(stages[:k], 1.0, train_end, fit_end, columns)
+        resid_f, resid_h = yf - base.predict(Xf), yh - base.predict(Xh)
+        for stages in [[base]] + [[base, rb.fit(resid_f, intercept, (Xh, resid_h))] for rb in rest_bases]:
+            cand = FusionModel(stages, 1.0, train_end, fit_end, columns)
             candidates.append((float(np.mean((yh - cand.predict_change(Xh)) ** 2)), cand))
     model = min(candidates, key=lambda c: c[0])[1]
     calibrate(model, model.predict_change(Xh), yh, y_dir[held], targets["band"].to_numpy()[held])
@@ -264,7 +267,8 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
 def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_min: int = 500, refit_every: int = 250,
                  calibration_fraction: float = 0.3, columns: list[str] | None = None, n_base: int = 0,
                  warmup: int = 50, base_variants: list[np.ndarray] | None = None,
-                 recalibrate_every: int | None = None) -> tuple[pd.DataFrame, FusionModel]:
+                 recalibrate_every: int | None = None, rest_groups: list[np.ndarray] | None = None
+                 ) -> tuple[pd.DataFrame, FusionModel]:
     """Predictions for every row t >= train_min, each by a model trained only on targets realized by t
     (`fit_model` on the design X at each refit point; `walk_forward_forecaster` does the rest).
 
@@ -275,7 +279,8 @@ def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_m
         raise ValueError("features and targets differ in length")
 
     def fit(train_end: int) -> tuple[FusionModel, object]:
-        model = fit_model(X, targets, train_end, calibration_fraction, columns or [], n_base, warmup, base_variants)
+        model = fit_model(X, targets, train_end, calibration_fraction, columns or [], n_base, warmup, base_variants,
+                          rest_groups)
         return model, lambda lo, hi: model.predict_change(X[lo:hi])
 
     return walk_forward_forecaster(fit, targets, horizon, train_min, refit_every, recalibrate_every)

@@ -45,3 +45,42 @@ def spike_statistics(spikes: np.ndarray) -> dict[str, np.ndarray]:
     """Per step: share of (bin, neuron) slots that spiked, and share of neurons that spiked at all."""
     T, W, N = spikes.shape
     return {"spike_rate": spikes.sum(axis=(1, 2)) / (N * W), "active_fraction": spikes.any(axis=1).mean(axis=1)}
+
+
+# the analog reservoir: a plain echo-state network driven by the value and its change themselves (no spike
+# encoding), beside the spiking path. Its states are a stage of the fused model (kept where they lower held-out
+# error) and the readout of the validation's ESN baseline.
+ANALOG_SIZE = 300
+ANALOG_ROWS = 100  # the first rows of a source fix the analog inputs' scaling: data only, stable across retrains
+
+
+def analog_scaling(values: np.ndarray) -> np.ndarray:
+    """(mean, std of the values, std of the one-step changes) over the first ANALOG_ROWS values."""
+    v = np.asarray(values[:ANALOG_ROWS], dtype=float)
+    d = np.diff(v)
+    sd = float(v.std()) or 1.0
+    sd_d = float(d.std()) if len(d) > 1 and d.std() > 0 else sd
+    return np.array([float(v.mean()), sd, sd_d])
+
+
+def analog_inputs(x: np.ndarray, dx: np.ndarray, scaling: np.ndarray) -> np.ndarray:
+    """The analog design inputs (standardised value and change), (T, 2)."""
+    return np.column_stack([(np.asarray(x, float) - scaling[0]) / scaling[1], np.asarray(dx, float) / scaling[2]])
+
+
+def build_analog_reservoir(cfg, source: str, device: str = "cpu") -> Reservoir:
+    return Reservoir(2, ANALOG_SIZE, cfg.spectral_radius, cfg.leak, cfg.connectivity, input_scaling=1.0,
+                     mode="esn", seed=source_seed(cfg.seed + 2, source), device=device)
+
+
+def analog_states(values: np.ndarray, cfg, source: str, device: str = "cpu"):
+    """The analog reservoir over a whole series: (design block (T, ANALOG_SIZE + 2) = states and inputs, the
+    reservoir's final state, the scaling)."""
+    import torch
+
+    v = np.asarray(values, dtype=float)
+    scaling = analog_scaling(v)
+    u = analog_inputs(v, np.diff(v, prepend=v[0]), scaling)
+    res = build_analog_reservoir(cfg, source, device)
+    states, final = res.run(torch.as_tensor(np.tanh(u / 3.0), dtype=torch.float32)[None])
+    return np.column_stack([states[0].cpu().numpy().astype(float), u]), final, scaling

@@ -87,6 +87,20 @@ def stored_rows(wh: Warehouse, source: str) -> int:
     return sum(wh.part_rows(p) for p in wh.table_parts("raw_ticks", source))
 
 
+def has_current_model(wh: Warehouse, source: str) -> bool:
+    """A serving state this version can stream from. One written by an older version (another design matrix)
+    or one that cannot be read is retrained by the training job, never streamed into failing runs."""
+    if not wh.has_artifact("serving_state", source):
+        return False
+    from nq_dagster.fusion.predictor import DESIGN_VERSION
+
+    try:
+        st = wh.load_artifact("serving_state", source)
+    except Exception:  # noqa: BLE001 (a damaged artifact: training writes it anew)
+        return False
+    return st.model.design == DESIGN_VERSION and st.stream.analog is not None
+
+
 def min_rows_to_train(wh: Warehouse) -> int:
     if "NQ_MIN_ROWS_TO_TRAIN" in os.environ:
         return int(os.environ["NQ_MIN_ROWS_TO_TRAIN"])
@@ -193,7 +207,7 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], no
             plan.waiting[source] = f"run {active[0].run_id[:8]} for this source is still queued or running"
             continue
         files_key = hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16]
-        if wh.has_artifact("serving_state", source):
+        if has_current_model(wh, source):
             job = STREAMING_JOB
         elif stored_rows(wh, source) + sum(_landing_rows(f) for f in ready) >= min_rows_to_train(wh):
             job = TRAINING_JOB
