@@ -38,9 +38,10 @@ def fusion_peer(home: Path, source: str) -> tuple[float, float]:
     """(fusion with RidgeBasis, fusion with sklearn RidgeCV): seconds for the same walk-forward fits."""
     from unittest import mock
 
-    from sklearn.linear_model import RidgeCV
+    from sklearn.linear_model import Ridge, RidgeCV
 
     from nq_dagster.config import load_config
+    from nq_dagster.fusion import baselines as bl
     from nq_dagster.fusion import walkforward as wf
     from nq_dagster.fusion.pipeline import run_fusion
     from nq_dagster.resources.storage import Warehouse
@@ -52,7 +53,7 @@ def fusion_peer(home: Path, source: str) -> tuple[float, float]:
     cfg = load_config(home)
 
     class SkBasis:  # RidgeBasis's interface, scikit-learn's computation
-        def __init__(self, X, cols):
+        def __init__(self, X, cols, gram=None):
             self.cols = np.asarray(cols, dtype=np.int64)
             A = X[:, self.cols]
             self.mean, sd = A.mean(axis=0), A.std(axis=0)
@@ -60,14 +61,20 @@ def fusion_peer(home: Path, source: str) -> tuple[float, float]:
             self.A = (A - self.mean) / self.scale
 
         def fit(self, y, intercept, held=None):
-            r = RidgeCV(alphas=wf.ALPHAS, fit_intercept=intercept).fit(self.A, y)
+            if held is not None:  # the penalty on held-out rows, as RidgeBasis does: one fit per penalty
+                Zh = (held[0][:, self.cols] - self.mean) / self.scale
+                fits = [Ridge(alpha=a, fit_intercept=intercept).fit(self.A, y) for a in wf.ALPHAS]
+                r = min(fits, key=lambda m: float(np.mean((held[1] - m.predict(Zh)) ** 2)))
+                r.alpha_ = r.alpha
+            else:
+                r = RidgeCV(alphas=wf.ALPHAS, fit_intercept=intercept).fit(self.A, y)
             return wf.LinearStage(0, 0, self.mean, self.scale, np.asarray(r.coef_, float), float(r.intercept_),
                                   float(r.alpha_), self.cols.copy())
 
     t = time.perf_counter()
     run_fusion(feat, states, sel, cfg)
     ours = time.perf_counter() - t
-    with mock.patch.object(wf, "RidgeBasis", SkBasis):
+    with mock.patch.object(wf, "RidgeBasis", SkBasis), mock.patch.object(bl, "RidgeBasis", SkBasis):
         t = time.perf_counter()
         run_fusion(feat, states, sel, cfg)
         peer = time.perf_counter() - t

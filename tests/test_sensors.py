@@ -81,7 +81,13 @@ def test_job_choice_training_then_streaming(landing, monkeypatch):
     with instance_for_test() as inst:
         jobs = {r.partition_key: r.job_name for r in tick(landing, inst).run_requests}
         assert jobs == {"alpha": "source_pipeline", "beta": "source_pipeline"}  # 10 and 7 rows >= 6
-        landing.save_artifact("serving_state", "beta", {"stand-in": True})  # beta has a trained model now
+        landing.save_artifact("serving_state", "beta", {"stand-in": True})  # not a serving state: trained anew
+        jobs = {r.partition_key: r.job_name for r in tick(landing, inst).run_requests}
+        assert jobs["beta"] == "source_pipeline"
+        # a current model (what has_current_model accepts: tests/test_predictor.py) is streamed into
+        import nq_dagster.sensors.landing as landing_sensor
+
+        monkeypatch.setattr(landing_sensor, "has_current_model", lambda wh, source: source == "beta")
         jobs = {r.partition_key: r.job_name for r in tick(landing, inst).run_requests}
         assert jobs["beta"] == "streaming"
 

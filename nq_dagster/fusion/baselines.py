@@ -21,7 +21,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from nq_dagster.fusion.walkforward import FusionModel, RidgeBasis, calibrate, walk_forward_forecaster
+from nq_dagster.fusion.walkforward import (
+    FusionModel,
+    GramSums,
+    RidgeBasis,
+    calibrate,
+    walk_forward_forecaster,
+)
 
 MAX_AR_ORDER = 16
 SEASON_MIN_ACF = 0.3
@@ -121,12 +127,13 @@ def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_m
 
         analog = analog_states(v, PipelineConfig(), "esn-baseline")[0]
     X = np.asarray(analog, dtype=float)
+    sums = GramSums(X, np.arange(X.shape[1]), warmup)  # the fit rows only grow: Gram matrices in O(new rows)
 
     def esn(train_end: int):
         n, fit_end = split(train_end)
         # readout penalty by squared error on the held-out rows (a reservoir's states are nearly collinear on
         # short fits, where leave-one-out picks penalties that extrapolate badly)
-        stage = RidgeBasis(X[warmup:fit_end], np.arange(X.shape[1])).fit(
+        stage = RidgeBasis(X[warmup:fit_end], np.arange(X.shape[1]), sums.upto(fit_end)).fit(
             y_chg[warmup:fit_end], True, held=(X[fit_end:n], y_chg[fit_end:n]))
         return wrap(train_end, lambda lo, hi: stage.predict(X[lo:hi]))
 

@@ -120,17 +120,32 @@ class RidgeBasis:
     SVD of the n x p matrix per fit (same penalty and predictions to 1e-12, about 10x faster at n = 7000,
     p = 500: tests/test_walkforward.py). The walk-forward refits hundreds of these."""
 
-    def __init__(self, X: np.ndarray, cols: np.ndarray):
+    def __init__(self, X: np.ndarray, cols: np.ndarray, gram: GramSums | None = None):
+        """X: the fit rows. With `gram` (running sums over exactly these rows and columns) the Gram matrix comes
+        from the sums (O(p^2) instead of O(n p^2)) and only fits with `held` rows are possible (leave-one-out
+        needs every row's leverage, an O(n p^2) product)."""
         self.cols = np.asarray(cols, dtype=np.int64)
         A = X[:, self.cols]
-        self.mean = A.mean(axis=0)
-        sd = A.std(axis=0)
+        self.A = A
+        if gram is None:
+            self.mean = A.mean(axis=0)
+            sd = A.std(axis=0)
+        else:
+            if gram.n != len(A):
+                raise ValueError(f"the sums cover {gram.n} rows, the fit has {len(A)}")
+            self.mean = gram.sx / gram.n
+            sd = np.sqrt(np.maximum(np.diag(gram.sxx) / gram.n - self.mean**2, 0.0))
         self.scale = np.where(sd > 1e-12 * np.maximum(1.0, np.abs(self.mean)), sd, 1.0)  # StandardScaler's rule
-        Z = (A - self.mean) / self.scale
-        s, V = np.linalg.eigh(Z.T @ Z)
+        if gram is None:
+            Z = (A - self.mean) / self.scale
+            G = Z.T @ Z
+        else:
+            Z = None
+            G = (gram.sxx - gram.n * np.outer(self.mean, self.mean)) / np.outer(self.scale, self.scale)
+        s, V = np.linalg.eigh(G)
         self.s, self.V, self.Z = np.clip(s, 0.0, None), V, Z
-        self.ZV = Z @ V
-        self.ZV2 = self.ZV**2
+        self.ZV = Z @ V if Z is not None else None
+        self.ZV2 = self.ZV**2 if Z is not None else None
 
     def fit(self, y: np.ndarray, intercept: bool, held: tuple[np.ndarray, np.ndarray] | None = None) -> LinearStage:
         """The ridge fit whose penalty has the lowest leave-one-out error on the fit rows or, with `held`
@@ -138,8 +153,10 @@ class RidgeBasis:
         n = len(y)
         ybar = float(y.mean()) if intercept else 0.0
         yc = y - ybar
-        b = self.V.T @ (self.Z.T @ yc)
-        Zh = ((held[0][:, self.cols] - self.mean) / self.scale) @ self.V if held is not None else None
+        b = self.V.T @ ((self.A.T @ yc - self.mean * yc.sum()) / self.scale)  # V' Z' yc without forming Z
+        if held is None and self.ZV is None:
+            raise ValueError("leave-one-out needs the fit rows' leverages: build the basis without sums")
+        Zh = ((held[0][:, self.cols] - self.mean) / self.scale) if held is not None else None
         best = None
         for a in ALPHAS:
             w = b / (self.s + a)
@@ -147,7 +164,7 @@ class RidgeBasis:
                 h = self.ZV2 @ (1.0 / (self.s + a)) + (1.0 / n if intercept else 0.0)
                 err = float(np.mean(((yc - self.ZV @ w) / (1.0 - h)) ** 2))
             else:
-                err = float(np.mean((held[1] - ybar - Zh @ w) ** 2))
+                err = float(np.mean((held[1] - ybar - Zh @ (self.V @ w)) ** 2))
             if best is None or err < best[0]:
                 best = (err, a, w)
         _, alpha, w = best
@@ -155,6 +172,31 @@ class RidgeBasis:
         contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
         return LinearStage(int(cols[0]) if len(cols) else 0, int(cols[-1]) + 1 if len(cols) else 0, self.mean.copy(),
                            self.scale.copy(), self.V @ w, ybar, float(alpha), None if contiguous else cols.copy())
+
+
+class GramSums:
+    """Running sums (count, sum, cross-products) of X[:, cols] over rows [lo, hi); `upto(hi)` adds the rows up
+    to hi. The walk-forward's fit rows only ever grow, so a source's reservoir Gram matrices cost O(T p^2) over
+    all refits instead of O(T^2 p^2 / refit_every)."""
+
+    def __init__(self, X: np.ndarray, cols: np.ndarray, lo: int):
+        self.X, self.cols, self.lo, self.hi = X, np.asarray(cols, dtype=np.int64), lo, lo
+        p = len(self.cols)
+        self.sxx, self.sx = np.zeros((p, p)), np.zeros(p)
+
+    @property
+    def n(self) -> int:
+        return self.hi - self.lo
+
+    def upto(self, hi: int) -> GramSums:
+        if hi < self.hi:
+            raise ValueError("fit rows only grow in a walk-forward")
+        if hi > self.hi:
+            A = self.X[self.hi:hi, self.cols]
+            self.sxx += A.T @ A
+            self.sx += A.sum(axis=0)
+            self.hi = hi
+        return self
 
 
 @register
@@ -212,8 +254,8 @@ def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np
 
 def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_fraction: float,
               columns: list[str], n_base: int = 0, warmup: int = 0,
-              base_variants: list[np.ndarray] | None = None, rest_groups: list[np.ndarray] | None = None
-              ) -> FusionModel:
+              base_variants: list[np.ndarray] | None = None, rest_groups: list[np.ndarray] | None = None,
+              sums: dict | None = None) -> FusionModel:
     """Fit on rows [warmup, fit_end); calibrate the probability scale on [fit_end, train_end] by log loss.
 
     The first `warmup` rows are left out of the fit: their lags are zero-filled, rolling windows are short
@@ -250,7 +292,14 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
     variants = base_variants or [base_all]
     bases = [RidgeBasis(Xf, cols) for cols in variants]
     groups = (rest_groups or [rest]) if rest is not None else []
-    rest_bases = [RidgeBasis(Xf, g) for g in groups]
+    if sums is None:
+        rest_bases = [RidgeBasis(Xf, g) for g in groups]
+    else:  # running sums kept across the walk-forward's refits (`walk_forward`): Gram matrices in O(new rows)
+        rest_bases = []
+        for k, g in enumerate(groups):
+            if k not in sums or sums[k].lo != warmup:
+                sums[k] = GramSums(X, g, warmup)
+            rest_bases.append(RidgeBasis(Xf, g, sums[k].upto(fit_end)))
     candidates = []
     for intercept in (False, True):
         fits = [b.fit(yf, intercept) for b in bases]
@@ -278,9 +327,11 @@ def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_m
     if len(X) != len(targets):
         raise ValueError("features and targets differ in length")
 
+    sums: dict = {}
+
     def fit(train_end: int) -> tuple[FusionModel, object]:
         model = fit_model(X, targets, train_end, calibration_fraction, columns or [], n_base, warmup, base_variants,
-                          rest_groups)
+                          rest_groups, sums)
         return model, lambda lo, hi: model.predict_change(X[lo:hi])
 
     return walk_forward_forecaster(fit, targets, horizon, train_min, refit_every, recalibrate_every)

@@ -92,13 +92,13 @@ def has_current_model(wh: Warehouse, source: str) -> bool:
     or one that cannot be read is retrained by the training job, never streamed into failing runs."""
     if not wh.has_artifact("serving_state", source):
         return False
-    from nq_dagster.fusion.predictor import DESIGN_VERSION
+    from nq_dagster.fusion.predictor import DESIGN_VERSION, ServingState
 
     try:
         st = wh.load_artifact("serving_state", source)
     except Exception:  # noqa: BLE001 (a damaged artifact: training writes it anew)
         return False
-    return st.model.design == DESIGN_VERSION and st.stream.analog is not None
+    return isinstance(st, ServingState) and st.model.design == DESIGN_VERSION and st.stream.analog is not None
 
 
 def min_rows_to_train(wh: Warehouse) -> int:
