@@ -120,3 +120,29 @@ def test_baselines_are_walk_forward():
         before = a[name]["row"] < k - 1  # row k - 1 forecasts x_k, which changed
         pd.testing.assert_frame_equal(a[name][before], b[name][before], check_exact=True)
         assert not a[name][~before]["pred_change"].equals(b[name][~before]["pred_change"]), name
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_seasonal_column_streams_as_the_batch_computes_it(horizon):
+    """The seasonal design column x_{t+h-m} - x_t, advanced tick by tick from a state cut after row k (short
+    of a season, and past several), equals the column over the whole series; the last row's too."""
+    from dataclasses import replace
+
+    from nq_dagster.fusion.stream import StreamState, _seasonal_step, latest_design, seasonal_column
+
+    rng = np.random.default_rng(horizon)
+    v = np.sin(np.arange(400) * 2 * np.pi / 24) + 0.1 * rng.standard_normal(400)
+    m = 24
+    want = seasonal_column(v, m, horizon)
+    assert want[m - horizon] == v[0] - v[m - horizon] and not want[: m - horizon].any()
+    for k in (10, 200):  # the history seen at training: rows < k
+        ring = v[:k][-(m - horizon + 1):].copy()
+        st = StreamState(k, 0, v[:k][-49:], np.zeros(499), np.zeros(499), None, np.zeros((31, 2), np.float32),
+                         np.zeros(1), np.zeros((31, 4)), np.zeros(30, np.int16), np.zeros(13), season=m, season_ring=ring)
+        assert latest_design(replace(st, changes=np.zeros(10)), 2, horizon)[1][-1] == pytest.approx(want[k - 1])
+        got = []
+        for t in range(k, 400):
+            col, ring = _seasonal_step(st, v[t], horizon)
+            got.append(col)
+            st = replace(st, season_ring=ring)
+        assert np.allclose(got, want[k:], atol=0, rtol=0)

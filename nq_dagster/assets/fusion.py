@@ -54,7 +54,7 @@ def serving_state(context: AssetExecutionContext, fusion_model: dict, features: 
     stream = from_history(features["value"].to_numpy(), features["timestamp"].to_numpy(), unpack_spikes(spike_trains),
                           reservoir_states["states"], reservoir_states["final_state"],
                           features[list(CANDIDATES)].to_numpy(dtype=float)[-1], cfg.feature_window,
-                          fusion_model["analog"])
+                          fusion_model["analog"], fusion_model.get("season") or 0, cfg.horizon)
     st = ServingState(fusion_model["version"], stream, fusion_model.get("calibration"))
     source = context.partition_key
     return Output(st, metadata={"rows_seen": stream.n_rows, "model_version": st.model.model_version,

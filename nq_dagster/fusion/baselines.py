@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from nq_dagster.fusion.stream import seasonal_column
 from nq_dagster.fusion.walkforward import (
     FusionModel,
     GramSums,
@@ -97,12 +98,8 @@ def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_m
     out = {"persistence": lambda te: wrap(te, lambda lo, hi: last[lo:hi])}
 
     m = detect_season(v, train_min - horizon + 1)
-    if m is not None and m >= horizon:
-        seas = np.zeros(T)
-        t = np.arange(T)
-        src = t + horizon - m
-        ok = src >= 0
-        seas[ok] = v[src[ok]] - v[t[ok]]
+    if m is not None and m > horizon:
+        seas = seasonal_column(v, m, horizon)  # the fused model's seasonal design column
         out["seasonal_naive"] = lambda te: wrap(te, lambda lo, hi: seas[lo:hi])
 
     def ar(diffs: bool):

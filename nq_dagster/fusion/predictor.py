@@ -50,9 +50,10 @@ def reliability_table(confidence: np.ndarray, correct: np.ndarray) -> list[dict]
     return out
 
 
-# 2: [spike reservoir | analog reservoir and inputs | selected features | 16 recent changes | level] (1 had no
-# analog block and 5 changes): a model of another layout is refused, never fed columns it was not fit on
-DESIGN_VERSION = 2
+# 3: [spike reservoir | analog reservoir and inputs | selected features | 16 recent changes | level | seasonal
+# change] (1 had no analog block and 5 changes, 2 no seasonal column): a model of another layout is refused,
+# never fed columns it was not fit on
+DESIGN_VERSION = 3
 
 
 def design_matrix(states: np.ndarray, selected: np.ndarray, lags: np.ndarray) -> np.ndarray:
@@ -272,7 +273,7 @@ class Predictor:
         t0 = time.perf_counter()
         src = self._get(source)
         st, cfg = src.serving.stream, src.cfg
-        frame, lags, band_sd = latest_design(st, cfg.feature_window)
+        frame, lags, band_sd = latest_design(st, cfg.feature_window, cfg.horizon)
         return self._records([src], frame[None], st.last_features[None], lags[None], np.array([band_sd]),
                              np.array([st.last_ts]), t0, None, st.last_analog[None])[0]
 
@@ -385,11 +386,12 @@ def continue_from(trained: ServingState, live: ServingState | None, rows_after=N
 
     The stream state depends on the config and the data only (not on the fitted coefficients), so when the live
     state has gone past what training saw, under the same config, the new model continues from the live state.
-    Under a changed config the training state is advanced over the rows it did not see (`rows_after(ts_ns)` ->
+    Under a changed config (or a changed season of the seasonal column, which a short series' retraining can
+    find) the training state is advanced over the rows it did not see (`rows_after(ts_ns)` ->
     (values, timestamps)) without emitting predictions: those rows were predicted already, by the older model."""
     if live is None or live.stream.last_ts <= trained.stream.last_ts:
         return trained, "training state"
-    if live.model.config == trained.model.config:
+    if live.model.config == trained.model.config and live.stream.season == trained.stream.season:
         # the stream went on past training: training's calibration window ends before the live rows, so the new
         # model keeps its own scale until its next training (the live calibration belongs to the old model)
         return ServingState(trained.model, live.stream), "live state, new model" if (

@@ -72,6 +72,8 @@ class StreamState:
     analog: ReservoirState | None = None  # the analog reservoir after the last row (stages.analog_states)
     analog_scaling: np.ndarray | None = None  # (mean, std, change std) of the source's first rows
     last_analog: np.ndarray | None = None  # the analog design block of the last row (states and inputs)
+    season: int = 0  # the season m of the seasonal design column (0: none detected)
+    season_ring: np.ndarray | None = None  # the last m - horizon + 1 values (the seasonal column's look-back)
 
     def nbytes(self) -> int:
         """Bytes of state this source holds (arrays and the reservoir's tensors; two integers)."""
@@ -89,8 +91,8 @@ class StreamState:
 
 
 def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray, states: np.ndarray,
-                 final: ReservoirState, features: np.ndarray, feature_window: int, analog: dict | None = None
-                 ) -> StreamState:
+                 final: ReservoirState, features: np.ndarray, feature_window: int, analog: dict | None = None,
+                 season: int = 0, horizon: int = 1) -> StreamState:
     """The state after a whole history that the batch graph computed: values (T,), timestamps (T,), spikes
     (T, W, N) bool, reservoir states (T, size), the reservoir's final state, and the candidate features of the
     last row. Windows are cut from the same pandas computations the batch encoder uses."""
@@ -120,7 +122,28 @@ def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray,
         last_features=np.asarray(features, dtype=float).copy(),
         analog=_cpu(analog["final"]) if analog else None,
         analog_scaling=np.asarray(analog["scaling"], float).copy() if analog else None,
-        last_analog=np.asarray(analog["last"], float).copy() if analog else None)
+        last_analog=np.asarray(analog["last"], float).copy() if analog else None,
+        season=int(season), season_ring=v[-(season - horizon + 1):].copy() if season > horizon else None)
+
+
+def seasonal_column(values: np.ndarray, season: int, horizon: int) -> np.ndarray:
+    """x_{t+h-m} - x_t (the seasonal naive forecast of the change), 0 where t + h - m < 0 or without a season."""
+    v = np.asarray(values, dtype=float)
+    out = np.zeros(len(v))
+    if season > horizon:
+        t = np.arange(season - horizon, len(v))
+        out[t] = v[t + horizon - season] - v[t]
+    return out
+
+
+def _seasonal_step(st: StreamState, x: float, horizon: int) -> tuple[float, np.ndarray | None]:
+    """The seasonal column of a new value x and the ring after it."""
+    if not st.season or st.season_ring is None:
+        return 0.0, None
+    back = st.season - horizon  # x_{t-back} is the value one season before the forecast target
+    ring = st.season_ring
+    col = float(ring[len(ring) - back] - x) if len(ring) >= back else 0.0
+    return col, np.append(ring, x)[-(back + 1):]
 
 
 def _cpu(st: ReservoirState) -> ReservoirState:
@@ -132,7 +155,7 @@ class TickFeatures:
     """What one batched tick produced, per source (row s of each array)."""
 
     band_sd: np.ndarray  # (S,) std of the last feature_window changes (the hold band's scale)
-    lags: np.ndarray  # (S, N_LAGS + 1) the last one-step changes, newest first, then the value itself
+    lags: np.ndarray  # (S, N_LAGS + 2) the last one-step changes, newest first, the value, the seasonal change
     frames: np.ndarray  # (S, size) reservoir states
     candidates: np.ndarray  # (S, len(CANDIDATES))
     states: list[StreamState]  # the states after the tick
@@ -275,20 +298,28 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
             an_states[s] = an_states[s].to("cpu")
             blocks.append(np.concatenate([out[0].cpu().numpy().astype(float), u[0]]))
         blocks = np.stack(blocks)
+    seas, rings = np.zeros(S), [None] * S
+    for s, st in enumerate(states):
+        seas[s], rings[s] = _seasonal_step(st, float(np.asarray(x, dtype=float)[s]), cfg.horizon)
     new_states = [
         StreamState(n_rows=int(n[s]), last_ts=int(ts[s]), values=enc.values[s], changes=enc.changes[s],
                     change_sd=enc.change_sd[s],
                     reservoir=res_states[s], frames=window[s, 1:].copy(), last_spike=last_new[s].copy(),
                     isi=agg[s, 1:].copy(), codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy(),
                     analog=an_states[s], analog_scaling=states[s].analog_scaling,
-                    last_analog=blocks[s] if blocks is not None else None)
+                    last_analog=blocks[s] if blocks is not None else None, season=states[s].season,
+                    season_ring=rings[s])
         for s in range(S)]
-    return TickFeatures(band_sd=enc.band_sd, lags=enc.lags,
+    return TickFeatures(band_sd=enc.band_sd, lags=np.column_stack([enc.lags, seas]),
                         frames=frames_new, candidates=cands, states=new_states, analog=blocks)
 
 
-def latest_design(st: StreamState, feature_window: int) -> tuple[np.ndarray, np.ndarray, float]:
+def latest_design(st: StreamState, feature_window: int, horizon: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
     """The design pieces of the last row already seen: (reservoir frame, lags, band std)."""
     lags = st.changes[::-1][:N_LAGS]
     level = st.values[-1] if len(st.values) else 0.0
-    return st.frames[-1], np.append(np.pad(lags, (0, N_LAGS - len(lags))), level), float(_std_rows(st.changes[None, -feature_window:])[0])
+    seas = 0.0
+    if st.season and st.season_ring is not None and len(st.season_ring) > st.season - horizon:
+        ring = st.season_ring
+        seas = float(ring[len(ring) - 1 - (st.season - horizon)] - ring[-1])
+    return st.frames[-1], np.append(np.pad(lags, (0, N_LAGS - len(lags))), [level, seas]), float(_std_rows(st.changes[None, -feature_window:])[0])
