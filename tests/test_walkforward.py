@@ -146,3 +146,13 @@ def test_seasonal_column_streams_as_the_batch_computes_it(horizon):
             got.append(col)
             st = replace(st, season_ring=ring)
         assert np.allclose(got, want[k:], atol=0, rtol=0)
+
+
+def test_long_series_have_a_refit_budget():
+    """Up to about 40 x refit_every rows the config's interval holds; beyond, at most MAX_REFITS refits."""
+    from nq_dagster.fusion.walkforward import MAX_REFITS
+
+    assert training_schedule(10_000, 500, 250).refit_every == 250
+    s = training_schedule(30_000, 500, 250)
+    refits = len(range(s.train_min, s.rows, s.refit_every))
+    assert refits <= MAX_REFITS and s.refit_every == 738

@@ -60,6 +60,7 @@ def direction_probabilities(pred_change: np.ndarray, band: np.ndarray, scale: np
 
 
 RECAL_WINDOW = 250  # at most this many latest realized rows refit a model's error scale between refits
+MAX_REFITS = 40  # a long series is refit at most this many times (each refit reads every earlier row)
 MIN_ROWS = 150  # the shortest series that trains: 100 rows before the first prediction, 50 predicted
 MIN_TRAIN = 100
 
@@ -70,7 +71,10 @@ class Schedule:
     warm-up rows left out of every fit. The config's train_min / refit_every hold for series of at least
     2 x train_min rows; a shorter series (down to MIN_ROWS) trains on half of itself (at least MIN_TRAIN rows),
     refits about five times over the rest, and leaves a fifth of the first training stretch (at most 50 rows) as
-    warm-up, so that series of 150-1000 rows train instead of failing."""
+    warm-up, so that series of 150-1000 rows train instead of failing. A long series is refit at most MAX_REFITS
+    times (refit_every grows beyond the config's past about 40 x refit_every rows): every refit reads all earlier
+    rows, so a fixed interval made training time grow with the square of the length; with the budget it grows
+    linearly. Between refits the error scale is still recalibrated every refit interval / 5 rows."""
 
     rows: int
     train_min: int
@@ -83,7 +87,8 @@ def training_schedule(rows: int, train_min: int, refit_every: int, warmup: int =
         raise ValueError(f"the series has {rows} rows; training needs at least {MIN_ROWS} "
                          f"({MIN_TRAIN} to fit the first model and the rest to predict)")
     if rows >= 2 * train_min:
-        return Schedule(rows, train_min, refit_every, min(warmup, train_min // 5))
+        every = max(refit_every, -(-(rows - train_min) // MAX_REFITS))
+        return Schedule(rows, train_min, every, min(warmup, train_min // 5))
     tm = max(MIN_TRAIN, min(train_min, rows // 2))
     return Schedule(rows, tm, min(refit_every, max(10, (rows - tm) // 5)), min(warmup, tm // 5))
 
