@@ -116,10 +116,16 @@ async def ws_delay(port, key, source, start, step, last, n=300) -> np.ndarray:
         for i in range(n):
             v *= float(np.exp(0.001 * rng.normal()))
             t = time.perf_counter()
-            recv = asyncio.ensure_future(ws.recv())
+
+            async def next_prediction():  # outcome messages (a tick realizes an earlier prediction) pass by
+                while (msg := json.loads(await ws.recv()))["type"] != "prediction":
+                    pass
+                return msg
+
+            recv = asyncio.ensure_future(next_prediction())
             code, _ = await c.request("POST", "/api/v1/process/realtime", tick_body(source, start + (i + 1) * step, v))
             assert code == 200
-            msg = json.loads(await recv)
+            msg = await recv
             delays.append(time.perf_counter() - t)
             assert msg["prediction"]["source"] == source
         return 1000 * np.array(delays[10:])
