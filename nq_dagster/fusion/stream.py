@@ -26,11 +26,13 @@ from nq_dagster.artifacts import register
 from nq_dagster.neuromorphic.encoders import change_windows, encode
 from nq_dagster.neuromorphic.patterns import (
     BURST_ISI,
+    DETECTOR_DTYPE,
     DETECTOR_WINDOW,
     NO_SPIKE,
     ORDER,
     PATTERN_NAMES,
     _isi_by_step,
+    as_detector_activity,
     entropy_of_counts,
     last_spike_bins,
     ordinal_codes,
@@ -64,7 +66,7 @@ class StreamState:
     changes: np.ndarray  # last 10 x feature_window - 1 one-step changes (the first row's change is 0)
     change_sd: np.ndarray  # last 10 x feature_window - 1 clipped change stds (the volatility median's window)
     reservoir: ReservoirState  # after the last row (batch 1, CPU)
-    frames: np.ndarray  # (DETECTOR_WINDOW - 1, size) float32: the last reservoir frames
+    frames: np.ndarray  # (DETECTOR_WINDOW - 1, size) float16: the last reservoir frames as the detectors read them
     last_spike: np.ndarray  # (neurons,) absolute bin of each neuron's last spike, or NO_SPIKE
     isi: np.ndarray  # (DETECTOR_WINDOW - 1, 4): per step, count / sum / sum of squares / bursts of ISIs ending there
     codes: np.ndarray  # (N_CODES - 1,) ordinal-pattern codes of the population mean
@@ -74,6 +76,7 @@ class StreamState:
     last_analog: np.ndarray | None = None  # the analog design block of the last row (states and inputs)
     season: int = 0  # the season m of the seasonal design column (0: none detected)
     season_ring: np.ndarray | None = None  # the last m - horizon + 1 values (the seasonal column's look-back)
+    last_frame: np.ndarray | None = None  # (size,) float32: the last reservoir frame at full precision (readout)
 
     def nbytes(self) -> int:
         """Bytes of state this source holds (arrays and the reservoir's tensors; two integers)."""
@@ -109,7 +112,7 @@ def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray,
     agg = np.column_stack([np.bincount(end_step, minlength=k), np.bincount(end_step, weights=isi, minlength=k),
                            np.bincount(end_step, weights=isi**2, minlength=k),
                            np.bincount(end_step, weights=(isi <= BURST_ISI).astype(float), minlength=k)]).astype(float)
-    pop = np.asarray(states[-(N_CODES + ORDER - 2):], dtype=float).mean(axis=1)
+    pop = as_detector_activity(states[-(N_CODES + ORDER - 2):]).mean(axis=1)
     codes = ordinal_codes(np.lib.stride_tricks.sliding_window_view(pop, ORDER))
     ts = pd.to_datetime(pd.Series([np.asarray(timestamps)[-1]]), utc=True).iloc[0]
     return StreamState(
@@ -117,7 +120,8 @@ def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray,
         change_sd=sd.to_numpy()[-(long - 1):].copy(),
         reservoir=ReservoirState(*[t.detach().to("cpu").clone() if t is not None else None
                                    for t in (final.x, final.v, final.z, final.refr)]),
-        frames=np.asarray(states[-(DETECTOR_WINDOW - 1):], dtype=np.float32).copy(),
+        frames=np.asarray(states[-(DETECTOR_WINDOW - 1):], dtype=DETECTOR_DTYPE).copy(),
+        last_frame=np.asarray(states[-1], dtype=np.float32).copy(),
         last_spike=last_spike_bins(spikes), isi=agg[1:].copy(), codes=codes[-(N_CODES - 1):].astype(np.int16),
         last_features=np.asarray(features, dtype=float).copy(),
         analog=_cpu(analog["final"]) if analog else None,
@@ -232,7 +236,9 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
         frames_new.append(out[0].cpu().numpy().astype(np.float32))
         res_states.append(rs.to("cpu"))
     frames_new = np.stack(frames_new)  # (S, size)
-    window = np.concatenate([np.stack([st.frames for st in states]), frames_new[:, None]], axis=1)  # (S, 32, M)
+    window = np.concatenate([np.stack([st.frames for st in states]).astype(DETECTOR_DTYPE),
+                             frames_new[:, None].astype(DETECTOR_DTYPE)], axis=1)  # (S, 32, M) as the detectors read
+
     act = window.astype(float)
     n = steps + 1  # rows seen after this tick
 
@@ -304,7 +310,8 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     new_states = [
         StreamState(n_rows=int(n[s]), last_ts=int(ts[s]), values=enc.values[s], changes=enc.changes[s],
                     change_sd=enc.change_sd[s],
-                    reservoir=res_states[s], frames=window[s, 1:].copy(), last_spike=last_new[s].copy(),
+                    reservoir=res_states[s], frames=window[s, 1:].copy(), last_frame=frames_new[s].copy(),
+                    last_spike=last_new[s].copy(),
                     isi=agg[s, 1:].copy(), codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy(),
                     analog=an_states[s], analog_scaling=states[s].analog_scaling,
                     last_analog=blocks[s] if blocks is not None else None, season=states[s].season,
@@ -322,4 +329,5 @@ def latest_design(st: StreamState, feature_window: int, horizon: int = 1) -> tup
     if st.season and st.season_ring is not None and len(st.season_ring) > st.season - horizon:
         ring = st.season_ring
         seas = float(ring[len(ring) - 1 - (st.season - horizon)] - ring[-1])
-    return st.frames[-1], np.append(np.pad(lags, (0, N_LAGS - len(lags))), [level, seas]), float(_std_rows(st.changes[None, -feature_window:])[0])
+    frame = st.last_frame if st.last_frame is not None else st.frames[-1].astype(np.float32)
+    return frame, np.append(np.pad(lags, (0, N_LAGS - len(lags))), [level, seas]), float(_std_rows(st.changes[None, -feature_window:])[0])

@@ -210,6 +210,16 @@ def entropy_of_counts(counts: np.ndarray, order: int = ORDER) -> np.ndarray:
     return np.clip(h, 0, 1)
 
 
+DETECTOR_DTYPE = np.float16  # the detectors read reservoir activity at half precision (3 significant digits)
+
+
+def as_detector_activity(activity: np.ndarray) -> np.ndarray:
+    """Reservoir activity as the detectors read it: rounded to half precision, computed on in float64. The
+    streaming state keeps the detectors' 31-frame window at this precision (half the bytes of float32), and the
+    batch graph rounds the same way, so both compute the same strengths."""
+    return np.asarray(activity, dtype=DETECTOR_DTYPE).astype(float)
+
+
 def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = DETECTOR_WINDOW, burst_isi: int = BURST_ISI,
                     prior_last_bin: np.ndarray | None = None, last: int | None = None) -> dict[str, np.ndarray]:
     """All eight strengths, (T,) each, in [0, 1]. `spikes` (T, W, N) bool, `activity` (T, M) float.
@@ -218,7 +228,7 @@ def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = DETE
     `last_spike_bins` of everything before the tail) the strengths equal those of the whole history.
     With `last`, only the final `last` steps are computed and returned."""
     spikes = np.asarray(spikes, dtype=bool)
-    activity = np.asarray(activity, dtype=float)
+    activity = as_detector_activity(activity)
     if spikes.ndim != 3 or activity.ndim != 2 or len(spikes) != len(activity):
         raise ValueError(f"need spikes (T, W, N) and activity (T, M) with the same T; got {spikes.shape}, {activity.shape}")
     if len(spikes) == 0:
