@@ -7,8 +7,9 @@ probabilities. So model and baselines differ in their forecast of the change and
 
 - persistence: the last change repeats (x_{t+h} - x_t forecast as x_t - x_{t-h});
 - seasonal naive: x_{t+h} forecast as the value one season earlier, x_{t+h-m}; m is the lag of the largest
-  mean autocorrelation of the one-step changes at m, 2m, 3m, ..., beyond their first zero crossing after lag 1 (up to min(n/3, 1000) lags of the
-  first training stretch), used only when that autocorrelation exceeds 0.3 and the 1 % significance bound;
+  mean autocorrelation of the one-step changes at m, 2m, 3m, ..., beyond their first zero crossing after lag 1
+  (up to min(n/3, 1000) lags of the first training stretch), used only when the autocorrelation at m exceeds 0.3
+  and the 1 % significance bound;
 - ar_levels / ar_diffs: AR(p) with a constant on the levels / on the one-step changes, p chosen by AIC up to
   MAX_AR_ORDER (statsmodels `ar_select_order`, `AutoReg`), iterated over the horizon;
 - esn: a plain echo-state network (the source's analog reservoir, `stages.analog_states`: leaky tanh, driven by
