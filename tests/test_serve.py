@@ -320,8 +320,9 @@ def test_sigterm_and_kill_lose_no_acknowledged_tick(home, ticks):
     stop = threading.Event()
     threads = _load(server.url, k["developer"], ["s1", "s2"], ticks.iloc[:150], acked, stop)
     time.sleep(1.5)
-    # uvicorn shuts down gracefully, then re-raises the signal: the exit status is -SIGTERM either way
-    assert server.stop(signal.SIGTERM) == -signal.SIGTERM
+    # uvicorn shuts down gracefully, then re-raises the signal (-SIGTERM); once in CI it exited 0 instead, after the
+    # same graceful shutdown. Either way: the shutdown message, and (below) no acknowledged tick lost
+    assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
     assert '"Shutdown complete' in server.output() or "Finished server process" in server.output()
     stop.set()
     for t in threads:
