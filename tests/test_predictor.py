@@ -25,13 +25,10 @@ def _csv(path, df):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def graph(tmp_path_factory):
+def _graph(tmp_path_factory, df):
     from .conftest import small_home
 
     home = tmp_path_factory.mktemp("pred") / "nq"
-    frames, _ = market(N, tickers=1, seed=11)
-    df = frames["market_A"].rename(columns={"price": "value"})[["timestamp", "value"]]
     with small_home(home) as wh:
         assert main(["--home", str(home), "ingest", _csv(home.parent / "a.csv", df.iloc[:N0]), "--source", "m"]) == 0
         assert main(["--home", str(home), "run", "--source", "m"]) == 0
@@ -43,7 +40,30 @@ def graph(tmp_path_factory):
     return df, before, batch, after
 
 
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    frames, _ = market(N, tickers=1, seed=11)
+    return _graph(tmp_path_factory, frames["market_A"].rename(columns={"price": "value"})[["timestamp", "value"]])
+
+
+@pytest.fixture(scope="module")
+def seasonal_graph(tmp_path_factory):
+    """Mackey-Glass: a season (46 steps) is detected, so the design has a seasonal column the stream must follow."""
+    from nq_dagster.demo import mackey_glass
+
+    return _graph(tmp_path_factory, mackey_glass(N)[["timestamp", "value"]])
+
+
 def test_tick_by_tick_equals_training_graph(graph):
+    _tick_by_tick_equals_training_graph(graph)
+
+
+def test_tick_by_tick_with_a_seasonal_column(seasonal_graph):
+    assert seasonal_graph[1].stream.season == 46 and len(seasonal_graph[1].stream.season_ring) == 46
+    _tick_by_tick_equals_training_graph(seasonal_graph)
+
+
+def _tick_by_tick_equals_training_graph(graph):
     df, before, batch, after = graph
     assert before.stream.n_rows == N0
     p = Predictor()

@@ -28,6 +28,7 @@ from nq_dagster.fusion.walkforward import (
     GramSums,
     RidgeBasis,
     calibrate,
+    fit_rows,
     walk_forward_forecaster,
 )
 
@@ -59,6 +60,13 @@ def detect_season(values: np.ndarray, upto: int) -> int | None:
     return m if r[m] > max(SEASON_MIN_ACF, 2.58 / np.sqrt(n)) else None
 
 
+def season_of(values: np.ndarray, train_min: int, horizon: int) -> int:
+    """The season of a source's first training stretch for forecasts `horizon` ahead, or 0 (none, or one no
+    longer than the horizon)."""
+    m = detect_season(values, train_min - horizon + 1)
+    return m if m is not None and m > horizon else 0
+
+
 def _ar_forecast_levels(v: np.ndarray, params: np.ndarray, lags: list[int], horizon: int, lo: int, hi: int,
                         diffs: bool) -> np.ndarray:
     """Change forecasts x_{t+h} - x_t for t in [lo, hi) from AR coefficients (const first), iterating h steps."""
@@ -78,15 +86,15 @@ def _ar_forecast_levels(v: np.ndarray, params: np.ndarray, lags: list[int], hori
 
 
 def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_min: int, warmup: int,
-                calibration_fraction: float, analog: np.ndarray | None = None) -> dict:
-    """name -> fit(train_end) as `walk_forward_forecaster` takes it; seasonal naive only where a season is found."""
+                calibration_fraction: float, analog: np.ndarray | None = None, season: int | None = None) -> dict:
+    """name -> fit(train_end) as `walk_forward_forecaster` takes it; seasonal naive only where a season is found
+    (`season`: as `season_of` finds it, computed here when not given)."""
     v = np.asarray(values, dtype=float)
     T = len(v)
     y_chg, y_dir, band = targets["change"].to_numpy(), targets["direction"].to_numpy(), targets["band"].to_numpy()
 
     def split(train_end: int) -> tuple[int, int]:
-        n = train_end + 1
-        return n, max(warmup + 10, int(n * (1 - calibration_fraction)))
+        return fit_rows(train_end, warmup, calibration_fraction)
 
     def wrap(train_end: int, chg_fn) -> tuple[FusionModel, object]:
         n, fit_end = split(train_end)
@@ -98,8 +106,8 @@ def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_m
     last[horizon:] = v[horizon:] - v[:-horizon]
     out = {"persistence": lambda te: wrap(te, lambda lo, hi: last[lo:hi])}
 
-    m = detect_season(v, train_min - horizon + 1)
-    if m is not None and m > horizon:
+    m = season_of(v, train_min, horizon) if season is None else season
+    if m:
         seas = seasonal_column(v, m, horizon)  # the fused model's seasonal design column
         out["seasonal_naive"] = lambda te: wrap(te, lambda lo, hi: seas[lo:hi])
 
@@ -140,11 +148,13 @@ def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_m
 
 
 def run_baselines(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_min: int, refit_every: int,
-                  warmup: int, calibration_fraction: float, analog: np.ndarray | None = None
-                  ) -> tuple[dict[str, pd.DataFrame], int | None]:
+                  warmup: int, calibration_fraction: float, analog: np.ndarray | None = None,
+                  season: int | None = None) -> tuple[dict[str, pd.DataFrame], int | None]:
     """Walk-forward prediction frames (as `walk_forward` returns them) of every baseline, and the season used by
     seasonal naive (None: no season detected, no seasonal baseline)."""
-    fits = forecasters(values, targets, horizon, train_min, warmup, calibration_fraction, analog)
+    if season is None:
+        season = season_of(values, train_min, horizon)
+    fits = forecasters(values, targets, horizon, train_min, warmup, calibration_fraction, analog, season)
     frames = {name: walk_forward_forecaster(fit, targets, horizon, train_min, refit_every)[0]
               for name, fit in fits.items()}
-    return frames, (detect_season(values, train_min - horizon + 1) if "seasonal_naive" in frames else None)
+    return frames, (season or None)

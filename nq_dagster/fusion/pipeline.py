@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from nq_dagster.fusion.baselines import detect_season, run_baselines
+from nq_dagster.fusion.baselines import run_baselines, season_of
 from nq_dagster.fusion.predictor import design_matrix, live_calibration
 from nq_dagster.fusion.stream import CANDIDATES, N_LAGS, seasonal_column
 from nq_dagster.fusion.walkforward import lag_matrix, make_targets, schedule_for, walk_forward
@@ -49,8 +49,7 @@ def run_fusion(features: pd.DataFrame, states: np.ndarray, selected: list[str], 
     kw = dict(horizon=cfg.horizon, train_min=sched.train_min, refit_every=sched.refit_every,
               calibration_fraction=cfg.calibration_fraction, warmup=sched.warmup)
     sel = features[selected].to_numpy(dtype=float) if selected else np.zeros((len(features), 0))
-    season = detect_season(values, sched.train_min - cfg.horizon + 1)
-    season = season if season is not None and season > cfg.horizon else 0
+    season = season_of(values, sched.train_min, cfg.horizon)  # 0: none
     # recent changes, the level and the seasonal change: the linear part of the design
     last = np.column_stack([lag_matrix(values, N_LAGS, level=True), seasonal_column(values, season, cfg.horizon)])
     R, A = states.shape[1], analog.shape[1]
@@ -70,7 +69,7 @@ def run_fusion(features: pd.DataFrame, states: np.ndarray, selected: list[str], 
                                                   base_variants=base_variants(X_pat.shape[1], sel.shape[1], bool(season)),
                                                   **kw)[0]
     baselines, _ = run_baselines(values, targets, cfg.horizon, sched.train_min, sched.refit_every, sched.warmup,
-                                      cfg.calibration_fraction, analog)
+                                      cfg.calibration_fraction, analog, season)
     calibration = live_calibration(model, X_fused, targets, values, cfg.horizon, sched.refit_every)
     return {"targets": targets, "calibration": calibration, "analog": {"last": analog[-1].copy(), "final": analog_final, "scaling": scaling}, "fused": fused, "ablations": ablations, "baselines": baselines, "season": season or None,
             "model": model,

@@ -122,8 +122,8 @@ class RidgeBasis:
     """Ridge regressions on fixed columns of the fit rows, the penalty chosen by exact leave-one-out error among
     ALPHAS: the computation of scikit-learn's RidgeCV (standardised columns, unpenalised intercept), done through
     one eigen-decomposition of the p x p Gram matrix shared by every target and intercept choice instead of an
-    SVD of the n x p matrix per fit (same penalty and predictions to 1e-12, about 10x faster at n = 7000,
-    p = 500: tests/test_walkforward.py). The walk-forward refits hundreds of these."""
+    SVD of the n x p matrix per fit (the same penalty and predictions to 1e-9: tests/test_walkforward.py; the
+    fusion step 15x faster than with scikit-learn: bench/train_bench.py). The walk-forward refits hundreds."""
 
     def __init__(self, X: np.ndarray, cols: np.ndarray, gram: GramSums | None = None):
         """X: the fit rows. With `gram` (running sums over exactly these rows and columns) the Gram matrix comes
@@ -170,9 +170,8 @@ class RidgeBasis:
         else:
             Zh = (held[0][:, self.cols] - self.mean) / self.scale
             errs = np.mean((held[1][:, None] - ybar - Zh @ (self.V @ W)) ** 2, axis=0)
-        k = int(np.argmin(errs))  # the first (smallest) penalty among equals, as a loop keeping strict improvements
-        best = (float(errs[k]), float(ALPHAS[k]), W[:, k])
-        _, alpha, w = best
+        k = int(np.argmin(errs))  # the first (smallest) penalty among equals
+        alpha, w = float(ALPHAS[k]), W[:, k]
         cols = self.cols
         contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
         return LinearStage(int(cols[0]) if len(cols) else 0, int(cols[-1]) + 1 if len(cols) else 0, self.mean.copy(),
@@ -263,6 +262,13 @@ def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np
             model.scale_per_band = b0 * float(np.exp(fit_v.x))
 
 
+def fit_rows(train_end: int, warmup: int, calibration_fraction: float) -> tuple[int, int]:
+    """(n, fit_end) of a refit whose last realized row is train_end: every forecaster fits rows [warmup, fit_end)
+    and is calibrated on the held-out rows [fit_end, n)."""
+    n = train_end + 1
+    return n, max(warmup + 10, int(n * (1 - calibration_fraction)))
+
+
 def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_fraction: float,
               columns: list[str], n_base: int = 0, warmup: int = 0,
               base_variants: list[np.ndarray] | None = None, rest_groups: list[np.ndarray] | None = None,
@@ -285,8 +291,7 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
     zero-drift model is the martingale default), the base alone or with one reservoir stage; the lowest held-out
     squared error is kept, so each stage stays only where it lowers held-out error. (The penalty and the choice
     use the same held-out rows: 15 penalties of one stage, a mild optimism the walk-forward rows do not share.)"""
-    n = train_end + 1
-    fit_end = max(warmup + 10, int(n * (1 - calibration_fraction)))
+    n, fit_end = fit_rows(train_end, warmup, calibration_fraction)
     if fit_end >= n:
         raise ValueError(f"too few training rows ({n}) for warmup {warmup} and a held-out calibration stretch")
     y_dir = targets["direction"].to_numpy()[:n]
