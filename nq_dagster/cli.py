@@ -336,13 +336,26 @@ def cmd_keys(args) -> int:
     return 0
 
 
+def dev_command(port: int, host: str) -> tuple[list[str], Path | None]:
+    """The command `nq dev` runs, and the directory to run it in: `dg dev` from the project's checkout (its
+    pyproject.toml names the code location under [tool.dg]); `dagster dev -m nq_dagster.definitions` where the
+    package is installed without its checkout or without dg. Both use the interpreter's own environment."""
+    bin_dir = Path(sys.executable).parent
+    project = Path(__file__).resolve().parents[1]
+    pyproject = project / "pyproject.toml"
+    if (bin_dir / "dg").exists() and pyproject.exists() and "[tool.dg]" in pyproject.read_text():
+        return [str(bin_dir / "dg"), "dev", "--port", str(port), "--host", host], project
+    exe = bin_dir / "dagster"
+    return [str(exe) if exe.exists() else "dagster", "dev", "-m", "nq_dagster.definitions", "-p", str(port),
+            "-h", host], None
+
+
 def cmd_dev(args) -> int:
     wh = _setup_env(args.home)
-    # the dagster next to this interpreter: `.venv/bin/nq dev` works without an activated virtualenv
-    exe = Path(sys.executable).parent / "dagster"
-    cmd = [str(exe) if exe.exists() else "dagster", "dev", "-p", str(args.port)]
-    ws = Path.cwd() / "workspace.yaml"
-    cmd += ["-w", str(ws)] if ws.exists() else ["-m", "nq_dagster.definitions"]
+    cmd, cwd = dev_command(args.port, args.host)
+    if cwd is not None:
+        os.chdir(cwd)
+        os.environ["VIRTUAL_ENV"] = str(Path(sys.executable).parent.parent)  # dg checks it is the project's
     print(f"DAGSTER_HOME={wh.dagster_home}\n$ {' '.join(cmd)}")
     os.execvp(cmd[0], cmd)
     return 0
@@ -403,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(fn=cmd_keys)
     dv = sub.add_parser("dev", help="open the Dagster UI")
     dv.add_argument("--port", type=int, default=3000)
+    dv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     dv.set_defaults(fn=cmd_dev)
     return p
 

@@ -259,3 +259,64 @@ def test_a_series_of_180_rows_trains_on_a_scaled_schedule(wh, tmp_path, capsys):
     assert len(wh.read_table("predictions", "s180")) == 80
     m = wh.read_table("validation_metrics", "s180").iloc[0]
     assert m["predictions"] == 79  # the last row's outcome is not realized yet
+
+
+def test_every_asset_has_a_code_version_and_the_model_follows_its_design():
+    """Dagster marks outputs of older code unsynced only if each asset declares a code version; the model's
+    assets carry the fused model's design version, which the predictor checks at load."""
+    from nq_dagster.definitions import defs
+    from nq_dagster.fusion.predictor import DESIGN_VERSION
+
+    graph = defs.resolve_asset_graph()
+    versions = {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()}
+    assert all(versions.values()), versions
+    for name in ("fusion_model", "serving_state", "predictions", "live_predictions"):
+        assert versions[name] == f"design-{DESIGN_VERSION}", name
+
+
+def test_nq_dev_serves_the_code_location_through_dg(wh, tmp_path):
+    """`nq dev` runs `dg dev` from the checkout (whatever the caller's directory): the UI answers and lists this
+    project's code location with its assets; `dg check defs` validates the definitions."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from nq_dagster.cli import dev_command
+
+    cmd, cwd = dev_command(3000, "127.0.0.1")
+    assert Path(cmd[0]).name == "dg" and cwd is not None
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "VIRTUAL_ENV": str(bin_dir.parent)}
+    check = subprocess.run([str(bin_dir / "dg"), "check", "defs"], cwd=cwd, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert check.returncode == 0 and "All definitions loaded successfully" in check.stdout + check.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(bin_dir / "nq"), "--home", str(wh.home), "dev", "--port", str(port)], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    query = b'{"query": "{ assetNodes { assetKey { path } } repositoriesOrError { ... on RepositoryConnection ' \
+            b'{ nodes { location { name } } } } }"}'
+    try:
+        deadline, answer = time.time() + 120, None
+        while time.time() < deadline and answer is None:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query,
+                                             headers={"content-type": "application/json"})
+                data = json.loads(urllib.request.urlopen(req, timeout=5).read())["data"]
+                if data["assetNodes"]:
+                    answer = data
+            except OSError:
+                time.sleep(1)
+        assert answer, "the UI did not answer within 120 s"
+        assert answer["repositoriesOrError"]["nodes"][0]["location"]["name"] == "nq_dagster"
+        assert {"fusion_model", "serving_state"} <= {"/".join(n["assetKey"]["path"]) for n in answer["assetNodes"]}
+        assert (wh.home / "dagster" / "dagster.yaml").exists()  # the instance nq writes, not dg's default
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)

@@ -153,3 +153,42 @@ def test_unusable_files_are_quarantined_with_the_fix(landing):
     assert "unsupported file type '.xlsx'" in xlsx and "Fix:" in xlsx and "notes.xlsx" in xlsx
     bad = (landing.quarantine / "x.csv.reason.txt").read_text()
     assert "source name 'bad name'" in bad and "Fix:" in bad
+
+
+def test_builtin_freshness_fails_for_a_stale_training_output_and_passes_after_a_run(wh):
+    """Dagster's own freshness, as the daemon evaluates it (its FreshnessDaemon over the code location): the
+    training outputs carry a time-window policy (late after 25 h, failed after 26 h). A `serving_state` last
+    materialized 27 h ago fails; after a real training run it passes. Nothing launches a run to find out."""
+    from datetime import UTC, datetime, timedelta
+
+    from dagster import AssetKey, AssetMaterialization, DagsterInstance
+    from dagster._core.definitions.freshness import FreshnessState
+    from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
+    from dagster._core.workspace.load_target import ModuleTarget
+    from dagster._daemon.freshness import FreshnessDaemon
+
+    from nq_dagster.cli import _setup_env, run_pipeline
+    from nq_dagster.demo import mackey_glass
+
+    wh = _setup_env(str(wh.home))
+    instance = DagsterInstance.get()
+    assert instance.freshness_enabled  # on by default in this Dagster; the instance nq writes leaves it on
+    key = AssetKey("serving_state")
+    with freeze_time(datetime.now(UTC) - timedelta(hours=27)):  # the last training, 27 h ago
+        instance.report_runless_asset_event(AssetMaterialization(key, partition="mackey_glass"))
+    target = ModuleTarget(module_name="nq_dagster.definitions", attribute=None, working_directory=str(wh.home),
+                          location_name="nq_dagster")
+
+    def state():
+        with create_test_daemon_workspace_context(target, instance) as ctx:
+            list(FreshnessDaemon().run_iteration(ctx))
+        return instance.get_freshness_state_records([key])[key].freshness_state
+
+    assert state() == FreshnessState.FAIL
+    d = wh.landing / "mackey_glass"
+    d.mkdir(parents=True)
+    mackey_glass(400).to_csv(d / "history.csv", index=False)
+    assert run_pipeline(wh, ["mackey_glass"], log=lambda *_: None)["mackey_glass"]
+    assert state() == FreshnessState.PASS
+    runs = instance.get_runs()
+    assert {r.job_name for r in runs} <= {"source_pipeline", "cross_source"}  # no run of its own for freshness

@@ -16,6 +16,22 @@ TAGS = {"domain": "prediction"}
 _h = float(os.environ.get("NQ_TRAINING_FRESH_HOURS", "26"))
 DAILY = FreshnessPolicy.time_window(fail_window=timedelta(hours=_h), warn_window=timedelta(hours=_h - 1))
 
+# Each asset's code version: Dagster shows an asset whose code version changed since its last materialization as
+# unsynced ("code version changed"), so a user sees which sources still carry outputs of older code. Bump an entry
+# when that asset's output for the same inputs and config changes. The model's assets follow the fused model's
+# design (fusion.predictor.DESIGN_VERSION; tests/test_pipeline.py keeps them equal): a model of another design is
+# refused at load, so its outputs are stale the moment the design moves.
+DESIGN = "design-3"
+CODE_VERSIONS = {
+    "raw_ticks": "1", "series": "1",
+    "spike_trains": "1", "reservoir_states": "1",
+    "patterns": "2",  # 2: the detectors read reservoir activity at half precision
+    "features": "2", "feature_selection": "1",
+    "fusion_model": DESIGN, "serving_state": DESIGN, "predictions": DESIGN, "live_predictions": DESIGN,
+    "validation_report": "2",  # 2: the score against strong baselines, zero without skill
+    "portfolio": "1",
+}
+
 
 def table_metadata(df: pd.DataFrame, summary: str | None = None) -> dict:
     meta = {

@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, Output, asset
 
-from nq_dagster.assets.common import OWNERS, TAGS, md_table, source_partitions, table_metadata
+from nq_dagster.assets.common import CODE_VERSIONS, OWNERS, TAGS, md_table, source_partitions, table_metadata
 from nq_dagster.ingest import Ingestor, build_series, landing_files  # noqa: F401 (build_series: re-exported)
 from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
 
 
-@asset(partitions_def=source_partitions, pool=DUCKDB_POOL, group_name="ingestion", kinds={"parquet", "duckdb"}, owners=OWNERS,
+@asset(code_version=CODE_VERSIONS['raw_ticks'], partitions_def=source_partitions, pool=DUCKDB_POOL, group_name="ingestion", kinds={"parquet", "duckdb"}, owners=OWNERS,
        tags=TAGS)
 def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Every accepted row of the source, with the file it came from and its content hash (append-only).
@@ -42,7 +42,7 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
     return MaterializeResult(metadata=meta)
 
 
-@asset(partitions_def=source_partitions, deps=[raw_ticks], group_name="ingestion", kinds={"parquet"},
+@asset(code_version=CODE_VERSIONS['series'], partitions_def=source_partitions, deps=[raw_ticks], group_name="ingestion", kinds={"parquet"},
        owners=OWNERS, tags=TAGS)
 def series(context: AssetExecutionContext, warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """The cleaned series of one source: sorted by time, one row per timestamp."""

@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, AutomationCondition, MetadataValue, Output, asset
 
-from nq_dagster.assets.common import OWNERS, TAGS, md_table, source_partitions
+from nq_dagster.assets.common import CODE_VERSIONS, OWNERS, TAGS, md_table, source_partitions
 from nq_dagster.deployment import k8s_op_tags
 from nq_dagster.resources import WarehouseResource
 
 
-@asset(partitions_def=source_partitions, group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"),
+@asset(code_version=CODE_VERSIONS['feature_selection'], partitions_def=source_partitions, group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"),
        owners=OWNERS, tags=TAGS)
 def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, warehouse: WarehouseResource) -> Output[dict]:
     """Choose `select_k` fusion features by a relevance-minus-redundancy QUBO on the first training window only."""
@@ -49,8 +49,8 @@ PORTFOLIO_AUTOMATION = (AutomationCondition.any_deps_updated().since_last_handle
                         ).with_label("after new predictions")
 
 
-@asset(deps=["predictions"], group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"),
-       owners=OWNERS, tags=TAGS, automation_condition=PORTFOLIO_AUTOMATION, code_version="1")
+@asset(code_version=CODE_VERSIONS['portfolio'], deps=["predictions"], group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"),
+       owners=OWNERS, tags=TAGS, automation_condition=PORTFOLIO_AUTOMATION)
 def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """Choose a subset of market sources: predicted edge minus risk (covariance of realized returns), with a
     cardinality penalty; solved as a QUBO with one qubit per source.

@@ -3,7 +3,7 @@
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from nq_dagster.assets.common import OWNERS, TAGS, md_table, source_partitions
+from nq_dagster.assets.common import CODE_VERSIONS, OWNERS, TAGS, md_table, source_partitions
 from nq_dagster.assets.fusion import serving_state
 from nq_dagster.assets.ingestion import raw_ticks
 from nq_dagster.ingest import build_series, rows_after
@@ -12,7 +12,7 @@ from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
 STREAM_PART = "stream-{:010d}-{:010d}"  # rows [a, b) of the source; a re-run of the same rows overwrites the part
 
 
-@asset(partitions_def=source_partitions, group_name="streaming", deps=[raw_ticks, serving_state], pool=DUCKDB_POOL,
+@asset(code_version=CODE_VERSIONS['live_predictions'], partitions_def=source_partitions, group_name="streaming", deps=[raw_ticks, serving_state], pool=DUCKDB_POOL,
        owners=OWNERS, tags=TAGS,
        kinds={"torch", "parquet"})
 def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
