@@ -7,7 +7,7 @@ Trains one Mackey-Glass source (default config, 3000 points), starts `dagster-da
    rows are in the `predictions` table;
 2. drops one file of 5,000 rows and times it the same way: rows per second through the streaming job.
 
-Run: .venv/bin/python -m bench.stream_bench
+Run: .venv/bin/python -m bench.stream_bench [--sensor-interval S]   (default: the sensor's own default)
 """
 
 import os
@@ -54,6 +54,11 @@ def wait_until(wh, ts: pd.Timestamp, timeout: float = 600) -> float:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sensor-interval", type=int, help="NQ_SENSOR_INTERVAL for the daemon (default: unset)")
+    args = ap.parse_args()
     from nq_dagster.cli import _setup_env, run_pipeline
     from nq_dagster.demo import mackey_glass
     from nq_dagster.sensors.landing import sensor_interval
@@ -67,6 +72,8 @@ def main() -> None:
     print(f"training run (3000 points): {time.time() - t:.1f} s")
     env = {**os.environ, "NQ_HOME": str(wh.home), "DAGSTER_HOME": str(wh.dagster_home)}
     env.pop("NQ_SENSOR_INTERVAL", None)
+    if args.sensor_interval:
+        env["NQ_SENSOR_INTERVAL"] = str(args.sensor_interval)
     log = open(wh.home / "daemon.log", "ab")
     daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "nq_dagster.definitions"],
                               env=env, cwd=str(wh.home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -85,7 +92,8 @@ def main() -> None:
         os.killpg(daemon.pid, signal.SIGTERM)
         daemon.wait(timeout=60)
     lat = np.array(lat)
-    print(f"\nsensor interval {sensor_interval()} s (default), run queue dequeue interval 1 s, in-process executor")
+    interval = args.sensor_interval or sensor_interval()
+    print(f"\nsensor interval {interval} s, run queue dequeue interval 1 s, in-process executor")
     print("| measure | figure |")
     print("|---|---|")
     print(f"| drop-to-prediction latency, {N_SMALL} files of {SMALL} rows: p50 / p95 / max | "

@@ -55,8 +55,12 @@ def test_backpressure_retries_then_quarantine(landing, monkeypatch):
     monkeypatch.setenv("NQ_MAX_ATTEMPTS", "2")
     with instance_for_test() as inst:
         first = {r.partition_key: r.run_key for r in tick(landing, inst).run_requests}
-        # a run for alpha still in progress: nothing new for alpha (its files wait), beta goes on
+        # a run for alpha executing: alpha's next run is requested now and waits in the queue behind it
         create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.STARTED, tags={"nq/source": "alpha"})
+        assert {r.partition_key for r in tick(landing, inst).run_requests} == {"alpha", "beta"}
+        # one waiting to start as well: nothing new for alpha (the queued run takes every file present when it starts;
+        # these wait in landing/), beta goes on
+        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.NOT_STARTED, tags={"nq/source": "alpha"})
         res = tick(landing, inst)
         assert {r.partition_key for r in res.run_requests} == {"beta"}
     with instance_for_test() as inst:
