@@ -156,3 +156,31 @@ def test_long_series_have_a_refit_budget():
     s = training_schedule(30_000, 500, 250)
     refits = len(range(s.train_min, s.rows, s.refit_every))
     assert refits <= MAX_REFITS and s.refit_every == 738
+
+
+def test_calibration_says_the_base_rates_without_skill_and_keeps_skill():
+    """`calibrate` mixes the error model's probabilities with the calibration rows' class frequencies, the mix
+    fitted by log loss: a forecast unrelated to the outcome (no skill) gets mix near 0, and its probabilities
+    are near the base rates, so a heavy-tailed series does not make it confident; a forecast that explains most
+    of the change keeps mix near 1."""
+    from nq_dagster.fusion.walkforward import CLASSES, FusionModel, calibrate, direction_probabilities
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    band = np.full(n, 0.1)
+    chg = rng.standard_t(3, n)  # heavy tails: the Gaussian error model alone is mis-shaped here
+    y_dir = np.where(chg > 0.1, 1, np.where(chg < -0.1, -1, 0))
+    counts = np.bincount(np.searchsorted(CLASSES, y_dir), minlength=3)
+
+    noise = FusionModel([], 1.0, 0, 0, [])
+    calibrate(noise, 0.8 * rng.standard_normal(n), chg, y_dir, band)
+    assert noise.mix < 0.1
+    np.testing.assert_allclose(noise.base_rate, (counts + 1) / (n + 3))
+    P = direction_probabilities(0.8 * rng.standard_normal(n), band, noise.error_scale(band), noise.mix,
+                                noise.base_rate)
+    assert np.abs(P - noise.base_rate).max() < 0.1  # a forecast with no skill says (nearly) the base rates
+    np.testing.assert_allclose(P.sum(axis=1), 1.0)
+
+    skilled = FusionModel([], 1.0, 0, 0, [])
+    calibrate(skilled, chg + 0.1 * rng.standard_normal(n), chg, y_dir, band)
+    assert skilled.mix > 0.9

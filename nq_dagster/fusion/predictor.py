@@ -51,9 +51,10 @@ def reliability_table(confidence: np.ndarray, correct: np.ndarray) -> list[dict]
 
 
 # 3: [spike reservoir | analog reservoir and inputs | selected features | 16 recent changes | level | seasonal
-# change] (1 had no analog block and 5 changes, 2 no seasonal column): a model of another layout is refused,
-# never fed columns it was not fit on
-DESIGN_VERSION = 3
+# change] (1 had no analog block and 5 changes, 2 no seasonal column); 4: the same design, probabilities mixed
+# with the base rates (`walkforward.calibrate`): a model of another design is refused, never fed columns it was
+# not fit on nor read with another probability rule
+DESIGN_VERSION = 4
 
 
 def design_matrix(states: np.ndarray, selected: np.ndarray, lags: np.ndarray) -> np.ndarray:
@@ -115,6 +116,8 @@ class LiveCalibration:
     value: np.ndarray
     scale: float
     scale_per_band: float | None = None
+    mix: float = 1.0  # as FusionModel's: the share of the error model against the base rate
+    base_rate: np.ndarray | None = None
 
     def error_scale(self, band: float) -> float:
         return self.scale if self.scale_per_band is None else max(self.scale_per_band * band, 1e-12)
@@ -135,7 +138,8 @@ class LiveCalibration:
         y_dir = np.where(chg > band, 1, np.where(chg < -band, -1, 0))
         holder = FusionModel([], self.scale, 0, 0, [], self.scale_per_band)
         calibrate(holder, self.pred[i], chg, y_dir, band)
-        return replace(self, scale=holder.scale, scale_per_band=holder.scale_per_band)
+        return replace(self, scale=holder.scale, scale_per_band=holder.scale_per_band, mix=holder.mix,
+                       base_rate=holder.base_rate)
 
     def after(self, pred: float, band: float, x: float) -> LiveCalibration:
         """Row t's prediction recorded (the next row is t + 1)."""
@@ -155,7 +159,8 @@ def live_calibration(model: FusionModel, X: np.ndarray, targets: pd.DataFrame, v
     rows = np.arange(lo, T)
     return LiveCalibration(t0, recal_every(refit_every), window, horizon, model.fit_end, lo,
                            model.predict_change(X[rows]), targets["band"].to_numpy()[rows].astype(float),
-                           np.asarray(values, dtype=float)[rows], float(model.scale), model.scale_per_band)
+                           np.asarray(values, dtype=float)[rows], float(model.scale), model.scale_per_band,
+                           float(model.mix), model.base_rate)
 
 
 @register
@@ -339,7 +344,10 @@ class Predictor:
         scale = np.array([cal[i].error_scale(float(band[i])) if cal[i] is not None else
                           np.broadcast_to(src.serving.model.model.error_scale(band[i:i + 1]), (1,))[0]
                           for i, src in enumerate(srcs)])
-        probs = direction_probabilities(chg, band, scale)
+        owners = [cal[i] if cal[i] is not None else src.serving.model.model for i, src in enumerate(srcs)]
+        mix = np.array([float(o.mix) for o in owners])
+        base = np.array([o.base_rate if o.base_rate is not None else np.full(3, 1 / 3) for o in owners])
+        probs = direction_probabilities(chg, band, scale, mix, base)
         mvs = [src.serving.model for src in srcs]
         recs = build_records([mv.source for mv in mvs], ts, probs, chg, cands[:, PATTERN_COLS], cands[:, SPIKE_RATE_COL],
                              frames, [mv.quantum for mv in mvs], [mv.model_version for mv in mvs],

@@ -1,7 +1,7 @@
 """Evaluation of one source's walk-forward predictions on realized outcomes, and the validation score.
 
 One scoring rule for every model (the fused model, its ablations, the baselines): each forecasts the change,
-turns it into class probabilities with its own error scale calibrated on held-out rows, and calls the direction
+turns it into class probabilities with its own error scale (and base-rate mix) calibrated on held-out rows, and calls the direction
 its most likely class (`fusion.walkforward.walk_forward_forecaster`). The score never rewards no skill: it is 0
 ("no skill") unless the model beats both the best constant predictor (binomial test) and the best baseline
 (McNemar on accuracy or Diebold-Mariano on squared error) significantly, after Holm's correction over the
@@ -32,7 +32,8 @@ LATE_FRACTION = 0.3
 SCORE_DEFINITION = (
     "Every model (fused, ablations, baselines) is scored by one rule: its direction is the most likely class of its "
     "own probabilities (a Normal error around its forecast change, the scale calibrated by log loss on rows it did "
-    "not fit and refitted between refits). Tests: accuracy above the best constant predictor (one-sided binomial), "
+    "not fit and refitted between refits, mixed with those rows' class frequencies by a weight fitted by the same "
+    "log loss). Tests: accuracy above the best constant predictor (one-sided binomial), "
     "accuracy above the best baseline (one-sided exact McNemar on the same rows), squared error below the baseline "
     "with the lowest squared error (one-sided Diebold-Mariano), Brier score below the training-frequency forecast "
     "(one-sided Diebold-Mariano on per-row Brier losses); their p-values are Holm-corrected together at 0.05. "
