@@ -318,5 +318,13 @@ def test_nq_dev_serves_the_code_location_through_dg(wh, tmp_path):
         assert {"fusion_model", "serving_state"} <= {"/".join(n["assetKey"]["path"]) for n in answer["assetNodes"]}
         assert (wh.home / "dagster" / "dagster.yaml").exists()  # the instance nq writes, not dg's default
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:  # the shutdown is not what this test is about: never leave it running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+            # dagster dev starts the webserver and the daemon in sessions of their own; their code servers
+            # exit on their own once these are gone (heartbeat)
+            for pattern in (f"--port {port}", str(wh.home)):
+                subprocess.run(["pkill", "-9", "-f", pattern], check=False)
