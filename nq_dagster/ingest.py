@@ -315,11 +315,19 @@ class Ingestor:
             return False
         return int(hits["n"].iloc[0]) > 0
 
-    def _stored_timestamps(self, source: str, exclude_part: str) -> pd.Series:
-        parts = [p for p in self.wh.table_parts("raw_ticks", source) if p.stem != exclude_part]
-        if not parts:
-            return pd.Series([], dtype="datetime64[us, UTC]")
-        return pd.concat([self.wh.read_part(p, columns=["timestamp"]).to_pandas()["timestamp"] for p in parts])
+    def _stored_timestamps(self, source: str, exclude_part: str, lo: pd.Timestamp, hi: pd.Timestamp) -> pd.Series:
+        """The source's stored timestamps within [lo, hi] (the new file's span): parts whose footer statistics lie
+        outside it are not read, so appending new rows does not re-read the history."""
+        out = []
+        for p in self.wh.table_parts("raw_ticks", source):
+            if p.stem == exclude_part:
+                continue
+            pmin, pmax, _ = self.wh.part_time_range(p)
+            if pmin is not None and (pmax < lo.value or pmin > hi.value):
+                continue
+            ts = self.wh.read_part(p, columns=["timestamp"]).to_pandas()["timestamp"]
+            out.append(ts[(ts >= lo) & (ts <= hi)])
+        return pd.concat(out) if out else pd.Series([], dtype="datetime64[us, UTC]")
 
     def ingest_file(self, path: str | Path, source: str | None = None, skip_bad_rows: bool = False,
                     move: bool = False) -> FileResult:
@@ -375,7 +383,8 @@ class Ingestor:
             # duplicates against what is already stored, for each source in the file
             dup_mask = np.zeros(len(clean), dtype=bool)
             for src, idx in clean.groupby("source").groups.items():
-                stored = self._stored_timestamps(src, exclude_part=part)
+                span = clean.loc[idx, "timestamp"]
+                stored = self._stored_timestamps(src, part, span.min(), span.max())
                 if len(stored):
                     hit = clean.loc[idx, "timestamp"].isin(stored).to_numpy()
                     dup_mask[np.asarray(idx)[hit]] = True

@@ -41,6 +41,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -102,6 +103,13 @@ SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def default_home() -> Path:
     return Path(os.environ.get("NQ_HOME", ".nq")).absolute()
+
+
+def _ns(t) -> int:
+    """A timestamp (datetime, pandas Timestamp, numpy datetime64, or Parquet statistics' value) as ns since the
+    epoch, UTC where it has no zone."""
+    ts = pd.Timestamp(t)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts).value
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -270,16 +278,65 @@ class Warehouse:
         with self.store.fs.open_input_file(str(part)) as fh:
             return pq.ParquetFile(fh).metadata.num_rows
 
-    def read_table(self, table: str, source: str | None = None) -> pd.DataFrame:
+    def part_time_range(self, part: Path | PurePosixPath, column: str = "timestamp") -> tuple[int | None, int | None, int]:
+        """(min, max, rows) of a part's `column` (as ns since the epoch) from its footer statistics: no data read.
+        min / max are None where the part has no statistics (then every time filter reads it)."""
+        if self.store is None:
+            meta = pq.ParquetFile(part).metadata
+        else:
+            with self.store.fs.open_input_file(str(part)) as fh:
+                meta = pq.ParquetFile(fh).metadata
+        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        if column not in names or meta.num_rows == 0:
+            return None, None, meta.num_rows
+        j = names.index(column)
+        lo = hi = None
+        for g in range(meta.num_row_groups):
+            st = meta.row_group(g).column(j).statistics
+            if st is None or not st.has_min_max:
+                return None, None, meta.num_rows
+            a, b = _ns(st.min), _ns(st.max)
+            lo, hi = (a if lo is None else min(lo, a)), (b if hi is None else max(hi, b))
+        return lo, hi, meta.num_rows
+
+    def read_table(self, table: str, source: str | None = None, after: pd.Timestamp | None = None,
+                   until: pd.Timestamp | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+        """A table (one source's partition, or all), or only its rows with after < timestamp <= until: parts
+        whose footer statistics lie outside the window are not opened, the others are read with the filter, so
+        the cost of reading new rows does not grow with the history."""
         parts = self.table_parts(table, source)
         if not parts:
             raise FileNotFoundError(
                 f"no data in table {table!r}" + (f" for source {source!r}" if source else "")
                 + f" under {self.where}; ingest data or materialize the asset first"
             )
-        tables = [self.read_part(p) for p in parts]
+        if after is None and until is None:
+            tables = [self.read_part(p, columns) for p in parts]
+        else:
+            lo, hi = _ns(after) if after is not None else None, _ns(until) if until is not None else None
+            tables = []
+            for p in parts:
+                pmin, pmax, _ = self.part_time_range(p)
+                if (lo is not None and pmax is not None and pmax <= lo) or (hi is not None and pmin is not None
+                                                                              and pmin > hi):
+                    continue
+                t = self.read_part(p, columns)
+                ts = t.column("timestamp")
+                keep = None
+                if lo is not None:
+                    keep = pc.greater(ts, pa.scalar(pd.Timestamp(lo, tz="UTC"), ts.type))
+                if hi is not None:
+                    le = pc.less_equal(ts, pa.scalar(pd.Timestamp(hi, tz="UTC"), ts.type))
+                    keep = le if keep is None else pc.and_(keep, le)
+                tables.append(t.filter(keep))
+            if not tables:  # nothing in the window: an empty frame with the table's columns
+                tables = [self.read_part(parts[-1], columns).slice(0, 0)]
         # permissive: parts written from pandas (large_string) and from the record schema (string) read as one
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+    def stored_rows(self, table: str, source: str) -> int:
+        """Rows of a source's partition, from the parts' footers."""
+        return sum(self.part_time_range(p)[2] for p in self.table_parts(table, source))
 
     def sources(self, table: str = "raw_ticks") -> list[str]:
         names = {p.parent.name.split("=", 1)[1] for p in self.table_parts(table)}
