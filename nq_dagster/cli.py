@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nq_dagster.resources.storage import Warehouse
+from nq_dagster.resources.storage import Warehouse, check_source_name
 
 INSTANCE_YAML = """\
 # Dagster instance for nq-dagster (written by `nq`; edit freely, it is not overwritten).
@@ -35,8 +35,6 @@ concurrency:
         value:
           applyLimitPerUniqueValue: true
         limit: 1
-  pools:
-    default_limit: 1               # the `duckdb` pool: one writer at a time
 telemetry:
   enabled: false
 """
@@ -216,11 +214,25 @@ def cmd_ingest(args) -> int:
                 print(f"  bad rows recorded in {wh.quarantine / (path.name + '.reason.txt')}")
     if sources:
         _instance().add_dynamic_partitions("source", sorted(sources - set(_instance().get_dynamic_partitions("source"))))
-        wh.refresh_views()
         for src in sorted(sources):
             print(training_line(wh, src)[0])
         print(f"sources: {', '.join(sorted(sources))}. Next: `nq run` to predict and validate.")
     return worst
+
+
+def cmd_compact(args) -> int:
+    """Merge each source's raw_ticks parts into one (atomic; readers switch at once; see Warehouse.compact)."""
+    wh = _setup_env(args.home)
+    sources = [check_source_name(args.source)] if args.source else wh.sources("raw_ticks")
+    if not sources:
+        print("nothing to compact: no source has data")
+        return 0
+    for s in sources:
+        r = wh.compact("raw_ticks", s, grace_s=args.grace)
+        done = f"-> {r['parts_after']} ({r['compacted']})" if r["compacted"] else "(nothing to merge)"
+        print(f"  {s}: {r['parts_before']} part(s) {done}, {r['rows']} rows; "
+              f"{r['removed_files']} replaced file(s) of earlier compactions removed")
+    return 0
 
 
 def cmd_query(args) -> int:
@@ -378,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--source", help="source name for every row (default: the `source` column, else the file name)")
     i.add_argument("--skip-bad-rows", action="store_true", help="store the good rows, record the bad ones")
     i.set_defaults(fn=cmd_ingest)
+    cp = sub.add_parser("compact", help="merge each source's raw_ticks parts into one (atomic)")
+    cp.add_argument("--source", help="one source (default: every source)")
+    cp.add_argument("--grace", type=float, default=60.0,
+                    help="seconds the replaced files stay for queries that listed them (default 60)")
+    cp.set_defaults(fn=cmd_compact)
     q = sub.add_parser("query", help="run DuckDB SQL over the warehouse")
     q.add_argument("sql")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from nq_dagster.resources.storage import (
     LIVE_PARTS,
+    LOG_PARTITION,
     SOURCE_RE,
     Warehouse,
     atomic_write_bytes,
@@ -304,16 +305,12 @@ class Ingestor:
 
     def _already_ingested(self, digest: str, sources: str) -> bool:
         """The same bytes were ingested before for the same sources (names validated: no quote can occur)."""
-        if self.wh.store is None and not self.wh.duckdb_path.exists():
-            return False
-        try:
-            hits = self.wh.query(
-                f"SELECT count(*) AS n FROM ingest_log WHERE content_hash = '{digest}' AND status LIKE 'ingested%' "
-                f"AND sources = '{sources}'"
-            )
-        except Exception:  # the table does not exist yet
-            return False
-        return int(hits["n"].iloc[0]) > 0
+        for part in self.wh.table_parts("ingest_log", LOG_PARTITION):
+            log = self.wh.read_part(part, columns=["content_hash", "status", "sources"]).to_pandas()
+            if ((log["content_hash"] == digest) & log["status"].str.startswith("ingested")
+                    & (log["sources"] == sources)).any():
+                return True
+        return False
 
     def _stored_timestamps(self, source: str, exclude_part: str, lo: pd.Timestamp, hi: pd.Timestamp) -> pd.Series:
         """The source's stored timestamps within [lo, hi] (the new file's span): parts whose footer statistics lie

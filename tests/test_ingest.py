@@ -197,7 +197,8 @@ def test_new_rows_are_read_without_reading_the_history(wh, tmp_path, monkeypatch
     full = wh.read_table("raw_ticks", "s")
     read = []
     real = wh.read_part
-    monkeypatch.setattr(wh, "read_part", lambda part, columns=None: read.append(part.stem) or real(part, columns))
+    monkeypatch.setattr(wh, "read_part", lambda part, columns=None: (
+        read.append(part.stem) if part.parent.parent.name == "raw_ticks" else None) or real(part, columns))
     cut = pd.Timestamp("2026-01-02 00:10", tz="UTC")
     new = wh.read_table("raw_ticks", "s", after=cut)
     pd.testing.assert_frame_equal(new.reset_index(drop=True),
@@ -212,3 +213,55 @@ def test_new_rows_are_read_without_reading_the_history(wh, tmp_path, monkeypatch
     r = ing.ingest_file(dup, source="s")
     assert r.status == "quarantined" and "already stored" in r.reason
     assert len(read) == 2 and f"part-{old.content_hash[:20]}" not in read  # mid and new parts, not the history
+
+
+def test_compaction_keeps_every_row_once_and_readers_see_one_table(wh, tmp_path, capsys):
+    """`nq compact` merges a source's parts into one: the same rows (count and content checksum) before and
+    after; queries running while it happens always see the whole table once (never both the compacted part and
+    the parts it replaces, never a half); a replaced part written again by name (a writer re-flushing it) stays
+    hidden; the replaced files are removed once their grace time has passed."""
+    import threading
+
+    from nq_dagster.cli import main
+
+    ing = Ingestor(wh)
+    for k in range(12):
+        ing.ingest_file(write(tmp_path, f"f{k}.csv", _minutes(f"2026-01-{k + 1:02d}", 40, 100 * k)), source="c")
+    parts = wh.table_parts("raw_ticks", "c")
+    assert len(parts) == 12
+    sql = "SELECT count(*) AS n, sum(value) AS s, count(DISTINCT timestamp) AS d FROM raw_ticks WHERE source = 'c'"
+    before = wh.query(sql).iloc[0].tolist()
+    assert before[0] == before[2] == 480
+
+    seen, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            seen.append(wh.query(sql).iloc[0].tolist())
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        assert main(["--home", str(wh.home), "compact", "--source", "c"]) == 0
+        for k in range(12, 14):  # ingest goes on beside it; a second compaction merges the new parts too
+            ing.ingest_file(write(tmp_path, f"f{k}.csv", _minutes(f"2026-01-{k + 1:02d}", 40, 100 * k)), source="c")
+        wh.compact("raw_ticks", "c")
+    finally:
+        stop.set()
+        t.join()
+    assert "c: 12 part(s) -> 1" in capsys.readouterr().out
+    assert seen and all(row[0] == row[2] for row in seen)  # never a row twice
+    assert {row[0] for row in seen} <= {480, 520, 560}  # the table before, or with whole new files
+    after = wh.query(sql).iloc[0].tolist()
+    assert after[0] == after[2] == 560
+    assert after[1] == pytest.approx(before[1] + sum(100 * k * 40 + 780 for k in (12, 13)))
+    assert len(wh.table_parts("raw_ticks", "c")) == 1
+    # a replaced part written again under its name (what a re-flush does) stays hidden
+    old = parts[0]
+    atomic_write_parquet(old, wh.read_part(wh.table_parts("raw_ticks", "c")[0]).slice(0, 40))
+    assert wh.query(sql).iloc[0].tolist() == after
+    # past the grace time the replaced files go; the table is unchanged
+    r = wh.compact("raw_ticks", "c", grace_s=0)
+    assert r["removed_files"] >= 13 and len(list(wh.partition_dir("raw_ticks", "c").glob("*.parquet"))) == 1
+    assert wh.query(sql).iloc[0].tolist() == after
+    assert len(wh.read_table("raw_ticks", "c")) == 560

@@ -84,3 +84,29 @@ def test_a_file_with_other_value_columns_is_refused_for_a_known_source(home, tmp
     rc, out, _ = q(home, "SELECT count(*) AS n, count(value) AS v FROM raw_ticks WHERE source = 'a'", capsys)
     assert out.splitlines()[1] == "5,5"
     assert (home.quarantine / "other.csv.reason.txt").exists()
+
+
+def test_an_old_duckdb_file_is_migrated_and_a_moved_home_still_reads(wh, tmp_path):
+    """A data directory from before the in-memory layout kept the log tables in nq.duckdb: their rows are moved
+    into Parquet once; no database file is written any more; the whole directory can move (views are built per
+    query from the parts found there)."""
+    import shutil
+
+    import duckdb
+
+    from nq_dagster.ingest import INGEST_LOG_DDL, Ingestor
+    from nq_dagster.resources.storage import Warehouse
+
+    con = duckdb.connect(str(wh.home / "nq.duckdb"))
+    con.execute(INGEST_LOG_DDL)
+    con.execute("INSERT INTO ingest_log VALUES ('abc', 'old.csv', 'a', 3, 0, 'ingested', NULL, now())")
+    con.close()
+    (tmp_path / "new.csv").write_text("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,2\n")
+    Ingestor(wh).ingest_file(tmp_path / "new.csv", source="b")
+    log = wh.query("SELECT file FROM ingest_log ORDER BY ingested_at")
+    assert [f.rsplit("/", 1)[-1] for f in log["file"]] == ["old.csv", "new.csv"]
+    assert not (wh.home / "nq.duckdb").exists() and (wh.home / "nq.duckdb.migrated").exists()
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(wh.home), moved)
+    assert Warehouse(moved).query("SELECT count(*) AS n FROM raw_ticks")["n"].iloc[0] == 2
+    assert Warehouse(moved).user_query("SELECT count(*) AS n FROM run_failures")["n"].iloc[0] == 0  # empty, queryable

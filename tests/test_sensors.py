@@ -130,7 +130,6 @@ def test_freshness_flags_only_data_waiting_too_long(wh):
     Ingestor(wh).ingest_file(wh.landing / "gamma.csv", move=True)
     ts = pd.date_range("2026-03-01", periods=10, freq="min", tz="UTC")
     wh.write_table("predictions", "gamma", pd.DataFrame({"source": "gamma", "timestamp": ts[:8]}))
-    wh.refresh_views()
     now = pd.Timestamp.now(tz="UTC")
     assert not freshness_table(wh, 300, now)["stale"].any()  # two rows behind, ingested just now
     later = freshness_table(wh, 300, now + pd.Timedelta("10min"))

@@ -16,7 +16,7 @@ from nq_dagster.assets.common import (
     source_partitions,
     table_metadata,
 )
-from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
+from nq_dagster.resources import WarehouseResource
 from nq_dagster.resources.storage import LIVE_PARTS
 
 
@@ -70,7 +70,7 @@ def serving_state(context: AssetExecutionContext, fusion_model: dict, features: 
                                 "use": MetadataValue.md(f"`nq predict --source {source} --values v1,v2,...`")})
 
 
-@asset(code_version=CODE_VERSIONS['predictions'], partitions_def=source_partitions, group_name="fusion", pool=DUCKDB_POOL, kinds={"parquet", "duckdb"}, owners=OWNERS,
+@asset(code_version=CODE_VERSIONS['predictions'], partitions_def=source_partitions, group_name="fusion", kinds={"parquet", "duckdb"}, owners=OWNERS,
        tags=TAGS)
 def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, reservoir_states: dict,
                 warehouse: WarehouseResource) -> Output[pd.DataFrame]:
@@ -153,7 +153,6 @@ def validation_report(context: AssetExecutionContext, fusion_model: dict, series
     path, figs = write_report(wh.reports / f"{source}.html", source, ev, series["value"].to_numpy(), kind)
     metrics = pd.DataFrame([{**ev["metrics"], "model_version": fusion_model["model_version"], "report": str(path)}])
     wh.write_table("validation_metrics", source, metrics)
-    wh.refresh_views()
     md = markdown_summary(source, ev) + "\n\n#### Baselines\n\n" + md_table(ev["baselines"])
     return Output(ev["criteria"], metadata={
         "validation_score": float(ev["metrics"]["score"]), "accuracy": float(ev["metrics"]["accuracy"]),

@@ -7,10 +7,11 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 
 from nq_dagster.assets.common import CODE_VERSIONS, OWNERS, TAGS, md_table, source_partitions, table_metadata
 from nq_dagster.ingest import Ingestor, build_series, landing_files  # noqa: F401 (build_series: re-exported)
-from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
+from nq_dagster.resources import WarehouseResource
+from nq_dagster.resources.storage import COMPACT_PARTS
 
 
-@asset(code_version=CODE_VERSIONS['raw_ticks'], partitions_def=source_partitions, pool=DUCKDB_POOL, group_name="ingestion", kinds={"parquet", "duckdb"}, owners=OWNERS,
+@asset(code_version=CODE_VERSIONS['raw_ticks'], partitions_def=source_partitions, group_name="ingestion", kinds={"parquet", "duckdb"}, owners=OWNERS,
        tags=TAGS)
 def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Every accepted row of the source, with the file it came from and its content hash (append-only).
@@ -29,7 +30,10 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
         raise Failure(description=f"source {source!r} has no data yet ({why[:300]}). Fix: put a CSV / Parquet / "
                       f"JSON-lines file in {wh.landing / source}/ or run `nq ingest FILE --source {source}`",
                       allow_retries=False)
-    wh.refresh_views()
+    compacted = None
+    if len(wh.table_parts("raw_ticks", source)) > COMPACT_PARTS:  # one part per landed file until merged
+        compacted = wh.compact("raw_ticks", source)
+        context.log.info(f"compacted {source}: {compacted['parts_before']} parts -> {compacted['parts_after']}")
     # from the parts' footers: what is stored, without reading the history (a streaming run's cost stays flat)
     parts = wh.table_parts("raw_ticks", source)
     spans = [wh.part_time_range(q) for q in parts]
@@ -46,6 +50,9 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
         meta["first_timestamp"] = str(pd.Timestamp(min(lows), tz="UTC"))
         meta["last_timestamp"] = str(pd.Timestamp(max(highs), tz="UTC"))
     meta["files_this_run"] = len(results)
+    meta["parts"] = len(parts)
+    if compacted:
+        meta["compacted_parts"] = compacted["parts_before"]
     meta["files_quarantined"] = sum(r.status == "quarantined" for r in results)
     return MaterializeResult(metadata=meta)
 

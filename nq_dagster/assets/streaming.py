@@ -7,12 +7,12 @@ from nq_dagster.assets.common import CODE_VERSIONS, OWNERS, TAGS, md_table, sour
 from nq_dagster.assets.fusion import serving_state
 from nq_dagster.assets.ingestion import raw_ticks
 from nq_dagster.ingest import build_series, rows_after
-from nq_dagster.resources import DUCKDB_POOL, WarehouseResource
+from nq_dagster.resources import WarehouseResource
 
 STREAM_PART = "stream-{:010d}-{:010d}"  # rows [a, b) of the source; a re-run of the same rows overwrites the part
 
 
-@asset(code_version=CODE_VERSIONS['live_predictions'], partitions_def=source_partitions, group_name="streaming", deps=[raw_ticks, serving_state], pool=DUCKDB_POOL,
+@asset(code_version=CODE_VERSIONS['live_predictions'], partitions_def=source_partitions, group_name="streaming", deps=[raw_ticks, serving_state],
        owners=OWNERS, tags=TAGS,
        kinds={"torch", "parquet"})
 def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
@@ -57,11 +57,8 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
         raise RuntimeError(f"{source}: {len(new)} new rows but {len(records)} predictions; nothing was written")
     nxt = predictor.serving_state(source)
     table = records_table(records)
-    first_table = not wh.table_parts("predictions")
     wh.write_table("predictions", source, table, part=STREAM_PART.format(st.n_rows, nxt.stream.n_rows))
     wh.save_artifact("live_state", source, nxt)
-    if first_table:
-        wh.refresh_views()
     rows = table.to_pandas()
     counts = rows["direction"].value_counts()
     ms = rows["processing_time_ms"]

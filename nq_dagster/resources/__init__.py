@@ -5,7 +5,7 @@ in dagster."""
 
 from importlib import import_module
 
-_WHERE = {"ComputeResource": "compute", "DUCKDB_POOL": "storage", "Warehouse": "storage",
+_WHERE = {"ComputeResource": "compute", "Warehouse": "storage",
           "WarehouseResource": "warehouse_resource"}
 __all__ = sorted(_WHERE)
 

@@ -34,14 +34,11 @@ class WarehouseIOManager(ConfigurableIOManager):
         name = context.asset_key.path[-1]
         source = self._partition(context)
         if isinstance(obj, pd.DataFrame):
-            new_table = not wh.table_parts(name)
             wh.write_table(name, source, obj)
             # a materialization replaces its own part; the parts the streaming job and the prediction server
             # appended (what was served live, `stream-*` / `serve-*`) stay: the `predictions` asset leaves their
             # times out of its walk-forward rows, so each (source, time) keeps one record, the one served
             wh.drop_other_parts(name, source, keep="data", keep_prefixes=LIVE_PARTS)
-            if new_table:
-                wh.refresh_views()
         else:
             wh.save_artifact(name, source, obj)
 

@@ -5,7 +5,6 @@
     landing/ processed/ quarantine/    files on their way in
     warehouse/<table>/source=<s>/*.parquet   the record, partitioned by source
     artifacts/<name>/<source>.npz       models and reservoir states (npz + JSON: loading runs no code)
-    nq.duckdb                           views over the Parquet, small tables
     dagster/                            DAGSTER_HOME
     reports/                            validation reports
 
@@ -16,18 +15,23 @@ one, never half of one.
 With `NQ_S3_BUCKET` set (the k8s deployment), the tables and artifacts live in
 S3-compatible object storage instead (`s3://<bucket>/<NQ_S3_PREFIX>/warehouse/...`,
 `.../artifacts/...`, endpoint `NQ_S3_ENDPOINT`, credentials from the usual AWS
-variables): each object is written with a single PUT, which is atomic; the small
-log tables become Parquet parts too, and queries run in an in-memory DuckDB over
-Arrow datasets of those objects (no shared DuckDB file, no DuckDB extension).
-Landing, processed, quarantine and reports stay under `$NQ_HOME`. Writes to the DuckDB file are serialised by an
-inter-process file lock (and, inside Dagster, by the `duckdb` concurrency pool),
-because DuckDB allows a single writer per database file.
+variables): each object is written with a single PUT, which is atomic.
+Landing, processed, quarantine and reports stay under `$NQ_HOME`.
+
+There is no database file: the small log tables (`ingest_log`, `run_failures`) are
+Parquet parts too (partition `_log`), and every query runs in a new in-memory DuckDB
+with one view per table over the table's live parts, listed when the query starts
+(on relative-free absolute paths of this run, so a moved `$NQ_HOME` just works).
+A source's many small parts are merged by `Warehouse.compact` (`nq compact`, and
+automatically past NQ_COMPACT_PARTS parts): the compacted part names the parts it
+replaces in its footer, so readers switch to it at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import tempfile
@@ -50,8 +54,11 @@ from nq_dagster import artifacts
 
 ARTIFACT_SUFFIX = ".npz"
 
-DUCKDB_POOL = "duckdb"
 LOG_PARTITION = "_log"
+COMPACT_LOG_PARTS = 64  # a log table past this many parts is compacted into one
+COMPACT_PARTS = int(os.environ.get("NQ_COMPACT_PARTS", "64"))  # raw_ticks of a source past this: compacted
+COMPACT_PREFIX = "compact-"  # a compacted part: its footer names the parts it replaces (Warehouse.compact)
+_REPLACES: dict[tuple[str, str], list[str]] = {}
 LIVE_PARTS = ("stream-", "serve-")  # parts of `predictions` / `raw_ticks` written by the streaming job and the server  # the partition that appended log rows use in object storage
 
 
@@ -193,10 +200,6 @@ class Warehouse:
     def dagster_home(self) -> Path:
         return self.home / "dagster"
 
-    @property
-    def duckdb_path(self) -> Path:
-        return self.home / "nq.duckdb"
-
     def ensure(self) -> Warehouse:
         for p in (self.landing, self.processed, self.quarantine, self.tables_dir, self.artifacts_dir,
                   self.reports, self.dagster_home):
@@ -228,7 +231,8 @@ class Warehouse:
 
     # Parquet tables ---------------------------------------------------------
     def partition_dir(self, table: str, source: str) -> Path:
-        return self.tables_dir / table / f"source={check_source_name(source)}"
+        name = source if source == LOG_PARTITION else check_source_name(source)  # '_log' is no valid source name
+        return self.tables_dir / table / f"source={name}"
 
     def write_table(self, table: str, source: str, df: pd.DataFrame | pa.Table, part: str = "data") -> Path | PurePosixPath:
         if self.store is None:
@@ -254,6 +258,16 @@ class Warehouse:
         return n
 
     def table_parts(self, table: str, source: str | None = None) -> list[Path] | list[PurePosixPath]:
+        """The live Parquet parts of a table (one source's partition, or all): every part file, less those a
+        compacted part of the same partition replaces (`compact`)."""
+        parts = self._part_files(table, source)
+        replaced: set[tuple[str, str]] = set()
+        for q in parts:
+            if q.stem.startswith(COMPACT_PREFIX):
+                replaced.update((q.parent.name, stem) for stem in self._replaces(q))
+        return [q for q in parts if (q.parent.name, q.stem) not in replaced]
+
+    def _part_files(self, table: str, source: str | None = None) -> list[Path] | list[PurePosixPath]:
         if self.store is None:
             base = self.tables_dir / table
             if source is not None:
@@ -266,6 +280,79 @@ class Warehouse:
         infos = self.store.fs.get_file_info(pafs.FileSelector(str(base), recursive=True, allow_not_found=True))
         parts = [PurePosixPath(i.path) for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
         return sorted(p for p in parts if p.parent.name.startswith("source="))
+
+    def _replaces(self, part: Path | PurePosixPath) -> list[str]:
+        """The part names a compacted part replaces (its footer's `nq_replaces`); compacted parts never change
+        once written (a new name each time), so this is read once per process."""
+        key = (str(self.where), str(part))
+        if key not in _REPLACES:
+            if self.store is None:
+                meta = pq.read_schema(part).metadata or {}
+            else:
+                meta = pq.read_schema(str(part), filesystem=self.store.fs).metadata or {}
+            _REPLACES[key] = json.loads(meta.get(b"nq_replaces", b"[]"))
+        return _REPLACES[key]
+
+    def compact(self, table: str, source: str, grace_s: float | None = None) -> dict:
+        """Merge a source's parts of an append-only table (`raw_ticks`) into one compacted part, atomically.
+
+        The compacted part is written whole (a temporary file renamed into place, or one PUT) under a new name,
+        with the names of the parts it replaces in its footer; from the moment it exists every reader
+        (`table_parts`, the DuckDB views, `nq query`) sees it instead of them, so a query sees the table either
+        before or after, never both or a half. The replaced files stay `grace_s` (default NQ_COMPACT_GRACE_S,
+        60 s) for queries that listed them before, and are deleted by a later compaction; a replaced name written
+        again (a writer re-flushing a part by name) stays hidden. One compaction or ingest of a source at a time
+        (the source lock). Returns what it did."""
+        if table not in ("raw_ticks", "ingest_log", "run_failures"):
+            raise ValueError(f"only the append-only tables (raw_ticks and the logs) are compacted; {table!r} has "
+                             "parts rewritten by name (training's 'data' part)")
+        grace = float(os.environ.get("NQ_COMPACT_GRACE_S", "60")) if grace_s is None else grace_s
+        with self.source_locks([source]):
+            removed = self._remove_replaced(table, source, grace)
+            parts = self.table_parts(table, source)
+            rows_before = sum(self.part_time_range(q)[2] for q in parts)
+            out = {"source": source, "parts_before": len(parts), "rows": rows_before, "removed_files": removed}
+            if len(parts) < 2:
+                return {**out, "parts_after": len(parts), "compacted": None}
+            merged = pa.concat_tables([self.read_part(q) for q in parts], promote_options="permissive")
+            if "timestamp" in merged.column_names:
+                merged = merged.sort_by("timestamp")
+            names = {q.stem for q in parts}
+            for q in parts:
+                if q.stem.startswith(COMPACT_PREFIX):
+                    names.update(self._replaces(q))
+            meta = dict(merged.schema.metadata or {})
+            meta[b"nq_replaces"] = json.dumps(sorted(names)).encode()
+            merged = merged.replace_schema_metadata(meta)
+            if merged.num_rows != rows_before:
+                raise AssertionError(f"{source}: compaction read {merged.num_rows} rows of {rows_before}")
+            name = f"{COMPACT_PREFIX}{pd.Timestamp.now(tz='UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
+            self.write_table(table, source, merged, part=name)
+            return {**out, "parts_after": len(self.table_parts(table, source)), "compacted": name}
+
+    def _remove_replaced(self, table: str, source: str, grace_s: float) -> int:
+        """Delete the files that compacted parts older than `grace_s` replace."""
+        files = self._part_files(table, source)
+        by_stem = {q.stem: q for q in files}
+        now, n = time.time(), 0
+        for q in files:
+            if not q.stem.startswith(COMPACT_PREFIX) or q.stem not in by_stem or now - self._mtime(q) < grace_s:
+                continue
+            for stem in self._replaces(q):
+                old = by_stem.pop(stem, None)
+                if old is not None and old != q:
+                    if self.store is None:
+                        Path(old).unlink(missing_ok=True)
+                    else:
+                        self.store.fs.delete_file(str(old))
+                    n += 1
+        return n
+
+    def _mtime(self, part: Path | PurePosixPath) -> float:
+        if self.store is None:
+            return Path(part).stat().st_mtime
+        info = self.store.fs.get_file_info(str(part))
+        return info.mtime.timestamp() if info.mtime else time.time()
 
     def read_part(self, part: Path | PurePosixPath, columns: list[str] | None = None) -> pa.Table:
         if self.store is None:
@@ -417,7 +504,8 @@ class Warehouse:
         d.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as stack:
             for s in sorted(set(sources)):
-                fh = stack.enter_context(open(d / f"source-{check_source_name(s)}.lock", "a+"))
+                name = s if s == LOG_PARTITION else check_source_name(s)
+                fh = stack.enter_context(open(d / f"source-{name}.lock", "a+"))
                 deadline = time.monotonic() + timeout_s
                 while True:
                     try:
@@ -431,104 +519,90 @@ class Warehouse:
             yield
 
     # DuckDB -------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _lock(self, exclusive: bool, timeout_s: float) -> Iterator[None]:
-        """Readers share, writers exclude, through one lock file: every nq process (runs, sensors, the CLI)
-        takes it before opening nq.duckdb, so DuckDB's own file lock never refuses one of them."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        lock_path = self.home / ".nq.duckdb.lock"
-        with open(lock_path, "a+") as lock:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(lock, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        who = "a writer" if not exclusive else "another reader or writer"
-                        raise TimeoutError(f"{lock_path}: {who} held the DuckDB lock for {timeout_s}s") from None
-                    time.sleep(0.02)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    # No database file: every query runs in a new in-memory DuckDB with one view per table over the table's live
+    # parts (`table_parts`, so compacted parts replace theirs at once), local and object storage alike. The small
+    # log tables (`ingest_log`, `run_failures`) are Parquet parts too (partition `_log`).
 
-    def _connect(self, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
-        """Connect, waiting out a process outside nq (a DuckDB shell, say) that holds the file."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                return duckdb.connect(str(self.duckdb_path), read_only=read_only)
-            except duckdb.IOException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+    def append_rows(self, table: str, df: pd.DataFrame, ddl: str | None = None) -> None:
+        """Append rows to a small log table (`ingest_log`, `run_failures`): one more Parquet part, written
+        atomically; past COMPACT_LOG_PARTS parts the log is compacted into one."""
+        self._migrate_duckdb_file()
+        part = f"{pd.Timestamp.now(tz='UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
+        self.write_table(table, LOG_PARTITION, df, part=part)
+        if len(self.table_parts(table, LOG_PARTITION)) > COMPACT_LOG_PARTS:
+            self.compact(table, LOG_PARTITION)
 
-    @contextlib.contextmanager
-    def duckdb_writer(self, timeout_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The only way to write to nq.duckdb: the exclusive lock, then a short-lived connection."""
-        with self._lock(True, timeout_s):
-            con = self._connect(False, timeout_s)
+    def _migrate_duckdb_file(self) -> None:
+        """A data directory from before this layout kept the log tables in `nq.duckdb`: copy them into Parquet
+        parts once, then rename the file to `nq.duckdb.migrated` (nothing reads it afterwards)."""
+        old = self.home / "nq.duckdb"
+        if self.store is not None or not old.exists():
+            return
+        with self.source_locks([LOG_PARTITION]):
+            if not old.exists():
+                return
+            con = duckdb.connect(str(old), read_only=True)
             try:
-                yield con
+                present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                                     "WHERE table_type = 'BASE TABLE'").fetchall()}
+                copies = {n: con.execute(f'SELECT * FROM "{n}"').to_arrow_table()
+                          for n in ("ingest_log", "run_failures") if n in present}
             finally:
                 con.close()
+            for n, tbl in copies.items():
+                if tbl.num_rows:
+                    self.write_table(n, LOG_PARTITION, tbl, part="migrated-from-nq-duckdb")
+            os.replace(old, self.home / "nq.duckdb.migrated")
 
-    def refresh_views(self) -> list[str]:
-        """(Re)create one DuckDB view per Parquet table, reading every source partition. (Object storage: no
-        shared catalogue; `query` builds the views for each query.)"""
-        names = self.table_names()
-        if self.store is not None:
-            return names
-        with self.duckdb_writer() as con:
-            for name in names:
-                glob = str(self.tables_dir / name / "source=*" / "*.parquet").replace("'", "''")
-                con.execute(
-                    f"CREATE OR REPLACE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', union_by_name=true)"
-                )
+    def _register_views(self, con: duckdb.DuckDBPyConnection, sql: str) -> set[str]:
+        """One view per table the SQL names, over the table's live parts (schemas unified by name); the log
+        tables are queryable while empty. Returns the table names."""
+        from nq_dagster.ingest import INGEST_LOG_DDL
+        from nq_dagster.sensors.failures import RUN_FAILURES_DDL
+
+        self._migrate_duckdb_file()
+        names = set()
+        named = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql)}
+        if named & {"information_schema", "duckdb_tables", "duckdb_views", "duckdb_columns"}:  # the catalogue
+            named |= {n.lower() for n in [*self.table_names(), "ingest_log", "run_failures"]}
+        for name in self.table_names():
+            if name.lower() not in named:
+                continue
+            parts = self.table_parts(name)
+            if not parts:
+                continue
+            names.add(name)
+            if self.store is None:
+                files = ", ".join("'" + str(q).replace("'", "''") + "'" for q in parts)
+                con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{files}], union_by_name=true, hive_partitioning=false)')
+            else:
+                schema = pa.unify_schemas([pq.read_schema(str(q), filesystem=self.store.fs) for q in parts],
+                                          promote_options="permissive")
+                con.register(name, pads.dataset([str(q) for q in parts], schema=schema, format="parquet",
+                                                filesystem=self.store.fs))
+        for n, ddl in {"ingest_log": INGEST_LOG_DDL, "run_failures": RUN_FAILURES_DDL}.items():
+            if n not in names and n in named:
+                con.execute(ddl)
+                names.add(n)
         return names
 
-    def execute_write(self, sql: str, params: list | None = None) -> None:
-        with self.duckdb_writer() as con:
-            con.execute(sql, params or [])
-
-    def append_rows(self, table: str, df: pd.DataFrame, ddl: str) -> None:
-        """Append rows to a small log table (`ingest_log`, `run_failures`), created by `ddl` when missing.
-        Object storage: each append is one more Parquet part of the table."""
-        if self.store is not None:
-            part = f"{pd.Timestamp.now(tz='UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
-            self.write_table(table, LOG_PARTITION, df, part=part)
-            return
-        with self.duckdb_writer() as con:
-            con.execute(ddl)
-            con.register("_rows", df)
-            con.execute(f'INSERT INTO "{table}" SELECT * FROM _rows')
-            con.unregister("_rows")
-
     def query(self, sql: str, timeout_s: float = 60.0) -> pd.DataFrame:
-        """Run SQL read-only over the warehouse views and small tables (a shared lock: readers never block
-        each other, and wait for a writer to finish)."""
-        if self.store is not None:
-            return self._query_object_store(sql)
-        if not self.duckdb_path.exists():
-            self.refresh_views()
-        with self._lock(False, timeout_s):
-            con = self._connect(True, timeout_s)
-            try:
-                return con.execute(sql).df()
-            finally:
-                con.close()
+        """Run SQL over the warehouse's tables in a new in-memory DuckDB (nothing to lock: no database file;
+        parts are immutable or replaced atomically)."""
+        con = duckdb.connect()
+        try:
+            self._register_views(con, sql)
+            return con.execute(sql).df()
+        finally:
+            con.close()
 
     def user_query(self, sql: str, timeout_s: float = 60.0) -> pd.DataFrame:
-        """Run a user's SQL (`nq query`) in a sandbox: an in-memory DuckDB with one view per warehouse table and
-        copies of the small log tables, that may read the warehouse's Parquet and nothing else. Only SELECT
+        """Run a user's SQL (`nq query`) in a sandbox: an in-memory DuckDB with one view per warehouse table (the
+        log tables included), that may read the warehouse's Parquet and nothing else. Only SELECT
         statements run (COPY, EXPORT, ATTACH, INSTALL / LOAD, SET / RESET, CREATE ... are refused before anything
         executes); file access outside `warehouse/` is refused by DuckDB itself (`enable_external_access=false`
         with the warehouse as the one allowed directory, then `lock_configuration=true`). Raises QueryRefused
         with a one-line reason."""
-        from nq_dagster.ingest import INGEST_LOG_DDL
-        from nq_dagster.sensors.failures import RUN_FAILURES_DDL
-
         con = duckdb.connect()  # in memory: nothing the query does can reach a database file
         try:
             try:
@@ -541,31 +615,7 @@ class Warehouse:
                 if st.type != duckdb.StatementType.SELECT:
                     raise QueryRefused(f"only SELECT queries run here (the warehouse is read-only to `nq query`); "
                                        f"refused a {st.type.name} statement. To export, use `--format csv > file`")
-            logs = {"ingest_log": INGEST_LOG_DDL, "run_failures": RUN_FAILURES_DDL}
-            if self.store is None:
-                for name in self.table_names():
-                    glob = str(self.tables_dir / name / "source=*" / "*.parquet").replace("'", "''")
-                    con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', union_by_name=true)")
-                if self.duckdb_path.exists():
-                    with self._lock(False, timeout_s):
-                        src = self._connect(True, timeout_s)
-                        try:
-                            present = {r[0] for r in src.execute("SELECT table_name FROM information_schema.tables"
-                                                                 ).fetchall()}
-                            copies = {n: src.execute(f'SELECT * FROM "{n}"').to_arrow_table()
-                                      for n in logs if n in present}
-                        finally:
-                            src.close()
-                    for n, tbl in copies.items():
-                        con.register(f"_{n}", tbl)
-                        con.execute(f'CREATE TABLE "{n}" AS SELECT * FROM "_{n}"')
-                        con.unregister(f"_{n}")
-            else:
-                self._register_object_store(con)
-            present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-            for n, ddl in logs.items():
-                if n not in present:
-                    con.execute(ddl)  # queryable while empty
+            self._register_views(con, sql)
             allowed = str(self.tables_dir).replace("'", "''") + "/"
             con.execute(f"SET allowed_directories = ['{allowed}']")
             con.execute("SET enable_external_access = false")
@@ -575,23 +625,5 @@ class Warehouse:
             except duckdb.PermissionException as exc:
                 raise QueryRefused(f"the query reads outside the warehouse, which `nq query` does not allow "
                                    f"({str(exc).splitlines()[0]})") from None
-        finally:
-            con.close()
-
-    def _register_object_store(self, con: duckdb.DuckDBPyConnection) -> None:
-        assert self.store is not None
-        for name in self.table_names():
-            parts = [str(p) for p in self.table_parts(name)]
-            schema = pa.unify_schemas([pq.read_schema(p, filesystem=self.store.fs) for p in parts],
-                                      promote_options="permissive")
-            con.register(name, pads.dataset(parts, schema=schema, format="parquet", filesystem=self.store.fs))
-
-    def _query_object_store(self, sql: str) -> pd.DataFrame:
-        """An in-memory DuckDB with one Arrow dataset per table in the bucket (schemas unified by name)."""
-        assert self.store is not None
-        con = duckdb.connect()
-        try:
-            self._register_object_store(con)
-            return con.execute(sql).df()
         finally:
             con.close()

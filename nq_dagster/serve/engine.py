@@ -594,7 +594,6 @@ class Engine:
             by_source: dict[str, list[dict]] = {}
             for rec in lines:
                 by_source.setdefault(rec["s"], []).append(rec)
-            first_table = not self.wh.table_parts("predictions")
             for s, recs in by_source.items():
                 fresh = [r for r in recs if not r["stored"]]
                 if fresh:
@@ -606,8 +605,6 @@ class Engine:
                 self.wh.write_table("predictions", s, records_table([_to_table_record(r["r"]) for r in recs]), part=part)
                 if states and s in states:
                     self.wh.save_artifact("live_state", s, states[s])
-            if first_table or any(not self.wh.table_parts("raw_ticks", s) for s in by_source):
-                self.wh.refresh_views()
             path.unlink(missing_ok=True)
             self.flushed_segments += 1
             self.last_flush_error = None
