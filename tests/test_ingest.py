@@ -265,3 +265,51 @@ def test_compaction_keeps_every_row_once_and_readers_see_one_table(wh, tmp_path,
     assert r["removed_files"] >= 13 and len(list(wh.partition_dir("raw_ticks", "c").glob("*.parquet"))) == 1
     assert wh.query(sql).iloc[0].tolist() == after
     assert len(wh.read_table("raw_ticks", "c")) == 560
+
+
+GOOD_FILES = {
+    "iso.csv": "timestamp,value\n2026-01-01T00:00:00Z,1.5\n2026-01-01T00:01:00Z, 2.5\n2026-01-01T00:02:00Z,3e2\n",
+    "space.csv": "time,price,volume\n2026-01-01 00:00:00.00,1,10\n2026-01-01 00:00:01.25,2,11\n",
+    "secs.csv": "ts,value\n1767225600,1\n1767225601,2\n",
+    "millis.csv": "ts,value\n1767225600000,1\n1767225601500,2\n",
+    "zones.csv": "timestamp,value,source\n2026-01-01T00:00:00+02:00,1,x\n2026-01-01T00:00:00+00:00,2,y\n"
+                 "2025-12-31T00:00:00-01:30,3,x\n",
+    "dates.csv": "Timestamp, Value \n2026-01-01,1\n2026-01-02,2\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_FILES))
+@pytest.mark.parametrize("source", [None, "over"])
+def test_the_vectorised_path_equals_the_row_by_row_path_on_good_files(tmp_path, name, source):
+    """Good files go through the polars path (`fast_read_validate`); it must store exactly what the row-by-row
+    path (`read_user_file` + `validate_frame`, which names bad rows) would: same rows, values, types, notes."""
+    from nq_dagster.ingest import fast_read_validate, read_user_file, validate_frame
+
+    path = write(tmp_path, name, GOOD_FILES[name])
+    data = path.read_bytes()
+    fast = fast_read_validate(path, data, source)
+    assert fast is not None, "a good file should take the vectorised path"
+    slow = validate_frame(read_user_file(path, data)[0], path, read_user_file(path, data)[1], source)
+    pd.testing.assert_frame_equal(fast[0].reset_index(drop=True), slow[0].reset_index(drop=True))
+    assert fast[1] == slow[1] == [] and fast[2] == slow[2]
+    mixed = write(tmp_path, "mixed.csv", "timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:00:01.5Z,2\n")
+    assert fast_read_validate(mixed, mixed.read_bytes(), source) is None  # two shapes: the row-by-row path
+    pq_path = tmp_path / (path.stem + ".parquet")  # the same rows as Parquet, typed columns
+    slow[0].drop(columns="_row").to_parquet(pq_path)
+    fast_pq = fast_read_validate(pq_path, pq_path.read_bytes(), source or "p")
+    frame, off = read_user_file(pq_path, pq_path.read_bytes())
+    slow_pq = validate_frame(frame, pq_path, off, source or "p")
+    pd.testing.assert_frame_equal(fast_pq[0].reset_index(drop=True), slow_pq[0].reset_index(drop=True))
+
+
+def test_sorting_note_is_per_source(wh, tmp_path):
+    """Two sources interleaved, each in time order: no "out of time order" note (the check was across sources)."""
+    text = ("timestamp,value,source\n2026-01-01T00:01:00Z,1,a\n2026-01-01T00:00:00Z,1,b\n"
+            "2026-01-01T00:02:00Z,2,a\n2026-01-01T00:01:00Z,2,b\n")
+    r = Ingestor(wh).ingest_file(write(tmp_path, "two.csv", text))
+    assert r.status == "ingested" and not any("order" in n for n in r.notes)
+    from nq_dagster.ingest import read_user_file, validate_frame
+
+    path = tmp_path / "two.csv"
+    frame, off = read_user_file(path, path.read_bytes())
+    assert not any("order" in n for n in validate_frame(frame, path, off, None)[2])

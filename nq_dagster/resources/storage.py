@@ -135,14 +135,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_parquet(path: Path, table: pa.Table | pd.DataFrame) -> None:
+def atomic_write_parquet(path: Path, table: pa.Table | pd.DataFrame, store_schema: bool = True) -> None:
+    """Write a Parquet file whole or not at all. `store_schema=False` leaves Arrow's own schema out of the file:
+    dictionary-encoded columns (constants of a part) then read back as plain strings."""
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", store_schema=store_schema)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -234,15 +236,17 @@ class Warehouse:
         name = source if source == LOG_PARTITION else check_source_name(source)  # '_log' is no valid source name
         return self.tables_dir / table / f"source={name}"
 
-    def write_table(self, table: str, source: str, df: pd.DataFrame | pa.Table, part: str = "data") -> Path | PurePosixPath:
+    def write_table(self, table: str, source: str, df: pd.DataFrame | pa.Table, part: str = "data",
+                    store_schema: bool = True) -> Path | PurePosixPath:
         if self.store is None:
             path = self.partition_dir(table, source) / f"{part}.parquet"
-            atomic_write_parquet(path, df)
+            atomic_write_parquet(path, df, store_schema)
             return path
         name = source if source == LOG_PARTITION else check_source_name(source)  # '_log' is no valid source name
         key = PurePosixPath(self._tables_root(), table, f"source={name}", f"{part}.parquet")
         tbl = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
-        pq.write_table(tbl, str(key), filesystem=self.store.fs)  # one PUT: the object appears whole or not at all
+        # one PUT: the object appears whole or not at all
+        pq.write_table(tbl, str(key), filesystem=self.store.fs, store_schema=store_schema)
         return key
 
     def drop_other_parts(self, table: str, source: str, keep: str = "data", keep_prefixes: tuple = ()) -> int:
