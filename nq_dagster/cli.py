@@ -190,6 +190,12 @@ def cmd_run(args) -> int:
 def cmd_ingest(args) -> int:
     from nq_dagster.ingest import Ingestor
 
+    rename = {}
+    for pair in args.rename:
+        old, sep, new = pair.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise ValueError(f"--rename {pair!r}: write OLD=NEW, e.g. --rename reading=value")
+        rename[old.strip()] = new.strip()
     wh = _setup_env(args.home)
     ing = Ingestor(wh)
     worst = 0
@@ -200,7 +206,7 @@ def cmd_ingest(args) -> int:
             print(f"{path}: no such file. Fix: check the path", file=sys.stderr)
             worst = 2
             continue
-        r = ing.ingest_file(path, source=args.source, skip_bad_rows=args.skip_bad_rows)
+        r = ing.ingest_file(path, source=args.source, skip_bad_rows=args.skip_bad_rows, rename=rename)
         sources |= set(r.sources)
         if r.status == "quarantined":
             print(f"QUARANTINED {path}: {r.reason}\n  reason file: {wh.quarantine}", file=sys.stderr)
@@ -389,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("files", nargs="+")
     i.add_argument("--source", help="source name for every row (default: the `source` column, else the file name)")
     i.add_argument("--skip-bad-rows", action="store_true", help="store the good rows, record the bad ones")
+    i.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                   help="map a column of the file to the source's name for it (repeatable), e.g. reading=value")
     i.set_defaults(fn=cmd_ingest)
     cp = sub.add_parser("compact", help="merge each source's raw_ticks parts into one (atomic)")
     cp.add_argument("--source", help="one source (default: every source)")

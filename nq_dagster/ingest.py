@@ -39,6 +39,7 @@ from nq_dagster.resources.storage import (
     check_source_name,
 )
 
+VALUE_SHOWN = 200  # characters of a bad value that a message shows
 TIMESTAMP_NAMES = ("timestamp", "time", "ts", "datetime", "date")
 PRIMARY_NAMES = ("value", "price", "close", "reading")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -56,6 +57,11 @@ class BadRow:
     value: str
     problem: str
     fix: str
+
+    def __post_init__(self) -> None:
+        # a value is shown, never stored whole in a message: a 5 MB field must not become a 5 MB line
+        if len(self.value) > VALUE_SHOWN:
+            self.value = f"{self.value[:VALUE_SHOWN]}... ({len(self.value):,} characters)"
 
     def describe(self, file: str) -> str:
         return f"{file}: row {self.row}, column {self.column!r}: {self.problem} (value {self.value!r}). Fix: {self.fix}"
@@ -123,6 +129,12 @@ def read_user_file(path: Path, data: bytes) -> tuple[pd.DataFrame, int]:
             raise FileRejected(f"{path}: malformed CSV ({exc}). Fix: every line needs the header's number of fields") from exc
         except pd.errors.EmptyDataError as exc:
             raise FileRejected(f"{path}: the file is empty. Fix: write a header and at least one data row") from exc
+        if not isinstance(frame.index, pd.RangeIndex):  # pandas took the first column as an index: the first data
+            n = len(frame.columns)                      # row has more fields than the header
+            raise FileRejected(f"{path}: row 2 has more fields than the header's {n}. Fix: every line needs the "
+                               f"header's number of fields",
+                               [BadRow(2, "*", str(frame.index[0]), f"more fields than the header's {n}",
+                                       "every line needs the header's number of fields")])
         return frame, 2
     records = []
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -167,7 +179,23 @@ def _parse_timestamps(col: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return out, out.notna().to_numpy()
 
 
-def fast_read_validate(path: Path, data: bytes, source_override: str | None
+def renamed_columns(path: Path, columns: list[str], rename: dict[str, str] | None) -> dict[str, str]:
+    """The column mapping of `--rename old=new` for a file's columns (names compared trimmed, case-insensitive);
+    a name the file does not have is an error naming what it has."""
+    if not rename:
+        return {}
+    by_key = {c.strip().lower(): c for c in columns}
+    out = {}
+    for old, new in rename.items():
+        col = by_key.get(old.strip().lower())
+        if col is None:
+            raise FileRejected(f"{path}: --rename {old}={new}: the file has no column {old!r}; its columns are "
+                               f"{list(columns)}. Fix: name one of them")
+        out[col] = new.strip()
+    return out
+
+
+def fast_read_validate(path: Path, data: bytes, source_override: str | None, rename: dict[str, str] | None = None
                        ) -> tuple[pd.DataFrame, list[BadRow], list[str]] | None:
     """The whole-file path of ingest, vectorised in polars: read, parse and check every rule of `validate_frame`
     (timestamps, numbers, NaN / infinity, source names, duplicate (source, timestamp)) over whole columns. When
@@ -190,6 +218,9 @@ def fast_read_validate(path: Path, data: bytes, source_override: str | None
     except Exception:  # noqa: BLE001 - any parse problem: the row-by-row path says what and where
         return None
     if frame.height == 0 or len(set(c.lower().strip() for c in frame.columns)) != frame.width:
+        return None
+    frame = frame.rename(renamed_columns(path, frame.columns, rename))
+    if len(set(c.lower().strip() for c in frame.columns)) != frame.width:
         return None
     cols = {c.lower().strip(): c for c in frame.columns}
     ts_col = next((cols[n] for n in TIMESTAMP_NAMES if n in cols), None)
@@ -451,8 +482,9 @@ class Ingestor:
         return pd.concat(out) if out else pd.Series([], dtype="datetime64[us, UTC]")
 
     def ingest_file(self, path: str | Path, source: str | None = None, skip_bad_rows: bool = False,
-                    move: bool = False) -> FileResult:
-        """Ingest one file. `move` moves it out of the landing zone afterwards (processed or quarantine)."""
+                    move: bool = False, rename: dict[str, str] | None = None) -> FileResult:
+        """Ingest one file. `move` moves it out of the landing zone afterwards (processed or quarantine);
+        `rename` maps the file's column names to the source's ({"reading": "value"})."""
         path = Path(path)
         data = path.read_bytes()
         digest = content_hash(data)
@@ -463,11 +495,12 @@ class Ingestor:
             return self._skip_duplicate(path, result, move)
         part = f"part-{digest[:20]}"
         try:
-            fast = fast_read_validate(path, data, source)
+            fast = fast_read_validate(path, data, source, rename)
             if fast is not None:
                 clean, bad, notes = fast
             else:
                 frame, offset = read_user_file(path, data)
+                frame = frame.rename(columns=renamed_columns(path, list(frame.columns), rename))
                 clean, bad, notes = validate_frame(frame, path, offset, source)
         except FileRejected as exc:
             return self._reject(path, data, result, exc, move)
@@ -488,8 +521,9 @@ class Ingestor:
             expected = sorted(c for c in names if c not in ("source", "timestamp", "file", "content_hash"))
             if found != expected:
                 raise FileRejected(f"{path}: value columns {found} differ from source {src!r}'s columns {expected} "
-                                   "(fixed by its first file). Fix: name the columns as before, or ingest it under "
-                                   "a new source name")
+                                   "(fixed by its first file). Fix: name the columns as before (or map them: "
+                                   f"`nq ingest FILE --source {src} --rename found=expected`), or ingest it under a "
+                                   "new source name")
 
     def _reject(self, path: Path, data: bytes, result: FileResult, exc: FileRejected, move: bool) -> FileResult:
         result.status = "quarantined"

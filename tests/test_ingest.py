@@ -313,3 +313,29 @@ def test_sorting_note_is_per_source(wh, tmp_path):
     path = tmp_path / "two.csv"
     frame, off = read_user_file(path, path.read_bytes())
     assert not any("order" in n for n in validate_frame(frame, path, off, None)[2])
+
+
+def test_field_count_long_values_and_rename(wh, tmp_path, capsys):
+    """An extra field in the first data row is a field-count error; a huge bad value is shown cut to 200
+    characters (message, reason file, log); a file whose value column is named differently is refused for a
+    known source with the fix, and `--rename reading=value` stores it under the source's name (never as NULL)."""
+    from nq_dagster.cli import main
+
+    ing = Ingestor(wh)
+    r = ing.ingest_file(write(tmp_path, "extra.csv", "timestamp,value\n2026-01-01T00:00:00Z,1,extra\n"), source="e")
+    assert r.status == "quarantined" and "row 2 has more fields than the header's 2" in r.reason
+    r = ing.ingest_file(write(tmp_path, "huge.csv", "timestamp,value\n2026-01-01T00:00:00Z," + "x" * 5_000_000 + "\n"),
+                        source="e")
+    assert r.status == "quarantined" and len(r.reason) < 1000 and "5,000,000 characters" in r.reason
+    assert (wh.quarantine / "huge.csv.reason.txt").stat().st_size < 5000
+    assert ing.ingest_file(write(tmp_path, "first.csv", GOOD), source="k").status == "ingested"
+    other = write(tmp_path, "other.csv", "timestamp,reading\n2026-01-02T00:00:00Z,7.5\n2026-01-02T00:01:00Z,8\n")
+    r = ing.ingest_file(other, source="k")
+    assert r.status == "quarantined" and "--rename found=expected" in r.reason
+    assert main(["--home", str(wh.home), "ingest", str(other), "--source", "k", "--rename", "reading=value"]) == 0
+    stored = wh.read_table("raw_ticks", "k")
+    assert list(stored.columns) == ["source", "timestamp", "value", "file", "content_hash"]
+    assert stored.sort_values("timestamp")["value"].tolist() == [1.5, 2.5, 3.0, 7.5, 8.0]
+    assert main(["--home", str(wh.home), "ingest", str(other), "--source", "k2", "--rename", "level=value"]) == 1
+    said = capsys.readouterr()
+    assert "has no column 'level'" in said.out + said.err
