@@ -14,7 +14,7 @@ from dagster import (
 )
 
 from nq_dagster.assets import checks, fusion, ingestion, neuromorphic, quantum, streaming
-from nq_dagster.deployment import deployment
+from nq_dagster.deployment import deployment, training_executor
 from nq_dagster.jobs import (  # noqa: F401  (names re-exported for the CLI)
     CROSS_SOURCE_JOB,
     SOURCE_JOB,
@@ -28,15 +28,18 @@ from nq_dagster.jobs import (
 )
 from nq_dagster.resources import ComputeResource, WarehouseResource
 from nq_dagster.resources.io_manager import WarehouseIOManager
-from nq_dagster.sensors import landing_sensor, run_failure_recorder, training_schedule
+from nq_dagster.sensors import landing_sensor, run_failure_recorder
 
 ASSET_MODULES = [ingestion, neuromorphic, quantum, fusion, streaming]
 
-# declarative automation (the portfolio after new predictions), evaluated by the daemon every 30 s
+# declarative automation, evaluated by the daemon every 30 s: the daily training of every source with enough rows
+# (nq_dagster/assets/automation.py) and the portfolio after new predictions
 automation_sensor = AutomationConditionSensorDefinition(
-    "automation", target=AssetSelection.assets("portfolio"), default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30, description="Requests the assets whose automation condition is true "
-    "(the cross-source portfolio after any source's predictions were materialized).")
+    "automation", target=AssetSelection.all() - AssetSelection.assets("live_predictions"),
+    default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+    description="Requests the assets whose automation condition is true: each source's training graph once a day "
+    "(NQ_TRAIN_CRON) when it has the rows training needs, and the cross-source portfolio after any source's "
+    "predictions were materialized. Training runs go one per source like every run (the instance's tag limit).")
 
 
 def build_resources() -> dict:
@@ -59,7 +62,7 @@ defs = Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     jobs=[source_pipeline, streaming_job, ingest_only, cross_source, freshness_job],
-    schedules=[training_schedule],
     sensors=[landing_sensor, run_failure_recorder, automation_sensor],
     resources=build_resources(),
+    executor=training_executor(),  # runs the automation sensor launches (training) run in process, as the job does
 )

@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 
 from nq_dagster.cli import main
@@ -328,3 +329,35 @@ def test_nq_dev_serves_the_code_location_through_dg(wh, tmp_path):
             # exit on their own once these are gone (heartbeat)
             for pattern in (f"--port {port}", str(wh.home)):
                 subprocess.run(["pkill", "-9", "-f", pattern], check=False)
+
+
+def test_training_runs_daily_by_declarative_automation_for_sources_with_enough_rows(wh, monkeypatch):
+    """The daily training is an automation condition on the per-source graph (no schedule): after the cron tick,
+    every asset of the training graph is requested for each source with enough rows, in one evaluation (one run
+    per source), and not for a source still short of rows; not again until the next tick."""
+    import datetime
+
+    from dagster import AssetKey, DagsterInstance, evaluate_automation_conditions
+
+    from nq_dagster.definitions import defs
+
+    monkeypatch.setenv("NQ_MIN_ROWS_TO_TRAIN", "20")
+    ts = pd.date_range("2026-03-01", periods=30, freq="min", tz="UTC")
+    wh.write_table("raw_ticks", "big", pd.DataFrame({"source": "big", "timestamp": ts, "value": 1.0}))
+    wh.write_table("raw_ticks", "small", pd.DataFrame({"source": "small", "timestamp": ts[:5], "value": 1.0}))
+    assert not defs.schedules
+    day = datetime.datetime(2026, 3, 2, tzinfo=datetime.UTC)
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("source", ["big", "small"])
+        r = evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=day.replace(hour=2))
+        assert r.total_requested == 0  # before the 03:00 tick
+        r = evaluate_automation_conditions(defs=defs, instance=instance, cursor=r.cursor,
+                                           evaluation_time=day.replace(hour=3, minute=5))
+        trained = {"raw_ticks", "series", "spike_trains", "reservoir_states", "patterns", "features",
+                   "feature_selection", "fusion_model", "serving_state", "predictions", "validation_report"}
+        for name in trained:
+            assert r.get_requested_partitions(AssetKey(name)) == {"big"}, name
+        assert not r.get_requested_partitions(AssetKey("live_predictions"))
+        r = evaluate_automation_conditions(defs=defs, instance=instance, cursor=r.cursor,
+                                           evaluation_time=day.replace(hour=3, minute=10))
+        assert r.total_requested == 0  # handled until the next tick

@@ -11,7 +11,7 @@ from dagster import DynamicPartitionsDefinition, FreshnessPolicy, MetadataValue,
 source_partitions = DynamicPartitionsDefinition(name="source")
 OWNERS = ["team:nq-dagster"]
 TAGS = {"domain": "prediction"}
-# the training outputs are refreshed by the daily training schedule (NQ_TRAIN_CRON): Dagster's freshness daemon
+# the training outputs are refreshed by the daily training automation (NQ_TRAIN_CRON): Dagster's freshness daemon
 # marks them late after 25 h and failed after 26 h, with no run of its own
 _h = float(os.environ.get("NQ_TRAINING_FRESH_HOURS", "26"))
 DAILY = FreshnessPolicy.time_window(fail_window=timedelta(hours=_h), warn_window=timedelta(hours=_h - 1))

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
+from nq_dagster.assets.automation import TRAINING_AUTOMATION
 from nq_dagster.assets.common import (
     CODE_VERSIONS,
     DAILY,
@@ -27,7 +28,7 @@ def quantum_summary(q: dict) -> dict:
                             "method": q["method"]}}
 
 
-@asset(code_version=CODE_VERSIONS['fusion_model'], partitions_def=source_partitions, group_name="fusion", kinds={"scikit-learn"}, owners=OWNERS, tags=TAGS)
+@asset(code_version=CODE_VERSIONS['fusion_model'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="fusion", kinds={"scikit-learn"}, owners=OWNERS, tags=TAGS)
 def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservoir_states: dict,
                  feature_selection: dict, warehouse: WarehouseResource) -> Output[dict]:
     """Walk-forward fused model (reservoir readout + selected features + recent changes), its ablations and AR(5);
@@ -49,7 +50,7 @@ def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservo
                                  "fit_seconds": elapsed, "trained_rows": mv.trained_rows})
 
 
-@asset(code_version=CODE_VERSIONS['serving_state'], partitions_def=source_partitions, group_name="fusion", kinds={"numpy"}, owners=OWNERS, tags=TAGS,
+@asset(code_version=CODE_VERSIONS['serving_state'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="fusion", kinds={"numpy"}, owners=OWNERS, tags=TAGS,
        freshness_policy=DAILY)
 def serving_state(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, spike_trains: dict,
                   reservoir_states: dict) -> Output[Any]:  # a fusion.predictor.ServingState
@@ -70,7 +71,7 @@ def serving_state(context: AssetExecutionContext, fusion_model: dict, features: 
                                 "use": MetadataValue.md(f"`nq predict --source {source} --values v1,v2,...`")})
 
 
-@asset(code_version=CODE_VERSIONS['predictions'], partitions_def=source_partitions, group_name="fusion", kinds={"parquet", "duckdb"}, owners=OWNERS,
+@asset(code_version=CODE_VERSIONS['predictions'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="fusion", kinds={"parquet", "duckdb"}, owners=OWNERS,
        tags=TAGS)
 def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, reservoir_states: dict,
                 warehouse: WarehouseResource) -> Output[pd.DataFrame]:
@@ -125,7 +126,7 @@ def live_prediction_times(wh, source: str) -> pd.Series:
     return pd.concat([wh.read_part(p, columns=["timestamp"]).to_pandas()["timestamp"] for p in parts])
 
 
-@asset(code_version=CODE_VERSIONS['validation_report'], partitions_def=source_partitions, group_name="validation", deps=[predictions], kinds={"html", "parquet"},
+@asset(code_version=CODE_VERSIONS['validation_report'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="validation", deps=[predictions], kinds={"html", "parquet"},
        owners=OWNERS, tags=TAGS, freshness_policy=DAILY)
 def validation_report(context: AssetExecutionContext, fusion_model: dict, series: pd.DataFrame,
                       warehouse: WarehouseResource) -> Output[pd.DataFrame]:

@@ -5,13 +5,14 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, Output, asset
 
+from nq_dagster.assets.automation import TRAINING_AUTOMATION
 from nq_dagster.assets.common import CODE_VERSIONS, OWNERS, TAGS, md_table, source_partitions, table_metadata
 from nq_dagster.ingest import Ingestor, build_series, landing_files  # noqa: F401 (build_series: re-exported)
 from nq_dagster.resources import WarehouseResource
 from nq_dagster.resources.storage import COMPACT_PARTS
 
 
-@asset(code_version=CODE_VERSIONS['raw_ticks'], partitions_def=source_partitions, group_name="ingestion", kinds={"parquet", "duckdb"}, owners=OWNERS,
+@asset(code_version=CODE_VERSIONS['raw_ticks'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="ingestion", kinds={"parquet", "duckdb"}, owners=OWNERS,
        tags=TAGS)
 def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Every accepted row of the source, with the file it came from and its content hash (append-only).
@@ -57,7 +58,7 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
     return MaterializeResult(metadata=meta)
 
 
-@asset(code_version=CODE_VERSIONS['series'], partitions_def=source_partitions, deps=[raw_ticks], group_name="ingestion", kinds={"parquet"},
+@asset(code_version=CODE_VERSIONS['series'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, deps=[raw_ticks], group_name="ingestion", kinds={"parquet"},
        owners=OWNERS, tags=TAGS)
 def series(context: AssetExecutionContext, warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """The cleaned series of one source: sorted by time, one row per timestamp."""

@@ -4,12 +4,13 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, AutomationCondition, MetadataValue, Output, asset
 
+from nq_dagster.assets.automation import TRAINING_AUTOMATION
 from nq_dagster.assets.common import CODE_VERSIONS, OWNERS, TAGS, md_table, source_partitions
 from nq_dagster.deployment import k8s_op_tags
 from nq_dagster.resources import WarehouseResource
 
 
-@asset(code_version=CODE_VERSIONS['feature_selection'], partitions_def=source_partitions, group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"),
+@asset(code_version=CODE_VERSIONS['feature_selection'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="quantum", kinds={"scipy"}, op_tags=k8s_op_tags("quantum"),
        owners=OWNERS, tags=TAGS)
 def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, warehouse: WarehouseResource) -> Output[dict]:
     """Choose `select_k` fusion features by a relevance-minus-redundancy QUBO on the first training window only."""
