@@ -195,3 +195,27 @@ def test_counter_hash_is_the_int64_reference_bit_for_bit():
     bits = counter_bits(seed, (S, T, W, N), off, "cpu")
     assert torch.equal(k.to(torch.int32), bits)
     assert 0.45 < float(bits.double().mean()) / 2**31 < 0.55
+
+
+def test_batched_reservoirs_step_as_each_reservoir_does():
+    """Many reservoirs stepped at once (block-diagonal sparse recurrent weights, one sparse input product) equal
+    each reservoir's own step up to float32 rounding, for all of them and for a subset (by position)."""
+    import torch
+
+    from nq_dagster.neuromorphic.reservoir import BatchedReservoirs, Reservoir, ReservoirState
+
+    rng = np.random.default_rng(1)
+    res = [Reservoir(200, 120, seed=s) for s in range(5)]
+    batch = BatchedReservoirs(res)
+    u = torch.as_tensor((rng.random((5, 200)) < 0.15) * rng.integers(1, 4, (5, 200)), dtype=torch.float32)
+    x = torch.as_tensor(rng.normal(size=(5, 120)) * 0.3, dtype=torch.float32)
+    ref = torch.cat([r.step(u[k:k + 1], ReservoirState(x[k:k + 1]))[0] for k, r in enumerate(res)])
+    assert torch.allclose(batch.step(np.arange(5), u, x), ref, atol=1e-5)
+    pos = np.array([3, 0])
+    assert torch.allclose(batch.step(pos, u[pos], x[pos]), ref[pos], atol=1e-5)
+    assert not torch.allclose(ref[0], ref[1])  # each has its own weights
+    dense = [Reservoir(2, 60, seed=s) for s in range(3)]
+    ud = torch.as_tensor(rng.normal(size=(3, 2)), dtype=torch.float32)
+    xd = torch.as_tensor(rng.normal(size=(3, 60)) * 0.3, dtype=torch.float32)
+    refd = torch.cat([r.step(ud[k:k + 1], ReservoirState(xd[k:k + 1]))[0] for k, r in enumerate(dense)])
+    assert torch.allclose(BatchedReservoirs(dense).step(np.arange(3), ud, xd, sparse_input=False), refd, atol=1e-6)

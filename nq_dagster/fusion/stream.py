@@ -218,9 +218,11 @@ def encoder_steps(states: list[StreamState], x: np.ndarray, feature_window: int)
 
 
 def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray, cfg, seeds: np.ndarray,
-                       reservoirs: list[Reservoir], analog: list[Reservoir] | None = None) -> TickFeatures:
+                       reservoirs: list[Reservoir], analog: list[Reservoir] | None = None,
+                       batched: tuple | None = None) -> TickFeatures:
     """Advance S sources by one tick each: values x (S,), timestamps ts (S,) ns. Returns the features and the
-    new states; `states` are not modified."""
+    new states; `states` are not modified. `batched` = (BatchedReservoirs of the spiking reservoirs, of the analog
+    ones, the sources' positions in them) steps all reservoirs at once (many sources on CPU)."""
     S = len(states)
     enc = encoder_steps(states, x, cfg.feature_window)
     inputs = enc.inputs
@@ -230,12 +232,17 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
                       cfg.min_rate_hz, cfg.max_rate_hz, seed=seeds, device=device, step_offset=steps)[:, 0]
     spikes = spikes_t.cpu().numpy()  # (S, W, N)
     u = reservoir_input(spikes)  # (S, N) float32
-    frames_new, res_states = [], []
-    for s, (st, res) in enumerate(zip(states, reservoirs, strict=True)):
-        out, rs = res.step(torch.as_tensor(u[s:s + 1]).to(device), st.reservoir.to(device), gather_inputs=S > 1)
-        frames_new.append(out[0].cpu().numpy().astype(np.float32))
-        res_states.append(rs.to("cpu"))
-    frames_new = np.stack(frames_new)  # (S, size)
+    if batched is not None:
+        x_new = batched[0].step(batched[2], torch.as_tensor(u), torch.cat([st.reservoir.x for st in states]))
+        frames_new = x_new.numpy().astype(np.float32)
+        res_states = [ReservoirState(x_new[s:s + 1].clone()) for s in range(S)]
+    else:
+        frames_new, res_states = [], []
+        for s, (st, res) in enumerate(zip(states, reservoirs, strict=True)):
+            out, rs = res.step(torch.as_tensor(u[s:s + 1]).to(device), st.reservoir.to(device), gather_inputs=S > 1)
+            frames_new.append(out[0].cpu().numpy().astype(np.float32))
+            res_states.append(rs.to("cpu"))
+        frames_new = np.stack(frames_new)  # (S, size)
     window = np.concatenate([np.stack([st.frames for st in states]).astype(DETECTOR_DTYPE),
                              frames_new[:, None].astype(DETECTOR_DTYPE)], axis=1)  # (S, 32, M) as the detectors read
 
@@ -293,7 +300,16 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     cands = np.column_stack([inputs, pats, stats["spike_rate"], stats["active_fraction"]])
     # the analog reservoir: the value and its change themselves
     blocks, an_states = None, [None] * S
-    if analog is not None and all(st.analog is not None for st in states):
+    if analog is not None and batched is not None and all(st.analog is not None for st in states):
+        xs_all = np.asarray(x, dtype=float)
+        prev_all = np.array([float(st.values[-1]) if len(st.values) else float(xs_all[s]) for s, st in enumerate(states)])
+        u_an = np.concatenate([analog_inputs([xs_all[s]], [xs_all[s] - prev_all[s]], st.analog_scaling)
+                               for s, st in enumerate(states)])  # (S, 2)
+        an_new = batched[1].step(batched[2], torch.as_tensor(np.tanh(u_an / 3.0), dtype=torch.float32),
+                                 torch.cat([st.analog.x for st in states]), sparse_input=False)
+        an_states = [ReservoirState(an_new[s:s + 1].clone()) for s in range(S)]
+        blocks = np.concatenate([an_new.numpy().astype(float), u_an], axis=1)
+    elif analog is not None and all(st.analog is not None for st in states):
         blocks = []
         for s, (st, res) in enumerate(zip(states, analog, strict=True)):
             xs = float(np.asarray(x, dtype=float)[s])
