@@ -499,3 +499,22 @@ def test_a_slow_subscriber_is_closed_and_the_others_keep_up():
 
     got, drained, left, dropped = asyncio.run(run())
     assert got == [0, 1, 2, 3, 4] and drained == [None] and left == 1 and dropped == 1
+
+
+def test_key_store_sees_new_keys_at_once_and_revocations_within_a_second(tmp_path, monkeypatch):
+    """The server's key store re-reads the key file at most once a second (a stat per request was 14 % of the
+    event loop): a key created by another process works at once, a revoked one is refused within RELOAD_S; writes
+    never start from the cached copy (three keys created in a row all stay)."""
+    import nq_dagster.serve.keys as keymod
+
+    server, cli = KeyStore(tmp_path), KeyStore(tmp_path)
+    made = [cli.create(role)[0] for role in ("viewer", "developer", "admin")]
+    assert all(server.verify(k) is not None for k in made)
+    assert len(KeyStore(tmp_path).list()) == 3
+    newer = cli.create("viewer")[0]
+    assert server.verify(newer) is not None  # created after the server's last read: found at once
+    cli.revoke(server.verify(made[0]).id)
+    clock = [keymod.time.monotonic()]
+    monkeypatch.setattr(keymod.time, "monotonic", lambda: clock[0])
+    clock[0] += keymod.RELOAD_S + 0.01
+    assert server.verify(made[0]) is None and server.verify(made[1]) is not None

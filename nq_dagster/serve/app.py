@@ -242,6 +242,9 @@ class Server:
     def __init__(self, wh: Warehouse, engine: Engine, settings: Settings | None = None):
         self.wh, self.engine = wh, engine
         self.settings = settings or Settings.load(wh)
+        # request ids: unique per process (a random prefix and a counter); uuid4 per request, a urandom call each,
+        # was 13 % of the event loop at 32 concurrent clients
+        self._rid_prefix, self._rid_counter = uuid.uuid4().hex[:12], itertools.count()
         self.keys = KeyStore(wh.home)
         self.configs = ConfigStore(wh.home)
         self.metrics = Metrics()
@@ -285,7 +288,7 @@ class Server:
         t0 = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         rid = headers.get("x-request-id", "")
-        rid = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
+        rid = rid if REQUEST_ID_RE.match(rid) else f"{self._rid_prefix}{next(self._rid_counter):012x}"
         scope.setdefault("state", {})["request_id"] = rid
         scope["state"]["received"] = t0
         endpoint = next((r.path for r in self.routes if r.matches(scope)[0] == Match.FULL), "unmatched")

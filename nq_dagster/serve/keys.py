@@ -60,6 +60,9 @@ class KeyRecord:
         return d
 
 
+RELOAD_S = 1.0  # a key revoked by another process is refused within this many seconds (a new key at once)
+
+
 class KeyStore:
     """Keys of one data directory; re-read when the file changes (a key created or revoked by `nq keys` takes effect
     at the next request, without a restart)."""
@@ -69,6 +72,7 @@ class KeyStore:
         self.path = self.dir / "keys.json"
         self._lock = threading.Lock()
         self._mtime: int | None = None
+        self._checked = 0.0  # when the file's mtime was last looked at
         self._keys: dict[str, KeyRecord] = {}
         self._secret: bytes | None = None
 
@@ -91,8 +95,12 @@ class KeyStore:
     def _digest(self, key: str) -> str:
         return hmac.new(self._server_secret(), key.encode(), hashlib.sha256).hexdigest()
 
-    def _load(self) -> dict[str, KeyRecord]:
+    def _load(self, fresh: bool = False) -> dict[str, KeyRecord]:
         with self._lock:
+            now = time.monotonic()
+            if not fresh and self._mtime is not None and now - self._checked < RELOAD_S:
+                return self._keys  # a stat per request was 14 % of the server's event loop
+            self._checked = now
             try:
                 mtime = self.path.stat().st_mtime_ns
             except FileNotFoundError:
@@ -119,13 +127,13 @@ class KeyStore:
         key = f"nq_{kid}_{secrets.token_urlsafe(24)}"
         rec = KeyRecord(id=kid, role=role, hash=self._digest(key), rate_per_s=parse_rate(rate), burst=int(burst),
                         max_concurrent=int(max_concurrent), name=name, created_at=datetime.now(UTC).isoformat())
-        keys = dict(self._load())
+        keys = dict(self._load(fresh=True))  # read-modify-write: never from the cache
         keys[kid] = rec
         self._save(keys)
         return key, rec
 
     def revoke(self, kid: str) -> KeyRecord:
-        keys = dict(self._load())
+        keys = dict(self._load(fresh=True))  # read-modify-write: never from the cache
         if kid not in keys:
             raise KeyError(f"no key with id {kid!r}")
         keys[kid].revoked_at = keys[kid].revoked_at or datetime.now(UTC).isoformat()
@@ -140,7 +148,7 @@ class KeyStore:
         parts = key.split("_", 2)
         if len(parts) != 3 or parts[0] != "nq":
             return None
-        rec = self._load().get(parts[1])
+        rec = self._load().get(parts[1]) or self._load(fresh=True).get(parts[1])  # a key created just now
         if rec is None or rec.revoked_at:
             self._digest(key)  # the same work whether or not the id exists
             return None
