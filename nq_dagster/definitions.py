@@ -49,7 +49,10 @@ def build_resources() -> dict:
     # home "" = resolved from NQ_HOME each time it is used, not frozen at import: the code server, the runs it
     # launches and the CLI may point at different data directories over one process's life (tests do)
     return {
-        "warehouse": WarehouseResource(home=""),
+        # the storage backend: local files under NQ_HOME, or the bucket NQ_S3_BUCKET names (k8s)
+        "warehouse": WarehouseResource(home="", s3_bucket=os.environ.get("NQ_S3_BUCKET", ""),
+                                       s3_prefix=os.environ.get("NQ_S3_PREFIX", "nq"),
+                                       s3_endpoint=os.environ.get("NQ_S3_ENDPOINT", "")),
         "compute": ComputeResource(device=os.environ.get("NQ_DEVICE", "auto")),
         "io_manager": WarehouseIOManager(home=""),
     }

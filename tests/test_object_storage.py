@@ -69,3 +69,20 @@ def test_object_storage_settings_from_secret_files(tmp_path, monkeypatch):
     monkeypatch.setenv("NQ_SECRETS_DIR", str(tmp_path))
     store = ObjectStore.from_env()
     assert store.bucket == "from-file" and store.prefix == "from-env" and store.endpoint == "http://127.0.0.1:9"
+
+
+def test_the_backend_is_the_warehouse_resource_chosen_in_definitions(tmp_path, monkeypatch):
+    """definitions.py picks the storage backend as the `warehouse` resource's configuration (shown with it in the
+    UI): a bucket when NQ_S3_BUCKET names one, else local files."""
+    from nq_dagster.definitions import build_resources
+
+    monkeypatch.delenv("NQ_S3_BUCKET", raising=False)
+    local = build_resources()["warehouse"]
+    assert local.s3_bucket == "" and local.warehouse().store is None
+    monkeypatch.setenv("NQ_S3_BUCKET", "nq-test")
+    monkeypatch.setenv("NQ_S3_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("NQ_HOME", str(tmp_path / "nq"))
+    res = build_resources()["warehouse"]
+    assert (res.s3_bucket, res.s3_prefix, res.s3_endpoint) == ("nq-test", "nq", "http://127.0.0.1:9")
+    store = res.warehouse().store
+    assert store.bucket == "nq-test" and store.url() == "s3://nq-test/nq at http://127.0.0.1:9"

@@ -77,7 +77,13 @@ class ObjectStore:
         bucket = os.environ.get("NQ_S3_BUCKET", "").strip()
         if not bucket:
             return None
-        endpoint = os.environ.get("NQ_S3_ENDPOINT", "").strip() or None
+        return cls.connect(bucket, os.environ.get("NQ_S3_PREFIX", "nq"), os.environ.get("NQ_S3_ENDPOINT", ""))
+
+    @classmethod
+    def connect(cls, bucket: str, prefix: str = "nq", endpoint: str = "") -> ObjectStore:
+        """The bucket through pyarrow's S3 client; credentials from the usual AWS variables (or NQ_SECRETS_DIR)."""
+        _secrets_from_files()
+        endpoint = endpoint.strip() or None
         kw: dict[str, Any] = {"region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))}
         if os.environ.get("AWS_ACCESS_KEY_ID"):
             kw.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
@@ -86,7 +92,7 @@ class ObjectStore:
             if not host:
                 raise ValueError(f"NQ_S3_ENDPOINT={endpoint!r}: expected http(s)://host[:port]")
             kw.update(endpoint_override=host, scheme=scheme)
-        return cls(bucket, os.environ.get("NQ_S3_PREFIX", "nq").strip("/"), endpoint, pafs.S3FileSystem(**kw))
+        return cls(bucket.strip(), prefix.strip("/"), endpoint, pafs.S3FileSystem(**kw))
 
     def path(self, *parts: str) -> str:
         return "/".join(p for p in (self.bucket, self.prefix, *parts) if p)

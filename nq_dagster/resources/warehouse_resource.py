@@ -1,19 +1,28 @@
-"""The Dagster face of the one storage resource."""
+"""The Dagster face of the one storage resource: where the data lives (a directory, or an S3-compatible bucket)
+is this resource's configuration, chosen in `definitions.py` and shown with the resource in the UI."""
 
 
 from dagster import ConfigurableResource
 
 from nq_dagster.config import PipelineConfig, load_config
-from nq_dagster.resources.storage import Warehouse, default_home
+from nq_dagster.resources.storage import ObjectStore, Warehouse, default_home
 
 
 class WarehouseResource(ConfigurableResource):
-    """Where `$NQ_HOME` is; hands out the `Warehouse` and the pipeline config stored there."""
+    """Hands out the `Warehouse` and the pipeline config stored there.
+
+    home: `$NQ_HOME` (empty: resolved from the environment each time). s3_bucket (with s3_prefix, s3_endpoint):
+    tables and artifacts in that bucket instead of under `home/warehouse`; empty: local files (or, for code that
+    builds a `Warehouse` itself, NQ_S3_BUCKET)."""
 
     home: str = ""
+    s3_bucket: str = ""
+    s3_prefix: str = "nq"
+    s3_endpoint: str = ""
 
     def warehouse(self) -> Warehouse:
-        return Warehouse(self.home or default_home()).ensure()
+        store = ObjectStore.connect(self.s3_bucket, self.s3_prefix, self.s3_endpoint) if self.s3_bucket else None
+        return Warehouse(self.home or default_home(), store=store).ensure()
 
     def pipeline_config(self) -> PipelineConfig:
         return load_config(self.warehouse().home)
