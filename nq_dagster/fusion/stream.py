@@ -239,6 +239,11 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     else:
         frames_new, res_states = [], []
         for s, (st, res) in enumerate(zip(states, reservoirs, strict=True)):
+            xs = res.step_numpy(u[s:s + 1], st.reservoir.x.numpy()) if device == "cpu" and S == 1 else None
+            if xs is not None:
+                frames_new.append(xs[0])
+                res_states.append(ReservoirState(torch.from_numpy(xs)))
+                continue
             out, rs = res.step(torch.as_tensor(u[s:s + 1]).to(device), st.reservoir.to(device), gather_inputs=S > 1)
             frames_new.append(out[0].cpu().numpy().astype(np.float32))
             res_states.append(rs.to("cpu"))
@@ -315,6 +320,11 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
             xs = float(np.asarray(x, dtype=float)[s])
             prev = float(st.values[-1]) if len(st.values) else xs
             u = analog_inputs([xs], [xs - prev], st.analog_scaling)
+            a_np = res.step_numpy(np.tanh(u / 3.0).astype(np.float32), st.analog.x.numpy()) if S == 1 else None
+            if a_np is not None:
+                an_states[s] = ReservoirState(torch.from_numpy(a_np))
+                blocks.append(np.concatenate([a_np[0].astype(float), u[0]]))
+                continue
             out, an_states[s] = res.step(torch.as_tensor(np.tanh(u / 3.0), dtype=res.dtype).to(res.device),
                                          st.analog.to(res.device))
             an_states[s] = an_states[s].to("cpu")
