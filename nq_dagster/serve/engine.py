@@ -668,8 +668,12 @@ class Engine:
         if not parts:
             return
         last = self.predictor.serving_state(source).stream.last_ts
-        frames = [self.wh.read_part(p).to_pandas() for p in parts]
         seen.update(p.stem for p in parts)
+        # a part whose footer says it holds nothing newer (a compacted part of the history) is not read
+        parts = [p for p in parts if (self.wh.part_time_range(p)[1] or last + 1) > last]
+        if not parts:
+            return
+        frames = [self.wh.read_part(p).to_pandas() for p in parts]
         raw = pd.concat(frames)
         col = primary_column(list(raw.columns))
         raw = raw.dropna(subset=[col])
