@@ -136,6 +136,16 @@ def test_freshness_flags_only_data_waiting_too_long(wh):
     assert later["stale"].tolist() == [True] and later["waiting_s"].iloc[0] > 300
     wh.write_table("predictions", "gamma", pd.DataFrame({"source": "gamma", "timestamp": ts}))
     assert not freshness_table(wh, 300, now + pd.Timedelta("10min"))["stale"].any()  # caught up
+    # a part written without statistics (another writer) is read instead of its footer: same answer, any unit
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    part = wh.partition_dir("predictions", "gamma") / "data.parquet"
+    pq.write_table(pa.table({"source": ["gamma"] * 10, "timestamp": pa.array(ts.as_unit("ns"))}), part,
+                   write_statistics=False)
+    assert wh.part_time_range(part)[1] is None
+    fresh = freshness_table(wh, 300, now + pd.Timedelta("10min"))
+    assert not fresh["stale"].any() and fresh["last_prediction"].iloc[0] == ts[-1]
 
 
 def test_freshness_on_an_empty_warehouse(wh):
@@ -195,3 +205,20 @@ def test_builtin_freshness_fails_for_a_stale_training_output_and_passes_after_a_
     assert state() == FreshnessState.PASS
     runs = instance.get_runs()
     assert {r.job_name for r in runs} <= {"source_pipeline", "cross_source"}  # no run of its own for freshness
+
+
+def test_a_dead_run_is_failed_even_with_a_run_queued_behind_it(landing, monkeypatch):
+    """A started run whose worker is gone holds the source's slot; a run queued behind it could never start. The
+    tick marks the dead one failed, whatever else is queued."""
+    import nq_dagster.sensors.landing as mod
+
+    with instance_for_test() as inst:
+        dead = create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.STARTED,
+                                   tags={"nq/source": "alpha"})
+        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.NOT_STARTED,
+                            tags={"nq/source": "alpha"})
+        monkeypatch.setattr(mod, "dead_local_run",
+                            lambda instance, run: "worker gone" if run.run_id == dead.run_id else None)
+        res = tick(landing, inst)
+        assert "alpha" not in {r.partition_key for r in res.run_requests}
+        assert inst.get_run_by_id(dead.run_id).status == DagsterRunStatus.FAILURE

@@ -98,7 +98,7 @@ def freshness_table(wh, max_lag_s: float, now: pd.Timestamp | None = None) -> pd
             src = part.parent.name.split("=", 1)[1]
             top = wh.part_time_range(part)[1]
             if top is None:  # no statistics: read the column
-                top = int(wh.read_part(part, ["timestamp"]).column("timestamp").cast("int64").to_numpy().max()) * 1000
+                top = pd.Timestamp(wh.read_part(part, ["timestamp"]).column("timestamp").to_pandas().max()).value
             hi[src] = max(hi.get(src, top), top)
         newest[table] = hi
     df = pd.DataFrame({"source": sorted(s for s in newest["raw_ticks"] if not s.startswith("_"))})

@@ -202,19 +202,21 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], no
         # a run that has not started yet will ingest these files too; one already running has (most likely)
         # listed landing/ already, so the next run is queued now and starts the moment it ends
         waiting_run = [r for r in runs if r.status != DagsterRunStatus.STARTED]
-        running = [r for r in runs if r.status == DagsterRunStatus.STARTED]
-        active = waiting_run or [r for r in running if dead_local_run(instance, r)]
+        # a started run whose local worker is gone holds the source's one-run slot for ever (a queued run behind it
+        # could never start): marked failed, each looked at once per tick
+        dead = [(r, why) for r in runs if r.status == DagsterRunStatus.STARTED and (why := dead_local_run(instance, r))]
         hashes = []
         for f in ready:
             h = _hash(f, old_cache)
             plan.cursor["hashes"][f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}"] = h
             hashes.append(h)
-        if active and (why := dead_local_run(instance, active[0])):
-            instance.report_run_failed(active[0], why)  # the retry logic below takes it from here
-            plan.waiting[source] = f"run {active[0].run_id[:8]} marked failed: {why}"
+        if dead:
+            for r, why in dead:
+                instance.report_run_failed(r, why)  # the retry logic below takes it from here
+            plan.waiting[source] = f"run {dead[0][0].run_id[:8]} marked failed: {dead[0][1]}"
             continue
-        if active:
-            plan.waiting[source] = f"run {active[0].run_id[:8]} for this source is still queued"
+        if waiting_run:
+            plan.waiting[source] = f"run {waiting_run[0].run_id[:8]} for this source is still queued"
             continue
         files_key = hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16]
         if has_current_model(wh, source):
