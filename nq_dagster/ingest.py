@@ -21,13 +21,16 @@ import json
 import math
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nq_dagster.resources.storage import (
@@ -203,10 +206,8 @@ def fast_read_validate(path: Path, data: bytes, source_override: str | None, ren
     is unusual (a bad row, an encoding, a shape or timestamp form it does not take) returns None, and the
     row-by-row path runs and names the file, row, column and fix. CSV and Parquet; JSON lines take the other
     path. (tests/test_ingest.py checks both paths give the same result on good files.)"""
-    import polars as pl
-
     kind = SUFFIXES.get(path.suffix.lower())
-    if kind not in ("csv", "parquet") or not data.strip() or data.startswith(b"\xef\xbb\xbf"):
+    if kind not in ("csv", "parquet") or not data or data.isspace() or data.startswith(b"\xef\xbb\xbf"):
         return None
     try:
         if kind == "csv":
@@ -235,7 +236,8 @@ def fast_read_validate(path: Path, data: bytes, source_override: str | None, ren
     for c in value_cols:
         col = frame[c]
         if col.dtype == pl.String:
-            col = col.str.strip_chars().cast(pl.Float64, strict=False)
+            as_float = col.cast(pl.Float64, strict=False)  # padded numbers ("  1.5") are rare: strip only then
+            col = as_float if not as_float.null_count() else col.str.strip_chars().cast(pl.Float64, strict=False)
         elif col.dtype.is_numeric():
             col = col.cast(pl.Float64)
         else:
@@ -244,8 +246,9 @@ def fast_read_validate(path: Path, data: bytes, source_override: str | None, ren
             return None
         out[c.strip()] = col
     notes = []
+    single = None  # the one source of the file, when known without looking at its rows
     if source_override:
-        sources = pl.Series("source", [source_override] * frame.height, dtype=pl.String)
+        single = source_override
         if src_col is not None:
             notes.append(f"--source {source_override!r} overrides the file's source column")
     elif src_col is not None:
@@ -254,20 +257,31 @@ def fast_read_validate(path: Path, data: bytes, source_override: str | None, ren
         sources = frame[src_col].str.strip_chars()
         if sources.null_count():
             return None
-    else:
-        sources = pl.Series("source", [path.stem] * frame.height, dtype=pl.String)
-    if not all(SOURCE_RE.match(str(name)) for name in sources.unique().to_list()):
-        return None
-    clean = pl.DataFrame({"source": sources, **out}).with_row_index("_row", offset=offset)
-    steps = clean["timestamp"].cast(pl.Int64).diff().drop_nulls()
-    if not (sources.n_unique() == 1 and (steps > 0).all()):  # the common case, one source in strict order, is done
-        in_order = clean.group_by("source").agg(pl.col("timestamp").is_sorted().alias("ok"))["ok"].all()
-        clean = clean.sort(["source", "timestamp"], maintain_order=True)
-        same = (clean["source"] == clean["source"].shift(1)) & (clean["timestamp"] == clean["timestamp"].shift(1))
-        if same.any():  # a duplicate (source, timestamp): the other path names both rows
+        names = sources.unique().to_list()
+        if not all(SOURCE_RE.match(str(name)) for name in names):
             return None
-        if not in_order:
-            notes.append("rows were out of time order and have been sorted")
+        if len(names) == 1:
+            single = names[0]
+    else:
+        single = path.stem
+    if single is not None and not SOURCE_RE.match(single):
+        return None
+    in_order = bool((out["timestamp"].cast(pl.Int64).diff().drop_nulls() > 0).all())
+    if single is not None and in_order:  # the common case, one source in strict order, is done
+        pdf = pl.DataFrame(out).to_pandas()
+        pdf.insert(0, "source", pd.Categorical.from_codes(np.zeros(len(pdf), dtype=np.int8), [single]))
+        pdf["_row"] = np.arange(offset, offset + len(pdf), dtype=np.int64)
+        return pdf, [], notes
+    if single is not None:
+        sources = pl.repeat(single, frame.height, dtype=pl.String, eager=True)
+    clean = pl.DataFrame({"source": sources, **out}).with_row_index("_row", offset=offset)
+    in_order = clean.group_by("source").agg(pl.col("timestamp").is_sorted().alias("ok"))["ok"].all()
+    clean = clean.sort(["source", "timestamp"], maintain_order=True)
+    same = (clean["source"] == clean["source"].shift(1)) & (clean["timestamp"] == clean["timestamp"].shift(1))
+    if same.any():  # a duplicate (source, timestamp): the other path names both rows
+        return None
+    if not in_order:
+        notes.append("rows were out of time order and have been sorted")
     pdf = clean.select(["source", "timestamp", *[c.strip() for c in value_cols], "_row"]).to_pandas()
     pdf["_row"] = pdf["_row"].astype(np.int64)
     return pdf, [], notes
@@ -280,8 +294,6 @@ def _fast_timestamps(col):
     """A timestamp column parsed as `_parse_timestamps` parses it, or None where it would take care the fast path
     does not: typed datetimes, ISO 8601 strings in one of `_ISO_EXTENDED`'s forms throughout, or epoch seconds /
     milliseconds as numbers."""
-    import polars as pl
-
     if col.dtype == pl.Datetime:
         parsed = (col.dt.replace_time_zone("UTC") if col.dtype.time_zone is None else col.dt.convert_time_zone("UTC"))
         parsed = parsed.dt.cast_time_unit("us")
@@ -289,26 +301,33 @@ def _fast_timestamps(col):
     if col.dtype.is_numeric():
         nums = col.cast(pl.Float64)
     elif col.dtype == pl.String:
-        col = col.str.strip_chars()
         if col.null_count():
             return None
-        m = _ISO_PARTS.match(col[0])
+        m = _ISO_PARTS.match(col[0].strip())
         if m:
             # one ISO 8601 shape throughout (same length as the first value: same fields, same fraction digits),
-            # parsed with that exact format; anything else takes the other path
-            lengths = col.str.len_bytes()
-            if lengths.min() != lengths.max() or (m.group(5) and len(m.group(5)) > 7):
+            # parsed with that exact format (no cache: every value differs); padded values are rare: stripped
+            # only when a value does not parse; anything else takes the other path
+            if m.group(5) and len(m.group(5)) > 7:
                 return None
+            lengths = col.str.len_bytes()
+            if lengths.min() != lengths.max():
+                col = col.str.strip_chars()
+                lengths = col.str.len_bytes()
+                if lengths.min() != lengths.max():
+                    return None
             fmt = "%Y-%m-%d"
             if m.group(2):
                 fmt += m.group(2) + "%H:%M" + (":%S" if m.group(4) else "") + ("%.f" if m.group(5) else "")
             zone = m.group(6)
             if zone and zone != "Z":
-                parsed = col.str.strptime(pl.Datetime("us"), fmt + "%:z", strict=False).dt.convert_time_zone("UTC")
+                parsed = col.str.strptime(pl.Datetime("us"), fmt + "%:z", strict=False, cache=False)
+                parsed = parsed.dt.convert_time_zone("UTC")
             else:
-                naive = col.str.strptime(pl.Datetime("us"), fmt + ("Z" if zone else ""), strict=False)
+                naive = col.str.strptime(pl.Datetime("us"), fmt + ("Z" if zone else ""), strict=False, cache=False)
                 parsed = naive.dt.replace_time_zone("UTC")
             return None if parsed.null_count() else parsed
+        col = col.str.strip_chars()
         nums = col.cast(pl.Float64, strict=False)
     else:
         return None
@@ -486,16 +505,21 @@ class Ingestor:
         """Ingest one file. `move` moves it out of the landing zone afterwards (processed or quarantine);
         `rename` maps the file's column names to the source's ({"reading": "value"})."""
         path = Path(path)
-        data = path.read_bytes()
-        digest = content_hash(data)
-        result = FileResult(file=str(path), content_hash=digest, status="ingested")
         if source is not None:
             check_source_name(source)  # before anything is looked up or stored under it
-        if source is not None and self._already_ingested(digest, source):
-            return self._skip_duplicate(path, result, move)
+        data = path.read_bytes()
+        with ThreadPoolExecutor(1) as pool:  # sha256 releases the GIL: it runs beside the parse
+            hashing = pool.submit(content_hash, data)
+            if source is not None and self._already_ingested(hashing.result(), source):
+                return self._skip_duplicate(path, FileResult(str(path), hashing.result(), "ingested"), move)
+            try:
+                fast = fast_read_validate(path, data, source, rename)
+            except FileRejected:
+                fast = None  # the row-by-row path below says it again, with the file's result
+            digest = hashing.result()
+        result = FileResult(file=str(path), content_hash=digest, status="ingested")
         part = f"part-{digest[:20]}"
         try:
-            fast = fast_read_validate(path, data, source, rename)
             if fast is not None:
                 clean, bad, notes = fast
             else:
@@ -506,14 +530,15 @@ class Ingestor:
             return self._reject(path, data, result, exc, move)
         # from the check against what is stored to the write: one ingest per source at a time, across processes
         # (the CLI, the daemon's runs), so two overlapping files never both store a (source, timestamp)
-        with self.wh.source_locks(sorted(clean["source"].unique())):
-            return self._store(path, data, digest, part, clean, bad, notes, result, source, skip_bad_rows, move)
+        names = sorted(map(str, clean["source"].unique()))
+        with self.wh.source_locks(names):
+            return self._store(path, data, digest, part, clean, names, bad, notes, result, skip_bad_rows, move)
 
-    def _check_columns(self, path: Path, clean: pd.DataFrame) -> None:
+    def _check_columns(self, path: Path, clean: pd.DataFrame, names: list[str]) -> None:
         """A source's value columns are fixed by its first file: a later file with other columns is refused (it
         would be stored as NULLs under the old names plus new columns nothing reads)."""
         found = sorted(c for c in clean.columns if c not in ("source", "timestamp", "_row"))
-        for src in sorted(clean["source"].unique()):
+        for src in names:
             parts = [q for q in self.wh.table_parts("raw_ticks", src) if not q.stem.startswith(LIVE_PARTS)]
             if not parts:
                 continue
@@ -533,19 +558,20 @@ class Ingestor:
         self._log(result)
         return result
 
-    def _store(self, path, data, digest, part, clean, bad, notes, result, source, skip_bad_rows, move) -> FileResult:
+    def _store(self, path, data, digest, part, clean, names, bad, notes, result, skip_bad_rows, move) -> FileResult:
         try:
-            if len(clean) and self._already_ingested(digest, ",".join(sorted(clean["source"].unique()))):
+            if len(clean) and self._already_ingested(digest, ",".join(names)):
                 return self._skip_duplicate(path, result, move)
             result.notes += notes
-            self._check_columns(path, clean)
+            self._check_columns(path, clean, names)
             # duplicates against what is already stored, for each source in the file
             dup_mask = np.zeros(len(clean), dtype=bool)
-            for src, idx in clean.groupby("source").groups.items():
-                span = clean.loc[idx, "timestamp"]
+            groups = {names[0]: np.arange(len(clean))} if len(names) == 1 else clean.groupby("source").groups
+            for src, idx in groups.items():
+                span = clean["timestamp"] if len(names) == 1 else clean.loc[idx, "timestamp"]
                 stored = self._stored_timestamps(src, part, span.min(), span.max())
                 if len(stored):
-                    hit = clean.loc[idx, "timestamp"].isin(stored).to_numpy()
+                    hit = span.isin(stored).to_numpy()
                     dup_mask[np.asarray(idx)[hit]] = True
             for i in np.flatnonzero(dup_mask)[:1000]:
                 bad.append(BadRow(int(clean["_row"].iloc[i]), "timestamp", str(clean["timestamp"].iloc[i]),
@@ -562,7 +588,6 @@ class Ingestor:
             return self._reject(path, data, result, exc, move)
         # the stored table, built in Arrow; the file name and hash (and the source, one per part) are constants of
         # the part: dictionary-encoded, written without Arrow's schema, they read back as plain strings
-        names = sorted(clean["source"].unique())
         for src in names:
             rows = clean if len(names) == 1 else clean.loc[(clean["source"] == src).to_numpy()]
             table = pa.Table.from_pandas(rows.drop(columns=["_row", "source"]), preserve_index=False)

@@ -141,6 +141,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def parquet_options(schema: pa.Schema) -> dict:
+    """How a part is encoded, by column type: strings (and a part's dictionary-encoded constants) by dictionary;
+    timestamps and integers as deltas (ticks are regular: a few bits each); floats split by byte (so zstd finds
+    the repeated exponent bytes). Footer statistics (min / max) for every column but floats: what readers prune
+    by (time ranges, sources); a float column's cost a quarter of the write. Against pyarrow's defaults on a
+    1M-tick part: 4x faster to write, half the size (bench/ingest_bench.py). Every reader (DuckDB, polars,
+    pyarrow) decodes these standard encodings."""
+    dictionary, encoding, stats = [], {}, []
+    for field in schema:
+        t = field.type
+        if pa.types.is_dictionary(t) or pa.types.is_string(t) or pa.types.is_large_string(t):
+            dictionary.append(field.name)
+        elif pa.types.is_timestamp(t) or pa.types.is_integer(t):
+            encoding[field.name] = "DELTA_BINARY_PACKED"
+        elif pa.types.is_floating(t):
+            encoding[field.name] = "BYTE_STREAM_SPLIT"
+        if not pa.types.is_floating(t):
+            stats.append(field.name)
+    return {"compression": "zstd", "use_dictionary": dictionary, "column_encoding": encoding or None,
+            "write_statistics": stats}
+
+
 def atomic_write_parquet(path: Path, table: pa.Table | pd.DataFrame, store_schema: bool = True) -> None:
     """Write a Parquet file whole or not at all. `store_schema=False` leaves Arrow's own schema out of the file:
     dictionary-encoded columns (constants of a part) then read back as plain strings."""
@@ -150,7 +172,7 @@ def atomic_write_parquet(path: Path, table: pa.Table | pd.DataFrame, store_schem
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd", store_schema=store_schema)
+        pq.write_table(table, tmp, store_schema=store_schema, **parquet_options(table.schema))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -252,7 +274,8 @@ class Warehouse:
         key = PurePosixPath(self._tables_root(), table, f"source={name}", f"{part}.parquet")
         tbl = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
         # one PUT: the object appears whole or not at all
-        pq.write_table(tbl, str(key), filesystem=self.store.fs, store_schema=store_schema)
+        pq.write_table(tbl, str(key), filesystem=self.store.fs, store_schema=store_schema,
+                       **parquet_options(tbl.schema))
         return key
 
     def drop_other_parts(self, table: str, source: str, keep: str = "data", keep_prefixes: tuple = ()) -> int:
