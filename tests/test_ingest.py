@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -93,7 +94,8 @@ def test_jsonl_parquet_source_column(wh, tmp_path):
 
 def test_atomic_write_survives_crash(wh, monkeypatch):
     df = pd.DataFrame({"timestamp": pd.to_datetime(["2026-01-01"], utc=True), "value": [1.0]})
-    path = wh.write_table("t", "s", df)
+    path = Path(wh.write_table("t", "s", df))
+
     def boom(*a, **k):
         raise OSError("simulated crash during rename")
     monkeypatch.setattr(os, "replace", boom)

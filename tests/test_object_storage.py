@@ -78,7 +78,7 @@ def test_the_backend_is_the_warehouse_resource_chosen_in_definitions(tmp_path, m
 
     monkeypatch.delenv("NQ_S3_BUCKET", raising=False)
     local = build_resources()["warehouse"]
-    assert local.s3_bucket == "" and local.warehouse().store is None
+    assert local.s3_bucket == "" and local.warehouse().store.local
     monkeypatch.setenv("NQ_S3_BUCKET", "nq-test")
     monkeypatch.setenv("NQ_S3_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("NQ_HOME", str(tmp_path / "nq"))

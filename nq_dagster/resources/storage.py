@@ -8,15 +8,14 @@
     dagster/                            DAGSTER_HOME
     reports/                            validation reports
 
-Every file write goes to a temporary file in the same directory, is fsynced and
-then renamed over the target, so a crash leaves either the old file or the new
-one, never half of one.
-
-With `NQ_S3_BUCKET` set (the k8s deployment), the tables and artifacts live in
-S3-compatible object storage instead (`s3://<bucket>/<NQ_S3_PREFIX>/warehouse/...`,
-`.../artifacts/...`, endpoint `NQ_S3_ENDPOINT`, credentials from the usual AWS
-variables): each object is written with a single PUT, which is atomic.
-Landing, processed, quarantine and reports stay under `$NQ_HOME`.
+One storage layer over pyarrow's file systems: `LocalStore` (the data directory, pyarrow's LocalFileSystem)
+or `ObjectStore` (with `NQ_S3_BUCKET` set, or the `warehouse` resource's `s3_bucket`: an S3-compatible bucket,
+`s3://<bucket>/<NQ_S3_PREFIX>/warehouse/...`, `.../artifacts/...`, endpoint `NQ_S3_ENDPOINT`, credentials from
+the usual AWS variables). `Warehouse` lists, reads, deletes and writes through the store's `fs` with the same
+code in both; a store says only how a write is made atomic (local: a temporary file in the same directory,
+fsynced and renamed over the target; the bucket: a single PUT), whether lock files work (local only), and
+whether DuckDB reads its files itself (local) or through pyarrow datasets (the bucket). Landing, processed,
+quarantine and reports stay under `$NQ_HOME`.
 
 There is no database file: the small log tables (`ingest_log`, `run_failures`) are
 Parquet parts too (partition `_log`), and every query runs in a new in-memory DuckDB
@@ -38,9 +37,9 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, ClassVar
 
 import duckdb
 import pandas as pd
@@ -94,11 +93,80 @@ class ObjectStore:
             kw.update(endpoint_override=host, scheme=scheme)
         return cls(bucket.strip(), prefix.strip("/"), endpoint, pafs.S3FileSystem(**kw))
 
+    local: ClassVar[bool] = False  # DuckDB reads these parts through pyarrow datasets (the bucket's client)
+
     def path(self, *parts: str) -> str:
         return "/".join(p for p in (self.bucket, self.prefix, *parts) if p)
 
     def url(self) -> str:
         return f"s3://{self.path()}" + (f" at {self.endpoint}" if self.endpoint else "")
+
+    def describe(self, key: str) -> str:
+        return f"s3://{key}"
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self.fs.open_output_stream(key) as fh:  # one PUT: the object appears whole or not at all
+            fh.write(data)
+
+    def put_parquet(self, key: str, table: pa.Table, store_schema: bool = True) -> None:
+        pq.write_table(table, key, filesystem=self.fs, store_schema=store_schema, **parquet_options(table.schema))
+
+    @contextlib.contextmanager
+    def lock(self, names: list[str], timeout_s: float) -> Iterator[None]:
+        """A bucket has no lock: one writer per source is the deployment's job (the run queue's one run per
+        source, the server's one owner per source)."""
+        yield
+
+
+@dataclass(frozen=True)
+class LocalStore:
+    """Tables and artifacts in the data directory on a local (or mounted) file system, through pyarrow's
+    LocalFileSystem: every read, listing and delete is the same call as on the bucket (`ObjectStore`). What
+    differs is how a write is made atomic (a temporary file in the same directory, fsynced and renamed over the
+    target; a bucket's PUT is atomic by itself) and that lock files work here."""
+
+    home: Path
+    fs: pafs.FileSystem = field(default_factory=pafs.LocalFileSystem)
+    local: ClassVar[bool] = True  # DuckDB reads these parts with its own Parquet reader
+
+    def path(self, *parts: str) -> str:
+        return "/".join(p for p in (str(self.home), *parts) if p)
+
+    def url(self) -> str:
+        return str(self.home)
+
+    def describe(self, key: str) -> str:
+        return key
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        atomic_write_bytes(Path(key), data)
+
+    def put_parquet(self, key: str, table: pa.Table, store_schema: bool = True) -> None:
+        atomic_write_parquet(Path(key), table, store_schema)
+
+    @contextlib.contextmanager
+    def lock(self, names: list[str], timeout_s: float) -> Iterator[None]:
+        """Exclusive inter-process locks (lock files under the data directory, taken in name order so two holders
+        never wait on each other)."""
+        d = self.home / ".locks"
+        d.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            for name in sorted(set(names)):
+                fh = stack.enter_context(open(d / f"source-{name}.lock", "a+"))
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    try:
+                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"source {name!r}: another ingest held its lock for {timeout_s:g} s"
+                                               ) from None
+                        time.sleep(0.02)
+                stack.callback(fcntl.flock, fh, fcntl.LOCK_UN)
+            yield
+
+
 def _secrets_from_files() -> None:
     """With NQ_SECRETS_DIR set (a Kubernetes secret mounted as files), each file there named like a variable this
     module reads (NQ_S3_*, AWS_*) sets it unless the environment already does."""
@@ -125,8 +193,9 @@ def _ns(t) -> int:
     return (ts.tz_localize("UTC") if ts.tzinfo is None else ts).value
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and a rename."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -149,23 +218,24 @@ def parquet_options(schema: pa.Schema) -> dict:
     1M-tick part: 4x faster to write, half the size (bench/ingest_bench.py). Every reader (DuckDB, polars,
     pyarrow) decodes these standard encodings."""
     dictionary, encoding, stats = [], {}, []
-    for field in schema:
-        t = field.type
+    for col in schema:
+        t = col.type
         if pa.types.is_dictionary(t) or pa.types.is_string(t) or pa.types.is_large_string(t):
-            dictionary.append(field.name)
+            dictionary.append(col.name)
         elif pa.types.is_timestamp(t) or pa.types.is_integer(t):
-            encoding[field.name] = "DELTA_BINARY_PACKED"
+            encoding[col.name] = "DELTA_BINARY_PACKED"
         elif pa.types.is_floating(t):
-            encoding[field.name] = "BYTE_STREAM_SPLIT"
+            encoding[col.name] = "BYTE_STREAM_SPLIT"
         if not pa.types.is_floating(t):
-            stats.append(field.name)
+            stats.append(col.name)
     return {"compression": "zstd", "use_dictionary": dictionary, "column_encoding": encoding or None,
             "write_statistics": stats}
 
 
-def atomic_write_parquet(path: Path, table: pa.Table | pd.DataFrame, store_schema: bool = True) -> None:
+def atomic_write_parquet(path: str | os.PathLike, table: pa.Table | pd.DataFrame, store_schema: bool = True) -> None:
     """Write a Parquet file whole or not at all. `store_schema=False` leaves Arrow's own schema out of the file:
     dictionary-encoded columns (constants of a part) then read back as plain strings."""
+    path = Path(path)
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,9 +267,10 @@ def check_source_name(source: str) -> str:
 class Warehouse:
     """The data directory and every read and write in it."""
 
-    def __init__(self, home: str | Path | None = None, store: ObjectStore | None = None):
+    def __init__(self, home: str | Path | None = None, store: ObjectStore | LocalStore | None = None):
         self.home = Path(home).absolute() if home else default_home()
-        self.store = store if store is not None else ObjectStore.from_env()
+        self.store = store if store is not None else (ObjectStore.from_env() or LocalStore(self.home))
+        self.fs = self.store.fs
 
     # layout -----------------------------------------------------------------
     @property
@@ -254,10 +325,10 @@ class Warehouse:
 
     @property
     def where(self) -> str:
-        return self.store.url() if self.store else str(self.home)
+        return self.store.url()
 
     def _tables_root(self) -> str:
-        return self.store.path("warehouse") if self.store else str(self.tables_dir)
+        return self.store.path("warehouse")
 
     # Parquet tables ---------------------------------------------------------
     def partition_dir(self, table: str, source: str) -> Path:
@@ -265,17 +336,12 @@ class Warehouse:
         return self.tables_dir / table / f"source={name}"
 
     def write_table(self, table: str, source: str, df: pd.DataFrame | pa.Table, part: str = "data",
-                    store_schema: bool = True) -> Path | PurePosixPath:
-        if self.store is None:
-            path = self.partition_dir(table, source) / f"{part}.parquet"
-            atomic_write_parquet(path, df, store_schema)
-            return path
+                    store_schema: bool = True) -> PurePosixPath:
+        """Write one part of a source's partition, whole or not at all (`put_parquet`)."""
         name = source if source == LOG_PARTITION else check_source_name(source)  # '_log' is no valid source name
         key = PurePosixPath(self._tables_root(), table, f"source={name}", f"{part}.parquet")
         tbl = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
-        # one PUT: the object appears whole or not at all
-        pq.write_table(tbl, str(key), filesystem=self.store.fs, store_schema=store_schema,
-                       **parquet_options(tbl.schema))
+        self.store.put_parquet(str(key), tbl, store_schema)
         return key
 
     def drop_other_parts(self, table: str, source: str, keep: str = "data", keep_prefixes: tuple = ()) -> int:
@@ -283,14 +349,15 @@ class Warehouse:
         n = 0
         for p in self.table_parts(table, source):
             if p.stem != keep and not p.stem.startswith(keep_prefixes or ("\0",)):
-                if self.store is None:
-                    p.unlink(missing_ok=True)
-                else:
-                    self.store.fs.delete_file(str(p))
+                self._delete(p)
                 n += 1
         return n
 
-    def table_parts(self, table: str, source: str | None = None) -> list[Path] | list[PurePosixPath]:
+    def _delete(self, part: PurePosixPath) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(str(part))
+
+    def table_parts(self, table: str, source: str | None = None) -> list[PurePosixPath]:
         """The live Parquet parts of a table (one source's partition, or all): every part file, less those a
         compacted part of the same partition replaces (`compact`)."""
         parts = self._part_files(table, source)
@@ -300,29 +367,22 @@ class Warehouse:
                 replaced.update((q.parent.name, stem) for stem in self._replaces(q))
         return [q for q in parts if (q.parent.name, q.stem) not in replaced]
 
-    def _part_files(self, table: str, source: str | None = None) -> list[Path] | list[PurePosixPath]:
-        if self.store is None:
-            base = self.tables_dir / table
-            if source is not None:
-                base = base / f"source={source}"
-                return sorted(base.glob("*.parquet")) if base.exists() else []
-            return sorted(base.glob("source=*/*.parquet")) if base.exists() else []
+    def _part_files(self, table: str, source: str | None = None) -> list[PurePosixPath]:
+        """Every part file of a table (or of one source's partition), temporary files of writes in progress
+        (`.<name>.*.tmp`) left out."""
         base = PurePosixPath(self._tables_root(), table)
         if source is not None:
             base = base / f"source={source}"
-        infos = self.store.fs.get_file_info(pafs.FileSelector(str(base), recursive=True, allow_not_found=True))
+        infos = self.fs.get_file_info(pafs.FileSelector(str(base), recursive=True, allow_not_found=True))
         parts = [PurePosixPath(i.path) for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
-        return sorted(p for p in parts if p.parent.name.startswith("source="))
+        return sorted(p for p in parts if p.parent.name.startswith("source=") and not p.name.startswith("."))
 
     def _replaces(self, part: Path | PurePosixPath) -> list[str]:
         """The part names a compacted part replaces (its footer's `nq_replaces`); compacted parts never change
         once written (a new name each time), so this is read once per process."""
         key = (str(self.where), str(part))
         if key not in _REPLACES:
-            if self.store is None:
-                meta = pq.read_schema(part).metadata or {}
-            else:
-                meta = pq.read_schema(str(part), filesystem=self.store.fs).metadata or {}
+            meta = pq.read_schema(str(part), filesystem=self.fs).metadata or {}
             _REPLACES[key] = json.loads(meta.get(b"nq_replaces", b"[]"))
         return _REPLACES[key]
 
@@ -374,38 +434,28 @@ class Warehouse:
             for stem in self._replaces(q):
                 old = by_stem.pop(stem, None)
                 if old is not None and old != q:
-                    if self.store is None:
-                        Path(old).unlink(missing_ok=True)
-                    else:
-                        self.store.fs.delete_file(str(old))
+                    self._delete(old)
                     n += 1
         return n
 
-    def _mtime(self, part: Path | PurePosixPath) -> float:
-        if self.store is None:
-            return Path(part).stat().st_mtime
-        info = self.store.fs.get_file_info(str(part))
+    def _mtime(self, part: PurePosixPath) -> float:
+        info = self.fs.get_file_info(str(part))
         return info.mtime.timestamp() if info.mtime else time.time()
 
-    def read_part(self, part: Path | PurePosixPath, columns: list[str] | None = None) -> pa.Table:
-        if self.store is None:
-            return pq.read_table(part, columns=columns)
-        return pq.read_table(str(part), columns=columns, filesystem=self.store.fs)
+    def read_part(self, part: PurePosixPath, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(str(part), columns=columns, filesystem=self.fs)
 
-    def part_rows(self, part: Path | PurePosixPath) -> int:
-        if self.store is None:
-            return pq.ParquetFile(part).metadata.num_rows
-        with self.store.fs.open_input_file(str(part)) as fh:
-            return pq.ParquetFile(fh).metadata.num_rows
+    def _footer(self, part: PurePosixPath) -> pq.FileMetaData:
+        with self.fs.open_input_file(str(part)) as fh:
+            return pq.ParquetFile(fh).metadata
 
-    def part_time_range(self, part: Path | PurePosixPath, column: str = "timestamp") -> tuple[int | None, int | None, int]:
+    def part_rows(self, part: PurePosixPath) -> int:
+        return self._footer(part).num_rows
+
+    def part_time_range(self, part: PurePosixPath, column: str = "timestamp") -> tuple[int | None, int | None, int]:
         """(min, max, rows) of a part's `column` (as ns since the epoch) from its footer statistics: no data read.
         min / max are None where the part has no statistics (then every time filter reads it)."""
-        if self.store is None:
-            meta = pq.ParquetFile(part).metadata
-        else:
-            with self.store.fs.open_input_file(str(part)) as fh:
-                meta = pq.ParquetFile(fh).metadata
+        meta = self._footer(part)
         names = [meta.schema.column(i).name for i in range(meta.num_columns)]
         if column not in names or meta.num_rows == 0:
             return None, None, meta.num_rows
@@ -463,92 +513,56 @@ class Warehouse:
         return sorted(names - {LOG_PARTITION})
 
     def table_names(self) -> list[str]:
-        if self.store is None:
-            if not self.tables_dir.exists():
-                return []
-            return sorted(p.name for p in self.tables_dir.iterdir() if p.is_dir() and self.table_parts(p.name))
-        return sorted({p.parent.parent.name for p in self.table_parts("")} - {""})
+        return sorted({p.parent.parent.name for p in self._part_files("")} - {""})
 
     # artifacts (models, reservoir state) --------------------------------------
     def artifact_path(self, name: str, source: str) -> Path:
+        """Where an artifact lies in a local data directory (`artifacts/<name>/<source>.npz`)."""
         return self.artifacts_dir / name / f"{check_source_name(source)}{ARTIFACT_SUFFIX}"
 
     def _artifact_key(self, name: str, source: str) -> str:
-        assert self.store is not None
         return self.store.path("artifacts", name, f"{check_source_name(source)}{ARTIFACT_SUFFIX}")
 
+    def _artifact_info(self, name: str, source: str) -> pafs.FileInfo:
+        return self.fs.get_file_info(self._artifact_key(name, source))
+
     def has_artifact(self, name: str, source: str) -> bool:
-        if self.store is None:
-            return self.artifact_path(name, source).exists()
-        return self.store.fs.get_file_info(self._artifact_key(name, source)).type == pafs.FileType.File
+        return self._artifact_info(name, source).type == pafs.FileType.File
 
     def artifact_mtime_ns(self, name: str, source: str) -> int:
         """When the artifact was last written (0 if it does not exist): how a long-lived reader sees a new one."""
-        if self.store is None:
-            try:
-                return self.artifact_path(name, source).stat().st_mtime_ns
-            except FileNotFoundError:
-                return 0
-        info = self.store.fs.get_file_info(self._artifact_key(name, source))
+        info = self._artifact_info(name, source)
         return int(info.mtime_ns or 0) if info.type == pafs.FileType.File else 0
 
     @property
-    def filesystem(self) -> pafs.FileSystem | None:
-        """The pyarrow file system of the tables (None: local paths)."""
-        return self.store.fs if self.store is not None else None
+    def filesystem(self) -> pafs.FileSystem:
+        """The pyarrow file system of the tables and artifacts (local or the bucket's)."""
+        return self.fs
 
     def artifact_sources(self, name: str) -> list[str]:
-        if self.store is None:
-            return sorted(p.stem for p in (self.artifacts_dir / name).glob(f"*{ARTIFACT_SUFFIX}"))
-        infos = self.store.fs.get_file_info(pafs.FileSelector(self.store.path("artifacts", name), allow_not_found=True))
-        return sorted(PurePosixPath(i.path).stem for i in infos if i.path.endswith(ARTIFACT_SUFFIX))
+        infos = self.fs.get_file_info(pafs.FileSelector(self.store.path("artifacts", name), allow_not_found=True))
+        return sorted(PurePosixPath(i.path).stem for i in infos
+                      if i.type == pafs.FileType.File and i.path.endswith(ARTIFACT_SUFFIX))
 
-    def save_artifact(self, name: str, source: str, obj: Any) -> Path | str:
-        data = artifacts.dumps(obj)
-        if self.store is None:
-            path = self.artifact_path(name, source)
-            atomic_write_bytes(path, data)
-            return path
+    def save_artifact(self, name: str, source: str, obj: Any) -> str:
         key = self._artifact_key(name, source)
-        with self.store.fs.open_output_stream(key) as fh:  # one PUT
-            fh.write(data)
+        self.store.put_bytes(key, artifacts.dumps(obj))
         return key
 
     def load_artifact(self, name: str, source: str) -> Any:
-        if not self.has_artifact(name, source):
-            where = self.artifact_path(name, source) if self.store is None else f"s3://{self._artifact_key(name, source)}"
-            raise FileNotFoundError(f"{where}: no {name} for source {source!r}; run `nq run` (or `nq demo`) first")
-        if self.store is None:
-            path = self.artifact_path(name, source)
-            return artifacts.loads(path.read_bytes(), str(path))
         key = self._artifact_key(name, source)
-        with self.store.fs.open_input_stream(key) as fh:
-            return artifacts.loads(fh.read(), f"s3://{key}")
+        if not self.has_artifact(name, source):
+            raise FileNotFoundError(f"{self.store.describe(key)}: no {name} for source {source!r}; run `nq run` (or "
+                                    "`nq demo`) first")
+        with self.fs.open_input_stream(key) as fh:
+            return artifacts.loads(fh.read(), self.store.describe(key))
 
     @contextlib.contextmanager
     def source_locks(self, sources: list[str], timeout_s: float = 120.0) -> Iterator[None]:
-        """Exclusive inter-process locks on sources (lock files under the data directory, taken in name order so
-        two holders never wait on each other). Object storage has no such lock: there, one writer per source is
-        the deployment's job (the run queue's one run per source)."""
-        if self.store is not None or not sources:
-            yield
-            return
-        d = self.home / ".locks"
-        d.mkdir(parents=True, exist_ok=True)
-        with contextlib.ExitStack() as stack:
-            for s in sorted(set(sources)):
-                name = s if s == LOG_PARTITION else check_source_name(s)
-                fh = stack.enter_context(open(d / f"source-{name}.lock", "a+"))
-                deadline = time.monotonic() + timeout_s
-                while True:
-                    try:
-                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            raise TimeoutError(f"source {s!r}: another ingest held its lock for {timeout_s:g} s") from None
-                        time.sleep(0.02)
-                stack.callback(fcntl.flock, fh, fcntl.LOCK_UN)
+        """Exclusive inter-process locks on sources, taken in name order (`LocalStore.lock`). Object storage has
+        no such lock: there, one writer per source is the deployment's job (the run queue's one run per source)."""
+        names = [s if s == LOG_PARTITION else check_source_name(s) for s in sources]
+        with self.store.lock(names, timeout_s):
             yield
 
     # DuckDB -------------------------------------------------------------------
@@ -569,7 +583,7 @@ class Warehouse:
         """A data directory from before this layout kept the log tables in `nq.duckdb`: copy them into Parquet
         parts once, then rename the file to `nq.duckdb.migrated` (nothing reads it afterwards)."""
         old = self.home / "nq.duckdb"
-        if self.store is not None or not old.exists():
+        if not old.exists():
             return
         with self.source_locks([LOG_PARTITION]):
             if not old.exists():
@@ -605,14 +619,14 @@ class Warehouse:
             if not parts:
                 continue
             names.add(name)
-            if self.store is None:
+            if self.store.local:  # DuckDB's own Parquet reader on the files
                 files = ", ".join("'" + str(q).replace("'", "''") + "'" for q in parts)
                 con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{files}], union_by_name=true, hive_partitioning=false)')
             else:
-                schema = pa.unify_schemas([pq.read_schema(str(q), filesystem=self.store.fs) for q in parts],
+                schema = pa.unify_schemas([pq.read_schema(str(q), filesystem=self.fs) for q in parts],
                                           promote_options="permissive")
                 con.register(name, pads.dataset([str(q) for q in parts], schema=schema, format="parquet",
-                                                filesystem=self.store.fs))
+                                                filesystem=self.fs))
         for n, ddl in {"ingest_log": INGEST_LOG_DDL, "run_failures": RUN_FAILURES_DDL}.items():
             if n not in names and n in named:
                 con.execute(ddl)
