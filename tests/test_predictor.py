@@ -277,3 +277,49 @@ def test_a_model_of_an_older_design_is_refused_and_retrained(graph, tmp_path):
     assert not has_current_model(wh, "m")
     wh.save_artifact("serving_state", "m", after)
     assert has_current_model(wh, "m")
+
+
+def test_threaded_chunks_equal_one_batch(graph, monkeypatch):
+    """16 sources ticking together step in two chunks on two threads (each chunk its own batched reservoirs);
+    every source's records equal those of the same sources stepped as one batch."""
+    from dataclasses import replace
+
+    df, before, _, _ = graph
+    names = [f"s{i:02d}" for i in range(16)]
+    outs = {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv("NQ_PREDICT_THREADS", threads)
+        p = Predictor()
+        for n in names:
+            p.load(replace(before, model=replace(before.model, source=n)))
+        assert len(p._chunks(before.model.cfg.version, names)) == int(threads)
+        outs[threads] = p.advance_many({n: (df["value"].iloc[N0:N0 + 3], df["timestamp"].iloc[N0:N0 + 3])
+                                        for n in names})
+    for n in names:
+        for a, b in zip(outs["1"][n], outs["2"][n], strict=True):
+            assert a["prediction_id"] == b["prediction_id"] and a["direction"] == b["direction"]
+            assert abs(a["predicted_change"] - b["predicted_change"]) <= 1e-6 * abs(b["predicted_change"]) + 1e-12
+    assert len({outs["2"][n][0]["predicted_change"] for n in names}) == 16  # each source its own reservoir
+
+
+def test_spike_step_equals_the_dense_detectors():
+    """The streaming path reads a step's spikes from their list; it must equal the batch graph's detectors on
+    the dense array, including a source without spikes and one with a single spike."""
+    from nq_dagster.fusion.stream import spike_step
+    from nq_dagster.neuromorphic.patterns import sparse, synchronous, travelling_wave
+    from nq_dagster.neuromorphic.stages import reservoir_input, spike_statistics
+
+    rng = np.random.default_rng(3)
+    spikes = rng.random((6, 20, 300)) < np.array([0.0, 0.01, 0.05, 0.2, 0.01, 0.03])[:, None, None]
+    spikes[0] = False
+    spikes[4] = False
+    spikes[4, 7, 123] = True
+    sp = spike_step(spikes)
+    np.testing.assert_allclose(sp.sync, synchronous(spikes), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(sp.trav, travelling_wave(spikes), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sp.spars, sparse(spikes), rtol=1e-12, atol=1e-15)
+    stats = spike_statistics(spikes)
+    np.testing.assert_array_equal(sp.spike_rate, stats["spike_rate"])
+    np.testing.assert_array_equal(sp.active_fraction, stats["active_fraction"])
+    np.testing.assert_array_equal((sp.counts / 20).astype(np.float32), reservoir_input(spikes))
+    assert len(sp.src) == spikes.sum() and np.all(np.diff(sp.src * 300 + sp.neuron) >= 0)

@@ -13,6 +13,7 @@ and the prediction server call this class; nothing else turns a tick into a pred
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -229,7 +230,8 @@ class Predictor:
         self._sources: dict[str, _Source] = {}
         self._reservoirs: dict[tuple[str, str], object] = {}
         self._analog: dict[tuple[str, str], object] = {}
-        self._batched: dict[str, tuple] = {}  # config version -> (names, BatchedReservoirs spiking, analog)
+        self._batched: dict[tuple[str, int], tuple] = {}  # (config version, chunk) -> (positions, spiking, analog)
+        self._pool = None  # threads for the chunks of a many-source tick (`_chunks`)
 
     # loading ---------------------------------------------------------------------------------------------
     def load(self, serving: ServingState) -> None:
@@ -246,7 +248,8 @@ class Predictor:
             self._analog[key] = build_analog_reservoir(cfg, mv.source, self.device)
         self._sources[mv.source] = _Source(serving, self._reservoirs[key], source_seed(cfg.seed, mv.source), cfg,
                                            cfg.version, mv.selected_index(), self._analog[key])
-        self._batched.pop(cfg.version, None)  # rebuilt with this source at its next batched tick
+        for k in [k for k in self._batched if k[0] == cfg.version]:  # rebuilt with this source at the next tick
+            del self._batched[k]
 
     def warm_up(self, source: str) -> None:
         """Run a few ticks through a throwaway copy of the source's state, so that the process's one-time costs
@@ -313,40 +316,84 @@ class Predictor:
                 active = [s for s in names if len(todo[s][0]) > r]
                 if not active:
                     continue
-                srcs = [self._sources[s] for s in active]
-                cfg = srcs[0].cfg
-                x = np.array([todo[s][0][r] for s in active])
-                ts = np.array([todo[s][1][r] for s in active], dtype=np.int64)
-                tf = features_for_ticks([current[s] for s in active], x, ts, cfg,
-                                        np.array([src.seed for src in srcs]), [src.reservoir for src in srcs],
-                                        [src.analog for src in srcs], self._batch(srcs[0].config_version, active))
-                rows = [current[s].n_rows for s in active]
-                cal = [cals[s].before(t, xi) if cals[s] is not None else None for s, t, xi in zip(active, rows, x, strict=True)]
-                recs = self._records(srcs, tf.frames, tf.candidates, tf.lags, tf.band_sd, ts, t_recv, cal, tf.analog)
-                for i, s in enumerate(active):
-                    out[s].append(recs[i])
-                    current[s] = tf.states[i]
-                    if cal[i] is not None:
-                        cals[s] = cal[i].after(recs[i]["predicted_change"], recs[i]["hold_band"], float(x[i]))
+                chunks = self._chunks(self._sources[active[0]].config_version, active)
+                args = []
+                for c, part in chunks:
+                    srcs = [self._sources[s] for s in part]
+                    x = np.array([todo[s][0][r] for s in part])
+                    ts = np.array([todo[s][1][r] for s in part], dtype=np.int64)
+                    args.append(([current[s] for s in part], x, ts, srcs[0].cfg, np.array([src.seed for src in srcs]),
+                                 [src.reservoir for src in srcs], [src.analog for src in srcs],
+                                 self._batch(srcs[0].config_version, c, part)))
+                if len(args) > 1:  # numpy, LAPACK and torch release the GIL: the chunks run on the cores together
+                    feats = list(self._threads().map(lambda a: features_for_ticks(*a), args))
+                else:
+                    feats = [features_for_ticks(*args[0])]
+                for (_, part), a, tf in zip(chunks, args, feats, strict=True):
+                    srcs, x, ts = [self._sources[s] for s in part], a[1], a[2]
+                    rows = [current[s].n_rows for s in part]
+                    cal = [cals[s].before(t, xi) if cals[s] is not None else None
+                           for s, t, xi in zip(part, rows, x, strict=True)]
+                    recs = self._records(srcs, tf.frames, tf.candidates, tf.lags, tf.band_sd, ts, t_recv, cal,
+                                         tf.analog)
+                    for i, s in enumerate(part):
+                        out[s].append(recs[i])
+                        current[s] = tf.states[i]
+                        if cal[i] is not None:
+                            cals[s] = cal[i].after(recs[i]["predicted_change"], recs[i]["hold_band"], float(x[i]))
         for s, st in current.items():  # commit: every record is built
             src = self._sources[s]
             src.serving = replace(src.serving, stream=st, calibration=cals[s])
         return out
 
-    def _batch(self, config_version: str, active: list[str]) -> tuple | None:
-        """The batched reservoirs of a config's loaded sources and the positions of `active` in them, for a tick of
-        several sources on CPU (one source steps alone: its own small products are faster)."""
+    def _loaded(self, config_version: str) -> list[str]:
+        return sorted(s for s, src in self._sources.items() if src.config_version == config_version)
+
+    def _chunk_count(self, loaded: int) -> int:
+        threads = int(os.environ.get("NQ_PREDICT_THREADS", os.cpu_count() or 1))
+        return 1 if self.device != "cpu" else max(1, min(threads, 4, loaded // 8))
+
+    def _chunks(self, config_version: str, active: list[str]) -> list[tuple[int, list[str]]]:
+        """The active sources of a config in the chunks that step together: the loaded sources of a config in
+        one fixed block of names per CPU thread (NQ_PREDICT_THREADS, default the cores, at most 4; at least 8
+        sources a block), each block with its own batched reservoirs, when at least half of them tick; else one
+        chunk (0). A source's arithmetic is its own: results do not depend on the chunking. (BLAS stays on one
+        thread: the chunks are the parallelism.)"""
+        loaded = self._loaded(config_version)
+        k = self._chunk_count(len(loaded))
+        if k == 1 or len(active) * 2 < len(loaded):
+            return [(0, active)]
+        chunk_of = {n: i * k // len(loaded) + 1 for i, n in enumerate(loaded)}
+        parts: dict[int, list[str]] = {}
+        for s in active:
+            parts.setdefault(chunk_of[s], []).append(s)
+        return sorted(parts.items())
+
+    def _threads(self):
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(4, thread_name_prefix="nq-predict")
+        return self._pool
+
+    def _batch(self, config_version: str, chunk: int, active: list[str]) -> tuple | None:
+        """The batched reservoirs of a chunk of a config's loaded sources and the positions of `active` in them,
+        for a tick of several sources on CPU (one source steps alone: its own small products are faster)."""
         if len(active) < 2 or self.device != "cpu":
             return None
-        if config_version not in self._batched:
-            names = sorted(s for s, src in self._sources.items() if src.config_version == config_version)
+        key = (config_version, chunk)
+        if key not in self._batched:
+            names = self._loaded(config_version)
+            if chunk:
+                k = self._chunk_count(len(names))
+                names = [n for i, n in enumerate(names) if i * k // len(names) + 1 == chunk]
             if len(active) * 2 < len(names):  # a few of many: stepping them in turn reads less
                 return None
-            self._batched[config_version] = (
+            self._batched[key] = (
                 {n: i for i, n in enumerate(names)},
                 BatchedReservoirs([self._sources[n].reservoir for n in names]),
                 BatchedReservoirs([self._sources[n].analog for n in names]))
-        pos, spiking, analog = self._batched[config_version]
+        pos, spiking, analog = self._batched[key]
         if len(active) * 2 < len(pos):
             return None
         return spiking, analog, np.array([pos[s] for s in active])

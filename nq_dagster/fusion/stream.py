@@ -36,18 +36,13 @@ from nq_dagster.neuromorphic.patterns import (
     entropy_of_counts,
     last_spike_bins,
     ordinal_codes,
-    sparse,
     standing_wave_windows,
-    synchronous,
-    travelling_wave,
 )
 from nq_dagster.neuromorphic.reservoir import Reservoir, ReservoirState
 from nq_dagster.neuromorphic.stages import (
     INPUT_NAMES,
     SPIKE_STAT_NAMES,
     analog_inputs,
-    reservoir_input,
-    spike_statistics,
 )
 
 CANDIDATES = INPUT_NAMES + PATTERN_NAMES + SPIKE_STAT_NAMES  # the candidate fusion features, in the features' order
@@ -217,6 +212,55 @@ def encoder_steps(states: list[StreamState], x: np.ndarray, feature_window: int)
     return EncoderStep(inputs, band_sd, lags, vals, chs, sds)
 
 
+@dataclass
+class SpikeStep:
+    """What the detectors read of one step's spikes per source, from its spike list (a few per cent of the
+    (bin, neuron) slots fire): one pass to find the spikes, then counts and moments by bincount, instead of a
+    pass over every slot per detector. Equal to `synchronous`, `travelling_wave`, `sparse`,
+    `spike_statistics` and `reservoir_input` on the dense array (integer sums, the same formulas)."""
+
+    src: np.ndarray  # the spikes sorted by (source, neuron, bin)
+    neuron: np.ndarray
+    bin: np.ndarray
+    counts: np.ndarray  # (S, N) spikes per neuron
+    sync: np.ndarray
+    trav: np.ndarray
+    spars: np.ndarray
+    spike_rate: np.ndarray
+    active_fraction: np.ndarray
+
+
+def spike_step(spikes: np.ndarray) -> SpikeStep:
+    S, W, N = spikes.shape
+    flat = np.flatnonzero(np.ascontiguousarray(spikes.transpose(0, 2, 1)))  # sorted by source, neuron, bin
+    src, rem = np.divmod(flat, N * W)
+    neuron, b = np.divmod(rem, W)
+    counts = np.bincount(src * N + neuron, minlength=S * N).reshape(S, N).astype(float)
+    per_bin = np.bincount(src * W + b, minlength=S * W).reshape(S, W).astype(float)
+    total = per_bin.sum(axis=1)
+    # synchronous: the Kuramoto order of the spikes' bin phases
+    r = np.abs(per_bin @ np.exp(2j * np.pi * np.arange(W) / W)) / np.maximum(total, 1)
+    sync = np.where(total >= 2, r, 0.0)
+    # travelling wave: |corr(bin, neuron index)| from the spikes' moments
+    bf, i_f = b.astype(float), neuron.astype(float)
+    sb, sbb = per_bin @ np.arange(W, dtype=float), per_bin @ (np.arange(W, dtype=float) ** 2)
+    si = np.bincount(src, weights=i_f, minlength=S)
+    sii = np.bincount(src, weights=i_f * i_f, minlength=S)
+    sbi = np.bincount(src, weights=bf * i_f, minlength=S)
+    nn = np.maximum(total, 1)
+    cov = sbi / nn - sb * si / nn**2
+    vb = sbb / nn - (sb / nn) ** 2
+    vi = sii / nn - (si / nn) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rt = np.abs(cov) / np.sqrt(vb * vi)
+        trav = np.where((total >= 3) & (vb > 1e-12) & (vi > 1e-12), np.clip(rt, 0, 1), 0.0)
+        # sparse: Treves-Rolls over the neurons' counts
+        m1, m2 = counts.mean(axis=1), (counts**2).mean(axis=1)
+        a = np.where(m2 > 0, m1**2 / m2, 1.0)
+    spars = np.clip((1 - a) / (1 - 1 / N), 0, 1)
+    return SpikeStep(src, neuron, b, counts, sync, trav, spars, total / (N * W), (counts > 0).mean(axis=1))
+
+
 def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray, cfg, seeds: np.ndarray,
                        reservoirs: list[Reservoir], analog: list[Reservoir] | None = None,
                        batched: tuple | None = None) -> TickFeatures:
@@ -231,7 +275,8 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     spikes_t = encode(inputs[:, None, :], cfg.encoding, cfg.neuron_count, cfg.window_bins, cfg.bin_ms,
                       cfg.min_rate_hz, cfg.max_rate_hz, seed=seeds, device=device, step_offset=steps)[:, 0]
     spikes = spikes_t.cpu().numpy()  # (S, W, N)
-    u = reservoir_input(spikes)  # (S, N) float32
+    sp = spike_step(spikes)
+    u = (sp.counts / spikes.shape[1]).astype(np.float32)  # `reservoir_input`: (S, N)
     if batched is not None:
         x_new = batched[0].step(batched[2], torch.as_tensor(u), torch.cat([st.reservoir.x for st in states]))
         frames_new = x_new.numpy().astype(np.float32)
@@ -255,8 +300,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     n = steps + 1  # rows seen after this tick
 
     # per-step detectors on the tick's spikes
-    sync, trav, spars = synchronous(spikes), travelling_wave(spikes), sparse(spikes)
-    stats = spike_statistics(spikes)
+    sync, trav, spars = sp.sync, sp.trav, sp.spars
     # standing wave and emergent on the last DETECTOR_WINDOW frames
     stand = np.where(n > 3, standing_wave_windows(act), 0.0)
     m = act.mean(axis=2)  # (S, 32) population means
@@ -275,7 +319,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     chaos = np.where(n > DETECTOR_WINDOW // 2, entropy_of_counts(counts), 0.0)
     # inter-spike intervals of time-sorted spikes per neuron, across the step boundary
     W, N = spikes.shape[1], spikes.shape[2]
-    src, neuron, b = np.nonzero(spikes.transpose(0, 2, 1))  # sorted by source, neuron, bin
+    src, neuron, b = sp.src, sp.neuron, sp.bin  # sorted by source, neuron, bin
     g = src * N + neuron
     t_abs = steps[src] * W + b
     last = np.stack([st.last_spike for st in states]).reshape(-1)
@@ -302,7 +346,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     last_new = last_new.reshape(S, N)
 
     pats = np.column_stack([sync, trav, stand, emerg, rhythm, spars, burst, chaos])  # PATTERN_NAMES order
-    cands = np.column_stack([inputs, pats, stats["spike_rate"], stats["active_fraction"]])
+    cands = np.column_stack([inputs, pats, sp.spike_rate, sp.active_fraction])
     # the analog reservoir: the value and its change themselves
     blocks, an_states = None, [None] * S
     if analog is not None and batched is not None and all(st.analog is not None for st in states):
