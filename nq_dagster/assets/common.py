@@ -21,7 +21,7 @@ DAILY = FreshnessPolicy.time_window(fail_window=timedelta(hours=_h), warn_window
 # when that asset's output for the same inputs and config changes. The model's assets follow the fused model's
 # design (fusion.predictor.DESIGN_VERSION; tests/test_pipeline.py keeps them equal): a model of another design is
 # refused at load, so its outputs are stale the moment the design moves.
-DESIGN = "design-4"
+DESIGN = "design-5"
 CODE_VERSIONS = {
     "raw_ticks": "1", "series": "1",
     "spike_trains": "1", "reservoir_states": "1",

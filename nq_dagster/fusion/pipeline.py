@@ -22,16 +22,16 @@ def base_variants(d: int, n_selected: int, seasonal: bool = False) -> list[np.nd
     """The linear base stages the fit chooses among (by held-out error), as column indices of a design whose
     last columns are [selected features (n_selected), N_LAGS recent changes, the level, the seasonal change]:
     AR on the changes of each order in AR_ORDERS, with and without the level (which makes it AR on the levels),
-    and, where a season was detected, each of those with the seasonal naive forecast as a regressor; all with the
-    selected features."""
+    and, where a season was detected, each of those with the seasonal naive forecast as a regressor; each with
+    the selected features and without them (plain AR, what a short series often supports best)."""
     lag0 = d - N_LAGS - 2
-    sel = np.arange(lag0 - n_selected, lag0)
     out = []
-    for p in AR_ORDERS:
-        for level in (False, True):
-            for seas in ((False, True) if seasonal else (False,)):
-                out.append(np.concatenate([sel, np.arange(lag0, lag0 + p), [d - 2] if level else [],
-                                           [d - 1] if seas else []]).astype(np.int64))
+    for sel in ([np.arange(lag0 - n_selected, lag0), np.arange(0)] if n_selected else [np.arange(0)]):
+        for p in AR_ORDERS:
+            for level in (False, True):
+                for seas in ((False, True) if seasonal else (False,)):
+                    out.append(np.concatenate([sel, np.arange(lag0, lag0 + p), [d - 2] if level else [],
+                                               [d - 1] if seas else []]).astype(np.int64))
     return out
 
 

@@ -55,8 +55,9 @@ def reliability_table(confidence: np.ndarray, correct: np.ndarray) -> list[dict]
 # 3: [spike reservoir | analog reservoir and inputs | selected features | 16 recent changes | level | seasonal
 # change] (1 had no analog block and 5 changes, 2 no seasonal column); 4: the same design, probabilities mixed
 # with the base rates (`walkforward.calibrate`): a model of another design is refused, never fed columns it was
-# not fit on nor read with another probability rule
-DESIGN_VERSION = 4
+# not fit on nor read with another probability rule; 5: the same design and rule, base candidates without the
+# selected features, stages chosen by the one-standard-error rule (`walkforward.simplest_within_one_se`)
+DESIGN_VERSION = 5
 
 
 def design_matrix(states: np.ndarray, selected: np.ndarray, lags: np.ndarray) -> np.ndarray:
