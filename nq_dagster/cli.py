@@ -227,17 +227,22 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    """Merge each source's raw_ticks parts into one (atomic; readers switch at once; see Warehouse.compact)."""
+    """Merge each source's raw_ticks parts into one, and its live predictions parts (the streaming job's and the
+    server's) into one live part (atomic; readers switch at once; see Warehouse.compact)."""
     wh = _setup_env(args.home)
     sources = [check_source_name(args.source)] if args.source else wh.sources("raw_ticks")
     if not sources:
         print("nothing to compact: no source has data")
         return 0
     for s in sources:
-        r = wh.compact("raw_ticks", s, grace_s=args.grace)
-        done = f"-> {r['parts_after']} ({r['compacted']})" if r["compacted"] else "(nothing to merge)"
-        print(f"  {s}: {r['parts_before']} part(s) {done}, {r['rows']} rows; "
-              f"{r['removed_files']} replaced file(s) of earlier compactions removed")
+        for table in ("raw_ticks", "predictions"):
+            if table == "predictions" and not wh.table_parts(table, s):
+                continue
+            r = wh.compact(table, s, grace_s=args.grace)
+            done = f"-> {r['parts_after']} ({r['compacted']})" if r["compacted"] else "(nothing to merge)"
+            what = "part(s)" if table == "raw_ticks" else "live part(s)"
+            print(f"  {s} {table}: {r['parts_before']} {what} {done}, {r['rows']} rows; "
+                  f"{r['removed_files']} replaced file(s) of earlier compactions removed")
     return 0
 
 

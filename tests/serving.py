@@ -125,8 +125,18 @@ def tick(source: str, ts: pd.Timestamp, value: float) -> dict:
 
 
 def served_rows(wh: Warehouse, table: str, source: str) -> pd.DataFrame:
-    """The rows the server wrote to a table for a source (its `serve-*` parts)."""
-    parts = [p for p in wh.table_parts(table, source) if p.stem.startswith("serve-")]
-    if not parts:
+    """The rows the server wrote to a table for a source: its `serve-*` parts, and its rows in parts that
+    compaction merged them into (raw_ticks: rows whose `file` is the server's; predictions: the compacted live
+    part)."""
+    from nq_dagster.resources.storage import COMPACT_PREFIX, LIVE_COMPACT_PREFIX
+
+    frames = []
+    for p in wh.table_parts(table, source):
+        if p.stem.startswith(("serve-", LIVE_COMPACT_PREFIX)):
+            frames.append(wh.read_part(p).to_pandas())
+        elif table == "raw_ticks" and p.stem.startswith(COMPACT_PREFIX):
+            rows = wh.read_part(p).to_pandas()
+            frames.append(rows[rows["file"].astype(str).str.startswith("nq-serve/")])
+    if not frames:
         return pd.DataFrame(columns=["timestamp"])
-    return pd.concat([wh.read_part(p).to_pandas() for p in parts], ignore_index=True)
+    return pd.concat(frames, ignore_index=True)

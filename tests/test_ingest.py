@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -344,3 +345,37 @@ def test_field_count_long_values_and_rename(wh, tmp_path, capsys):
     assert main(["--home", str(wh.home), "ingest", str(other), "--source", "k2", "--rename", "level=value"]) == 1
     said = capsys.readouterr()
     assert "has no column 'level'" in said.out + said.err
+
+
+def test_live_predictions_are_compacted_and_training_part_is_left_alone(wh):
+    """The streaming job and the server write a `predictions` part per run / flush: past the limit those live
+    parts merge into one live part (`stream-compact-...`) with every row once; training's `data` part is not
+    touched, is still rewritten by name afterwards, and keeps the compacted live part beside it."""
+    from nq_dagster.assets.fusion import live_prediction_times
+    from nq_dagster.resources.storage import LIVE_PARTS
+
+    def frame(t0, n, tag):
+        ts = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.arange(t0, t0 + n), unit="s")
+        return pd.DataFrame({"timestamp": ts, "direction": tag, "confidence": np.linspace(0.4, 0.9, n)})
+
+    wh.write_table("predictions", "s", frame(0, 100, "trained"))  # training's walk-forward rows: part "data"
+    for k in range(70):
+        wh.write_table("predictions", "s", frame(100 + 3 * k, 3, "live"),
+                       part=(f"stream-{k:010d}-{k + 1:010d}" if k % 2 else f"serve-r0-{k:06d}"))
+    before = wh.read_table("predictions", "s").sort_values("timestamp").reset_index(drop=True)
+    times = sorted(live_prediction_times(wh, "s"))
+    assert wh.compact_if_many("predictions", "s", limit=80) is None  # 70 live parts: under the limit
+    r = wh.compact_if_many("predictions", "s", limit=64)
+    assert r and r["parts_before"] == 70 and r["compacted"].startswith("stream-compact-")
+    parts = sorted(p.stem for p in wh.table_parts("predictions", "s"))
+    assert parts == ["data", r["compacted"]]
+    after = wh.read_table("predictions", "s").sort_values("timestamp").reset_index(drop=True)
+    pd.testing.assert_frame_equal(before, after)  # every row once, same content
+    assert sorted(live_prediction_times(wh, "s")) == times and len(times) == 210
+    # training rewrites its part by name and drops the other non-live parts; the compacted live part stays
+    wh.write_table("predictions", "s", frame(0, 120, "retrained"))
+    wh.drop_other_parts("predictions", "s", keep="data", keep_prefixes=LIVE_PARTS)
+    again = wh.read_table("predictions", "s")
+    assert (again["direction"] == "retrained").sum() == 120 and (again["direction"] == "live").sum() == 210
+    with pytest.raises(ValueError, match="append-only"):
+        wh.compact("features", "s")

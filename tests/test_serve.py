@@ -518,3 +518,33 @@ def test_key_store_sees_new_keys_at_once_and_revocations_within_a_second(tmp_pat
     monkeypatch.setattr(keymod.time, "monotonic", lambda: clock[0])
     clock[0] += keymod.RELOAD_S + 0.01
     assert server.verify(made[0]) is None and server.verify(made[1]) is not None
+
+
+def test_the_servers_parts_are_compacted_as_they_accumulate(home, ticks, monkeypatch):
+    """A part per source every flush interval, for as long as the server runs: past the limit the flusher merges
+    them (raw_ticks into a compacted part, predictions' live parts into one live part), and every tick is still
+    stored and predicted once."""
+    import nq_dagster.resources.storage as storage
+
+    monkeypatch.setattr(storage, "COMPACT_PARTS", 3)
+    s = ThreadServer(home)
+    try:
+        c = httpx.Client(base_url=s.url, headers=auth(keys(home)["developer"]))
+        n = 40
+        for i in range(n):  # several flushes (every 0.2 s here)
+            r = c.post("/api/v1/process/realtime", json=tick("m", ticks.timestamp[i], ticks.value[i]))
+            assert r.status_code == 200, r.text
+            time.sleep(0.03)
+        wh = Warehouse(home)
+        deadline = time.monotonic() + 15
+        while len(served_rows(wh, "predictions", "m")) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        s.stop()
+    for table in ("raw_ticks", "predictions"):
+        rows = served_rows(wh, table, "m")
+        assert len(rows) == n and set(pd.to_datetime(rows["timestamp"], utc=True)) == set(ticks.timestamp[:n])
+    stems = [p.stem for p in wh.table_parts("predictions", "m")]
+    assert any(x.startswith("stream-compact-") for x in stems)
+    assert sum(x.startswith("serve-") for x in stems) <= 3
+    assert any(p.stem.startswith("compact-") for p in wh.table_parts("raw_ticks", "m"))

@@ -9,7 +9,6 @@ from nq_dagster.assets.automation import TRAINING_AUTOMATION
 from nq_dagster.assets.common import CODE_VERSIONS, OWNERS, TAGS, md_table, source_partitions, table_metadata
 from nq_dagster.ingest import Ingestor, build_series, landing_files  # noqa: F401 (build_series: re-exported)
 from nq_dagster.resources import WarehouseResource
-from nq_dagster.resources.storage import COMPACT_PARTS
 
 
 @asset(code_version=CODE_VERSIONS['raw_ticks'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="ingestion", kinds={"parquet", "duckdb"}, owners=OWNERS,
@@ -31,9 +30,8 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
         raise Failure(description=f"source {source!r} has no data yet ({why[:300]}). Fix: put a CSV / Parquet / "
                       f"JSON-lines file in {wh.landing / source}/ or run `nq ingest FILE --source {source}`",
                       allow_retries=False)
-    compacted = None
-    if len(wh.table_parts("raw_ticks", source)) > COMPACT_PARTS:  # one part per landed file until merged
-        compacted = wh.compact("raw_ticks", source)
+    compacted = wh.compact_if_many("raw_ticks", source)  # one part per landed file until merged
+    if compacted:
         context.log.info(f"compacted {source}: {compacted['parts_before']} parts -> {compacted['parts_after']}")
     # from the parts' footers: what is stored, without reading the history (a streaming run's cost stays flat)
     parts = wh.table_parts("raw_ticks", source)

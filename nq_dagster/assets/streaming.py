@@ -59,6 +59,10 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
     table = records_table(records)
     wh.write_table("predictions", source, table, part=STREAM_PART.format(st.n_rows, nxt.stream.n_rows))
     wh.save_artifact("live_state", source, nxt)
+    compacted = wh.compact_if_many("predictions", source)  # a part per run: merged past NQ_COMPACT_PARTS
+    if compacted:
+        context.log.info(f"compacted {source}'s live predictions: {compacted['parts_before']} parts -> "
+                         f"{compacted['parts_after']}")
     rows = table.to_pandas()
     counts = rows["direction"].value_counts()
     ms = rows["processing_time_ms"]

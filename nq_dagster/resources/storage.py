@@ -58,7 +58,12 @@ COMPACT_LOG_PARTS = 64  # a log table past this many parts is compacted into one
 COMPACT_PARTS = int(os.environ.get("NQ_COMPACT_PARTS", "64"))  # raw_ticks of a source past this: compacted
 COMPACT_PREFIX = "compact-"  # a compacted part: its footer names the parts it replaces (Warehouse.compact)
 _REPLACES: dict[tuple[str, str], list[str]] = {}
-LIVE_PARTS = ("stream-", "serve-")  # parts of `predictions` / `raw_ticks` written by the streaming job and the server  # the partition that appended log rows use in object storage
+LIVE_PARTS = ("stream-", "serve-")  # parts of `predictions` / `raw_ticks` written by the streaming job and the server
+LIVE_COMPACT_PREFIX = "stream-compact-"  # a compacted part of `predictions`' live parts (still a live part)
+
+
+def is_compacted(stem: str) -> bool:
+    return stem.startswith((COMPACT_PREFIX, LIVE_COMPACT_PREFIX))
 
 
 @dataclass(frozen=True)
@@ -363,7 +368,7 @@ class Warehouse:
         parts = self._part_files(table, source)
         replaced: set[tuple[str, str]] = set()
         for q in parts:
-            if q.stem.startswith(COMPACT_PREFIX):
+            if is_compacted(q.stem):
                 replaced.update((q.parent.name, stem) for stem in self._replaces(q))
         return [q for q in parts if (q.parent.name, q.stem) not in replaced]
 
@@ -387,7 +392,10 @@ class Warehouse:
         return _REPLACES[key]
 
     def compact(self, table: str, source: str, grace_s: float | None = None) -> dict:
-        """Merge a source's parts of an append-only table (`raw_ticks`) into one compacted part, atomically.
+        """Merge a source's parts of an append-only table (`raw_ticks`, the logs) into one compacted part,
+        atomically; of `predictions`, only the append-only live parts (the streaming job's and the server's, named
+        with LIVE_PARTS), into one live part (`stream-compact-...`): training's `data` part is rewritten by name
+        and stays as it is.
 
         The compacted part is written whole (a temporary file renamed into place, or one PUT) under a new name,
         with the names of the parts it replaces in its footer; from the moment it exists every reader
@@ -396,13 +404,16 @@ class Warehouse:
         60 s) for queries that listed them before, and are deleted by a later compaction; a replaced name written
         again (a writer re-flushing a part by name) stays hidden. One compaction or ingest of a source at a time
         (the source lock). Returns what it did."""
-        if table not in ("raw_ticks", "ingest_log", "run_failures"):
-            raise ValueError(f"only the append-only tables (raw_ticks and the logs) are compacted; {table!r} has "
-                             "parts rewritten by name (training's 'data' part)")
+        if table not in ("raw_ticks", "ingest_log", "run_failures", "predictions"):
+            raise ValueError(f"only the append-only tables (raw_ticks, the logs) and the live parts of predictions "
+                             f"are compacted; {table!r} has parts rewritten by name (training's 'data' part)")
         grace = float(os.environ.get("NQ_COMPACT_GRACE_S", "60")) if grace_s is None else grace_s
+        live_only = table == "predictions"
         with self.source_locks([source]):
             removed = self._remove_replaced(table, source, grace)
             parts = self.table_parts(table, source)
+            if live_only:
+                parts = [q for q in parts if q.stem.startswith(LIVE_PARTS)]
             rows_before = sum(self.part_time_range(q)[2] for q in parts)
             out = {"source": source, "parts_before": len(parts), "rows": rows_before, "removed_files": removed}
             if len(parts) < 2:
@@ -412,16 +423,27 @@ class Warehouse:
                 merged = merged.sort_by("timestamp")
             names = {q.stem for q in parts}
             for q in parts:
-                if q.stem.startswith(COMPACT_PREFIX):
+                if is_compacted(q.stem):
                     names.update(self._replaces(q))
             meta = dict(merged.schema.metadata or {})
             meta[b"nq_replaces"] = json.dumps(sorted(names)).encode()
             merged = merged.replace_schema_metadata(meta)
             if merged.num_rows != rows_before:
                 raise AssertionError(f"{source}: compaction read {merged.num_rows} rows of {rows_before}")
-            name = f"{COMPACT_PREFIX}{pd.Timestamp.now(tz='UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
+            prefix = LIVE_COMPACT_PREFIX if live_only else COMPACT_PREFIX
+            name = f"{prefix}{pd.Timestamp.now(tz='UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
             self.write_table(table, source, merged, part=name)
             return {**out, "parts_after": len(self.table_parts(table, source)), "compacted": name}
+
+    def compact_if_many(self, table: str, source: str, limit: int | None = None) -> dict | None:
+        """`compact` once the partition holds more than `limit` (NQ_COMPACT_PARTS, 64) parts to merge: what the
+        writers of many small parts (ingest, the streaming job, the server's flusher) call after a write, so
+        reads stay a few files whatever the uptime."""
+        limit = COMPACT_PARTS if limit is None else limit
+        parts = self.table_parts(table, source)
+        if table == "predictions":
+            parts = [q for q in parts if q.stem.startswith(LIVE_PARTS)]
+        return self.compact(table, source) if len(parts) > limit else None
 
     def _remove_replaced(self, table: str, source: str, grace_s: float) -> int:
         """Delete the files that compacted parts older than `grace_s` replace."""
@@ -429,7 +451,7 @@ class Warehouse:
         by_stem = {q.stem: q for q in files}
         now, n = time.time(), 0
         for q in files:
-            if not q.stem.startswith(COMPACT_PREFIX) or q.stem not in by_stem or now - self._mtime(q) < grace_s:
+            if not is_compacted(q.stem) or q.stem not in by_stem or now - self._mtime(q) < grace_s:
                 continue
             for stem in self._replaces(q):
                 old = by_stem.pop(stem, None)

@@ -608,6 +608,12 @@ class Engine:
                 if states and s in states:
                     self.wh.save_artifact("live_state", s, states[s])
             path.unlink(missing_ok=True)
+            for s in by_source:  # a part per source every flush interval: merged past NQ_COMPACT_PARTS
+                for table in ("raw_ticks", "predictions"):
+                    done = self.wh.compact_if_many(table, s)
+                    if done:
+                        log.info(json.dumps({"event": "compacted", "table": table, "source": s,
+                                             "parts_before": done["parts_before"], "parts_after": done["parts_after"]}))
             self.flushed_segments += 1
             self.last_flush_error = None
         except Exception as exc:  # noqa: BLE001 - the segment stays and is retried at the next start
