@@ -210,10 +210,10 @@ def fast_read_validate(path: Path, data: bytes, source_override: str | None, ren
         return None
     try:
         if kind == "csv":
-            frame = pl.read_csv(io.BytesIO(data), infer_schema=False)
+            frame = _read_csv_numbers_typed(data)
             offset = 2
         else:
-            frame = pl.read_parquet(io.BytesIO(data))
+            frame = pl.read_parquet(data)
             offset = 1
     except Exception:  # noqa: BLE001 - any parse problem: the row-by-row path says what and where
         return None
@@ -284,6 +284,19 @@ def fast_read_validate(path: Path, data: bytes, source_override: str | None, ren
     pdf = clean.select(["source", "timestamp", *[c.strip() for c in value_cols], "_row"]).to_pandas()
     pdf["_row"] = pdf["_row"].astype(np.int64)
     return pdf, [], notes
+
+
+def _read_csv_numbers_typed(data: bytes):
+    """The CSV with every column that can only be a value (not a timestamp or source name) parsed as numbers by
+    the reader itself (a separate string-to-number cast doubled that column's cost); a value the reader does not
+    take as a number: every column as text, and the checks below find it. (The bytes go to polars as they are:
+    through io.BytesIO they were copied first, 13 ms for 37 MB.)"""
+    header = pl.read_csv(data, n_rows=0, infer_schema=False).columns
+    numbers = {c: pl.Float64 for c in header if c.lower().strip() not in (*TIMESTAMP_NAMES, "source")}
+    try:
+        return pl.read_csv(data, infer_schema=False, schema_overrides=numbers)
+    except pl.exceptions.PolarsError:
+        return pl.read_csv(data, infer_schema=False)
 
 
 _ISO_PARTS = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:([T ])(\d{2}:\d{2})(:\d{2})?(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?$")
@@ -576,7 +589,8 @@ class Ingestor:
                 bad.append(BadRow(int(clean["_row"].iloc[i]), "timestamp", str(clean["timestamp"].iloc[i]),
                                   f"(source, timestamp) already stored for source {clean['source'].iloc[i]!r}",
                                   "drop rows that were ingested before, or use a new timestamp"))
-            clean = clean.loc[~dup_mask]
+            if dup_mask.any():  # (a copy of every column otherwise, for nothing)
+                clean = clean.loc[~dup_mask]
             bad.sort(key=lambda b: b.row)
             result.bad_rows = bad
             if bad and not skip_bad_rows:
@@ -589,7 +603,8 @@ class Ingestor:
         # the part: dictionary-encoded, written without Arrow's schema, they read back as plain strings
         for src in names:
             rows = clean if len(names) == 1 else clean.loc[(clean["source"] == src).to_numpy()]
-            table = pa.Table.from_pandas(rows.drop(columns=["_row", "source"]), preserve_index=False)
+            cols = [c for c in rows.columns if c not in ("_row", "source")]  # column by column: no frame copy
+            table = pa.Table.from_arrays([pa.Array.from_pandas(rows[c]) for c in cols], names=cols)
             n = table.num_rows
 
             def const(value: str, n: int = n) -> pa.DictionaryArray:

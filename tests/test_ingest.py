@@ -252,7 +252,7 @@ def test_compaction_keeps_every_row_once_and_readers_see_one_table(wh, tmp_path,
     finally:
         stop.set()
         t.join()
-    assert "c: 12 part(s) -> 1" in capsys.readouterr().out
+    assert "c raw_ticks: 12 part(s) -> 1" in capsys.readouterr().out
     assert seen and all(row[0] == row[2] for row in seen)  # never a row twice
     assert {row[0] for row in seen} <= {480, 520, 560}  # the table before, or with whole new files
     after = wh.query(sql).iloc[0].tolist()
