@@ -306,7 +306,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     m = act.mean(axis=2)  # (S, 32) population means
     k = float(DETECTOR_WINDOW)
     var_pop = (m**2).sum(axis=1) / k - (m.sum(axis=1) / k) ** 2
-    var_units = ((act**2).sum(axis=1) / k - (act.sum(axis=1) / k) ** 2).mean(axis=1)
+    var_units = (np.einsum("skm,skm->sm", act, act) / k - (act.sum(axis=1) / k) ** 2).mean(axis=1)  # no act**2 copy
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2 = np.where(var_units > 1e-15, var_pop / var_units, 0.0)
     emerg = np.sqrt(np.clip(chi2, 0, 1))
