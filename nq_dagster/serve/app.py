@@ -277,6 +277,7 @@ class Server:
             WebSocketRoute("/ws/predictions", self.ws),
         ]
         self.routes = routes
+        self._endpoints: dict[tuple[str, str], str] = {}
         self.starlette = Starlette(routes=routes, lifespan=self.lifespan)
         engine.on_records = self._on_records
         engine.on_batch = lambda n, ticks, s: self.metrics.batch_seconds.observe(s)
@@ -291,7 +292,13 @@ class Server:
         rid = rid if REQUEST_ID_RE.match(rid) else f"{self._rid_prefix}{next(self._rid_counter):012x}"
         scope.setdefault("state", {})["request_id"] = rid
         scope["state"]["received"] = t0
-        endpoint = next((r.path for r in self.routes if r.matches(scope)[0] == Match.FULL), "unmatched")
+        key = (scope["method"], scope["path"])
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:  # the route template (the metrics label), found once per method and path
+            endpoint = next((r.path for r in self.routes if r.matches(scope)[0] == Match.FULL), "unmatched")
+            if len(self._endpoints) > 4096:  # paths with ids (jobs, keys) vary without bound
+                self._endpoints.clear()
+            self._endpoints[key] = endpoint
         status = {"code": 500}
         limit = self.settings.body_limit
 
