@@ -36,7 +36,10 @@ from nq_dagster.neuromorphic.patterns import (
     entropy_of_counts,
     last_spike_bins,
     ordinal_codes,
+    sparseness_of_counts,
     standing_wave_windows,
+    synchrony_of_bins,
+    travelling_from_moments,
 )
 from nq_dagster.neuromorphic.reservoir import Reservoir, ReservoirState
 from nq_dagster.neuromorphic.stages import (
@@ -238,26 +241,12 @@ def spike_step(spikes: np.ndarray) -> SpikeStep:
     counts = np.bincount(src * N + neuron, minlength=S * N).reshape(S, N).astype(float)
     per_bin = np.bincount(src * W + b, minlength=S * W).reshape(S, W).astype(float)
     total = per_bin.sum(axis=1)
-    # synchronous: the Kuramoto order of the spikes' bin phases
-    r = np.abs(per_bin @ np.exp(2j * np.pi * np.arange(W) / W)) / np.maximum(total, 1)
-    sync = np.where(total >= 2, r, 0.0)
-    # travelling wave: |corr(bin, neuron index)| from the spikes' moments
     bf, i_f = b.astype(float), neuron.astype(float)
-    sb, sbb = per_bin @ np.arange(W, dtype=float), per_bin @ (np.arange(W, dtype=float) ** 2)
-    si = np.bincount(src, weights=i_f, minlength=S)
-    sii = np.bincount(src, weights=i_f * i_f, minlength=S)
-    sbi = np.bincount(src, weights=bf * i_f, minlength=S)
-    nn = np.maximum(total, 1)
-    cov = sbi / nn - sb * si / nn**2
-    vb = sbb / nn - (sb / nn) ** 2
-    vi = sii / nn - (si / nn) ** 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rt = np.abs(cov) / np.sqrt(vb * vi)
-        trav = np.where((total >= 3) & (vb > 1e-12) & (vi > 1e-12), np.clip(rt, 0, 1), 0.0)
-        # sparse: Treves-Rolls over the neurons' counts
-        m1, m2 = counts.mean(axis=1), (counts**2).mean(axis=1)
-        a = np.where(m2 > 0, m1**2 / m2, 1.0)
-    spars = np.clip((1 - a) / (1 - 1 / N), 0, 1)
+    trav = travelling_from_moments(total, per_bin @ np.arange(W, dtype=float),
+                                   per_bin @ (np.arange(W, dtype=float) ** 2), np.bincount(src, weights=i_f, minlength=S),
+                                   np.bincount(src, weights=i_f * i_f, minlength=S),
+                                   np.bincount(src, weights=bf * i_f, minlength=S))
+    sync, spars = synchrony_of_bins(per_bin), sparseness_of_counts(counts)
     return SpikeStep(src, neuron, b, counts, sync, trav, spars, total / (N * W), (counts > 0).mean(axis=1))
 
 

@@ -37,13 +37,27 @@ def _rolling_sum(a: np.ndarray, window: int) -> np.ndarray:
     return c[idx] - c[np.maximum(idx - window, 0)]
 
 
-def synchronous(spikes: np.ndarray) -> np.ndarray:
-    T, W, _ = spikes.shape
-    counts = spikes.sum(axis=2).astype(float)  # (T, W)
-    phase = np.exp(2j * np.pi * np.arange(W) / W)
-    total = counts.sum(axis=1)
-    r = np.abs(counts @ phase) / np.maximum(total, 1)
+def synchrony_of_bins(per_bin: np.ndarray) -> np.ndarray:
+    """The Kuramoto order of a step's spikes from its spike count per bin (T, W)."""
+    W = per_bin.shape[1]
+    total = per_bin.sum(axis=1)
+    r = np.abs(per_bin @ np.exp(2j * np.pi * np.arange(W) / W)) / np.maximum(total, 1)
     return np.where(total >= 2, r, 0.0)
+
+
+def synchronous(spikes: np.ndarray) -> np.ndarray:
+    return synchrony_of_bins(spikes.sum(axis=2).astype(float))
+
+
+def travelling_from_moments(n, sb, sbb, si, sii, sbi) -> np.ndarray:
+    """|corr(bin, neuron index)| from the spikes' count n and the sums of b, b^2, i, i^2 and b i per step."""
+    nn = np.maximum(n, 1)
+    cov = sbi / nn - sb * si / nn**2
+    vb = sbb / nn - (sb / nn) ** 2
+    vi = sii / nn - (si / nn) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.abs(cov) / np.sqrt(vb * vi)
+    return np.where((n >= 3) & (vb > 1e-12) & (vi > 1e-12), np.clip(r, 0, 1), 0.0)
 
 
 def travelling_wave(spikes: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -59,15 +73,8 @@ def travelling_wave(spikes: np.ndarray, chunk: int = 256) -> np.ndarray:
         si_b = s @ i  # (t, W): sum of neuron indices that fired in each bin
         sii = (s @ (i * i)).sum(axis=1)
         n = per_bin.sum(axis=1)
-        sb, sbb = per_bin @ b, per_bin @ (b * b)
-        si, sbi = si_b.sum(axis=1), si_b @ b
-        nn = np.maximum(n, 1)
-        cov = sbi / nn - sb * si / nn**2
-        vb = sbb / nn - (sb / nn) ** 2
-        vi = sii / nn - (si / nn) ** 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = np.abs(cov) / np.sqrt(vb * vi)
-        out[c0:c0 + chunk] = np.where((n >= 3) & (vb > 1e-12) & (vi > 1e-12), np.clip(r, 0, 1), 0.0)
+        out[c0:c0 + chunk] = travelling_from_moments(n, per_bin @ b, per_bin @ (b * b), si_b.sum(axis=1), sii,
+                                                     si_b @ b)
     return out
 
 
@@ -163,14 +170,18 @@ def _isi_stats(spikes: np.ndarray, window: int, burst_isi: int, prior_last_bin: 
     return rhythm, np.clip(burst, 0, 1)
 
 
-def sparse(spikes: np.ndarray) -> np.ndarray:
-    counts = spikes.sum(axis=1).astype(float)  # (T, N)
+def sparseness_of_counts(counts: np.ndarray) -> np.ndarray:
+    """Treves-Rolls population sparseness of each step's spike counts per neuron (T, N)."""
     N = counts.shape[1]
     m1 = counts.mean(axis=1)
     m2 = (counts**2).mean(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         a = np.where(m2 > 0, m1**2 / m2, 1.0)
     return np.clip((1 - a) / (1 - 1 / N), 0, 1)
+
+
+def sparse(spikes: np.ndarray) -> np.ndarray:
+    return sparseness_of_counts(spikes.sum(axis=1).astype(float))
 
 
 def permutation_entropy(x: np.ndarray, window: int = 32, order: int = 3) -> np.ndarray:
