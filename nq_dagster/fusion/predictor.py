@@ -350,9 +350,11 @@ class Predictor:
     def _loaded(self, config_version: str) -> list[str]:
         return sorted(s for s, src in self._sources.items() if src.config_version == config_version)
 
-    def _chunk_count(self, loaded: int) -> int:
+    def _chunk_of(self, loaded: list[str]) -> dict[str, int]:
+        """Each loaded source's chunk (1..k, blocks of names), or {} when the sources step as one chunk."""
         threads = int(os.environ.get("NQ_PREDICT_THREADS", os.cpu_count() or 1))
-        return 1 if self.device != "cpu" else max(1, min(threads, 4, loaded // 8))
+        k = 1 if self.device != "cpu" else max(1, min(threads, 4, len(loaded) // 8))
+        return {n: i * k // len(loaded) + 1 for i, n in enumerate(loaded)} if k > 1 else {}
 
     def _chunks(self, config_version: str, active: list[str]) -> list[tuple[int, list[str]]]:
         """The active sources of a config in the chunks that step together: the loaded sources of a config in
@@ -361,10 +363,9 @@ class Predictor:
         chunk (0). A source's arithmetic is its own: results do not depend on the chunking. (BLAS stays on one
         thread: the chunks are the parallelism.)"""
         loaded = self._loaded(config_version)
-        k = self._chunk_count(len(loaded))
-        if k == 1 or len(active) * 2 < len(loaded):
+        chunk_of = self._chunk_of(loaded)
+        if not chunk_of or len(active) * 2 < len(loaded):
             return [(0, active)]
-        chunk_of = {n: i * k // len(loaded) + 1 for i, n in enumerate(loaded)}
         parts: dict[int, list[str]] = {}
         for s in active:
             parts.setdefault(chunk_of[s], []).append(s)
@@ -386,8 +387,8 @@ class Predictor:
         if key not in self._batched:
             names = self._loaded(config_version)
             if chunk:
-                k = self._chunk_count(len(names))
-                names = [n for i, n in enumerate(names) if i * k // len(names) + 1 == chunk]
+                chunk_of = self._chunk_of(names)
+                names = [n for n in names if chunk_of[n] == chunk]
             if len(active) * 2 < len(names):  # a few of many: stepping them in turn reads less
                 return None
             self._batched[key] = (
