@@ -379,3 +379,26 @@ def test_live_predictions_are_compacted_and_training_part_is_left_alone(wh):
     assert (again["direction"] == "retrained").sum() == 120 and (again["direction"] == "live").sum() == 210
     with pytest.raises(ValueError, match="append-only"):
         wh.compact("features", "s")
+
+
+def test_compaction_leaves_big_parts_alone(wh, monkeypatch):
+    """Parts of COMPACT_BIG_ROWS rows or more are not merged again (a compaction then costs the new small parts,
+    not the history): the small parts merge into one, the big one stays, every row once."""
+    import nq_dagster.resources.storage as storage
+
+    monkeypatch.setattr(storage, "COMPACT_BIG_ROWS", 100)
+
+    def frame(t0, n):
+        ts = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.arange(t0, t0 + n), unit="s")
+        return pd.DataFrame({"timestamp": ts, "value": np.arange(t0, t0 + n, dtype=float)})
+
+    wh.write_table("raw_ticks", "b", frame(0, 150), part="part-history")
+    for k in range(6):
+        wh.write_table("raw_ticks", "b", frame(150 + 5 * k, 5), part=f"serve-r0-{k:06d}")
+    r = wh.compact("raw_ticks", "b")
+    assert r["parts_before"] == 7 and r["rows"] == 180 and r["rows_merged"] == 30
+    stems = sorted(p.stem for p in wh.table_parts("raw_ticks", "b"))
+    assert stems[1] == "part-history" and stems[0].startswith("compact-") and len(stems) == 2
+    got = wh.read_table("raw_ticks", "b").sort_values("timestamp")
+    assert len(got) == 180 and (got["value"].to_numpy() == np.arange(180)).all()
+    assert wh.compact("raw_ticks", "b")["compacted"] is None  # one small part left: nothing to merge

@@ -56,6 +56,7 @@ ARTIFACT_SUFFIX = ".npz"
 LOG_PARTITION = "_log"
 COMPACT_LOG_PARTS = 64  # a log table past this many parts is compacted into one
 COMPACT_PARTS = int(os.environ.get("NQ_COMPACT_PARTS", "64"))  # raw_ticks of a source past this: compacted
+COMPACT_BIG_ROWS = int(os.environ.get("NQ_COMPACT_BIG_ROWS", "1000000"))  # a part this big is left as it is
 COMPACT_PREFIX = "compact-"  # a compacted part: its footer names the parts it replaces (Warehouse.compact)
 _REPLACES: dict[tuple[str, str], list[str]] = {}
 LIVE_PARTS = ("stream-", "serve-")  # parts of `predictions` / `raw_ticks` written by the streaming job and the server
@@ -403,8 +404,11 @@ class Warehouse:
         (`table_parts`, the DuckDB views, `nq query`) sees it instead of them, so a query sees the table either
         before or after, never both or a half. The replaced files stay `grace_s` (default NQ_COMPACT_GRACE_S,
         60 s) for queries that listed them before, and are deleted by a later compaction; a replaced name written
-        again (a writer re-flushing a part by name) stays hidden. One compaction or ingest of a source at a time
-        (the source lock). Returns what it did."""
+        again (a writer re-flushing a part by name) stays hidden. Parts of COMPACT_BIG_ROWS rows or more (1M;
+        NQ_COMPACT_BIG_ROWS) are left as they are: what compaction saves is the cost per file, and merging the
+        small new parts into the whole history again would make every compaction (the server's flusher runs one
+        per source every 64 flushes) cost the history's size. One compaction or ingest of a source at a time (the
+        source lock). Returns what it did."""
         if table not in ("raw_ticks", "ingest_log", "run_failures", "predictions"):
             raise ValueError(f"only the append-only tables (raw_ticks, the logs) and the live parts of predictions "
                              f"are compacted; {table!r} has parts rewritten by name (training's 'data' part)")
@@ -415,10 +419,13 @@ class Warehouse:
             parts = self.table_parts(table, source)
             if live_only:
                 parts = [q for q in parts if q.stem.startswith(LIVE_PARTS)]
-            rows_before = sum(self.part_time_range(q)[2] for q in parts)
-            out = {"source": source, "parts_before": len(parts), "rows": rows_before, "removed_files": removed}
+            sizes = {q: self.part_time_range(q)[2] for q in parts}
+            out = {"source": source, "parts_before": len(parts), "rows": sum(sizes.values()), "removed_files": removed}
+            parts = [q for q in parts if sizes[q] < COMPACT_BIG_ROWS]
+            rows_before = sum(sizes[q] for q in parts)
+            out["rows_merged"] = rows_before
             if len(parts) < 2:
-                return {**out, "parts_after": len(parts), "compacted": None}
+                return {**out, "parts_after": out["parts_before"], "compacted": None}
             merged = pa.concat_tables([self.read_part(q) for q in parts], promote_options="permissive")
             if "timestamp" in merged.column_names:
                 merged = merged.sort_by("timestamp")
