@@ -608,17 +608,28 @@ class Engine:
                 if states and s in states:
                     self.wh.save_artifact("live_state", s, states[s])
             path.unlink(missing_ok=True)
-            for s in by_source:  # a part per source every flush interval: merged past NQ_COMPACT_PARTS
-                for table in ("raw_ticks", "predictions"):
-                    done = self.wh.compact_if_many(table, s)
-                    if done:
-                        log.info(json.dumps({"event": "compacted", "table": table, "source": s,
-                                             "parts_before": done["parts_before"], "parts_after": done["parts_after"]}))
             self.flushed_segments += 1
             self.last_flush_error = None
+            self._compact(by_source)
         except Exception as exc:  # noqa: BLE001 - the segment stays and is retried at the next start
             self.last_flush_error = f"{path.name}: {type(exc).__name__}: {exc}"
             log.exception("flush failed")
+
+    def _compact(self, sources) -> None:
+        """A part per source every flush interval: merged past NQ_COMPACT_PARTS. The segment is already stored:
+        a compaction that fails (or waits out an ingest's lock) is logged and retried at the next flush, never a
+        flush error."""
+        for s in sources:
+            for table in ("raw_ticks", "predictions"):
+                try:
+                    done = self.wh.compact_if_many(table, s)
+                except Exception as exc:  # noqa: BLE001 - the parts stay as they are, readable
+                    log.warning(json.dumps({"event": "compaction_failed", "table": table, "source": s,
+                                            "error": f"{type(exc).__name__}: {exc}"}))
+                    continue
+                if done:
+                    log.info(json.dumps({"event": "compacted", "table": table, "source": s,
+                                         "parts_before": done["parts_before"], "parts_after": done["parts_after"]}))
 
     def _like_ingested(self, source: str, raw: pd.DataFrame) -> pa.Table:
         """Rows in the schema of the source's ingested parts (timestamp unit, column types), so the partition
