@@ -219,3 +219,20 @@ def test_batched_reservoirs_step_as_each_reservoir_does():
     xd = torch.as_tensor(rng.normal(size=(3, 60)) * 0.3, dtype=torch.float32)
     refd = torch.cat([r.step(ud[k:k + 1], ReservoirState(xd[k:k + 1]))[0] for k, r in enumerate(dense)])
     assert torch.allclose(BatchedReservoirs(dense).step(np.arange(3), ud, xd, sparse_input=False), refd, atol=1e-6)
+
+
+def test_standing_wave_equals_a_full_eigen_decomposition_per_window():
+    """The detector gathers each window's Gram matrix from lagged dot products and takes one eigenpair
+    (LAPACK dsyevr); it must equal the definition: centre the window, full eigen-decomposition, top mode's share
+    of variance times its sign changes (short windows at the start included)."""
+    X = np.tanh(RNG.normal(size=(90, 40)).cumsum(axis=0) * 0.1 + 0.3 * RNG.normal(size=(90, 40)))
+    want = np.zeros(len(X))
+    for t in range(3, len(X)):
+        w = X[max(0, t - 31):t + 1]
+        w = w - w.mean(axis=0)
+        vals, vecs = np.linalg.eigh(w @ w.T)
+        crossings = np.count_nonzero(np.diff(np.sign(vecs[:, -1])) != 0)
+        want[t] = np.clip(vals[-1] / vals.sum() * min(1.0, crossings / max(1.0, len(w) / 4.0)), 0, 1)
+    np.testing.assert_allclose(standing_wave(X), want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(standing_wave(X, start=50)[50:], want[50:], rtol=1e-9, atol=1e-12)
+    assert standing_wave(np.zeros((40, 5))).max() == 0.0  # no variance: no wave, no division by zero

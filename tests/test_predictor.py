@@ -3,6 +3,7 @@ advanced tick by tick over the rest from the state saved before them, gives, rec
 graph computes over the whole history; batched sources equal sources one at a time; states stay small."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -178,6 +179,26 @@ def test_record_schema_and_state_size(graph):
     assert before.stream.nbytes() <= after.stream.nbytes() < 32 * 1024
     p.advance("m", df["value"].iloc[N0 + 1:N], df["timestamp"].iloc[N0 + 1:N])
     assert p.serving_state("m").stream.nbytes() == after.stream.nbytes()
+
+
+def test_the_stored_gram_matrix_is_the_frames_own(graph):
+    """The state keeps its frames' Gram matrix so that a tick adds one row of products; after many ticks it must
+    still be the Gram matrix of the frames it holds, and a state saved without one (None) predicts the same."""
+    from nq_dagster.fusion.stream import unpack_gram
+    from nq_dagster.neuromorphic.patterns import as_detector_activity
+
+    df, before, _, _ = graph
+    p, q = Predictor(), Predictor()
+    p.load(before)
+    q.load(replace(before, stream=replace(before.stream, gram=None)))
+    vals, ts = df["value"].iloc[N0:N0 + 40], df["timestamp"].iloc[N0:N0 + 40]
+    a, b = p.advance("m", vals, ts), q.advance("m", vals, ts)
+    for x, y in zip(a, b, strict=True):
+        assert np.allclose(list(x["neuromorphic_results"]["patterns"].values()),
+                           list(y["neuromorphic_results"]["patterns"].values()), rtol=1e-9, atol=1e-12)
+    st = p.serving_state("m").stream
+    F = as_detector_activity(st.frames)
+    np.testing.assert_allclose(unpack_gram(st.gram), F @ F.T, rtol=1e-12, atol=1e-12)
 
 
 class _RunsCode:

@@ -37,7 +37,9 @@ from nq_dagster.neuromorphic.patterns import (
     last_spike_bins,
     ordinal_codes,
     sparseness_of_counts,
-    standing_wave_windows,
+    lag_dots,
+    standing_wave_gram,
+    window_grams,
     synchrony_of_bins,
     travelling_from_moments,
 )
@@ -51,6 +53,20 @@ from nq_dagster.neuromorphic.stages import (
 CANDIDATES = INPUT_NAMES + PATTERN_NAMES + SPIKE_STAT_NAMES  # the candidate fusion features, in the features' order
 N_LAGS = 16  # recent one-step changes every model sees, and then the level (the AR part of the design)
 N_CODES = DETECTOR_WINDOW - ORDER + 1  # ordinal patterns in one permutation-entropy window
+_TRIU = np.triu_indices(DETECTOR_WINDOW - 1)
+
+
+def pack_gram(R: np.ndarray) -> np.ndarray:
+    """The upper triangles of symmetric (..., k, k) matrices, k = DETECTOR_WINDOW - 1: (..., k (k + 1) / 2)."""
+    return R[..., _TRIU[0], _TRIU[1]]
+
+
+def unpack_gram(packed: np.ndarray) -> np.ndarray:
+    k = DETECTOR_WINDOW - 1
+    R = np.empty(packed.shape[:-1] + (k, k))
+    R[..., _TRIU[0], _TRIU[1]] = packed
+    R[..., _TRIU[1], _TRIU[0]] = packed
+    return R
 
 
 @register
@@ -75,6 +91,8 @@ class StreamState:
     season: int = 0  # the season m of the seasonal design column (0: none detected)
     season_ring: np.ndarray | None = None  # the last m - horizon + 1 values (the seasonal column's look-back)
     last_frame: np.ndarray | None = None  # (size,) float32: the last reservoir frame at full precision (readout)
+    gram: np.ndarray | None = None  # the stored frames' Gram matrix, its upper triangle packed (`pack_gram`); None:
+    # computed from `frames` at the next tick (a state saved before it was kept)
 
     def nbytes(self) -> int:
         """Bytes of state this source holds (arrays and the reservoir's tensors; two integers)."""
@@ -119,6 +137,7 @@ def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray,
         reservoir=ReservoirState(*[t.detach().to("cpu").clone() if t is not None else None
                                    for t in (final.x, final.v, final.z, final.refr)]),
         frames=np.asarray(states[-(DETECTOR_WINDOW - 1):], dtype=DETECTOR_DTYPE).copy(),
+        gram=_stored_gram(as_detector_activity(states[-(DETECTOR_WINDOW - 1):])),
         last_frame=np.asarray(states[-1], dtype=np.float32).copy(),
         last_spike=last_spike_bins(spikes), isi=agg[1:].copy(), codes=codes[-(N_CODES - 1):].astype(np.int16),
         last_features=np.asarray(features, dtype=float).copy(),
@@ -126,6 +145,13 @@ def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray,
         analog_scaling=np.asarray(analog["scaling"], float).copy() if analog else None,
         last_analog=np.asarray(analog["last"], float).copy() if analog else None,
         season=int(season), season_ring=v[-(season - horizon + 1):].copy() if season > horizon else None)
+
+
+def _stored_gram(frames: np.ndarray) -> np.ndarray:
+    """The packed Gram matrix of the DETECTOR_WINDOW - 1 stored frames (float64 of the detector precision), by the
+    lagged products the batch detector gathers its matrices from."""
+    k = DETECTOR_WINDOW - 1
+    return pack_gram(window_grams(lag_dots(frames, k), np.array([k - 1]), k)[0])
 
 
 def seasonal_column(values: np.ndarray, season: int, horizon: int) -> np.ndarray:
@@ -285,17 +311,25 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     window = np.concatenate([np.stack([st.frames for st in states]).astype(DETECTOR_DTYPE),
                              frames_new[:, None].astype(DETECTOR_DTYPE)], axis=1)  # (S, 32, M) as the detectors read
 
-    act = window.astype(float)
+    act = torch.from_numpy(window).to(torch.float64).numpy()  # (torch converts half precision faster than numpy)
     n = steps + 1  # rows seen after this tick
 
     # per-step detectors on the tick's spikes
     sync, trav, spars = sp.sync, sp.trav, sp.spars
-    # standing wave and emergent on the last DETECTOR_WINDOW frames
-    stand = np.where(n > 3, standing_wave_windows(act), 0.0)
+    # standing wave and emergent on the last DETECTOR_WINDOW frames, from the window's Gram matrix: the stored
+    # frames' part is kept in the state, the new frame adds one row of dot products
+    K, M = act.shape[1], act.shape[2]
+    R = np.empty((S, K, K))
+    R[:, :-1, :-1] = unpack_gram(np.stack([st.gram if st.gram is not None else _stored_gram(act[s, :-1])
+                                           for s, st in enumerate(states)]))
+    R[:, -1] = R[:, :, -1] = np.einsum("skm,sm->sk", act, act[:, -1])
+    stand = np.where(n > 3, standing_wave_gram(R), 0.0)
     m = act.mean(axis=2)  # (S, 32) population means
     k = float(DETECTOR_WINDOW)
     var_pop = (m**2).sum(axis=1) / k - (m.sum(axis=1) / k) ** 2
-    var_units = (np.einsum("skm,skm->sm", act, act) / k - (act.sum(axis=1) / k) ** 2).mean(axis=1)  # no act**2 copy
+    # the units' mean variance over the window: (trace R / k - 1'R1 / k^2) / M
+    var_units = (np.trace(R, axis1=1, axis2=2) / k - R.sum(axis=(1, 2)) / k**2) / M
+    gram_new = pack_gram(R[:, 1:, 1:])
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2 = np.where(var_units > 1e-15, var_pop / var_units, 0.0)
     emerg = np.sqrt(np.clip(chi2, 0, 1))
@@ -370,6 +404,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
         StreamState(n_rows=int(n[s]), last_ts=int(ts[s]), values=enc.values[s], changes=enc.changes[s],
                     change_sd=enc.change_sd[s],
                     reservoir=res_states[s], frames=window[s, 1:].copy(), last_frame=frames_new[s].copy(),
+                    gram=gram_new[s],
                     last_spike=last_new[s].copy(),
                     isi=agg[s, 1:].copy(), codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy(),
                     analog=an_states[s], analog_scaling=states[s].analog_scaling,

@@ -83,24 +83,71 @@ def _windows(activity: np.ndarray, window: int, t: int) -> np.ndarray:
 
 
 def standing_wave(activity: np.ndarray, window: int = 32, start: int = 0) -> np.ndarray:
-    """Strength per step; steps before `start` are left at 0 (a stream computes only its new steps)."""
-    T = len(activity)
+    """Strength per step; steps before `start` are left at 0 (a stream computes only its new steps).
+
+    Each step's window Gram matrix is gathered from the frames' lagged dot products (`lag_dots`: one pass of
+    `window` products over the history instead of a k x k x M product per step)."""
+    A = np.asarray(activity, dtype=float)
+    T = len(A)
     out = np.zeros(T)
-    for t in range(max(3, start), T):
-        out[t] = standing_wave_windows(_windows(activity, window, t)[None])[0]
+    first = max(3, start)
+    if first >= T:
+        return out
+    lo = max(0, first - window + 1)
+    D = lag_dots(A[lo:], window)
+    full = np.arange(max(first, window - 1), T)
+    for t in range(first, min(window - 1, T)):  # the first steps' windows are shorter
+        out[t] = standing_wave_gram(window_grams(D, np.array([t - lo]), t + 1))[0]
+    for c in range(0, len(full), 1024):
+        ends = full[c:c + 1024]
+        out[ends] = standing_wave_gram(window_grams(D, ends - lo, window))
     return out
+
+
+def lag_dots(A: np.ndarray, k: int) -> np.ndarray:
+    """D[t, l] = A[t] . A[t - l] for lags l < k (0 where t < l): (T, k). The Gram matrix of any k frames in a row
+    is made of these (`window_grams`); a stream adds one row of them per tick."""
+    T = len(A)
+    D = np.zeros((T, k))
+    for lag in range(min(k, T)):
+        D[lag:, lag] = np.einsum("tm,tm->t", A[lag:], A[:T - lag])
+    return D
+
+
+def window_grams(D: np.ndarray, ends: np.ndarray, k: int) -> np.ndarray:
+    """The raw Gram matrices (len(ends), k, k) of the k frames ending at each row of `ends`, from `lag_dots`."""
+    i, j = np.indices((k, k))
+    return D[(np.asarray(ends) - k + 1)[:, None, None] + np.maximum(i, j), np.abs(i - j)]
 
 
 def standing_wave_windows(X: np.ndarray) -> np.ndarray:
     """The standing-wave strength of each window in a stack (B, k, M) of k activity frames: (B,)."""
-    X = X - X.mean(axis=1, keepdims=True)
-    G = X @ X.transpose(0, 2, 1)  # (B, k, k) Gram matrices: cheap eigen-decompositions of short windows
-    vals, vecs = np.linalg.eigh(G)
-    total = vals.sum(axis=1)
+    X = np.asarray(X, dtype=float)
+    return standing_wave_gram(X @ X.transpose(0, 2, 1))
+
+
+def standing_wave_gram(R: np.ndarray) -> np.ndarray:
+    """The standing-wave strength from the raw Gram matrices R (B, k, k) of windows of k frames (R = X X^T): the
+    centred Gram H R H (H = I - 11^T / k) has the windows' spatial-mode variances as eigenvalues and their time
+    courses as eigenvectors; only the top pair is needed (LAPACK dsyevr for one eigenpair: a third of a full
+    eigen-decomposition's time on 32 x 32)."""
+    from scipy.linalg.lapack import dsyevr
+
+    B, k, _ = R.shape
+    G = (R - R.mean(axis=2, keepdims=True) - R.mean(axis=1, keepdims=True)
+         + R.mean(axis=(1, 2), keepdims=True))  # short windows: cheap eigen-decompositions
+    total = np.trace(G, axis1=1, axis2=2)
+    top, crossings = np.zeros(B), np.zeros(B)
+    for b in range(B):
+        w, z, _, _, info = dsyevr(G[b], compute_v=1, range="I", il=k, iu=k)
+        if info != 0:  # LAPACK did not converge: the full decomposition
+            vals, vecs = np.linalg.eigh(G[b])
+            w, z = vals[-1:], vecs[:, -1:]
+        top[b] = w[0]
+        crossings[b] = np.count_nonzero(np.diff(np.sign(z[:, 0])) != 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        share = vals[:, -1] / total
-    crossings = np.count_nonzero(np.diff(np.sign(vecs[:, :, -1]), axis=1) != 0, axis=1)
-    out = share * np.minimum(1.0, crossings / max(1.0, X.shape[1] / 4.0))
+        share = top / total
+    out = share * np.minimum(1.0, crossings / max(1.0, k / 4.0))
     return np.clip(np.where(total > 1e-12, out, 0.0), 0, 1)
 
 
