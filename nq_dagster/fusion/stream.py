@@ -34,14 +34,14 @@ from nq_dagster.neuromorphic.patterns import (
     _isi_by_step,
     as_detector_activity,
     entropy_of_counts,
+    lag_dots,
     last_spike_bins,
     ordinal_codes,
     sparseness_of_counts,
-    lag_dots,
     standing_wave_gram,
-    window_grams,
     synchrony_of_bins,
     travelling_from_moments,
+    window_grams,
 )
 from nq_dagster.neuromorphic.reservoir import Reservoir, ReservoirState
 from nq_dagster.neuromorphic.stages import (
