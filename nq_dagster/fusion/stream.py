@@ -299,7 +299,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     else:
         frames_new, res_states = [], []
         for s, (st, res) in enumerate(zip(states, reservoirs, strict=True)):
-            xs = res.step_numpy(u[s:s + 1], st.reservoir.x.numpy()) if device == "cpu" and S == 1 else None
+            xs = res.step_numpy(u[s:s + 1], st.reservoir.x.numpy()) if device == "cpu" else None
             if xs is not None:
                 frames_new.append(xs[0])
                 res_states.append(ReservoirState(torch.from_numpy(xs)))
@@ -387,7 +387,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
             xs = float(np.asarray(x, dtype=float)[s])
             prev = float(st.values[-1]) if len(st.values) else xs
             u = analog_inputs([xs], [xs - prev], st.analog_scaling)
-            a_np = res.step_numpy(np.tanh(u / 3.0).astype(np.float32), st.analog.x.numpy()) if S == 1 else None
+            a_np = res.step_numpy(np.tanh(u / 3.0).astype(np.float32), st.analog.x.numpy())
             if a_np is not None:
                 an_states[s] = ReservoirState(torch.from_numpy(a_np))
                 blocks.append(np.concatenate([a_np[0].astype(float), u[0]]))
