@@ -197,6 +197,26 @@ def test_counter_hash_is_the_int64_reference_bit_for_bit():
     assert 0.45 < float(bits.double().mean()) / 2**31 < 0.55
 
 
+@pytest.mark.parametrize("method", ["rate", "population"])
+def test_fused_cpu_draws_equal_the_counter_bits_bit_for_bit(method):
+    """On CPU the Bernoulli draws are hashed and compared block by block in uint32 (`_below_cpu`); they must be
+    the draws of `counter_bits` + `_below` (the CUDA path) for one seed, per-source seeds, step offsets past
+    2**32 and shapes that do not fill a block."""
+    from nq_dagster.neuromorphic.encoders import _below, _layout, counter_bits, encode
+
+    rng = np.random.default_rng(4)
+    for S, T, N, W, seed, off in [(3, 7, 120, 20, 5, 0), (1, 300, 1000, 20, 2**31 + 17, 12345),
+                                  (2, 5, 37, 3, np.array([1, 2]), np.array([7, 2**33]))]:
+        x = torch.as_tensor(rng.random((S, T, 3)), dtype=torch.float32)
+        got = encode(x, method, N, W, 1.0, 1.0, 100.0, seed=seed, step_offset=off)
+        block, j, per = _layout(3, N, "cpu")
+        xn = x[:, :, block]
+        p = (1.0 + xn * 99.0) * 1e-3 if method == "rate" else 0.1 * torch.exp(-((xn - (j + 0.5) / per) ** 2) / 0.005)
+        want = _below(counter_bits(seed, (S, T, W, N), off if np.ndim(off) == 0 else np.asarray(off), "cpu"),
+                      p[:, :, None, :])
+        assert torch.equal(got, want) and int(got.sum()) > 0
+
+
 def test_batched_reservoirs_step_as_each_reservoir_does():
     """Many reservoirs stepped at once (block-diagonal sparse recurrent weights, one sparse input product) equal
     each reservoir's own step up to float32 rounding, for all of them and for a subset (by position)."""

@@ -98,16 +98,51 @@ def counter_bits(seed: int, shape: tuple[int, int, int, int], step_offset: int, 
     """
     S, T, W, N = shape
     dev = torch.device(device)
-    # the (S, T) step keys are few: integer numpy (the same int64 arithmetic as `_mix`), then one transfer
+    k = torch.as_tensor(_step_keys(seed, S, T, step_offset).astype(np.int32), device=dev)[:, :, None, None]
+    full = (k + _slots(W, N, str(dev))).bitwise_and_(_M31)  # 31-bit sums wrap in int32; the mask restores mod 2**31
+    return _mix_(full)
+
+
+def _step_keys(seed, S: int, T: int, step_offset) -> np.ndarray:
+    """The (S, T) keys of each source's steps (int64 below 2**31): few, so integer numpy."""
     t = np.arange(T, dtype=np.int64)[None, :]
     if np.ndim(seed) == 0:
         k = _mix((int(seed) & _M31) + np.arange(S, dtype=np.int64)[:, None] * 7919)
     else:
         k = _mix(np.asarray(seed, dtype=np.int64)[:, None] & _M31)
     off = np.asarray(step_offset, dtype=np.int64).reshape(-1, 1)
-    k = torch.as_tensor(_mix((k + off + t) & _M31).astype(np.int32), device=dev)[:, :, None, None]  # (S, T, 1, 1)
-    full = (k + _slots(W, N, str(dev))).bitwise_and_(_M31)  # 31-bit sums wrap in int32; the mask restores mod 2**31
-    return _mix_(full)
+    return _mix((k + off + t) & _M31)
+
+
+def _below_cpu(seed, shape: tuple[int, int, int, int], step_offset, p: torch.Tensor) -> torch.Tensor:
+    """`_below(counter_bits(seed, shape, step_offset), p)` on CPU, fused: the bits of a few steps at a time (a
+    block that stays in the CPU's cache) are hashed in place as uint32 and compared with the integer thresholds
+    at once, instead of ten passes over the whole (S, T, W, N) array. Bit for bit the same draws (uint32 sums
+    and products keep the same low 31 bits as the int32 ones; tested): about half the time."""
+    S, T, W, N = shape
+    keys = _step_keys(seed, S, T, step_offset).astype(np.uint32).reshape(-1)  # (S T,)
+    thr = torch.ceil(p.double() * float(1 << 31)).clamp(0, float(1 << 31)).to(torch.int64).numpy()
+    thr = np.broadcast_to(thr.reshape(S, T, N) if thr.size == S * T * N else thr, (S, T, N))
+    thr = thr.astype(np.uint32).reshape(S * T, 1, N)  # 0 .. 2**31: uint32 holds it
+    slots = _slots(W, N, "cpu").numpy().view(np.uint32)
+    out = np.empty((S * T, W, N), dtype=bool)
+    rows = max(1, 32_768 // (W * N))  # steps per block: 128 KiB of uint32
+    buf, tmp = np.empty((rows, W, N), np.uint32), np.empty((rows, W, N), np.uint32)
+    m31, mul = np.uint32(_M31), np.uint32(0x45D9F3B)
+    for r0 in range(0, S * T, rows):
+        r1 = min(S * T, r0 + rows)
+        f, g = buf[:r1 - r0], tmp[:r1 - r0]
+        np.add(slots, keys[r0:r1, None, None], out=f)
+        f &= m31
+        for _ in range(2):
+            np.right_shift(f, 16, out=g)
+            f ^= g
+            f *= mul
+            f &= m31
+        np.right_shift(f, 16, out=g)
+        f ^= g
+        np.less(f, thr[r0:r1], out=out[r0:r1])
+    return torch.from_numpy(out.reshape(S, T, W, N))
 
 
 @functools.lru_cache(maxsize=16)
@@ -153,13 +188,16 @@ def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int
         c1 = min(T, c0 + chunk_steps)
         xn = x[:, c0:c1, block]  # (S, t, N): the value each neuron sees
         shape = (S, c1 - c0, W, N)
-        if method == "rate":
-            p = (min_rate_hz + xn * (max_rate_hz - min_rate_hz)) * p_bin
-            out[:, c0:c1] = _below(counter_bits(seed, shape, step_offset + c0, device), p[:, :, None, :])
-        elif method == "population":
-            mu = (j + 0.5) / per_block
-            p = max_rate_hz * p_bin * torch.exp(-((xn - mu) ** 2) / (2 * sigma**2))
-            out[:, c0:c1] = _below(counter_bits(seed, shape, step_offset + c0, device), p[:, :, None, :])
+        if method in ("rate", "population"):
+            if method == "rate":
+                p = (min_rate_hz + xn * (max_rate_hz - min_rate_hz)) * p_bin
+            else:
+                mu = (j + 0.5) / per_block
+                p = max_rate_hz * p_bin * torch.exp(-((xn - mu) ** 2) / (2 * sigma**2))
+            if x.device.type == "cpu":
+                out[:, c0:c1] = _below_cpu(seed, shape, step_offset + c0, p)
+            else:
+                out[:, c0:c1] = _below(counter_bits(seed, shape, step_offset + c0, device), p[:, :, None, :])
         elif method == "temporal":
             fires = xn >= j / per_block
             latency = torch.floor((1.0 - xn) * (W - 1)).long().clamp(0, W - 1)
