@@ -548,3 +548,30 @@ def test_the_servers_parts_are_compacted_as_they_accumulate(home, ticks, monkeyp
     assert any(x.startswith("stream-compact-") for x in stems)
     assert sum(x.startswith("serve-") for x in stems) <= 3
     assert any(p.stem.startswith("compact-") for p in wh.table_parts("raw_ticks", "m"))
+
+
+def test_routes_called_directly_answer_as_through_the_router(home, srv, ticks, caplog):
+    """Exact-path routes skip Starlette's router and error middlewares (`Server._dispatch`): the answers, the
+    request id and the metrics label must be the router's, and an unexpected error in an endpoint a 500 JSON answer
+    with the request id, its traceback logged, the server still serving."""
+    k = keys(home)
+    c = httpx.Client(base_url=srv.url, headers=auth(k["viewer"]))
+    assert ("POST", "/api/v1/process/realtime") in srv.server._direct
+    assert not any("{" in path for _, path in srv.server._direct)  # templated paths go through the router
+    r = c.get("/api/v1/ping", headers={"X-Request-Id": "abc-123"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "abc-123"
+    assert c.get("/api/v1/ping", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert c.get("/api/v1/config/fusion").status_code == 200  # a route with a parameter: the router
+    assert c.post("/api/v1/ping").status_code == 405  # no POST route there: the router's answer
+
+    async def broken(request):
+        raise RuntimeError("boom")
+
+    srv.server._direct[("GET", "/api/v1/ping")] = broken
+    with caplog.at_level("ERROR", logger="nq.serve"):
+        r = c.get("/api/v1/ping", headers={"X-Request-Id": "req-500"})
+    assert r.status_code == 500 and r.json()["request_id"] == "req-500" and r.headers["x-request-id"] == "req-500"
+    assert "boom" not in r.text and any("req-500" in m.getMessage() for m in caplog.records)
+    assert c.get("/api/v1/status").status_code == 200
+    text = c.get("/metrics").text
+    assert 'nq_http_requests_total{endpoint="/api/v1/ping",method="GET",status="500"} 1.0' in text
