@@ -349,3 +349,16 @@ def test_spike_step_equals_the_dense_detectors():
     np.testing.assert_array_equal(sp.active_fraction, stats["active_fraction"])
     np.testing.assert_array_equal((sp.counts / 20).astype(np.float32), reservoir_input(spikes))
     assert len(sp.src) == spikes.sum() and np.all(np.diff(sp.src * 300 + sp.neuron) >= 0)
+
+
+def test_the_folded_linear_form_is_the_model(graph):
+    """A tick evaluates each source's model as one linear form per design block (`FusionModel.linear_form`); on
+    any design rows it must give what the model's stages give (standardise, multiply, add, stage by stage)."""
+    _, before, _, _ = graph
+    model = before.model.model
+    n = max(int(st.columns.max()) + 1 if st.columns is not None else st.stop for st in model.stages)
+    X = np.random.default_rng(5).normal(size=(50, n)) * 3 + 1
+    w, c = model.linear_form(n)
+    want = model.predict_change(X)
+    np.testing.assert_allclose(X @ w + c, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    assert len(model.stages) >= 1 and np.count_nonzero(w) > 0

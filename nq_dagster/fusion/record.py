@@ -55,27 +55,33 @@ def build_records(source: str | list[str], ts_ns: np.ndarray, probs: np.ndarray,
     n = len(ts_ns)
     source, quantum, model_version = _rows(source, n), _rows(quantum, n), _rows(model_version, n)
     config_version, horizon_ms = _rows(config_version, n), _rows(horizon_ms, n)
-    d = probs.argmax(axis=1)
-    pats = np.round(np.asarray(patterns, dtype=float), 4)
-    rates = np.round(np.asarray(spike_rate, dtype=float), 6)
+    probs = np.asarray(probs, dtype=float)
+    direction = DIRECTION_NAMES[probs.argmax(axis=1)].tolist()
+    confidence, p3 = probs.max(axis=1).tolist(), probs.tolist()
+    chg = np.asarray(change, dtype=float).tolist()
+    pats = np.round(np.asarray(patterns, dtype=float), 4).tolist()
+    rates = np.round(np.asarray(spike_rate, dtype=float), 6).tolist()
     fr = np.asarray(frames, dtype=np.float32)
-    means = np.round(fr.mean(axis=1).astype(float), 6)
-    norms = np.round(np.linalg.norm(fr, axis=1).astype(float), 6)
+    means = np.round(fr.mean(axis=1).astype(float), 6).tolist()
+    norms = np.round(np.linalg.norm(fr, axis=1).astype(float), 6).tolist()
+    stamps = list(pd.DatetimeIndex(np.asarray(ts_ns, dtype=np.int64), tz="UTC"))
+    ends = {int(t): pd.Timestamp(int(t), tz="UTC") for t in set(np.asarray(train_end_ns).tolist())}
+    train_end = [ends[int(t)] for t in np.asarray(train_end_ns).tolist()]
+    processing = None if processing_ms is None else np.asarray(processing_ms, dtype=float).tolist()
     out = []
     for i in range(n):
-        t = pd.Timestamp(int(ts_ns[i]), tz="UTC")
-        p = probs[i]
+        t, p = stamps[i], p3[i]
         out.append({
             "prediction_id": prediction_id(source[i], t.isoformat(), model_version[i]),
-            "source": source[i], "timestamp": t, "direction": str(DIRECTION_NAMES[d[i]]), "confidence": float(p.max()),
-            "probabilities": {"down": float(p[0]), "hold": float(p[1]), "up": float(p[2])},
-            "magnitude": float(abs(change[i])), "predicted_change": float(change[i]), "time_horizon_ms": float(horizon_ms[i]),
-            "processing_time_ms": None if processing_ms is None else float(processing_ms[i]),
+            "source": source[i], "timestamp": t, "direction": direction[i], "confidence": confidence[i],
+            "probabilities": {"down": p[0], "hold": p[1], "up": p[2]},
+            "magnitude": abs(chg[i]), "predicted_change": chg[i], "time_horizon_ms": float(horizon_ms[i]),
+            "processing_time_ms": None if processing is None else processing[i],
             "model_version": model_version[i], "config_version": config_version[i],
-            "train_end": pd.Timestamp(int(train_end_ns[i]), tz="UTC"),
-            "neuromorphic_results": {"patterns": dict(zip(PATTERN_NAMES, pats[i].tolist(), strict=True)),
-                                     "spike_analysis": {"spike_rate": float(rates[i])},
-                                     "reservoir_state": {"mean": float(means[i]), "norm": float(norms[i])}},
+            "train_end": train_end[i],
+            "neuromorphic_results": {"patterns": dict(zip(PATTERN_NAMES, pats[i], strict=True)),
+                                     "spike_analysis": {"spike_rate": rates[i]},
+                                     "reservoir_state": {"mean": means[i], "norm": norms[i]}},
             "quantum_results": quantum[i],
         })
     return out

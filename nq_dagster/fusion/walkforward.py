@@ -227,6 +227,17 @@ class FusionModel:
     def predict_change(self, X: np.ndarray) -> np.ndarray:
         return sum(st.predict(X) for st in self.stages)
 
+    def linear_form(self, n_columns: int) -> tuple[np.ndarray, float]:
+        """The model as one linear function of a design row, x . w + c: every stage's standardisation and
+        coefficients folded together (`predict_change` up to float rounding). A stream evaluates it per tick."""
+        w, c = np.zeros(n_columns), 0.0
+        for st in self.stages:
+            idx = st.columns if st.columns is not None else np.arange(st.start, st.stop)
+            k = np.asarray(st.coef, dtype=float).reshape(-1) / st.scale
+            np.add.at(w, idx, k)
+            c += float(st.intercept) - float(np.dot(st.mean, k))
+        return w, c
+
     def error_scale(self, band: np.ndarray) -> np.ndarray | float:
         if self.scale_per_band is None:
             return self.scale
