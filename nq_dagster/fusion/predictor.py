@@ -252,9 +252,13 @@ def _linear_blocks(serving: ServingState, sel: np.ndarray) -> tuple:
 class Predictor:
     """Sources' model versions and streaming states in memory; see the module docstring."""
 
-    def __init__(self, device: str = "cpu", threads: int | None = None):
+    def __init__(self, device: str = "cpu", threads: int = 1):
         self.device = device
-        self.threads = threads  # chunk threads for a many-source tick (`_chunks`); None: the cores
+        # chunk threads for a many-source tick (`_chunks`). One by default: with the per-source work now mostly
+        # short numpy calls under the GIL, two chunk threads on 2 cores were slower than one thread whose torch
+        # products use both cores (64 sources: 2,430 against 2,660-2,840 predictions/s; a server's batches of
+        # 17: 1,440 against 1,640-1,930 /s). NQ_PREDICT_THREADS overrides it.
+        self.threads = threads
         self._sources: dict[str, _Source] = {}
         self._reservoirs: dict[tuple[str, str], object] = {}
         self._analog: dict[tuple[str, str], object] = {}
@@ -380,14 +384,14 @@ class Predictor:
 
     def _chunk_of(self, loaded: list[str]) -> dict[str, int]:
         """Each loaded source's chunk (1..k, blocks of names), or {} when the sources step as one chunk."""
-        threads = int(os.environ.get("NQ_PREDICT_THREADS", self.threads or os.cpu_count() or 1))
+        threads = int(os.environ.get("NQ_PREDICT_THREADS", self.threads))
         k = 1 if self.device != "cpu" else max(1, min(threads, 4, len(loaded) // 8))
         return {n: i * k // len(loaded) + 1 for i, n in enumerate(loaded)} if k > 1 else {}
 
     def _chunks(self, config_version: str, active: list[str]) -> list[tuple[int, list[str]]]:
         """The active sources of a config in the chunks that step together: the loaded sources of a config in
-        one fixed block of names per CPU thread (NQ_PREDICT_THREADS, else the predictor's `threads`, else the
-        cores; at most 4; at least 8 sources a block), each block with its own batched reservoirs, when at least
+        one fixed block of names per CPU thread (NQ_PREDICT_THREADS, else the predictor's `threads`; at most 4;
+        at least 8 sources a block), each block with its own batched reservoirs, when at least
         half of them tick; else one
         chunk (0). A source's arithmetic is its own: results do not depend on the chunking. (BLAS stays on one
         thread: the chunks are the parallelism.)"""

@@ -158,10 +158,10 @@ class Engine:
         self.fsync, self.fsync_interval_s = fsync, fsync_interval_s
         self.flush_interval_s, self.watch_interval_s = flush_interval_s, watch_interval_s
         self.address = address
-        # one predictor thread: the server's event loop already shares the GIL with this worker, and chunk threads
-        # only added contention (2 cores, 32 clients: 961-978 predictions/s with two, 1,060-1,064 with one;
-        # NQ_PREDICT_THREADS still overrides it)
-        self.predictor = Predictor(device=device, threads=1)
+        # one predictor thread (the predictor's default): the server's event loop shares the GIL with this worker,
+        # and chunk threads only added contention (2 cores, 32 clients: 961-978 predictions/s with two, 1,060-1,064
+        # with one)
+        self.predictor = Predictor(device=device)
         self.wal_dir = wh.home / "serve" / "wal" / f"r{ownership.replica}"
         self.lease_path = wh.home / "serve" / "replicas" / f"r{ownership.replica}.json"
         self._q: queue.PriorityQueue[_Work] = queue.PriorityQueue()
