@@ -362,3 +362,18 @@ def test_the_folded_linear_form_is_the_model(graph):
     want = model.predict_change(X)
     np.testing.assert_allclose(X @ w + c, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
     assert len(model.stages) >= 1 and np.count_nonzero(w) > 0
+
+
+def test_a_state_keeps_the_analog_inputs_not_a_copy_of_the_analog_state(graph):
+    """The last row's analog design block is the analog reservoir's state (kept once) plus two inputs; a state saved
+    before (the whole block in `last_analog`) predicts the same."""
+    _, before, _, _ = graph
+    st = before.stream
+    assert len(st.last_analog) == 2
+    block = st.analog_block()
+    np.testing.assert_array_equal(block[:-2], st.analog.x.numpy().astype(float).ravel())
+    p, q = Predictor(), Predictor()
+    p.load(before)
+    q.load(replace(before, stream=replace(st, last_analog=block.copy())))
+    a, b = p.latest("m"), q.latest("m")
+    assert a["prediction_id"] == b["prediction_id"] and a["predicted_change"] == b["predicted_change"]

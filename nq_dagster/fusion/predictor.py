@@ -242,7 +242,7 @@ def _linear_blocks(serving: ServingState, sel: np.ndarray) -> tuple:
     block, the selected candidate features, the lags) and a constant; the candidates' weights sit at their places
     among all CANDIDATES, so that a batch of sources with different selections is four row-wise dot products."""
     st = serving.stream
-    F, A, L = len(st.last_frame), len(st.last_analog), N_LAGS + 2
+    F, A, L = len(st.last_frame), len(st.analog_block()), N_LAGS + 2
     w, c = serving.model.model.linear_form(F + A + len(sel) + L)
     w_cands = np.zeros(len(CANDIDATES))
     np.add.at(w_cands, sel, w[F + A:F + A + len(sel)])
@@ -319,7 +319,7 @@ class Predictor:
         st, cfg = src.serving.stream, src.cfg
         frame, lags, band_sd = latest_design(st, cfg.feature_window, cfg.horizon)
         return self._records([src], frame[None], st.last_features[None], lags[None], np.array([band_sd]),
-                             np.array([st.last_ts]), t0, None, st.last_analog[None])[0]
+                             np.array([st.last_ts]), t0, None, st.analog_block()[None])[0]
 
     def advance(self, source: str, values, timestamps=None) -> list[dict]:
         """One record per new value (in order); the source's state moves on past them."""

@@ -87,12 +87,21 @@ class StreamState:
     last_features: np.ndarray  # the candidate features of the last row (CANDIDATES order)
     analog: ReservoirState | None = None  # the analog reservoir after the last row (stages.analog_states)
     analog_scaling: np.ndarray | None = None  # (mean, std, change std) of the source's first rows
-    last_analog: np.ndarray | None = None  # the analog design block of the last row (states and inputs)
+    last_analog: np.ndarray | None = None  # the analog inputs of the last row (`analog_block` adds the states; a
+    # state saved before session 8 holds the whole block here)
     season: int = 0  # the season m of the seasonal design column (0: none detected)
     season_ring: np.ndarray | None = None  # the last m - horizon + 1 values (the seasonal column's look-back)
     last_frame: np.ndarray | None = None  # (size,) float32: the last reservoir frame at full precision (readout)
     gram: np.ndarray | None = None  # the stored frames' Gram matrix, its upper triangle packed (`pack_gram`); None:
     # computed from `frames` at the next tick (a state saved before it was kept)
+
+    def analog_block(self) -> np.ndarray | None:
+        """The analog design block of the last row: the analog reservoir's state (`analog`, the state after that
+        row) and the row's two analog inputs, as the batch graph's design row holds it."""
+        if self.last_analog is None or self.analog is None:
+            return None
+        x = self.analog.x.numpy().astype(float).ravel()
+        return self.last_analog if len(self.last_analog) > len(x) else np.concatenate([x, self.last_analog])
 
     def nbytes(self) -> int:
         """Bytes of state this source holds (arrays and the reservoir's tensors; two integers)."""
@@ -143,7 +152,7 @@ def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray,
         last_features=np.asarray(features, dtype=float).copy(),
         analog=_cpu(analog["final"]) if analog else None,
         analog_scaling=np.asarray(analog["scaling"], float).copy() if analog else None,
-        last_analog=np.asarray(analog["last"], float).copy() if analog else None,
+        last_analog=np.asarray(analog["last"], float)[-2:].copy() if analog else None,
         season=int(season), season_ring=v[-(season - horizon + 1):].copy() if season > horizon else None)
 
 
@@ -408,7 +417,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
                     last_spike=last_new[s].copy(),
                     isi=agg[s, 1:].copy(), codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy(),
                     analog=an_states[s], analog_scaling=states[s].analog_scaling,
-                    last_analog=blocks[s] if blocks is not None else None, season=states[s].season,
+                    last_analog=blocks[s, -2:].copy() if blocks is not None else None, season=states[s].season,
                     season_ring=rings[s])
         for s in range(S)]
     return TickFeatures(band_sd=enc.band_sd, lags=np.column_stack([enc.lags, seas]),
