@@ -88,7 +88,7 @@ class StreamState:
     analog: ReservoirState | None = None  # the analog reservoir after the last row (stages.analog_states)
     analog_scaling: np.ndarray | None = None  # (mean, std, change std) of the source's first rows
     last_analog: np.ndarray | None = None  # the analog inputs of the last row (`analog_block` adds the states; a
-    # state saved before session 8 holds the whole block here)
+    # state saved by an earlier version holds the whole block here)
     season: int = 0  # the season m of the seasonal design column (0: none detected)
     season_ring: np.ndarray | None = None  # the last m - horizon + 1 values (the seasonal column's look-back)
     last_frame: np.ndarray | None = None  # (size,) float32: the last reservoir frame at full precision (readout)
@@ -413,7 +413,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
         StreamState(n_rows=int(n[s]), last_ts=int(ts[s]), values=enc.values[s], changes=enc.changes[s],
                     change_sd=enc.change_sd[s],
                     reservoir=res_states[s], frames=window[s, 1:].copy(), last_frame=frames_new[s].copy(),
-                    gram=gram_new[s],
+                    gram=gram_new[s].copy(),
                     last_spike=last_new[s].copy(),
                     isi=agg[s, 1:].copy(), codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy(),
                     analog=an_states[s], analog_scaling=states[s].analog_scaling,

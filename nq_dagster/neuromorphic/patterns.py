@@ -120,12 +120,6 @@ def window_grams(D: np.ndarray, ends: np.ndarray, k: int) -> np.ndarray:
     return D[(np.asarray(ends) - k + 1)[:, None, None] + np.maximum(i, j), np.abs(i - j)]
 
 
-def standing_wave_windows(X: np.ndarray) -> np.ndarray:
-    """The standing-wave strength of each window in a stack (B, k, M) of k activity frames: (B,)."""
-    X = np.asarray(X, dtype=float)
-    return standing_wave_gram(X @ X.transpose(0, 2, 1))
-
-
 def standing_wave_gram(R: np.ndarray) -> np.ndarray:
     """The standing-wave strength from the raw Gram matrices R (B, k, k) of windows of k frames (R = X X^T): the
     centred Gram H R H (H = I - 11^T / k) has the windows' spatial-mode variances as eigenvalues and their time
