@@ -220,10 +220,11 @@ def parquet_options(schema: pa.Schema) -> dict:
     """How a part is encoded, by column type: strings (and a part's dictionary-encoded constants) by dictionary;
     timestamps and integers as deltas (ticks are regular: a few bits each); floats split by byte (so the
     compressor finds the repeated exponent bytes); snappy (zstd made parts 5 % smaller and the write 25 % slower).
-    Footer statistics (min / max) for every column but floats: what readers prune by (time ranges, sources); a
-    float column's cost a quarter of the write. Against pyarrow's defaults on a 1M-tick part: 4x faster to
-    write, half the size (bench/ingest_bench.py). Every reader (DuckDB, polars, pyarrow) decodes these standard
-    encodings."""
+    Footer statistics (min / max) for timestamps, integers and the source column: what readers prune by (time
+    ranges, sources; the views read with hive partitioning off); on floats they cost a quarter of the write, on a
+    part's constant file name and hash 6 ms per million rows, and nothing prunes by them. Against pyarrow's
+    defaults on a 1M-tick part: 4x faster to write, half the size (bench/ingest_bench.py). Every reader (DuckDB,
+    polars, pyarrow) decodes these standard encodings."""
     dictionary, encoding, stats = [], {}, []
     for col in schema:
         t = col.type
@@ -233,7 +234,7 @@ def parquet_options(schema: pa.Schema) -> dict:
             encoding[col.name] = "DELTA_BINARY_PACKED"
         elif pa.types.is_floating(t):
             encoding[col.name] = "BYTE_STREAM_SPLIT"
-        if not pa.types.is_floating(t):
+        if pa.types.is_timestamp(t) or pa.types.is_integer(t) or col.name == "source":
             stats.append(col.name)
     return {"compression": "snappy", "use_dictionary": dictionary, "column_encoding": encoding or None,
             "write_statistics": stats}
