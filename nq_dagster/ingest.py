@@ -611,7 +611,9 @@ class Ingestor:
             n = table.num_rows
 
             def const(value: str, n: int = n) -> pa.DictionaryArray:
-                return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value]))
+                # int8 zeros, valid by construction (no bounds pass over a million indices): a quarter of the bytes
+                return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([value]),
+                                                      safe=False)
 
             table = table.add_column(0, "source", const(str(src)))
             table = table.append_column("file", const(path.name)).append_column("content_hash", const(digest))
