@@ -396,10 +396,9 @@ class Predictor:
     def _chunks(self, config_version: str, active: list[str]) -> list[tuple[int, list[str]]]:
         """The active sources of a config in the chunks that step together: the loaded sources of a config in
         one fixed block of names per CPU thread (NQ_PREDICT_THREADS, else the predictor's `threads`; at most 4;
-        at least 8 sources a block), each block with its own batched reservoirs, when at least
-        half of them tick; else one
-        chunk (0). A source's arithmetic is its own: results do not depend on the chunking. (BLAS stays on one
-        thread: the chunks are the parallelism.)"""
+        at least 8 sources a block), each block with its own batched reservoirs, when at least half of them tick;
+        else one chunk (0). A source's arithmetic is its own: results do not depend on the chunking. (BLAS stays
+        on one thread: the chunks are the parallelism.)"""
         loaded = self._loaded(config_version)
         chunk_of = self._chunk_of(loaded)
         if not chunk_of or len(active) * 2 < len(loaded):
