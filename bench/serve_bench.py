@@ -80,12 +80,14 @@ async def latency_c1(port, key, source, start, step, values) -> tuple[np.ndarray
 
 
 async def throughput(port, key, sources, start, step, last, seconds=10.0, route="realtime") -> float:
+    """Requests per second of len(sources) clients, each posting its own source's ticks in order; `port` is the
+    server's, or {source: port} (each source to the replica that owns it)."""
     rng = np.random.default_rng(1)
     stop = time.perf_counter() + seconds
     counts = []
 
     async def client(src):
-        c = await Conn("127.0.0.1", port, key).open()
+        c = await Conn("127.0.0.1", port[src] if isinstance(port, dict) else port, key).open()
         n, v = 0, last
         while time.perf_counter() < stop:
             if route == "ping":
@@ -131,7 +133,8 @@ async def ws_delay(port, key, source, start, step, last, n=300) -> np.ndarray:
         return 1000 * np.array(delays[10:])
 
 
-def main() -> None:
+def prepare() -> tuple[Path, object, list[str], str]:
+    """A warehouse with market_A trained and its model under 32 client names and "ws"; a developer key."""
     from bench.predict_bench import setup
     from nq_dagster.resources.storage import Warehouse
     from nq_dagster.serve.keys import KeyStore
@@ -148,22 +151,35 @@ def main() -> None:
         wh.save_artifact("serving_state", n, replace(sv, model=replace(sv.model, source=n)))
         wh.write_table("raw_ticks", n, raw.assign(source=n), part="part-clone")
     key = KeyStore(home).create("developer", rate="1000000/s", burst=1_000_000, max_concurrent=64)[0]
-    port = free_port()
+    return home, sv, names, key
+
+
+def start_server(home: Path, port: int, extra: list[str] = (), log_name: str = "serve.log") -> subprocess.Popen:
+    """`nq serve` in its own process; returns once its status answers."""
+    import httpx
+
     env = {**os.environ, "NQ_HOME": str(home)}
-    log = open(home.parent / "serve.log", "wb")  # noqa: SIM115
+    log = open(home.parent / log_name, "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "nq_dagster.cli", "--home", str(home), "serve", "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--log-level", "warning", *extra], env=env, stdout=log, stderr=subprocess.STDOUT)
+    t = time.perf_counter()
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        assert proc.poll() is None and time.perf_counter() - t < 300, "server did not start"
+
+
+def main() -> None:
+    home, sv, names, key = prepare()
+    port = free_port()
+    t = time.perf_counter()
+    proc = start_server(home, port)
     try:
         import httpx
 
-        t = time.perf_counter()
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-            assert proc.poll() is None and time.perf_counter() - t < 300, "server did not start"
         print(f"server ready (34 sources loaded and warmed up) in {time.perf_counter() - t:.1f} s")
         step = pd.Timedelta(milliseconds=sv.model.step_ms)
         start = pd.Timestamp(sv.stream.last_ts, tz="UTC")
@@ -177,7 +193,6 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(60)
-        log.close()
     pct = (lambda a, q: np.percentile(a, q))  # noqa: E731
     print("\n| measure | nq serve | floor: authenticated no-op route | target |")
     print("|---|---|---|---|")
