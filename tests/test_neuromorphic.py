@@ -256,3 +256,20 @@ def test_standing_wave_equals_a_full_eigen_decomposition_per_window():
     np.testing.assert_allclose(standing_wave(X), want, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(standing_wave(X, start=50)[50:], want[50:], rtol=1e-9, atol=1e-12)
     assert standing_wave(np.zeros((40, 5))).max() == 0.0  # no variance: no wave, no division by zero
+
+
+@pytest.mark.parametrize("connectivity", [0.1, 0.5])
+def test_numpy_step_of_one_source_equals_the_torch_step(connectivity):
+    """`Reservoir.step_numpy` (a lone source's step: the fired inputs' weight rows only, CSR recurrent weights when
+    sparse) must equal `Reservoir.step` within float32 rounding, for sparse spike inputs and for dense ones."""
+    from nq_dagster.neuromorphic.reservoir import Reservoir, ReservoirState
+
+    rng = np.random.default_rng(7)
+    r = Reservoir(300, 120, seed=3, connectivity=connectivity)
+    x = (rng.normal(size=(1, 120)) * 0.3).astype(np.float32)
+    for u in [((rng.random((1, 300)) < 0.1) * rng.integers(1, 4, (1, 300)) / 20).astype(np.float32),
+              rng.random((1, 300)).astype(np.float32)]:
+        want = r.step(torch.as_tensor(u), ReservoirState(torch.as_tensor(x)))[0].numpy()
+        got = r.step_numpy(u, x)
+        assert got.shape == (1, 120) and np.abs(got - want).max() < 1e-5
+        assert np.abs(got - x).max() > 1e-3  # it moved
