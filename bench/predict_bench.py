@@ -7,7 +7,8 @@ then measures, in one process:
 1. one tick per call, in process (`Predictor.advance`: encoder windows, encoder, reservoir step, eight detectors,
    fused model, record): p50 / p95 over 500 ticks, and predictions/s; the peer's per-tick feature recompute.
 2. 64 sources x one tick per call, batched (`Predictor.advance_many`): predictions/s. The 64 sources are the
-   trained source's model under 64 names (each name has its own encoder seed and reservoir weights).
+   trained source's model under 64 names (each name has its own encoder seed and reservoir weights). Then the
+   same in two processes (`ShardedPredictor(2)`: this process and one worker, 32 sources each, one core each).
 3. one source's streaming state in bytes, by part.
 4. `nq predict --source market_A --values v` as a user runs it (a new process each time): wall time p50 / p95,
    and the `processing_time_ms` it prints (measured in process).
@@ -102,6 +103,23 @@ def main() -> None:
         assert sum(len(r) for r in out.values()) == 64
     batch_rate = 64 / np.median(dur[3:])
 
+    # 2b. the same 64 sources shared out between this process and a worker process (`ShardedPredictor`: each
+    # shard a `Predictor` on one core); the same ticks, from the same states
+    from nq_dagster.fusion.shards import ShardedPredictor
+
+    torch_threads = __import__("torch").get_num_threads()
+    with ShardedPredictor(2) as sharded:
+        for n in names:
+            sharded.load(replace(sv, model=replace(sv.model, source=n)))
+        sdur = []
+        for c in range(calls):
+            t = time.perf_counter()
+            out = sharded.advance_many({n: ([ticks[c, i]], None) for i, n in enumerate(names)})
+            sdur.append(time.perf_counter() - t)
+            assert sum(len(r) for r in out.values()) == 64
+    __import__("torch").set_num_threads(torch_threads)
+    sharded_rate = 64 / np.median(sdur[3:])
+
     # 3. state size
     st = p.serving_state("market_A").stream
     parts = st.breakdown()
@@ -125,7 +143,9 @@ def main() -> None:
     print(f"| one value per call, one source | {1000 / lat_ms.mean():,.0f} predictions/s | "
           f"at most {1 / peer_s:,.0f} /s (features alone) | >= 500 /s |")
     print(f"| 64 sources x one tick per call, batched | {batch_rate:,.0f} predictions/s "
-          f"({1000 * np.median(dur[3:]):.1f} ms per call) | | >= 5,000 /s |")
+          f"({1000 * np.median(dur[3:]):.1f} ms per call), one process | | >= 5,000 /s |")
+    print(f"| the same, two processes (`ShardedPredictor(2)`: 32 sources each) | {sharded_rate:,.0f} predictions/s "
+          f"({1000 * np.median(sdur[3:]):.1f} ms per call) | | >= 5,000 /s |")
     print(f"| one source's streaming state | {st.nbytes() / 1024:.1f} KiB | | <= 64 KiB |")
     print(f"| `nq predict --values v`: processing_time_ms printed, median / max | {np.median(printed):.2f} / "
           f"{np.max(printed):.2f} ms | | < 5 ms |")

@@ -377,3 +377,61 @@ def test_a_state_keeps_the_analog_inputs_not_a_copy_of_the_analog_state(graph):
     q.load(replace(before, stream=replace(st, last_analog=block.copy())))
     a, b = p.latest("m"), q.latest("m")
     assert a["prediction_id"] == b["prediction_id"] and a["predicted_change"] == b["predicted_change"]
+
+
+def test_sharded_predictor_equals_one_predictor_and_commits_all_or_nothing(graph):
+    """Sources shared out between this process and a worker process give the records one `Predictor` gives; a call
+    that fails anywhere (bad input for a worker's source, an error in this process's shard) moves no source on;
+    a worker that dies is reported by shard, not waited for."""
+    from nq_dagster.fusion.shards import ShardedPredictor
+
+    df, before, batch, after = graph
+    names = ["m", "m2", "m3", "m4"]
+    ref = Predictor()
+    with ShardedPredictor(2) as sh:
+        for n in names:
+            sv = replace(before, model=replace(before.model, source=n))
+            ref.load(sv)
+            sh.load(sv)
+        assert sorted(sh.shard_of(n) for n in names) == [0, 0, 1, 1]
+        remote = next(n for n in names if sh.shard_of(n) == 1)
+        local = next(n for n in names if sh.shard_of(n) == 0)
+        vals = df["value"].to_numpy()
+        ts = pd.to_datetime(df["timestamp"], utc=True).dt.tz_localize(None).to_numpy("datetime64[ns]").view(np.int64)
+
+        def same(a, b):
+            for s in names:
+                for x, y in zip(a[s], b[s], strict=True):
+                    assert x["prediction_id"] == y["prediction_id"] and x["direction"] == y["direction"]
+                    assert abs(x["predicted_change"] - y["predicted_change"]) <= 1e-6 * abs(y["predicted_change"]) + 1e-12
+                    assert x["processing_time_ms"] > 0
+
+        for a, b in [(N0, N0 + 1), (N0 + 1, N0 + 2), (N0 + 2, N0 + 6)]:  # one tick each, then four per source
+            call = {n: (vals[a:b], ts[a:b]) for n in names}
+            same(sh.advance_many(call), ref.advance_many(call))
+        rows = {n: sh.serving_state(n).stream.n_rows for n in names}
+        assert rows == {n: N0 + 6 for n in names} and sh.last_ts(remote) == ts[N0 + 5]
+
+        late = {n: (vals[N0 + 6:N0 + 7], ts[N0 + 6:N0 + 7]) for n in names}
+        late[remote] = (vals[N0 + 6:N0 + 7], ts[N0:N0 + 1])  # a timestamp already seen
+        with pytest.raises(ValueError, match="is not after the last one seen"):
+            sh.advance_many(late)
+        original = sh.local.compute
+
+        def broken(*a, **k):
+            raise RuntimeError("this process's shard failed")
+
+        sh.local.compute = broken  # the worker computed its sources; it must drop them
+        good = {n: (vals[N0 + 6:N0 + 7], ts[N0 + 6:N0 + 7]) for n in names}
+        with pytest.raises(RuntimeError, match="shard failed"):
+            sh.advance_many(good)
+        sh.local.compute = original
+        assert {n: sh.serving_state(n).stream.n_rows for n in names} == rows  # nobody moved on
+        same(sh.advance_many(good), ref.advance_many(good))
+        assert sh.serving_state(remote).stream.n_rows == N0 + 7
+
+        sh._shards[0].process.kill()
+        sh._shards[0].process.join()
+        with pytest.raises(RuntimeError, match="prediction shard 1 .* exited"):
+            sh.advance_many({remote: (vals[N0 + 7:N0 + 8], ts[N0 + 7:N0 + 8])})
+        assert len(sh.advance(local, vals[N0 + 7:N0 + 8], ts[N0 + 7:N0 + 8])) == 1  # this process's shard goes on

@@ -338,10 +338,17 @@ class Predictor:
         # threads only add wake-up latency there, and torch's and OpenBLAS's pools fight over the cores
         # (a 70 us eigh took 2.3 ms beside torch's OpenMP threads on 2 cores), so BLAS runs single-threaded
         with single_threaded_blas():
-            return self._advance_many(ticks, t_recv)
+            out, pending = self.compute(ticks, t_recv)
+        self.commit(pending)
+        return out
 
-    def _advance_many(self, ticks: dict[str, tuple], t_recv: float) -> dict[str, list[dict]]:
-        todo = {s: self._validate(s, *vt) for s, vt in ticks.items()}  # all input checked before any work
+    def compute(self, ticks: dict[str, tuple], t_recv: float, checked: bool = False
+                ) -> tuple[dict[str, list[dict]], dict]:
+        """`advance_many`'s records and the sources' next states, not yet committed (`commit`): a caller that
+        advances sources in several places (`fusion.shards.ShardedPredictor`) commits only when all succeeded.
+        `checked`: the ticks are `check_ticks`'s output for these sources' states already."""
+        # all input checked before any work
+        todo = ticks if checked else {s: self._validate(s, *vt) for s, vt in ticks.items()}
         current = {s: self._sources[s].serving.stream for s in todo}
         cals = {s: self._sources[s].serving.calibration for s in todo}
         out: dict[str, list[dict]] = {s: [] for s in todo}
@@ -379,10 +386,13 @@ class Predictor:
                         current[s] = tf.states[i]
                         if cal[i] is not None:
                             cals[s] = cal[i].after(recs[i]["predicted_change"], recs[i]["hold_band"], float(x[i]))
-        for s, st in current.items():  # commit: every record is built
+        return out, {s: (st, cals[s]) for s, st in current.items()}
+
+    def commit(self, pending: dict) -> None:
+        """Move the sources on to the states `compute` returned (every record was built)."""
+        for s, (st, cal) in pending.items():
             src = self._sources[s]
-            src.serving = replace(src.serving, stream=st, calibration=cals[s])
-        return out
+            src.serving = replace(src.serving, stream=st, calibration=cal)
 
     def _loaded(self, config_version: str) -> list[str]:
         return sorted(s for s, src in self._sources.items() if src.config_version == config_version)
@@ -477,31 +487,38 @@ class Predictor:
         return recs
 
     def _validate(self, source: str, values, timestamps) -> tuple[np.ndarray, np.ndarray]:
-        src = self._get(source)
-        new = np.asarray(values, dtype=float).ravel()
-        m = len(new)
-        if m == 0:
-            raise ValueError(f"{source}: no new values")
-        if not np.isfinite(new).all():
-            bad = int(np.nonzero(~np.isfinite(new))[0][0])
-            raise ValueError(f"{source}: value {bad + 1} ({new[bad]}) is not a finite number; pass numbers only")
-        last = src.serving.stream.last_ts
-        if timestamps is None:
-            step = int(round(src.serving.model.step_ms * 1e6)) or 1
-            return new, last + step * np.arange(1, m + 1, dtype=np.int64)
-        ts = _to_ns(timestamps)
-        if len(ts) != m:
-            raise ValueError(f"{source}: {m} values but {len(ts)} timestamps")
-        if ts[0] <= last:
-            raise ValueError(f"{source}: timestamp 1 ({pd.Timestamp(int(ts[0]), tz='UTC')}) is not after the last "
-                             f"one seen ({pd.Timestamp(last, tz='UTC')}); older rows are used at the next training, "
-                             "not streamed")
-        back = np.nonzero(np.diff(ts) <= 0)[0]
-        if len(back):
-            i = int(back[0]) + 2
-            raise ValueError(f"{source}: timestamp {i} ({pd.Timestamp(int(ts[i - 1]), tz='UTC')}) is not after "
-                             f"timestamp {i - 1}; sort the rows and drop duplicate times")
-        return new, ts
+        st = self._get(source).serving
+        return check_ticks(source, values, timestamps, st.stream.last_ts, st.model.step_ms)
+
+
+def check_ticks(source: str, values, timestamps, last_ts: int, step_ms: float) -> tuple[np.ndarray, np.ndarray]:
+    """A source's new values and timestamps as (values, ns since the epoch), or a ValueError saying what is wrong:
+    finite numbers, as many timestamps as values, each after the last one seen (`last_ts`) and after the one
+    before it. Without timestamps the ticks are spaced by the model's training step (`step_ms`)."""
+    new = np.asarray(values, dtype=float).ravel()
+    m = len(new)
+    if m == 0:
+        raise ValueError(f"{source}: no new values")
+    if not np.isfinite(new).all():
+        bad = int(np.nonzero(~np.isfinite(new))[0][0])
+        raise ValueError(f"{source}: value {bad + 1} ({new[bad]}) is not a finite number; pass numbers only")
+    last = last_ts
+    if timestamps is None:
+        step = int(round(step_ms * 1e6)) or 1
+        return new, last + step * np.arange(1, m + 1, dtype=np.int64)
+    ts = _to_ns(timestamps)
+    if len(ts) != m:
+        raise ValueError(f"{source}: {m} values but {len(ts)} timestamps")
+    if ts[0] <= last:
+        raise ValueError(f"{source}: timestamp 1 ({pd.Timestamp(int(ts[0]), tz='UTC')}) is not after the last "
+                         f"one seen ({pd.Timestamp(last, tz='UTC')}); older rows are used at the next training, "
+                         "not streamed")
+    back = np.nonzero(np.diff(ts) <= 0)[0]
+    if len(back):
+        i = int(back[0]) + 2
+        raise ValueError(f"{source}: timestamp {i} ({pd.Timestamp(int(ts[i - 1]), tz='UTC')}) is not after "
+                         f"timestamp {i - 1}; sort the rows and drop duplicate times")
+    return new, ts
 
 
 def continue_from(trained: ServingState, live: ServingState | None, rows_after=None) -> tuple[ServingState, str]:
@@ -547,5 +564,5 @@ def model_version_from_fit(source: str, cfg: PipelineConfig, version: str, fusio
                         trained_rows=len(ts), created_at=pd.Timestamp.now(tz="UTC").isoformat(), design=DESIGN_VERSION)
 
 
-__all__ = ["CLASSES", "LiveCalibration", "ModelVersion", "Predictor", "ServingState", "continue_from", "design_matrix", "model_version_from_fit",
+__all__ = ["CLASSES", "LiveCalibration", "ModelVersion", "Predictor", "ServingState", "check_ticks", "continue_from", "design_matrix", "model_version_from_fit",
            "reliability_table"]

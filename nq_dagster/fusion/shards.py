@@ -1,0 +1,253 @@
+"""The one prediction path on several cores: sources shared out among processes, each running a `Predictor`.
+
+A tick's work is Python and numpy calls per source under one interpreter lock, so threads do not add cores
+(fusion/predictor.py: two chunk threads on 2 cores were slower than one). `ShardedPredictor` owns the same
+sources and answers the same calls as `Predictor`, but each source lives in one shard: shard 0 in this process,
+shards 1..k-1 in worker processes (started with `spawn`: no forked torch thread pools). `advance_many` sends each
+worker its sources' ticks, advances this process's own sources meanwhile, then gathers the records; each source
+is computed by the same `Predictor` code as alone, so the records are equal to one `Predictor`'s (tested).
+
+All input is checked here before any shard works (`predictor.check_ticks`, against the last timestamp of each
+source kept here), and a call commits in two phases: the workers hold their sources' next states until this
+process has every record; the decision (commit or drop) travels with the next message. A failed call changes no
+source. `processing_time_ms` is measured here: from the call receiving the ticks to every record being ready.
+
+The messages between this process and its workers are pickled Python objects (multiprocessing's pipes): they
+travel between processes this class started, never from storage (states and models on disk are read by
+`artifacts`, which refuses pickles).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from nq_dagster.fusion.predictor import Predictor, ServingState, check_ticks, single_threaded_blas
+
+
+def _worker(conn, device: str) -> None:
+    """A worker's loop: one `Predictor`, torch on one thread (the shards are the parallelism)."""
+    torch.set_num_threads(1)
+    p = Predictor(device=device)
+    pending = None
+    while True:
+        try:
+            decision, op, arg = conn.recv()
+        except EOFError:
+            return
+        if pending is not None and decision is not None:
+            if decision:
+                p.commit(pending)
+            pending = None
+        try:
+            if op == "close":
+                conn.send(("ok", None))
+                return
+            if op == "advance":
+                with single_threaded_blas():  # (checked by the parent against the same last timestamps)
+                    out, pending = p.compute(arg, time.perf_counter(), checked=True)
+                conn.send(("ok", out))
+            elif op == "load":
+                p.load(arg)
+                conn.send(("ok", None))
+            elif op == "warm_up":
+                p.warm_up(arg)
+                conn.send(("ok", None))
+            elif op == "state":
+                conn.send(("ok", p.serving_state(arg)))
+            elif op == "latest":
+                conn.send(("ok", p.latest(arg)))
+            else:
+                conn.send(("error", ValueError(f"unknown request {op!r}")))
+        except Exception as exc:  # noqa: BLE001 - the caller re-raises it
+            pending = None
+            conn.send(("error", exc))
+
+
+@dataclass
+class _Shard:
+    process: mp.process.BaseProcess
+    conn: object
+    pending: bool = False  # holds states of an `advance` awaiting the decision
+    decision: bool | None = None  # to send with the next message
+
+
+class ShardedPredictor:
+    """`Predictor`'s calls over `processes` shards (this process and processes - 1 workers); see the module
+    docstring. Close it (or use it as a context manager) to stop the workers."""
+
+    def __init__(self, processes: int | None = None, device: str = "cpu"):
+        self.processes = max(1, processes or os.cpu_count() or 1)
+        self.device = device
+        self.local = Predictor(device=device)
+        if self.processes > 1 and device == "cpu":
+            # the shards are the parallelism: torch's intra-op threads in this process would contend with the
+            # workers for the same cores (and resizing its pool around each call cost more than it saved)
+            torch.set_num_threads(1)
+        self._owner: dict[str, int] = {}
+        self._last_ts: dict[str, int] = {}
+        self._step_ms: dict[str, float] = {}
+        ctx = mp.get_context("spawn")
+        self._shards: list[_Shard] = []
+        for _ in range(self.processes - 1):
+            a, b = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(b, device), daemon=True, name="nq-predict-shard")
+            proc.start()
+            b.close()
+            self._shards.append(_Shard(proc, a))
+
+    # plumbing -----------------------------------------------------------------------------------------------
+    def _gone(self, k: int) -> RuntimeError:
+        sh = self._shards[k - 1]
+        sh.process.join(timeout=1)
+        return RuntimeError(f"prediction shard {k} (process {sh.process.pid}) exited (exit code "
+                            f"{sh.process.exitcode}); its sources are gone: start the predictor again")
+
+    def _send(self, k: int, op: str, arg=None) -> None:
+        sh = self._shards[k - 1]
+        try:
+            sh.conn.send((sh.decision, op, arg))
+        except OSError:  # a broken pipe: the worker is gone
+            raise self._gone(k) from None
+        if sh.decision is not None:
+            sh.pending, sh.decision = False, None
+
+    def _recv(self, k: int):
+        sh = self._shards[k - 1]
+        try:
+            status, value = sh.conn.recv()
+        except (EOFError, OSError):
+            raise self._gone(k) from None
+        if status == "error":
+            raise value
+        return value
+
+    def _call(self, k: int, op: str, arg=None):
+        self._send(k, op, arg)
+        return self._recv(k)
+
+    def close(self) -> None:
+        for k, sh in enumerate(self._shards, start=1):
+            if sh.process.is_alive():
+                try:
+                    self._call(k, "close")
+                except (OSError, RuntimeError):
+                    pass
+            sh.process.join(timeout=5)
+            if sh.process.is_alive():
+                sh.process.kill()
+        self._shards = []
+
+    def __enter__(self) -> ShardedPredictor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # Predictor's calls ----------------------------------------------------------------------------------------
+    def load(self, serving: ServingState) -> None:
+        """Add or replace a source (a new source goes to the shard with the fewest sources)."""
+        source = serving.model.source
+        k = self._owner.get(source)
+        if k is None:
+            counts = [0] * self.processes
+            for owner in self._owner.values():
+                counts[owner] += 1
+            k = counts.index(min(counts))
+        if k == 0:
+            self.local.load(serving)
+        else:
+            self._call(k, "load", serving)
+        self._owner[source] = k
+        self._last_ts[source] = int(serving.stream.last_ts)
+        self._step_ms[source] = float(serving.model.step_ms)
+
+    def sources(self) -> list[str]:
+        return sorted(self._owner)
+
+    def shard_of(self, source: str) -> int:
+        return self._get(source)
+
+    def _get(self, source: str) -> int:
+        try:
+            return self._owner[source]
+        except KeyError:
+            raise KeyError(f"no model loaded for source {source!r}; loaded: {', '.join(self.sources()) or 'none'}"
+                           ) from None
+
+    def last_ts(self, source: str) -> int:
+        """The timestamp (ns) of the source's last row seen, without asking its shard."""
+        self._get(source)
+        return self._last_ts[source]
+
+    def serving_state(self, source: str) -> ServingState:
+        k = self._get(source)
+        return self.local.serving_state(source) if k == 0 else self._call(k, "state", source)
+
+    def warm_up(self, source: str) -> None:
+        k = self._get(source)
+        self.local.warm_up(source) if k == 0 else self._call(k, "warm_up", source)
+
+    def latest(self, source: str) -> dict:
+        k = self._get(source)
+        return self.local.latest(source) if k == 0 else self._call(k, "latest", source)
+
+    def advance(self, source: str, values, timestamps=None) -> list[dict]:
+        return self.advance_many({source: (values, timestamps)})[source]
+
+    def advance_many(self, ticks: dict[str, tuple]) -> dict[str, list[dict]]:
+        """As `Predictor.advance_many`; each shard advances its own sources, at the same time."""
+        t_recv = time.perf_counter()
+        by_shard: dict[int, dict] = {}
+        for s, vt in ticks.items():
+            by_shard.setdefault(self._get(s), {})[s] = vt
+        checked: dict[str, tuple] = {}
+        error: BaseException | None = None
+        remote = []
+        for k, part in sorted(by_shard.items(), reverse=True):  # the workers' input checked and sent first ...
+            try:
+                part = {s: check_ticks(s, v, ts, self._last_ts[s], self._step_ms[s]) for s, (v, ts) in part.items()}
+            except ValueError as exc:  # the shards already sent drop their part; raised once they answer
+                error = exc
+                break
+            checked.update(part)
+            by_shard[k] = part
+            if k:
+                try:
+                    self._send(k, "advance", part)
+                except RuntimeError as exc:  # a worker is gone: the shards already sent still answer
+                    error = exc
+                    break
+                remote.append(k)
+        out: dict[str, list[dict]] = {}
+        pending = None
+        if error is None and 0 in by_shard:  # ... then this process advances its own sources meanwhile
+            try:
+                with single_threaded_blas():
+                    got, pending = self.local.compute(by_shard[0], t_recv, checked=True)
+                out.update(got)
+            except Exception as exc:  # noqa: BLE001 - raised below, once every shard has answered
+                error = exc
+        for k in remote:
+            try:
+                out.update(self._recv(k))
+                self._shards[k - 1].pending = True
+            except Exception as exc:  # noqa: BLE001
+                error = error or exc
+        for k in remote:  # the decision goes with each worker's next message
+            if self._shards[k - 1].pending:
+                self._shards[k - 1].decision = error is None
+        if error is not None:
+            raise error
+        if pending is not None:
+            self.local.commit(pending)
+        elapsed_ms = (time.perf_counter() - t_recv) * 1000.0
+        for s, recs in out.items():
+            for r in recs:
+                r["processing_time_ms"] = elapsed_ms
+            self._last_ts[s] = int(checked[s][1][-1])
+        return {s: out[s] for s in ticks}
