@@ -7,7 +7,7 @@ shards 1..k-1 in worker processes (started with `spawn`: no forked torch thread 
 worker its sources' ticks, advances this process's own sources meanwhile, then gathers the records; each source
 is computed by the same `Predictor` code as alone, so the records are equal to one `Predictor`'s (tested).
 
-All input is checked here before any shard works (`predictor.check_ticks`, against the last timestamp of each
+All input is checked here before any shard works (`predictor.check_ticks_many`, against the last timestamp of each
 source kept here), and a call commits in two phases: the workers hold their sources' next states until this
 process has every record; the decision (commit or drop) travels with the next message. A failed call changes no
 source. `processing_time_ms` is measured here: from the call receiving the ticks to every record being ready.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nq_dagster.fusion.predictor import Predictor, ServingState, check_ticks, single_threaded_blas
+from nq_dagster.fusion.predictor import Predictor, ServingState, check_ticks_many, single_threaded_blas
 
 
 def _worker(conn, device: str) -> None:
@@ -210,7 +210,7 @@ class ShardedPredictor:
         remote = []
         for k, part in sorted(by_shard.items(), reverse=True):  # the workers' input checked and sent first ...
             try:
-                part = {s: check_ticks(s, v, ts, self._last_ts[s], self._step_ms[s]) for s, (v, ts) in part.items()}
+                part = check_ticks_many(part, self._last_ts, self._step_ms)
             except ValueError as exc:  # the shards already sent drop their part; raised once they answer
                 error = exc
                 break
