@@ -285,6 +285,12 @@ def spike_step(spikes: np.ndarray) -> SpikeStep:
     return SpikeStep(src, neuron, b, counts, sync, trav, spars, total / (N * W), (counts > 0).mean(axis=1))
 
 
+def _row_states(x: np.ndarray) -> list[ReservoirState]:
+    """One state per row of a batch's (S, size) float32 states, each its own copy (a view would keep the batch's
+    whole array alive as long as any of its sources stays unticked)."""
+    return [ReservoirState(torch.from_numpy(x[s:s + 1].copy())) for s in range(len(x))]
+
+
 def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray, cfg, seeds: np.ndarray,
                        reservoirs: list[Reservoir], analog: list[Reservoir] | None = None,
                        batched: tuple | None = None) -> TickFeatures:
@@ -304,7 +310,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     if batched is not None:
         x_new = batched[0].step(batched[2], torch.as_tensor(u), torch.cat([st.reservoir.x for st in states]))
         frames_new = x_new.numpy().astype(np.float32)
-        res_states = [ReservoirState(x_new[s:s + 1].clone()) for s in range(S)]
+        res_states = _row_states(frames_new)
     else:
         frames_new, res_states = [], []
         for s, (st, res) in enumerate(zip(states, reservoirs, strict=True)):
@@ -388,7 +394,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
                                for s, st in enumerate(states)])  # (S, 2)
         an_new = batched[1].step(batched[2], torch.as_tensor(np.tanh(u_an / 3.0), dtype=torch.float32),
                                  torch.cat([st.analog.x for st in states]), sparse_input=False)
-        an_states = [ReservoirState(an_new[s:s + 1].clone()) for s in range(S)]
+        an_states = _row_states(an_new.numpy())
         blocks = np.concatenate([an_new.numpy().astype(float), u_an], axis=1)
     elif analog is not None and all(st.analog is not None for st in states):
         blocks = []
