@@ -393,11 +393,20 @@ class Predictor:
                             cals[s] = cal[i].after(recs[i]["predicted_change"], recs[i]["hold_band"], float(x[i]))
         return out, {s: (st, cals[s]) for s, st in current.items()}
 
-    def commit(self, pending: dict) -> None:
-        """Move the sources on to the states `compute` returned (every record was built)."""
+    def commit(self, pending: dict) -> dict:
+        """Move the sources on to the states `compute` returned (every record was built); returns what `rollback`
+        needs to undo it."""
+        undo = {}
         for s, (st, cal) in pending.items():
             src = self._sources[s]
+            undo[s] = src.serving
             src.serving = replace(src.serving, stream=st, calibration=cal)
+        return undo
+
+    def rollback(self, undo: dict) -> None:
+        """Put the sources back where a `commit` found them."""
+        for s, serving in undo.items():
+            self._sources[s].serving = serving
 
     def _loaded(self, config_version: str) -> list[str]:
         return sorted(s for s, src in self._sources.items() if src.config_version == config_version)

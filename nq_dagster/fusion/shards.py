@@ -8,9 +8,9 @@ worker its sources' ticks, advances this process's own sources meanwhile, then g
 is computed by the same `Predictor` code as alone, so the records are equal to one `Predictor`'s (tested).
 
 All input is checked here before any shard works (`predictor.check_ticks_many`, against the last timestamp of each
-source kept here), and a call commits in two phases: the workers hold their sources' next states until this
-process has every record; the decision (commit or drop) travels with the next message. A failed call changes no
-source. `processing_time_ms` is measured here: from the call receiving the ticks to every record being ready.
+source kept here), and a call commits in two phases: each shard moves its sources on as soon as their records are
+built, keeping what it needs to undo that, until this process has every shard's records; a worker learns the
+decision (keep or undo) with its next message. A failed call changes no source. `processing_time_ms` is measured here: from the call receiving the ticks to every record being ready.
 
 The messages between this process and its workers are pickled Python objects (multiprocessing's pipes): they
 travel between processes this class started, never from storage (states and models on disk are read by
@@ -33,16 +33,16 @@ def _worker(conn, device: str) -> None:
     """A worker's loop: one `Predictor`, torch on one thread (the shards are the parallelism)."""
     torch.set_num_threads(1)
     p = Predictor(device=device)
-    pending = None
+    undo = None  # an advance committed here, until the parent's decision: kept, or rolled back
     while True:
         try:
             decision, op, arg = conn.recv()
         except EOFError:
             return
-        if pending is not None and decision is not None:
-            if decision:
-                p.commit(pending)
-            pending = None
+        if undo is not None and decision is not None:
+            if not decision:
+                p.rollback(undo)
+            undo = None
         try:
             if op == "close":
                 conn.send(("ok", None))
@@ -51,6 +51,7 @@ def _worker(conn, device: str) -> None:
                 with single_threaded_blas():  # (checked by the parent against the same last timestamps)
                     out, pending = p.compute(arg, time.perf_counter(), checked=True)
                 conn.send(("ok", out))
+                undo = p.commit(pending)  # while the parent gathers: off the next call's path
             elif op == "load":
                 p.load(arg)
                 conn.send(("ok", None))
@@ -64,7 +65,6 @@ def _worker(conn, device: str) -> None:
             else:
                 conn.send(("error", ValueError(f"unknown request {op!r}")))
         except Exception as exc:  # noqa: BLE001 - the caller re-raises it
-            pending = None
             conn.send(("error", exc))
 
 
@@ -72,7 +72,7 @@ def _worker(conn, device: str) -> None:
 class _Shard:
     process: mp.process.BaseProcess
     conn: object
-    pending: bool = False  # holds states of an `advance` awaiting the decision
+    pending: bool = False  # moved its sources on in an `advance` it may have to undo: awaiting the decision
     decision: bool | None = None  # to send with the next message
 
 
@@ -224,12 +224,13 @@ class ShardedPredictor:
                     break
                 remote.append(k)
         out: dict[str, list[dict]] = {}
-        pending = None
+        undo = None
         if error is None and 0 in by_shard:  # ... then this process advances its own sources meanwhile
             try:
                 with single_threaded_blas():
                     got, pending = self.local.compute(by_shard[0], t_recv, checked=True)
                 out.update(got)
+                undo = self.local.commit(pending)  # rolled back below if a worker fails
             except Exception as exc:  # noqa: BLE001 - raised below, once every shard has answered
                 error = exc
         for k in remote:
@@ -242,9 +243,9 @@ class ShardedPredictor:
             if self._shards[k - 1].pending:
                 self._shards[k - 1].decision = error is None
         if error is not None:
+            if undo is not None:
+                self.local.rollback(undo)
             raise error
-        if pending is not None:
-            self.local.commit(pending)
         elapsed_ms = (time.perf_counter() - t_recv) * 1000.0
         for s, recs in out.items():
             for r in recs:
