@@ -324,8 +324,9 @@ def cmd_serve(args) -> int:
 
     torch.set_num_threads(int(os.environ.get("NQ_SERVE_TORCH_THREADS", "1")))
     address = f"http://{args.host}:{args.port}"
+    processes = args.processes or int(os.environ.get("NQ_SERVE_PROCESSES", "1"))
     server = create_server(str(wh.home), own, Settings.load(wh), fsync=args.fsync, address=address,
-                           flush_interval_s=args.flush_interval)
+                           flush_interval_s=args.flush_interval, processes=processes)
     keys = server.keys.list()
     print(f"nq serve: {address} (replica {own.replica} of {own.replicas}); data {wh.home}; sources: "
           f"{', '.join(server.engine.sources()) or 'none trained yet'}", file=sys.stderr)
@@ -430,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fsync the tick log every 100 ms (default) or before every reply")
     sv.add_argument("--flush-interval", type=float, default=10.0, help="seconds between writes of the tick log "
                     "into the raw_ticks / predictions tables (the log itself is written before every reply)")
+    sv.add_argument("--processes", type=int, help="prediction processes (default NQ_SERVE_PROCESSES or 1): the "
+                    "sources are shared out between this process and processes - 1 workers, one core each")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sv.set_defaults(fn=cmd_serve)
     k = sub.add_parser("keys", help="API keys of the prediction server")

@@ -575,3 +575,39 @@ def test_routes_called_directly_answer_as_through_the_router(home, srv, ticks, c
     assert c.get("/api/v1/status").status_code == 200
     text = c.get("/metrics").text
     assert 'nq_http_requests_total{endpoint="/api/v1/ping",method="GET",status="500"} 1.0' in text
+
+
+def test_a_server_with_two_prediction_processes_answers_as_one(home, ticks):
+    """`nq serve --processes 2`: the sources shared out between the server's process and a worker process; every
+    answer equals the one prediction path's, the status shows where each source is, and SIGTERM saves the states of
+    both shards."""
+    k = keys(home)
+    srv = ProcessServer(home, extra=["--processes", "2"])
+    sources = ["m", *CLONES[:3]]
+    n = 10
+    try:
+        got = {s: [] for s in sources}
+        c = httpx.Client(base_url=srv.url, headers=auth(k["developer"]), timeout=30)
+        for i in range(n):
+            for s in sources:
+                r = c.post("/api/v1/process/realtime", json=tick(s, ticks.timestamp[i], ticks.value[i]))
+                assert r.status_code == 200, r.text
+                got[s].append(r.json())
+        models = c.get("/api/v1/status", headers=auth(k["viewer"])).json()["components"]["models"]
+        assert all(models[s]["rows_seen"] == 600 + n for s in sources)
+        assert {models[s]["process"] for s in sources} == {0, 1}  # both processes served some
+        assert models["m"]["last_timestamp"] == ticks.timestamp[n - 1].isoformat()
+    finally:
+        assert srv.stop() in (0, -signal.SIGTERM)  # (uvicorn re-raises the signal after its graceful shutdown)
+    assert '"Shutdown complete' in srv.output() or "Finished server process" in srv.output()
+    assert "Traceback" not in srv.output(), srv.output()
+    wh = Warehouse(home)
+    for s in sources:
+        p = Predictor()
+        p.load(wh.load_artifact("serving_state", s))
+        want = p.advance(s, ticks.value[:n].to_numpy(), ticks.timestamp[:n].to_numpy())
+        assert [g["prediction_id"] for g in got[s]] == [w["prediction_id"] for w in want]
+        assert [g["direction"] for g in got[s]] == [w["direction"] for w in want]
+        assert np.allclose([g["confidence"] for g in got[s]], [w["confidence"] for w in want], rtol=1e-6)
+        live = wh.load_artifact("live_state", s)  # saved at SIGTERM, from whichever shard held the source
+        assert live.stream.n_rows == 600 + n and live.stream.last_ts == p.serving_state(s).stream.last_ts

@@ -309,6 +309,27 @@ class Predictor:
     def serving_state(self, source: str) -> ServingState:
         return self._get(source).serving
 
+    def serving_states(self, sources: list[str]) -> dict[str, ServingState]:
+        return {s: self._get(s).serving for s in sources}
+
+    def model(self, source: str) -> ModelVersion:
+        return self._get(source).serving.model
+
+    def last_ts(self, source: str) -> int:
+        """The timestamp (ns) of the source's last row seen."""
+        return self._get(source).serving.stream.last_ts
+
+    def rows_seen(self, source: str) -> int:
+        return self._get(source).serving.stream.n_rows
+
+    def shard_of(self, source: str) -> int:
+        """The process that holds the source: always this one (0)."""
+        self._get(source)
+        return 0
+
+    def close(self) -> None:
+        """Nothing to stop (`fusion.shards.ShardedPredictor` stops its workers here)."""
+
     def _get(self, source: str) -> _Source:
         try:
             return self._sources[source]

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 
 import torch
 
-from nq_dagster.fusion.predictor import Predictor, ServingState, check_ticks_many, single_threaded_blas
+from nq_dagster.fusion.predictor import (
+    ModelVersion,
+    Predictor,
+    ServingState,
+    check_ticks_many,
+    single_threaded_blas,
+)
 
 
 def _worker(conn, device: str) -> None:
@@ -58,8 +64,8 @@ def _worker(conn, device: str) -> None:
             elif op == "warm_up":
                 p.warm_up(arg)
                 conn.send(("ok", None))
-            elif op == "state":
-                conn.send(("ok", p.serving_state(arg)))
+            elif op == "states":
+                conn.send(("ok", p.serving_states(arg)))
             elif op == "latest":
                 conn.send(("ok", p.latest(arg)))
             else:
@@ -84,13 +90,11 @@ class ShardedPredictor:
         self.processes = max(1, processes or os.cpu_count() or 1)
         self.device = device
         self.local = Predictor(device=device)
-        if self.processes > 1 and device == "cpu":
-            # the shards are the parallelism: torch's intra-op threads in this process would contend with the
-            # workers for the same cores (and resizing its pool around each call cost more than it saved)
-            torch.set_num_threads(1)
         self._owner: dict[str, int] = {}
         self._last_ts: dict[str, int] = {}
         self._step_ms: dict[str, float] = {}
+        self._rows: dict[str, int] = {}
+        self._model: dict[str, ModelVersion] = {}
         ctx = mp.get_context("spawn")
         self._shards: list[_Shard] = []
         for _ in range(self.processes - 1):
@@ -99,6 +103,10 @@ class ShardedPredictor:
             proc.start()
             b.close()
             self._shards.append(_Shard(proc, a))
+        if self._shards and device == "cpu":
+            # the shards are the parallelism: torch's intra-op threads in this process would contend with the
+            # workers for the same cores (and resizing its pool around each call cost more than it saved)
+            torch.set_num_threads(1)
 
     # plumbing -----------------------------------------------------------------------------------------------
     def _gone(self, k: int) -> RuntimeError:
@@ -165,11 +173,14 @@ class ShardedPredictor:
         self._owner[source] = k
         self._last_ts[source] = int(serving.stream.last_ts)
         self._step_ms[source] = float(serving.model.step_ms)
+        self._rows[source] = int(serving.stream.n_rows)
+        self._model[source] = serving.model
 
     def sources(self) -> list[str]:
         return sorted(self._owner)
 
     def shard_of(self, source: str) -> int:
+        """The shard that holds the source: 0 this process, k the k-th worker."""
         return self._get(source)
 
     def _get(self, source: str) -> int:
@@ -184,9 +195,27 @@ class ShardedPredictor:
         self._get(source)
         return self._last_ts[source]
 
+    def rows_seen(self, source: str) -> int:
+        self._get(source)
+        return self._rows[source]
+
+    def model(self, source: str) -> ModelVersion:
+        """The source's model version, without asking its shard."""
+        self._get(source)
+        return self._model[source]
+
     def serving_state(self, source: str) -> ServingState:
-        k = self._get(source)
-        return self.local.serving_state(source) if k == 0 else self._call(k, "state", source)
+        return self.serving_states([source])[source]
+
+    def serving_states(self, sources: list[str]) -> dict[str, ServingState]:
+        """The states of several sources: one message per shard."""
+        by_shard: dict[int, list[str]] = {}
+        for s in sources:
+            by_shard.setdefault(self._get(s), []).append(s)
+        out = {}
+        for k, names in by_shard.items():
+            out.update(self.local.serving_states(names) if k == 0 else self._call(k, "states", names))
+        return {s: out[s] for s in sources}
 
     def warm_up(self, source: str) -> None:
         k = self._get(source)
@@ -251,4 +280,5 @@ class ShardedPredictor:
             for r in recs:
                 r["processing_time_ms"] = elapsed_ms
             self._last_ts[s] = int(checked[s][1][-1])
+            self._rows[s] += len(recs)
         return {s: out[s] for s in ticks}

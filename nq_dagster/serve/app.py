@@ -781,7 +781,7 @@ class Server:
             models[s] = {"status": "healthy" if age_h <= self.settings.max_model_age_hours else "degraded",
                          "model_version": info["model_version"], "trained_at": info["trained_at"],
                          "age_hours": round(age_h, 3), "rows_seen": info["rows_seen"],
-                         "last_timestamp": info["last_timestamp"]}
+                         "last_timestamp": info["last_timestamp"], "process": info["process"]}
         for s, err in self.engine.load_errors().items():
             models[s] = {"status": "down", "error": err}
         writable, why = self._storage_writable()
@@ -928,8 +928,8 @@ def configure_logging(level: str = "INFO") -> None:
 
 def create_server(home: str | None = None, ownership: Ownership = Ownership(), settings: Settings | None = None,
                   fsync: str = "interval", address: str = "", flush_interval_s: float = 10.0,
-                  watch_interval_s: float = 1.0) -> Server:
+                  watch_interval_s: float = 1.0, processes: int = 1) -> Server:
     wh = Warehouse(home)
     engine = Engine(wh, ownership, fsync=fsync, address=address, flush_interval_s=flush_interval_s,
-                    watch_interval_s=watch_interval_s).start()
+                    watch_interval_s=watch_interval_s, processes=processes).start()
     return Server(wh, engine, settings or Settings.load(wh))

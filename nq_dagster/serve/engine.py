@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from nq_dagster.config import load_config
 from nq_dagster.fusion.predictor import Predictor, ServingState, continue_from, single_threaded_blas
 from nq_dagster.fusion.record import jsonable, records_table
+from nq_dagster.fusion.shards import ShardedPredictor
 from nq_dagster.ingest import (
     FileRejected,
     build_series,
@@ -150,7 +151,7 @@ class Engine:
 
     def __init__(self, wh: Warehouse, ownership: Ownership = Ownership(), fsync: str = "interval",
                  fsync_interval_s: float = 0.1, flush_interval_s: float = 10.0, watch_interval_s: float = 1.0,
-                 device: str = "cpu", address: str = ""):
+                 device: str = "cpu", address: str = "", processes: int = 1):
         if fsync not in ("always", "interval"):
             raise ValueError("fsync: 'always' or 'interval'")
         self.wh = wh.ensure()
@@ -161,7 +162,11 @@ class Engine:
         # one predictor thread (the predictor's default): the server's event loop shares the GIL with this worker,
         # and chunk threads only added contention (2 cores, 32 clients: 961-978 predictions/s with two, 1,060-1,064
         # with one)
-        self.predictor = Predictor(device=device)
+        # `processes` > 1: the owned sources shared out between this process and processes - 1 worker processes,
+        # each shard a predictor on one core (fusion/shards.py); the prediction work then leaves this process's
+        # interpreter lock to the event loop
+        self.processes = max(1, int(processes))
+        self.predictor = ShardedPredictor(self.processes, device) if self.processes > 1 else Predictor(device=device)
         self.wal_dir = wh.home / "serve" / "wal" / f"r{ownership.replica}"
         self.lease_path = wh.home / "serve" / "replicas" / f"r{ownership.replica}.json"
         self._q: queue.PriorityQueue[_Work] = queue.PriorityQueue()
@@ -220,6 +225,7 @@ class Engine:
                 self._segment_path.unlink()
         with contextlib.suppress(FileNotFoundError):
             self.lease_path.unlink()
+        self.predictor.close()
 
     @property
     def alive(self) -> bool:
@@ -251,13 +257,13 @@ class Engine:
     def model_info(self) -> dict[str, dict]:
         out = {}
         for s in self.predictor.sources():
-            st = self.predictor.serving_state(s)
-            out[s] = {"model_version": st.model.model_version, "config_version": st.model.cfg.version,
-                      "selected_features": list(st.model.selected), "quantum": st.model.quantum,
-                      "reliability": st.model.reliability,
-                      "trained_at": st.model.created_at, "trained_rows": st.model.trained_rows,
-                      "rows_seen": st.stream.n_rows,
-                      "last_timestamp": pd.Timestamp(st.stream.last_ts, tz="UTC").isoformat()}
+            mv = self.predictor.model(s)
+            out[s] = {"model_version": mv.model_version, "config_version": mv.cfg.version,
+                      "selected_features": list(mv.selected), "quantum": mv.quantum,
+                      "reliability": mv.reliability,
+                      "trained_at": mv.created_at, "trained_rows": mv.trained_rows,
+                      "rows_seen": self.predictor.rows_seen(s), "process": self.predictor.shard_of(s),
+                      "last_timestamp": pd.Timestamp(self.predictor.last_ts(s), tz="UTC").isoformat()}
         return out
 
     def recent(self, source: str, limit: int = 100) -> list[dict]:
@@ -320,7 +326,7 @@ class Engine:
         """A new tick realizes the prediction made `horizon` ticks before it: its actual direction by the same
         rule as training's targets (hold inside the band the prediction stated)."""
         pend = self._pending.setdefault(source, collections.deque())
-        horizon = self.predictor.serving_state(source).model.cfg.horizon
+        horizon = self.predictor.model(source).cfg.horizon
         out = []
         while len(pend) >= horizon:
             t0, v0, d0, c0, b0 = pend.popleft()
@@ -464,7 +470,7 @@ class Engine:
                             raise self.no_model(src) if src not in self._load_errors else Rejected(
                                 [f"source {src!r}: its model failed to load ({self._load_errors[src]})"], "source")
                         if src not in last:
-                            last[src] = self.predictor.serving_state(src).stream.last_ts
+                            last[src] = self.predictor.last_ts(src)
                         pending = tentative.get(src, [])
                         floor = pending[-1][0] if pending else last[src]
                         if t > floor and not np.isnan(v):
@@ -560,7 +566,7 @@ class Engine:
             return
         os.fsync(self._segment_fd)
         os.close(self._segment_fd)
-        states = {s: self.predictor.serving_state(s) for s in self._segment_sources}
+        states = self.predictor.serving_states(sorted(self._segment_sources))
         self._flushq.put((self._segment_path, states))
         self._open_segment()
 
@@ -659,11 +665,11 @@ class Engine:
             touched = set()
             for rec in lines:
                 s = rec["s"]
-                if s in self.predictor.sources() and rec["t"] > self.predictor.serving_state(s).stream.last_ts:
+                if s in self.predictor.sources() and rec["t"] > self.predictor.last_ts(s):
                     self.predictor.advance(s, [rec["v"]], np.array([rec["t"]], dtype=np.int64))
                     touched.add(s)
                 self._cache.setdefault(s, OrderedDict())[rec["t"]] = rec["r"]
-            states = {s: self.predictor.serving_state(s) for s in {r["s"] for r in lines} if s in self.predictor.sources()}
+            states = self.predictor.serving_states(sorted(s for s in {r["s"] for r in lines} if s in self.predictor.sources()))
             self._flush_segment(path, states)
             log.info(json.dumps({"event": "wal_recovered", "segment": path.name, "ticks": len(lines),
                                  "states_advanced": sorted(touched)}))
@@ -687,7 +693,7 @@ class Engine:
                  if not p.stem.startswith("serve-") and p.stem not in seen]
         if not parts:
             return
-        last = self.predictor.serving_state(source).stream.last_ts
+        last = self.predictor.last_ts(source)
         seen.update(p.stem for p in parts)
         # a part whose footer says it holds nothing newer (a compacted part of the history) is not read
         parts = [p for p in parts if (self.wh.part_time_range(p)[1] or last + 1) > last]
