@@ -26,7 +26,14 @@ import torch
 from nq_dagster.artifacts import register
 from nq_dagster.config import PipelineConfig
 from nq_dagster.fusion.record import build_records
-from nq_dagster.fusion.stream import CANDIDATES, N_LAGS, StreamState, features_for_ticks, latest_design
+from nq_dagster.fusion.stream import (
+    CANDIDATES,
+    N_LAGS,
+    FrameCache,
+    StreamState,
+    features_for_ticks,
+    latest_design,
+)
 from nq_dagster.fusion.walkforward import (
     CLASSES,
     RECAL_WINDOW,
@@ -268,6 +275,9 @@ class Predictor:
         self._reservoirs: dict[tuple[str, str], object] = {}
         self._analog: dict[tuple[str, str], object] = {}
         self._batched: dict[tuple[str, int], tuple] = {}  # (config version, chunk) -> (positions, spiking, analog)
+        # each source's detector frames in float64 between ticks (stream.FrameCache, 124 KB a source at 500 units):
+        # a tick converts its new frame only; a cache that is not its source's current state's is rebuilt
+        self._frames: dict[str, FrameCache] = {}
         self._pool = None  # threads for the chunks of a many-source tick (`_chunks`)
 
     # loading ---------------------------------------------------------------------------------------------
@@ -395,12 +405,13 @@ class Predictor:
                     ts = np.array([todo[s][1][r] for s in part], dtype=np.int64)
                     args.append(([current[s] for s in part], x, ts, srcs[0].cfg, np.array([src.seed for src in srcs]),
                                  [src.reservoir for src in srcs], [src.analog for src in srcs],
-                                 self._batch(srcs[0].config_version, c, part)))
+                                 self._batch(srcs[0].config_version, c, part), [self._frames.get(s) for s in part]))
                 if len(args) > 1:  # numpy, LAPACK and torch release the GIL: the chunks run on the cores together
                     feats = list(self._threads().map(lambda a: features_for_ticks(*a), args))
                 else:
                     feats = [features_for_ticks(*args[0])]
                 for (_, part), a, tf in zip(chunks, args, feats, strict=True):
+                    self._frames.update(zip(part, tf.caches, strict=True))
                     srcs, x, ts = [self._sources[s] for s in part], a[1], a[2]
                     rows = [current[s].n_rows for s in part]
                     cal = [cals[s].before(t, xi) if cals[s] is not None else None

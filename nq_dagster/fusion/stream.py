@@ -187,6 +187,24 @@ def _cpu(st: ReservoirState) -> ReservoirState:
     return ReservoirState(*[t.detach().to("cpu").clone() if t is not None else None for t in (st.x, st.v, st.z, st.refr)])
 
 
+class FrameCache:
+    """The float64 values of a state's stored detector frames and their population means, for the predictor to keep
+    between ticks beside the state they belong to (`state`): a tick then converts only its new frame instead of
+    the whole window (a ring: the oldest frame's slot takes the new one). Not part of the state; a cache of
+    another state (a rolled-back tick, a state loaded again) is rebuilt from the state's frames."""
+
+    __slots__ = ("means", "pos", "ring", "state")
+
+    def __init__(self, st: StreamState):
+        self.ring = st.frames.astype(np.float64)  # (k, size), chronological from slot `pos` on
+        self.means = self.ring.mean(axis=1)
+        self.pos = 0
+        self.state = st
+
+    def chronological(self) -> np.ndarray:
+        return np.roll(self.ring, -self.pos, axis=0)
+
+
 @dataclass
 class TickFeatures:
     """What one batched tick produced, per source (row s of each array)."""
@@ -197,6 +215,7 @@ class TickFeatures:
     candidates: np.ndarray  # (S, len(CANDIDATES))
     states: list[StreamState]  # the states after the tick
     analog: np.ndarray | None = None  # (S, ANALOG_SIZE + 2) the analog design blocks (None: states without one)
+    caches: list[FrameCache] | None = None  # each source's frame cache, now belonging to its new state
 
 
 @dataclass
@@ -293,10 +312,12 @@ def _row_states(x: np.ndarray) -> list[ReservoirState]:
 
 def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray, cfg, seeds: np.ndarray,
                        reservoirs: list[Reservoir], analog: list[Reservoir] | None = None,
-                       batched: tuple | None = None) -> TickFeatures:
+                       batched: tuple | None = None, caches: list[FrameCache | None] | None = None) -> TickFeatures:
     """Advance S sources by one tick each: values x (S,), timestamps ts (S,) ns. Returns the features and the
     new states; `states` are not modified. `batched` = (BatchedReservoirs of the spiking reservoirs, of the analog
-    ones, the sources' positions in them) steps all reservoirs at once (many sources on CPU)."""
+    ones, the sources' positions in them) steps all reservoirs at once (many sources on CPU). `caches`: the
+    sources' `FrameCache`s from the previous tick (updated in place and returned for the new states; one that
+    does not belong to its state is rebuilt)."""
     S = len(states)
     enc = encoder_steps(states, x, cfg.feature_window)
     inputs = enc.inputs
@@ -323,23 +344,36 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
             frames_new.append(out[0].cpu().numpy().astype(np.float32))
             res_states.append(rs.to("cpu"))
         frames_new = np.stack(frames_new)  # (S, size)
-    window = np.concatenate([np.stack([st.frames for st in states]).astype(DETECTOR_DTYPE),
-                             frames_new[:, None].astype(DETECTOR_DTYPE)], axis=1)  # (S, 32, M) as the detectors read
-
-    act = torch.from_numpy(window).to(torch.float64).numpy()  # (torch converts half precision faster than numpy)
+    new16 = frames_new.astype(DETECTOR_DTYPE)  # the new frame as the detectors read it
+    new64 = new16.astype(np.float64)
     n = steps + 1  # rows seen after this tick
 
     # per-step detectors on the tick's spikes
     sync, trav, spars = sp.sync, sp.trav, sp.spars
     # standing wave and emergent on the last DETECTOR_WINDOW frames, from the window's Gram matrix: the stored
-    # frames' part is kept in the state, the new frame adds one row of dot products
-    K, M = act.shape[1], act.shape[2]
+    # frames' part is kept in the state, the new frame adds one row of dot products (against the stored frames'
+    # float64 values, which each source's FrameCache keeps between ticks), and the population means likewise
+    K, M = states[0].frames.shape[0] + 1, new64.shape[1]
     R = np.empty((S, K, K))
-    R[:, :-1, :-1] = unpack_gram(np.stack([st.gram if st.gram is not None else _stored_gram(act[s, :-1])
-                                           for s, st in enumerate(states)]))
-    R[:, -1] = R[:, :, -1] = np.einsum("skm,sm->sk", act, act[:, -1])
+    m = np.empty((S, K))  # the window's population means, chronological
+    caches = list(caches) if caches is not None else [None] * S
+    chrono = np.arange(K - 1)
+    stored = []
+    new_frames = []
+    for s, st in enumerate(states):
+        c = caches[s]
+        if c is None or c.state is not st:
+            c = caches[s] = FrameCache(st)
+        order = (c.pos + chrono) % (K - 1)  # ring slot of each stored frame, oldest first
+        R[s, -1, :-1] = (c.ring @ new64[s])[order]
+        m[s, :-1] = c.means[order]
+        stored.append(st.gram if st.gram is not None else _stored_gram(c.chronological()))
+        new_frames.append(np.concatenate([st.frames[1:], new16[s:s + 1]]))  # the next state's frames
+    m[:, -1] = new64.mean(axis=1)
+    R[:, -1, -1] = np.einsum("sm,sm->s", new64, new64)
+    R[:, :-1, -1] = R[:, -1, :-1]
+    R[:, :-1, :-1] = unpack_gram(np.stack(stored))
     stand = np.where(n > 3, standing_wave_gram(R), 0.0)
-    m = act.mean(axis=2)  # (S, 32) population means
     k = float(DETECTOR_WINDOW)
     var_pop = (m**2).sum(axis=1) / k - (m.sum(axis=1) / k) ** 2
     # the units' mean variance over the window: (trace R / k - 1'R1 / k^2) / M
@@ -418,7 +452,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
     new_states = [
         StreamState(n_rows=int(n[s]), last_ts=int(ts[s]), values=enc.values[s], changes=enc.changes[s],
                     change_sd=enc.change_sd[s],
-                    reservoir=res_states[s], frames=window[s, 1:].copy(), last_frame=frames_new[s].copy(),
+                    reservoir=res_states[s], frames=new_frames[s], last_frame=frames_new[s].copy(),
                     gram=gram_new[s].copy(),
                     last_spike=last_new[s].copy(),
                     isi=agg[s, 1:].copy(), codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy(),
@@ -426,8 +460,13 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
                     last_analog=blocks[s, -2:].copy() if blocks is not None else None, season=states[s].season,
                     season_ring=rings[s])
         for s in range(S)]
+    for s, c in enumerate(caches):  # each cache moves on to its new state: the oldest slot takes the new frame
+        c.ring[c.pos] = new64[s]
+        c.means[c.pos] = m[s, -1]
+        c.pos = (c.pos + 1) % (K - 1)
+        c.state = new_states[s]
     return TickFeatures(band_sd=enc.band_sd, lags=np.column_stack([enc.lags, seas]),
-                        frames=frames_new, candidates=cands, states=new_states, analog=blocks)
+                        frames=frames_new, candidates=cands, states=new_states, analog=blocks, caches=caches)
 
 
 def latest_design(st: StreamState, feature_window: int, horizon: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
