@@ -435,3 +435,37 @@ def test_sharded_predictor_equals_one_predictor_and_commits_all_or_nothing(graph
         with pytest.raises(RuntimeError, match="prediction shard 1 .* exited"):
             sh.advance_many({remote: (vals[N0 + 7:N0 + 8], ts[N0 + 7:N0 + 8])})
         assert len(sh.advance(local, vals[N0 + 7:N0 + 8], ts[N0 + 7:N0 + 8])) == 1  # this process's shard goes on
+
+
+def test_frame_cache_is_used_only_for_the_state_it_belongs_to(graph):
+    """The float64 frame cache a predictor keeps between ticks gives what a cache built from the state gives; after
+    a rolled-back tick, or a state loaded again, the cache is rebuilt, not reused for the wrong frames."""
+    df, before, batch, after = graph
+    vals = df["value"].to_numpy()
+    ts = pd.to_datetime(df["timestamp"], utc=True).dt.tz_localize(None).to_numpy("datetime64[ns]").view(np.int64)
+    p = Predictor()
+    p.load(before)
+    recs = [p.advance("m", vals[i:i + 1], ts[i:i + 1])[0] for i in range(N0, N0 + 5)]  # the cache carried along
+    q = Predictor()
+    q.load(before)
+    q.advance("m", vals[N0:N0 + 2], ts[N0:N0 + 2])
+    mid = q.serving_state("m")
+    r = Predictor()
+    r.load(mid)  # a fresh predictor: its cache is built from the state
+    again = [r.advance("m", vals[i:i + 1], ts[i:i + 1])[0] for i in range(N0 + 2, N0 + 5)]
+    for a, b in zip(recs[2:], again, strict=True):
+        assert a["prediction_id"] == b["prediction_id"]
+        assert np.allclose(list(a["neuromorphic_results"]["patterns"].values()),
+                           list(b["neuromorphic_results"]["patterns"].values()), rtol=1e-12, atol=1e-15)
+        assert abs(a["predicted_change"] - b["predicted_change"]) <= 1e-12 * abs(b["predicted_change"]) + 1e-15
+    # a tick computed and committed, then rolled back: the cache has moved on to the undone state; the same tick
+    # again must not read it
+    out, pending = p.compute({"m": (vals[N0 + 5:N0 + 6], ts[N0 + 5:N0 + 6])}, 0.0)
+    p.rollback(p.commit(pending))
+    redo = p.advance("m", vals[N0 + 5:N0 + 6], ts[N0 + 5:N0 + 6])[0]
+    want = r.advance("m", vals[N0 + 5:N0 + 6], ts[N0 + 5:N0 + 6])[0]
+    assert redo["prediction_id"] == out["m"][0]["prediction_id"] == want["prediction_id"]
+    assert np.allclose(list(redo["neuromorphic_results"]["patterns"].values()),
+                       list(want["neuromorphic_results"]["patterns"].values()), rtol=1e-12, atol=1e-15)
+    st, ref = p.serving_state("m").stream, r.serving_state("m").stream
+    assert np.array_equal(st.frames, ref.frames) and np.allclose(st.gram, ref.gram, rtol=1e-12, atol=1e-12)
