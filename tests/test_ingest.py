@@ -418,3 +418,33 @@ def test_duplicates_against_store_are_per_source_in_a_multi_source_file(wh, tmp_
     b = wh.read_table("raw_ticks", "b").sort_values("timestamp")
     assert list(b["value"]) == [0.0, 9.0, 2.0, 9.0, 4.0]
     assert list(wh.read_table("raw_ticks", "a").sort_values("timestamp")["value"]) == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_the_hash_is_of_the_bytes_parsed_when_the_file_changes_while_read(wh, tmp_path, monkeypatch):
+    """The file is hashed by a thread that reads it beside the parse; when its size, modification time or inode
+    moved meanwhile, the stored content hash is that of the bytes that were parsed, not of what the thread read."""
+    import hashlib
+    from types import SimpleNamespace
+
+    import nq_dagster.ingest as ing
+
+    text = "timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,2\n"
+    path = write(tmp_path, "moving.csv", text)
+    assert ing._file_digest(path) == hashlib.sha256(text.encode()).hexdigest()
+    monkeypatch.setattr(ing, "_file_digest", lambda p: "0" * 64)  # what a thread that read other bytes would say
+    real_stat, calls = os.stat, []
+
+    def stat(p, *a, **k):
+        st = real_stat(p, *a, **k)
+        calls.append(p)
+        moved = len(calls) == 2  # the second look: the file was rewritten meanwhile
+        return SimpleNamespace(st_size=st.st_size, st_ino=st.st_ino, st_dev=st.st_dev,
+                               st_mtime_ns=st.st_mtime_ns + (1 if moved else 0))
+
+    monkeypatch.setattr(ing, "_stat", stat)
+    r = Ingestor(wh).ingest_file(path)
+    assert r.status == "ingested" and r.content_hash == hashlib.sha256(text.encode()).hexdigest()
+    calls.clear()
+    monkeypatch.setattr(ing, "_stat", real_stat)  # unchanged: the thread's hash is kept
+    r2 = Ingestor(wh).ingest_file(write(tmp_path, "still.csv", text.replace(":00Z,", ":30Z,")))
+    assert r2.content_hash == "0" * 64
