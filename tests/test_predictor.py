@@ -429,11 +429,21 @@ def test_sharded_predictor_equals_one_predictor_and_commits_all_or_nothing(graph
         assert {n: sh.serving_state(n).stream.n_rows for n in names} == rows  # nobody moved on
         same(sh.advance_many(good), ref.advance_many(good))
         assert sh.serving_state(remote).stream.n_rows == N0 + 7
+        # the other calls reach a worker's source too: latest, warm-up (leaves the state), a new model version
+        assert sh.latest(remote)["prediction_id"] == ref.latest(remote)["prediction_id"]
+        sh.warm_up(remote)
+        assert sh.rows_seen(remote) == sh.serving_state(remote).stream.n_rows == N0 + 7
+        newer = replace(sh.serving_state(remote), model=replace(before.model, source=remote, model_version="v-next"))
+        sh.load(newer)
+        assert sh.shard_of(remote) == 1 and sh.model(remote).model_version == "v-next"
+        nxt = sh.advance(remote, vals[N0 + 7:N0 + 8], ts[N0 + 7:N0 + 8])[0]
+        assert nxt["model_version"] == "v-next" and sh.rows_seen(remote) == N0 + 8
+        assert sh.serving_state(remote).model.model_version == "v-next"
 
         sh._shards[0].process.kill()
         sh._shards[0].process.join()
         with pytest.raises(RuntimeError, match="prediction shard 1 .* exited"):
-            sh.advance_many({remote: (vals[N0 + 7:N0 + 8], ts[N0 + 7:N0 + 8])})
+            sh.advance_many({remote: (vals[N0 + 8:N0 + 9], ts[N0 + 8:N0 + 9])})
         assert len(sh.advance(local, vals[N0 + 7:N0 + 8], ts[N0 + 7:N0 + 8])) == 1  # this process's shard goes on
 
 
