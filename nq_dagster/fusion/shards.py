@@ -84,7 +84,9 @@ class _Shard:
 
 class ShardedPredictor:
     """`Predictor`'s calls over `processes` shards (this process and processes - 1 workers); see the module
-    docstring. Close it (or use it as a context manager) to stop the workers."""
+    docstring. Close it (or use it as a context manager) to stop the workers. One thread at a time may make the
+    calls that reach a worker (the server's worker thread makes them all); `sources`, `last_ts`, `model`,
+    `rows_seen` and `shard_of` answer from this process and may be called from any thread."""
 
     def __init__(self, processes: int | None = None, device: str = "cpu"):
         self.processes = max(1, processes or os.cpu_count() or 1)
