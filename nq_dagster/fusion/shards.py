@@ -10,7 +10,8 @@ is computed by the same `Predictor` code as alone, so the records are equal to o
 All input is checked here before any shard works (`predictor.check_ticks_many`, against the last timestamp of each
 source kept here), and a call commits in two phases: each shard moves its sources on as soon as their records are
 built, keeping what it needs to undo that, until this process has every shard's records; a worker learns the
-decision (keep or undo) with its next message. A failed call changes no source. `processing_time_ms` is measured here: from the call receiving the ticks to every record being ready.
+decision (keep or undo) with its next message. A failed call changes no source. `processing_time_ms` is measured
+here: from the call receiving the ticks to every record being ready.
 
 The messages between this process and its workers are pickled Python objects (multiprocessing's pipes): they
 travel between processes this class started, never from storage (states and models on disk are read by
@@ -71,7 +72,10 @@ def _worker(conn, device: str) -> None:
             else:
                 conn.send(("error", ValueError(f"unknown request {op!r}")))
         except Exception as exc:  # noqa: BLE001 - the caller re-raises it
-            conn.send(("error", exc))
+            try:
+                conn.send(("error", exc))
+            except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
+                conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
 
 
 @dataclass
