@@ -196,7 +196,8 @@ class FrameCache:
     __slots__ = ("means", "pos", "ring", "state")
 
     def __init__(self, st: StreamState):
-        self.ring = st.frames.astype(np.float64)  # (k, size), chronological from slot `pos` on
+        # (k, size), chronological from slot `pos` on; the frames' values as the detectors read them
+        self.ring = np.asarray(st.frames, dtype=DETECTOR_DTYPE).astype(np.float64)
         self.means = self.ring.mean(axis=1)
         self.pos = 0
         self.state = st
@@ -368,7 +369,7 @@ def features_for_ticks(states: list[StreamState], x: np.ndarray, ts: np.ndarray,
         R[s, -1, :-1] = (c.ring @ new64[s])[order]
         m[s, :-1] = c.means[order]
         stored.append(st.gram if st.gram is not None else _stored_gram(c.chronological()))
-        new_frames.append(np.concatenate([st.frames[1:], new16[s:s + 1]]))  # the next state's frames
+        new_frames.append(np.concatenate([np.asarray(st.frames[1:], dtype=DETECTOR_DTYPE), new16[s:s + 1]]))
     m[:, -1] = new64.mean(axis=1)
     R[:, -1, -1] = np.einsum("sm,sm->s", new64, new64)
     R[:, :-1, -1] = R[:, -1, :-1]
