@@ -542,17 +542,23 @@ class Ingestor:
             before = _stat(path)
             hashing = pool.submit(_file_digest, path)
             data = path.read_bytes()
-            if source is not None and self._already_ingested(hashing.result(), source):
-                return self._skip_duplicate(path, FileResult(str(path), hashing.result(), "ingested"), move)
+
+            def digest_of_data() -> str:
+                digest, after = hashing.result(), _stat(path)  # (after both reads)
+                if len(data) != before.st_size or any(getattr(before, a) != getattr(after, a)
+                                                      for a in ("st_size", "st_mtime_ns", "st_ino", "st_dev")):
+                    return content_hash(data)
+                return digest
+
+            if source is not None:  # a known file for a named source: skipped before it is parsed
+                digest = digest_of_data()
+                if self._already_ingested(digest, source):
+                    return self._skip_duplicate(path, FileResult(str(path), digest, "ingested"), move)
             try:
                 fast = fast_read_validate(path, data, source, rename)
             except FileRejected:
                 fast = None  # the row-by-row path below says it again, with the file's result
-            digest = hashing.result()
-            after = _stat(path)
-            if len(data) != before.st_size or any(getattr(before, a) != getattr(after, a)
-                                                  for a in ("st_size", "st_mtime_ns", "st_ino", "st_dev")):
-                digest = content_hash(data)
+            digest = digest_of_data()
         result = FileResult(file=str(path), content_hash=digest, status="ingested")
         part = f"part-{digest[:20]}"
         try:
