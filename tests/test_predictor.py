@@ -271,9 +271,19 @@ def test_continue_from_keeps_or_replays_the_live_stream(graph):
         calls.append(1)
         return series
 
+    # the same model: the stream goes on with the calibration it recalibrated, and predicts as if never stopped
+    assert live.calibration is not None and live.calibration is not before.calibration
+    st, how = continue_from(before, live, rows_after(load))
+    assert how == "live state" and st.stream is live.stream and st.calibration is live.calibration
+    again, cont = Predictor(), Predictor()
+    again.load(st)
+    cont.load(live)
+    v, t = df["value"].iloc[N0 + k:N0 + k + 60].to_numpy(), df["timestamp"].iloc[N0 + k:N0 + k + 60].to_numpy()
+    assert [r["confidence"] for r in again.advance("m", v, t)] == [r["confidence"] for r in cont.advance("m", v, t)]
     newer = dataclasses.replace(before, model=dataclasses.replace(before.model, model_version="new"))
     st, how = continue_from(newer, live, rows_after(load))
     assert how == "live state, new model" and st.stream is live.stream and st.model.model_version == "new"
+    assert st.calibration is None  # the live calibration belonged to the old model
     assert not calls  # nothing replayed
     changed = dataclasses.replace(before, model=dataclasses.replace(
         before.model, model_version="new", config={**before.model.config, "ridge_alpha": 2.0}))
@@ -445,6 +455,19 @@ def test_sharded_predictor_equals_one_predictor_and_commits_all_or_nothing(graph
         with pytest.raises(RuntimeError, match="prediction shard 1 .* exited"):
             sh.advance_many({remote: (vals[N0 + 8:N0 + 9], ts[N0 + 8:N0 + 9])})
         assert len(sh.advance(local, vals[N0 + 7:N0 + 8], ts[N0 + 7:N0 + 8])) == 1  # this process's shard goes on
+        lost = sh.restart(1)  # a new, empty worker; its sources are for the caller to load again
+        assert remote in lost and not set(lost) & set(sh.sources()) and sh._shards[0].process.is_alive()
+        for n in lost:
+            sh.load(replace(before, model=replace(before.model, source=n)))
+        assert {sh.shard_of(n) for n in lost} == {1}
+        got = sh.advance(remote, vals[N0:N0 + 1], ts[N0:N0 + 1])[0]
+        assert got["prediction_id"] == _first_record(before, remote, vals[N0:N0 + 1], ts[N0:N0 + 1])["prediction_id"]
+
+
+def _first_record(sv, name, v, t):
+    p = Predictor()
+    p.load(replace(sv, model=replace(sv.model, source=name)))
+    return p.advance(name, v, t)[0]
 
 
 def test_frame_cache_is_used_only_for_the_state_it_belongs_to(graph):

@@ -611,3 +611,62 @@ def test_a_server_with_two_prediction_processes_answers_as_one(home, ticks):
         assert np.allclose([g["confidence"] for g in got[s]], [w["confidence"] for w in want], rtol=1e-6)
         live = wh.load_artifact("live_state", s)  # saved at SIGTERM, from whichever shard held the source
         assert live.stream.n_rows == 600 + n and live.stream.last_ts == p.serving_state(s).stream.last_ts
+
+
+
+def _prediction_workers(pid: int) -> list[int]:
+    """The server's prediction processes (multiprocessing's spawned workers, not its resource tracker)."""
+    import subprocess
+
+    kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    out = []
+    for k in kids:
+        with open(f"/proc/{k}/cmdline", "rb") as fh:
+            if b"spawn_main" in fh.read():
+                out.append(int(k))
+    return out
+
+
+def test_a_prediction_process_that_dies_is_restarted_without_a_failed_request(home, ticks):
+    """kill -9 of `nq serve --processes 2`'s prediction process: the next batch that needs it starts it again,
+    loads its sources from their saved states and the log, and answers; every answer, before and after, equals
+    the one prediction path's."""
+    import os
+
+    k = keys(home)
+    srv = ProcessServer(home, extra=["--processes", "2", "--flush-interval", "0.5"])
+    sources = ["m", *CLONES[:3]]
+    got = {s: [] for s in sources}
+    n1, n = 8, 16
+    try:
+        c = httpx.Client(base_url=srv.url, headers=auth(k["developer"]), timeout=60)
+
+        def post(i):
+            for s in sources:
+                r = c.post("/api/v1/process/realtime", json=tick(s, ticks.timestamp[i], ticks.value[i]))
+                assert r.status_code == 200, r.text
+                got[s].append(r.json())
+
+        for i in range(n1):
+            post(i)
+        time.sleep(1.5)  # a flush: some of the ticks are in the tables and the live states, the rest in the log
+        workers = _prediction_workers(srv.proc.pid)
+        assert len(workers) == 1, workers
+        os.kill(workers[0], signal.SIGKILL)
+        for i in range(n1, n):
+            post(i)
+        models = c.get("/api/v1/status", headers=auth(k["viewer"])).json()["components"]["models"]
+        assert all(models[s]["rows_seen"] == 600 + n for s in sources)
+        assert {models[s]["process"] for s in sources} == {0, 1}
+        assert len(_prediction_workers(srv.proc.pid)) == 1  # a new one
+    finally:
+        srv.stop()
+    assert '"prediction_process_restarted"' in srv.output()
+    wh = Warehouse(home)
+    for s in sources:
+        p = Predictor()
+        p.load(wh.load_artifact("serving_state", s))
+        want = p.advance(s, ticks.value[:n].to_numpy(), ticks.timestamp[:n].to_numpy())
+        assert [g["prediction_id"] for g in got[s]] == [w["prediction_id"] for w in want]
+        assert [g["direction"] for g in got[s]] == [w["direction"] for w in want]
+        assert np.allclose([g["confidence"] for g in got[s]], [w["confidence"] for w in want], rtol=1e-6)

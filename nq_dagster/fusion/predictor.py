@@ -598,10 +598,13 @@ def continue_from(trained: ServingState, live: ServingState | None, rows_after=N
     if live is None or live.stream.last_ts <= trained.stream.last_ts:
         return trained, "training state"
     if live.model.config == trained.model.config and live.stream.season == trained.stream.season:
+        if live.model.model_version == trained.model.model_version:
+            # the same model: the stream goes on with the calibration it has been recalibrating (dropping it made
+            # every streaming run, and every server restart, fall back to the model's own scale)
+            return ServingState(trained.model, live.stream, live.calibration), "live state"
         # the stream went on past training: training's calibration window ends before the live rows, so the new
         # model keeps its own scale until its next training (the live calibration belongs to the old model)
-        return ServingState(trained.model, live.stream), "live state, new model" if (
-            live.model.model_version != trained.model.model_version) else "live state"
+        return ServingState(trained.model, live.stream), "live state, new model"
     if rows_after is None:
         raise ValueError(f"{trained.model.source}: the config changed since the live state; rows after "
                          f"{pd.Timestamp(trained.stream.last_ts, tz='UTC')} must be replayed")

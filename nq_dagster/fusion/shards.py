@@ -78,6 +78,14 @@ def _worker(conn, device: str) -> None:
                 conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
 
 
+class ShardGone(RuntimeError):
+    """A worker process exited: its sources are gone until `ShardedPredictor.restart` (then loaded again)."""
+
+    def __init__(self, shard: int, message: str):
+        super().__init__(message)
+        self.shard = shard
+
+
 @dataclass
 class _Shard:
     process: mp.process.BaseProcess
@@ -101,25 +109,44 @@ class ShardedPredictor:
         self._step_ms: dict[str, float] = {}
         self._rows: dict[str, int] = {}
         self._model: dict[str, ModelVersion] = {}
-        ctx = mp.get_context("spawn")
-        self._shards: list[_Shard] = []
-        for _ in range(self.processes - 1):
-            a, b = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(b, device), daemon=True, name="nq-predict-shard")
-            proc.start()
-            b.close()
-            self._shards.append(_Shard(proc, a))
+        self._shards: list[_Shard] = [self._start() for _ in range(self.processes - 1)]
         if self._shards and device == "cpu":
             # the shards are the parallelism: torch's intra-op threads in this process would contend with the
             # workers for the same cores (and resizing its pool around each call cost more than it saved)
             torch.set_num_threads(1)
 
     # plumbing -----------------------------------------------------------------------------------------------
-    def _gone(self, k: int) -> RuntimeError:
+    def _start(self) -> _Shard:
+        ctx = mp.get_context("spawn")
+        a, b = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(b, self.device), daemon=True, name="nq-predict-shard")
+        proc.start()
+        b.close()
+        return _Shard(proc, a)
+
+    def _gone(self, k: int) -> ShardGone:
         sh = self._shards[k - 1]
         sh.process.join(timeout=1)
-        return RuntimeError(f"prediction shard {k} (process {sh.process.pid}) exited (exit code "
-                            f"{sh.process.exitcode}); its sources are gone: start the predictor again")
+        return ShardGone(k, f"prediction shard {k} (process {sh.process.pid}) exited (exit code "
+                            f"{sh.process.exitcode}); its sources are gone until it is restarted and they are "
+                            "loaded again")
+
+    def restart(self, k: int) -> list[str]:
+        """Start shard k's process again, empty, and forget its sources; returns them, for the caller to load
+        again (from their saved states)."""
+        if not 1 <= k <= len(self._shards):
+            raise ValueError(f"shard {k}: the workers are 1..{len(self._shards)}")
+        old = self._shards[k - 1]
+        if old.process.is_alive():
+            old.process.kill()
+        old.process.join(timeout=5)
+        old.conn.close()
+        self._shards[k - 1] = self._start()
+        lost = sorted(s for s, owner in self._owner.items() if owner == k)
+        for s in lost:
+            for d in (self._owner, self._last_ts, self._step_ms, self._rows, self._model):
+                d.pop(s, None)
+        return lost
 
     def _send(self, k: int, op: str, arg=None) -> None:
         sh = self._shards[k - 1]

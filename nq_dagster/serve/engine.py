@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 from nq_dagster.config import load_config
 from nq_dagster.fusion.predictor import Predictor, ServingState, continue_from, single_threaded_blas
 from nq_dagster.fusion.record import jsonable, records_table
-from nq_dagster.fusion.shards import ShardedPredictor
+from nq_dagster.fusion.shards import ShardedPredictor, ShardGone
 from nq_dagster.ingest import (
     FileRejected,
     build_series,
@@ -322,6 +322,35 @@ class Engine:
                              "from": how, "rows_seen": state.stream.n_rows}))
         return how
 
+    def _predict(self, call):
+        """call() on the predictor. A prediction process that died (`--processes`) is started again, its sources
+        loaded again and the call made once more: a batch waits for that instead of failing."""
+        try:
+            return call()
+        except ShardGone as exc:
+            self._restart_shard(exc.shard)
+            return call()
+
+    def _restart_shard(self, k: int) -> None:
+        """Prediction process k again: its sources from their saved states (live_state, else training's), moved on
+        over the ticks the log holds after them (read first: a segment the flusher stores and deletes meanwhile
+        has its states saved before it goes), as at a start after a crash."""
+        logged = [rec for path in sorted(self.wal_dir.glob("*.jsonl")) for rec in _read_segment(path)]
+        lost = self.predictor.restart(k)
+        for s in lost:
+            self._load_source(s)
+        replayed = {}
+        for s in lost:
+            if s not in self.predictor.sources():
+                continue  # its model failed to load: status says so
+            last = self.predictor.last_ts(s)
+            ticks = dict(sorted((rec["t"], rec["v"]) for rec in logged if rec["s"] == s and rec["t"] > last))
+            if ticks:
+                self.predictor.advance(s, list(ticks.values()), np.array(list(ticks), dtype=np.int64))
+            replayed[s] = len(ticks)
+        log.error(json.dumps({"event": "prediction_process_restarted", "process": k, "sources": lost,
+                              "ticks_replayed": replayed}))
+
     def _realize(self, source: str, ts: int, value: float, rec: dict) -> list[dict]:
         """A new tick realizes the prediction made `horizon` ticks before it: its actual direction by the same
         rule as training's targets (hold inside the band the prediction stated)."""
@@ -499,8 +528,8 @@ class Engine:
             records: dict[tuple[str, int], dict] = {}
             outcomes: list[dict] = []
             if new:
-                got = self.predictor.advance_many({s: ([v for _, v in tk], np.array([t for t, _ in tk], dtype=np.int64))
-                                                   for s, tk in new.items()})
+                got = self._predict(lambda: self.predictor.advance_many(
+                    {s: ([v for _, v in tk], np.array([t for t, _ in tk], dtype=np.int64)) for s, tk in new.items()}))
                 lines = []
                 done = time.perf_counter()
                 for s, recs in got.items():
@@ -566,7 +595,7 @@ class Engine:
             return
         os.fsync(self._segment_fd)
         os.close(self._segment_fd)
-        states = self.predictor.serving_states(sorted(self._segment_sources))
+        states = self._predict(lambda: self.predictor.serving_states(sorted(self._segment_sources)))
         self._flushq.put((self._segment_path, states))
         self._open_segment()
 
