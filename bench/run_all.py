@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 BENCHES = ["bench.ingest_bench", "bench.reservoir_bench", "bench.quantum_bench", "bench.predict_bench", "bench.serve_bench",
+           "bench.serve_replicas_bench",
            "bench.stream_bench", "bench.stream_history_bench", "bench.train_bench", "bench.real_series"]
 
 if __name__ == "__main__":
