@@ -602,15 +602,23 @@ def test_a_server_with_two_prediction_processes_answers_as_one(home, ticks):
     assert '"Shutdown complete' in srv.output() or "Finished server process" in srv.output()
     assert "Traceback" not in srv.output(), srv.output()
     wh = Warehouse(home)
-    for s in sources:
-        p = Predictor()
-        p.load(wh.load_artifact("serving_state", s))
-        want = p.advance(s, ticks.value[:n].to_numpy(), ticks.timestamp[:n].to_numpy())
-        assert [g["prediction_id"] for g in got[s]] == [w["prediction_id"] for w in want]
-        assert [g["direction"] for g in got[s]] == [w["direction"] for w in want]
-        assert np.allclose([g["confidence"] for g in got[s]], [w["confidence"] for w in want], rtol=1e-6)
+    for s, p in _as_one_path(wh, got, ticks, n).items():
         live = wh.load_artifact("live_state", s)  # saved at SIGTERM, from whichever shard held the source
         assert live.stream.n_rows == 600 + n and live.stream.last_ts == p.serving_state(s).stream.last_ts
+
+
+def _as_one_path(wh: Warehouse, got: dict[str, list[dict]], ticks, n: int) -> dict[str, Predictor]:
+    """Each source's served answers against its first n ticks through the one prediction path from training's
+    state (the same predictions; batched float32 rounding apart); returns those predictors."""
+    out = {}
+    for s, answers in got.items():
+        p = out[s] = Predictor()
+        p.load(wh.load_artifact("serving_state", s))
+        want = p.advance(s, ticks.value[:n].to_numpy(), ticks.timestamp[:n].to_numpy())
+        assert [g["prediction_id"] for g in answers] == [w["prediction_id"] for w in want]
+        assert [g["direction"] for g in answers] == [w["direction"] for w in want]
+        assert np.allclose([g["confidence"] for g in answers], [w["confidence"] for w in want], rtol=1e-6)
+    return out
 
 
 
@@ -662,11 +670,4 @@ def test_a_prediction_process_that_dies_is_restarted_without_a_failed_request(ho
     finally:
         srv.stop()
     assert '"prediction_process_restarted"' in srv.output()
-    wh = Warehouse(home)
-    for s in sources:
-        p = Predictor()
-        p.load(wh.load_artifact("serving_state", s))
-        want = p.advance(s, ticks.value[:n].to_numpy(), ticks.timestamp[:n].to_numpy())
-        assert [g["prediction_id"] for g in got[s]] == [w["prediction_id"] for w in want]
-        assert [g["direction"] for g in got[s]] == [w["direction"] for w in want]
-        assert np.allclose([g["confidence"] for g in got[s]], [w["confidence"] for w in want], rtol=1e-6)
+    _as_one_path(Warehouse(home), got, ticks, n)
