@@ -536,9 +536,9 @@ class Ingestor:
             check_source_name(source)  # before anything is looked up or stored under it
         with ThreadPoolExecutor(1) as pool:
             # sha256 releases the GIL: a thread reads and hashes the file while this one reads it and parses it (the
-            # hash of the bytes read here, after the read, ran beside the parse and slowed it: 93-100 -> 82 ms for
-            # a million rows); the file's size, modification time and inode before and after tell whether both
-            # reads saw the same file, else the bytes parsed here are hashed
+            # hash of the bytes read here, after the read, ran beside the parse and slowed it; bench/RESULTS.md has
+            # the measured difference); the file's size, modification time and inode before and after tell whether
+            # both reads saw the same file, else the bytes parsed here are hashed
             before = _stat(path)
             hashing = pool.submit(_file_digest, path)
             data = path.read_bytes()
