@@ -29,10 +29,10 @@ import numpy as np
 
 
 def setup(home: Path) -> None:
-    from nq_dagster.cli import _setup_env, run_pipeline
+    from nq_dagster.runner import prepare_home, run_pipeline
     from nq_dagster.demo import write_demo
 
-    wh = _setup_env(str(home))
+    wh = prepare_home(str(home))
     write_demo(wh, sources=3, points=3000, seed=0)
     ok = run_pipeline(wh, sources=["market_A"], log=lambda *_: None)
     assert ok.get("market_A"), "pipeline failed"

@@ -59,11 +59,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sensor-interval", type=int, help="NQ_SENSOR_INTERVAL for the daemon (default: unset)")
     args = ap.parse_args()
-    from nq_dagster.cli import _setup_env, run_pipeline
+    from nq_dagster.runner import prepare_home, run_pipeline
     from nq_dagster.demo import mackey_glass
     from nq_dagster.sensors.landing import sensor_interval
 
-    wh = _setup_env(str(Path(tempfile.mkdtemp()) / "nq"))
+    wh = prepare_home(str(Path(tempfile.mkdtemp()) / "nq"))
     df = mackey_glass(N_TRAIN + SMALL * N_SMALL + BIG)
     df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
     drop(wh, "history.csv", df.iloc[:N_TRAIN])

@@ -28,11 +28,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
 
-    from nq_dagster.cli import QUIET, _instance, _setup_env, run_pipeline
+    from nq_dagster.runner import open_instance, prepare_home, run_config_for, run_pipeline
     from nq_dagster.definitions import defs
     from nq_dagster.demo import mackey_glass
 
-    wh = _setup_env(str(Path(tempfile.mkdtemp()) / "nq"))
+    wh = prepare_home(str(Path(tempfile.mkdtemp()) / "nq"))
     n_train, small = 3000, 5
     total = n_train + small * 3 * args.runs
     df = mackey_glass(total)
@@ -43,7 +43,7 @@ def main() -> None:
         d / "history.csv", index=False)
     assert run_pipeline(wh, ["mackey_glass"], log=lambda *_: None)["mackey_glass"]
     job = defs.resolve_job_def("streaming")
-    instance = _instance()
+    instance = open_instance(wh)
     step = df["timestamp"].iloc[1] - df["timestamp"].iloc[0]
 
     def timed_runs(first: int) -> list[float]:
@@ -55,7 +55,7 @@ def main() -> None:
             part.assign(timestamp=part["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")).to_csv(tmp, index=False)
             tmp.rename(d / f"tick-{first + k:04d}.csv")
             t = time.perf_counter()
-            res = job.execute_in_process(partition_key="mackey_glass", instance=instance, run_config=QUIET,
+            res = job.execute_in_process(partition_key="mackey_glass", instance=instance, run_config=run_config_for(wh),
                                          tags={"nq/source": "mackey_glass"})
             out.append(time.perf_counter() - t)
             assert res.success

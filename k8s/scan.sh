@@ -13,7 +13,7 @@ if ! test -x "$ckv/bin/checkov"; then
 fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-"$py" -m nq_dagster.deployment "$out"
+"$py" -m nq_dagster.k8s_jobs "$out"
 "$ckv/bin/checkov" -d "$here" --framework dockerfile --skip-download --compact --quiet
 "$ckv/bin/checkov" -d "$out" --framework kubernetes --skip-download --compact --quiet \
   --skip-check CKV_K8S_43,CKV_K8S_15,CKV2_K8S_6

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from dagster import (
     AssetSelection,
     AutomationConditionSensorDefinition,
@@ -14,7 +12,8 @@ from dagster import (
 )
 
 from nq_dagster.assets import checks, fusion, ingestion, neuromorphic, quantum, streaming
-from nq_dagster.deployment import deployment, training_executor
+from nq_dagster.assets.common import SETTINGS
+from nq_dagster.deployment import training_executor
 from nq_dagster.jobs import (  # noqa: F401  (names re-exported for the CLI)
     CROSS_SOURCE_JOB,
     SOURCE_JOB,
@@ -29,6 +28,7 @@ from nq_dagster.jobs import (
 from nq_dagster.resources import ComputeResource, WarehouseResource
 from nq_dagster.resources.io_manager import WarehouseIOManager
 from nq_dagster.sensors import landing_sensor, run_failure_recorder
+from nq_dagster.settings import Settings
 
 ASSET_MODULES = [ingestion, neuromorphic, quantum, fusion, streaming]
 
@@ -42,19 +42,17 @@ automation_sensor = AutomationConditionSensorDefinition(
     "predictions were materialized. Training runs go one per source like every run (the instance's tag limit).")
 
 
-def build_resources() -> dict:
-    """Resources for the deployment chosen by DAGSTER_DEPLOYMENT (see nq_dagster/deployment.py)."""
-    if deployment() == "k8s" and not os.environ.get("NQ_HOME"):
-        raise ValueError("DAGSTER_DEPLOYMENT=k8s needs NQ_HOME: the path of the volume every pod mounts")
-    # home "" = resolved from NQ_HOME each time it is used, not frozen at import: the code server, the runs it
-    # launches and the CLI may point at different data directories over one process's life (tests do)
+def build_resources(settings: Settings) -> dict:
+    """Resources for the deployment chosen by DAGSTER_DEPLOYMENT (see nq_dagster/deployment.py): the storage
+    backend (local files under NQ_HOME, or the bucket NQ_S3_BUCKET names) and the compute device. The data
+    directory stays "" (resolved when a run starts), so runs follow NQ_HOME as the process that launches them sets
+    it; the backend and the device are fixed here, once."""
+    warehouse = WarehouseResource(home="", s3_bucket=settings.s3_bucket, s3_prefix=settings.s3_prefix,
+                                  s3_endpoint=settings.s3_endpoint)
     return {
-        # the storage backend: local files under NQ_HOME, or the bucket NQ_S3_BUCKET names (k8s)
-        "warehouse": WarehouseResource(home="", s3_bucket=os.environ.get("NQ_S3_BUCKET", ""),
-                                       s3_prefix=os.environ.get("NQ_S3_PREFIX", "nq"),
-                                       s3_endpoint=os.environ.get("NQ_S3_ENDPOINT", "")),
-        "compute": ComputeResource(device=os.environ.get("NQ_DEVICE", "auto")),
-        "io_manager": WarehouseIOManager(home=""),
+        "warehouse": warehouse,
+        "compute": ComputeResource(device=settings.device),
+        "io_manager": WarehouseIOManager(warehouse=warehouse),
     }
 
 
@@ -66,6 +64,6 @@ defs = Definitions(
     asset_checks=all_checks,
     jobs=[source_pipeline, streaming_job, ingest_only, cross_source, freshness_job],
     sensors=[landing_sensor, run_failure_recorder, automation_sensor],
-    resources=build_resources(),
-    executor=training_executor(),  # runs the automation sensor launches (training) run in process, as the job does
+    resources=build_resources(SETTINGS),
+    executor=training_executor(SETTINGS),  # runs the automation sensor launches (training) run in process, as the job does
 )

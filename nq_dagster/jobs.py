@@ -1,10 +1,13 @@
 """The jobs: training (the whole per-source graph), streaming (new rows only), ingest-only, cross-source,
 and the freshness check. All use the in-process executor: a process per step costs seconds here."""
 
-from dagster import AssetSelection, define_asset_job, in_process_executor
+from dagster import AssetCheckKey, AssetKey, AssetSelection, define_asset_job, in_process_executor
 
-from nq_dagster.assets.checks import predictions_fresh
+from nq_dagster.assets.common import SETTINGS
 from nq_dagster.deployment import training_executor
+
+# by key: the jobs sit below the asset modules (the sensors import the jobs, the assets import nothing of them)
+predictions_fresh = AssetCheckKey(AssetKey("predictions"), "predictions_fresh")
 
 SOURCE_JOB, STREAMING_JOB, INGEST_JOB, CROSS_SOURCE_JOB, FRESHNESS_JOB = (
     "source_pipeline", "streaming", "ingest_only", "cross_source", "freshness_check")
@@ -13,7 +16,7 @@ source_pipeline = define_asset_job(
     SOURCE_JOB,
     selection=(AssetSelection.all() - AssetSelection.assets("portfolio", "live_predictions")
                - AssetSelection.checks(predictions_fresh)),
-    executor_def=training_executor(),
+    executor_def=training_executor(SETTINGS),
     description="Training: the whole per-source graph over the full history (new model version, new report).",
 )
 streaming = define_asset_job(

@@ -122,6 +122,8 @@ class Settings(BaseModel):
                 if env.get(name, "").strip() != "":
                     values[field] = env[name].strip()
                     break
+        if values.get("deployment") == "k8s" and "home" not in values:
+            raise SettingsError("DAGSTER_DEPLOYMENT=k8s needs NQ_HOME: the path of the volume every pod mounts")
         try:
             return cls(**values)
         except ValidationError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nq_dagster.cli import _setup_env, run_pipeline
+from nq_dagster.runner import prepare_home, run_pipeline
 from nq_dagster.demo import mackey_glass
 
 N_TRAIN, CHUNK, N_FILES = 400, 10, 6
@@ -65,7 +65,7 @@ def wait_for(wh, boundary: pd.Timestamp, n: int, timeout: float) -> pd.DataFrame
 
 
 def test_stream_through_daemon_exactly_once(wh):
-    wh = _setup_env(str(wh.home))
+    wh = prepare_home(str(wh.home))
     df = mackey_glass(N_TRAIN + CHUNK * N_FILES)
     df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
     drop(wh, "history.csv", df.iloc[:N_TRAIN])

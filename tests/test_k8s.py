@@ -32,7 +32,7 @@ def reservoir_job() -> dict:
     environment when the code location is imported, as in a pod."""
     env = {**os.environ, "DAGSTER_DEPLOYMENT": "k8s", "NQ_HOME": "/data", "NQ_DATA_PVC": "nq-data",
            "NQ_GPU_NODE_SELECTOR": "nq.io/pool=gpu"}
-    code = "import json; from nq_dagster.deployment import render_step_job; print(json.dumps(render_step_job('reservoir_states')))"
+    code = "import json; from nq_dagster.k8s_jobs import render_step_job; print(json.dumps(render_step_job('reservoir_states')))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -171,10 +171,10 @@ def test_a_partition_without_data_fails_in_one_line(wh):
     says what to do, not a traceback."""
     from dagster import DagsterInstance
 
-    from nq_dagster.cli import _setup_env
+    from nq_dagster.runner import prepare_home
     from nq_dagster.definitions import defs
 
-    _setup_env(str(wh.home))
+    prepare_home(str(wh.home))
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions("source", ["empty"])
     res = defs.resolve_job_def("source_pipeline").execute_in_process(partition_key="empty", instance=instance,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus
 
-from nq_dagster.cli import _setup_env
+from nq_dagster.runner import prepare_home
 
 
 def test_two_submissions_for_one_partition_never_overlap(wh):
-    wh = _setup_env(str(wh.home))  # the instance configuration `nq` writes (QueuedRunCoordinator and its limits)
+    wh = prepare_home(str(wh.home))  # the instance configuration `nq` writes (QueuedRunCoordinator and its limits)
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions("source", ["lim"])
     env = {**os.environ, "NQ_HOME": str(wh.home), "DAGSTER_HOME": str(wh.dagster_home)}

@@ -7,16 +7,19 @@ that cannot train yet (they would only fail), and a source with a run in progres
 
 from __future__ import annotations
 
-import os
-
 from dagster import AutomationCondition, AutomationContext, AutomationResult
 
-TRAIN_CRON = os.environ.get("NQ_TRAIN_CRON", "0 3 * * *")
+from nq_dagster.assets.common import SETTINGS
+from nq_dagster.config import load_config, rows_needed
+from nq_dagster.settings import Settings
+from nq_dagster.store import Warehouse
+
+TRAIN_CRON = SETTINGS.train_cron
 
 
 class EnoughRowsToTrain(AutomationCondition):
-    """True for the source partitions whose stored rows reach what training needs (`min_rows_to_train`:
-    train_min + 100, or NQ_MIN_ROWS_TO_TRAIN); counted from the Parquet footers, nothing read."""
+    """True for the source partitions whose stored rows reach what training needs (`config.rows_needed`, or
+    NQ_MIN_ROWS_TO_TRAIN); counted from the Parquet footers, nothing read."""
 
     @property
     def name(self) -> str:
@@ -27,13 +30,13 @@ class EnoughRowsToTrain(AutomationCondition):
         return "the source has the rows training needs"
 
     def evaluate(self, context: AutomationContext) -> AutomationResult:
-        from nq_dagster.resources.storage import Warehouse
-        from nq_dagster.sensors.landing import min_rows_to_train, stored_rows
-
-        wh = Warehouse()
-        need = min_rows_to_train(wh)
+        # evaluated by the daemon between runs: the settings of its environment at that moment (a condition has
+        # no resources), so that a data directory or threshold set for the daemon applies without a reload
+        settings = Settings.from_env()
+        wh = Warehouse.from_settings(settings)
+        need = rows_needed(load_config(wh.home), settings.min_rows_to_train)
         keys = context.candidate_subset.expensively_compute_partition_keys()
-        ok = {k for k in keys if stored_rows(wh, k) >= need}
+        ok = {k for k in keys if wh.stored_rows("raw_ticks", k) >= need}
         return AutomationResult(context=context,
                                 true_subset=context.candidate_subset.compute_intersection_with_partition_keys(ok))
 

@@ -121,10 +121,9 @@ def freshness_table(wh, max_lag_s: float, now: pd.Timestamp | None = None) -> pd
 @asset_check(asset=predictions, description="Freshness: every source's newest data has a prediction, or arrived "
              "less than NQ_FRESHNESS_SECONDS (default 300) ago. Run by every streaming run (and the `freshness_check` job).")
 def predictions_fresh(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
-    import os
-
-    max_lag = float(os.environ.get("NQ_FRESHNESS_SECONDS", "300"))
-    df = freshness_table(warehouse.warehouse(), max_lag)
+    settings = warehouse.settings()
+    max_lag = settings.freshness_seconds
+    df = freshness_table(warehouse.warehouse(settings), max_lag)
     stale = df[df["stale"]] if len(df) else df
     shown = df.assign(**{c: df[c].astype(str) for c in ("last_data", "last_prediction", "last_ingest")}) if len(df) else df
     text = (f"{len(stale)} of {len(df)} source(s) stale (data waiting more than {max_lag:g} s for a prediction): "

@@ -1,20 +1,37 @@
-"""Shared asset plumbing: the source partitions and standard metadata."""
+"""Shared asset plumbing: the settings of the code location, the source partitions, the decorator arguments
+every per-source asset shares, and standard metadata.
+
+The Dagster layer reads the process's settings once, here, when the code location loads (the values that shape
+definitions: the training cron, freshness windows, step tags). What a run or a sensor tick may see change (the
+data directory, the sensor's timings) comes from resources instead (`nq_dagster.resources`)."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from datetime import timedelta
 
 import pandas as pd
-from dagster import DynamicPartitionsDefinition, FreshnessPolicy, MetadataValue, TableColumn, TableSchema
+from dagster import (
+    AutomationCondition,
+    DynamicPartitionsDefinition,
+    FreshnessPolicy,
+    MetadataValue,
+    TableColumn,
+    TableSchema,
+    asset,
+)
 
+from nq_dagster.settings import Settings
+
+SETTINGS = Settings.from_env()
+SOURCE_TAG = "nq/source"  # the tag naming a run's source (the instance's one-run-per-source limit counts it)
 source_partitions = DynamicPartitionsDefinition(name="source")
 OWNERS = ["team:nq-dagster"]
 TAGS = {"domain": "prediction"}
 # the training outputs are refreshed by the daily training automation (NQ_TRAIN_CRON): Dagster's freshness daemon
-# marks them late after 25 h and failed after 26 h, with no run of its own
-_h = float(os.environ.get("NQ_TRAINING_FRESH_HOURS", "26"))
-DAILY = FreshnessPolicy.time_window(fail_window=timedelta(hours=_h), warn_window=timedelta(hours=_h - 1))
+# marks them late an hour before they fail
+_h = SETTINGS.training_fresh_hours
+DAILY = FreshnessPolicy.time_window(fail_window=timedelta(hours=_h), warn_window=timedelta(hours=max(_h - 1, _h / 2)))
 
 # Each asset's code version: Dagster shows an asset whose code version changed since its last materialization as
 # unsynced ("code version changed"), so a user sees which sources still carry outputs of older code. Bump an entry
@@ -54,3 +71,16 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
         cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row.tolist()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def source_asset(group: str, kinds: set[str], automation: AutomationCondition | None = None,
+                 **extra) -> Callable:
+    """`@asset` with the arguments every per-source asset shares: its code version (by function name), the source
+    partitions, owners, tags, and the automation condition (`automation`; None for assets that only runs of
+    their job materialize)."""
+
+    def wrap(fn: Callable):
+        return asset(code_version=CODE_VERSIONS[fn.__name__], partitions_def=source_partitions, group_name=group,
+                     kinds=kinds, owners=OWNERS, tags=TAGS, automation_condition=automation, **extra)(fn)
+
+    return wrap

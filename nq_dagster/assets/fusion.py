@@ -5,20 +5,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output
 
 from nq_dagster.assets.automation import TRAINING_AUTOMATION
-from nq_dagster.assets.common import (
-    CODE_VERSIONS,
-    DAILY,
-    OWNERS,
-    TAGS,
-    md_table,
-    source_partitions,
-    table_metadata,
-)
+from nq_dagster.assets.common import DAILY, md_table, source_asset, table_metadata
 from nq_dagster.resources import WarehouseResource
-from nq_dagster.resources.storage import LIVE_PARTS
+from nq_dagster.store import LIVE_PARTS
 
 
 def quantum_summary(q: dict) -> dict:
@@ -28,7 +20,7 @@ def quantum_summary(q: dict) -> dict:
                             "method": q["method"]}}
 
 
-@asset(code_version=CODE_VERSIONS['fusion_model'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="fusion", kinds={"scikit-learn"}, owners=OWNERS, tags=TAGS)
+@source_asset("fusion", {"scikit-learn"}, TRAINING_AUTOMATION)
 def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservoir_states: dict,
                  feature_selection: dict, warehouse: WarehouseResource) -> Output[dict]:
     """Walk-forward fused model (reservoir readout + selected features + recent changes), its ablations and AR(5);
@@ -50,8 +42,7 @@ def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservo
                                  "fit_seconds": elapsed, "trained_rows": mv.trained_rows})
 
 
-@asset(code_version=CODE_VERSIONS['serving_state'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="fusion", kinds={"numpy"}, owners=OWNERS, tags=TAGS,
-       freshness_policy=DAILY)
+@source_asset("fusion", {"numpy"}, TRAINING_AUTOMATION, freshness_policy=DAILY)
 def serving_state(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, spike_trains: dict,
                   reservoir_states: dict) -> Output[Any]:  # a fusion.predictor.ServingState
     """What the streaming job, `nq predict` and the server continue from: the latest model version and the
@@ -71,8 +62,7 @@ def serving_state(context: AssetExecutionContext, fusion_model: dict, features: 
                                 "use": MetadataValue.md(f"`nq predict --source {source} --values v1,v2,...`")})
 
 
-@asset(code_version=CODE_VERSIONS['predictions'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="fusion", kinds={"parquet", "duckdb"}, owners=OWNERS,
-       tags=TAGS)
+@source_asset("fusion", {"parquet", "duckdb"}, TRAINING_AUTOMATION)
 def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, reservoir_states: dict,
                 warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """One record per (source, time) in the shape of DESIGN.md section 6: the walk-forward predictions, built by
@@ -126,8 +116,7 @@ def live_prediction_times(wh, source: str) -> pd.Series:
     return pd.concat([wh.read_part(p, columns=["timestamp"]).to_pandas()["timestamp"] for p in parts])
 
 
-@asset(code_version=CODE_VERSIONS['validation_report'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="validation", deps=[predictions], kinds={"html", "parquet"},
-       owners=OWNERS, tags=TAGS, freshness_policy=DAILY)
+@source_asset("validation", {"html", "parquet"}, TRAINING_AUTOMATION, deps=[predictions], freshness_policy=DAILY)
 def validation_report(context: AssetExecutionContext, fusion_model: dict, series: pd.DataFrame,
                       warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """Statistics on realized outcomes (baselines, ablations, Diebold-Mariano, calibration) and the HTML report."""

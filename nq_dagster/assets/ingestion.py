@@ -3,16 +3,15 @@
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, Output
 
 from nq_dagster.assets.automation import TRAINING_AUTOMATION
-from nq_dagster.assets.common import CODE_VERSIONS, OWNERS, TAGS, md_table, source_partitions, table_metadata
+from nq_dagster.assets.common import md_table, source_asset, table_metadata
 from nq_dagster.ingest import Ingestor, build_series, landing_files  # noqa: F401 (build_series: re-exported)
 from nq_dagster.resources import WarehouseResource
 
 
-@asset(code_version=CODE_VERSIONS['raw_ticks'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="ingestion", kinds={"parquet", "duckdb"}, owners=OWNERS,
-       tags=TAGS)
+@source_asset("ingestion", {"parquet", "duckdb"}, TRAINING_AUTOMATION)
 def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Every accepted row of the source, with the file it came from and its content hash (append-only).
 
@@ -56,8 +55,7 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
     return MaterializeResult(metadata=meta)
 
 
-@asset(code_version=CODE_VERSIONS['series'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, deps=[raw_ticks], group_name="ingestion", kinds={"parquet"},
-       owners=OWNERS, tags=TAGS)
+@source_asset("ingestion", {"parquet"}, TRAINING_AUTOMATION, deps=[raw_ticks])
 def series(context: AssetExecutionContext, warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """The cleaned series of one source: sorted by time, one row per timestamp."""
     wh = warehouse.warehouse()

@@ -2,15 +2,15 @@
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output
 
 from nq_dagster.assets.automation import TRAINING_AUTOMATION
-from nq_dagster.assets.common import CODE_VERSIONS, OWNERS, TAGS, md_table, source_partitions, table_metadata
+from nq_dagster.assets.common import SETTINGS, md_table, source_asset, table_metadata
 from nq_dagster.deployment import k8s_op_tags
 from nq_dagster.resources import ComputeResource, WarehouseResource
 
 
-@asset(code_version=CODE_VERSIONS['spike_trains'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="neuromorphic", kinds={"torch"}, owners=OWNERS, tags=TAGS)
+@source_asset("neuromorphic", {"torch"}, TRAINING_AUTOMATION)
 def spike_trains(context: AssetExecutionContext, series: pd.DataFrame, warehouse: WarehouseResource,
                  compute: ComputeResource) -> Output[dict]:
     """The encoded input: spikes (step, bin, neuron) stored as packed bits, with neuron identity."""
@@ -37,8 +37,7 @@ def spike_trains(context: AssetExecutionContext, series: pd.DataFrame, warehouse
     })
 
 
-@asset(code_version=CODE_VERSIONS['reservoir_states'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="neuromorphic", kinds={"torch"}, op_tags=k8s_op_tags("gpu"),
-       owners=OWNERS, tags=TAGS)
+@source_asset("neuromorphic", {"torch"}, TRAINING_AUTOMATION, op_tags=k8s_op_tags("gpu", SETTINGS))
 def reservoir_states(context: AssetExecutionContext, spike_trains: dict, warehouse: WarehouseResource,
                      compute: ComputeResource) -> Output[dict]:
     """Reservoir features per step, and the final state so that streaming runs continue from it."""
@@ -63,7 +62,7 @@ def reservoir_states(context: AssetExecutionContext, spike_trains: dict, warehou
     })
 
 
-@asset(code_version=CODE_VERSIONS['patterns'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="neuromorphic", kinds={"numpy", "parquet"}, owners=OWNERS, tags=TAGS)
+@source_asset("neuromorphic", {"numpy", "parquet"}, TRAINING_AUTOMATION)
 def patterns(context: AssetExecutionContext, spike_trains: dict, reservoir_states: dict,
              warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """The eight pattern strengths per step, in [0, 1]."""
@@ -84,7 +83,7 @@ def patterns(context: AssetExecutionContext, spike_trains: dict, reservoir_state
     return Output(df, metadata=meta)
 
 
-@asset(code_version=CODE_VERSIONS['features'], automation_condition=TRAINING_AUTOMATION, partitions_def=source_partitions, group_name="neuromorphic", kinds={"pandas", "parquet"}, owners=OWNERS, tags=TAGS)
+@source_asset("neuromorphic", {"pandas", "parquet"}, TRAINING_AUTOMATION)
 def features(context: AssetExecutionContext, series: pd.DataFrame, spike_trains: dict, patterns: pd.DataFrame
              ) -> Output[pd.DataFrame]:
     """Candidate fusion features per step (all causal): pattern strengths and spike statistics, plus the

@@ -1,20 +1,18 @@
 """`live_predictions`: the streaming step. New rows of a source, continued from its saved serving state."""
 
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
-from nq_dagster.assets.common import CODE_VERSIONS, OWNERS, TAGS, md_table, source_partitions
+from nq_dagster.assets.common import md_table, source_asset
 from nq_dagster.assets.fusion import serving_state
 from nq_dagster.assets.ingestion import raw_ticks
-from nq_dagster.ingest import build_series, rows_after
+from nq_dagster.ingest import build_series
 from nq_dagster.resources import WarehouseResource
 
 STREAM_PART = "stream-{:010d}-{:010d}"  # rows [a, b) of the source; a re-run of the same rows overwrites the part
 
 
-@asset(code_version=CODE_VERSIONS['live_predictions'], partitions_def=source_partitions, group_name="streaming", deps=[raw_ticks, serving_state],
-       owners=OWNERS, tags=TAGS,
-       kinds={"torch", "parquet"})
+@source_asset("streaming", {"torch", "parquet"}, deps=[raw_ticks, serving_state])
 def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """Predictions for the rows that arrived since the source's serving state, through the one prediction path
     (`fusion.predictor.Predictor`): appended to `predictions`; the state moves on.
@@ -24,9 +22,10 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
     Parquet part named by the row range, and only then is `live_state` saved. A run that dies in between is re-run
     over the same rows and rewrites the same part. While `nq serve` owns the source, the server predicts its new
     rows (it watches `raw_ticks`) and this step leaves them to it: two writers would fork the stream."""
-    from nq_dagster.fusion.predictor import Predictor, continue_from
+    from nq_dagster.fusion.predictor import Predictor
     from nq_dagster.fusion.record import records_table
-    from nq_dagster.serve.engine import serving_replica
+    from nq_dagster.store.leases import serving_replica
+    from nq_dagster.streams import load_stream
 
     source = context.partition_key
     wh = warehouse.warehouse()
@@ -35,12 +34,7 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
         who = f"replica {lease['replica']} ({lease.get('address') or lease.get('host')}, pid {lease['pid']})"
         return MaterializeResult(metadata={"served_by": who, "summary": MetadataValue.md(
             f"**{source}**: served live by `nq serve` {who}; the server predicts the new rows.")})
-    live = wh.load_artifact("live_state", source) if wh.has_artifact("live_state", source) else None
-    trained = wh.load_artifact("serving_state", source)
-    # only the rows after a time are read (parts entirely older are skipped by their footers): the cost of a
-    # small run does not grow with the source's history (bench/stream_history_bench.py)
-    saved, _how = continue_from(trained, live, rows_after(
-        lambda: build_series(wh.read_table("raw_ticks", source, after=pd.Timestamp(trained.stream.last_ts, tz="UTC")))))
+    saved, _how = load_stream(wh, source)
     st = saved.stream
     last_seen = pd.Timestamp(st.last_ts, tz="UTC")
     new = build_series(wh.read_table("raw_ticks", source, after=last_seen))

@@ -2,8 +2,9 @@
 
 DataFrames become Parquet partitions `warehouse/<asset>/source=<partition>/data.parquet`
 (queryable through DuckDB views); anything else (models, reservoir states) is an
-npz + JSON artifact (nq_dagster/artifacts.py: loading it runs no code). Unpartitioned assets use the partition name `_all`. Both writes
-are atomic (see `storage`).
+npz + JSON artifact (nq_dagster/store/artifacts.py: loading it runs no code). Unpartitioned assets use the
+partition name `_all`. Both writes are atomic. Where the data lives is the `WarehouseResource`'s to say: the IO
+manager holds it, so assets and their outputs never disagree on the backend.
 """
 
 
@@ -12,16 +13,17 @@ from typing import Any
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
-from nq_dagster.resources.storage import LIVE_PARTS, Warehouse, default_home
+from nq_dagster.resources.warehouse_resource import WarehouseResource
+from nq_dagster.store import LIVE_PARTS, Warehouse
 
 ALL = "all-sources"
 
 
 class WarehouseIOManager(ConfigurableIOManager):
-    home: str = ""
+    warehouse: WarehouseResource
 
     def _wh(self) -> Warehouse:
-        return Warehouse(self.home or default_home()).ensure()
+        return self.warehouse.warehouse()
 
     @staticmethod
     def _partition(context: OutputContext | InputContext) -> str:

@@ -3,6 +3,7 @@
 import pandas as pd
 from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
 
+from nq_dagster.assets.common import SOURCE_TAG
 from nq_dagster.resources import WarehouseResource
 
 RUN_FAILURES_DDL = ("CREATE TABLE IF NOT EXISTS run_failures (run_id VARCHAR, job VARCHAR, source VARCHAR, "
@@ -20,7 +21,7 @@ def error_text(err) -> str:
 
 def failure_rows(context: RunFailureSensorContext) -> pd.DataFrame:
     run = context.dagster_run
-    source = run.tags.get("nq/source") or run.tags.get("dagster/partition") or ""
+    source = run.tags.get(SOURCE_TAG) or run.tags.get("dagster/partition") or ""
     steps = [(e.step_key or "", error_text(e.event_specific_data.error) if e.event_specific_data
               and e.event_specific_data.error else e.message or "")
              for e in context.get_step_failure_events()]

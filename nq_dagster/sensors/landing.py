@@ -15,7 +15,7 @@ Each tick (every 5 s, the sensor daemon's loop; `NQ_SENSOR_INTERVAL`, default 3,
   attempts. If a run fails and leaves the files in place, the next tick retries with the next attempt number,
   up to `NQ_MAX_ATTEMPTS` (3); then the files go to `quarantine/` with the reason, so the stream moves on;
 - the job: `streaming` when the source has a serving state (a trained model), else the full training job
-  `source_pipeline` once the source has at least `NQ_MIN_ROWS_TO_TRAIN` rows (default: train_min + 100),
+  `source_pipeline` once the source has at least `NQ_MIN_ROWS_TO_TRAIN` rows (default: `config.rows_needed`),
   else `ingest_only` (the rows are stored and counted until there are enough).
 """
 
@@ -41,23 +41,24 @@ from dagster import (
     sensor,
 )
 
+from nq_dagster.assets.common import SETTINGS, SOURCE_TAG
+from nq_dagster.config import load_config, rows_needed
 from nq_dagster.ingest import SUFFIXES, content_hash, landing_files
-from nq_dagster.jobs import ingest_only, source_pipeline, streaming
+from nq_dagster.jobs import INGEST_JOB, STREAMING_JOB, ingest_only, source_pipeline, streaming
+from nq_dagster.jobs import SOURCE_JOB as TRAINING_JOB
 from nq_dagster.resources import WarehouseResource
-from nq_dagster.resources.storage import SOURCE_RE, Warehouse, atomic_write_bytes
+from nq_dagster.settings import Settings
+from nq_dagster.store import SOURCE_RE, Warehouse, atomic_write_bytes
 
-STREAMING_JOB, TRAINING_JOB, INGEST_JOB = "streaming", "source_pipeline", "ingest_only"
-SOURCE_TAG = "nq/source"
 ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
           DagsterRunStatus.CANCELING]
 FINISHED_BAD = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
-def sensor_interval() -> int:
-    """The landing sensor's minimum interval. Dagster's sensor daemon evaluates sensors at most once per 5 s loop
-    (MIN_INTERVAL_LOOP_TIME); a minimum interval of 5 s itself made every other loop skip the sensor by a few
-    milliseconds of jitter (ticks 10 s apart, bench/RESULTS.md), so the default is 3 s: a tick every loop."""
-    return int(os.environ.get("NQ_SENSOR_INTERVAL", "3"))
+# The sensor's minimum interval (NQ_SENSOR_INTERVAL). Dagster's sensor daemon evaluates sensors at most once per
+# 5 s loop; a minimum interval of 5 s itself made every other loop skip the sensor by a few milliseconds of jitter
+# (bench/RESULTS.md), so the default is 3 s: a tick every loop.
+SENSOR_INTERVAL = SETTINGS.sensor_interval
 
 
 @dataclass
@@ -88,10 +89,6 @@ def _landing_rows(path: Path) -> int:
     return max(0, lines - (0 if path.suffix.lower() in (".jsonl", ".ndjson") else 1))
 
 
-def stored_rows(wh: Warehouse, source: str) -> int:
-    return sum(wh.part_rows(p) for p in wh.table_parts("raw_ticks", source))
-
-
 def has_current_model(wh: Warehouse, source: str) -> bool:
     """A serving state this version can stream from. One written by an older version (another design matrix)
     or one that cannot be read is retrained by the training job, never streamed into failing runs."""
@@ -104,14 +101,6 @@ def has_current_model(wh: Warehouse, source: str) -> bool:
     except Exception:  # noqa: BLE001 (a damaged artifact: training writes it anew)
         return False
     return isinstance(st, ServingState) and st.model.design == DESIGN_VERSION and st.stream.analog is not None
-
-
-def min_rows_to_train(wh: Warehouse) -> int:
-    if "NQ_MIN_ROWS_TO_TRAIN" in os.environ:
-        return int(os.environ["NQ_MIN_ROWS_TO_TRAIN"])
-    from nq_dagster.config import load_config
-
-    return load_config(wh.home).train_min + 100
 
 
 def _quarantine(wh: Warehouse, files: list[Path], reason: str) -> list[str]:
@@ -182,12 +171,13 @@ def dead_local_run(instance, run) -> str | None:
     return None
 
 
-def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], now: float | None = None) -> Plan:
+def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], settings: Settings,
+              now: float | None = None) -> Plan:
     """What one tick requests. Pure apart from reading `landing/`, the run records, and quarantining files
     that cannot be ingested or whose runs failed `NQ_MAX_ATTEMPTS` times."""
     now = time.time() if now is None else now
-    settle = float(os.environ.get("NQ_SETTLE_SECONDS", "0.25"))
-    max_attempts = int(os.environ.get("NQ_MAX_ATTEMPTS", "3"))
+    settle, max_attempts = settings.settle_seconds, settings.max_attempts
+    need = rows_needed(load_config(wh.home), settings.min_rows_to_train)
     old_cache = cursor.get("hashes", {})
     plan = Plan(cursor={"hashes": {}, "attempts": dict(cursor.get("attempts", {}))})
     plan.quarantined += quarantine_unusable(wh, now, settle)
@@ -221,7 +211,7 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], no
         files_key = hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16]
         if has_current_model(wh, source):
             job = STREAMING_JOB
-        elif stored_rows(wh, source) + sum(_landing_rows(f) for f in ready) >= min_rows_to_train(wh):
+        elif wh.stored_rows("raw_ticks", source) + sum(_landing_rows(f) for f in ready) >= need:
             job = TRAINING_JOB
         else:
             job = INGEST_JOB
@@ -246,13 +236,15 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], no
     return plan
 
 
-@sensor(name="landing_sensor", minimum_interval_seconds=sensor_interval(), default_status=DefaultSensorStatus.RUNNING,
-        jobs=[streaming, source_pipeline, ingest_only], description="New files in landing/: one streaming (or first training) run per source.")
+@sensor(name="landing_sensor", minimum_interval_seconds=SENSOR_INTERVAL, default_status=DefaultSensorStatus.RUNNING,
+        jobs=[streaming, source_pipeline, ingest_only],
+        description="New files in landing/: one streaming (or first training) run per source.")
 def landing_sensor(context: SensorEvaluationContext, warehouse: WarehouseResource):
-    wh = warehouse.warehouse()
+    settings = warehouse.settings()  # per tick: the daemon's data directory and timings
+    wh = warehouse.warehouse(settings)
     cursor = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions("source"))
-    plan = plan_runs(wh, context.instance, cursor, known)
+    plan = plan_runs(wh, context.instance, cursor, known, settings)
     for q in plan.quarantined:
         context.log.warning(f"quarantined {q}")
     if not plan.requests and not plan.new_sources:

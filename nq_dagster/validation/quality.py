@@ -7,15 +7,12 @@ No dagster import here.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import pandas as pd
 
 from nq_dagster.fusion.record import PREDICTION_COLUMNS  # the one schema of the record
-
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no usage statistics leave the machine
 
 FIX = {
     "series": "the series is built by `series` from `raw_ticks`; inspect the source's raw rows with "
@@ -62,9 +59,15 @@ SUITES = {"series": _series_expectations, "predictions": _prediction_expectation
 @lru_cache(maxsize=1)
 def _context():
     import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
-    ctx = gx.get_context(mode="ephemeral")
+    # analytics off in the context's own config: no usage statistics leave the machine
+    ctx = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
+        analytics_enabled=False, store_backend_defaults=InMemoryStoreBackendDefaults()))
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     ds = ctx.data_sources.add_pandas("nq")
     batches, suites = {}, {}
