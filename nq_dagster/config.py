@@ -60,7 +60,8 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
-# The one rule of "rows a source needs before training", used by `nq ingest`, `nq run`, the landing sensor, the
+# The one rule of "rows a source needs before training", used by `nq ingest`, `nq run`, the landing sensor,
+# the
 # daily automation and the server's 409: the walk-forward fits its first model on MIN_TRAIN rows and predicts
 # the rest (fusion.walkforward.training_schedule raises below MIN_ROWS).
 MIN_TRAIN = 100
@@ -68,8 +69,10 @@ MIN_ROWS = 150
 
 
 def rows_needed(config: PipelineConfig | None = None, override: int | None = None) -> int:
-    """Rows a source needs before it can train: the walk-forward's MIN_ROWS whatever the config (a series shorter
-    than 2 x train_min trains on half of itself). `override` (NQ_MIN_ROWS_TO_TRAIN) replaces it for the landing
+    """Rows a source needs before it can train: the walk-forward's MIN_ROWS whatever the config (a series
+    shorter
+    than 2 x train_min trains on half of itself). `override` (NQ_MIN_ROWS_TO_TRAIN) replaces it for the
+    landing
     sensor and the automation only: tests drive them with tiny sources."""
     del config  # every config trains from MIN_ROWS rows (fusion.walkforward.training_schedule)
     return MIN_ROWS if override is None else int(override)
@@ -172,7 +175,8 @@ class ConfigStore:
     """Versioned pipeline config in the data directory, shared by every replica of the server and by training.
 
     `config.json` is the active config (what the next training uses, as before). Every change made through
-    `update` is also kept as `config_versions/<n>-<hash>.json` with its author, time, service and the fields it
+    `update` is also kept as `config_versions/<n>-<hash>.json` with its author, time, service and the fields
+    it
     changed; old versions stay readable. Both files are written atomically; a version file is written before
     `config.json` points at it, so a crash between the two leaves the previous config active.
     """

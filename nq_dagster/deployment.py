@@ -2,7 +2,8 @@
 
 `local`: every job runs in process; data in `$NQ_HOME`.
 `k8s`: the training job runs each step in its own Kubernetes Job (`k8s_job_executor` from dagster-k8s); the
-reservoir step asks for a GPU on the GPU node pool, the quantum steps for large CPU pods (op tags below, read by
+reservoir step asks for a GPU on the GPU node pool, the quantum steps for large CPU pods (op tags below, read
+by
 dagster-k8s); streaming stays in its run pod for latency. Tables and artifacts go to S3-compatible object
 storage when `NQ_S3_BUCKET` is set (`nq_dagster/store/`); landing/, processed/, quarantine/ and
 reports/ stay under `$NQ_HOME`, a volume every pod mounts (ReadWriteMany); see k8s/README.md.
@@ -18,7 +19,8 @@ QUANTUM_RESOURCES = {"cpu": "8", "memory": "16Gi"}
 DEFAULT_STEP_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
 
 
-# every step pod: non-root, no privilege escalation, no capabilities, read-only root file system (scratch in an
+# every step pod: non-root, no privilege escalation, no capabilities, read-only root file system (scratch in
+# an
 # emptyDir at /tmp), the runtime's seccomp profile, no service-account token (a step does not call the API)
 _SECURE_CONTAINER = {
     "security_context": {"run_as_non_root": True, "run_as_user": 10001, "run_as_group": 10001,
@@ -45,7 +47,8 @@ def _data_volume(settings: Settings) -> tuple[list[dict], list[dict]]:
 
 
 def k8s_op_tags(kind: str, settings: Settings) -> dict:
-    """`dagster-k8s/config` op tags for a step: 'gpu' (reservoir), 'quantum', or 'default'. Ignored locally."""
+    """`dagster-k8s/config` op tags for a step: 'gpu' (reservoir), 'quantum', or 'default'. Ignored
+    locally."""
     volumes, mounts = _data_volume(settings)
     pod = {**_SECURE_POD, "volumes": _SECURE_POD["volumes"] + volumes}
     container = {**_SECURE_CONTAINER, "volume_mounts": _SECURE_CONTAINER["volume_mounts"] + mounts}

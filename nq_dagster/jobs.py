@@ -6,7 +6,8 @@ from dagster import AssetCheckKey, AssetKey, AssetSelection, define_asset_job, i
 from nq_dagster.assets.common import SETTINGS
 from nq_dagster.deployment import training_executor
 
-# by key: the jobs sit below the asset modules (the sensors import the jobs, the assets import nothing of them)
+# by key: the jobs sit below the asset modules (the sensors import the jobs, the assets import nothing of
+# them)
 predictions_fresh = AssetCheckKey(AssetKey("predictions"), "predictions_fresh")
 
 SOURCE_JOB, STREAMING_JOB, INGEST_JOB, CROSS_SOURCE_JOB, FRESHNESS_JOB = (

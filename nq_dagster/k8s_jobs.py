@@ -1,4 +1,5 @@
-"""The Kubernetes Jobs that dagster-k8s builds for the training job's steps, rendered offline as plain dicts: for
+"""The Kubernetes Jobs that dagster-k8s builds for the training job's steps, rendered offline as plain dicts:
+for
 the schema check (tests/test_k8s.py) and the security scan (`python -m nq_dagster.k8s_jobs DIR`, k8s/scan.sh).
 Needs the k8s extra. It assembles the code location, so it sits beside `definitions.py`, above everything."""
 
@@ -18,7 +19,8 @@ def render_step_job(step: str, image: str = "ghcr.io/your-org/nq-dagster:0.1.0-c
     """The Kubernetes Job that dagster-k8s builds for one step of the training job, as a plain dict
     (for the offline schema check and the security scan; needs the k8s extra)."""
     node = defs.resolve_job_def("source_pipeline").graph.node_named(step)
-    # a step without its own tags gets the executor's step_k8s_config, which is k8s_op_tags("default", SETTINGS)
+    # a step without its own tags gets the executor's step_k8s_config, which is k8s_op_tags("default",
+    # SETTINGS)
     tags = node.definition.tags if "dagster-k8s/config" in node.definition.tags else {
         "dagster-k8s/config": json.dumps(k8s_op_tags("default", SETTINGS)["dagster-k8s/config"])}
     cfg = DagsterK8sJobConfig(job_image=image, dagster_home="/opt/dagster/dagster_home",
@@ -28,7 +30,8 @@ def render_step_job(step: str, image: str = "ghcr.io/your-org/nq-dagster:0.1.0-c
                                     user_defined_k8s_config=get_user_defined_k8s_config(tags),
                                     pod_name=name, component="step_worker")
     out = ApiClient().sanitize_for_serialization(job)
-    out.setdefault("metadata", {})["namespace"] = namespace  # k8s_job_executor puts step Jobs in the run's namespace
+    # k8s_job_executor puts step Jobs in the run's namespace
+    out.setdefault("metadata", {})["namespace"] = namespace
     return out
 
 

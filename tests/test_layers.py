@@ -1,6 +1,9 @@
-"""The package's architecture as a contract (docs/ARCHITECTURE.md, "Layers"): the import graph of `nq_dagster` has
-no cycle, counting imports inside functions (a cycle hidden there is still a cycle); each layer imports only the
-layers below it; only the settings module reads the environment; and the bottom of the stack (`nq_dagster.store`,
+"""The package's architecture as a contract (docs/ARCHITECTURE.md, "Layers"): the import graph of `nq_dagster`
+has
+no cycle, counting imports inside functions (a cycle hidden there is still a cycle); each layer imports only
+the
+layers below it; only the settings module reads the environment; and the bottom of the stack
+(`nq_dagster.store`,
 `nq query`) starts without Dagster or torch."""
 
 from __future__ import annotations
@@ -134,3 +137,10 @@ def test_store_and_query_start_without_dagster_or_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nq")], capture_output=True, text=True,
                          check=True)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_readme_lists_every_setting():
+    from nq_dagster.settings import settings_table
+
+    readme = (PKG.parent / "README.md").read_text(encoding="utf-8")
+    assert settings_table() in readme, "README's settings table differs from settings_table(): paste it anew"

@@ -1,4 +1,5 @@
-"""Asset checks: great-expectations suites on `series` (blocking) and `predictions`, run in every pipeline run."""
+"""Asset checks: great-expectations suites on `series` (blocking) and `predictions`, run in every pipeline
+run."""
 
 import warnings
 
@@ -66,7 +67,8 @@ def live_predictions_quality(context: AssetCheckExecutionContext, warehouse: War
 
 
 def _streamed_span(context: AssetCheckExecutionContext, source: str | None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-    """(first, last) timestamp of the predictions this run's `live_predictions` wrote, from its materialization."""
+    """(first, last) timestamp of the predictions this run's `live_predictions` wrote, from its
+    materialization."""
     from dagster import AssetKey, AssetRecordsFilter
 
     if not source:

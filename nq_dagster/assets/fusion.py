@@ -23,7 +23,8 @@ def quantum_summary(q: dict) -> dict:
 @source_asset("fusion", {"scikit-learn"}, TRAINING_AUTOMATION)
 def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservoir_states: dict,
                  feature_selection: dict, warehouse: WarehouseResource) -> Output[dict]:
-    """Walk-forward fused model (reservoir readout + selected features + recent changes), its ablations and AR(5);
+    """Walk-forward fused model (reservoir readout + selected features + recent changes), its ablations and
+    AR(5);
     `version` is the last model as streaming and serving use it."""
     from nq_dagster.fusion.pipeline import run_fusion
     from nq_dagster.fusion.predictor import model_version_from_fit
@@ -65,9 +66,12 @@ def serving_state(context: AssetExecutionContext, fusion_model: dict, features: 
 @source_asset("fusion", {"parquet", "duckdb"}, TRAINING_AUTOMATION)
 def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, reservoir_states: dict,
                 warehouse: WarehouseResource) -> Output[pd.DataFrame]:
-    """One record per (source, time) in the shape of DESIGN.md section 6: the walk-forward predictions, built by
-    the same record function as streaming and serving, for every time that was not served live. `processing_time_ms`
-    is null: no tick triggered these (the fit time is `fit_seconds` of `fusion_model`). Records served live by the
+    """One record per (source, time) in the shape of DESIGN.md section 6: the walk-forward predictions, built
+    by
+    the same record function as streaming and serving, for every time that was not served live.
+    `processing_time_ms`
+    is null: no tick triggered these (the fit time is `fit_seconds` of `fusion_model`). Records served live by
+    the
     streaming job or the prediction server (`stream-*` / `serve-*` parts, with their processing time) stay."""
     from nq_dagster.fusion.record import build_records, records_frame
     from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
@@ -119,7 +123,8 @@ def live_prediction_times(wh, source: str) -> pd.Series:
 @source_asset("validation", {"html", "parquet"}, TRAINING_AUTOMATION, deps=[predictions], freshness_policy=DAILY)
 def validation_report(context: AssetExecutionContext, fusion_model: dict, series: pd.DataFrame,
                       warehouse: WarehouseResource) -> Output[pd.DataFrame]:
-    """Statistics on realized outcomes (baselines, ablations, Diebold-Mariano, calibration) and the HTML report."""
+    """Statistics on realized outcomes (baselines, ablations, Diebold-Mariano, calibration) and the HTML
+    report."""
     from nq_dagster.validation.evaluate import evaluate, evaluate_live
     from nq_dagster.validation.report import markdown_summary, write_report
     source = context.partition_key

@@ -1,4 +1,5 @@
-"""`feature_selection` (per source) and `portfolio` (across sources): QUBOs solved on n-qubit state vectors."""
+"""`feature_selection` (per source) and `portfolio` (across sources): QUBOs solved on n-qubit state
+vectors."""
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,8 @@ from nq_dagster.resources import WarehouseResource
 
 @source_asset("quantum", {"scipy"}, TRAINING_AUTOMATION, op_tags=k8s_op_tags("quantum", SETTINGS))
 def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, warehouse: WarehouseResource) -> Output[dict]:
-    """Choose `select_k` fusion features by a relevance-minus-redundancy QUBO on the first training window only."""
+    """Choose `select_k` fusion features by a relevance-minus-redundancy QUBO on the first training window
+    only."""
     from nq_dagster.fusion.pipeline import candidate_columns
     from nq_dagster.fusion.walkforward import make_targets, schedule_for
     from nq_dagster.quantum.qubo import selection_qubo, solve_qubo

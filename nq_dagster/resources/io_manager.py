@@ -3,7 +3,8 @@
 DataFrames become Parquet partitions `warehouse/<asset>/source=<partition>/data.parquet`
 (queryable through DuckDB views); anything else (models, reservoir states) is an
 npz + JSON artifact (nq_dagster/store/artifacts.py: loading it runs no code). Unpartitioned assets use the
-partition name `_all`. Both writes are atomic. Where the data lives is the `WarehouseResource`'s to say: the IO
+partition name `_all`. Both writes are atomic. Where the data lives is the `WarehouseResource`'s to say: the
+IO
 manager holds it, so assets and their outputs never disagree on the backend.
 """
 
@@ -38,7 +39,8 @@ class WarehouseIOManager(ConfigurableIOManager):
         if isinstance(obj, pd.DataFrame):
             wh.write_table(name, source, obj)
             # a materialization replaces its own part; the parts the streaming job and the prediction server
-            # appended (what was served live, `stream-*` / `serve-*`) stay: the `predictions` asset leaves their
+            # appended (what was served live, `stream-*` / `serve-*`) stay: the `predictions` asset leaves
+            # their
             # times out of its walk-forward rows, so each (source, time) keeps one record, the one served
             wh.drop_other_parts(name, source, keep="data", keep_prefixes=LIVE_PARTS)
         else:

@@ -59,7 +59,8 @@ COMPACT_PARTS = int(os.environ.get("NQ_COMPACT_PARTS", "64"))  # raw_ticks of a 
 COMPACT_BIG_ROWS = int(os.environ.get("NQ_COMPACT_BIG_ROWS", "1000000"))  # a part this big is left as it is
 COMPACT_PREFIX = "compact-"  # a compacted part: its footer names the parts it replaces (Warehouse.compact)
 _REPLACES: dict[tuple[str, str], list[str]] = {}
-LIVE_PARTS = ("stream-", "serve-")  # parts of `predictions` / `raw_ticks` written by the streaming job and the server
+# parts of `predictions` / `raw_ticks` written by the streaming job and the server
+LIVE_PARTS = ("stream-", "serve-")
 LIVE_COMPACT_PREFIX = "stream-compact-"  # a compacted part of `predictions`' live parts (still a live part)
 
 
@@ -86,7 +87,8 @@ class ObjectStore:
 
     @classmethod
     def connect(cls, bucket: str, prefix: str = "nq", endpoint: str = "") -> ObjectStore:
-        """The bucket through pyarrow's S3 client; credentials from the usual AWS variables (or NQ_SECRETS_DIR)."""
+        """The bucket through pyarrow's S3 client; credentials from the usual AWS variables (or
+        NQ_SECRETS_DIR)."""
         _secrets_from_files()
         endpoint = endpoint.strip() or None
         kw: dict[str, Any] = {"region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))}
@@ -128,7 +130,8 @@ class ObjectStore:
 class LocalStore:
     """Tables and artifacts in the data directory on a local (or mounted) file system, through pyarrow's
     LocalFileSystem: every read, listing and delete is the same call as on the bucket (`ObjectStore`). What
-    differs is how a write is made atomic (a temporary file in the same directory, fsynced and renamed over the
+    differs is how a write is made atomic (a temporary file in the same directory, fsynced and renamed over
+    the
     target; a bucket's PUT is atomic by itself) and that lock files work here."""
 
     home: Path
@@ -152,7 +155,8 @@ class LocalStore:
 
     @contextlib.contextmanager
     def lock(self, names: list[str], timeout_s: float) -> Iterator[None]:
-        """Exclusive inter-process locks (lock files under the data directory, taken in name order so two holders
+        """Exclusive inter-process locks (lock files under the data directory, taken in name order so two
+        holders
         never wait on each other)."""
         d = self.home / ".locks"
         d.mkdir(parents=True, exist_ok=True)
@@ -174,7 +178,8 @@ class LocalStore:
 
 
 def _secrets_from_files() -> None:
-    """With NQ_SECRETS_DIR set (a Kubernetes secret mounted as files), each file there named like a variable this
+    """With NQ_SECRETS_DIR set (a Kubernetes secret mounted as files), each file there named like a variable
+    this
     module reads (NQ_S3_*, AWS_*) sets it unless the environment already does."""
     d = os.environ.get("NQ_SECRETS_DIR")
     if not d or not os.path.isdir(d):
@@ -193,7 +198,8 @@ def default_home() -> Path:
 
 
 def _ns(t) -> int:
-    """A timestamp (datetime, pandas Timestamp, numpy datetime64, or Parquet statistics' value) as ns since the
+    """A timestamp (datetime, pandas Timestamp, numpy datetime64, or Parquet statistics' value) as ns since
+    the
     epoch, UTC where it has no zone."""
     ts = pd.Timestamp(t)
     return (ts.tz_localize("UTC") if ts.tzinfo is None else ts).value
@@ -217,13 +223,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def parquet_options(schema: pa.Schema) -> dict:
-    """How a part is encoded, by column type: strings (and a part's dictionary-encoded constants) by dictionary;
+    """How a part is encoded, by column type: strings (and a part's dictionary-encoded constants) by
+    dictionary;
     timestamps and integers as deltas (ticks are regular: a few bits each); floats split by byte (so the
-    compressor finds the repeated exponent bytes); snappy (zstd made parts 5 % smaller and the write 25 % slower).
+    compressor finds the repeated exponent bytes); snappy (zstd made parts 5 % smaller and the write 25 %
+    slower).
     Footer statistics (min / max) for timestamps, integers and the source column: what readers prune by (time
-    ranges, sources; the views read with hive partitioning off); on floats they cost a quarter of the write, on a
+    ranges, sources; the views read with hive partitioning off); on floats they cost a quarter of the write,
+    on a
     part's constant file name and hash 6 ms per million rows, and nothing prunes by them. Against pyarrow's
-    defaults on a 1M-tick part: 4x faster to write, half the size (bench/ingest_bench.py). Every reader (DuckDB,
+    defaults on a 1M-tick part: 4x faster to write, half the size (bench/ingest_bench.py). Every reader
+    (DuckDB,
     polars, pyarrow) decodes these standard encodings."""
     dictionary, encoding, stats = [], {}, []
     for col in schema:
@@ -241,7 +251,8 @@ def parquet_options(schema: pa.Schema) -> dict:
 
 
 def atomic_write_parquet(path: str | os.PathLike, table: pa.Table | pd.DataFrame, store_schema: bool = True) -> None:
-    """Write a Parquet file whole or not at all. `store_schema=False` leaves Arrow's own schema out of the file:
+    """Write a Parquet file whole or not at all. `store_schema=False` leaves Arrow's own schema out of the
+    file:
     dictionary-encoded columns (constants of a part) then read back as plain strings."""
     path = Path(path)
     if isinstance(table, pd.DataFrame):
@@ -316,7 +327,8 @@ class Warehouse:
         return self
 
     def remove_stale_temp_files(self, max_age_s: float = 3600.0) -> int:
-        """Delete the temporary files of atomic writes that a killed process left behind (`.<name>.*.tmp` under
+        """Delete the temporary files of atomic writes that a killed process left behind (`.<name>.*.tmp`
+        under
         warehouse/ and artifacts/, older than `max_age_s`, so a write in progress is never touched)."""
         now, n = time.time(), 0
         for base in (self.tables_dir, self.artifacts_dir):
@@ -340,13 +352,15 @@ class Warehouse:
 
     # Parquet tables ---------------------------------------------------------
     def partition_dir(self, table: str, source: str) -> Path:
-        name = source if source == LOG_PARTITION else check_source_name(source)  # '_log' is no valid source name
+        # '_log' is no valid source name
+        name = source if source == LOG_PARTITION else check_source_name(source)
         return self.tables_dir / table / f"source={name}"
 
     def write_table(self, table: str, source: str, df: pd.DataFrame | pa.Table, part: str = "data",
                     store_schema: bool = True) -> PurePosixPath:
         """Write one part of a source's partition, whole or not at all (`put_parquet`)."""
-        name = source if source == LOG_PARTITION else check_source_name(source)  # '_log' is no valid source name
+        # '_log' is no valid source name
+        name = source if source == LOG_PARTITION else check_source_name(source)
         key = PurePosixPath(self._tables_root(), table, f"source={name}", f"{part}.parquet")
         tbl = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
         self.store.put_parquet(str(key), tbl, store_schema)
@@ -396,19 +410,26 @@ class Warehouse:
 
     def compact(self, table: str, source: str, grace_s: float | None = None) -> dict:
         """Merge a source's parts of an append-only table (`raw_ticks`, the logs) into one compacted part,
-        atomically; of `predictions`, only the append-only live parts (the streaming job's and the server's, named
-        with LIVE_PARTS), into one live part (`stream-compact-...`): training's `data` part is rewritten by name
+        atomically; of `predictions`, only the append-only live parts (the streaming job's and the server's,
+        named
+        with LIVE_PARTS), into one live part (`stream-compact-...`): training's `data` part is rewritten by
+        name
         and stays as it is.
 
-        The compacted part is written whole (a temporary file renamed into place, or one PUT) under a new name,
+        The compacted part is written whole (a temporary file renamed into place, or one PUT) under a new
+        name,
         with the names of the parts it replaces in its footer; from the moment it exists every reader
-        (`table_parts`, the DuckDB views, `nq query`) sees it instead of them, so a query sees the table either
+        (`table_parts`, the DuckDB views, `nq query`) sees it instead of them, so a query sees the table
+        either
         before or after, never both or a half. The replaced files stay `grace_s` (default NQ_COMPACT_GRACE_S,
-        60 s) for queries that listed them before, and are deleted by a later compaction; a replaced name written
+        60 s) for queries that listed them before, and are deleted by a later compaction; a replaced name
+        written
         again (a writer re-flushing a part by name) stays hidden. Parts of COMPACT_BIG_ROWS rows or more (1M;
         NQ_COMPACT_BIG_ROWS) are left as they are: what compaction saves is the cost per file, and merging the
-        small new parts into the whole history again would make every compaction (the server's flusher runs one
-        per source every 64 flushes) cost the history's size. One compaction or ingest of a source at a time (the
+        small new parts into the whole history again would make every compaction (the server's flusher runs
+        one
+        per source every 64 flushes) cost the history's size. One compaction or ingest of a source at a time
+        (the
         source lock). Returns what it did."""
         if table not in ("raw_ticks", "ingest_log", "run_failures", "predictions"):
             raise ValueError(f"only the append-only tables (raw_ticks, the logs) and the live parts of predictions "
@@ -445,7 +466,8 @@ class Warehouse:
             return {**out, "parts_after": len(self.table_parts(table, source)), "compacted": name}
 
     def compact_if_many(self, table: str, source: str, limit: int | None = None) -> dict | None:
-        """`compact` once the partition holds more than `limit` (NQ_COMPACT_PARTS, 64) parts to merge: what the
+        """`compact` once the partition holds more than `limit` (NQ_COMPACT_PARTS, 64) parts to merge: what
+        the
         writers of many small parts (ingest, the streaming job, the server's flusher) call after a write, so
         reads stay a few files whatever the uptime."""
         limit = COMPACT_PARTS if limit is None else limit
@@ -484,7 +506,8 @@ class Warehouse:
         return self._footer(part).num_rows
 
     def part_time_range(self, part: PurePosixPath, column: str = "timestamp") -> tuple[int | None, int | None, int]:
-        """(min, max, rows) of a part's `column` (as ns since the epoch) from its footer statistics: no data read.
+        """(min, max, rows) of a part's `column` (as ns since the epoch) from its footer statistics: no data
+        read.
         min / max are None where the part has no statistics (then every time filter reads it)."""
         meta = self._footer(part)
         names = [meta.schema.column(i).name for i in range(meta.num_columns)]
@@ -561,7 +584,8 @@ class Warehouse:
         return self._artifact_info(name, source).type == pafs.FileType.File
 
     def artifact_mtime_ns(self, name: str, source: str) -> int:
-        """When the artifact was last written (0 if it does not exist): how a long-lived reader sees a new one."""
+        """When the artifact was last written (0 if it does not exist): how a long-lived reader sees a new
+        one."""
         info = self._artifact_info(name, source)
         return int(info.mtime_ns or 0) if info.type == pafs.FileType.File else 0
 
@@ -590,15 +614,19 @@ class Warehouse:
 
     @contextlib.contextmanager
     def source_locks(self, sources: list[str], timeout_s: float = 120.0) -> Iterator[None]:
-        """Exclusive inter-process locks on sources, taken in name order (`LocalStore.lock`). Object storage has
-        no such lock: there, one writer per source is the deployment's job (the run queue's one run per source)."""
+        """Exclusive inter-process locks on sources, taken in name order (`LocalStore.lock`). Object storage
+        has
+        no such lock: there, one writer per source is the deployment's job (the run queue's one run per
+        source)."""
         names = [s if s == LOG_PARTITION else check_source_name(s) for s in sources]
         with self.store.lock(names, timeout_s):
             yield
 
     # DuckDB -------------------------------------------------------------------
-    # No database file: every query runs in a new in-memory DuckDB with one view per table over the table's live
-    # parts (`table_parts`, so compacted parts replace theirs at once), local and object storage alike. The small
+    # No database file: every query runs in a new in-memory DuckDB with one view per table over the table's
+    # live
+    # parts (`table_parts`, so compacted parts replace theirs at once), local and object storage alike. The
+    # small
     # log tables (`ingest_log`, `run_failures`) are Parquet parts too (partition `_log`).
 
     def append_rows(self, table: str, df: pd.DataFrame, ddl: str | None = None) -> None:
@@ -675,10 +703,13 @@ class Warehouse:
             con.close()
 
     def user_query(self, sql: str, timeout_s: float = 60.0) -> pd.DataFrame:
-        """Run a user's SQL (`nq query`) in a sandbox: an in-memory DuckDB with one view per warehouse table (the
+        """Run a user's SQL (`nq query`) in a sandbox: an in-memory DuckDB with one view per warehouse table
+        (the
         log tables included), that may read the warehouse's Parquet and nothing else. Only SELECT
-        statements run (COPY, EXPORT, ATTACH, INSTALL / LOAD, SET / RESET, CREATE ... are refused before anything
-        executes); file access outside `warehouse/` is refused by DuckDB itself (`enable_external_access=false`
+        statements run (COPY, EXPORT, ATTACH, INSTALL / LOAD, SET / RESET, CREATE ... are refused before
+        anything
+        executes); file access outside `warehouse/` is refused by DuckDB itself
+        (`enable_external_access=false`
         with the warehouse as the one allowed directory, then `lock_configuration=true`). Raises QueryRefused
         with a one-line reason."""
         con = duckdb.connect()  # in memory: nothing the query does can reach a database file

@@ -1,5 +1,7 @@
-"""The Dagster face of the one storage resource: where the data lives (a directory, or an S3-compatible bucket)
-is this resource's configuration, chosen in `definitions.py` and shown with the resource in the UI. The resource
+"""The Dagster face of the one storage resource: where the data lives (a directory, or an S3-compatible
+bucket)
+is this resource's configuration, chosen in `definitions.py` and shown with the resource in the UI. The
+resource
 is the authority: an empty `s3_bucket` means local files, whatever the environment says."""
 
 from dagster import ConfigurableResource

@@ -1,4 +1,5 @@
-"""Run-failure sensor: every failed run (job, source, error) into the `run_failures` table of the warehouse."""
+"""Run-failure sensor: every failed run (job, source, error) into the `run_failures` table of the
+warehouse."""
 
 import pandas as pd
 from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor

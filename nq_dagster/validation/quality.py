@@ -40,13 +40,15 @@ def _prediction_expectations(gx) -> list:
         *[E.ExpectColumnValuesToNotBeNull(column=c) for c in
           ("prediction_id", "source", "timestamp", "direction", "confidence", "magnitude", "model_version")],
         E.ExpectColumnValuesToBeUnique(column="prediction_id"),
-        E.ExpectCompoundColumnsToBeUnique(column_list=["source", "timestamp"]),  # one prediction per source and time
+        # one prediction per source and time
+        E.ExpectCompoundColumnsToBeUnique(column_list=["source", "timestamp"]),
         E.ExpectColumnValuesToBeInSet(column="direction", value_set=["up", "down", "hold"]),
         # the largest of three class probabilities lies in [1/3, 1]
         E.ExpectColumnValuesToBeBetween(column="confidence", min_value=1 / 3 - 1e-9, max_value=1.0),
         E.ExpectColumnValuesToBeBetween(column="magnitude", min_value=0.0),
         *[E.ExpectColumnValuesToBeBetween(column=c, min_value=0.0, max_value=1.0) for c in ("p_down", "p_hold", "p_up")],
-        # wall time from tick to record (null where no tick triggered the record: training's walk-forward rows)
+        # wall time from tick to record (null where no tick triggered the record: training's walk-forward
+        # rows)
         E.ExpectColumnValuesToBeBetween(column="processing_time_ms", min_value=0.0),
         # the model never saw the target of the row it predicts
         E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="timestamp", column_B="train_end", or_equal=False),

@@ -79,5 +79,6 @@ def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def fmt_p(p: float) -> str:
-    """"p = 0.012", or "p < 1e-300" for a p-value that underflowed to 0 in double precision (never "p = 0")."""
+    """"p = 0.012", or "p < 1e-300" for a p-value that underflowed to 0 in double precision (never
+    "p = 0")."""
     return "p < 1e-300" if p == 0 else f"p = {p:.2g}"
