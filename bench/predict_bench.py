@@ -29,8 +29,8 @@ import numpy as np
 
 
 def setup(home: Path) -> None:
-    from nq_dagster.runner import prepare_home, run_pipeline
     from nq_dagster.demo import write_demo
+    from nq_dagster.runner import prepare_home, run_pipeline
 
     wh = prepare_home(str(home))
     write_demo(wh, sources=3, points=3000, seed=0)

@@ -59,8 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sensor-interval", type=int, help="NQ_SENSOR_INTERVAL for the daemon (default: unset)")
     args = ap.parse_args()
-    from nq_dagster.runner import prepare_home, run_pipeline
     from nq_dagster.demo import mackey_glass
+    from nq_dagster.runner import prepare_home, run_pipeline
     from nq_dagster.sensors.landing import sensor_interval
 
     wh = prepare_home(str(Path(tempfile.mkdtemp()) / "nq"))

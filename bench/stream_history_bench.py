@@ -28,9 +28,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
 
-    from nq_dagster.runner import open_instance, prepare_home, run_config_for, run_pipeline
     from nq_dagster.definitions import defs
     from nq_dagster.demo import mackey_glass
+    from nq_dagster.runner import open_instance, prepare_home, run_config_for, run_pipeline
 
     wh = prepare_home(str(Path(tempfile.mkdtemp()) / "nq"))
     n_train, small = 3000, 5

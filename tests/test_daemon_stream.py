@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from nq_dagster.runner import prepare_home, run_pipeline
 from nq_dagster.demo import mackey_glass
+from nq_dagster.runner import prepare_home, run_pipeline
 
 N_TRAIN, CHUNK, N_FILES = 400, 10, 6
 

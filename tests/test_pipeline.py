@@ -171,8 +171,8 @@ def test_a_partition_without_data_fails_in_one_line(wh):
     says what to do, not a traceback."""
     from dagster import DagsterInstance
 
-    from nq_dagster.runner import prepare_home
     from nq_dagster.definitions import defs
+    from nq_dagster.runner import prepare_home
 
     prepare_home(str(wh.home))
     instance = DagsterInstance.get()

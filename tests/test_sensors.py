@@ -180,8 +180,8 @@ def test_builtin_freshness_fails_for_a_stale_training_output_and_passes_after_a_
     from dagster._core.workspace.load_target import ModuleTarget
     from dagster._daemon.freshness import FreshnessDaemon
 
-    from nq_dagster.runner import prepare_home, run_pipeline
     from nq_dagster.demo import mackey_glass
+    from nq_dagster.runner import prepare_home, run_pipeline
 
     wh = prepare_home(str(wh.home))
     instance = DagsterInstance.get()
