@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from nq_dagster.resources.storage import Warehouse, check_source_name
+from nq_dagster.settings import Settings as NQSettings
+from nq_dagster.store import Warehouse, check_source_name
 
 INSTANCE_YAML = """\
 # Dagster instance for nq-dagster (written by `nq`; edit freely, it is not overwritten).
@@ -44,7 +45,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _setup_env(home: str | None) -> Warehouse:
-    wh = Warehouse(home).ensure()
+    wh = Warehouse.from_settings(NQSettings.from_env().with_home(home)).ensure()
     os.environ["NQ_HOME"] = str(wh.home)
     os.environ["DAGSTER_HOME"] = str(wh.dagster_home)
     yaml = wh.dagster_home / "dagster.yaml"
@@ -264,7 +265,7 @@ def cmd_predict(args) -> int:
     from nq_dagster.fusion.predictor import Predictor
     from nq_dagster.fusion.record import jsonable
 
-    wh = Warehouse(args.home)
+    wh = Warehouse.from_settings(NQSettings.from_env().with_home(args.home))
     try:
         saved = wh.load_artifact("serving_state", args.source)
     except FileNotFoundError:
@@ -343,7 +344,7 @@ def cmd_keys(args) -> int:
 
     from nq_dagster.serve.keys import KeyStore
 
-    wh = Warehouse(args.home).ensure()
+    wh = Warehouse.from_settings(NQSettings.from_env().with_home(args.home)).ensure()
     store = KeyStore(wh.home)
     if args.keys_command == "create":
         key, rec = store.create(args.role, args.rate, args.burst, args.max_concurrent, args.name or "")

@@ -4,7 +4,7 @@
 `k8s`: the training job runs each step in its own Kubernetes Job (`k8s_job_executor` from dagster-k8s); the
 reservoir step asks for a GPU on the GPU node pool, the quantum steps for large CPU pods (op tags below, read by
 dagster-k8s); streaming stays in its run pod for latency. Tables and artifacts go to S3-compatible object
-storage when `NQ_S3_BUCKET` is set (`nq_dagster/resources/storage.py`); landing/, processed/, quarantine/ and
+storage when `NQ_S3_BUCKET` is set (`nq_dagster/store/backends.py`); landing/, processed/, quarantine/ and
 reports/ stay under `$NQ_HOME`, a volume every pod mounts (ReadWriteMany); see k8s/README.md.
 """
 

@@ -27,10 +27,11 @@ class EnoughRowsToTrain(AutomationCondition):
         return "the source has the rows training needs"
 
     def evaluate(self, context: AutomationContext) -> AutomationResult:
-        from nq_dagster.resources.storage import Warehouse
         from nq_dagster.sensors.landing import min_rows_to_train, stored_rows
+        from nq_dagster.settings import Settings
+        from nq_dagster.store import Warehouse
 
-        wh = Warehouse()
+        wh = Warehouse.from_settings(Settings.from_env())
         need = min_rows_to_train(wh)
         keys = context.candidate_subset.expensively_compute_partition_keys()
         ok = {k for k in keys if stored_rows(wh, k) >= need}

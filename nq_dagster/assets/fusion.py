@@ -18,7 +18,7 @@ from nq_dagster.assets.common import (
     table_metadata,
 )
 from nq_dagster.resources import WarehouseResource
-from nq_dagster.resources.storage import LIVE_PARTS
+from nq_dagster.store import LIVE_PARTS
 
 
 def quantum_summary(q: dict) -> dict:

@@ -2,8 +2,8 @@
 
 DataFrames become Parquet partitions `warehouse/<asset>/source=<partition>/data.parquet`
 (queryable through DuckDB views); anything else (models, reservoir states) is an
-npz + JSON artifact (nq_dagster/artifacts.py: loading it runs no code). Unpartitioned assets use the partition name `_all`. Both writes
-are atomic (see `storage`).
+npz + JSON artifact (nq_dagster/store/artifacts.py: loading it runs no code). Unpartitioned assets use the partition name `_all`. Both writes
+are atomic (see `nq_dagster.store`).
 """
 
 
@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
-from nq_dagster.resources.storage import LIVE_PARTS, Warehouse, default_home
+from nq_dagster.settings import Settings
+from nq_dagster.store import LIVE_PARTS, Warehouse
 
 ALL = "all-sources"
 
@@ -21,7 +22,7 @@ class WarehouseIOManager(ConfigurableIOManager):
     home: str = ""
 
     def _wh(self) -> Warehouse:
-        return Warehouse(self.home or default_home()).ensure()
+        return Warehouse.from_settings(Settings.from_env().with_home(self.home)).ensure()
 
     @staticmethod
     def _partition(context: OutputContext | InputContext) -> str:

@@ -5,15 +5,15 @@ is this resource's configuration, chosen in `definitions.py` and shown with the 
 from dagster import ConfigurableResource
 
 from nq_dagster.config import PipelineConfig, load_config
-from nq_dagster.resources.storage import ObjectStore, Warehouse, default_home
+from nq_dagster.settings import Settings
+from nq_dagster.store import Warehouse
 
 
 class WarehouseResource(ConfigurableResource):
     """Hands out the `Warehouse` and the pipeline config stored there.
 
     home: `$NQ_HOME` (empty: resolved from the environment each time). s3_bucket (with s3_prefix, s3_endpoint):
-    tables and artifacts in that bucket instead of under `home/warehouse`; empty: local files (or, for code that
-    builds a `Warehouse` itself, NQ_S3_BUCKET)."""
+    tables and artifacts in that bucket instead of under `home/warehouse`; empty: local files."""
 
     home: str = ""
     s3_bucket: str = ""
@@ -21,8 +21,9 @@ class WarehouseResource(ConfigurableResource):
     s3_endpoint: str = ""
 
     def warehouse(self) -> Warehouse:
-        store = ObjectStore.connect(self.s3_bucket, self.s3_prefix, self.s3_endpoint) if self.s3_bucket else None
-        return Warehouse(self.home or default_home(), store=store).ensure()
+        settings = Settings.from_env().with_home(self.home).model_copy(
+            update={"s3_bucket": self.s3_bucket, "s3_prefix": self.s3_prefix, "s3_endpoint": self.s3_endpoint})
+        return Warehouse.from_settings(settings).ensure()
 
     def pipeline_config(self) -> PipelineConfig:
         return load_config(self.warehouse().home)

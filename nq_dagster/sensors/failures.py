@@ -4,9 +4,7 @@ import pandas as pd
 from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
 
 from nq_dagster.resources import WarehouseResource
-
-RUN_FAILURES_DDL = ("CREATE TABLE IF NOT EXISTS run_failures (run_id VARCHAR, job VARCHAR, source VARCHAR, "
-                    "failed_at TIMESTAMPTZ, step VARCHAR, error VARCHAR)")
+from nq_dagster.store import RUN_FAILURES_DDL
 
 
 def error_text(err) -> str:

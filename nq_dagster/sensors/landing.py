@@ -44,7 +44,7 @@ from dagster import (
 from nq_dagster.ingest import SUFFIXES, content_hash, landing_files
 from nq_dagster.jobs import ingest_only, source_pipeline, streaming
 from nq_dagster.resources import WarehouseResource
-from nq_dagster.resources.storage import SOURCE_RE, Warehouse, atomic_write_bytes
+from nq_dagster.store import SOURCE_RE, Warehouse, atomic_write_bytes
 
 STREAMING_JOB, TRAINING_JOB, INGEST_JOB = "streaming", "source_pipeline", "ingest_only"
 SOURCE_TAG = "nq/source"
