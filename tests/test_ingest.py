@@ -204,7 +204,8 @@ def test_new_rows_are_read_without_reading_the_history(wh, tmp_path, monkeypatch
     read = []
     real = parts.read_part  # every read of a part, through the Warehouse or the table reader
     monkeypatch.setattr(parts, "read_part", lambda store, part, columns=None: (
-        read.append(part.stem) if part.parent.parent.name == "raw_ticks" else None) or real(store, part, columns))
+        read.append(part.stem) if part.parent.parent.name == "raw_ticks" else None)
+        or real(store, part, columns))
     cut = pd.Timestamp("2026-01-02 00:10", tz="UTC")
     new = wh.read_table("raw_ticks", "s", after=cut)
     pd.testing.assert_frame_equal(new.reset_index(drop=True),

@@ -2,8 +2,8 @@
 
 DataFrames become Parquet partitions `warehouse/<asset>/source=<partition>/data.parquet`
 (queryable through DuckDB views); anything else (models, reservoir states) is an
-npz + JSON artifact (nq_dagster/store/artifacts.py: loading it runs no code). Unpartitioned assets use the partition name `_all`. Both writes
-are atomic (see `nq_dagster.store`).
+npz + JSON artifact (nq_dagster/store/artifacts.py: loading it runs no code). Unpartitioned assets use the
+partition name `_all`. Both writes are atomic (see `nq_dagster.store`).
 """
 
 

@@ -21,8 +21,8 @@ class WarehouseResource(ConfigurableResource):
     s3_endpoint: str = ""
 
     def warehouse(self) -> Warehouse:
-        settings = Settings.from_env().with_home(self.home).model_copy(
-            update={"s3_bucket": self.s3_bucket, "s3_prefix": self.s3_prefix, "s3_endpoint": self.s3_endpoint})
+        bucket = {"s3_bucket": self.s3_bucket, "s3_prefix": self.s3_prefix, "s3_endpoint": self.s3_endpoint}
+        settings = Settings.from_env().with_home(self.home).model_copy(update=bucket)
         return Warehouse.from_settings(settings).ensure()
 
     def pipeline_config(self) -> PipelineConfig:

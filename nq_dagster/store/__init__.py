@@ -15,7 +15,7 @@ from nq_dagster.store.atomic import (
     atomic_write_text,
     parquet_options,
 )
-from nq_dagster.store.backends import Backend, LocalStore, ObjectStore, backend_from_settings
+from nq_dagster.store.backends import Backend, LocalStore, ObjectStore
 from nq_dagster.store.leases import LEASE_TTL_S, lease_path, replica_leases, serving_replica, write_lease
 from nq_dagster.store.schemas import (
     ARTIFACT_SUFFIX,
@@ -38,6 +38,6 @@ __all__ = [
     "ARTIFACT_SUFFIX", "COMPACT_PREFIX", "INGEST_LOG_DDL", "LEASE_TTL_S", "LIVE_COMPACT_PREFIX", "LIVE_PARTS",
     "LOG_PARTITION", "LOG_TABLES", "RUN_FAILURES_DDL", "SOURCE_RE", "ArtifactError", "Backend", "LocalStore",
     "ObjectStore", "QueryRefused", "Warehouse", "atomic_write_bytes", "atomic_write_parquet",
-    "atomic_write_text", "backend_from_settings", "check_source_name", "is_compacted", "lease_path",
+    "atomic_write_text", "check_source_name", "is_compacted", "lease_path",
     "parquet_options", "partition_name", "register", "replica_leases", "serving_replica", "write_lease",
 ]

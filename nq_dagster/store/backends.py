@@ -4,7 +4,7 @@ directory, pyarrow's LocalFileSystem) or `ObjectStore` (an S3-compatible bucket,
 on the store's `fs`; a store says only how a write is made atomic (local: a temporary file renamed over the
 target; the bucket: a single PUT), whether lock files work (local only), and whether DuckDB reads its files
 itself (local) or through pyarrow datasets (the bucket). The backend is chosen from explicit parameters or a
-`Settings` object only (`ObjectStore.from_settings`, `backend_from_settings`), never from the environment.
+`Settings` object only (`ObjectStore.from_settings`, `Warehouse.from_settings`), never from the environment.
 """
 
 from __future__ import annotations
@@ -119,8 +119,3 @@ class LocalStore:
 
 
 Backend = ObjectStore | LocalStore
-
-
-def backend_from_settings(settings: Settings, home: Path | None = None) -> Backend:
-    """The bucket the settings name, else local files under `home` (default `settings.home`)."""
-    return ObjectStore.from_settings(settings) or LocalStore(Path(home or settings.home).absolute())
