@@ -15,8 +15,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from nq_dagster.artifacts import loads
 from nq_dagster.fusion.predictor import Predictor
+from nq_dagster.store.artifacts import loads
 
 
 def run(device: str, sv, calls: int, S: int = 64):

@@ -23,7 +23,7 @@ from pathlib import Path
 what, path, home = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 if what == "nq":
     from nq_dagster.ingest import Ingestor
-    from nq_dagster.resources.storage import Warehouse
+    from nq_dagster.store import Warehouse
     wh = Warehouse(home)
     t = time.perf_counter()
     r = Ingestor(wh).ingest_file(path)

@@ -64,7 +64,7 @@ def main() -> None:
 
     from nq_dagster.fusion.predictor import Predictor
     from nq_dagster.neuromorphic.stages import unpack_spikes
-    from nq_dagster.resources.storage import Warehouse
+    from nq_dagster.store import Warehouse
 
     wh = Warehouse(home)
     sv = wh.load_artifact("serving_state", "market_A")

@@ -78,7 +78,7 @@ def main() -> int:
     log.append(p.stdout + p.stderr)
     print("\n".join(log))
 
-    from nq_dagster.resources.storage import Warehouse
+    from nq_dagster.store import Warehouse
     from nq_dagster.validation.evaluate import evaluate
 
     wh = Warehouse(home)

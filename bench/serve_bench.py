@@ -136,8 +136,8 @@ async def ws_delay(port, key, source, start, step, last, n=300) -> np.ndarray:
 def prepare() -> tuple[Path, object, list[str], str]:
     """A warehouse with market_A trained and its model under 32 client names and "ws"; a developer key."""
     from bench.predict_bench import setup
-    from nq_dagster.resources.storage import Warehouse
     from nq_dagster.serve.keys import KeyStore
+    from nq_dagster.store import Warehouse
 
     home = Path(tempfile.mkdtemp()) / "nq"
     t = time.perf_counter()

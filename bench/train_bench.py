@@ -44,7 +44,7 @@ def fusion_peer(home: Path, source: str) -> tuple[float, float]:
     from nq_dagster.fusion import baselines as bl
     from nq_dagster.fusion import walkforward as wf
     from nq_dagster.fusion.pipeline import run_fusion
-    from nq_dagster.resources.storage import Warehouse
+    from nq_dagster.store import Warehouse
 
     wh = Warehouse(home)
     feat = wh.read_table("features", source)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from nq_dagster.store import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -157,20 +157,6 @@ def load_config(home: str | Path | None = None) -> PipelineConfig:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ConfigStore:
     """Versioned pipeline config in the data directory, shared by every replica of the server and by training.
 
@@ -223,8 +209,8 @@ class ConfigStore:
                  "author": author, "created_at": datetime.now(UTC).isoformat(),
                  "changes": {k: {"from": current[k], "to": cfg.as_dict()[k]} for k in changes},
                  "config": cfg.as_dict()}
-        _atomic_write_text(self.dir / f"{entry['number']:06d}-{cfg.version}.json", json.dumps(entry, indent=1))
-        _atomic_write_text(path, json.dumps(overrides, indent=1, sort_keys=True))
+        atomic_write_text(self.dir / f"{entry['number']:06d}-{cfg.version}.json", json.dumps(entry, indent=1))
+        atomic_write_text(path, json.dumps(overrides, indent=1, sort_keys=True))
         return entry
 
     def describe(self, service: str) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nq_dagster.resources.storage import Warehouse, atomic_write_bytes, atomic_write_parquet
+from nq_dagster.store import Warehouse, atomic_write_bytes, atomic_write_parquet
 
 START = pd.Timestamp("2026-01-05T00:00:00Z")
 REGIMES = {0: ("calm", 0.0, 0.006), 1: ("trending", 0.0015, 0.008), 2: ("volatile", 0.0, 0.02)}

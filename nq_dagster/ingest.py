@@ -33,7 +33,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nq_dagster.resources.storage import (
+from nq_dagster.store import (
+    INGEST_LOG_DDL,
     LIVE_PARTS,
     LOG_PARTITION,
     SOURCE_RE,
@@ -47,10 +48,6 @@ TIMESTAMP_NAMES = ("timestamp", "time", "ts", "datetime", "date")
 PRIMARY_NAMES = ("value", "price", "close", "reading")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
             ".json": "jsonl"}
-INGEST_LOG_DDL = (
-    "CREATE TABLE IF NOT EXISTS ingest_log (content_hash VARCHAR, file VARCHAR, sources VARCHAR, "
-    "rows_accepted BIGINT, rows_rejected BIGINT, status VARCHAR, reason VARCHAR, ingested_at TIMESTAMPTZ)"
-)
 
 
 @dataclass

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from nq_dagster.resources.storage import Warehouse
+from nq_dagster.store import Warehouse
 
 SMALL_CONFIG = {"neuron_count": 120, "reservoir_size": 80, "train_min": 250, "refit_every": 200}
 
@@ -23,7 +23,7 @@ def wh(tmp_path, monkeypatch):
 def small_home(home):
     """NQ_HOME and DAGSTER_HOME pointed at `home` (SMALL_CONFIG written there) for a module-scoped fixture, which
     cannot use monkeypatch; restored afterwards."""
-    from nq_dagster.resources.storage import Warehouse
+    from nq_dagster.store import Warehouse
 
     old = {k: os.environ.get(k) for k in ("NQ_HOME", "DAGSTER_HOME")}
     os.environ["NQ_HOME"], os.environ["DAGSTER_HOME"] = str(home), str(home / "dagster")

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from nq_dagster.resources.storage import Warehouse
+from nq_dagster.store import Warehouse
 
 from .conftest import small_home
 
@@ -128,7 +128,7 @@ def served_rows(wh: Warehouse, table: str, source: str) -> pd.DataFrame:
     """The rows the server wrote to a table for a source: its `serve-*` parts, and its rows in parts that
     compaction merged them into (raw_ticks: rows whose `file` is the server's; predictions: the compacted live
     part)."""
-    from nq_dagster.resources.storage import COMPACT_PREFIX, LIVE_COMPACT_PREFIX
+    from nq_dagster.store import COMPACT_PREFIX, LIVE_COMPACT_PREFIX
 
     frames = []
     for p in wh.table_parts(table, source):

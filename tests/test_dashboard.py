@@ -113,7 +113,7 @@ def test_dashboard_keeps_up_with_20_sources_at_100_per_second(base, browser, tmp
     last post, the DOM does not grow with the stream, and no script error."""
     import dataclasses
 
-    from nq_dagster.resources.storage import Warehouse
+    from nq_dagster.store import Warehouse
 
     home = copy_home(base[0], tmp_path / "nq")
     wh = Warehouse(home)

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from nq_dagster.ingest import Ingestor
-from nq_dagster.resources.storage import atomic_write_parquet
+from nq_dagster.store import atomic_write_parquet
 
 GOOD = "timestamp,value\n2026-01-01T00:00:00Z,1.5\n2026-01-01T00:01:00Z,2.5\n2026-01-01T00:02:00Z,3.0\n"
 
@@ -149,7 +149,7 @@ def test_two_concurrent_overlapping_ingests_store_each_time_once(tmp_path):
 
     import numpy as np
 
-    from nq_dagster.resources.storage import Warehouse
+    from nq_dagster.store import Warehouse
 
     home = tmp_path / "nq"
     n = 150_000
@@ -199,10 +199,13 @@ def test_new_rows_are_read_without_reading_the_history(wh, tmp_path, monkeypatch
     old = ing.ingest_file(write(tmp_path, "old.csv", _minutes("2026-01-01", 500)), source="s")
     ing.ingest_file(write(tmp_path, "mid.csv", _minutes("2026-01-02", 50, 1000)), source="s")
     full = wh.read_table("raw_ticks", "s")
+    from nq_dagster.store import parts
+
     read = []
-    real = wh.read_part
-    monkeypatch.setattr(wh, "read_part", lambda part, columns=None: (
-        read.append(part.stem) if part.parent.parent.name == "raw_ticks" else None) or real(part, columns))
+    real = parts.read_part  # every read of a part, through the Warehouse or the table reader
+    monkeypatch.setattr(parts, "read_part", lambda store, part, columns=None: (
+        read.append(part.stem) if part.parent.parent.name == "raw_ticks" else None)
+        or real(store, part, columns))
     cut = pd.Timestamp("2026-01-02 00:10", tz="UTC")
     new = wh.read_table("raw_ticks", "s", after=cut)
     pd.testing.assert_frame_equal(new.reset_index(drop=True),
@@ -352,7 +355,7 @@ def test_live_predictions_are_compacted_and_training_part_is_left_alone(wh):
     parts merge into one live part (`stream-compact-...`) with every row once; training's `data` part is not
     touched, is still rewritten by name afterwards, and keeps the compacted live part beside it."""
     from nq_dagster.assets.fusion import live_prediction_times
-    from nq_dagster.resources.storage import LIVE_PARTS
+    from nq_dagster.store import LIVE_PARTS
 
     def frame(t0, n, tag):
         ts = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.arange(t0, t0 + n), unit="s")
@@ -381,12 +384,12 @@ def test_live_predictions_are_compacted_and_training_part_is_left_alone(wh):
         wh.compact("features", "s")
 
 
-def test_compaction_leaves_big_parts_alone(wh, monkeypatch):
-    """Parts of COMPACT_BIG_ROWS rows or more are not merged again (a compaction then costs the new small parts,
-    not the history): the small parts merge into one, the big one stays, every row once."""
-    import nq_dagster.resources.storage as storage
+def test_compaction_leaves_big_parts_alone(wh):
+    """Parts of `compact_big_rows` rows or more are not merged again (a compaction then costs the new small
+    parts, not the history): the small parts merge into one, the big one stays, every row once."""
+    from nq_dagster.store import Warehouse
 
-    monkeypatch.setattr(storage, "COMPACT_BIG_ROWS", 100)
+    wh = Warehouse(wh.home, compact_big_rows=100)
 
     def frame(t0, n):
         ts = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.arange(t0, t0 + n), unit="s")

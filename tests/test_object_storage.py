@@ -57,17 +57,17 @@ def test_graph_on_object_storage(wh, s3, capsys):
 def test_object_storage_settings_from_secret_files(tmp_path, monkeypatch):
     """k8s/serve.yaml mounts the storage secret as files (NQ_SECRETS_DIR): they set the variables the environment
     does not already set."""
-    from nq_dagster.resources.storage import ObjectStore
+    from nq_dagster.settings import Settings
+    from nq_dagster.store import ObjectStore
 
     for name in ("NQ_S3_BUCKET", "NQ_S3_PREFIX", "NQ_S3_ENDPOINT", "AWS_ACCESS_KEY_ID"):
-        monkeypatch.setenv(name, "")  # recorded, so that what the code sets is undone after the test
-        monkeypatch.delenv(name)
+        monkeypatch.delenv(name, raising=False)
     (tmp_path / "NQ_S3_BUCKET").write_text("from-file\n")
     (tmp_path / "NQ_S3_ENDPOINT").write_text("http://127.0.0.1:9")
     (tmp_path / "NQ_S3_PREFIX").write_text("ignored")
     monkeypatch.setenv("NQ_S3_PREFIX", "from-env")
     monkeypatch.setenv("NQ_SECRETS_DIR", str(tmp_path))
-    store = ObjectStore.from_env()
+    store = ObjectStore.from_settings(Settings.from_env())
     assert store.bucket == "from-file" and store.prefix == "from-env" and store.endpoint == "http://127.0.0.1:9"
 
 
@@ -86,3 +86,7 @@ def test_the_backend_is_the_warehouse_resource_chosen_in_definitions(tmp_path, m
     assert (res.s3_bucket, res.s3_prefix, res.s3_endpoint) == ("nq-test", "nq", "http://127.0.0.1:9")
     store = res.warehouse().store
     assert store.bucket == "nq-test" and store.url() == "s3://nq-test/nq at http://127.0.0.1:9"
+    # the resource is the authority: no bucket configured means local files, whatever the environment says
+    from nq_dagster.resources import WarehouseResource
+
+    assert WarehouseResource(home=str(tmp_path / "nq"), s3_bucket="").warehouse().store.local

@@ -214,8 +214,8 @@ class _RunsCode:
 def test_tampered_or_truncated_artifacts_are_refused(tmp_path, capsys):
     import pickle
 
-    from nq_dagster.artifacts import ArtifactError, dumps, loads
-    from nq_dagster.resources.storage import Warehouse
+    from nq_dagster.store import Warehouse
+    from nq_dagster.store.artifacts import ArtifactError, dumps, loads
 
     home = tmp_path / "nq"
     wh = Warehouse(home).ensure()
@@ -301,8 +301,8 @@ def test_a_model_of_an_older_design_is_refused_and_retrained(graph, tmp_path):
     columns it was not fit on: loading names the source and the fix, and the landing sensor trains it anew."""
     from dataclasses import replace
 
-    from nq_dagster.resources.storage import Warehouse
     from nq_dagster.sensors.landing import has_current_model
+    from nq_dagster.store import Warehouse
 
     _, _, _, after = graph
     old = replace(after, model=replace(after.model, design=1))

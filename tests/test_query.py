@@ -95,7 +95,7 @@ def test_an_old_duckdb_file_is_migrated_and_a_moved_home_still_reads(wh, tmp_pat
     import duckdb
 
     from nq_dagster.ingest import INGEST_LOG_DDL, Ingestor
-    from nq_dagster.resources.storage import Warehouse
+    from nq_dagster.store import Warehouse
 
     con = duckdb.connect(str(wh.home / "nq.duckdb"))
     con.execute(INGEST_LOG_DDL)

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from nq_dagster.fusion.predictor import Predictor
-from nq_dagster.resources.storage import Warehouse
 from nq_dagster.serve.engine import stable_hash
 from nq_dagster.serve.keys import KeyStore
+from nq_dagster.store import Warehouse
 
 from .serving import (
     CLONES,
@@ -520,14 +520,12 @@ def test_key_store_sees_new_keys_at_once_and_revocations_within_a_second(tmp_pat
     assert server.verify(made[0]) is None and server.verify(made[1]) is not None
 
 
-def test_the_servers_parts_are_compacted_as_they_accumulate(home, ticks, monkeypatch):
+def test_the_servers_parts_are_compacted_as_they_accumulate(home, ticks):
     """A part per source every flush interval, for as long as the server runs: past the limit the flusher merges
     them (raw_ticks into a compacted part, predictions' live parts into one live part), and every tick is still
     stored and predicted once."""
-    import nq_dagster.resources.storage as storage
-
-    monkeypatch.setattr(storage, "COMPACT_PARTS", 3)
     s = ThreadServer(home)
+    s.server.wh.compact_parts = 3  # the server's warehouse (its engine's too), before the first tick
     try:
         c = httpx.Client(base_url=s.url, headers=auth(keys(home)["developer"]))
         n = 40

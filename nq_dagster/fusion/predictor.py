@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nq_dagster.artifacts import register
 from nq_dagster.config import PipelineConfig
 from nq_dagster.fusion.record import build_records
 from nq_dagster.fusion.stream import (
@@ -45,6 +44,7 @@ from nq_dagster.fusion.walkforward import (
 from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
 from nq_dagster.neuromorphic.reservoir import BatchedReservoirs
 from nq_dagster.neuromorphic.stages import build_analog_reservoir, build_reservoir, source_seed
+from nq_dagster.store.artifacts import register
 
 PATTERN_COLS = [CANDIDATES.index(p) for p in PATTERN_NAMES]  # columns of the candidate features
 SPIKE_RATE_COL = CANDIDATES.index("spike_rate")

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nq_dagster.artifacts import register
 from nq_dagster.neuromorphic.encoders import change_windows, encode
 from nq_dagster.neuromorphic.patterns import (
     BURST_ISI,
@@ -49,6 +48,7 @@ from nq_dagster.neuromorphic.stages import (
     SPIKE_STAT_NAMES,
     analog_inputs,
 )
+from nq_dagster.store.artifacts import register
 
 CANDIDATES = INPUT_NAMES + PATTERN_NAMES + SPIKE_STAT_NAMES  # the candidate fusion features, in the features' order
 N_LAGS = 16  # recent one-step changes every model sees, and then the level (the AR part of the design)

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import ndtr
 
-from nq_dagster.artifacts import register
+from nq_dagster.store.artifacts import register
 
 CLASSES = np.array([-1, 0, 1])  # down, hold, up
 CLASS_NAMES = {-1: "down", 0: "hold", 1: "up"}

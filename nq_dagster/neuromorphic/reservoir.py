@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nq_dagster.artifacts import register
+from nq_dagster.store.artifacts import register
 
 
 def scale_to_spectral_radius(w: np.ndarray, radius: float) -> tuple[np.ndarray, float]:

@@ -8,7 +8,7 @@ from dagster import ConfigurableResource
 
 from nq_dagster.config import PipelineConfig, load_config
 from nq_dagster.settings import Settings
-from nq_dagster.store import ObjectStore, Warehouse
+from nq_dagster.store import Warehouse
 
 
 class WarehouseResource(ConfigurableResource):
@@ -28,11 +28,8 @@ class WarehouseResource(ConfigurableResource):
         return Settings.from_env().with_home(self.home or None)
 
     def warehouse(self, settings: Settings | None = None) -> Warehouse:
-        s = settings or self.settings()
-        store = (ObjectStore.connect(self.s3_bucket, self.s3_prefix, self.s3_endpoint, settings=s)
-                 if self.s3_bucket else None)
-        return Warehouse(s.home, store=store, compact_parts=s.compact_parts, compact_big_rows=s.compact_big_rows,
-                         compact_grace_s=s.compact_grace_s).ensure()
+        bucket = {"s3_bucket": self.s3_bucket, "s3_prefix": self.s3_prefix, "s3_endpoint": self.s3_endpoint}
+        return Warehouse.from_settings((settings or self.settings()).model_copy(update=bucket)).ensure()
 
     def pipeline_config(self) -> PipelineConfig:
         return load_config(self.warehouse().home)

@@ -6,9 +6,7 @@ from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_se
 
 from nq_dagster.assets.common import SOURCE_TAG
 from nq_dagster.resources import WarehouseResource
-
-RUN_FAILURES_DDL = ("CREATE TABLE IF NOT EXISTS run_failures (run_id VARCHAR, job VARCHAR, source VARCHAR, "
-                    "failed_at TIMESTAMPTZ, step VARCHAR, error VARCHAR)")
+from nq_dagster.store import RUN_FAILURES_DDL
 
 
 def error_text(err) -> str:

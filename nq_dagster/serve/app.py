@@ -49,9 +49,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from nq_dagster.config import SERVICES, ConfigError, ConfigStore
-from nq_dagster.resources.storage import SOURCE_RE, Warehouse
 from nq_dagster.serve.engine import Engine, NoModel, NotOwner, Ownership, Rejected
 from nq_dagster.serve.keys import ROLES, KeyRecord, KeyStore, TokenBucket, role_allows
+from nq_dagster.settings import Settings as NQSettings
+from nq_dagster.store import SOURCE_RE, Warehouse
 
 access_log = logging.getLogger("nq.serve.access")
 log = logging.getLogger("nq.serve")
@@ -764,7 +765,7 @@ class Server:
     def _storage_writable(self) -> tuple[bool, str]:
         probe = self.wh.home / "serve" / f".probe-{self.engine.own.replica}"
         try:
-            from nq_dagster.resources.storage import atomic_write_bytes
+            from nq_dagster.store import atomic_write_bytes
 
             atomic_write_bytes(probe, b"ok")
             return True, "writable"
@@ -929,7 +930,7 @@ def configure_logging(level: str = "INFO") -> None:
 def create_server(home: str | None = None, ownership: Ownership = Ownership(), settings: Settings | None = None,
                   fsync: str = "interval", address: str = "", flush_interval_s: float = 10.0,
                   watch_interval_s: float = 1.0, processes: int = 1) -> Server:
-    wh = Warehouse(home)
+    wh = Warehouse.from_settings(NQSettings.from_env().with_home(home))
     engine = Engine(wh, ownership, fsync=fsync, address=address, flush_interval_s=flush_interval_s,
                     watch_interval_s=watch_interval_s, processes=processes).start()
     return Server(wh, engine, settings or Settings.load(wh))

@@ -57,7 +57,7 @@ from nq_dagster.ingest import (
     rows_after,
     validate_frame,
 )
-from nq_dagster.resources.storage import Warehouse, atomic_write_bytes
+from nq_dagster.store import Warehouse, atomic_write_bytes
 
 log = logging.getLogger("nq.serve")
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from nq_dagster.resources.storage import atomic_write_bytes
+from nq_dagster.store import atomic_write_bytes
 
 ROLES = ("viewer", "developer", "admin")  # each role may do everything the ones before it may
 

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nq_dagster.resources.storage import atomic_write_bytes  # noqa: E402
+from nq_dagster.store import atomic_write_bytes  # noqa: E402
 from nq_dagster.validation.evaluate import SCORE_DEFINITION  # noqa: E402
 from nq_dagster.validation.stats import fmt_p  # noqa: E402
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from nq_dagster.resources.storage import Warehouse
+from nq_dagster.store import Warehouse
 
 
 def source_summary(wh: Warehouse) -> pd.DataFrame:

@@ -1,9 +1,9 @@
 """Model and state artifacts in a format whose loading cannot run code.
 
-An artifact is one `.npz` file (numpy's zip of `.npy` arrays, read with `allow_pickle=False`): the arrays, plus
-one JSON document (`__meta__`, stored as bytes) that describes the structure around them. Only plain values,
-numpy arrays, tensors, DataFrames, timestamps and the dataclasses registered here can be stored; loading
-builds registered classes from their fields and nothing else, so a tampered file cannot import or call
+An artifact is one `.npz` file (numpy's zip of `.npy` arrays, read with `allow_pickle=False`): the arrays,
+plus one JSON document (`__meta__`, stored as bytes) that describes the structure around them. Only plain
+values, numpy arrays, tensors, DataFrames, timestamps and the dataclasses registered here can be stored;
+loading builds registered classes from their fields and nothing else, so a tampered file cannot import or call
 anything. A file that is not such an artifact (a pickle, a truncated write, another format) is refused with an
 `ArtifactError` that names it.
 """
@@ -41,7 +41,8 @@ class _Encoder:
 
     def array(self, a: np.ndarray) -> str:
         if a.dtype == object:
-            raise TypeError("object arrays cannot be stored safely; convert them to numbers, strings or timestamps")
+            raise TypeError("object arrays cannot be stored safely; convert them to numbers, strings or "
+                            "timestamps")
         key = f"a{len(self.arrays)}"
         self.arrays[key] = np.ascontiguousarray(a)
         return key
@@ -85,8 +86,8 @@ class _Encoder:
                     "v": {f.name: self.enc(getattr(v, f.name)) for f in dataclasses.fields(v)}}
         if isinstance(v, slice):
             return {"__t": "slice", "v": [v.start, v.stop, v.step]}
-        raise TypeError(f"cannot store a {type(v).__module__}.{type(v).__name__} in an artifact; register it or "
-                        "convert it to arrays")
+        raise TypeError(f"cannot store a {type(v).__module__}.{type(v).__name__} in an artifact; register it "
+                        "or convert it to arrays")
 
     def _column(self, s: pd.Series) -> dict:
         if isinstance(s.dtype, pd.DatetimeTZDtype):
@@ -149,8 +150,8 @@ class _Decoder:
         if t == "obj":
             cls = _REGISTRY.get(v["cls"])
             if cls is None:
-                raise ArtifactError(f"{self.where}: unknown object type {v['cls']!r}; the file was written by "
-                                    "another version or tampered with")
+                raise ArtifactError(f"{self.where}: unknown object type {v['cls']!r}; the file was written "
+                                    "by another version or tampered with")
             return cls(**{k: self.dec(x) for k, x in v["v"].items()})
         raise ArtifactError(f"{self.where}: unknown entry type {t!r}")
 
@@ -178,7 +179,8 @@ def loads(data: bytes, where: str = "artifact") -> Any:
     fix = "delete it and re-run training for the source (`nq run --source <source>`)"
     import nq_dagster.fusion.predictor  # noqa: F401 - registers the model and state classes an artifact may hold
     if not data.startswith(b"PK"):
-        kind = "a Python pickle, refused (loading it could run code)" if data[:1] == b"\x80" else "not an nq artifact"
+        pickled = data[:1] == b"\x80"
+        kind = "a Python pickle, refused (loading it could run code)" if pickled else "not an nq artifact"
         raise ArtifactError(f"{where}: {kind}; {fix}")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:

@@ -1,0 +1,101 @@
+"""SQL over the warehouse: every query runs in a new in-memory DuckDB (no database file, nothing to lock:
+parts are immutable or replaced atomically) with one view per table the SQL names, over the table's live parts
+listed when the query starts, so a moved data directory just works and a compaction is seen at once. `query`
+is the code's own SQL; `user_query` is `nq query`'s sandbox: SELECT only, and no file outside the warehouse.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from nq_dagster.store.backends import Backend
+from nq_dagster.store.parts import table_names, table_parts
+from nq_dagster.store.schemas import LOG_TABLES
+
+CATALOGUE = {"information_schema", "duckdb_tables", "duckdb_views", "duckdb_columns"}
+
+
+class QueryRefused(ValueError):
+    """A user query the sandbox does not run (a statement other than SELECT, a file outside the warehouse)."""
+
+
+def register_views(con: duckdb.DuckDBPyConnection, store: Backend, sql: str) -> set[str]:
+    """One view per table the SQL names, over the table's live parts (schemas unified by name); the log
+    tables are queryable while empty. Returns the table names."""
+    names = set()
+    existing = table_names(store)
+    named = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql)}
+    if named & CATALOGUE:  # a query of the catalogue sees every table
+        named |= {n.lower() for n in [*existing, *LOG_TABLES]}
+    for name in existing:
+        if name.lower() not in named:
+            continue
+        parts = table_parts(store, name)
+        if not parts:
+            continue
+        names.add(name)
+        if store.local:  # DuckDB's own Parquet reader on the files
+            files = ", ".join("'" + str(q).replace("'", "''") + "'" for q in parts)
+            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{files}], union_by_name=true, '
+                        "hive_partitioning=false)")
+        else:
+            schema = pa.unify_schemas([pq.read_schema(str(q), filesystem=store.fs) for q in parts],
+                                      promote_options="permissive")
+            con.register(name, pads.dataset([str(q) for q in parts], schema=schema, format="parquet",
+                                            filesystem=store.fs))
+    for n, ddl in LOG_TABLES.items():
+        if n not in names and n in named:
+            con.execute(ddl)
+            names.add(n)
+    return names
+
+
+def query(store: Backend, sql: str) -> pd.DataFrame:
+    """Run SQL over the warehouse's tables in a new in-memory DuckDB."""
+    con = duckdb.connect()
+    try:
+        register_views(con, store, sql)
+        return con.execute(sql).df()
+    finally:
+        con.close()
+
+
+def user_query(store: Backend, tables_dir: Path, sql: str) -> pd.DataFrame:
+    """Run a user's SQL (`nq query`) in a sandbox: an in-memory DuckDB with one view per warehouse table (the
+    log tables included), that may read the warehouse's Parquet and nothing else. Only SELECT
+    statements run (COPY, EXPORT, ATTACH, INSTALL / LOAD, SET / RESET, CREATE ... are refused before anything
+    executes); file access outside `tables_dir` is refused by DuckDB itself (`enable_external_access=false`
+    with the warehouse as the one allowed directory, then `lock_configuration=true`). Raises QueryRefused
+    with a one-line reason."""
+    con = duckdb.connect()  # in memory: nothing the query does can reach a database file
+    try:
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise QueryRefused(f"not valid SQL: {str(exc).splitlines()[0]}") from None
+        if not statements:
+            raise QueryRefused("no statement to run")
+        for st in statements:
+            if st.type != duckdb.StatementType.SELECT:
+                raise QueryRefused(f"only SELECT queries run here (the warehouse is read-only to `nq query`)"
+                                   f"; refused a {st.type.name} statement. To export, use "
+                                   "`--format csv > file`")
+        register_views(con, store, sql)
+        allowed = str(tables_dir).replace("'", "''") + "/"
+        con.execute(f"SET allowed_directories = ['{allowed}']")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        try:
+            return con.execute(sql).df()
+        except duckdb.PermissionException as exc:
+            raise QueryRefused(f"the query reads outside the warehouse, which `nq query` does not allow "
+                               f"({str(exc).splitlines()[0]})") from None
+    finally:
+        con.close()
