@@ -38,22 +38,35 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every `nq_dagster` module `path` imports, at any depth of the file (functions included)."""
+def type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under `if TYPE_CHECKING:` (annotations only, never executed)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            out |= {id(n) for b in node.body for n in ast.walk(b)}
+    return out
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """Every `nq_dagster` module `path` imports, at any depth of the file (functions included): `from a import b`
+    names the module `a.b` when it is one, else `a`."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = type_checking_nodes(tree)
     me = module_name(path)
     package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
     out = set()
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.startswith("nq_dagster")}
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
             if base.startswith("nq_dagster"):
-                out.add(base)
-                out |= {f"{base}.{a.name}" for a in node.names}
+                out |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
     return out
 
 
@@ -61,8 +74,7 @@ def graph() -> dict[str, set[str]]:
     modules = {module_name(p): p for p in PKG.rglob("*.py")}
     g = {}
     for name, path in modules.items():
-        # an import of `a.b.c` names the module itself when it exists, else the package that defines the name
-        targets = {t if t in modules else t.rsplit(".", 1)[0] for t in imports_of(path)}
+        targets = {t if t in modules else t.rsplit(".", 1)[0] for t in imports_of(path, set(modules))}
         g[name] = {t for t in targets if t in modules and t != name}
     return g
 

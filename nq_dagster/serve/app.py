@@ -48,11 +48,12 @@ from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from nq_dagster.config import SERVICES, ConfigError, ConfigStore
+from nq_dagster.config import SERVICES, ConfigError
 from nq_dagster.serve.engine import Engine, NoModel, NotOwner, Ownership, Rejected
 from nq_dagster.serve.keys import ROLES, KeyRecord, KeyStore, TokenBucket, role_allows
 from nq_dagster.settings import Settings as NQSettings
 from nq_dagster.store import SOURCE_RE, Warehouse
+from nq_dagster.store.config_store import ConfigStore
 
 access_log = logging.getLogger("nq.serve.access")
 log = logging.getLogger("nq.serve")
