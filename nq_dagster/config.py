@@ -58,19 +58,16 @@ class PipelineConfig:
 
 
 # The one rule of "rows a source needs before training", used by `nq ingest`, `nq run`, the landing sensor,
-# the
-# daily automation and the server's 409: the walk-forward fits its first model on MIN_TRAIN rows and predicts
-# the rest (fusion.walkforward.training_schedule raises below MIN_ROWS).
+# the daily automation and the server's 409: the walk-forward fits its first model on MIN_TRAIN rows and
+# predicts the rest (fusion.walkforward.training_schedule raises below MIN_ROWS).
 MIN_TRAIN = 100
 MIN_ROWS = 150
 
 
 def rows_needed(config: PipelineConfig | None = None, override: int | None = None) -> int:
     """Rows a source needs before it can train: the walk-forward's MIN_ROWS whatever the config (a series
-    shorter
-    than 2 x train_min trains on half of itself). `override` (NQ_MIN_ROWS_TO_TRAIN) replaces it for the
-    landing
-    sensor and the automation only: tests drive them with tiny sources."""
+    shorter than 2 x train_min trains on half of itself). `override` (NQ_MIN_ROWS_TO_TRAIN) replaces it for
+    the landing sensor and the automation only: tests drive them with tiny sources."""
     del config  # every config trains from MIN_ROWS rows (fusion.walkforward.training_schedule)
     return MIN_ROWS if override is None else int(override)
 

@@ -3,8 +3,7 @@
 `local`: every job runs in process; data in `$NQ_HOME`.
 `k8s`: the training job runs each step in its own Kubernetes Job (`k8s_job_executor` from dagster-k8s); the
 reservoir step asks for a GPU on the GPU node pool, the quantum steps for large CPU pods (op tags below, read
-by
-dagster-k8s); streaming stays in its run pod for latency. Tables and artifacts go to S3-compatible object
+by dagster-k8s); streaming stays in its run pod for latency. Tables and artifacts go to S3-compatible object
 storage when `NQ_S3_BUCKET` is set (`nq_dagster/store/`); landing/, processed/, quarantine/ and
 reports/ stay under `$NQ_HOME`, a volume every pod mounts (ReadWriteMany); see k8s/README.md.
 """
@@ -20,8 +19,7 @@ DEFAULT_STEP_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {
 
 
 # every step pod: non-root, no privilege escalation, no capabilities, read-only root file system (scratch in
-# an
-# emptyDir at /tmp), the runtime's seccomp profile, no service-account token (a step does not call the API)
+# an emptyDir at /tmp), the runtime's seccomp profile, no service-account token (a step does not call the API)
 _SECURE_CONTAINER = {
     "security_context": {"run_as_non_root": True, "run_as_user": 10001, "run_as_group": 10001,
                          "allow_privilege_escalation": False, "read_only_root_filesystem": True,

@@ -1,7 +1,7 @@
 """The Kubernetes Jobs that dagster-k8s builds for the training job's steps, rendered offline as plain dicts:
-for
-the schema check (tests/test_k8s.py) and the security scan (`python -m nq_dagster.k8s_jobs DIR`, k8s/scan.sh).
-Needs the k8s extra. It assembles the code location, so it sits beside `definitions.py`, above everything."""
+for the schema check (tests/test_k8s.py) and the security scan (`python -m nq_dagster.k8s_jobs DIR`,
+k8s/scan.sh). Needs the k8s extra. It assembles the code location, so it sits beside `definitions.py`, above
+everything."""
 
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ def render_step_job(step: str, image: str = "ghcr.io/your-org/nq-dagster:0.1.0-c
                                     user_defined_k8s_config=get_user_defined_k8s_config(tags),
                                     pod_name=name, component="step_worker")
     out = ApiClient().sanitize_for_serialization(job)
-    # k8s_job_executor puts step Jobs in the run's namespace
-    out.setdefault("metadata", {})["namespace"] = namespace
+    out.setdefault("metadata", {})["namespace"] = namespace  # k8s_job_executor puts step Jobs in the run's namespace
     return out
 
 

@@ -1,9 +1,7 @@
 """Runs of the Dagster graph in this process, for the `nq` commands: the instance of a data directory (its
 `dagster.yaml` written on first use), the run configuration that points the resources at that directory, and
-the
-one line per source on what training needs. It assembles the code location, so it sits beside
-`definitions.py`,
-above the Dagster layer; `nq query` and the engines never import it."""
+the one line per source on what training needs. It assembles the code location, so it sits beside
+`definitions.py`, above the Dagster layer; `nq query` and the engines never import it."""
 
 from __future__ import annotations
 
@@ -58,9 +56,8 @@ def prepare_home(settings: Settings | str) -> Warehouse:
 
 def open_instance(wh: Warehouse) -> DagsterInstance:
     """The Dagster instance of the data directory. Opening it creates its SQLite storage on first use; two
-    `nq`
-    processes doing that at once raced on the schema migration ("more than one head"), so it is opened under
-    a file lock."""
+    `nq` processes doing that at once raced on the schema migration ("more than one head"), so it is opened
+    under a file lock."""
     home = wh.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     with open(home / ".instance.lock", "a+") as fh:
@@ -73,8 +70,7 @@ def open_instance(wh: Warehouse) -> DagsterInstance:
 
 def run_config_for(wh: Warehouse) -> dict:
     """Quiet console logs, and the warehouse resource pointed at this data directory (the run records it, so
-    the
-    UI shows which directory a CLI run used)."""
+    the UI shows which directory a CLI run used)."""
     return {"loggers": {"console": {"config": {"log_level": "WARNING"}}},
             "resources": {"warehouse": {"config": {"home": str(wh.home)}}}}
 
@@ -82,8 +78,7 @@ def run_config_for(wh: Warehouse) -> dict:
 def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print) -> dict[str, bool]:
     """Materialize the per-source graph for `sources` (default: every source with data or landing files),
     then the cross-source assets, in this process against the instance of `wh`'s data directory. Returns
-    success
-    per run."""
+    success per run."""
     if sources is None:
         sources = sorted(set(wh.sources("raw_ticks")) | set(landing_files(wh)))
     instance = open_instance(wh)

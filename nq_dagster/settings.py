@@ -1,13 +1,11 @@
 """The process's settings: every `NQ_*` variable (and `DAGSTER_DEPLOYMENT`, `DAGSTER_HOME`, the S3
-credentials) in
-one typed object, read once by a composition root (`definitions.py`, `cli.py`, the server's factory) and
-passed
-down. No other module reads `os.environ`, and nothing writes to it: a value the code needs is a field here.
+credentials) in one typed object, read once by a composition root (`definitions.py`, `cli.py`, the server's
+factory) and passed down. No other module reads `os.environ`, and nothing writes to it: a value the code
+needs is a field here.
 
 `Settings.from_env()` validates each value and names the variable in its error; `NQ_SECRETS_DIR` (a Kubernetes
 secret mounted as files) fills the S3 and AWS fields that the environment leaves unset. The README's
-"Settings"
-table is generated from `FIELDS` (`nq settings`), so the documentation cannot drift from the code.
+"Settings" table is generated from `FIELDS` (`nq settings`), so the documentation cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -167,8 +165,8 @@ def settings_table() -> str:
 
 def child_env(settings: Settings, base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
     """The environment for a child process (a Dagster run, `dg dev`) that must see these settings: the
-    parent's
-    environment with NQ_HOME and DAGSTER_HOME set, built as a new mapping (this process's stays untouched)."""
+    parent's environment with NQ_HOME and DAGSTER_HOME set, built as a new mapping (this process's stays
+    untouched)."""
     env = dict(os.environ if base is None else base)
     env.update(NQ_HOME=str(settings.home), DAGSTER_HOME=str(settings.instance_dir), **extra)
     return env

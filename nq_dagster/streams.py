@@ -1,8 +1,7 @@
 """Where a source's stream continues from: the one loader of "training's `serving_state`, the stream's own
 `live_state`, and the rows between them" that the streaming asset, `nq predict` and the prediction server
-share.
-It sits above the store, the engines and ingest (it reads tables, builds the series, and moves a predictor
-on)."""
+share. It sits above the store, the engines and ingest (it reads tables, builds the series, and moves a
+predictor on)."""
 
 from __future__ import annotations
 
@@ -18,8 +17,7 @@ def load_stream(wh: Warehouse, source: str, live: ServingState | None = None) ->
 
     `live`: the stream's state when the caller holds a newer one than the saved `live_state` (the server's
     in-memory state); by default the saved one. Only rows after training's last timestamp are read (parts
-    entirely
-    older are skipped by their footers), so the cost does not grow with the source's history. Raises
+    entirely older are skipped by their footers), so the cost does not grow with the source's history. Raises
     FileNotFoundError when the source has no trained serving state."""
     trained = wh.load_artifact("serving_state", source)
     if live is None and wh.has_artifact("live_state", source):

@@ -48,8 +48,8 @@ def type_checking_nodes(tree: ast.AST) -> set[int]:
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """Every `nq_dagster` module `path` imports, at any depth of the file (functions included): `from a import b`
-    names the module `a.b` when it is one, else `a`."""
+    """Every `nq_dagster` module `path` imports, at any depth of the file (functions included): `from a import
+    b` names the module `a.b` when it is one, else `a`."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     skip = type_checking_nodes(tree)
     me = module_name(path)

@@ -2,9 +2,8 @@
 cron NQ_TRAIN_CRON, default 03:00 UTC), evaluated by the `automation` sensor with the cross-source portfolio.
 
 `on_cron` requests a partition's assets once per cron tick (each after its dependencies are updated or
-requested
-in the same tick, so one run per source carries the whole graph); `EnoughRowsToTrain` leaves out the sources
-that cannot train yet (they would only fail), and a source with a run in progress waits for it."""
+requested in the same tick, so one run per source carries the whole graph); `EnoughRowsToTrain` leaves out the
+sources that cannot train yet (they would only fail), and a source with a run in progress waits for it."""
 
 from __future__ import annotations
 
@@ -32,8 +31,7 @@ class EnoughRowsToTrain(AutomationCondition):
 
     def evaluate(self, context: AutomationContext) -> AutomationResult:
         # evaluated by the daemon between runs: the settings of its environment at that moment (a condition
-        # has
-        # no resources), so that a data directory or threshold set for the daemon applies without a reload
+        # has no resources), so that a data directory or threshold set for the daemon applies without a reload
         settings = Settings.from_env()
         wh = Warehouse.from_settings(settings)
         need = rows_needed(load_config(wh.home), settings.min_rows_to_train)

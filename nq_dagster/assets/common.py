@@ -29,19 +29,15 @@ source_partitions = DynamicPartitionsDefinition(name="source")
 OWNERS = ["team:nq-dagster"]
 TAGS = {"domain": "prediction"}
 # the training outputs are refreshed by the daily training automation (NQ_TRAIN_CRON): Dagster's freshness
-# daemon
-# marks them late an hour before they fail
+# daemon marks them late an hour before they fail
 _h = SETTINGS.training_fresh_hours
 DAILY = FreshnessPolicy.time_window(fail_window=timedelta(hours=_h), warn_window=timedelta(hours=max(_h - 1, _h / 2)))
 
 # Each asset's code version: Dagster shows an asset whose code version changed since its last materialization
-# as
-# unsynced ("code version changed"), so a user sees which sources still carry outputs of older code. Bump an
-# entry
-# when that asset's output for the same inputs and config changes. The model's assets follow the fused model's
-# design (fusion.predictor.DESIGN_VERSION; tests/test_pipeline.py keeps them equal): a model of another design
-# is
-# refused at load, so its outputs are stale the moment the design moves.
+# as unsynced ("code version changed"), so a user sees which sources still carry outputs of older code. Bump
+# an entry when that asset's output for the same inputs and config changes. The model's assets follow the
+# fused model's design (fusion.predictor.DESIGN_VERSION; tests/test_pipeline.py keeps them equal): a model of
+# another design is refused at load, so its outputs are stale the moment the design moves.
 DESIGN = "design-5"
 CODE_VERSIONS = {
     "raw_ticks": "1", "series": "1",
@@ -80,9 +76,8 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
 def source_asset(group: str, kinds: set[str], automation: AutomationCondition | None = None,
                  **extra) -> Callable:
     """`@asset` with the arguments every per-source asset shares: its code version (by function name), the
-    source
-    partitions, owners, tags, and the automation condition (`automation`; None for assets that only runs of
-    their job materialize)."""
+    source partitions, owners, tags, and the automation condition (`automation`; None for assets that only
+    runs of their job materialize)."""
 
     def wrap(fn: Callable):
         return asset(code_version=CODE_VERSIONS[fn.__name__], partitions_def=source_partitions, group_name=group,

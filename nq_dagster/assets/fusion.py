@@ -24,8 +24,7 @@ def quantum_summary(q: dict) -> dict:
 def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservoir_states: dict,
                  feature_selection: dict, warehouse: WarehouseResource) -> Output[dict]:
     """Walk-forward fused model (reservoir readout + selected features + recent changes), its ablations and
-    AR(5);
-    `version` is the last model as streaming and serving use it."""
+    AR(5); `version` is the last model as streaming and serving use it."""
     from nq_dagster.fusion.pipeline import run_fusion
     from nq_dagster.fusion.predictor import model_version_from_fit
     cfg = warehouse.pipeline_config()
@@ -67,12 +66,10 @@ def serving_state(context: AssetExecutionContext, fusion_model: dict, features: 
 def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, reservoir_states: dict,
                 warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """One record per (source, time) in the shape of DESIGN.md section 6: the walk-forward predictions, built
-    by
-    the same record function as streaming and serving, for every time that was not served live.
-    `processing_time_ms`
-    is null: no tick triggered these (the fit time is `fit_seconds` of `fusion_model`). Records served live by
-    the
-    streaming job or the prediction server (`stream-*` / `serve-*` parts, with their processing time) stay."""
+    by the same record function as streaming and serving, for every time that was not served live.
+    `processing_time_ms` is null: no tick triggered these (the fit time is `fit_seconds` of `fusion_model`).
+    Records served live by the streaming job or the prediction server (`stream-*` / `serve-*` parts, with
+    their processing time) stay."""
     from nq_dagster.fusion.record import build_records, records_frame
     from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
     source = context.partition_key

@@ -9,8 +9,7 @@ from nq_dagster.assets.ingestion import raw_ticks
 from nq_dagster.ingest import build_series
 from nq_dagster.resources import WarehouseResource
 
-# rows [a, b) of the source; a re-run of the same rows overwrites the part
-STREAM_PART = "stream-{:010d}-{:010d}"
+STREAM_PART = "stream-{:010d}-{:010d}"  # rows [a, b) of the source; a re-run of the same rows overwrites the part
 
 
 @source_asset("streaming", {"torch", "parquet"}, deps=[raw_ticks, serving_state])
@@ -19,14 +18,11 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
     (`fusion.predictor.Predictor`): appended to `predictions`; the state moves on.
 
     Exactly once: the new rows are those after the stream's last timestamp (training's `serving_state` or,
-    when
-    further, the `live_state` that this job or the prediction server saved); their predictions are written as
-    one
-    Parquet part named by the row range, and only then is `live_state` saved. A run that dies in between is
-    re-run
-    over the same rows and rewrites the same part. While `nq serve` owns the source, the server predicts its
-    new
-    rows (it watches `raw_ticks`) and this step leaves them to it: two writers would fork the stream."""
+    when further, the `live_state` that this job or the prediction server saved); their predictions are
+    written as one Parquet part named by the row range, and only then is `live_state` saved. A run that dies
+    in between is re-run over the same rows and rewrites the same part. While `nq serve` owns the source, the
+    server predicts its new rows (it watches `raw_ticks`) and this step leaves them to it: two writers would
+    fork the stream."""
     from nq_dagster.fusion.predictor import Predictor
     from nq_dagster.fusion.record import records_table
     from nq_dagster.store.leases import serving_replica
@@ -58,8 +54,7 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
     table = records_table(records)
     wh.write_table("predictions", source, table, part=STREAM_PART.format(st.n_rows, nxt.stream.n_rows))
     wh.save_artifact("live_state", source, nxt)
-    # a part per run: merged past NQ_COMPACT_PARTS (the predictions are stored already: never a failed run)
-    try:
+    try:  # a part per run: merged past NQ_COMPACT_PARTS (the predictions are stored already: never a failed run)
         compacted = wh.compact_if_many("predictions", source)
     except Exception as exc:  # noqa: BLE001 - the parts stay readable; the next run tries again
         context.log.warning(f"compaction of {source}'s live predictions deferred: {type(exc).__name__}: {exc}")

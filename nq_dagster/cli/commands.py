@@ -102,8 +102,7 @@ def cmd_ingest(args, settings: Settings) -> int:
 
 def cmd_compact(args, settings: Settings) -> int:
     """Merge each source's raw_ticks parts into one, and its live predictions parts (the streaming job's and
-    the
-    server's) into one live part (atomic; readers switch at once; see Warehouse.compact)."""
+    the server's) into one live part (atomic; readers switch at once; see Warehouse.compact)."""
     wh = Warehouse.from_settings(settings).ensure()
     sources = [check_source_name(args.source)] if args.source else wh.sources("raw_ticks")
     if not sources:
@@ -142,8 +141,7 @@ def cmd_predict(args, settings: Settings) -> int:
 
     wh = Warehouse.from_settings(settings)
     try:
-        # where the stream went (streaming job, server), else training
-        saved, _how = load_stream(wh, args.source)
+        saved, _how = load_stream(wh, args.source)  # where the stream went (streaming job, server), else training
     except FileNotFoundError:
         known = wh.artifact_sources("serving_state")
         raise FileNotFoundError(f"no serving state for source {args.source!r} in {wh.where}; sources with one: "
@@ -151,8 +149,7 @@ def cmd_predict(args, settings: Settings) -> int:
                                 ) from None
     predictor = Predictor()
     predictor.load(saved)
-    # processing_time_ms is then the per-tick cost, not this process's start-up
-    predictor.warm_up(args.source)
+    predictor.warm_up(args.source)  # processing_time_ms is then the per-tick cost, not this process's start-up
     if args.values:
         try:
             values = [float(x) for x in args.values.split(",") if x.strip()]

@@ -28,9 +28,7 @@ def cmd_serve(args, settings: Settings) -> int:
     own = Ownership(replica if replicas > 1 else 0, replicas, tuple(p for p in peers.split(",") if p.strip()))
     configure_logging(args.log_level.upper())
     # one torch thread: the server's parallelism is the batch of requests; torch's intra-op pool on top of the
-    # event
-    # loop and the engine's worker only contends for the cores (throughput at concurrency 32: 665 -> 910 /s
-    # here)
+    # event loop and the engine's worker only contends for the cores (bench/RESULTS.md, "Prediction server")
     import torch
 
     torch.set_num_threads(settings.serve_torch_threads)

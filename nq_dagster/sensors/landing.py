@@ -11,11 +11,10 @@ Each tick (every 5 s, the sensor daemon's loop; `NQ_SENSOR_INTERVAL`, default 3,
   moment the first ends instead of at the next tick (the sensor daemon ticks every 5 s at the fastest);
 - otherwise one run is requested for the source, with `run_key = <job>-<source>-<hash of the files' content
   hashes>-a<attempt>`. Dagster never launches a run key twice, so a file set is processed once however often
-  the
-  daemon or the UI restarts; the cursor (kept by Dagster across restarts) only caches content hashes and
-  counts
-  attempts. If a run fails and leaves the files in place, the next tick retries with the next attempt number,
-  up to `NQ_MAX_ATTEMPTS` (3); then the files go to `quarantine/` with the reason, so the stream moves on;
+  the daemon or the UI restarts; the cursor (kept by Dagster across restarts) only caches content hashes and
+  counts attempts. If a run fails and leaves the files in place, the next tick retries with the next attempt
+  number, up to `NQ_MAX_ATTEMPTS` (3); then the files go to `quarantine/` with the reason, so the stream
+  moves on;
 - the job: `streaming` when the source has a serving state (a trained model), else the full training job
   `source_pipeline` once the source has at least `NQ_MIN_ROWS_TO_TRAIN` rows (default: `config.rows_needed`),
   else `ingest_only` (the rows are stored and counted until there are enough).
@@ -58,10 +57,8 @@ FINISHED_BAD = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
 # The sensor's minimum interval (NQ_SENSOR_INTERVAL). Dagster's sensor daemon evaluates sensors at most once
-# per
-# 5 s loop; a minimum interval of 5 s itself made every other loop skip the sensor by a few milliseconds of
-# jitter
-# (bench/RESULTS.md), so the default is 3 s: a tick every loop.
+# per 5 s loop; a minimum interval of 5 s itself made every other loop skip the sensor by a few milliseconds
+# of jitter (bench/RESULTS.md), so the default is 3 s: a tick every loop.
 SENSOR_INTERVAL = SETTINGS.sensor_interval
 
 
@@ -153,12 +150,10 @@ def quarantine_unusable(wh: Warehouse, now: float, settle: float) -> list[str]:
 
 def dead_local_run(instance, run) -> str | None:
     """Why a STARTED run can never finish, if its worker was a local process that is gone (a daemon killed
-    with its
-    process group takes its runs with it); None when alive or unknown. Dagster's run monitoring cannot see
-    this
-    for the DefaultRunLauncher (no worker health check), and such a run would hold its source's one-run slot
-    for
-    ever. Other launchers (Kubernetes) are left to run monitoring (k8s/dagster.yaml)."""
+    with its process group takes its runs with it); None when alive or unknown. Dagster's run monitoring
+    cannot see this for the DefaultRunLauncher (no worker health check), and such a run would hold its
+    source's one-run slot for ever. Other launchers (Kubernetes) are left to run monitoring
+    (k8s/dagster.yaml)."""
     if run.status != DagsterRunStatus.STARTED or type(instance.run_launcher).__name__ != "DefaultRunLauncher":
         return None
     pid = None
@@ -200,8 +195,7 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], se
         # listed landing/ already, so the next run is queued now and starts the moment it ends
         waiting_run = [r for r in runs if r.status != DagsterRunStatus.STARTED]
         # a started run whose local worker is gone holds the source's one-run slot for ever (a queued run
-        # behind it
-        # could never start): marked failed, each looked at once per tick
+        # behind it could never start): marked failed, each looked at once per tick
         dead = [(r, why) for r in runs if r.status == DagsterRunStatus.STARTED and (why := dead_local_run(instance, r))]
         hashes = []
         for f in ready:
@@ -227,8 +221,7 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], se
         attempt = plan.cursor["attempts"].get(akey, 0)
         previous = instance.get_runs(RunsFilter(tags={"dagster/run_key": f"{job}-{source}-{files_key}-a{attempt}"}),
                                      limit=1)
-        # that exact file set was requested and its run has finished, yet the files are still here
-        if previous:
+        if previous:  # that exact file set was requested and its run has finished, yet the files are still here
             attempt += 1
             plan.cursor["attempts"][akey] = attempt
             if attempt >= max_attempts:
@@ -240,8 +233,7 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], se
         plan.requests.append(RunRequest(
             run_key=f"{job}-{source}-{files_key}-a{attempt}", job_name=job, partition_key=source,
             tags={SOURCE_TAG: source, "nq/trigger": "landing", "nq/files": str(len(ready))}))
-    # forget attempt counts of file sets no longer waiting
-    live = {f"{source}:" for source in landing_files(wh)}
+    live = {f"{source}:" for source in landing_files(wh)}  # forget attempt counts of file sets no longer waiting
     plan.cursor["attempts"] = {k: v for k, v in plan.cursor["attempts"].items() if any(k.startswith(s) for s in live)}
     return plan
 

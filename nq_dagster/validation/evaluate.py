@@ -2,13 +2,11 @@
 
 One scoring rule for every model (the fused model, its ablations, the baselines): each forecasts the change,
 turns it into class probabilities with its own error scale (and base-rate mix) calibrated on held-out rows,
-and calls the direction
-its most likely class (`fusion.walkforward.walk_forward_forecaster`). The score never rewards no skill: it is
-0
-("no skill") unless the model beats both the best constant predictor (binomial test) and the best baseline
-(McNemar on accuracy or Diebold-Mariano on squared error) significantly, after Holm's correction over the
-tested criteria; only then is it the share of the listed criteria that pass. `SCORE_DEFINITION` is printed in
-every report.
+and calls the direction its most likely class (`fusion.walkforward.walk_forward_forecaster`). The score never
+rewards no skill: it is 0 ("no skill") unless the model beats both the best constant predictor (binomial test)
+and the best baseline (McNemar on accuracy or Diebold-Mariano on squared error) significantly, after Holm's
+correction over the tested criteria; only then is it the share of the listed criteria that pass.
+`SCORE_DEFINITION` is printed in every report.
 """
 
 from __future__ import annotations
@@ -201,8 +199,7 @@ def class_share_train(train_dirs: np.ndarray, c: int) -> float:
 
 def evaluate_live(live: pd.DataFrame, timestamps: pd.Series, targets: pd.DataFrame) -> dict | None:
     """What was served live (the streaming job's and the prediction server's records in `predictions`), scored
-    on
-    the outcomes that have been realized since: accuracy with its 95 % interval and the test against the
+    on the outcomes that have been realized since: accuracy with its 95 % interval and the test against the
     majority class of the same rows, and how the stated confidence compares with the accuracy achieved.
     None when nothing served live has a realized outcome yet."""
     if live is None or not len(live):

@@ -40,8 +40,7 @@ def _prediction_expectations(gx) -> list:
         *[E.ExpectColumnValuesToNotBeNull(column=c) for c in
           ("prediction_id", "source", "timestamp", "direction", "confidence", "magnitude", "model_version")],
         E.ExpectColumnValuesToBeUnique(column="prediction_id"),
-        # one prediction per source and time
-        E.ExpectCompoundColumnsToBeUnique(column_list=["source", "timestamp"]),
+        E.ExpectCompoundColumnsToBeUnique(column_list=["source", "timestamp"]),  # one prediction per source and time
         E.ExpectColumnValuesToBeInSet(column="direction", value_set=["up", "down", "hold"]),
         # the largest of three class probabilities lies in [1/3, 1]
         E.ExpectColumnValuesToBeBetween(column="confidence", min_value=1 / 3 - 1e-9, max_value=1.0),
