@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 
 from nq_dagster.assets.automation import TRAINING_AUTOMATION
 from nq_dagster.assets.common import md_table, source_asset, table_metadata
+from nq_dagster.config import rows_needed
 from nq_dagster.ingest import Ingestor, build_series, landing_files  # noqa: F401 (build_series: re-exported)
 from nq_dagster.resources import WarehouseResource
 
@@ -38,7 +39,9 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
     rows = sum(n for _, _, n in spans)
     files = pd.DataFrame([{"file": r.file.rsplit("/", 1)[-1], "status": r.status, "rows": r.rows_accepted,
                            "bad_rows": len(r.bad_rows)} for r in results])
-    summary = f"**{source}**: {rows} rows in {len(parts)} Parquet part(s)."
+    need = rows_needed(warehouse.pipeline_config())
+    summary = (f"**{source}**: {rows} rows in {len(parts)} Parquet part(s); training needs at least {need}"
+               + ("." if rows >= need else f": {need - rows} more before it trains."))
     if len(files):
         summary += "\n\nThis run:\n\n" + md_table(files)
     meta = table_metadata(wh.read_part(parts[-1]).slice(0, 0).to_pandas(), summary)
@@ -47,6 +50,7 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
     if lows:
         meta["first_timestamp"] = str(pd.Timestamp(min(lows), tz="UTC"))
         meta["last_timestamp"] = str(pd.Timestamp(max(highs), tz="UTC"))
+    meta["rows_needed"] = need
     meta["files_this_run"] = len(results)
     meta["parts"] = len(parts)
     if compacted:
@@ -60,10 +64,12 @@ def series(context: AssetExecutionContext, warehouse: WarehouseResource) -> Outp
     """The cleaned series of one source: sorted by time, one row per timestamp."""
     wh = warehouse.warehouse()
     out = build_series(wh.read_table("raw_ticks", context.partition_key))
-    from nq_dagster.fusion.walkforward import MIN_ROWS, schedule_for
-    if len(out) < MIN_ROWS:  # say so now, not after a minute of encoding and reservoir work
+    from nq_dagster.fusion.walkforward import schedule_for
+
+    need = rows_needed(warehouse.pipeline_config())
+    if len(out) < need:  # say so now, not after a minute of encoding and reservoir work
         raise Failure(description=f"source {context.partition_key!r} has {len(out)} rows; training needs at least "
-                      f"{MIN_ROWS}. Fix: ingest more history", allow_retries=False)
+                      f"{need}. Fix: ingest more history", allow_retries=False)
     sched = schedule_for(len(out), warehouse.pipeline_config())
     gaps = out["timestamp"].diff().dt.total_seconds().to_numpy()[1:]
     median_gap = float(np.median(gaps)) if len(gaps) else float("nan")

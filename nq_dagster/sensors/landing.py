@@ -232,7 +232,8 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], se
                 continue
         plan.requests.append(RunRequest(
             run_key=f"{job}-{source}-{files_key}-a{attempt}", job_name=job, partition_key=source,
-            tags={SOURCE_TAG: source, "nq/trigger": "landing", "nq/files": str(len(ready))}))
+            tags={SOURCE_TAG: source, "nq/trigger": "landing", "nq/files": str(len(ready)),
+                  "nq/rows_needed": str(need)}))
     live = {f"{source}:" for source in landing_files(wh)}  # forget attempt counts of file sets no longer waiting
     plan.cursor["attempts"] = {k: v for k, v in plan.cursor["attempts"].items() if any(k.startswith(s) for s in live)}
     return plan
