@@ -53,6 +53,8 @@ class Settings(BaseModel):
     sensor_interval: int = Field(3, ge=1, le=3600, description="seconds between landing-sensor ticks")
     settle_seconds: float = Field(0.25, ge=0, le=3600, description="a landed file must be this old (s)")
     max_attempts: int = Field(3, ge=1, le=100, description="failed runs on a file before it is quarantined")
+    run_start_timeout_s: float = Field(180.0, gt=0, le=86_400,
+                                       description="a run STARTING longer than this is marked failed")
     min_rows_to_train: int | None = Field(None, ge=2, description="override the rows training needs (tests)")
     train_cron: str = Field("0 3 * * *", description="when the daily training automation may run")
     freshness_seconds: float = Field(300.0, gt=0, description="live predictions older than this are stale")
@@ -144,6 +146,7 @@ FIELDS: dict[str, str] = {
     "compact_parts": "NQ_COMPACT_PARTS", "compact_big_rows": "NQ_COMPACT_BIG_ROWS",
     "compact_grace_s": "NQ_COMPACT_GRACE_S", "sensor_interval": "NQ_SENSOR_INTERVAL",
     "settle_seconds": "NQ_SETTLE_SECONDS", "max_attempts": "NQ_MAX_ATTEMPTS",
+    "run_start_timeout_s": "NQ_RUN_START_TIMEOUT_S",
     "min_rows_to_train": "NQ_MIN_ROWS_TO_TRAIN", "train_cron": "NQ_TRAIN_CRON",
     "freshness_seconds": "NQ_FRESHNESS_SECONDS", "training_fresh_hours": "NQ_TRAINING_FRESH_HOURS",
     "gpu_node_selector": "NQ_GPU_NODE_SELECTOR", "data_pvc": "NQ_DATA_PVC",

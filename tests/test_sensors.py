@@ -1,9 +1,11 @@
 """Landing sensor (grouping, run keys, cursor across restarts, backpressure, retries), failure recorder,
 freshness check; evaluated against a real (temporary) Dagster instance."""
 
+import time
+
 import pandas as pd
 import pytest
-from dagster import DagsterRunStatus, build_sensor_context, instance_for_test
+from dagster import DagsterRunStatus, RunsFilter, build_sensor_context, instance_for_test
 from dagster._core.test_utils import create_run_for_test
 
 from nq_dagster.resources import WarehouseResource
@@ -64,20 +66,71 @@ def test_backpressure_retries_then_quarantine(landing, monkeypatch):
         res = tick(landing, inst)
         assert {r.partition_key for r in res.run_requests} == {"beta"}
     with instance_for_test() as inst:
-        # alpha's run failed and left its files: the next tick retries with the next attempt's key
+        # beta's run failed and left its one file: the next tick retries with the next attempt's key
         create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.FAILURE,
-                            tags={"nq/source": "alpha", "dagster/run_key": first["alpha"]})
+                            tags={"nq/source": "beta", "dagster/run_key": first["beta"]})
         res = tick(landing, inst)
-        retry = {r.partition_key: r.run_key for r in res.run_requests}["alpha"]
-        assert retry == first["alpha"][:-1] + "1"
-        # that one fails too: attempts are used up, the files go to quarantine with the reason
+        retry = {r.partition_key: r.run_key for r in res.run_requests}["beta"]
+        assert retry == first["beta"][:-1] + "1"
+        # that one fails too: attempts are used up, the file goes to quarantine with the reason
         create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.FAILURE,
-                            tags={"nq/source": "alpha", "dagster/run_key": retry})
+                            tags={"nq/source": "beta", "dagster/run_key": retry})
+        res = tick(landing, inst, res.cursor)
+        assert "beta" not in {r.partition_key for r in res.run_requests}
+        assert not (landing.landing / "beta.csv").exists()
+        reasons = list(landing.quarantine.glob("beta*.reason.txt"))
+        assert reasons and "runs failed" in reasons[0].read_text()
+
+
+def test_a_failing_file_is_isolated_and_never_takes_good_files_with_it(landing, monkeypatch):
+    """A run on alpha's two files fails: the sensor then runs alpha's files one at a time (the first alone, tagged
+    nq/only), quarantines the one that keeps failing alone, and requests the other file, which is never
+    quarantined with it. A run still going is never counted as a failure."""
+    monkeypatch.setenv("NQ_MAX_ATTEMPTS", "2")
+    with instance_for_test() as inst:
+        res = tick(landing, inst)
+        first = {r.partition_key: r for r in res.run_requests}["alpha"]
+        assert first.tags["nq/files"] == "2" and "nq/only" not in first.tags
+        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.FAILURE,
+                            tags={"nq/source": "alpha", "dagster/run_key": first.run_key})
+        res = tick(landing, inst, res.cursor)
+        alone = {r.partition_key: r for r in res.run_requests}["alpha"]
+        assert alone.tags["nq/only"] == "alpha/a1.csv" and alone.tags["nq/files"] == "1"
+        # the isolated run is still going: the next tick waits for it, counting nothing
+        running = create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.STARTED,
+                                      tags={"nq/source": "alpha", "dagster/run_key": alone.run_key})
         res = tick(landing, inst, res.cursor)
         assert "alpha" not in {r.partition_key for r in res.run_requests}
-        assert not (landing.landing / "alpha").exists() or not list((landing.landing / "alpha").glob("*.csv"))
-        reasons = list(landing.quarantine.glob("a1*.reason.txt"))
-        assert reasons and "runs failed" in reasons[0].read_text()
+        inst.report_run_failed(running)
+        for _ in range(2):  # fails alone, twice: a1 alone is quarantined
+            res = tick(landing, inst, res.cursor)
+            req = {r.partition_key: r for r in res.run_requests}.get("alpha")
+            if req is None:
+                break
+            assert req.tags["nq/only"] == "alpha/a1.csv"
+            create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.FAILURE,
+                                tags={"nq/source": "alpha", "dagster/run_key": req.run_key})
+        res = tick(landing, inst, res.cursor)
+        assert [p.name for p in landing.quarantine.glob("*.csv")] == ["a1.csv"]
+        assert "failed on this file alone" in (landing.quarantine / "a1.csv.reason.txt").read_text()
+        nxt = {r.partition_key: r for r in res.run_requests}["alpha"]
+        assert (landing.landing / "alpha" / "a2.csv").exists() and nxt.tags["nq/files"] == "1"
+
+
+def test_a_run_stuck_starting_is_given_up(landing, monkeypatch):
+    """A run left STARTING (its launch died with the daemon) holds the source's slot until the start timeout;
+    then the sensor marks it failed and the source's files are requested again."""
+    monkeypatch.setenv("NQ_RUN_START_TIMEOUT_S", "0.5")
+    with instance_for_test() as inst:
+        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.STARTING, tags={"nq/source": "beta"})
+        res = tick(landing, inst)
+        assert "beta" not in {r.partition_key for r in res.run_requests}  # just started: it may still launch
+        time.sleep(0.6)
+        res = tick(landing, inst, res.cursor)
+        failed = inst.get_runs(RunsFilter(tags={"nq/source": "beta"}, statuses=[DagsterRunStatus.FAILURE]))
+        assert len(failed) == 1
+        res = tick(landing, inst, res.cursor)
+        assert "beta" in {r.partition_key for r in res.run_requests}
 
 
 def test_job_choice_training_then_streaming(landing, monkeypatch):

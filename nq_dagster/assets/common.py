@@ -25,6 +25,7 @@ from nq_dagster.settings import Settings
 
 SETTINGS = Settings.from_env()
 SOURCE_TAG = "nq/source"  # the tag naming a run's source (the instance's one-run-per-source limit counts it)
+ONLY_TAG = "nq/only"  # a run that ingests this one landed file (relative to landing/) and no other
 source_partitions = DynamicPartitionsDefinition(name="source")
 OWNERS = ["team:nq-dagster"]
 TAGS = {"domain": "prediction"}

@@ -6,7 +6,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, Output
 
 from nq_dagster.assets.automation import TRAINING_AUTOMATION
-from nq_dagster.assets.common import md_table, source_asset, table_metadata
+from nq_dagster.assets.common import ONLY_TAG, md_table, source_asset, table_metadata
 from nq_dagster.config import rows_needed
 from nq_dagster.ingest import Ingestor, build_series, landing_files  # noqa: F401 (build_series: re-exported)
 from nq_dagster.resources import WarehouseResource
@@ -20,7 +20,11 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
     """
     source = context.partition_key
     wh = warehouse.warehouse()
-    results = [Ingestor(wh).ingest_file(p, source=source, move=True) for p in landing_files(wh, source).get(source, [])]
+    files = landing_files(wh, source).get(source, [])
+    only = context.run.tags.get(ONLY_TAG)
+    if only:  # the landing sensor isolates a file after a failed run on several: this run takes it alone
+        files = [p for p in files if str(p.relative_to(wh.landing)) == only]
+    results = [Ingestor(wh).ingest_file(p, source=source, move=True) for p in files]
     for r in results:
         if r.status == "quarantined":
             context.log.warning(f"quarantined {r.file}: {r.reason}")

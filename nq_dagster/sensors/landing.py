@@ -27,6 +27,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 
 from dagster import (
@@ -42,7 +43,7 @@ from dagster import (
     sensor,
 )
 
-from nq_dagster.assets.common import SETTINGS, SOURCE_TAG
+from nq_dagster.assets.common import ONLY_TAG, SETTINGS, SOURCE_TAG
 from nq_dagster.config import load_config, rows_needed
 from nq_dagster.ingest import SUFFIXES, content_hash, landing_files
 from nq_dagster.jobs import INGEST_JOB, STREAMING_JOB, ingest_only, source_pipeline, streaming
@@ -173,6 +174,80 @@ def dead_local_run(instance, run) -> str | None:
     return None
 
 
+def stuck_starting(instance, run, now: float, settings: Settings) -> str | None:
+    """Why a run left STARTING can never start: a daemon killed between dequeuing it and launching its worker
+    leaves it STARTING for ever (run monitoring is off locally); after `run_start_timeout_s` it is given
+    up."""
+    if run.status != DagsterRunStatus.STARTING:
+        return None
+    record = instance.get_run_record_by_id(run.run_id)
+    stamp = record.update_timestamp if record else None
+    if stamp is not None and stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)  # the run storage keeps naive UTC times
+    since = stamp.timestamp() if stamp is not None else now
+    if now - since < settings.run_start_timeout_s:
+        return None
+    return (f"STARTING for {now - since:.0f} s (its launch died, e.g. a killed daemon); "
+            f"given up after NQ_RUN_START_TIMEOUT_S={settings.run_start_timeout_s:g}")
+
+
+def _files_key(plan: Plan, files: list[Path]) -> str:
+    hashes = sorted(plan.cursor["hashes"][f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}"] for f in files)
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
+
+
+def _next_request(wh: Warehouse, instance, plan: Plan, source: str, ready: list[Path], need: int,
+                  max_attempts: int) -> RunRequest | None:
+    """The run for a source's waiting files, or None (quarantined, or still running).
+
+    Isolation: once a run on several files fails, the source's files go one run each (the first waiting file
+    alone, `nq/only`) until its landing zone is empty, so a file that makes runs fail is retried and
+    quarantined alone and never takes good files with it. Only finished failed runs count towards
+    NQ_MAX_ATTEMPTS."""
+    if has_current_model(wh, source):
+        job = STREAMING_JOB
+    elif wh.stored_rows("raw_ticks", source) + sum(_landing_rows(f) for f in ready) >= need:
+        job = TRAINING_JOB
+    else:
+        job = INGEST_JOB
+    for _ in range(2):  # a second pass when this tick's look at the last run starts the isolation
+        batch = ready[:1] if source in plan.cursor["isolate"] else ready
+        files_key = _files_key(plan, batch)
+        akey = f"{source}:{files_key}"
+        attempt = plan.cursor["attempts"].get(akey, 0)
+        previous = instance.get_runs(RunsFilter(tags={"dagster/run_key": f"{job}-{source}-{files_key}-a{attempt}"}),
+                                     limit=1)
+        if not previous:
+            break
+        last = previous[0]
+        if last.status in ACTIVE:  # that run is still going: nothing is known of these files yet
+            plan.waiting[source] = f"run {last.run_id[:8]} on these files is still running"
+            return None
+        # that exact file set was requested and its run has finished, yet the files are still here
+        attempt += 1
+        plan.cursor["attempts"][akey] = attempt
+        if last.status not in FINISHED_BAD:
+            break  # it succeeded without taking them (they landed after it listed landing/): run again
+        fails = plan.cursor["failures"].get(akey, 0) + 1
+        plan.cursor["failures"][akey] = fails
+        if len(batch) > 1:
+            plan.cursor["isolate"].append(source)
+            continue
+        if fails >= max_attempts:
+            why = (f"{fails} runs failed on this file alone (last run {last.run_id}, status "
+                   f"{last.status.value}); see `nq query \"select * from run_failures\"`")
+            plan.quarantined += _quarantine(wh, batch, why)
+            plan.cursor["attempts"].pop(akey, None)
+            plan.cursor["failures"].pop(akey, None)
+            return None
+        break
+    tags = {SOURCE_TAG: source, "nq/trigger": "landing", "nq/files": str(len(batch)), "nq/rows_needed": str(need)}
+    if len(batch) < len(ready):
+        tags[ONLY_TAG] = str(batch[0].relative_to(wh.landing))
+    return RunRequest(run_key=f"{job}-{source}-{files_key}-a{attempt}", job_name=job, partition_key=source,
+                      tags=tags)
+
+
 def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], settings: Settings,
               now: float | None = None) -> Plan:
     """What one tick requests. Pure apart from reading `landing/`, the run records, and quarantining files
@@ -181,7 +256,8 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], se
     settle, max_attempts = settings.settle_seconds, settings.max_attempts
     need = rows_needed(load_config(wh.home), settings.min_rows_to_train)
     old_cache = cursor.get("hashes", {})
-    plan = Plan(cursor={"hashes": {}, "attempts": dict(cursor.get("attempts", {}))})
+    plan = Plan(cursor={"hashes": {}, "attempts": dict(cursor.get("attempts", {})),
+                        "failures": dict(cursor.get("failures", {})), "isolate": list(cursor.get("isolate", []))})
     plan.quarantined += quarantine_unusable(wh, now, settle)
     for source, files in sorted(landing_files(wh).items()):
         ready = [f for f in files if now - f.stat().st_mtime >= settle]
@@ -194,14 +270,12 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], se
         # a run that has not started yet will ingest these files too; one already running has (most likely)
         # listed landing/ already, so the next run is queued now and starts the moment it ends
         waiting_run = [r for r in runs if r.status != DagsterRunStatus.STARTED]
-        # a started run whose local worker is gone holds the source's one-run slot for ever (a queued run
-        # behind it could never start): marked failed, each looked at once per tick
-        dead = [(r, why) for r in runs if r.status == DagsterRunStatus.STARTED and (why := dead_local_run(instance, r))]
-        hashes = []
+        # a run whose worker is gone (STARTED) or that never got one (STARTING past the start timeout) holds
+        # the source's one-run slot for ever (a queued run behind it could never start): marked failed
+        dead = [(r, why) for r in runs if (why := dead_local_run(instance, r) or stuck_starting(instance, r, now,
+                                                                                            settings))]
         for f in ready:
-            h = _hash(f, old_cache)
-            plan.cursor["hashes"][f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}"] = h
-            hashes.append(h)
+            plan.cursor["hashes"][f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}"] = _hash(f, old_cache)
         if dead:
             for r, why in dead:
                 instance.report_run_failed(r, why)  # the retry logic below takes it from here
@@ -210,32 +284,13 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], se
         if waiting_run:
             plan.waiting[source] = f"run {waiting_run[0].run_id[:8]} for this source is still queued"
             continue
-        files_key = hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16]
-        if has_current_model(wh, source):
-            job = STREAMING_JOB
-        elif wh.stored_rows("raw_ticks", source) + sum(_landing_rows(f) for f in ready) >= need:
-            job = TRAINING_JOB
-        else:
-            job = INGEST_JOB
-        akey = f"{source}:{files_key}"
-        attempt = plan.cursor["attempts"].get(akey, 0)
-        previous = instance.get_runs(RunsFilter(tags={"dagster/run_key": f"{job}-{source}-{files_key}-a{attempt}"}),
-                                     limit=1)
-        if previous:  # that exact file set was requested and its run has finished, yet the files are still here
-            attempt += 1
-            plan.cursor["attempts"][akey] = attempt
-            if attempt >= max_attempts:
-                why = (f"{attempt} runs failed on these files (last run {previous[0].run_id}, status "
-                       f"{previous[0].status.value}); see `nq query \"select * from run_failures\"`")
-                plan.quarantined += _quarantine(wh, ready, why)
-                plan.cursor["attempts"].pop(akey, None)
-                continue
-        plan.requests.append(RunRequest(
-            run_key=f"{job}-{source}-{files_key}-a{attempt}", job_name=job, partition_key=source,
-            tags={SOURCE_TAG: source, "nq/trigger": "landing", "nq/files": str(len(ready)),
-                  "nq/rows_needed": str(need)}))
-    live = {f"{source}:" for source in landing_files(wh)}  # forget attempt counts of file sets no longer waiting
-    plan.cursor["attempts"] = {k: v for k, v in plan.cursor["attempts"].items() if any(k.startswith(s) for s in live)}
+        request = _next_request(wh, instance, plan, source, ready, need, max_attempts)
+        if request is not None:
+            plan.requests.append(request)
+    waiting = set(landing_files(wh))  # forget the counts of file sets no longer waiting
+    for name in ("attempts", "failures"):
+        plan.cursor[name] = {k: v for k, v in plan.cursor[name].items() if k.split(":", 1)[0] in waiting}
+    plan.cursor["isolate"] = sorted(s for s in plan.cursor["isolate"] if s in waiting)
     return plan
 
 
