@@ -275,3 +275,24 @@ def test_a_dead_run_is_failed_even_with_a_run_queued_behind_it(landing, monkeypa
         res = tick(landing, inst)
         assert "alpha" not in {r.partition_key for r in res.run_requests}
         assert inst.get_run_by_id(dead.run_id).status == DagsterRunStatus.FAILURE
+
+
+def test_links_and_fifos_in_landing_are_quarantined_unread(landing, tmp_path):
+    """A symbolic link in landing/ (to a secret file, or dangling) is never followed: it is quarantined as a link
+    with a reason that quotes nothing of its target; a FIFO is quarantined too (reading it would block)."""
+    import os
+
+    secret = tmp_path / "secret.csv"
+    secret.write_text("timestamp,value\nTOP-SECRET-LINE,1\n")
+    os.symlink(secret, landing.landing / "alpha" / "x.csv")
+    os.symlink(tmp_path / "missing.csv", landing.landing / "gone.csv")
+    os.mkfifo(landing.landing / "alpha" / "pipe.csv")
+    with instance_for_test() as inst:
+        res = tick(landing, inst)
+    assert {r.partition_key: r.tags["nq/files"] for r in res.run_requests}["alpha"] == "2"
+    for name in ("x.csv", "gone.csv", "pipe.csv"):
+        moved = landing.quarantine / name
+        assert os.path.lexists(moved), name
+        reason = (landing.quarantine / f"{name}.reason.txt").read_text()
+        assert "TOP-SECRET" not in reason and ("symbolic link" in reason or "not a regular file" in reason)
+    assert (landing.quarantine / "x.csv").is_symlink() and secret.exists()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -109,10 +110,10 @@ def _quarantine(wh: Warehouse, files: list[Path], reason: str) -> list[str]:
     moved = []
     wh.quarantine.mkdir(parents=True, exist_ok=True)
     for f in files:
-        if not f.exists():
+        if not os.path.lexists(f):  # lexists: a link is moved as the link, even a dangling one
             continue
         target = wh.quarantine / f.name
-        if target.exists():
+        if os.path.lexists(target):
             target = wh.quarantine / f"{f.stem}.{int(time.time())}{f.suffix}"
         f.replace(target)
         atomic_write_bytes(target.with_name(target.name + ".reason.txt"), f"file: {f}\nreason: {reason}\n".encode())
@@ -125,18 +126,26 @@ IN_PROGRESS_SUFFIXES = {".tmp", ".part", ".partial", ".crdownload", ".swp"}  # a
 
 def quarantine_unusable(wh: Warehouse, now: float, settle: float) -> list[str]:
     """Files in landing/ that no run could ingest go to quarantine/ at once, each with its reason and fix,
-    instead of waiting there unseen: an unsupported type, or a source name that is not valid."""
+    instead of waiting there unseen: a symbolic link or anything but a regular file (never followed or read:
+    a link could point at any file of the machine), an unsupported type, or a source name that is not valid."""
     moved = []
     if not wh.landing.exists():
         return moved
     for f in sorted(wh.landing.rglob("*")):
-        if not f.is_file() or f.name.startswith(".") or f.suffix.lower() in IN_PROGRESS_SUFFIXES:
+        if f.name.startswith(".") or f.suffix.lower() in IN_PROGRESS_SUFFIXES:
             continue
-        if now - f.stat().st_mtime < settle:
+        st = f.lstat()
+        if stat.S_ISDIR(st.st_mode) or now - st.st_mtime < settle:
             continue
         rel = f.relative_to(wh.landing)
         source = rel.parts[0] if len(rel.parts) > 1 else f.stem
-        if f.suffix.lower() not in SUFFIXES:
+        if stat.S_ISLNK(st.st_mode):
+            why = ("a symbolic link, refused (never followed: it could point at any file of the machine). Fix: "
+                   "copy or move the file itself into landing/")
+        elif not stat.S_ISREG(st.st_mode):
+            why = ("not a regular file (a FIFO, socket or device). Fix: land CSV, Parquet or JSON-lines files, "
+                   "written elsewhere and renamed into landing/")
+        elif f.suffix.lower() not in SUFFIXES:
             why = (f"unsupported file type {f.suffix!r}. Fix: land CSV (.csv), Parquet (.parquet) or JSON lines "
                    f"(.jsonl) files")
         elif not SOURCE_RE.match(source):
