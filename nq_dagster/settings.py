@@ -49,6 +49,11 @@ class Settings(BaseModel):
     compact_parts: int = Field(64, ge=2, le=100_000, description="a source's parts past this are compacted")
     compact_big_rows: int = Field(1_000_000, ge=1, description="a part of this many rows is never merged again")
     compact_grace_s: float = Field(60.0, ge=0, le=86_400, description="replaced parts are deleted after this")
+    # nq query
+    query_timeout_s: float = Field(60.0, gt=0, le=86_400, description="`nq query`: stopped after this long")
+    query_memory: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+                              description="`nq query`: DuckDB memory limit (no spilling to disk)")
+    query_max_rows: int = Field(100_000, ge=1, le=100_000_000, description="`nq query`: rows printed at most")
     # the Dagster layer
     sensor_interval: int = Field(3, ge=1, le=3600, description="seconds between landing-sensor ticks")
     settle_seconds: float = Field(0.25, ge=0, le=3600, description="a landed file must be this old (s)")
@@ -146,7 +151,8 @@ FIELDS: dict[str, str] = {
     "compact_parts": "NQ_COMPACT_PARTS", "compact_big_rows": "NQ_COMPACT_BIG_ROWS",
     "compact_grace_s": "NQ_COMPACT_GRACE_S", "sensor_interval": "NQ_SENSOR_INTERVAL",
     "settle_seconds": "NQ_SETTLE_SECONDS", "max_attempts": "NQ_MAX_ATTEMPTS",
-    "run_start_timeout_s": "NQ_RUN_START_TIMEOUT_S",
+    "run_start_timeout_s": "NQ_RUN_START_TIMEOUT_S", "query_timeout_s": "NQ_QUERY_TIMEOUT_S",
+    "query_memory": "NQ_QUERY_MEMORY", "query_max_rows": "NQ_QUERY_MAX_ROWS",
     "min_rows_to_train": "NQ_MIN_ROWS_TO_TRAIN", "train_cron": "NQ_TRAIN_CRON",
     "freshness_seconds": "NQ_FRESHNESS_SECONDS", "training_fresh_hours": "NQ_TRAINING_FRESH_HOURS",
     "gpu_node_selector": "NQ_GPU_NODE_SELECTOR", "data_pvc": "NQ_DATA_PVC",

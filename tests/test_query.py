@@ -110,3 +110,17 @@ def test_an_old_duckdb_file_is_migrated_and_a_moved_home_still_reads(wh, tmp_pat
     shutil.move(str(wh.home), moved)
     assert Warehouse(moved).query("SELECT count(*) AS n FROM raw_ticks")["n"].iloc[0] == 2
     assert Warehouse(moved).user_query("SELECT count(*) AS n FROM run_failures")["n"].iloc[0] == 0  # empty, queryable
+
+
+def test_user_query_is_bounded_in_time_memory_and_rows(wh):
+    """`nq query` cannot run for ever, take the machine's memory, or print a billion rows: each bound refuses in one
+    line naming the setting to raise (and the spill directory is off: nothing is written under the cwd)."""
+    from nq_dagster.store.views import QueryLimits, QueryRefused
+
+    with pytest.raises(QueryRefused, match="time limit of 0.5 s"):
+        wh.user_query("SELECT count(*) FROM range(100000000000)", QueryLimits(timeout_s=0.5))
+    with pytest.raises(QueryRefused, match="memory limit of 100MB"):
+        wh.user_query("SELECT list(range) FROM range(300000000)", QueryLimits(memory_limit="100MB"))
+    df = wh.user_query("SELECT * FROM range(10) t(a), range(10) u(b)", QueryLimits(max_rows=7))
+    assert len(df) == 7 and df.attrs["truncated"]
+    assert not wh.user_query("SELECT 1 AS one").attrs["truncated"]

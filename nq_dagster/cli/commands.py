@@ -11,6 +11,7 @@ import pandas as pd
 
 from nq_dagster.settings import Settings
 from nq_dagster.store import Warehouse, check_source_name
+from nq_dagster.store.views import QueryLimits
 
 
 def summary_table(wh: Warehouse) -> pd.DataFrame:
@@ -123,11 +124,16 @@ def cmd_compact(args, settings: Settings) -> int:
 def cmd_query(args, settings: Settings) -> int:
     wh = Warehouse.from_settings(settings).ensure()
     try:
-        df = wh.user_query(args.sql)
+        df = wh.user_query(args.sql, QueryLimits(timeout_s=settings.query_timeout_s,
+                                                 memory_limit=settings.query_memory,
+                                                 max_rows=settings.query_max_rows))
     except Exception as exc:  # duckdb errors and refusals carry a readable message
         print(f"query failed: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
     _print_frame(df, args.format)
+    if df.attrs.get("truncated"):
+        print(f"note: the answer was cut at {settings.query_max_rows} rows (NQ_QUERY_MAX_ROWS); add a LIMIT or "
+              "aggregate", file=sys.stderr)
     return 0
 
 

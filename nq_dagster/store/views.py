@@ -7,6 +7,8 @@ is the code's own SQL; `user_query` is `nq query`'s sandbox: SELECT only, and no
 from __future__ import annotations
 
 import re
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -67,14 +69,30 @@ def query(store: Backend, sql: str) -> pd.DataFrame:
         con.close()
 
 
-def user_query(store: Backend, tables_dir: Path, sql: str) -> pd.DataFrame:
+@dataclass(frozen=True)
+class QueryLimits:
+    """What one `nq query` may use: wall time (the query is interrupted), memory (DuckDB's memory_limit, with
+    spilling to disk off), threads, and the rows it returns (more are cut, and the frame says so in
+    `attrs["truncated"]`)."""
+
+    timeout_s: float = 60.0
+    memory_limit: str = "2GB"
+    threads: int = 2
+    max_rows: int = 100_000
+
+
+def user_query(store: Backend, tables_dir: Path, sql: str, limits: QueryLimits | None = None) -> pd.DataFrame:
     """Run a user's SQL (`nq query`) in a sandbox: an in-memory DuckDB with one view per warehouse table (the
     log tables included), that may read the warehouse's Parquet and nothing else. Only SELECT
     statements run (COPY, EXPORT, ATTACH, INSTALL / LOAD, SET / RESET, CREATE ... are refused before anything
     executes); file access outside `tables_dir` is refused by DuckDB itself (`enable_external_access=false`
-    with the warehouse as the one allowed directory, then `lock_configuration=true`). Raises QueryRefused
-    with a one-line reason."""
-    con = duckdb.connect()  # in memory: nothing the query does can reach a database file
+    with the warehouse as the one allowed directory, then `lock_configuration=true`), and the query runs within
+    `limits`. Raises QueryRefused with a one-line reason."""
+    limits = limits or QueryLimits()
+    # in memory, no spill directory (DuckDB's default is .tmp/ under the working directory): nothing the query
+    # does reaches a file but the warehouse's Parquet, and memory_limit is a real bound
+    con = duckdb.connect(config={"temp_directory": "", "memory_limit": limits.memory_limit,
+                                 "threads": limits.threads})
     try:
         try:
             statements = con.extract_statements(sql)
@@ -92,10 +110,23 @@ def user_query(store: Backend, tables_dir: Path, sql: str) -> pd.DataFrame:
         con.execute(f"SET allowed_directories = ['{allowed}']")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
+        timer = threading.Timer(limits.timeout_s, con.interrupt)
+        timer.start()
         try:
-            return con.execute(sql).df()
+            # one row past the cap says whether the answer was cut, without building all of it
+            df = con.sql(sql).limit(limits.max_rows + 1).df()
         except duckdb.PermissionException as exc:
             raise QueryRefused(f"the query reads outside the warehouse, which `nq query` does not allow "
                                f"({str(exc).splitlines()[0]})") from None
+        except duckdb.InterruptException:
+            raise QueryRefused(f"the query ran past its time limit of {limits.timeout_s:g} s and was stopped. "
+                               "Fix: add a WHERE or LIMIT, or raise NQ_QUERY_TIMEOUT_S") from None
+        except duckdb.OutOfMemoryException:
+            raise QueryRefused(f"the query needs more than its memory limit of {limits.memory_limit}. Fix: "
+                               "aggregate or filter in SQL, or raise NQ_QUERY_MEMORY") from None
+        finally:
+            timer.cancel()
+        df.attrs["truncated"] = len(df) > limits.max_rows
+        return df.iloc[: limits.max_rows]
     finally:
         con.close()

@@ -232,9 +232,9 @@ class Warehouse:
         self._migrate_once()
         return views.query(self.store, sql)
 
-    def user_query(self, sql: str, timeout_s: float = 60.0) -> pd.DataFrame:
+    def user_query(self, sql: str, limits: views.QueryLimits | None = None) -> pd.DataFrame:
         """Run a user's SQL (`nq query`) in the sandbox (`views.user_query`): SELECT only, no file outside
-        `warehouse/`. Raises QueryRefused with a one-line reason."""
+        `warehouse/`, within `limits` (time, memory, rows). Raises QueryRefused with a one-line reason."""
         self._migrate_once()
-        return views.user_query(self.store, self.tables_dir, sql)
+        return views.user_query(self.store, self.tables_dir, sql, limits)
 
