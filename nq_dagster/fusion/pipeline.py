@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 
 from nq_dagster.fusion.baselines import run_baselines, season_of
-from nq_dagster.fusion.predictor import design_matrix, live_calibration
 from nq_dagster.fusion.stream import CANDIDATES, N_LAGS, seasonal_column
+from nq_dagster.fusion.training import design_matrix, live_calibration
 from nq_dagster.fusion.walkforward import lag_matrix, make_targets, schedule_for, walk_forward
 
 AR_ORDERS = (1, 2, 4, 8, 16)  # the candidate orders of the linear base stage (on the recent changes)

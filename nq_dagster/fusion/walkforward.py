@@ -26,11 +26,11 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import ndtr
 
-from nq_dagster.artifacts import register
+from nq_dagster.fusion.ridge import GramSums, LinearStage, RidgeBasis
 
 CLASSES = np.array([-1, 0, 1])  # down, hold, up
 CLASS_NAMES = {-1: "down", 0: "hold", 1: "up"}
-ALPHAS = np.logspace(-9, 5, 15)
+UNREALIZED = -9  # the direction of a row whose target lies beyond the data (not yet realized)
 
 
 def make_targets(values: np.ndarray, horizon: int = 1, hold_band: float = 0.1, vol_window: int = 50
@@ -43,7 +43,7 @@ def make_targets(values: np.ndarray, horizon: int = 1, hold_band: float = 0.1, v
     sd = step.rolling(vol_window, min_periods=2).std().fillna(0.0).to_numpy()  # causal: row 0 has no spread yet
     band = hold_band * sd * np.sqrt(horizon)
     direction = np.where(change > band, 1, np.where(change < -band, -1, 0))
-    direction = np.where(np.isnan(change), -9, direction)  # -9: not yet realized
+    direction = np.where(np.isnan(change), UNREALIZED, direction)
     last_change = np.full(T, np.nan)
     last_change[horizon:] = v[horizon:] - v[:-horizon]
     return pd.DataFrame({"change": change, "direction": direction, "band": band, "volatility": sd,
@@ -103,113 +103,6 @@ def schedule_for(rows: int, cfg) -> Schedule:
     return training_schedule(rows, cfg.train_min, cfg.refit_every)
 
 
-@register
-@dataclass
-class LinearStage:
-    """One fitted stage as plain coefficients: ((X[:, cols] - mean) / scale) @ coef + intercept, cols the
-    slice start:stop or, when set, the index array `columns`. (Storing numbers, not estimators, keeps artifacts
-    free of pickles and prediction free of scikit-learn's per-call overhead.)"""
-
-    start: int
-    stop: int
-    mean: np.ndarray
-    scale: np.ndarray
-    coef: np.ndarray
-    intercept: float
-    alpha: float = 0.0  # the ridge penalty chosen by leave-one-out CV
-    columns: np.ndarray | None = None
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        A = X[:, self.columns] if self.columns is not None else X[:, self.start:self.stop]
-        return ((A - self.mean) / self.scale) @ self.coef + self.intercept
-
-
-class RidgeBasis:
-    """Ridge regressions on fixed columns of the fit rows, the penalty chosen by exact leave-one-out error among
-    ALPHAS: the computation of scikit-learn's RidgeCV (standardised columns, unpenalised intercept), done through
-    one eigen-decomposition of the p x p Gram matrix shared by every target and intercept choice instead of an
-    SVD of the n x p matrix per fit (the same penalty and predictions to 1e-9: tests/test_walkforward.py; the
-    fusion step 15x faster than with scikit-learn: bench/train_bench.py). The walk-forward refits hundreds."""
-
-    def __init__(self, X: np.ndarray, cols: np.ndarray, gram: GramSums | None = None):
-        """X: the fit rows. With `gram` (running sums over exactly these rows and columns) the Gram matrix comes
-        from the sums (O(p^2) instead of O(n p^2)) and only fits with `held` rows are possible (leave-one-out
-        needs every row's leverage, an O(n p^2) product)."""
-        self.cols = np.asarray(cols, dtype=np.int64)
-        A = X[:, self.cols]
-        self.A = A
-        if gram is None:
-            self.mean = A.mean(axis=0)
-            sd = A.std(axis=0)
-        else:
-            if gram.n != len(A):
-                raise ValueError(f"the sums cover {gram.n} rows, the fit has {len(A)}")
-            self.mean = gram.sx / gram.n
-            sd = np.sqrt(np.maximum(np.diag(gram.sxx) / gram.n - self.mean**2, 0.0))
-        self.scale = np.where(sd > 1e-12 * np.maximum(1.0, np.abs(self.mean)), sd, 1.0)  # StandardScaler's rule
-        if gram is None:
-            Z = (A - self.mean) / self.scale
-            G = Z.T @ Z
-        else:
-            Z = None
-            G = (gram.sxx - gram.n * np.outer(self.mean, self.mean)) / np.outer(self.scale, self.scale)
-        s, V = np.linalg.eigh(G)
-        self.s, self.V, self.Z = np.clip(s, 0.0, None), V, Z
-        self.ZV = Z @ V if Z is not None else None
-        self.ZV2 = self.ZV**2 if Z is not None else None
-
-    def fit(self, y: np.ndarray, intercept: bool, held: tuple[np.ndarray, np.ndarray] | None = None) -> LinearStage:
-        """The ridge fit whose penalty has the lowest leave-one-out error on the fit rows or, with `held`
-        = (X, y) of later rows, the lowest squared error on those."""
-        n = len(y)
-        ybar = float(y.mean()) if intercept else 0.0
-        yc = y - ybar
-        b = self.V.T @ ((self.A.T @ yc - self.mean * yc.sum()) / self.scale)  # V' Z' yc without forming Z
-        if held is None and self.ZV is None:
-            raise ValueError("leave-one-out needs the fit rows' leverages: build the basis without sums")
-        # every penalty at once (one matrix product per quantity instead of two per penalty)
-        inv = 1.0 / (self.s[:, None] + ALPHAS[None, :])  # (p, n_alphas)
-        W = b[:, None] * inv  # coefficients in the eigenbasis, one column per penalty
-        if held is None:
-            H = self.ZV2 @ inv + (1.0 / n if intercept else 0.0)
-            errs = np.mean(((yc[:, None] - self.ZV @ W) / (1.0 - H)) ** 2, axis=0)
-        else:
-            Zh = (held[0][:, self.cols] - self.mean) / self.scale
-            errs = np.mean((held[1][:, None] - ybar - Zh @ (self.V @ W)) ** 2, axis=0)
-        k = int(np.argmin(errs))  # the first (smallest) penalty among equals
-        alpha, w = float(ALPHAS[k]), W[:, k]
-        cols = self.cols
-        contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
-        return LinearStage(int(cols[0]) if len(cols) else 0, int(cols[-1]) + 1 if len(cols) else 0, self.mean.copy(),
-                           self.scale.copy(), self.V @ w, ybar, float(alpha), None if contiguous else cols.copy())
-
-
-class GramSums:
-    """Running sums (count, sum, cross-products) of X[:, cols] over rows [lo, hi); `upto(hi)` adds the rows up
-    to hi. The walk-forward's fit rows only ever grow, so a source's reservoir Gram matrices cost O(T p^2) over
-    all refits instead of O(T^2 p^2 / refit_every)."""
-
-    def __init__(self, X: np.ndarray, cols: np.ndarray, lo: int):
-        self.X, self.cols, self.lo, self.hi = X, np.asarray(cols, dtype=np.int64), lo, lo
-        p = len(self.cols)
-        self.sxx, self.sx = np.zeros((p, p)), np.zeros(p)
-
-    @property
-    def n(self) -> int:
-        return self.hi - self.lo
-
-    def upto(self, hi: int) -> GramSums:
-        if hi < self.hi:
-            raise ValueError("fit rows only grow in a walk-forward")
-        if hi > self.hi:
-            A = self.X[self.hi:hi, self.cols]
-            self.sxx += A.T @ A
-            self.sx += A.sum(axis=0)
-            self.hi = hi
-        return self
-
-
-@register
 @dataclass
 class FusionModel:
     """One fitted model: standardised ridge stages (penalty chosen by leave-one-out CV on the fit rows), and the
@@ -257,8 +150,7 @@ def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np
     change of regime; the lower loss wins. Then the probabilities are shrunk toward the rows' class frequencies
     (add-one smoothed): P = mix x P_model + (1 - mix) x base rate, mix in [0, 1] fitted by log loss. A forecast
     with no skill on these rows gets mix near 0 and says the base rates, instead of a confident guess (the
-    Gaussian error model alone stayed over-confident on noisy series: ECE 0.06-0.08 on two demo sources); a
-    forecast with skill keeps mix near 1. Fewer than 20 rows: the residuals' root mean square, no mixing."""
+    Gaussian error model alone is over-confident on noisy series); a forecast with skill keeps mix near 1. Fewer than 20 rows: the residuals' root mean square, no mixing."""
     resid = y_chg - pred
     s0 = float(np.sqrt(np.mean(resid**2))) or 1e-12
     model.scale, model.scale_per_band, model.mix, model.base_rate = s0, None, 1.0, None
@@ -324,8 +216,8 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
     """Fit on rows [warmup, fit_end); calibrate the probability scale on [fit_end, train_end] by log loss.
 
     The first `warmup` rows are left out of the fit: their lags are zero-filled, rolling windows are short
-    and the reservoir is still forgetting its initial state. (Left in, six zero-filled lag rows made
-    leave-one-out CV pick a 10^5 times larger ridge penalty on Mackey-Glass and cost a factor 13 in MSE.)
+    and the reservoir is still forgetting its initial state (left in, their zero-filled lags drive
+    leave-one-out CV to a far larger ridge penalty).
 
     With `n_base` > 0 the last n_base columns (few, informative: recent changes, the level, selected features)
     are fitted first and the other columns (the many reservoir states) fit the remaining residual, each stage
@@ -345,7 +237,7 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
         raise ValueError(f"too few training rows ({n}) for warmup {warmup} and a held-out calibration stretch")
     y_dir = targets["direction"].to_numpy()[:n]
     y_chg = targets["change"].to_numpy()[:n]
-    if (y_dir == -9).any():
+    if (y_dir == UNREALIZED).any():
         raise AssertionError("training rows include an unrealized target: leakage guard")
     d = X.shape[1]
     fit, held = slice(warmup, fit_end), slice(fit_end, n)
@@ -413,7 +305,7 @@ def walk_forward_forecaster(fit, targets: pd.DataFrame, horizon: int, train_min:
     `recalibrate_every` rows (default refit_every / 5) on the latest realized rows it did not fit (as many as its
     first calibration stretch, at most RECAL_WINDOW), so that the confidence follows a drift of the error's size.
     A direction is the most likely class of the model's own probabilities. The model returned for serving has
-    the scale of its last rows; streams recalibrate it on the same grid (`fusion.predictor.LiveCalibration`)."""
+    the scale of its last rows; streams recalibrate it on the same grid (`fusion.model.LiveCalibration`)."""
     T = len(targets)
     if train_min < MIN_TRAIN // 2 or T <= train_min:
         raise ValueError(f"need more than train_min={train_min} rows (and train_min >= {MIN_TRAIN // 2}); got {T}")
@@ -437,7 +329,7 @@ def walk_forward_forecaster(fit, targets: pd.DataFrame, horizon: int, train_min:
             out.append(pd.DataFrame({"row": rows, "p_down": probs[:, 0], "p_hold": probs[:, 1], "p_up": probs[:, 2],
                                      "pred_change": chg, "error_scale": scale, "train_end": train_end, "model_id": k}))
     # the last model keeps the scale of its last sub-block: a stream continuing at row T recalibrates on the same
-    # grid (t0 + k x recal) from the outcomes it realizes (fusion.predictor.LiveCalibration), as this loop would
+    # grid (t0 + k x recal) from the outcomes it realizes (fusion.model.LiveCalibration), as this loop would
     pred = pd.concat(out, ignore_index=True)
     P = pred[["p_down", "p_hold", "p_up"]].to_numpy()
     pred["direction"] = CLASSES[P.argmax(axis=1)]
@@ -456,7 +348,7 @@ def _recalibrate(model: FusionModel, chg_all: np.ndarray, last: int, window: int
     """Refit the error scale on rows (last - window, last], all realized and at or after the model's fit_end."""
     lo = max(model.fit_end, last + 1 - window)
     rows = np.arange(lo, last + 1)
-    if (y_dir[rows] == -9).any():
+    if (y_dir[rows] == UNREALIZED).any():
         raise AssertionError("recalibration rows include an unrealized target: leakage guard")
     calibrate(model, chg_all[rows - model.fit_end], y_chg[rows], y_dir[rows], band[rows])
 

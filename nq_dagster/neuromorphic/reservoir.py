@@ -25,8 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nq_dagster.artifacts import register
-
 
 def scale_to_spectral_radius(w: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
     """Scale `w` so that max |eigenvalue| == radius; returns (scaled w, radius before scaling)."""
@@ -38,7 +36,6 @@ def scale_to_spectral_radius(w: np.ndarray, radius: float) -> tuple[np.ndarray, 
     return w * (radius / current), current
 
 
-@register
 @dataclass
 class ReservoirState:
     """Everything a stream needs to continue: (B, size) tensors, on the reservoir's device."""
@@ -140,8 +137,7 @@ class Reservoir:
 
         With `gather_inputs`, the input term reads only the rows of W_in whose input is non-zero (spike counts:
         about 14 % of the neurons fire in a step). Worth it when many sources step in turn and their weights
-        do not stay in cache (64 sources: 8.4 -> 4.9 ms a step here); equal to the dense product up to float32
-        rounding order."""
+        do not stay in cache (bench/RESULTS.md); equal to the dense product up to float32 rounding order."""
         if self.mode != "esn" or self._use_sparse(u.shape[0]):
             out, st = self.run(u[:, None], state)
             return out[:, 0], st
@@ -158,9 +154,9 @@ class Reservoir:
         """One esn step of one source on CPU in numpy, u (1, n_inputs) and x (1, size) float32: the same three
         products as `step` without torch's per-call overhead; the input product reads only the rows of the
         non-zero inputs (spike counts: about 14 % of the neurons fire in a step) and the recurrent one only the
-        non-zero weights (scipy CSR). With 34 sources' weights out of cache (a server's batch) that is 46 against
-        184 us a step for a 1000 x 500 reservoir here: memory traffic, not arithmetic, is the cost. Equal up to
-        float32 rounding order. None where it does not apply (lif, CUDA)."""
+        non-zero weights (scipy CSR): with many sources' weights out of cache (a server's batch) memory traffic,
+        not arithmetic, is the cost (bench/RESULTS.md). Equal up to float32 rounding order. None where it does
+        not apply (lif, CUDA)."""
         if self.mode != "esn" or self.W.device.type != "cpu" or self.dtype != torch.float32:
             return None
         if not hasattr(self, "_np"):
@@ -192,7 +188,7 @@ class Reservoir:
             with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
                 warnings.simplefilter("ignore", UserWarning)
                 csr = self.W.T.contiguous().to_sparse_csr()  # w (column convention): h^T = w x^T
-                # int32 indices: MKL's sparse product runs about 8 % faster than with torch's default int64
+                # int32 indices: MKL's sparse product runs faster than with torch's default int64
                 self._csr = torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(),
                                                     csr.shape)
         B, T, _ = u.shape
@@ -238,8 +234,9 @@ class BatchedReservoirs:
     """Many esn reservoirs of one shape (each with its own weights: one per source) stepped at once on CPU: the
     recurrent term is one product with the block-diagonal matrix of their sparse recurrent weights (CSR), the input
     term one sparse product that reads only the input-weight rows of the non-zero inputs (spike counts: about
-    14 % of the neurons fire in a step), or one batched product (dense inputs). `Reservoir.step` per source, in a Python loop, cost about
-    0.13 ms a source in kernel calls and conversions (bench/RESULTS.md); equal to it up to float32 rounding order.
+    14 % of the neurons fire in a step), or one batched product (dense inputs), instead of `Reservoir.step` per
+    source in a Python loop, whose kernel calls and conversions dominate (bench/RESULTS.md); equal to it up to
+    float32 rounding order.
 
     Built for a fixed list of reservoirs (a predictor's loaded sources of one config); `step` advances any subset
     of them, given by their positions in that list."""
@@ -268,7 +265,7 @@ class BatchedReservoirs:
             self.csr = torch.sparse_csr_tensor(torch.cat(crow).int(), torch.cat(col).int(), torch.cat(val),
                                                (self.count * N, self.count * N))
         # the same block-diagonal matrix for scipy (float32 values, int32 indices: the arrays are shared), whose
-        # products `step` uses: without torch's per-call overhead a tick of 32 sources took 1.53 against 1.70 ms
+        # products `step` uses, without torch's per-call overhead (bench/RESULTS.md)
         import scipy.sparse
 
         self._sp = scipy.sparse.csr_array((self.csr.values().numpy(), self.csr.col_indices().numpy(),

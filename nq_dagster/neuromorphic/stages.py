@@ -68,6 +68,12 @@ def analog_inputs(x: np.ndarray, dx: np.ndarray, scaling: np.ndarray) -> np.ndar
     return np.column_stack([(np.asarray(x, float) - scaling[0]) / scaling[1], np.asarray(dx, float) / scaling[2]])
 
 
+def analog_drive(inputs: np.ndarray) -> np.ndarray:
+    """The analog reservoir's input: the analog inputs (standardised value and change) squashed by tanh(u / 3),
+    so that a jump of a few standard deviations stays inside tanh's responsive range (float64)."""
+    return np.tanh(np.asarray(inputs, dtype=float) / 3.0)
+
+
 def build_analog_reservoir(cfg, source: str, device: str = "cpu") -> Reservoir:
     return Reservoir(2, ANALOG_SIZE, cfg.spectral_radius, cfg.leak, cfg.connectivity, input_scaling=1.0,
                      mode="esn", seed=source_seed(cfg.seed + 2, source), device=device)
@@ -82,5 +88,5 @@ def analog_states(values: np.ndarray, cfg, source: str, device: str = "cpu"):
     scaling = analog_scaling(v)
     u = analog_inputs(v, np.diff(v, prepend=v[0]), scaling)
     res = build_analog_reservoir(cfg, source, device)
-    states, final = res.run(torch.as_tensor(np.tanh(u / 3.0), dtype=torch.float32)[None])
+    states, final = res.run(torch.as_tensor(analog_drive(u), dtype=torch.float32)[None])
     return np.column_stack([states[0].cpu().numpy().astype(float), u]), final, scaling

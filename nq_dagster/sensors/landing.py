@@ -97,7 +97,7 @@ def has_current_model(wh: Warehouse, source: str) -> bool:
     or one that cannot be read is retrained by the training job, never streamed into failing runs."""
     if not wh.has_artifact("serving_state", source):
         return False
-    from nq_dagster.fusion.predictor import DESIGN_VERSION, ServingState
+    from nq_dagster.fusion.model import DESIGN_VERSION, ServingState
 
     try:
         st = wh.load_artifact("serving_state", source)
