@@ -1,8 +1,8 @@
 """Which dataclasses an artifact may hold: the model and state classes of the engines, registered with the
-artifact codec (store layer, `nq_dagster.artifacts`) at import. It sits above both, so that neither the engines
-know the store nor the store the engines; every process that saves or loads these artifacts imports it first
-(the composition roots, the Dagster layer where it touches artifacts, the tests' conftest). It imports torch
-(through the reservoir state), so the Dagster code location imports it only inside the steps that need it.
+artifact codec (store layer, `nq_dagster.artifacts`) at import. It sits above both, so that neither the
+engines know the store nor the store the engines; every process that saves or loads these artifacts imports it
+first (the composition roots, the Dagster layer where it touches artifacts, the tests' conftest). It imports
+torch (through the reservoir state), so the Dagster code location imports it only in the steps that need it.
 """
 
 from nq_dagster.artifacts import register

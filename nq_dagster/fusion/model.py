@@ -1,8 +1,8 @@
 """The prediction model as training saves it and streaming continues it: a source's `ModelVersion` (fitted
 coefficients, selected features, calibration table, quantum results), its `LiveCalibration` (the error scale a
-stream recalibrates from the outcomes it realizes, on training's grid) and the `ServingState` that bundles them
-with the source's `StreamState` (fusion/stream.py). Plain dataclasses: training (fusion/training.py) builds
-them, the predictor (fusion/predictor.py) reads them, nq_dagster/codecs.py lets them into artifacts.
+stream recalibrates from the outcomes it realizes, on training's grid) and the `ServingState` that bundles
+them with the source's `StreamState` (fusion/stream.py). Plain dataclasses: training (fusion/training.py)
+builds them, the predictor (fusion/predictor.py) reads them, nq_dagster/codecs.py lets them into artifacts.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from nq_dagster.fusion.walkforward import FusionModel, calibrate
 # 3: [spike reservoir | analog reservoir and inputs | selected features | 16 recent changes | level | seasonal
 # change]; 4: the same design, probabilities mixed with the base rates (`walkforward.calibrate`); 5: the same
 # design and rule, base candidates without the selected features, stages chosen by the one-standard-error rule
-# (`walkforward.simplest_within_one_se`). 1 and 2 (no analog block, 5 changes, no seasonal column) are refused.
+# (`walkforward.simplest_within_one_se`). 1 and 2 (no analog block, 5 changes, no seasonal column) too.
 DESIGN_VERSION = 5
 
 
@@ -41,7 +41,7 @@ class ModelVersion:
     fit_seconds: float  # wall time of the walk-forward fit that produced it
     trained_rows: int
     created_at: str
-    design: int = 1  # the layout of the design matrix it was fit on (DESIGN_VERSION when trained by this code)
+    design: int = 1  # the layout of the design matrix it was fit on (DESIGN_VERSION when trained here)
 
     @property
     def cfg(self) -> PipelineConfig:
@@ -54,15 +54,15 @@ class ModelVersion:
         """The accuracy the model actually achieved, out of sample, at this confidence."""
         for b in self.reliability:
             if b["confidence_bin"][0] <= confidence <= b["confidence_bin"][1]:
-                return {**b, "note": "walk-forward predictions of this source in this confidence bin, realized "
-                                     "outcomes"}
+                return {**b, "note": "walk-forward predictions of this source in this confidence bin, "
+                                     "realized outcomes"}
         return {"note": "no realized walk-forward predictions to compare with"}
 
 
 @dataclass
 class LiveCalibration:
-    """The model's error scale as a stream recalibrates it from the outcomes it realizes, on training's grid: at
-    row t = t0 + k x every (k >= 1) the scale is refitted (`walkforward.calibrate`) on the rows
+    """The model's error scale as a stream recalibrates it from the outcomes it realizes, on training's grid:
+    at row t = t0 + k x every (k >= 1) the scale is refitted (`walkforward.calibrate`) on the rows
     max(fit_end, t - h + 1 - window) .. t - h, exactly as `walk_forward_forecaster` does between refits, so a
     stream's confidences equal the training graph's over the same rows. Holds the last window + h rows'
     predicted change, hold band and value (24 bytes a row)."""

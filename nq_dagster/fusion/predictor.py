@@ -1,13 +1,15 @@
 """The one prediction path: a model version plus each source's streaming state, advanced tick by tick.
 
 `Predictor` holds, per source, the current `ModelVersion` (fitted coefficients, selected features, calibration
-table, quantum results) and its `StreamState` (fusion/model.py, fusion/stream.py). `advance` moves one source on
-by one or many ticks; `advance_many` moves many sources at once, batched through the encoder and the reservoir.
-Every call returns one record per tick (fusion/record.py), validates all input before touching any state
-(fusion/ticks.py), and commits the new states only when every record is built, so a failed call changes nothing.
+table, quantum results) and its `StreamState` (fusion/model.py, fusion/stream.py). `advance` moves one source
+on by one or many ticks; `advance_many` moves many sources at once, batched through the encoder and the
+reservoir. Every call returns one record per tick (fusion/record.py), validates all input before touching any
+state (fusion/ticks.py), and commits the new states only when every record is built: a failed call changes
+nothing.
 
-The training assets build the state a stream continues from (`serving_state`, fusion/training.py), the streaming
-job, `nq predict` and the prediction server call this class; nothing else turns a tick into a prediction.
+The training assets build the state a stream continues from (`serving_state`, fusion/training.py); the
+streaming job, `nq predict` and the prediction server call this class. Nothing else turns a tick into a
+prediction.
 """
 
 from __future__ import annotations
@@ -39,16 +41,17 @@ from nq_dagster.neuromorphic.stages import build_analog_reservoir, build_reservo
 
 PATTERN_COLS = [CANDIDATES.index(p) for p in PATTERN_NAMES]  # columns of the candidate features
 SPIKE_RATE_COL = CANDIDATES.index("spike_rate")
-# the share of a chunk's sources that must tick for their reservoirs to step batched (the block-diagonal product
-# reads every source's weights); fewer step one by one (`Reservoir.step_numpy`), which reads less: the
+# the share of a chunk's sources that must tick for their reservoirs to step batched (the block-diagonal
+# product reads every source's weights); fewer step one by one (`Reservoir.step_numpy`), which reads less: the
 # break-even measured in bench/RESULTS.md
 BATCH_SHARE = 0.75
 
 
 @dataclass
 class LinearBlocks:
-    """A source's model as one linear form per block of the design row (`training.design_matrix`): x . w + c over
-    the reservoir frame, the analog block, all CANDIDATES (zero outside the selected features) and the lags."""
+    """A source's model as one linear form per block of the design row (`training.design_matrix`),
+    x . w + c, over the reservoir frame, the analog block, all CANDIDATES (zero outside the selected features)
+    and the lags."""
 
     frames: np.ndarray
     analog: np.ndarray
@@ -101,9 +104,8 @@ class Predictor:
         self._reservoirs: dict[tuple[str, str], object] = {}
         self._analog: dict[tuple[str, str], object] = {}
         self._batched: dict[tuple[str, int], _BatchedChunk] = {}  # by (config version, chunk)
-        # each source's detector frames in float64 between ticks (stream.FrameCache, about 8 bytes a unit and
-        # stored frame): a tick converts its new frame only; a cache that is not its source's current state's is
-        # rebuilt
+        # each source's detector frames in float64 between ticks (stream.FrameCache, 8 bytes a unit and stored
+        # frame): a tick converts its new frame only; a cache not of its source's current state is rebuilt
         self._frames: dict[str, FrameCache] = {}
         self._pool = None  # threads for the chunks of a many-source tick (`_chunks`)
 
@@ -112,24 +114,25 @@ class Predictor:
         """Add or replace a source's model version and state (a new model version takes effect atomically)."""
         mv = serving.model
         if mv.design != DESIGN_VERSION or serving.stream.analog is None:
-            raise ValueError(f"{mv.source}: model version {mv.model_version} was trained by an older version of "
-                             f"nq-dagster (design {mv.design}, this version reads {DESIGN_VERSION}). Fix: retrain it "
-                             f"with `nq run --source {mv.source}`")
+            raise ValueError(f"{mv.source}: model version {mv.model_version} was trained by an older version "
+                             f"of nq-dagster (design {mv.design}, this version reads {DESIGN_VERSION}). Fix: "
+                             f"retrain it with `nq run --source {mv.source}`")
         cfg = mv.cfg
         key = (mv.source, cfg.version)
         if key not in self._reservoirs:
             self._reservoirs[key] = build_reservoir(cfg, cfg.neuron_count, mv.source, self.device)
             self._analog[key] = build_analog_reservoir(cfg, mv.source, self.device)
         sel = mv.selected_index()
-        self._sources[mv.source] = _Source(serving, self._reservoirs[key], source_seed(cfg.seed, mv.source), cfg,
-                                           cfg.version, sel, self._analog[key], _linear_blocks(serving, sel))
-        for k in [k for k in self._batched if k[0] == cfg.version]:  # rebuilt with this source at the next tick
+        self._sources[mv.source] = _Source(serving, self._reservoirs[key], source_seed(cfg.seed, mv.source),
+                                           cfg, cfg.version, sel, self._analog[key],
+                                           _linear_blocks(serving, sel))
+        for k in [k for k in self._batched if k[0] == cfg.version]:  # rebuilt with this source, next tick
             del self._batched[k]
 
     def warm_up(self, source: str) -> None:
-        """Run a few ticks through a throwaway copy of the source's state, so that the process's one-time costs
-        (first torch kernel calls, thread-pool discovery, OpenBLAS settling on one thread: bench/RESULTS.md) are
-        paid before a tick that is timed. The source's state is left as it was."""
+        """Run a few ticks through a throwaway copy of the source's state, so that the process's one-time
+        costs (first torch kernel calls, thread-pool discovery, OpenBLAS settling on one thread:
+        bench/RESULTS.md) are paid before a tick that is timed. The source's state is left as it was."""
         src = self._get(source)
         saved = src.serving
         try:
@@ -170,8 +173,8 @@ class Predictor:
         try:
             return self._sources[source]
         except KeyError:
-            raise KeyError(f"no model loaded for source {source!r}; loaded: {', '.join(self.sources()) or 'none'}"
-                           ) from None
+            loaded = ", ".join(self.sources()) or "none"
+            raise KeyError(f"no model loaded for source {source!r}; loaded: {loaded}") from None
 
     # predicting ------------------------------------------------------------------------------------------
     def latest(self, source: str) -> dict:
@@ -188,8 +191,8 @@ class Predictor:
         return self.advance_many({source: (values, timestamps)})[source]
 
     def advance_many(self, ticks: dict[str, tuple]) -> dict[str, list[dict]]:
-        """{source: (values, timestamps or None)} -> {source: records}. Sources advance in rounds: round r takes
-        the r-th new value of every source that has one, batched through the encoder and the reservoir."""
+        """{source: (values, timestamps or None)} -> {source: records}. Sources advance in rounds: round r
+        takes the r-th new value of every source that has one, batched through the encoder and reservoir."""
         t_recv = time.perf_counter()
         with single_threaded_blas():  # a tick is many small BLAS calls (fusion/threads.py)
             out, pending = self.compute(ticks, t_recv)
@@ -227,10 +230,12 @@ class Predictor:
                     batches.append(TickBatch(
                         states=[current[s] for s in part], values=np.array([todo[s][0][r] for s in part]),
                         timestamps=np.array([todo[s][1][r] for s in part], dtype=np.int64), cfg=srcs[0].cfg,
-                        seeds=np.array([src.seed for src in srcs]), reservoirs=[src.reservoir for src in srcs],
-                        analog=[src.analog for src in srcs], batched=self._batch(srcs[0].config_version, c, part),
+                        seeds=np.array([src.seed for src in srcs]),
+                        reservoirs=[src.reservoir for src in srcs], analog=[src.analog for src in srcs],
+                        batched=self._batch(srcs[0].config_version, c, part),
                         caches=[self._frames.get(s) for s in part]))
-                if len(batches) > 1:  # numpy, LAPACK and torch release the GIL: the chunks run on the cores together
+                # numpy, LAPACK and torch release the GIL: the chunks run on the cores together
+                if len(batches) > 1:
                     feats = list(self._threads().map(features_for_ticks, batches))
                 else:
                     feats = [features_for_ticks(batches[0])]
@@ -240,18 +245,19 @@ class Predictor:
                     rows = [current[s].n_rows for s in part]
                     cal = [cals[s].before(t, xi) if cals[s] is not None else None
                            for s, t, xi in zip(part, rows, x, strict=True)]
-                    recs = self._records(srcs, tf.frames, tf.candidates, tf.lags, tf.band_sd, batch.timestamps,
-                                         t_recv, cal, tf.analog)
+                    recs = self._records(srcs, tf.frames, tf.candidates, tf.lags, tf.band_sd,
+                                         batch.timestamps, t_recv, cal, tf.analog)
                     for i, s in enumerate(part):
                         out[s].append(recs[i])
                         current[s] = tf.states[i]
                         if cal[i] is not None:
-                            cals[s] = cal[i].after(recs[i]["predicted_change"], recs[i]["hold_band"], float(x[i]))
+                            cals[s] = cal[i].after(recs[i]["predicted_change"], recs[i]["hold_band"],
+                                                   float(x[i]))
         return out, {s: (st, cals[s]) for s, st in current.items()}
 
     def commit(self, pending: dict) -> dict:
-        """Move the sources on to the states `compute` returned (every record was built); returns what `rollback`
-        needs to undo it."""
+        """Move the sources on to the states `compute` returned (every record was built); returns what
+        `rollback` needs to undo it."""
         undo = {}
         for s, (st, cal) in pending.items():
             src = self._sources[s]
@@ -287,8 +293,8 @@ class Predictor:
         return self._pool
 
     def _batch(self, config_version: str, chunk: int, active: list[str]) -> BatchedStep | None:
-        """The batched reservoirs of a chunk of a config's loaded sources and the positions of `active` in them,
-        for a tick of several sources on CPU (one source steps alone: its own small products are faster)."""
+        """The batched reservoirs of a chunk of a config's loaded sources and the positions of `active` in
+        them, for a tick of several sources on CPU (one source steps alone: its small products are faster)."""
         if len(active) < 2 or self.device != "cpu":
             return None
         key = (config_version, chunk)
@@ -315,8 +321,8 @@ class Predictor:
         predicts its change; probabilities and records are built for all rows at once."""
         cfg = srcs[0].cfg
         band = cfg.hold_band * band_sd * np.sqrt(cfg.horizon)
-        # each source's own model, folded into one linear form per design block (`_linear_blocks`): four row-wise
-        # dot products for the whole batch instead of a design row and every stage per source
+        # each source's own model, folded into one linear form per design block (`_linear_blocks`): four
+        # row-wise dot products for the whole batch instead of a design row and every stage per source
         lin = [src.linear for src in srcs]
         chg = (np.einsum("sd,sd->s", np.asarray(frames, dtype=float), np.stack([w.frames for w in lin]))
                + np.einsum("sd,sd->s", np.asarray(analog, dtype=float), np.stack([w.analog for w in lin]))
@@ -333,35 +339,38 @@ class Predictor:
         probs = direction_probabilities(chg, band, scale, mix, base)
         mvs = [src.serving.model for src in srcs]
         recs = build_records([mv.source for mv in mvs], ts, probs, chg, cands[:, PATTERN_COLS],
-                             cands[:, SPIKE_RATE_COL], frames, [mv.quantum for mv in mvs], [mv.model_version for mv in mvs],
+                             cands[:, SPIKE_RATE_COL], frames, [mv.quantum for mv in mvs],
+                             [mv.model_version for mv in mvs],
                              [src.config_version for src in srcs], np.array([mv.train_end_ns for mv in mvs]),
                              np.array([mv.step_ms * cfg.horizon for mv in mvs]), None)
         elapsed_ms = (time.perf_counter() - t_recv) * 1000.0  # from the call that brought the tick
         for i, (r, mv) in enumerate(zip(recs, mvs, strict=True)):
             r["processing_time_ms"] = elapsed_ms
             r["calibration"] = mv.calibration(r["confidence"])
-            r["hold_band"] = float(band[i])  # |change| below it is "hold", the rule realized outcomes are scored by
+            # |change| below it is "hold": the rule realized outcomes are scored by
+            r["hold_band"] = float(band[i])
         return recs
 
 
-def continue_from(trained: ServingState, live: ServingState | None, rows_after=None) -> tuple[ServingState, str]:
+def continue_from(trained: ServingState, live: ServingState | None, rows_after=None
+                  ) -> tuple[ServingState, str]:
     """The state a stream continues from, given training's `serving_state` and the stream's own `live_state`
     (saved by the streaming job or the server after the rows they predicted); returns (state, how).
 
-    The stream state depends on the config and the data only (not on the fitted coefficients), so when the live
-    state has gone past what training saw, under the same config, the new model continues from the live state.
-    Under a changed config (or a changed season of the seasonal column, which a short series' retraining can
-    find) the training state is advanced over the rows it did not see (`rows_after(ts_ns)` ->
-    (values, timestamps)) without emitting predictions: those rows were predicted already, by the older model."""
+    The stream state depends on the config and the data only (not on the fitted coefficients), so when the
+    live state has gone past what training saw, under the same config, the new model continues from the live
+    state. Under a changed config (or a changed season of the seasonal column, which a short series'
+    retraining can find) the training state is advanced over the rows it did not see (`rows_after(ts_ns)` ->
+    (values, timestamps)) without emitting predictions: the older model predicted those rows already."""
     if live is None or live.stream.last_ts <= trained.stream.last_ts:
         return trained, "training state"
     if live.model.config == trained.model.config and live.stream.season == trained.stream.season:
         if live.model.model_version == trained.model.model_version:
-            # the same model: the stream goes on with the calibration it has been recalibrating (dropping it made
-            # every streaming run, and every server restart, fall back to the model's own scale)
+            # the same model: the stream goes on with the calibration it has been recalibrating (dropping it
+            # made every streaming run, and every server restart, fall back to the model's own scale)
             return ServingState(trained.model, live.stream, live.calibration), "live state"
-        # the stream went on past training: training's calibration window ends before the live rows, so the new
-        # model keeps its own scale until its next training (the live calibration belongs to the old model)
+        # the stream went on past training: training's calibration window ends before the live rows, so the
+        # new model keeps its own scale until its next training (the live calibration is the old model's)
         return ServingState(trained.model, live.stream), "live state, new model"
     if rows_after is None:
         raise ValueError(f"{trained.model.source}: the config changed since the live state; rows after "

@@ -15,8 +15,8 @@ ALPHAS = np.logspace(-9, 5, 15)
 @dataclass
 class LinearStage:
     """One fitted stage as plain coefficients: ((X[:, cols] - mean) / scale) @ coef + intercept, cols the
-    slice start:stop or, when set, the index array `columns`. (Storing numbers, not estimators, keeps artifacts
-    free of pickles and prediction free of scikit-learn's per-call overhead.)"""
+    slice start:stop or, when set, the index array `columns`. (Storing numbers, not estimators, keeps
+    artifacts free of pickles and prediction free of scikit-learn's per-call overhead.)"""
 
     start: int
     stop: int
@@ -33,16 +33,17 @@ class LinearStage:
 
 
 class RidgeBasis:
-    """Ridge regressions on fixed columns of the fit rows, the penalty chosen by exact leave-one-out error among
-    ALPHAS: the computation of scikit-learn's RidgeCV (standardised columns, unpenalised intercept), done through
-    one eigen-decomposition of the p x p Gram matrix shared by every target and intercept choice instead of an
-    SVD of the n x p matrix per fit (the same penalty and predictions to 1e-9: tests/test_walkforward.py; the
-    time against scikit-learn's: bench/train_bench.py, bench/RESULTS.md). The walk-forward refits hundreds."""
+    """Ridge regressions on fixed columns of the fit rows, the penalty chosen by exact leave-one-out error
+    among ALPHAS: the computation of scikit-learn's RidgeCV (standardised columns, unpenalised intercept),
+    done through one eigen-decomposition of the p x p Gram matrix shared by every target and intercept choice
+    instead of an SVD of the n x p matrix per fit (the same penalty and predictions to 1e-9:
+    tests/test_walkforward.py; the time against scikit-learn's: bench/train_bench.py, bench/RESULTS.md). The
+    walk-forward refits hundreds."""
 
     def __init__(self, X: np.ndarray, cols: np.ndarray, gram: GramSums | None = None):
-        """X: the fit rows. With `gram` (running sums over exactly these rows and columns) the Gram matrix comes
-        from the sums (O(p^2) instead of O(n p^2)) and only fits with `held` rows are possible (leave-one-out
-        needs every row's leverage, an O(n p^2) product)."""
+        """X: the fit rows. With `gram` (running sums over exactly these rows and columns) the Gram matrix
+        comes from the sums (O(p^2) instead of O(n p^2)) and only fits with `held` rows are possible
+        (leave-one-out needs every row's leverage, an O(n p^2) product)."""
         self.cols = np.asarray(cols, dtype=np.int64)
         A = X[:, self.cols]
         self.A = A
@@ -54,7 +55,8 @@ class RidgeBasis:
                 raise ValueError(f"the sums cover {gram.n} rows, the fit has {len(A)}")
             self.mean = gram.sx / gram.n
             sd = np.sqrt(np.maximum(np.diag(gram.sxx) / gram.n - self.mean**2, 0.0))
-        self.scale = np.where(sd > 1e-12 * np.maximum(1.0, np.abs(self.mean)), sd, 1.0)  # StandardScaler's rule
+        # StandardScaler's rule
+        self.scale = np.where(sd > 1e-12 * np.maximum(1.0, np.abs(self.mean)), sd, 1.0)
         if gram is None:
             Z = (A - self.mean) / self.scale
             G = Z.T @ Z
@@ -66,7 +68,8 @@ class RidgeBasis:
         self.ZV = Z @ V if Z is not None else None
         self.ZV2 = self.ZV**2 if Z is not None else None
 
-    def fit(self, y: np.ndarray, intercept: bool, held: tuple[np.ndarray, np.ndarray] | None = None) -> LinearStage:
+    def fit(self, y: np.ndarray, intercept: bool, held: tuple[np.ndarray, np.ndarray] | None = None
+            ) -> LinearStage:
         """The ridge fit whose penalty has the lowest leave-one-out error on the fit rows or, with `held`
         = (X, y) of later rows, the lowest squared error on those."""
         n = len(y)
@@ -88,14 +91,15 @@ class RidgeBasis:
         alpha, w = float(ALPHAS[k]), W[:, k]
         cols = self.cols
         contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
-        return LinearStage(int(cols[0]) if len(cols) else 0, int(cols[-1]) + 1 if len(cols) else 0, self.mean.copy(),
-                           self.scale.copy(), self.V @ w, ybar, float(alpha), None if contiguous else cols.copy())
+        return LinearStage(int(cols[0]) if len(cols) else 0, int(cols[-1]) + 1 if len(cols) else 0,
+                           self.mean.copy(), self.scale.copy(), self.V @ w, ybar, float(alpha),
+                           None if contiguous else cols.copy())
 
 
 class GramSums:
     """Running sums (count, sum, cross-products) of X[:, cols] over rows [lo, hi); `upto(hi)` adds the rows up
-    to hi. The walk-forward's fit rows only ever grow, so a source's reservoir Gram matrices cost O(T p^2) over
-    all refits instead of O(T^2 p^2 / refit_every)."""
+    to hi. The walk-forward's fit rows only ever grow, so a source's reservoir Gram matrices cost O(T p^2)
+    over all refits instead of O(T^2 p^2 / refit_every)."""
 
     def __init__(self, X: np.ndarray, cols: np.ndarray, lo: int):
         self.X, self.cols, self.lo, self.hi = X, np.asarray(cols, dtype=np.int64), lo, lo

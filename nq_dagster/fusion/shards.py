@@ -2,16 +2,17 @@
 
 A tick's work is Python and numpy calls per source under one interpreter lock, so threads do not add cores
 (fusion/threads.py). `ShardedPredictor` owns the same
-sources and answers the same calls as `Predictor`, but each source lives in one shard: shard 0 in this process,
-shards 1..k-1 in worker processes (started with `spawn`: no forked torch thread pools). `advance_many` sends each
-worker its sources' ticks, advances this process's own sources meanwhile, then gathers the records; each source
-is computed by the same `Predictor` code as alone, so the records are equal to one `Predictor`'s (tested).
+sources and answers the same calls as `Predictor`, but each source lives in one shard: shard 0 in this
+process, shards 1..k-1 in worker processes (started with `spawn`: no forked torch thread pools).
+`advance_many` sends each worker its sources' ticks, advances this process's own sources meanwhile, then
+gathers the records; each source is computed by the same `Predictor` code as alone, so the records are equal
+to one `Predictor`'s (tested).
 
 All input is checked here before any shard works (`ticks.check_ticks_many`, against the last timestamp of each
-source kept here), and a call commits in two phases: each shard moves its sources on as soon as their records are
-built, keeping what it needs to undo that, until this process has every shard's records; a worker learns the
-decision (keep or undo) with its next message. A failed call changes no source. `processing_time_ms` is measured
-here: from the call receiving the ticks to every record being ready.
+source kept here), and a call commits in two phases: each shard moves its sources on as soon as their records
+are built, keeping what it needs to undo that, until this process has every shard's records; a worker learns
+the decision (keep or undo) with its next message. A failed call changes no source. `processing_time_ms` is
+measured here: from the call receiving the ticks to every record being ready.
 
 The messages between this process and its workers are pickled Python objects (multiprocessing's pipes): they
 travel between processes this class started, never from storage (states and models on disk are read by
@@ -93,8 +94,8 @@ class _Shard:
 
 class ShardedPredictor:
     """`Predictor`'s calls over `processes` shards (this process and processes - 1 workers); see the module
-    docstring. Close it (or use it as a context manager) to stop the workers. One thread at a time may make the
-    calls that reach a worker (the server's worker thread makes them all); `sources`, `last_ts`, `model`,
+    docstring. Close it (or use it as a context manager) to stop the workers. One thread at a time may make
+    the calls that reach a worker (the server's worker thread makes them all); `sources`, `last_ts`, `model`,
     `rows_seen` and `shard_of` answer from this process and may be called from any thread."""
 
     def __init__(self, processes: int | None = None, device: str = "cpu", threads: int | None = None):
@@ -128,8 +129,8 @@ class ShardedPredictor:
         sh = self._shards[k - 1]
         sh.process.join(timeout=1)
         return ShardGone(k, f"prediction shard {k} (process {sh.process.pid}) exited (exit code "
-                            f"{sh.process.exitcode}); its sources are gone until it is restarted and they are "
-                            "loaded again")
+                            f"{sh.process.exitcode}); its sources are gone until it is restarted and they "
+                            "are loaded again")
 
     def restart(self, k: int) -> list[str]:
         """Start shard k's process again, empty, and forget its sources; returns them, for the caller to load
@@ -189,7 +190,8 @@ class ShardedPredictor:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # Predictor's calls ----------------------------------------------------------------------------------------
+    # Predictor's calls
+    # ----------------------------------------------------------------------------------------
     def load(self, serving: ServingState) -> None:
         """Add or replace a source (a new source goes to the shard with the fewest sources)."""
         source = serving.model.source
@@ -220,8 +222,8 @@ class ShardedPredictor:
         try:
             return self._owner[source]
         except KeyError:
-            raise KeyError(f"no model loaded for source {source!r}; loaded: {', '.join(self.sources()) or 'none'}"
-                           ) from None
+            loaded = ", ".join(self.sources()) or "none"
+            raise KeyError(f"no model loaded for source {source!r}; loaded: {loaded}") from None
 
     def last_ts(self, source: str) -> int:
         """The timestamp (ns) of the source's last row seen, without asking its shard."""
@@ -270,7 +272,8 @@ class ShardedPredictor:
         checked: dict[str, tuple] = {}
         error: BaseException | None = None
         remote = []
-        for k, part in sorted(by_shard.items(), reverse=True):  # the workers' input checked and sent first ...
+        # the workers' input checked and sent first ...
+        for k, part in sorted(by_shard.items(), reverse=True):
             try:
                 part = check_ticks_many(part, self._last_ts, self._step_ms)
             except ValueError as exc:  # the shards already sent drop their part; raised once they answer

@@ -8,11 +8,11 @@ aggregates), so a tick updates them and computes its features without reading th
 tick is bounded by the window sizes, never by the length of the history.
 
 `features_for_ticks` advances a batch of sources (`TickBatch`) by one tick each, stage by stage: the encoder
-step (`encoder_steps`, then the spike encoder), the reservoir step (batched or source by source), the detectors
-(each the streaming twin of its batch detector in neuromorphic/patterns.py) and the analog reservoir; it returns
-new states and leaves the given ones untouched, so a failed call changes nothing. A stream advanced tick by tick
-equals the batch graph's computation over the same history to float tolerance (tests/test_predictor.py,
-tests/test_walkforward.py).
+step (`encoder_steps`, then the spike encoder), the reservoir step (batched or source by source), the
+detectors (each the streaming twin of its batch detector in neuromorphic/patterns.py) and the analog
+reservoir; it returns new states and leaves the given ones untouched, so a failed call changes nothing. A
+stream advanced tick by tick equals the batch graph's computation over the same history to float tolerance
+(tests/test_predictor.py, tests/test_walkforward.py).
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ from nq_dagster.neuromorphic.patterns import (
 from nq_dagster.neuromorphic.reservoir import BatchedReservoirs, Reservoir, ReservoirState
 from nq_dagster.neuromorphic.stages import INPUT_NAMES, SPIKE_STAT_NAMES, analog_drive, analog_inputs
 
-CANDIDATES = INPUT_NAMES + PATTERN_NAMES + SPIKE_STAT_NAMES  # the candidate fusion features, in the features' order
+CANDIDATES = INPUT_NAMES + PATTERN_NAMES + SPIKE_STAT_NAMES  # the candidate fusion features, in this order
 N_LAGS = 16  # recent one-step changes every model sees, and then the level (the AR part of the design)
 N_CODES = DETECTOR_WINDOW - ORDER + 1  # ordinal patterns in one permutation-entropy window
 _TRIU = np.triu_indices(DETECTOR_WINDOW - 1)
 
 
 def pack_gram(R: np.ndarray) -> np.ndarray:
-    """The upper triangles of symmetric (..., k, k) matrices, k = DETECTOR_WINDOW - 1: (..., k (k + 1) / 2)."""
+    """The upper triangles of symmetric (..., k, k) matrices, k = DETECTOR_WINDOW - 1: (..., k (k+1) / 2)."""
     return R[..., _TRIU[0], _TRIU[1]]
 
 
@@ -76,24 +76,26 @@ class StreamState:
     changes: np.ndarray  # last 10 x feature_window - 1 one-step changes (the first row's change is 0)
     change_sd: np.ndarray  # last 10 x feature_window - 1 clipped change stds (the volatility median's window)
     reservoir: ReservoirState  # after the last row (batch 1, CPU)
-    frames: np.ndarray  # (DETECTOR_WINDOW - 1, size) float16: the last reservoir frames as the detectors read them
+    frames: np.ndarray  # (DETECTOR_WINDOW - 1, size) float16: the last reservoir frames, detector precision
     last_spike: np.ndarray  # (neurons,) absolute bin of each neuron's last spike, or NO_SPIKE
-    isi: np.ndarray  # (DETECTOR_WINDOW - 1, 4): per step, count / sum / sum of squares / bursts of ISIs ending there
+    isi: np.ndarray  # (DETECTOR_WINDOW - 1, 4): per step, the ISIs ending there (`patterns.isi_aggregates`)
     codes: np.ndarray  # (N_CODES - 1,) ordinal-pattern codes of the population mean
     last_features: np.ndarray  # the candidate features of the last row (CANDIDATES order)
     analog: ReservoirState | None = None  # the analog reservoir after the last row (stages.analog_states)
     analog_scaling: np.ndarray | None = None  # (mean, std, change std) of the source's first rows
-    last_analog: np.ndarray | None = None  # the analog inputs of the last row (`analog_block` adds the states; a
-    # state saved by an earlier version holds the whole block here)
+    # the analog inputs of the last row (`analog_block` adds the states; a state saved by an earlier version
+    # holds the whole block here)
+    last_analog: np.ndarray | None = None
     season: int = 0  # the season m of the seasonal design column (0: none detected)
     season_ring: np.ndarray | None = None  # the last m - horizon + 1 values (the seasonal column's look-back)
-    last_frame: np.ndarray | None = None  # (size,) float32: the last reservoir frame at full precision (readout)
-    gram: np.ndarray | None = None  # the stored frames' Gram matrix, its upper triangle packed (`pack_gram`); None:
-    # computed from `frames` at the next tick (a state saved before it was kept)
+    last_frame: np.ndarray | None = None  # (size,) float32: the last reservoir frame at full precision
+    # the stored frames' Gram matrix, its upper triangle packed (`pack_gram`); None: computed from `frames` at
+    # the next tick (a state saved before it was kept)
+    gram: np.ndarray | None = None
 
     def analog_block(self) -> np.ndarray | None:
-        """The analog design block of the last row: the analog reservoir's state (`analog`, the state after that
-        row) and the row's two analog inputs, as the batch graph's design row holds it."""
+        """The analog design block of the last row: the analog reservoir's state (`analog`, the state after
+        that row) and the row's two analog inputs, as the batch graph's design row holds it."""
         if self.last_analog is None or self.analog is None:
             return None
         x = self.analog.x.numpy().astype(float).ravel()
@@ -109,8 +111,8 @@ class StreamState:
                if isinstance(getattr(self, f.name), np.ndarray)}
         for name in ("reservoir", "analog"):
             r = getattr(self, name)
-            out[name] = int(sum(t.numel() * t.element_size() for t in (r.x, r.v, r.z, r.refr) if t is not None)
-                            ) if r is not None else 0
+            tensors = (r.x, r.v, r.z, r.refr) if r is not None else ()
+            out[name] = int(sum(t.numel() * t.element_size() for t in tensors if t is not None))
         return out
 
 
@@ -135,8 +137,8 @@ def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray,
     codes = ordinal_codes(np.lib.stride_tricks.sliding_window_view(pop, ORDER))
     ts = pd.to_datetime(pd.Series([np.asarray(timestamps)[-1]]), utc=True).iloc[0]
     return StreamState(
-        n_rows=T, last_ts=int(ts.value), values=v[-(w - 1):].copy(), changes=dx.to_numpy()[-(long - 1):].copy(),
-        change_sd=sd.to_numpy()[-(long - 1):].copy(),
+        n_rows=T, last_ts=int(ts.value), values=v[-(w - 1):].copy(),
+        changes=dx.to_numpy()[-(long - 1):].copy(), change_sd=sd.to_numpy()[-(long - 1):].copy(),
         reservoir=_cpu(final),
         frames=np.asarray(states[-(DETECTOR_WINDOW - 1):], dtype=DETECTOR_DTYPE).copy(),
         gram=_stored_gram(as_detector_activity(states[-(DETECTOR_WINDOW - 1):])),
@@ -150,14 +152,14 @@ def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray,
 
 
 def _stored_gram(frames: np.ndarray) -> np.ndarray:
-    """The packed Gram matrix of the DETECTOR_WINDOW - 1 stored frames (float64 of the detector precision), by the
-    lagged products the batch detector gathers its matrices from."""
+    """The packed Gram matrix of the DETECTOR_WINDOW - 1 stored frames (float64 of the detector precision), by
+    the lagged products the batch detector gathers its matrices from."""
     k = DETECTOR_WINDOW - 1
     return pack_gram(window_grams(lag_dots(frames, k), np.array([k - 1]), k)[0])
 
 
 def seasonal_column(values: np.ndarray, season: int, horizon: int) -> np.ndarray:
-    """x_{t+h-m} - x_t (the seasonal naive forecast of the change), 0 where t + h - m < 0 or without a season."""
+    """x_{t+h-m} - x_t (the seasonal naive forecast of the change); 0 where t + h - m < 0 or no season."""
     v = np.asarray(values, dtype=float)
     out = np.zeros(len(v))
     if season > horizon:
@@ -177,16 +179,16 @@ def _seasonal_step(st: StreamState, x: float, horizon: int) -> tuple[float, np.n
 
 
 def _cpu(st: ReservoirState) -> ReservoirState:
-    """A copy of a reservoir state on the CPU (a state keeps no tensor of the device or of the batch graph)."""
+    """A copy of a reservoir state on the CPU (a state keeps no tensor of a device or of the batch graph)."""
     return ReservoirState(*[t.detach().to("cpu").clone() if t is not None else None
                             for t in (st.x, st.v, st.z, st.refr)])
 
 
 class FrameCache:
-    """The float64 values of a state's stored detector frames and their population means, for the predictor to keep
-    between ticks beside the state they belong to (`state`): a tick then converts only its new frame instead of
-    the whole window (a ring: the oldest frame's slot takes the new one). Not part of the state; a cache of
-    another state (a rolled-back tick, a state loaded again) is rebuilt from the state's frames."""
+    """The float64 values of a state's stored detector frames and their population means, for the predictor to
+    keep between ticks beside the state they belong to (`state`): a tick then converts only its new frame
+    instead of the whole window (a ring: the oldest frame's slot takes the new one). Not part of the state; a
+    cache of another state (a rolled-back tick, a state loaded again) is rebuilt from the state's frames."""
 
     __slots__ = ("means", "pos", "ring", "state")
 
@@ -201,8 +203,8 @@ class FrameCache:
         return np.roll(self.ring, -self.pos, axis=0)
 
     def push(self, frame: np.ndarray, mean: float, state: StreamState) -> None:
-        """Move on to `state`, whose newest frame is `frame` (float64) with population mean `mean`: the oldest
-        slot takes it."""
+        """Move on to `state`, whose newest frame is `frame` (float64, population mean `mean`): it takes the
+        oldest frame's slot."""
         self.ring[self.pos] = frame
         self.means[self.pos] = mean
         self.pos = (self.pos + 1) % len(self.ring)
@@ -211,8 +213,8 @@ class FrameCache:
 
 @dataclass
 class BatchedStep:
-    """A chunk's reservoirs stepped at once on CPU (`BatchedReservoirs`, built for its loaded sources): the spiking
-    and the analog ones, and the positions of the tick's sources among them."""
+    """A chunk's reservoirs stepped at once on CPU (`BatchedReservoirs`, built for its loaded sources): the
+    spiking and the analog ones, and the positions of the tick's sources among them."""
 
     spiking: BatchedReservoirs
     analog: BatchedReservoirs
@@ -221,7 +223,7 @@ class BatchedStep:
 
 @dataclass
 class TickBatch:
-    """One tick of S sources of one config (row s of each array, item s of each list), for `features_for_ticks`."""
+    """One tick of S sources of one config (row s of each array, item s of each list)."""
 
     states: list[StreamState]  # the sources' states before the tick (left untouched)
     values: np.ndarray  # (S,) the new values
@@ -239,11 +241,11 @@ class TickFeatures:
     """What one batched tick produced, per source (row s of each array)."""
 
     band_sd: np.ndarray  # (S,) std of the last feature_window changes (the hold band's scale)
-    lags: np.ndarray  # (S, N_LAGS + 2) the last one-step changes, newest first, the value, the seasonal change
+    lags: np.ndarray  # (S, N_LAGS + 2): last one-step changes (newest first), the value, the seasonal change
     frames: np.ndarray  # (S, size) reservoir states
     candidates: np.ndarray  # (S, len(CANDIDATES))
     states: list[StreamState]  # the states after the tick
-    analog: np.ndarray | None = None  # (S, ANALOG_SIZE + 2) the analog design blocks (None: states without one)
+    analog: np.ndarray | None = None  # (S, ANALOG_SIZE + 2) the analog design blocks (None: no analog state)
     caches: list[FrameCache] | None = None  # each source's frame cache, now belonging to its new state
 
 
@@ -285,7 +287,8 @@ def encoder_steps(states: list[StreamState], x: np.ndarray, feature_window: int)
         floor = np.maximum(_std_rows(changes) * 1e-3, 1e-12)
         sd = np.maximum(raw_sd, floor)
         std = np.maximum(_std_rows(values), floor)
-        change_sd = np.concatenate([np.stack([states[i].change_sd for i in idx]), sd[:, None]], axis=1)[:, -long:]
+        change_sd = np.concatenate([np.stack([states[i].change_sd for i in idx]), sd[:, None]],
+                                   axis=1)[:, -long:]
         med = np.median(change_sd, axis=1)
         z = np.column_stack([dx / sd, (xs - values.mean(axis=1)) / std, np.log(sd / med)])
         inputs[idx] = (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32).astype(float)
@@ -300,29 +303,30 @@ def encoder_steps(states: list[StreamState], x: np.ndarray, feature_window: int)
 
 
 def _spikes(batch: TickBatch, inputs: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """The encoder's spikes of the tick, (S, W, N) bool: each source keyed by its seed and absolute step, as the
-    batch graph encodes that step."""
+    """The encoder's spikes of the tick, (S, W, N) bool: each source keyed by its seed and absolute step, as
+    the batch graph encodes that step."""
     cfg = batch.cfg
-    return encode(inputs[:, None, :], cfg.encoding, cfg.neuron_count, cfg.window_bins, cfg.bin_ms, cfg.min_rate_hz,
-                  cfg.max_rate_hz, seed=batch.seeds, device=batch.reservoirs[0].device,
+    return encode(inputs[:, None, :], cfg.encoding, cfg.neuron_count, cfg.window_bins, cfg.bin_ms,
+                  cfg.min_rate_hz, cfg.max_rate_hz, seed=batch.seeds, device=batch.reservoirs[0].device,
                   step_offset=steps)[:, 0].cpu().numpy()
 
 
 def _row_states(x: np.ndarray) -> list[ReservoirState]:
-    """One state per row of a batch's (S, size) float32 states, each its own copy (a view would keep the batch's
-    whole array alive as long as any of its sources stays unticked)."""
+    """One state per row of a batch's (S, size) float32 states, each its own copy (a view would keep the
+    batch's whole array alive as long as any of its sources stays unticked)."""
     return [ReservoirState(torch.from_numpy(x[s:s + 1].copy())) for s in range(len(x))]
 
 
 def _step_reservoirs(reservoirs: list[Reservoir], states: list[ReservoirState], u: np.ndarray,
-                     batched: BatchedReservoirs | None, positions: np.ndarray | None, sparse_input: bool = True,
-                     gather_inputs: bool = False) -> tuple[np.ndarray, list[ReservoirState]]:
+                     batched: BatchedReservoirs | None, positions: np.ndarray | None,
+                     sparse_input: bool = True, gather_inputs: bool = False
+                     ) -> tuple[np.ndarray, list[ReservoirState]]:
     """One step of each source's reservoir on its inputs u (S, n_inputs): the new states as float32 rows
     (S, size) and as CPU states. `batched`: all at once (`BatchedReservoirs.step` at `positions`); else one by
     one, in numpy where `Reservoir.step_numpy` applies, in torch on the reservoir's device where not."""
     if batched is not None:
-        x = batched.step(positions, torch.as_tensor(u, dtype=torch.float32), torch.cat([st.x for st in states]),
-                         sparse_input=sparse_input).numpy()
+        x = batched.step(positions, torch.as_tensor(u, dtype=torch.float32),
+                         torch.cat([st.x for st in states]), sparse_input=sparse_input).numpy()
         return x, _row_states(x)
     frames, out = [], []
     for s, (st, res) in enumerate(zip(states, reservoirs, strict=True)):
@@ -341,9 +345,9 @@ def _step_reservoirs(reservoirs: list[Reservoir], states: list[ReservoirState], 
 def _frame_window(states: list[StreamState], caches: list[FrameCache | None], new16: np.ndarray,
                   new64: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """The raw Gram matrices (S, k, k) and population means (S, k) of each source's last k = DETECTOR_WINDOW
-    frames, the new one included, and the stored frames after the tick. The stored frames' Gram matrix is kept in
-    the state; the new frame adds one row of dot products against the stored frames' float64 values, which each
-    source's FrameCache keeps between ticks (a missing or stale cache is rebuilt in `caches`)."""
+    frames, the new one included, and the stored frames after the tick. The stored frames' Gram matrix is kept
+    in the state; the new frame adds one row of dot products against the stored frames' float64 values, which
+    each source's FrameCache keeps between ticks (a missing or stale cache is rebuilt in `caches`)."""
     S = len(states)
     K = states[0].frames.shape[0] + 1
     R = np.empty((S, K, K))
@@ -367,8 +371,8 @@ def _frame_window(states: list[StreamState], caches: list[FrameCache | None], ne
 
 
 def _analog_step(batch: TickBatch, x: np.ndarray) -> tuple[np.ndarray | None, list[ReservoirState | None]]:
-    """The analog reservoir driven by the value and its change themselves: the design blocks (S, ANALOG_SIZE + 2)
-    and the new analog states, or (None, Nones) for states without an analog reservoir."""
+    """The analog reservoir driven by the value and its change themselves: the design blocks (S, ANALOG_SIZE +
+    2) and the new analog states, or (None, Nones) for states without an analog reservoir."""
     states = batch.states
     if batch.analog is None or any(st.analog is None for st in states):
         return None, [None] * len(states)
@@ -377,8 +381,8 @@ def _analog_step(batch: TickBatch, x: np.ndarray) -> tuple[np.ndarray | None, li
                         for s, st in enumerate(states)])  # (S, 2)
     b = batch.batched
     frames, new = _step_reservoirs(batch.analog, [st.analog for st in states], analog_drive(u),
-                                   b.analog if b is not None else None, b.positions if b is not None else None,
-                                   sparse_input=False)
+                                   b.analog if b is not None else None,
+                                   b.positions if b is not None else None, sparse_input=False)
     return np.concatenate([frames.astype(float), u], axis=1), new
 
 
@@ -403,9 +407,11 @@ def features_for_ticks(batch: TickBatch) -> TickFeatures:
     R, means, new_frames = _frame_window(states, caches, new16, new64)
     stand, emerg = window_strengths(R, means, new64.shape[1], n)
     chaos, codes = entropy_step(np.stack([st.codes for st in states]), means, n)
-    rhythm, burst, isi, last_spike = isi_step(sp, steps, spikes.shape[1], np.stack([st.last_spike for st in states]),
+    rhythm, burst, isi, last_spike = isi_step(sp, steps, spikes.shape[1],
+                                              np.stack([st.last_spike for st in states]),
                                               np.stack([st.isi for st in states]))
-    pats = np.column_stack([sp.sync, sp.trav, stand, emerg, rhythm, sp.spars, burst, chaos])  # PATTERN_NAMES order
+    # in PATTERN_NAMES order
+    pats = np.column_stack([sp.sync, sp.trav, stand, emerg, rhythm, sp.spars, burst, chaos])
     cands = np.column_stack([enc.inputs, pats, sp.spike_rate, sp.active_fraction])
     blocks, an_states = _analog_step(batch, x)
     seas, rings = np.zeros(S), [None] * S
@@ -416,8 +422,9 @@ def features_for_ticks(batch: TickBatch) -> TickFeatures:
         StreamState(n_rows=int(n[s]), last_ts=int(batch.timestamps[s]), values=enc.values[s],
                     changes=enc.changes[s], change_sd=enc.change_sd[s], reservoir=res_states[s],
                     frames=new_frames[s], last_frame=frames[s].copy(), gram=gram[s].copy(),
-                    last_spike=last_spike[s].copy(), isi=isi[s, 1:].copy(), codes=codes[s, 1:].astype(np.int16),
-                    last_features=cands[s].copy(), analog=an_states[s], analog_scaling=st.analog_scaling,
+                    last_spike=last_spike[s].copy(), isi=isi[s, 1:].copy(),
+                    codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy(), analog=an_states[s],
+                    analog_scaling=st.analog_scaling,
                     last_analog=blocks[s, -2:].copy() if blocks is not None else None, season=st.season,
                     season_ring=rings[s])
         for s, st in enumerate(states)]
@@ -427,7 +434,8 @@ def features_for_ticks(batch: TickBatch) -> TickFeatures:
                         candidates=cands, states=new_states, analog=blocks, caches=caches)
 
 
-def latest_design(st: StreamState, feature_window: int, horizon: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
+def latest_design(st: StreamState, feature_window: int, horizon: int = 1
+                  ) -> tuple[np.ndarray, np.ndarray, float]:
     """The design pieces of the last row already seen: (reservoir frame, lags, band std)."""
     lags = st.changes[::-1][:N_LAGS]
     level = st.values[-1] if len(st.values) else 0.0

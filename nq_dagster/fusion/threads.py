@@ -1,10 +1,10 @@
-"""How a prediction uses the CPU's threads. A tick is many small BLAS/LAPACK calls (32 x 32 eigen-decompositions,
-vector-matrix products), where BLAS threads only add wake-up latency and fight torch's pool for the cores, so
-BLAS runs on one thread (`single_threaded_blas`). A tick of many sources may instead step fixed blocks of
-sources on threads of their own (`chunk_of`, `chunk_pool`); the number of such threads is the caller's
-explicit choice (`Predictor(threads=...)`, from the settings' `predict_threads`), one by default: with the work
-per source mostly short numpy calls under the interpreter lock, one thread whose torch products use the cores
-was faster than two chunk threads on two cores (bench/RESULTS.md).
+"""How a prediction uses the CPU's threads. A tick is many small BLAS/LAPACK calls (32 x 32
+eigen-decompositions, vector-matrix products), where BLAS threads only add wake-up latency and fight torch's
+pool for the cores, so BLAS runs on one thread (`single_threaded_blas`). A tick of many sources may instead
+step fixed blocks of sources on threads of their own (`chunk_of`, `chunk_pool`); the number of such threads is
+the caller's explicit choice (`Predictor(threads=...)`, from the settings' `predict_threads`), one by default:
+with the work per source mostly short numpy calls under the interpreter lock, one thread whose torch products
+use the cores was faster than two chunk threads on two cores (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -44,16 +44,16 @@ def single_threaded_blas():
 
 
 def chunk_of(loaded: list[str], threads: int, device: str) -> dict[str, int]:
-    """Each of a config's loaded sources' chunk (1..k, fixed blocks of names, k = `threads` capped at MAX_CHUNKS
-    and at one chunk per MIN_CHUNK_SOURCES sources), or {} when they step as one chunk (one thread, or a device
-    other than the CPU, where the device is the parallelism)."""
+    """Each of a config's loaded sources' chunk (1..k, fixed blocks of names, k = `threads` capped at
+    MAX_CHUNKS and at one chunk per MIN_CHUNK_SOURCES sources), or {} when they step as one chunk (one thread,
+    or a device other than the CPU, where the device is the parallelism)."""
     k = 1 if device != "cpu" else max(1, min(threads, MAX_CHUNKS, len(loaded) // MIN_CHUNK_SOURCES))
     return {n: i * k // len(loaded) + 1 for i, n in enumerate(loaded)} if k > 1 else {}
 
 
 def chunk_pool() -> ThreadPoolExecutor:
-    """Threads for the chunks of a many-source tick. The chunks are the parallelism: torch's own intra-op threads
-    inside each chunk thread would only contend for the same cores, so each runs torch on one thread (the setting
-    is per thread: the caller's threads keep theirs)."""
+    """Threads for the chunks of a many-source tick. The chunks are the parallelism: torch's own intra-op
+    threads inside each chunk thread would only contend for the same cores, so each runs torch on one thread
+    (the setting is per thread: the caller's threads keep theirs)."""
     return ThreadPoolExecutor(MAX_CHUNKS, thread_name_prefix="nq-predict", initializer=torch.set_num_threads,
                               initargs=(1,))

@@ -18,7 +18,7 @@ CONFIDENCE_EDGES = (1 / 3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0 + 1e-12)
 
 
 def reliability_table(confidence: np.ndarray, correct: np.ndarray) -> list[dict]:
-    """Accuracy actually achieved by the walk-forward predictions in each confidence bin (realized rows only)."""
+    """Accuracy the walk-forward predictions actually achieved in each confidence bin (realized rows only)."""
     out = []
     for lo, hi in zip(CONFIDENCE_EDGES[:-1], CONFIDENCE_EDGES[1:], strict=True):
         m = (confidence >= lo) & (confidence < hi)
@@ -33,8 +33,8 @@ def design_matrix(states: np.ndarray, selected: np.ndarray, lags: np.ndarray) ->
                       np.asarray(lags, dtype=float)])
 
 
-def live_calibration(model: FusionModel, X: np.ndarray, targets: pd.DataFrame, values: np.ndarray, horizon: int,
-                     refit_every: int) -> LiveCalibration:
+def live_calibration(model: FusionModel, X: np.ndarray, targets: pd.DataFrame, values: np.ndarray,
+                     horizon: int, refit_every: int) -> LiveCalibration:
     """The calibration state after training's last row, for the model `walk_forward` returned."""
     T = len(values)
     t0 = model.train_end + horizon
@@ -49,11 +49,12 @@ def live_calibration(model: FusionModel, X: np.ndarray, targets: pd.DataFrame, v
 
 def model_version_from_fit(source: str, cfg: PipelineConfig, version: str, fusion: dict, selected: list[str],
                            quantum: dict, timestamps: np.ndarray, fit_seconds: float) -> ModelVersion:
-    """The model version that training hands to streaming: the last walk-forward model and what it achieved."""
+    """The model version training hands to streaming: the last walk-forward model and what it achieved."""
     fused, targets = fusion["fused"], fusion["targets"]
     y = targets["direction"].to_numpy()[fused["row"].to_numpy()]
     ok = y != UNREALIZED
-    reliability = reliability_table(fused["confidence"].to_numpy()[ok], fused["direction"].to_numpy()[ok] == y[ok])
+    reliability = reliability_table(fused["confidence"].to_numpy()[ok],
+                                    fused["direction"].to_numpy()[ok] == y[ok])
     ts = to_ns(timestamps)
     step_ms = float(np.median(np.diff(ts)) / 1e6) if len(ts) > 1 else 0.0
     return ModelVersion(source=source, model_version=version, config=cfg.as_dict(), model=fusion["model"],

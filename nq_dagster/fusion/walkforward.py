@@ -40,7 +40,8 @@ def make_targets(values: np.ndarray, horizon: int = 1, hold_band: float = 0.1, v
     change = np.full(T, np.nan)
     change[: T - horizon] = v[horizon:] - v[:-horizon]
     step = pd.Series(np.diff(v, prepend=v[0]))
-    sd = step.rolling(vol_window, min_periods=2).std().fillna(0.0).to_numpy()  # causal: row 0 has no spread yet
+    # causal: row 0 has no spread yet
+    sd = step.rolling(vol_window, min_periods=2).std().fillna(0.0).to_numpy()
     band = hold_band * sd * np.sqrt(horizon)
     direction = np.where(change > band, 1, np.where(change < -band, -1, 0))
     direction = np.where(np.isnan(change), UNREALIZED, direction)
@@ -54,7 +55,7 @@ def direction_probabilities(pred_change: np.ndarray, band: np.ndarray, scale: np
                             mix: np.ndarray | float = 1.0, base_rate: np.ndarray | None = None) -> np.ndarray:
     """P(down), P(hold), P(up) when the change is Normal(pred_change, scale): (n, 3) in CLASSES order; with
     `base_rate` (3,) or (n, 3), mixed with it: mix x model + (1 - mix) x base rate (`calibrate` fits mix)."""
-    p_down = ndtr((-band - pred_change) / scale)  # the standard normal cdf (what norm.cdf calls, without its overhead)
+    p_down = ndtr((-band - pred_change) / scale)  # the normal cdf (what norm.cdf calls, without its overhead)
     p_up = ndtr(-(band - pred_change) / scale)  # norm.sf(z) = ndtr(-z)
     p_hold = np.clip(1.0 - p_down - p_up, 0.0, 1.0)
     P = np.column_stack([p_down, p_hold, p_up]) + 1e-9
@@ -75,12 +76,13 @@ MIN_TRAIN = 100
 class Schedule:
     """When models are refit on a series of `rows` rows: the first prediction row, the refit interval, and the
     warm-up rows left out of every fit. The config's train_min / refit_every hold for series of at least
-    2 x train_min rows; a shorter series (down to MIN_ROWS) trains on half of itself (at least MIN_TRAIN rows),
-    refits about five times over the rest, and leaves a fifth of the first training stretch (at most 50 rows) as
-    warm-up, so that series of 150-1000 rows train instead of failing. A long series is refit at most MAX_REFITS
-    times (refit_every grows beyond the config's past about 40 x refit_every rows): every refit reads all earlier
-    rows, so a fixed interval made training time grow with the square of the length; with the budget it grows
-    linearly. Between refits the error scale is still recalibrated every refit interval / 5 rows."""
+    2 x train_min rows; a shorter series (down to MIN_ROWS) trains on half of itself (at least MIN_TRAIN
+    rows), refits about five times over the rest, and leaves a fifth of the first training stretch (at most 50
+    rows) as warm-up, so that series of 150-1000 rows train instead of failing. A long series is refit at most
+    MAX_REFITS times (refit_every grows beyond the config's past about 40 x refit_every rows): every refit
+    reads all earlier rows, so a fixed interval made training time grow with the square of the length; with
+    the budget it grows linearly. Between refits the error scale is still recalibrated every refit_every / 5
+    rows."""
 
     rows: int
     train_min: int
@@ -105,8 +107,8 @@ def schedule_for(rows: int, cfg) -> Schedule:
 
 @dataclass
 class FusionModel:
-    """One fitted model: standardised ridge stages (penalty chosen by leave-one-out CV on the fit rows), and the
-    residual scale calibrated on held-out rows; knows which rows it was trained on."""
+    """One fitted model: standardised ridge stages (penalty chosen by leave-one-out CV on the fit rows), and
+    the residual scale calibrated on held-out rows; knows which rows it was trained on."""
 
     stages: list[LinearStage]
     scale: float
@@ -122,7 +124,7 @@ class FusionModel:
 
     def linear_form(self, n_columns: int) -> tuple[np.ndarray, float]:
         """The model as one linear function of a design row, x . w + c: every stage's standardisation and
-        coefficients folded together (`predict_change` up to float rounding). A stream evaluates it per tick."""
+        coefficients folded together (`predict_change` up to float rounding): what a stream evaluates."""
         w, c = np.zeros(n_columns), 0.0
         for st in self.stages:
             idx = st.columns if st.columns is not None else np.arange(st.start, st.stop)
@@ -142,15 +144,17 @@ class FusionModel:
         return direction_probabilities(chg, band, self.error_scale(band), self.mix, self.base_rate), chg
 
 
-def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np.ndarray, band: np.ndarray) -> None:
-    """Fit the model's error scale on rows it did not fit (predicted change, realized change, direction, band).
+def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np.ndarray, band: np.ndarray
+              ) -> None:
+    """Fit the model's error scale on rows it did not fit (predicted and realized change, direction, band).
 
-    Two error models, each with one factor fitted by log loss: a constant scale, or a scale proportional to the
-    recent volatility (through the hold band, hold_band x rolling std), so that the probabilities follow a
-    change of regime; the lower loss wins. Then the probabilities are shrunk toward the rows' class frequencies
-    (add-one smoothed): P = mix x P_model + (1 - mix) x base rate, mix in [0, 1] fitted by log loss. A forecast
-    with no skill on these rows gets mix near 0 and says the base rates, instead of a confident guess (the
-    Gaussian error model alone is over-confident on noisy series); a forecast with skill keeps mix near 1. Fewer than 20 rows: the residuals' root mean square, no mixing."""
+    Two error models, each with one factor fitted by log loss: a constant scale, or a scale proportional to
+    the recent volatility (through the hold band, hold_band x rolling std), so that the probabilities follow a
+    change of regime; the lower loss wins. Then the probabilities are shrunk toward the rows' class
+    frequencies (add-one smoothed): P = mix x P_model + (1 - mix) x base rate, mix in [0, 1] fitted by log
+    loss. A forecast with no skill on these rows gets mix near 0 and says the base rates, instead of a
+    confident guess (the Gaussian error model alone is over-confident on noisy series); a forecast with skill
+    keeps mix near 1. Fewer than 20 rows: the residuals' root mean square, no mixing."""
     resid = y_chg - pred
     s0 = float(np.sqrt(np.mean(resid**2))) or 1e-12
     model.scale, model.scale_per_band, model.mix, model.base_rate = s0, None, 1.0, None
@@ -184,19 +188,19 @@ def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np
 
 
 def fit_rows(train_end: int, warmup: int, calibration_fraction: float) -> tuple[int, int]:
-    """(n, fit_end) of a refit whose last realized row is train_end: every forecaster fits rows [warmup, fit_end)
-    and is calibrated on the held-out rows [fit_end, n)."""
+    """(n, fit_end) of a refit whose last realized row is train_end: every forecaster fits rows [warmup,
+    fit_end) and is calibrated on the held-out rows [fit_end, n)."""
     n = train_end + 1
     return n, max(warmup + 10, int(n * (1 - calibration_fraction)))
 
 
 def simplest_within_one_se(candidates: list[tuple[np.ndarray, int, object]]):
     """The one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani and Friedman, section 7.10) over
-    candidates (squared errors on the held-out rows, complexity, model): among the candidates whose mean held-out
-    error is within one standard error of the best one's (the standard error of the paired row-by-row
+    candidates (squared errors on the held-out rows, complexity, model): among the candidates whose mean
+    held-out error is within one standard error of the best one's (the standard error of the paired row-by-row
     difference), the least complex (fewest coefficients; then the lower error). On a few dozen held-out rows
-    the plain minimum picks whichever larger model the noise favours (a 12-coefficient base on 30 held-out rows
-    of a 150-row series); on thousands of rows a real gain is many standard errors and is kept."""
+    the plain minimum picks whichever larger model the noise favours (a 12-coefficient base on 30 held-out
+    rows of a 150-row series); on thousands of rows a real gain is many standard errors and is kept."""
     means = [float(np.mean(e)) for e, _, _ in candidates]
     b = int(np.argmin(means))
     e_b = candidates[b][0]
@@ -225,16 +229,18 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
     `base_variants` (column index arrays within the base, e.g. AR orders on differences, with and without the
     level) are the candidate linear models; the one with the lowest squared error on the held-out rows is the
     base. `rest_groups` split the other columns into reservoir blocks (the spiking reservoir, the analog one);
-    each is a candidate second stage fitted to the base's residual, its ridge penalty chosen on the held-out rows
-    (reservoir states are nearly collinear; leave-one-out picked penalties that extrapolated badly). Candidates
-    then: with / without intercept (a drift learned on an old regime can dominate a market's forecast; a
-    zero-drift model is the martingale default), the base alone or with one reservoir stage; among them the
-    simplest whose held-out squared error is within one standard error of the lowest (`simplest_within_one_se`),
-    so each stage stays only where it lowers held-out error by more than the noise of those rows. (The penalty and the choice
-    use the same held-out rows: 15 penalties of one stage, a mild optimism the walk-forward rows do not share.)"""
+    each is a candidate second stage fitted to the base's residual, its ridge penalty chosen on the held-out
+    rows (reservoir states are nearly collinear; leave-one-out picked penalties that extrapolated badly).
+    Candidates then: with / without intercept (a drift learned on an old regime can dominate a market's
+    forecast; a zero-drift model is the martingale default), the base alone or with one reservoir stage; among
+    them the simplest whose held-out squared error is within one standard error of the lowest
+    (`simplest_within_one_se`), so each stage stays only where it lowers held-out error by more than the noise
+    of those rows. (The penalty and the choice use the same held-out rows: 15 penalties of one stage, a mild
+    optimism the walk-forward rows do not share.)"""
     n, fit_end = fit_rows(train_end, warmup, calibration_fraction)
     if fit_end >= n:
-        raise ValueError(f"too few training rows ({n}) for warmup {warmup} and a held-out calibration stretch")
+        raise ValueError(f"too few training rows ({n}) for warmup {warmup} and a held-out calibration "
+                         "stretch")
     y_dir = targets["direction"].to_numpy()[:n]
     y_chg = targets["change"].to_numpy()[:n]
     if (y_dir == UNREALIZED).any():
@@ -264,15 +270,16 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
         resid_f, resid_h = yf - base.predict(Xf), yh - base.predict(Xh)
         for stages in [[base]] + [[base, rb.fit(resid_f, intercept, (Xh, resid_h))] for rb in rest_bases]:
             cand = FusionModel(stages, 1.0, train_end, fit_end, columns)
-            candidates.append(((yh - cand.predict_change(Xh)) ** 2, sum(len(st.coef) + intercept for st in stages), cand))
+            coefficients = sum(len(st.coef) + intercept for st in stages)
+            candidates.append(((yh - cand.predict_change(Xh)) ** 2, coefficients, cand))
     model = simplest_within_one_se(candidates)
     calibrate(model, model.predict_change(Xh), yh, y_dir[held], targets["band"].to_numpy()[held])
     return model
 
 
-def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_min: int = 500, refit_every: int = 250,
-                 calibration_fraction: float = 0.3, columns: list[str] | None = None, n_base: int = 0,
-                 warmup: int = 50, base_variants: list[np.ndarray] | None = None,
+def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_min: int = 500,
+                 refit_every: int = 250, calibration_fraction: float = 0.3, columns: list[str] | None = None,
+                 n_base: int = 0, warmup: int = 50, base_variants: list[np.ndarray] | None = None,
                  recalibrate_every: int | None = None, rest_groups: list[np.ndarray] | None = None
                  ) -> tuple[pd.DataFrame, FusionModel]:
     """Predictions for every row t >= train_min, each by a model trained only on targets realized by t
@@ -287,8 +294,8 @@ def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_m
     sums: dict = {}
 
     def fit(train_end: int) -> tuple[FusionModel, object]:
-        model = fit_model(X, targets, train_end, calibration_fraction, columns or [], n_base, warmup, base_variants,
-                          rest_groups, sums)
+        model = fit_model(X, targets, train_end, calibration_fraction, columns or [], n_base, warmup,
+                          base_variants, rest_groups, sums)
         return model, lambda lo, hi: model.predict_change(X[lo:hi])
 
     return walk_forward_forecaster(fit, targets, horizon, train_min, refit_every, recalibrate_every)
@@ -299,16 +306,18 @@ def walk_forward_forecaster(fit, targets: pd.DataFrame, horizon: int, train_min:
     """The one walk-forward rule for every forecaster (the fused model, its ablations and the baselines).
 
     At each refit point t0 = train_min + k x refit_every, `fit(train_end)` (train_end = t0 - horizon, the last
-    row whose target is realized at t0) returns a FusionModel whose error scale was calibrated on held-out rows
-    [fit_end, train_end] and a function giving its predicted change for rows [lo, hi). The model predicts rows
-    t0 .. t0 + refit_every - 1. Between refits its coefficients stay, and its error scale is refitted every
-    `recalibrate_every` rows (default refit_every / 5) on the latest realized rows it did not fit (as many as its
-    first calibration stretch, at most RECAL_WINDOW), so that the confidence follows a drift of the error's size.
-    A direction is the most likely class of the model's own probabilities. The model returned for serving has
-    the scale of its last rows; streams recalibrate it on the same grid (`fusion.model.LiveCalibration`)."""
+    row whose target is realized at t0) returns a FusionModel whose error scale was calibrated on held-out
+    rows [fit_end, train_end] and a function giving its predicted change for rows [lo, hi). The model predicts
+    rows t0 .. t0 + refit_every - 1. Between refits its coefficients stay, and its error scale is refitted
+    every `recalibrate_every` rows (default refit_every / 5) on the latest realized rows it did not fit (as
+    many as its first calibration stretch, at most RECAL_WINDOW), so that the confidence follows a drift of
+    the error's size. A direction is the most likely class of the model's own probabilities. The model
+    returned for serving has the scale of its last rows; streams recalibrate it on the same grid
+    (`fusion.model.LiveCalibration`)."""
     T = len(targets)
     if train_min < MIN_TRAIN // 2 or T <= train_min:
-        raise ValueError(f"need more than train_min={train_min} rows (and train_min >= {MIN_TRAIN // 2}); got {T}")
+        raise ValueError(f"need more than train_min={train_min} rows (and train_min >= {MIN_TRAIN // 2}); "
+                         f"got {T}")
     recal = recalibrate_every or recal_every(refit_every)
     out = []
     band = targets["band"].to_numpy()
@@ -326,10 +335,11 @@ def walk_forward_forecaster(fit, targets: pd.DataFrame, horizon: int, train_min:
             chg = chg_all[rows - model.fit_end]
             scale = np.broadcast_to(model.error_scale(band[rows]), rows.shape)
             probs = direction_probabilities(chg, band[rows], scale, model.mix, model.base_rate)
-            out.append(pd.DataFrame({"row": rows, "p_down": probs[:, 0], "p_hold": probs[:, 1], "p_up": probs[:, 2],
-                                     "pred_change": chg, "error_scale": scale, "train_end": train_end, "model_id": k}))
-    # the last model keeps the scale of its last sub-block: a stream continuing at row T recalibrates on the same
-    # grid (t0 + k x recal) from the outcomes it realizes (fusion.model.LiveCalibration), as this loop would
+            out.append(pd.DataFrame({"row": rows, "p_down": probs[:, 0], "p_hold": probs[:, 1],
+                                     "p_up": probs[:, 2], "pred_change": chg, "error_scale": scale,
+                                     "train_end": train_end, "model_id": k}))
+    # the last model keeps the scale of its last sub-block: a stream continuing at row T recalibrates on the
+    # same grid (t0 + k x recal) from the outcomes it realizes (fusion.model.LiveCalibration), as this loop
     pred = pd.concat(out, ignore_index=True)
     P = pred[["p_down", "p_hold", "p_up"]].to_numpy()
     pred["direction"] = CLASSES[P.argmax(axis=1)]
@@ -345,7 +355,7 @@ def recal_every(refit_every: int) -> int:
 
 def _recalibrate(model: FusionModel, chg_all: np.ndarray, last: int, window: int, y_chg: np.ndarray,
                  y_dir: np.ndarray, band: np.ndarray) -> None:
-    """Refit the error scale on rows (last - window, last], all realized and at or after the model's fit_end."""
+    """Refit the error scale on rows (last - window, last], all realized, none before the model's fit_end."""
     lo = max(model.fit_end, last + 1 - window)
     rows = np.arange(lo, last + 1)
     if (y_dir[rows] == UNREALIZED).any():
@@ -354,11 +364,12 @@ def _recalibrate(model: FusionModel, chg_all: np.ndarray, last: int, window: int
 
 
 def lag_matrix(values: np.ndarray, p: int = 5, level: bool = False) -> np.ndarray:
-    """The last p one-step changes known at t: column k holds x_{t-k} - x_{t-k-1} (0 before the series starts);
-    with `level`, the value x_t as one more column (the AR-on-levels part of the design)."""
+    """The last p one-step changes known at t: column k holds x_{t-k} - x_{t-k-1} (0 before the series
+    starts); with `level`, the value x_t as one more column (the AR-on-levels part of the design)."""
     v = np.asarray(values, dtype=float)
     d = np.diff(v, prepend=np.nan)
-    lags = np.nan_to_num(np.column_stack([np.concatenate([np.full(k, np.nan), d[: len(d) - k]]) for k in range(p)]))
+    lags = np.nan_to_num(np.column_stack([np.concatenate([np.full(k, np.nan), d[: len(d) - k]])
+                                          for k in range(p)]))
     return np.column_stack([lags, v]) if level else lags
 
 

@@ -22,7 +22,8 @@ t + 1). Spike-time statistics are computed on spikes sorted by time per neuron
 
 Each detector's streaming twin (a stream's new step from what its state keeps: the step's spike list
 `spike_step`, the window's Gram matrix `window_strengths`, the ordinal codes `entropy_step`, the per-step
-interval aggregates `isi_step`) sits beside it and shares its formulas, so a stream computes the same strengths.
+interval aggregates `isi_step`) sits beside it and shares its formulas, so a stream computes the same
+strengths.
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ def standing_wave(activity: np.ndarray, window: int = 32, start: int = 0) -> np.
 
 
 def lag_dots(A: np.ndarray, k: int) -> np.ndarray:
-    """D[t, l] = A[t] . A[t - l] for lags l < k (0 where t < l): (T, k). The Gram matrix of any k frames in a row
-    is made of these (`window_grams`); a stream adds one row of them per tick."""
+    """D[t, l] = A[t] . A[t - l] for lags l < k (0 where t < l): (T, k). The Gram matrix of any k frames in a
+    row is made of these (`window_grams`); a stream adds one row of them per tick."""
     T = len(A)
     D = np.zeros((T, k))
     for lag in range(min(k, T)):
@@ -121,16 +122,16 @@ def lag_dots(A: np.ndarray, k: int) -> np.ndarray:
 
 
 def window_grams(D: np.ndarray, ends: np.ndarray, k: int) -> np.ndarray:
-    """The raw Gram matrices (len(ends), k, k) of the k frames ending at each row of `ends`, from `lag_dots`."""
+    """The raw Gram matrices (len(ends), k, k) of the k frames ending at each row of `ends` (`lag_dots` D)."""
     i, j = np.indices((k, k))
     return D[(np.asarray(ends) - k + 1)[:, None, None] + np.maximum(i, j), np.abs(i - j)]
 
 
 def standing_wave_gram(R: np.ndarray) -> np.ndarray:
-    """The standing-wave strength from the raw Gram matrices R (B, k, k) of windows of k frames (R = X X^T): the
-    centred Gram H R H (H = I - 11^T / k) has the windows' spatial-mode variances as eigenvalues and their time
-    courses as eigenvectors; only the top pair is needed (LAPACK dsyevr for one eigenpair: cheaper than a full
-    eigen-decomposition)."""
+    """The standing-wave strength from the raw Gram matrices R (B, k, k) of windows of k frames (R = X X^T):
+    the centred Gram H R H (H = I - 11^T / k) has the windows' spatial-mode variances as eigenvalues and their
+    time courses as eigenvectors; only the top pair is needed (LAPACK dsyevr for one eigenpair: cheaper than a
+    full eigen-decomposition)."""
     from scipy.linalg.lapack import dsyevr
 
     B, k, _ = R.shape
@@ -196,7 +197,8 @@ def last_spike_bins(spikes: np.ndarray) -> np.ndarray:
     return np.where(fired, last, NO_SPIKE).astype(np.int64)
 
 
-def isi_by_step(spikes: np.ndarray, prior_last_bin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def isi_by_step(spikes: np.ndarray, prior_last_bin: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Inter-spike intervals (bins) of time-sorted spikes per neuron, and the step where each interval ends.
 
     `prior_last_bin` (N,) gives each neuron's last spike before this array (negative bin index, or
@@ -230,13 +232,14 @@ def isi_aggregates(isi: np.ndarray, at: np.ndarray, n: int, burst_isi: int = BUR
     `rhythm_and_burst`; a stream keeps them per step of its window."""
     return np.column_stack([np.bincount(at, minlength=n), np.bincount(at, weights=isi, minlength=n),
                             np.bincount(at, weights=isi**2, minlength=n),
-                            np.bincount(at, weights=(isi <= burst_isi).astype(float), minlength=n)]).astype(float)
+                            np.bincount(at, weights=(isi <= burst_isi).astype(float), minlength=n)]
+                           ).astype(float)
 
 
 def rhythm_and_burst(c: np.ndarray, r1: np.ndarray, r2: np.ndarray, rs: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """The rhythmic and burst strengths from a window's interval count c, sum r1, sum of squares r2 and bursts rs:
-    1 - CV of the intervals, and the share of bursts (0 below three intervals)."""
+    """The rhythmic and burst strengths from a window's interval count c, sum r1, sum of squares r2 and bursts
+    rs: 1 - CV of the intervals, and the share of bursts (0 below three intervals)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = r1 / c
         sd = np.sqrt(np.maximum(r2 / c - mean**2, 0))
@@ -355,9 +358,10 @@ def entropy_of_counts(counts: np.ndarray, order: int = ORDER) -> np.ndarray:
     return np.clip(h, 0, 1)
 
 
-def entropy_step(codes: np.ndarray, means: np.ndarray, steps_seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The streaming twin of `permutation_entropy` at a stream's new step: the ordinal code of the newest ORDER
-    population means (`means` (S, >= ORDER), chronological) joins the codes of the window's earlier ones
+def entropy_step(codes: np.ndarray, means: np.ndarray, steps_seen: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The streaming twin of `permutation_entropy` at a stream's new step: the ordinal code of the newest
+    ORDER population means (`means` (S, >= ORDER), chronological) joins the codes of the window's earlier ones
     (`codes` (S, k)); returns (chaotic strength (S,), the codes with the new one (S, k + 1))."""
     S = len(codes)
     codes = np.concatenate([codes.astype(np.int64), ordinal_codes(means[:, -ORDER:])[:, None]], axis=1)
@@ -369,13 +373,14 @@ def entropy_step(codes: np.ndarray, means: np.ndarray, steps_seen: np.ndarray) -
 
 def as_detector_activity(activity: np.ndarray) -> np.ndarray:
     """Reservoir activity as the detectors read it: rounded to half precision, computed on in float64. The
-    streaming state keeps the detectors' 31-frame window at this precision (half the bytes of float32), and the
-    batch graph rounds the same way, so both compute the same strengths."""
+    streaming state keeps the detectors' 31-frame window at this precision (half the bytes of float32), and
+    the batch graph rounds the same way, so both compute the same strengths."""
     return np.asarray(activity, dtype=DETECTOR_DTYPE).astype(float)
 
 
-def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = DETECTOR_WINDOW, burst_isi: int = BURST_ISI,
-                    prior_last_bin: np.ndarray | None = None, last: int | None = None) -> dict[str, np.ndarray]:
+def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = DETECTOR_WINDOW,
+                    burst_isi: int = BURST_ISI, prior_last_bin: np.ndarray | None = None,
+                    last: int | None = None) -> dict[str, np.ndarray]:
     """All eight strengths, (T,) each, in [0, 1]. `spikes` (T, W, N) bool, `activity` (T, M) float.
 
     On the tail of a stream (at least `window` steps before the rows wanted, and `prior_last_bin` from
@@ -384,7 +389,8 @@ def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = DETE
     spikes = np.asarray(spikes, dtype=bool)
     activity = as_detector_activity(activity)
     if spikes.ndim != 3 or activity.ndim != 2 or len(spikes) != len(activity):
-        raise ValueError(f"need spikes (T, W, N) and activity (T, M) with the same T; got {spikes.shape}, {activity.shape}")
+        raise ValueError(f"need spikes (T, W, N) and activity (T, M) with the same T; got {spikes.shape}, "
+                         f"{activity.shape}")
     if len(spikes) == 0:
         raise ValueError("no time steps")
     if window < 4:
