@@ -26,7 +26,7 @@ _BLAS = threading.local()
 def single_threaded_blas():
     """A context in which numpy's BLAS uses one thread (threadpoolctl, which scikit-learn already depends on).
     A long-lived caller (the server's worker thread) enters it once; calls inside it skip setting the limit
-    again (about half a millisecond)."""
+    again, which costs more than a small tick's BLAS calls."""
     global _THREADPOOLS
     if getattr(_BLAS, "on", False):
         yield
