@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+import nq_dagster.codecs  # noqa: F401  (the artifacts this bench loads are registered engine types)
 from nq_dagster.fusion.predictor import Predictor
 from nq_dagster.store.artifacts import loads
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+import nq_dagster.codecs  # noqa: F401  (the artifacts this bench loads are registered engine types)
+
 
 def setup(home: Path) -> None:
     from nq_dagster.demo import write_demo

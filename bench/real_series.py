@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import nq_dagster.codecs  # noqa: F401  (the artifacts this bench loads are registered engine types)
+
 ROOT = Path(__file__).resolve().parents[1]
 NQ = [sys.executable, "-m", "nq_dagster.cli"]
 

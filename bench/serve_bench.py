@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import nq_dagster.codecs  # noqa: F401  (the artifacts this bench loads are registered engine types)
+
 
 class Conn:
     """One keep-alive HTTP/1.1 connection; `request` returns (status, body)."""

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+import nq_dagster.codecs  # noqa: F401  (the artifacts this bench loads are registered engine types)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,6 +44,7 @@ def fusion_peer(home: Path, source: str) -> tuple[float, float]:
 
     from nq_dagster.config import load_config
     from nq_dagster.fusion import baselines as bl
+    from nq_dagster.fusion import ridge
     from nq_dagster.fusion import walkforward as wf
     from nq_dagster.fusion.pipeline import run_fusion
     from nq_dagster.store import Warehouse
@@ -63,12 +66,12 @@ def fusion_peer(home: Path, source: str) -> tuple[float, float]:
         def fit(self, y, intercept, held=None):
             if held is not None:  # the penalty on held-out rows, as RidgeBasis does: one fit per penalty
                 Zh = (held[0][:, self.cols] - self.mean) / self.scale
-                fits = [Ridge(alpha=a, fit_intercept=intercept).fit(self.A, y) for a in wf.ALPHAS]
+                fits = [Ridge(alpha=a, fit_intercept=intercept).fit(self.A, y) for a in ridge.ALPHAS]
                 r = min(fits, key=lambda m: float(np.mean((held[1] - m.predict(Zh)) ** 2)))
                 r.alpha_ = r.alpha
             else:
-                r = RidgeCV(alphas=wf.ALPHAS, fit_intercept=intercept).fit(self.A, y)
-            return wf.LinearStage(0, 0, self.mean, self.scale, np.asarray(r.coef_, float), float(r.intercept_),
+                r = RidgeCV(alphas=ridge.ALPHAS, fit_intercept=intercept).fit(self.A, y)
+            return ridge.LinearStage(0, 0, self.mean, self.scale, np.asarray(r.coef_, float), float(r.intercept_),
                                   float(r.alpha_), self.cols.copy())
 
     t = time.perf_counter()

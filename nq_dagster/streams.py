@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from nq_dagster.fusion.predictor import ServingState, continue_from
+import nq_dagster.codecs  # noqa: F401  (the serving states this module loads are registered artifact types)
+from nq_dagster.fusion.model import ServingState
+from nq_dagster.fusion.predictor import continue_from
 from nq_dagster.ingest import build_series, rows_after
 from nq_dagster.store import Warehouse
 

@@ -4,6 +4,9 @@ import os
 
 import pytest
 
+# registers the model and state classes with the artifact codec: the tests save and load artifacts in this
+# process (the engines and the store do not know each other; nq_dagster/codecs.py joins them)
+import nq_dagster.codecs  # noqa: F401
 from nq_dagster.store import Warehouse
 
 SMALL_CONFIG = {"neuron_count": 120, "reservoir_size": 80, "train_min": 250, "refit_every": 200}

@@ -266,7 +266,7 @@ def test_every_asset_has_a_code_version_and_the_model_follows_its_design():
     """Dagster marks outputs of older code unsynced only if each asset declares a code version; the model's
     assets carry the fused model's design version, which the predictor checks at load."""
     from nq_dagster.definitions import defs
-    from nq_dagster.fusion.predictor import DESIGN_VERSION
+    from nq_dagster.fusion.model import DESIGN_VERSION
 
     graph = defs.resolve_asset_graph()
     versions = {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()}

@@ -315,7 +315,7 @@ def test_a_model_of_an_older_design_is_refused_and_retrained(graph, tmp_path):
     assert has_current_model(wh, "m")
 
 
-def test_threaded_chunks_equal_one_batch(graph, monkeypatch):
+def test_threaded_chunks_equal_one_batch(graph):
     """16 sources ticking together step in two chunks on two threads (each chunk its own batched reservoirs);
     every source's records equal those of the same sources stepped as one batch."""
     from dataclasses import replace
@@ -324,8 +324,7 @@ def test_threaded_chunks_equal_one_batch(graph, monkeypatch):
     names = [f"s{i:02d}" for i in range(16)]
     outs = {}
     for threads in ("1", "2"):
-        monkeypatch.setenv("NQ_PREDICT_THREADS", threads)
-        p = Predictor()
+        p = Predictor(threads=int(threads))
         for n in names:
             p.load(replace(before, model=replace(before.model, source=n)))
         assert len(p._chunks(before.model.cfg.version, names)) == int(threads)
@@ -341,8 +340,7 @@ def test_threaded_chunks_equal_one_batch(graph, monkeypatch):
 def test_spike_step_equals_the_dense_detectors():
     """The streaming path reads a step's spikes from their list; it must equal the batch graph's detectors on
     the dense array, including a source without spikes and one with a single spike."""
-    from nq_dagster.fusion.stream import spike_step
-    from nq_dagster.neuromorphic.patterns import sparse, synchronous, travelling_wave
+    from nq_dagster.neuromorphic.patterns import sparse, spike_step, synchronous, travelling_wave
     from nq_dagster.neuromorphic.stages import reservoir_input, spike_statistics
 
     rng = np.random.default_rng(3)

@@ -6,10 +6,9 @@ import pandas as pd
 import pytest
 
 from nq_dagster.fusion.baselines import detect_season, run_baselines
+from nq_dagster.fusion.ridge import ALPHAS, RidgeBasis
 from nq_dagster.fusion.walkforward import (
-    ALPHAS,
     MIN_ROWS,
-    RidgeBasis,
     make_targets,
     training_schedule,
     walk_forward,

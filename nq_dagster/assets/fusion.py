@@ -26,7 +26,7 @@ def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservo
     """Walk-forward fused model (reservoir readout + selected features + recent changes), its ablations and
     AR(5); `version` is the last model as streaming and serving use it."""
     from nq_dagster.fusion.pipeline import run_fusion
-    from nq_dagster.fusion.predictor import model_version_from_fit
+    from nq_dagster.fusion.training import model_version_from_fit
     cfg = warehouse.pipeline_config()
     t0 = time.perf_counter()
     out = run_fusion(features, reservoir_states["states"], feature_selection["selected"], cfg, context.partition_key)
@@ -47,7 +47,7 @@ def serving_state(context: AssetExecutionContext, fusion_model: dict, features: 
                   reservoir_states: dict) -> Output[Any]:  # a fusion.predictor.ServingState
     """What the streaming job, `nq predict` and the server continue from: the latest model version and the
     source's streaming state after its last row (encoder windows, reservoir state, detector windows)."""
-    from nq_dagster.fusion.predictor import ServingState
+    from nq_dagster.fusion.model import ServingState
     from nq_dagster.fusion.stream import CANDIDATES, from_history
     from nq_dagster.neuromorphic.stages import unpack_spikes
     cfg = fusion_model["version"].cfg

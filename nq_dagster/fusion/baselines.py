@@ -1,4 +1,4 @@
-"""Baselines a forecaster would respect, walk-forward on the same rows and scored by the same rule as the model.
+"""Baselines a forecaster would respect, walk-forward on the same rows, scored by the same rule as the model.
 
 Each baseline forecasts the change over the horizon; `walk_forward_forecaster` refits it at the model's refit
 points on the model's fit rows, calibrates its error scale on the same held-out rows by the same log loss,
@@ -8,12 +8,12 @@ probabilities. So model and baselines differ in their forecast of the change and
 - persistence: the last change repeats (x_{t+h} - x_t forecast as x_t - x_{t-h});
 - seasonal naive: x_{t+h} forecast as the value one season earlier, x_{t+h-m}; m is the lag of the largest
   mean autocorrelation of the one-step changes at m, 2m, 3m, ..., beyond their first zero crossing after lag 1
-  (up to min(n/3, 1000) lags of the first training stretch), used only when the autocorrelation at m exceeds 0.3
-  and the 1 % significance bound;
+  (up to min(n/3, 1000) lags of the first training stretch), used only when the autocorrelation at m exceeds
+  0.3 and the 1 % significance bound;
 - ar_levels / ar_diffs: AR(p) with a constant on the levels / on the one-step changes, p chosen by AIC up to
   MAX_AR_ORDER (statsmodels `ar_select_order`, `AutoReg`), iterated over the horizon;
-- esn: a plain echo-state network (the source's analog reservoir, `stages.analog_states`: leaky tanh, driven by
-  the standardised value and change, no spike encoding) read out directly by ridge regression, its penalty
+- esn: a plain echo-state network (the source's analog reservoir, `stages.analog_states`: leaky tanh, driven
+  by the standardised value and change, no spike encoding) read out directly by ridge regression, its penalty
   chosen on the held-out calibration rows.
 """
 
@@ -52,9 +52,9 @@ def detect_season(values: np.ndarray, upto: int) -> int | None:
     start = int(neg[0]) + 3  # past the first zero crossing (short-lag correlation is not a season)
     if start > max_lag:
         return None
-    # a season correlates at all its multiples: score a lag by the mean autocorrelation at m, 2m, 3m, ... (which
-    # sharpens the flat top of a single peak, where one-lag noise would pick m +- 1); among near-equal scores the
-    # shortest lag wins (2m scores like m)
+    # a season correlates at all its multiples: score a lag by the mean autocorrelation at m, 2m, 3m, ...
+    # (which sharpens the flat top of a single peak, where one-lag noise would pick m +- 1); among near-equal
+    # scores the shortest lag wins (2m scores like m)
     score = np.array([r[m::m].mean() for m in range(start, max_lag + 1)])
     m = int(start + np.nonzero(score >= score.max() - 0.02)[0][0])
     return m if r[m] > max(SEASON_MIN_ACF, 2.58 / np.sqrt(n)) else None
@@ -69,7 +69,7 @@ def season_of(values: np.ndarray, train_min: int, horizon: int) -> int:
 
 def _ar_forecast_levels(v: np.ndarray, params: np.ndarray, lags: list[int], horizon: int, lo: int, hi: int,
                         diffs: bool) -> np.ndarray:
-    """Change forecasts x_{t+h} - x_t for t in [lo, hi) from AR coefficients (const first), iterating h steps."""
+    """Change forecasts x_{t+h} - x_t for t in [lo, hi) from AR coefficients (const first), over h steps."""
     series = np.diff(v, prepend=v[0]) if diffs else v  # AR on the changes (first change 0) or on the levels
     p = max(lags)
     t = np.arange(lo, hi)
@@ -86,12 +86,14 @@ def _ar_forecast_levels(v: np.ndarray, params: np.ndarray, lags: list[int], hori
 
 
 def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_min: int, warmup: int,
-                calibration_fraction: float, analog: np.ndarray | None = None, season: int | None = None) -> dict:
-    """name -> fit(train_end) as `walk_forward_forecaster` takes it; seasonal naive only where a season is found
-    (`season`: as `season_of` finds it, computed here when not given)."""
+                calibration_fraction: float, analog: np.ndarray | None = None, season: int | None = None
+                ) -> dict:
+    """name -> fit(train_end) as `walk_forward_forecaster` takes it; seasonal naive only where a season is
+    found (`season`: as `season_of` finds it, computed here when not given)."""
     v = np.asarray(values, dtype=float)
     T = len(v)
-    y_chg, y_dir, band = targets["change"].to_numpy(), targets["direction"].to_numpy(), targets["band"].to_numpy()
+    y_chg, y_dir = targets["change"].to_numpy(), targets["direction"].to_numpy()
+    band = targets["band"].to_numpy()
 
     def split(train_end: int) -> tuple[int, int]:
         return fit_rows(train_end, warmup, calibration_fraction)
@@ -122,7 +124,8 @@ def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_m
             sel = ar_select_order(endog, maxlag, ic="aic", trend="c")
             lags = list(sel.ar_lags or [1])
             params = np.asarray(AutoReg(endog, lags=lags, trend="c").fit().params, dtype=float)
-            return wrap(train_end, lambda lo, hi: _ar_forecast_levels(v, params, lags, horizon, lo, hi, diffs))
+            return wrap(train_end,
+                        lambda lo, hi: _ar_forecast_levels(v, params, lags, horizon, lo, hi, diffs))
         return fit
 
     out["ar_levels"], out["ar_diffs"] = ar(False), ar(True)
@@ -150,8 +153,8 @@ def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_m
 def run_baselines(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_min: int, refit_every: int,
                   warmup: int, calibration_fraction: float, analog: np.ndarray | None = None,
                   season: int | None = None) -> tuple[dict[str, pd.DataFrame], int | None]:
-    """Walk-forward prediction frames (as `walk_forward` returns them) of every baseline, and the season used by
-    seasonal naive (None: no season detected, no seasonal baseline)."""
+    """Walk-forward prediction frames (as `walk_forward` returns them) of every baseline, and the season used
+    by seasonal naive (None: no season detected, no seasonal baseline)."""
     if season is None:
         season = season_of(values, train_min, horizon)
     fits = forecasters(values, targets, horizon, train_min, warmup, calibration_fraction, analog, season)

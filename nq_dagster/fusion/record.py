@@ -47,9 +47,10 @@ def _rows(v, n: int) -> list:
 
 
 def build_records(source: str | list[str], ts_ns: np.ndarray, probs: np.ndarray, change: np.ndarray,
-                  patterns: np.ndarray, spike_rate: np.ndarray, frames: np.ndarray, quantum: dict | list[dict],
-                  model_version: str | list[str], config_version: str | list[str], train_end_ns: np.ndarray,
-                  horizon_ms: float | np.ndarray, processing_ms: np.ndarray | None) -> list[dict]:
+                  patterns: np.ndarray, spike_rate: np.ndarray, frames: np.ndarray,
+                  quantum: dict | list[dict], model_version: str | list[str], config_version: str | list[str],
+                  train_end_ns: np.ndarray, horizon_ms: float | np.ndarray, processing_ms: np.ndarray | None
+                  ) -> list[dict]:
     """The records of n predictions as dicts with nested results (the API's JSON shape). Source, model and
     config fields are one value for every row, or one per row (a batch of sources)."""
     n = len(ts_ns)

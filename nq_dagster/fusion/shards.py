@@ -1,17 +1,18 @@
 """The one prediction path on several cores: sources shared out among processes, each running a `Predictor`.
 
 A tick's work is Python and numpy calls per source under one interpreter lock, so threads do not add cores
-(fusion/predictor.py: two chunk threads on 2 cores were slower than one). `ShardedPredictor` owns the same
-sources and answers the same calls as `Predictor`, but each source lives in one shard: shard 0 in this process,
-shards 1..k-1 in worker processes (started with `spawn`: no forked torch thread pools). `advance_many` sends each
-worker its sources' ticks, advances this process's own sources meanwhile, then gathers the records; each source
-is computed by the same `Predictor` code as alone, so the records are equal to one `Predictor`'s (tested).
+(fusion/threads.py). `ShardedPredictor` owns the same
+sources and answers the same calls as `Predictor`, but each source lives in one shard: shard 0 in this
+process, shards 1..k-1 in worker processes (started with `spawn`: no forked torch thread pools).
+`advance_many` sends each worker its sources' ticks, advances this process's own sources meanwhile, then
+gathers the records; each source is computed by the same `Predictor` code as alone, so the records are equal
+to one `Predictor`'s (tested).
 
-All input is checked here before any shard works (`predictor.check_ticks_many`, against the last timestamp of each
-source kept here), and a call commits in two phases: each shard moves its sources on as soon as their records are
-built, keeping what it needs to undo that, until this process has every shard's records; a worker learns the
-decision (keep or undo) with its next message. A failed call changes no source. `processing_time_ms` is measured
-here: from the call receiving the ticks to every record being ready.
+All input is checked here before any shard works (`ticks.check_ticks_many`, against the last timestamp of each
+source kept here), and a call commits in two phases: each shard moves its sources on as soon as their records
+are built, keeping what it needs to undo that, until this process has every shard's records; a worker learns
+the decision (keep or undo) with its next message. A failed call changes no source. `processing_time_ms` is
+measured here: from the call receiving the ticks to every record being ready.
 
 The messages between this process and its workers are pickled Python objects (multiprocessing's pipes): they
 travel between processes this class started, never from storage (states and models on disk are read by
@@ -27,19 +28,16 @@ from dataclasses import dataclass
 
 import torch
 
-from nq_dagster.fusion.predictor import (
-    ModelVersion,
-    Predictor,
-    ServingState,
-    check_ticks_many,
-    single_threaded_blas,
-)
+from nq_dagster.fusion.model import ModelVersion, ServingState
+from nq_dagster.fusion.predictor import Predictor
+from nq_dagster.fusion.threads import single_threaded_blas
+from nq_dagster.fusion.ticks import check_ticks_many
 
 
-def _worker(conn, device: str) -> None:
+def _worker(conn, device: str, threads: int | None = None) -> None:
     """A worker's loop: one `Predictor`, torch on one thread (the shards are the parallelism)."""
     torch.set_num_threads(1)
-    p = Predictor(device=device)
+    p = Predictor(device=device, threads=threads)
     undo = None  # an advance committed here, until the parent's decision: kept, or rolled back
     while True:
         try:
@@ -96,14 +94,16 @@ class _Shard:
 
 class ShardedPredictor:
     """`Predictor`'s calls over `processes` shards (this process and processes - 1 workers); see the module
-    docstring. Close it (or use it as a context manager) to stop the workers. One thread at a time may make the
-    calls that reach a worker (the server's worker thread makes them all); `sources`, `last_ts`, `model`,
+    docstring. Close it (or use it as a context manager) to stop the workers. One thread at a time may make
+    the calls that reach a worker (the server's worker thread makes them all); `sources`, `last_ts`, `model`,
     `rows_seen` and `shard_of` answer from this process and may be called from any thread."""
 
-    def __init__(self, processes: int | None = None, device: str = "cpu"):
+    def __init__(self, processes: int | None = None, device: str = "cpu", threads: int | None = None):
+        """`threads`: each shard's `Predictor(threads=...)`."""
         self.processes = max(1, processes or os.cpu_count() or 1)
         self.device = device
-        self.local = Predictor(device=device)
+        self.threads = threads
+        self.local = Predictor(device=device, threads=threads)
         self._owner: dict[str, int] = {}
         self._last_ts: dict[str, int] = {}
         self._step_ms: dict[str, float] = {}
@@ -119,7 +119,8 @@ class ShardedPredictor:
     def _start(self) -> _Shard:
         ctx = mp.get_context("spawn")
         a, b = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(b, self.device), daemon=True, name="nq-predict-shard")
+        proc = ctx.Process(target=_worker, args=(b, self.device, self.threads), daemon=True,
+                           name="nq-predict-shard")
         proc.start()
         b.close()
         return _Shard(proc, a)
@@ -128,8 +129,8 @@ class ShardedPredictor:
         sh = self._shards[k - 1]
         sh.process.join(timeout=1)
         return ShardGone(k, f"prediction shard {k} (process {sh.process.pid}) exited (exit code "
-                            f"{sh.process.exitcode}); its sources are gone until it is restarted and they are "
-                            "loaded again")
+                            f"{sh.process.exitcode}); its sources are gone until it is restarted and they "
+                            "are loaded again")
 
     def restart(self, k: int) -> list[str]:
         """Start shard k's process again, empty, and forget its sources; returns them, for the caller to load
@@ -189,7 +190,8 @@ class ShardedPredictor:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # Predictor's calls ----------------------------------------------------------------------------------------
+    # Predictor's calls
+    # ----------------------------------------------------------------------------------------
     def load(self, serving: ServingState) -> None:
         """Add or replace a source (a new source goes to the shard with the fewest sources)."""
         source = serving.model.source
@@ -220,8 +222,8 @@ class ShardedPredictor:
         try:
             return self._owner[source]
         except KeyError:
-            raise KeyError(f"no model loaded for source {source!r}; loaded: {', '.join(self.sources()) or 'none'}"
-                           ) from None
+            loaded = ", ".join(self.sources()) or "none"
+            raise KeyError(f"no model loaded for source {source!r}; loaded: {loaded}") from None
 
     def last_ts(self, source: str) -> int:
         """The timestamp (ns) of the source's last row seen, without asking its shard."""
@@ -270,7 +272,8 @@ class ShardedPredictor:
         checked: dict[str, tuple] = {}
         error: BaseException | None = None
         remote = []
-        for k, part in sorted(by_shard.items(), reverse=True):  # the workers' input checked and sent first ...
+        # the workers' input checked and sent first ...
+        for k, part in sorted(by_shard.items(), reverse=True):
             try:
                 part = check_ticks_many(part, self._last_ts, self._step_ms)
             except ValueError as exc:  # the shards already sent drop their part; raised once they answer

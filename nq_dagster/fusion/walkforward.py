@@ -26,11 +26,11 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import ndtr
 
-from nq_dagster.store.artifacts import register
+from nq_dagster.fusion.ridge import GramSums, LinearStage, RidgeBasis
 
 CLASSES = np.array([-1, 0, 1])  # down, hold, up
 CLASS_NAMES = {-1: "down", 0: "hold", 1: "up"}
-ALPHAS = np.logspace(-9, 5, 15)
+UNREALIZED = -9  # the direction of a row whose target lies beyond the data (not yet realized)
 
 
 def make_targets(values: np.ndarray, horizon: int = 1, hold_band: float = 0.1, vol_window: int = 50
@@ -40,10 +40,11 @@ def make_targets(values: np.ndarray, horizon: int = 1, hold_band: float = 0.1, v
     change = np.full(T, np.nan)
     change[: T - horizon] = v[horizon:] - v[:-horizon]
     step = pd.Series(np.diff(v, prepend=v[0]))
-    sd = step.rolling(vol_window, min_periods=2).std().fillna(0.0).to_numpy()  # causal: row 0 has no spread yet
+    # causal: row 0 has no spread yet
+    sd = step.rolling(vol_window, min_periods=2).std().fillna(0.0).to_numpy()
     band = hold_band * sd * np.sqrt(horizon)
     direction = np.where(change > band, 1, np.where(change < -band, -1, 0))
-    direction = np.where(np.isnan(change), -9, direction)  # -9: not yet realized
+    direction = np.where(np.isnan(change), UNREALIZED, direction)
     last_change = np.full(T, np.nan)
     last_change[horizon:] = v[horizon:] - v[:-horizon]
     return pd.DataFrame({"change": change, "direction": direction, "band": band, "volatility": sd,
@@ -54,7 +55,7 @@ def direction_probabilities(pred_change: np.ndarray, band: np.ndarray, scale: np
                             mix: np.ndarray | float = 1.0, base_rate: np.ndarray | None = None) -> np.ndarray:
     """P(down), P(hold), P(up) when the change is Normal(pred_change, scale): (n, 3) in CLASSES order; with
     `base_rate` (3,) or (n, 3), mixed with it: mix x model + (1 - mix) x base rate (`calibrate` fits mix)."""
-    p_down = ndtr((-band - pred_change) / scale)  # the standard normal cdf (what norm.cdf calls, without its overhead)
+    p_down = ndtr((-band - pred_change) / scale)  # the normal cdf (what norm.cdf calls, without its overhead)
     p_up = ndtr(-(band - pred_change) / scale)  # norm.sf(z) = ndtr(-z)
     p_hold = np.clip(1.0 - p_down - p_up, 0.0, 1.0)
     P = np.column_stack([p_down, p_hold, p_up]) + 1e-9
@@ -75,12 +76,13 @@ MIN_TRAIN = 100
 class Schedule:
     """When models are refit on a series of `rows` rows: the first prediction row, the refit interval, and the
     warm-up rows left out of every fit. The config's train_min / refit_every hold for series of at least
-    2 x train_min rows; a shorter series (down to MIN_ROWS) trains on half of itself (at least MIN_TRAIN rows),
-    refits about five times over the rest, and leaves a fifth of the first training stretch (at most 50 rows) as
-    warm-up, so that series of 150-1000 rows train instead of failing. A long series is refit at most MAX_REFITS
-    times (refit_every grows beyond the config's past about 40 x refit_every rows): every refit reads all earlier
-    rows, so a fixed interval made training time grow with the square of the length; with the budget it grows
-    linearly. Between refits the error scale is still recalibrated every refit interval / 5 rows."""
+    2 x train_min rows; a shorter series (down to MIN_ROWS) trains on half of itself (at least MIN_TRAIN
+    rows), refits about five times over the rest, and leaves a fifth of the first training stretch (at most 50
+    rows) as warm-up, so that series of 150-1000 rows train instead of failing. A long series is refit at most
+    MAX_REFITS times (refit_every grows beyond the config's past about 40 x refit_every rows): every refit
+    reads all earlier rows, so a fixed interval made training time grow with the square of the length; with
+    the budget it grows linearly. Between refits the error scale is still recalibrated every refit_every / 5
+    rows."""
 
     rows: int
     train_min: int
@@ -103,117 +105,10 @@ def schedule_for(rows: int, cfg) -> Schedule:
     return training_schedule(rows, cfg.train_min, cfg.refit_every)
 
 
-@register
-@dataclass
-class LinearStage:
-    """One fitted stage as plain coefficients: ((X[:, cols] - mean) / scale) @ coef + intercept, cols the
-    slice start:stop or, when set, the index array `columns`. (Storing numbers, not estimators, keeps artifacts
-    free of pickles and prediction free of scikit-learn's per-call overhead.)"""
-
-    start: int
-    stop: int
-    mean: np.ndarray
-    scale: np.ndarray
-    coef: np.ndarray
-    intercept: float
-    alpha: float = 0.0  # the ridge penalty chosen by leave-one-out CV
-    columns: np.ndarray | None = None
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        A = X[:, self.columns] if self.columns is not None else X[:, self.start:self.stop]
-        return ((A - self.mean) / self.scale) @ self.coef + self.intercept
-
-
-class RidgeBasis:
-    """Ridge regressions on fixed columns of the fit rows, the penalty chosen by exact leave-one-out error among
-    ALPHAS: the computation of scikit-learn's RidgeCV (standardised columns, unpenalised intercept), done through
-    one eigen-decomposition of the p x p Gram matrix shared by every target and intercept choice instead of an
-    SVD of the n x p matrix per fit (the same penalty and predictions to 1e-9: tests/test_walkforward.py; the
-    fusion step 15x faster than with scikit-learn: bench/train_bench.py). The walk-forward refits hundreds."""
-
-    def __init__(self, X: np.ndarray, cols: np.ndarray, gram: GramSums | None = None):
-        """X: the fit rows. With `gram` (running sums over exactly these rows and columns) the Gram matrix comes
-        from the sums (O(p^2) instead of O(n p^2)) and only fits with `held` rows are possible (leave-one-out
-        needs every row's leverage, an O(n p^2) product)."""
-        self.cols = np.asarray(cols, dtype=np.int64)
-        A = X[:, self.cols]
-        self.A = A
-        if gram is None:
-            self.mean = A.mean(axis=0)
-            sd = A.std(axis=0)
-        else:
-            if gram.n != len(A):
-                raise ValueError(f"the sums cover {gram.n} rows, the fit has {len(A)}")
-            self.mean = gram.sx / gram.n
-            sd = np.sqrt(np.maximum(np.diag(gram.sxx) / gram.n - self.mean**2, 0.0))
-        self.scale = np.where(sd > 1e-12 * np.maximum(1.0, np.abs(self.mean)), sd, 1.0)  # StandardScaler's rule
-        if gram is None:
-            Z = (A - self.mean) / self.scale
-            G = Z.T @ Z
-        else:
-            Z = None
-            G = (gram.sxx - gram.n * np.outer(self.mean, self.mean)) / np.outer(self.scale, self.scale)
-        s, V = np.linalg.eigh(G)
-        self.s, self.V, self.Z = np.clip(s, 0.0, None), V, Z
-        self.ZV = Z @ V if Z is not None else None
-        self.ZV2 = self.ZV**2 if Z is not None else None
-
-    def fit(self, y: np.ndarray, intercept: bool, held: tuple[np.ndarray, np.ndarray] | None = None) -> LinearStage:
-        """The ridge fit whose penalty has the lowest leave-one-out error on the fit rows or, with `held`
-        = (X, y) of later rows, the lowest squared error on those."""
-        n = len(y)
-        ybar = float(y.mean()) if intercept else 0.0
-        yc = y - ybar
-        b = self.V.T @ ((self.A.T @ yc - self.mean * yc.sum()) / self.scale)  # V' Z' yc without forming Z
-        if held is None and self.ZV is None:
-            raise ValueError("leave-one-out needs the fit rows' leverages: build the basis without sums")
-        # every penalty at once (one matrix product per quantity instead of two per penalty)
-        inv = 1.0 / (self.s[:, None] + ALPHAS[None, :])  # (p, n_alphas)
-        W = b[:, None] * inv  # coefficients in the eigenbasis, one column per penalty
-        if held is None:
-            H = self.ZV2 @ inv + (1.0 / n if intercept else 0.0)
-            errs = np.mean(((yc[:, None] - self.ZV @ W) / (1.0 - H)) ** 2, axis=0)
-        else:
-            Zh = (held[0][:, self.cols] - self.mean) / self.scale
-            errs = np.mean((held[1][:, None] - ybar - Zh @ (self.V @ W)) ** 2, axis=0)
-        k = int(np.argmin(errs))  # the first (smallest) penalty among equals
-        alpha, w = float(ALPHAS[k]), W[:, k]
-        cols = self.cols
-        contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
-        return LinearStage(int(cols[0]) if len(cols) else 0, int(cols[-1]) + 1 if len(cols) else 0, self.mean.copy(),
-                           self.scale.copy(), self.V @ w, ybar, float(alpha), None if contiguous else cols.copy())
-
-
-class GramSums:
-    """Running sums (count, sum, cross-products) of X[:, cols] over rows [lo, hi); `upto(hi)` adds the rows up
-    to hi. The walk-forward's fit rows only ever grow, so a source's reservoir Gram matrices cost O(T p^2) over
-    all refits instead of O(T^2 p^2 / refit_every)."""
-
-    def __init__(self, X: np.ndarray, cols: np.ndarray, lo: int):
-        self.X, self.cols, self.lo, self.hi = X, np.asarray(cols, dtype=np.int64), lo, lo
-        p = len(self.cols)
-        self.sxx, self.sx = np.zeros((p, p)), np.zeros(p)
-
-    @property
-    def n(self) -> int:
-        return self.hi - self.lo
-
-    def upto(self, hi: int) -> GramSums:
-        if hi < self.hi:
-            raise ValueError("fit rows only grow in a walk-forward")
-        if hi > self.hi:
-            A = self.X[self.hi:hi, self.cols]
-            self.sxx += A.T @ A
-            self.sx += A.sum(axis=0)
-            self.hi = hi
-        return self
-
-
-@register
 @dataclass
 class FusionModel:
-    """One fitted model: standardised ridge stages (penalty chosen by leave-one-out CV on the fit rows), and the
-    residual scale calibrated on held-out rows; knows which rows it was trained on."""
+    """One fitted model: standardised ridge stages (penalty chosen by leave-one-out CV on the fit rows), and
+    the residual scale calibrated on held-out rows; knows which rows it was trained on."""
 
     stages: list[LinearStage]
     scale: float
@@ -229,7 +124,7 @@ class FusionModel:
 
     def linear_form(self, n_columns: int) -> tuple[np.ndarray, float]:
         """The model as one linear function of a design row, x . w + c: every stage's standardisation and
-        coefficients folded together (`predict_change` up to float rounding). A stream evaluates it per tick."""
+        coefficients folded together (`predict_change` up to float rounding): what a stream evaluates."""
         w, c = np.zeros(n_columns), 0.0
         for st in self.stages:
             idx = st.columns if st.columns is not None else np.arange(st.start, st.stop)
@@ -249,16 +144,17 @@ class FusionModel:
         return direction_probabilities(chg, band, self.error_scale(band), self.mix, self.base_rate), chg
 
 
-def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np.ndarray, band: np.ndarray) -> None:
-    """Fit the model's error scale on rows it did not fit (predicted change, realized change, direction, band).
+def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np.ndarray, band: np.ndarray
+              ) -> None:
+    """Fit the model's error scale on rows it did not fit (predicted and realized change, direction, band).
 
-    Two error models, each with one factor fitted by log loss: a constant scale, or a scale proportional to the
-    recent volatility (through the hold band, hold_band x rolling std), so that the probabilities follow a
-    change of regime; the lower loss wins. Then the probabilities are shrunk toward the rows' class frequencies
-    (add-one smoothed): P = mix x P_model + (1 - mix) x base rate, mix in [0, 1] fitted by log loss. A forecast
-    with no skill on these rows gets mix near 0 and says the base rates, instead of a confident guess (the
-    Gaussian error model alone stayed over-confident on noisy series: ECE 0.06-0.08 on two demo sources); a
-    forecast with skill keeps mix near 1. Fewer than 20 rows: the residuals' root mean square, no mixing."""
+    Two error models, each with one factor fitted by log loss: a constant scale, or a scale proportional to
+    the recent volatility (through the hold band, hold_band x rolling std), so that the probabilities follow a
+    change of regime; the lower loss wins. Then the probabilities are shrunk toward the rows' class
+    frequencies (add-one smoothed): P = mix x P_model + (1 - mix) x base rate, mix in [0, 1] fitted by log
+    loss. A forecast with no skill on these rows gets mix near 0 and says the base rates, instead of a
+    confident guess (the Gaussian error model alone is over-confident on noisy series); a forecast with skill
+    keeps mix near 1. Fewer than 20 rows: the residuals' root mean square, no mixing."""
     resid = y_chg - pred
     s0 = float(np.sqrt(np.mean(resid**2))) or 1e-12
     model.scale, model.scale_per_band, model.mix, model.base_rate = s0, None, 1.0, None
@@ -292,19 +188,19 @@ def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np
 
 
 def fit_rows(train_end: int, warmup: int, calibration_fraction: float) -> tuple[int, int]:
-    """(n, fit_end) of a refit whose last realized row is train_end: every forecaster fits rows [warmup, fit_end)
-    and is calibrated on the held-out rows [fit_end, n)."""
+    """(n, fit_end) of a refit whose last realized row is train_end: every forecaster fits rows [warmup,
+    fit_end) and is calibrated on the held-out rows [fit_end, n)."""
     n = train_end + 1
     return n, max(warmup + 10, int(n * (1 - calibration_fraction)))
 
 
 def simplest_within_one_se(candidates: list[tuple[np.ndarray, int, object]]):
     """The one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani and Friedman, section 7.10) over
-    candidates (squared errors on the held-out rows, complexity, model): among the candidates whose mean held-out
-    error is within one standard error of the best one's (the standard error of the paired row-by-row
+    candidates (squared errors on the held-out rows, complexity, model): among the candidates whose mean
+    held-out error is within one standard error of the best one's (the standard error of the paired row-by-row
     difference), the least complex (fewest coefficients; then the lower error). On a few dozen held-out rows
-    the plain minimum picks whichever larger model the noise favours (a 12-coefficient base on 30 held-out rows
-    of a 150-row series); on thousands of rows a real gain is many standard errors and is kept."""
+    the plain minimum picks whichever larger model the noise favours (a 12-coefficient base on 30 held-out
+    rows of a 150-row series); on thousands of rows a real gain is many standard errors and is kept."""
     means = [float(np.mean(e)) for e, _, _ in candidates]
     b = int(np.argmin(means))
     e_b = candidates[b][0]
@@ -324,8 +220,8 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
     """Fit on rows [warmup, fit_end); calibrate the probability scale on [fit_end, train_end] by log loss.
 
     The first `warmup` rows are left out of the fit: their lags are zero-filled, rolling windows are short
-    and the reservoir is still forgetting its initial state. (Left in, six zero-filled lag rows made
-    leave-one-out CV pick a 10^5 times larger ridge penalty on Mackey-Glass and cost a factor 13 in MSE.)
+    and the reservoir is still forgetting its initial state (left in, their zero-filled lags drive
+    leave-one-out CV to a far larger ridge penalty).
 
     With `n_base` > 0 the last n_base columns (few, informative: recent changes, the level, selected features)
     are fitted first and the other columns (the many reservoir states) fit the remaining residual, each stage
@@ -333,19 +229,21 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
     `base_variants` (column index arrays within the base, e.g. AR orders on differences, with and without the
     level) are the candidate linear models; the one with the lowest squared error on the held-out rows is the
     base. `rest_groups` split the other columns into reservoir blocks (the spiking reservoir, the analog one);
-    each is a candidate second stage fitted to the base's residual, its ridge penalty chosen on the held-out rows
-    (reservoir states are nearly collinear; leave-one-out picked penalties that extrapolated badly). Candidates
-    then: with / without intercept (a drift learned on an old regime can dominate a market's forecast; a
-    zero-drift model is the martingale default), the base alone or with one reservoir stage; among them the
-    simplest whose held-out squared error is within one standard error of the lowest (`simplest_within_one_se`),
-    so each stage stays only where it lowers held-out error by more than the noise of those rows. (The penalty and the choice
-    use the same held-out rows: 15 penalties of one stage, a mild optimism the walk-forward rows do not share.)"""
+    each is a candidate second stage fitted to the base's residual, its ridge penalty chosen on the held-out
+    rows (reservoir states are nearly collinear; leave-one-out picked penalties that extrapolated badly).
+    Candidates then: with / without intercept (a drift learned on an old regime can dominate a market's
+    forecast; a zero-drift model is the martingale default), the base alone or with one reservoir stage; among
+    them the simplest whose held-out squared error is within one standard error of the lowest
+    (`simplest_within_one_se`), so each stage stays only where it lowers held-out error by more than the noise
+    of those rows. (The penalty and the choice use the same held-out rows: 15 penalties of one stage, a mild
+    optimism the walk-forward rows do not share.)"""
     n, fit_end = fit_rows(train_end, warmup, calibration_fraction)
     if fit_end >= n:
-        raise ValueError(f"too few training rows ({n}) for warmup {warmup} and a held-out calibration stretch")
+        raise ValueError(f"too few training rows ({n}) for warmup {warmup} and a held-out calibration "
+                         "stretch")
     y_dir = targets["direction"].to_numpy()[:n]
     y_chg = targets["change"].to_numpy()[:n]
-    if (y_dir == -9).any():
+    if (y_dir == UNREALIZED).any():
         raise AssertionError("training rows include an unrealized target: leakage guard")
     d = X.shape[1]
     fit, held = slice(warmup, fit_end), slice(fit_end, n)
@@ -372,15 +270,16 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
         resid_f, resid_h = yf - base.predict(Xf), yh - base.predict(Xh)
         for stages in [[base]] + [[base, rb.fit(resid_f, intercept, (Xh, resid_h))] for rb in rest_bases]:
             cand = FusionModel(stages, 1.0, train_end, fit_end, columns)
-            candidates.append(((yh - cand.predict_change(Xh)) ** 2, sum(len(st.coef) + intercept for st in stages), cand))
+            coefficients = sum(len(st.coef) + intercept for st in stages)
+            candidates.append(((yh - cand.predict_change(Xh)) ** 2, coefficients, cand))
     model = simplest_within_one_se(candidates)
     calibrate(model, model.predict_change(Xh), yh, y_dir[held], targets["band"].to_numpy()[held])
     return model
 
 
-def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_min: int = 500, refit_every: int = 250,
-                 calibration_fraction: float = 0.3, columns: list[str] | None = None, n_base: int = 0,
-                 warmup: int = 50, base_variants: list[np.ndarray] | None = None,
+def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_min: int = 500,
+                 refit_every: int = 250, calibration_fraction: float = 0.3, columns: list[str] | None = None,
+                 n_base: int = 0, warmup: int = 50, base_variants: list[np.ndarray] | None = None,
                  recalibrate_every: int | None = None, rest_groups: list[np.ndarray] | None = None
                  ) -> tuple[pd.DataFrame, FusionModel]:
     """Predictions for every row t >= train_min, each by a model trained only on targets realized by t
@@ -395,8 +294,8 @@ def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_m
     sums: dict = {}
 
     def fit(train_end: int) -> tuple[FusionModel, object]:
-        model = fit_model(X, targets, train_end, calibration_fraction, columns or [], n_base, warmup, base_variants,
-                          rest_groups, sums)
+        model = fit_model(X, targets, train_end, calibration_fraction, columns or [], n_base, warmup,
+                          base_variants, rest_groups, sums)
         return model, lambda lo, hi: model.predict_change(X[lo:hi])
 
     return walk_forward_forecaster(fit, targets, horizon, train_min, refit_every, recalibrate_every)
@@ -407,16 +306,18 @@ def walk_forward_forecaster(fit, targets: pd.DataFrame, horizon: int, train_min:
     """The one walk-forward rule for every forecaster (the fused model, its ablations and the baselines).
 
     At each refit point t0 = train_min + k x refit_every, `fit(train_end)` (train_end = t0 - horizon, the last
-    row whose target is realized at t0) returns a FusionModel whose error scale was calibrated on held-out rows
-    [fit_end, train_end] and a function giving its predicted change for rows [lo, hi). The model predicts rows
-    t0 .. t0 + refit_every - 1. Between refits its coefficients stay, and its error scale is refitted every
-    `recalibrate_every` rows (default refit_every / 5) on the latest realized rows it did not fit (as many as its
-    first calibration stretch, at most RECAL_WINDOW), so that the confidence follows a drift of the error's size.
-    A direction is the most likely class of the model's own probabilities. The model returned for serving has
-    the scale of its last rows; streams recalibrate it on the same grid (`fusion.predictor.LiveCalibration`)."""
+    row whose target is realized at t0) returns a FusionModel whose error scale was calibrated on held-out
+    rows [fit_end, train_end] and a function giving its predicted change for rows [lo, hi). The model predicts
+    rows t0 .. t0 + refit_every - 1. Between refits its coefficients stay, and its error scale is refitted
+    every `recalibrate_every` rows (default refit_every / 5) on the latest realized rows it did not fit (as
+    many as its first calibration stretch, at most RECAL_WINDOW), so that the confidence follows a drift of
+    the error's size. A direction is the most likely class of the model's own probabilities. The model
+    returned for serving has the scale of its last rows; streams recalibrate it on the same grid
+    (`fusion.model.LiveCalibration`)."""
     T = len(targets)
     if train_min < MIN_TRAIN // 2 or T <= train_min:
-        raise ValueError(f"need more than train_min={train_min} rows (and train_min >= {MIN_TRAIN // 2}); got {T}")
+        raise ValueError(f"need more than train_min={train_min} rows (and train_min >= {MIN_TRAIN // 2}); "
+                         f"got {T}")
     recal = recalibrate_every or recal_every(refit_every)
     out = []
     band = targets["band"].to_numpy()
@@ -434,10 +335,11 @@ def walk_forward_forecaster(fit, targets: pd.DataFrame, horizon: int, train_min:
             chg = chg_all[rows - model.fit_end]
             scale = np.broadcast_to(model.error_scale(band[rows]), rows.shape)
             probs = direction_probabilities(chg, band[rows], scale, model.mix, model.base_rate)
-            out.append(pd.DataFrame({"row": rows, "p_down": probs[:, 0], "p_hold": probs[:, 1], "p_up": probs[:, 2],
-                                     "pred_change": chg, "error_scale": scale, "train_end": train_end, "model_id": k}))
-    # the last model keeps the scale of its last sub-block: a stream continuing at row T recalibrates on the same
-    # grid (t0 + k x recal) from the outcomes it realizes (fusion.predictor.LiveCalibration), as this loop would
+            out.append(pd.DataFrame({"row": rows, "p_down": probs[:, 0], "p_hold": probs[:, 1],
+                                     "p_up": probs[:, 2], "pred_change": chg, "error_scale": scale,
+                                     "train_end": train_end, "model_id": k}))
+    # the last model keeps the scale of its last sub-block: a stream continuing at row T recalibrates on the
+    # same grid (t0 + k x recal) from the outcomes it realizes (fusion.model.LiveCalibration), as this loop
     pred = pd.concat(out, ignore_index=True)
     P = pred[["p_down", "p_hold", "p_up"]].to_numpy()
     pred["direction"] = CLASSES[P.argmax(axis=1)]
@@ -453,20 +355,21 @@ def recal_every(refit_every: int) -> int:
 
 def _recalibrate(model: FusionModel, chg_all: np.ndarray, last: int, window: int, y_chg: np.ndarray,
                  y_dir: np.ndarray, band: np.ndarray) -> None:
-    """Refit the error scale on rows (last - window, last], all realized and at or after the model's fit_end."""
+    """Refit the error scale on rows (last - window, last], all realized, none before the model's fit_end."""
     lo = max(model.fit_end, last + 1 - window)
     rows = np.arange(lo, last + 1)
-    if (y_dir[rows] == -9).any():
+    if (y_dir[rows] == UNREALIZED).any():
         raise AssertionError("recalibration rows include an unrealized target: leakage guard")
     calibrate(model, chg_all[rows - model.fit_end], y_chg[rows], y_dir[rows], band[rows])
 
 
 def lag_matrix(values: np.ndarray, p: int = 5, level: bool = False) -> np.ndarray:
-    """The last p one-step changes known at t: column k holds x_{t-k} - x_{t-k-1} (0 before the series starts);
-    with `level`, the value x_t as one more column (the AR-on-levels part of the design)."""
+    """The last p one-step changes known at t: column k holds x_{t-k} - x_{t-k-1} (0 before the series
+    starts); with `level`, the value x_t as one more column (the AR-on-levels part of the design)."""
     v = np.asarray(values, dtype=float)
     d = np.diff(v, prepend=np.nan)
-    lags = np.nan_to_num(np.column_stack([np.concatenate([np.full(k, np.nan), d[: len(d) - k]]) for k in range(p)]))
+    lags = np.nan_to_num(np.column_stack([np.concatenate([np.full(k, np.nan), d[: len(d) - k]])
+                                          for k in range(p)]))
     return np.column_stack([lags, v]) if level else lags
 
 

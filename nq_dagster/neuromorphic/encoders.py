@@ -31,7 +31,8 @@ ENCODERS = ("rate", "temporal", "population", "phase")
 def _blocks(n_features: int, neuron_count: int) -> np.ndarray:
     """Feature index of every neuron: contiguous blocks, the last block takes the remainder."""
     if neuron_count < n_features:
-        raise ValueError(f"neuron_count={neuron_count} must be at least the number of features ({n_features})")
+        raise ValueError(f"neuron_count={neuron_count} must be at least the number of features "
+                         f"({n_features})")
     per = neuron_count // n_features
     idx = np.minimum(np.arange(neuron_count) // per, n_features - 1)
     return idx
@@ -49,7 +50,8 @@ def _check(x: torch.Tensor, window_bins: int, min_rate_hz: float, max_rate_hz: f
     if window_bins < 1 or bin_ms <= 0:
         raise ValueError("window_bins must be >= 1 and bin_ms > 0")
     if min_rate_hz < 0 or max_rate_hz < 0 or min_rate_hz > max_rate_hz:
-        raise ValueError(f"rates must satisfy 0 <= min_rate_hz <= max_rate_hz; got {min_rate_hz}, {max_rate_hz}")
+        raise ValueError(f"rates must satisfy 0 <= min_rate_hz <= max_rate_hz; got {min_rate_hz}, "
+                         f"{max_rate_hz}")
     if max_rate_hz * bin_ms / 1000.0 > 1.0:
         raise ValueError(f"max_rate_hz={max_rate_hz} with bin_ms={bin_ms} exceeds one spike per bin")
 
@@ -67,8 +69,8 @@ def _layout(F: int, N: int, device: str) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 def _mix(k):
-    """A 31-bit integer hash (xorshift-multiply) of int64 tensors or arrays; products stay below 2**58, so int64
-    never overflows."""
+    """A 31-bit integer hash (xorshift-multiply) of int64 tensors or arrays; products stay below 2**58, so
+    int64 never overflows."""
     k = ((k ^ (k >> 16)) * 0x45D9F3B) & _M31
     k = ((k ^ (k >> 16)) * 0x45D9F3B) & _M31
     return k ^ (k >> 16)
@@ -99,7 +101,8 @@ def counter_bits(seed: int, shape: tuple[int, int, int, int], step_offset: int, 
     S, T, W, N = shape
     dev = torch.device(device)
     k = torch.as_tensor(_step_keys(seed, S, T, step_offset).astype(np.int32), device=dev)[:, :, None, None]
-    full = (k + _slots(W, N, str(dev))).bitwise_and_(_M31)  # 31-bit sums wrap in int32; the mask restores mod 2**31
+    # 31-bit sums wrap in int32; the mask restores mod 2**31
+    full = (k + _slots(W, N, str(dev))).bitwise_and_(_M31)
     return _mix_(full)
 
 
@@ -116,9 +119,9 @@ def _step_keys(seed, S: int, T: int, step_offset) -> np.ndarray:
 
 def _below_cpu(seed, shape: tuple[int, int, int, int], step_offset, p: torch.Tensor) -> torch.Tensor:
     """`_below(counter_bits(seed, shape, step_offset), p)` on CPU, fused: the bits of a few steps at a time (a
-    block that stays in the CPU's cache) are hashed in place as uint32 and compared with the integer thresholds
-    at once, instead of ten passes over the whole (S, T, W, N) array. Bit for bit the same draws (uint32 sums
-    and products keep the same low 31 bits as the int32 ones; tested): about half the time."""
+    block that stays in the CPU's cache) are hashed in place as uint32 and compared with the integer
+    thresholds at once, instead of ten passes over the whole (S, T, W, N) array. Bit for bit the same draws
+    (uint32 sums and products keep the same low 31 bits as the int32 ones; tested), in less time."""
     S, T, W, N = shape
     keys = _step_keys(seed, S, T, step_offset).astype(np.uint32).reshape(-1)  # (S T,)
     thr = torch.ceil(p.double() * float(1 << 31)).clamp(0, float(1 << 31)).to(torch.int64).numpy()
@@ -158,10 +161,10 @@ def _below(bits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return bits < thr
 
 
-def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int = 1000, window_bins: int = 25,
-           bin_ms: float = 1.0, min_rate_hz: float = 1.0, max_rate_hz: float = 100.0, sigma: float = 0.05,
-           base_hz: float = 40.0, seed: int = 0, device: str = "cpu", step_offset: int = 0,
-           chunk_steps: int = 256) -> torch.Tensor:
+def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int = 1000,
+           window_bins: int = 25, bin_ms: float = 1.0, min_rate_hz: float = 1.0, max_rate_hz: float = 100.0,
+           sigma: float = 0.05, base_hz: float = 40.0, seed: int = 0, device: str = "cpu",
+           step_offset: int = 0, chunk_steps: int = 256) -> torch.Tensor:
     """Encode (S, T, F) values in [0, 1] into (S, T, W, N) bool spikes. See the module docstring.
 
     `step_offset` is the index of the first step in the whole stream, so that a
@@ -214,11 +217,13 @@ def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int
             best = torch.where(best >= round(period), best - round(period), best)
             bins = torch.arange(W, device=device)[None, None, :, None]
             locked = bins == best[:, :, None, :]
-            out[:, c0:c1] = locked & (counter_bits(seed, shape, step_offset + c0, device) < int(0.9 * (1 << 31)))
+            fires = counter_bits(seed, shape, step_offset + c0, device) < int(0.9 * (1 << 31))
+            out[:, c0:c1] = locked & fires
     return out
 
 
-def phase_of_bins(T: int, window_bins: int, bin_ms: float = 1.0, base_hz: float = 40.0, step_offset: int = 0) -> np.ndarray:
+def phase_of_bins(T: int, window_bins: int, bin_ms: float = 1.0, base_hz: float = 40.0, step_offset: int = 0
+                  ) -> np.ndarray:
     """Oscillation phase (radians, [0, 2 pi)) of every bin, (T, W): for decoding the phase code."""
     period_bins = 1000.0 / (base_hz * bin_ms)
     abs_bin = (np.arange(T)[:, None] + step_offset) * window_bins + np.arange(window_bins)[None, :]

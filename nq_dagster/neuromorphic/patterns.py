@@ -19,16 +19,27 @@ t + 1). Spike-time statistics are computed on spikes sorted by time per neuron
 - sparse: Treves-Rolls population sparseness of the step's spike counts.
 - burst: share of inter-spike intervals no longer than `burst_isi` bins.
 - chaotic: normalised permutation entropy (order 3) of the population mean activity.
+
+Each detector's streaming twin (a stream's new step from what its state keeps: the step's spike list
+`spike_step`, the window's Gram matrix `window_strengths`, the ordinal codes `entropy_step`, the per-step
+interval aggregates `isi_step`) sits beside it and shares its formulas, so a stream computes the same
+strengths.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 PATTERN_NAMES = ("synchronous", "travelling_wave", "standing_wave", "emergent", "rhythmic", "sparse", "burst",
                  "chaotic")
+DETECTOR_WINDOW = 32  # steps the look-back detectors read
+BURST_ISI = 2  # bins: an inter-spike interval this short is part of a burst
+ORDER = 3  # permutation-entropy order
+DETECTOR_DTYPE = np.float16  # the detectors read reservoir activity at half precision (3 significant digits)
+NO_SPIKE = np.iinfo(np.int64).min  # "this neuron has not fired yet" in a prior-last-spike array
 
 
 def _rolling_sum(a: np.ndarray, window: int) -> np.ndarray:
@@ -78,10 +89,6 @@ def travelling_wave(spikes: np.ndarray, chunk: int = 256) -> np.ndarray:
     return out
 
 
-def _windows(activity: np.ndarray, window: int, t: int) -> np.ndarray:
-    return activity[max(0, t - window + 1): t + 1]
-
-
 def standing_wave(activity: np.ndarray, window: int = 32, start: int = 0) -> np.ndarray:
     """Strength per step; steps before `start` are left at 0 (a stream computes only its new steps).
 
@@ -105,8 +112,8 @@ def standing_wave(activity: np.ndarray, window: int = 32, start: int = 0) -> np.
 
 
 def lag_dots(A: np.ndarray, k: int) -> np.ndarray:
-    """D[t, l] = A[t] . A[t - l] for lags l < k (0 where t < l): (T, k). The Gram matrix of any k frames in a row
-    is made of these (`window_grams`); a stream adds one row of them per tick."""
+    """D[t, l] = A[t] . A[t - l] for lags l < k (0 where t < l): (T, k). The Gram matrix of any k frames in a
+    row is made of these (`window_grams`); a stream adds one row of them per tick."""
     T = len(A)
     D = np.zeros((T, k))
     for lag in range(min(k, T)):
@@ -115,16 +122,16 @@ def lag_dots(A: np.ndarray, k: int) -> np.ndarray:
 
 
 def window_grams(D: np.ndarray, ends: np.ndarray, k: int) -> np.ndarray:
-    """The raw Gram matrices (len(ends), k, k) of the k frames ending at each row of `ends`, from `lag_dots`."""
+    """The raw Gram matrices (len(ends), k, k) of the k frames ending at each row of `ends` (`lag_dots` D)."""
     i, j = np.indices((k, k))
     return D[(np.asarray(ends) - k + 1)[:, None, None] + np.maximum(i, j), np.abs(i - j)]
 
 
 def standing_wave_gram(R: np.ndarray) -> np.ndarray:
-    """The standing-wave strength from the raw Gram matrices R (B, k, k) of windows of k frames (R = X X^T): the
-    centred Gram H R H (H = I - 11^T / k) has the windows' spatial-mode variances as eigenvalues and their time
-    courses as eigenvectors; only the top pair is needed (LAPACK dsyevr for one eigenpair: a third of a full
-    eigen-decomposition's time on 32 x 32)."""
+    """The standing-wave strength from the raw Gram matrices R (B, k, k) of windows of k frames (R = X X^T):
+    the centred Gram H R H (H = I - 11^T / k) has the windows' spatial-mode variances as eigenvalues and their
+    time courses as eigenvectors; only the top pair is needed (LAPACK dsyevr for one eigenpair: cheaper than a
+    full eigen-decomposition)."""
     from scipy.linalg.lapack import dsyevr
 
     B, k, _ = R.shape
@@ -153,14 +160,30 @@ def emergent(activity: np.ndarray, window: int = 32) -> np.ndarray:
     var_pop = s2 / n - (s1 / n) ** 2
     u1, u2 = _rolling_sum(X, window), _rolling_sum(X**2, window)
     var_units = (u2 / n[:, None] - (u1 / n[:, None]) ** 2).mean(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        chi2 = np.where(var_units > 1e-15, var_pop / var_units, 0.0)
-    out = np.sqrt(np.clip(chi2, 0, 1))
+    out = golomb_chi(var_pop, var_units)
     out[n < 3] = 0.0
     return out
 
 
-NO_SPIKE = np.iinfo(np.int64).min  # "this neuron has not fired yet" in a prior-last-spike array
+def golomb_chi(var_pop: np.ndarray, var_units: np.ndarray) -> np.ndarray:
+    """Golomb's chi from the population mean's variance and the units' mean variance, in [0, 1]."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2 = np.where(var_units > 1e-15, var_pop / var_units, 0.0)
+    return np.sqrt(np.clip(chi2, 0, 1))
+
+
+def window_strengths(R: np.ndarray, means: np.ndarray, units: int, steps_seen: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The streaming twin of `standing_wave` and `emergent` at a stream's new step: (standing wave, emergent)
+    (S,) from the raw Gram matrices R (S, k, k) of each source's last k = DETECTOR_WINDOW frames (float64 of
+    the detector precision), their population means (S, k), the frames' width `units`, and the rows each
+    source has seen with this step (S,)."""
+    stand = np.where(steps_seen > 3, standing_wave_gram(R), 0.0)
+    k = float(DETECTOR_WINDOW)
+    var_pop = (means**2).sum(axis=1) / k - (means.sum(axis=1) / k) ** 2
+    # the units' mean variance over the window: (trace R / k - 1'R1 / k^2) / units
+    var_units = (np.trace(R, axis1=1, axis2=2) / k - R.sum(axis=(1, 2)) / k**2) / units
+    return stand, golomb_chi(var_pop, var_units)
 
 
 def last_spike_bins(spikes: np.ndarray) -> np.ndarray:
@@ -174,7 +197,8 @@ def last_spike_bins(spikes: np.ndarray) -> np.ndarray:
     return np.where(fired, last, NO_SPIKE).astype(np.int64)
 
 
-def _isi_by_step(spikes: np.ndarray, prior_last_bin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def isi_by_step(spikes: np.ndarray, prior_last_bin: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Inter-spike intervals (bins) of time-sorted spikes per neuron, and the step where each interval ends.
 
     `prior_last_bin` (N,) gives each neuron's last spike before this array (negative bin index, or
@@ -197,18 +221,57 @@ def _isi_by_step(spikes: np.ndarray, prior_last_bin: np.ndarray | None = None) -
 def _isi_stats(spikes: np.ndarray, window: int, burst_isi: int, prior_last_bin: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
     T = spikes.shape[0]
-    isi, step = _isi_by_step(spikes, prior_last_bin)
-    cnt = np.bincount(step, minlength=T).astype(float)
-    s1 = np.bincount(step, weights=isi, minlength=T)
-    s2 = np.bincount(step, weights=isi**2, minlength=T)
-    short = np.bincount(step, weights=(isi <= burst_isi).astype(float), minlength=T)
-    c, r1, r2, rs = (_rolling_sum(a, window) for a in (cnt, s1, s2, short))
+    isi, step = isi_by_step(spikes, prior_last_bin)
+    agg = isi_aggregates(isi, step, T, burst_isi)
+    return rhythm_and_burst(*(_rolling_sum(agg[:, j], window) for j in range(4)))
+
+
+def isi_aggregates(isi: np.ndarray, at: np.ndarray, n: int, burst_isi: int = BURST_ISI) -> np.ndarray:
+    """Per row 0..n-1 (a step, or a source), the intervals `isi` (bins) ending there (`at`): their count, sum,
+    sum of squares and how many are bursts (at most `burst_isi` bins), (n, 4). A window's sums of these give
+    `rhythm_and_burst`; a stream keeps them per step of its window."""
+    return np.column_stack([np.bincount(at, minlength=n), np.bincount(at, weights=isi, minlength=n),
+                            np.bincount(at, weights=isi**2, minlength=n),
+                            np.bincount(at, weights=(isi <= burst_isi).astype(float), minlength=n)]
+                           ).astype(float)
+
+
+def rhythm_and_burst(c: np.ndarray, r1: np.ndarray, r2: np.ndarray, rs: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The rhythmic and burst strengths from a window's interval count c, sum r1, sum of squares r2 and bursts
+    rs: 1 - CV of the intervals, and the share of bursts (0 below three intervals)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = r1 / c
         sd = np.sqrt(np.maximum(r2 / c - mean**2, 0))
         rhythm = np.where(c >= 3, np.clip(1 - sd / mean, 0, 1), 0.0)
-        burst = np.where(c >= 3, rs / c, 0.0)
-    return rhythm, np.clip(burst, 0, 1)
+        burst = np.clip(np.where(c >= 3, rs / c, 0.0), 0, 1)
+    return rhythm, burst
+
+
+def isi_step(sp: SpikeStep, steps: np.ndarray, bins: int, last_spike: np.ndarray, window: np.ndarray,
+             burst_isi: int = BURST_ISI) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The streaming twin of the rhythmic and burst detectors at each source's new step: the intervals of the
+    step's spikes (`sp`; `steps` (S,) each source's absolute step, `bins` per step), counted across the step
+    boundary from each neuron's last spike (`last_spike` (S, N) absolute bins, or NO_SPIKE), join the
+    aggregates of the window's earlier steps (`window` (S, k - 1, 4), `isi_aggregates`). Returns (rhythm,
+    burst, the window's aggregates with the new step (S, k, 4), each neuron's last spike after the step)."""
+    S, N = last_spike.shape
+    src, neuron, b = sp.src, sp.neuron, sp.bin  # sorted by source, neuron, bin
+    g = src * N + neuron
+    t_abs = steps[src] * bins + b
+    last = last_spike.reshape(-1)
+    first = np.ones(len(g), dtype=bool)
+    first[1:] = g[1:] != g[:-1]
+    prev = np.where(first, last[g], np.concatenate([[0], t_abs[:-1]]))
+    ok = prev != NO_SPIKE
+    isi = (t_abs - prev)[ok].astype(float)
+    agg = np.concatenate([window, isi_aggregates(isi, src[ok], S, burst_isi)[:, None]], axis=1)
+    rhythm, burst = rhythm_and_burst(*(agg[:, :, j].sum(axis=1) for j in range(4)))
+    last_new = last.copy()
+    is_last = np.ones(len(g), dtype=bool)
+    is_last[:-1] = g[1:] != g[:-1]
+    last_new[g[is_last]] = t_abs[is_last]
+    return rhythm, burst, agg, last_new.reshape(S, N)
 
 
 def sparseness_of_counts(counts: np.ndarray) -> np.ndarray:
@@ -223,6 +286,44 @@ def sparseness_of_counts(counts: np.ndarray) -> np.ndarray:
 
 def sparse(spikes: np.ndarray) -> np.ndarray:
     return sparseness_of_counts(spikes.sum(axis=1).astype(float))
+
+
+@dataclass
+class SpikeStep:
+    """What the detectors read of one step's spikes per source, from its spike list (a few per cent of the
+    (bin, neuron) slots fire): one pass to find the spikes, then counts and moments by bincount, instead of a
+    pass over every slot per detector. Equal to `synchronous`, `travelling_wave`, `sparse`,
+    `stages.spike_statistics` and `stages.reservoir_input` on the dense array (integer sums, the same
+    formulas)."""
+
+    src: np.ndarray  # the spikes sorted by (source, neuron, bin)
+    neuron: np.ndarray
+    bin: np.ndarray
+    counts: np.ndarray  # (S, N) spikes per neuron
+    sync: np.ndarray
+    trav: np.ndarray
+    spars: np.ndarray
+    spike_rate: np.ndarray
+    active_fraction: np.ndarray
+
+
+def spike_step(spikes: np.ndarray) -> SpikeStep:
+    """The streaming twin of the per-step detectors on one step of S sources' spikes (S, W, N) bool."""
+    S, W, N = spikes.shape
+    flat = np.flatnonzero(np.ascontiguousarray(spikes.transpose(0, 2, 1)))  # sorted by source, neuron, bin
+    src, rem = np.divmod(flat, N * W)
+    neuron, b = np.divmod(rem, W)
+    counts = np.bincount(src * N + neuron, minlength=S * N).reshape(S, N).astype(float)
+    per_bin = np.bincount(src * W + b, minlength=S * W).reshape(S, W).astype(float)
+    total = per_bin.sum(axis=1)
+    bf, i_f = b.astype(float), neuron.astype(float)
+    bins = np.arange(W, dtype=float)
+    trav = travelling_from_moments(total, per_bin @ bins, per_bin @ (bins**2),
+                                   np.bincount(src, weights=i_f, minlength=S),
+                                   np.bincount(src, weights=i_f * i_f, minlength=S),
+                                   np.bincount(src, weights=bf * i_f, minlength=S))
+    sync, spars = synchrony_of_bins(per_bin), sparseness_of_counts(counts)
+    return SpikeStep(src, neuron, b, counts, sync, trav, spars, total / (N * W), (counts > 0).mean(axis=1))
 
 
 def permutation_entropy(x: np.ndarray, window: int = 32, order: int = 3) -> np.ndarray:
@@ -243,11 +344,6 @@ def permutation_entropy(x: np.ndarray, window: int = 32, order: int = 3) -> np.n
     return out
 
 
-DETECTOR_WINDOW = 32  # steps the look-back detectors read
-BURST_ISI = 2  # bins: an inter-spike interval this short is part of a burst
-ORDER = 3  # permutation-entropy order
-
-
 def ordinal_codes(emb: np.ndarray, order: int = ORDER) -> np.ndarray:
     """Bandt-Pompe code of each row of an embedding (n, order): its rank pattern as one integer."""
     ranks = np.argsort(np.argsort(emb, axis=1, kind="stable"), axis=1)
@@ -262,18 +358,29 @@ def entropy_of_counts(counts: np.ndarray, order: int = ORDER) -> np.ndarray:
     return np.clip(h, 0, 1)
 
 
-DETECTOR_DTYPE = np.float16  # the detectors read reservoir activity at half precision (3 significant digits)
+def entropy_step(codes: np.ndarray, means: np.ndarray, steps_seen: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The streaming twin of `permutation_entropy` at a stream's new step: the ordinal code of the newest
+    ORDER population means (`means` (S, >= ORDER), chronological) joins the codes of the window's earlier ones
+    (`codes` (S, k)); returns (chaotic strength (S,), the codes with the new one (S, k + 1))."""
+    S = len(codes)
+    codes = np.concatenate([codes.astype(np.int64), ordinal_codes(means[:, -ORDER:])[:, None]], axis=1)
+    n_codes = ORDER**ORDER
+    counts = np.bincount((np.arange(S)[:, None] * n_codes + codes).ravel(), minlength=S * n_codes)
+    counts = counts.reshape(S, n_codes).astype(float)
+    return np.where(steps_seen > DETECTOR_WINDOW // 2, entropy_of_counts(counts), 0.0), codes
 
 
 def as_detector_activity(activity: np.ndarray) -> np.ndarray:
     """Reservoir activity as the detectors read it: rounded to half precision, computed on in float64. The
-    streaming state keeps the detectors' 31-frame window at this precision (half the bytes of float32), and the
-    batch graph rounds the same way, so both compute the same strengths."""
+    streaming state keeps the detectors' 31-frame window at this precision (half the bytes of float32), and
+    the batch graph rounds the same way, so both compute the same strengths."""
     return np.asarray(activity, dtype=DETECTOR_DTYPE).astype(float)
 
 
-def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = DETECTOR_WINDOW, burst_isi: int = BURST_ISI,
-                    prior_last_bin: np.ndarray | None = None, last: int | None = None) -> dict[str, np.ndarray]:
+def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = DETECTOR_WINDOW,
+                    burst_isi: int = BURST_ISI, prior_last_bin: np.ndarray | None = None,
+                    last: int | None = None) -> dict[str, np.ndarray]:
     """All eight strengths, (T,) each, in [0, 1]. `spikes` (T, W, N) bool, `activity` (T, M) float.
 
     On the tail of a stream (at least `window` steps before the rows wanted, and `prior_last_bin` from
@@ -282,7 +389,8 @@ def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = DETE
     spikes = np.asarray(spikes, dtype=bool)
     activity = as_detector_activity(activity)
     if spikes.ndim != 3 or activity.ndim != 2 or len(spikes) != len(activity):
-        raise ValueError(f"need spikes (T, W, N) and activity (T, M) with the same T; got {spikes.shape}, {activity.shape}")
+        raise ValueError(f"need spikes (T, W, N) and activity (T, M) with the same T; got {spikes.shape}, "
+                         f"{activity.shape}")
     if len(spikes) == 0:
         raise ValueError("no time steps")
     if window < 4:

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nq_dagster.store.artifacts import register
-
 
 def scale_to_spectral_radius(w: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
     """Scale `w` so that max |eigenvalue| == radius; returns (scaled w, radius before scaling)."""
@@ -38,7 +36,6 @@ def scale_to_spectral_radius(w: np.ndarray, radius: float) -> tuple[np.ndarray, 
     return w * (radius / current), current
 
 
-@register
 @dataclass
 class ReservoirState:
     """Everything a stream needs to continue: (B, size) tensors, on the reservoir's device."""
@@ -49,7 +46,8 @@ class ReservoirState:
     refr: torch.Tensor | None = None  # lif remaining refractory steps
 
     def to(self, device: str) -> ReservoirState:
-        return ReservoirState(*[t.to(device) if t is not None else None for t in (self.x, self.v, self.z, self.refr)])
+        return ReservoirState(*[t.to(device) if t is not None else None
+                                for t in (self.x, self.v, self.z, self.refr)])
 
 
 class Reservoir:
@@ -76,7 +74,8 @@ class Reservoir:
         self.spectral_radius, self.connectivity = spectral_radius, connectivity
         self._csr: torch.Tensor | None = None
         self.device, self.dtype = device, dtype
-        self.W = torch.as_tensor(w.T, dtype=dtype, device=device).contiguous()  # row-vector convention: x @ W^T
+        # row-vector convention: x @ W^T
+        self.W = torch.as_tensor(w.T, dtype=dtype, device=device).contiguous()
         self.W_in = torch.as_tensor(w_in.T, dtype=dtype, device=device).contiguous()
         self.b = torch.as_tensor(bias, dtype=dtype, device=device)
         self.decay = float(np.exp(-1.0 / tau_m))
@@ -126,7 +125,8 @@ class Reservoir:
             v = self.decay * v + (1 - self.decay) * (drive[t] + z @ self.W)
             active = refr <= 0
             z = ((v >= self.v_th) & active).to(self.dtype)
-            v = torch.where(z > 0, torch.full_like(v, self.v_reset), torch.where(active, v, torch.full_like(v, self.v_reset)))
+            v = torch.where(z > 0, torch.full_like(v, self.v_reset),
+                            torch.where(active, v, torch.full_like(v, self.v_reset)))
             refr = torch.where(z > 0, torch.full_like(refr, float(self.refractory)), refr - 1)
             x = (1 - a) * x + a * z
             out[t] = x
@@ -138,10 +138,9 @@ class Reservoir:
         """One step of a streaming source, u (1, n_inputs) already on the device and checked by the caller:
         the same three kernels as `run`'s dense esn loop for one step (and `run` itself for lif or sparse).
 
-        With `gather_inputs`, the input term reads only the rows of W_in whose input is non-zero (spike counts:
-        about 14 % of the neurons fire in a step). Worth it when many sources step in turn and their weights
-        do not stay in cache (64 sources: 8.4 -> 4.9 ms a step here); equal to the dense product up to float32
-        rounding order."""
+        With `gather_inputs`, the input term reads only the rows of W_in whose input is non-zero (spike
+        counts: about 14 % of the neurons fire in a step). Worth it when many sources step in turn and their
+        weights do not stay in cache (bench/RESULTS.md); equal to the dense product up to float32 rounding."""
         if self.mode != "esn" or self._use_sparse(u.shape[0]):
             out, st = self.run(u[:, None], state)
             return out[:, 0], st
@@ -157,10 +156,10 @@ class Reservoir:
     def step_numpy(self, u: np.ndarray, x: np.ndarray) -> np.ndarray | None:
         """One esn step of one source on CPU in numpy, u (1, n_inputs) and x (1, size) float32: the same three
         products as `step` without torch's per-call overhead; the input product reads only the rows of the
-        non-zero inputs (spike counts: about 14 % of the neurons fire in a step) and the recurrent one only the
-        non-zero weights (scipy CSR). With 34 sources' weights out of cache (a server's batch) that is 46 against
-        184 us a step for a 1000 x 500 reservoir here: memory traffic, not arithmetic, is the cost. Equal up to
-        float32 rounding order. None where it does not apply (lif, CUDA)."""
+        non-zero inputs (spike counts: about 14 % of the neurons fire in a step) and the recurrent one only
+        the non-zero weights (scipy CSR): with many sources' weights out of cache (a server's batch) memory
+        traffic, not arithmetic, is the cost (bench/RESULTS.md). Equal up to float32 rounding order. None
+        where it does not apply (lif, CUDA)."""
         if self.mode != "esn" or self.W.device.type != "cpu" or self.dtype != torch.float32:
             return None
         if not hasattr(self, "_np"):
@@ -168,7 +167,8 @@ class Reservoir:
 
             w = self.W.numpy()
             sparse = self.connectivity <= 0.25
-            self._np = (scipy.sparse.csr_array(w.T) if sparse else w, self.W_in.numpy(), self.b.numpy(), sparse)
+            self._np = (scipy.sparse.csr_array(w.T) if sparse else w, self.W_in.numpy(), self.b.numpy(),
+                        sparse)
         w, w_in, b, sparse = self._np
         nz = np.flatnonzero(u[0]) if len(u) == 1 else None
         h = b + (u[0, nz] @ w_in[nz])[None] if nz is not None and 2 * len(nz) < u.shape[1] else b + u @ w_in
@@ -178,7 +178,7 @@ class Reservoir:
 
     def _use_sparse(self, batch: int) -> bool:
         """CSR recurrent weights on CPU, where they beat dense BLAS for a sparse W (bench/RESULTS.md);
-        dense on CUDA (cuBLAS) and for a single small reservoir, where the sparse kernel's overhead dominates."""
+        dense on CUDA (cuBLAS) and for a single small reservoir, where the sparse kernel's overhead wins."""
         return (self.W.device.type == "cpu" and self.connectivity <= 0.25
                 and (batch > 1 or self.size >= 800))
 
@@ -189,12 +189,13 @@ class Reservoir:
         that saves writing and re-reading a (T, size, B) tensor, which costs more than the products.
         """
         if self._csr is None:
-            with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
+            # "sparse CSR support is in beta": the product used here is stable
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 csr = self.W.T.contiguous().to_sparse_csr()  # w (column convention): h^T = w x^T
-                # int32 indices: MKL's sparse product runs about 8 % faster than with torch's default int64
-                self._csr = torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(),
-                                                    csr.shape)
+                # int32 indices: MKL's sparse product runs faster than with torch's default int64
+                self._csr = torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(),
+                                                    csr.values(), csr.shape)
         B, T, _ = u.shape
         N, a = self.size, self.leak
         uT = u.permute(1, 2, 0).contiguous()  # (T, n_inputs, B)
@@ -235,26 +236,30 @@ def ridge_predict(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 class BatchedReservoirs:
-    """Many esn reservoirs of one shape (each with its own weights: one per source) stepped at once on CPU: the
-    recurrent term is one product with the block-diagonal matrix of their sparse recurrent weights (CSR), the input
-    term one sparse product that reads only the input-weight rows of the non-zero inputs (spike counts: about
-    14 % of the neurons fire in a step), or one batched product (dense inputs). `Reservoir.step` per source, in a Python loop, cost about
-    0.13 ms a source in kernel calls and conversions (bench/RESULTS.md); equal to it up to float32 rounding order.
+    """Many esn reservoirs of one shape (each with its own weights: one per source) stepped at once on CPU:
+    the recurrent term is one product with the block-diagonal matrix of their sparse recurrent weights (CSR),
+    the input term one sparse product that reads only the input-weight rows of the non-zero inputs (spike
+    counts: about 14 % of the neurons fire in a step), or one batched product (dense inputs), instead of
+    `Reservoir.step` per source in a Python loop, whose kernel calls and conversions dominate
+    (bench/RESULTS.md); equal to it up to float32 rounding order.
 
-    Built for a fixed list of reservoirs (a predictor's loaded sources of one config); `step` advances any subset
-    of them, given by their positions in that list."""
+    Built for a fixed list of reservoirs (a predictor's loaded sources of one config); `step` advances any
+    subset of them, given by their positions in that list."""
 
     def __init__(self, reservoirs: list[Reservoir]):
         r0 = reservoirs[0]
         if any(r.mode != "esn" or r.size != r0.size or r.n_inputs != r0.n_inputs or r.leak != r0.leak
                or r.W.device.type != "cpu" for r in reservoirs):
-            raise ValueError("batched stepping needs esn reservoirs of one size, input width and leak, on CPU")
+            raise ValueError("batched stepping needs esn reservoirs of one size, input width and leak, on "
+                             "CPU")
         self.count, self.size, self.n_inputs, self.leak = len(reservoirs), r0.size, r0.n_inputs, r0.leak
         N = self.size
         self.W_in = torch.stack([r.W_in for r in reservoirs]).contiguous()  # (S, n_inputs, N), row convention
         self.b = torch.stack([r.b for r in reservoirs]).contiguous()  # (S, N)
-        for k, r in enumerate(reservoirs):  # each reservoir's own weights become views of the stack: one copy in
-            r.W_in, r.b = self.W_in[k], self.b[k]  # memory (2 MB a source for 1000 x 500), not two
+        # each reservoir's own weights become views of the stack: one copy in memory (2 MB a source for
+        # 1000 x 500), not two
+        for k, r in enumerate(reservoirs):
+            r.W_in, r.b = self.W_in[k], self.b[k]
             r.__dict__.pop("_np", None)  # `step_numpy`'s arrays of the old tensors
         crow, col, val, nnz = [torch.zeros(1, dtype=torch.int64)], [], [], 0
         with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
@@ -267,15 +272,16 @@ class BatchedReservoirs:
                 nnz += int(c.values().numel())
             self.csr = torch.sparse_csr_tensor(torch.cat(crow).int(), torch.cat(col).int(), torch.cat(val),
                                                (self.count * N, self.count * N))
-        # the same block-diagonal matrix for scipy (float32 values, int32 indices: the arrays are shared), whose
-        # products `step` uses: without torch's per-call overhead a tick of 32 sources took 1.53 against 1.70 ms
+        # the same block-diagonal matrix for scipy (float32 values, int32 indices: the arrays are shared),
+        # whose products `step` uses, without torch's per-call overhead (bench/RESULTS.md)
         import scipy.sparse
 
         self._sp = scipy.sparse.csr_array((self.csr.values().numpy(), self.csr.col_indices().numpy(),
                                            self.csr.crow_indices().numpy()), shape=tuple(self.csr.shape))
 
     @torch.no_grad()
-    def step(self, pos: np.ndarray, u: torch.Tensor, x: torch.Tensor, sparse_input: bool = True) -> torch.Tensor:
+    def step(self, pos: np.ndarray, u: torch.Tensor, x: torch.Tensor, sparse_input: bool = True
+             ) -> torch.Tensor:
         """One step of the reservoirs at positions `pos` (A,): inputs u (A, n_inputs), states x (A, size);
         returns the new states (A, size). In numpy and scipy on the torch tensors' memory (CPU only)."""
         import scipy.sparse
@@ -292,11 +298,13 @@ class BatchedReservoirs:
         h = (self._sp @ x_full).reshape(S, N)[pos]  # recurrent term
         h += self.b.numpy()[pos]
         w_in = self.W_in.numpy()
-        if sparse_input:  # (A x S n_inputs) sparse inputs, each row in its reservoir's block, times all W_in rows
+        # sparse: (A x S n_inputs) sparse inputs, each row in its reservoir's block, times all W_in rows
+        if sparse_input:
             a, i = np.nonzero(un)
             indptr = np.zeros(len(pos) + 1, dtype=np.int64)
             np.cumsum(np.bincount(a, minlength=len(pos)), out=indptr[1:])
-            U = scipy.sparse.csr_array((un[a, i], pos[a] * self.n_inputs + i, indptr), shape=(len(pos), S * self.n_inputs))
+            U = scipy.sparse.csr_array((un[a, i], pos[a] * self.n_inputs + i, indptr),
+                                       shape=(len(pos), S * self.n_inputs))
             h += U @ w_in.reshape(S * self.n_inputs, N)
         else:
             h += np.einsum("ai,aij->aj", un, w_in[pos])

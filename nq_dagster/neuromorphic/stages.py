@@ -44,14 +44,15 @@ def reservoir_input(spikes: np.ndarray) -> np.ndarray:
 def spike_statistics(spikes: np.ndarray) -> dict[str, np.ndarray]:
     """Per step: share of (bin, neuron) slots that spiked, and share of neurons that spiked at all."""
     T, W, N = spikes.shape
-    return {"spike_rate": spikes.sum(axis=(1, 2)) / (N * W), "active_fraction": spikes.any(axis=1).mean(axis=1)}
+    return {"spike_rate": spikes.sum(axis=(1, 2)) / (N * W),
+            "active_fraction": spikes.any(axis=1).mean(axis=1)}
 
 
 # the analog reservoir: a plain echo-state network driven by the value and its change themselves (no spike
-# encoding), beside the spiking path. Its states are a stage of the fused model (kept where they lower held-out
-# error) and the readout of the validation's ESN baseline.
+# encoding), beside the spiking path. Its states are a stage of the fused model (kept where they lower
+# held-out error) and the readout of the validation's ESN baseline.
 ANALOG_SIZE = 300
-ANALOG_ROWS = 100  # the first rows of a source fix the analog inputs' scaling: data only, stable across retrains
+ANALOG_ROWS = 100  # a source's first rows fix the analog inputs' scaling: data only, stable across retrains
 
 
 def analog_scaling(values: np.ndarray) -> np.ndarray:
@@ -65,7 +66,14 @@ def analog_scaling(values: np.ndarray) -> np.ndarray:
 
 def analog_inputs(x: np.ndarray, dx: np.ndarray, scaling: np.ndarray) -> np.ndarray:
     """The analog design inputs (standardised value and change), (T, 2)."""
-    return np.column_stack([(np.asarray(x, float) - scaling[0]) / scaling[1], np.asarray(dx, float) / scaling[2]])
+    return np.column_stack([(np.asarray(x, float) - scaling[0]) / scaling[1],
+                            np.asarray(dx, float) / scaling[2]])
+
+
+def analog_drive(inputs: np.ndarray) -> np.ndarray:
+    """The analog reservoir's input: the analog inputs u (standardised value and change) squashed as
+    tanh(u / 3), so that a jump of a few standard deviations stays in tanh's responsive range (float64)."""
+    return np.tanh(np.asarray(inputs, dtype=float) / 3.0)
 
 
 def build_analog_reservoir(cfg, source: str, device: str = "cpu") -> Reservoir:
@@ -82,5 +90,5 @@ def analog_states(values: np.ndarray, cfg, source: str, device: str = "cpu"):
     scaling = analog_scaling(v)
     u = analog_inputs(v, np.diff(v, prepend=v[0]), scaling)
     res = build_analog_reservoir(cfg, source, device)
-    states, final = res.run(torch.as_tensor(np.tanh(u / 3.0), dtype=torch.float32)[None])
+    states, final = res.run(torch.as_tensor(analog_drive(u), dtype=torch.float32)[None])
     return np.column_stack([states[0].cpu().numpy().astype(float), u]), final, scaling

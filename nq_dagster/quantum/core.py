@@ -28,8 +28,9 @@ def _check_n(n: int, limit: int = MAX_STATE_VECTOR_QUBITS) -> None:
     if n < 1:
         raise ValueError("need at least one qubit")
     if n > limit:
-        raise ValueError(f"{n} qubits need 2^{n} amplitudes ({16 * 2**n / 2**30:.1f} GiB per state), above the "
-                         f"state-vector limit of {limit} qubits; use the classical simulated-annealing solver")
+        raise ValueError(f"{n} qubits need 2^{n} amplitudes ({16 * 2**n / 2**30:.1f} GiB per state), above "
+                         f"the state-vector limit of {limit} qubits; use the classical simulated-annealing "
+                         "solver")
 
 
 def pauli_string(label: str) -> sp.csr_matrix:
@@ -84,7 +85,8 @@ def tfim_open_chain_exact_energy(n: int, J: float = 1.0, g: float = 1.0) -> floa
     return -0.5 * float(np.sum(np.linalg.svd(T, compute_uv=False)))
 
 
-def qubo_hamiltonian(Q: np.ndarray, h: np.ndarray | None = None, limit: int = MAX_STATE_VECTOR_QUBITS) -> sp.csr_matrix:
+def qubo_hamiltonian(Q: np.ndarray, h: np.ndarray | None = None, limit: int = MAX_STATE_VECTOR_QUBITS
+                     ) -> sp.csr_matrix:
     """Diagonal problem Hamiltonian whose energy on basis state x is x^T Q x + h^T x.
 
     Built as an Ising operator from Pauli Z's with x_i = (1 - Z_i) / 2:
@@ -152,7 +154,8 @@ def ground_state(H: sp.spmatrix) -> tuple[float, np.ndarray]:
 
 
 def evolve(H: sp.spmatrix, psi0: np.ndarray, t: float, steps: int = 1) -> list[np.ndarray]:
-    """Real-time Schrodinger evolution psi(t) = exp(-i H t) psi0 (scipy expm_multiply), at `steps` equal times."""
+    """Real-time Schrodinger evolution psi(t) = exp(-i H t) psi0 (scipy expm_multiply), at `steps` equally
+    spaced times."""
     psi0 = np.asarray(psi0, dtype=complex)
     if not np.isfinite(psi0).all():
         raise ValueError("initial state contains NaN or infinite amplitudes")
@@ -201,8 +204,9 @@ def imaginary_time(H: sp.spmatrix, psi0: np.ndarray, dtau: float = 0.5, max_iter
 def anneal(H_driver: sp.spmatrix, H_problem: sp.spmatrix, evolution_time: float = 1.0, steps: int = 100,
            energy_tolerance: float = 1e-6, ground: tuple[float, np.ndarray] | None = None
            ) -> tuple[np.ndarray, Convergence]:
-    """Quantum annealing H(s) = (1 - s) H_driver + s H_problem with the linear schedule s = t / evolution_time,
-    integrated as `steps` piecewise-constant slices (midpoint s) from the driver's ground state."""
+    """Quantum annealing H(s) = (1 - s) H_driver + s H_problem with the linear schedule
+    s = t / evolution_time, integrated as `steps` piecewise-constant slices (midpoint s) from the driver's
+    ground state."""
     if evolution_time <= 0 or steps < 1:
         raise ValueError("evolution_time must be > 0 and steps >= 1")
     _, psi = ground_state(H_driver)
@@ -215,7 +219,8 @@ def anneal(H_driver: sp.spmatrix, H_problem: sp.spmatrix, evolution_time: float 
     e0, g = ground if ground is not None else ground_state(H_problem)
     diag = np.real(H_problem.diagonal())
     if (H_problem - sp.diags(H_problem.diagonal())).nnz == 0:
-        fid = float(np.sum(np.abs(psi[np.abs(diag - e0) <= 1e-9]) ** 2))  # all degenerate optima count as success
+        # all degenerate optima count as success
+        fid = float(np.sum(np.abs(psi[np.abs(diag - e0) <= 1e-9]) ** 2))
     else:
         fid = float(abs(np.vdot(g, psi)) ** 2)
     drift = energies[-1] - energies[-2] if len(energies) > 1 else 0.0

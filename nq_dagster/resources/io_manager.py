@@ -24,6 +24,10 @@ class WarehouseIOManager(ConfigurableIOManager):
     warehouse: WarehouseResource
 
     def _wh(self) -> Warehouse:
+        # the engines' artifact types, registered only in the steps that read or write them: the code location
+        # itself loads without torch
+        import nq_dagster.codecs  # noqa: F401
+
         return self.warehouse.warehouse()
 
     @staticmethod

@@ -97,7 +97,8 @@ def has_current_model(wh: Warehouse, source: str) -> bool:
     or one that cannot be read is retrained by the training job, never streamed into failing runs."""
     if not wh.has_artifact("serving_state", source):
         return False
-    from nq_dagster.fusion.predictor import DESIGN_VERSION, ServingState
+    import nq_dagster.codecs  # noqa: F401  (registers ServingState with the codec; torch only when needed)
+    from nq_dagster.fusion.model import DESIGN_VERSION, ServingState
 
     try:
         st = wh.load_artifact("serving_state", source)

@@ -46,9 +46,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from nq_dagster.config import load_config
-from nq_dagster.fusion.predictor import Predictor, ServingState, continue_from, single_threaded_blas
+from nq_dagster.fusion.model import ServingState
+from nq_dagster.fusion.predictor import Predictor, continue_from
 from nq_dagster.fusion.record import jsonable, records_table
 from nq_dagster.fusion.shards import ShardedPredictor, ShardGone
+from nq_dagster.fusion.threads import single_threaded_blas
 from nq_dagster.ingest import (
     FileRejected,
     build_series,

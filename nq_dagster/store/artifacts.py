@@ -150,8 +150,9 @@ class _Decoder:
         if t == "obj":
             cls = _REGISTRY.get(v["cls"])
             if cls is None:
-                raise ArtifactError(f"{self.where}: unknown object type {v['cls']!r}; the file was written "
-                                    "by another version or tampered with")
+                known = "none registered: the process must import nq_dagster.codecs" if not _REGISTRY else \
+                    "the file was written by another version or tampered with"
+                raise ArtifactError(f"{self.where}: unknown object type {v['cls']!r}; {known}")
             return cls(**{k: self.dec(x) for k, x in v["v"].items()})
         raise ArtifactError(f"{self.where}: unknown entry type {t!r}")
 
@@ -177,7 +178,6 @@ def dumps(obj: Any) -> bytes:
 def loads(data: bytes, where: str = "artifact") -> Any:
     """Read an artifact; never unpickles. Raises ArtifactError naming `where` for anything else."""
     fix = "delete it and re-run training for the source (`nq run --source <source>`)"
-    import nq_dagster.fusion.predictor  # noqa: F401 - registers the model and state classes an artifact may hold
     if not data.startswith(b"PK"):
         pickled = data[:1] == b"\x80"
         kind = "a Python pickle, refused (loading it could run code)" if pickled else "not an nq artifact"
