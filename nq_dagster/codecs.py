@@ -5,12 +5,12 @@ first (the composition roots, the Dagster layer where it touches artifacts, the 
 torch (through the reservoir state), so the Dagster code location imports it only in the steps that need it.
 """
 
-from nq_dagster.store.artifacts import register
 from nq_dagster.fusion.model import LiveCalibration, ModelVersion, ServingState
 from nq_dagster.fusion.ridge import LinearStage
 from nq_dagster.fusion.stream import StreamState
 from nq_dagster.fusion.walkforward import FusionModel
 from nq_dagster.neuromorphic.reservoir import ReservoirState
+from nq_dagster.store.artifacts import register
 
 ARTIFACT_CLASSES = (ReservoirState, StreamState, LinearStage, FusionModel, ModelVersion, LiveCalibration,
                     ServingState)

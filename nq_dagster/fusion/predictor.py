@@ -38,7 +38,6 @@ from nq_dagster.fusion.walkforward import direction_probabilities
 from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
 from nq_dagster.neuromorphic.reservoir import BatchedReservoirs, Reservoir
 from nq_dagster.neuromorphic.stages import build_analog_reservoir, build_reservoir, source_seed
-from nq_dagster.store.artifacts import register
 
 PATTERN_COLS = [CANDIDATES.index(p) for p in PATTERN_NAMES]  # columns of the candidate features
 SPIKE_RATE_COL = CANDIDATES.index("spike_rate")
