@@ -45,7 +45,7 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
             "late_rows_left_for_retraining": max(0, late)}
     if len(new) == 0:
         return MaterializeResult(metadata={**meta, "summary": MetadataValue.md(f"**{source}**: no new rows.")})
-    predictor = Predictor()
+    predictor = Predictor(threads=warehouse.settings().predict_threads)
     predictor.load(saved)
     records = predictor.advance(source, new["value"].to_numpy(), new["timestamp"].to_numpy())
     if len(records) != len(new):

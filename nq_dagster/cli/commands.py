@@ -153,7 +153,7 @@ def cmd_predict(args, settings: Settings) -> int:
         raise FileNotFoundError(f"no serving state for source {args.source!r} in {wh.where}; sources with one: "
                                 f"{', '.join(known) or 'none'}. Fix: run `nq run --source {args.source}` first"
                                 ) from None
-    predictor = Predictor()
+    predictor = Predictor(threads=settings.predict_threads)
     predictor.load(saved)
     predictor.warm_up(args.source)  # processing_time_ms is then the per-tick cost, not this process's start-up
     if args.values:
