@@ -26,6 +26,8 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import ndtr
 
+# the shortest series that trains (MIN_TRAIN rows before the first prediction): one rule, config.rows_needed
+from nq_dagster.config import MIN_ROWS, MIN_TRAIN
 from nq_dagster.fusion.ridge import GramSums, LinearStage, RidgeBasis
 
 CLASSES = np.array([-1, 0, 1])  # down, hold, up
@@ -68,8 +70,6 @@ def direction_probabilities(pred_change: np.ndarray, band: np.ndarray, scale: np
 
 RECAL_WINDOW = 250  # at most this many latest realized rows refit a model's error scale between refits
 MAX_REFITS = 40  # a long series is refit at most this many times (each refit reads every earlier row)
-MIN_ROWS = 150  # the shortest series that trains: 100 rows before the first prediction, 50 predicted
-MIN_TRAIN = 100
 
 
 @dataclass(frozen=True)
