@@ -43,7 +43,8 @@ def _kind(path: Path) -> str:
     return kind
 
 
-def _distinct_names(columns: list[str]) -> bool:
+def distinct_names(columns: list[str]) -> bool:
+    """No two column names equal once trimmed and lower-cased (the rules find columns by such names)."""
     return len({c.lower().strip() for c in columns}) == len(columns)
 
 
@@ -63,7 +64,7 @@ def read_fast(path: Path, data: bytes) -> Columns | None:
         frame = _read_csv_numbers_typed(data) if kind == "csv" else pl.read_parquet(data)
     except Exception:  # noqa: BLE001 - any parse problem: the general reader says what and where
         return None
-    if frame.height == 0 or not _distinct_names(frame.columns):
+    if frame.height == 0 or not distinct_names(frame.columns):
         return None
     if not all(_fast_dtype(t) for t in frame.dtypes):
         return None

@@ -21,6 +21,7 @@ from nq_dagster.ingest.errors import BadRow, FileRejected, RowProblem
 from nq_dagster.ingest.read import (
     TIMESTAMP_NAMES,
     Columns,
+    distinct_names,
     read_fast,
     read_user_file,
     renamed_columns,
@@ -229,7 +230,7 @@ def check_file(path: Path, data: bytes, source_override: str | None, rename: dic
     if columns is not None:
         try:
             columns.frame = columns.frame.rename(renamed_columns(path, columns.frame.columns, rename))
-            if _distinct_after_rename(columns.frame.columns):
+            if distinct_names(columns.frame.columns):
                 checked = check_columns(columns, path, source_override)
                 if not checked.bad:
                     return checked
@@ -239,6 +240,3 @@ def check_file(path: Path, data: bytes, source_override: str | None, rename: dic
     columns.frame = columns.frame.rename(renamed_columns(path, columns.frame.columns, rename))
     return check_columns(columns, path, source_override)
 
-
-def _distinct_after_rename(columns: list[str]) -> bool:
-    return len({c.lower().strip() for c in columns}) == len(columns)

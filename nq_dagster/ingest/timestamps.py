@@ -29,9 +29,10 @@ ISO_SHAPE = re.compile(r"^(\d{4}-\d{2}-\d{2})"
                        r"(?:([T ])(\d{2}:\d{2})(?::(\d{2})(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$")
 
 
-def epoch_seconds(x):
+def epoch_seconds(x: float | np.ndarray) -> float | np.ndarray:
     """Epoch seconds or milliseconds (a float, or a numpy array of them) -> seconds: a magnitude of at least
-    `MILLISECONDS_FROM` is milliseconds. NaN and infinity pass through (then out of `EPOCH_LIMIT_S`)."""
+    `MILLISECONDS_FROM` is milliseconds. NaN and infinity pass through (then out of `EPOCH_LIMIT_S`). (The
+    divisor is 1000.0 or 1.0 by one expression, so a tick and a column take the same arithmetic.)"""
     return x / ((abs(x) >= MILLISECONDS_FROM) * 999.0 + 1.0)
 
 
