@@ -109,34 +109,52 @@ def test_atomic_write_survives_crash(wh, monkeypatch):
 
 
 def test_fast_tick_validation_accepts_a_subset_of_ingest_with_the_same_values():
-    """The server's shortcut never accepts what `validate_frame` refuses, and parses what it accepts to the same
-    timestamps and values; anything unusual is left to validate_frame (None)."""
-    from pathlib import Path
-
-    from nq_dagster.ingest import fast_validate_ticks, validate_frame
+    """The server's shortcut never accepts what the rules refuse, and parses what it accepts to the same
+    timestamps and values; anything unusual is left to the rules over a frame of the ticks (None)."""
+    from nq_dagster.ingest.ticks import check_tick_frame, fast_validate_ticks
 
     stamps = ["2026-01-05T10:00:00Z", "2026-01-05T10:00:00.123456+02:00", "2026-01-05 10:00:00", "2026-01-05",
               "2026-01-05T10:00", "2026-01-05T10:00:00-05:30", 1767607200, 1767607200.5, 1767607200123,
-              1767607200123.0, 0, -86400.25, "20260105T100000", "2026-13-05T10:00:00Z", "yesterday", "2026-01-05T10:00:00.1234567Z",
-              "1767607200", float("nan"), float("inf"), True, None, "2026-02-30", "2026-01-05T25:00:00Z"]
-    values = [1.5, 0, -3, 1e300, float("nan"), float("inf"), "1.5", True, None]
+              1767607200123.0, 0, -86400.25, "20260105T100000", "2026-13-05T10:00:00Z", "yesterday",
+              "2026-01-05T10:00:00.1234567Z", "1767607200", float("nan"), float("inf"), True, None,
+              "2026-02-30", "2026-01-05T25:00:00Z", "1969-12-31T23:59:59.5Z", "2026-01-05Z", 10**400]
+    values = [1.5, 0, -3, 1e300, float("nan"), float("inf"), "1.5", True, None, 10**400]
     checked = accepted = 0
     for ts in stamps:
         for v in values:
             for src in ("m", "../evil"):
                 fast = fast_validate_ticks([(src, ts, v)])
-                frame = pd.DataFrame({"source": [src], "timestamp": [ts if isinstance(ts, str) else repr(ts)],
-                                      "value": [repr(v) if isinstance(v, float) else str(v)], "__line": [0]})
-                clean, bad, _ = validate_frame(frame, Path("request"), 0, None)
+                full = check_tick_frame([(src, ts, v)])
                 checked += 1
                 if fast is None:
                     continue
                 accepted += 1
-                assert not bad and len(clean) == 1, (ts, v, src)
-                want = pd.Timestamp(clean["timestamp"].iloc[0]).value
-                assert fast == [(src, want, float(clean["value"].iloc[0]))], (ts, v)
+                assert not full.problems and len(full.clean) == 1, (ts, v, src)
+                tick = full.clean[0]
+                assert fast == [(src, tick.ts_ns, tick.value)], (ts, v)
     assert checked == len(stamps) * len(values) * 2 and accepted >= 30
-    assert fast_validate_ticks([("m", "2026-01-05T10:00:00Z", 1.0), ("m", "2026-01-05T10:00:00+00:00", 2.0)]) is None
+    same_time = [("m", "2026-01-05T10:00:00Z", 1.0), ("m", "2026-01-05T10:00:00+00:00", 2.0)]
+    assert fast_validate_ticks(same_time) is None
+
+
+def test_check_ticks_answers_with_structured_rows():
+    """`check_ticks` names each refused tick by its position, kind and column, a repeat by the position of the
+    first; the accepted ticks come back with their parsed time and value, whichever path checked them."""
+    from nq_dagster.ingest import check_ticks
+
+    plain = check_ticks([("m", "2026-01-05T10:00:00Z", 1.5), ("n", 1767607200, 2)])
+    assert not plain.problems
+    assert [(t.row, t.source, t.ts_ns, t.value) for t in plain.clean] == [
+        (0, "m", 1767607200 * 10**9, 1.5), (1, "n", 1767607200 * 10**9, 2.0)]
+    r = check_ticks([("m", "2026-01-05T10:00:00Z", 1.5), ("m", "yesterday", 1.0), ("m", 1767607200, 2.0),
+                     ("../x", "2026-01-05T10:00:01Z", float("nan"))])
+    assert [(t.row, t.ts_ns) for t in r.clean] == [(0, 1767607200 * 10**9)]
+    assert [(b.row, b.column, b.kind, b.duplicate_of) for b in r.problems] == [
+        (1, "timestamp", "timestamp", None), (2, "timestamp", "duplicate", 0),
+        (3, "value", "not_finite", None), (3, "source", "source", None)]
+    assert r.problems[1].describe("request") == (
+        "request: row 2, column 'timestamp': duplicate (source, timestamp) of row 0 (value '1767607200'). "
+        "Fix: keep one row per source and timestamp")
 
 
 def test_two_concurrent_overlapping_ingests_store_each_time_once(tmp_path):
@@ -288,27 +306,32 @@ GOOD_FILES = {
 @pytest.mark.parametrize("name", sorted(GOOD_FILES))
 @pytest.mark.parametrize("source", [None, "over"])
 def test_the_vectorised_path_equals_the_row_by_row_path_on_good_files(tmp_path, name, source):
-    """Good files go through the polars path (`fast_read_validate`); it must store exactly what the row-by-row
-    path (`read_user_file` + `validate_frame`, which names bad rows) would: same rows, values, types, notes."""
-    from nq_dagster.ingest import fast_read_validate, read_user_file, validate_frame
+    """Good files go through the polars reader (`read_fast`); the rules must store exactly what they store
+    from the general reader (`read_user_file`, whose rows and values name bad rows): same rows, values,
+    types, notes."""
+    from nq_dagster.ingest.read import read_fast, read_user_file
+    from nq_dagster.ingest.rules import check_columns
 
     path = write(tmp_path, name, GOOD_FILES[name])
     data = path.read_bytes()
-    fast = fast_read_validate(path, data, source)
-    assert fast is not None, "a good file should take the vectorised path"
-    slow = validate_frame(read_user_file(path, data)[0], path, read_user_file(path, data)[1], source)
-    # the fast path's frame is polars (written through Arrow as it is): compared as the pandas frame it equals
-    assert isinstance(fast[0], pl.DataFrame) and fast[0]["source"].dtype == pl.String
-    pd.testing.assert_frame_equal(fast[0].to_pandas(), slow[0].reset_index(drop=True))
-    assert fast[1] == slow[1] == [] and fast[2] == slow[2]
-    mixed = write(tmp_path, "mixed.csv", "timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:00:01.5Z,2\n")
-    assert fast_read_validate(mixed, mixed.read_bytes(), source) is None  # two shapes: the row-by-row path
+    columns = read_fast(path, data)
+    assert columns is not None, "a good file should take the vectorised path"
+    fast = check_columns(columns, path, source)
+    slow = check_columns(read_user_file(path, data), path, source)
+    # the frame is polars (written through Arrow as it is)
+    assert isinstance(fast.clean, pl.DataFrame) and fast.clean["source"].dtype == pl.String
+    pd.testing.assert_frame_equal(fast.clean.to_pandas(), slow.clean.to_pandas())
+    assert fast.bad == slow.bad == [] and fast.notes == slow.notes
+    mixed = write(tmp_path, "mixed.csv",
+                  "timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:00:01.5Z,2\n")
+    mixed_fast = check_columns(read_fast(mixed, mixed.read_bytes()), mixed, source)  # two shapes: one parser
+    mixed_slow = check_columns(read_user_file(mixed, mixed.read_bytes()), mixed, source)
+    pd.testing.assert_frame_equal(mixed_fast.clean.to_pandas(), mixed_slow.clean.to_pandas())
     pq_path = tmp_path / (path.stem + ".parquet")  # the same rows as Parquet, typed columns
-    slow[0].drop(columns="_row").to_parquet(pq_path)
-    fast_pq = fast_read_validate(pq_path, pq_path.read_bytes(), source or "p")
-    frame, off = read_user_file(pq_path, pq_path.read_bytes())
-    slow_pq = validate_frame(frame, pq_path, off, source or "p")
-    pd.testing.assert_frame_equal(fast_pq[0].to_pandas(), slow_pq[0].reset_index(drop=True))
+    slow.clean.to_pandas().drop(columns="_row").to_parquet(pq_path)
+    fast_pq = check_columns(read_fast(pq_path, pq_path.read_bytes()), pq_path, source or "p")
+    slow_pq = check_columns(read_user_file(pq_path, pq_path.read_bytes()), pq_path, source or "p")
+    pd.testing.assert_frame_equal(fast_pq.clean.to_pandas(), slow_pq.clean.to_pandas())
 
 
 def test_sorting_note_is_per_source(wh, tmp_path):
@@ -317,11 +340,12 @@ def test_sorting_note_is_per_source(wh, tmp_path):
             "2026-01-01T00:02:00Z,2,a\n2026-01-01T00:01:00Z,2,b\n")
     r = Ingestor(wh).ingest_file(write(tmp_path, "two.csv", text))
     assert r.status == "ingested" and not any("order" in n for n in r.notes)
-    from nq_dagster.ingest import read_user_file, validate_frame
+    from nq_dagster.ingest.read import read_user_file
+    from nq_dagster.ingest.rules import check_columns
 
     path = tmp_path / "two.csv"
-    frame, off = read_user_file(path, path.read_bytes())
-    assert not any("order" in n for n in validate_frame(frame, path, off, None)[2])
+    notes = check_columns(read_user_file(path, path.read_bytes()), path, None).notes
+    assert not any("order" in n for n in notes)
 
 
 def test_field_count_long_values_and_rename(wh, tmp_path, capsys):
@@ -429,7 +453,7 @@ def test_the_hash_is_of_the_bytes_parsed_when_the_file_changes_while_read(wh, tm
     import hashlib
     from types import SimpleNamespace
 
-    import nq_dagster.ingest as ing
+    import nq_dagster.ingest.ingestor as ing
 
     text = "timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,2\n"
     path = write(tmp_path, "moving.csv", text)

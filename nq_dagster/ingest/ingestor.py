@@ -1,0 +1,281 @@
+"""The Ingestor: one file into `raw_ticks`. The file is hashed (by a thread, beside the parse) and skipped
+when the same bytes were ingested for the same sources; its rows are checked (`rules.check_file`) and, per
+source, compared with the stored rows of its time span (a repeated (source, timestamp) is a bad row); the
+accepted rows are written as one Parquet part per (file, source), named by the content hash, so re-ingesting
+the same bytes is a no-op and a crash mid-way leaves nothing half-written. A file with a bad row is
+quarantined whole (copied or moved to `quarantine/` with a `.reason.txt` naming the file, row, column and fix)
+unless `skip_bad_rows` is set; then the good rows are stored and the bad ones recorded in quarantine. Every
+outcome is a row of `ingest_log`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nq_dagster.ingest.errors import BadRow, FileRejected
+from nq_dagster.ingest.rules import Checked, check_file
+from nq_dagster.store import (
+    INGEST_LOG_DDL,
+    LIVE_PARTS,
+    LOG_PARTITION,
+    Warehouse,
+    atomic_write_bytes,
+    check_source_name,
+)
+
+
+@dataclass
+class FileResult:
+    file: str
+    content_hash: str
+    status: str  # ingested | skipped-duplicate-file | quarantined | ingested-with-bad-rows
+    sources: dict[str, int] = field(default_factory=dict)
+    bad_rows: list[BadRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def rows_accepted(self) -> int:
+        return sum(self.sources.values())
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+_stat = os.stat  # (a test replaces it)
+
+
+def _file_digest(path: Path) -> str:
+    """`content_hash` of a file's bytes, read in chunks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+class Ingestor:
+    """Ingests files into the warehouse; one instance per batch of files."""
+
+    def __init__(self, warehouse: Warehouse):
+        self.wh = warehouse.ensure()
+        self.wh.remove_stale_temp_files()  # what an ingest killed mid-write left
+
+    def _already_ingested(self, digest: str, sources: str) -> bool:
+        """The same bytes were ingested before for the same sources (names validated: no quote can occur)."""
+        for part in self.wh.table_parts("ingest_log", LOG_PARTITION):
+            log = self.wh.read_part(part, columns=["content_hash", "status", "sources"]).to_pandas()
+            if ((log["content_hash"] == digest) & log["status"].str.startswith("ingested")
+                    & (log["sources"] == sources)).any():
+                return True
+        return False
+
+    def _stored_timestamps(self, source: str, exclude_part: str, lo: int, hi: int) -> pl.Series:
+        """The source's stored timestamps within [lo, hi] (the new file's span, ns since the epoch): parts
+        whose footer statistics lie outside it are not read, so appending new rows does not re-read the
+        history."""
+        out = []
+        for p in self.wh.table_parts("raw_ticks", source):
+            if p.stem == exclude_part:
+                continue
+            pmin, pmax, _ = self.wh.part_time_range(p)
+            if pmin is not None and (pmax < lo or pmin > hi):
+                continue
+            ts = pl.from_arrow(self.wh.read_part(p, columns=["timestamp"]))["timestamp"]
+            ts = ts.cast(pl.Datetime("us", "UTC"))
+            ns = ts.dt.epoch("ns")
+            out.append(ts.filter((ns >= lo) & (ns <= hi)))
+        return pl.concat(out) if out else pl.Series("timestamp", [], dtype=pl.Datetime("us", "UTC"))
+
+    def ingest_file(self, path: str | Path, source: str | None = None, skip_bad_rows: bool = False,
+                    move: bool = False, rename: dict[str, str] | None = None) -> FileResult:
+        """Ingest one file. `move` moves it out of the landing zone afterwards (processed or quarantine);
+        `rename` maps the file's column names to the source's ({"reading": "value"})."""
+        path = Path(path)
+        if source is not None:
+            check_source_name(source)  # before anything is looked up or stored under it
+        with ThreadPoolExecutor(1) as pool:
+            # sha256 releases the GIL: a thread reads and hashes the file while this one reads it and parses
+            # it (the hash of the bytes read here, after the read, ran beside the parse and slowed it;
+            # bench/RESULTS.md has the measured difference); the file's size, modification time and inode
+            # before and after tell whether both reads saw the same file, else the bytes parsed here are
+            # hashed
+            before = _stat(path)
+            hashing = pool.submit(_file_digest, path)
+            data = path.read_bytes()
+
+            def digest_of_data() -> str:
+                digest, after = hashing.result(), _stat(path)  # (after both reads)
+                moved = any(getattr(before, a) != getattr(after, a)
+                            for a in ("st_size", "st_mtime_ns", "st_ino", "st_dev"))
+                if len(data) != before.st_size or moved:
+                    return content_hash(data)
+                return digest
+
+            if source is not None:  # a known file for a named source: skipped before it is parsed
+                digest = digest_of_data()
+                if self._already_ingested(digest, source):
+                    return self._skip_duplicate(path, FileResult(str(path), digest, "ingested"), move)
+            checked: Checked | FileRejected
+            try:
+                checked = check_file(path, data, source, rename)
+            except FileRejected as exc:
+                checked = exc
+            digest = digest_of_data()
+        result = FileResult(file=str(path), content_hash=digest, status="ingested")
+        part = f"part-{digest[:20]}"
+        if isinstance(checked, FileRejected):
+            return self._reject(path, data, result, checked, move)
+        clean, bad, notes = checked.clean, checked.bad, checked.notes
+        # from the check against what is stored to the write: one ingest per source at a time, across
+        # processes (the CLI, the daemon's runs), so two overlapping files never both store a (source,
+        # timestamp)
+        names = sorted(clean["source"].unique().to_list())
+        with self.wh.source_locks(names):
+            return self._store(path, data, digest, part, clean, names, bad, notes, result, skip_bad_rows,
+                               move)
+
+    def _check_columns(self, path: Path, clean: pl.DataFrame, names: list[str]) -> None:
+        """A source's value columns are fixed by its first file: a later file with other columns is refused
+        (it would be stored as NULLs under the old names plus new columns nothing reads)."""
+        found = sorted(c for c in clean.columns if c not in ("source", "timestamp", "_row"))
+        for src in names:
+            parts = [q for q in self.wh.table_parts("raw_ticks", src) if not q.stem.startswith(LIVE_PARTS)]
+            if not parts:
+                continue
+            names = pq.read_schema(str(parts[0]), filesystem=self.wh.filesystem).names
+            expected = sorted(c for c in names if c not in ("source", "timestamp", "file", "content_hash"))
+            if found != expected:
+                raise FileRejected(path, "columns_differ", found=found, source=src, expected=expected)
+
+    def _reject(self, path: Path, data: bytes, result: FileResult, exc: FileRejected, move: bool
+                ) -> FileResult:
+        result.status = "quarantined"
+        result.reason = str(exc)
+        result.bad_rows = exc.bad_rows
+        self._quarantine(path, data, result, move)
+        self._log(result)
+        return result
+
+    def _store(self, path, data, digest, part, clean: pl.DataFrame, names, bad, notes, result, skip_bad_rows,
+               move) -> FileResult:
+        try:
+            if clean.height and self._already_ingested(digest, ",".join(names)):
+                return self._skip_duplicate(path, result, move)
+            result.notes += notes
+            self._check_columns(path, clean, names)
+            # duplicates against what is already stored, for each source in the file
+            dup_mask = pl.Series("dup", [], dtype=pl.Boolean)
+            for src in names:
+                span = clean["timestamp"]
+                if len(names) > 1:
+                    span = span.filter(clean["source"] == src)
+                ns = span.dt.epoch("ns")
+                stored = self._stored_timestamps(src, part, ns.min(), ns.max())
+                if len(stored):
+                    hit = span.is_in(stored)
+                else:
+                    hit = pl.repeat(False, len(span), dtype=pl.Boolean, eager=True)
+                if len(names) == 1:
+                    dup_mask = hit
+                else:  # back in the frame's row order
+                    if not len(dup_mask):
+                        dup_mask = pl.zeros(clean.height, dtype=pl.Boolean, eager=True)
+                    dup_mask = dup_mask.scatter((clean["source"] == src).arg_true().filter(hit), True)
+            if len(dup_mask) and dup_mask.any():  # (a copy of every column otherwise, for nothing)
+                dups = clean.filter(dup_mask).head(1000)
+                for row, src, ts in zip(dups["_row"].to_list(), dups["source"].to_list(),
+                                        dups["timestamp"].to_list(), strict=True):
+                    bad.append(BadRow(int(row), "timestamp", "stored", str(pd.Timestamp(ts)), source=src))
+                clean = clean.filter(~dup_mask)
+            bad.sort(key=lambda b: b.row)
+            result.bad_rows = bad
+            if bad and not skip_bad_rows:
+                raise FileRejected(path, "bad_rows", bad)
+            if clean.height == 0:
+                raise FileRejected(path, "no_good_rows", bad)
+        except FileRejected as exc:
+            return self._reject(path, data, result, exc, move)
+        # the stored table, built in Arrow (polars' columns as they are); the file name and hash (and the
+        # source, one per part) are constants of the part: dictionary-encoded, written without Arrow's schema,
+        # they read back as plain strings
+        for src in names:
+            rows = clean if len(names) == 1 else clean.filter(pl.col("source") == src)
+            table = rows.drop("_row", "source").to_arrow()
+            n = table.num_rows
+
+            def const(value: str, n: int = n) -> pa.DictionaryArray:
+                # int8 zeros, valid by construction (no bounds pass over a million indices): a quarter of the
+                # bytes
+                return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([value]),
+                                                      safe=False)
+
+            table = table.add_column(0, "source", const(str(src)))
+            table = table.append_column("file", const(path.name)).append_column("content_hash", const(digest))
+            self.wh.write_table("raw_ticks", str(src), table, part=part, store_schema=False)
+            result.sources[str(src)] = n
+        if bad:
+            result.status = "ingested-with-bad-rows"
+            self._quarantine(path, data, result, move=False, rows_only=True)
+        self._finish(path, result, move)
+        self._log(result)
+        return result
+
+    def _skip_duplicate(self, path: Path, result: FileResult, move: bool) -> FileResult:
+        result.status = "skipped-duplicate-file"
+        result.notes.append("the same content was ingested before for the same source(s); nothing to do")
+        self._finish(path, result, move)
+        return result
+
+    def _reason_text(self, path: Path, result: FileResult) -> str:
+        lines = [f"file: {path}", f"sha256: {result.content_hash}", f"status: {result.status}"]
+        if result.reason:
+            lines.append(f"reason: {result.reason}")
+        if result.bad_rows:
+            lines.append(f"bad rows ({len(result.bad_rows)}):")
+            lines += ["  " + b.describe(path.name) for b in result.bad_rows[:1000]]
+        if result.status == "quarantined":
+            lines.append("nothing of this file was stored; fix the rows above and ingest it again, "
+                         "or ingest with --skip-bad-rows to store the good rows only")
+        return "\n".join(lines) + "\n"
+
+    def _quarantine(self, path: Path, data: bytes, result: FileResult, move: bool, rows_only: bool = False
+                    ) -> None:
+        q = self.wh.quarantine
+        q.mkdir(parents=True, exist_ok=True)
+        target = q / path.name
+        if not rows_only:
+            if target.exists() and content_hash(target.read_bytes()) != result.content_hash:
+                target = q / f"{path.stem}.{result.content_hash[:8]}{path.suffix}"
+            if move:
+                shutil.move(str(path), target)
+            else:
+                atomic_write_bytes(target, data)
+        atomic_write_bytes(q / f"{target.name}.reason.txt", self._reason_text(path, result).encode())
+
+    def _finish(self, path: Path, result: FileResult, move: bool) -> None:
+        if move and path.exists():
+            inside = path.is_relative_to(self.wh.landing)
+            rel = path.relative_to(self.wh.landing) if inside else Path(path.name)
+            target = self.wh.processed / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), target)
+
+    def _log(self, result: FileResult) -> None:
+        row = pd.DataFrame([{
+            "content_hash": result.content_hash, "file": result.file,
+            "sources": ",".join(sorted(result.sources)), "rows_accepted": result.rows_accepted,
+            "rows_rejected": len(result.bad_rows), "status": result.status,
+            "reason": result.reason, "ingested_at": datetime.now(UTC),
+        }])
+        self.wh.append_rows("ingest_log", row, INGEST_LOG_DDL)

@@ -1,0 +1,242 @@
+"""The ingest rules, once, as vectorised column rules (polars) that both build the clean frame and find the
+bad rows: a timestamp column that parses (`timestamps.parse_timestamps`), value columns of finite numbers
+(`parse_numbers`), source names that `storage.SOURCE_RE` takes (`valid_source_names`), one row per (source,
+timestamp). `check_columns` applies them to a file's columns (from either reader of `read.py`) and returns the
+rows sorted by source and time, the bad rows as `BadRow`s (at most 1000 per rule and column) and notes;
+`check_file` reads a file with the fast reader and, when it declines or a row is bad, with the general one
+(whose rows and values are as the user wrote them). A file whose rows all pass, one source in strict time
+order, costs a few passes over its columns: no per-row Python, no sort.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from nq_dagster.ingest.errors import BadRow, FileRejected, RowProblem
+from nq_dagster.ingest.read import (
+    TIMESTAMP_NAMES,
+    Columns,
+    distinct_names,
+    read_fast,
+    read_user_file,
+    renamed_columns,
+)
+from nq_dagster.ingest.timestamps import parse_timestamps
+from nq_dagster.store import SOURCE_RE
+
+ROWS_NAMED = 1000  # bad rows named per rule and column (a file of a million bad rows is not a million lines)
+OVERRIDE_NOTE = "--source {source!r} overrides the file's source column"
+SORTED_NOTE = "rows were out of time order and have been sorted"
+
+
+@dataclass
+class Checked:
+    """A file's rows after the rules: `clean` (source, timestamp (UTC, microseconds), the value columns as
+    floats, `_row`: the row number), sorted by source and time; `bad` sorted by row; `notes` for the user."""
+
+    clean: pl.DataFrame
+    bad: list[BadRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def valid_source_name(name: str | None) -> bool:
+    return bool(SOURCE_RE.match(name or ""))
+
+
+def valid_source_names(names: list[str | None]) -> set[str]:
+    """The names of `names` that are valid source names (a column is checked once per distinct name)."""
+    return {name for name in names if valid_source_name(name)}
+
+
+def _as_text(col: pl.Series) -> pl.Series:
+    """A column as text, each value as Python writes it (as pandas' `astype("string")` does), null kept."""
+    if col.dtype == pl.String:
+        return col
+    if col.dtype.is_float():
+        col = col.fill_nan(None)  # a missing number: null, not the text "nan"
+    return pl.Series(col.name, [None if v is None else str(v) for v in col.to_list()], dtype=pl.String)
+
+
+def parse_numbers(col: pl.Series) -> pl.Series:
+    """A value column -> Float64: null where a value is not a number (text that does not parse: the row's
+    problem is "missing value" or "not a number"), NaN or infinity where it is not finite. Text is read with
+    padding ignored; numbers as they are (a missing one is NaN); booleans as 1.0 / 0.0."""
+    if col.dtype.is_numeric() or col.dtype == pl.Boolean:
+        return col.cast(pl.Float64).fill_null(float("nan"))
+    text = _as_text(col)
+    as_float = text.cast(pl.Float64, strict=False)  # padded numbers ("  1.5") are rare: stripped only then
+    if as_float.null_count() == text.null_count():
+        return as_float
+    return text.str.strip_chars().cast(pl.Float64, strict=False)
+
+
+def finite_number(value) -> bool:
+    """The value rule for one value of a tick, as `parse_numbers` reads it: an int or a float, finite. (A
+    bool is not one: a tick's `true` is checked as the text "True", which is not a number.)"""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def _shown(col: pl.Series, i: int) -> str:
+    """A value as a message shows it: as written, a missing one as pandas shows it."""
+    v = col[i]
+    if v is None:
+        return "NaT" if col.dtype.is_temporal() else "nan"
+    return str(v)
+
+
+def _row_numbers(rows: int | np.ndarray, n: int) -> pl.Series:
+    if isinstance(rows, np.ndarray):
+        return pl.Series("_row", rows, dtype=pl.Int64)
+    return pl.int_range(rows, rows + n, dtype=pl.Int64, eager=True).alias("_row")
+
+
+def _row_of(rows: int | np.ndarray, i: int) -> int:
+    return int(rows[i]) if isinstance(rows, np.ndarray) else rows + i
+
+
+def _named(frame: pl.DataFrame, path: Path) -> tuple[str, str | None, list[str]]:
+    """The timestamp column, the source column (or None) and the value columns of a frame."""
+    if frame.height == 0 or frame.width == 0:
+        raise FileRejected(path, "no_rows")
+    cols = {c.lower().strip(): c for c in frame.columns}
+    ts_col = next((cols[n] for n in TIMESTAMP_NAMES if n in cols), None)
+    if ts_col is None:
+        raise FileRejected(path, "no_timestamp", columns=list(frame.columns), names=list(TIMESTAMP_NAMES))
+    src_col = cols.get("source")
+    value_cols = [c for c in frame.columns if c not in (ts_col, src_col)]
+    if not value_cols:
+        raise FileRejected(path, "no_values", column=ts_col)
+    return ts_col, src_col, value_cols
+
+
+def check_columns(columns: Columns, path: Path, source_override: str | None) -> Checked:
+    """Every rule over every row of `columns`; the source is `source_override`, else the file's source column,
+    else the file's name. Raises FileRejected when the columns themselves are unusable (no rows, no timestamp
+    column, no value column)."""
+    frame, rows = columns.frame, columns.rows
+    ts_col, src_col, value_cols = _named(frame, path)
+    n = frame.height
+    notes: list[str] = []
+    timestamps = parse_timestamps(frame[ts_col])
+    values = {c: parse_numbers(frame[c]) for c in value_cols}
+    sources: pl.Series | None = None
+    single = None  # the one source of every row, when known without looking at the rows
+    if source_override:
+        single = source_override
+        if src_col is not None:
+            notes.append(OVERRIDE_NOTE.format(source=source_override))
+    elif src_col is not None:
+        sources = _as_text(frame[src_col]).str.strip_chars().fill_null("")
+        names = sources.unique().to_list()
+        if len(names) == 1:
+            single, sources = names[0], None
+    else:
+        single = path.stem
+    if single is not None:
+        names = [single]
+    valid = valid_source_names(names)
+    all_good = (len(valid) == len(names) and not timestamps.null_count()
+                and all(not v.null_count() and v.is_finite().all() for v in values.values()))
+    out = {"timestamp": timestamps, **{c.strip(): v for c, v in values.items()}}
+    if all_good and single is not None and (timestamps.cast(pl.Int64).diff().drop_nulls() > 0).all():
+        # the common case, one source in strict time order, is done: the source a constant (not a million
+        # strings), the row numbers a range
+        clean = pl.DataFrame(out).select(pl.lit(single, dtype=pl.String).alias("source"), pl.all(),
+                                         _row_numbers(rows, n))
+        return Checked(clean, [], notes)
+    if sources is None:
+        sources = pl.repeat(single, n, dtype=pl.String, eager=True)
+    bad: list[BadRow] = []
+    bad_mask = np.zeros(n, dtype=bool)
+    if not all_good:
+        bad_mask = _bad_rows(frame, rows, ts_col, src_col, timestamps, values, sources, valid, bad)
+    # every column by its stripped name, in the file's order (a later column of the same name wins)
+    table = pl.DataFrame({"source": sources, **out, "_row": _row_numbers(rows, n)})
+    clean, repeats, in_order = _sorted_without_repeats(table, bad_mask)
+    for i, first in repeats.iter_rows():
+        shown = _shown(frame[ts_col], i)
+        bad.append(BadRow(_row_of(rows, i), ts_col, "duplicate", shown, duplicate_of=first))
+    if not in_order:
+        notes.append(SORTED_NOTE)
+    bad.sort(key=lambda b: b.row)
+    return Checked(clean, bad, notes)
+
+
+def _bad_rows(frame, rows, ts_col, src_col, timestamps, values, sources, valid, bad) -> np.ndarray:
+    """The rows a rule refuses, as a mask; each named (up to ROWS_NAMED per rule and column) in `bad`."""
+    def name(mask: np.ndarray, column: str, kind_of, shown_in: pl.Series) -> None:
+        for i in np.flatnonzero(mask)[:ROWS_NAMED]:
+            shown = _shown(shown_in, int(i))
+            kind: RowProblem = kind_of(shown) if callable(kind_of) else kind_of
+            bad.append(BadRow(_row_of(rows, int(i)), column, kind, shown))
+
+    mask = timestamps.is_null().to_numpy()
+    name(mask, ts_col, "timestamp", frame[ts_col])
+    for c, v in values.items():
+        nonnum = v.is_null().to_numpy()
+        nonfinite = ~nonnum & ~v.fill_null(0.0).is_finite().to_numpy()
+        name(nonnum, c, lambda shown: "missing" if shown.strip() == "" else "not_a_number", frame[c])
+        name(nonfinite, c, "not_finite", frame[c])
+        mask |= nonnum | nonfinite
+    invalid = ~sources.is_in(pl.Series(sorted(valid), dtype=pl.String)).to_numpy()
+    name(invalid, src_col or "source", "source", sources)
+    return mask | invalid
+
+
+def _sorted_without_repeats(table: pl.DataFrame, bad_mask: np.ndarray
+                            ) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
+    """The rows no other rule refused, sorted by (source, timestamp), less each row that repeats an earlier
+    row's (source, timestamp); the repeats as (index in the file, row number of the first), in file order, at
+    most ROWS_NAMED; and whether each source's rows were in time order in the file."""
+    keyed = table.with_row_index("_i")
+    if bad_mask.any():
+        keyed = keyed.filter(pl.Series(~bad_mask))
+    # stable: the rows of one (source, timestamp) stay in file order, the first one first
+    keyed = keyed.sort(["source", "timestamp"], maintain_order=True)
+    same_source = pl.col("source") == pl.col("source").shift(1)
+    repeat = same_source & (pl.col("timestamp") == pl.col("timestamp").shift(1))
+    keyed = keyed.with_columns(repeat.fill_null(False).alias("_repeat"))
+    repeats = pl.DataFrame(schema={"_i": pl.Int64, "_first": pl.Int64})
+    if keyed["_repeat"].any():
+        first = pl.when(~pl.col("_repeat")).then(pl.col("_row")).fill_null(strategy="forward")
+        repeats = keyed.select(pl.col("_i").cast(pl.Int64), first.alias("_first"), "_repeat")
+        repeats = repeats.filter("_repeat")
+        repeats = repeats.drop("_repeat").sort("_i").head(ROWS_NAMED)
+        keyed = keyed.filter(~pl.col("_repeat"))
+    # in time order in the file <=> the sort kept each source's rows in file order
+    in_file_order = ~same_source | (pl.col("_i") > pl.col("_i").shift(1))
+    in_order = keyed.select(in_file_order.fill_null(True).all()).item()
+    return keyed.drop("_i", "_repeat"), repeats, in_order
+
+
+def check_file(path: Path, data: bytes, source_override: str | None, rename: dict[str, str] | None = None
+               ) -> Checked:
+    """Read and check a file. The fast reader first; when it declines, or refuses a column or a row, the
+    general reader reads the file again and its verdict stands (its row numbers and values are those the
+    user wrote, blank lines and padding included; the fast reader's verdict on a good file is the same,
+    tests/test_ingest.py checks it). Raises FileRejected for a file that cannot be read or whose columns
+    are unusable."""
+    columns = read_fast(path, data)
+    if columns is not None:
+        try:
+            columns.frame = columns.frame.rename(renamed_columns(path, columns.frame.columns, rename))
+            if distinct_names(columns.frame.columns):
+                checked = check_columns(columns, path, source_override)
+                if not checked.bad:
+                    return checked
+        except FileRejected:
+            pass  # the general reader says it again
+    columns = read_user_file(path, data)
+    columns.frame = columns.frame.rename(renamed_columns(path, columns.frame.columns, rename))
+    return check_columns(columns, path, source_override)
+
