@@ -306,8 +306,10 @@ def cmd_serve(args) -> int:
     """The prediction server: every trained source's model in memory, under uvicorn."""
     import uvicorn
 
-    from nq_dagster.serve.app import Settings, configure_logging, create_server
     from nq_dagster.serve.engine import Ownership
+    from nq_dagster.serve.http.app import create_server
+    from nq_dagster.serve.logs import configure_logging
+    from nq_dagster.serve.server_settings import ServerSettings as Settings  # serve's own
 
     wh = _setup_env(args.home)
     replicas = args.replicas or int(os.environ.get("NQ_SERVE_REPLICAS", "1"))
