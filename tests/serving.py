@@ -65,7 +65,7 @@ class ThreadServer:
     def __init__(self, home: Path, port: int | None = None, **kw):
         import uvicorn
 
-        from nq_dagster.serve.app import create_server
+        from nq_dagster.serve.http.app import create_server
 
         self.server = create_server(str(home), flush_interval_s=0.2, watch_interval_s=0.2, **kw)
         self.port = port or free_port()

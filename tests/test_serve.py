@@ -483,7 +483,8 @@ def test_a_slow_subscriber_is_closed_and_the_others_keep_up():
     socket with 1013); the others get every prediction."""
     import asyncio
 
-    from nq_dagster.serve.app import Hub, Metrics
+    from nq_dagster.serve.http.hub import Hub
+    from nq_dagster.serve.http.telemetry import Metrics
 
     async def run():
         m = Metrics()

@@ -15,9 +15,10 @@ def cmd_serve(args, settings: Settings) -> int:
     """The prediction server: every trained source's model in memory, under uvicorn."""
     import uvicorn
 
-    from nq_dagster.serve.app import Settings as ServerSettings
-    from nq_dagster.serve.app import configure_logging, create_server
     from nq_dagster.serve.engine import Ownership
+    from nq_dagster.serve.http.app import create_server
+    from nq_dagster.serve.logs import configure_logging
+    from nq_dagster.serve.server_settings import ServerSettings
 
     wh = prepare_home(settings)
     replicas = args.replicas or settings.serve_replicas
@@ -34,7 +35,7 @@ def cmd_serve(args, settings: Settings) -> int:
     torch.set_num_threads(settings.serve_torch_threads)
     address = f"http://{args.host}:{args.port}"
     processes = args.processes or settings.serve_processes
-    server = create_server(str(wh.home), own, ServerSettings.load(wh), fsync=args.fsync, address=address,
+    server = create_server(settings.with_home(wh.home), own, ServerSettings.load(wh), fsync=args.fsync, address=address,
                            flush_interval_s=args.flush_interval, processes=processes)
     keys = server.keys.list()
     print(f"nq serve: {address} (replica {own.replica} of {own.replicas}); data {wh.home}; sources: "

@@ -8,7 +8,6 @@ a source's rows back as the pipeline's series.
 from nq_dagster.ingest.errors import BadRow, FileRejected
 from nq_dagster.ingest.ingestor import INGEST_LOG_DDL, FileResult, Ingestor, content_hash
 from nq_dagster.ingest.landing import landing_files
-from nq_dagster.ingest.legacy import validate_frame
 from nq_dagster.ingest.read import SUFFIXES
 from nq_dagster.ingest.series import build_series, primary_column, rows_after
 from nq_dagster.ingest.ticks import Tick, TickCheck, check_ticks, fast_validate_ticks
@@ -29,5 +28,4 @@ __all__ = [
     "landing_files",
     "primary_column",
     "rows_after",
-    "validate_frame",
 ]

@@ -1,8 +1,8 @@
 """API keys: stored hashed, with a role, a rate limit and a concurrency cap; a token bucket per key.
 
-A key looks like `nq_<id>_<secret>`. Only HMAC-SHA256(server secret, key) is stored (in `serve/keys.json`, written
-atomically, so every replica sharing the data directory sees the same keys); the server secret lives in
-`serve/secret` (mode 0600, created on first use). Lookup is by the id, comparison in constant time
+A key looks like `nq_<id>_<secret>`. Only HMAC-SHA256(server secret, key) is stored (in `serve/keys.json`,
+written atomically, so every replica sharing the data directory sees the same keys); the server secret lives
+in `serve/secret` (mode 0600, created on first use). Lookup is by the id, comparison in constant time
 (`hmac.compare_digest`). The key itself is printed once, at creation, and never logged.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from nq_dagster.store import atomic_write_bytes
 
 ROLES = ("viewer", "developer", "admin")  # each role may do everything the ones before it may
+SECONDS_PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 
 
 def role_allows(role: str, needed: str) -> bool:
@@ -32,7 +33,7 @@ def parse_rate(text: str) -> float:
     """'600/min', '10/s', '36000/h' -> requests per second."""
     try:
         n, _, unit = text.partition("/")
-        per = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}[unit or "min"]
+        per = SECONDS_PER[unit or "min"]
         value = float(n) / per
     except (KeyError, ValueError):
         raise ValueError(f"rate {text!r}: write it as N/s, N/min or N/h, e.g. 600/min") from None
@@ -64,8 +65,8 @@ RELOAD_S = 1.0  # a key revoked by another process is refused within this many s
 
 
 class KeyStore:
-    """Keys of one data directory; re-read when the file changes (a key created or revoked by `nq keys` takes effect
-    at the next request, without a restart)."""
+    """Keys of one data directory; re-read when the file changes (a key created or revoked by `nq keys` takes
+    effect at the next request, without a restart)."""
 
     def __init__(self, home: str | Path):
         self.dir = Path(home) / "serve"
@@ -125,8 +126,9 @@ class KeyStore:
             raise ValueError("burst and max_concurrent must be at least 1")
         kid = secrets.token_hex(6)
         key = f"nq_{kid}_{secrets.token_urlsafe(24)}"
-        rec = KeyRecord(id=kid, role=role, hash=self._digest(key), rate_per_s=parse_rate(rate), burst=int(burst),
-                        max_concurrent=int(max_concurrent), name=name, created_at=datetime.now(UTC).isoformat())
+        rec = KeyRecord(id=kid, role=role, hash=self._digest(key), rate_per_s=parse_rate(rate),
+                        burst=int(burst), max_concurrent=int(max_concurrent), name=name,
+                        created_at=datetime.now(UTC).isoformat())
         keys = dict(self._load(fresh=True))  # read-modify-write: never from the cache
         keys[kid] = rec
         self._save(keys)
@@ -156,7 +158,8 @@ class KeyStore:
 
 
 class TokenBucket:
-    """`rate` tokens per second up to `burst`; `take` returns 0 when allowed, else the seconds until it would be."""
+    """`rate` tokens per second up to `burst`; `take` returns 0 when allowed, else the seconds until it would
+    be."""
 
     def __init__(self, rate: float, burst: int):
         self.rate, self.burst = rate, float(burst)

@@ -1,0 +1,82 @@
+"""Starting again from the log: at a start after a crash, and when a prediction process dies.
+
+Recovery. Segments a dead process left hold acknowledged ticks the tables may not: each source's state is
+advanced over its ticks after the state's last one, the records go back into memory, and the segment is
+flushed as the flusher would have flushed it.
+
+Shard restart. With `--processes` > 1 a prediction process may die (OOM, kill -9). The call that found it dead
+(`ShardGone`) starts it again, loads its sources from their saved states (live_state, else training's), moves
+them on over the ticks the log holds after them, and is made once more: the batch waits instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from nq_dagster.fusion.shards import ShardGone
+from nq_dagster.serve.engine.records import RecordCache
+from nq_dagster.serve.engine.ticklog import TickLog, read_segment
+from nq_dagster.serve.engine.watcher import Models
+
+log = logging.getLogger("nq.serve")
+T = TypeVar("T")
+
+
+class ShardRestarts:
+    """Every predictor call of the worker goes through `predict`."""
+
+    def __init__(self, predictor, models: Models, ticklog: TickLog):
+        self.predictor, self.models, self.ticklog = predictor, models, ticklog
+
+    def predict(self, call: Callable[[], T]) -> T:
+        """call() on the predictor; a prediction process that died is started again and the call made
+        again."""
+        try:
+            return call()
+        except ShardGone as exc:
+            self.restart(exc.shard)
+            return call()
+
+    def restart(self, k: int) -> None:
+        """Prediction process k again, its sources as at a start after a crash. The log is read first: a
+        segment the flusher stores and deletes meanwhile has its states saved before it goes."""
+        logged = self.ticklog.ticks()
+        lost = self.predictor.restart(k)
+        for s in lost:
+            self.models.load(s)
+        replayed = {}
+        for s in lost:
+            if s not in self.predictor.sources():
+                continue  # its model failed to load: status says so
+            last = self.predictor.last_ts(s)
+            ticks = dict(sorted((t.ts_ns, t.value) for t in logged if t.source == s and t.ts_ns > last))
+            if ticks:
+                self.predictor.advance(s, list(ticks.values()), np.array(list(ticks), dtype=np.int64))
+            replayed[s] = len(ticks)
+        log.error(json.dumps({"event": "prediction_process_restarted", "process": k, "sources": lost,
+                              "ticks_replayed": replayed}))
+
+
+def recover(predictor, ticklog: TickLog, cache: RecordCache,
+            flush_segment: Callable[[Path, dict], None]) -> None:
+    """Segments a dead process left: advance the states over their ticks, then flush them (before the engine
+    opens a segment of its own)."""
+    for path in ticklog.segments():
+        ticks = read_segment(path)
+        touched = set()
+        for t in ticks:
+            if t.source in predictor.sources() and t.ts_ns > predictor.last_ts(t.source):
+                predictor.advance(t.source, [t.value], np.array([t.ts_ns], dtype=np.int64))
+                touched.add(t.source)
+            cache.of(t.source)[t.ts_ns] = t.record
+        loaded = set(predictor.sources())
+        states = predictor.serving_states(sorted({t.source for t in ticks} & loaded))
+        flush_segment(path, states)
+        log.info(json.dumps({"event": "wal_recovered", "segment": path.name, "ticks": len(ticks),
+                             "states_advanced": sorted(touched)}))

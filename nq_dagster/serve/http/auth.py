@@ -1,0 +1,74 @@
+"""Who may call what: the bearer key checked against the key store, the role the route needs (viewer <
+developer < admin), each key's rate limit (a token bucket) and its cap on requests in flight.
+
+`guarded(access, role, handler)` is the dependency a route declares: it makes the endpoint that authenticates,
+admits and counts the request, then calls `handler(request, key)`; refusals are `ApiError`s (401, 403, 429).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Awaitable, Callable, Mapping
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from nq_dagster.serve.http.errors import ApiError
+from nq_dagster.serve.keys import KeyRecord, KeyStore, TokenBucket, role_allows
+
+Handler = Callable[[Request, KeyRecord], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Access:
+    """The key store, and per key its token bucket and its requests in flight (this process's)."""
+
+    def __init__(self, keys: KeyStore):
+        self.keys = keys
+        self.buckets: dict[str, TokenBucket] = {}
+        self.inflight: collections.Counter[str] = collections.Counter()
+
+    def authenticate(self, headers: Mapping[str, str], role: str, scope_state: dict) -> KeyRecord:
+        """The caller's key record; its id goes into the request's state (the access log names it)."""
+        auth = headers.get("authorization", "")
+        if not auth.lower().startswith("bearer ") or not auth[7:].strip():
+            raise ApiError(401, "missing API key: send `Authorization: Bearer <key>` (create one with "
+                                "`nq keys create`)", headers={"WWW-Authenticate": "Bearer"})
+        rec = self.keys.verify(auth[7:].strip())
+        if rec is None:
+            raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        scope_state["key_id"] = rec.id
+        if not role_allows(rec.role, role):
+            raise ApiError(403, f"this key's role {rec.role!r} may not do this: it needs {role!r} or above")
+        return rec
+
+    def admit(self, rec: KeyRecord) -> None:
+        """Within the key's rate and its cap on requests in flight, else 429 with Retry-After."""
+        bucket = self.buckets.get(rec.id)
+        if bucket is None or bucket.rate != rec.rate_per_s or bucket.burst != rec.burst:
+            bucket = self.buckets[rec.id] = TokenBucket(rec.rate_per_s, rec.burst)
+        wait = bucket.take()
+        if wait > 0:
+            raise ApiError(429, f"rate limit of {rec.rate_per_s * 60:g}/min (burst {rec.burst}) reached; "
+                                f"retry in {wait:.2f} s",
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        if self.inflight[rec.id] >= rec.max_concurrent:
+            raise ApiError(429, f"{rec.max_concurrent} requests of this key are in flight already; wait for "
+                                "one", headers={"Retry-After": "1"})
+
+
+def guarded(access: Access, role: str, handler: Handler) -> Endpoint:
+    """The endpoint of a route that needs `role`: authenticated, admitted, counted in flight while it runs."""
+
+    async def endpoint(request: Request) -> Response:
+        key = access.authenticate(request.headers, role, request.scope["state"])
+        access.admit(key)
+        access.inflight[key.id] += 1
+        try:
+            return await handler(request, key)
+        finally:
+            access.inflight[key.id] -= 1
+
+    endpoint.__name__ = getattr(handler, "__name__", "endpoint")
+    return endpoint

@@ -1,0 +1,59 @@
+"""The WebSocket hub: subscribers and what each asked for; `publish` runs on the event loop. A subscriber that
+falls `limit` messages behind is closed (code 1013, by its sender), so one slow client never slows the
+others."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from dataclasses import dataclass
+
+from nq_dagster.serve.http.telemetry import Metrics
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    queue: asyncio.Queue  # messages to send; None: too slow, close the socket
+    sources: set[str]
+    min_confidence: float
+    directions: set[str]  # empty: every direction
+
+    def wants(self, rec: dict) -> bool:
+        return (rec["source"] in self.sources and rec["confidence"] >= self.min_confidence
+                and (not self.directions or rec["direction"] in self.directions))
+
+
+class Hub:
+    def __init__(self, metrics: Metrics, limit: int):
+        self.subs: dict[int, Subscriber] = {}
+        self.metrics, self.limit = metrics, limit
+        self._ids = itertools.count()
+
+    def add(self, sources: set, min_conf: float, directions: set) -> tuple[int, asyncio.Queue]:
+        q: asyncio.Queue = asyncio.Queue(maxsize=self.limit)
+        sid = next(self._ids)
+        self.subs[sid] = Subscriber(q, sources, min_conf, directions)
+        self.metrics.ws_clients.set(len(self.subs))
+        return sid, q
+
+    def remove(self, sid: int) -> None:
+        self.subs.pop(sid, None)
+        self.metrics.ws_clients.set(len(self.subs))
+
+    def publish(self, records: list[dict], outcomes: list[dict] = ()) -> None:
+        for sid, sub in list(self.subs.items()):
+            items = [{"type": "prediction", "prediction": rec} for rec in records if sub.wants(rec)]
+            items += [{"type": "outcome", "outcome": o} for o in outcomes if o["source"] in sub.sources]
+            for item in items:
+                try:
+                    sub.queue.put_nowait(item)
+                except asyncio.QueueFull:
+                    self.subs.pop(sid, None)
+                    self.metrics.ws_dropped.inc()
+                    self.metrics.ws_clients.set(len(self.subs))
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        while True:
+                            sub.queue.get_nowait()
+                    sub.queue.put_nowait(None)  # the sender closes the socket
+                    break

@@ -1,0 +1,63 @@
+"""The server's figures (viewer): `GET /api/v1/metrics`, the original's metrics document with every figure
+computed (latency percentiles, rates, validation and live accuracy, the models); `GET /metrics`, the
+Prometheus exposition."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from nq_dagster.serve.http.auth import guarded
+from nq_dagster.serve.http.state import ServerState
+from nq_dagster.serve.keys import KeyRecord
+from nq_dagster.serve.logs import iso
+
+NOTES = {"latency": "tick received to record ready, exact percentiles over the last 10,000 predictions",
+         "success_rate": "share of admitted processing requests (past key, role, rate and size checks) "
+                         "answered 2xx over the last 5 minutes; 4xx for bad ticks count as failures",
+         "validation": "from each source's latest validation report (realized outcomes)",
+         "live": "served predictions whose outcome later ticks realized (last 500 per source)"}
+
+
+async def metrics_json(state: ServerState, request: Request, key: KeyRecord) -> Response:
+    f = state.metrics.figures()
+    validation = await asyncio.to_thread(state.figures.validation)
+    eng = state.engine
+    ms = f["processing_time_ms"]
+    return JSONResponse({
+        "timestamp": iso(time.time()), "uptime_seconds": round(time.time() - eng.started_at, 3),
+        "total_predictions": f["predictions_total"], "predictions_per_second": f["predictions_per_second_1m"],
+        "average_processing_time_ms": ms["average"], "p50_latency_ms": ms["p50"], "p95_latency_ms": ms["p95"],
+        "p99_latency_ms": ms["p99"], "latency_window": ms["over_last"], "success_rate": f["success_rate_5m"],
+        "active_connections": len(state.hub.subs), "validation": validation, "live": state.figures.live(),
+        "models": {s: {k: v for k, v in info.items() if k not in ("quantum", "reliability")}
+                   for s, info in eng.model_info().items()},
+        "notes": NOTES,
+    })
+
+
+async def prometheus(state: ServerState, request: Request, key: KeyRecord) -> Response:
+    m = state.metrics
+    m.queue_depth.set(state.engine.queue_depth())
+    m.model_info.clear()
+    for s, info in state.engine.model_info().items():
+        m.model_info.labels(s, info["model_version"], info["config_version"]).set(1)
+    for s, v in (await asyncio.to_thread(state.figures.validation)).items():
+        m.validation_accuracy.labels(s).set(v["accuracy"])
+        m.validation_score.labels(s).set(v["score"])
+    for s, v in state.figures.live().items():
+        if v["accuracy"] is not None:
+            m.live_accuracy.labels(s).set(v["accuracy"])
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def routes(state: ServerState) -> list[BaseRoute]:
+    viewer = partial(guarded, state.access, "viewer")
+    return [Route("/api/v1/metrics", viewer(partial(metrics_json, state)), methods=["GET"]),
+            Route("/metrics", viewer(partial(prometheus, state)), methods=["GET"])]

@@ -1,0 +1,85 @@
+"""`POST /api/v1/process/realtime` (developer): one tick, or several, of one source -> its prediction(s).
+
+A source another replica owns is forwarded to it (`X-NQ-Replica` names the replica that answered), or refused
+with 421 and its owner when no peers are configured. The common answer, one new tick with every result, is the
+record's JSON as the engine encoded it for the log, with `duplicate` appended: no second encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from functools import partial
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from nq_dagster.serve.engine import Answer, NoModel, NotOwner, Rejected
+from nq_dagster.serve.http.auth import guarded
+from nq_dagster.serve.http.bodies import RealtimeBody, parse
+from nq_dagster.serve.http.errors import ApiError
+from nq_dagster.serve.http.state import ServerState
+from nq_dagster.serve.keys import KeyRecord
+
+REALTIME = "/api/v1/process/realtime"
+
+
+async def run_ticks(state: ServerState, rows: list[tuple], label: str, priority: str,
+                    received: float | None) -> list[Answer]:
+    """The engine's answers to ticks [(source, timestamp, value)]; its refusals as API errors."""
+    try:
+        return await asyncio.wrap_future(state.engine.submit(rows, label, priority, received=received))
+    except Rejected as exc:
+        raise ApiError(422, exc.messages[0], field=exc.field, details=exc.messages) from None
+    except NoModel as exc:
+        raise ApiError(409, str(exc), field="source") from None
+    except NotOwner as exc:
+        raise ApiError(421, str(exc), field="source") from None
+
+
+async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Response:
+    raw = await request.body()
+    body: RealtimeBody = parse(RealtimeBody, raw, max_values=state.settings.max_values)
+    if not state.engine.own.owns(body.source):
+        return await forward(state, request, body.source, raw)
+    answers = await run_ticks(state, body.ticks(), f"POST {REALTIME}", body.config.priority,
+                              request.scope["state"]["received"])
+    omitted = body.omitted()
+    if len(answers) == 1 and answers[0].text is not None and not omitted:  # the common case
+        a = answers[0]
+        return Response(f'{a.text[:-1]}, "duplicate": {json.dumps(a.duplicate)}}}',
+                        media_type="application/json")
+    out = [{**{k: v for k, v in a.record.items() if k not in omitted}, "duplicate": a.duplicate}
+           for a in answers]
+    if omitted:
+        for r in out:
+            r["omitted"] = omitted  # left out of the answer; the served model is the trained fused model
+    return JSONResponse(out[0] if len(out) == 1 else {"source": body.source, "predictions": out})
+
+
+async def forward(state: ServerState, request: Request, source: str, raw: bytes) -> Response:
+    """A source another replica owns: pass the request to it, or say who owns it (421)."""
+    own = state.engine.own
+    owner = own.owner(source)
+    if not own.peers:
+        raise ApiError(421, f"source {source!r} is served by replica {owner} of {own.replicas}; send it "
+                            "there", field="source", headers={"X-NQ-Owner": str(owner)})
+    if request.headers.get("x-nq-forwarded"):
+        raise ApiError(421, f"source {source!r}: forwarded to a replica that does not own it (replica count "
+                            "differs between replicas?)", field="source")
+    hdr = {"authorization": request.headers.get("authorization", ""), "content-type": "application/json",
+           "x-request-id": request.scope["state"]["request_id"], "x-nq-forwarded": "1"}
+    try:
+        r = await state.peer_client().post(f"{own.peers[owner].rstrip('/')}{request.url.path}", content=raw,
+                                           headers=hdr)
+    except httpx.HTTPError as exc:
+        raise ApiError(503, f"the owner of {source!r} (replica {owner}, {own.peers[owner]}) is unreachable: "
+                            f"{exc}", headers={"Retry-After": "1"}) from None
+    return Response(r.content, status_code=r.status_code, media_type="application/json",
+                    headers={"X-NQ-Replica": str(owner)})
+
+
+def routes(state: ServerState) -> list[BaseRoute]:
+    return [Route(REALTIME, guarded(state.access, "developer", partial(realtime, state)), methods=["POST"])]

@@ -1,0 +1,49 @@
+"""What the routes share: one `ServerState` per app, built by the app factory and passed to every route
+module. The event loop is set when the app starts (the engine's worker thread hands it the WebSocket pushes);
+the HTTP client for forwarding to the owning replica is made on first use."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import httpx
+
+from nq_dagster.serve.engine import Engine
+from nq_dagster.serve.http.auth import Access
+from nq_dagster.serve.http.batchjobs import Jobs
+from nq_dagster.serve.http.figures import Figures
+from nq_dagster.serve.http.hub import Hub
+from nq_dagster.serve.http.telemetry import Metrics
+from nq_dagster.serve.keys import KeyStore
+from nq_dagster.serve.server_settings import ServerSettings
+from nq_dagster.store import Warehouse
+from nq_dagster.store.config_store import ConfigStore
+
+
+@dataclass
+class ServerState:
+    wh: Warehouse
+    engine: Engine
+    settings: ServerSettings
+    keys: KeyStore
+    access: Access
+    configs: ConfigStore
+    metrics: Metrics
+    hub: Hub
+    jobs: Jobs
+    figures: Figures
+    loop: asyncio.AbstractEventLoop | None = None
+    peers: httpx.AsyncClient | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, wh: Warehouse, engine: Engine, settings: ServerSettings) -> ServerState:
+        keys, metrics = KeyStore(wh.home), Metrics()
+        return cls(wh=wh, engine=engine, settings=settings, keys=keys, access=Access(keys),
+                   configs=ConfigStore(wh.home), metrics=metrics, hub=Hub(metrics, settings.ws_queue),
+                   jobs=Jobs(settings.jobs_kept), figures=Figures(wh, engine))
+
+    def peer_client(self) -> httpx.AsyncClient:
+        if self.peers is None:
+            self.peers = httpx.AsyncClient(timeout=10.0)
+        return self.peers
