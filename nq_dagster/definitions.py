@@ -26,7 +26,7 @@ from nq_dagster.jobs import (
     streaming as streaming_job,
 )
 from nq_dagster.resources import ComputeResource, WarehouseResource
-from nq_dagster.resources.io_manager import WarehouseIOManager
+from nq_dagster.resources.io_manager import warehouse_io_manager
 from nq_dagster.sensors import landing_sensor, run_failure_recorder
 from nq_dagster.settings import Settings
 
@@ -52,7 +52,7 @@ def build_resources(settings: Settings) -> dict:
     return {
         "warehouse": warehouse,
         "compute": ComputeResource(device=settings.device),
-        "io_manager": WarehouseIOManager(warehouse=warehouse),
+        "io_manager": warehouse_io_manager,
     }
 
 

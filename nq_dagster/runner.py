@@ -68,21 +68,25 @@ def open_instance(wh: Warehouse) -> DagsterInstance:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def run_config_for(wh: Warehouse) -> dict:
-    """Quiet console logs, and the warehouse resource pointed at this data directory (the run records it, so
-    the UI shows which directory a CLI run used)."""
+def run_config_for(wh: Warehouse, settings: Settings | None = None) -> dict:
+    """Quiet console logs, and the warehouse resource pointed at this data directory and the backend of
+    `settings` (the command's; by default the environment's): the run records them, so the UI shows where a CLI
+    run read and wrote, and a code location loaded earlier with other settings cannot redirect the run."""
+    s = settings or Settings.from_env()
     return {"loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            "resources": {"warehouse": {"config": {"home": str(wh.home)}}}}
+            "resources": {"warehouse": {"config": {"home": str(wh.home), "s3_bucket": s.s3_bucket,
+                                                   "s3_prefix": s.s3_prefix, "s3_endpoint": s.s3_endpoint}}}}
 
 
-def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print) -> dict[str, bool]:
+def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print,
+                 settings: Settings | None = None) -> dict[str, bool]:
     """Materialize the per-source graph for `sources` (default: every source with data or landing files),
     then the cross-source assets, in this process against the instance of `wh`'s data directory. Returns
     success per run."""
     if sources is None:
         sources = sorted(set(wh.sources("raw_ticks")) | set(landing_files(wh)))
     instance = open_instance(wh)
-    run_config = run_config_for(wh)
+    run_config = run_config_for(wh, settings)
     known = set(instance.get_dynamic_partitions("source"))
     new = [s for s in sources if s not in known]
     if new:

@@ -75,14 +75,15 @@ def test_the_backend_is_the_warehouse_resource_chosen_in_definitions(tmp_path, m
     """definitions.py picks the storage backend as the `warehouse` resource's configuration (shown with it in the
     UI): a bucket when NQ_S3_BUCKET names one, else local files."""
     from nq_dagster.definitions import build_resources
+    from nq_dagster.settings import Settings
 
     monkeypatch.delenv("NQ_S3_BUCKET", raising=False)
-    local = build_resources()["warehouse"]
+    local = build_resources(Settings.from_env())["warehouse"]
     assert local.s3_bucket == "" and local.warehouse().store.local
     monkeypatch.setenv("NQ_S3_BUCKET", "nq-test")
     monkeypatch.setenv("NQ_S3_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("NQ_HOME", str(tmp_path / "nq"))
-    res = build_resources()["warehouse"]
+    res = build_resources(Settings.from_env())["warehouse"]
     assert (res.s3_bucket, res.s3_prefix, res.s3_endpoint) == ("nq-test", "nq", "http://127.0.0.1:9")
     store = res.warehouse().store
     assert store.bucket == "nq-test" and store.url() == "s3://nq-test/nq at http://127.0.0.1:9"

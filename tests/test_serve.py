@@ -114,7 +114,7 @@ def test_refusals_name_the_problem(home, srv, ticks):
     assert r.status_code == 403 and "developer" in r.json()["error"]["message"]
     dev = auth(k["developer"])
     r = httpx.post(url, json={**ok, "source": "zz"}, headers=dev)
-    assert r.status_code == 409 and "training needs 251" in r.json()["error"]["message"]
+    assert r.status_code == 409 and "training needs 150" in r.json()["error"]["message"]  # config.rows_needed
     r = httpx.post(url, content=b'{"source": "m", "data": [' + b"1," * 600_000 + b"1]}", headers=dev)
     assert r.status_code == 413
     r = httpx.post(url, content=b"{not json", headers=dev)

@@ -38,7 +38,7 @@ def cmd_demo(args, settings: Settings) -> int:
     wh = prepare_home(settings)
     paths = write_demo(wh, sources=args.sources, points=args.points, seed=args.seed)
     print(f"wrote {len(paths)} demo sources into {wh.landing}")
-    ok = run_pipeline(wh, sources=sorted({p.parent.name for p in paths}))
+    ok = run_pipeline(wh, sources=sorted({p.parent.name for p in paths}), settings=settings)
     print()
     _print_frame(summary_table(wh))
     print(f"\nreports: {wh.reports}")
@@ -52,7 +52,7 @@ def cmd_run(args, settings: Settings) -> int:
     from nq_dagster.runner import prepare_home, run_pipeline
 
     wh = prepare_home(settings)
-    ok = run_pipeline(wh, sources=args.source or None)
+    ok = run_pipeline(wh, sources=args.source or None, settings=settings)
     if not ok:
         print("nothing to run: no sources in the warehouse and no files in the landing zone")
         return 1

@@ -3,16 +3,16 @@
 DataFrames become Parquet partitions `warehouse/<asset>/source=<partition>/data.parquet`
 (queryable through DuckDB views); anything else (models, reservoir states) is an
 npz + JSON artifact (nq_dagster/store/artifacts.py: loading it runs no code). Unpartitioned assets use the
-partition name `_all`. Both writes are atomic. Where the data lives is the `WarehouseResource`'s to say: the
-IO
-manager holds it, so assets and their outputs never disagree on the backend.
+partition name `_all`. Both writes are atomic. Where the data lives is the `warehouse` resource's to say: the
+IO manager requires that very resource (by key, so run configuration of `warehouse` reaches both), and assets
+and their outputs never disagree on the data directory or the backend.
 """
 
 
 from typing import Any
 
 import pandas as pd
-from dagster import ConfigurableIOManager, InputContext, OutputContext
+from dagster import InitResourceContext, InputContext, IOManager, OutputContext, io_manager
 
 from nq_dagster.resources.warehouse_resource import WarehouseResource
 from nq_dagster.store import LIVE_PARTS, Warehouse
@@ -20,8 +20,9 @@ from nq_dagster.store import LIVE_PARTS, Warehouse
 ALL = "all-sources"
 
 
-class WarehouseIOManager(ConfigurableIOManager):
-    warehouse: WarehouseResource
+class WarehouseIOManager(IOManager):
+    def __init__(self, warehouse: WarehouseResource):
+        self.warehouse = warehouse
 
     def _wh(self) -> Warehouse:
         # the engines' artifact types, registered only in the steps that read or write them: the code location
@@ -57,3 +58,9 @@ class WarehouseIOManager(ConfigurableIOManager):
         if wh.table_parts(name, source):
             return wh.read_table(name, source)
         return wh.load_artifact(name, source)
+
+
+@io_manager(required_resource_keys={"warehouse"},
+            description="Asset outputs into the warehouse resource's tables (Parquet) and artifacts (npz + JSON).")
+def warehouse_io_manager(context: InitResourceContext) -> WarehouseIOManager:
+    return WarehouseIOManager(context.resources.warehouse)
