@@ -287,7 +287,7 @@ def test_nq_dev_serves_the_code_location_through_dg(wh, tmp_path):
     import urllib.request
     from pathlib import Path
 
-    from nq_dagster.cli import dev_command
+    from nq_dagster.cli.processes import dev_command
 
     cmd, cwd = dev_command(3000, "127.0.0.1")
     assert Path(cmd[0]).name == "dg" and cwd is not None

@@ -526,7 +526,7 @@ def test_the_servers_parts_are_compacted_as_they_accumulate(home, ticks):
     them (raw_ticks into a compacted part, predictions' live parts into one live part), and every tick is still
     stored and predicted once."""
     s = ThreadServer(home)
-    s.server.wh.compact_parts = 3  # the server's warehouse (its engine's too), before the first tick
+    s.server.engine.wh.compact_parts = 3  # the engine's warehouse (the flusher's), before the first tick
     try:
         c = httpx.Client(base_url=s.url, headers=auth(keys(home)["developer"]))
         n = 40
