@@ -53,7 +53,7 @@ def dev_command(port: int, host: str) -> tuple[list[str], Path | None]:
     pyproject.toml names the code location under [tool.dg]); `dagster dev -m nq_dagster.definitions` where the
     package is installed without its checkout or without dg. Both use the interpreter's own environment."""
     bin_dir = Path(sys.executable).parent
-    project = Path(__file__).resolve().parents[1]
+    project = Path(__file__).resolve().parents[2]  # nq_dagster/cli/processes.py -> the checkout
     pyproject = project / "pyproject.toml"
     if (bin_dir / "dg").exists() and pyproject.exists() and "[tool.dg]" in pyproject.read_text():
         return [str(bin_dir / "dg"), "dev", "--port", str(port), "--host", host], project
