@@ -58,7 +58,7 @@ def test_a_copy_of_the_best_baseline_scores_zero(rising):
     ev = evaluate(fusion_with(targets, frames, frames["ar_diffs"].copy()))
     m = ev["metrics"]
     assert m["p_binom"] < 1e-6  # far above the best constant predictor...
-    assert m["score"] == 0 and not m["skill"] and "not significantly better than the best baselines" in m["verdict"]
+    assert m["score"] == 0 and not m["skill"] and "not significantly more accurate than the best baseline" in m["verdict"]
     abl = ev["criteria"].iloc[-1]
     assert not abl["counted"] and "not counted" in abl["figure"]
 
@@ -71,3 +71,38 @@ def test_baselines_beat_the_constant_on_an_ar_process(rising):
     ok = y != -9
     acc = np.mean(f["direction"].to_numpy()[ok] == y[ok])
     assert acc > max(np.mean(y[ok] == c) for c in (-1, 0, 1)) + 0.05
+
+
+def closer_changes(targets, base):
+    """`base`'s rows with a forecast change halfway to the realized one: a far lower squared error."""
+    out = base.copy()
+    truth = targets["change"].to_numpy()[out["row"].to_numpy()]
+    out["pred_change"] = 0.5 * out["pred_change"].to_numpy() + 0.5 * np.nan_to_num(truth)
+    return out
+
+
+def test_lower_squared_error_but_less_accurate_in_direction_is_no_skill(rising):
+    """The record claims a direction: a model of far lower squared error than every baseline but wrong in
+    direction on a tenth of the rows where the best baseline is right has no skill, and the verdict names the
+    baseline it is worse than (the report's own figures)."""
+    _, targets, frames = rising
+    fused = closer_changes(targets, frames["ar_diffs"])
+    y = targets["direction"].to_numpy()[fused["row"].to_numpy()]
+    right = np.flatnonzero(fused["direction"].to_numpy() == y)
+    wrong = np.random.default_rng(0).choice(right, len(fused) // 10, replace=False)
+    flipped = fused["direction"].to_numpy().copy()
+    flipped[wrong] = np.where(y[wrong] == 1, -1, 1)
+    fused["direction"] = flipped
+    m = evaluate(fusion_with(targets, frames, fused))["metrics"]
+    assert m["p_dm_best"] < 1e-6  # far better in squared error...
+    assert not m["skill"] and m["score"] == 0  # ...yet no skill
+    assert m["verdict"].startswith("no skill") and "significantly worse than" in m["verdict"]
+    assert "ar_diffs" in m["significantly_worse_than"]
+
+
+def test_squared_error_alone_is_stated_as_such(rising):
+    """The best baseline's directions with a better change forecast: skill in squared error only, score 0."""
+    _, targets, frames = rising
+    m = evaluate(fusion_with(targets, frames, closer_changes(targets, frames["ar_diffs"])))["metrics"]
+    assert not m["skill"] and m["score"] == 0
+    assert m["verdict"].startswith("skill in squared error only")
