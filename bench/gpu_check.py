@@ -40,8 +40,14 @@ def timed(fn, device: str, repeat: int = 3) -> float:
 def main() -> dict:
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"
-    out: dict = {"cuda": cuda, "device_name": torch.cuda.get_device_name(0) if cuda else "cpu only",
-                 "torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "checks": {}, "speed": {}}
+    out: dict = {
+        "cuda": cuda,
+        "device_name": torch.cuda.get_device_name(0) if cuda else "cpu only",
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "checks": {},
+        "speed": {},
+    }
     print(json.dumps({k: out[k] for k in ("cuda", "device_name", "torch", "cpu_threads")}))
     checks = out["checks"]
 
@@ -82,24 +88,29 @@ def main() -> dict:
             T = 400 if batch <= 64 else 100
             ub = torch.rand(batch, T, 3, generator=g)
             row = {}
-            for d_ in (["cpu", "cuda"] if cuda else ["cpu"]):
+            for d_ in ["cpu", "cuda"] if cuda else ["cpu"]:
                 r = Reservoir(3, size, dtype=torch.float32, device=d_, seed=0)
                 ud = ub.to(d_)
                 t = timed(lambda r=r, ud=ud: r.run(ud), d_)
                 row[d_] = batch * T / t
             speed[f"esn size {size} batch {batch} steps/s"] = row
-            print(f"esn size {size} batch {batch}: " + ", ".join(f"{k} {v:,.0f} steps/s" for k, v in row.items())
-                  + (f", CUDA/CPU {row['cuda'] / row['cpu']:.1f}x" if cuda else ""))
+            print(
+                f"esn size {size} batch {batch}: "
+                + ", ".join(f"{k} {v:,.0f} steps/s" for k, v in row.items())
+                + (f", CUDA/CPU {row['cuda'] / row['cpu']:.1f}x" if cuda else "")
+            )
     xe = torch.rand(64, 400, 3, generator=g)
     for m in ENCODERS:
         row = {}
-        for d_ in (["cpu", "cuda"] if cuda else ["cpu"]):
+        for d_ in ["cpu", "cuda"] if cuda else ["cpu"]:
             xd = xe.to(d_)
             row[d_] = timed(lambda m=m, xd=xd, d_=d_: encode(xd, m, device=d_), d_, repeat=2)
         speed[f"encoder {m} 64x400x25x1000 seconds"] = row
-        print(f"encoder {m} (64 sources x 400 steps x 25 bins x 1000 neurons): "
-              + ", ".join(f"{k} {v:.3f} s" for k, v in row.items())
-              + (f", CUDA/CPU speed-up {row['cpu'] / row['cuda']:.1f}x" if cuda else ""))
+        print(
+            f"encoder {m} (64 sources x 400 steps x 25 bins x 1000 neurons): "
+            + ", ".join(f"{k} {v:.3f} s" for k, v in row.items())
+            + (f", CUDA/CPU speed-up {row['cpu'] / row['cuda']:.1f}x" if cuda else "")
+        )
     if cuda:
         a = torch.randn(8192, 8192, device="cuda")
         t = timed(lambda: a @ a, "cuda")

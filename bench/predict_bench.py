@@ -1,10 +1,11 @@
-"""Prediction latency, throughput and state size of the one prediction path (issue 11), against a named peer in
-the same run: the tail recompute (what streaming did before: the batch graph's vectorised encoder inputs and
-pattern detectors recomputed over the history tail their windows need, for every tick).
+"""Prediction latency, throughput and state size of the one prediction path (issue 11), against a named peer
+in the same run: the tail recompute (what streaming did before: the batch graph's vectorised encoder inputs
+and pattern detectors recomputed over the history tail their windows need, for every tick).
 
-Builds a temporary warehouse with one demo market source (3000 points, default config) through the whole graph,
-then measures, in one process:
-1. one tick per call, in process (`Predictor.advance`: encoder windows, encoder, reservoir step, eight detectors,
+Builds a temporary warehouse with one demo market source (3000 points, default config) through the whole
+graph, then measures, in one process:
+1. one tick per call, in process (`Predictor.advance`: encoder windows, encoder, reservoir step, eight
+detectors,
    fused model, record): p50 / p95 over 500 ticks, and predictions/s; the peer's per-tick feature recompute.
 2. 64 sources x one tick per call, batched (`Predictor.advance_many`): predictions/s. The 64 sources are the
    trained source's model under 64 names (each name has its own encoder seed and reservoir weights). Then the
@@ -48,7 +49,7 @@ def tail_recompute_peer(values: np.ndarray, spikes: np.ndarray, states: np.ndarr
     tail = 22 * cfg.feature_window + 8
     times = []
     for i in range(60):
-        v = values[len(values) - tail - 60 + i: len(values) - 60 + i]
+        v = values[len(values) - tail - 60 + i : len(values) - 60 + i]
         t = time.perf_counter()
         encoder_inputs(v, cfg.feature_window)
         detect_patterns(spikes[-64:], states[-64:], last=1)
@@ -85,8 +86,12 @@ def main() -> None:
         lat.append(time.perf_counter() - t)
     lat_ms = 1000 * np.array(lat[20:])
     feats = wh.read_table("features", "market_A")
-    peer_s = tail_recompute_peer(feats["value"].to_numpy(), unpack_spikes(wh.load_artifact("spike_trains", "market_A")),
-                                 wh.load_artifact("reservoir_states", "market_A")["states"], cfg)
+    peer_s = tail_recompute_peer(
+        feats["value"].to_numpy(),
+        unpack_spikes(wh.load_artifact("spike_trains", "market_A")),
+        wh.load_artifact("reservoir_states", "market_A")["states"],
+        cfg,
+    )
 
     # 2. 64 sources, one tick each per call
     many = Predictor()
@@ -131,33 +136,55 @@ def main() -> None:
     for _ in range(10):
         v = last * (1 + 0.001 * rng.normal())
         t = time.perf_counter()
-        r = subprocess.run([nq, "predict", "--source", "market_A", "--values", f"{v:.6f}", "--compact"], env=env,
-                           check=True, capture_output=True, text=True)
+        r = subprocess.run(
+            [nq, "predict", "--source", "market_A", "--values", f"{v:.6f}", "--compact"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         cli.append(time.perf_counter() - t)
         printed.append(json.loads(r.stdout)["processing_time_ms"])
     cli_ms = 1000 * np.array(cli)
 
     print("\n| measure | ours | peer: tail recompute (previous path) | target |")
     print("|---|---|---|---|")
-    print(f"| one tick in process, p50 / p95 | {np.percentile(lat_ms, 50):.2f} / {np.percentile(lat_ms, 95):.2f} ms "
-          f"| {1000 * peer_s:.2f} ms for the features alone ({1000 * peer_s / np.percentile(lat_ms, 50):.1f}x ours "
-          "end to end) | p95 <= 5 ms |")
-    print(f"| one value per call, one source | {1000 / lat_ms.mean():,.0f} predictions/s | "
-          f"at most {1 / peer_s:,.0f} /s (features alone) | >= 500 /s |")
-    print(f"| 64 sources x one tick per call, batched | {batch_rate:,.0f} predictions/s "
-          f"({1000 * np.median(dur[3:]):.1f} ms per call), one process | | >= 5,000 /s |")
-    print(f"| the same, two processes (`ShardedPredictor(2)`: 32 sources each) | {sharded_rate:,.0f} predictions/s "
-          f"({1000 * np.median(sdur[3:]):.1f} ms per call) | | >= 5,000 /s |")
+    print(
+        f"| one tick in process, p50 / p95 | {np.percentile(lat_ms, 50):.2f} / "
+        f"{np.percentile(lat_ms, 95):.2f} ms "
+        f"| {1000 * peer_s:.2f} ms for the features alone ({1000 * peer_s / np.percentile(lat_ms, 50):.1f}x "
+        "ours "
+        "end to end) | p95 <= 5 ms |"
+    )
+    print(
+        f"| one value per call, one source | {1000 / lat_ms.mean():,.0f} predictions/s | "
+        f"at most {1 / peer_s:,.0f} /s (features alone) | >= 500 /s |"
+    )
+    print(
+        f"| 64 sources x one tick per call, batched | {batch_rate:,.0f} predictions/s "
+        f"({1000 * np.median(dur[3:]):.1f} ms per call), one process | | >= 5,000 /s |"
+    )
+    print(
+        f"| the same, two processes (`ShardedPredictor(2)`: 32 sources each) | {sharded_rate:,.0f} "
+        "predictions/s "
+        f"({1000 * np.median(sdur[3:]):.1f} ms per call) | | >= 5,000 /s |"
+    )
     print(f"| one source's streaming state | {st.nbytes() / 1024:.1f} KiB | | <= 64 KiB |")
-    print(f"| `nq predict --values v`: processing_time_ms printed, median / max | {np.median(printed):.2f} / "
-          f"{np.max(printed):.2f} ms | | < 5 ms |")
-    print(f"| `nq predict --values v` end to end (new process), p50 / p95 | {np.percentile(cli_ms, 50):.0f} / "
-          f"{np.percentile(cli_ms, 95):.0f} ms | | |")
+    print(
+        f"| `nq predict --values v`: processing_time_ms printed, median / max | {np.median(printed):.2f} / "
+        f"{np.max(printed):.2f} ms | | < 5 ms |"
+    )
+    print(
+        f"| `nq predict --values v` end to end (new process), p50 / p95 | {np.percentile(cli_ms, 50):.0f} / "
+        f"{np.percentile(cli_ms, 95):.0f} ms | | |"
+    )
     print(f"\nstate bytes by part: {parts}")
     print(f"loading 64 model versions (reservoirs built from their seeds): {load_s:.1f} s")
-    print(f"config: neuron_count {cfg.neuron_count}, reservoir_size {cfg.reservoir_size}, window_bins "
-          f"{cfg.window_bins}, encoding {cfg.encoding}; CPU threads {os.cpu_count()}, torch threads "
-          f"{__import__('torch').get_num_threads()}")
+    print(
+        f"config: neuron_count {cfg.neuron_count}, reservoir_size {cfg.reservoir_size}, window_bins "
+        f"{cfg.window_bins}, encoding {cfg.encoding}; CPU threads {os.cpu_count()}, torch threads "
+        f"{__import__('torch').get_num_threads()}"
+    )
 
 
 if __name__ == "__main__":

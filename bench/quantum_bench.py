@@ -48,10 +48,15 @@ def fidelity(a: np.ndarray, b: np.ndarray) -> float:
 def evolution(t_final: float = 2.0) -> None:
     import qutip
 
-    print(f"## Real-time evolution to t = {t_final}, Ising chain with g = 1.05, hz = 0.5 (open), random initial state")
-    print("| n | dim | ours (expm_multiply) s | QuTiP sesolve s | QuTiP / ours | 1 - fidelity(ours, QuTiP) "
-          "| 1 - fidelity(ours, dense expm) | 1 - fidelity(QuTiP, dense expm) | norm drift ours "
-          "| QuTiP default tolerances: s, 1 - fidelity(ours, it) |")
+    print(
+        f"## Real-time evolution to t = {t_final}, Ising chain with g = 1.05, hz = 0.5 (open), random "
+        "initial state"
+    )
+    print(
+        "| n | dim | ours (expm_multiply) s | QuTiP sesolve s | QuTiP / ours | 1 - fidelity(ours, QuTiP) "
+        "| 1 - fidelity(ours, dense expm) | 1 - fidelity(QuTiP, dense expm) | norm drift ours "
+        "| QuTiP default tolerances: s, 1 - fidelity(ours, it) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in (10, 12) if QUICK else (10, 12, 14):
         H = ising_chain(n)
@@ -75,16 +80,24 @@ def evolution(t_final: float = 2.0) -> None:
             ref = sla.expm(-1j * t_final * H.toarray()) @ psi0
             exact_ours = f"{1 - fidelity(ours, ref):.1e}"
             exact_q = f"{1 - fidelity(theirs, ref):.1e}"
-        print(f"| {n} | {2**n} | {t_ours:.3f} | {t_q:.3f} | {t_q / t_ours:.1f}x | {1 - fidelity(ours, theirs):.1e} "
-              f"| {exact_ours} | {exact_q} | {abs(np.linalg.norm(ours) - 1):.1e} "
-              f"| {t_loose:.3f}, {1 - fidelity(ours, loose):.1e} |")
-    print("QuTiP run twice: with atol 1e-12, rtol 1e-10 (compared above), and with its default tolerances (last column).")
+        print(
+            f"| {n} | {2**n} | {t_ours:.3f} | {t_q:.3f} | {t_q / t_ours:.1f}x | "
+            f"{1 - fidelity(ours, theirs):.1e} "
+            f"| {exact_ours} | {exact_q} | {abs(np.linalg.norm(ours) - 1):.1e} "
+            f"| {t_loose:.3f}, {1 - fidelity(ours, loose):.1e} |"
+        )
+    print(
+        "QuTiP run twice: with atol 1e-12, rtol 1e-10 (compared above), and with its default tolerances "
+        "(last column)."
+    )
 
 
 def ground_and_qubo() -> None:
     print("\n## Ground state and full QUBO solve time against n")
-    print("| n | TFIM ground state (eigsh) s | error vs free fermions | QUBO exact optimum (enumeration) s "
-          "| full QUBO solve with 50-step annealing s |")
+    print(
+        "| n | TFIM ground state (eigsh) s | error vs free fermions | QUBO exact optimum (enumeration) s "
+        "| full QUBO solve with 50-step annealing s |"
+    )
     print("|---|---|---|---|---|")
     from nq_dagster.quantum.core import tfim_chain, tfim_open_chain_exact_energy
 
@@ -109,8 +122,10 @@ def ground_and_qubo() -> None:
 
 def annealing_success() -> None:
     n, inst = 8, (5 if QUICK else 10)
-    print(f"\n## Annealing success probability against evolution_time (n = {n}, {inst} seeded random QUBOs, "
-          "linear schedule, transverse-field driver, steps = max(50, 10 T))")
+    print(
+        f"\n## Annealing success probability against evolution_time (n = {n}, {inst} seeded random QUBOs, "
+        "linear schedule, transverse-field driver, steps = max(50, 10 T))"
+    )
     print("| evolution_time | mean success | min | max | mean energy above optimum |")
     print("|---|---|---|---|---|")
     Hd = transverse_field(n)
@@ -130,9 +145,14 @@ def annealing_success() -> None:
 
 def sa_gap() -> None:
     inst = 10 if QUICK else 30
-    print(f"\n## Simulated-annealing fallback against the exact optimum ({inst} seeded random QUBOs per n; "
-          "2000 sweeps x 8 restarts)")
-    print("| n | share exactly optimal | mean relative gap | worst relative gap | SA s per instance | enumeration s |")
+    print(
+        f"\n## Simulated-annealing fallback against the exact optimum ({inst} seeded random QUBOs per n; "
+        "2000 sweeps x 8 restarts)"
+    )
+    print(
+        "| n | share exactly optimal | mean relative gap | worst relative gap | SA s per instance | "
+        "enumeration s |"
+    )
     print("|---|---|---|---|---|---|")
     for n in (10, 16, 20):
         hits, gaps, t_sa, t_ex = 0, [], 0.0, 0.0
@@ -147,8 +167,10 @@ def sa_gap() -> None:
             gap = (e_sa - e_opt) / abs(e_opt)
             hits += gap <= 1e-9
             gaps.append(gap)
-        print(f"| {n} | {hits / inst:.2f} | {np.mean(gaps):.1e} | {np.max(gaps):.1e} | {t_sa / inst:.2f} "
-              f"| {t_ex / inst:.3f} |")
+        print(
+            f"| {n} | {hits / inst:.2f} | {np.mean(gaps):.1e} | {np.max(gaps):.1e} | {t_sa / inst:.2f} "
+            f"| {t_ex / inst:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -37,14 +37,20 @@ def load_series() -> dict[str, pd.DataFrame]:
 
     def frame(values, start, freq):
         ts = pd.date_range(start, periods=len(values), freq=freq, tz="UTC")
-        return pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": np.asarray(values, float)})
+        return pd.DataFrame(
+            {"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": np.asarray(values, float)}
+        )
 
     msft = load_msft()
     el = sm.datasets.elnino.load_pandas().data.drop(columns="YEAR").to_numpy().ravel()
     return {
         "taylor": frame(load_taylor(), "2000-06-05", "30min"),  # half-hourly electricity demand
-        "msft": pd.DataFrame({"timestamp": pd.to_datetime(msft["Date"]).dt.strftime("%Y-%m-%dT00:00:00Z"),
-                              "value": msft["Close"].to_numpy(float)}),  # daily close
+        "msft": pd.DataFrame(
+            {
+                "timestamp": pd.to_datetime(msft["Date"]).dt.strftime("%Y-%m-%dT00:00:00Z"),
+                "value": msft["Close"].to_numpy(float),
+            }
+        ),  # daily close
         "wineind": frame(load_wineind(), "1980-01-01", "MS"),  # monthly wine sales
         "heartrate": frame(load_heartrate(), "2000-01-01", "s"),
         "elnino": frame(el, "1950-01-01", "MS"),  # monthly sea surface temperature
@@ -90,25 +96,43 @@ def main() -> int:
         try:
             fusion = wh.load_artifact("fusion_model", name)
         except Exception:  # too short to train: the run said why
-            row["verdict"] = next((ln.strip() for ln in "\n".join(log).splitlines()
-                                   if ln.strip().startswith(f"{name}:") and "rows stored" in ln), "not trained")
+            row["verdict"] = next(
+                (
+                    ln.strip()
+                    for ln in "\n".join(log).splitlines()
+                    if ln.strip().startswith(f"{name}:") and "rows stored" in ln
+                ),
+                "not trained",
+            )
             rows.append(row)
             continue
         ev = evaluate(fusion)
         m, b = ev["metrics"], ev["baselines"].set_index("baseline")
         best = m["best_baseline"]
-        row.update({"predictions": m["predictions"], "fused": m["accuracy"],
-                    **{k: float(b.loc[k, "accuracy"]) if k in b.index else np.nan
-                       for k in ("persistence", "seasonal_naive", "ar_levels", "ar_diffs", "esn")},
-                    "best": best, "p_best_more_accurate": float(b.loc[best, "p_baseline_more_accurate"]),
-                    "p_best_lower_mse": float(b.loc[m["best_mse_baseline"], "p_dm_baseline_lower_mse"]),
-                    "p_fused_more_accurate": float(b.loc[best, "p_model_more_accurate"]),
-                    "ece": m["ece"], "ece_late": m["ece_late"], "score": m["score"],
-                    "verdict": m["verdict"][:90]})
+        row.update(
+            {
+                "predictions": m["predictions"],
+                "fused": m["accuracy"],
+                **{
+                    k: float(b.loc[k, "accuracy"]) if k in b.index else np.nan
+                    for k in ("persistence", "seasonal_naive", "ar_levels", "ar_diffs", "esn")
+                },
+                "best": best,
+                "p_best_more_accurate": float(b.loc[best, "p_baseline_more_accurate"]),
+                "p_best_lower_mse": float(b.loc[m["best_mse_baseline"], "p_dm_baseline_lower_mse"]),
+                "p_fused_more_accurate": float(b.loc[best, "p_model_more_accurate"]),
+                "ece": m["ece"],
+                "ece_late": m["ece_late"],
+                "score": m["score"],
+                "verdict": m["verdict"][:90],
+            }
+        )
         rows.append(row)
     table = pd.DataFrame(rows)
-    md = table.to_markdown(index=False, floatfmt=".3g") if hasattr(table, "to_markdown") else table.to_string()
-    text = (f"`nq run` over {len(series)} series: {run_s:.0f} s wall on this machine.\n\n{md}\n")
+    md = (
+        table.to_markdown(index=False, floatfmt=".3g") if hasattr(table, "to_markdown") else table.to_string()
+    )
+    text = f"`nq run` over {len(series)} series: {run_s:.0f} s wall on this machine.\n\n{md}\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

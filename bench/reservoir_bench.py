@@ -27,8 +27,8 @@ from nq_dagster.neuromorphic.encoders import _blocks, encode
 from nq_dagster.neuromorphic.reservoir import Reservoir, ridge_fit, ridge_predict
 
 QUICK = "--quick" in sys.argv
-# tuned for ours on a different Mackey-Glass trajectory (seed 1; grid over radius, leak, input scaling, ridge),
-# then used unchanged for both libraries on the seed-0 trajectory that is reported
+# tuned for ours on a different Mackey-Glass trajectory (seed 1; grid over radius, leak, input scaling,
+# ridge), then used unchanged for both libraries on the seed-0 trajectory that is reported
 HP = dict(spectral_radius=1.0, leak=0.6, connectivity=0.1, input_scaling=1.0)
 RIDGE = 1e-10
 WASHOUT, TRAIN, TEST, HORIZON, STARTS = 200, 3000, 1000, 84, 50
@@ -54,12 +54,13 @@ def nrmse_ours(size: int, seed: int, x: np.ndarray, sd: float) -> tuple[float, f
     n_fit = WASHOUT + TRAIN
     states, _ = res.run(x[None, :-1, None])
     S = states[0].numpy()
-    w = ridge_fit(S[WASHOUT:n_fit], x[WASHOUT + 1:n_fit + 1], alpha=RIDGE)
-    pred = ridge_predict(S[n_fit:n_fit + TEST], w)[:, 0]
-    one = float(np.sqrt(np.mean((pred - x[n_fit + 1:n_fit + TEST + 1]) ** 2)) / sd)
+    w = ridge_fit(S[WASHOUT:n_fit], x[WASHOUT + 1 : n_fit + 1], alpha=RIDGE)
+    pred = ridge_predict(S[n_fit : n_fit + TEST], w)[:, 0]
+    one = float(np.sqrt(np.mean((pred - x[n_fit + 1 : n_fit + TEST + 1]) ** 2)) / sd)
     # free run: from STARTS points in the test stretch, feed the readout's output back for HORIZON steps
     starts = np.linspace(n_fit, n_fit + TEST - HORIZON - 1, STARTS).astype(int)
     from nq_dagster.neuromorphic.reservoir import ReservoirState
+
     state = ReservoirState(torch.as_tensor(S[starts - 1]))  # state after consuming x[start - 1]
     y = x[starts][:, None]  # the true input at each start
     for _ in range(HORIZON):
@@ -69,23 +70,36 @@ def nrmse_ours(size: int, seed: int, x: np.ndarray, sd: float) -> tuple[float, f
     return one, float(np.sqrt(np.mean(err**2)) / sd), res
 
 
-def nrmse_reservoirpy(size: int, seed: int, x: np.ndarray, sd: float, ours: Reservoir | None = None
-                      ) -> tuple[float, float, np.ndarray]:
+def nrmse_reservoirpy(
+    size: int, seed: int, x: np.ndarray, sd: float, ours: Reservoir | None = None
+) -> tuple[float, float, np.ndarray]:
     from reservoirpy.nodes import Reservoir as RpyReservoir
     from reservoirpy.nodes import Ridge
 
     if ours is None:
-        res = RpyReservoir(size, lr=HP["leak"], sr=HP["spectral_radius"], input_scaling=HP["input_scaling"],
-                           rc_connectivity=HP["connectivity"], input_connectivity=1.0, bias=0.0, seed=seed)
+        res = RpyReservoir(
+            size,
+            lr=HP["leak"],
+            sr=HP["spectral_radius"],
+            input_scaling=HP["input_scaling"],
+            rc_connectivity=HP["connectivity"],
+            input_connectivity=1.0,
+            bias=0.0,
+            seed=seed,
+        )
     else:  # the very same matrices as ours (row-vector convention there, column convention here)
-        res = RpyReservoir(W=ours.W.T.numpy().copy(), Win=ours.W_in.T.numpy().copy(), bias=ours.b.numpy().copy(),
-                           lr=HP["leak"])
+        res = RpyReservoir(
+            W=ours.W.T.numpy().copy(),
+            Win=ours.W_in.T.numpy().copy(),
+            bias=ours.b.numpy().copy(),
+            lr=HP["leak"],
+        )
     n_fit = WASHOUT + TRAIN
     S = res.run(x[:-1, None])
     ridge = Ridge(ridge=RIDGE)
-    ridge.fit(S[WASHOUT:n_fit], x[WASHOUT + 1:n_fit + 1, None])
-    pred = ridge.run(S[n_fit:n_fit + TEST])[:, 0]
-    one = float(np.sqrt(np.mean((pred - x[n_fit + 1:n_fit + TEST + 1]) ** 2)) / sd)
+    ridge.fit(S[WASHOUT:n_fit], x[WASHOUT + 1 : n_fit + 1, None])
+    pred = ridge.run(S[n_fit : n_fit + TEST])[:, 0]
+    one = float(np.sqrt(np.mean((pred - x[n_fit + 1 : n_fit + TEST + 1]) ** 2)) / sd)
     starts = np.linspace(n_fit, n_fit + TEST - HORIZON - 1, STARTS).astype(int)
     finals = []
     for s0 in starts:
@@ -100,13 +114,17 @@ def nrmse_reservoirpy(size: int, seed: int, x: np.ndarray, sd: float, ours: Rese
 
 def accuracy() -> None:
     x, sd = mg_data()
-    print(f"## Accuracy: Mackey-Glass tau=17, washout {WASHOUT}, train {TRAIN}, test {TEST} (one-step), "
-          f"free run {HORIZON} steps from {STARTS} starts; ridge {RIDGE}; {HP}; float64")
+    print(
+        f"## Accuracy: Mackey-Glass tau=17, washout {WASHOUT}, train {TRAIN}, test {TEST} (one-step), "
+        f"free run {HORIZON} steps from {STARTS} starts; ridge {RIDGE}; {HP}; float64"
+    )
     o1, o84, ours = nrmse_ours(500, 0, x, sd)
     r1, r84, S_r = nrmse_reservoirpy(500, 0, x, sd, ours=ours)
     S_o = ours.run(x[None, :-1, None])[0][0].numpy()
-    print(f"same matrices, size 500: max |state difference| {np.max(np.abs(S_o - S_r)):.2e}; "
-          f"NRMSE one-step ours {o1:.3e} reservoirpy {r1:.3e}; NRMSE_84 ours {o84:.3e} reservoirpy {r84:.3e}")
+    print(
+        f"same matrices, size 500: max |state difference| {np.max(np.abs(S_o - S_r)):.2e}; "
+        f"NRMSE one-step ours {o1:.3e} reservoirpy {r1:.3e}; NRMSE_84 ours {o84:.3e} reservoirpy {r84:.3e}"
+    )
     print("| size | seed | ours one-step | reservoirpy one-step | ours NRMSE_84 | reservoirpy NRMSE_84 |")
     print("|---|---|---|---|---|---|")
     rows = []
@@ -119,9 +137,12 @@ def accuracy() -> None:
     for size in (500, 1000):
         r = np.array([row[1:] for row in rows if row[0] == size])
         med = np.median(r, axis=0)
-        print(f"median size {size}: one-step ours {med[0]:.2e} / reservoirpy {med[1]:.2e}; NRMSE_84 ours "
-              f"{med[2]:.2e} (10^{np.log10(med[2]):.2f}) / reservoirpy {med[3]:.2e} (10^{np.log10(med[3]):.2f}); "
-              f"Jaeger & Haas 2004 (1000 units): 10^-4.2")
+        print(
+            f"median size {size}: one-step ours {med[0]:.2e} / reservoirpy {med[1]:.2e}; NRMSE_84 ours "
+            f"{med[2]:.2e} (10^{np.log10(med[2]):.2f}) / reservoirpy {med[3]:.2e} "
+            f"(10^{np.log10(med[3]):.2f}); "
+            f"Jaeger & Haas 2004 (1000 units): 10^-4.2"
+        )
 
 
 def matmul_rate(n: int = 2048) -> float:
@@ -134,9 +155,14 @@ def speed() -> None:
     from reservoirpy.nodes import Reservoir as RpyReservoir
 
     peak = matmul_rate()
-    print(f"\n## Speed (float32, torch threads {torch.get_num_threads()}); fp32 matmul 2048^3: {peak / 1e9:.1f} GFLOP/s")
-    print("| size | ours 1 source steps/s | reservoirpy 1 source steps/s | ours 64 batched steps/s (total) "
-          "| ratio to reservoirpy | roofline share | actual GFLOP/s |")
+    print(
+        f"\n## Speed (float32, torch threads {torch.get_num_threads()}); fp32 matmul 2048^3: "
+        f"{peak / 1e9:.1f} GFLOP/s"
+    )
+    print(
+        "| size | ours 1 source steps/s | reservoirpy 1 source steps/s | ours 64 batched steps/s (total) "
+        "| ratio to reservoirpy | roofline share | actual GFLOP/s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for size in (500, 1000):
         T1, T64 = (500, 100) if QUICK else (2000, 400)
@@ -146,19 +172,27 @@ def speed() -> None:
         u64 = torch.rand(64, T64, 1)
         t1 = timed(partial(res.run, u1))
         t64 = timed(partial(res.run, u64))
-        rpy = RpyReservoir(size, lr=HP["leak"], sr=HP["spectral_radius"], rc_connectivity=HP["connectivity"],
-                           dtype=np.float32, seed=0)
+        rpy = RpyReservoir(
+            size,
+            lr=HP["leak"],
+            sr=HP["spectral_radius"],
+            rc_connectivity=HP["connectivity"],
+            dtype=np.float32,
+            seed=0,
+        )
         un = u1[0].numpy()
         rpy.run(un[:10])
         tr = timed(partial(rpy.run, un), repeat=2)
         ours1, theirs1 = T1 / t1, T1 / tr
         ours64 = 64 * T64 / t64
-        # roofline: the time the dense formulation (2 N^2 flops per source-step) needs at the measured matmul peak,
-        # over the time we take (above 100 %: the sparse kernel beats dense BLAS at its peak)
+        # roofline: the time the dense formulation (2 N^2 flops per source-step) needs at the measured matmul
+        # peak, over the time we take (above 100 %: the sparse kernel beats dense BLAS at its peak)
         roof = 64 * T64 * 2 * size * size / peak / t64
         actual = 64 * T64 * (2 * nnz + 2 * size + 6 * size) / t64  # sparse recurrent + input + leak/tanh
-        print(f"| {size} | {ours1:,.0f} | {theirs1:,.0f} | {ours64:,.0f} | {ours64 / theirs1:.1f}x "
-              f"| {roof:.0%} | {actual / 1e9:.1f} |")
+        print(
+            f"| {size} | {ours1:,.0f} | {theirs1:,.0f} | {ours64:,.0f} | {ours64 / theirs1:.1f}x "
+            f"| {roof:.0%} | {actual / 1e9:.1f} |"
+        )
 
 
 def encoders() -> None:
@@ -172,8 +206,10 @@ def encoders() -> None:
     print("| encoder | ours s | snnTorch s | snnTorch / ours |")
     print("|---|---|---|---|")
     torch.manual_seed(0)
-    peers = {"rate": lambda: spikegen.rate(p, num_steps=W),
-             "temporal": lambda: spikegen.latency(xn, num_steps=W, normalize=True, linear=True)}
+    peers = {
+        "rate": lambda: spikegen.rate(p, num_steps=W),
+        "temporal": lambda: spikegen.latency(xn, num_steps=W, normalize=True, linear=True),
+    }
     for m in ("rate", "temporal", "population", "phase"):
         ours = timed(partial(encode, x, m, neuron_count=N, window_bins=W), repeat=2)
         if m in peers:
@@ -205,16 +241,30 @@ def _rss_child(batch: int, size: int) -> None:
 
 def memory() -> None:
     print(f"\n## Memory per source (float32), one processing cycle of {CYCLE} steps")
-    print("| size | streaming state bytes/source (esn / lif) | shared weights bytes | peak RSS growth per source per cycle |")
+    print(
+        "| size | streaming state bytes/source (esn / lif) | shared weights bytes | peak RSS growth per "
+        "source per cycle |"
+    )
     print("|---|---|---|---|")
     for size in (500, 1000):
         rss = {}
         for b in (256,):
-            out = subprocess.run([sys.executable, "-c", f"from bench.reservoir_bench import _rss_child; _rss_child({b}, {size})"],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    f"from bench.reservoir_bench import _rss_child; _rss_child({b}, {size})",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rss[b] = int(out.stdout.strip().splitlines()[-1])
         per = rss[256] / 256
-        print(f"| {size} | {size * 4:,} / {size * 4 * 4:,} | {(size * size + 2 * size) * 4:,} | {per / 1024:,.1f} KiB |")
+        print(
+            f"| {size} | {size * 4:,} / {size * 4 * 4:,} | {(size * size + 2 * size) * 4:,} | "
+            f"{per / 1024:,.1f} KiB |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,12 +1,21 @@
-"""Run every benchmark in turn (`make bench`); each prints its own tables. Figures go into bench/RESULTS.md by hand,
-with the command that produced them."""
+"""Run every benchmark in turn (`make bench`); each prints its own tables. Figures go into bench/RESULTS.md by
+hand, with the command that produced them."""
 
 import subprocess
 import sys
 
-BENCHES = ["bench.ingest_bench", "bench.reservoir_bench", "bench.quantum_bench", "bench.predict_bench", "bench.serve_bench",
-           "bench.serve_replicas_bench",
-           "bench.stream_bench", "bench.stream_history_bench", "bench.train_bench", "bench.real_series"]
+BENCHES = [
+    "bench.ingest_bench",
+    "bench.reservoir_bench",
+    "bench.quantum_bench",
+    "bench.predict_bench",
+    "bench.serve_bench",
+    "bench.serve_replicas_bench",
+    "bench.stream_bench",
+    "bench.stream_history_bench",
+    "bench.train_bench",
+    "bench.real_series",
+]
 
 if __name__ == "__main__":
     failed = []

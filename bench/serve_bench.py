@@ -1,14 +1,15 @@
-"""The prediction server (`nq serve`, issue 12) against the same app's authenticated no-op route (`GET /api/v1/ping`:
-routing, request id, key check, rate limit, JSON answer, no engine) as the floor, in one run.
+"""The prediction server (`nq serve`, issue 12) against the same app's authenticated no-op route (`GET
+/api/v1/ping`: routing, request id, key check, rate limit, JSON answer, no engine) as the floor, in one run.
 
 Builds a temporary warehouse with the demo market source market_A trained through the whole graph (default
-config), registers its model under 32 more names (each name its own encoder seed and reservoir weights), starts
-`nq serve` as its own process on a loopback port, then measures with a minimal asyncio HTTP/1.1 keep-alive client
-(so that the client, on the same 2 cores, costs as little as possible):
+config), registers its model under 32 more names (each name its own encoder seed and reservoir weights),
+starts `nq serve` as its own process on a loopback port, then measures with a minimal asyncio HTTP/1.1
+keep-alive client (so that the client, on the same 2 cores, costs as little as possible):
 1. realtime single tick at concurrency 1: latency p50 / p95 / p99 over 400 requests; the floor's the same way;
 2. throughput at concurrency 32 (32 connections, each posting its own source's ticks in order) for 10 s:
    predictions/s, and the floor's requests/s at concurrency 32;
-3. WebSocket delay: a subscriber to one source; 300 ticks posted one at a time; time from sending the POST to the
+3. WebSocket delay: a subscriber to one source; 300 ticks posted one at a time; time from sending the POST to
+the
    subscriber receiving the prediction, p50 / p95.
 
 Run: .venv/bin/python -m bench.serve_bench
@@ -44,8 +45,10 @@ class Conn:
         return self
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.key}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         self.w.write(head + body)
         status_line = await self.r.readline()
         length = 0
@@ -71,7 +74,9 @@ async def latency_c1(port, key, source, start, step, values) -> tuple[np.ndarray
     lat, floor = [], []
     for i, v in enumerate(values):
         t = time.perf_counter()
-        code, _ = await c.request("POST", "/api/v1/process/realtime", tick_body(source, start + (i + 1) * step, v))
+        code, _ = await c.request(
+            "POST", "/api/v1/process/realtime", tick_body(source, start + (i + 1) * step, v)
+        )
         lat.append(time.perf_counter() - t)
         assert code == 200, code
         t = time.perf_counter()
@@ -82,8 +87,8 @@ async def latency_c1(port, key, source, start, step, values) -> tuple[np.ndarray
 
 
 async def throughput(port, key, sources, start, step, last, seconds=10.0, route="realtime") -> float:
-    """Requests per second of len(sources) clients, each posting its own source's ticks in order; `port` is the
-    server's, or {source: port} (each source to the replica that owns it)."""
+    """Requests per second of len(sources) clients, each posting its own source's ticks in order; `port` is
+    the server's, or {source: port} (each source to the replica that owns it)."""
     rng = np.random.default_rng(1)
     stop = time.perf_counter() + seconds
     counts = []
@@ -96,8 +101,9 @@ async def throughput(port, key, sources, start, step, last, seconds=10.0, route=
                 code, _ = await c.request("GET", "/api/v1/ping")
             else:
                 v *= float(np.exp(0.001 * rng.normal()))
-                code, body = await c.request("POST", "/api/v1/process/realtime",
-                                             tick_body(src, start + (n + 1) * step, v))
+                code, body = await c.request(
+                    "POST", "/api/v1/process/realtime", tick_body(src, start + (n + 1) * step, v)
+                )
             assert code == 200, (code, body[:200] if route != "ping" else b"")
             n += 1
         counts.append(n)
@@ -127,7 +133,9 @@ async def ws_delay(port, key, source, start, step, last, n=300) -> np.ndarray:
                 return msg
 
             recv = asyncio.ensure_future(next_prediction())
-            code, _ = await c.request("POST", "/api/v1/process/realtime", tick_body(source, start + (i + 1) * step, v))
+            code, _ = await c.request(
+                "POST", "/api/v1/process/realtime", tick_body(source, start + (i + 1) * step, v)
+            )
             assert code == 200
             msg = await recv
             delays.append(time.perf_counter() - t)
@@ -156,14 +164,32 @@ def prepare() -> tuple[Path, object, list[str], str]:
     return home, sv, names, key
 
 
-def start_server(home: Path, port: int, extra: list[str] = (), log_name: str = "serve.log") -> subprocess.Popen:
+def start_server(
+    home: Path, port: int, extra: list[str] = (), log_name: str = "serve.log"
+) -> subprocess.Popen:
     """`nq serve` in its own process; returns once its status answers."""
     import httpx
 
     env = {**os.environ, "NQ_HOME": str(home)}
     log = open(home.parent / log_name, "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "nq_dagster.cli", "--home", str(home), "serve", "--port", str(port),
-                             "--log-level", "warning", *extra], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nq_dagster.cli",
+            "--home",
+            str(home),
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     t = time.perf_counter()
     while True:
         try:
@@ -191,22 +217,36 @@ def main() -> None:
         rate = asyncio.run(throughput(port, key, names, start, step, last))
         floor_rate = asyncio.run(throughput(port, key, names, start, step, last, seconds=5.0, route="ping"))
         ws = asyncio.run(ws_delay(port, key, "ws", start, step, last))
-        status = httpx.get(f"http://127.0.0.1:{port}/api/v1/metrics", headers={"Authorization": f"Bearer {key}"}).json()
+        status = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/metrics", headers={"Authorization": f"Bearer {key}"}
+        ).json()
     finally:
         proc.terminate()
         proc.wait(60)
-    pct = (lambda a, q: np.percentile(a, q))  # noqa: E731
+    pct = lambda a, q: np.percentile(a, q)  # noqa: E731
     print("\n| measure | nq serve | floor: authenticated no-op route | target |")
     print("|---|---|---|---|")
-    print(f"| realtime single tick, concurrency 1, p50 / p95 / p99 | {pct(lat, 50):.2f} / {pct(lat, 95):.2f} / "
-          f"{pct(lat, 99):.2f} ms | {pct(floor, 50):.2f} / {pct(floor, 95):.2f} / {pct(floor, 99):.2f} ms | p95 <= 10 ms |")
-    print(f"| throughput, concurrency 32 (32 sources) | {rate:,.0f} predictions/s | {floor_rate:,.0f} requests/s "
-          f"(ours = {rate / floor_rate:.2f}x the floor) | >= 1,000 /s |")
-    print(f"| WebSocket delay, POST sent -> subscriber received, p50 / p95 | {pct(ws, 50):.2f} / {pct(ws, 95):.2f} ms "
-          "| | p95 <= 20 ms |")
-    print(f"\nserver's own figures after the run (/api/v1/metrics): processing_time_ms p50 {status['p50_latency_ms']:.2f}, "
-          f"p95 {status['p95_latency_ms']:.2f}, p99 {status['p99_latency_ms']:.2f} over the last "
-          f"{status['latency_window']} predictions; {status['total_predictions']} predictions in all")
+    print(
+        f"| realtime single tick, concurrency 1, p50 / p95 / p99 | {pct(lat, 50):.2f} / {pct(lat, 95):.2f} / "
+        f"{pct(lat, 99):.2f} ms | {pct(floor, 50):.2f} / {pct(floor, 95):.2f} / {pct(floor, 99):.2f} ms | "
+        "p95 <= 10 ms |"
+    )
+    print(
+        f"| throughput, concurrency 32 (32 sources) | {rate:,.0f} predictions/s | {floor_rate:,.0f} "
+        "requests/s "
+        f"(ours = {rate / floor_rate:.2f}x the floor) | >= 1,000 /s |"
+    )
+    print(
+        f"| WebSocket delay, POST sent -> subscriber received, p50 / p95 | {pct(ws, 50):.2f} / "
+        f"{pct(ws, 95):.2f} ms "
+        "| | p95 <= 20 ms |"
+    )
+    print(
+        "\nserver's own figures after the run (/api/v1/metrics): processing_time_ms p50 "
+        f"{status['p50_latency_ms']:.2f}, "
+        f"p95 {status['p95_latency_ms']:.2f}, p99 {status['p99_latency_ms']:.2f} over the last "
+        f"{status['latency_window']} predictions; {status['total_predictions']} predictions in all"
+    )
     print(f"CPU threads {os.cpu_count()}; client and server share them")
 
 

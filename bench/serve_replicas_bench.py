@@ -1,9 +1,9 @@
 """Throughput of `nq serve` at 32 concurrent clients: one server process, against the same server with two
-prediction processes (`--processes 2`: the sources shared out between the server's process and a worker process,
-fusion/shards.py), and against two replicas of it on the same machine, each owning half the sources (`--replica K
---replicas 2 --peers ...`, sources by stable hash), the clients posting each source's ticks to the replica that
-owns it. One server process holds one interpreter lock, so it uses about one core (bench/RESULTS.md); worker
-processes and replicas are the ways to use more.
+prediction processes (`--processes 2`: the sources shared out between the server's process and a worker
+process, fusion/shards.py), and against two replicas of it on the same machine, each owning half the sources
+(`--replica K --replicas 2 --peers ...`, sources by stable hash), the clients posting each source's ticks to
+the replica that owns it. One server process holds one interpreter lock, so it uses about one core
+(bench/RESULTS.md); worker processes and replicas are the ways to use more.
 
 Run: .venv/bin/python -m bench.serve_replicas_bench
 """
@@ -40,8 +40,10 @@ def main() -> None:
         proc.wait(60)
     ports = [free_port(), free_port()]
     peers = ",".join(f"http://127.0.0.1:{p}" for p in ports)
-    procs = [start_server(home, p, ["--replica", str(k), "--replicas", "2", "--peers", peers], f"serve{k}.log")
-             for k, p in enumerate(ports)]
+    procs = [
+        start_server(home, p, ["--replica", str(k), "--replicas", "2", "--peers", peers], f"serve{k}.log")
+        for k, p in enumerate(ports)
+    ]
     try:
         owner = {n: ports[stable_hash(n) % 2] for n in names}
         # the ticks after the first run's: each replica continues its sources from the live state
@@ -55,10 +57,15 @@ def main() -> None:
     print("\n| servers | throughput, concurrency 32 (32 sources) |")
     print("|---|---|")
     print(f"| one `nq serve` | {one:,.0f} predictions/s |")
-    print(f"| one `nq serve --processes 2` (the server's process and one worker) | {sharded:,.0f} predictions/s "
-          f"({sharded / one:.2f}x) |")
-    print(f"| two replicas on this machine ({per[0]} + {per[1]} sources) | {two:,.0f} predictions/s "
-          f"({two / one:.2f}x) |")
+    print(
+        f"| one `nq serve --processes 2` (the server's process and one worker) | {sharded:,.0f} "
+        "predictions/s "
+        f"({sharded / one:.2f}x) |"
+    )
+    print(
+        f"| two replicas on this machine ({per[0]} + {per[1]} sources) | {two:,.0f} predictions/s "
+        f"({two / one:.2f}x) |"
+    )
     print(f"CPU threads {os.cpu_count()}; client and servers share them")
 
 

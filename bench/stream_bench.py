@@ -75,17 +75,23 @@ def main() -> None:
     if args.sensor_interval:
         env["NQ_SENSOR_INTERVAL"] = str(args.sensor_interval)
     log = open(wh.home / "daemon.log", "ab")
-    daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "nq_dagster.definitions"],
-                              env=env, cwd=str(wh.home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "nq_dagster.definitions"],
+        env=env,
+        cwd=str(wh.home),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         time.sleep(15)  # let the daemon load the code location before timing anything
         lat = []
         for k in range(N_SMALL):
-            part = df.iloc[N_TRAIN + k * SMALL: N_TRAIN + (k + 1) * SMALL]
+            part = df.iloc[N_TRAIN + k * SMALL : N_TRAIN + (k + 1) * SMALL]
             t0 = drop(wh, f"small-{k:03d}.csv", part)
             lat.append(wait_until(wh, part["timestamp"].iloc[-1]) - t0)
             time.sleep(max(0.0, GAP_S - (time.time() - t0)))
-        big = df.iloc[N_TRAIN + SMALL * N_SMALL:]
+        big = df.iloc[N_TRAIN + SMALL * N_SMALL :]
         t0 = drop(wh, "big.csv", big)
         big_s = wait_until(wh, big["timestamp"].iloc[-1]) - t0
     finally:
@@ -96,9 +102,13 @@ def main() -> None:
     print(f"\nsensor interval {interval} s, run queue dequeue interval 1 s, in-process executor")
     print("| measure | figure |")
     print("|---|---|")
-    print(f"| drop-to-prediction latency, {N_SMALL} files of {SMALL} rows: p50 / p95 / max | "
-          f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 95):.1f} / {lat.max():.1f} s |")
-    print(f"| one file of {BIG:,} rows, drop to last prediction | {big_s:.1f} s ({BIG / big_s:,.0f} rows/s) |")
+    print(
+        f"| drop-to-prediction latency, {N_SMALL} files of {SMALL} rows: p50 / p95 / max | "
+        f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 95):.1f} / {lat.max():.1f} s |"
+    )
+    print(
+        f"| one file of {BIG:,} rows, drop to last prediction | {big_s:.1f} s ({BIG / big_s:,.0f} rows/s) |"
+    )
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ eigen-decomposition of the p x p Gram matrix shared by every target).
 
     .venv/bin/python -m bench.train_bench [--sizes 3000,10000,30000]
 
-For each size: a Mackey-Glass source (tau 17) of that many rows through `nq ingest` and `nq run` in a fresh data
-directory (default config); wall time of `nq run`, the Dagster step durations of the run, and the ratio to the
-smallest size against the ratio of rows (linear growth: equal ratios).
+For each size: a Mackey-Glass source (tau 17) of that many rows through `nq ingest` and `nq run` in a fresh
+data directory (default config); wall time of `nq run`, the Dagster step durations of the run, and the ratio
+to the smallest size against the ratio of rows (linear growth: equal ratios).
 """
 
 from __future__ import annotations
@@ -71,8 +71,16 @@ def fusion_peer(home: Path, source: str) -> tuple[float, float]:
                 r.alpha_ = r.alpha
             else:
                 r = RidgeCV(alphas=ridge.ALPHAS, fit_intercept=intercept).fit(self.A, y)
-            return ridge.LinearStage(0, 0, self.mean, self.scale, np.asarray(r.coef_, float), float(r.intercept_),
-                                  float(r.alpha_), self.cols.copy())
+            return ridge.LinearStage(
+                0,
+                0,
+                self.mean,
+                self.scale,
+                np.asarray(r.coef_, float),
+                float(r.intercept_),
+                float(r.alpha_),
+                self.cols.copy(),
+            )
 
     t = time.perf_counter()
     run_fusion(feat, states, sel, cfg)
@@ -98,11 +106,21 @@ def main() -> int:
         env = {**os.environ, "NQ_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
         csv = home.parent / "mg.csv"
         mackey_glass(n).to_csv(csv, index=False)
-        subprocess.run([sys.executable, "-m", "nq_dagster.cli", "ingest", str(csv), "--source", "mg"], env=env,
-                       check=True, capture_output=True, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, "-m", "nq_dagster.cli", "ingest", str(csv), "--source", "mg"],
+            env=env,
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
         t = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "nq_dagster.cli", "run", "--source", "mg"], env=env,
-                           capture_output=True, text=True, cwd=ROOT)
+        p = subprocess.run(
+            [sys.executable, "-m", "nq_dagster.cli", "run", "--source", "mg"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         wall = time.perf_counter() - t
         if p.returncode:
             print(p.stdout, p.stderr)
@@ -110,18 +128,27 @@ def main() -> int:
         steps = step_times(home)
         results.append((n, wall, steps, home))
         top = sorted(steps.items(), key=lambda kv: -kv[1])[:5]
-        print(f"{n:>6} rows: nq run {wall:6.1f} s wall; slowest steps: "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in top), flush=True)
+        print(
+            f"{n:>6} rows: nq run {wall:6.1f} s wall; slowest steps: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in top),
+            flush=True,
+        )
     n0, w0 = results[0][0], results[0][1]
     print("\n| rows | nq run wall (s) | fusion_model step (s) | time ratio to the smallest | rows ratio |")
     print("|---|---|---|---|---|")
     for n, wall, steps, _ in results:
-        print(f"| {n:,} | {wall:.1f} | {steps.get('fusion_model', float('nan')):.1f} | {wall / w0:.2f} | {n / n0:.2f} |")
+        print(
+            f"| {n:,} | {wall:.1f} | {steps.get('fusion_model', float('nan')):.1f} | {wall / w0:.2f} | "
+            f"{n / n0:.2f} |"
+        )
     for n, _, _, home in results:
         if n == args.peer_size:
             ours, peer = fusion_peer(home, "mg")
-            print(f"\nfusion at {n:,} rows (fused model, two ablations, five baselines): RidgeBasis {ours:.1f} s, "
-                  f"peer scikit-learn RidgeCV {peer:.1f} s: {peer / ours:.1f}x faster")
+            print(
+                f"\nfusion at {n:,} rows (fused model, two ablations, five baselines): RidgeBasis "
+                f"{ours:.1f} s, "
+                f"peer scikit-learn RidgeCV {peer:.1f} s: {peer / ours:.1f}x faster"
+            )
     return 0
 
 

@@ -12,8 +12,15 @@ from nq_dagster.fusion.walkforward import FusionModel
 from nq_dagster.neuromorphic.reservoir import ReservoirState
 from nq_dagster.store.artifacts import register
 
-ARTIFACT_CLASSES = (ReservoirState, StreamState, LinearStage, FusionModel, ModelVersion, LiveCalibration,
-                    ServingState)
+ARTIFACT_CLASSES = (
+    ReservoirState,
+    StreamState,
+    LinearStage,
+    FusionModel,
+    ModelVersion,
+    LiveCalibration,
+    ServingState,
+)
 
 for _cls in ARTIFACT_CLASSES:
     register(_cls)

@@ -74,16 +74,51 @@ def rows_needed(config: PipelineConfig | None = None, override: int | None = Non
 
 # the services of the original's config API, and the fields each one owns
 SERVICES = {
-    "neuromorphic": ("encoding", "neuron_count", "window_bins", "bin_ms", "min_rate_hz", "max_rate_hz", "feature_window",
-                     "reservoir_mode", "reservoir_size", "spectral_radius", "leak", "connectivity", "input_scaling",
-                     "detection_threshold"),
+    "neuromorphic": (
+        "encoding",
+        "neuron_count",
+        "window_bins",
+        "bin_ms",
+        "min_rate_hz",
+        "max_rate_hz",
+        "feature_window",
+        "reservoir_mode",
+        "reservoir_size",
+        "spectral_radius",
+        "leak",
+        "connectivity",
+        "input_scaling",
+        "detection_threshold",
+    ),
     "quantum": ("qubit_count", "evolution_time", "energy_tolerance", "select_k"),
-    "fusion": ("horizon", "hold_band", "train_min", "refit_every", "calibration_fraction", "ridge_alpha", "seed"),
+    "fusion": (
+        "horizon",
+        "hold_band",
+        "train_min",
+        "refit_every",
+        "calibration_fraction",
+        "ridge_alpha",
+        "seed",
+    ),
 }
 CHOICES = {"encoding": ("rate", "temporal", "population", "phase"), "reservoir_mode": ("esn", "lif")}
-POSITIVE = {"neuron_count", "window_bins", "bin_ms", "max_rate_hz", "feature_window", "reservoir_size", "spectral_radius",
-            "qubit_count", "evolution_time", "energy_tolerance", "select_k", "horizon", "train_min", "refit_every",
-            "input_scaling"}
+POSITIVE = {
+    "neuron_count",
+    "window_bins",
+    "bin_ms",
+    "max_rate_hz",
+    "feature_window",
+    "reservoir_size",
+    "spectral_radius",
+    "qubit_count",
+    "evolution_time",
+    "energy_tolerance",
+    "select_k",
+    "horizon",
+    "train_min",
+    "refit_every",
+    "input_scaling",
+}
 UNIT_INTERVAL = {"leak", "connectivity", "calibration_fraction", "detection_threshold"}
 
 
@@ -144,7 +179,9 @@ def load_config(home: str | Path | None = None) -> PipelineConfig:
     try:
         overrides = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg}); fix the file or delete it") from exc
+        raise ValueError(
+            f"{path}: line {exc.lineno}: not valid JSON ({exc.msg}); fix the file or delete it"
+        ) from exc
     try:
         return PipelineConfig(**validate_overrides(overrides, str(path)))
     except ConfigError as exc:

@@ -35,11 +35,17 @@ ASSET_MODULES = [ingestion, neuromorphic, quantum, fusion, streaming]
 # declarative automation, evaluated by the daemon every 30 s: the daily training of every source with enough
 # rows (nq_dagster/assets/automation.py) and the portfolio after new predictions
 automation_sensor = AutomationConditionSensorDefinition(
-    "automation", target=AssetSelection.all() - AssetSelection.assets("live_predictions"),
-    default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
-    description="Requests the assets whose automation condition is true: each source's training graph once a day "
-    "(NQ_TRAIN_CRON) when it has the rows training needs, and the cross-source portfolio after any source's "
-    "predictions were materialized. Training runs go one per source like every run (the instance's tag limit).")
+    "automation",
+    target=AssetSelection.all() - AssetSelection.assets("live_predictions"),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description=(
+        "Requests the assets whose automation condition is true: each source's training graph once a day "
+        "(NQ_TRAIN_CRON) when it has the rows training needs, and the cross-source portfolio after any "
+        "source's predictions were materialized. Training runs go one per source like every run (the "
+        "instance's tag limit)."
+    ),
+)
 
 
 def build_resources(settings: Settings) -> dict:
@@ -47,8 +53,9 @@ def build_resources(settings: Settings) -> dict:
     backend (local files under NQ_HOME, or the bucket NQ_S3_BUCKET names) and the compute device. The data
     directory stays "" (resolved when a run starts), so runs follow NQ_HOME as the process that launches them
     sets it; the backend and the device are fixed here, once."""
-    warehouse = WarehouseResource(home="", s3_bucket=settings.s3_bucket, s3_prefix=settings.s3_prefix,
-                                  s3_endpoint=settings.s3_endpoint)
+    warehouse = WarehouseResource(
+        home="", s3_bucket=settings.s3_bucket, s3_prefix=settings.s3_prefix, s3_endpoint=settings.s3_endpoint
+    )
     return {
         "warehouse": warehouse,
         "compute": ComputeResource(device=settings.device),
@@ -65,5 +72,7 @@ defs = Definitions(
     jobs=[source_pipeline, streaming_job, ingest_only, cross_source, freshness_job],
     sensors=[landing_sensor, run_failure_recorder, automation_sensor],
     resources=build_resources(SETTINGS),
-    executor=training_executor(SETTINGS),  # runs the automation sensor launches (training) run in process, as the job does
+    executor=training_executor(
+        SETTINGS
+    ),  # runs the automation sensor launches (training) run in process, as the job does
 )

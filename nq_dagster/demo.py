@@ -25,7 +25,9 @@ START = pd.Timestamp("2026-01-05T00:00:00Z")
 REGIMES = {0: ("calm", 0.0, 0.006), 1: ("trending", 0.0015, 0.008), 2: ("volatile", 0.0, 0.02)}
 
 
-def market(points: int, tickers: int = 3, seed: int = 0, rho: float = 0.5) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+def market(
+    points: int, tickers: int = 3, seed: int = 0, rho: float = 0.5
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Minute bars for `tickers` correlated GBM prices with regime switching."""
     rng = np.random.default_rng(seed)
     trans = np.array([[0.995, 0.003, 0.002], [0.004, 0.993, 0.003], [0.006, 0.004, 0.990]])
@@ -49,7 +51,9 @@ def market(points: int, tickers: int = 3, seed: int = 0, rho: float = 0.5) -> tu
     frames = {}
     for k in range(tickers):
         volume = np.round(rng.lognormal(10, 0.3, points) * (1 + 40 * np.abs(rets[:, k])))
-        frames[f"market_{chr(65 + k)}"] = pd.DataFrame({"timestamp": ts, "price": prices[:, k], "volume": volume})
+        frames[f"market_{chr(65 + k)}"] = pd.DataFrame(
+            {"timestamp": ts, "price": prices[:, k], "volume": volume}
+        )
     truth = pd.DataFrame({"timestamp": ts, "regime": [REGIMES[r][0] for r in regime]})
     return frames, truth
 
@@ -72,8 +76,14 @@ def iot_sensor(points: int, seed: int = 0, anomaly_rate: float = 0.005) -> tuple
     return frame, truth
 
 
-def mackey_glass_series(points: int, tau: float = 17.0, seed: int = 0, dt: float = 0.1, sample_every: float = 1.0,
-                        washout: int = 1000) -> np.ndarray:
+def mackey_glass_series(
+    points: int,
+    tau: float = 17.0,
+    seed: int = 0,
+    dt: float = 0.1,
+    sample_every: float = 1.0,
+    washout: int = 1000,
+) -> np.ndarray:
     """Mackey-Glass x(t) sampled every `sample_every` time units after a washout."""
     rng = np.random.default_rng(seed + 2000)
     lag = int(round(tau / dt))
@@ -86,7 +96,8 @@ def mackey_glass_series(points: int, tau: float = 17.0, seed: int = 0, dt: float
         return 0.2 * xlag / (1.0 + xlag**10) - 0.1 * xt
 
     for i in range(lag, lag + n_steps):
-        # the delayed term is held at the step's start and midpoint values of the history (linear interpolation)
+        # the delayed term is held at the step's start and midpoint values of the history (linear
+        # interpolation)
         xl0, xl1 = x[i - lag], x[i - lag + 1]
         xlm = 0.5 * (xl0 + xl1)
         k1 = f(x[i], xl0)
@@ -94,7 +105,7 @@ def mackey_glass_series(points: int, tau: float = 17.0, seed: int = 0, dt: float
         k3 = f(x[i] + 0.5 * dt * k2, xlm)
         k4 = f(x[i] + dt * k3, xl1)
         x[i + 1] = x[i] + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
-    sampled = x[lag::sub][washout: washout + points]
+    sampled = x[lag::sub][washout : washout + points]
     return sampled
 
 
@@ -110,10 +121,14 @@ def random_walk(points: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"timestamp": ts, "value": 100 + np.cumsum(rng.standard_normal(points))})
 
 
-def demo_frames(sources: int = 5, points: int = 3000, seed: int = 0) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+def demo_frames(
+    sources: int = 5, points: int = 3000, seed: int = 0
+) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
     """`sources` demo series: Mackey-Glass, one IoT sensor, and the rest market tickers (at least one)."""
     if sources < 3:
-        raise ValueError("--sources must be at least 3 (Mackey-Glass, one IoT sensor, one or more market tickers)")
+        raise ValueError(
+            "--sources must be at least 3 (Mackey-Glass, one IoT sensor, one or more market tickers)"
+        )
     if points < 200:
         raise ValueError("--points must be at least 200")
     frames, truth = market(points, tickers=sources - 2, seed=seed)

@@ -21,14 +21,24 @@ DEFAULT_STEP_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {
 # every step pod: non-root, no privilege escalation, no capabilities, read-only root file system (scratch in
 # an emptyDir at /tmp), the runtime's seccomp profile, no service-account token (a step does not call the API)
 _SECURE_CONTAINER = {
-    "security_context": {"run_as_non_root": True, "run_as_user": 10001, "run_as_group": 10001,
-                         "allow_privilege_escalation": False, "read_only_root_filesystem": True,
-                         "capabilities": {"drop": ["ALL"]}, "seccomp_profile": {"type": "RuntimeDefault"}},
+    "security_context": {
+        "run_as_non_root": True,
+        "run_as_user": 10001,
+        "run_as_group": 10001,
+        "allow_privilege_escalation": False,
+        "read_only_root_filesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccomp_profile": {"type": "RuntimeDefault"},
+    },
     "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}],
 }
 _SECURE_POD = {
-    "security_context": {"run_as_non_root": True, "run_as_user": 10001, "fs_group": 10001,
-                         "seccomp_profile": {"type": "RuntimeDefault"}},
+    "security_context": {
+        "run_as_non_root": True,
+        "run_as_user": 10001,
+        "fs_group": 10001,
+        "seccomp_profile": {"type": "RuntimeDefault"},
+    },
     "automount_service_account_token": False,
     "volumes": [{"name": "tmp", "empty_dir": {}}],
 }
@@ -40,8 +50,10 @@ def _data_volume(settings: Settings) -> tuple[list[dict], list[dict]]:
     claim = settings.data_pvc.strip()
     if not claim:
         return [], []
-    return ([{"name": "data", "persistent_volume_claim": {"claim_name": claim}}],
-            [{"name": "data", "mount_path": str(settings.home)}])
+    return (
+        [{"name": "data", "persistent_volume_claim": {"claim_name": claim}}],
+        [{"name": "data", "mount_path": str(settings.home)}],
+    )
 
 
 def k8s_op_tags(kind: str, settings: Settings) -> dict:
@@ -52,16 +64,24 @@ def k8s_op_tags(kind: str, settings: Settings) -> dict:
     container = {**_SECURE_CONTAINER, "volume_mounts": _SECURE_CONTAINER["volume_mounts"] + mounts}
     if kind == "gpu":
         resources = {"requests": GPU_RESOURCES, "limits": GPU_RESOURCES}
-        pod.update({"node_selector": settings.node_selector(),
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]})
+        pod.update(
+            {
+                "node_selector": settings.node_selector(),
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            }
+        )
     elif kind == "quantum":
         resources = {"requests": QUANTUM_RESOURCES, "limits": QUANTUM_RESOURCES}
     elif kind == "default":
         resources = DEFAULT_STEP_RESOURCES
     else:
         raise ValueError(f"unknown step kind {kind!r}")
-    return {"dagster-k8s/config": {"container_config": {**container, "resources": resources},
-                                   "pod_spec_config": pod}}
+    return {
+        "dagster-k8s/config": {
+            "container_config": {**container, "resources": resources},
+            "pod_spec_config": pod,
+        }
+    }
 
 
 def training_executor(settings: Settings):
@@ -69,8 +89,9 @@ def training_executor(settings: Settings):
     if settings.deployment == "k8s":
         from dagster_k8s import k8s_job_executor
 
-        return k8s_job_executor.configured({"max_concurrent": 8,
-                                            "step_k8s_config": k8s_op_tags("default", settings)["dagster-k8s/config"]})
+        return k8s_job_executor.configured(
+            {"max_concurrent": 8, "step_k8s_config": k8s_op_tags("default", settings)["dagster-k8s/config"]}
+        )
     from dagster import in_process_executor
 
     return in_process_executor

@@ -40,8 +40,6 @@ telemetry:
 """
 
 
-
-
 def prepare_home(settings: Settings | str) -> Warehouse:
     """The data directory of `settings` (or a path, with the environment's other settings), created, with the
     Dagster instance configuration `nq` runs under."""
@@ -70,16 +68,27 @@ def open_instance(wh: Warehouse) -> DagsterInstance:
 
 def run_config_for(wh: Warehouse, settings: Settings | None = None) -> dict:
     """Quiet console logs, and the warehouse resource pointed at this data directory and the backend of
-    `settings` (the command's; by default the environment's): the run records them, so the UI shows where a CLI
-    run read and wrote, and a code location loaded earlier with other settings cannot redirect the run."""
+    `settings` (the command's; by default the environment's): the run records them, so the UI shows where a
+    CLI run read and wrote, and a code location loaded earlier with other settings cannot redirect the run."""
     s = settings or Settings.from_env()
-    return {"loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            "resources": {"warehouse": {"config": {"home": str(wh.home), "s3_bucket": s.s3_bucket,
-                                                   "s3_prefix": s.s3_prefix, "s3_endpoint": s.s3_endpoint}}}}
+    return {
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        "resources": {
+            "warehouse": {
+                "config": {
+                    "home": str(wh.home),
+                    "s3_bucket": s.s3_bucket,
+                    "s3_prefix": s.s3_prefix,
+                    "s3_endpoint": s.s3_endpoint,
+                }
+            }
+        },
+    }
 
 
-def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print,
-                 settings: Settings | None = None) -> dict[str, bool]:
+def run_pipeline(
+    wh: Warehouse, sources: list[str] | None = None, log=print, settings: Settings | None = None
+) -> dict[str, bool]:
     """Materialize the per-source graph for `sources` (default: every source with data or landing files),
     then the cross-source assets, in this process against the instance of `wh`'s data directory. Returns
     success per run."""
@@ -101,27 +110,44 @@ def run_pipeline(wh: Warehouse, sources: list[str] | None = None, log=print,
             if not enough:
                 ok[src] = False
                 continue
-        res = job.execute_in_process(partition_key=src, instance=instance, raise_on_error=False, run_config=run_config,
-                                     tags={"nq/source": src, "nq/trigger": "cli"})
+        res = job.execute_in_process(
+            partition_key=src,
+            instance=instance,
+            raise_on_error=False,
+            run_config=run_config,
+            tags={"nq/source": src, "nq/trigger": "cli"},
+        )
         ok[src] = res.success
         checks = res.get_asset_check_evaluations()
         failed = [c for c in checks if not c.passed]
         ok[src] = res.success and not failed
-        log(f"  {src}: {'ok' if ok[src] else 'FAILED'} (run {res.run_id[:8]}; "
-            f"{len(checks) - len(failed)}/{len(checks)} data-quality checks passed)")
+        log(
+            f"  {src}: {'ok' if ok[src] else 'FAILED'} (run {res.run_id[:8]}; "
+            f"{len(checks) - len(failed)}/{len(checks)} data-quality checks passed)"
+        )
         for c in failed:
             summary = c.metadata.get("summary")
-            log(f"    check {c.asset_key.to_user_string()}:{c.check_name} failed\n"
-                + "\n".join("      " + line for line in str(summary.value if summary else "").splitlines()[:8]))
+            log(
+                f"    check {c.asset_key.to_user_string()}:{c.check_name} failed\n"
+                + "\n".join(
+                    "      " + line for line in str(summary.value if summary else "").splitlines()[:8]
+                )
+            )
         if not res.success:
             for ev in res.all_events:
-                if ev.is_step_failure and ev.event_specific_data is not None and getattr(ev.event_specific_data, "error", None):
+                if (
+                    ev.is_step_failure
+                    and ev.event_specific_data is not None
+                    and getattr(ev.event_specific_data, "error", None)
+                ):
                     log(f"    {ev.step_key}: {root_cause(ev.event_specific_data.error)}")
     cross = defs.resolve_job_def(CROSS_SOURCE_JOB) if CROSS_SOURCE_JOB else None
     with_predictions = wh.sources("predictions")
     if cross is not None and any(ok.values()) and len(with_predictions) < 2:
-        log(f"  cross-source: skipped (the portfolio needs predictions for at least two sources; have "
-            f"{len(with_predictions)})")
+        log(
+            f"  cross-source: skipped (the portfolio needs predictions for at least two sources; have "
+            f"{len(with_predictions)})"
+        )
     elif cross is not None and any(ok.values()):
         res = cross.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config)
         ok["_all"] = res.success
@@ -144,8 +170,12 @@ def training_line(wh: Warehouse, source: str) -> tuple[str, bool]:
     need = rows_needed(cfg)
     rows = wh.stored_rows("raw_ticks", source)
     if rows < need:
-        return (f"{source}: {rows} rows stored; training needs at least {need}: ingest {need - rows} more "
-                "rows before `nq run`"), False
+        return (
+            f"{source}: {rows} rows stored; training needs at least {need}: ingest {need - rows} more "
+            "rows before `nq run`"
+        ), False
     s = schedule_for(rows, cfg)
-    return (f"{source}: {rows} rows stored; training needs at least {need}: the first model fits on "
-            f"{s.train_min} rows, refits every {s.refit_every}, predicts {rows - s.train_min}"), True
+    return (
+        f"{source}: {rows} rows stored; training needs at least {need}: the first model fits on "
+        f"{s.train_min} rows, refits every {s.refit_every}, predicts {rows - s.train_min}"
+    ), True

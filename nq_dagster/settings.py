@@ -34,32 +34,46 @@ class Settings(BaseModel):
 
     # data
     home: Path = Field(Path(".nq"), description="the data directory (landing/, warehouse/, artifacts/, ...)")
-    dagster_home: Path | None = Field(None, description="the Dagster instance's directory; default NQ_HOME/dagster")
-    deployment: Deployment = Field("local", description="resource set: local (in process) or k8s (dagster-k8s)")
+    dagster_home: Path | None = Field(
+        None, description="the Dagster instance's directory; default NQ_HOME/dagster"
+    )
+    deployment: Deployment = Field(
+        "local", description="resource set: local (in process) or k8s (dagster-k8s)"
+    )
     device: Device = Field("auto", description="reservoir device: auto = CUDA when available, else CPU")
     # object storage
-    s3_bucket: str = Field("", description="store the warehouse in this bucket (empty: local files under NQ_HOME)")
+    s3_bucket: str = Field(
+        "", description="store the warehouse in this bucket (empty: local files under NQ_HOME)"
+    )
     s3_prefix: str = Field("nq", description="key prefix inside NQ_S3_BUCKET")
     s3_endpoint: str = Field("", description="S3-compatible endpoint URL (empty: AWS)")
     aws_region: str = Field("us-east-1", description="AWS_REGION (or AWS_DEFAULT_REGION) of the bucket")
     aws_access_key_id: str = Field("", description="AWS_ACCESS_KEY_ID (empty: the SDK's default chain)")
     aws_secret_access_key: str = Field("", repr=False, description="AWS_SECRET_ACCESS_KEY")
-    secrets_dir: Path | None = Field(None, description="a directory of files named like NQ_S3_* / AWS_* variables")
+    secrets_dir: Path | None = Field(
+        None, description="a directory of files named like NQ_S3_* / AWS_* variables"
+    )
     # storage maintenance
     compact_parts: int = Field(64, ge=2, le=100_000, description="a source's parts past this are compacted")
-    compact_big_rows: int = Field(1_000_000, ge=1, description="a part of this many rows is never merged again")
+    compact_big_rows: int = Field(
+        1_000_000, ge=1, description="a part of this many rows is never merged again"
+    )
     compact_grace_s: float = Field(60.0, ge=0, le=86_400, description="replaced parts are deleted after this")
     # nq query
     query_timeout_s: float = Field(60.0, gt=0, le=86_400, description="`nq query`: stopped after this long")
-    query_memory: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
-                              description="`nq query`: DuckDB memory limit (no spilling to disk)")
+    query_memory: str = Field(
+        "2GB",
+        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="`nq query`: DuckDB memory limit (no spilling to disk)",
+    )
     query_max_rows: int = Field(100_000, ge=1, le=100_000_000, description="`nq query`: rows printed at most")
     # the Dagster layer
     sensor_interval: int = Field(3, ge=1, le=3600, description="seconds between landing-sensor ticks")
     settle_seconds: float = Field(0.25, ge=0, le=3600, description="a landed file must be this old (s)")
     max_attempts: int = Field(3, ge=1, le=100, description="failed runs on a file before it is quarantined")
-    run_start_timeout_s: float = Field(180.0, gt=0, le=86_400,
-                                       description="a run STARTING longer than this is marked failed")
+    run_start_timeout_s: float = Field(
+        180.0, gt=0, le=86_400, description="a run STARTING longer than this is marked failed"
+    )
     min_rows_to_train: int | None = Field(None, ge=2, description="override the rows training needs (tests)")
     train_cron: str = Field("0 3 * * *", description="when the daily training automation may run")
     freshness_seconds: float = Field(300.0, gt=0, description="live predictions older than this are stale")
@@ -69,7 +83,9 @@ class Settings(BaseModel):
     # prediction
     predict_threads: int | None = Field(None, ge=1, le=256, description="threads of one predictor call")
     serve_replicas: int = Field(1, ge=1, le=1024, description="replicas of `nq serve` sharing the sources")
-    serve_replica: int | None = Field(None, ge=0, description="this replica's index (default: hostname ordinal)")
+    serve_replica: int | None = Field(
+        None, ge=0, description="this replica's index (default: hostname ordinal)"
+    )
     serve_peers: str = Field("", description="peer URLs, comma-separated, `{i}` expanded per replica")
     serve_processes: int = Field(1, ge=1, le=64, description="prediction processes of one server")
     serve_torch_threads: int = Field(1, ge=1, le=256, description="torch threads in the server")
@@ -132,7 +148,9 @@ class Settings(BaseModel):
                     values[field] = env[name].strip()
                     break
         if values.get("deployment") == "k8s" and "home" not in values:
-            raise SettingsError("DAGSTER_DEPLOYMENT=k8s needs NQ_HOME: the path of the volume every pod mounts")
+            raise SettingsError(
+                "DAGSTER_DEPLOYMENT=k8s needs NQ_HOME: the path of the volume every pod mounts"
+            )
         try:
             return cls(**values)
         except ValidationError as exc:
@@ -144,21 +162,40 @@ class Settings(BaseModel):
 
 # field -> environment variable(s), first set one wins ("A|B")
 FIELDS: dict[str, str] = {
-    "home": "NQ_HOME", "dagster_home": "DAGSTER_HOME", "deployment": "DAGSTER_DEPLOYMENT", "device": "NQ_DEVICE",
-    "s3_bucket": "NQ_S3_BUCKET", "s3_prefix": "NQ_S3_PREFIX", "s3_endpoint": "NQ_S3_ENDPOINT",
-    "aws_region": "AWS_REGION|AWS_DEFAULT_REGION", "aws_access_key_id": "AWS_ACCESS_KEY_ID",
-    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY", "secrets_dir": "NQ_SECRETS_DIR",
-    "compact_parts": "NQ_COMPACT_PARTS", "compact_big_rows": "NQ_COMPACT_BIG_ROWS",
-    "compact_grace_s": "NQ_COMPACT_GRACE_S", "sensor_interval": "NQ_SENSOR_INTERVAL",
-    "settle_seconds": "NQ_SETTLE_SECONDS", "max_attempts": "NQ_MAX_ATTEMPTS",
-    "run_start_timeout_s": "NQ_RUN_START_TIMEOUT_S", "query_timeout_s": "NQ_QUERY_TIMEOUT_S",
-    "query_memory": "NQ_QUERY_MEMORY", "query_max_rows": "NQ_QUERY_MAX_ROWS",
-    "min_rows_to_train": "NQ_MIN_ROWS_TO_TRAIN", "train_cron": "NQ_TRAIN_CRON",
-    "freshness_seconds": "NQ_FRESHNESS_SECONDS", "training_fresh_hours": "NQ_TRAINING_FRESH_HOURS",
-    "gpu_node_selector": "NQ_GPU_NODE_SELECTOR", "data_pvc": "NQ_DATA_PVC",
-    "predict_threads": "NQ_PREDICT_THREADS", "serve_replicas": "NQ_SERVE_REPLICAS",
-    "serve_replica": "NQ_SERVE_REPLICA", "serve_peers": "NQ_SERVE_PEERS", "serve_processes": "NQ_SERVE_PROCESSES",
-    "serve_torch_threads": "NQ_SERVE_TORCH_THREADS", "hostname": "HOSTNAME",
+    "home": "NQ_HOME",
+    "dagster_home": "DAGSTER_HOME",
+    "deployment": "DAGSTER_DEPLOYMENT",
+    "device": "NQ_DEVICE",
+    "s3_bucket": "NQ_S3_BUCKET",
+    "s3_prefix": "NQ_S3_PREFIX",
+    "s3_endpoint": "NQ_S3_ENDPOINT",
+    "aws_region": "AWS_REGION|AWS_DEFAULT_REGION",
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "secrets_dir": "NQ_SECRETS_DIR",
+    "compact_parts": "NQ_COMPACT_PARTS",
+    "compact_big_rows": "NQ_COMPACT_BIG_ROWS",
+    "compact_grace_s": "NQ_COMPACT_GRACE_S",
+    "sensor_interval": "NQ_SENSOR_INTERVAL",
+    "settle_seconds": "NQ_SETTLE_SECONDS",
+    "max_attempts": "NQ_MAX_ATTEMPTS",
+    "run_start_timeout_s": "NQ_RUN_START_TIMEOUT_S",
+    "query_timeout_s": "NQ_QUERY_TIMEOUT_S",
+    "query_memory": "NQ_QUERY_MEMORY",
+    "query_max_rows": "NQ_QUERY_MAX_ROWS",
+    "min_rows_to_train": "NQ_MIN_ROWS_TO_TRAIN",
+    "train_cron": "NQ_TRAIN_CRON",
+    "freshness_seconds": "NQ_FRESHNESS_SECONDS",
+    "training_fresh_hours": "NQ_TRAINING_FRESH_HOURS",
+    "gpu_node_selector": "NQ_GPU_NODE_SELECTOR",
+    "data_pvc": "NQ_DATA_PVC",
+    "predict_threads": "NQ_PREDICT_THREADS",
+    "serve_replicas": "NQ_SERVE_REPLICAS",
+    "serve_replica": "NQ_SERVE_REPLICA",
+    "serve_peers": "NQ_SERVE_PEERS",
+    "serve_processes": "NQ_SERVE_PROCESSES",
+    "serve_torch_threads": "NQ_SERVE_TORCH_THREADS",
+    "hostname": "HOSTNAME",
 }
 
 

@@ -16,8 +16,12 @@ from nq_dagster.ingest import build_series, rows_after
 from nq_dagster.store import Warehouse
 
 
-def load_stream(wh: Warehouse, source: str, live: ServingState | None = None,
-                series: Callable[[], pd.DataFrame] | None = None) -> tuple[ServingState, str]:
+def load_stream(
+    wh: Warehouse,
+    source: str,
+    live: ServingState | None = None,
+    series: Callable[[], pd.DataFrame] | None = None,
+) -> tuple[ServingState, str]:
     """The state `source`'s stream continues from, and how it was chosen (`fusion.predictor.continue_from`).
 
     `live`: the stream's state when the caller holds a newer one than the saved `live_state` (the server's
@@ -30,6 +34,8 @@ def load_stream(wh: Warehouse, source: str, live: ServingState | None = None,
         live = wh.load_artifact("live_state", source)
     after = pd.Timestamp(trained.stream.last_ts, tz="UTC")
     if series is None:
+
         def series() -> pd.DataFrame:
             return build_series(wh.read_table("raw_ticks", source, after=after))
+
     return continue_from(trained, live, rows_after(series))

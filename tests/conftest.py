@@ -24,8 +24,8 @@ def wh(tmp_path, monkeypatch):
 
 @contextlib.contextmanager
 def small_home(home):
-    """NQ_HOME and DAGSTER_HOME pointed at `home` (SMALL_CONFIG written there) for a module-scoped fixture, which
-    cannot use monkeypatch; restored afterwards."""
+    """NQ_HOME and DAGSTER_HOME pointed at `home` (SMALL_CONFIG written there) for a module-scoped fixture,
+    which cannot use monkeypatch; restored afterwards."""
     from nq_dagster.store import Warehouse
 
     old = {k: os.environ.get(k) for k in ("NQ_HOME", "DAGSTER_HOME")}

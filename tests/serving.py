@@ -21,7 +21,13 @@ from nq_dagster.store import Warehouse
 from .conftest import small_home
 
 N_TRAIN, N_ALL = 600, 1000
-CLONES = ("s1", "s2", "s3", "s4", "s5")  # sources sharing m's trained model (names differ, so do their owners)
+CLONES = (
+    "s1",
+    "s2",
+    "s3",
+    "s4",
+    "s5",
+)  # sources sharing m's trained model (names differ, so do their owners)
 
 
 def build_trained_home(root: Path) -> tuple[Path, pd.DataFrame]:
@@ -41,7 +47,9 @@ def build_trained_home(root: Path) -> tuple[Path, pd.DataFrame]:
     st = wh.load_artifact("serving_state", "m")
     raw = wh.read_table("raw_ticks", "m")
     for name in CLONES:
-        wh.save_artifact("serving_state", name, dataclasses.replace(st, model=dataclasses.replace(st.model, source=name)))
+        wh.save_artifact(
+            "serving_state", name, dataclasses.replace(st, model=dataclasses.replace(st.model, source=name))
+        )
         wh.write_table("raw_ticks", name, raw.assign(source=name), part="part-clone")
     rest = df.iloc[N_TRAIN:].reset_index(drop=True)
     rest["timestamp"] = pd.to_datetime(rest["timestamp"], utc=True)
@@ -70,8 +78,17 @@ class ThreadServer:
         self.server = create_server(str(home), flush_interval_s=0.2, watch_interval_s=0.2, **kw)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn.Config(self.server.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                             interface="asgi3", access_log=False, log_config=None, ws_ping_interval=None)
+        cfg = uvicorn.Config(
+            self.server.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            interface="asgi3",
+            access_log=False,
+            log_config=None,
+            ws_ping_interval=None,
+        )
         self.uv = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.uv.run, daemon=True)
         self.thread.start()
@@ -93,9 +110,22 @@ class ProcessServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(home.parent / f"serve-{self.port}.log", "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "NQ_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "nq_dagster.cli", "--home", str(home), "serve",
-                                      "--port", str(self.port), *(extra or [])], env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nq_dagster.cli",
+                "--home",
+                str(home),
+                "serve",
+                "--port",
+                str(self.port),
+                *(extra or []),
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while True:
             assert self.proc.poll() is None, self.output()

@@ -1,5 +1,5 @@
-"""End to end with the real Dagster daemon: files dropped into landing/ become predictions, exactly once per row,
-across a daemon killed and restarted mid-stream; a bad file is quarantined and the stream goes on."""
+"""End to end with the real Dagster daemon: files dropped into landing/ become predictions, exactly once per
+row, across a daemon killed and restarted mid-stream; a bad file is quarantined and the stream goes on."""
 
 import json
 import os
@@ -18,7 +18,8 @@ N_TRAIN, CHUNK, N_FILES = 400, 10, 6
 
 
 def drop(wh, name: str, df: pd.DataFrame | None = None, text: str | None = None) -> None:
-    """Write next to landing/, then rename into it (what writers should do: the sensor never sees half a file)."""
+    """Write next to landing/, then rename into it (what writers should do: the sensor never sees half a
+    file)."""
     d = wh.landing / "mackey_glass"
     d.mkdir(parents=True, exist_ok=True)
     tmp = wh.home / f".{name}.tmp"
@@ -30,11 +31,23 @@ def drop(wh, name: str, df: pd.DataFrame | None = None, text: str | None = None)
 
 
 def start_daemon(wh) -> subprocess.Popen:
-    env = {**os.environ, "NQ_HOME": str(wh.home), "DAGSTER_HOME": str(wh.dagster_home), "NQ_SENSOR_INTERVAL": "2",
-           "NQ_SETTLE_SECONDS": "0.5", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "NQ_HOME": str(wh.home),
+        "DAGSTER_HOME": str(wh.dagster_home),
+        "NQ_SENSOR_INTERVAL": "2",
+        "NQ_SETTLE_SECONDS": "0.5",
+        "PYTHONUNBUFFERED": "1",
+    }
     log = open(wh.home / "daemon.log", "ab")
-    return subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "nq_dagster.definitions"],
-                            env=env, cwd=str(wh.home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "nq_dagster.definitions"],
+        env=env,
+        cwd=str(wh.home),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
@@ -47,8 +60,10 @@ def stop(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
 
 def streamed(wh, boundary: pd.Timestamp) -> pd.DataFrame:
     try:
-        return wh.query("SELECT timestamp FROM predictions WHERE source = 'mackey_glass' AND timestamp > "
-                        f"TIMESTAMPTZ '{boundary.isoformat()}'")
+        return wh.query(
+            "SELECT timestamp FROM predictions WHERE source = 'mackey_glass' AND timestamp > "
+            f"TIMESTAMPTZ '{boundary.isoformat()}'"
+        )
     except Exception:  # view not there yet, or a writer holds the file
         return pd.DataFrame({"timestamp": []})
 
@@ -61,7 +76,9 @@ def wait_for(wh, boundary: pd.Timestamp, n: int, timeout: float) -> pd.DataFrame
             return got
         time.sleep(1)
     log = (wh.home / "daemon.log").read_text(errors="replace")[-3000:]
-    raise AssertionError(f"only {len(streamed(wh, boundary))} of {n} streamed predictions after {timeout} s\n{log}")
+    raise AssertionError(
+        f"only {len(streamed(wh, boundary))} of {n} streamed predictions after {timeout} s\n{log}"
+    )
 
 
 def test_stream_through_daemon_exactly_once(wh):
@@ -71,7 +88,7 @@ def test_stream_through_daemon_exactly_once(wh):
     drop(wh, "history.csv", df.iloc[:N_TRAIN])
     assert run_pipeline(wh, ["mackey_glass"], log=lambda *_: None)["mackey_glass"]
     boundary = df["timestamp"].iloc[N_TRAIN - 1]
-    chunks = [df.iloc[N_TRAIN + k * CHUNK: N_TRAIN + (k + 1) * CHUNK] for k in range(N_FILES)]
+    chunks = [df.iloc[N_TRAIN + k * CHUNK : N_TRAIN + (k + 1) * CHUNK] for k in range(N_FILES)]
 
     daemon = start_daemon(wh)
     try:
@@ -94,20 +111,39 @@ def test_stream_through_daemon_exactly_once(wh):
     expected = set(df["timestamp"].iloc[N_TRAIN:])
     stamps = pd.to_datetime(got["timestamp"], utc=True)
     assert len(stamps) == len(expected) and set(stamps) == expected  # every row once, none twice
-    dup = wh.query("SELECT count(*) AS n FROM (SELECT source, timestamp FROM predictions GROUP BY 1, 2 "
-                   "HAVING count(*) > 1)")
+    dup = wh.query(
+        "SELECT count(*) AS n FROM (SELECT source, timestamp FROM predictions GROUP BY 1, 2 "
+        "HAVING count(*) > 1)"
+    )
     assert dup["n"].iloc[0] == 0
     assert (wh.quarantine / "bad.csv.reason.txt").exists()
-    assert "not-a-number" in (wh.quarantine / "bad.csv.reason.txt").read_text() or "row 2" in (
-        wh.quarantine / "bad.csv.reason.txt").read_text()
+    assert (
+        "not-a-number" in (wh.quarantine / "bad.csv.reason.txt").read_text()
+        or "row 2" in (wh.quarantine / "bad.csv.reason.txt").read_text()
+    )
     assert not list((wh.landing / "mackey_glass").glob("*.csv"))
     st = wh.load_artifact("live_state", "mackey_glass")  # the stream's own state; training's stays as it was
     assert st.stream.n_rows == N_TRAIN + N_FILES * CHUNK
     assert wh.load_artifact("serving_state", "mackey_glass").stream.n_rows == N_TRAIN
-    runs = json.loads(subprocess.run([sys.executable, "-c", (
-        "import json, os; from dagster import DagsterInstance, RunsFilter; i = DagsterInstance.get(); "
-        "print(json.dumps([r.job_name for r in i.get_runs(RunsFilter(tags={'nq/trigger': 'landing'}))]))")],
-        env={**os.environ, "DAGSTER_HOME": str(wh.dagster_home)}, capture_output=True, text=True,
-        check=True).stdout.strip().splitlines()[-1])
+    runs = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import json, os; from dagster import DagsterInstance, RunsFilter; i = "
+                    "DagsterInstance.get(); "
+                    "print(json.dumps([r.job_name for r in i.get_runs(RunsFilter(tags={'nq/trigger': "
+                    "'landing'}))]))"
+                ),
+            ],
+            env={**os.environ, "DAGSTER_HOME": str(wh.dagster_home)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert runs and set(runs) == {"streaming"}
     assert len(runs) <= N_FILES + 2  # files batched per source per tick: never more runs than drops

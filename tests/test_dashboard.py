@@ -1,6 +1,6 @@
-"""The dashboard in a real browser (headless Chromium driven by Playwright): the page served by `nq serve` shows
-predictions posted through the API within 2 s, a wrong key gets a clear message, the charts keep a bounded
-window, the report opens for a viewer, and the page reconnects when the server restarts."""
+"""The dashboard in a real browser (headless Chromium driven by Playwright): the page served by `nq serve`
+shows predictions posted through the API within 2 s, a wrong key gets a clear message, the charts keep a
+bounded window, the report opens for a viewer, and the page reconnects when the server restarts."""
 
 from __future__ import annotations
 
@@ -16,10 +16,15 @@ from nq_dagster.serve.keys import KeyStore
 from .serving import ThreadServer, build_trained_home, copy_home, tick
 
 CHROMIUM = os.environ.get("NQ_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra has it)")
+playwright = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (the dev extra has it)"
+)
 if not CHROMIUM:
-    pytest.skip("no Chromium on this machine (`apt-get install -y chromium`; .ci/run installs it): the dashboard's "
-                "browser test did not run", allow_module_level=True)
+    pytest.skip(
+        "no Chromium on this machine (`apt-get install -y chromium`; .ci/run installs it): the dashboard's "
+        "browser test did not run",
+        allow_module_level=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +72,18 @@ def test_dashboard_shows_live_predictions(base, browser, tmp_path):
         assert "last 5 realized" in text  # six predictions, five realized by the tick after them
         assert "validation" in text and "energy" in text
         # the heat strip has been drawn (not all white)
-        ink = page.evaluate("""() => { const cv = document.querySelector('.card[data-source="m"] canvas.strip');
+        ink = page.evaluate("""() => {
+            const cv = document.querySelector('.card[data-source="m"] canvas.strip');
             const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
             let s = 0; for (let i = 0; i < d.length; i += 4) s += 255 - d[i]; return s; }""")
         assert ink > 0
         # a bounded window: 350 more predictions, at most 300 points kept
         for i in range(6, 356, 50):
-            body = {"source": "m", "data": [float(v) for v in ticks.value[i:i + 50]],
-                    "timestamps": [t.isoformat() for t in ticks.timestamp[i:i + 50]]}
+            body = {
+                "source": "m",
+                "data": [float(v) for v in ticks.value[i : i + 50]],
+                "timestamps": [t.isoformat() for t in ticks.timestamp[i : i + 50]],
+            }
             assert c.post("/api/v1/process/realtime", json=body).status_code == 200
         page.wait_for_function("() => cards.get('m').t.length === 300", timeout=5_000)
         assert page.evaluate("() => cards.get('m').outcomes.length") <= 500
@@ -89,7 +98,9 @@ def test_dashboard_shows_live_predictions(base, browser, tmp_path):
         srv = ThreadServer(home, port=port)
         page.wait_for_selector("#conn[data-state=on]", timeout=20_000)
         last = ticks.iloc[356]
-        pid = c.post("/api/v1/process/realtime", json=tick("m", last.timestamp, last.value)).json()["prediction_id"]
+        pid = c.post("/api/v1/process/realtime", json=tick("m", last.timestamp, last.value)).json()[
+            "prediction_id"
+        ]
         page.wait_for_selector(f'.card[data-source="m"] .last[data-prediction-id="{pid}"]', timeout=2_000)
         assert not errors, errors
     finally:
@@ -109,8 +120,8 @@ def test_dashboard_says_when_the_key_is_wrong(base, browser, tmp_path):
 
 
 def test_dashboard_keeps_up_with_20_sources_at_100_per_second(base, browser, tmp_path):
-    """20 sources, 100 predictions/s for 5 s: every card shows its source's latest prediction within 2 s of the
-    last post, the DOM does not grow with the stream, and no script error."""
+    """20 sources, 100 predictions/s for 5 s: every card shows its source's latest prediction within 2 s of
+    the last post, the DOM does not grow with the stream, and no script error."""
     import dataclasses
 
     from nq_dagster.store import Warehouse
@@ -120,7 +131,9 @@ def test_dashboard_keeps_up_with_20_sources_at_100_per_second(base, browser, tmp
     st = wh.load_artifact("serving_state", "m")
     names = [f"d{i:02d}" for i in range(20)]
     for n in names:
-        wh.save_artifact("serving_state", n, dataclasses.replace(st, model=dataclasses.replace(st.model, source=n)))
+        wh.save_artifact(
+            "serving_state", n, dataclasses.replace(st, model=dataclasses.replace(st.model, source=n))
+        )
     store = KeyStore(home)
     key = store.create("developer", rate="60000/min", burst=1000)[0]
     ticks = base[1]
@@ -136,15 +149,18 @@ def test_dashboard_keeps_up_with_20_sources_at_100_per_second(base, browser, tmp
         t0 = time.monotonic()
         for i in range(25):  # 25 rounds x 20 sources in 5 s
             for n in names:
-                last[n] = c.post("/api/v1/process/realtime",
-                                 json=tick(n, ticks.timestamp[i], ticks.value[i])).json()["prediction_id"]
+                last[n] = c.post(
+                    "/api/v1/process/realtime", json=tick(n, ticks.timestamp[i], ticks.value[i])
+                ).json()["prediction_id"]
             time.sleep(max(0.0, t0 + 0.2 * (i + 1) - time.monotonic()))
         rate = 500 / (time.monotonic() - t0)
         deadline = time.monotonic() + 2.0
         for n in names:
             remaining = max(0.05, deadline - time.monotonic())
-            page.wait_for_selector(f'.card[data-source="{n}"] .last[data-prediction-id="{last[n]}"]',
-                                   timeout=int(remaining * 1000))
+            page.wait_for_selector(
+                f'.card[data-source="{n}"] .last[data-prediction-id="{last[n]}"]',
+                timeout=int(remaining * 1000),
+            )
         nodes_after = page.evaluate("() => document.getElementsByTagName('*').length")
         assert rate >= 90, rate
         assert nodes_after <= nodes_before * 1.1 + 200, (nodes_before, nodes_after)

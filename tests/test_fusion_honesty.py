@@ -88,11 +88,14 @@ def test_no_model_sees_its_future(mg):
     before = out["fused"]["row"] < k
     for c in ("p_down", "p_hold", "p_up", "pred_change"):
         assert np.array_equal(out["fused"][c][before].to_numpy(), alt[c][before].to_numpy()), c
-    assert not np.allclose(out["fused"]["pred_change"][~before].to_numpy(), alt["pred_change"][~before].to_numpy())
+    assert not np.allclose(
+        out["fused"]["pred_change"][~before].to_numpy(), alt["pred_change"][~before].to_numpy()
+    )
     targets = make_targets(mg[0])
     leaky = targets.copy()
     with pytest.raises(AssertionError, match="unrealized target"):
         from nq_dagster.fusion.walkforward import fit_model
+
         fit_model(np.zeros((len(leaky), 2)), leaky, len(leaky) - 1, 0.3, [])
 
 
@@ -104,7 +107,8 @@ def test_reservoir_is_deterministic_per_seed():
 
 
 def test_iot_anomalies_found_against_recorded_truth():
-    """The > 4 sigma surprise flag finds the recorded anomalies far above the base rate (held-out rows only)."""
+    """The > 4 sigma surprise flag finds the recorded anomalies far above the base rate (held-out rows
+    only)."""
     from nq_dagster.demo import iot_sensor
 
     df, truth = iot_sensor(3000, seed=0)

@@ -30,14 +30,21 @@ def test_good_csv_and_reingest_is_noop(wh, tmp_path):
     assert len(wh.read_table("raw_ticks", "alpha")) == 3
 
 
-@pytest.mark.parametrize("text,row,needle", [
-    ("timestamp,value\n2026-01-01T00:00:00Z,1\nnot-a-time,2\n", 3, "unparseable timestamp"),
-    ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,abc\n", 3, "not a number"),
-    ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,inf\n", 3, "NaN or infinite"),
-    ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,nan\n", 3, "NaN or infinite"),
-    ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:00:00Z,2\n", 3, "duplicate (source, timestamp) of row 2"),
-    ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,\n", 3, "missing value"),
-])
+@pytest.mark.parametrize(
+    "text,row,needle",
+    [
+        ("timestamp,value\n2026-01-01T00:00:00Z,1\nnot-a-time,2\n", 3, "unparseable timestamp"),
+        ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,abc\n", 3, "not a number"),
+        ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,inf\n", 3, "NaN or infinite"),
+        ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,nan\n", 3, "NaN or infinite"),
+        (
+            "timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:00:00Z,2\n",
+            3,
+            "duplicate (source, timestamp) of row 2",
+        ),
+        ("timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,\n", 3, "missing value"),
+    ],
+)
 def test_bad_row_quarantines_whole_file_with_reason(wh, tmp_path, text, row, needle):
     ok = Ingestor(wh).ingest_file(write(tmp_path, "other.csv", GOOD))
     assert ok.status == "ingested"
@@ -52,12 +59,15 @@ def test_bad_row_quarantines_whole_file_with_reason(wh, tmp_path, text, row, nee
     assert len(wh.read_table("raw_ticks", "other")) == 3  # other data untouched
 
 
-@pytest.mark.parametrize("content,needle", [
-    (b"", "empty"),
-    (b"timestamp,value\n", "no data rows"),
-    (b"when,value\n2026-01-01,1\n", "missing timestamp column"),
-    (b"timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,\xff\xfe\n", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"", "empty"),
+        (b"timestamp,value\n", "no data rows"),
+        (b"when,value\n2026-01-01,1\n", "missing timestamp column"),
+        (b"timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,\xff\xfe\n", "not UTF-8"),
+    ],
+)
 def test_whole_file_problems(wh, tmp_path, content, needle):
     r = Ingestor(wh).ingest_file(write(tmp_path, "gamma.csv", content))
     assert r.status == "quarantined" and needle in r.reason
@@ -82,10 +92,15 @@ def test_out_of_order_sorted_epochs_and_duplicates_against_store(wh, tmp_path):
 
 
 def test_jsonl_parquet_source_column(wh, tmp_path):
-    jl = '{"timestamp": "2026-01-01T00:00:00Z", "source": "s1", "v": 1}\n{"timestamp": "2026-01-01T00:00:00Z", "source": "s2", "v": 2}\n'
+    jl = (
+        '{"timestamp": "2026-01-01T00:00:00Z", "source": "s1", "v": 1}\n'
+        '{"timestamp": "2026-01-01T00:00:00Z", "source": "s2", "v": 2}\n'
+    )
     r = Ingestor(wh).ingest_file(write(tmp_path, "multi.jsonl", jl))
     assert r.sources == {"s1": 1, "s2": 1}
-    df = pd.DataFrame({"timestamp": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True), "price": [1.0, 2.0]})
+    df = pd.DataFrame(
+        {"timestamp": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True), "price": [1.0, 2.0]}
+    )
     atomic_write_parquet(tmp_path / "pq.parquet", df)
     r = Ingestor(wh).ingest_file(tmp_path / "pq.parquet", source="pqsrc")
     assert r.sources == {"pqsrc": 2}
@@ -100,6 +115,7 @@ def test_atomic_write_survives_crash(wh, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("simulated crash during rename")
+
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError):
         wh.write_table("t", "s", pd.concat([df, df]))
@@ -113,11 +129,34 @@ def test_fast_tick_validation_accepts_a_subset_of_ingest_with_the_same_values():
     timestamps and values; anything unusual is left to the rules over a frame of the ticks (None)."""
     from nq_dagster.ingest.ticks import check_tick_frame, fast_validate_ticks
 
-    stamps = ["2026-01-05T10:00:00Z", "2026-01-05T10:00:00.123456+02:00", "2026-01-05 10:00:00", "2026-01-05",
-              "2026-01-05T10:00", "2026-01-05T10:00:00-05:30", 1767607200, 1767607200.5, 1767607200123,
-              1767607200123.0, 0, -86400.25, "20260105T100000", "2026-13-05T10:00:00Z", "yesterday",
-              "2026-01-05T10:00:00.1234567Z", "1767607200", float("nan"), float("inf"), True, None,
-              "2026-02-30", "2026-01-05T25:00:00Z", "1969-12-31T23:59:59.5Z", "2026-01-05Z", 10**400]
+    stamps = [
+        "2026-01-05T10:00:00Z",
+        "2026-01-05T10:00:00.123456+02:00",
+        "2026-01-05 10:00:00",
+        "2026-01-05",
+        "2026-01-05T10:00",
+        "2026-01-05T10:00:00-05:30",
+        1767607200,
+        1767607200.5,
+        1767607200123,
+        1767607200123.0,
+        0,
+        -86400.25,
+        "20260105T100000",
+        "2026-13-05T10:00:00Z",
+        "yesterday",
+        "2026-01-05T10:00:00.1234567Z",
+        "1767607200",
+        float("nan"),
+        float("inf"),
+        True,
+        None,
+        "2026-02-30",
+        "2026-01-05T25:00:00Z",
+        "1969-12-31T23:59:59.5Z",
+        "2026-01-05Z",
+        10**400,
+    ]
     values = [1.5, 0, -3, 1e300, float("nan"), float("inf"), "1.5", True, None, 10**400]
     checked = accepted = 0
     for ts in stamps:
@@ -145,16 +184,28 @@ def test_check_ticks_answers_with_structured_rows():
     plain = check_ticks([("m", "2026-01-05T10:00:00Z", 1.5), ("n", 1767607200, 2)])
     assert not plain.problems
     assert [(t.row, t.source, t.ts_ns, t.value) for t in plain.clean] == [
-        (0, "m", 1767607200 * 10**9, 1.5), (1, "n", 1767607200 * 10**9, 2.0)]
-    r = check_ticks([("m", "2026-01-05T10:00:00Z", 1.5), ("m", "yesterday", 1.0), ("m", 1767607200, 2.0),
-                     ("../x", "2026-01-05T10:00:01Z", float("nan"))])
+        (0, "m", 1767607200 * 10**9, 1.5),
+        (1, "n", 1767607200 * 10**9, 2.0),
+    ]
+    r = check_ticks(
+        [
+            ("m", "2026-01-05T10:00:00Z", 1.5),
+            ("m", "yesterday", 1.0),
+            ("m", 1767607200, 2.0),
+            ("../x", "2026-01-05T10:00:01Z", float("nan")),
+        ]
+    )
     assert [(t.row, t.ts_ns) for t in r.clean] == [(0, 1767607200 * 10**9)]
     assert [(b.row, b.column, b.kind, b.duplicate_of) for b in r.problems] == [
-        (1, "timestamp", "timestamp", None), (2, "timestamp", "duplicate", 0),
-        (3, "value", "not_finite", None), (3, "source", "source", None)]
+        (1, "timestamp", "timestamp", None),
+        (2, "timestamp", "duplicate", 0),
+        (3, "value", "not_finite", None),
+        (3, "source", "source", None),
+    ]
     assert r.problems[1].describe("request") == (
         "request: row 2, column 'timestamp': duplicate (source, timestamp) of row 0 (value '1767607200'). "
-        "Fix: keep one row per source and timestamp")
+        "Fix: keep one row per source and timestamp"
+    )
 
 
 def test_two_concurrent_overlapping_ingests_store_each_time_once(tmp_path):
@@ -172,14 +223,34 @@ def test_two_concurrent_overlapping_ingests_store_each_time_once(tmp_path):
     home = tmp_path / "nq"
     n = 150_000
     ts = pd.date_range("2026-01-01", periods=n + n // 2, freq="s", tz="UTC")
-    df = pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": np.arange(len(ts), dtype=float)})
+    df = pd.DataFrame(
+        {"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": np.arange(len(ts), dtype=float)}
+    )
     df.iloc[:n].to_csv(tmp_path / "a.csv", index=False)
-    df.iloc[n // 2:].to_csv(tmp_path / "b.csv", index=False)
+    df.iloc[n // 2 :].to_csv(tmp_path / "b.csv", index=False)
     env = {**os.environ, "NQ_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     Warehouse(home).ensure()
-    procs = [subprocess.Popen([sys.executable, "-m", "nq_dagster.cli", "--home", str(home), "ingest", str(tmp_path / f),
-                               "--source", "x", "--skip-bad-rows"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for f in ("a.csv", "b.csv")]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nq_dagster.cli",
+                "--home",
+                str(home),
+                "ingest",
+                str(tmp_path / f),
+                "--source",
+                "x",
+                "--skip-bad-rows",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for f in ("a.csv", "b.csv")
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     wh = Warehouse(home)
@@ -188,8 +259,8 @@ def test_two_concurrent_overlapping_ingests_store_each_time_once(tmp_path):
 
 
 def test_stale_temporary_files_are_removed(wh):
-    """A write killed mid-way leaves `.<name>.<random>.tmp`; the next ingest removes it once it is an hour old,
-    and leaves a fresh one (a write in progress) alone."""
+    """A write killed mid-way leaves `.<name>.<random>.tmp`; the next ingest removes it once it is an hour
+    old, and leaves a fresh one (a write in progress) alone."""
     import os
     import time
 
@@ -207,7 +278,9 @@ def test_stale_temporary_files_are_removed(wh):
 
 def _minutes(start: str, n: int, base: float = 0.0) -> str:
     ts = pd.date_range(start, periods=n, freq="min", tz="UTC")
-    return "timestamp,value\n" + "".join(f"{t.strftime('%Y-%m-%dT%H:%M:%SZ')},{base + i}\n" for i, t in enumerate(ts))
+    return "timestamp,value\n" + "".join(
+        f"{t.strftime('%Y-%m-%dT%H:%M:%SZ')},{base + i}\n" for i, t in enumerate(ts)
+    )
 
 
 def test_new_rows_are_read_without_reading_the_history(wh, tmp_path, monkeypatch):
@@ -221,13 +294,19 @@ def test_new_rows_are_read_without_reading_the_history(wh, tmp_path, monkeypatch
 
     read = []
     real = parts.read_part  # every read of a part, through the Warehouse or the table reader
-    monkeypatch.setattr(parts, "read_part", lambda store, part, columns=None: (
-        read.append(part.stem) if part.parent.parent.name == "raw_ticks" else None)
-        or real(store, part, columns))
+    monkeypatch.setattr(
+        parts,
+        "read_part",
+        lambda store, part, columns=None: (
+            (read.append(part.stem) if part.parent.parent.name == "raw_ticks" else None)
+            or real(store, part, columns)
+        ),
+    )
     cut = pd.Timestamp("2026-01-02 00:10", tz="UTC")
     new = wh.read_table("raw_ticks", "s", after=cut)
-    pd.testing.assert_frame_equal(new.reset_index(drop=True),
-                                  full[full["timestamp"] > cut].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        new.reset_index(drop=True), full[full["timestamp"] > cut].reset_index(drop=True)
+    )
     assert len(new) == 39 and len(read) == 1  # the 500-row part was skipped by its footer
     assert wh.stored_rows("raw_ticks", "s") == 550
     # a file of new rows: its duplicate check reads no stored part; one overlapping the mid part reads only it
@@ -237,24 +316,31 @@ def test_new_rows_are_read_without_reading_the_history(wh, tmp_path, monkeypatch
     dup = write(tmp_path, "dup.csv", "timestamp,value\n2026-01-02T00:20:00Z,9\n2026-01-04T00:00:00Z,9\n")
     r = ing.ingest_file(dup, source="s")
     assert r.status == "quarantined" and "already stored" in r.reason
-    assert len(read) == 2 and f"part-{old.content_hash[:20]}" not in read  # mid and new parts, not the history
+    assert (
+        len(read) == 2 and f"part-{old.content_hash[:20]}" not in read
+    )  # mid and new parts, not the history
 
 
 def test_compaction_keeps_every_row_once_and_readers_see_one_table(wh, tmp_path, capsys):
     """`nq compact` merges a source's parts into one: the same rows (count and content checksum) before and
     after; queries running while it happens always see the whole table once (never both the compacted part and
-    the parts it replaces, never a half); a replaced part written again by name (a writer re-flushing it) stays
-    hidden; the replaced files are removed once their grace time has passed."""
+    the parts it replaces, never a half); a replaced part written again by name (a writer re-flushing it)
+    stays hidden; the replaced files are removed once their grace time has passed."""
     import threading
 
     from nq_dagster.cli import main
 
     ing = Ingestor(wh)
     for k in range(12):
-        ing.ingest_file(write(tmp_path, f"f{k}.csv", _minutes(f"2026-01-{k + 1:02d}", 40, 100 * k)), source="c")
+        ing.ingest_file(
+            write(tmp_path, f"f{k}.csv", _minutes(f"2026-01-{k + 1:02d}", 40, 100 * k)), source="c"
+        )
     parts = wh.table_parts("raw_ticks", "c")
     assert len(parts) == 12
-    sql = "SELECT count(*) AS n, sum(value) AS s, count(DISTINCT timestamp) AS d FROM raw_ticks WHERE source = 'c'"
+    sql = (
+        "SELECT count(*) AS n, sum(value) AS s, count(DISTINCT timestamp) AS d "
+        "FROM raw_ticks WHERE source = 'c'"
+    )
     before = wh.query(sql).iloc[0].tolist()
     assert before[0] == before[2] == 480
 
@@ -269,7 +355,9 @@ def test_compaction_keeps_every_row_once_and_readers_see_one_table(wh, tmp_path,
     try:
         assert main(["--home", str(wh.home), "compact", "--source", "c"]) == 0
         for k in range(12, 14):  # ingest goes on beside it; a second compaction merges the new parts too
-            ing.ingest_file(write(tmp_path, f"f{k}.csv", _minutes(f"2026-01-{k + 1:02d}", 40, 100 * k)), source="c")
+            ing.ingest_file(
+                write(tmp_path, f"f{k}.csv", _minutes(f"2026-01-{k + 1:02d}", 40, 100 * k)), source="c"
+            )
         wh.compact("raw_ticks", "c")
     finally:
         stop.set()
@@ -293,12 +381,14 @@ def test_compaction_keeps_every_row_once_and_readers_see_one_table(wh, tmp_path,
 
 
 GOOD_FILES = {
-    "iso.csv": "timestamp,value\n2026-01-01T00:00:00Z,1.5\n2026-01-01T00:01:00Z, 2.5\n2026-01-01T00:02:00Z,3e2\n",
+    "iso.csv": (
+        "timestamp,value\n2026-01-01T00:00:00Z,1.5\n2026-01-01T00:01:00Z, 2.5\n2026-01-01T00:02:00Z,3e2\n"
+    ),
     "space.csv": "time,price,volume\n2026-01-01 00:00:00.00,1,10\n2026-01-01 00:00:01.25,2,11\n",
     "secs.csv": "ts,value\n1767225600,1\n1767225601,2\n",
     "millis.csv": "ts,value\n1767225600000,1\n1767225601500,2\n",
     "zones.csv": "timestamp,value,source\n2026-01-01T00:00:00+02:00,1,x\n2026-01-01T00:00:00+00:00,2,y\n"
-                 "2025-12-31T00:00:00-01:30,3,x\n",
+    "2025-12-31T00:00:00-01:30,3,x\n",
     "dates.csv": "Timestamp, Value \n2026-01-01,1\n2026-01-02,2\n",
 }
 
@@ -322,8 +412,9 @@ def test_the_vectorised_path_equals_the_row_by_row_path_on_good_files(tmp_path, 
     assert isinstance(fast.clean, pl.DataFrame) and fast.clean["source"].dtype == pl.String
     pd.testing.assert_frame_equal(fast.clean.to_pandas(), slow.clean.to_pandas())
     assert fast.bad == slow.bad == [] and fast.notes == slow.notes
-    mixed = write(tmp_path, "mixed.csv",
-                  "timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:00:01.5Z,2\n")
+    mixed = write(
+        tmp_path, "mixed.csv", "timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:00:01.5Z,2\n"
+    )
     mixed_fast = check_columns(read_fast(mixed, mixed.read_bytes()), mixed, source)  # two shapes: one parser
     mixed_slow = check_columns(read_user_file(mixed, mixed.read_bytes()), mixed, source)
     pd.testing.assert_frame_equal(mixed_fast.clean.to_pandas(), mixed_slow.clean.to_pandas())
@@ -335,9 +426,12 @@ def test_the_vectorised_path_equals_the_row_by_row_path_on_good_files(tmp_path, 
 
 
 def test_sorting_note_is_per_source(wh, tmp_path):
-    """Two sources interleaved, each in time order: no "out of time order" note (the check was across sources)."""
-    text = ("timestamp,value,source\n2026-01-01T00:01:00Z,1,a\n2026-01-01T00:00:00Z,1,b\n"
-            "2026-01-01T00:02:00Z,2,a\n2026-01-01T00:01:00Z,2,b\n")
+    """Two sources interleaved, each in time order: no "out of time order" note (the check was across
+    sources)."""
+    text = (
+        "timestamp,value,source\n2026-01-01T00:01:00Z,1,a\n2026-01-01T00:00:00Z,1,b\n"
+        "2026-01-01T00:02:00Z,2,a\n2026-01-01T00:01:00Z,2,b\n"
+    )
     r = Ingestor(wh).ingest_file(write(tmp_path, "two.csv", text))
     assert r.status == "ingested" and not any("order" in n for n in r.notes)
     from nq_dagster.ingest.read import read_user_file
@@ -351,25 +445,37 @@ def test_sorting_note_is_per_source(wh, tmp_path):
 def test_field_count_long_values_and_rename(wh, tmp_path, capsys):
     """An extra field in the first data row is a field-count error; a huge bad value is shown cut to 200
     characters (message, reason file, log); a file whose value column is named differently is refused for a
-    known source with the fix, and `--rename reading=value` stores it under the source's name (never as NULL)."""
+    known source with the fix, and `--rename reading=value` stores it under the source's name (never as
+    NULL)."""
     from nq_dagster.cli import main
 
     ing = Ingestor(wh)
-    r = ing.ingest_file(write(tmp_path, "extra.csv", "timestamp,value\n2026-01-01T00:00:00Z,1,extra\n"), source="e")
+    r = ing.ingest_file(
+        write(tmp_path, "extra.csv", "timestamp,value\n2026-01-01T00:00:00Z,1,extra\n"), source="e"
+    )
     assert r.status == "quarantined" and "row 2 has more fields than the header's 2" in r.reason
-    r = ing.ingest_file(write(tmp_path, "huge.csv", "timestamp,value\n2026-01-01T00:00:00Z," + "x" * 5_000_000 + "\n"),
-                        source="e")
+    r = ing.ingest_file(
+        write(tmp_path, "huge.csv", "timestamp,value\n2026-01-01T00:00:00Z," + "x" * 5_000_000 + "\n"),
+        source="e",
+    )
     assert r.status == "quarantined" and len(r.reason) < 1000 and "5,000,000 characters" in r.reason
     assert (wh.quarantine / "huge.csv.reason.txt").stat().st_size < 5000
     assert ing.ingest_file(write(tmp_path, "first.csv", GOOD), source="k").status == "ingested"
-    other = write(tmp_path, "other.csv", "timestamp,reading\n2026-01-02T00:00:00Z,7.5\n2026-01-02T00:01:00Z,8\n")
+    other = write(
+        tmp_path, "other.csv", "timestamp,reading\n2026-01-02T00:00:00Z,7.5\n2026-01-02T00:01:00Z,8\n"
+    )
     r = ing.ingest_file(other, source="k")
     assert r.status == "quarantined" and "--rename found=expected" in r.reason
-    assert main(["--home", str(wh.home), "ingest", str(other), "--source", "k", "--rename", "reading=value"]) == 0
+    assert (
+        main(["--home", str(wh.home), "ingest", str(other), "--source", "k", "--rename", "reading=value"])
+        == 0
+    )
     stored = wh.read_table("raw_ticks", "k")
     assert list(stored.columns) == ["source", "timestamp", "value", "file", "content_hash"]
     assert stored.sort_values("timestamp")["value"].tolist() == [1.5, 2.5, 3.0, 7.5, 8.0]
-    assert main(["--home", str(wh.home), "ingest", str(other), "--source", "k2", "--rename", "level=value"]) == 1
+    assert (
+        main(["--home", str(wh.home), "ingest", str(other), "--source", "k2", "--rename", "level=value"]) == 1
+    )
     said = capsys.readouterr()
     assert "has no column 'level'" in said.out + said.err
 
@@ -387,8 +493,12 @@ def test_live_predictions_are_compacted_and_training_part_is_left_alone(wh):
 
     wh.write_table("predictions", "s", frame(0, 100, "trained"))  # training's walk-forward rows: part "data"
     for k in range(70):
-        wh.write_table("predictions", "s", frame(100 + 3 * k, 3, "live"),
-                       part=(f"stream-{k:010d}-{k + 1:010d}" if k % 2 else f"serve-r0-{k:06d}"))
+        wh.write_table(
+            "predictions",
+            "s",
+            frame(100 + 3 * k, 3, "live"),
+            part=(f"stream-{k:010d}-{k + 1:010d}" if k % 2 else f"serve-r0-{k:06d}"),
+        )
     before = wh.read_table("predictions", "s").sort_values("timestamp").reset_index(drop=True)
     times = sorted(live_prediction_times(wh, "s"))
     assert wh.compact_if_many("predictions", "s", limit=80) is None  # 70 live parts: under the limit
@@ -432,11 +542,14 @@ def test_compaction_leaves_big_parts_alone(wh):
 
 
 def test_duplicates_against_store_are_per_source_in_a_multi_source_file(wh, tmp_path):
-    """Rows of a many-source file that repeat a stored (source, timestamp) are the bad ones, found per source and
-    reported with their own row numbers; another source's rows at the same instants are kept."""
-    Ingestor(wh).ingest_file(write(tmp_path, "b.csv", "timestamp,value\n2026-01-01T00:01:00Z,9\n"
-                                                      "2026-01-01T00:03:00Z,9\n"))
-    text = "timestamp,value,source\n" + "".join(f"2026-01-01T00:0{m}:00Z,{m},{s}\n" for m in range(5) for s in "ab")
+    """Rows of a many-source file that repeat a stored (source, timestamp) are the bad ones, found per source
+    and reported with their own row numbers; another source's rows at the same instants are kept."""
+    Ingestor(wh).ingest_file(
+        write(tmp_path, "b.csv", "timestamp,value\n2026-01-01T00:01:00Z,9\n2026-01-01T00:03:00Z,9\n")
+    )
+    text = "timestamp,value,source\n" + "".join(
+        f"2026-01-01T00:0{m}:00Z,{m},{s}\n" for m in range(5) for s in "ab"
+    )
     r = Ingestor(wh).ingest_file(write(tmp_path, "both.csv", text), skip_bad_rows=True)
     assert r.status == "ingested-with-bad-rows" and r.sources == {"a": 5, "b": 3}
     # b's rows at minutes 1 and 3 are lines 5 and 9 (header = line 1, a and b alternate)
@@ -444,12 +557,19 @@ def test_duplicates_against_store_are_per_source_in_a_multi_source_file(wh, tmp_
     assert all("already stored for source 'b'" in b.problem for b in r.bad_rows)
     b = wh.read_table("raw_ticks", "b").sort_values("timestamp")
     assert list(b["value"]) == [0.0, 9.0, 2.0, 9.0, 4.0]
-    assert list(wh.read_table("raw_ticks", "a").sort_values("timestamp")["value"]) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert list(wh.read_table("raw_ticks", "a").sort_values("timestamp")["value"]) == [
+        0.0,
+        1.0,
+        2.0,
+        3.0,
+        4.0,
+    ]
 
 
 def test_the_hash_is_of_the_bytes_parsed_when_the_file_changes_while_read(wh, tmp_path, monkeypatch):
-    """The file is hashed by a thread that reads it beside the parse; when its size, modification time or inode
-    moved meanwhile, the stored content hash is that of the bytes that were parsed, not of what the thread read."""
+    """The file is hashed by a thread that reads it beside the parse; when its size, modification time or
+    inode moved meanwhile, the stored content hash is that of the bytes that were parsed, not of what the
+    thread read."""
     import hashlib
     from types import SimpleNamespace
 
@@ -458,15 +578,21 @@ def test_the_hash_is_of_the_bytes_parsed_when_the_file_changes_while_read(wh, tm
     text = "timestamp,value\n2026-01-01T00:00:00Z,1\n2026-01-01T00:01:00Z,2\n"
     path = write(tmp_path, "moving.csv", text)
     assert ing._file_digest(path) == hashlib.sha256(text.encode()).hexdigest()
-    monkeypatch.setattr(ing, "_file_digest", lambda p: "0" * 64)  # what a thread that read other bytes would say
+    monkeypatch.setattr(
+        ing, "_file_digest", lambda p: "0" * 64
+    )  # what a thread that read other bytes would say
     real_stat, calls = os.stat, []
 
     def stat(p, *a, **k):
         st = real_stat(p, *a, **k)
         calls.append(p)
         moved = len(calls) == 2  # the second look: the file was rewritten meanwhile
-        return SimpleNamespace(st_size=st.st_size, st_ino=st.st_ino, st_dev=st.st_dev,
-                               st_mtime_ns=st.st_mtime_ns + (1 if moved else 0))
+        return SimpleNamespace(
+            st_size=st.st_size,
+            st_ino=st.st_ino,
+            st_dev=st.st_dev,
+            st_mtime_ns=st.st_mtime_ns + (1 if moved else 0),
+        )
 
     monkeypatch.setattr(ing, "_stat", stat)
     r = Ingestor(wh).ingest_file(path)

@@ -1,6 +1,6 @@
-"""Kubernetes, offline: definitions load with the k8s deployment; the Job that dagster-k8s builds for the reservoir
-step carries the GPU request, node selector and toleration and validates against the Kubernetes schema; the
-instance configuration for k8s loads through Dagster's config schema; the Helm values parse."""
+"""Kubernetes, offline: definitions load with the k8s deployment; the Job that dagster-k8s builds for the
+reservoir step carries the GPU request, node selector and toleration and validates against the Kubernetes
+schema; the instance configuration for k8s loads through Dagster's config schema; the Helm values parse."""
 
 import json
 import os
@@ -16,23 +16,45 @@ pytest.importorskip("dagster_k8s", reason="the k8s extra (pip install -e '.[k8s]
 
 
 def test_definitions_load_for_k8s(tmp_path):
-    code = ("import json; from nq_dagster.definitions import defs; "
-            "j = {n: defs.resolve_job_def(n).executor_def.name for n in ('source_pipeline', 'streaming')}; "
-            "print(json.dumps(j))")
-    env = {**os.environ, "DAGSTER_DEPLOYMENT": "k8s", "NQ_HOME": str(tmp_path), "NQ_GPU_NODE_SELECTOR": "pool=gpu-a"}
+    code = (
+        "import json; from nq_dagster.definitions import defs; "
+        "j = {n: defs.resolve_job_def(n).executor_def.name for n in ('source_pipeline', 'streaming')}; "
+        "print(json.dumps(j))"
+    )
+    env = {
+        **os.environ,
+        "DAGSTER_DEPLOYMENT": "k8s",
+        "NQ_HOME": str(tmp_path),
+        "NQ_GPU_NODE_SELECTOR": "pool=gpu-a",
+    }
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"source_pipeline": "k8s", "streaming": "in_process"}
-    bad = subprocess.run([sys.executable, "-c", "import nq_dagster.definitions"], capture_output=True, text=True,
-                         env={**os.environ, "DAGSTER_DEPLOYMENT": "k8s", "NQ_HOME": ""})
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "source_pipeline": "k8s",
+        "streaming": "in_process",
+    }
+    bad = subprocess.run(
+        [sys.executable, "-c", "import nq_dagster.definitions"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DAGSTER_DEPLOYMENT": "k8s", "NQ_HOME": ""},
+    )
     assert bad.returncode != 0 and "needs NQ_HOME" in bad.stderr
 
 
 def reservoir_job() -> dict:
     """The Job dagster-k8s builds for the reservoir step, in a fresh process: op tags are read from the
     environment when the code location is imported, as in a pod."""
-    env = {**os.environ, "DAGSTER_DEPLOYMENT": "k8s", "NQ_HOME": "/data", "NQ_DATA_PVC": "nq-data",
-           "NQ_GPU_NODE_SELECTOR": "nq.io/pool=gpu"}
-    code = "import json; from nq_dagster.k8s_jobs import render_step_job; print(json.dumps(render_step_job('reservoir_states')))"
+    env = {
+        **os.environ,
+        "DAGSTER_DEPLOYMENT": "k8s",
+        "NQ_HOME": "/data",
+        "NQ_DATA_PVC": "nq-data",
+        "NQ_GPU_NODE_SELECTOR": "nq.io/pool=gpu",
+    }
+    code = (
+        "import json; from nq_dagster.k8s_jobs import render_step_job; "
+        "print(json.dumps(render_step_job('reservoir_states')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -107,8 +129,9 @@ def test_helm_values_parse_and_agree_with_code():
 
 
 def test_serve_statefulset():
-    """The prediction server's manifests validate strictly; replica count and ownership settings agree; probes hit
-    /api/v1/status; the pods run as non-root on a read-only root file system with the shared data volume."""
+    """The prediction server's manifests validate strictly; replica count and ownership settings agree; probes
+    hit /api/v1/status; the pods run as non-root on a read-only root file system with the shared data
+    volume."""
     docs = list(yaml.safe_load_all((K8S / "serve.yaml").read_text()))
     kv = pytest.importorskip("kubernetes_validate")
     for d in docs:

@@ -129,25 +129,35 @@ def test_every_module_has_a_layer_and_imports_downward():
     g = graph()
     unplaced = sorted(m for m in g if m != "nq_dagster" and layer_of(m) < 0)
     assert not unplaced, f"modules in no layer of tests/test_layers.py: {unplaced}"
-    upward = sorted(f"{a} ({LAYERS[layer_of(a)][0]}) -> {b} ({LAYERS[layer_of(b)][0]})"
-                    for a in g for b in g[a] if a != "nq_dagster" and b != "nq_dagster"
-                    and layer_of(b) > layer_of(a))
+    upward = sorted(
+        f"{a} ({LAYERS[layer_of(a)][0]}) -> {b} ({LAYERS[layer_of(b)][0]})"
+        for a in g
+        for b in g[a]
+        if a != "nq_dagster" and b != "nq_dagster" and layer_of(b) > layer_of(a)
+    )
     assert not upward, "imports against the layers:\n" + "\n".join(upward)
 
 
 def test_only_settings_reads_the_environment():
-    readers = sorted(str(p.relative_to(PKG.parent)) for p in PKG.rglob("*.py")
-                     if p.name != "settings.py" and ("os.environ" in p.read_text(encoding="utf-8")
-                                                     or "getenv(" in p.read_text(encoding="utf-8")))
+    readers = sorted(
+        str(p.relative_to(PKG.parent))
+        for p in PKG.rglob("*.py")
+        if p.name != "settings.py"
+        and ("os.environ" in p.read_text(encoding="utf-8") or "getenv(" in p.read_text(encoding="utf-8"))
+    )
     assert readers == [], f"modules reading the environment outside nq_dagster/settings.py: {readers}"
 
 
 def test_store_and_query_start_without_dagster_or_torch(tmp_path):
-    code = ("import sys, nq_dagster.store; from nq_dagster.cli import main; main(['--home', sys.argv[1], 'query', "
-            "'select 1 as one']); heavy = sorted({m.split('.')[0] for m in sys.modules} & {'dagster', 'torch'}); "
-            "print('HEAVY', heavy)")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nq")], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, nq_dagster.store; from nq_dagster.cli import main; main(['--home', sys.argv[1], "
+        "'query', "
+        "'select 1 as one']); heavy = sorted({m.split('.')[0] for m in sys.modules} & {'dagster', 'torch'}); "
+        "print('HEAVY', heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "nq")], capture_output=True, text=True, check=True
+    )
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
 
 

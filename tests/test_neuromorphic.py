@@ -55,8 +55,13 @@ def test_chunked_encoding_equals_whole():
     x = torch.rand((2, 60, 3), generator=torch.Generator().manual_seed(0))
     for m in ("rate", "population", "phase"):
         whole = encode(x, m, neuron_count=60, seed=3)
-        parts = torch.cat([encode(x[:, :25], m, neuron_count=60, seed=3),
-                           encode(x[:, 25:], m, neuron_count=60, seed=3, step_offset=25)], dim=1)
+        parts = torch.cat(
+            [
+                encode(x[:, :25], m, neuron_count=60, seed=3),
+                encode(x[:, 25:], m, neuron_count=60, seed=3, step_offset=25),
+            ],
+            dim=1,
+        )
         assert torch.equal(whole, parts)
 
 
@@ -150,8 +155,8 @@ def test_rhythmic_burst_sparse_chaotic():
 
 
 def test_tail_strengths_equal_whole_history():
-    """The streaming invariant of the detectors: the last k steps computed from a tail (window + k steps and each
-    neuron's last spike before it) equal those of the whole history; all strengths lie in [0, 1]."""
+    """The streaming invariant of the detectors: the last k steps computed from a tail (window + k steps and
+    each neuron's last spike before it) equal those of the whole history; all strengths lie in [0, 1]."""
     from nq_dagster.neuromorphic.patterns import NO_SPIKE, last_spike_bins
 
     spikes, act = poisson(), RNG.normal(size=(40, 20))
@@ -169,12 +174,13 @@ def test_tail_strengths_equal_whole_history():
 
 
 def test_esn_sparse_and_dense_paths_equal_the_equation():
-    """Batched CPU runs use CSR weights, single small ones dense: both must follow x_t = (1-a) x + a tanh(W_in u + W x + b)."""
+    """Batched CPU runs use CSR weights, single small ones dense: both must follow x_t = (1-a) x + a tanh(W_in
+    u + W x + b)."""
     r = Reservoir(2, size=120, leak=0.4, seed=5, dtype=torch.float64)
     u = torch.rand((3, 40, 2), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     batched, _ = r.run(u)  # sparse path
     assert r._use_sparse(3) and not r._use_sparse(1)
-    single = torch.cat([r.run(u[i:i + 1])[0] for i in range(3)])  # dense path
+    single = torch.cat([r.run(u[i : i + 1])[0] for i in range(3)])  # dense path
     W, W_in, b = (t.numpy() for t in (r.W, r.W_in, r.b))
     x = np.zeros((3, 120))
     for t in range(40):
@@ -191,7 +197,9 @@ def test_counter_hash_is_the_int64_reference_bit_for_bit():
     t = torch.arange(off, off + T)[None, :, None, None]
     k = _mix(torch.full((1,), seed) + s * 7919)
     k = _mix((k + t) & _M31)
-    k = _mix((k + torch.arange(W)[None, None, :, None] * 65_537 + torch.arange(N)[None, None, None, :]) & _M31)
+    k = _mix(
+        (k + torch.arange(W)[None, None, :, None] * 65_537 + torch.arange(N)[None, None, None, :]) & _M31
+    )
     bits = counter_bits(seed, (S, T, W, N), off, "cpu")
     assert torch.equal(k.to(torch.int32), bits)
     assert 0.45 < float(bits.double().mean()) / 2**31 < 0.55
@@ -199,27 +207,36 @@ def test_counter_hash_is_the_int64_reference_bit_for_bit():
 
 @pytest.mark.parametrize("method", ["rate", "population"])
 def test_fused_cpu_draws_equal_the_counter_bits_bit_for_bit(method):
-    """On CPU the Bernoulli draws are hashed and compared block by block in uint32 (`_below_cpu`); they must be
-    the draws of `counter_bits` + `_below` (the CUDA path) for one seed, per-source seeds, step offsets past
-    2**32 and shapes that do not fill a block."""
+    """On CPU the Bernoulli draws are hashed and compared block by block in uint32 (`_below_cpu`); they must
+    be the draws of `counter_bits` + `_below` (the CUDA path) for one seed, per-source seeds, step offsets
+    past 2**32 and shapes that do not fill a block."""
     from nq_dagster.neuromorphic.encoders import _below, _layout, counter_bits, encode
 
     rng = np.random.default_rng(4)
-    for S, T, N, W, seed, off in [(3, 7, 120, 20, 5, 0), (1, 300, 1000, 20, 2**31 + 17, 12345),
-                                  (2, 5, 37, 3, np.array([1, 2]), np.array([7, 2**33]))]:
+    for S, T, N, W, seed, off in [
+        (3, 7, 120, 20, 5, 0),
+        (1, 300, 1000, 20, 2**31 + 17, 12345),
+        (2, 5, 37, 3, np.array([1, 2]), np.array([7, 2**33])),
+    ]:
         x = torch.as_tensor(rng.random((S, T, 3)), dtype=torch.float32)
         got = encode(x, method, N, W, 1.0, 1.0, 100.0, seed=seed, step_offset=off)
         block, j, per = _layout(3, N, "cpu")
         xn = x[:, :, block]
-        p = (1.0 + xn * 99.0) * 1e-3 if method == "rate" else 0.1 * torch.exp(-((xn - (j + 0.5) / per) ** 2) / 0.005)
-        want = _below(counter_bits(seed, (S, T, W, N), off if np.ndim(off) == 0 else np.asarray(off), "cpu"),
-                      p[:, :, None, :])
+        p = (
+            (1.0 + xn * 99.0) * 1e-3
+            if method == "rate"
+            else 0.1 * torch.exp(-((xn - (j + 0.5) / per) ** 2) / 0.005)
+        )
+        want = _below(
+            counter_bits(seed, (S, T, W, N), off if np.ndim(off) == 0 else np.asarray(off), "cpu"),
+            p[:, :, None, :],
+        )
         assert torch.equal(got, want) and int(got.sum()) > 0
 
 
 def test_batched_reservoirs_step_as_each_reservoir_does():
-    """Many reservoirs stepped at once (block-diagonal sparse recurrent weights, one sparse input product) equal
-    each reservoir's own step up to float32 rounding, for all of them and for a subset (by position)."""
+    """Many reservoirs stepped at once (block-diagonal sparse recurrent weights, one sparse input product)
+    equal each reservoir's own step up to float32 rounding, for all of them and for a subset (by position)."""
     import torch
 
     from nq_dagster.neuromorphic.reservoir import BatchedReservoirs, Reservoir, ReservoirState
@@ -229,7 +246,7 @@ def test_batched_reservoirs_step_as_each_reservoir_does():
     batch = BatchedReservoirs(res)
     u = torch.as_tensor((rng.random((5, 200)) < 0.15) * rng.integers(1, 4, (5, 200)), dtype=torch.float32)
     x = torch.as_tensor(rng.normal(size=(5, 120)) * 0.3, dtype=torch.float32)
-    ref = torch.cat([r.step(u[k:k + 1], ReservoirState(x[k:k + 1]))[0] for k, r in enumerate(res)])
+    ref = torch.cat([r.step(u[k : k + 1], ReservoirState(x[k : k + 1]))[0] for k, r in enumerate(res)])
     assert torch.allclose(batch.step(np.arange(5), u, x), ref, atol=1e-5)
     pos = np.array([3, 0])
     assert torch.allclose(batch.step(pos, u[pos], x[pos]), ref[pos], atol=1e-5)
@@ -237,18 +254,20 @@ def test_batched_reservoirs_step_as_each_reservoir_does():
     dense = [Reservoir(2, 60, seed=s) for s in range(3)]
     ud = torch.as_tensor(rng.normal(size=(3, 2)), dtype=torch.float32)
     xd = torch.as_tensor(rng.normal(size=(3, 60)) * 0.3, dtype=torch.float32)
-    refd = torch.cat([r.step(ud[k:k + 1], ReservoirState(xd[k:k + 1]))[0] for k, r in enumerate(dense)])
-    assert torch.allclose(BatchedReservoirs(dense).step(np.arange(3), ud, xd, sparse_input=False), refd, atol=1e-6)
+    refd = torch.cat([r.step(ud[k : k + 1], ReservoirState(xd[k : k + 1]))[0] for k, r in enumerate(dense)])
+    assert torch.allclose(
+        BatchedReservoirs(dense).step(np.arange(3), ud, xd, sparse_input=False), refd, atol=1e-6
+    )
 
 
 def test_standing_wave_equals_a_full_eigen_decomposition_per_window():
     """The detector gathers each window's Gram matrix from lagged dot products and takes one eigenpair
-    (LAPACK dsyevr); it must equal the definition: centre the window, full eigen-decomposition, top mode's share
-    of variance times its sign changes (short windows at the start included)."""
+    (LAPACK dsyevr); it must equal the definition: centre the window, full eigen-decomposition, top mode's
+    share of variance times its sign changes (short windows at the start included)."""
     X = np.tanh(RNG.normal(size=(90, 40)).cumsum(axis=0) * 0.1 + 0.3 * RNG.normal(size=(90, 40)))
     want = np.zeros(len(X))
     for t in range(3, len(X)):
-        w = X[max(0, t - 31):t + 1]
+        w = X[max(0, t - 31) : t + 1]
         w = w - w.mean(axis=0)
         vals, vecs = np.linalg.eigh(w @ w.T)
         crossings = np.count_nonzero(np.diff(np.sign(vecs[:, -1])) != 0)
@@ -260,15 +279,18 @@ def test_standing_wave_equals_a_full_eigen_decomposition_per_window():
 
 @pytest.mark.parametrize("connectivity", [0.1, 0.5])
 def test_numpy_step_of_one_source_equals_the_torch_step(connectivity):
-    """`Reservoir.step_numpy` (a lone source's step: the fired inputs' weight rows only, CSR recurrent weights when
-    sparse) must equal `Reservoir.step` within float32 rounding, for sparse spike inputs and for dense ones."""
+    """`Reservoir.step_numpy` (a lone source's step: the fired inputs' weight rows only, CSR recurrent weights
+    when sparse) must equal `Reservoir.step` within float32 rounding, for sparse spike inputs and for dense
+    ones."""
     from nq_dagster.neuromorphic.reservoir import Reservoir, ReservoirState
 
     rng = np.random.default_rng(7)
     r = Reservoir(300, 120, seed=3, connectivity=connectivity)
     x = (rng.normal(size=(1, 120)) * 0.3).astype(np.float32)
-    for u in [((rng.random((1, 300)) < 0.1) * rng.integers(1, 4, (1, 300)) / 20).astype(np.float32),
-              rng.random((1, 300)).astype(np.float32)]:
+    for u in [
+        ((rng.random((1, 300)) < 0.1) * rng.integers(1, 4, (1, 300)) / 20).astype(np.float32),
+        rng.random((1, 300)).astype(np.float32),
+    ]:
         want = r.step(torch.as_tensor(u), ReservoirState(torch.as_tensor(x)))[0].numpy()
         got = r.step_numpy(u, x)
         assert got.shape == (1, 120) and np.abs(got - want).max() < 1e-5

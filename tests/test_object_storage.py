@@ -18,12 +18,24 @@ def s3(monkeypatch):
         port = sock.getsockname()[1]
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    env = {"NQ_S3_BUCKET": "nq-test", "NQ_S3_ENDPOINT": f"http://127.0.0.1:{port}", "NQ_S3_PREFIX": "team-a",
-           "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+    env = {
+        "NQ_S3_BUCKET": "nq-test",
+        "NQ_S3_ENDPOINT": f"http://127.0.0.1:{port}",
+        "NQ_S3_PREFIX": "team-a",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    fs = pafs.S3FileSystem(access_key="test", secret_key="test", endpoint_override=f"127.0.0.1:{port}", scheme="http",
-                           region="us-east-1", allow_bucket_creation=True)
+    fs = pafs.S3FileSystem(
+        access_key="test",
+        secret_key="test",
+        endpoint_override=f"127.0.0.1:{port}",
+        scheme="http",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
     fs.create_dir("nq-test")
     yield fs
     server.stop()
@@ -40,13 +52,29 @@ def test_graph_on_object_storage(wh, s3, capsys):
     assert any(k.startswith("nq-test/team-a/warehouse/ingest_log/source=_log/") for k in keys)
     assert not list((wh.home / "warehouse").rglob("*.parquet"))
     # DuckDB answers over the objects
-    assert main(["--home", str(wh.home), "query", "SELECT source, count(*) AS n FROM predictions GROUP BY 1 ORDER BY 1",
-                 "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "--home",
+                str(wh.home),
+                "query",
+                "SELECT source, count(*) AS n FROM predictions GROUP BY 1 ORDER BY 1",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert [r["source"] for r in rows] == ["iot_sensor", "mackey_glass", "market_A"]
-    assert all(r["n"] == 450 - 225 for r in rows)  # 450 < 2 x train_min: the first model fits on 450 // 2 rows
+    assert all(
+        r["n"] == 450 - 225 for r in rows
+    )  # 450 < 2 x train_min: the first model fits on 450 // 2 rows
     # serving from the bucket
-    assert main(["--home", str(wh.home), "predict", "--source", "market_A", "--values", "101.5", "--compact"]) == 0
+    assert (
+        main(["--home", str(wh.home), "predict", "--source", "market_A", "--values", "101.5", "--compact"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["source"] == "market_A"
     # the ingest log in the bucket still makes re-ingestion of the same bytes a no-op
     first = next((wh.home / "processed" / "market_A").rglob("*.csv"))  # its own file: (source, content) seen
@@ -55,8 +83,8 @@ def test_graph_on_object_storage(wh, s3, capsys):
 
 
 def test_object_storage_settings_from_secret_files(tmp_path, monkeypatch):
-    """k8s/serve.yaml mounts the storage secret as files (NQ_SECRETS_DIR): they set the variables the environment
-    does not already set."""
+    """k8s/serve.yaml mounts the storage secret as files (NQ_SECRETS_DIR): they set the variables the
+    environment does not already set."""
     from nq_dagster.settings import Settings
     from nq_dagster.store import ObjectStore
 
@@ -68,12 +96,14 @@ def test_object_storage_settings_from_secret_files(tmp_path, monkeypatch):
     monkeypatch.setenv("NQ_S3_PREFIX", "from-env")
     monkeypatch.setenv("NQ_SECRETS_DIR", str(tmp_path))
     store = ObjectStore.from_settings(Settings.from_env())
-    assert store.bucket == "from-file" and store.prefix == "from-env" and store.endpoint == "http://127.0.0.1:9"
+    assert (
+        store.bucket == "from-file" and store.prefix == "from-env" and store.endpoint == "http://127.0.0.1:9"
+    )
 
 
 def test_the_backend_is_the_warehouse_resource_chosen_in_definitions(tmp_path, monkeypatch):
-    """definitions.py picks the storage backend as the `warehouse` resource's configuration (shown with it in the
-    UI): a bucket when NQ_S3_BUCKET names one, else local files."""
+    """definitions.py picks the storage backend as the `warehouse` resource's configuration (shown with it in
+    the UI): a bucket when NQ_S3_BUCKET names one, else local files."""
     from nq_dagster.definitions import build_resources
     from nq_dagster.settings import Settings
 

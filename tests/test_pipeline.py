@@ -12,14 +12,28 @@ def test_definitions_load():
     from nq_dagster.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert {"raw_ticks", "series", "spike_trains", "reservoir_states", "patterns", "features",
-            "feature_selection", "fusion_model", "predictions", "validation_report", "portfolio"} <= keys
+    assert {
+        "raw_ticks",
+        "series",
+        "spike_trains",
+        "reservoir_states",
+        "patterns",
+        "features",
+        "feature_selection",
+        "fusion_model",
+        "predictions",
+        "validation_report",
+        "portfolio",
+    } <= keys
     job = defs.resolve_job_def("source_pipeline")
     trained = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
     assert {"series", "fusion_model", "predictions", "serving_state", "validation_report"} <= trained
     assert not {"portfolio", "live_predictions"} & trained  # cross-source and streaming are their own jobs
     stream = defs.resolve_job_def("streaming")
-    assert {k.to_user_string() for k in stream.asset_layer.selected_asset_keys} == {"raw_ticks", "live_predictions"}
+    assert {k.to_user_string() for k in stream.asset_layer.selected_asset_keys} == {
+        "raw_ticks",
+        "live_predictions",
+    }
     checks = {c.name for c in stream.asset_layer.asset_graph.asset_check_keys}
     assert "live_predictions_quality" in checks  # streamed predictions pass the same suite as training
 
@@ -27,40 +41,88 @@ def test_definitions_load():
 def test_demo_ingest_query_cli(wh, tmp_path, capsys):
     assert main(["--home", str(wh.home), "demo", "--sources", "3", "--points", "600", "--seed", "1"]) == 0
     out = capsys.readouterr().out
-    printed = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0] in
-               ("iot_sensor", "mackey_glass", "market_A")}
+    printed = {
+        ln.split()[0]: ln.split()
+        for ln in out.splitlines()
+        if ln.split() and ln.split()[0] in ("iot_sensor", "mackey_glass", "market_A")
+    }
     assert set(printed) == {"iot_sensor", "mackey_glass", "market_A"}
     for src, cols in printed.items():  # the summary's score is the one the validation report stored
         stored = wh.read_table("validation_metrics", src)["score"].iloc[0]
         assert float(cols[-1]) == pytest.approx(float(stored), abs=0.06)
     assert out.count("2/2 data-quality checks passed") == 3
     assert (wh.reports / "mackey_glass.html").exists()
-    assert main(["--home", str(wh.home), "query", "SELECT source, count(*) AS n FROM predictions GROUP BY 1 ORDER BY 1",
-                 "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "--home",
+                str(wh.home),
+                "query",
+                "SELECT source, count(*) AS n FROM predictions GROUP BY 1 ORDER BY 1",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert [r["source"] for r in rows] == ["iot_sensor", "mackey_glass", "market_A"]
     assert all(r["n"] == 600 - 250 for r in rows)  # one prediction per step after the first training window
     # one prediction per (source, time)
-    assert main(["--home", str(wh.home), "query",
-                 "SELECT count(*) AS dup FROM (SELECT source, timestamp FROM predictions GROUP BY 1, 2 HAVING count(*) > 1)",
-                 "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "--home",
+                str(wh.home),
+                "query",
+                "SELECT count(*) AS dup FROM (SELECT source, timestamp FROM predictions GROUP BY 1, 2 "
+                "HAVING count(*) > 1)",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)[0]["dup"] == 0
     # the portfolio QUBO's cardinality penalty picks k = 3 // 2 = 1 of the three sources
-    assert main(["--home", str(wh.home), "query", "SELECT count(*) AS n, sum(chosen::INT) AS k FROM portfolio",
-                 "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "--home",
+                str(wh.home),
+                "query",
+                "SELECT count(*) AS n, sum(chosen::INT) AS k FROM portfolio",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)[0] == {"n": 3, "k": 1}
     csv = tmp_path / "mine.csv"
     csv.write_text("timestamp,value\n2026-02-01T00:00:00Z,1\n2026-02-01T00:01:00Z,oops\n")
     assert main(["--home", str(wh.home), "ingest", str(csv)]) == 1
     assert "row 3" in capsys.readouterr().err
     assert main(["--home", str(wh.home), "ingest", str(csv), "--skip-bad-rows"]) == 0
-    assert main(["--home", str(wh.home), "query", "SELECT count(*) AS n FROM raw_ticks WHERE source = 'mine'",
-                 "--format", "csv"]) == 0
+    assert (
+        main(
+            [
+                "--home",
+                str(wh.home),
+                "query",
+                "SELECT count(*) AS n FROM raw_ticks WHERE source = 'mine'",
+                "--format",
+                "csv",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip().splitlines()[-1] == "1"
 
 
 def test_series_quality_check_blocks_downstream(tmp_path):
-    """A series that breaks the great-expectations suite fails the blocking check, and nothing downstream runs."""
+    """A series that breaks the great-expectations suite fails the blocking check, and nothing downstream
+    runs."""
     import numpy as np
     import pandas as pd
     from dagster import AssetExecutionContext, asset, materialize
@@ -97,10 +159,18 @@ def test_prediction_suite_catches_duplicates_and_leakage():
 
     ts = pd.date_range("2026-01-01", periods=4, freq="s", tz="UTC")
     good = pd.DataFrame({c: ["x"] * 4 for c in PREDICTION_COLUMNS})
-    good = good.assign(prediction_id=["a", "b", "c", "d"], timestamp=ts, train_end=ts - pd.Timedelta("1s"),
-                       direction=["up", "down", "hold", "up"], confidence=[0.5, 0.9, 0.34, 1.0],
-                       magnitude=[0.0, 1.0, 2.0, 3.0], processing_time_ms=[1.0, None, 2.0, 0.5],
-                       p_down=0.2, p_hold=0.3, p_up=0.5)
+    good = good.assign(
+        prediction_id=["a", "b", "c", "d"],
+        timestamp=ts,
+        train_end=ts - pd.Timedelta("1s"),
+        direction=["up", "down", "hold", "up"],
+        confidence=[0.5, 0.9, 0.34, 1.0],
+        magnitude=[0.0, 1.0, 2.0, 3.0],
+        processing_time_ms=[1.0, None, 2.0, 0.5],
+        p_down=0.2,
+        p_hold=0.3,
+        p_up=0.5,
+    )
     assert run_suite("predictions", good).success
     bad = good.copy()
     bad.loc[3, "timestamp"] = bad.loc[2, "timestamp"]  # two predictions for one (source, time)
@@ -109,16 +179,32 @@ def test_prediction_suite_catches_duplicates_and_leakage():
     bad.loc[2, "p_up"] = 1.5
     rep = run_suite("predictions", bad)
     failed = set(rep.failures()["expectation"])
-    assert {"expect_compound_columns_to_be_unique", "expect_column_pair_values_a_to_be_greater_than_b",
-            "expect_column_values_to_be_between"} <= failed
+    assert {
+        "expect_compound_columns_to_be_unique",
+        "expect_column_pair_values_a_to_be_greater_than_b",
+        "expect_column_values_to_be_between",
+    } <= failed
 
 
 def test_predict_cli_matches_pipeline(wh, capsys):
-    """`nq predict` without values reproduces the pipeline's record for the last row; with values it continues."""
+    """`nq predict` without values reproduces the pipeline's record for the last row; with values it
+    continues."""
     assert main(["--home", str(wh.home), "demo", "--sources", "3", "--points", "500", "--seed", "2"]) == 0
     capsys.readouterr()
-    assert main(["--home", str(wh.home), "query", "SELECT direction, confidence, predicted_change FROM predictions "
-                 "WHERE source = 'mackey_glass' ORDER BY timestamp DESC LIMIT 1", "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "--home",
+                str(wh.home),
+                "query",
+                "SELECT direction, confidence, predicted_change FROM predictions "
+                "WHERE source = 'mackey_glass' ORDER BY timestamp DESC LIMIT 1",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     stored = json.loads(capsys.readouterr().out)[0]
     assert main(["--home", str(wh.home), "predict", "--source", "mackey_glass", "--compact"]) == 0
     got = json.loads(capsys.readouterr().out)
@@ -126,8 +212,22 @@ def test_predict_cli_matches_pipeline(wh, capsys):
     assert abs(got["confidence"] - stored["confidence"]) < 1e-9
     assert abs(got["predicted_change"] - stored["predicted_change"]) < 1e-9
     assert got["calibration"]["predictions"] > 0  # confidence shown next to the accuracy achieved at it
-    assert main(["--home", str(wh.home), "predict", "--source", "mackey_glass", "--values", "0.9,0.95", "--all",
-                 "--compact"]) == 0
+    assert (
+        main(
+            [
+                "--home",
+                str(wh.home),
+                "predict",
+                "--source",
+                "mackey_glass",
+                "--values",
+                "0.9,0.95",
+                "--all",
+                "--compact",
+            ]
+        )
+        == 0
+    )
     two = json.loads(capsys.readouterr().out)
     assert len(two) == 2 and two[1]["timestamp"] > two[0]["timestamp"] > got["timestamp"]
     assert main(["--home", str(wh.home), "predict", "--source", "mackey_glass", "--values", "1,x"]) == 2
@@ -135,18 +235,20 @@ def test_predict_cli_matches_pipeline(wh, capsys):
 
 
 def test_code_location_imports_without_deprecation_warnings_from_this_project():
-    """Loading the definitions raises no DeprecationWarning whose origin is this project's code (a fresh process,
-    so nothing was imported before)."""
+    """Loading the definitions raises no DeprecationWarning whose origin is this project's code (a fresh
+    process, so nothing was imported before)."""
     import json
     import subprocess
     import sys
 
-    code = ("import json, warnings\n"
-            "with warnings.catch_warnings(record=True) as w:\n"
-            "    warnings.simplefilter('always')\n"
-            "    import nq_dagster.definitions\n"
-            "print(json.dumps([(str(x.filename), str(x.message)[:200]) for x in w\n"
-            "                  if issubclass(x.category, DeprecationWarning)]))")
+    code = (
+        "import json, warnings\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import nq_dagster.definitions\n"
+        "print(json.dumps([(str(x.filename), str(x.message)[:200]) for x in w\n"
+        "                  if issubclass(x.category, DeprecationWarning)]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     found = json.loads(out.stdout.strip().splitlines()[-1])
     ours = [(f, m) for f, m in found if "/nq_dagster/" in f]
@@ -154,21 +256,23 @@ def test_code_location_imports_without_deprecation_warnings_from_this_project():
 
 
 def test_code_location_loads_without_the_heavy_engines():
-    """Every run is a new process that imports the code location: it must not pay for torch, scipy, scikit-learn
-    or matplotlib, which the assets import when they run."""
+    """Every run is a new process that imports the code location: it must not pay for torch, scipy,
+    scikit-learn or matplotlib, which the assets import when they run."""
     import json
     import subprocess
     import sys
 
-    code = ("import json, sys; import nq_dagster.definitions; "
-            "print(json.dumps([m for m in ('torch', 'scipy', 'sklearn', 'matplotlib') if m in sys.modules]))")
+    code = (
+        "import json, sys; import nq_dagster.definitions; "
+        "print(json.dumps([m for m in ('torch', 'scipy', 'sklearn', 'matplotlib') if m in sys.modules]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 def test_a_partition_without_data_fails_in_one_line(wh):
-    """A source added by hand (the UI's "Add a partition") with no data: the run fails with a one-line reason that
-    says what to do, not a traceback."""
+    """A source added by hand (the UI's "Add a partition") with no data: the run fails with a one-line reason
+    that says what to do, not a traceback."""
     from dagster import DagsterInstance
 
     from nq_dagster.definitions import defs
@@ -177,8 +281,9 @@ def test_a_partition_without_data_fails_in_one_line(wh):
     prepare_home(str(wh.home))
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions("source", ["empty"])
-    res = defs.resolve_job_def("source_pipeline").execute_in_process(partition_key="empty", instance=instance,
-                                                                     raise_on_error=False)
+    res = defs.resolve_job_def("source_pipeline").execute_in_process(
+        partition_key="empty", instance=instance, raise_on_error=False
+    )
     assert not res.success
     failure = next(ev for ev in res.all_events if ev.is_step_failure)
     data = failure.event_specific_data
@@ -188,8 +293,8 @@ def test_a_partition_without_data_fails_in_one_line(wh):
 
 
 def test_check_results_carry_their_source(wh):
-    """The data-quality checks are partitioned by source: their results, read back from the instance, say which
-    source they were for."""
+    """The data-quality checks are partitioned by source: their results, read back from the instance, say
+    which source they were for."""
     from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
     from nq_dagster.cli import main
@@ -203,15 +308,16 @@ def test_check_results_carry_their_source(wh):
     instance = DagsterInstance.get()
     for asset, check in (("series", "series_quality"), ("predictions", "predictions_quality")):
         records = instance.event_log_storage.get_asset_check_execution_history(
-            AssetCheckKey(AssetKey(asset), check), limit=5)
+            AssetCheckKey(AssetKey(asset), check), limit=5
+        )
         assert records, check
         evaluation = records[0].event.dagster_event.event_specific_data
         assert evaluation.partition == "mg" and evaluation.passed, (check, evaluation)
 
 
 def test_portfolio_follows_new_predictions():
-    """Declarative automation: the portfolio is requested once after sources' predictions are materialized, and
-    not again until new ones are (evaluated on this project's definitions)."""
+    """Declarative automation: the portfolio is requested once after sources' predictions are materialized,
+    and not again until new ones are (evaluated on this project's definitions)."""
     from dagster import AssetKey, AssetMaterialization, DagsterInstance, evaluate_automation_conditions
 
     from nq_dagster.definitions import defs
@@ -229,8 +335,8 @@ def test_portfolio_follows_new_predictions():
 
 
 def test_a_short_series_fails_before_any_work_with_the_reason(wh, tmp_path, capsys):
-    """Fewer rows than training needs: `nq ingest` and `nq run` say at once how many rows the source has and how
-    many training needs; the run does no work."""
+    """Fewer rows than training needs: `nq ingest` and `nq run` say at once how many rows the source has and
+    how many training needs; the run does no work."""
     from nq_dagster.cli import main
     from nq_dagster.demo import mackey_glass
 
@@ -276,8 +382,8 @@ def test_every_asset_has_a_code_version_and_the_model_follows_its_design():
 
 
 def test_nq_dev_serves_the_code_location_through_dg(wh, tmp_path):
-    """`nq dev` runs `dg dev` from the checkout (whatever the caller's directory): the UI answers and lists this
-    project's code location with its assets; `dg check defs` validates the definitions."""
+    """`nq dev` runs `dg dev` from the checkout (whatever the caller's directory): the UI answers and lists
+    this project's code location with its assets; `dg check defs` validates the definitions."""
     import os
     import signal
     import socket
@@ -293,22 +399,34 @@ def test_nq_dev_serves_the_code_location_through_dg(wh, tmp_path):
     assert Path(cmd[0]).name == "dg" and cwd is not None
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "VIRTUAL_ENV": str(bin_dir.parent)}
-    check = subprocess.run([str(bin_dir / "dg"), "check", "defs"], cwd=cwd, env=env, capture_output=True, text=True,
-                           timeout=120)
+    check = subprocess.run(
+        [str(bin_dir / "dg"), "check", "defs"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     assert check.returncode == 0 and "All definitions loaded successfully" in check.stdout + check.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(bin_dir / "nq"), "--home", str(wh.home), "dev", "--port", str(port)], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    query = b'{"query": "{ assetNodes { assetKey { path } } repositoriesOrError { ... on RepositoryConnection ' \
-            b'{ nodes { location { name } } } } }"}'
+    proc = subprocess.Popen(
+        [str(bin_dir / "nq"), "--home", str(wh.home), "dev", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    query = (
+        b'{"query": "{ assetNodes { assetKey { path } } repositoriesOrError { ... on RepositoryConnection '
+        b'{ nodes { location { name } } } } }"}'
+    )
     try:
         deadline, answer = time.time() + 120, None
         while time.time() < deadline and answer is None:
             try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query,
-                                             headers={"content-type": "application/json"})
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/graphql",
+                    data=query,
+                    headers={"content-type": "application/json"},
+                )
                 data = json.loads(urllib.request.urlopen(req, timeout=5).read())["data"]
                 if data["assetNodes"]:
                     answer = data
@@ -316,13 +434,17 @@ def test_nq_dev_serves_the_code_location_through_dg(wh, tmp_path):
                 time.sleep(1)
         assert answer, "the UI did not answer within 120 s"
         assert answer["repositoriesOrError"]["nodes"][0]["location"]["name"] == "nq_dagster"
-        assert {"fusion_model", "serving_state"} <= {"/".join(n["assetKey"]["path"]) for n in answer["assetNodes"]}
+        assert {"fusion_model", "serving_state"} <= {
+            "/".join(n["assetKey"]["path"]) for n in answer["assetNodes"]
+        }
         assert (wh.home / "dagster" / "dagster.yaml").exists()  # the instance nq writes, not dg's default
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
         try:
             proc.wait(60)
-        except subprocess.TimeoutExpired:  # the shutdown is not what this test is about: never leave it running
+        except (
+            subprocess.TimeoutExpired
+        ):  # the shutdown is not what this test is about: never leave it running
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
             # dagster dev starts the webserver and the daemon in sessions of their own; their code servers
@@ -332,9 +454,9 @@ def test_nq_dev_serves_the_code_location_through_dg(wh, tmp_path):
 
 
 def test_training_runs_daily_by_declarative_automation_for_sources_with_enough_rows(wh, monkeypatch):
-    """The daily training is an automation condition on the per-source graph (no schedule): after the cron tick,
-    every asset of the training graph is requested for each source with enough rows, in one evaluation (one run
-    per source), and not for a source still short of rows; not again until the next tick."""
+    """The daily training is an automation condition on the per-source graph (no schedule): after the cron
+    tick, every asset of the training graph is requested for each source with enough rows, in one evaluation
+    (one run per source), and not for a source still short of rows; not again until the next tick."""
     import datetime
 
     from dagster import AssetKey, DagsterInstance, evaluate_automation_conditions
@@ -351,13 +473,26 @@ def test_training_runs_daily_by_declarative_automation_for_sources_with_enough_r
         instance.add_dynamic_partitions("source", ["big", "small"])
         r = evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=day.replace(hour=2))
         assert r.total_requested == 0  # before the 03:00 tick
-        r = evaluate_automation_conditions(defs=defs, instance=instance, cursor=r.cursor,
-                                           evaluation_time=day.replace(hour=3, minute=5))
-        trained = {"raw_ticks", "series", "spike_trains", "reservoir_states", "patterns", "features",
-                   "feature_selection", "fusion_model", "serving_state", "predictions", "validation_report"}
+        r = evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=r.cursor, evaluation_time=day.replace(hour=3, minute=5)
+        )
+        trained = {
+            "raw_ticks",
+            "series",
+            "spike_trains",
+            "reservoir_states",
+            "patterns",
+            "features",
+            "feature_selection",
+            "fusion_model",
+            "serving_state",
+            "predictions",
+            "validation_report",
+        }
         for name in trained:
             assert r.get_requested_partitions(AssetKey(name)) == {"big"}, name
         assert not r.get_requested_partitions(AssetKey("live_predictions"))
-        r = evaluate_automation_conditions(defs=defs, instance=instance, cursor=r.cursor,
-                                           evaluation_time=day.replace(hour=3, minute=10))
+        r = evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=r.cursor, evaluation_time=day.replace(hour=3, minute=10)
+        )
         assert r.total_requested == 0  # handled until the next tick

@@ -1,6 +1,7 @@
 """The one prediction path against the real training graph: a source materialized over its first rows, then
-advanced tick by tick over the rest from the state saved before them, gives, record by record, what the training
-graph computes over the whole history; batched sources equal sources one at a time; states stay small."""
+advanced tick by tick over the rest from the state saved before them, gives, record by record, what the
+training graph computes over the whole history; batched sources equal sources one at a time; states stay
+small."""
 
 import json
 from dataclasses import replace
@@ -14,10 +15,10 @@ from nq_dagster.demo import market
 from nq_dagster.fusion.predictor import Predictor
 from nq_dagster.fusion.record import PREDICTION_SCHEMA, records_table
 
-# SMALL_CONFIG (conftest): train_min 250, refit_every 200 -> models are refit at rows 250, 450, 650. The stream
-# starts at row N0 = 500 (at least 2 x train_min: the first training keeps that schedule) and runs to N = 640,
-# inside one refit block, so batch and stream use the same model; its error scale is recalibrated every 40 rows
-# (at 490, 530, 570, 610) from realized outcomes, by training and by the stream alike.
+# SMALL_CONFIG (conftest): train_min 250, refit_every 200 -> models are refit at rows 250, 450, 650. The
+# stream starts at row N0 = 500 (at least 2 x train_min: the first training keeps that schedule) and runs to N
+# = 640, inside one refit block, so batch and stream use the same model; its error scale is recalibrated every
+# 40 rows (at 490, 530, 570, 610) from realized outcomes, by training and by the stream alike.
 N0, N = 500, 640
 
 
@@ -31,10 +32,16 @@ def _graph(tmp_path_factory, df):
 
     home = tmp_path_factory.mktemp("pred") / "nq"
     with small_home(home) as wh:
-        assert main(["--home", str(home), "ingest", _csv(home.parent / "a.csv", df.iloc[:N0]), "--source", "m"]) == 0
+        assert (
+            main(["--home", str(home), "ingest", _csv(home.parent / "a.csv", df.iloc[:N0]), "--source", "m"])
+            == 0
+        )
         assert main(["--home", str(home), "run", "--source", "m"]) == 0
         before = wh.load_artifact("serving_state", "m")  # the state saved after row N0 - 1
-        assert main(["--home", str(home), "ingest", _csv(home.parent / "b.csv", df.iloc[N0:]), "--source", "m"]) == 0
+        assert (
+            main(["--home", str(home), "ingest", _csv(home.parent / "b.csv", df.iloc[N0:]), "--source", "m"])
+            == 0
+        )
         assert main(["--home", str(home), "run", "--source", "m"]) == 0
         batch = wh.read_table("predictions", "m").sort_values("timestamp").reset_index(drop=True)
         after = wh.load_artifact("serving_state", "m")
@@ -44,12 +51,15 @@ def _graph(tmp_path_factory, df):
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
     frames, _ = market(N, tickers=1, seed=11)
-    return _graph(tmp_path_factory, frames["market_A"].rename(columns={"price": "value"})[["timestamp", "value"]])
+    return _graph(
+        tmp_path_factory, frames["market_A"].rename(columns={"price": "value"})[["timestamp", "value"]]
+    )
 
 
 @pytest.fixture(scope="module")
 def seasonal_graph(tmp_path_factory):
-    """Mackey-Glass: a season (46 steps) is detected, so the design has a seasonal column the stream must follow."""
+    """Mackey-Glass: a season (46 steps) is detected, so the design has a seasonal column the stream must
+    follow."""
     from nq_dagster.demo import mackey_glass
 
     return _graph(tmp_path_factory, mackey_glass(N)[["timestamp", "value"]])
@@ -76,7 +86,9 @@ def _tick_by_tick_equals_training_graph(graph):
     for i in range(N0, N):  # one tick per call, as a live stream
         recs += p.advance("m", [df["value"].iloc[i]], [df["timestamp"].iloc[i]])
     got = records_table(recs).to_pandas()
-    want = batch[batch["timestamp"] >= pd.to_datetime(df["timestamp"], utc=True).iloc[N0]].reset_index(drop=True)
+    want = batch[batch["timestamp"] >= pd.to_datetime(df["timestamp"], utc=True).iloc[N0]].reset_index(
+        drop=True
+    )
     assert len(got) == len(want) == N - N0
     assert (got["timestamp"].to_numpy() == want["timestamp"].to_numpy()).all()
     assert (got["direction"] == want["direction"]).mean() == 1.0
@@ -94,7 +106,9 @@ def _tick_by_tick_equals_training_graph(graph):
     st, ref = p.serving_state("m").stream, after.stream
     assert st.n_rows == ref.n_rows == N and st.last_ts == ref.last_ts
     assert np.array_equal(st.last_spike, ref.last_spike) and np.array_equal(st.codes, ref.codes)
-    assert np.allclose(st.frames, ref.frames, atol=1e-5) and np.allclose(st.change_sd, ref.change_sd, rtol=1e-9)
+    assert np.allclose(st.frames, ref.frames, atol=1e-5) and np.allclose(
+        st.change_sd, ref.change_sd, rtol=1e-9
+    )
     assert np.allclose(st.isi, ref.isi)
     # processing time: measured per record, from the tick's arrival to its record
     assert all(r["processing_time_ms"] > 0 for r in recs)
@@ -109,20 +123,24 @@ def test_latest_equals_batch_record(graph):
     last = batch.iloc[-1]
     assert r["timestamp"] == last["timestamp"] and r["direction"] == last["direction"]
     assert abs(r["confidence"] - last["confidence"]) < 1e-9
-    assert abs(r["predicted_change"] - last["predicted_change"]) <= 1e-9 * max(1.0, abs(last["predicted_change"]))
+    assert abs(r["predicted_change"] - last["predicted_change"]) <= 1e-9 * max(
+        1.0, abs(last["predicted_change"])
+    )
 
 
 def test_chunks_and_batched_sources_equal_single_ticks(graph):
     df, before, batch, after = graph
     ref = Predictor()
     ref.load(before)
-    single = [ref.advance("m", [v], [t])[0] for v, t in zip(df["value"].iloc[N0:N0 + 30], df["timestamp"].iloc[N0:N0 + 30],
-                                                             strict=True)]
+    single = [
+        ref.advance("m", [v], [t])[0]
+        for v, t in zip(df["value"].iloc[N0 : N0 + 30], df["timestamp"].iloc[N0 : N0 + 30], strict=True)
+    ]
     chunked = Predictor()
     chunked.load(before)
     got = []
     for a, b in [(0, 1), (1, 12), (12, 30)]:
-        got += chunked.advance("m", df["value"].iloc[N0 + a:N0 + b], df["timestamp"].iloc[N0 + a:N0 + b])
+        got += chunked.advance("m", df["value"].iloc[N0 + a : N0 + b], df["timestamp"].iloc[N0 + a : N0 + b])
     # three sources in one batched call: the same source under three names (their own seeds and reservoirs)
     # must each equal that name advanced alone
     many = Predictor()
@@ -134,12 +152,19 @@ def test_chunks_and_batched_sources_equal_single_ticks(graph):
         many.load(sv)
         one = Predictor()
         one.load(sv)
-        alone[name] = one.advance(name, df["value"].iloc[N0:N0 + 5], df["timestamp"].iloc[N0:N0 + 5])
-    out = many.advance_many({s: (df["value"].iloc[N0:N0 + 5], df["timestamp"].iloc[N0:N0 + 5]) for s in alone})
-    for s in alone:  # batched, the reservoir's input term reads only the rows of firing neurons: float32 rounding
+        alone[name] = one.advance(name, df["value"].iloc[N0 : N0 + 5], df["timestamp"].iloc[N0 : N0 + 5])
+    out = many.advance_many(
+        {s: (df["value"].iloc[N0 : N0 + 5], df["timestamp"].iloc[N0 : N0 + 5]) for s in alone}
+    )
+    for (
+        s
+    ) in alone:  # batched, the reservoir's input term reads only the rows of firing neurons: float32 rounding
         for a, b in zip(out[s], alone[s], strict=True):
             assert a["direction"] == b["direction"]
-            assert abs(a["predicted_change"] - b["predicted_change"]) <= 1e-6 * abs(b["predicted_change"]) + 1e-12
+            assert (
+                abs(a["predicted_change"] - b["predicted_change"])
+                <= 1e-6 * abs(b["predicted_change"]) + 1e-12
+            )
             na, nb = a["neuromorphic_results"], b["neuromorphic_results"]
             assert np.allclose(list(na["patterns"].values()), list(nb["patterns"].values()), atol=2e-4)
             assert abs(na["reservoir_state"]["norm"] - nb["reservoir_state"]["norm"]) < 1e-5
@@ -147,8 +172,10 @@ def test_chunks_and_batched_sources_equal_single_ticks(graph):
         assert a["prediction_id"] == b["prediction_id"] and a["direction"] == b["direction"]
         assert abs(a["predicted_change"] - b["predicted_change"]) < 1e-12
     # other seed, other reservoir (the market model may use no reservoir stage: its state tells them apart)
-    assert (out["m2"][0]["neuromorphic_results"]["reservoir_state"]["norm"]
-            != out["m"][0]["neuromorphic_results"]["reservoir_state"]["norm"])
+    assert (
+        out["m2"][0]["neuromorphic_results"]["reservoir_state"]["norm"]
+        != out["m"][0]["neuromorphic_results"]["reservoir_state"]["norm"]
+    )
 
 
 def test_bad_values_rejected_state_untouched(graph):
@@ -159,7 +186,7 @@ def test_bad_values_rejected_state_untouched(graph):
     with pytest.raises(ValueError, match="value 2"):
         p.advance("m", [1.0, float("nan")])
     with pytest.raises(ValueError, match="timestamp 1 .* not after the last one seen"):
-        p.advance("m", [1.0], ts.iloc[N0 - 5:N0 - 4])
+        p.advance("m", [1.0], ts.iloc[N0 - 5 : N0 - 4])
     with pytest.raises(ValueError, match="timestamp 3 .* not after timestamp 2"):
         p.advance("m", [1.0, 2.0, 3.0], ts.iloc[[N0, N0 + 1, N0 + 1]])
     with pytest.raises(ValueError, match="value 1"):  # a batch with one bad source changes no source
@@ -177,13 +204,14 @@ def test_record_schema_and_state_size(graph):
     # the state of one source holds bounded windows, not the history (SMALL_CONFIG: 80 units, 120 neurons)
     # (after 640 rows every window is full: 10 x feature_window = 500 changes)
     assert before.stream.nbytes() <= after.stream.nbytes() < 32 * 1024
-    p.advance("m", df["value"].iloc[N0 + 1:N], df["timestamp"].iloc[N0 + 1:N])
+    p.advance("m", df["value"].iloc[N0 + 1 : N], df["timestamp"].iloc[N0 + 1 : N])
     assert p.serving_state("m").stream.nbytes() == after.stream.nbytes()
 
 
 def test_the_stored_gram_matrix_is_the_frames_own(graph):
-    """The state keeps its frames' Gram matrix so that a tick adds one row of products; after many ticks it must
-    still be the Gram matrix of the frames it holds, and a state saved without one (None) predicts the same."""
+    """The state keeps its frames' Gram matrix so that a tick adds one row of products; after many ticks it
+    must still be the Gram matrix of the frames it holds, and a state saved without one (None) predicts the
+    same."""
     from nq_dagster.fusion.stream import unpack_gram
     from nq_dagster.neuromorphic.patterns import as_detector_activity
 
@@ -191,11 +219,15 @@ def test_the_stored_gram_matrix_is_the_frames_own(graph):
     p, q = Predictor(), Predictor()
     p.load(before)
     q.load(replace(before, stream=replace(before.stream, gram=None)))
-    vals, ts = df["value"].iloc[N0:N0 + 40], df["timestamp"].iloc[N0:N0 + 40]
+    vals, ts = df["value"].iloc[N0 : N0 + 40], df["timestamp"].iloc[N0 : N0 + 40]
     a, b = p.advance("m", vals, ts), q.advance("m", vals, ts)
     for x, y in zip(a, b, strict=True):
-        assert np.allclose(list(x["neuromorphic_results"]["patterns"].values()),
-                           list(y["neuromorphic_results"]["patterns"].values()), rtol=1e-9, atol=1e-12)
+        assert np.allclose(
+            list(x["neuromorphic_results"]["patterns"].values()),
+            list(y["neuromorphic_results"]["patterns"].values()),
+            rtol=1e-9,
+            atol=1e-12,
+        )
     st = p.serving_state("m").stream
     F = as_detector_activity(st.frames)
     np.testing.assert_allclose(unpack_gram(st.gram), F @ F.T, rtol=1e-12, atol=1e-12)
@@ -240,7 +272,9 @@ def test_tampered_or_truncated_artifacts_are_refused(tmp_path, capsys):
         loads(buf.getvalue(), "x.npz")
     assert not marker.exists()
     # truncation, and a round trip of plain values
-    data = dumps({"a": np.arange(5), "t": pd.Timestamp("2026-01-01", tz="UTC"), "df": pd.DataFrame({"x": [1.0]})})
+    data = dumps(
+        {"a": np.arange(5), "t": pd.Timestamp("2026-01-01", tz="UTC"), "df": pd.DataFrame({"x": [1.0]})}
+    )
     with pytest.raises(ArtifactError, match="x.npz: damaged or truncated"):
         loads(data[: len(data) // 2], "x.npz")
     back = loads(data, "x.npz")
@@ -250,9 +284,9 @@ def test_tampered_or_truncated_artifacts_are_refused(tmp_path, capsys):
 
 
 def test_continue_from_keeps_or_replays_the_live_stream(graph):
-    """After a training, a stream continues from the furthest state: under the same config, the live state with
-    the new model; under a changed config, training's state advanced over the rows it did not see (no records),
-    which lands on the same stream state; a live state behind training's is dropped."""
+    """After a training, a stream continues from the furthest state: under the same config, the live state
+    with the new model; under a changed config, training's state advanced over the rows it did not see (no
+    records), which lands on the same stream state; a live state behind training's is dropped."""
     import dataclasses
 
     from nq_dagster.fusion.predictor import continue_from
@@ -262,7 +296,7 @@ def test_continue_from_keeps_or_replays_the_live_stream(graph):
     k = 20
     p = Predictor()
     p.load(before)
-    p.advance("m", df["value"].iloc[N0:N0 + k].to_numpy(), df["timestamp"].iloc[N0:N0 + k].to_numpy())
+    p.advance("m", df["value"].iloc[N0 : N0 + k].to_numpy(), df["timestamp"].iloc[N0 : N0 + k].to_numpy())
     live = p.serving_state("m")
     series = pd.DataFrame({"timestamp": pd.to_datetime(df["timestamp"], utc=True), "value": df["value"]})
     calls = []
@@ -271,27 +305,39 @@ def test_continue_from_keeps_or_replays_the_live_stream(graph):
         calls.append(1)
         return series
 
-    # the same model: the stream goes on with the calibration it recalibrated, and predicts as if never stopped
+    # the same model: the stream goes on with the calibration it recalibrated, and predicts as if never
+    # stopped
     assert live.calibration is not None and live.calibration is not before.calibration
     st, how = continue_from(before, live, rows_after(load))
     assert how == "live state" and st.stream is live.stream and st.calibration is live.calibration
     again, cont = Predictor(), Predictor()
     again.load(st)
     cont.load(live)
-    v, t = df["value"].iloc[N0 + k:N0 + k + 60].to_numpy(), df["timestamp"].iloc[N0 + k:N0 + k + 60].to_numpy()
-    assert [r["confidence"] for r in again.advance("m", v, t)] == [r["confidence"] for r in cont.advance("m", v, t)]
+    v, t = (
+        df["value"].iloc[N0 + k : N0 + k + 60].to_numpy(),
+        df["timestamp"].iloc[N0 + k : N0 + k + 60].to_numpy(),
+    )
+    assert [r["confidence"] for r in again.advance("m", v, t)] == [
+        r["confidence"] for r in cont.advance("m", v, t)
+    ]
     newer = dataclasses.replace(before, model=dataclasses.replace(before.model, model_version="new"))
     st, how = continue_from(newer, live, rows_after(load))
     assert how == "live state, new model" and st.stream is live.stream and st.model.model_version == "new"
     assert st.calibration is None  # the live calibration belonged to the old model
     assert not calls  # nothing replayed
-    changed = dataclasses.replace(before, model=dataclasses.replace(
-        before.model, model_version="new", config={**before.model.config, "ridge_alpha": 2.0}))
+    changed = dataclasses.replace(
+        before,
+        model=dataclasses.replace(
+            before.model, model_version="new", config={**before.model.config, "ridge_alpha": 2.0}
+        ),
+    )
     st, how = continue_from(changed, live, rows_after(load))
     assert how == f"training state replayed over {k} rows" and calls
     assert st.model.model_version == "new" and st.stream.n_rows == live.stream.n_rows == N0 + k
     assert st.stream.last_ts == live.stream.last_ts
-    assert np.allclose(st.stream.frames, live.stream.frames) and np.array_equal(st.stream.codes, live.stream.codes)
+    assert np.allclose(st.stream.frames, live.stream.frames) and np.array_equal(
+        st.stream.codes, live.stream.codes
+    )
     st, how = continue_from(live, before, rows_after(load))  # the live state is behind training's
     assert how == "training state" and st is live
 
@@ -328,13 +374,19 @@ def test_threaded_chunks_equal_one_batch(graph):
         for n in names:
             p.load(replace(before, model=replace(before.model, source=n)))
         assert len(p._chunks(before.model.cfg.version, names)) == int(threads)
-        outs[threads] = p.advance_many({n: (df["value"].iloc[N0:N0 + 3], df["timestamp"].iloc[N0:N0 + 3])
-                                        for n in names})
+        outs[threads] = p.advance_many(
+            {n: (df["value"].iloc[N0 : N0 + 3], df["timestamp"].iloc[N0 : N0 + 3]) for n in names}
+        )
     for n in names:
         for a, b in zip(outs["1"][n], outs["2"][n], strict=True):
             assert a["prediction_id"] == b["prediction_id"] and a["direction"] == b["direction"]
-            assert abs(a["predicted_change"] - b["predicted_change"]) <= 1e-6 * abs(b["predicted_change"]) + 1e-12
-    assert len({outs["2"][n][0]["neuromorphic_results"]["reservoir_state"]["norm"] for n in names}) == 16  # its own
+            assert (
+                abs(a["predicted_change"] - b["predicted_change"])
+                <= 1e-6 * abs(b["predicted_change"]) + 1e-12
+            )
+    assert (
+        len({outs["2"][n][0]["neuromorphic_results"]["reservoir_state"]["norm"] for n in names}) == 16
+    )  # its own
 
 
 def test_spike_step_equals_the_dense_detectors():
@@ -360,8 +412,9 @@ def test_spike_step_equals_the_dense_detectors():
 
 
 def test_the_folded_linear_form_is_the_model(graph):
-    """A tick evaluates each source's model as one linear form per design block (`FusionModel.linear_form`); on
-    any design rows it must give what the model's stages give (standardise, multiply, add, stage by stage)."""
+    """A tick evaluates each source's model as one linear form per design block (`FusionModel.linear_form`);
+    on any design rows it must give what the model's stages give (standardise, multiply, add, stage by
+    stage)."""
     _, before, _, _ = graph
     model = before.model.model
     n = max(int(st.columns.max()) + 1 if st.columns is not None else st.stop for st in model.stages)
@@ -373,8 +426,8 @@ def test_the_folded_linear_form_is_the_model(graph):
 
 
 def test_a_state_keeps_the_analog_inputs_not_a_copy_of_the_analog_state(graph):
-    """The last row's analog design block is the analog reservoir's state (kept once) plus two inputs; a state saved
-    before (the whole block in `last_analog`) predicts the same."""
+    """The last row's analog design block is the analog reservoir's state (kept once) plus two inputs; a state
+    saved before (the whole block in `last_analog`) predicts the same."""
     _, before, _, _ = graph
     st = before.stream
     assert len(st.last_analog) == 2
@@ -388,9 +441,9 @@ def test_a_state_keeps_the_analog_inputs_not_a_copy_of_the_analog_state(graph):
 
 
 def test_sharded_predictor_equals_one_predictor_and_commits_all_or_nothing(graph):
-    """Sources shared out between this process and a worker process give the records one `Predictor` gives; a call
-    that fails anywhere (bad input for a worker's source, an error in this process's shard) moves no source on;
-    a worker that dies is reported by shard, not waited for."""
+    """Sources shared out between this process and a worker process give the records one `Predictor` gives; a
+    call that fails anywhere (bad input for a worker's source, an error in this process's shard) moves no
+    source on; a worker that dies is reported by shard, not waited for."""
     from nq_dagster.fusion.shards import ShardedPredictor
 
     df, before, batch, after = graph
@@ -405,13 +458,21 @@ def test_sharded_predictor_equals_one_predictor_and_commits_all_or_nothing(graph
         remote = next(n for n in names if sh.shard_of(n) == 1)
         local = next(n for n in names if sh.shard_of(n) == 0)
         vals = df["value"].to_numpy()
-        ts = pd.to_datetime(df["timestamp"], utc=True).dt.tz_localize(None).to_numpy("datetime64[ns]").view(np.int64)
+        ts = (
+            pd.to_datetime(df["timestamp"], utc=True)
+            .dt.tz_localize(None)
+            .to_numpy("datetime64[ns]")
+            .view(np.int64)
+        )
 
         def same(a, b):
             for s in names:
                 for x, y in zip(a[s], b[s], strict=True):
                     assert x["prediction_id"] == y["prediction_id"] and x["direction"] == y["direction"]
-                    assert abs(x["predicted_change"] - y["predicted_change"]) <= 1e-6 * abs(y["predicted_change"]) + 1e-12
+                    assert (
+                        abs(x["predicted_change"] - y["predicted_change"])
+                        <= 1e-6 * abs(y["predicted_change"]) + 1e-12
+                    )
                     assert x["processing_time_ms"] > 0
 
         for a, b in [(N0, N0 + 1), (N0 + 1, N0 + 2), (N0 + 2, N0 + 6)]:  # one tick each, then four per source
@@ -420,8 +481,8 @@ def test_sharded_predictor_equals_one_predictor_and_commits_all_or_nothing(graph
         rows = {n: sh.serving_state(n).stream.n_rows for n in names}
         assert rows == {n: N0 + 6 for n in names} and sh.last_ts(remote) == ts[N0 + 5]
 
-        late = {n: (vals[N0 + 6:N0 + 7], ts[N0 + 6:N0 + 7]) for n in names}
-        late[remote] = (vals[N0 + 6:N0 + 7], ts[N0:N0 + 1])  # a timestamp already seen
+        late = {n: (vals[N0 + 6 : N0 + 7], ts[N0 + 6 : N0 + 7]) for n in names}
+        late[remote] = (vals[N0 + 6 : N0 + 7], ts[N0 : N0 + 1])  # a timestamp already seen
         with pytest.raises(ValueError, match="is not after the last one seen"):
             sh.advance_many(late)
         original = sh.local.compute
@@ -430,7 +491,7 @@ def test_sharded_predictor_equals_one_predictor_and_commits_all_or_nothing(graph
             raise RuntimeError("this process's shard failed")
 
         sh.local.compute = broken  # the worker computed its sources; it must drop them
-        good = {n: (vals[N0 + 6:N0 + 7], ts[N0 + 6:N0 + 7]) for n in names}
+        good = {n: (vals[N0 + 6 : N0 + 7], ts[N0 + 6 : N0 + 7]) for n in names}
         with pytest.raises(RuntimeError, match="shard failed"):
             sh.advance_many(good)
         sh.local.compute = original
@@ -441,25 +502,32 @@ def test_sharded_predictor_equals_one_predictor_and_commits_all_or_nothing(graph
         assert sh.latest(remote)["prediction_id"] == ref.latest(remote)["prediction_id"]
         sh.warm_up(remote)
         assert sh.rows_seen(remote) == sh.serving_state(remote).stream.n_rows == N0 + 7
-        newer = replace(sh.serving_state(remote), model=replace(before.model, source=remote, model_version="v-next"))
+        newer = replace(
+            sh.serving_state(remote), model=replace(before.model, source=remote, model_version="v-next")
+        )
         sh.load(newer)
         assert sh.shard_of(remote) == 1 and sh.model(remote).model_version == "v-next"
-        nxt = sh.advance(remote, vals[N0 + 7:N0 + 8], ts[N0 + 7:N0 + 8])[0]
+        nxt = sh.advance(remote, vals[N0 + 7 : N0 + 8], ts[N0 + 7 : N0 + 8])[0]
         assert nxt["model_version"] == "v-next" and sh.rows_seen(remote) == N0 + 8
         assert sh.serving_state(remote).model.model_version == "v-next"
 
         sh._shards[0].process.kill()
         sh._shards[0].process.join()
         with pytest.raises(RuntimeError, match="prediction shard 1 .* exited"):
-            sh.advance_many({remote: (vals[N0 + 8:N0 + 9], ts[N0 + 8:N0 + 9])})
-        assert len(sh.advance(local, vals[N0 + 7:N0 + 8], ts[N0 + 7:N0 + 8])) == 1  # this process's shard goes on
+            sh.advance_many({remote: (vals[N0 + 8 : N0 + 9], ts[N0 + 8 : N0 + 9])})
+        assert (
+            len(sh.advance(local, vals[N0 + 7 : N0 + 8], ts[N0 + 7 : N0 + 8])) == 1
+        )  # this process's shard goes on
         lost = sh.restart(1)  # a new, empty worker; its sources are for the caller to load again
         assert remote in lost and not set(lost) & set(sh.sources()) and sh._shards[0].process.is_alive()
         for n in lost:
             sh.load(replace(before, model=replace(before.model, source=n)))
         assert {sh.shard_of(n) for n in lost} == {1}
-        got = sh.advance(remote, vals[N0:N0 + 1], ts[N0:N0 + 1])[0]
-        assert got["prediction_id"] == _first_record(before, remote, vals[N0:N0 + 1], ts[N0:N0 + 1])["prediction_id"]
+        got = sh.advance(remote, vals[N0 : N0 + 1], ts[N0 : N0 + 1])[0]
+        assert (
+            got["prediction_id"]
+            == _first_record(before, remote, vals[N0 : N0 + 1], ts[N0 : N0 + 1])["prediction_id"]
+        )
 
 
 def _first_record(sv, name, v, t):
@@ -469,34 +537,52 @@ def _first_record(sv, name, v, t):
 
 
 def test_frame_cache_is_used_only_for_the_state_it_belongs_to(graph):
-    """The float64 frame cache a predictor keeps between ticks gives what a cache built from the state gives; after
-    a rolled-back tick, or a state loaded again, the cache is rebuilt, not reused for the wrong frames."""
+    """The float64 frame cache a predictor keeps between ticks gives what a cache built from the state gives;
+    after a rolled-back tick, or a state loaded again, the cache is rebuilt, not reused for the wrong
+    frames."""
     df, before, batch, after = graph
     vals = df["value"].to_numpy()
-    ts = pd.to_datetime(df["timestamp"], utc=True).dt.tz_localize(None).to_numpy("datetime64[ns]").view(np.int64)
+    ts = (
+        pd.to_datetime(df["timestamp"], utc=True)
+        .dt.tz_localize(None)
+        .to_numpy("datetime64[ns]")
+        .view(np.int64)
+    )
     p = Predictor()
     p.load(before)
-    recs = [p.advance("m", vals[i:i + 1], ts[i:i + 1])[0] for i in range(N0, N0 + 5)]  # the cache carried along
+    recs = [
+        p.advance("m", vals[i : i + 1], ts[i : i + 1])[0] for i in range(N0, N0 + 5)
+    ]  # the cache carried along
     q = Predictor()
     q.load(before)
-    q.advance("m", vals[N0:N0 + 2], ts[N0:N0 + 2])
+    q.advance("m", vals[N0 : N0 + 2], ts[N0 : N0 + 2])
     mid = q.serving_state("m")
     r = Predictor()
     r.load(mid)  # a fresh predictor: its cache is built from the state
-    again = [r.advance("m", vals[i:i + 1], ts[i:i + 1])[0] for i in range(N0 + 2, N0 + 5)]
+    again = [r.advance("m", vals[i : i + 1], ts[i : i + 1])[0] for i in range(N0 + 2, N0 + 5)]
     for a, b in zip(recs[2:], again, strict=True):
         assert a["prediction_id"] == b["prediction_id"]
-        assert np.allclose(list(a["neuromorphic_results"]["patterns"].values()),
-                           list(b["neuromorphic_results"]["patterns"].values()), rtol=1e-12, atol=1e-15)
-        assert abs(a["predicted_change"] - b["predicted_change"]) <= 1e-12 * abs(b["predicted_change"]) + 1e-15
-    # a tick computed and committed, then rolled back: the cache has moved on to the undone state; the same tick
-    # again must not read it
-    out, pending = p.compute({"m": (vals[N0 + 5:N0 + 6], ts[N0 + 5:N0 + 6])}, 0.0)
+        assert np.allclose(
+            list(a["neuromorphic_results"]["patterns"].values()),
+            list(b["neuromorphic_results"]["patterns"].values()),
+            rtol=1e-12,
+            atol=1e-15,
+        )
+        assert (
+            abs(a["predicted_change"] - b["predicted_change"]) <= 1e-12 * abs(b["predicted_change"]) + 1e-15
+        )
+    # a tick computed and committed, then rolled back: the cache has moved on to the undone state; the same
+    # tick again must not read it
+    out, pending = p.compute({"m": (vals[N0 + 5 : N0 + 6], ts[N0 + 5 : N0 + 6])}, 0.0)
     p.rollback(p.commit(pending))
-    redo = p.advance("m", vals[N0 + 5:N0 + 6], ts[N0 + 5:N0 + 6])[0]
-    want = r.advance("m", vals[N0 + 5:N0 + 6], ts[N0 + 5:N0 + 6])[0]
+    redo = p.advance("m", vals[N0 + 5 : N0 + 6], ts[N0 + 5 : N0 + 6])[0]
+    want = r.advance("m", vals[N0 + 5 : N0 + 6], ts[N0 + 5 : N0 + 6])[0]
     assert redo["prediction_id"] == out["m"][0]["prediction_id"] == want["prediction_id"]
-    assert np.allclose(list(redo["neuromorphic_results"]["patterns"].values()),
-                       list(want["neuromorphic_results"]["patterns"].values()), rtol=1e-12, atol=1e-15)
+    assert np.allclose(
+        list(redo["neuromorphic_results"]["patterns"].values()),
+        list(want["neuromorphic_results"]["patterns"].values()),
+        rtol=1e-12,
+        atol=1e-15,
+    )
     st, ref = p.serving_state("m").stream, r.serving_state("m").stream
     assert np.array_equal(st.frames, ref.frames) and np.allclose(st.gram, ref.gram, rtol=1e-12, atol=1e-12)

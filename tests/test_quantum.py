@@ -89,8 +89,10 @@ def test_solver_diagnostics_are_measured_not_assumed():
     rng = np.random.default_rng(11)
     A = rng.normal(size=(6, 6))
     Q, h = (A + A.T) / 2, rng.normal(size=6)
-    short, long = solve_qubo(Q, h, evolution_time=0.5).diagnostics(), solve_qubo(Q, h, evolution_time=30.0,
-                                                                                   anneal_steps=300).diagnostics()
+    short, long = (
+        solve_qubo(Q, h, evolution_time=0.5).diagnostics(),
+        solve_qubo(Q, h, evolution_time=30.0, anneal_steps=300).diagnostics(),
+    )
     assert short["annealer_energy_gap"] >= -1e-9 and long["annealer_energy_gap"] >= -1e-9
     assert long["annealer_energy_gap"] < short["annealer_energy_gap"]
     assert long["annealing_success_probability"] > short["annealing_success_probability"]

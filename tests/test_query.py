@@ -1,6 +1,6 @@
-"""`nq query` is a read-only sandbox over the warehouse: SELECTs over the tables and logs work; writing, attaching,
-installing, changing settings and reading files outside the warehouse are refused with one line, and change
-nothing."""
+"""`nq query` is a read-only sandbox over the warehouse: SELECTs over the tables and logs work; writing,
+attaching, installing, changing settings and reading files outside the warehouse are refused with one line,
+and change nothing."""
 
 import pandas as pd
 import pytest
@@ -10,8 +10,12 @@ from nq_dagster.cli import main
 
 @pytest.fixture
 def home(wh, tmp_path):
-    df = pd.DataFrame({"timestamp": pd.date_range("2026-01-01", periods=5, freq="min", tz="UTC").astype(str),
-                       "value": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    df = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2026-01-01", periods=5, freq="min", tz="UTC").astype(str),
+            "value": [1.0, 2.0, 3.0, 4.0, 5.0],
+        }
+    )
     df.to_csv(tmp_path / "a.csv", index=False)
     assert main(["--home", str(wh.home), "ingest", str(tmp_path / "a.csv"), "--source", "a"]) == 0
     return wh
@@ -33,20 +37,27 @@ def test_selects_work_and_logs_are_queryable_while_empty(home, capsys):
     assert rc == 0 and out.splitlines()[1] == "0", err
 
 
-@pytest.mark.parametrize("sql, word", [
-    ("COPY (SELECT 1 AS x) TO '{home}/warehouse/raw_ticks/source=a/part-evil.parquet' (FORMAT parquet)", "COPY"),
-    ("EXPORT DATABASE '{home}/exported'", "EXPORT"),
-    ("ATTACH '{home}/other.duckdb' AS e (READ_WRITE)", "ATTACH"),
-    ("INSTALL httpfs", "LOAD"),  # DuckDB files INSTALL under the LOAD statement type
-    ("LOAD httpfs", "LOAD"),
-    ("SET enable_external_access = true", "SET"),
-    ("RESET allowed_directories", "SET"),
-    ("CREATE TABLE t AS SELECT 1", "CREATE"),
-    ("SELECT 1; DROP VIEW raw_ticks", "DROP"),
-    ("SELECT * FROM read_csv('/etc/passwd', sep=':')", "outside the warehouse"),
-    ("SELECT * FROM read_text('{home}/serve/secret')", "outside the warehouse"),
-    ("SELECT * FROM read_parquet('{home}/warehouse/../artifacts/*.npz')", "outside the warehouse"),
-])
+@pytest.mark.parametrize(
+    "sql, word",
+    [
+        (
+            "COPY (SELECT 1 AS x) TO '{home}/warehouse/raw_ticks/source=a/part-evil.parquet' (FORMAT "
+            "parquet)",
+            "COPY",
+        ),
+        ("EXPORT DATABASE '{home}/exported'", "EXPORT"),
+        ("ATTACH '{home}/other.duckdb' AS e (READ_WRITE)", "ATTACH"),
+        ("INSTALL httpfs", "LOAD"),  # DuckDB files INSTALL under the LOAD statement type
+        ("LOAD httpfs", "LOAD"),
+        ("SET enable_external_access = true", "SET"),
+        ("RESET allowed_directories", "SET"),
+        ("CREATE TABLE t AS SELECT 1", "CREATE"),
+        ("SELECT 1; DROP VIEW raw_ticks", "DROP"),
+        ("SELECT * FROM read_csv('/etc/passwd', sep=':')", "outside the warehouse"),
+        ("SELECT * FROM read_text('{home}/serve/secret')", "outside the warehouse"),
+        ("SELECT * FROM read_parquet('{home}/warehouse/../artifacts/*.npz')", "outside the warehouse"),
+    ],
+)
 def test_everything_else_is_refused_in_one_line(home, capsys, sql, word):
     before = sorted(p.relative_to(home.home) for p in home.home.rglob("*") if ".lock" not in p.name)
     (home.home / "serve").mkdir(exist_ok=True)
@@ -59,8 +70,9 @@ def test_everything_else_is_refused_in_one_line(home, capsys, sql, word):
 
 
 def test_the_same_file_for_another_source_is_stored_for_it(home, tmp_path, capsys):
-    """De-duplication is keyed by (source, content): the same bytes ingested for another source are stored there;
-    for the same source again they are skipped; an invalid source name is refused before anything else."""
+    """De-duplication is keyed by (source, content): the same bytes ingested for another source are stored
+    there; for the same source again they are skipped; an invalid source name is refused before anything
+    else."""
     f = str(tmp_path / "a.csv")
     assert main(["--home", str(home.home), "ingest", f, "--source", "b"]) == 0
     assert "ingested" in capsys.readouterr().out
@@ -69,14 +81,21 @@ def test_the_same_file_for_another_source_is_stored_for_it(home, tmp_path, capsy
     rc, out, _ = q(home, "SELECT source, count(*) AS n FROM raw_ticks GROUP BY 1 ORDER BY 1", capsys)
     assert out.splitlines()[1:] == ["a,5", "b,5"]
     assert main(["--home", str(home.home), "ingest", f, "--source", "../evil"]) == 2
-    assert "not valid" in capsys.readouterr().err and not (home.tables_dir / "raw_ticks" / "source=../evil").exists()
+    assert (
+        "not valid" in capsys.readouterr().err
+        and not (home.tables_dir / "raw_ticks" / "source=../evil").exists()
+    )
 
 
 def test_a_file_with_other_value_columns_is_refused_for_a_known_source(home, tmp_path, capsys):
     """The first file fixes a source's value columns: `timestamp,reading` for a source stored as
     `timestamp,value` is quarantined with both column lists named; nothing is stored as NULLs."""
-    df = pd.DataFrame({"timestamp": pd.date_range("2026-02-01", periods=3, freq="min", tz="UTC").astype(str),
-                       "reading": [1.0, 2.0, 3.0]})
+    df = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2026-02-01", periods=3, freq="min", tz="UTC").astype(str),
+            "reading": [1.0, 2.0, 3.0],
+        }
+    )
     df.to_csv(tmp_path / "other.csv", index=False)
     assert main(["--home", str(home.home), "ingest", str(tmp_path / "other.csv"), "--source", "a"]) == 1
     err = capsys.readouterr().err
@@ -87,9 +106,9 @@ def test_a_file_with_other_value_columns_is_refused_for_a_known_source(home, tmp
 
 
 def test_an_old_duckdb_file_is_migrated_and_a_moved_home_still_reads(wh, tmp_path):
-    """A data directory from before the in-memory layout kept the log tables in nq.duckdb: their rows are moved
-    into Parquet once; no database file is written any more; the whole directory can move (views are built per
-    query from the parts found there)."""
+    """A data directory from before the in-memory layout kept the log tables in nq.duckdb: their rows are
+    moved into Parquet once; no database file is written any more; the whole directory can move (views are
+    built per query from the parts found there)."""
     import shutil
 
     import duckdb
@@ -109,12 +128,15 @@ def test_an_old_duckdb_file_is_migrated_and_a_moved_home_still_reads(wh, tmp_pat
     moved = tmp_path / "elsewhere"
     shutil.move(str(wh.home), moved)
     assert Warehouse(moved).query("SELECT count(*) AS n FROM raw_ticks")["n"].iloc[0] == 2
-    assert Warehouse(moved).user_query("SELECT count(*) AS n FROM run_failures")["n"].iloc[0] == 0  # empty, queryable
+    assert (
+        Warehouse(moved).user_query("SELECT count(*) AS n FROM run_failures")["n"].iloc[0] == 0
+    )  # empty, queryable
 
 
 def test_user_query_is_bounded_in_time_memory_and_rows(wh):
-    """`nq query` cannot run for ever, take the machine's memory, or print a billion rows: each bound refuses in one
-    line naming the setting to raise (and the spill directory is off: nothing is written under the cwd)."""
+    """`nq query` cannot run for ever, take the machine's memory, or print a billion rows: each bound refuses
+    in one line naming the setting to raise (and the spill directory is off: nothing is written under the
+    cwd)."""
     from nq_dagster.store.views import QueryLimits, QueryRefused
 
     with pytest.raises(QueryRefused, match="time limit of 0.5 s"):

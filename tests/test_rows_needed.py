@@ -20,7 +20,8 @@ def write_rows(path, start, n):
     path.parent.mkdir(parents=True, exist_ok=True)
     ts = pd.date_range(start, periods=n, freq="min", tz="UTC")
     pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": 100.0 + pd.RangeIndex(n)}).to_csv(
-        path, index=False)
+        path, index=False
+    )
 
 
 def needs(text: str) -> set[int]:
@@ -38,7 +39,9 @@ def test_a_short_source_hears_one_number_everywhere(wh, tmp_path, capsys, monkey
 
     write_rows(wh.landing / "short" / "more.csv", "2026-03-02", 5)
     with instance_for_test() as inst:
-        ctx = build_sensor_context(instance=inst, resources={"warehouse": WarehouseResource(home=str(wh.home))})
+        ctx = build_sensor_context(
+            instance=inst, resources={"warehouse": WarehouseResource(home=str(wh.home))}
+        )
         req = next(r for r in landing_sensor(ctx).run_requests if r.partition_key == "short")
     assert req.job_name == "ingest_only"  # 65 rows: stored, not trained
     from_sensor = {int(req.tags["nq/rows_needed"])}
@@ -47,8 +50,11 @@ def test_a_short_source_hears_one_number_everywhere(wh, tmp_path, capsys, monkey
     developer = KeyStore(wh.home).create("developer", "60000/min", 1000)[0]
     srv = ThreadServer(wh.home)
     try:
-        r = httpx.post(f"{srv.url}/api/v1/process/realtime", headers={"Authorization": f"Bearer {developer}"},
-                       json={"source": "short", "data": [1.0], "timestamps": ["2026-03-03T00:00:00Z"]})
+        r = httpx.post(
+            f"{srv.url}/api/v1/process/realtime",
+            headers={"Authorization": f"Bearer {developer}"},
+            json={"source": "short", "data": [1.0], "timestamps": ["2026-03-03T00:00:00Z"]},
+        )
     finally:
         srv.stop()
     assert r.status_code == 409

@@ -15,20 +15,41 @@ from nq_dagster.runner import prepare_home
 
 
 def test_two_submissions_for_one_partition_never_overlap(wh):
-    wh = prepare_home(str(wh.home))  # the instance configuration `nq` writes (QueuedRunCoordinator and its limits)
+    wh = prepare_home(
+        str(wh.home)
+    )  # the instance configuration `nq` writes (QueuedRunCoordinator and its limits)
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions("source", ["lim"])
     env = {**os.environ, "NQ_HOME": str(wh.home), "DAGSTER_HOME": str(wh.dagster_home)}
     bin_dir = Path(sys.executable).parent
     for _ in range(2):  # what the UI's "Materialize" does: submit to the run coordinator, partition tag only
-        subprocess.run([str(bin_dir / "dagster"), "job", "launch", "-m", "nq_dagster.definitions", "-j",
-                        "source_pipeline", "--tags", json.dumps({"dagster/partition": "lim"})],
-                       env=env, check=True, capture_output=True, cwd=str(wh.home))
+        subprocess.run(
+            [
+                str(bin_dir / "dagster"),
+                "job",
+                "launch",
+                "-m",
+                "nq_dagster.definitions",
+                "-j",
+                "source_pipeline",
+                "--tags",
+                json.dumps({"dagster/partition": "lim"}),
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            cwd=str(wh.home),
+        )
     runs = instance.get_runs()
     assert len(runs) == 2 and {r.status for r in runs} == {DagsterRunStatus.QUEUED}
-    daemon = subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", "-m", "nq_dagster.definitions"], env=env,
-                              cwd=str(wh.home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    daemon = subprocess.Popen(
+        [str(bin_dir / "dagster-daemon"), "run", "-m", "nq_dagster.definitions"],
+        env=env,
+        cwd=str(wh.home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:

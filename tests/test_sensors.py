@@ -15,7 +15,9 @@ from nq_dagster.sensors.landing import landing_sensor
 def write_csv(path, start, n, base=100.0):
     path.parent.mkdir(parents=True, exist_ok=True)
     ts = pd.date_range(start, periods=n, freq="min", tz="UTC")
-    pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": base + pd.RangeIndex(n)}).to_csv(path, index=False)
+    pd.DataFrame({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": base + pd.RangeIndex(n)}).to_csv(
+        path, index=False
+    )
 
 
 @pytest.fixture
@@ -28,8 +30,9 @@ def landing(wh, monkeypatch):
 
 
 def tick(wh, instance, cursor=None):
-    ctx = build_sensor_context(instance=instance, cursor=cursor,
-                               resources={"warehouse": WarehouseResource(home=str(wh.home))})
+    ctx = build_sensor_context(
+        instance=instance, cursor=cursor, resources={"warehouse": WarehouseResource(home=str(wh.home))}
+    )
     return landing_sensor(ctx)
 
 
@@ -58,23 +61,35 @@ def test_backpressure_retries_then_quarantine(landing, monkeypatch):
     with instance_for_test() as inst:
         first = {r.partition_key: r.run_key for r in tick(landing, inst).run_requests}
         # a run for alpha executing: alpha's next run is requested now and waits in the queue behind it
-        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.STARTED, tags={"nq/source": "alpha"})
+        create_run_for_test(
+            inst, job_name="ingest_only", status=DagsterRunStatus.STARTED, tags={"nq/source": "alpha"}
+        )
         assert {r.partition_key for r in tick(landing, inst).run_requests} == {"alpha", "beta"}
-        # one waiting to start as well: nothing new for alpha (the queued run takes every file present when it starts;
-        # these wait in landing/), beta goes on
-        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.NOT_STARTED, tags={"nq/source": "alpha"})
+        # one waiting to start as well: nothing new for alpha (the queued run takes every file present when it
+        # starts; these wait in landing/), beta goes on
+        create_run_for_test(
+            inst, job_name="ingest_only", status=DagsterRunStatus.NOT_STARTED, tags={"nq/source": "alpha"}
+        )
         res = tick(landing, inst)
         assert {r.partition_key for r in res.run_requests} == {"beta"}
     with instance_for_test() as inst:
         # beta's run failed and left its one file: the next tick retries with the next attempt's key
-        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.FAILURE,
-                            tags={"nq/source": "beta", "dagster/run_key": first["beta"]})
+        create_run_for_test(
+            inst,
+            job_name="ingest_only",
+            status=DagsterRunStatus.FAILURE,
+            tags={"nq/source": "beta", "dagster/run_key": first["beta"]},
+        )
         res = tick(landing, inst)
         retry = {r.partition_key: r.run_key for r in res.run_requests}["beta"]
         assert retry == first["beta"][:-1] + "1"
         # that one fails too: attempts are used up, the file goes to quarantine with the reason
-        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.FAILURE,
-                            tags={"nq/source": "beta", "dagster/run_key": retry})
+        create_run_for_test(
+            inst,
+            job_name="ingest_only",
+            status=DagsterRunStatus.FAILURE,
+            tags={"nq/source": "beta", "dagster/run_key": retry},
+        )
         res = tick(landing, inst, res.cursor)
         assert "beta" not in {r.partition_key for r in res.run_requests}
         assert not (landing.landing / "beta.csv").exists()
@@ -83,22 +98,30 @@ def test_backpressure_retries_then_quarantine(landing, monkeypatch):
 
 
 def test_a_failing_file_is_isolated_and_never_takes_good_files_with_it(landing, monkeypatch):
-    """A run on alpha's two files fails: the sensor then runs alpha's files one at a time (the first alone, tagged
-    nq/only), quarantines the one that keeps failing alone, and requests the other file, which is never
+    """A run on alpha's two files fails: the sensor then runs alpha's files one at a time (the first alone,
+    tagged nq/only), quarantines the one that keeps failing alone, and requests the other file, which is never
     quarantined with it. A run still going is never counted as a failure."""
     monkeypatch.setenv("NQ_MAX_ATTEMPTS", "2")
     with instance_for_test() as inst:
         res = tick(landing, inst)
         first = {r.partition_key: r for r in res.run_requests}["alpha"]
         assert first.tags["nq/files"] == "2" and "nq/only" not in first.tags
-        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.FAILURE,
-                            tags={"nq/source": "alpha", "dagster/run_key": first.run_key})
+        create_run_for_test(
+            inst,
+            job_name="ingest_only",
+            status=DagsterRunStatus.FAILURE,
+            tags={"nq/source": "alpha", "dagster/run_key": first.run_key},
+        )
         res = tick(landing, inst, res.cursor)
         alone = {r.partition_key: r for r in res.run_requests}["alpha"]
         assert alone.tags["nq/only"] == "alpha/a1.csv" and alone.tags["nq/files"] == "1"
         # the isolated run is still going: the next tick waits for it, counting nothing
-        running = create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.STARTED,
-                                      tags={"nq/source": "alpha", "dagster/run_key": alone.run_key})
+        running = create_run_for_test(
+            inst,
+            job_name="ingest_only",
+            status=DagsterRunStatus.STARTED,
+            tags={"nq/source": "alpha", "dagster/run_key": alone.run_key},
+        )
         res = tick(landing, inst, res.cursor)
         assert "alpha" not in {r.partition_key for r in res.run_requests}
         inst.report_run_failed(running)
@@ -108,8 +131,12 @@ def test_a_failing_file_is_isolated_and_never_takes_good_files_with_it(landing, 
             if req is None:
                 break
             assert req.tags["nq/only"] == "alpha/a1.csv"
-            create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.FAILURE,
-                                tags={"nq/source": "alpha", "dagster/run_key": req.run_key})
+            create_run_for_test(
+                inst,
+                job_name="ingest_only",
+                status=DagsterRunStatus.FAILURE,
+                tags={"nq/source": "alpha", "dagster/run_key": req.run_key},
+            )
         res = tick(landing, inst, res.cursor)
         assert [p.name for p in landing.quarantine.glob("*.csv")] == ["a1.csv"]
         assert "failed on this file alone" in (landing.quarantine / "a1.csv.reason.txt").read_text()
@@ -122,7 +149,9 @@ def test_a_run_stuck_starting_is_given_up(landing, monkeypatch):
     then the sensor marks it failed and the source's files are requested again."""
     monkeypatch.setenv("NQ_RUN_START_TIMEOUT_S", "0.5")
     with instance_for_test() as inst:
-        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.STARTING, tags={"nq/source": "beta"})
+        create_run_for_test(
+            inst, job_name="ingest_only", status=DagsterRunStatus.STARTING, tags={"nq/source": "beta"}
+        )
         res = tick(landing, inst)
         assert "beta" not in {r.partition_key for r in res.run_requests}  # just started: it may still launch
         time.sleep(0.6)
@@ -138,7 +167,9 @@ def test_job_choice_training_then_streaming(landing, monkeypatch):
     with instance_for_test() as inst:
         jobs = {r.partition_key: r.job_name for r in tick(landing, inst).run_requests}
         assert jobs == {"alpha": "source_pipeline", "beta": "source_pipeline"}  # 10 and 7 rows >= 6
-        landing.save_artifact("serving_state", "beta", {"stand-in": True})  # not a serving state: trained anew
+        landing.save_artifact(
+            "serving_state", "beta", {"stand-in": True}
+        )  # not a serving state: trained anew
         jobs = {r.partition_key: r.job_name for r in tick(landing, inst).run_requests}
         assert jobs["beta"] == "source_pipeline"
         # a current model (what has_current_model accepts: tests/test_predictor.py) is streamed into
@@ -165,10 +196,18 @@ def test_failure_recorder_writes_table(wh):
     with instance_for_test() as inst:
         res = failing.execute_in_process(instance=inst, raise_on_error=False)
         run = inst.get_run_by_id(res.run_id)
-        ev = next(e for e in inst.all_logs(res.run_id) if e.dagster_event
-                  and e.dagster_event.event_type == DagsterEventType.RUN_FAILURE).dagster_event
-        ctx = build_run_status_sensor_context("run_failure_recorder", ev, inst, run,
-                                              resources={"warehouse": WarehouseResource(home=str(wh.home))})
+        ev = next(
+            e
+            for e in inst.all_logs(res.run_id)
+            if e.dagster_event and e.dagster_event.event_type == DagsterEventType.RUN_FAILURE
+        ).dagster_event
+        ctx = build_run_status_sensor_context(
+            "run_failure_recorder",
+            ev,
+            inst,
+            run,
+            resources={"warehouse": WarehouseResource(home=str(wh.home))},
+        )
         run_failure_recorder(ctx.for_run_failure())
     rows = wh.query("SELECT * FROM run_failures")
     assert len(rows) == 1 and rows.loc[0, "source"] == "x" and rows.loc[0, "job"] == "failing"
@@ -194,8 +233,11 @@ def test_freshness_flags_only_data_waiting_too_long(wh):
     import pyarrow.parquet as pq
 
     part = wh.partition_dir("predictions", "gamma") / "data.parquet"
-    pq.write_table(pa.table({"source": ["gamma"] * 10, "timestamp": pa.array(ts.as_unit("ns"))}), part,
-                   write_statistics=False)
+    pq.write_table(
+        pa.table({"source": ["gamma"] * 10, "timestamp": pa.array(ts.as_unit("ns"))}),
+        part,
+        write_statistics=False,
+    )
     assert wh.part_time_range(part)[1] is None
     fresh = freshness_table(wh, 300, now + pd.Timedelta("10min"))
     assert not fresh["stale"].any() and fresh["last_prediction"].iloc[0] == ts[-1]
@@ -210,7 +252,9 @@ def test_freshness_on_an_empty_warehouse(wh):
 def test_unusable_files_are_quarantined_with_the_fix(landing):
     (landing.landing / "notes.xlsx").write_bytes(b"PK\x03\x04")
     write_csv(landing.landing / "bad name" / "x.csv", "2026-03-01", 3)
-    (landing.landing / "alpha" / "a3.csv.part").write_text("timestamp,value\n")  # still being written: left alone
+    (landing.landing / "alpha" / "a3.csv.part").write_text(
+        "timestamp,value\n"
+    )  # still being written: left alone
     with instance_for_test() as inst:
         res = tick(landing, inst)
         assert {r.partition_key for r in res.run_requests} == {"alpha", "beta"}  # the good files still go
@@ -242,8 +286,12 @@ def test_builtin_freshness_fails_for_a_stale_training_output_and_passes_after_a_
     key = AssetKey("serving_state")
     with freeze_time(datetime.now(UTC) - timedelta(hours=27)):  # the last training, 27 h ago
         instance.report_runless_asset_event(AssetMaterialization(key, partition="mackey_glass"))
-    target = ModuleTarget(module_name="nq_dagster.definitions", attribute=None, working_directory=str(wh.home),
-                          location_name="nq_dagster")
+    target = ModuleTarget(
+        module_name="nq_dagster.definitions",
+        attribute=None,
+        working_directory=str(wh.home),
+        location_name="nq_dagster",
+    )
 
     def state():
         with create_test_daemon_workspace_context(target, instance) as ctx:
@@ -257,29 +305,36 @@ def test_builtin_freshness_fails_for_a_stale_training_output_and_passes_after_a_
     assert run_pipeline(wh, ["mackey_glass"], log=lambda *_: None)["mackey_glass"]
     assert state() == FreshnessState.PASS
     runs = instance.get_runs()
-    assert {r.job_name for r in runs} <= {"source_pipeline", "cross_source"}  # no run of its own for freshness
+    assert {r.job_name for r in runs} <= {
+        "source_pipeline",
+        "cross_source",
+    }  # no run of its own for freshness
 
 
 def test_a_dead_run_is_failed_even_with_a_run_queued_behind_it(landing, monkeypatch):
-    """A started run whose worker is gone holds the source's slot; a run queued behind it could never start. The
-    tick marks the dead one failed, whatever else is queued."""
+    """A started run whose worker is gone holds the source's slot; a run queued behind it could never start.
+    The tick marks the dead one failed, whatever else is queued."""
     import nq_dagster.sensors.landing as mod
 
     with instance_for_test() as inst:
-        dead = create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.STARTED,
-                                   tags={"nq/source": "alpha"})
-        create_run_for_test(inst, job_name="ingest_only", status=DagsterRunStatus.NOT_STARTED,
-                            tags={"nq/source": "alpha"})
-        monkeypatch.setattr(mod, "dead_local_run",
-                            lambda instance, run: "worker gone" if run.run_id == dead.run_id else None)
+        dead = create_run_for_test(
+            inst, job_name="ingest_only", status=DagsterRunStatus.STARTED, tags={"nq/source": "alpha"}
+        )
+        create_run_for_test(
+            inst, job_name="ingest_only", status=DagsterRunStatus.NOT_STARTED, tags={"nq/source": "alpha"}
+        )
+        monkeypatch.setattr(
+            mod, "dead_local_run", lambda instance, run: "worker gone" if run.run_id == dead.run_id else None
+        )
         res = tick(landing, inst)
         assert "alpha" not in {r.partition_key for r in res.run_requests}
         assert inst.get_run_by_id(dead.run_id).status == DagsterRunStatus.FAILURE
 
 
 def test_links_and_fifos_in_landing_are_quarantined_unread(landing, tmp_path):
-    """A symbolic link in landing/ (to a secret file, or dangling) is never followed: it is quarantined as a link
-    with a reason that quotes nothing of its target; a FIFO is quarantined too (reading it would block)."""
+    """A symbolic link in landing/ (to a secret file, or dangling) is never followed: it is quarantined as a
+    link with a reason that quotes nothing of its target; a FIFO is quarantined too (reading it would
+    block)."""
     import os
 
     secret = tmp_path / "secret.csv"

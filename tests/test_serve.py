@@ -1,7 +1,7 @@
-"""The prediction server on a loopback port, with real HTTP and WebSocket clients: every endpoint's normal path,
-its refusals (401 / 403 / 409 / 413 / 421 / 422 / 429), ticks stored exactly once, served predictions equal to the
-one prediction path and to the streaming job, subscriptions, a new model picked up without a failed request,
-SIGTERM and kill -9 under load, two replicas sharing one data directory."""
+"""The prediction server on a loopback port, with real HTTP and WebSocket clients: every endpoint's normal
+path, its refusals (401 / 403 / 409 / 413 / 421 / 422 / 429), ticks stored exactly once, served predictions
+equal to the one prediction path and to the streaming job, subscriptions, a new model picked up without a
+failed request, SIGTERM and kill -9 under load, two replicas sharing one data directory."""
 
 from __future__ import annotations
 
@@ -119,14 +119,20 @@ def test_refusals_name_the_problem(home, srv, ticks):
     assert r.status_code == 413
     r = httpx.post(url, content=b"{not json", headers=dev)
     assert r.status_code == 422 and r.json()["error"]["field"] == "body"
-    r = httpx.post(url, json={**ok, "data": [1.0, "x"], "timestamps": ["2027-01-01T00:00:00Z"] * 2}, headers=dev)
+    r = httpx.post(
+        url, json={**ok, "data": [1.0, "x"], "timestamps": ["2027-01-01T00:00:00Z"] * 2}, headers=dev
+    )
     assert r.status_code == 422 and r.json()["error"]["field"] == "data[1]"
     r = httpx.post(url, json={**ok, "source": "../evil"}, headers=dev)
     assert r.status_code == 422 and r.json()["error"]["field"] == "source"
     # the ingest rules, with ingest's message
     r = httpx.post(url, json={**ok, "timestamp": "yesterday"}, headers=dev)
     err = r.json()["error"]
-    assert r.status_code == 422 and "unparseable timestamp" in err["message"] and "Fix: use ISO 8601" in err["message"]
+    assert (
+        r.status_code == 422
+        and "unparseable timestamp" in err["message"]
+        and "Fix: use ISO 8601" in err["message"]
+    )
     assert "row 1, column 'timestamp'" in err["message"]
     r = httpx.post(url, json={**ok, "data": [1.0, 2.0], "timestamps": [ok["timestamp"]] * 2}, headers=dev)
     assert r.status_code == 422 and "duplicate (source, timestamp) of row 1" in r.json()["error"]["message"]
@@ -144,8 +150,11 @@ def test_refusals_name_the_problem(home, srv, ticks):
 def test_batch_jobs(home, srv, ticks):
     k = keys(home)
     c = httpx.Client(base_url=srv.url, headers=auth(k["developer"]))
-    points = [{"source": s, "timestamp": ticks.timestamp[i].isoformat(), "value": float(ticks.value[i])}
-              for i in range(20) for s in ("s1", "s2")][::-1]  # out of order: sorted as ingest sorts
+    points = [
+        {"source": s, "timestamp": ticks.timestamp[i].isoformat(), "value": float(ticks.value[i])}
+        for i in range(20)
+        for s in ("s1", "s2")
+    ][::-1]  # out of order: sorted as ingest sorts
     r = c.post("/api/v1/process/batch", json={"job_id": "job-1", "data_points": points})
     assert r.status_code == 202 and r.json()["job_id"] == "job-1"
     deadline = time.monotonic() + 20
@@ -161,9 +170,13 @@ def test_batch_jobs(home, srv, ticks):
     while (job := c.get("/api/v1/jobs/job-2").json())["status"] in ("queued", "running"):
         time.sleep(0.05)
     assert job["status"] == "failed" and "unparseable timestamp" in job["errors"][0]
-    r = c.post("/api/v1/process/batch", json={"data_points": points, "callback_url": "http://169.254.169.254/x"})
+    r = c.post(
+        "/api/v1/process/batch", json={"data_points": points, "callback_url": "http://169.254.169.254/x"}
+    )
     assert r.status_code == 422 and r.json()["error"]["field"] == "callback_url"
-    r = c.post("/api/v1/process/batch", json={"data_points": [{"source": "s1", "timestamp": 1, "value": "x"}]})
+    r = c.post(
+        "/api/v1/process/batch", json={"data_points": [{"source": "s1", "timestamp": 1, "value": "x"}]}
+    )
     assert r.status_code == 422 and r.json()["error"]["field"] == "data_points[0].value"
     assert c.get("/api/v1/jobs/nope").status_code == 404
 
@@ -171,11 +184,22 @@ def test_batch_jobs(home, srv, ticks):
 def test_websocket_subscribers_get_exactly_their_sources(home, srv, ticks):
     k = keys(home)
     ws_url = srv.url.replace("http", "ws") + "/ws/predictions"
-    with ws_client.connect(ws_url, additional_headers=auth(k["viewer"])) as a, \
-            ws_client.connect(ws_url) as b, ws_client.connect(ws_url) as bad:
+    with (
+        ws_client.connect(ws_url, additional_headers=auth(k["viewer"])) as a,
+        ws_client.connect(ws_url) as b,
+        ws_client.connect(ws_url) as bad,
+    ):
         a.send(json.dumps({"type": "subscription", "sources": ["s1"]}))
-        b.send(json.dumps({"type": "subscription", "sources": ["s2"], "api_key": k["viewer"],
-                           "filters": {"min_confidence": 0.0, "directions": ["up", "down", "hold"]}}))
+        b.send(
+            json.dumps(
+                {
+                    "type": "subscription",
+                    "sources": ["s2"],
+                    "api_key": k["viewer"],
+                    "filters": {"min_confidence": 0.0, "directions": ["up", "down", "hold"]},
+                }
+            )
+        )
         bad.send(json.dumps({"type": "subscription", "sources": ["s1"], "api_key": "nq_x_y"}))
         assert json.loads(a.recv(5))["type"] == "subscribed" and json.loads(b.recv(5))["type"] == "subscribed"
         with pytest.raises(Exception) as closed:
@@ -204,17 +228,25 @@ def test_status_metrics_config_keys(home, srv, ticks):
     view, dev, admin = (auth(k[r]) for r in ("viewer", "developer", "admin"))
     c = httpx.Client(base_url=srv.url)
     for i in range(5):
-        assert c.post("/api/v1/process/realtime", json=tick("m", ticks.timestamp[i], ticks.value[i]),
-                      headers=dev).status_code == 200
+        assert (
+            c.post(
+                "/api/v1/process/realtime", json=tick("m", ticks.timestamp[i], ticks.value[i]), headers=dev
+            ).status_code
+            == 200
+        )
     assert c.get("/api/v1/status").json()["status"] in ("healthy", "degraded")
     st = c.get("/api/v1/status", headers=view).json()
-    assert st["components"]["models"]["m"]["status"] == "healthy" and st["components"]["storage"]["status"] == "healthy"
+    assert (
+        st["components"]["models"]["m"]["status"] == "healthy"
+        and st["components"]["storage"]["status"] == "healthy"
+    )
     assert st["average_processing_time_ms"] > 0 and st["success_rate_5m"] == 1.0
     m = c.get("/api/v1/metrics", headers=view).json()
     assert m["total_predictions"] == 5 and m["p95_latency_ms"] >= m["p50_latency_ms"] > 0
     assert m["live"]["m"]["realized"] == 4  # each tick realizes the prediction before it (horizon 1)
     assert m["validation"]["m"]["accuracy"] == pytest.approx(
-        Warehouse(home).read_table("validation_metrics", "m")["accuracy"].iloc[0])
+        Warehouse(home).read_table("validation_metrics", "m")["accuracy"].iloc[0]
+    )
     prom = c.get("/metrics", headers=view).text
     assert 'nq_predictions_total{source="m"} 5.0' in prom and "nq_model_info{" in prom
     assert 'nq_http_request_duration_seconds_bucket{endpoint="/api/v1/process/realtime"' in prom
@@ -222,7 +254,9 @@ def test_status_metrics_config_keys(home, srv, ticks):
     # the alert rules use metric names the server exports
     from pathlib import Path
 
-    rules = yaml.safe_load((Path(__file__).resolve().parents[1] / "k8s" / "prometheus-rules.yaml").read_text())
+    rules = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "k8s" / "prometheus-rules.yaml").read_text()
+    )
     exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
     assert len(exprs) == 2
     import re
@@ -230,7 +264,10 @@ def test_status_metrics_config_keys(home, srv, ticks):
     for e in exprs:
         for name in re.findall(r"\b(nq_[a-z_]+)", e):
             base = re.sub(r"_(bucket|count|sum)$", "", name)
-            assert re.search(rf"^{base}(_bucket|_count|_sum|_total)?\{{", prom, re.M) or f"# TYPE {base} " in prom, name
+            assert (
+                re.search(rf"^{base}(_bucket|_count|_sum|_total)?\{{", prom, re.M)
+                or f"# TYPE {base} " in prom
+            ), name
     # config: viewers read, admins change (validated, versioned, the next training's)
     assert c.get("/api/v1/config/fusion", headers=view).json()["values"]["train_min"] == 250
     assert c.put("/api/v1/config/fusion", json={"hold_band": 0.2}, headers=dev).status_code == 403
@@ -242,7 +279,10 @@ def test_status_metrics_config_keys(home, srv, ticks):
     assert r.status_code == 200 and r.json()["number"] == 1
     assert json.loads((home / "config.json").read_text())["hold_band"] == 0.2
     doc = c.get("/api/v1/config/fusion", params={"version": "1"}, headers=view).json()
-    assert doc["values"]["hold_band"] == 0.2 and doc["history"][0]["changes"]["hold_band"] == {"from": 0.1, "to": 0.2}
+    assert doc["values"]["hold_band"] == 0.2 and doc["history"][0]["changes"]["hold_band"] == {
+        "from": 0.1,
+        "to": 0.2,
+    }
     assert doc["requested_version"]["config"]["hold_band"] == 0.2
     assert c.get("/api/v1/config/nope", headers=view).status_code == 404
     # keys: stored as hashes only; admins create and revoke
@@ -285,7 +325,9 @@ def test_new_model_is_picked_up_without_a_failed_request(home, srv, ticks):
         post(i)
         i += 1
     assert set(codes) == {200}
-    assert versions.index("retrained-1") > 10 and set(versions[versions.index("retrained-1"):]) == {"retrained-1"}
+    assert versions.index("retrained-1") > 10 and set(versions[versions.index("retrained-1") :]) == {
+        "retrained-1"
+    }
     # the stream continued: the state kept its rows (the live state went further than training's)
     st = srv.server.engine.predictor.serving_state("m").stream
     assert st.n_rows == old.stream.n_rows + i
@@ -293,19 +335,23 @@ def test_new_model_is_picked_up_without_a_failed_request(home, srv, ticks):
 
 def _load(url: str, key: str, sources: list[str], ticks: pd.DataFrame, acked: dict, stop: threading.Event):
     """Post each source's ticks in order as fast as the server answers; record what was acknowledged."""
+
     def run(source):
         with httpx.Client(base_url=url, headers=auth(key), timeout=10) as c:
             for i in range(len(ticks)):
                 if stop.is_set():
                     return
                 try:
-                    r = c.post("/api/v1/process/realtime", json=tick(source, ticks.timestamp[i], ticks.value[i]))
+                    r = c.post(
+                        "/api/v1/process/realtime", json=tick(source, ticks.timestamp[i], ticks.value[i])
+                    )
                 except httpx.HTTPError:
                     return
                 if r.status_code == 200:
                     acked[source].append(ticks.timestamp[i])
                 elif r.status_code != 503:
                     return
+
     threads = [threading.Thread(target=run, args=(s,)) for s in sources]
     for t in threads:
         t.start()
@@ -320,8 +366,9 @@ def test_sigterm_and_kill_lose_no_acknowledged_tick(home, ticks):
     stop = threading.Event()
     threads = _load(server.url, k["developer"], ["s1", "s2"], ticks.iloc[:150], acked, stop)
     time.sleep(1.5)
-    # uvicorn shuts down gracefully, then re-raises the signal (-SIGTERM); once in CI it exited 0 instead, after the
-    # same graceful shutdown. Either way: the shutdown message, and (below) no acknowledged tick lost
+    # uvicorn shuts down gracefully, then re-raises the signal (-SIGTERM); once in CI it exited 0 instead,
+    # after the same graceful shutdown. Either way: the shutdown message, and (below) no acknowledged tick
+    # lost
     assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
     assert '"Shutdown complete' in server.output() or "Finished server process" in server.output()
     stop.set()
@@ -352,25 +399,34 @@ def test_sigterm_and_kill_lose_no_acknowledged_tick(home, ticks):
             assert stamps.is_unique, f"{s} {table}: a tick stored twice"
             assert set(everything) <= set(stamps), f"{s} {table}: an acknowledged tick is missing"
         live = wh.load_artifact("live_state", s)
-        assert live.stream.last_ts == pd.to_datetime(served_rows(wh, "raw_ticks", s)["timestamp"], utc=True).max().value
+        assert (
+            live.stream.last_ts
+            == pd.to_datetime(served_rows(wh, "raw_ticks", s)["timestamp"], utc=True).max().value
+        )
 
 
 def test_two_replicas_share_one_data_directory(home, ticks):
-    """Replica k owns the sources whose stable hash modulo 2 is k; a tick sent to the other replica is forwarded.
-    Ticks of one source posted alternately to both are stored and predicted once each, in order, as one server
-    would."""
+    """Replica k owns the sources whose stable hash modulo 2 is k; a tick sent to the other replica is
+    forwarded. Ticks of one source posted alternately to both are stored and predicted once each, in order, as
+    one server would."""
     k = keys(home)
     owned_by_1 = next(s for s in CLONES if stable_hash(s) % 2 == 1)
     ports = [free_port(), free_port()]
     peers = ",".join(f"http://127.0.0.1:{p}" for p in ports)
-    servers = [ProcessServer(home, port=ports[i], extra=["--replicas", "2", "--replica", str(i), "--peers", peers])
-               for i in range(2)]
+    servers = [
+        ProcessServer(home, port=ports[i], extra=["--replicas", "2", "--replica", str(i), "--peers", peers])
+        for i in range(2)
+    ]
     try:
         n = 24
         got = []
         for i in range(n):
-            r = httpx.post(f"{servers[i % 2].url}/api/v1/process/realtime", headers=auth(k["developer"]),
-                           json=tick(owned_by_1, ticks.timestamp[i], ticks.value[i]), timeout=10)
+            r = httpx.post(
+                f"{servers[i % 2].url}/api/v1/process/realtime",
+                headers=auth(k["developer"]),
+                json=tick(owned_by_1, ticks.timestamp[i], ticks.value[i]),
+                timeout=10,
+            )
             assert r.status_code == 200, r.text
             if i % 2 == 0:
                 assert r.headers.get("x-nq-replica") == "1"  # forwarded to the owner
@@ -387,8 +443,11 @@ def test_two_replicas_share_one_data_directory(home, ticks):
     assert np.allclose([g["confidence"] for g in got], [w["confidence"] for w in want], atol=1e-9)
     rows = served_rows(Warehouse(home), "predictions", owned_by_1)
     assert len(rows) == n and pd.to_datetime(rows["timestamp"], utc=True).is_unique
-    assert all(p.stem.startswith("serve-r1-") for p in Warehouse(home).table_parts("raw_ticks", owned_by_1)
-               if p.stem.startswith("serve-"))
+    assert all(
+        p.stem.startswith("serve-r1-")
+        for p in Warehouse(home).table_parts("raw_ticks", owned_by_1)
+        if p.stem.startswith("serve-")
+    )
 
 
 def test_training_scores_what_was_served(home, ticks, monkeypatch):
@@ -403,7 +462,12 @@ def test_training_scores_what_was_served(home, ticks, monkeypatch):
     try:
         c = httpx.Client(base_url=srv.url, headers=auth(k["developer"]))
         for i in range(n):
-            assert c.post("/api/v1/process/realtime", json=tick("m", ticks.timestamp[i], ticks.value[i])).status_code == 200
+            assert (
+                c.post(
+                    "/api/v1/process/realtime", json=tick("m", ticks.timestamp[i], ticks.value[i])
+                ).status_code
+                == 200
+            )
     finally:
         srv.stop()  # writes the log into the tables
     monkeypatch.setenv("NQ_HOME", str(home))
@@ -427,7 +491,14 @@ def test_training_scores_what_was_served(home, ticks, monkeypatch):
     meta = ev.asset_materialization.metadata
     assert meta["plots"].value.count("data:image/png;base64,") >= 2
     crit = meta["criteria"].value
-    assert [c.name for c in crit.schema.columns] == ["criterion", "p_value", "p_holm", "passed", "counted", "figure"]
+    assert [c.name for c in crit.schema.columns] == [
+        "criterion",
+        "p_value",
+        "p_holm",
+        "passed",
+        "counted",
+        "figure",
+    ]
     assert all(c.description for c in crit.schema.columns) and len(crit.records) >= 3
     # independent: realized direction of each served time from the stored series and the config's hold band
     series = wh.read_table("series", "m").sort_values("timestamp").reset_index(drop=True)
@@ -443,8 +514,8 @@ def test_training_scores_what_was_served(home, ticks, monkeypatch):
 
 
 def test_served_predictions_equal_the_streaming_jobs(base, tmp_path, monkeypatch):
-    """The same ticks, posted to the server in one data directory and landed as a file for the Dagster streaming
-    job in a copy of it, give the same predictions."""
+    """The same ticks, posted to the server in one data directory and landed as a file for the Dagster
+    streaming job in a copy of it, give the same predictions."""
     from dagster import DagsterInstance
 
     from nq_dagster.definitions import defs
@@ -456,8 +527,10 @@ def test_served_predictions_equal_the_streaming_jobs(base, tmp_path, monkeypatch
     srv = ThreadServer(served_home)
     try:
         c = httpx.Client(base_url=srv.url, headers=auth(k["developer"]))
-        served = [c.post("/api/v1/process/realtime", json=tick("m", t, v)).json()
-                  for t, v in zip(ticks.timestamp, ticks.value, strict=True)]
+        served = [
+            c.post("/api/v1/process/realtime", json=tick("m", t, v)).json()
+            for t, v in zip(ticks.timestamp, ticks.value, strict=True)
+        ]
     finally:
         srv.stop()
     landing = job_home / "landing" / "m"
@@ -465,8 +538,9 @@ def test_served_predictions_equal_the_streaming_jobs(base, tmp_path, monkeypatch
     ticks.to_csv(landing / "new.csv", index=False)
     monkeypatch.setenv("NQ_HOME", str(job_home))
     monkeypatch.setenv("DAGSTER_HOME", str(job_home / "dagster"))
-    res = defs.resolve_job_def("streaming").execute_in_process(partition_key="m", instance=DagsterInstance.get(),
-                                                               raise_on_error=False)
+    res = defs.resolve_job_def("streaming").execute_in_process(
+        partition_key="m", instance=DagsterInstance.get(), raise_on_error=False
+    )
     assert res.success and all(c.passed for c in res.get_asset_check_evaluations())
     wh = Warehouse(job_home)
     parts = [p for p in wh.table_parts("predictions", "m") if p.stem.startswith("stream-")]
@@ -479,8 +553,8 @@ def test_served_predictions_equal_the_streaming_jobs(base, tmp_path, monkeypatch
 
 
 def test_a_slow_subscriber_is_closed_and_the_others_keep_up():
-    """The hub's policy without sockets: a subscriber whose queue is full is dropped (its sender then closes the
-    socket with 1013); the others get every prediction."""
+    """The hub's policy without sockets: a subscriber whose queue is full is dropped (its sender then closes
+    the socket with 1013); the others get every prediction."""
     import asyncio
 
     from nq_dagster.serve.http.hub import Hub
@@ -504,8 +578,8 @@ def test_a_slow_subscriber_is_closed_and_the_others_keep_up():
 
 def test_key_store_sees_new_keys_at_once_and_revocations_within_a_second(tmp_path, monkeypatch):
     """The server's key store re-reads the key file at most once a second (a stat per request was 14 % of the
-    event loop): a key created by another process works at once, a revoked one is refused within RELOAD_S; writes
-    never start from the cached copy (three keys created in a row all stay)."""
+    event loop): a key created by another process works at once, a revoked one is refused within RELOAD_S;
+    writes never start from the cached copy (three keys created in a row all stay)."""
     import nq_dagster.serve.keys as keymod
 
     server, cli = KeyStore(tmp_path), KeyStore(tmp_path)
@@ -522,9 +596,9 @@ def test_key_store_sees_new_keys_at_once_and_revocations_within_a_second(tmp_pat
 
 
 def test_the_servers_parts_are_compacted_as_they_accumulate(home, ticks):
-    """A part per source every flush interval, for as long as the server runs: past the limit the flusher merges
-    them (raw_ticks into a compacted part, predictions' live parts into one live part), and every tick is still
-    stored and predicted once."""
+    """A part per source every flush interval, for as long as the server runs: past the limit the flusher
+    merges them (raw_ticks into a compacted part, predictions' live parts into one live part), and every tick
+    is still stored and predicted once."""
     s = ThreadServer(home)
     s.server.engine.wh.compact_parts = 3  # the engine's warehouse (the flusher's), before the first tick
     try:
@@ -551,8 +625,8 @@ def test_the_servers_parts_are_compacted_as_they_accumulate(home, ticks):
 
 def test_routes_called_directly_answer_as_through_the_router(home, srv, ticks, caplog):
     """Exact-path routes skip Starlette's router and error middlewares (`Server._dispatch`): the answers, the
-    request id and the metrics label must be the router's, and an unexpected error in an endpoint a 500 JSON answer
-    with the request id, its traceback logged, the server still serving."""
+    request id and the metrics label must be the router's, and an unexpected error in an endpoint a 500 JSON
+    answer with the request id, its traceback logged, the server still serving."""
     k = keys(home)
     c = httpx.Client(base_url=srv.url, headers=auth(k["viewer"]))
     assert ("POST", "/api/v1/process/realtime") in srv.server._direct
@@ -569,7 +643,11 @@ def test_routes_called_directly_answer_as_through_the_router(home, srv, ticks, c
     srv.server._direct[("GET", "/api/v1/ping")] = broken
     with caplog.at_level("ERROR", logger="nq.serve"):
         r = c.get("/api/v1/ping", headers={"X-Request-Id": "req-500"})
-    assert r.status_code == 500 and r.json()["request_id"] == "req-500" and r.headers["x-request-id"] == "req-500"
+    assert (
+        r.status_code == 500
+        and r.json()["request_id"] == "req-500"
+        and r.headers["x-request-id"] == "req-500"
+    )
     assert "boom" not in r.text and any("req-500" in m.getMessage() for m in caplog.records)
     assert c.get("/api/v1/status").status_code == 200
     text = c.get("/metrics").text
@@ -577,9 +655,9 @@ def test_routes_called_directly_answer_as_through_the_router(home, srv, ticks, c
 
 
 def test_a_server_with_two_prediction_processes_answers_as_one(home, ticks):
-    """`nq serve --processes 2`: the sources shared out between the server's process and a worker process; every
-    answer equals the one prediction path's, the status shows where each source is, and SIGTERM saves the states of
-    both shards."""
+    """`nq serve --processes 2`: the sources shared out between the server's process and a worker process;
+    every answer equals the one prediction path's, the status shows where each source is, and SIGTERM saves
+    the states of both shards."""
     k = keys(home)
     srv = ProcessServer(home, extra=["--processes", "2"])
     sources = ["m", *CLONES[:3]]
@@ -597,7 +675,10 @@ def test_a_server_with_two_prediction_processes_answers_as_one(home, ticks):
         assert {models[s]["process"] for s in sources} == {0, 1}  # both processes served some
         assert models["m"]["last_timestamp"] == ticks.timestamp[n - 1].isoformat()
     finally:
-        assert srv.stop() in (0, -signal.SIGTERM)  # (uvicorn re-raises the signal after its graceful shutdown)
+        assert srv.stop() in (
+            0,
+            -signal.SIGTERM,
+        )  # (uvicorn re-raises the signal after its graceful shutdown)
     assert '"Shutdown complete' in srv.output() or "Finished server process" in srv.output()
     assert "Traceback" not in srv.output(), srv.output()
     wh = Warehouse(home)
@@ -618,7 +699,6 @@ def _as_one_path(wh: Warehouse, got: dict[str, list[dict]], ticks, n: int) -> di
         assert [g["direction"] for g in answers] == [w["direction"] for w in want]
         assert np.allclose([g["confidence"] for g in answers], [w["confidence"] for w in want], rtol=1e-6)
     return out
-
 
 
 def _prediction_workers(pid: int) -> list[int]:
@@ -656,7 +736,9 @@ def test_a_prediction_process_that_dies_is_restarted_without_a_failed_request(ho
 
         for i in range(n1):
             post(i)
-        time.sleep(1.5)  # a flush: some of the ticks are in the tables and the live states, the rest in the log
+        time.sleep(
+            1.5
+        )  # a flush: some of the ticks are in the tables and the live states, the rest in the log
         workers = _prediction_workers(srv.proc.pid)
         assert len(workers) == 1, workers
         os.kill(workers[0], signal.SIGKILL)

@@ -1,5 +1,5 @@
-"""The validation score never rewards no skill: known answers of its tests, and models without skill (a constant
-direction, a copy of the best baseline) scored 0 with the reasons."""
+"""The validation score never rewards no skill: known answers of its tests, and models without skill (a
+constant direction, a copy of the best baseline) scored 0 with the reasons."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,8 @@ from nq_dagster.validation.evaluate import evaluate, holm, mcnemar_greater
 
 
 def test_holm_known_answer():
-    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.02, 0.03, 0.06, 0.06
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.02, 0.03, 0.06,
+    # 0.06
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
@@ -58,7 +59,11 @@ def test_a_copy_of_the_best_baseline_scores_zero(rising):
     ev = evaluate(fusion_with(targets, frames, frames["ar_diffs"].copy()))
     m = ev["metrics"]
     assert m["p_binom"] < 1e-6  # far above the best constant predictor...
-    assert m["score"] == 0 and not m["skill"] and "not significantly more accurate than the best baseline" in m["verdict"]
+    assert (
+        m["score"] == 0
+        and not m["skill"]
+        and "not significantly more accurate than the best baseline" in m["verdict"]
+    )
     abl = ev["criteria"].iloc[-1]
     assert not abl["counted"] and "not counted" in abl["figure"]
 

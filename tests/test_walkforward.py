@@ -1,5 +1,5 @@
-"""The walk-forward engine: the ridge against scikit-learn's RidgeCV, the training schedule, recalibration that
-follows a drift of the error's size, and the baselines on processes whose best forecast is known."""
+"""The walk-forward engine: the ridge against scikit-learn's RidgeCV, the training schedule, recalibration
+that follows a drift of the error's size, and the baselines on processes whose best forecast is known."""
 
 import numpy as np
 import pandas as pd
@@ -137,10 +137,25 @@ def test_seasonal_column_streams_as_the_batch_computes_it(horizon):
     want = seasonal_column(v, m, horizon)
     assert want[m - horizon] == v[0] - v[m - horizon] and not want[: m - horizon].any()
     for k in (10, 200):  # the history seen at training: rows < k
-        ring = v[:k][-(m - horizon + 1):].copy()
-        st = StreamState(k, 0, v[:k][-49:], np.zeros(499), np.zeros(499), None, np.zeros((31, 2), np.float32),
-                         np.zeros(1), np.zeros((31, 4)), np.zeros(30, np.int16), np.zeros(13), season=m, season_ring=ring)
-        assert latest_design(replace(st, changes=np.zeros(10)), 2, horizon)[1][-1] == pytest.approx(want[k - 1])
+        ring = v[:k][-(m - horizon + 1) :].copy()
+        st = StreamState(
+            k,
+            0,
+            v[:k][-49:],
+            np.zeros(499),
+            np.zeros(499),
+            None,
+            np.zeros((31, 2), np.float32),
+            np.zeros(1),
+            np.zeros((31, 4)),
+            np.zeros(30, np.int16),
+            np.zeros(13),
+            season=m,
+            season_ring=ring,
+        )
+        assert latest_design(replace(st, changes=np.zeros(10)), 2, horizon)[1][-1] == pytest.approx(
+            want[k - 1]
+        )
         got = []
         for t in range(k, 400):
             col, ring = _seasonal_step(st, v[t], horizon)
@@ -162,8 +177,8 @@ def test_long_series_have_a_refit_budget():
 def test_calibration_says_the_base_rates_without_skill_and_keeps_skill():
     """`calibrate` mixes the error model's probabilities with the calibration rows' class frequencies, the mix
     fitted by log loss: a forecast unrelated to the outcome (no skill) gets mix near 0, and its probabilities
-    are near the base rates, so a heavy-tailed series does not make it confident; a forecast that explains most
-    of the change keeps mix near 1."""
+    are near the base rates, so a heavy-tailed series does not make it confident; a forecast that explains
+    most of the change keeps mix near 1."""
     from nq_dagster.fusion.walkforward import CLASSES, FusionModel, calibrate, direction_probabilities
 
     rng = np.random.default_rng(3)
@@ -177,8 +192,9 @@ def test_calibration_says_the_base_rates_without_skill_and_keeps_skill():
     calibrate(noise, 0.8 * rng.standard_normal(n), chg, y_dir, band)
     assert noise.mix < 0.1
     np.testing.assert_allclose(noise.base_rate, (counts + 1) / (n + 3))
-    P = direction_probabilities(0.8 * rng.standard_normal(n), band, noise.error_scale(band), noise.mix,
-                                noise.base_rate)
+    P = direction_probabilities(
+        0.8 * rng.standard_normal(n), band, noise.error_scale(band), noise.mix, noise.base_rate
+    )
     assert np.abs(P - noise.base_rate).max() < 0.1  # a forecast with no skill says (nearly) the base rates
     np.testing.assert_allclose(P.sum(axis=1), 1.0)
 
@@ -188,15 +204,17 @@ def test_calibration_says_the_base_rates_without_skill_and_keeps_skill():
 
 
 def test_one_standard_error_rule_keeps_a_stage_only_beyond_the_noise():
-    """`simplest_within_one_se`: a bigger model whose held-out error is lower by less than one standard error of
-    the paired difference loses to the simpler one; one lower by many standard errors wins; equal errors go to the
-    simpler model."""
+    """`simplest_within_one_se`: a bigger model whose held-out error is lower by less than one standard error
+    of the paired difference loses to the simpler one; one lower by many standard errors wins; equal errors go
+    to the simpler model."""
     from nq_dagster.fusion.walkforward import simplest_within_one_se
 
     rng = np.random.default_rng(0)
     simple = 1.0 + np.abs(rng.normal(size=30))
     d = rng.normal(scale=0.2, size=30)
-    d = d - d.mean() - 0.01  # 0.01 lower on average; the paired difference's SE is about 0.2 / sqrt(30) = 0.037
+    d = (
+        d - d.mean() - 0.01
+    )  # 0.01 lower on average; the paired difference's SE is about 0.2 / sqrt(30) = 0.037
     slightly = simple + d
     assert np.mean(slightly) < np.mean(simple) and 0.01 < d.std(ddof=1) / np.sqrt(30)
     assert simplest_within_one_se([(simple, 5, "simple"), (slightly, 300, "big")]) == "simple"

@@ -37,8 +37,9 @@ class EnoughRowsToTrain(AutomationCondition):
         need = rows_needed(load_config(wh.home), settings.min_rows_to_train)
         keys = context.candidate_subset.expensively_compute_partition_keys()
         ok = {k for k in keys if wh.stored_rows("raw_ticks", k) >= need}
-        return AutomationResult(context=context,
-                                true_subset=context.candidate_subset.compute_intersection_with_partition_keys(ok))
+        return AutomationResult(
+            context=context, true_subset=context.candidate_subset.compute_intersection_with_partition_keys(ok)
+        )
 
 
 TRAINING_AUTOMATION = (

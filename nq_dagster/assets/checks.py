@@ -21,7 +21,10 @@ from nq_dagster.validation.quality import run_suite
 
 # checks partitioned by source are a Dagster preview feature (results then carry their source in the UI); the
 # warning says so once per import of the code location, on every `nq` command: noted in README, silenced here
-warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=Warning)
+warnings.filterwarnings(
+    "ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=Warning
+)
+
 
 def _result(context: AssetCheckExecutionContext, suite: str, df: pd.DataFrame) -> AssetCheckResult:
     where = f" for source {context.run.tags.get('dagster/partition', '?')}"
@@ -32,30 +35,49 @@ def _result(context: AssetCheckExecutionContext, suite: str, df: pd.DataFrame) -
     return AssetCheckResult(
         passed=report.success,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"expectations": len(report.results), "failed": int((~report.results["success"]).sum()),
-                  "rows_checked": len(df), "summary": MetadataValue.md(report.message(where) + "\n\n" + md_table(shown))},
+        metadata={
+            "expectations": len(report.results),
+            "failed": int((~report.results["success"]).sum()),
+            "rows_checked": len(df),
+            "summary": MetadataValue.md(report.message(where) + "\n\n" + md_table(shown)),
+        },
     )
 
 
-@asset_check(asset=series, blocking=True, partitions_def=source_partitions, description="great-expectations suite `series`: schema, no nulls or "
-             "infinities, strictly increasing timestamps. Blocking: nothing downstream runs on a failing series.")
+@asset_check(
+    asset=series,
+    blocking=True,
+    partitions_def=source_partitions,
+    description="great-expectations suite `series`: schema, no nulls or "
+    "infinities, strictly increasing timestamps. Blocking: nothing downstream runs on a failing series.",
+)
 def series_quality(context: AssetCheckExecutionContext, series: pd.DataFrame) -> AssetCheckResult:
     return _result(context, "series", series)
 
 
-@asset_check(asset=predictions, partitions_def=source_partitions, description="great-expectations suite `predictions`: record schema, one prediction "
-             "per source and time, unique ids, direction in {up, down, hold}, confidence in [1/3, 1], magnitude >= 0, "
-             "and every model trained strictly before the time it predicts.")
+@asset_check(
+    asset=predictions,
+    partitions_def=source_partitions,
+    description="great-expectations suite `predictions`: record schema, one prediction "
+    "per source and time, unique ids, direction in {up, down, hold}, confidence in [1/3, 1], magnitude >= 0, "
+    "and every model trained strictly before the time it predicts.",
+)
 def predictions_quality(context: AssetCheckExecutionContext, predictions: pd.DataFrame) -> AssetCheckResult:
     return _result(context, "predictions", predictions)
 
 
-@asset_check(asset=live_predictions, partitions_def=source_partitions, description="The same great-expectations suite `predictions` as training, on "
-             "the rows the streaming run appended and every stored prediction of the source in their time span (where "
-             "a duplicate of them would be): the streamed records have the record schema, one per source and time, "
-             "and no model saw a row it predicts. Older rows were checked when they were written, so the cost does "
-             "not grow with the history.")
-def live_predictions_quality(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
+@asset_check(
+    asset=live_predictions,
+    partitions_def=source_partitions,
+    description="The same great-expectations suite `predictions` as training, on "
+    "the rows the streaming run appended and every stored prediction of the source in their time span (where "
+    "a duplicate of them would be): the streamed records have the record schema, one per source and time, "
+    "and no model saw a row it predicts. Older rows were checked when they were written, so the cost does "
+    "not grow with the history.",
+)
+def live_predictions_quality(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> AssetCheckResult:
     source = context.run.tags.get("dagster/partition")
     wh = warehouse.warehouse()
     span = _streamed_span(context, source)
@@ -66,7 +88,9 @@ def live_predictions_quality(context: AssetCheckExecutionContext, warehouse: War
     return _result(context, "predictions", df)
 
 
-def _streamed_span(context: AssetCheckExecutionContext, source: str | None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+def _streamed_span(
+    context: AssetCheckExecutionContext, source: str | None
+) -> tuple[pd.Timestamp, pd.Timestamp] | None:
     """(first, last) timestamp of the predictions this run's `live_predictions` wrote, from its
     materialization."""
     from dagster import AssetKey, AssetRecordsFilter
@@ -74,7 +98,8 @@ def _streamed_span(context: AssetCheckExecutionContext, source: str | None) -> t
     if not source:
         return None
     recs = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("live_predictions"), asset_partitions=[source]), limit=1).records
+        AssetRecordsFilter(asset_key=AssetKey("live_predictions"), asset_partitions=[source]), limit=1
+    ).records
     if not recs or recs[0].run_id != context.run.run_id:
         return None
     meta = recs[0].asset_materialization.metadata
@@ -91,16 +116,20 @@ def freshness_table(wh, max_lag_s: float, now: pd.Timestamp | None = None) -> pd
     now = now or pd.Timestamp.now(tz="UTC")
     tables = set(wh.table_names())
     if "raw_ticks" not in tables:  # nothing ingested yet: nothing can be stale
-        return pd.DataFrame(columns=["source", "last_data", "last_prediction", "last_ingest", "waiting_s", "stale"])
+        return pd.DataFrame(
+            columns=["source", "last_data", "last_prediction", "last_ingest", "waiting_s", "stale"]
+        )
     # the newest row of each source's data and predictions from the parts' footers (no history read)
     newest = {}
     for table in ("raw_ticks", "predictions"):
         hi: dict[str, int] = {}
-        for part in (wh.table_parts(table) if table in tables else []):
+        for part in wh.table_parts(table) if table in tables else []:
             src = part.parent.name.split("=", 1)[1]
             top = wh.part_time_range(part)[1]
             if top is None:  # no statistics: read the column
-                top = pd.Timestamp(wh.read_part(part, ["timestamp"]).column("timestamp").to_pandas().max()).value
+                top = pd.Timestamp(
+                    wh.read_part(part, ["timestamp"]).column("timestamp").to_pandas().max()
+                ).value
             hi[src] = max(hi.get(src, top), top)
         newest[table] = hi
     df = pd.DataFrame({"source": sorted(s for s in newest["raw_ticks"] if not s.startswith("_"))})
@@ -120,15 +149,28 @@ def freshness_table(wh, max_lag_s: float, now: pd.Timestamp | None = None) -> pd
     return df
 
 
-@asset_check(asset=predictions, description="Freshness: every source's newest data has a prediction, or arrived "
-             "less than NQ_FRESHNESS_SECONDS (default 300) ago. Run by every streaming run (and the `freshness_check` job).")
+@asset_check(
+    asset=predictions,
+    description="Freshness: every source's newest data has a prediction, or arrived "
+    "less than NQ_FRESHNESS_SECONDS (default 300) ago. Run by every streaming run (and the "
+    "`freshness_check` job).",
+)
 def predictions_fresh(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
     settings = warehouse.settings()
     max_lag = settings.freshness_seconds
     df = freshness_table(warehouse.warehouse(settings), max_lag)
     stale = df[df["stale"]] if len(df) else df
-    shown = df.assign(**{c: df[c].astype(str) for c in ("last_data", "last_prediction", "last_ingest")}) if len(df) else df
-    text = (f"{len(stale)} of {len(df)} source(s) stale (data waiting more than {max_lag:g} s for a prediction): "
-            f"{', '.join(stale['source']) or 'none'}.\n\n" + (md_table(shown) if len(df) else ""))
-    return AssetCheckResult(passed=len(stale) == 0, severity=AssetCheckSeverity.WARN,
-                            metadata={"stale_sources": len(stale), "sources": len(df), "summary": MetadataValue.md(text)})
+    shown = (
+        df.assign(**{c: df[c].astype(str) for c in ("last_data", "last_prediction", "last_ingest")})
+        if len(df)
+        else df
+    )
+    text = (
+        f"{len(stale)} of {len(df)} source(s) stale (data waiting more than {max_lag:g} s for a prediction): "
+        f"{', '.join(stale['source']) or 'none'}.\n\n" + (md_table(shown) if len(df) else "")
+    )
+    return AssetCheckResult(
+        passed=len(stale) == 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"stale_sources": len(stale), "sources": len(df), "summary": MetadataValue.md(text)},
+    )

@@ -32,7 +32,9 @@ TAGS = {"domain": "prediction"}
 # the training outputs are refreshed by the daily training automation (NQ_TRAIN_CRON): Dagster's freshness
 # daemon marks them late an hour before they fail
 _h = SETTINGS.training_fresh_hours
-DAILY = FreshnessPolicy.time_window(fail_window=timedelta(hours=_h), warn_window=timedelta(hours=max(_h - 1, _h / 2)))
+DAILY = FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=_h), warn_window=timedelta(hours=max(_h - 1, _h / 2))
+)
 
 # Each asset's code version: Dagster shows an asset whose code version changed since its last materialization
 # as unsynced ("code version changed"), so a user sees which sources still carry outputs of older code. Bump
@@ -41,11 +43,17 @@ DAILY = FreshnessPolicy.time_window(fail_window=timedelta(hours=_h), warn_window
 # another design is refused at load, so its outputs are stale the moment the design moves.
 DESIGN = "design-5"
 CODE_VERSIONS = {
-    "raw_ticks": "1", "series": "1",
-    "spike_trains": "1", "reservoir_states": "1",
+    "raw_ticks": "1",
+    "series": "1",
+    "spike_trains": "1",
+    "reservoir_states": "1",
     "patterns": "2",  # 2: the detectors read reservoir activity at half precision
-    "features": "2", "feature_selection": "1",
-    "fusion_model": DESIGN, "serving_state": DESIGN, "predictions": DESIGN, "live_predictions": DESIGN,
+    "features": "2",
+    "feature_selection": "1",
+    "fusion_model": DESIGN,
+    "serving_state": DESIGN,
+    "predictions": DESIGN,
+    "live_predictions": DESIGN,
     "validation_report": "2",  # 2: the score against strong baselines, zero without skill
     "portfolio": "1",
 }
@@ -54,7 +62,9 @@ CODE_VERSIONS = {
 def table_metadata(df: pd.DataFrame, summary: str | None = None) -> dict:
     meta = {
         "dagster/row_count": len(df),
-        "dagster/column_schema": TableSchema(columns=[TableColumn(str(c), str(t)) for c, t in df.dtypes.items()]),
+        "dagster/column_schema": TableSchema(
+            columns=[TableColumn(str(c), str(t)) for c, t in df.dtypes.items()]
+        ),
     }
     if "timestamp" in df.columns and len(df):
         meta["first_timestamp"] = str(df["timestamp"].min())
@@ -74,14 +84,23 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return "\n".join(lines)
 
 
-def source_asset(group: str, kinds: set[str], automation: AutomationCondition | None = None,
-                 **extra) -> Callable:
+def source_asset(
+    group: str, kinds: set[str], automation: AutomationCondition | None = None, **extra
+) -> Callable:
     """`@asset` with the arguments every per-source asset shares: its code version (by function name), the
     source partitions, owners, tags, and the automation condition (`automation`; None for assets that only
     runs of their job materialize)."""
 
     def wrap(fn: Callable):
-        return asset(code_version=CODE_VERSIONS[fn.__name__], partitions_def=source_partitions, group_name=group,
-                     kinds=kinds, owners=OWNERS, tags=TAGS, automation_condition=automation, **extra)(fn)
+        return asset(
+            code_version=CODE_VERSIONS[fn.__name__],
+            partitions_def=source_partitions,
+            group_name=group,
+            kinds=kinds,
+            owners=OWNERS,
+            tags=TAGS,
+            automation_condition=automation,
+            **extra,
+        )(fn)
 
     return wrap

@@ -14,57 +14,121 @@ from nq_dagster.store import LIVE_PARTS
 
 
 def quantum_summary(q: dict) -> dict:
-    return {"energy": q["energy"], "phase_coherence": q["annealed_coherence"],
-            "convergence": {"converged": q["converged"], "iterations": q["iterations"],
-                            "annealing_success_probability": q["annealing_success_probability"],
-                            "method": q["method"]}}
+    return {
+        "energy": q["energy"],
+        "phase_coherence": q["annealed_coherence"],
+        "convergence": {
+            "converged": q["converged"],
+            "iterations": q["iterations"],
+            "annealing_success_probability": q["annealing_success_probability"],
+            "method": q["method"],
+        },
+    }
 
 
 @source_asset("fusion", {"scikit-learn"}, TRAINING_AUTOMATION)
-def fusion_model(context: AssetExecutionContext, features: pd.DataFrame, reservoir_states: dict,
-                 feature_selection: dict, warehouse: WarehouseResource) -> Output[dict]:
+def fusion_model(
+    context: AssetExecutionContext,
+    features: pd.DataFrame,
+    reservoir_states: dict,
+    feature_selection: dict,
+    warehouse: WarehouseResource,
+) -> Output[dict]:
     """Walk-forward fused model (reservoir readout + selected features + recent changes), its ablations and
     AR(5); `version` is the last model as streaming and serving use it."""
     from nq_dagster.fusion.pipeline import run_fusion
     from nq_dagster.fusion.training import model_version_from_fit
+
     cfg = warehouse.pipeline_config()
     t0 = time.perf_counter()
-    out = run_fusion(features, reservoir_states["states"], feature_selection["selected"], cfg, context.partition_key)
+    out = run_fusion(
+        features, reservoir_states["states"], feature_selection["selected"], cfg, context.partition_key
+    )
     elapsed = time.perf_counter() - t0
     version = f"{cfg.version}-{pd.Timestamp.now(tz='UTC').strftime('%Y%m%dT%H%M%S')}"
-    mv = model_version_from_fit(context.partition_key, cfg, version, out, feature_selection["selected"],
-                                quantum_summary(feature_selection["result"]), features["timestamp"].to_numpy(), elapsed)
-    out.update({"model_version": version, "config": cfg.as_dict(), "config_version": cfg.version,
-                "selected": feature_selection["selected"], "fit_seconds": elapsed, "version": mv})
-    return Output(out, metadata={"model_version": version, "config_version": cfg.version,
-                                 "walk_forward_predictions": len(out["fused"]), "refits": int(out["fused"]["model_id"].max() + 1),
-                                 "selected_features": MetadataValue.json(feature_selection["selected"]),
-                                 "fit_seconds": elapsed, "trained_rows": mv.trained_rows})
+    mv = model_version_from_fit(
+        context.partition_key,
+        cfg,
+        version,
+        out,
+        feature_selection["selected"],
+        quantum_summary(feature_selection["result"]),
+        features["timestamp"].to_numpy(),
+        elapsed,
+    )
+    out.update(
+        {
+            "model_version": version,
+            "config": cfg.as_dict(),
+            "config_version": cfg.version,
+            "selected": feature_selection["selected"],
+            "fit_seconds": elapsed,
+            "version": mv,
+        }
+    )
+    return Output(
+        out,
+        metadata={
+            "model_version": version,
+            "config_version": cfg.version,
+            "walk_forward_predictions": len(out["fused"]),
+            "refits": int(out["fused"]["model_id"].max() + 1),
+            "selected_features": MetadataValue.json(feature_selection["selected"]),
+            "fit_seconds": elapsed,
+            "trained_rows": mv.trained_rows,
+        },
+    )
 
 
 @source_asset("fusion", {"numpy"}, TRAINING_AUTOMATION, freshness_policy=DAILY)
-def serving_state(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, spike_trains: dict,
-                  reservoir_states: dict) -> Output[Any]:  # a fusion.predictor.ServingState
+def serving_state(
+    context: AssetExecutionContext,
+    fusion_model: dict,
+    features: pd.DataFrame,
+    spike_trains: dict,
+    reservoir_states: dict,
+) -> Output[Any]:  # a fusion.predictor.ServingState
     """What the streaming job, `nq predict` and the server continue from: the latest model version and the
     source's streaming state after its last row (encoder windows, reservoir state, detector windows)."""
     from nq_dagster.fusion.model import ServingState
     from nq_dagster.fusion.stream import CANDIDATES, from_history
     from nq_dagster.neuromorphic.stages import unpack_spikes
+
     cfg = fusion_model["version"].cfg
-    stream = from_history(features["value"].to_numpy(), features["timestamp"].to_numpy(), unpack_spikes(spike_trains),
-                          reservoir_states["states"], reservoir_states["final_state"],
-                          features[list(CANDIDATES)].to_numpy(dtype=float)[-1], cfg.feature_window,
-                          fusion_model["analog"], fusion_model.get("season") or 0, cfg.horizon)
+    stream = from_history(
+        features["value"].to_numpy(),
+        features["timestamp"].to_numpy(),
+        unpack_spikes(spike_trains),
+        reservoir_states["states"],
+        reservoir_states["final_state"],
+        features[list(CANDIDATES)].to_numpy(dtype=float)[-1],
+        cfg.feature_window,
+        fusion_model["analog"],
+        fusion_model.get("season") or 0,
+        cfg.horizon,
+    )
     st = ServingState(fusion_model["version"], stream, fusion_model.get("calibration"))
     source = context.partition_key
-    return Output(st, metadata={"rows_seen": stream.n_rows, "model_version": st.model.model_version,
-                                "state_bytes": stream.nbytes(), "state_bytes_by_part": MetadataValue.json(stream.breakdown()),
-                                "use": MetadataValue.md(f"`nq predict --source {source} --values v1,v2,...`")})
+    return Output(
+        st,
+        metadata={
+            "rows_seen": stream.n_rows,
+            "model_version": st.model.model_version,
+            "state_bytes": stream.nbytes(),
+            "state_bytes_by_part": MetadataValue.json(stream.breakdown()),
+            "use": MetadataValue.md(f"`nq predict --source {source} --values v1,v2,...`"),
+        },
+    )
 
 
 @source_asset("fusion", {"parquet", "duckdb"}, TRAINING_AUTOMATION)
-def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd.DataFrame, reservoir_states: dict,
-                warehouse: WarehouseResource) -> Output[pd.DataFrame]:
+def predictions(
+    context: AssetExecutionContext,
+    fusion_model: dict,
+    features: pd.DataFrame,
+    reservoir_states: dict,
+    warehouse: WarehouseResource,
+) -> Output[pd.DataFrame]:
     """One record per (source, time) in the shape of DESIGN.md section 6: the walk-forward predictions, built
     by the same record function as streaming and serving, for every time that was not served live.
     `processing_time_ms` is null: no tick triggered these (the fit time is `fit_seconds` of `fusion_model`).
@@ -72,29 +136,51 @@ def predictions(context: AssetExecutionContext, fusion_model: dict, features: pd
     their processing time) stay."""
     from nq_dagster.fusion.record import build_records, records_frame
     from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
+
     source = context.partition_key
     f = fusion_model["fused"]
     mv = fusion_model["version"]
     rows = f["row"].to_numpy()
     ts = pd.to_datetime(features["timestamp"], utc=True).to_numpy("datetime64[ns]").view(np.int64)
-    recs = build_records(source, ts[rows], f[["p_down", "p_hold", "p_up"]].to_numpy(), f["pred_change"].to_numpy(),
-                         features[list(PATTERN_NAMES)].to_numpy()[rows], features["spike_rate"].to_numpy()[rows],
-                         reservoir_states["states"][rows], mv.quantum, mv.model_version, mv.cfg.version,
-                         ts[f["train_end"].to_numpy()], mv.step_ms * mv.cfg.horizon, None)
+    recs = build_records(
+        source,
+        ts[rows],
+        f[["p_down", "p_hold", "p_up"]].to_numpy(),
+        f["pred_change"].to_numpy(),
+        features[list(PATTERN_NAMES)].to_numpy()[rows],
+        features["spike_rate"].to_numpy()[rows],
+        reservoir_states["states"][rows],
+        mv.quantum,
+        mv.model_version,
+        mv.cfg.version,
+        ts[f["train_end"].to_numpy()],
+        mv.step_ms * mv.cfg.horizon,
+        None,
+    )
     df = records_frame(recs)
     live = live_prediction_times(warehouse.warehouse(), source)
     served = df["timestamp"].isin(live)
     df = df.loc[~served].reset_index(drop=True)  # one record per time: what was served live stays
     counts = df["direction"].value_counts()
-    return Output(df, metadata=table_metadata(df, f"{len(df)} walk-forward predictions ({int(served.sum())} times "
-                                              "left to the records served live); directions: "
-                                              + ", ".join(f"{k} {v}" for k, v in counts.items())))
+    return Output(
+        df,
+        metadata=table_metadata(
+            df,
+            f"{len(df)} walk-forward predictions ({int(served.sum())} times "
+            "left to the records served live); directions: "
+            + ", ".join(f"{k} {v}" for k, v in counts.items()),
+        ),
+    )
 
 
-CRITERIA_COLUMNS = {"criterion": "what is tested, on held-out realized outcomes",
-                    "p_value": "one-sided p-value of the test (empty: a threshold, not a test)",
-                    "p_holm": "Holm-corrected p-value over the tested criteria", "passed": "whether it passed",
-                    "counted": "whether it counts in the score", "figure": "the measured figure and its threshold"}
+CRITERIA_COLUMNS = {
+    "criterion": "what is tested, on held-out realized outcomes",
+    "p_value": "one-sided p-value of the test (empty: a threshold, not a test)",
+    "p_holm": "Holm-corrected p-value over the tested criteria",
+    "passed": "whether it passed",
+    "counted": "whether it counts in the score",
+    "figure": "the measured figure and its threshold",
+}
 
 
 def table_value(df: pd.DataFrame, descriptions: dict) -> MetadataValue:
@@ -102,10 +188,18 @@ def table_value(df: pd.DataFrame, descriptions: dict) -> MetadataValue:
     from dagster import TableColumn, TableRecord, TableSchema
 
     kinds = {"b": "bool", "i": "int", "u": "int", "f": "float"}
-    schema = TableSchema(columns=[TableColumn(str(c), kinds.get(df[c].dtype.kind, "string"),
-                                              description=descriptions.get(str(c))) for c in df.columns])
-    records = [TableRecord({str(k): (v if isinstance(v, (bool, int, float)) and v == v else str(v))
-                            for k, v in r.items()}) for r in df.to_dict("records")]
+    schema = TableSchema(
+        columns=[
+            TableColumn(str(c), kinds.get(df[c].dtype.kind, "string"), description=descriptions.get(str(c)))
+            for c in df.columns
+        ]
+    )
+    records = [
+        TableRecord(
+            {str(k): (v if isinstance(v, (bool, int, float)) and v == v else str(v)) for k, v in r.items()}
+        )
+        for r in df.to_dict("records")
+    ]
     return MetadataValue.table(records=records, schema=schema)
 
 
@@ -117,13 +211,17 @@ def live_prediction_times(wh, source: str) -> pd.Series:
     return pd.concat([wh.read_part(p, columns=["timestamp"]).to_pandas()["timestamp"] for p in parts])
 
 
-@source_asset("validation", {"html", "parquet"}, TRAINING_AUTOMATION, deps=[predictions], freshness_policy=DAILY)
-def validation_report(context: AssetExecutionContext, fusion_model: dict, series: pd.DataFrame,
-                      warehouse: WarehouseResource) -> Output[pd.DataFrame]:
+@source_asset(
+    "validation", {"html", "parquet"}, TRAINING_AUTOMATION, deps=[predictions], freshness_policy=DAILY
+)
+def validation_report(
+    context: AssetExecutionContext, fusion_model: dict, series: pd.DataFrame, warehouse: WarehouseResource
+) -> Output[pd.DataFrame]:
     """Statistics on realized outcomes (baselines, ablations, Diebold-Mariano, calibration) and the HTML
     report."""
     from nq_dagster.validation.evaluate import evaluate, evaluate_live
     from nq_dagster.validation.report import markdown_summary, write_report
+
     source = context.partition_key
     wh = warehouse.warehouse()
     truth = None
@@ -139,18 +237,34 @@ def validation_report(context: AssetExecutionContext, fusion_model: dict, series
     ev["live"] = evaluate_live(live, series["timestamp"], targets) if len(targets) == len(series) else None
     if ev["live"] and ev["live"].get("realized"):
         lv = ev["live"]
-        ev["metrics"].update({"live_predictions": lv["realized"], "live_accuracy": lv["accuracy"],
-                              "live_acc_ci_low": lv["ci_low"], "live_acc_ci_high": lv["ci_high"]})
+        ev["metrics"].update(
+            {
+                "live_predictions": lv["realized"],
+                "live_accuracy": lv["accuracy"],
+                "live_acc_ci_low": lv["ci_low"],
+                "live_acc_ci_high": lv["ci_high"],
+            }
+        )
     kind = "market" if source.startswith("market") else "sensor"
     path, figs = write_report(wh.reports / f"{source}.html", source, ev, series["value"].to_numpy(), kind)
-    metrics = pd.DataFrame([{**ev["metrics"], "model_version": fusion_model["model_version"], "report": str(path)}])
+    metrics = pd.DataFrame(
+        [{**ev["metrics"], "model_version": fusion_model["model_version"], "report": str(path)}]
+    )
     wh.write_table("validation_metrics", source, metrics)
     md = markdown_summary(source, ev) + "\n\n#### Baselines\n\n" + md_table(ev["baselines"])
-    return Output(ev["criteria"], metadata={
-        "validation_score": float(ev["metrics"]["score"]), "accuracy": float(ev["metrics"]["accuracy"]),
-        "ece": float(ev["metrics"]["ece"]), "p_binom": float(ev["metrics"]["p_binom"]),
-        "report_path": MetadataValue.path(str(path)), "summary": MetadataValue.md(md),
-        "plots": MetadataValue.md("\n\n".join(f"#### {t}\n\n![{t}](data:image/png;base64,{b})" for t, b in figs)),
-        "criteria": table_value(ev["criteria"], CRITERIA_COLUMNS),
-        "baselines": table_value(ev["baselines"], {}),
-    })
+    return Output(
+        ev["criteria"],
+        metadata={
+            "validation_score": float(ev["metrics"]["score"]),
+            "accuracy": float(ev["metrics"]["accuracy"]),
+            "ece": float(ev["metrics"]["ece"]),
+            "p_binom": float(ev["metrics"]["p_binom"]),
+            "report_path": MetadataValue.path(str(path)),
+            "summary": MetadataValue.md(md),
+            "plots": MetadataValue.md(
+                "\n\n".join(f"#### {t}\n\n![{t}](data:image/png;base64,{b})" for t, b in figs)
+            ),
+            "criteria": table_value(ev["criteria"], CRITERIA_COLUMNS),
+            "baselines": table_value(ev["baselines"], {}),
+        },
+    )

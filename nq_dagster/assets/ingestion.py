@@ -1,6 +1,5 @@
 """`raw_ticks` and `series`: landing files into the record, and the cleaned series per source."""
 
-
 import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, Output
@@ -31,21 +30,35 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
     if not wh.table_parts("raw_ticks", source):
         # a partition added by hand (the UI's "Add a partition") with no data: one line, no traceback
         why = "; ".join(r.reason for r in results if r.reason) or f"no files in {wh.landing / source}"
-        raise Failure(description=f"source {source!r} has no data yet ({why[:300]}). Fix: put a CSV / Parquet / "
-                      f"JSON-lines file in {wh.landing / source}/ or run `nq ingest FILE --source {source}`",
-                      allow_retries=False)
+        raise Failure(
+            description=f"source {source!r} has no data yet ({why[:300]}). Fix: put a CSV / Parquet / "
+            f"JSON-lines file in {wh.landing / source}/ or run `nq ingest FILE --source {source}`",
+            allow_retries=False,
+        )
     compacted = wh.compact_if_many("raw_ticks", source)  # one part per landed file until merged
     if compacted:
-        context.log.info(f"compacted {source}: {compacted['parts_before']} parts -> {compacted['parts_after']}")
+        context.log.info(
+            f"compacted {source}: {compacted['parts_before']} parts -> {compacted['parts_after']}"
+        )
     # from the parts' footers: what is stored, without reading the history (a streaming run's cost stays flat)
     parts = wh.table_parts("raw_ticks", source)
     spans = [wh.part_time_range(q) for q in parts]
     rows = sum(n for _, _, n in spans)
-    files = pd.DataFrame([{"file": r.file.rsplit("/", 1)[-1], "status": r.status, "rows": r.rows_accepted,
-                           "bad_rows": len(r.bad_rows)} for r in results])
+    files = pd.DataFrame(
+        [
+            {
+                "file": r.file.rsplit("/", 1)[-1],
+                "status": r.status,
+                "rows": r.rows_accepted,
+                "bad_rows": len(r.bad_rows),
+            }
+            for r in results
+        ]
+    )
     need = rows_needed(warehouse.pipeline_config())
-    summary = (f"**{source}**: {rows} rows in {len(parts)} Parquet part(s); training needs at least {need}"
-               + ("." if rows >= need else f": {need - rows} more before it trains."))
+    summary = f"**{source}**: {rows} rows in {len(parts)} Parquet part(s); training needs at least {need}" + (
+        "." if rows >= need else f": {need - rows} more before it trains."
+    )
     if len(files):
         summary += "\n\nThis run:\n\n" + md_table(files)
     meta = table_metadata(wh.read_part(parts[-1]).slice(0, 0).to_pandas(), summary)
@@ -72,16 +85,22 @@ def series(context: AssetExecutionContext, warehouse: WarehouseResource) -> Outp
 
     need = rows_needed(warehouse.pipeline_config())
     if len(out) < need:  # say so now, not after a minute of encoding and reservoir work
-        raise Failure(description=f"source {context.partition_key!r} has {len(out)} rows; training needs at least "
-                      f"{need}. Fix: ingest more history", allow_retries=False)
+        raise Failure(
+            description=f"source {context.partition_key!r} has {len(out)} rows; training needs at least "
+            f"{need}. Fix: ingest more history",
+            allow_retries=False,
+        )
     sched = schedule_for(len(out), warehouse.pipeline_config())
     gaps = out["timestamp"].diff().dt.total_seconds().to_numpy()[1:]
     median_gap = float(np.median(gaps)) if len(gaps) else float("nan")
-    summary = (f"**{context.partition_key}**: {len(out)} points, value column `{out.attrs['value_column']}`, "
-               f"median spacing {median_gap:g} s, value range [{out['value'].min():.6g}, {out['value'].max():.6g}].")
+    summary = (
+        f"**{context.partition_key}**: {len(out)} points, value column `{out.attrs['value_column']}`, "
+        f"median spacing {median_gap:g} s, value range [{out['value'].min():.6g}, {out['value'].max():.6g}]."
+    )
     meta = table_metadata(out, summary)
     meta["median_spacing_s"] = median_gap
-    meta["training_schedule"] = MetadataValue.json({"train_min": sched.train_min, "refit_every": sched.refit_every,
-                                                    "warmup": sched.warmup})
+    meta["training_schedule"] = MetadataValue.json(
+        {"train_min": sched.train_min, "refit_every": sched.refit_every, "warmup": sched.warmup}
+    )
     meta["value_column"] = MetadataValue.text(out.attrs["value_column"])
     return Output(out, metadata=meta)

@@ -12,12 +12,15 @@ from nq_dagster.resources import WarehouseResource
 
 
 @source_asset("quantum", {"scipy"}, TRAINING_AUTOMATION, op_tags=k8s_op_tags("quantum", SETTINGS))
-def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, warehouse: WarehouseResource) -> Output[dict]:
+def feature_selection(
+    context: AssetExecutionContext, features: pd.DataFrame, warehouse: WarehouseResource
+) -> Output[dict]:
     """Choose `select_k` fusion features by a relevance-minus-redundancy QUBO on the first training window
     only."""
     from nq_dagster.fusion.pipeline import candidate_columns
     from nq_dagster.fusion.walkforward import make_targets, schedule_for
     from nq_dagster.quantum.qubo import selection_qubo, solve_qubo
+
     cfg = warehouse.pipeline_config()
     targets = make_targets(features["value"].to_numpy(), cfg.horizon, cfg.hold_band, cfg.feature_window)
     first = schedule_for(len(features), cfg).train_min  # the first prediction row (scales with the series)
@@ -32,27 +35,46 @@ def feature_selection(context: AssetExecutionContext, features: pd.DataFrame, wa
     Q, h = selection_qubo(rel[pool].to_numpy(), red, min(cfg.select_k, len(pool)))
     res = solve_qubo(Q, h, evolution_time=cfg.evolution_time, energy_tolerance=cfg.energy_tolerance)
     chosen = [c for c, b in zip(pool, res.x, strict=True) if b]
-    table = pd.DataFrame({"feature": pool, "relevance": rel[pool].to_numpy(), "chosen": [bool(b) for b in res.x]})
+    table = pd.DataFrame(
+        {"feature": pool, "relevance": rel[pool].to_numpy(), "chosen": [bool(b) for b in res.x]}
+    )
     value = {"selected": chosen, "pool": pool, "result": res.as_dict(), "config_version": cfg.version}
-    return Output(value, metadata={
-        "selected": MetadataValue.json(chosen), "qubits": len(pool), "energy": float(res.energy),
-        **res.diagnostics(),
-        "summary": MetadataValue.md(f"Relevance = |Spearman| with the {cfg.horizon}-step change on the first "
-                                    f"{first - cfg.horizon} rows; candidates above {cfg.qubit_count} qubits "
-                                    "are cut by relevance.\n\n" + md_table(table)),
-    })
+    return Output(
+        value,
+        metadata={
+            "selected": MetadataValue.json(chosen),
+            "qubits": len(pool),
+            "energy": float(res.energy),
+            **res.diagnostics(),
+            "summary": MetadataValue.md(
+                f"Relevance = |Spearman| with the {cfg.horizon}-step change on the first "
+                f"{first - cfg.horizon} rows; candidates above {cfg.qubit_count} qubits "
+                "are cut by relevance.\n\n" + md_table(table)
+            ),
+        },
+    )
 
 
 # portfolio follows new predictions: requested when any source's `predictions` were materialized since it last
 # ran, unless a run of it or of its inputs is in progress (Dagster's `eager`, without its "no input partition
 # missing" clause: a new source still ingesting must not hold back the others)
-PORTFOLIO_AUTOMATION = (AutomationCondition.any_deps_updated().since_last_handled()
-                        & ~AutomationCondition.any_deps_in_progress() & ~AutomationCondition.in_progress()
-                        ).with_label("after new predictions")
+PORTFOLIO_AUTOMATION = (
+    AutomationCondition.any_deps_updated().since_last_handled()
+    & ~AutomationCondition.any_deps_in_progress()
+    & ~AutomationCondition.in_progress()
+).with_label("after new predictions")
 
 
-@asset(code_version=CODE_VERSIONS["portfolio"], deps=["predictions"], group_name="quantum", kinds={"scipy"},
-       op_tags=k8s_op_tags("quantum", SETTINGS), owners=OWNERS, tags=TAGS, automation_condition=PORTFOLIO_AUTOMATION)
+@asset(
+    code_version=CODE_VERSIONS["portfolio"],
+    deps=["predictions"],
+    group_name="quantum",
+    kinds={"scipy"},
+    op_tags=k8s_op_tags("quantum", SETTINGS),
+    owners=OWNERS,
+    tags=TAGS,
+    automation_condition=PORTFOLIO_AUTOMATION,
+)
 def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> Output[pd.DataFrame]:
     """Choose a subset of market sources: predicted edge minus risk (covariance of realized returns), with a
     cardinality penalty; solved as a QUBO with one qubit per source.
@@ -60,14 +82,20 @@ def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> O
     The predicted edge of a source is a score, not a return forecast: the mean of direction (+1/-1/0) times
     confidence over its last 50 predictions, times the standard deviation of its realized returns."""
     from nq_dagster.quantum.qubo import portfolio_qubo, solve_qubo
+
     cfg = warehouse.pipeline_config()
     wh = warehouse.warehouse()
     markets = [s for s in wh.sources("predictions") if s.startswith("market")]
     sources = markets if len(markets) >= 2 else wh.sources("predictions")
     if len(sources) < 2:
-        return Output(pd.DataFrame(columns=["source", "predicted_edge", "volatility", "chosen"]), metadata={
-            "summary": MetadataValue.md(f"No portfolio: it needs predictions for at least two sources; there are "
-                                        f"{len(sources)}.")})
+        return Output(
+            pd.DataFrame(columns=["source", "predicted_edge", "volatility", "chosen"]),
+            metadata={
+                "summary": MetadataValue.md(
+                    f"No portfolio: it needs predictions for at least two sources; there are {len(sources)}."
+                )
+            },
+        )
     mu, rets = [], []
     for s in sources:
         p = wh.read_table("predictions", s).sort_values("timestamp")
@@ -82,9 +110,20 @@ def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> O
     mu = np.array(mu)
     Qp, h = portfolio_qubo(mu, cov, k=max(1, len(sources) // 2))
     res = solve_qubo(Qp, h, evolution_time=cfg.evolution_time, energy_tolerance=cfg.energy_tolerance)
-    df = pd.DataFrame({"source": sources, "predicted_edge": mu, "volatility": np.sqrt(np.diag(cov)),
-                       "chosen": res.x.astype(bool)})
-    return Output(df, metadata={
-        "chosen": MetadataValue.json([s for s, b in zip(sources, res.x, strict=True) if b]), "energy": float(res.energy),
-        **res.diagnostics(), "summary": MetadataValue.md(md_table(df)),
-    })
+    df = pd.DataFrame(
+        {
+            "source": sources,
+            "predicted_edge": mu,
+            "volatility": np.sqrt(np.diag(cov)),
+            "chosen": res.x.astype(bool),
+        }
+    )
+    return Output(
+        df,
+        metadata={
+            "chosen": MetadataValue.json([s for s, b in zip(sources, res.x, strict=True) if b]),
+            "energy": float(res.energy),
+            **res.diagnostics(),
+            "summary": MetadataValue.md(md_table(df)),
+        },
+    )

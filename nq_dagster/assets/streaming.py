@@ -9,7 +9,9 @@ from nq_dagster.assets.ingestion import raw_ticks
 from nq_dagster.ingest import build_series
 from nq_dagster.resources import WarehouseResource
 
-STREAM_PART = "stream-{:010d}-{:010d}"  # rows [a, b) of the source; a re-run of the same rows overwrites the part
+STREAM_PART = (
+    "stream-{:010d}-{:010d}"  # rows [a, b) of the source; a re-run of the same rows overwrites the part
+)
 
 
 @source_asset("streaming", {"torch", "parquet"}, deps=[raw_ticks, serving_state])
@@ -33,44 +35,70 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
     lease = serving_replica(wh, source)
     if lease is not None:
         who = f"replica {lease['replica']} ({lease.get('address') or lease.get('host')}, pid {lease['pid']})"
-        return MaterializeResult(metadata={"served_by": who, "summary": MetadataValue.md(
-            f"**{source}**: served live by `nq serve` {who}; the server predicts the new rows.")})
+        return MaterializeResult(
+            metadata={
+                "served_by": who,
+                "summary": MetadataValue.md(
+                    f"**{source}**: served live by `nq serve` {who}; the server predicts the new rows."
+                ),
+            }
+        )
     saved, _how = load_stream(wh, source)
     st = saved.stream
     last_seen = pd.Timestamp(st.last_ts, tz="UTC")
     new = build_series(wh.read_table("raw_ticks", source, after=last_seen))
     known = wh.stored_rows("raw_ticks", source) - len(new)  # ingest stores each (source, timestamp) once
     late = known - st.n_rows  # rows at or before the last seen time that arrived after it (out of order)
-    meta = {"new_rows": len(new), "rows_seen_before": st.n_rows, "model_version": saved.model.model_version,
-            "late_rows_left_for_retraining": max(0, late)}
+    meta = {
+        "new_rows": len(new),
+        "rows_seen_before": st.n_rows,
+        "model_version": saved.model.model_version,
+        "late_rows_left_for_retraining": max(0, late),
+    }
     if len(new) == 0:
-        return MaterializeResult(metadata={**meta, "summary": MetadataValue.md(f"**{source}**: no new rows.")})
+        return MaterializeResult(
+            metadata={**meta, "summary": MetadataValue.md(f"**{source}**: no new rows.")}
+        )
     predictor = Predictor(threads=warehouse.settings().predict_threads)
     predictor.load(saved)
     records = predictor.advance(source, new["value"].to_numpy(), new["timestamp"].to_numpy())
     if len(records) != len(new):
-        raise RuntimeError(f"{source}: {len(new)} new rows but {len(records)} predictions; nothing was written")
+        raise RuntimeError(
+            f"{source}: {len(new)} new rows but {len(records)} predictions; nothing was written"
+        )
     nxt = predictor.serving_state(source)
     table = records_table(records)
     wh.write_table("predictions", source, table, part=STREAM_PART.format(st.n_rows, nxt.stream.n_rows))
     wh.save_artifact("live_state", source, nxt)
-    try:  # a part per run: merged past NQ_COMPACT_PARTS (the predictions are stored already: never a failed run)
+    # a part per run: merged past NQ_COMPACT_PARTS (the predictions are stored already: never a failed run)
+    try:
         compacted = wh.compact_if_many("predictions", source)
     except Exception as exc:  # noqa: BLE001 - the parts stay readable; the next run tries again
-        context.log.warning(f"compaction of {source}'s live predictions deferred: {type(exc).__name__}: {exc}")
+        context.log.warning(
+            f"compaction of {source}'s live predictions deferred: {type(exc).__name__}: {exc}"
+        )
         compacted = None
     if compacted:
-        context.log.info(f"compacted {source}'s live predictions: {compacted['parts_before']} parts -> "
-                         f"{compacted['parts_after']}")
+        context.log.info(
+            f"compacted {source}'s live predictions: {compacted['parts_before']} parts -> "
+            f"{compacted['parts_after']}"
+        )
     rows = table.to_pandas()
     counts = rows["direction"].value_counts()
     ms = rows["processing_time_ms"]
-    summary = (f"**{source}**: {len(rows)} new prediction(s), rows {st.n_rows}-{nxt.stream.n_rows - 1}, model "
-               f"`{saved.model.model_version}`; processing time per record (tick received to record ready) "
-               f"median {ms.median():.2f} ms, max {ms.max():.2f} ms.\n\n"
-               + md_table(rows[["timestamp", "direction", "confidence", "predicted_change"]].tail(5)))
-    return MaterializeResult(metadata={**meta, "directions": MetadataValue.json(counts.to_dict()),
-                                       "first_timestamp": str(rows["timestamp"].iloc[0]),
-                                       "last_timestamp": str(rows["timestamp"].iloc[-1]),
-                                       "processing_time_ms_median": float(ms.median()),
-                                       "summary": MetadataValue.md(summary)})
+    summary = (
+        f"**{source}**: {len(rows)} new prediction(s), rows {st.n_rows}-{nxt.stream.n_rows - 1}, model "
+        f"`{saved.model.model_version}`; processing time per record (tick received to record ready) "
+        f"median {ms.median():.2f} ms, max {ms.max():.2f} ms.\n\n"
+        + md_table(rows[["timestamp", "direction", "confidence", "predicted_change"]].tail(5))
+    )
+    return MaterializeResult(
+        metadata={
+            **meta,
+            "directions": MetadataValue.json(counts.to_dict()),
+            "first_timestamp": str(rows["timestamp"].iloc[0]),
+            "last_timestamp": str(rows["timestamp"].iloc[-1]),
+            "processing_time_ms_median": float(ms.median()),
+            "summary": MetadataValue.md(summary),
+        }
+    )

@@ -39,40 +39,79 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=commands.cmd_run)
     i = sub.add_parser("ingest", help="ingest CSV / Parquet / JSON-lines files")
     i.add_argument("files", nargs="+")
-    i.add_argument("--source", help="source name for every row (default: the `source` column, else the file name)")
+    i.add_argument(
+        "--source", help="source name for every row (default: the `source` column, else the file name)"
+    )
     i.add_argument("--skip-bad-rows", action="store_true", help="store the good rows, record the bad ones")
-    i.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
-                   help="map a column of the file to the source's name for it (repeatable), e.g. reading=value")
+    i.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="map a column of the file to the source's name for it (repeatable), e.g. reading=value",
+    )
     i.set_defaults(fn=commands.cmd_ingest)
     cp = sub.add_parser("compact", help="merge each source's raw_ticks parts into one (atomic)")
     cp.add_argument("--source", help="one source (default: every source)")
-    cp.add_argument("--grace", type=float, default=60.0,
-                    help="seconds the replaced files stay for queries that listed them (default 60)")
+    cp.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        help="seconds the replaced files stay for queries that listed them (default 60)",
+    )
     cp.set_defaults(fn=commands.cmd_compact)
     q = sub.add_parser("query", help="run DuckDB SQL over the warehouse")
     q.add_argument("sql")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.set_defaults(fn=commands.cmd_query)
-    pr = sub.add_parser("predict", help="one prediction as JSON from the latest model and saved reservoir state")
+    pr = sub.add_parser(
+        "predict", help="one prediction as JSON from the latest model and saved reservoir state"
+    )
     pr.add_argument("--source", required=True)
-    pr.add_argument("--values", help="new values after the last one seen, comma-separated; the prediction is "
-                    "for the last of them (default: the prediction for the last row already seen)")
+    pr.add_argument(
+        "--values",
+        help="new values after the last one seen, comma-separated; the prediction is "
+        "for the last of them (default: the prediction for the last row already seen)",
+    )
     pr.add_argument("--all", action="store_true", help="print a list: one prediction per new value")
     pr.add_argument("--compact", action="store_true", help="one line of JSON")
     pr.set_defaults(fn=commands.cmd_predict)
-    sv = sub.add_parser("serve", help="the prediction server (REST, WebSocket, metrics) on the trained models")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv = sub.add_parser(
+        "serve", help="the prediction server (REST, WebSocket, metrics) on the trained models"
+    )
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     sv.add_argument("--port", type=int, default=8080)
-    sv.add_argument("--replica", type=int, help="this replica's index (default: NQ_SERVE_REPLICA, else the "
-                    "host name's ordinal, nq-serve-2 -> 2)")
+    sv.add_argument(
+        "--replica",
+        type=int,
+        help="this replica's index (default: NQ_SERVE_REPLICA, else the "
+        "host name's ordinal, nq-serve-2 -> 2)",
+    )
     sv.add_argument("--replicas", type=int, help="replica count (default NQ_SERVE_REPLICAS or 1)")
-    sv.add_argument("--peers", help="replica base URLs, comma-separated, or a template with {i} (default NQ_SERVE_PEERS)")
-    sv.add_argument("--fsync", choices=["interval", "always"], default="interval",
-                    help="fsync the tick log every 100 ms (default) or before every reply")
-    sv.add_argument("--flush-interval", type=float, default=10.0, help="seconds between writes of the tick log "
-                    "into the raw_ticks / predictions tables (the log itself is written before every reply)")
-    sv.add_argument("--processes", type=int, help="prediction processes (default NQ_SERVE_PROCESSES or 1): the "
-                    "sources are shared out between this process and processes - 1 workers, one core each")
+    sv.add_argument(
+        "--peers", help="replica base URLs, comma-separated, or a template with {i} (default NQ_SERVE_PEERS)"
+    )
+    sv.add_argument(
+        "--fsync",
+        choices=["interval", "always"],
+        default="interval",
+        help="fsync the tick log every 100 ms (default) or before every reply",
+    )
+    sv.add_argument(
+        "--flush-interval",
+        type=float,
+        default=10.0,
+        help="seconds between writes of the tick log "
+        "into the raw_ticks / predictions tables (the log itself is written before every reply)",
+    )
+    sv.add_argument(
+        "--processes",
+        type=int,
+        help="prediction processes (default NQ_SERVE_PROCESSES or 1): the "
+        "sources are shared out between this process and processes - 1 workers, one core each",
+    )
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sv.set_defaults(fn=_processes("cmd_serve"))
     k = sub.add_parser("keys", help="API keys of the prediction server")

@@ -42,9 +42,11 @@ def cmd_demo(args, settings: Settings) -> int:
     print()
     _print_frame(summary_table(wh))
     print(f"\nreports: {wh.reports}")
-    print(f"query:   nq query \"SELECT * FROM predictions LIMIT 5\"   (NQ_HOME={wh.home})")
-    print(f"serve:   nq keys create --role developer && nq serve   then open http://127.0.0.1:8080/ (the live "
-          f"dashboard; paste the key)   (NQ_HOME={wh.home})")
+    print(f'query:   nq query "SELECT * FROM predictions LIMIT 5"   (NQ_HOME={wh.home})')
+    print(
+        f"serve:   nq keys create --role developer && nq serve   then open http://127.0.0.1:8080/ (the live "
+        f"dashboard; paste the key)   (NQ_HOME={wh.home})"
+    )
     return 0 if all(ok.values()) else 1
 
 
@@ -94,7 +96,9 @@ def cmd_ingest(args, settings: Settings) -> int:
                 print(f"  bad rows recorded in {wh.quarantine / (path.name + '.reason.txt')}")
     if sources:
         instance = open_instance(wh)
-        instance.add_dynamic_partitions("source", sorted(sources - set(instance.get_dynamic_partitions("source"))))
+        instance.add_dynamic_partitions(
+            "source", sorted(sources - set(instance.get_dynamic_partitions("source")))
+        )
         for src in sorted(sources):
             print(training_line(wh, src)[0])
         print(f"sources: {', '.join(sorted(sources))}. Next: `nq run` to predict and validate.")
@@ -116,24 +120,34 @@ def cmd_compact(args, settings: Settings) -> int:
             r = wh.compact(table, s, grace_s=args.grace)
             done = f"-> {r['parts_after']} ({r['compacted']})" if r["compacted"] else "(nothing to merge)"
             what = "part(s)" if table == "raw_ticks" else "live part(s)"
-            print(f"  {s} {table}: {r['parts_before']} {what} {done}, {r['rows']} rows; "
-                  f"{r['removed_files']} replaced file(s) of earlier compactions removed")
+            print(
+                f"  {s} {table}: {r['parts_before']} {what} {done}, {r['rows']} rows; "
+                f"{r['removed_files']} replaced file(s) of earlier compactions removed"
+            )
     return 0
 
 
 def cmd_query(args, settings: Settings) -> int:
     wh = Warehouse.from_settings(settings).ensure()
     try:
-        df = wh.user_query(args.sql, QueryLimits(timeout_s=settings.query_timeout_s,
-                                                 memory_limit=settings.query_memory,
-                                                 max_rows=settings.query_max_rows))
+        df = wh.user_query(
+            args.sql,
+            QueryLimits(
+                timeout_s=settings.query_timeout_s,
+                memory_limit=settings.query_memory,
+                max_rows=settings.query_max_rows,
+            ),
+        )
     except Exception as exc:  # duckdb errors and refusals carry a readable message
         print(f"query failed: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
     _print_frame(df, args.format)
     if df.attrs.get("truncated"):
-        print(f"note: the answer was cut at {settings.query_max_rows} rows (NQ_QUERY_MAX_ROWS); add a LIMIT or "
-              "aggregate", file=sys.stderr)
+        print(
+            f"note: the answer was cut at {settings.query_max_rows} rows (NQ_QUERY_MAX_ROWS); add a LIMIT or "
+            "aggregate",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -147,20 +161,27 @@ def cmd_predict(args, settings: Settings) -> int:
 
     wh = Warehouse.from_settings(settings)
     try:
-        saved, _how = load_stream(wh, args.source)  # where the stream went (streaming job, server), else training
+        saved, _how = load_stream(
+            wh, args.source
+        )  # where the stream went (streaming job, server), else training
     except FileNotFoundError:
         known = wh.artifact_sources("serving_state")
-        raise FileNotFoundError(f"no serving state for source {args.source!r} in {wh.where}; sources with one: "
-                                f"{', '.join(known) or 'none'}. Fix: run `nq run --source {args.source}` first"
-                                ) from None
+        raise FileNotFoundError(
+            f"no serving state for source {args.source!r} in {wh.where}; sources with one: "
+            f"{', '.join(known) or 'none'}. Fix: run `nq run --source {args.source}` first"
+        ) from None
     predictor = Predictor(threads=settings.predict_threads)
     predictor.load(saved)
-    predictor.warm_up(args.source)  # processing_time_ms is then the per-tick cost, not this process's start-up
+    predictor.warm_up(
+        args.source
+    )  # processing_time_ms is then the per-tick cost, not this process's start-up
     if args.values:
         try:
             values = [float(x) for x in args.values.split(",") if x.strip()]
         except ValueError as exc:
-            raise ValueError(f"--values: {exc}; pass comma-separated numbers, e.g. --values 1.5,1.7") from None
+            raise ValueError(
+                f"--values: {exc}; pass comma-separated numbers, e.g. --values 1.5,1.7"
+            ) from None
         records = predictor.advance(args.source, values)
     else:
         records = [predictor.latest(args.source)]
@@ -189,5 +210,3 @@ def cmd_keys(args, settings: Settings) -> int:
             raise ValueError(str(exc.args[0])) from None
         print(f"revoked key {rec.id} at {rec.revoked_at}")
     return 0
-
-

@@ -35,16 +35,38 @@ def cmd_serve(args, settings: Settings) -> int:
     torch.set_num_threads(settings.serve_torch_threads)
     address = f"http://{args.host}:{args.port}"
     processes = args.processes or settings.serve_processes
-    server = create_server(settings.with_home(wh.home), own, ServerSettings.load(wh), fsync=args.fsync, address=address,
-                           flush_interval_s=args.flush_interval, processes=processes)
+    server = create_server(
+        settings.with_home(wh.home),
+        own,
+        ServerSettings.load(wh),
+        fsync=args.fsync,
+        address=address,
+        flush_interval_s=args.flush_interval,
+        processes=processes,
+    )
     keys = server.keys.list()
-    print(f"nq serve: {address} (replica {own.replica} of {own.replicas}); data {wh.home}; sources: "
-          f"{', '.join(server.engine.sources()) or 'none trained yet'}", file=sys.stderr)
+    print(
+        f"nq serve: {address} (replica {own.replica} of {own.replicas}); data {wh.home}; sources: "
+        f"{', '.join(server.engine.sources()) or 'none trained yet'}",
+        file=sys.stderr,
+    )
     if not any(k.revoked_at is None for k in keys):
-        print("nq serve: no API key exists yet; every request will get 401. Create one: "
-              "nq keys create --role developer", file=sys.stderr)
-    uvicorn.run(server.app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                log_config=None, lifespan="on", timeout_graceful_shutdown=30, interface="asgi3")
+        print(
+            "nq serve: no API key exists yet; every request will get 401. Create one: "
+            "nq keys create --role developer",
+            file=sys.stderr,
+        )
+    uvicorn.run(
+        server.app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+        interface="asgi3",
+    )
     return 0
 
 
@@ -58,8 +80,16 @@ def dev_command(port: int, host: str) -> tuple[list[str], Path | None]:
     if (bin_dir / "dg").exists() and pyproject.exists() and "[tool.dg]" in pyproject.read_text():
         return [str(bin_dir / "dg"), "dev", "--port", str(port), "--host", host], project
     exe = bin_dir / "dagster"
-    return [str(exe) if exe.exists() else "dagster", "dev", "-m", "nq_dagster.definitions", "-p", str(port),
-            "-h", host], None
+    return [
+        str(exe) if exe.exists() else "dagster",
+        "dev",
+        "-m",
+        "nq_dagster.definitions",
+        "-p",
+        str(port),
+        "-h",
+        host,
+    ], None
 
 
 def cmd_dev(args, settings: Settings) -> int:
@@ -74,5 +104,3 @@ def cmd_dev(args, settings: Settings) -> int:
     env = child_env(settings.model_copy(update={"dagster_home": wh.dagster_home}), **extra)
     os.execvpe(cmd[0], cmd, env)
     return 0
-
-

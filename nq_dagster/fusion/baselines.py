@@ -67,8 +67,9 @@ def season_of(values: np.ndarray, train_min: int, horizon: int) -> int:
     return m if m is not None and m > horizon else 0
 
 
-def _ar_forecast_levels(v: np.ndarray, params: np.ndarray, lags: list[int], horizon: int, lo: int, hi: int,
-                        diffs: bool) -> np.ndarray:
+def _ar_forecast_levels(
+    v: np.ndarray, params: np.ndarray, lags: list[int], horizon: int, lo: int, hi: int, diffs: bool
+) -> np.ndarray:
     """Change forecasts x_{t+h} - x_t for t in [lo, hi) from AR coefficients (const first), over h steps."""
     series = np.diff(v, prepend=v[0]) if diffs else v  # AR on the changes (first change 0) or on the levels
     p = max(lags)
@@ -85,9 +86,16 @@ def _ar_forecast_levels(v: np.ndarray, params: np.ndarray, lags: list[int], hori
     return total if diffs else total - v[t]
 
 
-def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_min: int, warmup: int,
-                calibration_fraction: float, analog: np.ndarray | None = None, season: int | None = None
-                ) -> dict:
+def forecasters(
+    values: np.ndarray,
+    targets: pd.DataFrame,
+    horizon: int,
+    train_min: int,
+    warmup: int,
+    calibration_fraction: float,
+    analog: np.ndarray | None = None,
+    season: int | None = None,
+) -> dict:
     """name -> fit(train_end) as `walk_forward_forecaster` takes it; seasonal naive only where a season is
     found (`season`: as `season_of` finds it, computed here when not given)."""
     v = np.asarray(values, dtype=float)
@@ -119,13 +127,15 @@ def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_m
         def fit(train_end: int):
             n, fit_end = split(train_end)
             # fit on the model's fit rows: values up to fit_end + horizon - 1 are those whose targets it fits
-            endog = np.diff(v[warmup:fit_end + horizon]) if diffs else v[warmup:fit_end + horizon]
+            endog = np.diff(v[warmup : fit_end + horizon]) if diffs else v[warmup : fit_end + horizon]
             maxlag = max(1, min(MAX_AR_ORDER, len(endog) // 8))
             sel = ar_select_order(endog, maxlag, ic="aic", trend="c")
             lags = list(sel.ar_lags or [1])
             params = np.asarray(AutoReg(endog, lags=lags, trend="c").fit().params, dtype=float)
-            return wrap(train_end,
-                        lambda lo, hi: _ar_forecast_levels(v, params, lags, horizon, lo, hi, diffs))
+            return wrap(
+                train_end, lambda lo, hi: _ar_forecast_levels(v, params, lags, horizon, lo, hi, diffs)
+            )
+
         return fit
 
     out["ar_levels"], out["ar_diffs"] = ar(False), ar(True)
@@ -143,21 +153,32 @@ def forecasters(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_m
         # readout penalty by squared error on the held-out rows (a reservoir's states are nearly collinear on
         # short fits, where leave-one-out picks penalties that extrapolate badly)
         stage = RidgeBasis(X[warmup:fit_end], np.arange(X.shape[1]), sums.upto(fit_end)).fit(
-            y_chg[warmup:fit_end], True, held=(X[fit_end:n], y_chg[fit_end:n]))
+            y_chg[warmup:fit_end], True, held=(X[fit_end:n], y_chg[fit_end:n])
+        )
         return wrap(train_end, lambda lo, hi: stage.predict(X[lo:hi]))
 
     out["esn"] = esn
     return out
 
 
-def run_baselines(values: np.ndarray, targets: pd.DataFrame, horizon: int, train_min: int, refit_every: int,
-                  warmup: int, calibration_fraction: float, analog: np.ndarray | None = None,
-                  season: int | None = None) -> tuple[dict[str, pd.DataFrame], int | None]:
+def run_baselines(
+    values: np.ndarray,
+    targets: pd.DataFrame,
+    horizon: int,
+    train_min: int,
+    refit_every: int,
+    warmup: int,
+    calibration_fraction: float,
+    analog: np.ndarray | None = None,
+    season: int | None = None,
+) -> tuple[dict[str, pd.DataFrame], int | None]:
     """Walk-forward prediction frames (as `walk_forward` returns them) of every baseline, and the season used
     by seasonal naive (None: no season detected, no seasonal baseline)."""
     if season is None:
         season = season_of(values, train_min, horizon)
     fits = forecasters(values, targets, horizon, train_min, warmup, calibration_fraction, analog, season)
-    frames = {name: walk_forward_forecaster(fit, targets, horizon, train_min, refit_every)[0]
-              for name, fit in fits.items()}
+    frames = {
+        name: walk_forward_forecaster(fit, targets, horizon, train_min, refit_every)[0]
+        for name, fit in fits.items()
+    }
     return frames, (season or None)

@@ -54,8 +54,11 @@ class ModelVersion:
         """The accuracy the model actually achieved, out of sample, at this confidence."""
         for b in self.reliability:
             if b["confidence_bin"][0] <= confidence <= b["confidence_bin"][1]:
-                return {**b, "note": "walk-forward predictions of this source in this confidence bin, "
-                                     "realized outcomes"}
+                return {
+                    **b,
+                    "note": "walk-forward predictions of this source in this confidence bin, "
+                    "realized outcomes",
+                }
         return {"note": "no realized walk-forward predictions to compare with"}
 
 
@@ -100,8 +103,13 @@ class LiveCalibration:
         y_dir = np.where(chg > band, 1, np.where(chg < -band, -1, 0))
         holder = FusionModel([], self.scale, 0, 0, [], self.scale_per_band)
         calibrate(holder, self.pred[i], chg, y_dir, band)
-        return replace(self, scale=holder.scale, scale_per_band=holder.scale_per_band, mix=holder.mix,
-                       base_rate=holder.base_rate)
+        return replace(
+            self,
+            scale=holder.scale,
+            scale_per_band=holder.scale_per_band,
+            mix=holder.mix,
+            base_rate=holder.base_rate,
+        )
 
     def after(self, pred: float, band: float, x: float) -> LiveCalibration:
         """Row t's prediction recorded (the next row is t + 1)."""
@@ -109,8 +117,9 @@ class LiveCalibration:
         cut = max(0, len(self.pred) + 1 - keep)
         new = copy.copy(self)  # once per source and tick: a shallow copy, cheaper than dataclasses.replace
         new.first_row = self.first_row + cut
-        new.pred, new.band, new.value = (_pushed(a, v, cut) for a, v in ((self.pred, pred), (self.band, band),
-                                                                          (self.value, x)))
+        new.pred, new.band, new.value = (
+            _pushed(a, v, cut) for a, v in ((self.pred, pred), (self.band, band), (self.value, x))
+        )
         return new
 
 

@@ -26,17 +26,26 @@ def base_variants(d: int, n_selected: int, seasonal: bool = False) -> list[np.nd
     each with the selected features and without them (plain AR, what a short series often supports best)."""
     lag0 = d - N_LAGS - 2
     out = []
-    for sel in ([np.arange(lag0 - n_selected, lag0), np.arange(0)] if n_selected else [np.arange(0)]):
+    for sel in [np.arange(lag0 - n_selected, lag0), np.arange(0)] if n_selected else [np.arange(0)]:
         for p in AR_ORDERS:
             for level in (False, True):
-                for seas in ((False, True) if seasonal else (False,)):
-                    out.append(np.concatenate([sel, np.arange(lag0, lag0 + p), [d - 2] if level else [],
-                                               [d - 1] if seas else []]).astype(np.int64))
+                for seas in (False, True) if seasonal else (False,):
+                    out.append(
+                        np.concatenate(
+                            [
+                                sel,
+                                np.arange(lag0, lag0 + p),
+                                [d - 2] if level else [],
+                                [d - 1] if seas else [],
+                            ]
+                        ).astype(np.int64)
+                    )
     return out
 
 
-def run_fusion(features: pd.DataFrame, states: np.ndarray, selected: list[str], cfg, source: str = "source"
-               ) -> dict:
+def run_fusion(
+    features: pd.DataFrame, states: np.ndarray, selected: list[str], cfg, source: str = "source"
+) -> dict:
     """Walk-forward predictions of the fused model, its ablations and the baselines, for rows >= the
     schedule's train_min (which scales with the series' length: `walkforward.training_schedule`). The design's
     reservoir part is the spiking reservoir's states and the analog reservoir's block
@@ -47,36 +56,78 @@ def run_fusion(features: pd.DataFrame, states: np.ndarray, selected: list[str], 
     analog, analog_final, scaling = analog_states(values, cfg, source)
     sched = schedule_for(len(values), cfg)
     targets = make_targets(values, cfg.horizon, cfg.hold_band, cfg.feature_window)
-    kw = dict(horizon=cfg.horizon, train_min=sched.train_min, refit_every=sched.refit_every,
-              calibration_fraction=cfg.calibration_fraction, warmup=sched.warmup)
+    kw = dict(
+        horizon=cfg.horizon,
+        train_min=sched.train_min,
+        refit_every=sched.refit_every,
+        calibration_fraction=cfg.calibration_fraction,
+        warmup=sched.warmup,
+    )
     sel = features[selected].to_numpy(dtype=float) if selected else np.zeros((len(features), 0))
     season = season_of(values, sched.train_min, cfg.horizon)  # 0: none
     # recent changes, the level and the seasonal change: the linear part of the design
-    last = np.column_stack([lag_matrix(values, N_LAGS, level=True),
-                            seasonal_column(values, season, cfg.horizon)])
+    last = np.column_stack(
+        [lag_matrix(values, N_LAGS, level=True), seasonal_column(values, season, cfg.horizon)]
+    )
     R, A = states.shape[1], analog.shape[1]
     X_fused = design_matrix(np.hstack([states, analog]), sel, last)
     base = sel.shape[1] + last.shape[1]
-    names = ([f"reservoir_{i}" for i in range(R)] + [f"analog_{i}" for i in range(A - 2)]
-             + ["analog_value", "analog_change"] + selected + [f"lag{k}" for k in range(N_LAGS)]
-             + ["level", "seasonal_change"])
-    fused, model = walk_forward(X_fused, targets, columns=names, n_base=base,
-                                base_variants=base_variants(X_fused.shape[1], sel.shape[1], bool(season)),
-                                rest_groups=[np.arange(R), np.arange(R, R + A)], **kw)
+    names = (
+        [f"reservoir_{i}" for i in range(R)]
+        + [f"analog_{i}" for i in range(A - 2)]
+        + ["analog_value", "analog_change"]
+        + selected
+        + [f"lag{k}" for k in range(N_LAGS)]
+        + ["level", "seasonal_change"]
+    )
+    fused, model = walk_forward(
+        X_fused,
+        targets,
+        columns=names,
+        n_base=base,
+        base_variants=base_variants(X_fused.shape[1], sel.shape[1], bool(season)),
+        rest_groups=[np.arange(R), np.arange(R, R + A)],
+        **kw,
+    )
     X_res = np.hstack([states, last])
-    ablations = {"reservoir_only": walk_forward(
-        X_res, targets, n_base=last.shape[1], base_variants=base_variants(X_res.shape[1], 0, bool(season)),
-        **kw)[0]}
+    ablations = {
+        "reservoir_only": walk_forward(
+            X_res,
+            targets,
+            n_base=last.shape[1],
+            base_variants=base_variants(X_res.shape[1], 0, bool(season)),
+            **kw,
+        )[0]
+    }
     if selected:
         X_pat = np.hstack([sel, last])
         ablations["patterns_only"] = walk_forward(
-            X_pat, targets, n_base=X_pat.shape[1],
-            base_variants=base_variants(X_pat.shape[1], sel.shape[1], bool(season)), **kw)[0]
-    baselines, _ = run_baselines(values, targets, cfg.horizon, sched.train_min, sched.refit_every,
-                                 sched.warmup, cfg.calibration_fraction, analog, season)
+            X_pat,
+            targets,
+            n_base=X_pat.shape[1],
+            base_variants=base_variants(X_pat.shape[1], sel.shape[1], bool(season)),
+            **kw,
+        )[0]
+    baselines, _ = run_baselines(
+        values,
+        targets,
+        cfg.horizon,
+        sched.train_min,
+        sched.refit_every,
+        sched.warmup,
+        cfg.calibration_fraction,
+        analog,
+        season,
+    )
     calibration = live_calibration(model, X_fused, targets, values, cfg.horizon, sched.refit_every)
-    return {"targets": targets, "calibration": calibration,
-            "analog": {"last": analog[-1].copy(), "final": analog_final, "scaling": scaling}, "fused": fused,
-            "ablations": ablations, "baselines": baselines, "season": season or None, "model": model,
-            "schedule": {"train_min": sched.train_min, "refit_every": sched.refit_every,
-                         "warmup": sched.warmup}}
+    return {
+        "targets": targets,
+        "calibration": calibration,
+        "analog": {"last": analog[-1].copy(), "final": analog_final, "scaling": scaling},
+        "fused": fused,
+        "ablations": ablations,
+        "baselines": baselines,
+        "season": season or None,
+        "model": model,
+        "schedule": {"train_min": sched.train_min, "refit_every": sched.refit_every, "warmup": sched.warmup},
+    }

@@ -67,8 +67,8 @@ def _linear_blocks(serving: ServingState, sel: np.ndarray) -> LinearBlocks:
     F, A, L = len(st.last_frame), len(st.analog_block()), N_LAGS + 2
     w, c = serving.model.model.linear_form(F + A + len(sel) + L)
     w_cands = np.zeros(len(CANDIDATES))
-    np.add.at(w_cands, sel, w[F + A:F + A + len(sel)])
-    return LinearBlocks(w[:F], w[F:F + A], w_cands, w[F + A + len(sel):], c)
+    np.add.at(w_cands, sel, w[F + A : F + A + len(sel)])
+    return LinearBlocks(w[:F], w[F : F + A], w_cands, w[F + A + len(sel) :], c)
 
 
 @dataclass
@@ -114,18 +114,27 @@ class Predictor:
         """Add or replace a source's model version and state (a new model version takes effect atomically)."""
         mv = serving.model
         if mv.design != DESIGN_VERSION or serving.stream.analog is None:
-            raise ValueError(f"{mv.source}: model version {mv.model_version} was trained by an older version "
-                             f"of nq-dagster (design {mv.design}, this version reads {DESIGN_VERSION}). Fix: "
-                             f"retrain it with `nq run --source {mv.source}`")
+            raise ValueError(
+                f"{mv.source}: model version {mv.model_version} was trained by an older version "
+                f"of nq-dagster (design {mv.design}, this version reads {DESIGN_VERSION}). Fix: "
+                f"retrain it with `nq run --source {mv.source}`"
+            )
         cfg = mv.cfg
         key = (mv.source, cfg.version)
         if key not in self._reservoirs:
             self._reservoirs[key] = build_reservoir(cfg, cfg.neuron_count, mv.source, self.device)
             self._analog[key] = build_analog_reservoir(cfg, mv.source, self.device)
         sel = mv.selected_index()
-        self._sources[mv.source] = _Source(serving, self._reservoirs[key], source_seed(cfg.seed, mv.source),
-                                           cfg, cfg.version, sel, self._analog[key],
-                                           _linear_blocks(serving, sel))
+        self._sources[mv.source] = _Source(
+            serving,
+            self._reservoirs[key],
+            source_seed(cfg.seed, mv.source),
+            cfg,
+            cfg.version,
+            sel,
+            self._analog[key],
+            _linear_blocks(serving, sel),
+        )
         for k in [k for k in self._batched if k[0] == cfg.version]:  # rebuilt with this source, next tick
             del self._batched[k]
 
@@ -183,8 +192,17 @@ class Predictor:
         src = self._get(source)
         st, cfg = src.serving.stream, src.cfg
         frame, lags, band_sd = latest_design(st, cfg.feature_window, cfg.horizon)
-        return self._records([src], frame[None], st.last_features[None], lags[None], np.array([band_sd]),
-                             np.array([st.last_ts]), t0, None, st.analog_block()[None])[0]
+        return self._records(
+            [src],
+            frame[None],
+            st.last_features[None],
+            lags[None],
+            np.array([band_sd]),
+            np.array([st.last_ts]),
+            t0,
+            None,
+            st.analog_block()[None],
+        )[0]
 
     def advance(self, source: str, values, timestamps=None) -> list[dict]:
         """One record per new value (in order); the source's state moves on past them."""
@@ -199,8 +217,9 @@ class Predictor:
         self.commit(pending)
         return out
 
-    def compute(self, ticks: dict[str, tuple], t_recv: float, checked: bool = False
-                ) -> tuple[dict[str, list[dict]], dict]:
+    def compute(
+        self, ticks: dict[str, tuple], t_recv: float, checked: bool = False
+    ) -> tuple[dict[str, list[dict]], dict]:
         """`advance_many`'s records and the sources' next states, not yet committed (`commit`): a caller that
         advances sources in several places (`fusion.shards.ShardedPredictor`) commits only when all succeeded.
         `checked`: the ticks are `check_ticks`'s output for these sources' states already."""
@@ -208,8 +227,11 @@ class Predictor:
         if not checked:
             for s in ticks:
                 self._get(s)
-            ticks = check_ticks_many(ticks, {s: self._sources[s].serving.stream.last_ts for s in ticks},
-                                     {s: self._sources[s].serving.model.step_ms for s in ticks})
+            ticks = check_ticks_many(
+                ticks,
+                {s: self._sources[s].serving.stream.last_ts for s in ticks},
+                {s: self._sources[s].serving.model.step_ms for s in ticks},
+            )
         todo = ticks
         current = {s: self._sources[s].serving.stream for s in todo}
         cals = {s: self._sources[s].serving.calibration for s in todo}
@@ -227,13 +249,19 @@ class Predictor:
                 batches = []
                 for c, part in chunks:
                     srcs = [self._sources[s] for s in part]
-                    batches.append(TickBatch(
-                        states=[current[s] for s in part], values=np.array([todo[s][0][r] for s in part]),
-                        timestamps=np.array([todo[s][1][r] for s in part], dtype=np.int64), cfg=srcs[0].cfg,
-                        seeds=np.array([src.seed for src in srcs]),
-                        reservoirs=[src.reservoir for src in srcs], analog=[src.analog for src in srcs],
-                        batched=self._batch(srcs[0].config_version, c, part),
-                        caches=[self._frames.get(s) for s in part]))
+                    batches.append(
+                        TickBatch(
+                            states=[current[s] for s in part],
+                            values=np.array([todo[s][0][r] for s in part]),
+                            timestamps=np.array([todo[s][1][r] for s in part], dtype=np.int64),
+                            cfg=srcs[0].cfg,
+                            seeds=np.array([src.seed for src in srcs]),
+                            reservoirs=[src.reservoir for src in srcs],
+                            analog=[src.analog for src in srcs],
+                            batched=self._batch(srcs[0].config_version, c, part),
+                            caches=[self._frames.get(s) for s in part],
+                        )
+                    )
                 # numpy, LAPACK and torch release the GIL: the chunks run on the cores together
                 if len(batches) > 1:
                     feats = list(self._threads().map(features_for_ticks, batches))
@@ -243,16 +271,28 @@ class Predictor:
                     self._frames.update(zip(part, tf.caches, strict=True))
                     srcs, x = [self._sources[s] for s in part], batch.values
                     rows = [current[s].n_rows for s in part]
-                    cal = [cals[s].before(t, xi) if cals[s] is not None else None
-                           for s, t, xi in zip(part, rows, x, strict=True)]
-                    recs = self._records(srcs, tf.frames, tf.candidates, tf.lags, tf.band_sd,
-                                         batch.timestamps, t_recv, cal, tf.analog)
+                    cal = [
+                        cals[s].before(t, xi) if cals[s] is not None else None
+                        for s, t, xi in zip(part, rows, x, strict=True)
+                    ]
+                    recs = self._records(
+                        srcs,
+                        tf.frames,
+                        tf.candidates,
+                        tf.lags,
+                        tf.band_sd,
+                        batch.timestamps,
+                        t_recv,
+                        cal,
+                        tf.analog,
+                    )
                     for i, s in enumerate(part):
                         out[s].append(recs[i])
                         current[s] = tf.states[i]
                         if cal[i] is not None:
-                            cals[s] = cal[i].after(recs[i]["predicted_change"], recs[i]["hold_band"],
-                                                   float(x[i]))
+                            cals[s] = cal[i].after(
+                                recs[i]["predicted_change"], recs[i]["hold_band"], float(x[i])
+                            )
         return out, {s: (st, cals[s]) for s, st in current.items()}
 
     def commit(self, pending: dict) -> dict:
@@ -308,15 +348,25 @@ class Predictor:
             self._batched[key] = _BatchedChunk(
                 {n: i for i, n in enumerate(names)},
                 BatchedReservoirs([self._sources[n].reservoir for n in names]),
-                BatchedReservoirs([self._sources[n].analog for n in names]))
+                BatchedReservoirs([self._sources[n].analog for n in names]),
+            )
         ch = self._batched[key]
         if len(active) < BATCH_SHARE * len(ch.positions):  # part of them: stepping them in turn reads less
             return None
         return BatchedStep(ch.spiking, ch.analog, np.array([ch.positions[s] for s in active]))
 
-    def _records(self, srcs: list[_Source], frames: np.ndarray, cands: np.ndarray, lags: np.ndarray,
-                 band_sd: np.ndarray, ts: np.ndarray, t_recv: float, cal: list | None = None,
-                 analog: np.ndarray | None = None) -> list[dict]:
+    def _records(
+        self,
+        srcs: list[_Source],
+        frames: np.ndarray,
+        cands: np.ndarray,
+        lags: np.ndarray,
+        band_sd: np.ndarray,
+        ts: np.ndarray,
+        t_recv: float,
+        cal: list | None = None,
+        analog: np.ndarray | None = None,
+    ) -> list[dict]:
         """One record per row: row i is a tick of srcs[i] (sources of one config). Each source's own model
         predicts its change; probabilities and records are built for all rows at once."""
         cfg = srcs[0].cfg
@@ -324,25 +374,42 @@ class Predictor:
         # each source's own model, folded into one linear form per design block (`_linear_blocks`): four
         # row-wise dot products for the whole batch instead of a design row and every stage per source
         lin = [src.linear for src in srcs]
-        chg = (np.einsum("sd,sd->s", np.asarray(frames, dtype=float), np.stack([w.frames for w in lin]))
-               + np.einsum("sd,sd->s", np.asarray(analog, dtype=float), np.stack([w.analog for w in lin]))
-               + np.einsum("sd,sd->s", cands, np.stack([w.candidates for w in lin]))
-               + np.einsum("sd,sd->s", np.asarray(lags, dtype=float), np.stack([w.lags for w in lin]))
-               + np.array([w.constant for w in lin]))
+        chg = (
+            np.einsum("sd,sd->s", np.asarray(frames, dtype=float), np.stack([w.frames for w in lin]))
+            + np.einsum("sd,sd->s", np.asarray(analog, dtype=float), np.stack([w.analog for w in lin]))
+            + np.einsum("sd,sd->s", cands, np.stack([w.candidates for w in lin]))
+            + np.einsum("sd,sd->s", np.asarray(lags, dtype=float), np.stack([w.lags for w in lin]))
+            + np.array([w.constant for w in lin])
+        )
         cal = cal or [src.serving.calibration for src in srcs]
-        scale = np.array([cal[i].error_scale(float(band[i])) if cal[i] is not None else
-                          np.broadcast_to(src.serving.model.model.error_scale(band[i:i + 1]), (1,))[0]
-                          for i, src in enumerate(srcs)])
+        scale = np.array(
+            [
+                cal[i].error_scale(float(band[i]))
+                if cal[i] is not None
+                else np.broadcast_to(src.serving.model.model.error_scale(band[i : i + 1]), (1,))[0]
+                for i, src in enumerate(srcs)
+            ]
+        )
         owners = [cal[i] if cal[i] is not None else src.serving.model.model for i, src in enumerate(srcs)]
         mix = np.array([float(o.mix) for o in owners])
         base = np.array([o.base_rate if o.base_rate is not None else np.full(3, 1 / 3) for o in owners])
         probs = direction_probabilities(chg, band, scale, mix, base)
         mvs = [src.serving.model for src in srcs]
-        recs = build_records([mv.source for mv in mvs], ts, probs, chg, cands[:, PATTERN_COLS],
-                             cands[:, SPIKE_RATE_COL], frames, [mv.quantum for mv in mvs],
-                             [mv.model_version for mv in mvs],
-                             [src.config_version for src in srcs], np.array([mv.train_end_ns for mv in mvs]),
-                             np.array([mv.step_ms * cfg.horizon for mv in mvs]), None)
+        recs = build_records(
+            [mv.source for mv in mvs],
+            ts,
+            probs,
+            chg,
+            cands[:, PATTERN_COLS],
+            cands[:, SPIKE_RATE_COL],
+            frames,
+            [mv.quantum for mv in mvs],
+            [mv.model_version for mv in mvs],
+            [src.config_version for src in srcs],
+            np.array([mv.train_end_ns for mv in mvs]),
+            np.array([mv.step_ms * cfg.horizon for mv in mvs]),
+            None,
+        )
         elapsed_ms = (time.perf_counter() - t_recv) * 1000.0  # from the call that brought the tick
         for i, (r, mv) in enumerate(zip(recs, mvs, strict=True)):
             r["processing_time_ms"] = elapsed_ms
@@ -352,8 +419,9 @@ class Predictor:
         return recs
 
 
-def continue_from(trained: ServingState, live: ServingState | None, rows_after=None
-                  ) -> tuple[ServingState, str]:
+def continue_from(
+    trained: ServingState, live: ServingState | None, rows_after=None
+) -> tuple[ServingState, str]:
     """The state a stream continues from, given training's `serving_state` and the stream's own `live_state`
     (saved by the streaming job or the server after the rows they predicted); returns (state, how).
 
@@ -373,8 +441,10 @@ def continue_from(trained: ServingState, live: ServingState | None, rows_after=N
         # new model keeps its own scale until its next training (the live calibration is the old model's)
         return ServingState(trained.model, live.stream), "live state, new model"
     if rows_after is None:
-        raise ValueError(f"{trained.model.source}: the config changed since the live state; rows after "
-                         f"{pd.Timestamp(trained.stream.last_ts, tz='UTC')} must be replayed")
+        raise ValueError(
+            f"{trained.model.source}: the config changed since the live state; rows after "
+            f"{pd.Timestamp(trained.stream.last_ts, tz='UTC')} must be replayed"
+        )
     values, ts = rows_after(trained.stream.last_ts)
     keep = to_ns(ts) <= live.stream.last_ts
     p = Predictor()

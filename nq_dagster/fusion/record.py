@@ -14,27 +14,29 @@ from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
 
 DIRECTION_NAMES = np.array(["down", "hold", "up"])  # CLASSES order
 
-PREDICTION_SCHEMA = pa.schema([
-    pa.field("prediction_id", pa.string(), nullable=False),
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("timestamp", pa.timestamp("ns", tz="UTC"), nullable=False),
-    pa.field("direction", pa.string(), nullable=False),
-    pa.field("confidence", pa.float64(), nullable=False),
-    pa.field("p_down", pa.float64(), nullable=False),
-    pa.field("p_hold", pa.float64(), nullable=False),
-    pa.field("p_up", pa.float64(), nullable=False),
-    pa.field("magnitude", pa.float64(), nullable=False),
-    pa.field("predicted_change", pa.float64(), nullable=False),
-    pa.field("time_horizon_ms", pa.float64(), nullable=False),
-    # wall time from receiving the tick to its record being ready; null for walk-forward records of training,
-    # which no tick triggered (their fit time is in the model version's metadata)
-    pa.field("processing_time_ms", pa.float64(), nullable=True),
-    pa.field("model_version", pa.string(), nullable=False),
-    pa.field("config_version", pa.string(), nullable=False),
-    pa.field("train_end", pa.timestamp("ns", tz="UTC"), nullable=False),
-    pa.field("neuromorphic_results", pa.string(), nullable=False),  # JSON
-    pa.field("quantum_results", pa.string(), nullable=False),  # JSON
-])
+PREDICTION_SCHEMA = pa.schema(
+    [
+        pa.field("prediction_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("ns", tz="UTC"), nullable=False),
+        pa.field("direction", pa.string(), nullable=False),
+        pa.field("confidence", pa.float64(), nullable=False),
+        pa.field("p_down", pa.float64(), nullable=False),
+        pa.field("p_hold", pa.float64(), nullable=False),
+        pa.field("p_up", pa.float64(), nullable=False),
+        pa.field("magnitude", pa.float64(), nullable=False),
+        pa.field("predicted_change", pa.float64(), nullable=False),
+        pa.field("time_horizon_ms", pa.float64(), nullable=False),
+        # wall time from receiving the tick to its record being ready; null for walk-forward records of
+        # training, which no tick triggered (their fit time is in the model version's metadata)
+        pa.field("processing_time_ms", pa.float64(), nullable=True),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("config_version", pa.string(), nullable=False),
+        pa.field("train_end", pa.timestamp("ns", tz="UTC"), nullable=False),
+        pa.field("neuromorphic_results", pa.string(), nullable=False),  # JSON
+        pa.field("quantum_results", pa.string(), nullable=False),  # JSON
+    ]
+)
 PREDICTION_COLUMNS = tuple(PREDICTION_SCHEMA.names)
 
 
@@ -46,11 +48,21 @@ def _rows(v, n: int) -> list:
     return list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v] * n
 
 
-def build_records(source: str | list[str], ts_ns: np.ndarray, probs: np.ndarray, change: np.ndarray,
-                  patterns: np.ndarray, spike_rate: np.ndarray, frames: np.ndarray,
-                  quantum: dict | list[dict], model_version: str | list[str], config_version: str | list[str],
-                  train_end_ns: np.ndarray, horizon_ms: float | np.ndarray, processing_ms: np.ndarray | None
-                  ) -> list[dict]:
+def build_records(
+    source: str | list[str],
+    ts_ns: np.ndarray,
+    probs: np.ndarray,
+    change: np.ndarray,
+    patterns: np.ndarray,
+    spike_rate: np.ndarray,
+    frames: np.ndarray,
+    quantum: dict | list[dict],
+    model_version: str | list[str],
+    config_version: str | list[str],
+    train_end_ns: np.ndarray,
+    horizon_ms: float | np.ndarray,
+    processing_ms: np.ndarray | None,
+) -> list[dict]:
     """The records of n predictions as dicts with nested results (the API's JSON shape). Source, model and
     config fields are one value for every row, or one per row (a batch of sources)."""
     n = len(ts_ns)
@@ -72,19 +84,29 @@ def build_records(source: str | list[str], ts_ns: np.ndarray, probs: np.ndarray,
     out = []
     for i in range(n):
         t, p = stamps[i], p3[i]
-        out.append({
-            "prediction_id": prediction_id(source[i], t.isoformat(), model_version[i]),
-            "source": source[i], "timestamp": t, "direction": direction[i], "confidence": confidence[i],
-            "probabilities": {"down": p[0], "hold": p[1], "up": p[2]},
-            "magnitude": abs(chg[i]), "predicted_change": chg[i], "time_horizon_ms": float(horizon_ms[i]),
-            "processing_time_ms": None if processing is None else processing[i],
-            "model_version": model_version[i], "config_version": config_version[i],
-            "train_end": train_end[i],
-            "neuromorphic_results": {"patterns": dict(zip(PATTERN_NAMES, pats[i], strict=True)),
-                                     "spike_analysis": {"spike_rate": rates[i]},
-                                     "reservoir_state": {"mean": means[i], "norm": norms[i]}},
-            "quantum_results": quantum[i],
-        })
+        out.append(
+            {
+                "prediction_id": prediction_id(source[i], t.isoformat(), model_version[i]),
+                "source": source[i],
+                "timestamp": t,
+                "direction": direction[i],
+                "confidence": confidence[i],
+                "probabilities": {"down": p[0], "hold": p[1], "up": p[2]},
+                "magnitude": abs(chg[i]),
+                "predicted_change": chg[i],
+                "time_horizon_ms": float(horizon_ms[i]),
+                "processing_time_ms": None if processing is None else processing[i],
+                "model_version": model_version[i],
+                "config_version": config_version[i],
+                "train_end": train_end[i],
+                "neuromorphic_results": {
+                    "patterns": dict(zip(PATTERN_NAMES, pats[i], strict=True)),
+                    "spike_analysis": {"spike_rate": rates[i]},
+                    "reservoir_state": {"mean": means[i], "norm": norms[i]},
+                },
+                "quantum_results": quantum[i],
+            }
+        )
     return out
 
 

@@ -28,7 +28,7 @@ class LinearStage:
     columns: np.ndarray | None = None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        A = X[:, self.columns] if self.columns is not None else X[:, self.start:self.stop]
+        A = X[:, self.columns] if self.columns is not None else X[:, self.start : self.stop]
         return ((A - self.mean) / self.scale) @ self.coef + self.intercept
 
 
@@ -68,8 +68,9 @@ class RidgeBasis:
         self.ZV = Z @ V if Z is not None else None
         self.ZV2 = self.ZV**2 if Z is not None else None
 
-    def fit(self, y: np.ndarray, intercept: bool, held: tuple[np.ndarray, np.ndarray] | None = None
-            ) -> LinearStage:
+    def fit(
+        self, y: np.ndarray, intercept: bool, held: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> LinearStage:
         """The ridge fit whose penalty has the lowest leave-one-out error on the fit rows or, with `held`
         = (X, y) of later rows, the lowest squared error on those."""
         n = len(y)
@@ -91,9 +92,16 @@ class RidgeBasis:
         alpha, w = float(ALPHAS[k]), W[:, k]
         cols = self.cols
         contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
-        return LinearStage(int(cols[0]) if len(cols) else 0, int(cols[-1]) + 1 if len(cols) else 0,
-                           self.mean.copy(), self.scale.copy(), self.V @ w, ybar, float(alpha),
-                           None if contiguous else cols.copy())
+        return LinearStage(
+            int(cols[0]) if len(cols) else 0,
+            int(cols[-1]) + 1 if len(cols) else 0,
+            self.mean.copy(),
+            self.scale.copy(),
+            self.V @ w,
+            ybar,
+            float(alpha),
+            None if contiguous else cols.copy(),
+        )
 
 
 class GramSums:
@@ -114,7 +122,7 @@ class GramSums:
         if hi < self.hi:
             raise ValueError("fit rows only grow in a walk-forward")
         if hi > self.hi:
-            A = self.X[self.hi:hi, self.cols]
+            A = self.X[self.hi : hi, self.cols]
             self.sxx += A.T @ A
             self.sx += A.sum(axis=0)
             self.hi = hi

@@ -119,8 +119,9 @@ class ShardedPredictor:
     def _start(self) -> _Shard:
         ctx = mp.get_context("spawn")
         a, b = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(b, self.device, self.threads), daemon=True,
-                           name="nq-predict-shard")
+        proc = ctx.Process(
+            target=_worker, args=(b, self.device, self.threads), daemon=True, name="nq-predict-shard"
+        )
         proc.start()
         b.close()
         return _Shard(proc, a)
@@ -128,9 +129,12 @@ class ShardedPredictor:
     def _gone(self, k: int) -> ShardGone:
         sh = self._shards[k - 1]
         sh.process.join(timeout=1)
-        return ShardGone(k, f"prediction shard {k} (process {sh.process.pid}) exited (exit code "
-                            f"{sh.process.exitcode}); its sources are gone until it is restarted and they "
-                            "are loaded again")
+        return ShardGone(
+            k,
+            f"prediction shard {k} (process {sh.process.pid}) exited (exit code "
+            f"{sh.process.exitcode}); its sources are gone until it is restarted and they "
+            "are loaded again",
+        )
 
     def restart(self, k: int) -> list[str]:
         """Start shard k's process again, empty, and forget its sources; returns them, for the caller to load

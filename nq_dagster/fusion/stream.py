@@ -107,8 +107,11 @@ class StreamState:
 
     def breakdown(self) -> dict[str, int]:
         """Bytes per part of the state."""
-        out = {f.name: int(getattr(self, f.name).nbytes) for f in dataclasses.fields(self)
-               if isinstance(getattr(self, f.name), np.ndarray)}
+        out = {
+            f.name: int(getattr(self, f.name).nbytes)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray)
+        }
         for name in ("reservoir", "analog"):
             r = getattr(self, name)
             tensors = (r.x, r.v, r.z, r.refr) if r is not None else ()
@@ -116,9 +119,18 @@ class StreamState:
         return out
 
 
-def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray, states: np.ndarray,
-                 final: ReservoirState, features: np.ndarray, feature_window: int, analog: dict | None = None,
-                 season: int = 0, horizon: int = 1) -> StreamState:
+def from_history(
+    values: np.ndarray,
+    timestamps: np.ndarray,
+    spikes: np.ndarray,
+    states: np.ndarray,
+    final: ReservoirState,
+    features: np.ndarray,
+    feature_window: int,
+    analog: dict | None = None,
+    season: int = 0,
+    horizon: int = 1,
+) -> StreamState:
     """The state after a whole history that the batch graph computed: values (T,), timestamps (T,), spikes
     (T, W, N) bool, reservoir states (T, size), the reservoir's final state, and the candidate features of the
     last row. Windows are cut from the same pandas computations the batch encoder uses."""
@@ -131,24 +143,31 @@ def from_history(values: np.ndarray, timestamps: np.ndarray, spikes: np.ndarray,
     Wb = spikes.shape[1]
     k = DETECTOR_WINDOW
     prior = last_spike_bins(spikes[: T - k])
-    isi, end_step = isi_by_step(spikes[T - k:], np.where(prior == NO_SPIKE, NO_SPIKE, prior - (T - k) * Wb))
+    isi, end_step = isi_by_step(spikes[T - k :], np.where(prior == NO_SPIKE, NO_SPIKE, prior - (T - k) * Wb))
     agg = isi_aggregates(isi, end_step, k)
-    pop = as_detector_activity(states[-(N_CODES + ORDER - 2):]).mean(axis=1)
+    pop = as_detector_activity(states[-(N_CODES + ORDER - 2) :]).mean(axis=1)
     codes = ordinal_codes(np.lib.stride_tricks.sliding_window_view(pop, ORDER))
     ts = pd.to_datetime(pd.Series([np.asarray(timestamps)[-1]]), utc=True).iloc[0]
     return StreamState(
-        n_rows=T, last_ts=int(ts.value), values=v[-(w - 1):].copy(),
-        changes=dx.to_numpy()[-(long - 1):].copy(), change_sd=sd.to_numpy()[-(long - 1):].copy(),
+        n_rows=T,
+        last_ts=int(ts.value),
+        values=v[-(w - 1) :].copy(),
+        changes=dx.to_numpy()[-(long - 1) :].copy(),
+        change_sd=sd.to_numpy()[-(long - 1) :].copy(),
         reservoir=_cpu(final),
-        frames=np.asarray(states[-(DETECTOR_WINDOW - 1):], dtype=DETECTOR_DTYPE).copy(),
-        gram=_stored_gram(as_detector_activity(states[-(DETECTOR_WINDOW - 1):])),
+        frames=np.asarray(states[-(DETECTOR_WINDOW - 1) :], dtype=DETECTOR_DTYPE).copy(),
+        gram=_stored_gram(as_detector_activity(states[-(DETECTOR_WINDOW - 1) :])),
         last_frame=np.asarray(states[-1], dtype=np.float32).copy(),
-        last_spike=last_spike_bins(spikes), isi=agg[1:].copy(), codes=codes[-(N_CODES - 1):].astype(np.int16),
+        last_spike=last_spike_bins(spikes),
+        isi=agg[1:].copy(),
+        codes=codes[-(N_CODES - 1) :].astype(np.int16),
         last_features=np.asarray(features, dtype=float).copy(),
         analog=_cpu(analog["final"]) if analog else None,
         analog_scaling=np.asarray(analog["scaling"], float).copy() if analog else None,
         last_analog=np.asarray(analog["last"], float)[-2:].copy() if analog else None,
-        season=int(season), season_ring=v[-(season - horizon + 1):].copy() if season > horizon else None)
+        season=int(season),
+        season_ring=v[-(season - horizon + 1) :].copy() if season > horizon else None,
+    )
 
 
 def _stored_gram(frames: np.ndarray) -> np.ndarray:
@@ -175,13 +194,14 @@ def _seasonal_step(st: StreamState, x: float, horizon: int) -> tuple[float, np.n
     back = st.season - horizon  # x_{t-back} is the value one season before the forecast target
     ring = st.season_ring
     col = float(ring[len(ring) - back] - x) if len(ring) >= back else 0.0
-    return col, np.append(ring, x)[-(back + 1):]
+    return col, np.append(ring, x)[-(back + 1) :]
 
 
 def _cpu(st: ReservoirState) -> ReservoirState:
     """A copy of a reservoir state on the CPU (a state keeps no tensor of a device or of the batch graph)."""
-    return ReservoirState(*[t.detach().to("cpu").clone() if t is not None else None
-                            for t in (st.x, st.v, st.z, st.refr)])
+    return ReservoirState(
+        *[t.detach().to("cpu").clone() if t is not None else None for t in (st.x, st.v, st.z, st.refr)]
+    )
 
 
 class FrameCache:
@@ -287,8 +307,9 @@ def encoder_steps(states: list[StreamState], x: np.ndarray, feature_window: int)
         floor = np.maximum(_std_rows(changes) * 1e-3, 1e-12)
         sd = np.maximum(raw_sd, floor)
         std = np.maximum(_std_rows(values), floor)
-        change_sd = np.concatenate([np.stack([states[i].change_sd for i in idx]), sd[:, None]],
-                                   axis=1)[:, -long:]
+        change_sd = np.concatenate([np.stack([states[i].change_sd for i in idx]), sd[:, None]], axis=1)[
+            :, -long:
+        ]
         med = np.median(change_sd, axis=1)
         z = np.column_stack([dx / sd, (xs - values.mean(axis=1)) / std, np.log(sd / med)])
         inputs[idx] = (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32).astype(float)
@@ -297,8 +318,8 @@ def encoder_steps(states: list[StreamState], x: np.ndarray, feature_window: int)
         lags[idx, :k] = changes[:, ::-1][:, :k]
         lags[idx, N_LAGS] = xs
         for j, i in enumerate(idx):  # the next tick's windows add one value each
-            vals[i] = values[j, -(w - 1):].copy()
-            chs[i], sds[i] = changes[j, -(long - 1):].copy(), change_sd[j, -(long - 1):].copy()
+            vals[i] = values[j, -(w - 1) :].copy()
+            chs[i], sds[i] = changes[j, -(long - 1) :].copy(), change_sd[j, -(long - 1) :].copy()
     return EncoderStep(inputs, band_sd, lags, vals, chs, sds)
 
 
@@ -306,44 +327,70 @@ def _spikes(batch: TickBatch, inputs: np.ndarray, steps: np.ndarray) -> np.ndarr
     """The encoder's spikes of the tick, (S, W, N) bool: each source keyed by its seed and absolute step, as
     the batch graph encodes that step."""
     cfg = batch.cfg
-    return encode(inputs[:, None, :], cfg.encoding, cfg.neuron_count, cfg.window_bins, cfg.bin_ms,
-                  cfg.min_rate_hz, cfg.max_rate_hz, seed=batch.seeds, device=batch.reservoirs[0].device,
-                  step_offset=steps)[:, 0].cpu().numpy()
+    return (
+        encode(
+            inputs[:, None, :],
+            cfg.encoding,
+            cfg.neuron_count,
+            cfg.window_bins,
+            cfg.bin_ms,
+            cfg.min_rate_hz,
+            cfg.max_rate_hz,
+            seed=batch.seeds,
+            device=batch.reservoirs[0].device,
+            step_offset=steps,
+        )[:, 0]
+        .cpu()
+        .numpy()
+    )
 
 
 def _row_states(x: np.ndarray) -> list[ReservoirState]:
     """One state per row of a batch's (S, size) float32 states, each its own copy (a view would keep the
     batch's whole array alive as long as any of its sources stays unticked)."""
-    return [ReservoirState(torch.from_numpy(x[s:s + 1].copy())) for s in range(len(x))]
+    return [ReservoirState(torch.from_numpy(x[s : s + 1].copy())) for s in range(len(x))]
 
 
-def _step_reservoirs(reservoirs: list[Reservoir], states: list[ReservoirState], u: np.ndarray,
-                     batched: BatchedReservoirs | None, positions: np.ndarray | None,
-                     sparse_input: bool = True, gather_inputs: bool = False
-                     ) -> tuple[np.ndarray, list[ReservoirState]]:
+def _step_reservoirs(
+    reservoirs: list[Reservoir],
+    states: list[ReservoirState],
+    u: np.ndarray,
+    batched: BatchedReservoirs | None,
+    positions: np.ndarray | None,
+    sparse_input: bool = True,
+    gather_inputs: bool = False,
+) -> tuple[np.ndarray, list[ReservoirState]]:
     """One step of each source's reservoir on its inputs u (S, n_inputs): the new states as float32 rows
     (S, size) and as CPU states. `batched`: all at once (`BatchedReservoirs.step` at `positions`); else one by
     one, in numpy where `Reservoir.step_numpy` applies, in torch on the reservoir's device where not."""
     if batched is not None:
-        x = batched.step(positions, torch.as_tensor(u, dtype=torch.float32),
-                         torch.cat([st.x for st in states]), sparse_input=sparse_input).numpy()
+        x = batched.step(
+            positions,
+            torch.as_tensor(u, dtype=torch.float32),
+            torch.cat([st.x for st in states]),
+            sparse_input=sparse_input,
+        ).numpy()
         return x, _row_states(x)
     frames, out = [], []
     for s, (st, res) in enumerate(zip(states, reservoirs, strict=True)):
-        x = res.step_numpy(u[s:s + 1].astype(np.float32), st.x.numpy())
+        x = res.step_numpy(u[s : s + 1].astype(np.float32), st.x.numpy())
         if x is not None:
             frames.append(x[0])
             out.append(ReservoirState(torch.from_numpy(x)))
             continue
-        y, rs = res.step(torch.as_tensor(u[s:s + 1], dtype=res.dtype).to(res.device), st.to(res.device),
-                         gather_inputs=gather_inputs)
+        y, rs = res.step(
+            torch.as_tensor(u[s : s + 1], dtype=res.dtype).to(res.device),
+            st.to(res.device),
+            gather_inputs=gather_inputs,
+        )
         frames.append(y[0].cpu().numpy().astype(np.float32))
         out.append(rs.to("cpu"))
     return np.stack(frames), out
 
 
-def _frame_window(states: list[StreamState], caches: list[FrameCache | None], new16: np.ndarray,
-                  new64: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def _frame_window(
+    states: list[StreamState], caches: list[FrameCache | None], new16: np.ndarray, new64: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """The raw Gram matrices (S, k, k) and population means (S, k) of each source's last k = DETECTOR_WINDOW
     frames, the new one included, and the stored frames after the tick. The stored frames' Gram matrix is kept
     in the state; the new frame adds one row of dot products against the stored frames' float64 values, which
@@ -362,7 +409,7 @@ def _frame_window(states: list[StreamState], caches: list[FrameCache | None], ne
         R[s, -1, :-1] = (c.ring @ new64[s])[order]
         m[s, :-1] = c.means[order]
         stored.append(st.gram if st.gram is not None else _stored_gram(c.chronological()))
-        new_frames.append(np.concatenate([np.asarray(st.frames[1:], dtype=DETECTOR_DTYPE), new16[s:s + 1]]))
+        new_frames.append(np.concatenate([np.asarray(st.frames[1:], dtype=DETECTOR_DTYPE), new16[s : s + 1]]))
     m[:, -1] = new64.mean(axis=1)
     R[:, -1, -1] = np.einsum("sm,sm->s", new64, new64)
     R[:, :-1, -1] = R[:, -1, :-1]
@@ -377,12 +424,18 @@ def _analog_step(batch: TickBatch, x: np.ndarray) -> tuple[np.ndarray | None, li
     if batch.analog is None or any(st.analog is None for st in states):
         return None, [None] * len(states)
     prev = [float(st.values[-1]) if len(st.values) else float(x[s]) for s, st in enumerate(states)]
-    u = np.concatenate([analog_inputs([x[s]], [x[s] - prev[s]], st.analog_scaling)
-                        for s, st in enumerate(states)])  # (S, 2)
+    u = np.concatenate(
+        [analog_inputs([x[s]], [x[s] - prev[s]], st.analog_scaling) for s, st in enumerate(states)]
+    )  # (S, 2)
     b = batch.batched
-    frames, new = _step_reservoirs(batch.analog, [st.analog for st in states], analog_drive(u),
-                                   b.analog if b is not None else None,
-                                   b.positions if b is not None else None, sparse_input=False)
+    frames, new = _step_reservoirs(
+        batch.analog,
+        [st.analog for st in states],
+        analog_drive(u),
+        b.analog if b is not None else None,
+        b.positions if b is not None else None,
+        sparse_input=False,
+    )
     return np.concatenate([frames.astype(float), u], axis=1), new
 
 
@@ -399,17 +452,26 @@ def features_for_ticks(batch: TickBatch) -> TickFeatures:
     sp = spike_step(spikes)
     b = batch.batched
     frames, res_states = _step_reservoirs(
-        batch.reservoirs, [st.reservoir for st in states], (sp.counts / spikes.shape[1]).astype(np.float32),
-        b.spiking if b is not None else None, b.positions if b is not None else None, gather_inputs=S > 1)
+        batch.reservoirs,
+        [st.reservoir for st in states],
+        (sp.counts / spikes.shape[1]).astype(np.float32),
+        b.spiking if b is not None else None,
+        b.positions if b is not None else None,
+        gather_inputs=S > 1,
+    )
     new16 = frames.astype(DETECTOR_DTYPE)  # the new frame as the detectors read it
     new64 = new16.astype(np.float64)
     caches = list(batch.caches) if batch.caches is not None else [None] * S
     R, means, new_frames = _frame_window(states, caches, new16, new64)
     stand, emerg = window_strengths(R, means, new64.shape[1], n)
     chaos, codes = entropy_step(np.stack([st.codes for st in states]), means, n)
-    rhythm, burst, isi, last_spike = isi_step(sp, steps, spikes.shape[1],
-                                              np.stack([st.last_spike for st in states]),
-                                              np.stack([st.isi for st in states]))
+    rhythm, burst, isi, last_spike = isi_step(
+        sp,
+        steps,
+        spikes.shape[1],
+        np.stack([st.last_spike for st in states]),
+        np.stack([st.isi for st in states]),
+    )
     # in PATTERN_NAMES order
     pats = np.column_stack([sp.sync, sp.trav, stand, emerg, rhythm, sp.spars, burst, chaos])
     cands = np.column_stack([enc.inputs, pats, sp.spike_rate, sp.active_fraction])
@@ -419,23 +481,44 @@ def features_for_ticks(batch: TickBatch) -> TickFeatures:
         seas[s], rings[s] = _seasonal_step(st, float(x[s]), cfg.horizon)
     gram = pack_gram(R[:, 1:, 1:])
     new_states = [
-        StreamState(n_rows=int(n[s]), last_ts=int(batch.timestamps[s]), values=enc.values[s],
-                    changes=enc.changes[s], change_sd=enc.change_sd[s], reservoir=res_states[s],
-                    frames=new_frames[s], last_frame=frames[s].copy(), gram=gram[s].copy(),
-                    last_spike=last_spike[s].copy(), isi=isi[s, 1:].copy(),
-                    codes=codes[s, 1:].astype(np.int16), last_features=cands[s].copy(), analog=an_states[s],
-                    analog_scaling=st.analog_scaling,
-                    last_analog=blocks[s, -2:].copy() if blocks is not None else None, season=st.season,
-                    season_ring=rings[s])
-        for s, st in enumerate(states)]
+        StreamState(
+            n_rows=int(n[s]),
+            last_ts=int(batch.timestamps[s]),
+            values=enc.values[s],
+            changes=enc.changes[s],
+            change_sd=enc.change_sd[s],
+            reservoir=res_states[s],
+            frames=new_frames[s],
+            last_frame=frames[s].copy(),
+            gram=gram[s].copy(),
+            last_spike=last_spike[s].copy(),
+            isi=isi[s, 1:].copy(),
+            codes=codes[s, 1:].astype(np.int16),
+            last_features=cands[s].copy(),
+            analog=an_states[s],
+            analog_scaling=st.analog_scaling,
+            last_analog=blocks[s, -2:].copy() if blocks is not None else None,
+            season=st.season,
+            season_ring=rings[s],
+        )
+        for s, st in enumerate(states)
+    ]
     for s, c in enumerate(caches):
         c.push(new64[s], means[s, -1], new_states[s])
-    return TickFeatures(band_sd=enc.band_sd, lags=np.column_stack([enc.lags, seas]), frames=frames,
-                        candidates=cands, states=new_states, analog=blocks, caches=caches)
+    return TickFeatures(
+        band_sd=enc.band_sd,
+        lags=np.column_stack([enc.lags, seas]),
+        frames=frames,
+        candidates=cands,
+        states=new_states,
+        analog=blocks,
+        caches=caches,
+    )
 
 
-def latest_design(st: StreamState, feature_window: int, horizon: int = 1
-                  ) -> tuple[np.ndarray, np.ndarray, float]:
+def latest_design(
+    st: StreamState, feature_window: int, horizon: int = 1
+) -> tuple[np.ndarray, np.ndarray, float]:
     """The design pieces of the last row already seen: (reservoir frame, lags, band std)."""
     lags = st.changes[::-1][:N_LAGS]
     level = st.values[-1] if len(st.values) else 0.0

@@ -55,5 +55,6 @@ def chunk_pool() -> ThreadPoolExecutor:
     """Threads for the chunks of a many-source tick. The chunks are the parallelism: torch's own intra-op
     threads inside each chunk thread would only contend for the same cores, so each runs torch on one thread
     (the setting is per thread: the caller's threads keep theirs)."""
-    return ThreadPoolExecutor(MAX_CHUNKS, thread_name_prefix="nq-predict", initializer=torch.set_num_threads,
-                              initargs=(1,))
+    return ThreadPoolExecutor(
+        MAX_CHUNKS, thread_name_prefix="nq-predict", initializer=torch.set_num_threads, initargs=(1,)
+    )

@@ -20,16 +20,20 @@ def to_ns(timestamps) -> np.ndarray:
     return pd.to_datetime(pd.Series(a), utc=True).to_numpy("datetime64[ns]").view(np.int64)
 
 
-def check_ticks_many(ticks: dict[str, tuple], last_ts: dict[str, int], step_ms: dict[str, float]
-                     ) -> dict[str, tuple]:
+def check_ticks_many(
+    ticks: dict[str, tuple], last_ts: dict[str, int], step_ms: dict[str, float]
+) -> dict[str, tuple]:
     """`check_ticks` for each source. A call that brings every source one value (the common tick) is checked
     in a few array operations, its output as one-element lists; anything else, or anything wrong, source by
     source (which words the error)."""
     names = list(ticks)
     seq = (list, tuple, np.ndarray)
-    one = all(type(v) in seq and len(v) == 1 and (
-        t is None or (type(t) in seq and len(t) == 1 and isinstance(t[0], (int, np.integer))))
-        for v, t in ticks.values())
+    one = all(
+        type(v) in seq
+        and len(v) == 1
+        and (t is None or (type(t) in seq and len(t) == 1 and isinstance(t[0], (int, np.integer))))
+        for v, t in ticks.values()
+    )
     if one and names:
         try:
             x = np.array([ticks[s][0][0] for s in names], dtype=float)
@@ -38,16 +42,21 @@ def check_ticks_many(ticks: dict[str, tuple], last_ts: dict[str, int], step_ms: 
         if x is not None and x.ndim == 1 and np.isfinite(x).all():
             last = np.array([last_ts[s] for s in names], dtype=np.int64)
             given = [ticks[s][1] for s in names]
-            ts = np.array([int(t[0]) if t is not None
-                           else last[i] + (int(round(step_ms[names[i]] * 1e6)) or 1)
-                           for i, t in enumerate(given)], dtype=np.int64)
+            ts = np.array(
+                [
+                    int(t[0]) if t is not None else last[i] + (int(round(step_ms[names[i]] * 1e6)) or 1)
+                    for i, t in enumerate(given)
+                ],
+                dtype=np.int64,
+            )
             if (ts > last).all():
                 return {s: ([float(x[i])], [int(ts[i])]) for i, s in enumerate(names)}
     return {s: check_ticks(s, v, t, last_ts[s], step_ms[s]) for s, (v, t) in ticks.items()}
 
 
-def check_ticks(source: str, values, timestamps, last_ts: int, step_ms: float
-                ) -> tuple[np.ndarray, np.ndarray]:
+def check_ticks(
+    source: str, values, timestamps, last_ts: int, step_ms: float
+) -> tuple[np.ndarray, np.ndarray]:
     """A source's new values and timestamps as (values, ns since the epoch), or a ValueError saying what is
     wrong: finite numbers, as many timestamps as values, each after the last one seen (`last_ts`) and after
     the one before it. Without timestamps the ticks are spaced by the model's training step (`step_ms`)."""
@@ -66,12 +75,16 @@ def check_ticks(source: str, values, timestamps, last_ts: int, step_ms: float
     if len(ts) != m:
         raise ValueError(f"{source}: {m} values but {len(ts)} timestamps")
     if ts[0] <= last:
-        raise ValueError(f"{source}: timestamp 1 ({pd.Timestamp(int(ts[0]), tz='UTC')}) is not after the "
-                         f"last one seen ({pd.Timestamp(last, tz='UTC')}); older rows are used at the next "
-                         "training, not streamed")
+        raise ValueError(
+            f"{source}: timestamp 1 ({pd.Timestamp(int(ts[0]), tz='UTC')}) is not after the "
+            f"last one seen ({pd.Timestamp(last, tz='UTC')}); older rows are used at the next "
+            "training, not streamed"
+        )
     back = np.nonzero(np.diff(ts) <= 0)[0]
     if len(back):
         i = int(back[0]) + 2
-        raise ValueError(f"{source}: timestamp {i} ({pd.Timestamp(int(ts[i - 1]), tz='UTC')}) is not after "
-                         f"timestamp {i - 1}; sort the rows and drop duplicate times")
+        raise ValueError(
+            f"{source}: timestamp {i} ({pd.Timestamp(int(ts[i - 1]), tz='UTC')}) is not after "
+            f"timestamp {i - 1}; sort the rows and drop duplicate times"
+        )
     return new, ts

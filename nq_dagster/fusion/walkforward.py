@@ -35,8 +35,9 @@ CLASS_NAMES = {-1: "down", 0: "hold", 1: "up"}
 UNREALIZED = -9  # the direction of a row whose target lies beyond the data (not yet realized)
 
 
-def make_targets(values: np.ndarray, horizon: int = 1, hold_band: float = 0.1, vol_window: int = 50
-                 ) -> pd.DataFrame:
+def make_targets(
+    values: np.ndarray, horizon: int = 1, hold_band: float = 0.1, vol_window: int = 50
+) -> pd.DataFrame:
     v = np.asarray(values, dtype=float)
     T = len(v)
     change = np.full(T, np.nan)
@@ -49,12 +50,18 @@ def make_targets(values: np.ndarray, horizon: int = 1, hold_band: float = 0.1, v
     direction = np.where(np.isnan(change), UNREALIZED, direction)
     last_change = np.full(T, np.nan)
     last_change[horizon:] = v[horizon:] - v[:-horizon]
-    return pd.DataFrame({"change": change, "direction": direction, "band": band, "volatility": sd,
-                         "last_change": last_change})
+    return pd.DataFrame(
+        {"change": change, "direction": direction, "band": band, "volatility": sd, "last_change": last_change}
+    )
 
 
-def direction_probabilities(pred_change: np.ndarray, band: np.ndarray, scale: np.ndarray | float,
-                            mix: np.ndarray | float = 1.0, base_rate: np.ndarray | None = None) -> np.ndarray:
+def direction_probabilities(
+    pred_change: np.ndarray,
+    band: np.ndarray,
+    scale: np.ndarray | float,
+    mix: np.ndarray | float = 1.0,
+    base_rate: np.ndarray | None = None,
+) -> np.ndarray:
     """P(down), P(hold), P(up) when the change is Normal(pred_change, scale): (n, 3) in CLASSES order; with
     `base_rate` (3,) or (n, 3), mixed with it: mix x model + (1 - mix) x base rate (`calibrate` fits mix)."""
     p_down = ndtr((-band - pred_change) / scale)  # the normal cdf (what norm.cdf calls, without its overhead)
@@ -92,8 +99,10 @@ class Schedule:
 
 def training_schedule(rows: int, train_min: int, refit_every: int, warmup: int = 50) -> Schedule:
     if rows < MIN_ROWS:
-        raise ValueError(f"the series has {rows} rows; training needs at least {MIN_ROWS} "
-                         f"({MIN_TRAIN} to fit the first model and the rest to predict)")
+        raise ValueError(
+            f"the series has {rows} rows; training needs at least {MIN_ROWS} "
+            f"({MIN_TRAIN} to fit the first model and the rest to predict)"
+        )
     if rows >= 2 * train_min:
         every = max(refit_every, -(-(rows - train_min) // MAX_REFITS))
         return Schedule(rows, train_min, every, min(warmup, train_min // 5))
@@ -144,8 +153,9 @@ class FusionModel:
         return direction_probabilities(chg, band, self.error_scale(band), self.mix, self.base_rate), chg
 
 
-def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np.ndarray, band: np.ndarray
-              ) -> None:
+def calibrate(
+    model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np.ndarray, band: np.ndarray
+) -> None:
     """Fit the model's error scale on rows it did not fit (predicted and realized change, direction, band).
 
     Two error models, each with one factor fitted by log loss: a constant scale, or a scale proportional to
@@ -182,8 +192,12 @@ def calibrate(model: FusionModel, pred: np.ndarray, y_chg: np.ndarray, y_dir: np
     base = (np.bincount(y_idx, minlength=3) + 1.0) / (len(y_idx) + 3.0)
     P = direction_probabilities(pred, band, model.error_scale(band))
     p_y, b_y = P[np.arange(len(y_idx)), y_idx], base[y_idx]
-    fit_m = minimize_scalar(lambda m: -float(np.mean(np.log(m * p_y + (1.0 - m) * b_y))), bounds=(0.0, 1.0),
-                            method="bounded", options={"xatol": 1e-4})
+    fit_m = minimize_scalar(
+        lambda m: -float(np.mean(np.log(m * p_y + (1.0 - m) * b_y))),
+        bounds=(0.0, 1.0),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     model.mix, model.base_rate = float(fit_m.x), base
 
 
@@ -213,10 +227,18 @@ def simplest_within_one_se(candidates: list[tuple[np.ndarray, int, object]]):
     return candidates[min(ok)[2]][2]
 
 
-def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_fraction: float,
-              columns: list[str], n_base: int = 0, warmup: int = 0,
-              base_variants: list[np.ndarray] | None = None, rest_groups: list[np.ndarray] | None = None,
-              sums: dict | None = None) -> FusionModel:
+def fit_model(
+    X: np.ndarray,
+    targets: pd.DataFrame,
+    train_end: int,
+    calibration_fraction: float,
+    columns: list[str],
+    n_base: int = 0,
+    warmup: int = 0,
+    base_variants: list[np.ndarray] | None = None,
+    rest_groups: list[np.ndarray] | None = None,
+    sums: dict | None = None,
+) -> FusionModel:
     """Fit on rows [warmup, fit_end); calibrate the probability scale on [fit_end, train_end] by log loss.
 
     The first `warmup` rows are left out of the fit: their lags are zero-filled, rolling windows are short
@@ -239,8 +261,9 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
     optimism the walk-forward rows do not share.)"""
     n, fit_end = fit_rows(train_end, warmup, calibration_fraction)
     if fit_end >= n:
-        raise ValueError(f"too few training rows ({n}) for warmup {warmup} and a held-out calibration "
-                         "stretch")
+        raise ValueError(
+            f"too few training rows ({n}) for warmup {warmup} and a held-out calibration stretch"
+        )
     y_dir = targets["direction"].to_numpy()[:n]
     y_chg = targets["change"].to_numpy()[:n]
     if (y_dir == UNREALIZED).any():
@@ -277,11 +300,20 @@ def fit_model(X: np.ndarray, targets: pd.DataFrame, train_end: int, calibration_
     return model
 
 
-def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_min: int = 500,
-                 refit_every: int = 250, calibration_fraction: float = 0.3, columns: list[str] | None = None,
-                 n_base: int = 0, warmup: int = 50, base_variants: list[np.ndarray] | None = None,
-                 recalibrate_every: int | None = None, rest_groups: list[np.ndarray] | None = None
-                 ) -> tuple[pd.DataFrame, FusionModel]:
+def walk_forward(
+    X: np.ndarray,
+    targets: pd.DataFrame,
+    horizon: int = 1,
+    train_min: int = 500,
+    refit_every: int = 250,
+    calibration_fraction: float = 0.3,
+    columns: list[str] | None = None,
+    n_base: int = 0,
+    warmup: int = 50,
+    base_variants: list[np.ndarray] | None = None,
+    recalibrate_every: int | None = None,
+    rest_groups: list[np.ndarray] | None = None,
+) -> tuple[pd.DataFrame, FusionModel]:
     """Predictions for every row t >= train_min, each by a model trained only on targets realized by t
     (`fit_model` on the design X at each refit point; `walk_forward_forecaster` does the rest).
 
@@ -294,15 +326,31 @@ def walk_forward(X: np.ndarray, targets: pd.DataFrame, horizon: int = 1, train_m
     sums: dict = {}
 
     def fit(train_end: int) -> tuple[FusionModel, object]:
-        model = fit_model(X, targets, train_end, calibration_fraction, columns or [], n_base, warmup,
-                          base_variants, rest_groups, sums)
+        model = fit_model(
+            X,
+            targets,
+            train_end,
+            calibration_fraction,
+            columns or [],
+            n_base,
+            warmup,
+            base_variants,
+            rest_groups,
+            sums,
+        )
         return model, lambda lo, hi: model.predict_change(X[lo:hi])
 
     return walk_forward_forecaster(fit, targets, horizon, train_min, refit_every, recalibrate_every)
 
 
-def walk_forward_forecaster(fit, targets: pd.DataFrame, horizon: int, train_min: int, refit_every: int,
-                            recalibrate_every: int | None = None) -> tuple[pd.DataFrame, FusionModel]:
+def walk_forward_forecaster(
+    fit,
+    targets: pd.DataFrame,
+    horizon: int,
+    train_min: int,
+    refit_every: int,
+    recalibrate_every: int | None = None,
+) -> tuple[pd.DataFrame, FusionModel]:
     """The one walk-forward rule for every forecaster (the fused model, its ablations and the baselines).
 
     At each refit point t0 = train_min + k x refit_every, `fit(train_end)` (train_end = t0 - horizon, the last
@@ -316,8 +364,9 @@ def walk_forward_forecaster(fit, targets: pd.DataFrame, horizon: int, train_min:
     (`fusion.model.LiveCalibration`)."""
     T = len(targets)
     if train_min < MIN_TRAIN // 2 or T <= train_min:
-        raise ValueError(f"need more than train_min={train_min} rows (and train_min >= {MIN_TRAIN // 2}); "
-                         f"got {T}")
+        raise ValueError(
+            f"need more than train_min={train_min} rows (and train_min >= {MIN_TRAIN // 2}); got {T}"
+        )
     recal = recalibrate_every or recal_every(refit_every)
     out = []
     band = targets["band"].to_numpy()
@@ -335,9 +384,20 @@ def walk_forward_forecaster(fit, targets: pd.DataFrame, horizon: int, train_min:
             chg = chg_all[rows - model.fit_end]
             scale = np.broadcast_to(model.error_scale(band[rows]), rows.shape)
             probs = direction_probabilities(chg, band[rows], scale, model.mix, model.base_rate)
-            out.append(pd.DataFrame({"row": rows, "p_down": probs[:, 0], "p_hold": probs[:, 1],
-                                     "p_up": probs[:, 2], "pred_change": chg, "error_scale": scale,
-                                     "train_end": train_end, "model_id": k}))
+            out.append(
+                pd.DataFrame(
+                    {
+                        "row": rows,
+                        "p_down": probs[:, 0],
+                        "p_hold": probs[:, 1],
+                        "p_up": probs[:, 2],
+                        "pred_change": chg,
+                        "error_scale": scale,
+                        "train_end": train_end,
+                        "model_id": k,
+                    }
+                )
+            )
     # the last model keeps the scale of its last sub-block: a stream continuing at row T recalibrates on the
     # same grid (t0 + k x recal) from the outcomes it realizes (fusion.model.LiveCalibration), as this loop
     pred = pd.concat(out, ignore_index=True)
@@ -353,8 +413,15 @@ def recal_every(refit_every: int) -> int:
     return max(10, refit_every // 5)
 
 
-def _recalibrate(model: FusionModel, chg_all: np.ndarray, last: int, window: int, y_chg: np.ndarray,
-                 y_dir: np.ndarray, band: np.ndarray) -> None:
+def _recalibrate(
+    model: FusionModel,
+    chg_all: np.ndarray,
+    last: int,
+    window: int,
+    y_chg: np.ndarray,
+    y_dir: np.ndarray,
+    band: np.ndarray,
+) -> None:
     """Refit the error scale on rows (last - window, last], all realized, none before the model's fit_end."""
     lo = max(model.fit_end, last + 1 - window)
     rows = np.arange(lo, last + 1)
@@ -368,8 +435,9 @@ def lag_matrix(values: np.ndarray, p: int = 5, level: bool = False) -> np.ndarra
     starts); with `level`, the value x_t as one more column (the AR-on-levels part of the design)."""
     v = np.asarray(values, dtype=float)
     d = np.diff(v, prepend=np.nan)
-    lags = np.nan_to_num(np.column_stack([np.concatenate([np.full(k, np.nan), d[: len(d) - k]])
-                                          for k in range(p)]))
+    lags = np.nan_to_num(
+        np.column_stack([np.concatenate([np.full(k, np.nan), d[: len(d) - k]]) for k in range(p)])
+    )
     return np.column_stack([lags, v]) if level else lags
 
 

@@ -15,24 +15,54 @@ from typing import Literal
 
 VALUE_SHOWN = 200  # characters of a bad value that a message shows
 
-RowProblem = Literal["timestamp", "missing", "not_a_number", "not_finite", "source", "duplicate", "stored",
-                     "encoding", "fields", "json"]
-FileProblem = Literal["unsupported", "empty", "parquet", "encoding", "malformed_csv", "extra_fields", "json",
-                      "not_object", "rename", "no_rows", "no_timestamp", "no_values", "columns_differ",
-                      "bad_rows", "no_good_rows"]
+RowProblem = Literal[
+    "timestamp",
+    "missing",
+    "not_a_number",
+    "not_finite",
+    "source",
+    "duplicate",
+    "stored",
+    "encoding",
+    "fields",
+    "json",
+]
+FileProblem = Literal[
+    "unsupported",
+    "empty",
+    "parquet",
+    "encoding",
+    "malformed_csv",
+    "extra_fields",
+    "json",
+    "not_object",
+    "rename",
+    "no_rows",
+    "no_timestamp",
+    "no_values",
+    "columns_differ",
+    "bad_rows",
+    "no_good_rows",
+]
 
 # kind -> (problem, fix); the problem may name the row's `duplicate_of`, `source` or `fields`
 ROW_PROBLEMS: dict[str, tuple[str, str]] = {
-    "timestamp": ("unparseable timestamp",
-                  "use ISO 8601 (2026-01-31T12:00:00Z) or epoch seconds/milliseconds"),
+    "timestamp": (
+        "unparseable timestamp",
+        "use ISO 8601 (2026-01-31T12:00:00Z) or epoch seconds/milliseconds",
+    ),
     "missing": ("missing value", "write a decimal number, or drop the row"),
     "not_a_number": ("not a number", "write a decimal number, or drop the row"),
     "not_finite": ("NaN or infinite value", "write a finite number, or drop the row"),
     "source": ("invalid source name", "use 1-64 letters, digits, '_', '-' or '.'"),
-    "duplicate": ("duplicate (source, timestamp) of row {duplicate_of}",
-                  "keep one row per source and timestamp"),
-    "stored": ("(source, timestamp) already stored for source {source!r}",
-               "drop rows that were ingested before, or use a new timestamp"),
+    "duplicate": (
+        "duplicate (source, timestamp) of row {duplicate_of}",
+        "keep one row per source and timestamp",
+    ),
+    "stored": (
+        "(source, timestamp) already stored for source {source!r}",
+        "drop rows that were ingested before, or use a new timestamp",
+    ),
     "encoding": ("not UTF-8", "re-save the file as UTF-8"),
     "fields": ("more fields than the header's {fields}", "every line needs the header's number of fields"),
     "json": ("not valid JSON", "one JSON object per line"),
@@ -47,19 +77,19 @@ FILE_PROBLEMS: dict[str, str] = {
     "encoding": "{file}: row {row}: byte {byte} is not UTF-8 ({reason}). Fix: re-save the file as UTF-8",
     "malformed_csv": "{file}: malformed CSV ({error}). Fix: every line needs the header's number of fields",
     "extra_fields": "{file}: row {row} has more fields than the header's {fields}. Fix: every line needs the "
-                    "header's number of fields",
+    "header's number of fields",
     "json": "{file}: row {row}: not valid JSON ({error}). Fix: one JSON object per line",
     "not_object": "{file}: row {row}: expected a JSON object, got {got}. Fix: one object per line",
     "rename": "{file}: --rename {old}={new}: the file has no column {old!r}; its columns are {columns}. "
-              "Fix: name one of them",
+    "Fix: name one of them",
     "no_rows": "{file}: no data rows. Fix: add at least one row below the header",
     "no_timestamp": "{file}: missing timestamp column; found columns {columns}. Fix: name the time column "
-                    "one of {names} (ISO 8601 or epoch seconds/milliseconds)",
+    "one of {names} (ISO 8601 or epoch seconds/milliseconds)",
     "no_values": "{file}: no value columns besides {column!r}. Fix: add at least one numeric column",
     "columns_differ": "{file}: value columns {found} differ from source {source!r}'s columns {expected} "
-                      "(fixed by its first file). Fix: name the columns as before (or map them: `nq ingest "
-                      "FILE --source {source} --rename found=expected`), or ingest it under a new source "
-                      "name",
+    "(fixed by its first file). Fix: name the columns as before (or map them: `nq ingest "
+    "FILE --source {source} --rename found=expected`), or ingest it under a new source "
+    "name",
     "bad_rows": "{file}: {count} bad row(s); first: {first}",
     "no_good_rows": "{file}: no good rows left to ingest",
 }
@@ -85,8 +115,9 @@ class BadRow:
 
     @property
     def problem(self) -> str:
-        return ROW_PROBLEMS[self.kind][0].format(duplicate_of=self.duplicate_of, source=self.source,
-                                                 fields=self.fields)
+        return ROW_PROBLEMS[self.kind][0].format(
+            duplicate_of=self.duplicate_of, source=self.source, fields=self.fields
+        )
 
     @property
     def fix(self) -> str:
@@ -109,5 +140,6 @@ class FileRejected(Exception):
         self.file, self.kind, self.detail = str(file), kind, detail
         self.bad_rows = list(bad_rows or [])
         first = self.bad_rows[0].describe(self.file) if self.bad_rows else ""
-        super().__init__(FILE_PROBLEMS[kind].format(file=self.file, count=len(self.bad_rows), first=first,
-                                                    **detail))
+        super().__init__(
+            FILE_PROBLEMS[kind].format(file=self.file, count=len(self.bad_rows), first=first, **detail)
+        )

@@ -75,8 +75,11 @@ class Ingestor:
         """The same bytes were ingested before for the same sources (names validated: no quote can occur)."""
         for part in self.wh.table_parts("ingest_log", LOG_PARTITION):
             log = self.wh.read_part(part, columns=["content_hash", "status", "sources"]).to_pandas()
-            if ((log["content_hash"] == digest) & log["status"].str.startswith("ingested")
-                    & (log["sources"] == sources)).any():
+            if (
+                (log["content_hash"] == digest)
+                & log["status"].str.startswith("ingested")
+                & (log["sources"] == sources)
+            ).any():
                 return True
         return False
 
@@ -97,8 +100,14 @@ class Ingestor:
             out.append(ts.filter((ns >= lo) & (ns <= hi)))
         return pl.concat(out) if out else pl.Series("timestamp", [], dtype=pl.Datetime("us", "UTC"))
 
-    def ingest_file(self, path: str | Path, source: str | None = None, skip_bad_rows: bool = False,
-                    move: bool = False, rename: dict[str, str] | None = None) -> FileResult:
+    def ingest_file(
+        self,
+        path: str | Path,
+        source: str | None = None,
+        skip_bad_rows: bool = False,
+        move: bool = False,
+        rename: dict[str, str] | None = None,
+    ) -> FileResult:
         """Ingest one file. `move` moves it out of the landing zone afterwards (processed or quarantine);
         `rename` maps the file's column names to the source's ({"reading": "value"})."""
         path = Path(path)
@@ -116,8 +125,10 @@ class Ingestor:
 
             def digest_of_data() -> str:
                 digest, after = hashing.result(), _stat(path)  # (after both reads)
-                moved = any(getattr(before, a) != getattr(after, a)
-                            for a in ("st_size", "st_mtime_ns", "st_ino", "st_dev"))
+                moved = any(
+                    getattr(before, a) != getattr(after, a)
+                    for a in ("st_size", "st_mtime_ns", "st_ino", "st_dev")
+                )
                 if len(data) != before.st_size or moved:
                     return content_hash(data)
                 return digest
@@ -142,8 +153,9 @@ class Ingestor:
         # timestamp)
         names = sorted(clean["source"].unique().to_list())
         with self.wh.source_locks(names):
-            return self._store(path, data, digest, part, clean, names, bad, notes, result, skip_bad_rows,
-                               move)
+            return self._store(
+                path, data, digest, part, clean, names, bad, notes, result, skip_bad_rows, move
+            )
 
     def _check_columns(self, path: Path, clean: pl.DataFrame, names: list[str]) -> None:
         """A source's value columns are fixed by its first file: a later file with other columns is refused
@@ -158,8 +170,9 @@ class Ingestor:
             if found != expected:
                 raise FileRejected(path, "columns_differ", found=found, source=src, expected=expected)
 
-    def _reject(self, path: Path, data: bytes, result: FileResult, exc: FileRejected, move: bool
-                ) -> FileResult:
+    def _reject(
+        self, path: Path, data: bytes, result: FileResult, exc: FileRejected, move: bool
+    ) -> FileResult:
         result.status = "quarantined"
         result.reason = str(exc)
         result.bad_rows = exc.bad_rows
@@ -167,8 +180,9 @@ class Ingestor:
         self._log(result)
         return result
 
-    def _store(self, path, data, digest, part, clean: pl.DataFrame, names, bad, notes, result, skip_bad_rows,
-               move) -> FileResult:
+    def _store(
+        self, path, data, digest, part, clean: pl.DataFrame, names, bad, notes, result, skip_bad_rows, move
+    ) -> FileResult:
         try:
             if clean.height and self._already_ingested(digest, ",".join(names)):
                 return self._skip_duplicate(path, result, move)
@@ -194,8 +208,9 @@ class Ingestor:
                     dup_mask = dup_mask.scatter((clean["source"] == src).arg_true().filter(hit), True)
             if len(dup_mask) and dup_mask.any():  # (a copy of every column otherwise, for nothing)
                 dups = clean.filter(dup_mask).head(1000)
-                for row, src, ts in zip(dups["_row"].to_list(), dups["source"].to_list(),
-                                        dups["timestamp"].to_list(), strict=True):
+                for row, src, ts in zip(
+                    dups["_row"].to_list(), dups["source"].to_list(), dups["timestamp"].to_list(), strict=True
+                ):
                     bad.append(BadRow(int(row), "timestamp", "stored", str(pd.Timestamp(ts)), source=src))
                 clean = clean.filter(~dup_mask)
             bad.sort(key=lambda b: b.row)
@@ -217,8 +232,9 @@ class Ingestor:
             def const(value: str, n: int = n) -> pa.DictionaryArray:
                 # int8 zeros, valid by construction (no bounds pass over a million indices): a quarter of the
                 # bytes
-                return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([value]),
-                                                      safe=False)
+                return pa.DictionaryArray.from_arrays(
+                    pa.array(np.zeros(n, dtype=np.int8)), pa.array([value]), safe=False
+                )
 
             table = table.add_column(0, "source", const(str(src)))
             table = table.append_column("file", const(path.name)).append_column("content_hash", const(digest))
@@ -245,12 +261,15 @@ class Ingestor:
             lines.append(f"bad rows ({len(result.bad_rows)}):")
             lines += ["  " + b.describe(path.name) for b in result.bad_rows[:1000]]
         if result.status == "quarantined":
-            lines.append("nothing of this file was stored; fix the rows above and ingest it again, "
-                         "or ingest with --skip-bad-rows to store the good rows only")
+            lines.append(
+                "nothing of this file was stored; fix the rows above and ingest it again, "
+                "or ingest with --skip-bad-rows to store the good rows only"
+            )
         return "\n".join(lines) + "\n"
 
-    def _quarantine(self, path: Path, data: bytes, result: FileResult, move: bool, rows_only: bool = False
-                    ) -> None:
+    def _quarantine(
+        self, path: Path, data: bytes, result: FileResult, move: bool, rows_only: bool = False
+    ) -> None:
         q = self.wh.quarantine
         q.mkdir(parents=True, exist_ok=True)
         target = q / path.name
@@ -272,10 +291,18 @@ class Ingestor:
             shutil.move(str(path), target)
 
     def _log(self, result: FileResult) -> None:
-        row = pd.DataFrame([{
-            "content_hash": result.content_hash, "file": result.file,
-            "sources": ",".join(sorted(result.sources)), "rows_accepted": result.rows_accepted,
-            "rows_rejected": len(result.bad_rows), "status": result.status,
-            "reason": result.reason, "ingested_at": datetime.now(UTC),
-        }])
+        row = pd.DataFrame(
+            [
+                {
+                    "content_hash": result.content_hash,
+                    "file": result.file,
+                    "sources": ",".join(sorted(result.sources)),
+                    "rows_accepted": result.rows_accepted,
+                    "rows_rejected": len(result.bad_rows),
+                    "status": result.status,
+                    "reason": result.reason,
+                    "ingested_at": datetime.now(UTC),
+                }
+            ]
+        )
         self.wh.append_rows("ingest_log", row, INGEST_LOG_DDL)

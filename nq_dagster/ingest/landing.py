@@ -17,8 +17,8 @@ def landing_files(wh: Warehouse, source: str | None = None) -> dict[str, list[Pa
 
     A file's source is its sub-directory (`landing/<source>/x.csv`), else its
     stem (`landing/<source>.csv`). Files are returned oldest first. Only regular files count: a symbolic link
-    is never followed (it could point at any file of the machine) and a FIFO would block its reader; the landing
-    sensor quarantines them with the reason.
+    is never followed (it could point at any file of the machine) and a FIFO would block its reader; the
+    landing sensor quarantines them with the reason.
     """
     groups: dict[str, list[Path]] = {}
     if not wh.landing.exists():

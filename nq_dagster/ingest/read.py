@@ -22,8 +22,14 @@ import pyarrow.parquet as pq
 from nq_dagster.ingest.errors import BadRow, FileRejected
 
 TIMESTAMP_NAMES = ("timestamp", "time", "ts", "datetime", "date")
-SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
-            ".json": "jsonl"}
+SUFFIXES = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
 
 
 @dataclass
@@ -123,9 +129,15 @@ def read_user_file(path: Path, data: bytes) -> Columns:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         row = _row_of_offset(data, exc.start)
-        shown = repr(data[exc.start:exc.start + 4])
-        raise FileRejected(path, "encoding", [BadRow(row, "*", "encoding", shown)], row=row, byte=exc.start,
-                           reason=exc.reason) from exc
+        shown = repr(data[exc.start : exc.start + 4])
+        raise FileRejected(
+            path,
+            "encoding",
+            [BadRow(row, "*", "encoding", shown)],
+            row=row,
+            byte=exc.start,
+            reason=exc.reason,
+        ) from exc
     if kind == "csv":
         try:
             frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
@@ -146,8 +158,9 @@ def read_user_file(path: Path, data: bytes) -> Columns:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise FileRejected(path, "json", [BadRow(lineno, "*", "json", line[:40])], row=lineno,
-                               error=exc.msg) from exc
+            raise FileRejected(
+                path, "json", [BadRow(lineno, "*", "json", line[:40])], row=lineno, error=exc.msg
+            ) from exc
         if not isinstance(rec, dict):
             raise FileRejected(path, "not_object", row=lineno, got=type(rec).__name__)
         records.append(rec)

@@ -145,14 +145,18 @@ def check_columns(columns: Columns, path: Path, source_override: str | None) -> 
     if single is not None:
         names = [single]
     valid = valid_source_names(names)
-    all_good = (len(valid) == len(names) and not timestamps.null_count()
-                and all(not v.null_count() and v.is_finite().all() for v in values.values()))
+    all_good = (
+        len(valid) == len(names)
+        and not timestamps.null_count()
+        and all(not v.null_count() and v.is_finite().all() for v in values.values())
+    )
     out = {"timestamp": timestamps, **{c.strip(): v for c, v in values.items()}}
     if all_good and single is not None and (timestamps.cast(pl.Int64).diff().drop_nulls() > 0).all():
         # the common case, one source in strict time order, is done: the source a constant (not a million
         # strings), the row numbers a range
-        clean = pl.DataFrame(out).select(pl.lit(single, dtype=pl.String).alias("source"), pl.all(),
-                                         _row_numbers(rows, n))
+        clean = pl.DataFrame(out).select(
+            pl.lit(single, dtype=pl.String).alias("source"), pl.all(), _row_numbers(rows, n)
+        )
         return Checked(clean, [], notes)
     if sources is None:
         sources = pl.repeat(single, n, dtype=pl.String, eager=True)
@@ -174,6 +178,7 @@ def check_columns(columns: Columns, path: Path, source_override: str | None) -> 
 
 def _bad_rows(frame, rows, ts_col, src_col, timestamps, values, sources, valid, bad) -> np.ndarray:
     """The rows a rule refuses, as a mask; each named (up to ROWS_NAMED per rule and column) in `bad`."""
+
     def name(mask: np.ndarray, column: str, kind_of, shown_in: pl.Series) -> None:
         for i in np.flatnonzero(mask)[:ROWS_NAMED]:
             shown = _shown(shown_in, int(i))
@@ -193,8 +198,9 @@ def _bad_rows(frame, rows, ts_col, src_col, timestamps, values, sources, valid, 
     return mask | invalid
 
 
-def _sorted_without_repeats(table: pl.DataFrame, bad_mask: np.ndarray
-                            ) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
+def _sorted_without_repeats(
+    table: pl.DataFrame, bad_mask: np.ndarray
+) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
     """The rows no other rule refused, sorted by (source, timestamp), less each row that repeats an earlier
     row's (source, timestamp); the repeats as (index in the file, row number of the first), in file order, at
     most ROWS_NAMED; and whether each source's rows were in time order in the file."""
@@ -219,8 +225,9 @@ def _sorted_without_repeats(table: pl.DataFrame, bad_mask: np.ndarray
     return keyed.drop("_i", "_repeat"), repeats, in_order
 
 
-def check_file(path: Path, data: bytes, source_override: str | None, rename: dict[str, str] | None = None
-               ) -> Checked:
+def check_file(
+    path: Path, data: bytes, source_override: str | None, rename: dict[str, str] | None = None
+) -> Checked:
     """Read and check a file. The fast reader first; when it declines, or refuses a column or a row, the
     general reader reads the file again and its verdict stands (its row numbers and values are those the
     user wrote, blank lines and padding included; the fast reader's verdict on a good file is the same,
@@ -239,4 +246,3 @@ def check_file(path: Path, data: bytes, source_override: str | None, rename: dic
     columns = read_user_file(path, data)
     columns.frame = columns.frame.rename(renamed_columns(path, columns.frame.columns, rename))
     return check_columns(columns, path, source_override)
-

@@ -42,8 +42,10 @@ def build_series(raw: pd.DataFrame) -> pd.DataFrame:
 def rows_after(load_series: Callable[[], pd.DataFrame]) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
     """The `fusion.predictor.continue_from` callback: (values, timestamps) of a source's rows after a time,
     from the series `load_series()` returns, loaded only if a stream has to be replayed."""
+
     def rows(ts_ns: int):
         series = load_series()
         later = series[series["timestamp"] > pd.Timestamp(ts_ns, tz="UTC")]
         return later["value"].to_numpy(dtype=float), later["timestamp"].to_numpy()
+
     return rows

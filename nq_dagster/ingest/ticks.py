@@ -63,16 +63,26 @@ def check_tick_frame(rows: list[tuple]) -> TickCheck:
     checked by `rules.check_columns`, which names every problem."""
     if not rows:
         return TickCheck()
-    frame = pl.DataFrame({
-        "source": [str(r[0]) for r in rows],
-        "timestamp": [r[1] if isinstance(r[1], str) else repr(r[1]) for r in rows],
-        "value": [repr(r[2]) if isinstance(r[2], float) else str(r[2]) for r in rows],
-    }, schema={"source": pl.String, "timestamp": pl.String, "value": pl.String})
+    frame = pl.DataFrame(
+        {
+            "source": [str(r[0]) for r in rows],
+            "timestamp": [r[1] if isinstance(r[1], str) else repr(r[1]) for r in rows],
+            "value": [repr(r[2]) if isinstance(r[2], float) else str(r[2]) for r in rows],
+        },
+        schema={"source": pl.String, "timestamp": pl.String, "value": pl.String},
+    )
     checked = check_columns(Columns(frame, np.arange(len(rows), dtype=np.int64)), Path("request"), None)
     clean = checked.clean.sort("_row")
-    ticks = [Tick(row, source, ts, value) for row, source, ts, value in zip(
-        clean["_row"].to_list(), clean["source"].to_list(), clean["timestamp"].dt.epoch("ns").to_list(),
-        clean["value"].to_list(), strict=True)]
+    ticks = [
+        Tick(row, source, ts, value)
+        for row, source, ts, value in zip(
+            clean["_row"].to_list(),
+            clean["source"].to_list(),
+            clean["timestamp"].dt.epoch("ns").to_list(),
+            clean["value"].to_list(),
+            strict=True,
+        )
+    ]
     return TickCheck(ticks, checked.bad)
 
 

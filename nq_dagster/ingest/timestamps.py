@@ -25,8 +25,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 # a date, optionally followed by [T ]HH:MM[:SS[.ffffff]] and then optionally by Z or +HH:MM / -HH:MM
-ISO_SHAPE = re.compile(r"^(\d{4}-\d{2}-\d{2})"
-                       r"(?:([T ])(\d{2}:\d{2})(?::(\d{2})(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$")
+ISO_SHAPE = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})"
+    r"(?:([T ])(\d{2}:\d{2})(?::(\d{2})(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"
+)
 
 
 def epoch_seconds(x: float | np.ndarray) -> float | np.ndarray:
@@ -86,8 +88,12 @@ def _numbers_or_iso(text: pl.Series) -> pl.Series:
     out = _from_epoch(numbers.fill_null(float("nan")).to_numpy())
     if numbers.null_count():
         iso_at = numbers.is_null().arg_true()
-        iso = pd.to_datetime(pd.Series(text.gather(iso_at).to_list(), dtype="string"), utc=True,
-                             errors="coerce", format="ISO8601")
+        iso = pd.to_datetime(
+            pd.Series(text.gather(iso_at).to_list(), dtype="string"),
+            utc=True,
+            errors="coerce",
+            format="ISO8601",
+        )
         iso = iso.dt.as_unit("us")  # (a finer fraction is cut off)
         out = out.scatter(iso_at, pl.from_pandas(iso).cast(UTC_MICROS))
     return out

@@ -5,9 +5,17 @@ load torch: the code location stays light to load (tests/test_pipeline.py checks
 
 import importlib
 
-_WHERE = {"ENCODERS": "encoders", "encode": "encoders", "encoder_inputs": "encoders",
-          "PATTERN_NAMES": "patterns", "detect_patterns": "patterns", "Reservoir": "reservoir",
-          "ridge_fit": "reservoir", "ridge_predict": "reservoir", "scale_to_spectral_radius": "reservoir"}
+_WHERE = {
+    "ENCODERS": "encoders",
+    "encode": "encoders",
+    "encoder_inputs": "encoders",
+    "PATTERN_NAMES": "patterns",
+    "detect_patterns": "patterns",
+    "Reservoir": "reservoir",
+    "ridge_fit": "reservoir",
+    "ridge_predict": "reservoir",
+    "scale_to_spectral_radius": "reservoir",
+}
 __all__ = sorted(_WHERE)
 
 

@@ -31,8 +31,9 @@ ENCODERS = ("rate", "temporal", "population", "phase")
 def _blocks(n_features: int, neuron_count: int) -> np.ndarray:
     """Feature index of every neuron: contiguous blocks, the last block takes the remainder."""
     if neuron_count < n_features:
-        raise ValueError(f"neuron_count={neuron_count} must be at least the number of features "
-                         f"({n_features})")
+        raise ValueError(
+            f"neuron_count={neuron_count} must be at least the number of features ({n_features})"
+        )
     per = neuron_count // n_features
     idx = np.minimum(np.arange(neuron_count) // per, n_features - 1)
     return idx
@@ -50,8 +51,9 @@ def _check(x: torch.Tensor, window_bins: int, min_rate_hz: float, max_rate_hz: f
     if window_bins < 1 or bin_ms <= 0:
         raise ValueError("window_bins must be >= 1 and bin_ms > 0")
     if min_rate_hz < 0 or max_rate_hz < 0 or min_rate_hz > max_rate_hz:
-        raise ValueError(f"rates must satisfy 0 <= min_rate_hz <= max_rate_hz; got {min_rate_hz}, "
-                         f"{max_rate_hz}")
+        raise ValueError(
+            f"rates must satisfy 0 <= min_rate_hz <= max_rate_hz; got {min_rate_hz}, {max_rate_hz}"
+        )
     if max_rate_hz * bin_ms / 1000.0 > 1.0:
         raise ValueError(f"max_rate_hz={max_rate_hz} with bin_ms={bin_ms} exceeds one spike per bin")
 
@@ -134,7 +136,7 @@ def _below_cpu(seed, shape: tuple[int, int, int, int], step_offset, p: torch.Ten
     m31, mul = np.uint32(_M31), np.uint32(0x45D9F3B)
     for r0 in range(0, S * T, rows):
         r1 = min(S * T, r0 + rows)
-        f, g = buf[:r1 - r0], tmp[:r1 - r0]
+        f, g = buf[: r1 - r0], tmp[: r1 - r0]
         np.add(slots, keys[r0:r1, None, None], out=f)
         f &= m31
         for _ in range(2):
@@ -151,8 +153,10 @@ def _below_cpu(seed, shape: tuple[int, int, int, int], step_offset, p: torch.Ten
 @functools.lru_cache(maxsize=16)
 def _slots(W: int, N: int, device: str) -> torch.Tensor:
     """The (bin, neuron) part of every key: (W, N) int32, below 2**31."""
-    return (torch.arange(W, device=device, dtype=torch.int32)[:, None] * 65_537
-            + torch.arange(N, device=device, dtype=torch.int32)[None, :])
+    return (
+        torch.arange(W, device=device, dtype=torch.int32)[:, None] * 65_537
+        + torch.arange(N, device=device, dtype=torch.int32)[None, :]
+    )
 
 
 def _below(bits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -161,10 +165,21 @@ def _below(bits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return bits < thr
 
 
-def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int = 1000,
-           window_bins: int = 25, bin_ms: float = 1.0, min_rate_hz: float = 1.0, max_rate_hz: float = 100.0,
-           sigma: float = 0.05, base_hz: float = 40.0, seed: int = 0, device: str = "cpu",
-           step_offset: int = 0, chunk_steps: int = 256) -> torch.Tensor:
+def encode(
+    x: torch.Tensor | np.ndarray,
+    method: str = "rate",
+    neuron_count: int = 1000,
+    window_bins: int = 25,
+    bin_ms: float = 1.0,
+    min_rate_hz: float = 1.0,
+    max_rate_hz: float = 100.0,
+    sigma: float = 0.05,
+    base_hz: float = 40.0,
+    seed: int = 0,
+    device: str = "cpu",
+    step_offset: int = 0,
+    chunk_steps: int = 256,
+) -> torch.Tensor:
     """Encode (S, T, F) values in [0, 1] into (S, T, W, N) bool spikes. See the module docstring.
 
     `step_offset` is the index of the first step in the whole stream, so that a
@@ -222,8 +237,9 @@ def encode(x: torch.Tensor | np.ndarray, method: str = "rate", neuron_count: int
     return out
 
 
-def phase_of_bins(T: int, window_bins: int, bin_ms: float = 1.0, base_hz: float = 40.0, step_offset: int = 0
-                  ) -> np.ndarray:
+def phase_of_bins(
+    T: int, window_bins: int, bin_ms: float = 1.0, base_hz: float = 40.0, step_offset: int = 0
+) -> np.ndarray:
     """Oscillation phase (radians, [0, 2 pi)) of every bin, (T, W): for decoding the phase code."""
     period_bins = 1000.0 / (base_hz * bin_ms)
     abs_bin = (np.arange(T)[:, None] + step_offset) * window_bins + np.arange(window_bins)[None, :]
@@ -261,9 +277,11 @@ def encoder_inputs(values: np.ndarray, window: int = 50) -> np.ndarray:
     mean = s.rolling(window, min_periods=1).mean()
     std = s.rolling(window, min_periods=2).std().fillna(0.0).clip(lower=floor)
     med = sd.rolling(10 * window, min_periods=1).median()
-    feats = np.column_stack([
-        dx / sd,
-        (s - mean) / std,
-        np.log(sd / med),
-    ])
+    feats = np.column_stack(
+        [
+            dx / sd,
+            (s - mean) / std,
+            np.log(sd / med),
+        ]
+    )
     return 1.0 / (1.0 + np.exp(-np.clip(feats, -30, 30)))

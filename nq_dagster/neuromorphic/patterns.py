@@ -33,8 +33,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PATTERN_NAMES = ("synchronous", "travelling_wave", "standing_wave", "emergent", "rhythmic", "sparse", "burst",
-                 "chaotic")
+PATTERN_NAMES = (
+    "synchronous",
+    "travelling_wave",
+    "standing_wave",
+    "emergent",
+    "rhythmic",
+    "sparse",
+    "burst",
+    "chaotic",
+)
 DETECTOR_WINDOW = 32  # steps the look-back detectors read
 BURST_ISI = 2  # bins: an inter-spike interval this short is part of a burst
 ORDER = 3  # permutation-entropy order
@@ -79,13 +87,14 @@ def travelling_wave(spikes: np.ndarray, chunk: int = 256) -> np.ndarray:
     i = np.arange(N, dtype=float)
     out = np.zeros(T)
     for c0 in range(0, T, chunk):
-        s = spikes[c0:c0 + chunk].astype(np.float64)  # (t, W, N), a bounded chunk
+        s = spikes[c0 : c0 + chunk].astype(np.float64)  # (t, W, N), a bounded chunk
         per_bin = s.sum(axis=2)  # (t, W)
         si_b = s @ i  # (t, W): sum of neuron indices that fired in each bin
         sii = (s @ (i * i)).sum(axis=1)
         n = per_bin.sum(axis=1)
-        out[c0:c0 + chunk] = travelling_from_moments(n, per_bin @ b, per_bin @ (b * b), si_b.sum(axis=1), sii,
-                                                     si_b @ b)
+        out[c0 : c0 + chunk] = travelling_from_moments(
+            n, per_bin @ b, per_bin @ (b * b), si_b.sum(axis=1), sii, si_b @ b
+        )
     return out
 
 
@@ -106,7 +115,7 @@ def standing_wave(activity: np.ndarray, window: int = 32, start: int = 0) -> np.
     for t in range(first, min(window - 1, T)):  # the first steps' windows are shorter
         out[t] = standing_wave_gram(window_grams(D, np.array([t - lo]), t + 1))[0]
     for c in range(0, len(full), 1024):
-        ends = full[c:c + 1024]
+        ends = full[c : c + 1024]
         out[ends] = standing_wave_gram(window_grams(D, ends - lo, window))
     return out
 
@@ -117,7 +126,7 @@ def lag_dots(A: np.ndarray, k: int) -> np.ndarray:
     T = len(A)
     D = np.zeros((T, k))
     for lag in range(min(k, T)):
-        D[lag:, lag] = np.einsum("tm,tm->t", A[lag:], A[:T - lag])
+        D[lag:, lag] = np.einsum("tm,tm->t", A[lag:], A[: T - lag])
     return D
 
 
@@ -135,8 +144,9 @@ def standing_wave_gram(R: np.ndarray) -> np.ndarray:
     from scipy.linalg.lapack import dsyevr
 
     B, k, _ = R.shape
-    G = (R - R.mean(axis=2, keepdims=True) - R.mean(axis=1, keepdims=True)
-         + R.mean(axis=(1, 2), keepdims=True))  # short windows: cheap eigen-decompositions
+    G = (
+        R - R.mean(axis=2, keepdims=True) - R.mean(axis=1, keepdims=True) + R.mean(axis=(1, 2), keepdims=True)
+    )  # short windows: cheap eigen-decompositions
     total = np.trace(G, axis1=1, axis2=2)
     top, crossings = np.zeros(B), np.zeros(B)
     for b in range(B):
@@ -172,8 +182,9 @@ def golomb_chi(var_pop: np.ndarray, var_units: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(chi2, 0, 1))
 
 
-def window_strengths(R: np.ndarray, means: np.ndarray, units: int, steps_seen: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def window_strengths(
+    R: np.ndarray, means: np.ndarray, units: int, steps_seen: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The streaming twin of `standing_wave` and `emergent` at a stream's new step: (standing wave, emergent)
     (S,) from the raw Gram matrices R (S, k, k) of each source's last k = DETECTOR_WINDOW frames (float64 of
     the detector precision), their population means (S, k), the frames' width `units`, and the rows each
@@ -197,8 +208,9 @@ def last_spike_bins(spikes: np.ndarray) -> np.ndarray:
     return np.where(fired, last, NO_SPIKE).astype(np.int64)
 
 
-def isi_by_step(spikes: np.ndarray, prior_last_bin: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def isi_by_step(
+    spikes: np.ndarray, prior_last_bin: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Inter-spike intervals (bins) of time-sorted spikes per neuron, and the step where each interval ends.
 
     `prior_last_bin` (N,) gives each neuron's last spike before this array (negative bin index, or
@@ -218,8 +230,9 @@ def isi_by_step(spikes: np.ndarray, prior_last_bin: np.ndarray | None = None
     return isi.astype(float), end_step
 
 
-def _isi_stats(spikes: np.ndarray, window: int, burst_isi: int, prior_last_bin: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _isi_stats(
+    spikes: np.ndarray, window: int, burst_isi: int, prior_last_bin: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     T = spikes.shape[0]
     isi, step = isi_by_step(spikes, prior_last_bin)
     agg = isi_aggregates(isi, step, T, burst_isi)
@@ -230,14 +243,19 @@ def isi_aggregates(isi: np.ndarray, at: np.ndarray, n: int, burst_isi: int = BUR
     """Per row 0..n-1 (a step, or a source), the intervals `isi` (bins) ending there (`at`): their count, sum,
     sum of squares and how many are bursts (at most `burst_isi` bins), (n, 4). A window's sums of these give
     `rhythm_and_burst`; a stream keeps them per step of its window."""
-    return np.column_stack([np.bincount(at, minlength=n), np.bincount(at, weights=isi, minlength=n),
-                            np.bincount(at, weights=isi**2, minlength=n),
-                            np.bincount(at, weights=(isi <= burst_isi).astype(float), minlength=n)]
-                           ).astype(float)
+    return np.column_stack(
+        [
+            np.bincount(at, minlength=n),
+            np.bincount(at, weights=isi, minlength=n),
+            np.bincount(at, weights=isi**2, minlength=n),
+            np.bincount(at, weights=(isi <= burst_isi).astype(float), minlength=n),
+        ]
+    ).astype(float)
 
 
-def rhythm_and_burst(c: np.ndarray, r1: np.ndarray, r2: np.ndarray, rs: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def rhythm_and_burst(
+    c: np.ndarray, r1: np.ndarray, r2: np.ndarray, rs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The rhythmic and burst strengths from a window's interval count c, sum r1, sum of squares r2 and bursts
     rs: 1 - CV of the intervals, and the share of bursts (0 below three intervals)."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -248,8 +266,14 @@ def rhythm_and_burst(c: np.ndarray, r1: np.ndarray, r2: np.ndarray, rs: np.ndarr
     return rhythm, burst
 
 
-def isi_step(sp: SpikeStep, steps: np.ndarray, bins: int, last_spike: np.ndarray, window: np.ndarray,
-             burst_isi: int = BURST_ISI) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def isi_step(
+    sp: SpikeStep,
+    steps: np.ndarray,
+    bins: int,
+    last_spike: np.ndarray,
+    window: np.ndarray,
+    burst_isi: int = BURST_ISI,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The streaming twin of the rhythmic and burst detectors at each source's new step: the intervals of the
     step's spikes (`sp`; `steps` (S,) each source's absolute step, `bins` per step), counted across the step
     boundary from each neuron's last spike (`last_spike` (S, N) absolute bins, or NO_SPIKE), join the
@@ -318,10 +342,14 @@ def spike_step(spikes: np.ndarray) -> SpikeStep:
     total = per_bin.sum(axis=1)
     bf, i_f = b.astype(float), neuron.astype(float)
     bins = np.arange(W, dtype=float)
-    trav = travelling_from_moments(total, per_bin @ bins, per_bin @ (bins**2),
-                                   np.bincount(src, weights=i_f, minlength=S),
-                                   np.bincount(src, weights=i_f * i_f, minlength=S),
-                                   np.bincount(src, weights=bf * i_f, minlength=S))
+    trav = travelling_from_moments(
+        total,
+        per_bin @ bins,
+        per_bin @ (bins**2),
+        np.bincount(src, weights=i_f, minlength=S),
+        np.bincount(src, weights=i_f * i_f, minlength=S),
+        np.bincount(src, weights=bf * i_f, minlength=S),
+    )
     sync, spars = synchrony_of_bins(per_bin), sparseness_of_counts(counts)
     return SpikeStep(src, neuron, b, counts, sync, trav, spars, total / (N * W), (counts > 0).mean(axis=1))
 
@@ -339,7 +367,7 @@ def permutation_entropy(x: np.ndarray, window: int = 32, order: int = 3) -> np.n
     onehot = np.zeros((len(code), n_codes))
     onehot[np.arange(len(code)), code] = 1
     counts = _rolling_sum(onehot, window - order + 1)
-    out[order - 1:] = entropy_of_counts(counts, order)
+    out[order - 1 :] = entropy_of_counts(counts, order)
     out[: min(T, window // 2)] = 0.0  # too few patterns for a meaningful entropy
     return out
 
@@ -358,8 +386,9 @@ def entropy_of_counts(counts: np.ndarray, order: int = ORDER) -> np.ndarray:
     return np.clip(h, 0, 1)
 
 
-def entropy_step(codes: np.ndarray, means: np.ndarray, steps_seen: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def entropy_step(
+    codes: np.ndarray, means: np.ndarray, steps_seen: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The streaming twin of `permutation_entropy` at a stream's new step: the ordinal code of the newest
     ORDER population means (`means` (S, >= ORDER), chronological) joins the codes of the window's earlier ones
     (`codes` (S, k)); returns (chaotic strength (S,), the codes with the new one (S, k + 1))."""
@@ -378,9 +407,14 @@ def as_detector_activity(activity: np.ndarray) -> np.ndarray:
     return np.asarray(activity, dtype=DETECTOR_DTYPE).astype(float)
 
 
-def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = DETECTOR_WINDOW,
-                    burst_isi: int = BURST_ISI, prior_last_bin: np.ndarray | None = None,
-                    last: int | None = None) -> dict[str, np.ndarray]:
+def detect_patterns(
+    spikes: np.ndarray,
+    activity: np.ndarray,
+    window: int = DETECTOR_WINDOW,
+    burst_isi: int = BURST_ISI,
+    prior_last_bin: np.ndarray | None = None,
+    last: int | None = None,
+) -> dict[str, np.ndarray]:
     """All eight strengths, (T,) each, in [0, 1]. `spikes` (T, W, N) bool, `activity` (T, M) float.
 
     On the tail of a stream (at least `window` steps before the rows wanted, and `prior_last_bin` from
@@ -389,8 +423,9 @@ def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = DETE
     spikes = np.asarray(spikes, dtype=bool)
     activity = as_detector_activity(activity)
     if spikes.ndim != 3 or activity.ndim != 2 or len(spikes) != len(activity):
-        raise ValueError(f"need spikes (T, W, N) and activity (T, M) with the same T; got {spikes.shape}, "
-                         f"{activity.shape}")
+        raise ValueError(
+            f"need spikes (T, W, N) and activity (T, M) with the same T; got {spikes.shape}, {activity.shape}"
+        )
     if len(spikes) == 0:
         raise ValueError("no time steps")
     if window < 4:
@@ -398,14 +433,14 @@ def detect_patterns(spikes: np.ndarray, activity: np.ndarray, window: int = DETE
     T = len(spikes)
     k = T if last is None else int(min(max(last, 1), T))
     rhythm, burst = _isi_stats(spikes, window, burst_isi, prior_last_bin)
-    tail = spikes[T - k:]
+    tail = spikes[T - k :]
     return {
         "synchronous": synchronous(tail),
         "travelling_wave": travelling_wave(tail),
-        "standing_wave": standing_wave(activity, window, start=T - k)[T - k:],
-        "emergent": emergent(activity, window)[T - k:],
-        "rhythmic": rhythm[T - k:],
+        "standing_wave": standing_wave(activity, window, start=T - k)[T - k :],
+        "emergent": emergent(activity, window)[T - k :],
+        "rhythmic": rhythm[T - k :],
         "sparse": sparse(tail),
-        "burst": burst[T - k:],
-        "chaotic": permutation_entropy(activity.mean(axis=1), window)[T - k:],
+        "burst": burst[T - k :],
+        "chaotic": permutation_entropy(activity.mean(axis=1), window)[T - k :],
     }

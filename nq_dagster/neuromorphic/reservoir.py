@@ -46,15 +46,30 @@ class ReservoirState:
     refr: torch.Tensor | None = None  # lif remaining refractory steps
 
     def to(self, device: str) -> ReservoirState:
-        return ReservoirState(*[t.to(device) if t is not None else None
-                                for t in (self.x, self.v, self.z, self.refr)])
+        return ReservoirState(
+            *[t.to(device) if t is not None else None for t in (self.x, self.v, self.z, self.refr)]
+        )
 
 
 class Reservoir:
-    def __init__(self, n_inputs: int, size: int = 500, spectral_radius: float = 0.95, leak: float = 0.3,
-                 connectivity: float = 0.1, input_scaling: float = 1.0, bias_scaling: float = 0.2,
-                 mode: str = "esn", seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 tau_m: float = 4.0, v_th: float = 0.5, v_reset: float = 0.0, refractory: int = 1):
+    def __init__(
+        self,
+        n_inputs: int,
+        size: int = 500,
+        spectral_radius: float = 0.95,
+        leak: float = 0.3,
+        connectivity: float = 0.1,
+        input_scaling: float = 1.0,
+        bias_scaling: float = 0.2,
+        mode: str = "esn",
+        seed: int = 0,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        tau_m: float = 4.0,
+        v_th: float = 0.5,
+        v_reset: float = 0.0,
+        refractory: int = 1,
+    ):
         if mode not in ("esn", "lif"):
             raise ValueError(f"mode must be 'esn' or 'lif'; got {mode!r}")
         if n_inputs < 1 or size < 2:
@@ -92,8 +107,9 @@ class Reservoir:
         return ReservoirState(x, v=z.clone(), z=z.clone(), refr=z.clone())
 
     @torch.no_grad()
-    def run(self, u: torch.Tensor | np.ndarray, state: ReservoirState | None = None
-            ) -> tuple[torch.Tensor, ReservoirState]:
+    def run(
+        self, u: torch.Tensor | np.ndarray, state: ReservoirState | None = None
+    ) -> tuple[torch.Tensor, ReservoirState]:
         """Drive the reservoir with u (B, T, n_inputs); returns features (B, T, size) and the final state."""
         u = torch.as_tensor(u, dtype=self.dtype, device=self.device)
         if u.ndim == 2:
@@ -125,16 +141,20 @@ class Reservoir:
             v = self.decay * v + (1 - self.decay) * (drive[t] + z @ self.W)
             active = refr <= 0
             z = ((v >= self.v_th) & active).to(self.dtype)
-            v = torch.where(z > 0, torch.full_like(v, self.v_reset),
-                            torch.where(active, v, torch.full_like(v, self.v_reset)))
+            v = torch.where(
+                z > 0,
+                torch.full_like(v, self.v_reset),
+                torch.where(active, v, torch.full_like(v, self.v_reset)),
+            )
             refr = torch.where(z > 0, torch.full_like(refr, float(self.refractory)), refr - 1)
             x = (1 - a) * x + a * z
             out[t] = x
         return out.transpose(0, 1), ReservoirState(x, v, z, refr)
 
     @torch.no_grad()
-    def step(self, u: torch.Tensor, state: ReservoirState, gather_inputs: bool = False
-             ) -> tuple[torch.Tensor, ReservoirState]:
+    def step(
+        self, u: torch.Tensor, state: ReservoirState, gather_inputs: bool = False
+    ) -> tuple[torch.Tensor, ReservoirState]:
         """One step of a streaming source, u (1, n_inputs) already on the device and checked by the caller:
         the same three kernels as `run`'s dense esn loop for one step (and `run` itself for lif or sparse).
 
@@ -167,8 +187,12 @@ class Reservoir:
 
             w = self.W.numpy()
             sparse = self.connectivity <= 0.25
-            self._np = (scipy.sparse.csr_array(w.T) if sparse else w, self.W_in.numpy(), self.b.numpy(),
-                        sparse)
+            self._np = (
+                scipy.sparse.csr_array(w.T) if sparse else w,
+                self.W_in.numpy(),
+                self.b.numpy(),
+                sparse,
+            )
         w, w_in, b, sparse = self._np
         nz = np.flatnonzero(u[0]) if len(u) == 1 else None
         h = b + (u[0, nz] @ w_in[nz])[None] if nz is not None and 2 * len(nz) < u.shape[1] else b + u @ w_in
@@ -179,8 +203,7 @@ class Reservoir:
     def _use_sparse(self, batch: int) -> bool:
         """CSR recurrent weights on CPU, where they beat dense BLAS for a sparse W (bench/RESULTS.md);
         dense on CUDA (cuBLAS) and for a single small reservoir, where the sparse kernel's overhead wins."""
-        return (self.W.device.type == "cpu" and self.connectivity <= 0.25
-                and (batch > 1 or self.size >= 800))
+        return self.W.device.type == "cpu" and self.connectivity <= 0.25 and (batch > 1 or self.size >= 800)
 
     def _run_esn_sparse(self, u: torch.Tensor, state: ReservoirState) -> tuple[torch.Tensor, ReservoirState]:
         """The esn loop in column layout, (size, B), so that the recurrent term is one CSR x dense product.
@@ -194,8 +217,9 @@ class Reservoir:
                 warnings.simplefilter("ignore", UserWarning)
                 csr = self.W.T.contiguous().to_sparse_csr()  # w (column convention): h^T = w x^T
                 # int32 indices: MKL's sparse product runs faster than with torch's default int64
-                self._csr = torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(),
-                                                    csr.values(), csr.shape)
+                self._csr = torch.sparse_csr_tensor(
+                    csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape
+                )
         B, T, _ = u.shape
         N, a = self.size, self.leak
         uT = u.permute(1, 2, 0).contiguous()  # (T, n_inputs, B)
@@ -248,10 +272,17 @@ class BatchedReservoirs:
 
     def __init__(self, reservoirs: list[Reservoir]):
         r0 = reservoirs[0]
-        if any(r.mode != "esn" or r.size != r0.size or r.n_inputs != r0.n_inputs or r.leak != r0.leak
-               or r.W.device.type != "cpu" for r in reservoirs):
-            raise ValueError("batched stepping needs esn reservoirs of one size, input width and leak, on "
-                             "CPU")
+        if any(
+            r.mode != "esn"
+            or r.size != r0.size
+            or r.n_inputs != r0.n_inputs
+            or r.leak != r0.leak
+            or r.W.device.type != "cpu"
+            for r in reservoirs
+        ):
+            raise ValueError(
+                "batched stepping needs esn reservoirs of one size, input width and leak, on CPU"
+            )
         self.count, self.size, self.n_inputs, self.leak = len(reservoirs), r0.size, r0.n_inputs, r0.leak
         N = self.size
         self.W_in = torch.stack([r.W_in for r in reservoirs]).contiguous()  # (S, n_inputs, N), row convention
@@ -270,18 +301,22 @@ class BatchedReservoirs:
                 col.append(c.col_indices() + k * N)
                 val.append(c.values())
                 nnz += int(c.values().numel())
-            self.csr = torch.sparse_csr_tensor(torch.cat(crow).int(), torch.cat(col).int(), torch.cat(val),
-                                               (self.count * N, self.count * N))
+            self.csr = torch.sparse_csr_tensor(
+                torch.cat(crow).int(), torch.cat(col).int(), torch.cat(val), (self.count * N, self.count * N)
+            )
         # the same block-diagonal matrix for scipy (float32 values, int32 indices: the arrays are shared),
         # whose products `step` uses, without torch's per-call overhead (bench/RESULTS.md)
         import scipy.sparse
 
-        self._sp = scipy.sparse.csr_array((self.csr.values().numpy(), self.csr.col_indices().numpy(),
-                                           self.csr.crow_indices().numpy()), shape=tuple(self.csr.shape))
+        self._sp = scipy.sparse.csr_array(
+            (self.csr.values().numpy(), self.csr.col_indices().numpy(), self.csr.crow_indices().numpy()),
+            shape=tuple(self.csr.shape),
+        )
 
     @torch.no_grad()
-    def step(self, pos: np.ndarray, u: torch.Tensor, x: torch.Tensor, sparse_input: bool = True
-             ) -> torch.Tensor:
+    def step(
+        self, pos: np.ndarray, u: torch.Tensor, x: torch.Tensor, sparse_input: bool = True
+    ) -> torch.Tensor:
         """One step of the reservoirs at positions `pos` (A,): inputs u (A, n_inputs), states x (A, size);
         returns the new states (A, size). In numpy and scipy on the torch tensors' memory (CPU only)."""
         import scipy.sparse
@@ -303,8 +338,9 @@ class BatchedReservoirs:
             a, i = np.nonzero(un)
             indptr = np.zeros(len(pos) + 1, dtype=np.int64)
             np.cumsum(np.bincount(a, minlength=len(pos)), out=indptr[1:])
-            U = scipy.sparse.csr_array((un[a, i], pos[a] * self.n_inputs + i, indptr),
-                                       shape=(len(pos), S * self.n_inputs))
+            U = scipy.sparse.csr_array(
+                (un[a, i], pos[a] * self.n_inputs + i, indptr), shape=(len(pos), S * self.n_inputs)
+            )
             h += U @ w_in.reshape(S * self.n_inputs, N)
         else:
             h += np.einsum("ai,aij->aj", un, w_in[pos])

@@ -21,9 +21,17 @@ def source_seed(base: int, source: str) -> int:
 
 def build_reservoir(cfg, n_inputs: int, source: str, device: str = "cpu") -> Reservoir:
     """The source's reservoir: its weights follow from the config and the source name alone."""
-    return Reservoir(n_inputs, cfg.reservoir_size, cfg.spectral_radius, cfg.leak, cfg.connectivity,
-                     input_scaling=cfg.input_scaling, mode=cfg.reservoir_mode,
-                     seed=source_seed(cfg.seed + 1, source), device=device)
+    return Reservoir(
+        n_inputs,
+        cfg.reservoir_size,
+        cfg.spectral_radius,
+        cfg.leak,
+        cfg.connectivity,
+        input_scaling=cfg.input_scaling,
+        mode=cfg.reservoir_mode,
+        seed=source_seed(cfg.seed + 1, source),
+        device=device,
+    )
 
 
 def pack_spikes(spikes: np.ndarray) -> dict:
@@ -44,8 +52,10 @@ def reservoir_input(spikes: np.ndarray) -> np.ndarray:
 def spike_statistics(spikes: np.ndarray) -> dict[str, np.ndarray]:
     """Per step: share of (bin, neuron) slots that spiked, and share of neurons that spiked at all."""
     T, W, N = spikes.shape
-    return {"spike_rate": spikes.sum(axis=(1, 2)) / (N * W),
-            "active_fraction": spikes.any(axis=1).mean(axis=1)}
+    return {
+        "spike_rate": spikes.sum(axis=(1, 2)) / (N * W),
+        "active_fraction": spikes.any(axis=1).mean(axis=1),
+    }
 
 
 # the analog reservoir: a plain echo-state network driven by the value and its change themselves (no spike
@@ -66,8 +76,9 @@ def analog_scaling(values: np.ndarray) -> np.ndarray:
 
 def analog_inputs(x: np.ndarray, dx: np.ndarray, scaling: np.ndarray) -> np.ndarray:
     """The analog design inputs (standardised value and change), (T, 2)."""
-    return np.column_stack([(np.asarray(x, float) - scaling[0]) / scaling[1],
-                            np.asarray(dx, float) / scaling[2]])
+    return np.column_stack(
+        [(np.asarray(x, float) - scaling[0]) / scaling[1], np.asarray(dx, float) / scaling[2]]
+    )
 
 
 def analog_drive(inputs: np.ndarray) -> np.ndarray:
@@ -77,8 +88,17 @@ def analog_drive(inputs: np.ndarray) -> np.ndarray:
 
 
 def build_analog_reservoir(cfg, source: str, device: str = "cpu") -> Reservoir:
-    return Reservoir(2, ANALOG_SIZE, cfg.spectral_radius, cfg.leak, cfg.connectivity, input_scaling=1.0,
-                     mode="esn", seed=source_seed(cfg.seed + 2, source), device=device)
+    return Reservoir(
+        2,
+        ANALOG_SIZE,
+        cfg.spectral_radius,
+        cfg.leak,
+        cfg.connectivity,
+        input_scaling=1.0,
+        mode="esn",
+        seed=source_seed(cfg.seed + 2, source),
+        device=device,
+    )
 
 
 def analog_states(values: np.ndarray, cfg, source: str, device: str = "cpu"):

@@ -4,10 +4,24 @@ Names are imported on first use (PEP 562): importing the package loads no scipy.
 
 import importlib
 
-_CORE = ("anneal", "evolve", "ground_state", "imaginary_time", "l1_coherence", "pauli_sum",
-         "qubo_hamiltonian", "tfim_chain", "tfim_open_chain_exact_energy", "transverse_field")
-_WHERE = {**{n: "core" for n in _CORE}, "QuboResult": "qubo", "simulated_annealing": "qubo",
-          "solve_qubo": "qubo"}
+_CORE = (
+    "anneal",
+    "evolve",
+    "ground_state",
+    "imaginary_time",
+    "l1_coherence",
+    "pauli_sum",
+    "qubo_hamiltonian",
+    "tfim_chain",
+    "tfim_open_chain_exact_energy",
+    "transverse_field",
+)
+_WHERE = {
+    **{n: "core" for n in _CORE},
+    "QuboResult": "qubo",
+    "simulated_annealing": "qubo",
+    "solve_qubo": "qubo",
+}
 __all__ = sorted(_WHERE)
 
 

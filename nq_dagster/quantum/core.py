@@ -28,9 +28,11 @@ def _check_n(n: int, limit: int = MAX_STATE_VECTOR_QUBITS) -> None:
     if n < 1:
         raise ValueError("need at least one qubit")
     if n > limit:
-        raise ValueError(f"{n} qubits need 2^{n} amplitudes ({16 * 2**n / 2**30:.1f} GiB per state), above "
-                         f"the state-vector limit of {limit} qubits; use the classical simulated-annealing "
-                         "solver")
+        raise ValueError(
+            f"{n} qubits need 2^{n} amplitudes ({16 * 2**n / 2**30:.1f} GiB per state), above "
+            f"the state-vector limit of {limit} qubits; use the classical simulated-annealing "
+            "solver"
+        )
 
 
 def pauli_string(label: str) -> sp.csr_matrix:
@@ -85,8 +87,9 @@ def tfim_open_chain_exact_energy(n: int, J: float = 1.0, g: float = 1.0) -> floa
     return -0.5 * float(np.sum(np.linalg.svd(T, compute_uv=False)))
 
 
-def qubo_hamiltonian(Q: np.ndarray, h: np.ndarray | None = None, limit: int = MAX_STATE_VECTOR_QUBITS
-                     ) -> sp.csr_matrix:
+def qubo_hamiltonian(
+    Q: np.ndarray, h: np.ndarray | None = None, limit: int = MAX_STATE_VECTOR_QUBITS
+) -> sp.csr_matrix:
     """Diagonal problem Hamiltonian whose energy on basis state x is x^T Q x + h^T x.
 
     Built as an Ising operator from Pauli Z's with x_i = (1 - Z_i) / 2:
@@ -181,9 +184,14 @@ class Convergence:
         return d
 
 
-def imaginary_time(H: sp.spmatrix, psi0: np.ndarray, dtau: float = 0.5, max_iter: int = 2000,
-                   energy_tolerance: float = 1e-6, exact: tuple[float, np.ndarray] | None = None
-                   ) -> tuple[np.ndarray, Convergence]:
+def imaginary_time(
+    H: sp.spmatrix,
+    psi0: np.ndarray,
+    dtau: float = 0.5,
+    max_iter: int = 2000,
+    energy_tolerance: float = 1e-6,
+    exact: tuple[float, np.ndarray] | None = None,
+) -> tuple[np.ndarray, Convergence]:
     """Normalised imaginary-time evolution psi <- exp(-H dtau) psi / ||.||, until the energy changes by less
     than energy_tolerance / 100 per step; then compared with the exact ground state."""
     psi = np.asarray(psi0, dtype=complex)
@@ -196,14 +204,26 @@ def imaginary_time(H: sp.spmatrix, psi0: np.ndarray, dtau: float = 0.5, max_iter
         if abs(energies[-1] - energies[-2]) < energy_tolerance / 100:
             break
     e0, g = exact if exact is not None else ground_state(H)
-    return psi, Convergence(energies[-1], e0, energies[-1] - e0, abs(energies[-1] - e0) <= energy_tolerance,
-                            len(energies) - 1, energies[-1] - energies[-2], float(abs(np.vdot(g, psi)) ** 2),
-                            energies)
+    return psi, Convergence(
+        energies[-1],
+        e0,
+        energies[-1] - e0,
+        abs(energies[-1] - e0) <= energy_tolerance,
+        len(energies) - 1,
+        energies[-1] - energies[-2],
+        float(abs(np.vdot(g, psi)) ** 2),
+        energies,
+    )
 
 
-def anneal(H_driver: sp.spmatrix, H_problem: sp.spmatrix, evolution_time: float = 1.0, steps: int = 100,
-           energy_tolerance: float = 1e-6, ground: tuple[float, np.ndarray] | None = None
-           ) -> tuple[np.ndarray, Convergence]:
+def anneal(
+    H_driver: sp.spmatrix,
+    H_problem: sp.spmatrix,
+    evolution_time: float = 1.0,
+    steps: int = 100,
+    energy_tolerance: float = 1e-6,
+    ground: tuple[float, np.ndarray] | None = None,
+) -> tuple[np.ndarray, Convergence]:
     """Quantum annealing H(s) = (1 - s) H_driver + s H_problem with the linear schedule
     s = t / evolution_time, integrated as `steps` piecewise-constant slices (midpoint s) from the driver's
     ground state."""
@@ -224,5 +244,13 @@ def anneal(H_driver: sp.spmatrix, H_problem: sp.spmatrix, evolution_time: float 
     else:
         fid = float(abs(np.vdot(g, psi)) ** 2)
     drift = energies[-1] - energies[-2] if len(energies) > 1 else 0.0
-    return psi, Convergence(energies[-1], e0, energies[-1] - e0, abs(energies[-1] - e0) <= energy_tolerance,
-                            steps, drift, fid, energies)
+    return psi, Convergence(
+        energies[-1],
+        e0,
+        energies[-1] - e0,
+        abs(energies[-1] - e0) <= energy_tolerance,
+        steps,
+        drift,
+        fid,
+        energies,
+    )

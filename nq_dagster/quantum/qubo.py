@@ -39,21 +39,31 @@ class QuboResult:
     def diagnostics(self) -> dict:
         """What the state-vector solve measured, for asset metadata (the classical fallback measured none)."""
         if not self.exact:
-            return {"method": self.method,
-                    "gap_to_exact_optimum": "unknown: no exact optimum above the state-vector limit"}
-        return {"method": self.method,
-                # <H_problem> after annealing - optimum
-                "annealer_energy_gap": float(self.annealed_energy - self.energy),
-                "annealing_success_probability": float(self.annealing_success_probability),
-                "annealed_coherence": float(self.annealed_coherence),
-                "annealing_converged": bool(self.converged)}
+            return {
+                "method": self.method,
+                "gap_to_exact_optimum": "unknown: no exact optimum above the state-vector limit",
+            }
+        return {
+            "method": self.method,
+            # <H_problem> after annealing - optimum
+            "annealer_energy_gap": float(self.annealed_energy - self.energy),
+            "annealing_success_probability": float(self.annealing_success_probability),
+            "annealed_coherence": float(self.annealed_coherence),
+            "annealing_converged": bool(self.converged),
+        }
 
     def as_dict(self) -> dict:
-        return {"x": self.x.astype(int).tolist(), "energy": self.energy, "method": self.method,
-                "exact": self.exact,
-                "annealing_success_probability": self.annealing_success_probability,
-                "annealed_energy": self.annealed_energy, "annealed_coherence": self.annealed_coherence,
-                "converged": self.converged, "iterations": self.iterations}
+        return {
+            "x": self.x.astype(int).tolist(),
+            "energy": self.energy,
+            "method": self.method,
+            "exact": self.exact,
+            "annealing_success_probability": self.annealing_success_probability,
+            "annealed_energy": self.annealed_energy,
+            "annealed_coherence": self.annealed_coherence,
+            "converged": self.converged,
+            "iterations": self.iterations,
+        }
 
 
 def qubo_energy(Q: np.ndarray, h: np.ndarray, x: np.ndarray) -> float:
@@ -65,9 +75,15 @@ def bits_of(index: int, n: int) -> np.ndarray:
     return np.array([(index >> (n - 1 - i)) & 1 for i in range(n)], dtype=int)
 
 
-def solve_qubo(Q: np.ndarray, h: np.ndarray | None = None, evolution_time: float = 1.0,
-               anneal_steps: int = 50, state_vector_limit: int = MAX_STATE_VECTOR_QUBITS,
-               energy_tolerance: float = 1e-6, seed: int = 0) -> QuboResult:
+def solve_qubo(
+    Q: np.ndarray,
+    h: np.ndarray | None = None,
+    evolution_time: float = 1.0,
+    anneal_steps: int = 50,
+    state_vector_limit: int = MAX_STATE_VECTOR_QUBITS,
+    energy_tolerance: float = 1e-6,
+    seed: int = 0,
+) -> QuboResult:
     Q, h = check_qubo(Q, h)
     n = len(Q)
     if n > state_vector_limit:
@@ -76,17 +92,31 @@ def solve_qubo(Q: np.ndarray, h: np.ndarray | None = None, evolution_time: float
     Hp = qubo_hamiltonian(Q, h, limit=state_vector_limit)
     e0, g = ground_state(Hp)
     x = bits_of(int(np.argmax(np.abs(g))), n)
-    psi, conv = anneal(transverse_field(n), Hp, evolution_time, anneal_steps, energy_tolerance,
-                       ground=(e0, g))
-    return QuboResult(x, qubo_energy(Q, h, x), "state-vector (exact ground state)", exact=True,
-                      annealing_success_probability=conv.fidelity, annealed_energy=conv.energy,
-                      annealed_coherence=l1_coherence(psi), converged=conv.converged,
-                      iterations=conv.iterations)
+    psi, conv = anneal(
+        transverse_field(n), Hp, evolution_time, anneal_steps, energy_tolerance, ground=(e0, g)
+    )
+    return QuboResult(
+        x,
+        qubo_energy(Q, h, x),
+        "state-vector (exact ground state)",
+        exact=True,
+        annealing_success_probability=conv.fidelity,
+        annealed_energy=conv.energy,
+        annealed_coherence=l1_coherence(psi),
+        converged=conv.converged,
+        iterations=conv.iterations,
+    )
 
 
-def simulated_annealing(Q: np.ndarray, h: np.ndarray, sweeps: int = 2000, restarts: int = 8,
-                        t_start: float | None = None, t_end: float = 1e-3, seed: int = 0
-                        ) -> tuple[np.ndarray, float]:
+def simulated_annealing(
+    Q: np.ndarray,
+    h: np.ndarray,
+    sweeps: int = 2000,
+    restarts: int = 8,
+    t_start: float | None = None,
+    t_end: float = 1e-3,
+    seed: int = 0,
+) -> tuple[np.ndarray, float]:
     """Classical single-bit-flip simulated annealing (geometric temperature schedule), best of `restarts`."""
     Q, h = check_qubo(Q, h)
     n = len(Q)
@@ -111,8 +141,9 @@ def simulated_annealing(Q: np.ndarray, h: np.ndarray, sweeps: int = 2000, restar
     return X[best].astype(int), float(energies[best])
 
 
-def selection_qubo(relevance: np.ndarray, redundancy: np.ndarray, k: int, lam: float = 0.5,
-                   penalty: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def selection_qubo(
+    relevance: np.ndarray, redundancy: np.ndarray, k: int, lam: float = 0.5, penalty: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Feature selection: min -sum r_i x_i + lam sum_{i<j} R_ij x_i x_j + P (sum x_i - k)^2, as (Q, h) without
     the constant."""
     n = len(relevance)
@@ -123,8 +154,9 @@ def selection_qubo(relevance: np.ndarray, redundancy: np.ndarray, k: int, lam: f
     return Q, h
 
 
-def portfolio_qubo(edge: np.ndarray, cov: np.ndarray, k: int, risk_aversion: float = 1.0
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def portfolio_qubo(
+    edge: np.ndarray, cov: np.ndarray, k: int, risk_aversion: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Portfolio choice: min risk_aversion x^T C x - edge^T x + P (sum x_i - k)^2 on a common scale, with the
     cardinality penalty P large enough to dominate any gain from breaking it. Returns (Q, h)."""
     edge, cov = np.asarray(edge, dtype=float), np.asarray(cov, dtype=float)

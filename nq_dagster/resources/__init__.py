@@ -5,8 +5,11 @@ in dagster."""
 
 from importlib import import_module
 
-_WHERE = {"ComputeResource": "nq_dagster.resources.compute", "Warehouse": "nq_dagster.store",
-          "WarehouseResource": "nq_dagster.resources.warehouse_resource"}
+_WHERE = {
+    "ComputeResource": "nq_dagster.resources.compute",
+    "Warehouse": "nq_dagster.store",
+    "WarehouseResource": "nq_dagster.resources.warehouse_resource",
+}
 __all__ = sorted(_WHERE)
 
 

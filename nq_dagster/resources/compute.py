@@ -1,6 +1,5 @@
 """Compute device resource: `auto` picks CUDA when torch sees a GPU, else the CPU."""
 
-
 from dagster import ConfigurableResource
 
 

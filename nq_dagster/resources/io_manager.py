@@ -8,7 +8,6 @@ IO manager requires that very resource (by key, so run configuration of `warehou
 and their outputs never disagree on the data directory or the backend.
 """
 
-
 from typing import Any
 
 import pandas as pd
@@ -53,14 +52,20 @@ class WarehouseIOManager(IOManager):
 
     def load_input(self, context: InputContext) -> Any:
         wh = self._wh()
-        name = context.upstream_output.asset_key.path[-1] if context.upstream_output else context.asset_key.path[-1]
+        name = (
+            context.upstream_output.asset_key.path[-1]
+            if context.upstream_output
+            else context.asset_key.path[-1]
+        )
         source = self._partition(context)
         if wh.table_parts(name, source):
             return wh.read_table(name, source)
         return wh.load_artifact(name, source)
 
 
-@io_manager(required_resource_keys={"warehouse"},
-            description="Asset outputs into the warehouse resource's tables (Parquet) and artifacts (npz + JSON).")
+@io_manager(
+    required_resource_keys={"warehouse"},
+    description="Asset outputs into the warehouse resource's tables (Parquet) and artifacts (npz + JSON).",
+)
 def warehouse_io_manager(context: InitResourceContext) -> WarehouseIOManager:
     return WarehouseIOManager(context.resources.warehouse)

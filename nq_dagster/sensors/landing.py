@@ -53,8 +53,13 @@ from nq_dagster.resources import WarehouseResource
 from nq_dagster.settings import Settings
 from nq_dagster.store import SOURCE_RE, Warehouse, atomic_write_bytes
 
-ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
-          DagsterRunStatus.CANCELING]
+ACTIVE = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
 FINISHED_BAD = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
@@ -117,7 +122,9 @@ def _quarantine(wh: Warehouse, files: list[Path], reason: str) -> list[str]:
         if os.path.lexists(target):
             target = wh.quarantine / f"{f.stem}.{int(time.time())}{f.suffix}"
         f.replace(target)
-        atomic_write_bytes(target.with_name(target.name + ".reason.txt"), f"file: {f}\nreason: {reason}\n".encode())
+        atomic_write_bytes(
+            target.with_name(target.name + ".reason.txt"), f"file: {f}\nreason: {reason}\n".encode()
+        )
         moved.append(f"{target} ({reason})")
     return moved
 
@@ -128,7 +135,8 @@ IN_PROGRESS_SUFFIXES = {".tmp", ".part", ".partial", ".crdownload", ".swp"}  # a
 def quarantine_unusable(wh: Warehouse, now: float, settle: float) -> list[str]:
     """Files in landing/ that no run could ingest go to quarantine/ at once, each with its reason and fix,
     instead of waiting there unseen: a symbolic link or anything but a regular file (never followed or read:
-    a link could point at any file of the machine), an unsupported type, or a source name that is not valid."""
+    a link could point at any file of the machine), an unsupported type, or a source name that is not
+    valid."""
     moved = []
     if not wh.landing.exists():
         return moved
@@ -141,18 +149,27 @@ def quarantine_unusable(wh: Warehouse, now: float, settle: float) -> list[str]:
         rel = f.relative_to(wh.landing)
         source = rel.parts[0] if len(rel.parts) > 1 else f.stem
         if stat.S_ISLNK(st.st_mode):
-            why = ("a symbolic link, refused (never followed: it could point at any file of the machine). Fix: "
-                   "copy or move the file itself into landing/")
+            why = (
+                "a symbolic link, refused (never followed: it could point at any file of the machine). Fix: "
+                "copy or move the file itself into landing/"
+            )
         elif not stat.S_ISREG(st.st_mode):
-            why = ("not a regular file (a FIFO, socket or device). Fix: land CSV, Parquet or JSON-lines files, "
-                   "written elsewhere and renamed into landing/")
+            why = (
+                "not a regular file (a FIFO, socket or device). Fix: land CSV, Parquet or JSON-lines files, "
+                "written elsewhere and renamed into landing/"
+            )
         elif f.suffix.lower() not in SUFFIXES:
-            why = (f"unsupported file type {f.suffix!r}. Fix: land CSV (.csv), Parquet (.parquet) or JSON lines "
-                   f"(.jsonl) files")
+            why = (
+                f"unsupported file type {f.suffix!r}. Fix: land CSV (.csv), Parquet (.parquet) or JSON lines "
+                f"(.jsonl) files"
+            )
         elif not SOURCE_RE.match(source):
-            why = (f"source name {source!r} (from {'its directory' if len(rel.parts) > 1 else 'its file name'}) is "
-                   "not valid. Fix: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, "
-                   "e.g. landing/<source>/<file>.csv")
+            why = (
+                f"source name {source!r} (from "
+                f"{'its directory' if len(rel.parts) > 1 else 'its file name'}) is "
+                "not valid. Fix: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, "
+                "e.g. landing/<source>/<file>.csv"
+            )
         else:
             continue
         moved += _quarantine(wh, [f], why)
@@ -197,8 +214,10 @@ def stuck_starting(instance, run, now: float, settings: Settings) -> str | None:
     since = stamp.timestamp() if stamp is not None else now
     if now - since < settings.run_start_timeout_s:
         return None
-    return (f"STARTING for {now - since:.0f} s (its launch died, e.g. a killed daemon); "
-            f"given up after NQ_RUN_START_TIMEOUT_S={settings.run_start_timeout_s:g}")
+    return (
+        f"STARTING for {now - since:.0f} s (its launch died, e.g. a killed daemon); "
+        f"given up after NQ_RUN_START_TIMEOUT_S={settings.run_start_timeout_s:g}"
+    )
 
 
 def _files_key(plan: Plan, files: list[Path]) -> str:
@@ -206,8 +225,9 @@ def _files_key(plan: Plan, files: list[Path]) -> str:
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
 
 
-def _next_request(wh: Warehouse, instance, plan: Plan, source: str, ready: list[Path], need: int,
-                  max_attempts: int) -> RunRequest | None:
+def _next_request(
+    wh: Warehouse, instance, plan: Plan, source: str, ready: list[Path], need: int, max_attempts: int
+) -> RunRequest | None:
     """The run for a source's waiting files, or None (quarantined, or still running).
 
     Isolation: once a run on several files fails, the source's files go one run each (the first waiting file
@@ -225,8 +245,9 @@ def _next_request(wh: Warehouse, instance, plan: Plan, source: str, ready: list[
         files_key = _files_key(plan, batch)
         akey = f"{source}:{files_key}"
         attempt = plan.cursor["attempts"].get(akey, 0)
-        previous = instance.get_runs(RunsFilter(tags={"dagster/run_key": f"{job}-{source}-{files_key}-a{attempt}"}),
-                                     limit=1)
+        previous = instance.get_runs(
+            RunsFilter(tags={"dagster/run_key": f"{job}-{source}-{files_key}-a{attempt}"}), limit=1
+        )
         if not previous:
             break
         last = previous[0]
@@ -244,30 +265,50 @@ def _next_request(wh: Warehouse, instance, plan: Plan, source: str, ready: list[
             plan.cursor["isolate"].append(source)
             continue
         if fails >= max_attempts:
-            why = (f"{fails} runs failed on this file alone (last run {last.run_id}, status "
-                   f"{last.status.value}); see `nq query \"select * from run_failures\"`")
+            why = (
+                f"{fails} runs failed on this file alone (last run {last.run_id}, status "
+                f'{last.status.value}); see `nq query "select * from run_failures"`'
+            )
             plan.quarantined += _quarantine(wh, batch, why)
             plan.cursor["attempts"].pop(akey, None)
             plan.cursor["failures"].pop(akey, None)
             return None
         break
-    tags = {SOURCE_TAG: source, "nq/trigger": "landing", "nq/files": str(len(batch)), "nq/rows_needed": str(need)}
+    tags = {
+        SOURCE_TAG: source,
+        "nq/trigger": "landing",
+        "nq/files": str(len(batch)),
+        "nq/rows_needed": str(need),
+    }
     if len(batch) < len(ready):
         tags[ONLY_TAG] = str(batch[0].relative_to(wh.landing))
-    return RunRequest(run_key=f"{job}-{source}-{files_key}-a{attempt}", job_name=job, partition_key=source,
-                      tags=tags)
+    return RunRequest(
+        run_key=f"{job}-{source}-{files_key}-a{attempt}", job_name=job, partition_key=source, tags=tags
+    )
 
 
-def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], settings: Settings,
-              now: float | None = None) -> Plan:
+def plan_runs(
+    wh: Warehouse,
+    instance,
+    cursor: dict,
+    known_sources: set[str],
+    settings: Settings,
+    now: float | None = None,
+) -> Plan:
     """What one tick requests. Pure apart from reading `landing/`, the run records, and quarantining files
     that cannot be ingested or whose runs failed `NQ_MAX_ATTEMPTS` times."""
     now = time.time() if now is None else now
     settle, max_attempts = settings.settle_seconds, settings.max_attempts
     need = rows_needed(load_config(wh.home), settings.min_rows_to_train)
     old_cache = cursor.get("hashes", {})
-    plan = Plan(cursor={"hashes": {}, "attempts": dict(cursor.get("attempts", {})),
-                        "failures": dict(cursor.get("failures", {})), "isolate": list(cursor.get("isolate", []))})
+    plan = Plan(
+        cursor={
+            "hashes": {},
+            "attempts": dict(cursor.get("attempts", {})),
+            "failures": dict(cursor.get("failures", {})),
+            "isolate": list(cursor.get("isolate", [])),
+        }
+    )
     plan.quarantined += quarantine_unusable(wh, now, settle)
     for source, files in sorted(landing_files(wh).items()):
         ready = [f for f in files if now - f.stat().st_mtime >= settle]
@@ -282,8 +323,11 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], se
         waiting_run = [r for r in runs if r.status != DagsterRunStatus.STARTED]
         # a run whose worker is gone (STARTED) or that never got one (STARTING past the start timeout) holds
         # the source's one-run slot for ever (a queued run behind it could never start): marked failed
-        dead = [(r, why) for r in runs if (why := dead_local_run(instance, r) or stuck_starting(instance, r, now,
-                                                                                            settings))]
+        dead = [
+            (r, why)
+            for r in runs
+            if (why := dead_local_run(instance, r) or stuck_starting(instance, r, now, settings))
+        ]
         for f in ready:
             plan.cursor["hashes"][f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}"] = _hash(f, old_cache)
         if dead:
@@ -304,9 +348,13 @@ def plan_runs(wh: Warehouse, instance, cursor: dict, known_sources: set[str], se
     return plan
 
 
-@sensor(name="landing_sensor", minimum_interval_seconds=SENSOR_INTERVAL, default_status=DefaultSensorStatus.RUNNING,
-        jobs=[streaming, source_pipeline, ingest_only],
-        description="New files in landing/: one streaming (or first training) run per source.")
+@sensor(
+    name="landing_sensor",
+    minimum_interval_seconds=SENSOR_INTERVAL,
+    default_status=DefaultSensorStatus.RUNNING,
+    jobs=[streaming, source_pipeline, ingest_only],
+    description="New files in landing/: one streaming (or first training) run per source.",
+)
 def landing_sensor(context: SensorEvaluationContext, warehouse: WarehouseResource):
     settings = warehouse.settings()  # per tick: the daemon's data directory and timings
     wh = warehouse.warehouse(settings)
@@ -316,12 +364,19 @@ def landing_sensor(context: SensorEvaluationContext, warehouse: WarehouseResourc
     for q in plan.quarantined:
         context.log.warning(f"quarantined {q}")
     if not plan.requests and not plan.new_sources:
-        msg = "; ".join([f"{s}: {why}" for s, why in plan.waiting.items()]
-                        + [f"quarantined {q}" for q in plan.quarantined]) or "no new files in landing/"
+        msg = (
+            "; ".join(
+                [f"{s}: {why}" for s, why in plan.waiting.items()]
+                + [f"quarantined {q}" for q in plan.quarantined]
+            )
+            or "no new files in landing/"
+        )
         context.update_cursor(json.dumps(plan.cursor))
         return SkipReason(msg)
     return SensorResult(
         run_requests=plan.requests,
-        dynamic_partitions_requests=[AddDynamicPartitionsRequest("source", plan.new_sources)] if plan.new_sources else [],
+        dynamic_partitions_requests=[AddDynamicPartitionsRequest("source", plan.new_sources)]
+        if plan.new_sources
+        else [],
         cursor=json.dumps(plan.cursor),
     )

@@ -118,17 +118,25 @@ class KeyStore:
         atomic_write_bytes(self.path, blob)
         os.chmod(self.path, 0o600)
 
-    def create(self, role: str, rate: str = "600/min", burst: int = 50, max_concurrent: int = 32,
-               name: str = "") -> tuple[str, KeyRecord]:
+    def create(
+        self, role: str, rate: str = "600/min", burst: int = 50, max_concurrent: int = 32, name: str = ""
+    ) -> tuple[str, KeyRecord]:
         if role not in ROLES:
             raise ValueError(f"role {role!r}: use one of {', '.join(ROLES)}")
         if burst < 1 or max_concurrent < 1:
             raise ValueError("burst and max_concurrent must be at least 1")
         kid = secrets.token_hex(6)
         key = f"nq_{kid}_{secrets.token_urlsafe(24)}"
-        rec = KeyRecord(id=kid, role=role, hash=self._digest(key), rate_per_s=parse_rate(rate),
-                        burst=int(burst), max_concurrent=int(max_concurrent), name=name,
-                        created_at=datetime.now(UTC).isoformat())
+        rec = KeyRecord(
+            id=kid,
+            role=role,
+            hash=self._digest(key),
+            rate_per_s=parse_rate(rate),
+            burst=int(burst),
+            max_concurrent=int(max_concurrent),
+            name=name,
+            created_at=datetime.now(UTC).isoformat(),
+        )
         keys = dict(self._load(fresh=True))  # read-modify-write: never from the cache
         keys[kid] = rec
         self._save(keys)

@@ -41,8 +41,9 @@ class _Encoder:
 
     def array(self, a: np.ndarray) -> str:
         if a.dtype == object:
-            raise TypeError("object arrays cannot be stored safely; convert them to numbers, strings or "
-                            "timestamps")
+            raise TypeError(
+                "object arrays cannot be stored safely; convert them to numbers, strings or timestamps"
+            )
         key = f"a{len(self.arrays)}"
         self.arrays[key] = np.ascontiguousarray(a)
         return key
@@ -77,17 +78,25 @@ class _Encoder:
         if isinstance(v, pd.Series):
             return {"__t": "series", "name": self.enc(v.name), "v": self._column(v)}
         if isinstance(v, pd.DataFrame):
-            return {"__t": "df", "cols": [self.enc(c) for c in v.columns],
-                    "v": [self._column(v.iloc[:, i]) for i in range(v.shape[1])]}
+            return {
+                "__t": "df",
+                "cols": [self.enc(c) for c in v.columns],
+                "v": [self._column(v.iloc[:, i]) for i in range(v.shape[1])],
+            }
         if type(v).__module__.startswith("torch"):
             return {"__t": "torch", "k": self.array(v.detach().cpu().numpy())}
         if dataclasses.is_dataclass(v) and type(v).__name__ in _REGISTRY:
-            return {"__t": "obj", "cls": type(v).__name__,
-                    "v": {f.name: self.enc(getattr(v, f.name)) for f in dataclasses.fields(v)}}
+            return {
+                "__t": "obj",
+                "cls": type(v).__name__,
+                "v": {f.name: self.enc(getattr(v, f.name)) for f in dataclasses.fields(v)},
+            }
         if isinstance(v, slice):
             return {"__t": "slice", "v": [v.start, v.stop, v.step]}
-        raise TypeError(f"cannot store a {type(v).__module__}.{type(v).__name__} in an artifact; register it "
-                        "or convert it to arrays")
+        raise TypeError(
+            f"cannot store a {type(v).__module__}.{type(v).__name__} in an artifact; register it "
+            "or convert it to arrays"
+        )
 
     def _column(self, s: pd.Series) -> dict:
         if isinstance(s.dtype, pd.DatetimeTZDtype):
@@ -150,8 +159,11 @@ class _Decoder:
         if t == "obj":
             cls = _REGISTRY.get(v["cls"])
             if cls is None:
-                known = "none registered: the process must import nq_dagster.codecs" if not _REGISTRY else \
-                    "the file was written by another version or tampered with"
+                known = (
+                    "none registered: the process must import nq_dagster.codecs"
+                    if not _REGISTRY
+                    else "the file was written by another version or tampered with"
+                )
                 raise ArtifactError(f"{self.where}: unknown object type {v['cls']!r}; {known}")
             return cls(**{k: self.dec(x) for k, x in v["v"].items()})
         raise ArtifactError(f"{self.where}: unknown entry type {t!r}")

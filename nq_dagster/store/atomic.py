@@ -61,12 +61,17 @@ def parquet_options(schema: pa.Schema) -> dict:
             encoding[col.name] = "BYTE_STREAM_SPLIT"
         if pa.types.is_timestamp(t) or pa.types.is_integer(t) or col.name == "source":
             stats.append(col.name)
-    return {"compression": "snappy", "use_dictionary": dictionary, "column_encoding": encoding or None,
-            "write_statistics": stats}
+    return {
+        "compression": "snappy",
+        "use_dictionary": dictionary,
+        "column_encoding": encoding or None,
+        "write_statistics": stats,
+    }
 
 
-def atomic_write_parquet(path: str | os.PathLike, table: pa.Table | pd.DataFrame, store_schema: bool = True
-                         ) -> None:
+def atomic_write_parquet(
+    path: str | os.PathLike, table: pa.Table | pd.DataFrame, store_schema: bool = True
+) -> None:
     """Write a Parquet file whole or not at all. `store_schema=False` leaves Arrow's own schema out of the
     file: dictionary-encoded columns (constants of a part) then read back as plain strings."""
     path = Path(path)

@@ -39,12 +39,26 @@ class ObjectStore:
         bucket = settings.s3_bucket.strip()
         if not bucket:
             return None
-        return cls.connect(bucket, settings.s3_prefix, settings.s3_endpoint, region=settings.aws_region,
-                           access_key=settings.aws_access_key_id, secret_key=settings.aws_secret_access_key)
+        return cls.connect(
+            bucket,
+            settings.s3_prefix,
+            settings.s3_endpoint,
+            region=settings.aws_region,
+            access_key=settings.aws_access_key_id,
+            secret_key=settings.aws_secret_access_key,
+        )
 
     @classmethod
-    def connect(cls, bucket: str, prefix: str = "nq", endpoint: str = "", *, region: str = "us-east-1",
-                access_key: str = "", secret_key: str = "") -> ObjectStore:
+    def connect(
+        cls,
+        bucket: str,
+        prefix: str = "nq",
+        endpoint: str = "",
+        *,
+        region: str = "us-east-1",
+        access_key: str = "",
+        secret_key: str = "",
+    ) -> ObjectStore:
         """The bucket through pyarrow's S3 client. `endpoint`: `http(s)://host[:port]` of an S3-compatible
         server (empty: AWS). Without `access_key` the client finds credentials on its own (its default
         chain)."""
@@ -75,8 +89,9 @@ class ObjectStore:
             fh.write(data)
 
     def put_parquet(self, key: str, table: pa.Table, store_schema: bool = True) -> None:
-        pq.write_table(table, key, filesystem=self.fs, store_schema=store_schema,
-                       **parquet_options(table.schema))
+        pq.write_table(
+            table, key, filesystem=self.fs, store_schema=store_schema, **parquet_options(table.schema)
+        )
 
     @contextlib.contextmanager
     def lock(self, names: list[str], timeout_s: float) -> Iterator[None]:

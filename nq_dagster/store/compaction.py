@@ -38,8 +38,9 @@ from nq_dagster.store.schemas import (
 LOCK_TIMEOUT_S = 120.0  # how long a compaction waits for the source's lock (an ingest of the source)
 
 
-def compact(store: Backend, table: str, source: str, grace_s: float = 60.0, big_rows: int = 1_000_000
-            ) -> dict:
+def compact(
+    store: Backend, table: str, source: str, grace_s: float = 60.0, big_rows: int = 1_000_000
+) -> dict:
     """Merge a source's parts of an append-only table (`raw_ticks`, the logs) into one compacted part,
     atomically; of `predictions`, only the append-only live parts (the streaming job's and the server's, named
     with LIVE_PARTS), into one live part (`stream-compact-...`): training's `data` part is rewritten by name
@@ -56,9 +57,11 @@ def compact(store: Backend, table: str, source: str, grace_s: float = 60.0, big_
     the history's size. One compaction or ingest of a source at a time (the source lock). Returns what it
     did."""
     if table not in APPEND_ONLY_TABLES:
-        raise ValueError(f"only the append-only tables (raw_ticks, the logs) and the live parts of "
-                         f"predictions are compacted; {table!r} has parts rewritten by name (training's "
-                         "'data' part)")
+        raise ValueError(
+            f"only the append-only tables (raw_ticks, the logs) and the live parts of "
+            f"predictions are compacted; {table!r} has parts rewritten by name (training's "
+            "'data' part)"
+        )
     live_only = table == "predictions"
     with store.lock([partition_name(source)], LOCK_TIMEOUT_S):
         removed = remove_replaced(store, table, source, grace_s)
@@ -66,8 +69,12 @@ def compact(store: Backend, table: str, source: str, grace_s: float = 60.0, big_
         if live_only:
             parts = [q for q in parts if q.stem.startswith(LIVE_PARTS)]
         sizes = {q: part_time_range(store, q)[2] for q in parts}
-        out = {"source": source, "parts_before": len(parts), "rows": sum(sizes.values()),
-               "removed_files": removed}
+        out = {
+            "source": source,
+            "parts_before": len(parts),
+            "rows": sum(sizes.values()),
+            "removed_files": removed,
+        }
         parts = [q for q in parts if sizes[q] < big_rows]
         rows_before = sum(sizes[q] for q in parts)
         out["rows_merged"] = rows_before
@@ -91,8 +98,9 @@ def compact(store: Backend, table: str, source: str, grace_s: float = 60.0, big_
         return {**out, "parts_after": len(table_parts(store, table, source)), "compacted": name}
 
 
-def compact_if_many(store: Backend, table: str, source: str, limit: int, grace_s: float = 60.0,
-                    big_rows: int = 1_000_000) -> dict | None:
+def compact_if_many(
+    store: Backend, table: str, source: str, limit: int, grace_s: float = 60.0, big_rows: int = 1_000_000
+) -> dict | None:
     """`compact` once the partition holds more than `limit` parts to merge (of `predictions`, live parts)."""
     parts = table_parts(store, table, source)
     if table == "predictions":

@@ -53,17 +53,24 @@ class ConfigStore:
             raise ConfigError(service, "expected a non-empty JSON object of field: value")
         foreign = sorted(set(changes) - set(SERVICES[service]))
         if foreign:
-            raise ConfigError(foreign[0], f"not a field of service {service!r}; its fields are {list(SERVICES[service])}")
+            raise ConfigError(
+                foreign[0], f"not a field of service {service!r}; its fields are {list(SERVICES[service])}"
+            )
         current = self.active().as_dict()
         path = self.home / "config.json"
         overrides = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         overrides.update(validate_overrides({**overrides, **changes}))
         cfg = PipelineConfig(**overrides)
         history = self.history()
-        entry = {"number": (history[-1]["number"] + 1) if history else 1, "hash": cfg.version, "service": service,
-                 "author": author, "created_at": datetime.now(UTC).isoformat(),
-                 "changes": {k: {"from": current[k], "to": cfg.as_dict()[k]} for k in changes},
-                 "config": cfg.as_dict()}
+        entry = {
+            "number": (history[-1]["number"] + 1) if history else 1,
+            "hash": cfg.version,
+            "service": service,
+            "author": author,
+            "created_at": datetime.now(UTC).isoformat(),
+            "changes": {k: {"from": current[k], "to": cfg.as_dict()[k]} for k in changes},
+            "config": cfg.as_dict(),
+        }
         atomic_write_text(self.dir / f"{entry['number']:06d}-{cfg.version}.json", json.dumps(entry, indent=1))
         atomic_write_text(path, json.dumps(overrides, indent=1, sort_keys=True))
         return entry
@@ -73,7 +80,12 @@ class ConfigStore:
             raise ConfigError("service", f"{service!r} is not one of {list(SERVICES)}")
         cfg = self.active()
         values = cfg.as_dict()
-        return {"service": service, "active_version": cfg.version,
-                "values": {k: values[k] for k in SERVICES[service]},
-                "history": [{k: v[k] for k in ("number", "hash", "service", "author", "created_at", "changes")}
-                            for v in self.history()]}
+        return {
+            "service": service,
+            "active_version": cfg.version,
+            "values": {k: values[k] for k in SERVICES[service]},
+            "history": [
+                {k: v[k] for k in ("number", "hash", "service", "author", "created_at", "changes")}
+                for v in self.history()
+            ],
+        }

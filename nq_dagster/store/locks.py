@@ -30,7 +30,8 @@ def file_locks(directory: Path, names: list[str], timeout_s: float) -> Iterator[
                 except BlockingIOError:
                     if time.monotonic() > deadline:
                         raise TimeoutError(
-                            f"source {name!r}: another ingest held its lock for {timeout_s:g} s") from None
+                            f"source {name!r}: another ingest held its lock for {timeout_s:g} s"
+                        ) from None
                     time.sleep(0.02)
             stack.callback(fcntl.flock, fh, fcntl.LOCK_UN)
         yield

@@ -21,8 +21,9 @@ from nq_dagster.store.schemas import LOG_PARTITION, LOG_TABLES
 COMPACT_LOG_PARTS = 64  # a log table past this many parts is compacted into one
 
 
-def append_log_rows(store: Backend, table: str, df: pd.DataFrame, grace_s: float = 60.0,
-                    big_rows: int = 1_000_000) -> None:
+def append_log_rows(
+    store: Backend, table: str, df: pd.DataFrame, grace_s: float = 60.0, big_rows: int = 1_000_000
+) -> None:
     """Append rows to a log table: one more part named by time (and a random suffix, so two writers in the
     same microsecond never collide); past COMPACT_LOG_PARTS parts the log is compacted into one."""
     part = f"{pd.Timestamp.now(tz='UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
@@ -42,10 +43,15 @@ def migrate_duckdb_file(store: Backend, home: Path) -> None:
             return
         con = duckdb.connect(str(old), read_only=True)
         try:
-            present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
-                                                 "WHERE table_type = 'BASE TABLE'").fetchall()}
-            copies = {n: con.execute(f'SELECT * FROM "{n}"').to_arrow_table()
-                      for n in LOG_TABLES if n in present}
+            present = {
+                r[0]
+                for r in con.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+                ).fetchall()
+            }
+            copies = {
+                n: con.execute(f'SELECT * FROM "{n}"').to_arrow_table() for n in LOG_TABLES if n in present
+            }
         finally:
             con.close()
         for n, tbl in copies.items():

@@ -36,8 +36,14 @@ def tables_root(store: Backend) -> str:
     return store.path("warehouse")
 
 
-def write_part(store: Backend, table: str, source: str, df: pd.DataFrame | pa.Table, part: str = "data",
-               store_schema: bool = True) -> PurePosixPath:
+def write_part(
+    store: Backend,
+    table: str,
+    source: str,
+    df: pd.DataFrame | pa.Table,
+    part: str = "data",
+    store_schema: bool = True,
+) -> PurePosixPath:
     """Write one part of a source's partition, whole or not at all (the backend's `put_parquet`)."""
     key = PurePosixPath(tables_root(store), table, f"source={partition_name(source)}", f"{part}.parquet")
     tbl = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
@@ -57,8 +63,9 @@ def part_files(store: Backend, table: str, source: str | None = None) -> list[Pu
     if source is not None:
         base = base / f"source={source}"
     infos = store.fs.get_file_info(pafs.FileSelector(str(base), recursive=True, allow_not_found=True))
-    parts = [PurePosixPath(i.path) for i in infos
-             if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+    parts = [
+        PurePosixPath(i.path) for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+    ]
     return sorted(p for p in parts if p.parent.name.startswith("source=") and not p.name.startswith("."))
 
 
@@ -83,8 +90,9 @@ def table_parts(store: Backend, table: str, source: str | None = None) -> list[P
     return [q for q in parts if (q.parent.name, q.stem) not in replaced]
 
 
-def drop_other_parts(store: Backend, table: str, source: str, keep: str = "data", keep_prefixes: tuple = ()
-                     ) -> int:
+def drop_other_parts(
+    store: Backend, table: str, source: str, keep: str = "data", keep_prefixes: tuple = ()
+) -> int:
     """Remove every part of a source partition but `keep` and those named with `keep_prefixes`."""
     n = 0
     for p in table_parts(store, table, source):
@@ -112,8 +120,9 @@ def part_rows(store: Backend, part: PurePosixPath) -> int:
     return footer(store, part).num_rows
 
 
-def part_time_range(store: Backend, part: PurePosixPath, column: str = "timestamp"
-                    ) -> tuple[int | None, int | None, int]:
+def part_time_range(
+    store: Backend, part: PurePosixPath, column: str = "timestamp"
+) -> tuple[int | None, int | None, int]:
     """(min, max, rows) of a part's `column` (as ns since the epoch) from its footer statistics: no data read.
     min / max are None where the part has no statistics (then every time filter reads it)."""
     meta = footer(store, part)
@@ -136,15 +145,22 @@ def stored_rows(store: Backend, table: str, source: str) -> int:
     return sum(part_rows(store, p) for p in table_parts(store, table, source))
 
 
-def read_table(store: Backend, table: str, source: str | None = None, after: pd.Timestamp | None = None,
-               until: pd.Timestamp | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+def read_table(
+    store: Backend,
+    table: str,
+    source: str | None = None,
+    after: pd.Timestamp | None = None,
+    until: pd.Timestamp | None = None,
+    columns: list[str] | None = None,
+) -> pd.DataFrame:
     """A table (one source's partition, or all), or only its rows with after < timestamp <= until: parts
     whose footer statistics lie outside the window are not opened, the others are read with the filter, so
     the cost of reading new rows does not grow with the history."""
     parts = table_parts(store, table, source)
     if not parts:
         raise FileNotFoundError(
-            f"no data in table {table!r}" + (f" for source {source!r}" if source else "")
+            f"no data in table {table!r}"
+            + (f" for source {source!r}" if source else "")
             + f" under {store.url()}; ingest data or materialize the asset first"
         )
     if after is None and until is None:
@@ -154,8 +170,9 @@ def read_table(store: Backend, table: str, source: str | None = None, after: pd.
         tables = []
         for p in parts:
             pmin, pmax, _ = part_time_range(store, p)
-            if (lo is not None and pmax is not None and pmax <= lo) or (hi is not None and pmin is not None
-                                                                          and pmin > hi):
+            if (lo is not None and pmax is not None and pmax <= lo) or (
+                hi is not None and pmin is not None and pmin > hi
+            ):
                 continue
             t = read_part(store, p, columns)
             ts = t.column("timestamp")

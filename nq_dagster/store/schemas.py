@@ -23,8 +23,10 @@ INGEST_LOG_DDL = (
     "CREATE TABLE IF NOT EXISTS ingest_log (content_hash VARCHAR, file VARCHAR, sources VARCHAR, "
     "rows_accepted BIGINT, rows_rejected BIGINT, status VARCHAR, reason VARCHAR, ingested_at TIMESTAMPTZ)"
 )
-RUN_FAILURES_DDL = ("CREATE TABLE IF NOT EXISTS run_failures (run_id VARCHAR, job VARCHAR, source VARCHAR, "
-                    "failed_at TIMESTAMPTZ, step VARCHAR, error VARCHAR)")
+RUN_FAILURES_DDL = (
+    "CREATE TABLE IF NOT EXISTS run_failures (run_id VARCHAR, job VARCHAR, source VARCHAR, "
+    "failed_at TIMESTAMPTZ, step VARCHAR, error VARCHAR)"
+)
 LOG_TABLES = {"ingest_log": INGEST_LOG_DDL, "run_failures": RUN_FAILURES_DDL}
 
 

@@ -45,13 +45,18 @@ def register_views(con: duckdb.DuckDBPyConnection, store: Backend, sql: str) -> 
         names.add(name)
         if store.local:  # DuckDB's own Parquet reader on the files
             files = ", ".join("'" + str(q).replace("'", "''") + "'" for q in parts)
-            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{files}], union_by_name=true, '
-                        "hive_partitioning=false)")
+            con.execute(
+                f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{files}], union_by_name=true, '
+                "hive_partitioning=false)"
+            )
         else:
-            schema = pa.unify_schemas([pq.read_schema(str(q), filesystem=store.fs) for q in parts],
-                                      promote_options="permissive")
-            con.register(name, pads.dataset([str(q) for q in parts], schema=schema, format="parquet",
-                                            filesystem=store.fs))
+            schema = pa.unify_schemas(
+                [pq.read_schema(str(q), filesystem=store.fs) for q in parts], promote_options="permissive"
+            )
+            con.register(
+                name,
+                pads.dataset([str(q) for q in parts], schema=schema, format="parquet", filesystem=store.fs),
+            )
     for n, ddl in LOG_TABLES.items():
         if n not in names and n in named:
             con.execute(ddl)
@@ -86,13 +91,14 @@ def user_query(store: Backend, tables_dir: Path, sql: str, limits: QueryLimits |
     log tables included), that may read the warehouse's Parquet and nothing else. Only SELECT
     statements run (COPY, EXPORT, ATTACH, INSTALL / LOAD, SET / RESET, CREATE ... are refused before anything
     executes); file access outside `tables_dir` is refused by DuckDB itself (`enable_external_access=false`
-    with the warehouse as the one allowed directory, then `lock_configuration=true`), and the query runs within
-    `limits`. Raises QueryRefused with a one-line reason."""
+    with the warehouse as the one allowed directory, then `lock_configuration=true`), and the query runs
+    within `limits`. Raises QueryRefused with a one-line reason."""
     limits = limits or QueryLimits()
     # in memory, no spill directory (DuckDB's default is .tmp/ under the working directory): nothing the query
     # does reaches a file but the warehouse's Parquet, and memory_limit is a real bound
-    con = duckdb.connect(config={"temp_directory": "", "memory_limit": limits.memory_limit,
-                                 "threads": limits.threads})
+    con = duckdb.connect(
+        config={"temp_directory": "", "memory_limit": limits.memory_limit, "threads": limits.threads}
+    )
     try:
         try:
             statements = con.extract_statements(sql)
@@ -102,9 +108,11 @@ def user_query(store: Backend, tables_dir: Path, sql: str, limits: QueryLimits |
             raise QueryRefused("no statement to run")
         for st in statements:
             if st.type != duckdb.StatementType.SELECT:
-                raise QueryRefused(f"only SELECT queries run here (the warehouse is read-only to `nq query`)"
-                                   f"; refused a {st.type.name} statement. To export, use "
-                                   "`--format csv > file`")
+                raise QueryRefused(
+                    f"only SELECT queries run here (the warehouse is read-only to `nq query`)"
+                    f"; refused a {st.type.name} statement. To export, use "
+                    "`--format csv > file`"
+                )
         register_views(con, store, sql)
         allowed = str(tables_dir).replace("'", "''") + "/"
         con.execute(f"SET allowed_directories = ['{allowed}']")
@@ -116,14 +124,20 @@ def user_query(store: Backend, tables_dir: Path, sql: str, limits: QueryLimits |
             # one row past the cap says whether the answer was cut, without building all of it
             df = con.sql(sql).limit(limits.max_rows + 1).df()
         except duckdb.PermissionException as exc:
-            raise QueryRefused(f"the query reads outside the warehouse, which `nq query` does not allow "
-                               f"({str(exc).splitlines()[0]})") from None
+            raise QueryRefused(
+                f"the query reads outside the warehouse, which `nq query` does not allow "
+                f"({str(exc).splitlines()[0]})"
+            ) from None
         except duckdb.InterruptException:
-            raise QueryRefused(f"the query ran past its time limit of {limits.timeout_s:g} s and was stopped. "
-                               "Fix: add a WHERE or LIMIT, or raise NQ_QUERY_TIMEOUT_S") from None
+            raise QueryRefused(
+                f"the query ran past its time limit of {limits.timeout_s:g} s and was stopped. "
+                "Fix: add a WHERE or LIMIT, or raise NQ_QUERY_TIMEOUT_S"
+            ) from None
         except duckdb.OutOfMemoryException:
-            raise QueryRefused(f"the query needs more than its memory limit of {limits.memory_limit}. Fix: "
-                               "aggregate or filter in SQL, or raise NQ_QUERY_MEMORY") from None
+            raise QueryRefused(
+                f"the query needs more than its memory limit of {limits.memory_limit}. Fix: "
+                "aggregate or filter in SQL, or raise NQ_QUERY_MEMORY"
+            ) from None
         finally:
             timer.cancel()
         df.attrs["truncated"] = len(df) > limits.max_rows

@@ -40,8 +40,15 @@ class Warehouse:
     after a write (`compact_if_many`). compact_big_rows: a part of this many rows or more is never merged
     again. compact_grace_s: seconds the files a compacted part replaces stay for queries that listed them."""
 
-    def __init__(self, home: str | Path, store: Backend | None = None, *, compact_parts: int = 64,
-                 compact_big_rows: int = 1_000_000, compact_grace_s: float = 60.0):
+    def __init__(
+        self,
+        home: str | Path,
+        store: Backend | None = None,
+        *,
+        compact_parts: int = 64,
+        compact_big_rows: int = 1_000_000,
+        compact_grace_s: float = 60.0,
+    ):
         if home is None or str(home) == "":
             raise ValueError("Warehouse needs its data directory (home); pass Settings.home")
         self.home = Path(home).absolute()
@@ -56,8 +63,13 @@ class Warehouse:
     def from_settings(cls, settings: Settings) -> Warehouse:
         """The data directory `settings.home`, on the bucket `settings.s3_bucket` names (else local files),
         with the settings' compaction limits."""
-        return cls(settings.home, ObjectStore.from_settings(settings), compact_parts=settings.compact_parts,
-                   compact_big_rows=settings.compact_big_rows, compact_grace_s=settings.compact_grace_s)
+        return cls(
+            settings.home,
+            ObjectStore.from_settings(settings),
+            compact_parts=settings.compact_parts,
+            compact_big_rows=settings.compact_big_rows,
+            compact_grace_s=settings.compact_grace_s,
+        )
 
     # layout -----------------------------------------------------------------
     @property
@@ -89,8 +101,15 @@ class Warehouse:
         return self.home / "dagster"
 
     def ensure(self) -> Warehouse:
-        for p in (self.landing, self.processed, self.quarantine, self.tables_dir, self.artifacts_dir,
-                  self.reports, self.dagster_home):
+        for p in (
+            self.landing,
+            self.processed,
+            self.quarantine,
+            self.tables_dir,
+            self.artifacts_dir,
+            self.reports,
+            self.dagster_home,
+        ):
             p.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -112,8 +131,14 @@ class Warehouse:
     def partition_dir(self, table: str, source: str) -> Path:
         return self.tables_dir / table / f"source={partition_name(source)}"
 
-    def write_table(self, table: str, source: str, df: pd.DataFrame | pa.Table, part: str = "data",
-                    store_schema: bool = True) -> PurePosixPath:
+    def write_table(
+        self,
+        table: str,
+        source: str,
+        df: pd.DataFrame | pa.Table,
+        part: str = "data",
+        store_schema: bool = True,
+    ) -> PurePosixPath:
         """Write one part of a source's partition, whole or not at all."""
         return parts.write_part(self.store, table, source, df, part, store_schema)
 
@@ -131,13 +156,20 @@ class Warehouse:
     def part_rows(self, part: PurePosixPath) -> int:
         return parts.part_rows(self.store, part)
 
-    def part_time_range(self, part: PurePosixPath, column: str = "timestamp"
-                        ) -> tuple[int | None, int | None, int]:
+    def part_time_range(
+        self, part: PurePosixPath, column: str = "timestamp"
+    ) -> tuple[int | None, int | None, int]:
         """(min, max, rows) of a part's `column` (ns since the epoch) from its footer statistics."""
         return parts.part_time_range(self.store, part, column)
 
-    def read_table(self, table: str, source: str | None = None, after: pd.Timestamp | None = None,
-                   until: pd.Timestamp | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    def read_table(
+        self,
+        table: str,
+        source: str | None = None,
+        after: pd.Timestamp | None = None,
+        until: pd.Timestamp | None = None,
+        columns: list[str] | None = None,
+    ) -> pd.DataFrame:
         """A table (one source's partition, or all), or only its rows with after < timestamp <= until."""
         return parts.read_table(self.store, table, source, after, until, columns)
 
@@ -162,8 +194,9 @@ class Warehouse:
         """`compact` once the partition holds more than `limit` (default `compact_parts`) parts to merge: what
         the writers of many small parts call after a write, so reads stay a few files whatever the uptime."""
         limit = self.compact_parts if limit is None else limit
-        return compaction.compact_if_many(self.store, table, source, limit, self.compact_grace_s,
-                                          self.compact_big_rows)
+        return compaction.compact_if_many(
+            self.store, table, source, limit, self.compact_grace_s, self.compact_big_rows
+        )
 
     # artifacts (models, reservoir state; the codec in `artifacts`) ------------
     def artifact_path(self, name: str, source: str) -> Path:
@@ -188,8 +221,11 @@ class Warehouse:
     def artifact_sources(self, name: str) -> list[str]:
         selector = pafs.FileSelector(self.store.path("artifacts", name), allow_not_found=True)
         infos = self.fs.get_file_info(selector)
-        return sorted(PurePosixPath(i.path).stem for i in infos
-                      if i.type == pafs.FileType.File and i.path.endswith(ARTIFACT_SUFFIX))
+        return sorted(
+            PurePosixPath(i.path).stem
+            for i in infos
+            if i.type == pafs.FileType.File and i.path.endswith(ARTIFACT_SUFFIX)
+        )
 
     def save_artifact(self, name: str, source: str, obj: Any) -> str:
         key = self._artifact_key(name, source)
@@ -199,8 +235,10 @@ class Warehouse:
     def load_artifact(self, name: str, source: str) -> Any:
         key = self._artifact_key(name, source)
         if not self.has_artifact(name, source):
-            raise FileNotFoundError(f"{self.store.describe(key)}: no {name} for source {source!r}; run "
-                                    "`nq run` (or `nq demo`) first")
+            raise FileNotFoundError(
+                f"{self.store.describe(key)}: no {name} for source {source!r}; run "
+                "`nq run` (or `nq demo`) first"
+            )
         with self.fs.open_input_stream(key) as fh:
             return artifacts.loads(fh.read(), self.store.describe(key))
 
@@ -237,4 +275,3 @@ class Warehouse:
         `warehouse/`, within `limits` (time, memory, rows). Raises QueryRefused with a one-line reason."""
         self._migrate_once()
         return views.user_query(self.store, self.tables_dir, sql, limits)
-

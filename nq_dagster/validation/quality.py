@@ -16,8 +16,10 @@ from nq_dagster.fusion.record import PREDICTION_COLUMNS  # the one schema of the
 
 FIX = {
     "series": "the series is built by `series` from `raw_ticks`; inspect the source's raw rows with "
-              "`nq query \"select * from raw_ticks where source = '<source>'\"` and re-ingest a corrected file",
-    "predictions": "predictions come from `fusion_model`; re-materialize it for the source (`nq run --source <source>`)",
+    "`nq query \"select * from raw_ticks where source = '<source>'\"` and re-ingest a corrected file",
+    "predictions": (
+        "predictions come from `fusion_model`; re-materialize it for the source (`nq run --source <source>`)"
+    ),
 }
 
 
@@ -37,15 +39,30 @@ def _prediction_expectations(gx) -> list:
     E = gx.expectations
     return [
         E.ExpectTableColumnsToMatchSet(column_set=list(PREDICTION_COLUMNS), exact_match=True),
-        *[E.ExpectColumnValuesToNotBeNull(column=c) for c in
-          ("prediction_id", "source", "timestamp", "direction", "confidence", "magnitude", "model_version")],
+        *[
+            E.ExpectColumnValuesToNotBeNull(column=c)
+            for c in (
+                "prediction_id",
+                "source",
+                "timestamp",
+                "direction",
+                "confidence",
+                "magnitude",
+                "model_version",
+            )
+        ],
         E.ExpectColumnValuesToBeUnique(column="prediction_id"),
-        E.ExpectCompoundColumnsToBeUnique(column_list=["source", "timestamp"]),  # one prediction per source and time
+        E.ExpectCompoundColumnsToBeUnique(
+            column_list=["source", "timestamp"]
+        ),  # one prediction per source and time
         E.ExpectColumnValuesToBeInSet(column="direction", value_set=["up", "down", "hold"]),
         # the largest of three class probabilities lies in [1/3, 1]
         E.ExpectColumnValuesToBeBetween(column="confidence", min_value=1 / 3 - 1e-9, max_value=1.0),
         E.ExpectColumnValuesToBeBetween(column="magnitude", min_value=0.0),
-        *[E.ExpectColumnValuesToBeBetween(column=c, min_value=0.0, max_value=1.0) for c in ("p_down", "p_hold", "p_up")],
+        *[
+            E.ExpectColumnValuesToBeBetween(column=c, min_value=0.0, max_value=1.0)
+            for c in ("p_down", "p_hold", "p_up")
+        ],
         # wall time from tick to record (null where no tick triggered the record: training's walk-forward
         # rows)
         E.ExpectColumnValuesToBeBetween(column="processing_time_ms", min_value=0.0),
@@ -67,8 +84,12 @@ def _context():
     )
 
     # analytics off in the context's own config: no usage statistics leave the machine
-    ctx = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
-        analytics_enabled=False, store_backend_defaults=InMemoryStoreBackendDefaults()))
+    ctx = gx.get_context(
+        mode="ephemeral",
+        project_config=DataContextConfig(
+            analytics_enabled=False, store_backend_defaults=InMemoryStoreBackendDefaults()
+        ),
+    )
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     ds = ctx.data_sources.add_pandas("nq")
     batches, suites = {}, {}
@@ -107,16 +128,31 @@ def run_suite(name: str, df: pd.DataFrame) -> QualityReport:
         raise ValueError(f"unknown suite {name!r}; choose one of {sorted(SUITES)}")
     batches, suites = _context()
     frame = df.reset_index(drop=True)
-    res = batches[name].get_batch(batch_parameters={"dataframe": frame}).validate(
-        suites[name], result_format={"result_format": "COMPLETE", "unexpected_index_column_names": None})
+    res = (
+        batches[name]
+        .get_batch(batch_parameters={"dataframe": frame})
+        .validate(
+            suites[name], result_format={"result_format": "COMPLETE", "unexpected_index_column_names": None}
+        )
+    )
     rows = []
     for r in res.results:
         cfg = r.expectation_config
         kw = cfg.kwargs
-        column = kw.get("column") or ",".join(kw.get("column_list") or []) or \
-            ",".join(x for x in (kw.get("column_A"), kw.get("column_B")) if x) or "(table)"
+        column = (
+            kw.get("column")
+            or ",".join(kw.get("column_list") or [])
+            or ",".join(x for x in (kw.get("column_A"), kw.get("column_B")) if x)
+            or "(table)"
+        )
         idx = (r.result or {}).get("unexpected_index_list") or []
-        rows.append({"expectation": cfg.type, "column": column, "success": bool(r.success),
-                     "unexpected_count": int((r.result or {}).get("unexpected_count") or 0),
-                     "first_bad_rows": [int(i) for i in idx[:10] if isinstance(i, (int, float))]})
+        rows.append(
+            {
+                "expectation": cfg.type,
+                "column": column,
+                "success": bool(r.success),
+                "unexpected_count": int((r.result or {}).get("unexpected_count") or 0),
+                "first_bad_rows": [int(i) for i in idx[:10] if isinstance(i, (int, float))],
+            }
+        )
     return QualityReport(name, bool(res.success), pd.DataFrame(rows))

@@ -33,7 +33,9 @@ def _table(df: pd.DataFrame) -> str:
 
 def _fields(row: dict) -> str:
     """One record as a two-column table (field, value): readable on a laptop however many fields it has."""
-    df = pd.DataFrame({"field": list(row), "value": [f"{v:.4g}" if isinstance(v, float) else v for v in row.values()]})
+    df = pd.DataFrame(
+        {"field": list(row), "value": [f"{v:.4g}" if isinstance(v, float) else v for v in row.values()]}
+    )
     return _table(df)
 
 
@@ -51,21 +53,33 @@ img { max-width: 100%; height: auto; }
 
 def markdown_summary(source: str, ev: dict) -> str:
     m = ev["metrics"]
-    lines = [f"### {source}: validation score {m['score']:.0f}/100 ({m['verdict']})",
-             f"{m['predictions']} held-out predictions. Directional accuracy **{m['accuracy']:.3f}** "
-             f"(95 % CI {m['acc_ci_low']:.3f}-{m['acc_ci_high']:.3f}), best constant predictor {m['majority_share']:.3f}, "
-             f"binomial {fmt_p(m['p_binom'])}. Mean reported confidence {m['mean_confidence']:.3f} against accuracy "
-             f"{m['accuracy']:.3f} (ECE {m['ece']:.3f}, last {m['ece_late']:.3f}). Best baseline {m['best_baseline']} "
-             f"{m['best_baseline_acc']:.3f}; significantly worse than: {m['significantly_worse_than']}.", "",
-             "| criterion | passed | counted | figure |", "|---|---|---|---|"]
-    lines += [f"| {r.criterion} | {'yes' if r.passed else 'no'} | {'yes' if r.counted else 'no'} | {r.figure} |"
-              for r in ev["criteria"].itertuples()]
+    lines = [
+        f"### {source}: validation score {m['score']:.0f}/100 ({m['verdict']})",
+        f"{m['predictions']} held-out predictions. Directional accuracy **{m['accuracy']:.3f}** "
+        f"(95 % CI {m['acc_ci_low']:.3f}-{m['acc_ci_high']:.3f}), best constant predictor "
+        f"{m['majority_share']:.3f}, "
+        f"binomial {fmt_p(m['p_binom'])}. Mean reported confidence {m['mean_confidence']:.3f} against "
+        "accuracy "
+        f"{m['accuracy']:.3f} (ECE {m['ece']:.3f}, last {m['ece_late']:.3f}). Best baseline "
+        f"{m['best_baseline']} "
+        f"{m['best_baseline_acc']:.3f}; significantly worse than: {m['significantly_worse_than']}.",
+        "",
+        "| criterion | passed | counted | figure |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.criterion} | {'yes' if r.passed else 'no'} | {'yes' if r.counted else 'no'} | {r.figure} |"
+        for r in ev["criteria"].itertuples()
+    ]
     lines += ["", f"*Score:* {SCORE_DEFINITION}"]
     lv = ev.get("live")
     if lv and lv.get("realized"):
-        lines += ["", f"Served live: {lv['served']} predictions, {lv['realized']} with a realized outcome; accuracy "
-                  f"**{lv['accuracy']:.3f}** (95 % CI {lv['ci_low']:.3f}-{lv['ci_high']:.3f}), majority "
-                  f"{lv['majority_share']:.3f}, mean confidence {lv['mean_confidence']:.3f}."]
+        lines += [
+            "",
+            f"Served live: {lv['served']} predictions, {lv['realized']} with a realized outcome; accuracy "
+            f"**{lv['accuracy']:.3f}** (95 % CI {lv['ci_low']:.3f}-{lv['ci_high']:.3f}), majority "
+            f"{lv['majority_share']:.3f}, mean confidence {lv['mean_confidence']:.3f}.",
+        ]
     return "\n".join(lines)
 
 
@@ -86,7 +100,11 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
     ax.plot(roll(ev["correct"]), label="fused")
     for name, d in ev["baseline_dirs"].items():
         ax.plot(roll(d == ev["y_dir"]), label=name, alpha=0.7)
-    ax.set(xlabel="held-out prediction", ylabel=f"accuracy (rolling {w})", title="Rolling accuracy against baselines")
+    ax.set(
+        xlabel="held-out prediction",
+        ylabel=f"accuracy (rolling {w})",
+        title="Rolling accuracy against baselines",
+    )
     ax.legend(fontsize=7)
     figs.append(("Rolling accuracy", _png(fig)))
     cm = pd.crosstab(pd.Series(ev["y_dir"], name="realized"), pd.Series(ev["pred_dir"], name="predicted"))
@@ -104,33 +122,48 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
         fig, ax = plt.subplots(figsize=(7, 3))
         ax.plot(values, lw=0.7, color="0.4", label="series")
         rec, flag = ev["anomaly_points"]["recorded"], ev["anomaly_points"]["flagged"]
-        ax.scatter(rec, values[rec], s=40, facecolors="none", edgecolors="tab:green", label="recorded anomaly")
-        ax.scatter(flag, values[flag], s=14, marker="x", color="tab:red", label="flagged (> 4 sigma surprise)")
+        ax.scatter(
+            rec, values[rec], s=40, facecolors="none", edgecolors="tab:green", label="recorded anomaly"
+        )
+        ax.scatter(
+            flag, values[flag], s=14, marker="x", color="tab:red", label="flagged (> 4 sigma surprise)"
+        )
         ax.set(title="Flagged anomalies against the recorded ones", xlabel="point")
         ax.legend(fontsize=7)
         figs.append(("Flagged anomalies", _png(fig)))
-    body = [f"<h1>Validation report: {html.escape(source)}</h1>",
-            f"<p><b>Validation score {ev['metrics']['score']:.0f}/100</b>: {html.escape(ev['metrics']['verdict'])}. "
-            "Every figure is measured on held-out, realized outcomes.</p>",
-            _table(ev["criteria"].drop(columns=["p_value", "p_holm"])),
-            f"<p><b>How the score is computed.</b> {html.escape(SCORE_DEFINITION)}</p>",
-            "<h2>Metrics</h2>", _fields(ev["metrics"]),
-            "<h2>Baselines (same rows, same scoring rule)</h2>", _table(ev["baselines"]),
-            "<p>persistence: the last change repeats; seasonal_naive: the value one season earlier (when a season is "
-            "detected); ar_levels / ar_diffs: AR(p) on levels / on changes, p by AIC (statsmodels); esn: a plain "
-            "echo-state network on the analog inputs. p-values are one-sided: McNemar for accuracy, "
-            "Diebold-Mariano for squared error.</p>",
-            "<h2>Served live (streaming job and prediction server), realized outcomes</h2>",
-            _fields(ev["live"]) if ev.get("live") else "<p>Nothing served live yet.</p>",
-            "<h2>Ablations</h2>", _table(ev["ablations"]),
-            "<h2>Accuracy per volatility regime</h2>", _table(ev["regimes"]),
-            "<h2>Confusion matrix (-1 down, 0 hold, 1 up)</h2>", cm.to_html(border=0)]
+    body = [
+        f"<h1>Validation report: {html.escape(source)}</h1>",
+        f"<p><b>Validation score {ev['metrics']['score']:.0f}/100</b>: "
+        f"{html.escape(ev['metrics']['verdict'])}. "
+        "Every figure is measured on held-out, realized outcomes.</p>",
+        _table(ev["criteria"].drop(columns=["p_value", "p_holm"])),
+        f"<p><b>How the score is computed.</b> {html.escape(SCORE_DEFINITION)}</p>",
+        "<h2>Metrics</h2>",
+        _fields(ev["metrics"]),
+        "<h2>Baselines (same rows, same scoring rule)</h2>",
+        _table(ev["baselines"]),
+        "<p>persistence: the last change repeats; seasonal_naive: the value one season earlier (when a "
+        "season is "
+        "detected); ar_levels / ar_diffs: AR(p) on levels / on changes, p by AIC (statsmodels); esn: a plain "
+        "echo-state network on the analog inputs. p-values are one-sided: McNemar for accuracy, "
+        "Diebold-Mariano for squared error.</p>",
+        "<h2>Served live (streaming job and prediction server), realized outcomes</h2>",
+        _fields(ev["live"]) if ev.get("live") else "<p>Nothing served live yet.</p>",
+        "<h2>Ablations</h2>",
+        _table(ev["ablations"]),
+        "<h2>Accuracy per volatility regime</h2>",
+        _table(ev["regimes"]),
+        "<h2>Confusion matrix (-1 down, 0 hold, 1 up)</h2>",
+        cm.to_html(border=0),
+    ]
     if "anomalies" in ev:
         body += ["<h2>Anomaly detection against recorded ground truth</h2>", _fields(ev["anomalies"])]
     body += [f"<h2>{t}</h2><img src='data:image/png;base64,{b}'/>" for t, b in figs]
-    doc = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
-           f"content='width=device-width, initial-scale=1'><title>nq validation: {html.escape(source)}</title>"
-           f"<style>{STYLE}</style></head><body>")
+    doc = (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
+        f"content='width=device-width, initial-scale=1'><title>nq validation: {html.escape(source)}</title>"
+        f"<style>{STYLE}</style></head><body>"
+    )
     atomic_write_bytes(path, (doc + "\n".join(body) + "</body></html>").encode())
     path.chmod(0o644)  # a report is for readers (viewers of the server, anyone with the data directory)
     return path, figs

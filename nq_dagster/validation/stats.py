@@ -15,8 +15,14 @@ def accuracy_test(correct: np.ndarray, p0: float) -> dict:
         raise ValueError("no predictions to test")
     res = stats.binomtest(k, n, min(max(p0, 1e-9), 1 - 1e-9), alternative="greater")
     ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")  # two-sided interval
-    return {"n": n, "accuracy": k / n, "ci_low": float(ci.low), "ci_high": float(ci.high), "p0": p0,
-            "p_value": float(res.pvalue)}
+    return {
+        "n": n,
+        "accuracy": k / n,
+        "ci_low": float(ci.low),
+        "ci_high": float(ci.high),
+        "p0": p0,
+        "p_value": float(res.pvalue),
+    }
 
 
 def diebold_mariano(loss_model: np.ndarray, loss_base: np.ndarray, horizon: int = 1) -> dict:
@@ -38,7 +44,11 @@ def diebold_mariano(loss_model: np.ndarray, loss_base: np.ndarray, horizon: int 
     dm = dbar / np.sqrt(lrv / n)
     corr = np.sqrt((n + 1 - 2 * horizon + horizon * (horizon - 1) / n) / n)
     stat = dm * corr
-    return {"dm_stat": float(stat), "p_value": float(stats.t.cdf(stat, df=n - 1)), "mean_loss_diff": float(dbar)}
+    return {
+        "dm_stat": float(stat),
+        "p_value": float(stats.t.cdf(stat, df=n - 1)),
+        "mean_loss_diff": float(dbar),
+    }
 
 
 def brier_score(probs: np.ndarray, y_idx: np.ndarray) -> float:
@@ -65,20 +75,31 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> 
             continue
         conf, acc = float(confidence[m].mean()), float(correct[m].mean())
         ece += m.mean() * abs(acc - conf)
-        rows.append({"bin_low": float(edges[b]), "bin_high": float(edges[b + 1]), "count": int(m.sum()),
-                     "mean_confidence": conf, "accuracy": acc})
+        rows.append(
+            {
+                "bin_low": float(edges[b]),
+                "bin_high": float(edges[b + 1]),
+                "count": int(m.sum()),
+                "mean_confidence": conf,
+                "accuracy": acc,
+            }
+        )
     return float(ece), rows
 
 
 def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict:
     flagged, truth = np.asarray(flagged, bool), np.asarray(truth, bool)
     tp = int((flagged & truth).sum())
-    return {"flagged": int(flagged.sum()), "true_anomalies": int(truth.sum()), "true_positives": tp,
-            "precision": tp / flagged.sum() if flagged.any() else float("nan"),
-            "recall": tp / truth.sum() if truth.any() else float("nan")}
+    return {
+        "flagged": int(flagged.sum()),
+        "true_anomalies": int(truth.sum()),
+        "true_positives": tp,
+        "precision": tp / flagged.sum() if flagged.any() else float("nan"),
+        "recall": tp / truth.sum() if truth.any() else float("nan"),
+    }
 
 
 def fmt_p(p: float) -> str:
-    """"p = 0.012", or "p < 1e-300" for a p-value that underflowed to 0 in double precision (never
+    """ "p = 0.012", or "p < 1e-300" for a p-value that underflowed to 0 in double precision (never
     "p = 0")."""
     return "p < 1e-300" if p == 0 else f"p = {p:.2g}"

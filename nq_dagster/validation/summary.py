@@ -19,5 +19,18 @@ def source_summary(wh: Warehouse) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-SUMMARY_COLUMNS = ["predictions", "accuracy", "acc_ci_low", "acc_ci_high", "p_binom", "best_baseline",
-                   "best_baseline_acc", "p_mcnemar_best", "p_dm_best", "ece", "ece_late", "skill", "score"]
+SUMMARY_COLUMNS = [
+    "predictions",
+    "accuracy",
+    "acc_ci_low",
+    "acc_ci_high",
+    "p_binom",
+    "best_baseline",
+    "best_baseline_acc",
+    "p_mcnemar_best",
+    "p_dm_best",
+    "ece",
+    "ece_late",
+    "skill",
+    "score",
+]

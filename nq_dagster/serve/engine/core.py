@@ -39,9 +39,18 @@ class Engine:
     `processes - 1` prediction processes (fusion/shards.py), so the prediction work leaves this process's
     interpreter lock to the event loop."""
 
-    def __init__(self, wh: Warehouse, ownership: Ownership = Ownership(), fsync: Fsync = "interval",
-                 fsync_interval_s: float = 0.1, flush_interval_s: float = 10.0, watch_interval_s: float = 1.0,
-                 device: str = "cpu", address: str = "", processes: int = 1):
+    def __init__(
+        self,
+        wh: Warehouse,
+        ownership: Ownership = Ownership(),
+        fsync: Fsync = "interval",
+        fsync_interval_s: float = 0.1,
+        flush_interval_s: float = 10.0,
+        watch_interval_s: float = 1.0,
+        device: str = "cpu",
+        address: str = "",
+        processes: int = 1,
+    ):
         self.wh = wh.ensure()
         self.own = ownership
         self.address = address
@@ -49,8 +58,9 @@ class Engine:
         self.processes = max(1, int(processes))
         # one predictor thread (the predictor's default): the event loop shares the interpreter lock with the
         # worker, and chunk threads only add contention (bench/RESULTS.md, prediction server)
-        self.predictor = (ShardedPredictor(self.processes, device) if self.processes > 1
-                          else Predictor(device=device))
+        self.predictor = (
+            ShardedPredictor(self.processes, device) if self.processes > 1 else Predictor(device=device)
+        )
         self.ticklog = TickLog(wh.home / "serve" / "wal" / f"r{ownership.replica}", fsync)
         self.lease_path = lease_path(wh, ownership.replica)
         self._stop = threading.Event()
@@ -59,12 +69,23 @@ class Engine:
         self._outcomes = Outcomes()
         self.models = Models(self.wh, ownership, self.predictor, self.ticklog)
         self.restarts = ShardRestarts(self.predictor, self.models, self.ticklog)
-        self.worker = Worker(self.predictor, self.models, self.cache, self._outcomes, self.ticklog,
-                             self.restarts)
-        self.flusher = Flusher(self.wh, ownership.replica, self.ticklog, fsync_interval_s, flush_interval_s,
-                               rotate=lambda: self.call(self._rotate), stop=self._stop)
-        self.pickup = FilePickup(self.wh, self.predictor.last_ts,
-                                 lambda rows, label: self.submit(rows, label, stored=True).result())
+        self.worker = Worker(
+            self.predictor, self.models, self.cache, self._outcomes, self.ticklog, self.restarts
+        )
+        self.flusher = Flusher(
+            self.wh,
+            ownership.replica,
+            self.ticklog,
+            fsync_interval_s,
+            flush_interval_s,
+            rotate=lambda: self.call(self._rotate),
+            stop=self._stop,
+        )
+        self.pickup = FilePickup(
+            self.wh,
+            self.predictor.last_ts,
+            lambda rows, label: self.submit(rows, label, stored=True).result(),
+        )
         self.started_at = time.time()
 
     # callbacks of the HTTP layer, called on the worker thread -----------------------------------------------
@@ -121,8 +142,14 @@ class Engine:
         return bool(self._threads) and all(t.is_alive() for t in self._threads) and not self._stop.is_set()
 
     # the API ------------------------------------------------------------------------------------------------
-    def submit(self, rows: list[tuple], label: str, priority: Priority = "normal", stored: bool = False,
-               received: float | None = None) -> cf.Future:
+    def submit(
+        self,
+        rows: list[tuple],
+        label: str,
+        priority: Priority = "normal",
+        stored: bool = False,
+        received: float | None = None,
+    ) -> cf.Future:
         """Queue ticks [(source, timestamp, value)]; the future gives a list of `Answer`, one per tick, sorted
         by (source, time) as ingest sorts. `received` (perf_counter) is when the request arrived:
         processing_time_ms counts from it."""
@@ -142,12 +169,18 @@ class Engine:
         out = {}
         for s in self.predictor.sources():
             mv = self.predictor.model(s)
-            out[s] = {"model_version": mv.model_version, "config_version": mv.cfg.version,
-                      "selected_features": list(mv.selected), "quantum": mv.quantum,
-                      "reliability": mv.reliability,
-                      "trained_at": mv.created_at, "trained_rows": mv.trained_rows,
-                      "rows_seen": self.predictor.rows_seen(s), "process": self.predictor.shard_of(s),
-                      "last_timestamp": pd.Timestamp(self.predictor.last_ts(s), tz="UTC").isoformat()}
+            out[s] = {
+                "model_version": mv.model_version,
+                "config_version": mv.cfg.version,
+                "selected_features": list(mv.selected),
+                "quantum": mv.quantum,
+                "reliability": mv.reliability,
+                "trained_at": mv.created_at,
+                "trained_rows": mv.trained_rows,
+                "rows_seen": self.predictor.rows_seen(s),
+                "process": self.predictor.shard_of(s),
+                "last_timestamp": pd.Timestamp(self.predictor.last_ts(s), tz="UTC").isoformat(),
+            }
         return out
 
     def recent(self, source: str, limit: int = 100) -> list[dict]:

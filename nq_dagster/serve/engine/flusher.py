@@ -45,8 +45,16 @@ class ClosedSegment:
 
 
 class Flusher:
-    def __init__(self, wh: Warehouse, replica: int, ticklog: TickLog, fsync_interval_s: float,
-                 flush_interval_s: float, rotate: Callable[[], object], stop: threading.Event):
+    def __init__(
+        self,
+        wh: Warehouse,
+        replica: int,
+        ticklog: TickLog,
+        fsync_interval_s: float,
+        flush_interval_s: float,
+        rotate: Callable[[], object],
+        stop: threading.Event,
+    ):
         """`rotate()` asks the worker to close the open segment and `hand` it here."""
         self.wh, self.replica, self.ticklog = wh, replica, ticklog
         self.fsync_interval_s, self.flush_interval_s = fsync_interval_s, flush_interval_s
@@ -101,10 +109,15 @@ class Flusher:
                     # the rows' identity (time and value of each tick, in order), as a file's content hash is
                     # for ingested parts; not the whole records, which would cost the flusher most of its time
                     identity = json.dumps([[t.ts_ns, t.value] for t in fresh]).encode()
-                    raw = pd.DataFrame({"source": s,
-                                        "timestamp": pd.to_datetime([t.ts_ns for t in fresh], utc=True),
-                                        col: [t.value for t in fresh], "file": f"nq-serve/{part}",
-                                        "content_hash": hashlib.sha256(identity).hexdigest()})
+                    raw = pd.DataFrame(
+                        {
+                            "source": s,
+                            "timestamp": pd.to_datetime([t.ts_ns for t in fresh], utc=True),
+                            col: [t.value for t in fresh],
+                            "file": f"nq-serve/{part}",
+                            "content_hash": hashlib.sha256(identity).hexdigest(),
+                        }
+                    )
                     self.wh.write_table("raw_ticks", s, self._like_ingested(s, raw), part=part)
                 records = records_table([to_table_record(t.record) for t in recs])
                 self.wh.write_table("predictions", s, records, part=part)
@@ -127,13 +140,29 @@ class Flusher:
                 try:
                     done = self.wh.compact_if_many(table, s)
                 except Exception as exc:  # noqa: BLE001 - the parts stay as they are, readable
-                    log.warning(json.dumps({"event": "compaction_failed", "table": table, "source": s,
-                                            "error": f"{type(exc).__name__}: {exc}"}))
+                    log.warning(
+                        json.dumps(
+                            {
+                                "event": "compaction_failed",
+                                "table": table,
+                                "source": s,
+                                "error": f"{type(exc).__name__}: {exc}",
+                            }
+                        )
+                    )
                     continue
                 if done:
-                    log.info(json.dumps({"event": "compacted", "table": table, "source": s,
-                                         "parts_before": done["parts_before"],
-                                         "parts_after": done["parts_after"]}))
+                    log.info(
+                        json.dumps(
+                            {
+                                "event": "compacted",
+                                "table": table,
+                                "source": s,
+                                "parts_before": done["parts_before"],
+                                "parts_after": done["parts_after"],
+                            }
+                        )
+                    )
 
     def _ingested_parts(self, source: str) -> list[Path]:
         return [p for p in self.wh.table_parts("raw_ticks", source) if not p.stem.startswith("serve-")]

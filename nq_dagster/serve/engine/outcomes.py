@@ -41,10 +41,16 @@ class Outcomes:
             p = pend.popleft()
             change = value - p.value
             actual = "up" if change > p.hold_band else ("down" if change < -p.hold_band else "hold")
-            o = {"source": source, "timestamp": pd.Timestamp(p.ts_ns, tz="UTC").isoformat(),
-                 "realized_at": pd.Timestamp(ts_ns, tz="UTC").isoformat(), "predicted": p.direction,
-                 "actual": actual, "confidence": p.confidence, "correct": p.direction == actual,
-                 "change": change}
+            o = {
+                "source": source,
+                "timestamp": pd.Timestamp(p.ts_ns, tz="UTC").isoformat(),
+                "realized_at": pd.Timestamp(ts_ns, tz="UTC").isoformat(),
+                "predicted": p.direction,
+                "actual": actual,
+                "confidence": p.confidence,
+                "correct": p.direction == actual,
+                "change": change,
+            }
             self._realized.setdefault(source, collections.deque(maxlen=OUTCOMES_KEPT)).append(o)
             out.append(o)
         pend.append(AwaitingOutcome(ts_ns, value, rec["direction"], rec["confidence"], rec["hold_band"]))

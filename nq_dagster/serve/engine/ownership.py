@@ -3,8 +3,8 @@ alive and what they serve.
 
 Replica `k` of `n` owns the sources whose stable hash (the first 8 bytes of SHA-256 of the name) modulo `n` is
 `k`, so every replica, and every client, computes the same owner without asking anyone. Each replica rewrites
-its lease (`store.leases`) every watch interval; the streaming job reads the leases to leave a served source to
-its server.
+its lease (`store.leases`) every watch interval; the streaming job reads the leases to leave a served source
+to its server.
 """
 
 from __future__ import annotations
@@ -45,5 +45,12 @@ class Ownership:
 def replica_lease(own: Ownership, address: str, sources: list[str]) -> dict:
     """This replica's heartbeat (written by `store.leases.write_lease`): who it is, where it answers, the
     sources it serves."""
-    return {"replica": own.replica, "replicas": own.replicas, "pid": os.getpid(), "host": socket.gethostname(),
-            "address": address, "sources": sources, "heartbeat": time.time()}
+    return {
+        "replica": own.replica,
+        "replicas": own.replicas,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "address": address,
+        "sources": sources,
+        "heartbeat": time.time(),
+    }

@@ -18,8 +18,9 @@ from nq_dagster.store import Warehouse
 
 
 class FilePickup:
-    def __init__(self, wh: Warehouse, last_ts: Callable[[str], int],
-                 submit: Callable[[list[tuple], str], object]):
+    def __init__(
+        self, wh: Warehouse, last_ts: Callable[[str], int], submit: Callable[[list[tuple], str], object]
+    ):
         """`last_ts(source)`: the source's last tick (ns); `submit(rows, label)` queues stored rows and
         waits."""
         self.wh, self.last_ts, self.submit = wh, last_ts, submit
@@ -27,8 +28,11 @@ class FilePickup:
 
     def pick_up(self, source: str) -> None:
         seen = self._seen_parts.setdefault(source, set())
-        parts = [p for p in self.wh.table_parts("raw_ticks", source)
-                 if not p.stem.startswith("serve-") and p.stem not in seen]
+        parts = [
+            p
+            for p in self.wh.table_parts("raw_ticks", source)
+            if not p.stem.startswith("serve-") and p.stem not in seen
+        ]
         if not parts:
             return
         last = self.last_ts(source)
@@ -43,6 +47,8 @@ class FilePickup:
         ts = pd.to_datetime(raw["timestamp"], utc=True)
         raw = raw[(ts > pd.Timestamp(last, tz="UTC")).to_numpy()].sort_values("timestamp")
         if len(raw):
-            rows = [(source, t.isoformat(), float(v))
-                    for t, v in zip(pd.to_datetime(raw["timestamp"], utc=True), raw[col], strict=True)]
+            rows = [
+                (source, t.isoformat(), float(v))
+                for t, v in zip(pd.to_datetime(raw["timestamp"], utc=True), raw[col], strict=True)
+            ]
             self.submit(rows, f"raw_ticks of {source}")

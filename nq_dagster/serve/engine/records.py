@@ -62,8 +62,11 @@ class RecordCache:
         rec = self._by_source.get(source, {}).get(ts_ns)
         if rec is not None:
             return rec
-        parts = [str(p) for p in self.wh.table_parts("predictions", source)
-                 if p.stem.startswith(("serve-", "stream-"))]
+        parts = [
+            str(p)
+            for p in self.wh.table_parts("predictions", source)
+            if p.stem.startswith(("serve-", "stream-"))
+        ]
         if not parts:
             return None
         ds = pads.dataset(parts, format="parquet", filesystem=self.wh.filesystem)

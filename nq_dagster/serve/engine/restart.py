@@ -59,12 +59,21 @@ class ShardRestarts:
             if ticks:
                 self.predictor.advance(s, list(ticks.values()), np.array(list(ticks), dtype=np.int64))
             replayed[s] = len(ticks)
-        log.error(json.dumps({"event": "prediction_process_restarted", "process": k, "sources": lost,
-                              "ticks_replayed": replayed}))
+        log.error(
+            json.dumps(
+                {
+                    "event": "prediction_process_restarted",
+                    "process": k,
+                    "sources": lost,
+                    "ticks_replayed": replayed,
+                }
+            )
+        )
 
 
-def recover(predictor, ticklog: TickLog, cache: RecordCache,
-            flush_segment: Callable[[Path, dict], None]) -> None:
+def recover(
+    predictor, ticklog: TickLog, cache: RecordCache, flush_segment: Callable[[Path, dict], None]
+) -> None:
     """Segments a dead process left: advance the states over their ticks, then flush them (before the engine
     opens a segment of its own)."""
     for path in ticklog.segments():
@@ -78,5 +87,13 @@ def recover(predictor, ticklog: TickLog, cache: RecordCache,
         loaded = set(predictor.sources())
         states = predictor.serving_states(sorted({t.source for t in ticks} & loaded))
         flush_segment(path, states)
-        log.info(json.dumps({"event": "wal_recovered", "segment": path.name, "ticks": len(ticks),
-                             "states_advanced": sorted(touched)}))
+        log.info(
+            json.dumps(
+                {
+                    "event": "wal_recovered",
+                    "segment": path.name,
+                    "ticks": len(ticks),
+                    "states_advanced": sorted(touched),
+                }
+            )
+        )

@@ -39,8 +39,10 @@ class LoggedTick:
 
 def log_line(source: str, ts_ns: int, value: float, stored: bool, record_json: str) -> str:
     """A segment line, with the record's JSON text as encoded once for the answer too."""
-    return (f'{{"s": {json.dumps(source)}, "t": {ts_ns}, "v": {value!r}, "stored": {json.dumps(stored)}, '
-            f'"r": {record_json}}}')
+    return (
+        f'{{"s": {json.dumps(source)}, "t": {ts_ns}, "v": {value!r}, "stored": {json.dumps(stored)}, '
+        f'"r": {record_json}}}'
+    )
 
 
 def read_segment(path: Path) -> list[LoggedTick]:

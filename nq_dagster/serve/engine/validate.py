@@ -37,7 +37,7 @@ def validate_requests(requests: Sequence[Sequence[tuple]], labels: Sequence[str]
     if fast is not None:
         out, k = Validated(), 0
         for i, rows in enumerate(requests):
-            ticks = (Tick(s, t, v) for s, t, v in fast[k:k + len(rows)])
+            ticks = (Tick(s, t, v) for s, t, v in fast[k : k + len(rows)])
             out.accepted[i] = sorted(ticks, key=_by_source_and_time)
             k += len(rows)
         return out

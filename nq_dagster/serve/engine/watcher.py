@@ -43,8 +43,11 @@ class Models:
 
     def changed(self) -> list[str]:
         """Owned sources whose serving_state changed since it was loaded (or appeared)."""
-        return [s for s in self.owned_trained_sources()
-                if self.wh.artifact_mtime_ns("serving_state", s) != self._mtime.get(s)]
+        return [
+            s
+            for s in self.owned_trained_sources()
+            if self.wh.artifact_mtime_ns("serving_state", s) != self._mtime.get(s)
+        ]
 
     def series(self, source: str) -> pd.DataFrame:
         """The source's series: raw_ticks plus the ticks still in the log (not yet flushed)."""
@@ -52,8 +55,12 @@ class Models:
         logged = [t for t in self.ticklog.ticks() if t.source == source]
         if logged:
             col = primary_column(list(raw.columns))
-            tail = pd.DataFrame({"timestamp": pd.to_datetime([t.ts_ns for t in logged], utc=True),
-                                 col: [t.value for t in logged]})
+            tail = pd.DataFrame(
+                {
+                    "timestamp": pd.to_datetime([t.ts_ns for t in logged], utc=True),
+                    col: [t.value for t in logged],
+                }
+            )
             raw = pd.concat([raw, tail])
         return build_series(raw)
 
@@ -73,9 +80,17 @@ class Models:
         self.predictor.warm_up(source)
         self.errors.pop(source, None)
         self._mtime[source] = mtime
-        log.info(json.dumps({"event": "model_loaded", "source": source,
-                             "model_version": state.model.model_version, "from": how,
-                             "rows_seen": state.stream.n_rows}))
+        log.info(
+            json.dumps(
+                {
+                    "event": "model_loaded",
+                    "source": source,
+                    "model_version": state.model.model_version,
+                    "from": how,
+                    "rows_seen": state.stream.n_rows,
+                }
+            )
+        )
         return how
 
     def no_model(self, source: str) -> NoModel:

@@ -89,8 +89,10 @@ class NoModel(Exception):
 
     def __init__(self, source: str, rows: int, needed: int):
         more = max(0, needed - rows)
-        super().__init__(f"source {source!r} has no trained model yet: {rows} row(s) stored, training needs "
-                         f"{needed} ({more} more); ingest history and run `nq run --source {source}`")
+        super().__init__(
+            f"source {source!r} has no trained model yet: {rows} row(s) stored, training needs "
+            f"{needed} ({more} more); ingest history and run `nq run --source {source}`"
+        )
         self.source, self.rows, self.needed = source, rows, needed
 
 

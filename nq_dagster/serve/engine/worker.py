@@ -53,8 +53,15 @@ NewTicks = dict[str, list[tuple[int, float]]]  # per source: a batch's new ticks
 
 
 class Worker:
-    def __init__(self, predictor, models: Models, cache: RecordCache, outcomes: Outcomes, ticklog: TickLog,
-                 restarts: ShardRestarts):
+    def __init__(
+        self,
+        predictor,
+        models: Models,
+        cache: RecordCache,
+        outcomes: Outcomes,
+        ticklog: TickLog,
+        restarts: ShardRestarts,
+    ):
         self.predictor, self.models, self.cache, self.outcomes = predictor, models, cache, outcomes
         self.ticklog, self.restarts = ticklog, restarts
         self._q: queue.PriorityQueue[Work] = queue.PriorityQueue()
@@ -63,8 +70,14 @@ class Worker:
         self.on_batch: OnBatch | None = None
 
     # queueing (any thread) ----------------------------------------------------------------------------------
-    def submit(self, rows: list[tuple], label: str, priority: Priority = "normal", stored: bool = False,
-               received: float | None = None) -> cf.Future:
+    def submit(
+        self,
+        rows: list[tuple],
+        label: str,
+        priority: Priority = "normal",
+        stored: bool = False,
+        received: float | None = None,
+    ) -> cf.Future:
         w = Work(queue_priority(priority), next(self._seq), "ticks", rows, label, stored)
         if received is not None:
             w.enqueued = received
@@ -115,8 +128,9 @@ class Worker:
                     group.append(w)
             self._process(group)
 
-    def _plan(self, w: Work, ticks: list[Tick], loaded: set[str], last: dict[str, int],
-              new: NewTicks) -> tuple[list[Planned], NewTicks]:
+    def _plan(
+        self, w: Work, ticks: list[Tick], loaded: set[str], last: dict[str, int], new: NewTicks
+    ) -> tuple[list[Planned], NewTicks]:
         """Where each of a request's ticks gets its answer, and the request's new (ts_ns, value) per source,
         after the ticks the batch accepted before it (`new`, `last`). Raises the request's refusal."""
         tentative: NewTicks = {}
@@ -124,8 +138,13 @@ class Worker:
         for tick in ticks:
             src, t = tick.source, tick.ts_ns
             if src not in loaded:
-                raise self.models.no_model(src) if src not in self.models.errors else Rejected(
-                    [f"source {src!r}: its model failed to load ({self.models.errors[src]})"], "source")
+                raise (
+                    self.models.no_model(src)
+                    if src not in self.models.errors
+                    else Rejected(
+                        [f"source {src!r}: its model failed to load ({self.models.errors[src]})"], "source"
+                    )
+                )
             if src not in last:
                 last[src] = self.predictor.last_ts(src)
             pending = tentative.get(src)
@@ -140,9 +159,14 @@ class Worker:
             stored = self.cache.stored(src, t)
             if stored is None:
                 when, seen = pd.Timestamp(t, tz="UTC"), pd.Timestamp(floor, tz="UTC")
-                raise Rejected([f"{w.label}: source {src!r}: timestamp {when} is not after the last one seen "
-                                f"({seen}) and was never stored; older rows are used at the next training, "
-                                "not streamed"], "timestamp")
+                raise Rejected(
+                    [
+                        f"{w.label}: source {src!r}: timestamp {when} is not after the last one seen "
+                        f"({seen}) and was never stored; older rows are used at the next training, "
+                        "not streamed"
+                    ],
+                    "timestamp",
+                )
             out.append(Planned(src, t, duplicate=True, stored=stored))
         return out, tentative
 
@@ -194,12 +218,19 @@ class Worker:
             if self.on_batch is not None:
                 self.on_batch(len(group), sum(len(v) for v in new.values()), time.perf_counter() - t0)
 
-    def _predict(self, group: list[Work], new: NewTicks,
-                 origin: dict[tuple[str, int], int]) -> tuple[dict[tuple[str, int], Answer], list[dict]]:
+    def _predict(
+        self, group: list[Work], new: NewTicks, origin: dict[tuple[str, int], int]
+    ) -> tuple[dict[tuple[str, int], Answer], list[dict]]:
         """Advance every source over its new ticks at once; log each tick with its record; the records (as
         answers to the request that brought the tick) and the outcomes they realized."""
-        got = self.restarts.predict(lambda: self.predictor.advance_many(
-            {s: ([v for _, v in tk], np.array([t for t, _ in tk], dtype=np.int64)) for s, tk in new.items()}))
+        got = self.restarts.predict(
+            lambda: self.predictor.advance_many(
+                {
+                    s: ([v for _, v in tk], np.array([t for t, _ in tk], dtype=np.int64))
+                    for s, tk in new.items()
+                }
+            )
+        )
         fresh: dict[tuple[str, int], Answer] = {}
         outcomes: list[dict] = []
         lines = []

@@ -60,10 +60,13 @@ class DirectRoutes:
 
     def __init__(self, router: Starlette, routes: list[BaseRoute]):
         self.router = router
-        self.table = {(m, r.path): r.endpoint for r in routes
-                      if isinstance(r, Route) and not r.param_convertors
-                      and inspect.iscoroutinefunction(r.endpoint)
-                      for m in r.methods or () if m in ("GET", "POST")}
+        self.table = {
+            (m, r.path): r.endpoint
+            for r in routes
+            if isinstance(r, Route) and not r.param_convertors and inspect.iscoroutinefunction(r.endpoint)
+            for m in r.methods or ()
+            if m in ("GET", "POST")
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.table.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
@@ -102,6 +105,7 @@ class ServerApp:
 def _wire(state: ServerState) -> None:
     """The engine's callbacks (worker thread): count each batch's new predictions, push them and the outcomes
     they realized to the WebSocket subscribers on the event loop."""
+
     def on_records(records: list[dict], outcomes: list[dict]) -> None:
         now = time.monotonic()
         for rec in records:
@@ -134,14 +138,27 @@ def create_app(wh: Warehouse, engine: Engine, settings: ServerSettings) -> Serve
     return ServerApp(app, state, direct)
 
 
-def create_server(home: str | Path | Settings | None = None, ownership: Ownership = Ownership(),
-                  settings: ServerSettings | None = None, fsync: str = "interval", address: str = "",
-                  flush_interval_s: float = 10.0, watch_interval_s: float = 1.0,
-                  processes: int = 1) -> ServerApp:
+def create_server(
+    home: str | Path | Settings | None = None,
+    ownership: Ownership = Ownership(),
+    settings: ServerSettings | None = None,
+    fsync: str = "interval",
+    address: str = "",
+    flush_interval_s: float = 10.0,
+    watch_interval_s: float = 1.0,
+    processes: int = 1,
+) -> ServerApp:
     """An engine on the data directory `home` (a path, with the environment's other settings, or the process's
     `Settings` from a composition root), started (models loaded, the log recovered), and its app."""
     process = home if isinstance(home, Settings) else Settings.from_env().with_home(home)
     wh = Warehouse.from_settings(process)
-    engine = Engine(wh, ownership, fsync=fsync, address=address, flush_interval_s=flush_interval_s,
-                    watch_interval_s=watch_interval_s, processes=processes).start()
+    engine = Engine(
+        wh,
+        ownership,
+        fsync=fsync,
+        address=address,
+        flush_interval_s=flush_interval_s,
+        watch_interval_s=watch_interval_s,
+        processes=processes,
+    ).start()
     return create_app(wh, engine, settings or ServerSettings.load(wh))

@@ -33,8 +33,11 @@ class Access:
         """The caller's key record; its id goes into the request's state (the access log names it)."""
         auth = headers.get("authorization", "")
         if not auth.lower().startswith("bearer ") or not auth[7:].strip():
-            raise ApiError(401, "missing API key: send `Authorization: Bearer <key>` (create one with "
-                                "`nq keys create`)", headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "missing API key: send `Authorization: Bearer <key>` (create one with `nq keys create`)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         rec = self.keys.verify(auth[7:].strip())
         if rec is None:
             raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
@@ -50,12 +53,18 @@ class Access:
             bucket = self.buckets[rec.id] = TokenBucket(rec.rate_per_s, rec.burst)
         wait = bucket.take()
         if wait > 0:
-            raise ApiError(429, f"rate limit of {rec.rate_per_s * 60:g}/min (burst {rec.burst}) reached; "
-                                f"retry in {wait:.2f} s",
-                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            raise ApiError(
+                429,
+                f"rate limit of {rec.rate_per_s * 60:g}/min (burst {rec.burst}) reached; "
+                f"retry in {wait:.2f} s",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         if self.inflight[rec.id] >= rec.max_concurrent:
-            raise ApiError(429, f"{rec.max_concurrent} requests of this key are in flight already; wait for "
-                                "one", headers={"Retry-After": "1"})
+            raise ApiError(
+                429,
+                f"{rec.max_concurrent} requests of this key are in flight already; wait for one",
+                headers={"Retry-After": "1"},
+            )
 
 
 def guarded(access: Access, role: str, handler: Handler) -> Endpoint:

@@ -27,11 +27,18 @@ class Job:
     callback: dict | None = None  # the callback's outcome: {"status_code"} or {"error"}
 
     def public(self) -> dict:
-        return {"job_id": self.id, "status": self.status, "points": self.points,
-                "predicted": len(self.results),
-                "duplicates": sum(1 for r in self.results if r.get("duplicate")), "errors": self.errors,
-                "submitted_at": iso(self.submitted_at), "finished_at": iso(self.finished_at),
-                "callback": self.callback, "results": self.results}
+        return {
+            "job_id": self.id,
+            "status": self.status,
+            "points": self.points,
+            "predicted": len(self.results),
+            "duplicates": sum(1 for r in self.results if r.get("duplicate")),
+            "errors": self.errors,
+            "submitted_at": iso(self.submitted_at),
+            "finished_at": iso(self.finished_at),
+            "callback": self.callback,
+            "results": self.results,
+        }
 
 
 class Jobs:

@@ -77,12 +77,17 @@ class RealtimeBody(Body):
     """`POST /api/v1/process/realtime`: one source's values, with `timestamp` (one value) or `timestamps`."""
 
     EXPECTED: ClassVar[dict[str, str]] = {
-        "source": "required, a string", "data": "required, a non-empty list of numbers",
-        "data[]": "expected a number, got {type} {input}", "timestamps": "one per value",
+        "source": "required, a string",
+        "data": "required, a non-empty list of numbers",
+        "data[]": "expected a number, got {type} {input}",
+        "timestamps": "one per value",
         "timestamp": "expected a string or a number, got {type}",
-        "timestamps[]": "expected a string or a number, got {type}", "config": "expected an object",
+        "timestamps[]": "expected a string or a number, got {type}",
+        "config": "expected an object",
         "config.neuromorphic_enabled": "expected true or false",
-        "config.quantum_enabled": "expected true or false", "config.priority": "one of low, normal, high"}
+        "config.quantum_enabled": "expected true or false",
+        "config.priority": "one of low, normal, high",
+    }
     source: StrictStr
     data: list[Number] = Field(min_length=1)
     timestamp: Timestamp | None = None
@@ -93,8 +98,11 @@ class RealtimeBody(Body):
     @classmethod
     def _source_name(cls, v: str) -> str:
         if not SOURCE_RE.match(v):
-            raise body_error("source", f"source name {v!r} is not valid: use 1-64 letters, digits, '_', "
-                                       "'-' or '.', starting with a letter or digit")
+            raise body_error(
+                "source",
+                f"source name {v!r} is not valid: use 1-64 letters, digits, '_', "
+                "'-' or '.', starting with a letter or digit",
+            )
         return v
 
     @field_validator("data", mode="before")
@@ -102,8 +110,11 @@ class RealtimeBody(Body):
     def _not_too_many(cls, v: Any, info: ValidationInfo) -> Any:
         most = (info.context or {}).get("max_values")
         if most is not None and isinstance(v, list) and len(v) > most:
-            raise body_error("data", f"data: {len(v)} values, at most {most} per request; use "
-                                     "/api/v1/process/batch", status=413)
+            raise body_error(
+                "data",
+                f"data: {len(v)} values, at most {most} per request; use /api/v1/process/batch",
+                status=413,
+            )
         return v
 
     @model_validator(mode="after")
@@ -114,13 +125,17 @@ class RealtimeBody(Body):
                 raise body_error("timestamps", f"timestamps: one per value ({n})")
         elif "timestamp" in self.model_fields_set:
             if n != 1:
-                raise body_error("timestamp", f"timestamp: one timestamp for {n} values; send `timestamps`, "
-                                              "one per value")
+                raise body_error(
+                    "timestamp", f"timestamp: one timestamp for {n} values; send `timestamps`, one per value"
+                )
             if self.timestamp is None:
                 raise body_error("timestamp", "timestamps[0]: expected a string or a number, got NoneType")
         else:
-            raise body_error("timestamp", "timestamp: required (ISO 8601 or epoch seconds/milliseconds); the "
-                                          "same tick posted again is recognised by its timestamp")
+            raise body_error(
+                "timestamp",
+                "timestamp: required (ISO 8601 or epoch seconds/milliseconds); the "
+                "same tick posted again is recognised by its timestamp",
+            )
         return self
 
     def ticks(self) -> list[tuple]:
@@ -130,8 +145,14 @@ class RealtimeBody(Body):
 
     def omitted(self) -> list[str]:
         """The results the client asked to leave out of the answer."""
-        return [k for k, on in (("neuromorphic_results", self.config.neuromorphic_enabled),
-                                ("quantum_results", self.config.quantum_enabled)) if not on]
+        return [
+            k
+            for k, on in (
+                ("neuromorphic_results", self.config.neuromorphic_enabled),
+                ("quantum_results", self.config.quantum_enabled),
+            )
+            if not on
+        ]
 
 
 class JobRef(Body):
@@ -158,9 +179,11 @@ class BatchBody(Body):
 
     EXPECTED: ClassVar[dict[str, str]] = {
         "data_points": "required, a non-empty list of {{source, timestamp, value}}",
-        "data_points[]": "expected an object", "data_points[].source": "required, a string",
+        "data_points[]": "expected an object",
+        "data_points[].source": "required, a string",
         "data_points[].timestamp": "required, a string or a number",
-        "data_points[].value": "required, a number"}
+        "data_points[].value": "required, a number",
+    }
     data_points: list[DataPoint] = Field(min_length=1)
     callback_url: str | None = None
 
@@ -169,8 +192,9 @@ class BatchBody(Body):
     def _not_too_many(cls, v: Any, info: ValidationInfo) -> Any:
         most = (info.context or {}).get("max_points")
         if most is not None and isinstance(v, list) and len(v) > most:
-            raise body_error("data_points", f"data_points: {len(v)} points, at most {most} per job",
-                             status=413)
+            raise body_error(
+                "data_points", f"data_points: {len(v)} points, at most {most} per job", status=413
+            )
         return v
 
     @field_validator("callback_url", mode="before")
@@ -183,9 +207,12 @@ class BatchBody(Body):
         host = (u.hostname or "").lower() if u else ""
         if not u or u.scheme not in ("http", "https") or host not in hosts:
             allowed = ", ".join(hosts) or "empty"
-            raise body_error("callback_url", f"callback_url: host {host or v!r} is not on the callback "
-                                             f"allow-list ({allowed}; `callback_hosts` in "
-                                             "serve/settings.json)")
+            raise body_error(
+                "callback_url",
+                f"callback_url: host {host or v!r} is not on the callback "
+                f"allow-list ({allowed}; `callback_hosts` in "
+                "serve/settings.json)",
+            )
         return v
 
     def ticks(self) -> list[tuple]:
@@ -197,8 +224,12 @@ class NewKey(Body):
 
     model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
     EXPECTED: ClassVar[dict[str, str]] = {
-        "role": f"one of {', '.join(ROLES)}", "rate": "N/s, N/min or N/h, e.g. 600/min",
-        "burst": "an integer, at least 1", "max_concurrent": "an integer, at least 1", "name": "a string"}
+        "role": f"one of {', '.join(ROLES)}",
+        "rate": "N/s, N/min or N/h, e.g. 600/min",
+        "burst": "an integer, at least 1",
+        "max_concurrent": "an integer, at least 1",
+        "name": "a string",
+    }
     role: Literal["viewer", "developer", "admin"]
     rate: str = "600/min"  # N/s, N/min or N/h
     burst: int = Field(50, ge=1)

@@ -19,23 +19,42 @@ from starlette.responses import JSONResponse, Response
 class ApiError(Exception):
     """An answer other than success: HTTP `status`, a message that says what to fix, the request's `field`."""
 
-    def __init__(self, status: int, message: str, field: str | None = None, headers: dict | None = None,
-                 details: list[str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        headers: dict | None = None,
+        details: list[str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.field = status, message, field
         self.headers, self.details = headers, details
 
     def response(self, request_id: str) -> JSONResponse:
-        return error_response(self.status, self.message, request_id, field=self.field, details=self.details,
-                              headers=self.headers)
+        return error_response(
+            self.status,
+            self.message,
+            request_id,
+            field=self.field,
+            details=self.details,
+            headers=self.headers,
+        )
 
 
 class BodyTooLarge(Exception):
     """The request body grew past the limit while it was read (a body without Content-Length)."""
 
 
-def error_response(status: int, message: str, request_id: str, *, field: str | None = None,
-                   details: list[str] | None = None, headers: dict | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    request_id: str,
+    *,
+    field: str | None = None,
+    details: list[str] | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
     err: dict = {"code": status, "message": message}
     if field:
         err["field"] = field
@@ -71,5 +90,9 @@ async def _handler(request: Request, exc: Exception) -> Response:
 
 
 # Starlette's; for `Exception` its server-error middleware answers, then re-raises to ours, which logs it
-EXCEPTION_HANDLERS = {ApiError: _handler, BodyTooLarge: _handler, HTTPException: _handler,
-                      Exception: _handler}
+EXCEPTION_HANDLERS = {
+    ApiError: _handler,
+    BodyTooLarge: _handler,
+    HTTPException: _handler,
+    Exception: _handler,
+}

@@ -28,9 +28,13 @@ class Figures:
             with contextlib.suppress(Exception):
                 if self.wh.table_parts("validation_metrics", s):
                     m = self.wh.read_table("validation_metrics", s).iloc[-1]
-                    out[s] = {"score": float(m["score"]), "accuracy": float(m["accuracy"]),
-                              "predictions": int(m["predictions"]), "model_version": str(m["model_version"]),
-                              "report": f"{s}.html"}
+                    out[s] = {
+                        "score": float(m["score"]),
+                        "accuracy": float(m["accuracy"]),
+                        "predictions": int(m["predictions"]),
+                        "model_version": str(m["model_version"]),
+                        "report": f"{s}.html",
+                    }
         self._validation_read_at, self._validation = time.monotonic(), out
         return out
 
@@ -39,6 +43,9 @@ class Figures:
         out = {}
         for s in self.engine.sources():
             o = self.engine.outcomes(s)
-            out[s] = {"realized": len(o), "accuracy": (sum(x["correct"] for x in o) / len(o)) if o else None,
-                      "mean_confidence": (sum(x["confidence"] for x in o) / len(o)) if o else None}
+            out[s] = {
+                "realized": len(o),
+                "accuracy": (sum(x["correct"] for x in o) / len(o)) if o else None,
+                "mean_confidence": (sum(x["confidence"] for x in o) / len(o)) if o else None,
+            }
         return out

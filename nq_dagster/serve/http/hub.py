@@ -20,8 +20,11 @@ class Subscriber:
     directions: set[str]  # empty: every direction
 
     def wants(self, rec: dict) -> bool:
-        return (rec["source"] in self.sources and rec["confidence"] >= self.min_confidence
-                and (not self.directions or rec["direction"] in self.directions))
+        return (
+            rec["source"] in self.sources
+            and rec["confidence"] >= self.min_confidence
+            and (not self.directions or rec["direction"] in self.directions)
+        )
 
 
 class Hub:

@@ -96,8 +96,9 @@ class RequestMiddleware:
             declared = 0
         try:
             if declared > limit:
-                await error_response(413, f"request body of {declared} bytes is over the limit of {limit}",
-                                     rid)(scope, receive, send_with_id)
+                await error_response(
+                    413, f"request body of {declared} bytes is over the limit of {limit}", rid
+                )(scope, receive, send_with_id)
             else:
                 seen = 0
 
@@ -125,8 +126,10 @@ class RequestMiddleware:
                 self._series.clear()
             m = self.metrics
             series = self._series[(endpoint, method, code)] = _Series(
-                m.request_seconds.labels(endpoint, method), m.requests.labels(endpoint, method, str(code)),
-                m.errors.labels(endpoint, str(code)) if code >= 400 else None)
+                m.request_seconds.labels(endpoint, method),
+                m.requests.labels(endpoint, method, str(code)),
+                m.errors.labels(endpoint, str(code)) if code >= 400 else None,
+            )
         series.seconds.observe(elapsed)
         series.requests.inc()
         if series.errors is not None:
@@ -134,8 +137,18 @@ class RequestMiddleware:
         if endpoint.startswith("/api/v1/process/") and code not in UNCOUNTED:
             self.metrics.outcomes.append((time.monotonic(), code))  # admitted processing requests
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info(json.dumps({"ts": iso(time.time()), "request_id": rid, "method": method,
-                                        "path": scope["path"], "endpoint": endpoint, "status": code,
-                                        "ms": round(elapsed * 1000, 3),
-                                        "key_id": scope["state"].get("key_id"),
-                                        "client": (scope.get("client") or ["?"])[0]}))
+            access_log.info(
+                json.dumps(
+                    {
+                        "ts": iso(time.time()),
+                        "request_id": rid,
+                        "method": method,
+                        "path": scope["path"],
+                        "endpoint": endpoint,
+                        "status": code,
+                        "ms": round(elapsed * 1000, 3),
+                        "key_id": scope["state"].get("key_id"),
+                        "client": (scope.get("client") or ["?"])[0],
+                    }
+                )
+            )

@@ -39,9 +39,18 @@ class ServerState:
     @classmethod
     def build(cls, wh: Warehouse, engine: Engine, settings: ServerSettings) -> ServerState:
         keys, metrics = KeyStore(wh.home), Metrics()
-        return cls(wh=wh, engine=engine, settings=settings, keys=keys, access=Access(keys),
-                   configs=ConfigStore(wh.home), metrics=metrics, hub=Hub(metrics, settings.ws_queue),
-                   jobs=Jobs(settings.jobs_kept), figures=Figures(wh, engine))
+        return cls(
+            wh=wh,
+            engine=engine,
+            settings=settings,
+            keys=keys,
+            access=Access(keys),
+            configs=ConfigStore(wh.home),
+            metrics=metrics,
+            hub=Hub(metrics, settings.ws_queue),
+            jobs=Jobs(settings.jobs_kept),
+            figures=Figures(wh, engine),
+        )
 
     def peer_client(self) -> httpx.AsyncClient:
         if self.peers is None:

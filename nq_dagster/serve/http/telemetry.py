@@ -11,36 +11,77 @@ import time
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (.0005, .001, .0025, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5, 5,
-                   10)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
 
 
 class Metrics:
     def __init__(self):
         r = self.registry = CollectorRegistry()
-        self.request_seconds = Histogram("nq_http_request_duration_seconds", "HTTP request latency",
-                                         ["endpoint", "method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.requests = Counter("nq_http_requests", "HTTP requests by status",
-                                ["endpoint", "method", "status"], registry=r)
-        self.errors = Counter("nq_http_errors", "HTTP responses with status >= 400", ["endpoint", "code"],
-                              registry=r)
+        self.request_seconds = Histogram(
+            "nq_http_request_duration_seconds",
+            "HTTP request latency",
+            ["endpoint", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "nq_http_requests", "HTTP requests by status", ["endpoint", "method", "status"], registry=r
+        )
+        self.errors = Counter(
+            "nq_http_errors", "HTTP responses with status >= 400", ["endpoint", "code"], registry=r
+        )
         self.predictions = Counter("nq_predictions", "Predictions served (new ticks)", ["source"], registry=r)
-        self.processing = Histogram("nq_prediction_processing_seconds", "Tick received to record ready, per "
-                                    "prediction", buckets=LATENCY_BUCKETS, registry=r)
+        self.processing = Histogram(
+            "nq_prediction_processing_seconds",
+            "Tick received to record ready, per prediction",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.ws_clients = Gauge("nq_websocket_clients", "Connected WebSocket subscribers", registry=r)
-        self.ws_dropped = Counter("nq_websocket_slow_closed", "Subscribers closed for falling behind",
-                                  registry=r)
-        self.model_info = Gauge("nq_model_info", "Model version loaded per source (value 1)",
-                                ["source", "model_version", "config_version"], registry=r)
-        self.validation_accuracy = Gauge("nq_validation_accuracy", "Accuracy on realized outcomes, latest "
-                                         "report", ["source"], registry=r)
-        self.validation_score = Gauge("nq_validation_score", "Validation score (0-100), latest report",
-                                      ["source"], registry=r)
-        self.live_accuracy = Gauge("nq_live_accuracy", "Accuracy of the last 500 served predictions whose "
-                                   "outcome is known (realized by later ticks)", ["source"], registry=r)
+        self.ws_dropped = Counter(
+            "nq_websocket_slow_closed", "Subscribers closed for falling behind", registry=r
+        )
+        self.model_info = Gauge(
+            "nq_model_info",
+            "Model version loaded per source (value 1)",
+            ["source", "model_version", "config_version"],
+            registry=r,
+        )
+        self.validation_accuracy = Gauge(
+            "nq_validation_accuracy", "Accuracy on realized outcomes, latest report", ["source"], registry=r
+        )
+        self.validation_score = Gauge(
+            "nq_validation_score", "Validation score (0-100), latest report", ["source"], registry=r
+        )
+        self.live_accuracy = Gauge(
+            "nq_live_accuracy",
+            "Accuracy of the last 500 served predictions whose outcome is known (realized by later ticks)",
+            ["source"],
+            registry=r,
+        )
         self.queue_depth = Gauge("nq_engine_queue_depth", "Requests waiting for the engine", registry=r)
-        self.batch_seconds = Histogram("nq_engine_batch_seconds", "Engine time per batch",
-                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_seconds = Histogram(
+            "nq_engine_batch_seconds", "Engine time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.recent_ms: collections.deque = collections.deque(maxlen=10_000)  # processing_time_ms, exact
         self.pred_times: collections.deque = collections.deque(maxlen=200_000)  # monotonic time of each
         self.outcomes: collections.deque = collections.deque(maxlen=20_000)  # (monotonic time, status) of a
@@ -65,9 +106,17 @@ class Metrics:
         def pct(q):
             return float(np.percentile(ms, q)) if len(ms) else None
 
-        return {"predictions_total": self.total_predictions, "predictions_per_second_1m": per_s,
-                "processing_time_ms": {"average": float(ms.mean()) if len(ms) else None, "p50": pct(50),
-                                       "p95": pct(95), "p99": pct(99), "over_last": len(ms)},
-                "success_rate_5m": (sum(c < 300 for c in window) / len(window)) if window else None,
-                "server_error_rate_5m": (sum(c >= 500 for c in window) / len(window)) if window else None,
-                "requests_5m": len(window)}
+        return {
+            "predictions_total": self.total_predictions,
+            "predictions_per_second_1m": per_s,
+            "processing_time_ms": {
+                "average": float(ms.mean()) if len(ms) else None,
+                "p50": pct(50),
+                "p95": pct(95),
+                "p99": pct(99),
+                "over_last": len(ms),
+            },
+            "success_rate_5m": (sum(c < 300 for c in window) / len(window)) if window else None,
+            "server_error_rate_5m": (sum(c >= 500 for c in window) / len(window)) if window else None,
+            "requests_5m": len(window),
+        }

@@ -52,5 +52,7 @@ async def config_put(state: ServerState, request: Request, key: KeyRecord) -> Re
 
 
 def routes(state: ServerState) -> list[BaseRoute]:
-    return [Route(PATH, guarded(state.access, "viewer", partial(config_get, state)), methods=["GET"]),
-            Route(PATH, guarded(state.access, "admin", partial(config_put, state)), methods=["PUT"])]
+    return [
+        Route(PATH, guarded(state.access, "viewer", partial(config_get, state)), methods=["GET"]),
+        Route(PATH, guarded(state.access, "admin", partial(config_put, state)), methods=["PUT"]),
+    ]

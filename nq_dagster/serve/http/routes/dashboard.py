@@ -22,8 +22,11 @@ STATIC = Path(__file__).resolve().parents[2] / "static"  # nq_dagster/serve/stat
 
 
 async def index(request: Request) -> Response:
-    return Response((STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8",
-                    headers={"Cache-Control": "no-cache"})
+    return Response(
+        (STATIC / "index.html").read_bytes(),
+        media_type="text/html; charset=utf-8",
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 async def report(state: ServerState, request: Request, key: KeyRecord) -> Response:
@@ -39,6 +42,8 @@ async def report(state: ServerState, request: Request, key: KeyRecord) -> Respon
 
 def routes(state: ServerState) -> list[BaseRoute]:
     viewer_report = guarded(state.access, "viewer", partial(report, state))
-    return [Route("/reports/{name}", viewer_report, methods=["GET"]),
-            Route("/", index, methods=["GET"]),
-            Mount("/static", app=StaticFiles(directory=STATIC), name="static")]
+    return [
+        Route("/reports/{name}", viewer_report, methods=["GET"]),
+        Route("/", index, methods=["GET"]),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]

@@ -41,26 +41,47 @@ async def batch(state: ServerState, request: Request, key: KeyRecord) -> Respons
     own = state.engine.own
     foreign = sorted({src for src, _, _ in rows if SOURCE_RE.match(src) and not own.owns(src)})
     if foreign:
-        raise ApiError(421, "data_points: sources served by other replicas: " + ", ".join(
-            f"{src} (replica {own.owner(src)})" for src in foreign[:20]) + "; send each its own batch",
-            field="data_points")
+        raise ApiError(
+            421,
+            "data_points: sources served by other replicas: "
+            + ", ".join(f"{src} (replica {own.owner(src)})" for src in foreign[:20])
+            + "; send each its own batch",
+            field="data_points",
+        )
     job = Job(job_id, len(rows), key.id, body.callback_url)
     state.jobs.add(job)
     asyncio.get_running_loop().create_task(run_job(state, job, rows))
-    return JSONResponse({"job_id": job_id, "status": job.status, "points": job.points,
-                         "status_url": f"/api/v1/jobs/{job_id}"}, status_code=202)
+    return JSONResponse(
+        {
+            "job_id": job_id,
+            "status": job.status,
+            "points": job.points,
+            "status_url": f"/api/v1/jobs/{job_id}",
+        },
+        status_code=202,
+    )
 
 
 async def run_job(state: ServerState, job: Job, rows: list[tuple]) -> None:
     """The job's points sorted as ingest sorts (source, then time), in chunks; then the callback."""
     job.status = "running"
-    order = pd.to_datetime(pd.Series([r[1] if isinstance(r[1], str) else None for r in rows]), utc=True,
-                           errors="coerce", format="ISO8601")
-    keyed = sorted(range(len(rows)), key=lambda i: (str(rows[i][0]),
-                                                     order.iloc[i].value if not pd.isna(order.iloc[i]) else 0,
-                                                     rows[i][1] if not isinstance(rows[i][1], str) else 0, i))
+    order = pd.to_datetime(
+        pd.Series([r[1] if isinstance(r[1], str) else None for r in rows]),
+        utc=True,
+        errors="coerce",
+        format="ISO8601",
+    )
+    keyed = sorted(
+        range(len(rows)),
+        key=lambda i: (
+            str(rows[i][0]),
+            order.iloc[i].value if not pd.isna(order.iloc[i]) else 0,
+            rows[i][1] if not isinstance(rows[i][1], str) else 0,
+            i,
+        ),
+    )
     for start in range(0, len(keyed), CHUNK):
-        chunk = [rows[i] for i in keyed[start:start + CHUNK]]
+        chunk = [rows[i] for i in keyed[start : start + CHUNK]]
         try:
             answers = await run_ticks(state, chunk, f"job {job.id}: data_points", "low", None)
             job.results += [{**a.record, "duplicate": a.duplicate} for a in answers]
@@ -88,5 +109,7 @@ async def job_status(state: ServerState, request: Request, key: KeyRecord) -> Re
 
 def routes(state: ServerState) -> list[BaseRoute]:
     dev = partial(guarded, state.access, "developer")
-    return [Route("/api/v1/process/batch", dev(partial(batch, state)), methods=["POST"]),
-            Route("/api/v1/jobs/{job_id}", dev(partial(job_status, state)), methods=["GET"])]
+    return [
+        Route("/api/v1/process/batch", dev(partial(batch, state)), methods=["POST"]),
+        Route("/api/v1/jobs/{job_id}", dev(partial(job_status, state)), methods=["GET"]),
+    ]

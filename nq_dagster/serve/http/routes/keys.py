@@ -26,8 +26,9 @@ async def keys_create(state: ServerState, request: Request, key: KeyRecord) -> R
         new, rec = state.keys.create(body.role, body.rate, body.burst, body.max_concurrent, body.name)
     except ValueError as exc:
         raise ApiError(422, str(exc), field="rate") from None
-    return JSONResponse({"key": new, **rec.public(), "note": "shown once: only its hash is stored"},
-                        status_code=201)
+    return JSONResponse(
+        {"key": new, **rec.public(), "note": "shown once: only its hash is stored"}, status_code=201
+    )
 
 
 async def keys_revoke(state: ServerState, request: Request, key: KeyRecord) -> Response:
@@ -40,6 +41,8 @@ async def keys_revoke(state: ServerState, request: Request, key: KeyRecord) -> R
 
 def routes(state: ServerState) -> list[BaseRoute]:
     admin = partial(guarded, state.access, "admin")
-    return [Route("/api/v1/keys", admin(partial(keys_list, state)), methods=["GET"]),
-            Route("/api/v1/keys", admin(partial(keys_create, state)), methods=["POST"]),
-            Route("/api/v1/keys/{key_id}", admin(partial(keys_revoke, state)), methods=["DELETE"])]
+    return [
+        Route("/api/v1/keys", admin(partial(keys_list, state)), methods=["GET"]),
+        Route("/api/v1/keys", admin(partial(keys_create, state)), methods=["POST"]),
+        Route("/api/v1/keys/{key_id}", admin(partial(keys_revoke, state)), methods=["DELETE"]),
+    ]

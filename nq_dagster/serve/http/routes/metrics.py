@@ -18,11 +18,13 @@ from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.keys import KeyRecord
 from nq_dagster.serve.logs import iso
 
-NOTES = {"latency": "tick received to record ready, exact percentiles over the last 10,000 predictions",
-         "success_rate": "share of admitted processing requests (past key, role, rate and size checks) "
-                         "answered 2xx over the last 5 minutes; 4xx for bad ticks count as failures",
-         "validation": "from each source's latest validation report (realized outcomes)",
-         "live": "served predictions whose outcome later ticks realized (last 500 per source)"}
+NOTES = {
+    "latency": "tick received to record ready, exact percentiles over the last 10,000 predictions",
+    "success_rate": "share of admitted processing requests (past key, role, rate and size checks) "
+    "answered 2xx over the last 5 minutes; 4xx for bad ticks count as failures",
+    "validation": "from each source's latest validation report (realized outcomes)",
+    "live": "served predictions whose outcome later ticks realized (last 500 per source)",
+}
 
 
 async def metrics_json(state: ServerState, request: Request, key: KeyRecord) -> Response:
@@ -30,16 +32,28 @@ async def metrics_json(state: ServerState, request: Request, key: KeyRecord) -> 
     validation = await asyncio.to_thread(state.figures.validation)
     eng = state.engine
     ms = f["processing_time_ms"]
-    return JSONResponse({
-        "timestamp": iso(time.time()), "uptime_seconds": round(time.time() - eng.started_at, 3),
-        "total_predictions": f["predictions_total"], "predictions_per_second": f["predictions_per_second_1m"],
-        "average_processing_time_ms": ms["average"], "p50_latency_ms": ms["p50"], "p95_latency_ms": ms["p95"],
-        "p99_latency_ms": ms["p99"], "latency_window": ms["over_last"], "success_rate": f["success_rate_5m"],
-        "active_connections": len(state.hub.subs), "validation": validation, "live": state.figures.live(),
-        "models": {s: {k: v for k, v in info.items() if k not in ("quantum", "reliability")}
-                   for s, info in eng.model_info().items()},
-        "notes": NOTES,
-    })
+    return JSONResponse(
+        {
+            "timestamp": iso(time.time()),
+            "uptime_seconds": round(time.time() - eng.started_at, 3),
+            "total_predictions": f["predictions_total"],
+            "predictions_per_second": f["predictions_per_second_1m"],
+            "average_processing_time_ms": ms["average"],
+            "p50_latency_ms": ms["p50"],
+            "p95_latency_ms": ms["p95"],
+            "p99_latency_ms": ms["p99"],
+            "latency_window": ms["over_last"],
+            "success_rate": f["success_rate_5m"],
+            "active_connections": len(state.hub.subs),
+            "validation": validation,
+            "live": state.figures.live(),
+            "models": {
+                s: {k: v for k, v in info.items() if k not in ("quantum", "reliability")}
+                for s, info in eng.model_info().items()
+            },
+            "notes": NOTES,
+        }
+    )
 
 
 async def prometheus(state: ServerState, request: Request, key: KeyRecord) -> Response:
@@ -59,5 +73,7 @@ async def prometheus(state: ServerState, request: Request, key: KeyRecord) -> Re
 
 def routes(state: ServerState) -> list[BaseRoute]:
     viewer = partial(guarded, state.access, "viewer")
-    return [Route("/api/v1/metrics", viewer(partial(metrics_json, state)), methods=["GET"]),
-            Route("/metrics", viewer(partial(prometheus, state)), methods=["GET"])]
+    return [
+        Route("/api/v1/metrics", viewer(partial(metrics_json, state)), methods=["GET"]),
+        Route("/metrics", viewer(partial(prometheus, state)), methods=["GET"]),
+    ]

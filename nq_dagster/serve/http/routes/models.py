@@ -60,7 +60,9 @@ async def models(state: ServerState, request: Request, key: KeyRecord) -> Respon
 
 def routes(state: ServerState) -> list[BaseRoute]:
     viewer = partial(guarded, state.access, "viewer")
-    return [Route("/api/v1/predictions", viewer(partial(predictions, state)), methods=["GET"]),
-            Route("/api/v1/ping", viewer(partial(ping, state)), methods=["GET"]),
-            Route("/api/v1/outcomes", viewer(partial(outcomes, state)), methods=["GET"]),
-            Route("/api/v1/models", viewer(partial(models, state)), methods=["GET"])]
+    return [
+        Route("/api/v1/predictions", viewer(partial(predictions, state)), methods=["GET"]),
+        Route("/api/v1/ping", viewer(partial(ping, state)), methods=["GET"]),
+        Route("/api/v1/outcomes", viewer(partial(outcomes, state)), methods=["GET"]),
+        Route("/api/v1/models", viewer(partial(models, state)), methods=["GET"]),
+    ]

@@ -26,8 +26,9 @@ from nq_dagster.serve.keys import KeyRecord
 REALTIME = "/api/v1/process/realtime"
 
 
-async def run_ticks(state: ServerState, rows: list[tuple], label: str, priority: str,
-                    received: float | None) -> list[Answer]:
+async def run_ticks(
+    state: ServerState, rows: list[tuple], label: str, priority: str, received: float | None
+) -> list[Answer]:
     """The engine's answers to ticks [(source, timestamp, value)]; its refusals as API errors."""
     try:
         return await asyncio.wrap_future(state.engine.submit(rows, label, priority, received=received))
@@ -44,15 +45,18 @@ async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Resp
     body: RealtimeBody = parse(RealtimeBody, raw, max_values=state.settings.max_values)
     if not state.engine.own.owns(body.source):
         return await forward(state, request, body.source, raw)
-    answers = await run_ticks(state, body.ticks(), f"POST {REALTIME}", body.config.priority,
-                              request.scope["state"]["received"])
+    answers = await run_ticks(
+        state, body.ticks(), f"POST {REALTIME}", body.config.priority, request.scope["state"]["received"]
+    )
     omitted = body.omitted()
     if len(answers) == 1 and answers[0].text is not None and not omitted:  # the common case
         a = answers[0]
-        return Response(f'{a.text[:-1]}, "duplicate": {json.dumps(a.duplicate)}}}',
-                        media_type="application/json")
-    out = [{**{k: v for k, v in a.record.items() if k not in omitted}, "duplicate": a.duplicate}
-           for a in answers]
+        return Response(
+            f'{a.text[:-1]}, "duplicate": {json.dumps(a.duplicate)}}}', media_type="application/json"
+        )
+    out = [
+        {**{k: v for k, v in a.record.items() if k not in omitted}, "duplicate": a.duplicate} for a in answers
+    ]
     if omitted:
         for r in out:
             r["omitted"] = omitted  # left out of the answer; the served model is the trained fused model
@@ -64,21 +68,41 @@ async def forward(state: ServerState, request: Request, source: str, raw: bytes)
     own = state.engine.own
     owner = own.owner(source)
     if not own.peers:
-        raise ApiError(421, f"source {source!r} is served by replica {owner} of {own.replicas}; send it "
-                            "there", field="source", headers={"X-NQ-Owner": str(owner)})
+        raise ApiError(
+            421,
+            f"source {source!r} is served by replica {owner} of {own.replicas}; send it there",
+            field="source",
+            headers={"X-NQ-Owner": str(owner)},
+        )
     if request.headers.get("x-nq-forwarded"):
-        raise ApiError(421, f"source {source!r}: forwarded to a replica that does not own it (replica count "
-                            "differs between replicas?)", field="source")
-    hdr = {"authorization": request.headers.get("authorization", ""), "content-type": "application/json",
-           "x-request-id": request.scope["state"]["request_id"], "x-nq-forwarded": "1"}
+        raise ApiError(
+            421,
+            f"source {source!r}: forwarded to a replica that does not own it (replica count "
+            "differs between replicas?)",
+            field="source",
+        )
+    hdr = {
+        "authorization": request.headers.get("authorization", ""),
+        "content-type": "application/json",
+        "x-request-id": request.scope["state"]["request_id"],
+        "x-nq-forwarded": "1",
+    }
     try:
-        r = await state.peer_client().post(f"{own.peers[owner].rstrip('/')}{request.url.path}", content=raw,
-                                           headers=hdr)
+        r = await state.peer_client().post(
+            f"{own.peers[owner].rstrip('/')}{request.url.path}", content=raw, headers=hdr
+        )
     except httpx.HTTPError as exc:
-        raise ApiError(503, f"the owner of {source!r} (replica {owner}, {own.peers[owner]}) is unreachable: "
-                            f"{exc}", headers={"Retry-After": "1"}) from None
-    return Response(r.content, status_code=r.status_code, media_type="application/json",
-                    headers={"X-NQ-Replica": str(owner)})
+        raise ApiError(
+            503,
+            f"the owner of {source!r} (replica {owner}, {own.peers[owner]}) is unreachable: {exc}",
+            headers={"Retry-After": "1"},
+        ) from None
+    return Response(
+        r.content,
+        status_code=r.status_code,
+        media_type="application/json",
+        headers={"X-NQ-Replica": str(owner)},
+    )
 
 
 def routes(state: ServerState) -> list[BaseRoute]:

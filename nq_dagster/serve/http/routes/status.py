@@ -36,33 +36,52 @@ def status_document(state: ServerState) -> tuple[str, dict]:
     models = {}
     for s, info in eng.model_info().items():
         age_h = (now - pd.Timestamp(info["trained_at"])).total_seconds() / 3600
-        models[s] = {"status": "healthy" if age_h <= state.settings.max_model_age_hours else "degraded",
-                     "model_version": info["model_version"], "trained_at": info["trained_at"],
-                     "age_hours": round(age_h, 3), "rows_seen": info["rows_seen"],
-                     "last_timestamp": info["last_timestamp"], "process": info["process"]}
+        models[s] = {
+            "status": "healthy" if age_h <= state.settings.max_model_age_hours else "degraded",
+            "model_version": info["model_version"],
+            "trained_at": info["trained_at"],
+            "age_hours": round(age_h, 3),
+            "rows_seen": info["rows_seen"],
+            "last_timestamp": info["last_timestamp"],
+            "process": info["process"],
+        }
     for s, err in eng.load_errors().items():
         models[s] = {"status": "down", "error": err}
     writable, why = storage_writable(state)
     flush_error = eng.last_flush_error
-    storage = {"status": "healthy" if writable and not flush_error else ("degraded" if writable else "down"),
-               "detail": why, "last_flush_error": flush_error, "log_segments": eng.log_backlog()}
-    engine = {"status": "healthy" if eng.alive else "down", "queue_depth": eng.queue_depth(),
-              "replica": eng.own.replica, "replicas": eng.own.replicas}
+    storage = {
+        "status": "healthy" if writable and not flush_error else ("degraded" if writable else "down"),
+        "detail": why,
+        "last_flush_error": flush_error,
+        "log_segments": eng.log_backlog(),
+    }
+    engine = {
+        "status": "healthy" if eng.alive else "down",
+        "queue_depth": eng.queue_depth(),
+        "replica": eng.own.replica,
+        "replicas": eng.own.replicas,
+    }
     figures = state.metrics.figures()
     overall = "healthy"
     if engine["status"] == "down" or storage["status"] == "down":
         overall = "down"
-    elif (storage["status"] != "healthy" or not models
-          or any(m["status"] != "healthy" for m in models.values())
-          or (figures["server_error_rate_5m"] or 0.0) > SERVER_ERRORS_DEGRADED):
+    elif (
+        storage["status"] != "healthy"
+        or not models
+        or any(m["status"] != "healthy" for m in models.values())
+        or (figures["server_error_rate_5m"] or 0.0) > SERVER_ERRORS_DEGRADED
+    ):
         overall = "degraded"
     components = {"engine": engine, "storage": storage, "models": models}
-    return overall, {"status": overall, "components": components,
-                     "average_processing_time_ms": figures["processing_time_ms"]["average"],
-                     "success_rate_5m": figures["success_rate_5m"],
-                     "server_error_rate_5m": figures["server_error_rate_5m"],
-                     "predictions_per_second_1m": figures["predictions_per_second_1m"],
-                     "uptime_seconds": round(time.time() - eng.started_at, 3)}
+    return overall, {
+        "status": overall,
+        "components": components,
+        "average_processing_time_ms": figures["processing_time_ms"]["average"],
+        "success_rate_5m": figures["success_rate_5m"],
+        "server_error_rate_5m": figures["server_error_rate_5m"],
+        "predictions_per_second_1m": figures["predictions_per_second_1m"],
+        "uptime_seconds": round(time.time() - eng.started_at, 3),
+    }
 
 
 async def status(state: ServerState, request: Request) -> Response:
@@ -71,8 +90,9 @@ async def status(state: ServerState, request: Request) -> Response:
     if "authorization" in request.headers:
         state.access.authenticate(request.headers, "viewer", request.scope["state"])
         return JSONResponse(doc, status_code=code)
-    return JSONResponse({"status": overall, "detail": "send a viewer key for components and figures"},
-                        status_code=code)
+    return JSONResponse(
+        {"status": overall, "detail": "send a viewer key for components and figures"}, status_code=code
+    )
 
 
 def routes(state: ServerState) -> list[BaseRoute]:

@@ -61,8 +61,13 @@ async def subscribe(state: ServerState, websocket: WebSocket) -> None:
         filters = sub.filters or Filters()
         min_conf, directions = filters.min_confidence, filters.directions or []
         sid, q = state.hub.add(set(sources), float(min_conf), set(directions))
-        await websocket.send_json({"type": "subscribed", "sources": sorted(sources),
-                                   "filters": {"min_confidence": min_conf, "directions": directions}})
+        await websocket.send_json(
+            {
+                "type": "subscribed",
+                "sources": sorted(sources),
+                "filters": {"min_confidence": min_conf, "directions": directions},
+            }
+        )
         receiver = asyncio.get_running_loop().create_task(_drain(websocket))
         try:
             while True:
