@@ -44,7 +44,7 @@ class WarehouseIOManager(IOManager):
             wh.write_table(name, source, obj)
             # a materialization replaces its own part; the parts the streaming job and the prediction server
             # appended (what was served live, `stream-*` / `serve-*`) stay: the `predictions` asset leaves
-            # their times out of its walk-forward rows, so each (source, time) keeps one record: the served one
+            # their times out of its walk-forward rows: each (source, time) keeps one record, the served one
             wh.drop_other_parts(name, source, keep="data", keep_prefixes=LIVE_PARTS)
         else:
             wh.save_artifact(name, source, obj)
