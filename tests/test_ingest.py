@@ -601,3 +601,18 @@ def test_the_hash_is_of_the_bytes_parsed_when_the_file_changes_while_read(wh, tm
     monkeypatch.setattr(ing, "_stat", real_stat)  # unchanged: the thread's hash is kept
     r2 = Ingestor(wh).ingest_file(write(tmp_path, "still.csv", text.replace(":00Z,", ":30Z,")))
     assert r2.content_hash == "0" * 64
+
+
+def test_times_a_nanosecond_clock_cannot_hold_are_refused_by_name():
+    """Year 9999, year 1, or an epoch past 2262-04-11 never reach a store or a clock that would overflow: each is
+    refused as "timestamp outside the range" (the scalar shortcut declines, the rules name it), and a good tick
+    beside it is accepted."""
+    from nq_dagster.ingest import check_ticks, fast_validate_ticks
+
+    far = [("a", "9999-12-31T00:00:00Z", 1.0), ("a", "0001-01-01T00:00:00Z", 1.0), ("a", 9.3e18 / 1e6, 1.0)]
+    for tick in far:
+        assert fast_validate_ticks([tick]) is None
+    check = check_ticks([*far, ("b", "2026-01-01T00:00:00Z", 2.0)])
+    assert [p.kind for p in check.problems] == ["time_range"] * 3
+    assert "2262-04-11" in check.problems[0].describe("request")
+    assert [(t.source, t.value) for t in check.clean] == [("b", 2.0)]

@@ -26,6 +26,7 @@ RowProblem = Literal[
     "encoding",
     "fields",
     "json",
+    "time_range",
 ]
 FileProblem = Literal[
     "unsupported",
@@ -54,6 +55,10 @@ ROW_PROBLEMS: dict[str, tuple[str, str]] = {
     "missing": ("missing value", "write a decimal number, or drop the row"),
     "not_a_number": ("not a number", "write a decimal number, or drop the row"),
     "not_finite": ("NaN or infinite value", "write a finite number, or drop the row"),
+    "time_range": (
+        "timestamp outside the range the stores hold (1677-09-22 to 2262-04-11 UTC)",
+        "use a time in that range (epoch numbers are seconds or milliseconds since 1970)",
+    ),
     "source": ("invalid source name", "use 1-64 letters, digits, '_', '-' or '.'"),
     "duplicate": (
         "duplicate (source, timestamp) of row {duplicate_of}",

@@ -26,7 +26,7 @@ from nq_dagster.ingest.read import (
     read_user_file,
     renamed_columns,
 )
-from nq_dagster.ingest.timestamps import parse_timestamps
+from nq_dagster.ingest.timestamps import out_of_range, parse_timestamps
 from nq_dagster.store import SOURCE_RE
 
 ROWS_NAMED = 1000  # bad rows named per rule and column (a file of a million bad rows is not a million lines)
@@ -148,6 +148,7 @@ def check_columns(columns: Columns, path: Path, source_override: str | None) -> 
     all_good = (
         len(valid) == len(names)
         and not timestamps.null_count()
+        and not out_of_range(timestamps).any()
         and all(not v.null_count() and v.is_finite().all() for v in values.values())
     )
     out = {"timestamp": timestamps, **{c.strip(): v for c, v in values.items()}}
@@ -187,6 +188,9 @@ def _bad_rows(frame, rows, ts_col, src_col, timestamps, values, sources, valid, 
 
     mask = timestamps.is_null().to_numpy()
     name(mask, ts_col, "timestamp", frame[ts_col])
+    far = out_of_range(timestamps)
+    name(far, ts_col, "time_range", frame[ts_col])
+    mask |= far
     for c, v in values.items():
         nonnum = v.is_null().to_numpy()
         nonfinite = ~nonnum & ~v.fill_null(0.0).is_finite().to_numpy()

@@ -21,6 +21,10 @@ import polars as pl
 MILLISECONDS_FROM = 1e11
 EPOCH_LIMIT_S = 1e11  # seconds beyond it, either side of 1970, are not a time
 UTC_MICROS = pl.Datetime("us", "UTC")
+# what a nanosecond timestamp in 64 bits holds (pandas, Arrow's timestamp[ns], the predictor's clocks): a time
+# outside it is refused by name, never left to overflow in a later step
+MIN_NS, MAX_NS = -(2**63) + 1, 2**63 - 1
+MIN_US, MAX_US = -(MIN_NS // -1000), MAX_NS // 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -138,7 +142,8 @@ def timestamp_ns(value) -> int | None:
             return None
         if not abs(secs) <= EPOCH_LIMIT_S:
             return None
-        return round(secs * 1e6) * 1000  # round half to even, as numpy rounds the column
+        ns = round(secs * 1e6) * 1000  # round half to even, as numpy rounds the column
+        return ns if MIN_NS <= ns <= MAX_NS else None
     if isinstance(value, str) and ISO_SHAPE.match(value):
         try:
             d = datetime.fromisoformat(value)
@@ -146,5 +151,12 @@ def timestamp_ns(value) -> int | None:
             return None
         if d.tzinfo is None:
             d = d.replace(tzinfo=UTC)
-        return (d - _EPOCH) // _MICROSECOND * 1000
+        ns = (d - _EPOCH) // _MICROSECOND * 1000
+        return ns if MIN_NS <= ns <= MAX_NS else None
     return None
+
+
+def out_of_range(timestamps: pl.Series) -> np.ndarray:
+    """Parsed timestamps (Datetime(us, UTC)) that a nanosecond clock cannot hold, as a mask (null: False)."""
+    us = timestamps.cast(pl.Int64)
+    return ((us < MIN_US) | (us > MAX_US)).fill_null(False).to_numpy()
