@@ -604,9 +604,9 @@ def test_the_hash_is_of_the_bytes_parsed_when_the_file_changes_while_read(wh, tm
 
 
 def test_times_a_nanosecond_clock_cannot_hold_are_refused_by_name():
-    """Year 9999, year 1, or an epoch past 2262-04-11 never reach a store or a clock that would overflow: each is
-    refused as "timestamp outside the range" (the scalar shortcut declines, the rules name it), and a good tick
-    beside it is accepted."""
+    """Year 9999, year 1, or an epoch past 2262-04-11 never reach a store or a clock that would overflow:
+    each is refused as "timestamp outside the range" (the scalar shortcut declines, the rules name it), and
+    a good tick beside it is accepted."""
     from nq_dagster.ingest import check_ticks, fast_validate_ticks
 
     far = [("a", "9999-12-31T00:00:00Z", 1.0), ("a", "0001-01-01T00:00:00Z", 1.0), ("a", 9.3e18 / 1e6, 1.0)]
