@@ -191,7 +191,14 @@ def test_bad_values_rejected_state_untouched(graph):
         p.advance("m", [1.0, 2.0, 3.0], ts.iloc[[N0, N0 + 1, N0 + 1]])
     with pytest.raises(ValueError, match="value 1"):  # a batch with one bad source changes no source
         p.advance_many({"m": ([np.inf], None)})
+    # finite but far beyond the training scale (issue 26): refused by name before it can overflow the state
+    with pytest.raises(ValueError, match=r"value 2 \(1e\+160\) is outside what its model takes"):
+        p.advance("m", [float(df["value"].iloc[-1]), 1e160])
+    with pytest.raises(ValueError, match="outside what its model takes"):  # the one-tick fast path too
+        p.advance_many({"m": ([-1e300], None)})
     assert p.serving_state("m").stream.n_rows == N0
+    lo, hi = p.value_range("m")
+    assert lo < df["value"].min() and hi > df["value"].max()  # the training rows themselves are inside
 
 
 def test_record_schema_and_state_size(graph):

@@ -752,3 +752,43 @@ def test_a_prediction_process_that_dies_is_restarted_without_a_failed_request(ho
         srv.stop()
     assert '"prediction_process_restarted"' in srv.output()
     _as_one_path(Warehouse(home), got, ticks, n)
+
+
+def test_a_huge_value_or_an_impossible_time_is_refused_alone_and_poisons_nothing(home, srv, ticks):
+    """Issue 26 items 2 and 3: 1e160 (finite, but far beyond the source's training scale) and a year-9999
+    timestamp are refused with 422 naming the value or time, while another key's good ticks posted at the same
+    moment (in the same batches) are answered; afterwards the source still answers with finite numbers, in
+    strict JSON."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    k = keys(home)
+    bad_key, good_key = KeyStore(home).create("developer", "60000/min", 1000)[0], k["developer"]
+    url = f"{srv.url}/api/v1/process/realtime"
+    late = ticks.timestamp[40] + pd.Timedelta(days=1)
+    bad = [
+        {"source": "m", "data": [1e160], "timestamp": late.isoformat()},
+        {"source": "s1", "data": [1.0], "timestamp": "9999-12-31T00:00:00Z"},
+        {"source": "s2", "data": [1e308], "timestamp": late.isoformat()},
+    ]
+
+    def post_bad() -> list:
+        return [httpx.post(url, json=body, headers=auth(bad_key)) for body in bad * 4]
+
+    def post_good() -> list:  # in order, one at a time, while the bad requests arrive beside them
+        return [
+            httpx.post(url, json=tick("s3", ticks.timestamp[i], ticks.value[i]), headers=auth(good_key))
+            for i in range(30)
+        ]
+
+    with ThreadPoolExecutor(2) as pool:
+        good_f, bad_f = pool.submit(post_good), pool.submit(post_bad)
+        good, refused = good_f.result(), bad_f.result()
+    assert all(r.status_code == 200 for r in good), [r.text for r in good if r.status_code != 200]
+    assert all(r.status_code == 422 for r in refused), [r.text for r in refused]
+    assert "outside what its model takes" in refused[0].json()["error"]["message"]
+    assert "2262-04-11" in refused[1].json()["error"]["message"]
+    # the refused values moved nothing: m goes on, finite, and every answer is strict JSON
+    r = httpx.post(url, json=tick("m", ticks.timestamp[0], ticks.value[0]), headers=auth(good_key))
+    assert r.status_code == 200
+    body = json.loads(r.text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert np.isfinite(body["confidence"]) and np.isfinite(body["predicted_change"])

@@ -33,7 +33,7 @@ from nq_dagster.fusion.stream import (
     latest_design,
 )
 from nq_dagster.fusion.threads import chunk_of, chunk_pool, single_threaded_blas
-from nq_dagster.fusion.ticks import check_ticks_many, to_ns
+from nq_dagster.fusion.ticks import check_ticks_many, to_ns, value_range
 from nq_dagster.fusion.walkforward import direction_probabilities
 from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
 from nq_dagster.neuromorphic.reservoir import BatchedReservoirs, Reservoir
@@ -167,6 +167,10 @@ class Predictor:
         """The timestamp (ns) of the source's last row seen."""
         return self._get(source).serving.stream.last_ts
 
+    def value_range(self, source: str) -> tuple[float, float]:
+        """The values the source's state accepts (`ticks.value_range`)."""
+        return value_range(self._get(source).serving.stream)
+
     def rows_seen(self, source: str) -> int:
         return self._get(source).serving.stream.n_rows
 
@@ -231,6 +235,7 @@ class Predictor:
                 ticks,
                 {s: self._sources[s].serving.stream.last_ts for s in ticks},
                 {s: self._sources[s].serving.model.step_ms for s in ticks},
+                {s: value_range(self._sources[s].serving.stream) for s in ticks},
             )
         todo = ticks
         current = {s: self._sources[s].serving.stream for s in todo}

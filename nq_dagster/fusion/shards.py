@@ -31,7 +31,7 @@ import torch
 from nq_dagster.fusion.model import ModelVersion, ServingState
 from nq_dagster.fusion.predictor import Predictor
 from nq_dagster.fusion.threads import single_threaded_blas
-from nq_dagster.fusion.ticks import check_ticks_many
+from nq_dagster.fusion.ticks import check_ticks_many, value_range
 
 
 def _worker(conn, device: str, threads: int | None = None) -> None:
@@ -107,6 +107,7 @@ class ShardedPredictor:
         self._owner: dict[str, int] = {}
         self._last_ts: dict[str, int] = {}
         self._step_ms: dict[str, float] = {}
+        self._range: dict[str, tuple[float, float]] = {}
         self._rows: dict[str, int] = {}
         self._model: dict[str, ModelVersion] = {}
         self._shards: list[_Shard] = [self._start() for _ in range(self.processes - 1)]
@@ -149,7 +150,7 @@ class ShardedPredictor:
         self._shards[k - 1] = self._start()
         lost = sorted(s for s, owner in self._owner.items() if owner == k)
         for s in lost:
-            for d in (self._owner, self._last_ts, self._step_ms, self._rows, self._model):
+            for d in (self._owner, self._last_ts, self._step_ms, self._range, self._rows, self._model):
                 d.pop(s, None)
         return lost
 
@@ -212,6 +213,7 @@ class ShardedPredictor:
         self._owner[source] = k
         self._last_ts[source] = int(serving.stream.last_ts)
         self._step_ms[source] = float(serving.model.step_ms)
+        self._range[source] = value_range(serving.stream)
         self._rows[source] = int(serving.stream.n_rows)
         self._model[source] = serving.model
 
@@ -228,6 +230,10 @@ class ShardedPredictor:
         except KeyError:
             loaded = ", ".join(self.sources()) or "none"
             raise KeyError(f"no model loaded for source {source!r}; loaded: {loaded}") from None
+
+    def value_range(self, source: str) -> tuple[float, float]:
+        """The values the source's state accepts, kept in this process (no call to its shard)."""
+        return self._range[source]
 
     def last_ts(self, source: str) -> int:
         """The timestamp (ns) of the source's last row seen, without asking its shard."""
@@ -279,7 +285,7 @@ class ShardedPredictor:
         # the workers' input checked and sent first ...
         for k, part in sorted(by_shard.items(), reverse=True):
             try:
-                part = check_ticks_many(part, self._last_ts, self._step_ms)
+                part = check_ticks_many(part, self._last_ts, self._step_ms, self._range)
             except ValueError as exc:  # the shards already sent drop their part; raised once they answer
                 error = exc
                 break

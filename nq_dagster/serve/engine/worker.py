@@ -23,6 +23,7 @@ import pandas as pd
 
 from nq_dagster.fusion.record import jsonable
 from nq_dagster.fusion.threads import single_threaded_blas
+from nq_dagster.fusion.ticks import out_of_range_message
 from nq_dagster.serve.engine.outcomes import Outcomes
 from nq_dagster.serve.engine.records import RecordCache
 from nq_dagster.serve.engine.restart import ShardRestarts
@@ -150,6 +151,12 @@ class Worker:
             pending = tentative.get(src)
             floor = pending[-1][0] if pending else last[src]
             if t > floor and not tick.repost:
+                lo, hi = self.predictor.value_range(src)
+                if not lo <= tick.value <= hi:  # refused here, per request: it never fails the batch
+                    raise Rejected(
+                        [f"{w.label}: " + out_of_range_message(src, len(out) + 1, tick.value, (lo, hi))],
+                        "data",
+                    )
                 tentative.setdefault(src, []).append((t, tick.value))
                 out.append(Planned(src, t))
                 continue
