@@ -624,9 +624,9 @@ def test_the_servers_parts_are_compacted_as_they_accumulate(home, ticks):
 
 
 def test_routes_called_directly_answer_as_through_the_router(home, srv, ticks, caplog):
-    """Exact-path routes skip Starlette's router and error middlewares (`Server._dispatch`): the answers, the
-    request id and the metrics label must be the router's, and an unexpected error in an endpoint a 500 JSON
-    answer with the request id, its traceback logged, the server still serving."""
+    """Exact-path routes skip Starlette's router and error middlewares (`serve.http.app.DirectRoutes`): the
+    answers, the request id and the metrics label must be the router's, and an unexpected error in an endpoint
+    a 500 JSON answer with the request id, its traceback logged, the server still serving."""
     k = keys(home)
     c = httpx.Client(base_url=srv.url, headers=auth(k["viewer"]))
     assert ("POST", "/api/v1/process/realtime") in srv.server._direct
