@@ -616,3 +616,15 @@ def test_times_a_nanosecond_clock_cannot_hold_are_refused_by_name():
     assert [p.kind for p in check.problems] == ["time_range"] * 3
     assert "2262-04-11" in check.problems[0].describe("request")
     assert [(t.source, t.value) for t in check.clean] == [("b", 2.0)]
+
+
+def test_relative_words_are_not_times_and_a_trailing_newline_is_not_a_source_name():
+    """Issue 31 item 6 and issue 26 item 9: "now" and "today" would be stored as the ingest's own wall clock;
+    they are refused like any text that is not a time. A source name ending in a newline passed `$`."""
+    from nq_dagster.ingest import check_ticks
+    from nq_dagster.store import SOURCE_RE
+
+    check = check_ticks([("a", "now", 1.0), ("a", "today", 2.0), ("a", "2026-01-05T10", 3.0)])
+    assert [p.kind for p in check.problems] == ["timestamp", "timestamp"]
+    assert [t.value for t in check.clean] == [3.0]
+    assert SOURCE_RE.match("market_A") and not SOURCE_RE.match("market_A\n")

@@ -86,14 +86,17 @@ def _by_first_shape(text: pl.Series) -> pl.Series | None:
 
 def _numbers_or_iso(text: pl.Series) -> pl.Series:
     """Text not read by one ISO 8601 shape: a number is epoch seconds or milliseconds, anything else goes to
-    pandas' ISO 8601 reader ("2026-01-05T10", "20260105T100000", "2026/01/05", ...)."""
+    pandas' ISO 8601 reader ("2026-01-05T10", "20260105T100000", "2026/01/05", ...), except text without a
+    digit: pandas reads "now" and "today" as the wall clock of the ingest, which is not the row's time."""
     text = text.str.strip_chars()
     numbers = text.cast(pl.Float64, strict=False)
     out = _from_epoch(numbers.fill_null(float("nan")).to_numpy())
     if numbers.null_count():
         iso_at = numbers.is_null().arg_true()
+        words = text.gather(iso_at)
+        words = pl.when(words.str.contains(r"\d")).then(words).otherwise(None)  # no digit, no time
         iso = pd.to_datetime(
-            pd.Series(text.gather(iso_at).to_list(), dtype="string"),
+            pd.Series(pl.select(words).to_series().to_list(), dtype="string"),
             utc=True,
             errors="coerce",
             format="ISO8601",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 
-SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SOURCE_RE = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"
+)  # \Z: "$" would also match before a final newline
 
 LOG_PARTITION = "_log"  # the partition of the log tables ('_log' is no valid source name)
 LIVE_PARTS = ("stream-", "serve-")  # parts the streaming job and the server write (predictions, raw_ticks)
