@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +121,30 @@ POSITIVE = {
     "input_scaling",
 }
 UNIT_INTERVAL = {"leak", "connectivity", "calibration_fraction", "detection_threshold"}
+# The largest value of each field that a training on one machine can run (issue 26: a stored 1e7 reservoir
+# asked for 728 TiB): the reservoir's exact eigenvalues are O(size^3), the spike trains rows x bins x neurons,
+# the quantum pool is capped by the candidate features (fewer than 40) and the state vector's 2^n amplitudes.
+UPPER = {
+    "neuron_count": 20_000,
+    "window_bins": 200,
+    "bin_ms": 1_000.0,
+    "min_rate_hz": 10_000.0,
+    "max_rate_hz": 10_000.0,
+    "feature_window": 10_000,
+    "reservoir_size": 5_000,
+    "spectral_radius": 10.0,
+    "input_scaling": 1_000.0,
+    "qubit_count": 30,
+    "evolution_time": 10_000.0,
+    "energy_tolerance": 1.0,
+    "select_k": 30,
+    "horizon": 10_000,
+    "hold_band": 100.0,
+    "train_min": 10_000_000,
+    "refit_every": 10_000_000,
+    "ridge_alpha": 1e12,
+    "seed": 2**32 - 1,
+}
 
 
 class ConfigError(ValueError):
@@ -146,16 +171,22 @@ def validate_overrides(overrides: dict, where: str = "config") -> dict:
             raise ConfigError(name, f"expected {want.__name__}, got {type(value).__name__} {value!r}")
         if name in CHOICES and value not in CHOICES[name]:
             raise ConfigError(name, f"{value!r} is not one of {list(CHOICES[name])}")
-        if want is float and value != value:
-            raise ConfigError(name, "NaN is not a value")
+        if want is float and not math.isfinite(value):
+            raise ConfigError(name, f"{value!r} is not a finite number")
         if name in POSITIVE and not value > 0:
             raise ConfigError(name, f"must be > 0, got {value!r}")
         if name in UNIT_INTERVAL and not 0 <= value <= 1:
             raise ConfigError(name, f"must be within [0, 1], got {value!r}")
         if name == "feature_window" and value < 2:
             raise ConfigError(name, f"must be >= 2 (a rolling std needs two changes), got {value!r}")
-        if name in ("min_rate_hz", "hold_band", "ridge_alpha") and value < 0:
+        if name in ("min_rate_hz", "hold_band", "seed") and value < 0:
             raise ConfigError(name, f"must be >= 0, got {value!r}")
+        if name == "ridge_alpha" and not value > 0:
+            raise ConfigError(name, f"must be > 0 (0 leaves the ridge fit singular), got {value!r}")
+        if name in UPPER and value > UPPER[name]:
+            raise ConfigError(
+                name, f"must be at most {UPPER[name]:g} (what one machine can train), got {value!r}"
+            )
         out[name] = value
     merged = {**PipelineConfig().as_dict(), **out}
     if merged["min_rate_hz"] >= merged["max_rate_hz"]:
