@@ -123,6 +123,7 @@ def test_dashboard_keeps_up_with_20_sources_at_100_per_second(base, browser, tmp
     """20 sources, 100 predictions/s for 5 s: every card shows its source's latest prediction within 2 s of
     the last post, the DOM does not grow with the stream, and no script error."""
     import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
 
     from nq_dagster.store import Warehouse
 
@@ -146,13 +147,20 @@ def test_dashboard_keeps_up_with_20_sources_at_100_per_second(base, browser, tmp
         nodes_before = page.evaluate("() => document.getElementsByTagName('*').length")
         c = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {key}"})
         last = {}
+
+        def post(n: str, i: int) -> str:
+            body = tick(n, ticks.timestamp[i], ticks.value[i])
+            return c.post("/api/v1/process/realtime", json=body).json()["prediction_id"]
+
+        # a round's 20 ticks (one per source) posted at once, as 20 clients would: the server batches them, so
+        # the load reaches 100 /s on a slow machine too (one request at a time it is the client's latency
+        # that is measured, not the dashboard's); each source's ticks stay in order, round after round
         t0 = time.monotonic()
-        for i in range(25):  # 25 rounds x 20 sources in 5 s
-            for n in names:
-                last[n] = c.post(
-                    "/api/v1/process/realtime", json=tick(n, ticks.timestamp[i], ticks.value[i])
-                ).json()["prediction_id"]
-            time.sleep(max(0.0, t0 + 0.2 * (i + 1) - time.monotonic()))
+        with ThreadPoolExecutor(len(names)) as pool:
+            for i in range(25):  # 25 rounds x 20 sources in 5 s
+                for n, pid in zip(names, pool.map(post, names, [i] * len(names)), strict=True):
+                    last[n] = pid
+                time.sleep(max(0.0, t0 + 0.2 * (i + 1) - time.monotonic()))
         rate = 500 / (time.monotonic() - t0)
         deadline = time.monotonic() + 2.0
         for n in names:
