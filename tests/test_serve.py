@@ -170,6 +170,21 @@ def test_batch_jobs(home, srv, ticks):
     while (job := c.get("/api/v1/jobs/job-2").json())["status"] in ("queued", "running"):
         time.sleep(0.05)
     assert job["status"] == "failed" and "unparseable timestamp" in job["errors"][0]
+    # another key reusing a job_id learns nothing of the job (issue 26): 409, no summary; its owner reads it
+    other = httpx.post(
+        f"{srv.url}/api/v1/process/batch",
+        json={"job_id": "job-1", "data_points": points},
+        headers=auth(KeyStore(home).create("developer", "60000/min", 1000)[0]),
+    )
+    assert (
+        other.status_code == 409
+        and "points" not in other.json()
+        and other.json()["error"]["field"] == "job_id"
+    )
+    assert (
+        c.post("/api/v1/process/batch", json={"job_id": "job-1", "data_points": points}).json()["points"]
+        == 40
+    )
     r = c.post(
         "/api/v1/process/batch", json={"data_points": points, "callback_url": "http://169.254.169.254/x"}
     )

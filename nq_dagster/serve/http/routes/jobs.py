@@ -33,6 +33,9 @@ async def batch(state: ServerState, request: Request, key: KeyRecord) -> Respons
     raw = parse_object(await request.body())
     job_id = parse(JobRef, raw).job_id or uuid.uuid4().hex
     known = state.jobs.get(job_id)
+    if known is not None and known.key_id != key.id and key.role != "admin":
+        # another key's job: its summary is that key's alone (issue 26: a reused job_id read it)
+        raise ApiError(409, f"job_id {job_id!r} is taken; choose another (or omit it)", field="job_id")
     if known is not None:
         return JSONResponse({k: v for k, v in known.public().items() if k != "results"}, status_code=200)
     s = state.settings
