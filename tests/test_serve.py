@@ -807,3 +807,14 @@ def test_a_huge_value_or_an_impossible_time_is_refused_alone_and_poisons_nothing
     assert r.status_code == 200
     body = json.loads(r.text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert np.isfinite(body["confidence"]) and np.isfinite(body["predicted_change"])
+
+
+def test_key_rates_are_bounded():
+    """Issue 26 item 6: `inf/s` was stored (and broke the key list); `1e-300/s` gave a 301-digit
+    Retry-After."""
+    from nq_dagster.serve.keys import parse_rate
+
+    assert parse_rate("600/min") == 10.0 and parse_rate("1/h") == pytest.approx(1 / 3600)
+    for bad in ("inf/s", "1e-300/s", "nan/s", "0/s", "-5/min", "2e6/s", "ten/s"):
+        with pytest.raises(ValueError, match="rate"):
+            parse_rate(bad)

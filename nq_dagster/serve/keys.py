@@ -29,6 +29,9 @@ def role_allows(role: str, needed: str) -> bool:
     return ROLES.index(role) >= ROLES.index(needed)
 
 
+RATE_MIN, RATE_MAX = 1.0 / 86_400, 1_000_000.0  # requests per second
+
+
 def parse_rate(text: str) -> float:
     """'600/min', '10/s', '36000/h' -> requests per second."""
     try:
@@ -37,8 +40,12 @@ def parse_rate(text: str) -> float:
         value = float(n) / per
     except (KeyError, ValueError):
         raise ValueError(f"rate {text!r}: write it as N/s, N/min or N/h, e.g. 600/min") from None
-    if not value > 0:
-        raise ValueError(f"rate {text!r}: must be above 0")
+    # bounded both ways (issue 26): `inf/s` was stored and broke the key list; 1e-300/s made a 301-digit
+    # Retry-After. One request a day to a million a second.
+    if not RATE_MIN <= value <= RATE_MAX:
+        raise ValueError(
+            f"rate {text!r}: must be between 1/day and {RATE_MAX:,.0f}/s (a finite number), e.g. 600/min"
+        )
     return value
 
 
