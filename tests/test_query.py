@@ -146,3 +146,19 @@ def test_user_query_is_bounded_in_time_memory_and_rows(wh):
     df = wh.user_query("SELECT * FROM range(10) t(a), range(10) u(b)", QueryLimits(max_rows=7))
     assert len(df) == 7 and df.attrs["truncated"]
     assert not wh.user_query("SELECT 1 AS one").attrs["truncated"]
+
+
+def test_every_source_partitioned_table_has_a_source_column(wh):
+    """Issue 28 item 1: `series`, `features`, ... hold no `source` column of their own; their views take it
+    from the partition, so `WHERE source = 'x'` works and a count no longer mixes sources."""
+    import pandas as pd
+
+    for src, n in (("a", 3), ("b", 5)):
+        wh.write_table(
+            "series",
+            src,
+            pd.DataFrame({"timestamp": pd.date_range("2026-01-01", periods=n, tz="UTC"), "value": range(n)}),
+        )
+    got = wh.user_query("SELECT source, count(*) AS n FROM series GROUP BY 1 ORDER BY 1")
+    assert got.to_dict("records") == [{"source": "a", "n": 3}, {"source": "b", "n": 5}]
+    assert wh.query("SELECT count(*) AS n FROM series WHERE source = 'b'")["n"].iloc[0] == 5

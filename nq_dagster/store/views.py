@@ -45,10 +45,18 @@ def register_views(con: duckdb.DuckDBPyConnection, store: Backend, sql: str) -> 
         names.add(name)
         if store.local:  # DuckDB's own Parquet reader on the files
             files = ", ".join("'" + str(q).replace("'", "''") + "'" for q in parts)
-            con.execute(
-                f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{files}], union_by_name=true, '
-                "hive_partitioning=false)"
-            )
+            if name in LOG_TABLES or "source" in pq.read_schema(str(parts[0])).names:
+                con.execute(
+                    f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{files}], union_by_name=true, '
+                    "hive_partitioning=false)"
+                )
+            else:  # a table whose rows do not name their source (series, features, ...): the partition does
+                con.execute(
+                    f'CREATE VIEW "{name}" AS SELECT * EXCLUDE (filename), '
+                    "regexp_extract(filename, '/source=([^/]+)/[^/]*$', 1) AS source "
+                    f"FROM read_parquet([{files}], union_by_name=true, hive_partitioning=false, "
+                    "filename=true)"
+                )
         else:
             schema = pa.unify_schemas(
                 [pq.read_schema(str(q), filesystem=store.fs) for q in parts], promote_options="permissive"
