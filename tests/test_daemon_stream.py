@@ -147,3 +147,35 @@ def test_stream_through_daemon_exactly_once(wh):
     )
     assert runs and set(runs) == {"streaming"}
     assert len(runs) <= N_FILES + 2  # files batched per source per tick: never more runs than drops
+
+
+def test_a_huge_stored_value_is_left_out_and_the_stream_goes_on(wh):
+    """A landed file with 1e160 among good rows (ingest stores it: finite) must not fail every later streaming
+    run of the source: the row is left out of the stream with a warning and a count, its neighbours are
+    predicted, and the next file streams as usual."""
+    from nq_dagster.definitions import defs
+    from nq_dagster.runner import open_instance, run_config_for
+
+    wh = prepare_home(str(wh.home))
+    df = mackey_glass(N_TRAIN + 2 * CHUNK)
+    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
+    drop(wh, "history.csv", df.iloc[:N_TRAIN])
+    assert run_pipeline(wh, ["mackey_glass"], log=lambda *_: None)["mackey_glass"]
+    job, instance = defs.resolve_job_def("streaming"), open_instance(wh)
+    boundary = df["timestamp"].iloc[N_TRAIN - 1]
+    poisoned = df.iloc[N_TRAIN : N_TRAIN + CHUNK].copy()
+    poisoned.iloc[3, poisoned.columns.get_loc("value")] = 1e160
+    for k, chunk in enumerate([poisoned, df.iloc[N_TRAIN + CHUNK :]]):
+        drop(wh, f"chunk-{k}.csv", chunk)
+        res = job.execute_in_process(
+            partition_key="mackey_glass",
+            instance=instance,
+            run_config=run_config_for(wh),
+            tags={"nq/source": "mackey_glass"},
+        )
+        assert res.success
+        meta = res.asset_materializations_for_node("live_predictions")[0].metadata
+        assert meta["rows_out_of_range"].value == (1 if k == 0 else 0)
+    got = streamed(wh, boundary)
+    assert len(got) == 2 * CHUNK - 1
+    assert pd.Timestamp(poisoned["timestamp"].iloc[3]) not in set(pd.to_datetime(got["timestamp"], utc=True))

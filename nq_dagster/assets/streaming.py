@@ -27,6 +27,7 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
     fork the stream."""
     from nq_dagster.fusion.predictor import Predictor
     from nq_dagster.fusion.record import records_table
+    from nq_dagster.fusion.ticks import value_range
     from nq_dagster.store.leases import serving_replica
     from nq_dagster.streams import load_stream
 
@@ -49,7 +50,18 @@ def live_predictions(context: AssetExecutionContext, warehouse: WarehouseResourc
     new = build_series(wh.read_table("raw_ticks", source, after=last_seen))
     known = wh.stored_rows("raw_ticks", source) - len(new)  # ingest stores each (source, timestamp) once
     late = known - st.n_rows  # rows at or before the last seen time that arrived after it (out of order)
+    # a stored value far beyond the model's training scale (`fusion.ticks.value_range`, e.g. 1e160 in a landed
+    # file) would fail every later run of the source: it is left out of the stream, counted and named here
+    lo, hi = value_range(st)
+    far = ~new["value"].between(lo, hi)
+    if far.any():
+        context.log.warning(
+            f"{source}: {int(far.sum())} row(s) left out of the stream, outside what the model takes "
+            f"({lo:.6g} to {hi:.6g}); first: {new['value'][far].iloc[0]:g} at {new['timestamp'][far].iloc[0]}"
+        )
+        new = new[~far].reset_index(drop=True)
     meta = {
+        "rows_out_of_range": int(far.sum()),
         "new_rows": len(new),
         "rows_seen_before": st.n_rows,
         "model_version": saved.model.model_version,
