@@ -15,6 +15,7 @@ from nq_dagster.fusion.walkforward import schedule_for
 from nq_dagster.ingest import landing_files
 from nq_dagster.settings import Settings
 from nq_dagster.store import Warehouse
+from nq_dagster.store.names import FIRST_STEP, unknown_name
 
 INSTANCE_YAML = """\
 # Dagster instance for nq-dagster (written by `nq`; edit freely, it is not overwritten).
@@ -92,8 +93,22 @@ def run_pipeline(
     """Materialize the per-source graph for `sources` (default: every source with data or landing files),
     then the cross-source assets, in this process against the instance of `wh`'s data directory. Returns
     success per run."""
+    present = sorted(set(wh.sources("raw_ticks")) | set(landing_files(wh)))
     if sources is None:
-        sources = sorted(set(wh.sources("raw_ticks")) | set(landing_files(wh)))
+        sources = present
+    else:  # a typo must create nothing: a Dagster partition added for it stayed for ever (issue 28)
+        for src in sources:
+            if src not in present:
+                raise ValueError(
+                    unknown_name(
+                        "source",
+                        src,
+                        present,
+                        f"`nq ingest FILE --source {src}` to create it" if present else FIRST_STEP,
+                    )
+                )
+    if not sources:
+        return {}
     instance = open_instance(wh)
     run_config = run_config_for(wh, settings)
     known = set(instance.get_dynamic_partitions("source"))

@@ -112,3 +112,43 @@ def test_the_fix_offered_matches_the_failure():
     leak.loc[0, "train_end"] = leak.loc[0, "timestamp"]
     text = run_suite("predictions", leak).message(" for source s", "s")
     assert "saw the target" in text and "nq run --source s" in text and "predicted twice" not in text
+
+
+# --- typos and empty states (item 4) -----------------------------------------------------------------------
+
+
+def test_a_mistyped_source_is_refused_with_the_nearest_name_and_creates_nothing(home, capsys):
+    from nq_dagster.cli import main
+    from nq_dagster.runner import open_instance
+
+    before = set(open_instance(home).get_dynamic_partitions("source"))
+    assert main(["--home", str(home.home), "run", "--source", "mackey_glas"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown source 'mackey_glas'; did you mean 'mackey_glass'?" in err
+    assert set(open_instance(home).get_dynamic_partitions("source")) == before  # no partition for the typo
+    assert main(["--home", str(home.home), "predict", "--source", "mackey_glas"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'mackey_glass'?" in err and "nq run --source mackey_glas" not in err
+
+
+def test_an_unknown_table_lists_the_known_ones_without_duckdb_catalog_errors(home, capsys):
+    from nq_dagster.cli import main
+
+    assert main(["--home", str(home.home), "query", "select count(*) from seris"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown table 'seris'; did you mean 'series'?" in err and "Catalog Error" not in err
+    assert "predictions" in err and "ingest_log" in err  # the tables that exist are listed
+
+
+def test_an_empty_home_says_what_to_run_first(tmp_path, capsys):
+    from nq_dagster.cli import main
+
+    empty = str(tmp_path / "empty")
+    assert main(["--home", empty, "run"]) == 1
+    err = capsys.readouterr().err
+    assert "nq ingest" in err and "nq demo" in err
+    assert main(["--home", empty, "query", "select * from predictions"]) == 1
+    err = capsys.readouterr().err
+    assert "holds no rows yet" in err and "nq demo" in err and "Catalog Error" not in err
+    assert main(["--home", empty, "predict", "--source", "market_A"]) == 2
+    assert "nq demo" in capsys.readouterr().err

@@ -56,7 +56,13 @@ def cmd_run(args, settings: Settings) -> int:
     wh = prepare_home(settings)
     ok = run_pipeline(wh, sources=args.source or None, settings=settings)
     if not ok:
-        print("nothing to run: no sources in the warehouse and no files in the landing zone")
+        from nq_dagster.store.names import FIRST_STEP
+
+        print(
+            f"nothing to run in {wh.home}: no source has rows and no file waits in landing/. "
+            f"Next: {FIRST_STEP}",
+            file=sys.stderr,
+        )
         return 1
     _print_frame(summary_table(wh))
     return 0 if all(ok.values()) else 1
@@ -165,11 +171,7 @@ def cmd_predict(args, settings: Settings) -> int:
             wh, args.source
         )  # where the stream went (streaming job, server), else training
     except FileNotFoundError:
-        known = wh.artifact_sources("serving_state")
-        raise FileNotFoundError(
-            f"no serving state for source {args.source!r} in {wh.where}; sources with one: "
-            f"{', '.join(known) or 'none'}. Fix: run `nq run --source {args.source}` first"
-        ) from None
+        raise FileNotFoundError(_no_model_message(wh, args.source)) from None
     predictor = Predictor(threads=settings.predict_threads)
     predictor.load(saved)
     predictor.warm_up(
@@ -188,6 +190,26 @@ def cmd_predict(args, settings: Settings) -> int:
     rows = [jsonable(r) for r in records]
     print(json.dumps(rows if args.all else rows[-1], indent=None if args.compact else 1))
     return 0
+
+
+def _no_model_message(wh: Warehouse, source: str) -> str:
+    """Why `nq predict --source S` has no model, and the next step that can work: a typo gets the nearest
+    names (never `nq run --source typo`), a source with too few rows the rows it still needs."""
+    from nq_dagster.config import load_config, rows_needed
+    from nq_dagster.store.names import FIRST_STEP, unknown_name
+
+    stored = set(wh.sources("raw_ticks"))
+    if source in stored:
+        need, rows = rows_needed(load_config(wh.home)), wh.stored_rows("raw_ticks", source)
+        if rows < need:
+            return (
+                f"source {source!r} has no model yet: {rows} rows stored, training needs {need}. "
+                f"Fix: ingest {need - rows} more rows (`nq ingest FILE --source {source}`), "
+                f"then `nq run --source {source}`"
+            )
+        return f"source {source!r} has {rows} rows but no model yet. Fix: `nq run --source {source}`"
+    known = stored | set(wh.artifact_sources("serving_state"))
+    return unknown_name("source", source, known, "pick a source listed" if known else FIRST_STEP)
 
 
 def cmd_keys(args, settings: Settings) -> int:
