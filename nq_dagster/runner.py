@@ -88,11 +88,16 @@ def run_config_for(wh: Warehouse, settings: Settings | None = None) -> dict:
 
 
 def run_pipeline(
-    wh: Warehouse, sources: list[str] | None = None, log=print, settings: Settings | None = None
+    wh: Warehouse,
+    sources: list[str] | None = None,
+    log=print,
+    settings: Settings | None = None,
+    progress=None,
 ) -> dict[str, bool]:
     """Materialize the per-source graph for `sources` (default: every source with data or landing files),
     then the cross-source assets, in this process against the instance of `wh`'s data directory. Returns
-    success per run."""
+    success per run. `progress`: a stream (stderr) to draw each run's progress on (`nq_dagster.progress`),
+    or None for none."""
     present = sorted(set(wh.sources("raw_ticks")) | set(landing_files(wh)))
     if sources is None:
         sources = present
@@ -125,14 +130,7 @@ def run_pipeline(
             if not enough:
                 ok[src] = False
                 continue
-        res = job.execute_in_process(
-            partition_key=src,
-            instance=instance,
-            raise_on_error=False,
-            run_config=run_config,
-            tags={"nq/source": src, "nq/trigger": "cli"},
-        )
-        ok[src] = res.success
+        res = _execute(job, instance, run_config, src, wh, progress)
         checks = res.get_asset_check_evaluations()
         failed = [c for c in checks if not c.passed]
         ok[src] = res.success and not failed
@@ -168,6 +166,40 @@ def run_pipeline(
         ok["_all"] = res.success
         log(f"  cross-source: {'ok' if res.success else 'FAILED'} (run {res.run_id[:8]})")
     return ok
+
+
+def _execute(job, instance, run_config: dict, source: str, wh: Warehouse, progress):
+    """One run of `job` for `source`, its progress drawn on `progress` (a stream) from the run's events; the
+    rows it ran on are tagged afterwards, the scale of the next run's estimate."""
+    import uuid
+
+    from nq_dagster.progress import ROWS_TAG, RunProgress, step_history
+
+    run_id = str(uuid.uuid4())
+    bar = None
+    if progress is not None:
+        bar = RunProgress(
+            label=source,
+            steps=[n.name for n in job.graph.nodes],
+            rows=wh.stored_rows("raw_ticks", source),
+            history=step_history(instance, job.name),
+            out=progress,
+        )
+        instance.add_event_listener(run_id, bar.on_event)
+    try:
+        res = job.execute_in_process(
+            partition_key=source,
+            instance=instance,
+            raise_on_error=False,
+            run_config=run_config,
+            run_id=run_id,
+            tags={"nq/source": source, "nq/trigger": "cli"},
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    instance.add_run_tags(run_id, {ROWS_TAG: str(wh.stored_rows("raw_ticks", source))})
+    return res
 
 
 def root_cause(err) -> str:

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("streams", {"streams"}),
     ("serve", {"serve"}),
     ("dagster", {"resources", "assets", "deployment", "jobs", "sensors"}),
-    ("assembly", {"definitions", "runner", "k8s_jobs", "cli"}),
+    ("assembly", {"definitions", "runner", "progress", "k8s_jobs", "cli"}),
 ]
 
 

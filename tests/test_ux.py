@@ -4,6 +4,7 @@ next step, progress of `nq run`, a summary that fits a terminal. One trained dat
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pandas as pd
@@ -152,3 +153,63 @@ def test_an_empty_home_says_what_to_run_first(tmp_path, capsys):
     assert "holds no rows yet" in err and "nq demo" in err and "Catalog Error" not in err
     assert main(["--home", empty, "predict", "--source", "market_A"]) == 2
     assert "nq demo" in capsys.readouterr().err
+
+
+# --- progress and a summary that fits a terminal (item 2) --------------------------------------------------
+
+
+def test_nq_run_shows_each_step_with_rows_and_an_estimate_and_a_summary_in_100_columns(home, capsys):
+    """Not a terminal: one plain line per step (its share of the graph, rows, elapsed, an estimate measured on
+    the fixture's earlier run); the summary fits 100 columns, every column with --format json."""
+    from nq_dagster.cli import main
+    from nq_dagster.definitions import defs
+
+    total = len(defs.resolve_job_def("source_pipeline").graph.nodes)
+    assert main(["--home", str(home.home), "run", "--source", "mackey_glass"]) == 0
+    out = capsys.readouterr()
+    steps = [line for line in out.err.splitlines() if line.startswith("  mackey_glass: step ")]
+    assert len(steps) == total, out.err
+    assert steps[0].startswith(f"  mackey_glass: step 1/{total} raw_ticks")
+    assert any(f"/{total} fusion_model" in line for line in steps)
+    assert all(" left" in line for line in steps)  # the fixture's run measured every step: an estimate
+    assert any(f"{N_TRAIN} rows" in line for line in steps)  # rows reported by a finished step
+    lines = out.out.splitlines()
+    head = next(i for i, line in enumerate(lines) if "accuracy (95% CI)" in line)
+    assert max(len(line) for line in lines[head:]) <= 100 and "mackey_glass" in lines[head + 1]
+    assert main(["--home", str(home.home), "run", "--source", "mackey_glass", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"p_binom", "p_dm_best", "ece_late"} <= set(rows[0])  # the wide table's columns
+
+
+def test_the_terminal_bar_rewrites_one_line_within_100_columns(trained):
+    """The events of the fixture's training run, replayed into a terminal bar: one line rewritten (\\r), never
+    wider than 100 columns, the share of the graph growing to n/n."""
+    import io
+
+    from dagster import DagsterEventType
+
+    from nq_dagster.definitions import defs
+    from nq_dagster.progress import RunProgress, step_history
+    from nq_dagster.runner import open_instance
+
+    instance = open_instance(trained)
+    job = defs.resolve_job_def("source_pipeline")
+    run = next(r for r in instance.get_runs() if r.job_name == job.name)
+    buf = io.StringIO()
+    bar = RunProgress(
+        "mackey_glass",
+        [n.name for n in job.graph.nodes],
+        rows=N_TRAIN,
+        history=step_history(instance, job.name),
+        out=buf,
+        tty=True,
+    )
+    for rec in instance.get_records_for_run(run.run_id).records:
+        if rec.event_log_entry.dagster_event_type != DagsterEventType.RUN_SUCCESS:
+            bar.on_event(rec.event_log_entry)
+    bar.close()
+    frames = buf.getvalue().split("\r")
+    assert "\n" not in buf.getvalue()
+    assert all(len(f) <= 100 for f in frames)
+    total = len(job.graph.nodes)
+    assert any(f"[{'#' * 10}" in f and f" {total}/{total} " in f for f in frames)
