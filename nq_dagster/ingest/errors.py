@@ -206,7 +206,9 @@ class FileRejected(Exception):
         self.bad_count = len(self.bad_rows) if bad_count is None else max(bad_count, len(self.bad_rows))
         first = self.bad_rows[0].describe(self.file) if self.bad_rows else ""
         detail.setdefault("count", self.bad_count)
-        super().__init__(FILE_PROBLEMS[kind].format(file=self.file, first=first, **detail))
+        message = FILE_PROBLEMS[kind].format(file=self.file, first=first, **detail)
+        # one line, whatever a library's error text holds (pandas' tokenizer ends its message with a newline)
+        super().__init__(" ".join(message.split()))
 
 
 class IngestFailed(Exception):

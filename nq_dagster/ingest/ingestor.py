@@ -195,7 +195,18 @@ class Ingestor:
         result.bad_count = checked.bad_count
         with self.wh.source_locks(names, self.lock_timeout_s):
             return self._store(
-                path, data, digest, part, clean, names, bad, notes, result, skip_bad_rows, move
+                path,
+                data,
+                digest,
+                part,
+                clean,
+                names,
+                bad,
+                notes,
+                result,
+                skip_bad_rows,
+                move,
+                options.value_column,
             )
 
     def _check_columns(self, path: Path, clean: pl.DataFrame, names: list[str]) -> list[str]:
@@ -233,13 +244,28 @@ class Ingestor:
         return result
 
     def _store(
-        self, path, data, digest, part, clean: pl.DataFrame, names, bad, notes, result, skip_bad_rows, move
+        self,
+        path,
+        data,
+        digest,
+        part,
+        clean: pl.DataFrame,
+        names,
+        bad,
+        notes,
+        result,
+        skip_bad_rows,
+        move,
+        value_column: str | None = None,
     ) -> FileResult:
         try:
             if clean.height and self._already_ingested(digest, ",".join(names)):
                 return self._skip_duplicate(path, result, move)
             result.notes += notes
-            result.notes += self._check_columns(path, clean, names)
+            chosen = self._check_columns(path, clean, names)
+            if value_column:
+                chosen = [f"predicts column {value_column!r} (stored as 'value')"]
+            result.notes += chosen
             # duplicates against what is already stored, for each source in the file
             dup_mask = pl.Series("dup", [], dtype=pl.Boolean)
             for src in names:
