@@ -86,7 +86,7 @@ async def run_job(state: ServerState, job: Job, rows: list[tuple]) -> None:
     for start in range(0, len(keyed), CHUNK):
         chunk = [rows[i] for i in keyed[start : start + CHUNK]]
         try:
-            answers = await run_ticks(state, chunk, f"job {job.id}: data_points", "low", None)
+            answers = await run_ticks(state, chunk, f"job {job.id}: data_points", "low", None, job.key_id)
             job.results += [{**a.record, "duplicate": a.duplicate} for a in answers]
         except ApiError as exc:
             job.errors += exc.details or [exc.message]
