@@ -46,6 +46,7 @@ async def run_ticks(
 async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Response:
     raw = await request.body()
     body: RealtimeBody = parse(RealtimeBody, raw, max_values=state.settings.max_values)
+    state.access.charge(key, len(body.data))
     if not state.engine.own.owns(body.source):
         return await forward(state, request, body.source, raw)
     answers = await run_ticks(
