@@ -256,14 +256,16 @@ class NewKey(Body):
 class Filters(BaseModel):
     model_config = ConfigDict(extra="ignore")
     min_confidence: Number = 0.0
-    directions: list[Literal["up", "down", "hold"]] | None = None  # none: every direction
+    directions: list[Literal["up", "down", "hold"]] | None = Field(
+        None, max_length=3
+    )  # none: every direction
 
 
 class Subscription(BaseModel):
     """A WebSocket subscription's sources (none: every source served) and filters."""
 
     model_config = ConfigDict(extra="ignore")
-    sources: list[StrictStr] | None = None
+    sources: list[Annotated[StrictStr, Field(max_length=64)]] | None = Field(None, max_length=1_000)
     filters: Filters | None = None
 
 
