@@ -26,7 +26,6 @@ from .serving import (
     CLONES,
     ProcessServer,
     ThreadServer,
-    build_trained_home,
     copy_home,
     free_port,
     served_rows,
@@ -37,8 +36,8 @@ ws_client = pytest.importorskip("websockets.sync.client")
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_trained_home(tmp_path_factory.mktemp("serve"))
+def base(trained_base):
+    return trained_base
 
 
 @pytest.fixture

@@ -52,6 +52,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._header_bytes > MAX_HEADER_BYTES:
                 self._refuse(431, f"request line and headers over {MAX_HEADER_BYTES} bytes")
 
+    # the parser's callbacks: a request whose headers arrive in one read is measured here
+    def on_message_begin(self) -> None:
+        self._parsed_bytes, self._too_large = 0, False
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count(self, n: int) -> None:
+        self._parsed_bytes += n
+        if self._parsed_bytes > MAX_HEADER_BYTES:
+            self._too_large = True
+            raise ValueError("headers too large")  # the parser stops; uvicorn calls send_400_response
+
+    def send_400_response(self, msg: str) -> None:
+        if getattr(self, "_too_large", False):
+            self._refuse(431, f"request line and headers over {MAX_HEADER_BYTES} bytes")
+        else:
+            super().send_400_response(msg)
+
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._disarm()

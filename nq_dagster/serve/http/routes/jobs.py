@@ -94,7 +94,8 @@ def _ingest_order(rows: list[tuple]) -> list[int]:
         range(len(rows)),
         key=lambda i: (
             str(rows[i][0]),
-            order.iloc[i].value if not pd.isna(order.iloc[i]) else 0,
+            # seconds, not `.value` (nanoseconds): a year-9999 point overflowed it and stopped the job
+            order.iloc[i].timestamp() if not pd.isna(order.iloc[i]) else 0.0,
             rows[i][1] if not isinstance(rows[i][1], str) else 0,
             i,
         ),
