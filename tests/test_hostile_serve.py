@@ -197,9 +197,7 @@ def test_one_key_does_not_starve_another_and_a_reader_keeps_up(srv, home, k, tic
         t.join(120)
     reader.join(60)
     ws.close()
-    assert len(heavy_done) == 2 and light_done < heavy_done["s1"], (
-        "the light ticks were not under load"
-    )
+    assert len(heavy_done) == 2 and light_done < heavy_done["s1"], "the light ticks were not under load"
     # a few short batches each (a heavy request takes seconds); generous for a shared 2-core machine
     assert max(loaded) < 0.5 + 10 * float(np.median(unloaded)), (loaded, unloaded)
     assert got["closed"] is None and got["predictions"] == HEAVY["s1"], got
