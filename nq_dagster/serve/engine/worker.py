@@ -1,8 +1,8 @@
 """The batching worker: one thread that takes everything queued (up to MAX_BATCH requests), validates it in
 one call, answers re-posted ticks with their stored prediction, advances every source at once through the one
-prediction path (`Predictor.advance_many`), appends each new tick and its record to the log, and only then
-resolves the requests. So a tick is acknowledged after it is in the log, and a source's ticks are predicted in
-the order they were accepted.
+prediction path (`Predictor.advance_many`), commits each new tick and its record to the journal, and only then
+resolves the requests. So a tick is acknowledged after it is in the journal (a batch the journal refuses moves
+no state and gets 503), and a source's ticks are predicted in the order they were accepted.
 
 Calls queued with `call` (a model swap, a log rotation) run between two batches, on this thread, so the
 predictor and the log have one writer.
@@ -27,13 +27,14 @@ from nq_dagster.fusion.ticks import out_of_range_message
 from nq_dagster.serve.engine.outcomes import Outcomes
 from nq_dagster.serve.engine.records import RecordCache
 from nq_dagster.serve.engine.restart import ShardRestarts
-from nq_dagster.serve.engine.ticklog import TickLog, log_line
+from nq_dagster.serve.engine.ticklog import TickLog
 from nq_dagster.serve.engine.validate import validate_requests
 from nq_dagster.serve.engine.watcher import Models
 from nq_dagster.serve.engine.work import (
     PRIORITY_CALL,
     PRIORITY_STOP,
     Answer,
+    JournalUnavailable,
     NoModel,
     Planned,
     Priority,
@@ -216,6 +217,12 @@ class Worker:
                 group[i].future.set_result(answers)
             if fresh and self.on_records is not None:
                 self.on_records([a.record for a in fresh.values()], outcomes)
+        except (
+            JournalUnavailable
+        ) as exc:  # fail closed: the batch is refused, nothing of it kept (ticklog.py)
+            for w in group:
+                if not w.future.done():
+                    w.future.set_exception(exc)
         except Exception as exc:  # noqa: BLE001 - every request of the batch learns it failed
             log.exception("batch failed")
             for w in group:
@@ -239,22 +246,29 @@ class Worker:
             )
         )
         fresh: dict[tuple[str, int], Answer] = {}
-        outcomes: list[dict] = []
-        lines = []
+        rows = []
         done = time.perf_counter()
         for s, recs in got.items():
-            cache = self.cache.of(s)
-            horizon = self.predictor.model(s).cfg.horizon
             for (t, v), rec in zip(new[s], recs, strict=True):
                 w = group[origin[(s, t)]]
                 rec["processing_time_ms"] = (done - w.enqueued) * 1000.0  # request received -> record ready
                 rec["value"] = v  # the tick's value (not a column of the record's table)
-                outcomes.extend(self.outcomes.realize(s, horizon, t, v, rec))
                 j = jsonable(rec)
-                text = json.dumps(j)  # encoded once: the log line and the HTTP answer
+                text = json.dumps(j)  # encoded once: the journal's row and the HTTP answer
                 fresh[(s, t)] = Answer(j, text, False)
-                cache[t] = j
-                lines.append(log_line(s, t, v, w.stored, text))
+                rows.append((s, t, v, w.stored, text))
+        try:
+            self.ticklog.append(rows, got.keys())
+        except JournalUnavailable:
+            self.predictor.undo_last()  # not stored, so not seen: the states stay where the batch found them
+            raise
+        # stored: only now does the batch change what this process remembers
+        outcomes: list[dict] = []
+        for s, recs in got.items():
+            cache = self.cache.of(s)
+            horizon = self.predictor.model(s).cfg.horizon
+            for (t, v), rec in zip(new[s], recs, strict=True):
+                outcomes.extend(self.outcomes.realize(s, horizon, t, v, rec))
+                cache[t] = fresh[(s, t)].record
             self.cache.trim(s)
-        self.ticklog.append("\n".join(lines) + "\n", got.keys())
         return fresh, outcomes
