@@ -148,6 +148,9 @@ class Flusher:
     def flush_segment(self, path: Path, states: dict[str, ServingState] | None) -> bool:
         """A closed segment into `raw_ticks` and `predictions` parts named by it, then the states; then delete
         it (quarantine it when it could not be read whole). Whether it was stored; on failure it stays."""
+        if not path.exists():  # (never: a handed segment had committed rows; but it must not block the rest)
+            log.error(json.dumps({"event": "journal_segment_missing", "segment": str(path)}))
+            return True
         try:
             read = read_segment(path)
             part = SERVE_PART.format(replica=self.replica, segment=path.stem) + (

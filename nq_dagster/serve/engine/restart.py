@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -79,7 +80,13 @@ def recover(
     that, quarantines the file and names what was lost); the others are recovered all the same."""
     ticklog.remove_orphans()
     for path in ticklog.segments():
-        read = read_segment(path)
+        try:
+            read = read_segment(path)
+        except (sqlite3.Error, OSError) as exc:  # the storage, not the file: starting without it would fork
+            raise RuntimeError(
+                f"journal segment {path} cannot be read now ({type(exc).__name__}: {exc}); nothing was "
+                "changed. Fix: make the data directory readable and writable, then start again"
+            ) from exc
         touched = set()
         for t in read.ticks:
             if t.source in predictor.sources() and t.ts_ns > predictor.last_ts(t.source):

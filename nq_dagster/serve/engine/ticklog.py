@@ -55,6 +55,7 @@ SUFFIX = ".sqlite3"
 LEGACY_SUFFIX = ".jsonl"  # the line format before the journal: read at recovery, never written
 SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's files beside a database
 BUSY_S = 5.0  # a reader's lock (WAL recovery at open) is brief: wait for it rather than fail the batch
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # the primary result codes that mean a damaged file
 LOST_SHOWN = 20  # lines of `lost` a warning lists; the count is always complete
 
 SCHEMA = (
@@ -123,10 +124,10 @@ def quarantine_segment(path: Path, reason: str) -> Path:
     dest_dir = path.parent / "quarantine"
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / path.name
+    (dest_dir / f"{path.name}.reason.txt").write_text(f"segment: {path}\n{reason}\n")  # first: may fail
     for p in (*side_files(path), path):  # the database last: until then the segment is still found
         if p.exists():
             shutil.move(str(p), str(dest_dir / p.name))
-    (dest_dir / f"{path.name}.reason.txt").write_text(f"segment: {path}\n{reason}\n")
     return dest
 
 
@@ -166,27 +167,41 @@ def open_segment_db(path: Path, fsync: Fsync | None, create: bool) -> sqlite3.Co
     return conn
 
 
+def damage(exc: sqlite3.Error) -> bool:
+    """Whether an error says the file is damaged or not a journal (then what it holds is read around and the
+    file quarantined), rather than that the storage failed now (then the read is tried again later: a segment
+    is never quarantined for a disk that was full for a while)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return True
+    return "no such table" in str(exc) or "malformed" in str(exc) or "not a database" in str(exc)
+
+
 def read_segment(path: Path, records: bool = True, check: bool = True) -> SegmentRead:
     """Every tick a segment holds, in order, and what it could not read. `records`: parse the records too;
-    `check`: run SQLite's `quick_check` first (its findings go to `lost`). Never raises for a damaged file;
-    FileNotFoundError for a missing one (flushed and deleted meanwhile)."""
+    `check`: run SQLite's `quick_check` first (its findings go to `lost`). A damaged file never raises: its
+    damage is in `lost` / `error`. A storage error (the file cannot be opened or read now) raises, as does a
+    missing file (FileNotFoundError: flushed and deleted meanwhile)."""
     if not path.exists():
         raise FileNotFoundError(path)
     if path.suffix == LEGACY_SUFFIX:
         return _read_lines(path, records)
     out = SegmentRead(path)
-    try:
-        conn = open_segment_db(path, None, create=False)
-    except sqlite3.Error as exc:
-        out.error = f"cannot open: {exc}"
-        return out
+    conn = open_segment_db(path, None, create=False)
     try:
         if check:
-            found = [r[0] for r in conn.execute("PRAGMA quick_check")]
+            try:
+                found = [r[0] for r in conn.execute("PRAGMA quick_check")]
+            except sqlite3.DatabaseError as exc:
+                if not damage(exc) or "not a database" in str(exc):
+                    raise
+                found = [str(exc)]  # (a page it cannot even walk: the rows are still read around it)
             if found != ["ok"]:
                 out.lost.append("quick_check: " + "; ".join(found[:5]))
         _read_rows(conn, out, records)
     except sqlite3.DatabaseError as exc:
+        if not damage(exc):
+            raise
         if "no such table" in str(exc) and path.stat().st_size == 0:
             return out  # created, killed before its first commit: nothing was ever acknowledged from it
         out.error = f"{type(exc).__name__}: {exc}"
@@ -197,44 +212,59 @@ def read_segment(path: Path, records: bool = True, check: bool = True) -> Segmen
 
 
 def _read_rows(conn: sqlite3.Connection, out: SegmentRead, records: bool) -> None:
-    """The rows in seq order; a damaged stretch is named in `out.lost` and reading goes on after it."""
-    after, resume_floor = 0, 0
-    while True:
-        try:
-            for seq, s, t, v, stored, rec, crc in conn.execute(
-                f"{SELECT} WHERE seq > ? ORDER BY seq", (after,)
-            ):
-                after = seq
-                if crc != row_crc(s, t, v, bool(stored), rec):
-                    out.lost.append(f"row {seq}: checksum mismatch (source {s!r}, ts_ns {t})")
-                    continue
-                try:
-                    record = json.loads(rec) if records else None
-                except ValueError as exc:
-                    out.lost.append(f"row {seq}: record is not JSON ({exc})")
-                    continue
-                out.ticks.append(LoggedTick(s, t, v, bool(stored), record))
-            return
-        except sqlite3.DatabaseError as exc:
-            nxt = _next_readable(conn, max(after, resume_floor) + 1)
-            if nxt is None:
-                out.lost.append(f"rows after {after}: {exc}")
-                return
-            out.lost.append(f"rows {after + 1}..{nxt - 1}: {exc}" if nxt > after + 1 else f"row {nxt}: {exc}")
-            after, resume_floor = nxt - 1, nxt  # resume_floor: the next probe starts past nxt, so it moves on
-
-
-def _next_readable(conn: sqlite3.Connection, start: int) -> int | None:
-    """The first seq >= start whose lookup works, up to the table's largest; None when none does."""
+    """The rows in seq order; once a damaged page stops the scan, each remaining row is looked up by itself,
+    so the damage costs only the rows on it (named in `out.lost`, one line per unreadable stretch)."""
+    after = 0
     try:
-        top = conn.execute("SELECT max(seq) FROM ticks").fetchone()[0]
-    except sqlite3.DatabaseError:
-        return None
-    for seq in range(start, (top or 0) + 1):
-        with contextlib.suppress(sqlite3.DatabaseError):
-            conn.execute(f"{SELECT} WHERE seq = ?", (seq,)).fetchall()
-            return seq
-    return None
+        for row in conn.execute(f"{SELECT} WHERE seq > ? ORDER BY seq", (0,)):
+            after = row[0]
+            _take(row, out, records)
+        return
+    except sqlite3.DatabaseError as exc:
+        if not damage(exc):
+            raise
+        scan_error = exc
+    try:
+        top = conn.execute("SELECT max(seq) FROM ticks").fetchone()[0] or 0
+    except sqlite3.DatabaseError as exc:
+        if not damage(exc):
+            raise
+        out.lost.append(f"rows after {after}: {scan_error}")
+        return
+    bad_from, why = None, scan_error
+    for seq in range(after + 1, top + 1):
+        try:
+            found = conn.execute(f"{SELECT} WHERE seq = ?", (seq,)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            if not damage(exc):
+                raise
+            if bad_from is None:
+                bad_from, why = seq, exc
+            continue
+        if bad_from is not None:
+            out.lost.append(_stretch(bad_from, seq - 1, why))
+            bad_from = None
+        for row in found:
+            _take(row, out, records)
+    if bad_from is not None:
+        out.lost.append(_stretch(bad_from, top, why))
+
+
+def _stretch(first: int, last: int, why: Exception) -> str:
+    return f"row {first}: {why}" if first == last else f"rows {first}..{last}: {why}"
+
+
+def _take(row: tuple, out: SegmentRead, records: bool) -> None:
+    seq, s, t, v, stored, rec, crc = row
+    if crc != row_crc(s, t, v, bool(stored), rec):
+        out.lost.append(f"row {seq}: checksum mismatch (source {s!r}, ts_ns {t})")
+        return
+    try:
+        record = json.loads(rec) if records else None
+    except ValueError as exc:
+        out.lost.append(f"row {seq}: record is not JSON ({exc})")
+        return
+    out.ticks.append(LoggedTick(s, t, v, bool(stored), record))
 
 
 def _read_lines(path: Path, records: bool) -> SegmentRead:
@@ -242,11 +272,7 @@ def _read_lines(path: Path, records: bool) -> SegmentRead:
     `{"s": source, "t": ts_ns, "v": value, "stored": ..., "r": record}`. A bad line is named and skipped (what
     follows it is still read); a torn last line (the process died inside a write) was never acknowledged."""
     out = SegmentRead(path)
-    try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError as exc:
-        out.error = f"cannot read: {exc}"
-        return out
+    lines = path.read_bytes().split(b"\n")  # (a storage error raises: tried again later)
     tail = lines.pop()  # after the last newline: empty, or a torn write
     for i, raw in enumerate(lines, start=1):
         try:
