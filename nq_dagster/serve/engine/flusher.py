@@ -58,6 +58,7 @@ log = logging.getLogger("nq.serve")
 SERVE_PART = "serve-r{replica}-{segment}"
 SALVAGED = "-salvaged"  # the parts of a damaged segment's readable rows
 RETRY_S = 1.0  # a segment that failed to store is tried again after this long
+RANGES_KEPT = 100_000  # parts' time spans remembered (`_time_range`), a few MB at most
 LOCK_S = 30.0  # the source's lock (an ingest holds it from its check to its write); past it: retried
 
 
@@ -90,6 +91,7 @@ class Flusher:
         self._pending: collections.deque[ClosedSegment] = collections.deque()
         self._retry_at = 0.0
         self._value_col: dict[str, str] = {}
+        self._ranges: dict[str, tuple[int | None, int | None]] = {}  # part -> its time span (`_time_range`)
         self.last_error: str | None = None
         self.flushed_segments = 0
         self.quarantined = 0  # segments moved to quarantine since the start
@@ -228,7 +230,7 @@ class Flusher:
         for p in self.wh.table_parts(table, s):
             if p.stem == part:
                 continue
-            pmin, pmax, _ = self.wh.part_time_range(p)
+            pmin, pmax = self._time_range(p)
             if pmin is not None and (pmax < lo or pmin > hi):
                 continue
             names = pq.read_schema(str(p), filesystem=self.wh.filesystem).names
@@ -240,6 +242,16 @@ class Flusher:
                 if int(t) in want:
                     out[int(t)] = v
         return out
+
+    def _time_range(self, p) -> tuple[int | None, int | None]:
+        """A part's time span from its footer, remembered: parts are written once under their name (a name
+        written again holds the same rows), so each flush reads only the footers of new parts."""
+        key = str(p)
+        if key not in self._ranges:
+            if len(self._ranges) > RANGES_KEPT:
+                self._ranges.clear()
+            self._ranges[key] = self.wh.part_time_range(p)[:2]
+        return self._ranges[key]
 
     def _not_stored(self, s: str, part: str, fresh: list[LoggedTick]) -> list[LoggedTick]:
         """The ticks whose timestamp no other part of `raw_ticks` holds; a stored one with another value is
