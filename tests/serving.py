@@ -129,7 +129,7 @@ class ProcessServer:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a loaded 2-core machine loads models slowly
         while True:
             assert self.proc.poll() is None, self.output()
             try:
