@@ -193,7 +193,8 @@ def start_server(
     t = time.perf_counter()
     while True:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=1).status_code == 200:
+            # the port opens before the models load (issue 27): ready once they have
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.2)

@@ -130,7 +130,8 @@ class ProcessServer:
         while True:
             assert self.proc.poll() is None, self.output()
             try:
-                if httpx.get(f"{self.url}/api/v1/status", timeout=1).status_code in (200, 503):
+                # the port opens before the models load: ready once they have
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -20,6 +20,7 @@ from nq_dagster.serve.engine import Answer, NoModel, NotOwner, Rejected
 from nq_dagster.serve.http.auth import guarded
 from nq_dagster.serve.http.bodies import RealtimeBody, parse
 from nq_dagster.serve.http.errors import ApiError
+from nq_dagster.serve.http.startup import require_ready
 from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.keys import KeyRecord
 
@@ -30,6 +31,7 @@ async def run_ticks(
     state: ServerState, rows: list[tuple], label: str, priority: str, received: float | None
 ) -> list[Answer]:
     """The engine's answers to ticks [(source, timestamp, value)]; its refusals as API errors."""
+    require_ready(state.startup)
     try:
         return await asyncio.wrap_future(state.engine.submit(rows, label, priority, received=received))
     except Rejected as exc:
