@@ -57,7 +57,7 @@ class Access:
                 429,
                 f"rate limit of {rec.rate_per_s * 60:g}/min (burst {rec.burst}) reached; "
                 f"retry in {wait:.2f} s",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                headers={"Retry-After": str(max(1, math.ceil(wait))), **rate_limit_headers(rec, wait)},
             )
         if self.inflight[rec.id] >= rec.max_concurrent:
             raise ApiError(
@@ -81,3 +81,14 @@ def guarded(access: Access, role: str, handler: Handler) -> Endpoint:
 
     endpoint.__name__ = getattr(handler, "__name__", "endpoint")
     return endpoint
+
+
+def rate_limit_headers(rec: KeyRecord, wait: float) -> dict[str, str]:
+    """The IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers) of a key's refused request: its bucket
+    holds `burst` requests and refills at its rate; none is left, the next is allowed in `wait` seconds."""
+    return {
+        "RateLimit-Limit": str(rec.burst),
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": str(max(1, math.ceil(wait))),
+        "RateLimit-Policy": f"{rec.burst};w={max(1, math.ceil(rec.burst / rec.rate_per_s))}",
+    }

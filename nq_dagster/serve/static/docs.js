@@ -4,4 +4,5 @@ window.ui = SwaggerUIBundle({
   dom_id: "#swagger-ui",
   deepLinking: true,
   persistAuthorization: false,
+  validatorUrl: null, // the default calls validator.swagger.io: the docs stay offline
 });
