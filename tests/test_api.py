@@ -15,13 +15,14 @@ import pytest
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from nq_dagster.client import Backoff, Client, NqApiError
 from nq_dagster.serve.http import schemas
 from nq_dagster.serve.http.app import create_server
 from nq_dagster.serve.http.openapi import document
 from nq_dagster.serve.keys import KeyStore
 from nq_dagster.settings import Settings
 
-from .serving import build_trained_home, copy_home
+from .serving import ThreadServer, build_trained_home, copy_home
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +240,73 @@ def test_answers_models_parse_the_documented_examples():
     assert rec.direction in ("up", "down", "hold") and 0 <= rec.confidence <= 1
     assert json.loads(rec.model_dump_json())["probabilities"] == RECORD_EXAMPLE["probabilities"]
     assert pd.Timestamp(rec.timestamp).tzinfo is not None
+
+
+class FixedBackoff(Backoff):
+    def delay(self, attempt, response):
+        return super().delay(attempt, response) if response is not None else 0.05
+
+
+def test_client_predicts_honours_retry_after_and_resumes_its_subscription(home, base):
+    """The client package against a real server: typed answers, a 429 retried after its Retry-After, and a
+    subscription that outlives a server restart: the predictions served while it was away come first (marked
+    resumed), each prediction exactly once, in order."""
+    ticks = base[1]
+    admin = admin_key(home)
+    slow = KeyStore(home).create("developer", "60/min", 1, 4, "slow")[0]
+    srv = ThreadServer(home)
+    port = srv.port
+
+    def post(nq, i):
+        return nq.predict("m", float(ticks.value[i]), ticks.timestamp[i].isoformat())
+
+    try:
+        with Client(srv.url, admin) as nq:
+            assert nq.wait_ready(30).ready
+            rec = post(nq, 0)
+            assert isinstance(rec, schemas.PredictionRecord) and rec.source == "m" and rec.duplicate is False
+            two = nq.predict(
+                "m", [float(v) for v in ticks.value[1:3]], [t.isoformat() for t in ticks.timestamp[1:3]]
+            )
+            assert [r.timestamp for r in two] == [t.isoformat() for t in ticks.timestamp[1:3]]
+            assert nq.models().models["m"].status == "loaded"
+            with pytest.raises(NqApiError) as err:
+                nq.predict("m", ["x"], [1])
+            assert err.value.status == 422 and err.value.field == "data[0]" and err.value.request_id
+        with Client(srv.url, slow) as nq:
+            post(nq, 3)
+            t0 = time.monotonic()
+            post(nq, 4)  # the bucket is empty: 429, Retry-After 1, then accepted
+            assert time.monotonic() - t0 >= 0.9
+        with Client(srv.url, slow, backoff=Backoff(retries=0)) as nq, pytest.raises(NqApiError) as err:
+            post(nq, 5)
+        assert err.value.status == 429
+
+        with Client(srv.url, admin) as nq:
+            stream = nq.subscribe(["m"], backoff=FixedBackoff())  # connects at the first next()
+            threading.Timer(1.0, post, (nq, 5)).start()
+            first = next(stream)
+            assert first.type == "prediction" and first.prediction.timestamp == ticks.timestamp[5].isoformat()
+            srv.stop()
+            srv = ThreadServer(home, port=port)  # the same data directory: its tick log recovered
+            post(nq, 6)
+            post(nq, 7)  # both served while the subscriber was away
+            got = predictions(stream, 2)
+            assert [m.prediction.timestamp for m in got] == [t.isoformat() for t in ticks.timestamp[6:8]]
+            assert all(m.resumed for m in got)
+            post(nq, 8)
+            (live,) = predictions(stream, 1)  # live again, and nothing twice
+            assert live.prediction.timestamp == ticks.timestamp[8].isoformat() and not live.resumed
+            stream.close()
+    finally:
+        srv.stop()
+
+
+def predictions(stream, n: int) -> list:
+    """The next `n` prediction messages of a subscription (outcome messages passed over)."""
+    out = []
+    while len(out) < n:
+        m = next(stream)
+        if m.type == "prediction":
+            out.append(m)
+    return out

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from nq_dagster.serve.http.errors import ApiError
+from nq_dagster.serve.http.tokens import TokenVerifier, looks_like_jwt
 from nq_dagster.serve.keys import KeyRecord, KeyStore, TokenBucket, role_allows
 
 Handler = Callable[[Request, KeyRecord], Awaitable[Response]]
@@ -24,8 +25,10 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class Access:
     """The key store, and per key its token bucket and its requests in flight (this process's)."""
 
-    def __init__(self, keys: KeyStore):
+    def __init__(self, keys: KeyStore, tokens: TokenVerifier | None = None):
+        """`tokens`: the identity provider's JWTs are accepted beside the keys (see `tokens.py`)."""
         self.keys = keys
+        self.tokens = tokens
         self.buckets: dict[str, TokenBucket] = {}
         self.inflight: collections.Counter[str] = collections.Counter()
 
@@ -38,7 +41,11 @@ class Access:
                 "missing API key: send `Authorization: Bearer <key>` (create one with `nq keys create`)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        rec = self.keys.verify(auth[7:].strip())
+        bearer = auth[7:].strip()
+        if self.tokens is not None and looks_like_jwt(bearer):
+            rec = self.tokens.verify(bearer)  # 401 naming why, 403 without a role
+        else:
+            rec = self.keys.verify(bearer)
         if rec is None:
             raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
         scope_state["key_id"] = rec.id

@@ -303,3 +303,14 @@ class Subscribed(Answer):
     type: Literal["subscribed"]
     sources: list[str]
     filters: dict[str, Any]
+
+
+class PredictionMessage(Answer):
+    type: Literal["prediction"]
+    prediction: PredictionRecord
+    resumed: bool = Field(False, description="client side: fetched after a reconnection, not pushed")
+
+
+class OutcomeMessage(Answer):
+    type: Literal["outcome"]
+    outcome: Outcome
