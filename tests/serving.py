@@ -126,7 +126,8 @@ class ProcessServer:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
+        # import, the models, with --processes the prediction processes: over a minute on a loaded 2-core box
+        deadline = time.monotonic() + 120
         while True:
             assert self.proc.poll() is None, self.output()
             try:
@@ -136,7 +137,7 @@ class ProcessServer:
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline, "server did not start: " + self.output()
-            time.sleep(0.1)
+            time.sleep(0.25)
 
     def output(self) -> str:
         if not self.log.closed:

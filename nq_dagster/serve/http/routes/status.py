@@ -116,9 +116,12 @@ async def livez(state: ServerState, request: Request) -> Response:
 
 async def readyz(state: ServerState, request: Request) -> Response:
     missing = state.startup.missing()
-    writable, why = await asyncio.to_thread(storage_writable, state)
-    if not writable:
-        missing.append(f"storage {why}")
+    if missing:  # still starting: the write probe would only slow the loading down (probes come every second)
+        why = "not checked while starting"
+    else:
+        writable, why = await asyncio.to_thread(storage_writable, state)
+        if not writable:
+            missing.append(f"storage {why}")
     models = state.startup.model_states()
     doc = {"ready": not missing, "missing": missing, "models": models, "storage": why}
     return JSONResponse(doc, status_code=503 if missing else 200)
