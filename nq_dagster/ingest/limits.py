@@ -12,6 +12,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from nq_dagster.ingest.errors import FileRejected
@@ -104,7 +105,10 @@ def check_text(path: Path, data: bytes, kind: str, limits: IngestLimits) -> None
             "NQ_INGEST_MAX_LINE_BYTES",
             "check the line ends (one record per line)",
         )
-    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    if len(data) <= 2 * limits.max_rows:
+        return  # every line holds a byte and its newline: this file cannot hold more rows than the limit
+    # numpy counts the newlines at 4x the speed of bytes.count (bench/RESULTS.md)
+    lines = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10)) + (not data.endswith(b"\n"))
     rows = lines - (1 if kind == "csv" else 0)
     if rows > limits.max_rows:
         raise _over(path, "rows", rows, limits.max_rows, "NQ_INGEST_MAX_ROWS", "split the file")
