@@ -166,24 +166,25 @@ def test_limits_refuse_before_rows_are_built(wh, tmp_path, monkeypatch):
 
 
 BOMB = """
-import gzip, resource, sys, time
+import sys, time
 from pathlib import Path
 from nq_dagster.store import Warehouse
 from nq_dagster.ingest import Ingestor
 home, bomb = Path(sys.argv[1]), Path(sys.argv[2])
-member = gzip.compress(b"timestamp,value\\n" + b"0" * (64 << 20), 9)
-bomb.write_bytes(member * 64)  # ~4 GiB once decompressed
 wh = Warehouse(home).ensure()
 t = time.perf_counter()
 r = Ingestor(wh).ingest_file(bomb)
-print(r.status, round(time.perf_counter() - t, 3), bomb.stat().st_size,
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, r.reason.split(":")[1])
+# VmHWM: this process's own peak (ru_maxrss keeps the forking parent's high-water mark across exec)
+hwm = int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1]) // 1024
+print(r.status, round(time.perf_counter() - t, 3), bomb.stat().st_size, hwm, r.reason.split(":")[1])
 """
 
 
 def test_a_gzip_bomb_named_csv_is_refused_in_bounded_memory(tmp_path):
     """A file of ~4 MB that decompresses to ~4 GiB (the issue's 8.5 GB peak): refused from its first bytes;
     the process's peak RSS stays that of the interpreter and its libraries."""
+    member = gzip.compress(b"timestamp,value\n" + b"0" * (64 << 20), 9)
+    (tmp_path / "bomb.csv").write_bytes(member * 64)  # ~4 GiB once decompressed
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run(
         [sys.executable, "-c", BOMB, str(tmp_path / "nq"), str(tmp_path / "bomb.csv")],
@@ -196,7 +197,7 @@ def test_a_gzip_bomb_named_csv_is_refused_in_bounded_memory(tmp_path):
     status, seconds, size, peak_mib = out[0], float(out[1]), int(out[2]), int(out[3])
     assert status == "quarantined" and "gzip" in " ".join(out[4:])
     assert size < 8 << 20 and seconds < 2.0
-    assert peak_mib < 600, f"peak RSS {peak_mib} MiB"
+    assert peak_mib < 500, f"peak RSS {peak_mib} MiB"  # (an idle interpreter with the ingest: ~300)
 
 
 # -- item 6: true counts; item 7: multi-source, temp files, FIFOs, compaction --------------------------------

@@ -36,7 +36,7 @@ class IngestLimits:
     """Bounds on one file: bytes on disk (and a Parquet file's uncompressed bytes), bytes in one line,
     columns, rows. The defaults are `Settings`' (NQ_INGEST_MAX_BYTES, _LINE_BYTES, _COLUMNS, _ROWS)."""
 
-    max_bytes: int = 512 * 1024**2
+    max_bytes: int = 256 * 1024**2
     max_line_bytes: int = 1024**2
     max_columns: int = 1000
     max_rows: int = 20_000_000
