@@ -382,3 +382,21 @@ def test_fuzz_parquet(wh, tmp_path, values, stamps, name):
     buf = io.BytesIO()
     pq.write_table(pa.table({"timestamp": pa.array(stamps[:n], pa.int64()), name: col}), buf)
     _fuzz_ingest(wh, put(tmp_path, f"p{len(os.listdir(tmp_path))}.parquet", buf.getvalue()))
+
+
+def test_sensor_tick_survives_a_fake_parquet_and_removes_stale_quarantine_temp_files(wh):
+    """A landed `.parquet` that is not Parquet made the tick raise (its footer was read to count rows); now
+    the tick requests the run that quarantines it with the reason. A killed ingest's temp file in quarantine/
+    is removed by the tick once older than an hour."""
+    from dagster import DagsterInstance
+
+    from nq_dagster.sensors.landing import plan_runs
+    from nq_dagster.settings import Settings
+
+    (wh.landing / "s").mkdir()
+    (wh.landing / "s" / "x.parquet").write_bytes(b"not parquet at all")
+    stale = wh.quarantine / ".y.csv.abc.tmp"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    plan = plan_runs(wh, DagsterInstance.ephemeral(), {}, set(), Settings(home=wh.home), now=time.time() + 60)
+    assert [r.job_name for r in plan.requests] == ["ingest_only"] and not stale.exists()
