@@ -345,7 +345,7 @@ def _fuzz_ingest(wh, path: Path) -> None:
         assert after == before + r.rows_accepted
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     names=NAMES,
     rows=st.lists(st.lists(CELL, min_size=1, max_size=4), max_size=6),
@@ -365,7 +365,7 @@ def test_fuzz_csv_and_json_lines(wh, tmp_path, names, rows, kind):
     _fuzz_ingest(wh, put(tmp_path, f"f{len(os.listdir(tmp_path))}.{kind}", text))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     values=st.one_of(
         st.lists(st.one_of(st.floats(), st.none()), min_size=1, max_size=8),
