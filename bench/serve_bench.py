@@ -127,8 +127,8 @@ async def ws_delay(port, key, source, start, step, last, n=300) -> np.ndarray:
             v *= float(np.exp(0.001 * rng.normal()))
             t = time.perf_counter()
 
-            async def next_prediction():  # outcome messages (a tick realizes an earlier prediction) pass by
-                while (msg := json.loads(await ws.recv()))["type"] != "prediction":
+            async def next_prediction():  # batches of outcomes only (a tick realizes an earlier one) pass
+                while not (msg := json.loads(await ws.recv())).get("predictions"):
                     pass
                 return msg
 
@@ -139,7 +139,7 @@ async def ws_delay(port, key, source, start, step, last, n=300) -> np.ndarray:
             assert code == 200
             msg = await recv
             delays.append(time.perf_counter() - t)
-            assert msg["prediction"]["source"] == source
+            assert msg["predictions"][0]["source"] == source
         return 1000 * np.array(delays[10:])
 
 

@@ -21,6 +21,43 @@ def summary_table(wh: Warehouse) -> pd.DataFrame:
     return source_summary(wh)
 
 
+def compact_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """The summary in a few columns that fit 100 characters (a terminal's width): the figures a person reads
+    first; `--wide` and `--format json` print every column."""
+    if df.empty:
+        return df
+    out = pd.DataFrame({"source": df["source"].astype(str).str.slice(0, 20), "rows": df["points"]})
+    if "accuracy" not in df:
+        return out.assign(verdict="not validated yet")
+    out["predicted"] = df["predictions"].astype("Int64")
+    out["accuracy (95% CI)"] = [
+        "-" if pd.isna(a) else f"{a:.3f} ({lo:.2f}-{hi:.2f})"
+        for a, lo, hi in zip(df["accuracy"], df["acc_ci_low"], df["acc_ci_high"], strict=True)
+    ]
+    out["best baseline"] = [
+        "-" if pd.isna(b) else f"{str(b)[:12]} {acc:.3f}"
+        for b, acc in zip(df["best_baseline"], df["best_baseline_acc"], strict=True)
+    ]
+    out["ECE"] = df["ece"].round(3)
+    out["verdict"] = [
+        "not validated yet" if pd.isna(sc) else f"{sc:.0f}/100 {'skill' if sk is True else 'no skill'}"
+        for sc, sk in zip(df["score"], df["skill"], strict=True)
+    ]
+    return out
+
+
+def print_summary(wh: Warehouse, args) -> None:
+    """The per-source summary: compact by default, every column with `--wide` or `--format json|csv`."""
+    df = summary_table(wh)
+    fmt = getattr(args, "format", "table")
+    if fmt != "table" or getattr(args, "wide", False):
+        _print_frame(df, fmt)
+    else:
+        _print_frame(compact_summary(df))
+        if len(df):
+            print("(every column: --wide, or --format json)")
+
+
 def _print_frame(df: pd.DataFrame, fmt: str = "table") -> None:
     if fmt == "csv":
         sys.stdout.write(df.to_csv(index=False))
@@ -38,9 +75,11 @@ def cmd_demo(args, settings: Settings) -> int:
     wh = prepare_home(settings)
     paths = write_demo(wh, sources=args.sources, points=args.points, seed=args.seed)
     print(f"wrote {len(paths)} demo sources into {wh.landing}")
-    ok = run_pipeline(wh, sources=sorted({p.parent.name for p in paths}), settings=settings)
+    ok = run_pipeline(
+        wh, sources=sorted({p.parent.name for p in paths}), settings=settings, progress=sys.stderr
+    )
     print()
-    _print_frame(summary_table(wh))
+    print_summary(wh, args)
     print(f"\nreports: {wh.reports}")
     print(f'query:   nq query "SELECT * FROM predictions LIMIT 5"   (NQ_HOME={wh.home})')
     print(
@@ -54,11 +93,17 @@ def cmd_run(args, settings: Settings) -> int:
     from nq_dagster.runner import prepare_home, run_pipeline
 
     wh = prepare_home(settings)
-    ok = run_pipeline(wh, sources=args.source or None, settings=settings)
+    ok = run_pipeline(wh, sources=args.source or None, settings=settings, progress=sys.stderr)
     if not ok:
-        print("nothing to run: no sources in the warehouse and no files in the landing zone")
+        from nq_dagster.store.names import FIRST_STEP
+
+        print(
+            f"nothing to run in {wh.home}: no source has rows and no file waits in landing/. "
+            f"Next: {FIRST_STEP}",
+            file=sys.stderr,
+        )
         return 1
-    _print_frame(summary_table(wh))
+    print_summary(wh, args)
     return 0 if all(ok.values()) else 1
 
 
@@ -231,11 +276,7 @@ def cmd_predict(args, settings: Settings) -> int:
             wh, args.source
         )  # where the stream went (streaming job, server), else training
     except FileNotFoundError:
-        known = wh.artifact_sources("serving_state")
-        raise FileNotFoundError(
-            f"no serving state for source {args.source!r} in {wh.where}; sources with one: "
-            f"{', '.join(known) or 'none'}. Fix: run `nq run --source {args.source}` first"
-        ) from None
+        raise FileNotFoundError(_no_model_message(wh, args.source)) from None
     predictor = Predictor(threads=settings.predict_threads)
     predictor.load(saved)
     predictor.warm_up(
@@ -254,6 +295,26 @@ def cmd_predict(args, settings: Settings) -> int:
     rows = [jsonable(r) for r in records]
     print(json.dumps(rows if args.all else rows[-1], indent=None if args.compact else 1))
     return 0
+
+
+def _no_model_message(wh: Warehouse, source: str) -> str:
+    """Why `nq predict --source S` has no model, and the next step that can work: a typo gets the nearest
+    names (never `nq run --source typo`), a source with too few rows the rows it still needs."""
+    from nq_dagster.config import load_config, rows_needed
+    from nq_dagster.store.names import FIRST_STEP, unknown_name
+
+    stored = set(wh.sources("raw_ticks"))
+    if source in stored:
+        need, rows = rows_needed(load_config(wh.home)), wh.stored_rows("raw_ticks", source)
+        if rows < need:
+            return (
+                f"source {source!r} has no model yet: {rows} rows stored, training needs {need}. "
+                f"Fix: ingest {need - rows} more rows (`nq ingest FILE --source {source}`), "
+                f"then `nq run --source {source}`"
+            )
+        return f"source {source!r} has {rows} rows but no model yet. Fix: `nq run --source {source}`"
+    known = stored | set(wh.artifact_sources("serving_state"))
+    return unknown_name("source", source, known, "pick a source listed" if known else FIRST_STEP)
 
 
 def cmd_keys(args, settings: Settings) -> int:
