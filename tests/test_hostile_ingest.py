@@ -389,7 +389,7 @@ def test_sensor_tick_survives_a_fake_parquet_and_removes_stale_quarantine_temp_f
     """A landed `.parquet` that is not Parquet made the tick raise (its footer was read to count rows); now
     the tick requests the run that quarantines it with the reason. A killed ingest's temp file in quarantine/
     is removed by the tick once older than an hour."""
-    from dagster import DagsterInstance
+    from dagster import instance_for_test
 
     from nq_dagster.sensors.landing import plan_runs
     from nq_dagster.settings import Settings
@@ -399,5 +399,30 @@ def test_sensor_tick_survives_a_fake_parquet_and_removes_stale_quarantine_temp_f
     stale = wh.quarantine / ".y.csv.abc.tmp"
     stale.write_bytes(b"partial")
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
-    plan = plan_runs(wh, DagsterInstance.ephemeral(), {}, set(), Settings(home=wh.home), now=time.time() + 60)
+    with instance_for_test() as instance:
+        plan = plan_runs(wh, instance, {}, set(), Settings(home=wh.home), now=time.time() + 60)
     assert [r.job_name for r in plan.requests] == ["ingest_only"] and not stale.exists()
+
+
+def test_sensor_tick_on_a_full_disk_is_one_line_and_moves_nothing(wh, monkeypatch):
+    """Quarantining a landed symlink needs a write; on a full disk the tick skips with one line and the fix
+    (it raised OSError before), and the link stays in landing/ for the next tick."""
+    from dagster import SkipReason, build_sensor_context, instance_for_test
+
+    import nq_dagster.sensors.landing as landing
+    from nq_dagster.resources import WarehouseResource
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("NQ_SETTLE_SECONDS", "0")
+    monkeypatch.setattr(landing, "atomic_write_bytes", full)
+    link = wh.landing / "s.csv"
+    link.symlink_to("/etc/hostname")
+    with instance_for_test() as instance:
+        ctx = build_sensor_context(
+            instance=instance, resources={"warehouse": WarehouseResource(home=str(wh.home))}
+        )
+        result = landing.landing_sensor(ctx)
+    assert isinstance(result, SkipReason) and "no space left" in result.skip_message
+    assert "Fix: free disk space" in result.skip_message and os.path.lexists(link)

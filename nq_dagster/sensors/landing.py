@@ -22,6 +22,7 @@ Each tick (every 5 s, the sensor daemon's loop; `NQ_SENSOR_INTERVAL`, default 3,
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -132,9 +133,11 @@ def _quarantine(wh: Warehouse, files: list[Path], reason: str) -> list[str]:
         target = wh.quarantine / f.name
         if os.path.lexists(target):
             target = wh.quarantine / f"{f.stem}.{int(time.time())}{f.suffix}"
-        f.replace(target)
         text = f"file: {f}\nreason: {reason}\nnothing of this file was stored; fix it and land it again\n"
+        # the reason first: a write that fails (a full disk) leaves the file in landing/, never a file in
+        # quarantine/ without its reason
         atomic_write_bytes(target.with_name(target.name + ".reason.txt"), text.encode())
+        f.replace(target)
         moved.append(f"{target} ({reason})")
     return moved
 
@@ -382,7 +385,16 @@ def landing_sensor(context: SensorEvaluationContext, warehouse: WarehouseResourc
     wh = warehouse.warehouse(settings)
     cursor = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions("source"))
-    plan = plan_runs(wh, context.instance, cursor, known, settings)
+    try:
+        plan = plan_runs(wh, context.instance, cursor, known, settings)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # quarantining or a temp file's removal met a full disk: one line, the files wait in landing/
+        return SkipReason(
+            f"no space left on the device of {wh.home} ({exc.strerror}); nothing was moved. Fix: free disk "
+            "space; the files in landing/ are picked up at the next tick"
+        )
     for q in plan.quarantined:
         context.log.warning(f"quarantined {q}")
     if not plan.requests and not plan.new_sources:
