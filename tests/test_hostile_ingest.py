@@ -426,3 +426,37 @@ def test_sensor_tick_on_a_full_disk_is_one_line_and_moves_nothing(wh, monkeypatc
         result = landing.landing_sensor(ctx)
     assert isinstance(result, SkipReason) and "no space left" in result.skip_message
     assert "Fix: free disk space" in result.skip_message and os.path.lexists(link)
+
+
+def test_raw_ticks_run_on_a_held_lock_fails_in_one_line_and_keeps_the_file(wh, monkeypatch):
+    """The daemon's ingest (the raw_ticks asset): a held lock fails the run with one line (the sensor retries
+    it), never a TimeoutError traceback, and the landed file waits in landing/."""
+    from dagster import DagsterInstance, instance_for_test, materialize
+
+    from nq_dagster.assets.ingestion import raw_ticks
+    from nq_dagster.ingest import ingestor
+    from nq_dagster.resources import WarehouseResource
+
+    def held(self, sources, timeout_s=120.0):
+        raise TimeoutError(
+            f"source {sources[0]!r} is locked: another ingest or compaction held it. Fix: wait"
+        )
+
+    monkeypatch.setattr(ingestor.Warehouse, "source_locks", held)
+    landed = wh.landing / "s" / "a.csv"
+    landed.parent.mkdir(parents=True)
+    landed.write_text(GOOD)
+    with instance_for_test() as instance:
+        assert isinstance(instance, DagsterInstance)
+        instance.add_dynamic_partitions("source", ["s"])
+        res = materialize(
+            [raw_ticks],
+            partition_key="s",
+            instance=instance,
+            resources={"warehouse": WarehouseResource(home=str(wh.home))},
+            raise_on_error=False,
+        )
+        failure = next(e for e in res.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data
+    # a dagster Failure: its description is what the run log and the UI show, without a traceback
+    assert not res.success and failure.user_failure_data is not None
+    assert "is locked" in failure.user_failure_data.description and landed.exists()
