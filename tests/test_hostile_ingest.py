@@ -460,3 +460,12 @@ def test_raw_ticks_run_on_a_held_lock_fails_in_one_line_and_keeps_the_file(wh, m
     # a dagster Failure: its description is what the run log and the UI show, without a traceback
     assert not res.success and failure.user_failure_data is not None
     assert "is locked" in failure.user_failure_data.description and landed.exists()
+
+
+def test_zlib_is_refused_and_text_that_looks_like_its_header_is_not(wh, tmp_path):
+    import zlib
+
+    r = Ingestor(wh).ingest_file(put(tmp_path, "z.csv", zlib.compress(GOOD.encode())))
+    assert r.status == "quarantined" and "zlib-compressed" in r.reason
+    caret = "x^2,timestamp\n4,2026-01-01T00:00:00Z\n9,2026-01-01T00:01:00Z\n"  # "x^" is a zlib header too
+    assert Ingestor(wh).ingest_file(put(tmp_path, "caret.csv", caret)).status == "ingested"

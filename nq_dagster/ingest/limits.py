@@ -8,6 +8,7 @@ naming the setting to raise. The limits are `Settings` fields (`NQ_INGEST_MAX_*`
 
 from __future__ import annotations
 
+import codecs
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,8 @@ COMPRESSED_MAGIC = {
     b"PK\x03\x04": "zip",
     b"\x04\x22\x4d\x18": "lz4",
 }
-# zlib streams start with 0x78 then one of these (a text file starting with 'x' and one of them is rare, and
-# only a check of the stream's header sum says so)
+# zlib streams start with 0x78 then one of these, with a header sum divisible by 31 (so does text beginning
+# "x^": whether the first 4 KiB are UTF-8 decides)
 _ZLIB_SECOND = {0x01, 0x5E, 0x9C, 0xDA}
 
 
@@ -67,7 +68,10 @@ def compression(data: bytes) -> str | None:
         if data.startswith(magic):
             return name
     if len(data) >= 2 and data[0] == 0x78 and data[1] in _ZLIB_SECOND and (data[0] * 256 + data[1]) % 31 == 0:
-        return "zlib"
+        try:  # a header may begin "x^" too: text that is UTF-8 is not a compressed stream
+            codecs.getincrementaldecoder("utf-8")().decode(data[:4096], final=False)
+        except UnicodeDecodeError:
+            return "zlib"
     return None
 
 
