@@ -469,3 +469,12 @@ def test_zlib_is_refused_and_text_that_looks_like_its_header_is_not(wh, tmp_path
     assert r.status == "quarantined" and "zlib-compressed" in r.reason
     caret = "x^2,timestamp\n4,2026-01-01T00:00:00Z\n9,2026-01-01T00:01:00Z\n"  # "x^" is a zlib header too
     assert Ingestor(wh).ingest_file(put(tmp_path, "caret.csv", caret)).status == "ingested"
+
+
+def test_a_leap_second_is_refused_through_a_timestamp_format_too(wh, tmp_path):
+    from nq_dagster.ingest import ReadOptions
+
+    text = "timestamp,value\nDec 31 2016 23:59:59,1\nDec 31 2016 23:59:60,2\n"
+    opts = ReadOptions(timestamp_format="%b %d %Y %H:%M:%S")
+    r = Ingestor(wh).ingest_file(put(tmp_path, "fmtleap.csv", text), options=opts)
+    assert r.status == "quarantined" and "row 3" in r.reason and "leap second" in r.reason

@@ -154,8 +154,18 @@ def _with_format(text: pl.Series, fmt: str, tz: str | None) -> pl.Series:
     format with %z gives aware times, else the times are naive, in `tz` (default UTC)."""
     parsed = text.str.strip_chars().str.strptime(pl.Datetime("us"), fmt, strict=False, cache=False)
     if parsed.dtype.time_zone is not None:
-        return parsed.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
-    return _localize(parsed.dt.replace_time_zone("UTC"), tz)
+        parsed = parsed.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+    else:
+        parsed = _localize(parsed.dt.replace_time_zone("UTC"), tz)
+    if (
+        "%S" in fmt or "%T" in fmt
+    ):  # a leap second, as on the ISO 8601 path (its seconds are not at one place)
+        us = parsed.cast(pl.Int64)
+        at_rows = ((us % 60_000_000) == 0).fill_null(False).arg_true()
+        if len(at_rows):
+            leap = text.gather(at_rows).str.contains(r":60(?:\D|$)")
+            parsed = parsed.scatter(at_rows.filter(leap), None) if leap.any() else parsed
+    return parsed
 
 
 def parse_timestamps(col: pl.Series, fmt: str | None = None, tz: str | None = None) -> pl.Series:
