@@ -77,7 +77,7 @@ class ThreadServer:
 
         from nq_dagster.serve.http.app import create_server
 
-        self.server = create_server(str(home), flush_interval_s=0.2, watch_interval_s=0.2, **kw)
+        self.server = create_server(str(home), **{"flush_interval_s": 0.2, "watch_interval_s": 0.2, **kw})
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = uvicorn.Config(

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from nq_dagster.serve.engine import Answer, NoModel, NotOwner, Rejected
+from nq_dagster.serve.engine import Answer, JournalUnavailable, NoModel, NotOwner, Rejected
 from nq_dagster.serve.http.auth import guarded
 from nq_dagster.serve.http.bodies import RealtimeBody, parse
 from nq_dagster.serve.http.errors import ApiError
@@ -41,6 +41,8 @@ async def run_ticks(
         raise ApiError(409, str(exc), field="source") from None
     except NotOwner as exc:
         raise ApiError(421, str(exc), field="source") from None
+    except JournalUnavailable as exc:  # fail closed: not stored, so not acknowledged (engine/ticklog.py)
+        raise ApiError(503, str(exc), headers={"Retry-After": "1"}) from None
 
 
 async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Response:
