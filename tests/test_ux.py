@@ -13,6 +13,7 @@ import pytest
 from nq_dagster.demo import mackey_glass
 
 from .conftest import small_home
+from .test_object_storage import s3  # noqa: F401 - the moto S3 fixture
 
 N_TRAIN = 400
 
@@ -249,3 +250,23 @@ def test_the_return_chart_is_after_costs_and_beside_the_verdict(tmp_path):
     doc = path.read_text()
     assert "no costs" not in doc and "after costs" in doc
     assert doc.index("Validation score") < doc.index("<figure>") < doc.index("<h2>Metrics")
+
+
+# --- every table queryable by source, on object storage too (item 1) ---------------------------------------
+
+
+@pytest.mark.usefixtures("s3")
+def test_views_over_object_storage_take_the_source_from_the_partition(wh):
+    """`series` rows do not name their source: on S3 as on local disk, `nq query` takes it from the
+    partition."""
+    from nq_dagster.settings import Settings
+    from nq_dagster.store import Warehouse
+    from nq_dagster.store.views import QueryLimits
+
+    w = Warehouse.from_settings(Settings.from_env().with_home(str(wh.home))).ensure()
+    assert not w.store.local
+    for src, n in (("a", 3), ("b", 1)):
+        ts = pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC")
+        w.write_table("series", src, pd.DataFrame({"timestamp": ts, "value": range(n)}))
+    df = w.user_query("select source, count(*) as n from series group by 1 order by 1", QueryLimits())
+    assert df.to_dict("records") == [{"source": "a", "n": 3}, {"source": "b", "n": 1}]
