@@ -261,3 +261,49 @@ def pd_ts(text: str) -> int:
     import pandas as pd
 
     return pd.Timestamp(text).value
+
+
+def test_dashboard_upload_goes_through_the_ingest_rules_with_row_reasons(base, browser, tmp_path):
+    """A developer uploads a CSV with one bad value: refused whole with the row, column and fix shown; again
+    with "store the good rows": the good rows are stored, the bad one listed. A viewer may not upload."""
+    from nq_dagster.store import Warehouse
+
+    home = copy_home(base[0], tmp_path / "nq")
+    store = KeyStore(home)
+    dev = store.create("developer", rate="60000/min", burst=1000)[0]
+    viewer = store.create("viewer", rate="60000/min", burst=1000)[0]
+    csv = b"timestamp,value\n2026-05-01T00:00:00Z,1.5\n2026-05-01T00:01:00Z,oops\n2026-05-01T00:02:00Z,1.7\n"
+    srv = ThreadServer(home)
+    try:
+        page, errors = open_page(browser, srv.url, dev)
+        page.wait_for_selector("#conn[data-state=on]", timeout=10_000)
+        page.click("#upload summary")
+
+        def send(skip: bool) -> str:
+            page.set_input_files("#upload-file", {"name": "mine.csv", "mimeType": "text/csv", "buffer": csv})
+            page.fill("#upload-source", "uploaded")
+            page.set_checked("#upload-skip", skip)
+            page.click("#upload-form button[type=submit]")
+            page.wait_for_selector("#upload-result .upload-status", timeout=10_000)
+            text = page.inner_text("#upload-result")
+            page.evaluate("() => document.querySelector('#upload-result').replaceChildren()")
+            return text
+
+        refused = send(False)
+        assert "quarantined" in refused and "no rows stored" in refused
+        assert "oops" in refused and "value" in refused  # the bad row's value and column, with its fix
+        assert not Warehouse(home).table_parts("raw_ticks", "uploaded")
+        stored = send(True)
+        assert "2 rows for uploaded stored" in stored and "oops" in stored
+        assert len(Warehouse(home).read_table("raw_ticks", "uploaded")) == 2
+        page2, _ = open_page(browser, srv.url, viewer)
+        page2.wait_for_selector("#conn[data-state=on]", timeout=10_000)
+        page2.click("#upload summary")
+        page2.set_input_files("#upload-file", {"name": "x.csv", "mimeType": "text/csv", "buffer": csv})
+        page2.fill("#upload-source", "uploaded")
+        page2.click("#upload-form button[type=submit]")
+        page2.wait_for_selector("#upload-result .upload-status.error", timeout=10_000)
+        assert "needs the developer or admin role" in page2.inner_text("#upload-result")
+        assert not errors, errors
+    finally:
+        srv.stop()

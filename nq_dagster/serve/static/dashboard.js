@@ -350,6 +350,40 @@ async function pollMetrics() {
   perf.plot.setData([perf.t, perf.rate, perf.p50, perf.p95]);
 }
 
+// the upload form: the file's bytes to POST /api/v1/upload; the answer's row-level reasons shown as a table
+async function uploadFile(ev) {
+  ev.preventDefault();
+  const file = $("#upload-file").files[0], source = $("#upload-source").value.trim();
+  const out = $("#upload-result");
+  if (!file || !source) return;
+  out.textContent = `uploading ${file.name}...`;
+  const qs = new URLSearchParams({ source, filename: file.name, skip_bad_rows: $("#upload-skip").checked });
+  let r, body = null;
+  try {
+    r = await fetch("/api/v1/upload?" + qs, { method: "POST", body: await file.arrayBuffer(),
+      headers: { Authorization: "Bearer " + key, "Content-Type": "application/octet-stream" } });
+    body = await r.json();
+  } catch (e) { out.textContent = `upload failed: ${e.message}`; return; }
+  if (body.error) {  // refused before ingest: role, size, a parameter
+    const why = r.status === 403 ? "this key may not upload: it needs the developer or admin role. " : "";
+    out.replaceChildren(el("p", { class: "upload-status error", "data-status": String(r.status) }, why + body.error.message));
+    return;
+  }
+  const stored = Object.entries(body.sources).map(([s, n]) => `${n} rows for ${s}`).join(", ") || "no rows";
+  const lines = [el("p", { class: "upload-status", "data-status": body.status },
+    `${body.file}: ${body.status}, ${stored} stored` + (body.reason ? `. ${body.reason}` : "")
+    + `. ${source} now has ${body.stored_rows} rows; training needs ${body.rows_needed_to_train}.`)];
+  body.notes.forEach(n => lines.push(el("p", { class: "muted" }, "note: " + n)));
+  if (body.bad_rows.length) {
+    lines.push(el("p", {}, `${body.bad_rows_total} bad row(s)` + (body.bad_rows_total > body.bad_rows.length ? `, the first ${body.bad_rows.length}:` : ":")));
+    lines.push(el("table", { class: "rel bad-rows" },
+      el("tr", {}, ...["row", "column", "problem", "value", "fix"].map(h => el("th", {}, h))),
+      ...body.bad_rows.map(b => el("tr", {}, el("td", {}, String(b.row)), el("td", {}, b.column), el("td", {}, b.problem),
+        el("td", {}, b.value), el("td", {}, b.fix)))));
+  }
+  out.replaceChildren(...lines);
+}
+
 function connect() {
   if (stopped) return;
   const proto = location.protocol === "https:" ? "wss://" : "ws://";
@@ -382,6 +416,7 @@ async function start() {
   $("#keyform").hidden = true;
   $("#change-key").hidden = false;
   setReportCookie(key);
+  $("#upload").hidden = false;
   if (!perf.timer) { pollMetrics(); perf.timer = setInterval(pollMetrics, METRICS_MS); }
   connect();
 }
@@ -393,6 +428,7 @@ $("#keyform").addEventListener("submit", (ev) => {
   banner("");
   start();
 });
+$("#upload-form").addEventListener("submit", uploadFile);
 $("#change-key").addEventListener("click", () => { sessionStorage.removeItem(KEY); setReportCookie(null); key = null; askForKey(""); });
 // charts follow the card's width (a phone held upright, a resized window)
 window.addEventListener("resize", () => {

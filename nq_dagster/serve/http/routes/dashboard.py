@@ -16,6 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from nq_dagster.serve.http.auth import guarded
 from nq_dagster.serve.http.errors import ApiError
+from nq_dagster.serve.http.routes.upload import upload
 from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.keys import KeyRecord
 from nq_dagster.store import SOURCE_RE
@@ -65,6 +66,8 @@ def routes(state: ServerState) -> list[BaseRoute]:
     viewer_report = _report_endpoint(state)
     return [
         Route("/reports/{name}", viewer_report, methods=["GET"]),
+        # the dashboard's upload form (developers and admins): the ingest rules of `nq ingest`
+        Route("/api/v1/upload", guarded(state.access, "developer", partial(upload, state)), methods=["POST"]),
         Route("/", index, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
