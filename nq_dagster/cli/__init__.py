@@ -65,6 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OLD=NEW",
         help="map a column of the file to the source's name for it (repeatable), e.g. reading=value",
     )
+    i.add_argument(
+        "--delimiter",
+        default=",",
+        help="CSV field delimiter (default ','; e.g. ';', or '\\t' for tabs)",
+    )
+    i.add_argument(
+        "--timestamp-format",
+        metavar="STRFTIME",
+        help="read the timestamps by this strftime format only, e.g. '%%b %%d %%Y' for 'Jan 1 2000' "
+        "(default: ISO 8601 or epoch seconds/milliseconds)",
+    )
+    i.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help="IANA zone of timestamps written without an offset, e.g. Europe/Paris (default: UTC)",
+    )
+    i.add_argument(
+        "--value-column",
+        metavar="NAME",
+        help="the column to predict, stored as `value` (needed when a file has several value columns and "
+        "none named value or price)",
+    )
     i.set_defaults(fn=commands.cmd_ingest)
     cp = sub.add_parser("compact", help="merge each source's raw_ticks parts into one (atomic)")
     cp.add_argument("--source", help="one source (default: every source)")

@@ -108,8 +108,53 @@ def cmd_run(args, settings: Settings) -> int:
     return 0 if all(ok.values()) else 1
 
 
+def _ingest_options(args):
+    """`nq ingest`'s reading options, each checked before a file is read (ValueError: one line, exit 2)."""
+    import zoneinfo
+
+    from nq_dagster.ingest import ReadOptions
+
+    delimiter = {"\\t": "\t", "tab": "\t"}.get(args.delimiter, args.delimiter)
+    if len(delimiter) != 1 or delimiter in '\r\n"':
+        raise ValueError(f"--delimiter {args.delimiter!r}: one character, e.g. ';' or '\\t' (tab)")
+    fmt = args.timestamp_format
+    if fmt is not None and "%" not in fmt:
+        raise ValueError(
+            f"--timestamp-format {fmt!r}: a strftime format, e.g. '%Y/%m/%d %H:%M' or '%b %d %Y'"
+        )
+    tz = args.timezone
+    if tz is not None:
+        try:
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"--timezone {tz!r}: not an IANA time zone; e.g. UTC, Europe/Paris, America/New_York"
+            ) from None
+    return ReadOptions(delimiter, fmt, tz, args.value_column)
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why `path` cannot be ingested before it is opened (a FIFO would block the reader for ever), or None."""
+    import stat
+
+    try:
+        st = path.stat()  # (a link the user names is followed: it is their file)
+    except FileNotFoundError:
+        return f"{path}: no such file. Fix: check the path"
+    except OSError as exc:
+        return f"{path}: cannot be read ({exc.strerror}). Fix: check the path and its permissions"
+    if stat.S_ISDIR(st.st_mode):
+        return f"{path}: a directory, not a file. Fix: name the files in it, e.g. `nq ingest {path}/*.csv`"
+    if not stat.S_ISREG(st.st_mode):
+        return (
+            f"{path}: not a regular file (a FIFO, socket or device). Fix: write the data to a CSV, Parquet "
+            "or JSON-lines file and ingest that"
+        )
+    return None
+
+
 def cmd_ingest(args, settings: Settings) -> int:
-    from nq_dagster.ingest import Ingestor
+    from nq_dagster.ingest import IngestFailed, IngestLimits, Ingestor
     from nq_dagster.runner import open_instance, prepare_home, training_line
 
     rename = {}
@@ -118,36 +163,57 @@ def cmd_ingest(args, settings: Settings) -> int:
         if not sep or not old.strip() or not new.strip():
             raise ValueError(f"--rename {pair!r}: write OLD=NEW, e.g. --rename reading=value")
         rename[old.strip()] = new.strip()
+    options = _ingest_options(args)
     wh = prepare_home(settings)
-    ing = Ingestor(wh)
+    ing = Ingestor(wh, IngestLimits.from_settings(settings))
     worst = 0
     sources: set[str] = set()
     for f in args.files:
         path = Path(f)
-        if not path.is_file():
-            print(f"{path}: no such file. Fix: check the path", file=sys.stderr)
+        why = _not_a_file(path)
+        if why:
+            print(why, file=sys.stderr)
             worst = 2
             continue
-        r = ing.ingest_file(path, source=args.source, skip_bad_rows=args.skip_bad_rows, rename=rename)
+        try:
+            r = ing.ingest_file(
+                path, source=args.source, skip_bad_rows=args.skip_bad_rows, rename=rename, options=options
+            )
+        except IngestFailed as exc:  # a held lock, a full disk: the file is untouched, try again later
+            print(f"error: {exc}", file=sys.stderr)
+            worst = max(worst, 1)
+            continue
         sources |= set(r.sources)
         if r.status == "quarantined":
-            print(f"QUARANTINED {path}: {r.reason}\n  reason file: {wh.quarantine}", file=sys.stderr)
+            where = r.reason_file or wh.quarantine
+            print(f"QUARANTINED {path}: {r.reason}\n  reason file: {where}", file=sys.stderr)
             worst = max(worst, 1)
         else:
             per = ", ".join(f"{s}={n}" for s, n in sorted(r.sources.items())) or "-"
-            print(f"{r.status:24s} {path}  rows: {per}  bad rows: {len(r.bad_rows)}")
+            print(f"{r.status:24s} {path}  rows: {per}  bad rows: {r.bad_count}")
             for note in r.notes:
                 print(f"  note: {note}")
             if r.bad_rows:
-                print(f"  bad rows recorded in {wh.quarantine / (path.name + '.reason.txt')}")
+                print(f"  bad rows recorded in {r.reason_file}")
     if sources:
         instance = open_instance(wh)
         instance.add_dynamic_partitions(
             "source", sorted(sources - set(instance.get_dynamic_partitions("source")))
         )
+        ready = []
         for src in sorted(sources):
-            print(training_line(wh, src)[0])
-        print(f"sources: {', '.join(sorted(sources))}. Next: `nq run` to predict and validate.")
+            # one part per file until merged, as the daemon's ingest does (NQ_COMPACT_PARTS)
+            compacted = wh.compact_if_many("raw_ticks", src)
+            if compacted:
+                print(f"  compacted {src}: {compacted['parts_before']} parts -> {compacted['parts_after']}")
+            line, can_train = training_line(wh, src)
+            print(line)
+            if can_train:
+                ready.append(src)
+        if ready:
+            print(f"sources: {', '.join(ready)}. Next: `nq run` to predict and validate.")
+        else:
+            print("Next: ingest more rows; `nq run` trains a source once it has the rows named above.")
     return worst
 
 

@@ -17,6 +17,7 @@ def cmd_serve(args, settings: Settings) -> int:
 
     from nq_dagster.serve.engine import Ownership
     from nq_dagster.serve.http.app import create_server
+    from nq_dagster.serve.http.guard import uvicorn_options
     from nq_dagster.serve.logs import configure_logging
     from nq_dagster.serve.server_settings import ServerSettings
 
@@ -56,6 +57,7 @@ def cmd_serve(args, settings: Settings) -> int:
             "nq keys create --role developer",
             file=sys.stderr,
         )
+    # header size and time limits, keep-alive, connection cap, WebSocket message size (serve/http/guard.py)
     uvicorn.run(
         server.app,
         host=args.host,
@@ -66,6 +68,7 @@ def cmd_serve(args, settings: Settings) -> int:
         lifespan="on",
         timeout_graceful_shutdown=30,
         interface="asgi3",
+        **uvicorn_options(),
     )
     return 0
 
