@@ -15,6 +15,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nq_dagster.store import atomic_write_bytes  # noqa: E402
+
+COST_BP = 5.0  # trading cost of the report's return chart, basis points per unit of position change
 from nq_dagster.validation.evaluate import SCORE_DEFINITION  # noqa: E402
 from nq_dagster.validation.stats import fmt_p  # noqa: E402
 
@@ -83,6 +85,17 @@ def markdown_summary(source: str, ev: dict) -> str:
     return "\n".join(lines)
 
 
+def strategy_returns(
+    values: np.ndarray, rows: np.ndarray, pred_dir: np.ndarray, cost_bp: float = COST_BP
+) -> tuple[np.ndarray, np.ndarray]:
+    """(buy-and-hold log returns, the log returns of holding the predicted direction -1 / 0 / +1 over each
+    predicted row after `cost_bp` basis points per unit of position change), over the held-out rows `rows`."""
+    ret = np.diff(np.log(values))[rows[rows < len(values) - 1]]
+    pos = np.asarray(pred_dir[: len(ret)], dtype=float)
+    traded = np.abs(np.diff(np.concatenate([[0.0], pos])))
+    return ret, pos * ret - cost_bp * 1e-4 * traded
+
+
 def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: str) -> tuple[Path, list]:
     """The HTML report at `path`; returns (path, the plots as (title, base64 PNG)) so that the asset can show
     them in its metadata too."""
@@ -108,16 +121,23 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
     ax.legend(fontsize=7)
     figs.append(("Rolling accuracy", _png(fig)))
     cm = pd.crosstab(pd.Series(ev["y_dir"], name="realized"), pd.Series(ev["pred_dir"], name="predicted"))
+    returns_png = None
     if kind == "market":
+        # never without costs (a gross line flattered a no-skill model, issue 28), and shown only beside the
+        # verdict, which is what says whether the direction has skill
         fig, ax = plt.subplots(figsize=(7, 3))
         rows = ev["rows"]
         ret = np.diff(np.log(values))[rows[rows < len(values) - 1]]
-        pos = ev["pred_dir"][: len(ret)]
-        ax.plot(np.cumsum(pos * ret), label="long/short on predicted direction")
+        pos = np.asarray(ev["pred_dir"][: len(ret)], dtype=float)
+        traded = np.abs(np.diff(np.concatenate([[0.0], pos])))
+        net = pos * ret - COST_BP * 1e-4 * traded
+        ax.plot(
+            np.cumsum(net), label=f"long/short on predicted direction, after {COST_BP:g} bp per unit traded"
+        )
         ax.plot(np.cumsum(ret), label="buy and hold", alpha=0.7)
-        ax.set(title="Cumulative log return (no costs)")
+        ax.set(title=f"Cumulative log return after costs ({COST_BP:g} bp per unit of position change)")
         ax.legend(fontsize=7)
-        figs.append(("Cumulative return", _png(fig)))
+        returns_png = _png(fig)
     if "anomaly_points" in ev:
         fig, ax = plt.subplots(figsize=(7, 3))
         ax.plot(values, lw=0.7, color="0.4", label="series")
@@ -136,6 +156,16 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
         f"<p><b>Validation score {ev['metrics']['score']:.0f}/100</b>: "
         f"{html.escape(ev['metrics']['verdict'])}. "
         "Every figure is measured on held-out, realized outcomes.</p>",
+        *(
+            [
+                f"<figure><img src='data:image/png;base64,{returns_png}'/><figcaption>Trading the "
+                f"predicted direction after costs of {COST_BP:g} bp per unit of position change, beside "
+                "buying and holding. The score above, not this line, says whether the direction has skill: "
+                "without skill a rising line is drift or luck.</figcaption></figure>"
+            ]
+            if returns_png
+            else []
+        ),
         _table(ev["criteria"].drop(columns=["p_value", "p_holm"])),
         f"<p><b>How the score is computed.</b> {html.escape(SCORE_DEFINITION)}</p>",
         "<h2>Metrics</h2>",
@@ -148,7 +178,10 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
         "echo-state network on the analog inputs. p-values are one-sided: McNemar for accuracy, "
         "Diebold-Mariano for squared error.</p>",
         "<h2>Served live (streaming job and prediction server), realized outcomes</h2>",
-        _fields(ev["live"]) if ev.get("live") else "<p>Nothing served live yet.</p>",
+        _fields(ev["live"])
+        if ev.get("live")
+        else "<p>Nothing had been served live when this report was written; it is rewritten at the next "
+        "training. The dashboard of `nq serve` and /api/v1/metrics show the live accuracy since.</p>",
         "<h2>Ablations</h2>",
         _table(ev["ablations"]),
         "<h2>Accuracy per volatility regime</h2>",

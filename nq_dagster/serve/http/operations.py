@@ -312,9 +312,40 @@ OPERATIONS: tuple[Operation, ...] = (
         "dashboard",
         "viewer",
         {200: (None, "the report")},
+        description="A stable URL: the key in the `Authorization` header or, from a browser link, in the "
+        "`nq_report_key` cookie the dashboard sets (path /reports, SameSite=Strict).",
         params=(Param("name", "path", {"type": "string"}, "`<source>.html`", True),),
         errors={404: "no validation report for 'market_A' yet: run `nq run --source market_A`"},
         media="text/html",
+    ),
+    Operation(
+        "POST",
+        "/api/v1/upload",
+        "Ingest a file (the dashboard's upload)",
+        "dashboard",
+        "developer",
+        {
+            200: (
+                s.UploadAnswer,
+                "what the ingest rules did with the file (status `quarantined`: nothing stored)",
+            )
+        },
+        description="The body is the file's bytes (CSV, JSON lines or Parquet, within the body limit), "
+        "ingested by the rules of `nq ingest`; each bad row listed with its column, problem, value and fix.",
+        params=(
+            Param("source", "query", {"type": "string"}, "the source the rows are stored under", True),
+            Param("filename", "query", {"type": "string"}, "its suffix says the format (default upload.csv)"),
+            Param(
+                "skip_bad_rows",
+                "query",
+                {"type": "boolean"},
+                "store the good rows (default: refuse the file)",
+            ),
+        ),
+        errors={
+            413: "request body of 2000000 bytes is over the limit of 1048576",
+            422: "source: a source name (letters, digits, _ and -) is required",
+        },
     ),
     Operation(
         "GET",

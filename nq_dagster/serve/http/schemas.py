@@ -277,6 +277,31 @@ class ConfigUpdated(ConfigVersion):
     note: str
 
 
+class BadRowInfo(Answer):
+    row: int = Field(description="the row as the user counts it (the header is row 1)")
+    column: str = Field(description="the column at fault (`*`: the whole line)")
+    problem: str
+    value: str = Field(description="the value as written (cut when long)")
+    fix: str
+
+
+class UploadAnswer(Answer):
+    """What `POST /api/v1/upload` did with a file: the ingest rules of `nq ingest`."""
+
+    file: str
+    status: str = Field(
+        description="ingested | ingested-with-bad-rows | skipped-duplicate-file | quarantined"
+    )
+    sources: dict[str, int] = Field(description="rows stored per source")
+    rows_accepted: int
+    reason: str = Field(description="why the file was quarantined (empty otherwise)")
+    notes: list[str]
+    bad_rows_total: int
+    bad_rows: list[BadRowInfo] = Field(description="the first 100 bad rows")
+    stored_rows: int = Field(description="the source's rows now")
+    rows_needed_to_train: int
+
+
 class KeyInfo(Answer):
     id: str
     role: Literal["viewer", "developer", "admin"]
