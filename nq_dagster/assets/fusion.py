@@ -107,7 +107,10 @@ def serving_state(
         fusion_model.get("season") or 0,
         cfg.horizon,
     )
-    st = ServingState(fusion_model["version"], stream, fusion_model.get("calibration"))
+    iv = fusion_model.get("intervals")
+    st = ServingState(
+        fusion_model["version"], stream, fusion_model.get("calibration"), iv["state"] if iv else None
+    )
     source = context.partition_key
     return Output(
         st,
@@ -141,12 +144,14 @@ def predictions(
     f = fusion_model["fused"]
     mv = fusion_model["version"]
     rows = f["row"].to_numpy()
+    iv = fusion_model.get("intervals")
     ts = pd.to_datetime(features["timestamp"], utc=True).to_numpy("datetime64[ns]").view(np.int64)
     recs = build_records(
         source,
         ts[rows],
         f[["p_down", "p_hold", "p_up"]].to_numpy(),
-        f["pred_change"].to_numpy(),
+        fusion_model["targets"]["band"].to_numpy()[rows],
+        f["error_scale"].to_numpy(),
         features[list(PATTERN_NAMES)].to_numpy()[rows],
         features["spike_rate"].to_numpy()[rows],
         reservoir_states["states"][rows],
@@ -156,6 +161,7 @@ def predictions(
         ts[f["train_end"].to_numpy()],
         mv.step_ms * mv.cfg.horizon,
         None,
+        iv["half"] if iv else None,
     )
     df = records_frame(recs)
     live = live_prediction_times(warehouse.warehouse(), source)
