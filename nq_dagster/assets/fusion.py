@@ -225,6 +225,7 @@ def validation_report(
 ) -> Output[pd.DataFrame]:
     """Statistics on realized outcomes (baselines, ablations, Diebold-Mariano, calibration) and the HTML
     report."""
+    from nq_dagster.fusion.intervals import coverage_table
     from nq_dagster.validation.evaluate import evaluate, evaluate_live
     from nq_dagster.validation.report import markdown_summary, write_report
 
@@ -237,10 +238,20 @@ def validation_report(
         if "anomaly" in t.columns and len(t) == len(series):
             truth = t["anomaly"].to_numpy()
     ev = evaluate(fusion_model, truth)
+    ev["intervals"] = coverage_table(fusion_model)
+    for r in ev["intervals"].to_dict("records"):
+        pct = round(100 * r["level"])
+        ev["metrics"][f"coverage_{pct}"], ev["metrics"][f"coverage_{pct}_late"] = (
+            r["coverage"],
+            r["coverage_last_30pct"],
+        )
     live_parts = [p for p in wh.table_parts("predictions", source) if p.stem.startswith(LIVE_PARTS)]
     live = pd.concat([wh.read_part(p).to_pandas() for p in live_parts]) if live_parts else None
     targets = fusion_model["targets"]
-    ev["live"] = evaluate_live(live, series["timestamp"], targets) if len(targets) == len(series) else None
+    horizon = fusion_model["version"].cfg.horizon
+    ev["live"] = (
+        evaluate_live(live, series["timestamp"], targets, horizon) if len(targets) == len(series) else None
+    )
     if ev["live"] and ev["live"].get("realized"):
         lv = ev["live"]
         ev["metrics"].update(

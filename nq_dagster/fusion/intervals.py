@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy.special import ndtri
 
 from nq_dagster.fusion.record import coherent_change
@@ -151,3 +152,27 @@ def coverage(
         "n_late": int(len(late)),
         "coverage_late": float(late.mean()) if len(late) else float("nan"),
     }
+
+
+def coverage_table(fusion: dict, late_fraction: float = 0.3) -> pd.DataFrame:
+    """Per level: the realized walk-forward rows, the empirical coverage of their intervals overall and over
+    the last `late_fraction`, and the gap to the level (run_fusion's output; empty without intervals)."""
+    iv = fusion.get("intervals")
+    if not iv:
+        return pd.DataFrame()
+    rows = fusion["fused"]["row"].to_numpy()
+    y = fusion["targets"]["change"].to_numpy(dtype=float)[rows]
+    out = []
+    for j, level in enumerate(iv["state"].levels.tolist()):
+        c = coverage(iv["centre"] - iv["half"][:, j], iv["centre"] + iv["half"][:, j], y, late_fraction)
+        out.append(
+            {
+                "level": level,
+                "realized": c["n"],
+                "coverage": c["coverage"],
+                f"coverage_last_{round(late_fraction * 100)}pct": c["coverage_late"],
+                "mean_width": float(np.mean(2 * iv["half"][:, j])),
+                "max_gap_points": 100 * max(abs(c["coverage"] - level), abs(c["coverage_late"] - level)),
+            }
+        )
+    return pd.DataFrame(out)

@@ -57,6 +57,19 @@ def prediction_id(source: str, ts_iso: str, model_version: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source}/{ts_iso}/{model_version}"))
 
 
+# a prediction is realized by the tick `horizon` rows later only if that tick came at most this many times
+# its time_horizon_ms (horizon x the source's median spacing) after it: a regular feed's jitter passes, a feed
+# that stopped for hours does not (its next tick does not say what happened at the horizon: unrealized)
+GAP_TOLERANCE = 1.5
+
+
+def within_horizon(gap_ms, time_horizon_ms):
+    """Whether ticks gap_ms after predictions with these horizons realize them (arrays or floats); a horizon
+    of 0 ms (a model trained on one row's spacing) sets no limit."""
+    gap, hz = np.asarray(gap_ms, dtype=float), np.asarray(time_horizon_ms, dtype=float)
+    return (hz <= 0) | (gap <= GAP_TOLERANCE * hz)
+
+
 INTERVAL_KEYS = ("interval_80", "interval_95")  # the record's [low, high] pairs, in intervals.LEVELS order
 MIN_HOLD_P = 1e-6  # below it the hold class is too thin to pin the Normal's spread (see coherent_change)
 

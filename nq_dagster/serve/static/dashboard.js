@@ -135,6 +135,8 @@ function addOutcome(o) {
   const c = cards.get(o.source);
   if (!c) return;
   if (c.outcomes.length && c.outcomes[c.outcomes.length - 1].timestamp >= o.timestamp) return;
+  // a tick that came after a gap longer than the horizon allows does not tell the outcome: counted, not scored
+  if (o.realized === false) { c.gaps = (c.gaps || 0) + 1; c.dirty = true; return; }
   push(c.outcomes, o, OUTCOMES);
   c.dirty = true;
 }
@@ -164,7 +166,8 @@ function renderCard(c) {
         mc === null ? "" : el("i", { style: `left:${Math.round(mc * 100)}%` })));
   });
   $(".rel", c.root).replaceChildren(
-    el("div", { class: "muted" }, `last ${recent.length} realized: accuracy ${fmt(acc, 3)} vs stated confidence ${fmt(conf, 3)}`),
+    el("div", { class: "muted" }, `last ${recent.length} realized: accuracy ${fmt(acc, 3)} vs stated confidence ${fmt(conf, 3)}`
+      + (c.gaps ? `; ${c.gaps} unrealized (a gap in the ticks longer than the horizon allows)` : "")),
     el("table", { class: "rel" }, el("tr", {}, el("th", {}, "confidence"), el("th", {}, "n"), el("th", {}, "accuracy"), el("th", {}, "")), ...rows));
   // pattern heat strip: one column per prediction, one row per pattern
   const cv = $("canvas.strip", c.root), ctx = cv.getContext("2d");
