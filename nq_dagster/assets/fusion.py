@@ -14,6 +14,9 @@ from nq_dagster.store import LIVE_PARTS
 
 
 def quantum_summary(q: dict) -> dict:
+    """The feature-selection QUBO's results as a record's quantum_results: `converged` is the configured
+    annealing run's; `note` says what the answer is (the exact optimum) and what each annealer achieved."""
+    g = q.get("schedule")
     return {
         "energy": q["energy"],
         "phase_coherence": q["annealed_coherence"],
@@ -22,7 +25,19 @@ def quantum_summary(q: dict) -> dict:
             "iterations": q["iterations"],
             "annealing_success_probability": q["annealing_success_probability"],
             "method": q["method"],
+            "exact_optimum": q["exact"],
+            **(
+                {
+                    "min_spectral_gap": g["min_gap"],
+                    "gap_schedule_time": g["evolution_time"],
+                    "gap_schedule_success_probability": g["success_probability"],
+                    "gap_schedule_reached_target": g["reached"],
+                }
+                if g
+                else {}
+            ),
         },
+        "note": q.get("note"),
     }
 
 

@@ -15,7 +15,6 @@ import uuid
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from scipy.special import ndtri
 
 from nq_dagster.neuromorphic.patterns import PATTERN_NAMES
 
@@ -85,6 +84,8 @@ def coherent_change(probs: np.ndarray, band: np.ndarray, scale: np.ndarray) -> n
     mixing shrinks it toward no change, as the probabilities are shrunk. Where the band is 0 or hold is
     too thin to identify sigma (p_hold < MIN_HOLD_P), sigma is the model's error scale and mu =
     sigma z(p_up / (p_up + p_down)): the sign rule still holds (hold is not the most likely class there)."""
+    from scipy.special import ndtri  # lazy: the code location imports the record's schema, never scipy
+
     P = np.asarray(probs, dtype=float)
     b = np.asarray(band, dtype=float)
     a, c = ndtri(P[:, 0]), -ndtri(P[:, 2])

@@ -108,8 +108,10 @@ function renderStatic(c) {
   $(".quantum", c.root).replaceChildren(el("table", { class: "rel" },
     el("tr", {}, el("th", {}, "energy"), el("td", {}, fmt(q.energy, 4))),
     el("tr", {}, el("th", {}, "phase coherence"), el("td", {}, fmt(q.phase_coherence, 3))),
-    el("tr", {}, el("th", {}, "converged"), el("td", {}, conv.converged === undefined ? "-" : String(conv.converged))),
-    el("tr", {}, el("th", {}, "selected"), el("td", {}, (m.selected_features || []).join(", ") || "-"))));
+    el("tr", {}, el("th", {}, "annealer converged"), el("td", {}, conv.converged === undefined ? "-" : String(conv.converged))),
+    el("tr", {}, el("th", {}, "selected"), el("td", {}, (m.selected_features || []).join(", ") || "-"))),
+    // what `converged` means: the answer is the exact optimum; the note gives what each annealer achieved
+    q.note ? el("p", { class: "muted" }, q.note) : "");
 }
 
 function push(arr, x, n) { arr.push(x); if (arr.length > n) arr.splice(0, arr.length - n); }
