@@ -160,3 +160,25 @@ def test_where_the_configured_anneal_fails_the_gap_schedule_anneals_to_the_targe
     assert f"{g['success_probability']:.3f}" in note and f"{g['min_gap']:.3g}" in note
     assert ("reaches only" in note) is not reached
     assert res.diagnostics()["answer"] == note
+
+
+def test_portfolio_out_of_sample_check_scores_each_portfolio_on_the_held_out_rows_only():
+    from nq_dagster.quantum.portfolio_check import out_of_sample
+    from nq_dagster.quantum.qubo import portfolio_qubo
+
+    rng = np.random.default_rng(9)
+    R = rng.normal(0.001, 0.01, size=(200, 4)) * np.array([1, 2, 0.5, 1])
+    edge = np.array([0.002, -0.001, 0.001, 0.0])
+    df = out_of_sample(R, edge, 2, success_target=None).set_index("portfolio")
+    after = R[140:]
+    assert (df["held_out_steps"] == 60).all()
+    eq = after.mean(axis=1)
+    assert df.loc["equal weights 1/N", "mean_return"] == pytest.approx(eq.mean())
+    assert df.loc["equal weights 1/N", "volatility"] == pytest.approx(eq.std(ddof=1))
+    Q, h = portfolio_qubo(edge, np.cov(R[:140].T), 2)  # chosen on the rows before the split only
+    best = min(itertools.product([0, 1], repeat=4), key=lambda b: qubo_energy(Q, h, np.array(b)))
+    chosen = after[:, np.array(best, dtype=bool)].mean(axis=1)
+    assert df.loc["QUBO choice (exact optimum)", "mean_return"] == pytest.approx(chosen.mean())
+    assert df.loc["QUBO choice (exact optimum)", "sources"] == sum(best) == 2
+    with pytest.raises(ValueError, match="too few"):
+        out_of_sample(R[:3], edge, 2)
