@@ -31,18 +31,30 @@ def test_the_rule_ties_direction_and_change_and_keeps_an_unmixed_model_change():
     base = rng.dirichlet([4, 1, 4], n)  # base rates of calibration rows, as `calibrate` fits them
     mix = rng.uniform(0, 1, n)
     P = direction_probabilities(model, band, scale, mix, base)
-    mu = coherent_change(P, band, scale)
+    mu = coherent_change(P, band, scale, model)
     names = np.array(["down", "hold", "up"])[P.argmax(axis=1)]
     assert np.isfinite(mu).all()
     assert _contradictions(names, mu, band) == 0
     # what the rule replaced: the model's own change against the mixed probabilities' direction
-    assert _contradictions(names, model, band) > n // 20
-    # without mixing, the predictive distribution is the model's Normal: its mean is the model's change (up
-    # to the 1e-9 floor `direction_probabilities` puts under each class)
+    replaced = mu != model
+    assert replaced.sum() > n // 20 and _contradictions(names[replaced], model[replaced], band[replaced]) == (
+        replaced.sum()
+    )
+    # the model's forecast stays wherever it agrees: always without mixing, saturated probabilities included
     P1 = direction_probabilities(model, band, scale)
+    names1 = np.array(["down", "hold", "up"])[P1.argmax(axis=1)]
+    assert np.array_equal(coherent_change(P1, band, scale, model), model)
+    assert _contradictions(names1, model, band) == 0
+    # the implied Normal's mean is the model's change where the probabilities are the model's and not
+    # saturated (the branch taken where mixing moved the direction)
     fine = (band > 0) & (P1.min(axis=1) > 1e-5)
-    assert fine.mean() > 0.5
-    assert np.allclose(coherent_change(P1, band, scale)[fine], model[fine], rtol=1e-4, atol=1e-9)
+    flip = -np.sign(model) * np.abs(model).max() * 10  # a forecast that disagrees: the implied mean is used
+    assert np.allclose(
+        coherent_change(P1, band, scale, flip)[fine & (model != 0)],
+        model[fine & (model != 0)],
+        rtol=1e-4,
+        atol=1e-9,
+    )
 
 
 def _series(n: int, seed: int):

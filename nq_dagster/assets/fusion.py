@@ -167,6 +167,7 @@ def predictions(
         f[["p_down", "p_hold", "p_up"]].to_numpy(),
         fusion_model["targets"]["band"].to_numpy()[rows],
         f["error_scale"].to_numpy(),
+        f["pred_change"].to_numpy(),
         features[list(PATTERN_NAMES)].to_numpy()[rows],
         features["spike_rate"].to_numpy()[rows],
         reservoir_states["states"][rows],

@@ -131,7 +131,10 @@ def walk_forward_intervals(fused, targets, values: np.ndarray, horizon: int) -> 
     rows = fused["row"].to_numpy()
     scale = fused["error_scale"].to_numpy(dtype=float)
     centre = coherent_change(
-        fused[["p_down", "p_hold", "p_up"]].to_numpy(), targets["band"].to_numpy()[rows], scale
+        fused[["p_down", "p_hold", "p_up"]].to_numpy(),
+        targets["band"].to_numpy()[rows],
+        scale,
+        fused["pred_change"].to_numpy(dtype=float),
     )
     half, state = interval_pass(values, rows, centre, scale, horizon)
     return {"centre": centre, "half": half, "state": state}

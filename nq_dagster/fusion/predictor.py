@@ -410,7 +410,8 @@ class Predictor:
             new_ivs = [src.serving.intervals for src in srcs]
             half = np.array([iv.last_half if iv is not None else [np.nan] * 2 for iv in new_ivs])
         else:
-            centre, new_ivs, half = coherent_change(probs, band, scale), [], np.full((len(srcs), 2), np.nan)
+            centre = coherent_change(probs, band, scale, chg)
+            new_ivs, half = [], np.full((len(srcs), 2), np.nan)
             for i, (iv, x) in enumerate(zip(*ticks, strict=True)):
                 if iv is not None:
                     iv, half[i] = intervals.step(iv, float(x), float(centre[i]), float(scale[i]))
@@ -421,6 +422,7 @@ class Predictor:
             probs,
             band,
             scale,
+            chg,
             cands[:, PATTERN_COLS],
             cands[:, SPIKE_RATE_COL],
             frames,

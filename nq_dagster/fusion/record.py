@@ -2,9 +2,10 @@
 function for the training assets, the streaming job, `nq predict` and the prediction server alike.
 
 One rule ties a record's fields together (`coherent_change`): `direction` is the most likely class of the
-calibrated probabilities, `predicted_change` is the mean of the Normal predictive distribution whose class
-probabilities are exactly those, and `magnitude` is its absolute value. So the sign of `predicted_change` is
-that of the more likely of up and down, and a stated hold has |predicted_change| within the hold band.
+calibrated probabilities; `predicted_change` is the model's forecast where it agrees with that class, else the
+mean of the Normal predictive distribution whose class probabilities are exactly the record's; `magnitude` is
+its absolute value. So the sign of `predicted_change` is that of the more likely of up and down, and a stated
+hold has |predicted_change| within the hold band.
 """
 
 from __future__ import annotations
@@ -73,28 +74,36 @@ INTERVAL_KEYS = ("interval_80", "interval_95")  # the record's [low, high] pairs
 MIN_HOLD_P = 1e-6  # below it the hold class is too thin to pin the Normal's spread (see coherent_change)
 
 
-def coherent_change(probs: np.ndarray, band: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def coherent_change(
+    probs: np.ndarray, band: np.ndarray, scale: np.ndarray, model_change: np.ndarray
+) -> np.ndarray:
     """The predicted change that agrees with calibrated class probabilities (n, 3 in CLASSES order).
 
-    It is the mean of the Normal N(mu, sigma) with P(change < -band) = p_down and P(change > band) = p_up
-    (two equations, two unknowns): with a = z(p_down), c = -z(p_up) (z the Normal quantile), sigma =
-    2 band / (c - a) and mu = -band (a + c) / (c - a). mu > 0 exactly when p_up > p_down, and when hold is the
+    The model's own forecast where it agrees with the most likely class (up: > 0, down: < 0, hold: within the
+    band): always so where the probabilities are the model's Normal error model alone, whose most likely class
+    follows the forecast's sign. Where the mix with the base rates moved the most likely class away from it,
+    the mean of the Normal N(mu, sigma) with P(change < -band) = p_down and P(change > band) = p_up (two
+    equations, two unknowns): with a = z(p_down), c = -z(p_up) (z the Normal quantile), sigma =
+    2 band / (c - a) and mu = -band (a + c) / (c - a); mu > 0 exactly when p_up > p_down, and when hold is the
     most likely class |mu| <= band (a Normal centred beyond the band puts more than half its mass past it).
-    Where the model's own probabilities are not mixed with base rates this mu is the model's predicted change;
-    mixing shrinks it toward no change, as the probabilities are shrunk. Where the band is 0 or hold is
-    too thin to identify sigma (p_hold < MIN_HOLD_P), sigma is the model's error scale and mu =
-    sigma z(p_up / (p_up + p_down)): the sign rule still holds (hold is not the most likely class there)."""
+    Where the band is 0 or hold is too thin to identify sigma (p_hold < MIN_HOLD_P), sigma is the model's
+    error scale and mu = sigma z(p_up / (p_up + p_down)): the sign rule still holds (hold is not the most
+    likely class there). (Inverting the probabilities everywhere would lose the forecast where they
+    saturate: a near-perfect model's 1 - 1e-9 says nothing of its size.)"""
     from scipy.special import ndtri  # lazy: the code location imports the record's schema, never scipy
 
     P = np.asarray(probs, dtype=float)
     b = np.asarray(band, dtype=float)
+    m = np.asarray(model_change, dtype=float)
+    cls = P.argmax(axis=1)
+    agrees = np.where(cls == 2, m > 0, np.where(cls == 0, m < 0, np.abs(m) <= b))
     a, c = ndtri(P[:, 0]), -ndtri(P[:, 2])
     ok = (b > 0) & (P[:, 1] >= MIN_HOLD_P) & (c > a)
     with np.errstate(divide="ignore", invalid="ignore"):
         mu = np.where(ok, -b * (a + c) / (c - a), 0.0)
         thin = np.asarray(scale, dtype=float) * ndtri(P[:, 2] / (P[:, 2] + P[:, 0]))
-    hold = P.argmax(axis=1) == 1
-    return np.where(ok, mu, np.where(hold, 0.0, thin))
+    implied = np.where(ok, mu, np.where(cls == 1, 0.0, thin))
+    return np.where(agrees, m, implied)
 
 
 def _rows(v, n: int) -> list:
@@ -107,6 +116,7 @@ def build_records(
     probs: np.ndarray,
     band: np.ndarray,
     scale: np.ndarray,
+    model_change: np.ndarray,
     patterns: np.ndarray,
     spike_rate: np.ndarray,
     frames: np.ndarray,
@@ -119,15 +129,16 @@ def build_records(
     half_widths: np.ndarray | None = None,
 ) -> list[dict]:
     """The records of n predictions as dicts with nested results (the API's JSON shape). Source, model and
-    config fields are one value for every row, or one per row (a batch of sources). `band` and `scale`: each
-    row's hold band and the model's error scale, from which with the probabilities the predicted change
-    follows (`coherent_change`: no record states a change its direction contradicts); `half_widths` (n, 2):
-    the intervals' half-widths around it at intervals.LEVELS (NaN or None: no interval)."""
+    config fields are one value for every row, or one per row (a batch of sources). `band`, `scale` and
+    `model_change`: each row's hold band, the model's error scale and its forecast, from which with the
+    probabilities the predicted change follows (`coherent_change`: no record states a change its direction
+    contradicts); `half_widths` (n, 2): the intervals' half-widths around it at intervals.LEVELS (NaN or None:
+    no interval)."""
     n = len(ts_ns)
     source, quantum, model_version = _rows(source, n), _rows(quantum, n), _rows(model_version, n)
     config_version, horizon_ms = _rows(config_version, n), _rows(horizon_ms, n)
     probs = np.asarray(probs, dtype=float)
-    change = coherent_change(probs, band, scale)
+    change = coherent_change(probs, band, scale, model_change)
     direction = DIRECTION_NAMES[probs.argmax(axis=1)].tolist()
     confidence, p3 = probs.max(axis=1).tolist(), probs.tolist()
     chg = change.tolist()
