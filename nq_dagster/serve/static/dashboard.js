@@ -80,6 +80,7 @@ function makeCard(source, model) {
   $("#sources").append(root);
   const c = {
     source, root, model, t: [], v: [], up: [], down: [], hold: [], lat: [], strip: [], outcomes: [], last: null,
+    hi95: [], lo95: [], hi80: [], lo80: [],
     dirty: true, plot: null,
   };
   const width = Math.max(300, root.clientWidth - 24);
@@ -89,9 +90,15 @@ function makeCard(source, model) {
     series: [{}, { label: "value", stroke: "#0969da", width: 1 },
       { label: "up", stroke: "#1a7f37", width: 0, points: { show: true, size: 5, fill: "#1a7f37" } },
       { label: "down", stroke: "#cf222e", width: 0, points: { show: true, size: 5, fill: "#cf222e" } },
-      { label: "hold", stroke: "#8c959f", width: 0, points: { show: true, size: 4, fill: "#8c959f" } }],
+      { label: "hold", stroke: "#8c959f", width: 0, points: { show: true, size: 4, fill: "#8c959f" } },
+      // the record's intervals around the value: where the value one horizon later falls, at 95 % and 80 %
+      { label: "95 % high", stroke: "rgba(9,105,218,0.25)", width: 1 },
+      { label: "95 % low", stroke: "rgba(9,105,218,0.25)", width: 1 },
+      { label: "80 % high", stroke: "rgba(9,105,218,0.4)", width: 1 },
+      { label: "80 % low", stroke: "rgba(9,105,218,0.4)", width: 1 }],
+    bands: [{ series: [5, 6], fill: "rgba(9,105,218,0.08)" }, { series: [7, 8], fill: "rgba(9,105,218,0.12)" }],
     axes: [{}, { size: 60 }],
-  }, [[], [], [], [], []], $(".chart", root));
+  }, [[], [], [], [], [], [], [], [], []], $(".chart", root));
   cards.set(source, c);
   renderStatic(c);
   return c;
@@ -126,6 +133,9 @@ function addPrediction(p) {
   push(c.up, p.direction === "up" ? v : null, WINDOW);
   push(c.down, p.direction === "down" ? v : null, WINDOW);
   push(c.hold, p.direction === "hold" ? v : null, WINDOW);
+  const i95 = p.interval_95, i80 = p.interval_80;  // [low, high] of the change; null for an older model
+  push(c.hi95, v !== null && i95 ? v + i95[1] : null, WINDOW); push(c.lo95, v !== null && i95 ? v + i95[0] : null, WINDOW);
+  push(c.hi80, v !== null && i80 ? v + i80[1] : null, WINDOW); push(c.lo80, v !== null && i80 ? v + i80[0] : null, WINDOW);
   if (p.processing_time_ms !== null && p.processing_time_ms !== undefined) push(c.lat, p.processing_time_ms, WINDOW);
   const pats = (p.neuromorphic_results || {}).patterns || {};
   push(c.strip, PATTERNS.map(k => pats[k] || 0), STRIP);
@@ -144,7 +154,7 @@ function addOutcome(o) {
 }
 
 function renderCard(c) {
-  c.plot.setData([c.t, c.v, c.up, c.down, c.hold]);
+  c.plot.setData([c.t, c.v, c.up, c.down, c.hold, c.hi95, c.lo95, c.hi80, c.lo80]);
   const p = c.last;
   if (p) {
     const pr = p.probabilities || {};
