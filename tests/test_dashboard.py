@@ -70,13 +70,18 @@ def test_dashboard_shows_live_predictions(base, browser, tmp_path):
             assert time.monotonic() - t < 2.0
         text = page.inner_text('.card[data-source="m"]')
         assert "last 5 realized" in text  # six predictions, five realized by the tick after them
-        assert "validation" in text and "energy" in text
+        assert "validation" in text and "energy" in text and "exact optimum" in text  # the quantum note
         # the heat strip has been drawn (not all white)
         ink = page.evaluate("""() => {
             const cv = document.querySelector('.card[data-source="m"] canvas.strip');
             const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
             let s = 0; for (let i = 0; i < d.length; i += 4) s += 255 - d[i]; return s; }""")
         assert ink > 0
+        # the record's intervals as bands around the value line: value + interval, nested (95 % outside 80 %)
+        band = page.evaluate("""() => { const c = cards.get('m');
+            return c.t.map((_, i) => [c.lo95[i], c.lo80[i], c.v[i], c.hi80[i], c.hi95[i]]); }""")
+        assert len(band) == 6 and all(lo95 <= lo80 <= hi80 <= hi95 for lo95, lo80, _, hi80, hi95 in band)
+        assert any(hi95 > v > lo95 for lo95, _, v, _, hi95 in band)  # around the value (lo < 0 < hi mostly)
         # a bounded window: 350 more predictions, at most 300 points kept
         for i in range(6, 356, 50):
             body = {

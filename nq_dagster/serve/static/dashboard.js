@@ -109,6 +109,7 @@ function makeCard(source, model) {
   const c = {
     source, root, model, t: [], v: [], up: [], down: [], hold: [], lat: [], strip: [], outcomes: [], last: null,
     recent: [], results: new Map(), dirty: true, plot: null, acc: null, slowAt: 0,
+    hi95: [], lo95: [], hi80: [], lo80: [],
   };
   const width = Math.max(240, root.clientWidth - 24);
   c.plot = new uPlot({
@@ -117,9 +118,15 @@ function makeCard(source, model) {
     series: [{}, { label: "value", stroke: "#0969da", width: 1 },
       { label: "up", stroke: "#1a7f37", width: 0, points: { show: true, size: 5, fill: "#1a7f37" } },
       { label: "down", stroke: "#cf222e", width: 0, points: { show: true, size: 5, fill: "#cf222e" } },
-      { label: "hold", stroke: "#8c959f", width: 0, points: { show: true, size: 4, fill: "#8c959f" } }],
+      { label: "hold", stroke: "#8c959f", width: 0, points: { show: true, size: 4, fill: "#8c959f" } },
+      // the record's intervals around the value: where the value one horizon later falls, at 95 % and 80 %
+      { label: "95 % high", stroke: "rgba(9,105,218,0.25)", width: 1 },
+      { label: "95 % low", stroke: "rgba(9,105,218,0.25)", width: 1 },
+      { label: "80 % high", stroke: "rgba(9,105,218,0.4)", width: 1 },
+      { label: "80 % low", stroke: "rgba(9,105,218,0.4)", width: 1 }],
+    bands: [{ series: [5, 6], fill: "rgba(9,105,218,0.08)" }, { series: [7, 8], fill: "rgba(9,105,218,0.12)" }],
     axes: [{}, { size: 60 }],
-  }, [[], [], [], [], []], $(".chart", root));
+  }, [[], [], [], [], [], [], [], [], []], $(".chart", root));
   c.acc = new uPlot({
     width: Math.max(180, $(".accchart", root).clientWidth || Math.floor(width / 2)), height: 120, cursor: { show: false },
     legend: { show: true, live: false },
@@ -145,8 +152,10 @@ function renderStatic(c) {
   $(".quantum", c.root).replaceChildren(el("table", { class: "rel" },
     el("tr", {}, el("th", {}, "energy"), el("td", {}, fmt(q.energy, 4))),
     el("tr", {}, el("th", {}, "phase coherence"), el("td", {}, fmt(q.phase_coherence, 3))),
-    el("tr", {}, el("th", {}, "converged"), el("td", {}, conv.converged === undefined ? "-" : String(conv.converged))),
-    el("tr", {}, el("th", {}, "selected"), el("td", {}, (m.selected_features || []).join(", ") || "-"))));
+    el("tr", {}, el("th", {}, "annealer converged"), el("td", {}, conv.converged === undefined ? "-" : String(conv.converged))),
+    el("tr", {}, el("th", {}, "selected"), el("td", {}, (m.selected_features || []).join(", ") || "-"))),
+    // what `converged` means: the answer is the exact optimum; the note gives what each annealer achieved
+    q.note ? el("p", { class: "muted" }, q.note) : "");
 }
 
 function push(arr, x, n) { arr.push(x); if (arr.length > n) arr.splice(0, arr.length - n); }
@@ -161,6 +170,9 @@ function addPrediction(p) {
   push(c.up, p.direction === "up" ? v : null, WINDOW);
   push(c.down, p.direction === "down" ? v : null, WINDOW);
   push(c.hold, p.direction === "hold" ? v : null, WINDOW);
+  const i95 = p.interval_95, i80 = p.interval_80;  // [low, high] of the change; null for an older model
+  push(c.hi95, v !== null && i95 ? v + i95[1] : null, WINDOW); push(c.lo95, v !== null && i95 ? v + i95[0] : null, WINDOW);
+  push(c.hi80, v !== null && i80 ? v + i80[1] : null, WINDOW); push(c.lo80, v !== null && i80 ? v + i80[0] : null, WINDOW);
   if (p.processing_time_ms !== null && p.processing_time_ms !== undefined) push(c.lat, p.processing_time_ms, WINDOW);
   const pats = (p.neuromorphic_results || {}).patterns || {};
   push(c.strip, PATTERNS.map(k => pats[k] || 0), STRIP);
@@ -173,6 +185,8 @@ function addOutcome(o) {
   const c = cards.get(o.source);
   if (!c) return;
   if (c.outcomes.length && c.outcomes[c.outcomes.length - 1].timestamp >= o.timestamp) return;
+  // a tick that came after a gap longer than the horizon allows does not tell the outcome: counted, not scored
+  if (o.realized === false) { c.gaps = (c.gaps || 0) + 1; c.dirty = true; return; }
   push(c.outcomes, o, OUTCOMES);
   c.results.set(Date.parse(o.timestamp), o.correct);  // the outcome names its prediction by time
   if (c.results.size > OUTCOMES) c.results.delete(c.results.keys().next().value);
@@ -216,7 +230,7 @@ function accuracySeries(outcomes) {
 }
 
 function renderCard(c) {
-  c.plot.setData([c.t, c.v, c.up, c.down, c.hold]);
+  c.plot.setData([c.t, c.v, c.up, c.down, c.hold, c.hi95, c.lo95, c.hi80, c.lo80]);
   const p = c.last;
   if (p) {
     const pr = p.probabilities || {};
@@ -250,7 +264,8 @@ function renderCard(c) {
         mc === null ? "" : el("i", { style: `left:${Math.round(mc * 100)}%` })));
   });
   $(".rel", c.root).replaceChildren(
-    el("div", { class: "muted" }, `last ${recent.length} realized: accuracy ${fmt(acc, 3)} vs stated confidence ${fmt(conf, 3)}`),
+    el("div", { class: "muted" }, `last ${recent.length} realized: accuracy ${fmt(acc, 3)} vs stated confidence ${fmt(conf, 3)}`
+      + (c.gaps ? `; ${c.gaps} unrealized (a gap in the ticks longer than the horizon allows)` : "")),
     el("table", { class: "rel" }, el("tr", {}, el("th", {}, "confidence"), el("th", {}, "n"), el("th", {}, "accuracy"), el("th", {}, "")), ...rows));
   // pattern heat strip: one column per prediction, one row per pattern
   const cv = $("canvas.strip", c.root), ctx = cv.getContext("2d");
