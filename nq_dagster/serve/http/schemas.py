@@ -98,6 +98,11 @@ class PredictionRecord(Answer):
     quantum_results: QuantumResults | None = None
     calibration: Calibration | None = Field(None, description="how honest this confidence was in training")
     hold_band: float | None = Field(None, description="|change| below this counts as hold")
+    interval_80: list[float] | None = Field(
+        None,
+        description="[low, high] of the change at 80 % (conformal, kept calibrated live); null: older model",
+    )
+    interval_95: list[float] | None = Field(None, description="[low, high] of the change at 95 %")
     value: float | None = Field(None, description="the tick's value")
     duplicate: bool | None = Field(
         None, description="true when this tick was posted before: the stored prediction, nothing new stored"
@@ -117,10 +122,15 @@ class Outcome(Answer):
     timestamp: str = Field(description="the predicted tick's time")
     realized_at: str = Field(description="the tick that realized it")
     predicted: Direction
-    actual: Direction
     confidence: float
-    correct: bool
-    change: float
+    realized: bool = Field(
+        True, description="false when the tick came too long after the horizon to tell the outcome (a gap)"
+    )
+    actual: Direction | None = Field(description="the class of the realized change; null for a gap")
+    correct: bool | None = Field(description="predicted == actual; null for a gap (never scored)")
+    change: float | None = Field(description="the realized change; null for a gap")
+    gap_ms: float | None = Field(None, description="time from the prediction to the realizing tick")
+    time_horizon_ms: float | None = Field(None, description="the prediction's horizon")
 
 
 class PredictionsBySource(RootModel[dict[str, list[PredictionRecord]]]):
