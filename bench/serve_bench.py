@@ -165,18 +165,28 @@ def prepare() -> tuple[Path, object, list[str], str]:
 
 
 def start_server(
-    home: Path, port: int, extra: list[str] = (), log_name: str = "serve.log"
+    home: Path,
+    port: int,
+    extra: list[str] = (),
+    log_name: str = "serve.log",
+    python_prelude: str | None = None,
 ) -> subprocess.Popen:
-    """`nq serve` in its own process; returns once its status answers."""
+    """`nq serve` in its own process; returns once its status answers. `python_prelude`: Python run in that
+    process before the command (a comparison run's patch)."""
     import httpx
 
     env = {**os.environ, "NQ_HOME": str(home)}
     log = open(home.parent / log_name, "wb")  # noqa: SIM115
+    launch = ["-m", "nq_dagster.cli"]
+    if python_prelude:
+        launch = [
+            "-c",
+            f"{python_prelude}\nimport sys\nfrom nq_dagster.cli import main\nsys.exit(main(sys.argv[1:]))",
+        ]
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "nq_dagster.cli",
+            *launch,
             "--home",
             str(home),
             "serve",
@@ -197,7 +207,9 @@ def start_server(
                 return proc
         except httpx.HTTPError:
             time.sleep(0.2)
-        assert proc.poll() is None and time.perf_counter() - t < 300, "server did not start"
+        if proc.poll() is not None or time.perf_counter() - t > 600:
+            proc.kill()  # never left running behind a failed bench
+            raise AssertionError(f"server did not start (log: {log.name})")
 
 
 def main() -> None:
