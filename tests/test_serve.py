@@ -392,7 +392,7 @@ def test_sigterm_and_kill_lose_no_acknowledged_tick(home, ticks):
     for t in threads:
         t.join()
     assert all(len(v) > 5 for v in acked.values()), acked
-    assert not list((home / "serve" / "wal" / "r0").glob("*.jsonl")), "SIGTERM left the log unflushed"
+    assert not list((home / "serve" / "wal" / "r0").glob("*.sqlite3")), "SIGTERM left the journal unflushed"
     assert k["developer"] not in server.output()  # no key in any log line
     # kill -9: the acknowledged ticks are in the log; the next start recovers them
     server = ProcessServer(home)
@@ -405,7 +405,7 @@ def test_sigterm_and_kill_lose_no_acknowledged_tick(home, ticks):
     stop.set()
     for t in threads:
         t.join()
-    assert list((home / "serve" / "wal" / "r0").glob("*.jsonl")), "kill -9 left no log to recover"
+    assert list((home / "serve" / "wal" / "r0").glob("*.sqlite3")), "kill -9 left no journal to recover"
     server = ProcessServer(home)  # recovers the log
     server.stop(signal.SIGTERM)
     for s in ("s1", "s2"):
@@ -668,7 +668,7 @@ def test_routes_called_directly_answer_as_through_the_router(home, srv, ticks, c
     assert "boom" not in r.text and any("req-500" in m.getMessage() for m in caplog.records)
     assert c.get("/api/v1/status").status_code == 200
     text = c.get("/metrics").text
-    assert 'nq_http_requests_total{endpoint="/api/v1/ping",method="GET",status="500"} 1.0' in text
+    assert 'nq_http_requests_total{code="500",endpoint="/api/v1/ping",method="GET"} 1.0' in text
 
 
 def test_a_server_with_two_prediction_processes_answers_as_one(home, ticks):

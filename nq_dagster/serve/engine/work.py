@@ -104,3 +104,8 @@ class NotOwner(Exception):
     def __init__(self, source: str, owner: int):
         super().__init__(f"source {source!r} is served by replica {owner}")
         self.source, self.owner = source, owner
+
+
+class JournalUnavailable(Exception):
+    """The tick journal could not commit a batch (a storage error, `ticklog.py`): nothing of it is
+    acknowledged or kept (HTTP 503 with the reason)."""

@@ -2,9 +2,9 @@
 one call and plans each request (re-posted ticks answered with their stored prediction); the new ticks wait in
 `fair.FairTicks`, which picks each batch's share fairly between API keys. A batch advances its sources at once
 through the one prediction path (`Predictor.advance_many`) and appends each new tick and its record to the
-log; a request is resolved once its last tick is in the log. So a tick is acknowledged after it is in the log,
-a source's ticks are predicted in the order they were accepted, and one key's large requests do not hold
-another key's ticks back (fair.py).
+journal; a request is resolved once its last tick is committed. So a tick is acknowledged after it is in the
+journal (a batch the journal refuses moves no state and gets 503), a source's ticks are predicted in the order
+they were accepted, and one key's large requests do not hold another key's ticks back (fair.py).
 
 Calls queued with `call` (a model swap, a log rotation) run between two batches, on this thread, so the
 predictor and the log have one writer.
@@ -30,13 +30,14 @@ from nq_dagster.serve.engine.fair import FairTicks, Pending, Running
 from nq_dagster.serve.engine.outcomes import Outcomes
 from nq_dagster.serve.engine.records import RecordCache
 from nq_dagster.serve.engine.restart import ShardRestarts
-from nq_dagster.serve.engine.ticklog import TickLog, log_line
+from nq_dagster.serve.engine.ticklog import TickLog
 from nq_dagster.serve.engine.validate import validate_requests
 from nq_dagster.serve.engine.watcher import Models
 from nq_dagster.serve.engine.work import (
     PRIORITY_CALL,
     PRIORITY_STOP,
     Answer,
+    JournalUnavailable,
     NoModel,
     Planned,
     Priority,
@@ -232,7 +233,8 @@ class Worker:
         try:
             fresh, outcomes = self._predict(new, origin)
         except Exception as exc:  # noqa: BLE001 - every request with a tick in the batch learns it failed
-            log.exception("batch failed")
+            if not isinstance(exc, JournalUnavailable):  # fail closed: a 503 with the reason (ticklog.py)
+                log.exception("batch failed")
             for pts in taken.values():
                 for p in pts:
                     self._fail(p.run, exc)
@@ -284,22 +286,29 @@ class Worker:
             )
         )
         fresh: dict[tuple[str, int], Answer] = {}
-        outcomes: list[dict] = []
-        lines = []
+        rows = []
         done = time.perf_counter()
         for s, recs in got.items():
-            cache = self.cache.of(s)
-            horizon = self.predictor.model(s).cfg.horizon
             for (t, v), rec in zip(new[s], recs, strict=True):
                 w = origin[(s, t)]
                 rec["processing_time_ms"] = (done - w.enqueued) * 1000.0  # request received -> record ready
                 rec["value"] = v  # the tick's value (not a column of the record's table)
-                outcomes.extend(self.outcomes.realize(s, horizon, t, v, rec))
                 j = jsonable(rec)
-                text = json.dumps(j)  # encoded once: the log line and the HTTP answer
+                text = json.dumps(j)  # encoded once: the journal's row and the HTTP answer
                 fresh[(s, t)] = Answer(j, text, False)
-                cache[t] = j
-                lines.append(log_line(s, t, v, w.stored, text))
+                rows.append((s, t, v, w.stored, text))
+        try:
+            self.ticklog.append(rows, got.keys())
+        except JournalUnavailable:
+            self.predictor.undo_last()  # not stored, so not seen: the states stay where the batch found them
+            raise
+        # stored: only now does the batch change what this process remembers
+        outcomes: list[dict] = []
+        for s, recs in got.items():
+            cache = self.cache.of(s)
+            horizon = self.predictor.model(s).cfg.horizon
+            for (t, v), rec in zip(new[s], recs, strict=True):
+                outcomes.extend(self.outcomes.realize(s, horizon, t, v, rec))
+                cache[t] = fresh[(s, t)].record
             self.cache.trim(s)
-        self.ticklog.append("\n".join(lines) + "\n", got.keys())
         return fresh, outcomes

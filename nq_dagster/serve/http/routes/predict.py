@@ -16,10 +16,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from nq_dagster.serve.engine import Answer, NoModel, NotOwner, Rejected
+from nq_dagster.serve.engine import Answer, JournalUnavailable, NoModel, NotOwner, Rejected
 from nq_dagster.serve.http.auth import guarded
 from nq_dagster.serve.http.bodies import RealtimeBody, parse
 from nq_dagster.serve.http.errors import ApiError
+from nq_dagster.serve.http.startup import require_ready
 from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.keys import KeyRecord
 
@@ -31,6 +32,7 @@ async def run_ticks(
 ) -> list[Answer]:
     """The engine's answers to ticks [(source, timestamp, value)] of the key with id `key`; its refusals as
     API errors."""
+    require_ready(state.startup)
     try:
         return await asyncio.wrap_future(
             state.engine.submit(rows, label, priority, received=received, key=key)
@@ -41,6 +43,8 @@ async def run_ticks(
         raise ApiError(409, str(exc), field="source") from None
     except NotOwner as exc:
         raise ApiError(421, str(exc), field="source") from None
+    except JournalUnavailable as exc:  # fail closed: not stored, so not acknowledged (engine/ticklog.py)
+        raise ApiError(503, str(exc), headers={"Retry-After": "1"}) from None
 
 
 async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Response:
