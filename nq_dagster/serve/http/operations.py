@@ -374,10 +374,13 @@ WEBSOCKET = """
 The client's first message subscribes: `{"type": "subscription", "sources": ["market_A"], "filters":
 {"min_confidence": 0.6, "directions": ["up"]}, "api_key": "..."}` (`api_key` because a browser cannot set
 headers on a WebSocket; no `sources`: every source served). The server answers `{"type": "subscribed", ...}`
-(schema `Subscribed`), then pushes `{"type": "prediction", "prediction": <PredictionRecord>}` for each new
-prediction of those sources and `{"type": "outcome", "outcome": <Outcome>}` for each outcome they realize.
-Close codes: 1008 a malformed subscription, 4000 + the HTTP status of a refused key (4401, 4403), 1013 a
-subscriber that fell too far behind. `nq_dagster.client` reconnects and resubscribes.
+(schema `Subscribed`), then pushes, once per engine batch, `{"type": "batch", "predictions":
+[<PredictionRecord>...], "outcomes": [<Outcome>...]}` (schema `BatchMessage`): the batch's new predictions of
+those sources and the outcomes they realized. Close codes, each with a reason: 1003 a binary frame, 1007 a
+message that is not JSON or past its bounds (depth 32, integers of 20 digits), 1008 a malformed subscription
+(at most 1,000 sources), 1009 a message over 64 KiB, 4000 + the HTTP status of a refused key (4401, 4403; also
+when the key is revoked while the socket is open), 1013 a subscriber that fell too far behind.
+`nq_dagster.client` reconnects and resubscribes, and yields the predictions and outcomes one by one.
 """
 
 DESCRIPTION = (

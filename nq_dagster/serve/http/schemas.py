@@ -349,3 +349,12 @@ class PredictionMessage(Answer):
 class OutcomeMessage(Answer):
     type: Literal["outcome"]
     outcome: Outcome
+
+
+class BatchMessage(Answer):
+    """What the server pushes, once per engine batch with any: its new predictions of the subscribed sources
+    (filtered) and the outcomes they realized."""
+
+    type: Literal["batch"]
+    predictions: list[PredictionRecord]
+    outcomes: list[Outcome]
