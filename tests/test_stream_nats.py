@@ -65,6 +65,10 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def predicted(url: str) -> int:
+    return len(run(read(url, "NQ_OUT", "nq.predictions.>")))
+
+
 def wait_done(url: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not run(consumer_done(url, "NQ_TICKS", "nq-serve")):
@@ -120,9 +124,10 @@ def test_server_killed_mid_stream_predicts_every_tick_once_in_order(home, base, 
     pub = threading.Thread(target=run, args=(publish(broker.url, msgs, 0.01, acked.append),))
     pub.start()
     try:
-        while len(acked) < len(msgs) // 3:
+        while len(acked) < len(msgs) // 3 or not predicted(broker.url):
             time.sleep(0.05)
         server.stop(signal.SIGKILL)  # mid-stream: delivered, predicted, published, unacknowledged, or not yet
+        assert predicted(broker.url) < len(SOURCES) * N  # truly mid-stream
         server = ProcessServer(home, extra=["--stream", broker.url])
         pub.join(120)
         wait_done(broker.url)
@@ -148,11 +153,12 @@ def test_broker_killed_mid_stream_loses_and_repeats_nothing(home, base, broker):
     pub = threading.Thread(target=run, args=(publish(broker.url, msgs, 0.01, acked.append),))
     pub.start()
     try:
-        while len(acked) < len(msgs) // 3:
+        while len(acked) < len(msgs) // 3 or not predicted(broker.url):
             time.sleep(0.05)
         broker.kill()  # kill -9 mid-stream, then the same broker back on its port and store
         time.sleep(1.0)
         broker.start()
+        assert predicted(broker.url) < len(SOURCES) * N  # truly mid-stream
         pub.join(120)
         wait_done(broker.url)
         metrics = server_metrics(server, home)
