@@ -38,7 +38,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -75,7 +75,7 @@ class StreamStats:
     outcomes_dropped: int = 0  # outcomes not published (their queue full); /api/v1/outcomes still has them
     pending: int = 0  # messages in the stream not yet delivered (the consumer's lag)
     ack_pending: int = 0
-    lost: list[int] = field(default_factory=list)  # sequences the stream no longer had when rewound to
+    lost: int = 0  # messages the stream no longer had when they were due (aged out, deleted)
 
 
 class Refused(Exception):
@@ -134,7 +134,7 @@ class TickStream:
         # where the last process stopped: the consumer is re-created at its first unacknowledged sequence, so
         # what it had delivered and not acknowledged comes first, in order (not after ack_wait, behind newer)
         floor = await self._ack_floor()
-        await self._rewind(max(floor + 1, 1), count=False)
+        await self._rewind(floor + 1 if floor else max(1, await self._first_seq()), count=False)
         self._hook_outcomes(asyncio.get_running_loop())
         self._tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._publish_outcomes())]
         log.info("stream %s: consuming %s.> from sequence %d", self.url, TICKS, self._next)
@@ -213,8 +213,8 @@ class TickStream:
         with contextlib.suppress(NotFoundError):
             await self.js.delete_consumer(self.opt.ticks_stream, self.opt.durable)
         first = await self._first_seq()
-        if first > seq and seq > 1:  # aged out of the stream before they were done
-            self.stats.lost.extend(range(seq, first))
+        if first > seq:  # aged out of the stream before they were done
+            self.stats.lost += first - seq
             log.warning("stream: sequences %d-%d are no longer in the stream", seq, first - 1)
             seq = first
         self._next = self._rewound_to = max(seq, 1)
@@ -252,7 +252,7 @@ class TickStream:
                 if self._rewound_to != self._next:  # a gap: deliver again from the first not done
                     await self._rewind(self._next)
                     break
-                self.stats.lost.extend(range(self._next, seq))  # deleted from the stream: not deliverable
+                self.stats.lost += seq - self._next  # deleted from the stream: not deliverable
             todo.append(m)
             self._next = seq + 1
         if not todo:
@@ -396,6 +396,7 @@ def _gauges(registry, stats: StreamStats):
             ("duplicates", "Stream ticks answered with their stored record (delivered or published again)"),
             ("dead", "Stream messages refused to the dead-letter subject"),
             ("rewinds", "Times the consumer was re-created at the first sequence not done"),
+            ("lost", "Stream messages gone (aged out, deleted) before they were handled"),
         )
     }
 
