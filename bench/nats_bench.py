@@ -209,8 +209,13 @@ def main() -> None:
         from nq_dagster.store import Warehouse
 
         home = Path(args.home)
-        sv = Warehouse(home).load_artifact("serving_state", "market_A")
+        wh = Warehouse(home)
+        sv = wh.load_artifact("serving_state", "market_A")
         names = [f"n{i:02d}" for i in range(N_SOURCES)]
+        # a server ran here before: its sources continue from their live states, so ticks start after those
+        lives = [wh.load_artifact("live_state", n) for n in names if wh.has_artifact("live_state", n)]
+        if lives:
+            sv = max(lives, key=lambda lv: lv.stream.last_ts)
     else:
         home, sv, names = prepare()
     print(f"data directory: {home}")
