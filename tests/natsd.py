@@ -123,3 +123,17 @@ async def consumer_done(url: str, stream: str, durable: str) -> bool:
         return info.ack_floor.stream_seq >= last and info.num_pending == 0
     finally:
         await nc.close()
+
+
+async def ack_floor(url: str, stream: str, durable: str) -> int:
+    """The durable consumer's acknowledged floor (stream sequence), 0 when it does not exist yet."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(url)
+    try:
+        return (await nc.jetstream().consumer_info(stream, durable)).ack_floor.stream_seq
+    except NotFoundError:
+        return 0
+    finally:
+        await nc.close()
