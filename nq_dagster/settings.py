@@ -67,6 +67,17 @@ class Settings(BaseModel):
         description="`nq query`: DuckDB memory limit (no spilling to disk)",
     )
     query_max_rows: int = Field(100_000, ge=1, le=100_000_000, description="`nq query`: rows printed at most")
+    # ingest: bounds on one file, checked before its rows are built (nq_dagster/ingest/limits.py)
+    ingest_max_bytes: int = Field(
+        512 * 1024**2,
+        ge=1024,
+        description="ingest: bytes of one file (a Parquet file's uncompressed bytes too) at most",
+    )
+    ingest_max_line_bytes: int = Field(
+        1024**2, ge=64, description="ingest: bytes of one line of a CSV or JSON-lines file at most"
+    )
+    ingest_max_columns: int = Field(1000, ge=2, le=100_000, description="ingest: columns of one file at most")
+    ingest_max_rows: int = Field(20_000_000, ge=1, description="ingest: rows of one file at most")
     # the Dagster layer
     sensor_interval: int = Field(3, ge=1, le=3600, description="seconds between landing-sensor ticks")
     settle_seconds: float = Field(0.25, ge=0, le=3600, description="a landed file must be this old (s)")
@@ -184,6 +195,10 @@ FIELDS: dict[str, str] = {
     "query_timeout_s": "NQ_QUERY_TIMEOUT_S",
     "query_memory": "NQ_QUERY_MEMORY",
     "query_max_rows": "NQ_QUERY_MAX_ROWS",
+    "ingest_max_bytes": "NQ_INGEST_MAX_BYTES",
+    "ingest_max_line_bytes": "NQ_INGEST_MAX_LINE_BYTES",
+    "ingest_max_columns": "NQ_INGEST_MAX_COLUMNS",
+    "ingest_max_rows": "NQ_INGEST_MAX_ROWS",
     "min_rows_to_train": "NQ_MIN_ROWS_TO_TRAIN",
     "train_cron": "NQ_TRAIN_CRON",
     "freshness_seconds": "NQ_FRESHNESS_SECONDS",

@@ -66,3 +66,12 @@ def dagster_storage(request):
 
     cluster = request.getfixturevalue("pg_cluster")
     return lambda: instance_for_test(overrides=storage_overrides(cluster.new_database()))
+
+
+@pytest.fixture(scope="session")
+def trained_base(tmp_path_factory):
+    """One trained data directory for the whole session (tests/serving.build_trained_home: about 45 s on two
+    cores), shared by the server test modules; each test copies it (`serving.copy_home`) before using it."""
+    from .serving import build_trained_home
+
+    return build_trained_home(tmp_path_factory.mktemp("trained"))

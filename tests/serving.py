@@ -70,12 +70,14 @@ def free_port() -> int:
 class ThreadServer:
     """`nq serve`'s app under uvicorn in a thread of the test process (fast intervals)."""
 
-    def __init__(self, home: Path, port: int | None = None, **kw):
+    def __init__(self, home: Path, port: int | None = None, uvicorn_options: dict | None = None, **kw):
+        """`uvicorn_options`: uvicorn's settings beyond the test defaults (`nq serve`'s limits:
+        `serve.http.guard.uvicorn_options()`)."""
         import uvicorn
 
         from nq_dagster.serve.http.app import create_server
 
-        self.server = create_server(str(home), flush_interval_s=0.2, watch_interval_s=0.2, **kw)
+        self.server = create_server(str(home), **{"flush_interval_s": 0.2, "watch_interval_s": 0.2, **kw})
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = uvicorn.Config(
@@ -88,6 +90,7 @@ class ThreadServer:
             access_log=False,
             log_config=None,
             ws_ping_interval=None,
+            **(uvicorn_options or {}),
         )
         self.uv = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.uv.run, daemon=True)

@@ -19,7 +19,7 @@ from nq_dagster.serve.stream.nats import Refused, ticks_of
 from nq_dagster.store import Warehouse
 
 from .natsd import NatsServer, ack_floor, consumer_done, nats_server_bin, publish, read
-from .serving import ProcessServer, build_trained_home, copy_home, served_rows
+from .serving import ProcessServer, copy_home, served_rows
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install -e '.[stream]')")
 if nats_server_bin() is None:
@@ -29,9 +29,9 @@ SOURCES = ("s1", "s2", "s3", "s4")
 N = 40  # ticks per source
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_trained_home(tmp_path_factory.mktemp("stream"))
+@pytest.fixture
+def base(trained_base):
+    return trained_base  # the session's trained data directory (tests/conftest.py)
 
 
 @pytest.fixture

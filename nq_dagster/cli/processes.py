@@ -17,6 +17,7 @@ def cmd_serve(args, settings: Settings) -> int:
 
     from nq_dagster.serve.engine import Ownership
     from nq_dagster.serve.http.app import create_server
+    from nq_dagster.serve.http.guard import uvicorn_options
     from nq_dagster.serve.logs import configure_logging
     from nq_dagster.serve.server_settings import ServerSettings
 
@@ -66,6 +67,7 @@ def cmd_serve(args, settings: Settings) -> int:
 
         options = StreamOptions(max_values=server.state.settings.max_values)
         app = with_stream(app, TickStream(server.engine, stream, options, server.state.metrics.registry))
+    # header size and time limits, keep-alive, connection cap, WebSocket message size (serve/http/guard.py)
     uvicorn.run(
         app,
         host=args.host,
@@ -76,6 +78,7 @@ def cmd_serve(args, settings: Settings) -> int:
         lifespan="on",
         timeout_graceful_shutdown=30,
         interface="asgi3",
+        **uvicorn_options(),
     )
     return 0
 

@@ -108,6 +108,7 @@ class Predictor:
         # frame): a tick converts its new frame only; a cache not of its source's current state is rebuilt
         self._frames: dict[str, FrameCache] = {}
         self._pool = None  # threads for the chunks of a many-source tick (`_chunks`)
+        self._last_undo: dict = {}  # what `undo_last` puts back
 
     # loading ---------------------------------------------------------------------------------------------
     def load(self, serving: ServingState) -> None:
@@ -218,8 +219,15 @@ class Predictor:
         t_recv = time.perf_counter()
         with single_threaded_blas():  # a tick is many small BLAS calls (fusion/threads.py)
             out, pending = self.compute(ticks, t_recv)
-        self.commit(pending)
+        self._last_undo = self.commit(pending)
         return out
+
+    def undo_last(self) -> None:
+        """Put the sources of the last `advance_many` back where it found them, when its records could not be
+        kept (the server's journal refused the batch): a tick that was not stored moves no state. Only
+        before the next call that advances."""
+        undo, self._last_undo = self._last_undo, {}
+        self.rollback(undo)
 
     def compute(
         self, ticks: dict[str, tuple], t_recv: float, checked: bool = False

@@ -46,12 +46,13 @@ from dagster import (
 
 from nq_dagster.assets.common import ONLY_TAG, SETTINGS, SOURCE_TAG
 from nq_dagster.config import load_config, rows_needed
-from nq_dagster.ingest import SUFFIXES, content_hash, landing_files
+from nq_dagster.ingest import STALE_TEMP_S, SUFFIXES, content_hash, landing_files
 from nq_dagster.jobs import INGEST_JOB, STREAMING_JOB, ingest_only, source_pipeline, streaming
 from nq_dagster.jobs import SOURCE_JOB as TRAINING_JOB
 from nq_dagster.resources import WarehouseResource
 from nq_dagster.settings import Settings
 from nq_dagster.store import SOURCE_RE, Warehouse, atomic_write_bytes
+from nq_dagster.store.atomic import remove_stale_temp_files
 
 ACTIVE = [
     DagsterRunStatus.QUEUED,
@@ -122,9 +123,8 @@ def _quarantine(wh: Warehouse, files: list[Path], reason: str) -> list[str]:
         if os.path.lexists(target):
             target = wh.quarantine / f"{f.stem}.{int(time.time())}{f.suffix}"
         f.replace(target)
-        atomic_write_bytes(
-            target.with_name(target.name + ".reason.txt"), f"file: {f}\nreason: {reason}\n".encode()
-        )
+        text = f"file: {f}\nreason: {reason}\nnothing of this file was stored; fix it and land it again\n"
+        atomic_write_bytes(target.with_name(target.name + ".reason.txt"), text.encode())
         moved.append(f"{target} ({reason})")
     return moved
 
@@ -310,6 +310,9 @@ def plan_runs(
         }
     )
     plan.quarantined += quarantine_unusable(wh, now, settle)
+    # the temporary file of a quarantine copy or reason file that a killed ingest left (the warehouse's own
+    # are removed by the next ingest); a write in progress is younger than STALE_TEMP_S
+    remove_stale_temp_files([wh.quarantine], STALE_TEMP_S)
     for source, files in sorted(landing_files(wh).items()):
         ready = [f for f in files if now - f.stat().st_mtime >= settle]
         if not ready:

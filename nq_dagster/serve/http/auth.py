@@ -1,5 +1,6 @@
 """Who may call what: the bearer key checked against the key store, the role the route needs (viewer <
-developer < admin), each key's rate limit (a token bucket) and its cap on requests in flight.
+developer < admin), each key's rate limit (a token bucket counting ticks: a request of n values costs n, any
+other request 1) and its cap on requests in flight.
 
 `guarded(access, role, handler)` is the dependency a route declares: it makes the endpoint that authenticates,
 admits and counts the request, then calls `handler(request, key)`; refusals are `ApiError`s (401, 403, 429).
@@ -46,16 +47,20 @@ class Access:
             raise ApiError(403, f"this key's role {rec.role!r} may not do this: it needs {role!r} or above")
         return rec
 
-    def admit(self, rec: KeyRecord) -> None:
-        """Within the key's rate and its cap on requests in flight, else 429 with Retry-After."""
+    def _bucket(self, rec: KeyRecord) -> TokenBucket:
         bucket = self.buckets.get(rec.id)
         if bucket is None or bucket.rate != rec.rate_per_s or bucket.burst != rec.burst:
             bucket = self.buckets[rec.id] = TokenBucket(rec.rate_per_s, rec.burst)
-        wait = bucket.take()
+        return bucket
+
+    def admit(self, rec: KeyRecord) -> None:
+        """Within the key's rate and its cap on requests in flight, else 429 with Retry-After. A request
+        takes one token here; `charge` takes the rest of a request that carries more ticks."""
+        wait = self._bucket(rec).take()
         if wait > 0:
             raise ApiError(
                 429,
-                f"rate limit of {rec.rate_per_s * 60:g}/min (burst {rec.burst}) reached; "
+                f"rate limit of {rec.rate_per_s * 60:g} ticks/min (burst {rec.burst}) reached; "
                 f"retry in {wait:.2f} s",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
@@ -64,6 +69,30 @@ class Access:
                 429,
                 f"{rec.max_concurrent} requests of this key are in flight already; wait for one",
                 headers={"Retry-After": "1"},
+            )
+
+    def charge(self, rec: KeyRecord, ticks: int, field: str = "data") -> None:
+        """A request of `ticks` values costs `ticks` tokens (issue 26: the limit counted requests, so
+        1,000-value requests were never limited); `admit` took the first. More values than the burst can
+        ever hold: 413 naming the most a request of this key may carry; else too few tokens now: 429 with
+        Retry-After."""
+        if ticks > rec.burst:
+            raise ApiError(
+                413,
+                f"{field}: {ticks} values cost {ticks} of this key's rate-limit tokens and its burst is "
+                f"{rec.burst}: send at most {rec.burst} values per request (or use a key with a larger "
+                "burst)",
+                field=field,
+            )
+        if ticks <= 1:
+            return
+        wait = self._bucket(rec).take(ticks - 1)
+        if wait > 0:
+            raise ApiError(
+                429,
+                f"rate limit of {rec.rate_per_s * 60:g} ticks/min (burst {rec.burst}) reached: this "
+                f"request's {ticks} values need {ticks} tokens; retry in {wait:.2f} s",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
 
 

@@ -48,7 +48,11 @@ class ServerState:
             configs=ConfigStore(wh.home),
             metrics=metrics,
             hub=Hub(metrics, settings.ws_queue),
-            jobs=Jobs(settings.jobs_kept),
+            jobs=Jobs(
+                wh.home / "serve" / "jobs" / f"r{engine.own.replica}.sqlite",
+                per_key=settings.jobs_per_key,
+                ttl_s=settings.job_ttl_hours * 3600.0,
+            ),
             figures=Figures(wh, engine),
         )
 

@@ -43,12 +43,14 @@ from dataclasses import dataclass
 import pandas as pd
 
 from nq_dagster.serve.engine import NoModel, NotOwner, Rejected
+from nq_dagster.serve.http import strictjson
 from nq_dagster.serve.http.bodies import RealtimeBody, parse
 from nq_dagster.serve.http.errors import ApiError
 
 log = logging.getLogger("nq.serve.stream")
 
 TICKS, PREDICTIONS, OUTCOMES, DEAD = "nq.ticks", "nq.predictions", "nq.outcomes", "nq.dead"
+STREAM_KEY = "stream:nats"  # the engine's fair lane for the stream's ticks, beside the API keys' lanes
 
 
 @dataclass
@@ -91,7 +93,9 @@ def ticks_of(subject: str, data: bytes, max_values: int) -> list[tuple]:
     checks; Refused with the reason otherwise."""
     source = subject[len(TICKS) + 1 :]
     try:
-        obj = json.loads(data)
+        obj = strictjson.loads(data)  # the request bodies' bounds: depth, integer digits, finite numbers
+    except strictjson.JsonLimitError as exc:
+        raise Refused(exc.message, field=exc.field) from None
     except ValueError as exc:
         raise Refused(f"not JSON: {exc}", field="body") from None
     if not isinstance(obj, dict):
@@ -273,7 +277,8 @@ class TickStream:
         for m in todo:
             try:
                 rows = ticks_of(m.subject, m.data, self.opt.max_values)
-                queued.append((m, self.engine.submit(rows, f"message {m.metadata.sequence.stream}")))
+                label = f"message {m.metadata.sequence.stream}"
+                queued.append((m, self.engine.submit(rows, label, key=STREAM_KEY)))
             except Refused as exc:
                 queued.append((m, exc))
             except NotOwner as exc:

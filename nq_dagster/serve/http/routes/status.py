@@ -49,11 +49,19 @@ def status_document(state: ServerState) -> tuple[str, dict]:
         models[s] = {"status": "down", "error": err}
     writable, why = storage_writable(state)
     flush_error = eng.last_flush_error
+    journal = eng.journal_status()  # a batch the journal refused: down while its directory takes no write
+    if journal["error"] and not journal["writable"]:
+        writable, why = False, journal["error"]
+    elif journal["error"]:
+        why = f"writable again; the next batch retries the journal (it refused one: {journal['error']})"
     storage = {
-        "status": "healthy" if writable and not flush_error else ("degraded" if writable else "down"),
+        "status": "healthy"
+        if writable and not flush_error and not journal["error"]
+        else ("degraded" if writable else "down"),
         "detail": why,
         "last_flush_error": flush_error,
         "log_segments": eng.log_backlog(),
+        "journal": journal,
     }
     engine = {
         "status": "healthy" if eng.alive else "down",
