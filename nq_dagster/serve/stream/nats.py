@@ -1,5 +1,5 @@
 """Ticks from NATS JetStream (`nq serve --stream nats://host:4222`): consumed in the server's event loop,
-predicted on the engine's one path, acknowledged only once their records are in the log and published.
+predicted on the engine's one path, acknowledged only once their records are in the journal and published.
 
 Subjects (one token per source; JSON payloads):
 
@@ -226,6 +226,7 @@ class TickStream:
 
     # consuming ----------------------------------------------------------------------------------------------
     async def _consume(self) -> None:
+        failures = 0  # in a row: the wait before delivering again doubles, up to 8 s (a journal refusing)
         while not self._stopping.is_set():
             try:
                 try:
@@ -234,14 +235,16 @@ class TickStream:
                     msgs = []
                 if msgs:
                     await self._handle(msgs)
+                    failures = 0
                 await self._refresh_info()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the broker away, a publish refused: rewind, go on
+            except Exception as exc:  # noqa: BLE001 - the broker away, a publish or the journal refused: again
                 log.warning(
                     "stream: %s: %s; delivering again from sequence %s", type(exc).__name__, exc, self._next
                 )
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(min(8.0, 0.25 * 2**failures))
+                failures += 1
                 with contextlib.suppress(Exception):
                     await self._rewind(self._next)
 
