@@ -668,7 +668,7 @@ def test_routes_called_directly_answer_as_through_the_router(home, srv, ticks, c
     assert "boom" not in r.text and any("req-500" in m.getMessage() for m in caplog.records)
     assert c.get("/api/v1/status").status_code == 200
     text = c.get("/metrics").text
-    assert 'nq_http_requests_total{endpoint="/api/v1/ping",method="GET",status="500"} 1.0' in text
+    assert 'nq_http_requests_total{code="500",endpoint="/api/v1/ping",method="GET"} 1.0' in text
 
 
 def test_a_server_with_two_prediction_processes_answers_as_one(home, ticks):

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from nq_dagster.serve.http.errors import ApiError
+from nq_dagster.serve.http.tokens import TokenVerifier, looks_like_jwt
 from nq_dagster.serve.keys import KeyRecord, KeyStore, TokenBucket, role_allows
 
 Handler = Callable[[Request, KeyRecord], Awaitable[Response]]
@@ -25,8 +26,10 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class Access:
     """The key store, and per key its token bucket and its requests in flight (this process's)."""
 
-    def __init__(self, keys: KeyStore):
+    def __init__(self, keys: KeyStore, tokens: TokenVerifier | None = None):
+        """`tokens`: the identity provider's JWTs are accepted beside the keys (see `tokens.py`)."""
         self.keys = keys
+        self.tokens = tokens
         self.buckets: dict[str, TokenBucket] = {}
         self.inflight: collections.Counter[str] = collections.Counter()
 
@@ -39,7 +42,11 @@ class Access:
                 "missing API key: send `Authorization: Bearer <key>` (create one with `nq keys create`)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        rec = self.keys.verify(auth[7:].strip())
+        bearer = auth[7:].strip()
+        if self.tokens is not None and looks_like_jwt(bearer):
+            rec = self.tokens.verify(bearer)  # 401 naming why, 403 without a role
+        else:
+            rec = self.keys.verify(bearer)
         if rec is None:
             raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
         scope_state["key_id"] = rec.id
@@ -62,7 +69,7 @@ class Access:
                 429,
                 f"rate limit of {rec.rate_per_s * 60:g} ticks/min (burst {rec.burst}) reached; "
                 f"retry in {wait:.2f} s",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                headers={"Retry-After": str(max(1, math.ceil(wait))), **rate_limit_headers(rec, wait)},
             )
         if self.inflight[rec.id] >= rec.max_concurrent:
             raise ApiError(
@@ -110,3 +117,14 @@ def guarded(access: Access, role: str, handler: Handler) -> Endpoint:
 
     endpoint.__name__ = getattr(handler, "__name__", "endpoint")
     return endpoint
+
+
+def rate_limit_headers(rec: KeyRecord, wait: float) -> dict[str, str]:
+    """The IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers) of a key's refused request: its bucket
+    holds `burst` requests and refills at its rate; none is left, the next is allowed in `wait` seconds."""
+    return {
+        "RateLimit-Limit": str(rec.burst),
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": str(max(1, math.ceil(wait))),
+        "RateLimit-Policy": f"{rec.burst};w={max(1, math.ceil(rec.burst / rec.rate_per_s))}",
+    }

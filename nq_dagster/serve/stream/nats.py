@@ -111,8 +111,10 @@ def ticks_of(subject: str, data: bytes, max_values: int) -> list[tuple]:
 class TickStream:
     """See the module docstring. `start()` and `stop()` on the server's event loop (`with_stream`)."""
 
-    def __init__(self, engine, url: str, options: StreamOptions | None = None, registry=None):
-        self.engine, self.url = engine, url
+    def __init__(self, engine, url: str, options: StreamOptions | None = None, registry=None, startup=None):
+        """`startup`: the server's background start (serve/http/startup.py): nothing is consumed before the
+        models are loaded (a tick would be refused as having no model), nor at all if the start failed."""
+        self.engine, self.url, self.startup = engine, url, startup
         self.opt = options or StreamOptions()
         self.stats = StreamStats()
         self._next: int | None = None  # the next stream sequence to handle
@@ -226,6 +228,13 @@ class TickStream:
 
     # consuming ----------------------------------------------------------------------------------------------
     async def _consume(self) -> None:
+        while self.startup is not None and not self.startup.done.is_set():
+            if self._stopping.is_set():
+                return
+            await asyncio.sleep(0.2)
+        if self.startup is not None and not self.startup.ready():
+            log.error("stream: the server's start failed (see /readyz); nothing is consumed")
+            return
         failures = 0  # in a row: the wait before delivering again doubles, up to 8 s (a journal refusing)
         while not self._stopping.is_set():
             try:

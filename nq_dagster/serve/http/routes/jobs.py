@@ -26,6 +26,7 @@ from nq_dagster.serve.http.batchjobs import Job, QuotaFull
 from nq_dagster.serve.http.bodies import BatchBody, JobRef, parse, parse_object
 from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.http.routes.predict import run_ticks
+from nq_dagster.serve.http.startup import require_ready
 from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.keys import KeyRecord
 from nq_dagster.store import SOURCE_RE
@@ -36,6 +37,7 @@ CHUNK = 256  # points of a job per engine request
 
 
 async def batch(state: ServerState, request: Request, key: KeyRecord) -> Response:
+    require_ready(state.startup)  # a job queued while the models load would fail every chunk
     raw = parse_object(await request.body())
     job_id = parse(JobRef, raw).job_id or uuid.uuid4().hex
     known = state.jobs.get(job_id)

@@ -20,6 +20,7 @@ from nq_dagster.serve.engine import Answer, JournalUnavailable, NoModel, NotOwne
 from nq_dagster.serve.http.auth import guarded
 from nq_dagster.serve.http.bodies import RealtimeBody, parse
 from nq_dagster.serve.http.errors import ApiError
+from nq_dagster.serve.http.startup import require_ready
 from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.keys import KeyRecord
 
@@ -31,6 +32,7 @@ async def run_ticks(
 ) -> list[Answer]:
     """The engine's answers to ticks [(source, timestamp, value)] of the key with id `key`; its refusals as
     API errors."""
+    require_ready(state.startup)
     try:
         return await asyncio.wrap_future(
             state.engine.submit(rows, label, priority, received=received, key=key)
