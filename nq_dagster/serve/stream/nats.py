@@ -143,6 +143,8 @@ class TickStream:
         await self._rewind(floor + 1 if floor else max(1, await self._first_seq()), count=False)
         self._hook_outcomes(asyncio.get_running_loop())
         self._tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._publish_outcomes())]
+        for t in self._tasks:  # a task that dies says so at once, not when it is collected
+            t.add_done_callback(_log_failure)
         log.info("stream %s: consuming %s.> from sequence %d", self.url, TICKS, self._next)
         return self
 
@@ -232,7 +234,7 @@ class TickStream:
             if self._stopping.is_set():
                 return
             await asyncio.sleep(0.2)
-        if self.startup is not None and not self.startup.ready():
+        if self.startup is not None and not self.startup.ready:
             log.error("stream: the server's start failed (see /readyz); nothing is consumed")
             return
         failures = 0  # in a row: the wait before delivering again doubles, up to 8 s (a journal refusing)
@@ -398,6 +400,11 @@ class TickStream:
                 except Exception as exc:  # noqa: BLE001 - best effort: /api/v1/outcomes keeps them
                     self.stats.outcomes_dropped += 1
                     log.debug("outcome not published: %s", exc)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("stream: %s stopped: %r", task.get_coro().__name__, task.exception())
 
 
 def _gauges(registry, stats: StreamStats):
