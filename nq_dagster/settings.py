@@ -99,6 +99,7 @@ class Settings(BaseModel):
     )
     serve_peers: str = Field("", description="peer URLs, comma-separated, `{i}` expanded per replica")
     serve_processes: int = Field(1, ge=1, le=64, description="prediction processes of one server")
+    serve_stream: str = Field("", description="NATS URL the server takes ticks from (`--stream`); empty: off")
     serve_torch_threads: int = Field(1, ge=1, le=256, description="torch threads in the server")
     hostname: str = Field("", description="HOSTNAME (a StatefulSet pod's name gives its replica ordinal)")
     serve_cors_origins: str = Field(
@@ -237,6 +238,7 @@ FIELDS: dict[str, str] = {
     "serve_replica": "NQ_SERVE_REPLICA",
     "serve_peers": "NQ_SERVE_PEERS",
     "serve_processes": "NQ_SERVE_PROCESSES",
+    "serve_stream": "NQ_SERVE_STREAM",
     "serve_torch_threads": "NQ_SERVE_TORCH_THREADS",
     "hostname": "HOSTNAME",
     "serve_cors_origins": "NQ_SERVE_CORS_ORIGINS",

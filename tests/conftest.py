@@ -43,6 +43,32 @@ def small_home(home):
 
 
 @pytest.fixture(scope="session")
+def pg_cluster():
+    """One private PostgreSQL cluster for the session (tests/pg.py); skips, saying why, where it cannot."""
+    from tests.pg import start_or_reason
+
+    cluster, reason = start_or_reason()
+    if cluster is None:
+        pytest.skip(reason)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def dagster_storage(request):
+    """`dagster_storage()`: a fresh test instance (a context manager) on the parameter's storage: Dagster's
+    default SQLite files, or a new database in the session's PostgreSQL (what the Helm chart deploys)."""
+    from dagster import instance_for_test
+
+    if request.param == "sqlite":
+        return instance_for_test
+    from tests.pg import storage_overrides
+
+    cluster = request.getfixturevalue("pg_cluster")
+    return lambda: instance_for_test(overrides=storage_overrides(cluster.new_database()))
+
+
+@pytest.fixture(scope="session")
 def trained_base(tmp_path_factory):
     """One trained data directory for the whole session (tests/serving.build_trained_home: about 45 s on two
     cores), shared by the server test modules; each test copies it (`serving.copy_home`) before using it."""

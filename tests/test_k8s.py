@@ -151,3 +151,17 @@ def test_serve_statefulset():
     assert pod["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "nq-data"}} in pod["volumes"]
     assert c["command"][:2] == ["nq", "serve"] and "0.0.0.0" in c["command"]
+
+
+def test_nats_values_for_the_tick_stream():
+    """The NATS chart's values run JetStream on files (the server's streams are file-backed), clustered in
+    three so that a stream survives the loss of one broker, with the exporter that shows consumer lag; the
+    serve manifest's documented stream URL names that release's service."""
+    values = yaml.safe_load((K8S / "nats-values.yaml").read_text())
+    js = values["config"]["jetstream"]
+    assert js["enabled"] and js["fileStore"]["enabled"] and js["fileStore"]["pvc"]["enabled"]
+    assert not js["memoryStore"]["enabled"]
+    assert values["config"]["cluster"]["enabled"] and values["config"]["cluster"]["replicas"] == 3
+    assert values["promExporter"]["enabled"]
+    url = f"nats://{values['fullnameOverride']}.nq.svc.cluster.local:4222"
+    assert url in (K8S / "serve.yaml").read_text()

@@ -1,11 +1,12 @@
 """Landing sensor (grouping, run keys, cursor across restarts, backpressure, retries), failure recorder,
-freshness check; evaluated against a real (temporary) Dagster instance."""
+freshness check; evaluated against a real (temporary) Dagster instance, each on SQLite and on PostgreSQL (the
+`dagster_storage` fixture: a real server started for the session; skipped, saying why, without one)."""
 
 import time
 
 import pandas as pd
 import pytest
-from dagster import DagsterRunStatus, RunsFilter, build_sensor_context, instance_for_test
+from dagster import DagsterRunStatus, RunsFilter, build_sensor_context
 from dagster._core.test_utils import create_run_for_test
 
 from nq_dagster.resources import WarehouseResource
@@ -36,8 +37,8 @@ def tick(wh, instance, cursor=None):
     return landing_sensor(ctx)
 
 
-def test_groups_by_source_with_stable_run_keys(landing):
-    with instance_for_test() as inst:
+def test_groups_by_source_with_stable_run_keys(landing, dagster_storage):
+    with dagster_storage() as inst:
         res = tick(landing, inst)
         reqs = {r.partition_key: r for r in res.run_requests}
         assert set(reqs) == {"alpha", "beta"}  # two files of alpha in one run
@@ -56,9 +57,9 @@ def test_groups_by_source_with_stable_run_keys(landing):
         assert third["alpha"] != reqs["alpha"].run_key and third["beta"] == reqs["beta"].run_key
 
 
-def test_backpressure_retries_then_quarantine(landing, monkeypatch):
+def test_backpressure_retries_then_quarantine(landing, monkeypatch, dagster_storage):
     monkeypatch.setenv("NQ_MAX_ATTEMPTS", "2")
-    with instance_for_test() as inst:
+    with dagster_storage() as inst:
         first = {r.partition_key: r.run_key for r in tick(landing, inst).run_requests}
         # a run for alpha executing: alpha's next run is requested now and waits in the queue behind it
         create_run_for_test(
@@ -72,7 +73,7 @@ def test_backpressure_retries_then_quarantine(landing, monkeypatch):
         )
         res = tick(landing, inst)
         assert {r.partition_key for r in res.run_requests} == {"beta"}
-    with instance_for_test() as inst:
+    with dagster_storage() as inst:
         # beta's run failed and left its one file: the next tick retries with the next attempt's key
         create_run_for_test(
             inst,
@@ -97,12 +98,12 @@ def test_backpressure_retries_then_quarantine(landing, monkeypatch):
         assert reasons and "runs failed" in reasons[0].read_text()
 
 
-def test_a_failing_file_is_isolated_and_never_takes_good_files_with_it(landing, monkeypatch):
+def test_a_failing_file_is_isolated_and_never_takes_good_files_with_it(landing, monkeypatch, dagster_storage):
     """A run on alpha's two files fails: the sensor then runs alpha's files one at a time (the first alone,
     tagged nq/only), quarantines the one that keeps failing alone, and requests the other file, which is never
     quarantined with it. A run still going is never counted as a failure."""
     monkeypatch.setenv("NQ_MAX_ATTEMPTS", "2")
-    with instance_for_test() as inst:
+    with dagster_storage() as inst:
         res = tick(landing, inst)
         first = {r.partition_key: r for r in res.run_requests}["alpha"]
         assert first.tags["nq/files"] == "2" and "nq/only" not in first.tags
@@ -144,11 +145,11 @@ def test_a_failing_file_is_isolated_and_never_takes_good_files_with_it(landing, 
         assert (landing.landing / "alpha" / "a2.csv").exists() and nxt.tags["nq/files"] == "1"
 
 
-def test_a_run_stuck_starting_is_given_up(landing, monkeypatch):
+def test_a_run_stuck_starting_is_given_up(landing, monkeypatch, dagster_storage):
     """A run left STARTING (its launch died with the daemon) holds the source's slot until the start timeout;
     then the sensor marks it failed and the source's files are requested again."""
     monkeypatch.setenv("NQ_RUN_START_TIMEOUT_S", "0.5")
-    with instance_for_test() as inst:
+    with dagster_storage() as inst:
         create_run_for_test(
             inst, job_name="ingest_only", status=DagsterRunStatus.STARTING, tags={"nq/source": "beta"}
         )
@@ -162,9 +163,9 @@ def test_a_run_stuck_starting_is_given_up(landing, monkeypatch):
         assert "beta" in {r.partition_key for r in res.run_requests}
 
 
-def test_job_choice_training_then_streaming(landing, monkeypatch):
+def test_job_choice_training_then_streaming(landing, monkeypatch, dagster_storage):
     monkeypatch.setenv("NQ_MIN_ROWS_TO_TRAIN", "6")
-    with instance_for_test() as inst:
+    with dagster_storage() as inst:
         jobs = {r.partition_key: r.job_name for r in tick(landing, inst).run_requests}
         assert jobs == {"alpha": "source_pipeline", "beta": "source_pipeline"}  # 10 and 7 rows >= 6
         landing.save_artifact(
@@ -180,7 +181,7 @@ def test_job_choice_training_then_streaming(landing, monkeypatch):
         assert jobs["beta"] == "streaming"
 
 
-def test_failure_recorder_writes_table(wh):
+def test_failure_recorder_writes_table(wh, dagster_storage):
     from dagster import DagsterEventType, build_run_status_sensor_context, job, op
 
     from nq_dagster.sensors.failures import run_failure_recorder
@@ -193,7 +194,7 @@ def test_failure_recorder_writes_table(wh):
     def failing():
         boom()
 
-    with instance_for_test() as inst:
+    with dagster_storage() as inst:
         res = failing.execute_in_process(instance=inst, raise_on_error=False)
         run = inst.get_run_by_id(res.run_id)
         ev = next(
@@ -249,13 +250,13 @@ def test_freshness_on_an_empty_warehouse(wh):
     assert freshness_table(wh, 300).empty  # nothing ingested: no error, nothing stale
 
 
-def test_unusable_files_are_quarantined_with_the_fix(landing):
+def test_unusable_files_are_quarantined_with_the_fix(landing, dagster_storage):
     (landing.landing / "notes.xlsx").write_bytes(b"PK\x03\x04")
     write_csv(landing.landing / "bad name" / "x.csv", "2026-03-01", 3)
     (landing.landing / "alpha" / "a3.csv.part").write_text(
         "timestamp,value\n"
     )  # still being written: left alone
-    with instance_for_test() as inst:
+    with dagster_storage() as inst:
         res = tick(landing, inst)
         assert {r.partition_key for r in res.run_requests} == {"alpha", "beta"}  # the good files still go
     assert (landing.landing / "alpha" / "a3.csv.part").exists()
@@ -311,12 +312,12 @@ def test_builtin_freshness_fails_for_a_stale_training_output_and_passes_after_a_
     }  # no run of its own for freshness
 
 
-def test_a_dead_run_is_failed_even_with_a_run_queued_behind_it(landing, monkeypatch):
+def test_a_dead_run_is_failed_even_with_a_run_queued_behind_it(landing, monkeypatch, dagster_storage):
     """A started run whose worker is gone holds the source's slot; a run queued behind it could never start.
     The tick marks the dead one failed, whatever else is queued."""
     import nq_dagster.sensors.landing as mod
 
-    with instance_for_test() as inst:
+    with dagster_storage() as inst:
         dead = create_run_for_test(
             inst, job_name="ingest_only", status=DagsterRunStatus.STARTED, tags={"nq/source": "alpha"}
         )
@@ -331,7 +332,7 @@ def test_a_dead_run_is_failed_even_with_a_run_queued_behind_it(landing, monkeypa
         assert inst.get_run_by_id(dead.run_id).status == DagsterRunStatus.FAILURE
 
 
-def test_links_and_fifos_in_landing_are_quarantined_unread(landing, tmp_path):
+def test_links_and_fifos_in_landing_are_quarantined_unread(landing, tmp_path, dagster_storage):
     """A symbolic link in landing/ (to a secret file, or dangling) is never followed: it is quarantined as a
     link with a reason that quotes nothing of its target; a FIFO is quarantined too (reading it would
     block)."""
@@ -342,7 +343,7 @@ def test_links_and_fifos_in_landing_are_quarantined_unread(landing, tmp_path):
     os.symlink(secret, landing.landing / "alpha" / "x.csv")
     os.symlink(tmp_path / "missing.csv", landing.landing / "gone.csv")
     os.mkfifo(landing.landing / "alpha" / "pipe.csv")
-    with instance_for_test() as inst:
+    with dagster_storage() as inst:
         res = tick(landing, inst)
     assert {r.partition_key: r.tags["nq/files"] for r in res.run_requests}["alpha"] == "2"
     for name in ("x.csv", "gone.csv", "pipe.csv"):

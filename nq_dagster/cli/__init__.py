@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="prediction processes (default NQ_SERVE_PROCESSES or 1): the "
         "sources are shared out between this process and processes - 1 workers, one core each",
     )
+    sv.add_argument(
+        "--stream",
+        help="also take ticks from NATS JetStream at this URL (nats://host:4222; default NQ_SERVE_STREAM): "
+        "subjects nq.ticks.<source> in, nq.predictions.<source> and nq.dead.<source> out",
+    )
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sv.set_defaults(fn=_processes("cmd_serve"))
     k = sub.add_parser("keys", help="API keys of the prediction server")

@@ -56,6 +56,10 @@ def cmd_serve(args, settings: Settings) -> int:
     if "{i}" in peers:
         peers = ",".join(peers.replace("{i}", str(i)) for i in range(replicas))
     own = Ownership(replica if replicas > 1 else 0, replicas, tuple(p for p in peers.split(",") if p.strip()))
+    stream = args.stream or settings.serve_stream
+    if stream and own.replicas > 1:  # the consumer is rewound by re-creating it: one replica may own it
+        print("nq serve: --stream takes one replica (--replicas 1)", file=sys.stderr)
+        return 2
     configure_logging(args.log_level.upper())
     # one torch thread: the server's parallelism is the batch of requests; torch's intra-op pool on top of the
     # event loop and the engine's worker only contends for the cores (bench/RESULTS.md, "Prediction server")
@@ -88,9 +92,18 @@ def cmd_serve(args, settings: Settings) -> int:
             "nq keys create --role developer",
             file=sys.stderr,
         )
+    app = server.app
+    if stream:
+        from nq_dagster.serve.stream.nats import StreamOptions, TickStream, with_stream
+
+        options = StreamOptions(max_values=server.state.settings.max_values)
+        ticks = TickStream(
+            server.engine, stream, options, server.state.metrics.registry, server.state.startup
+        )
+        app = with_stream(app, ticks)
     # header size and time limits, keep-alive, connection cap, WebSocket message size (serve/http/guard.py)
     uvicorn.run(
-        server.app,
+        app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,

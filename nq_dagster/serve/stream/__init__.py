@@ -1,0 +1,1 @@
+"""Tick streams from a message broker into the serving engine (`nq serve --stream nats://...`)."""
