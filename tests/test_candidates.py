@@ -128,5 +128,5 @@ def test_a_fixed_candidate_wins_where_the_design_cannot_forecast():
     pred, _ = walk_forward(
         X, targets, 1, 500, 250, n_base=5, base_variants=[np.arange(5)], extra=lambda te: [("ar1", [true], 2)]
     )
-    assert set(pred["candidate"]) == {"ar1"}
+    assert set(pred.attrs["candidates"].values()) == {"ar1"}
     assert np.allclose(pred["pred_change"].to_numpy(), -0.2 * x[pred["row"].to_numpy()])

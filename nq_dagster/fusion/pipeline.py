@@ -86,7 +86,7 @@ def baseline_candidates(fits: dict, train_end: int, offsets: dict) -> list[tuple
 def candidate_table(fits: dict, fused: pd.DataFrame) -> dict:
     """What the fused model chose among: per baseline, the share of refits where it was a candidate (it has an
     exact stage in the design); and how many refits chose each candidate."""
-    per_refit = fused.groupby("model_id")["candidate"].first()
+    per_refit = pd.Series(fused.attrs.get("candidates", {}), dtype=object)
     return {
         "baseline_candidate_share": {
             name: sum(bool(m.stages) for m, _ in fit.cache.values()) / max(len(fit.cache), 1)

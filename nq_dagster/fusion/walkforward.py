@@ -418,12 +418,13 @@ def walk_forward_forecaster(
             f"need more than train_min={train_min} rows (and train_min >= {MIN_TRAIN // 2}); got {T}"
         )
     recal = recalibrate_every or recal_every(refit_every)
-    out = []
+    out, chosen = [], {}
     band = targets["band"].to_numpy()
     y_chg, y_dir = targets["change"].to_numpy(), targets["direction"].to_numpy()
     for k, t0 in enumerate(range(train_min, T, refit_every)):
         train_end = t0 - horizon
         model, predict = fit(train_end)
+        chosen[k] = model.candidate
         window = min(train_end + 1 - model.fit_end, RECAL_WINDOW)
         stop = min(T, t0 + refit_every)
         chg_all = predict(model.fit_end, stop)  # out of sample for this model: rows >= fit_end
@@ -445,7 +446,6 @@ def walk_forward_forecaster(
                         "error_scale": scale,
                         "train_end": train_end,
                         "model_id": k,
-                        "candidate": model.candidate,
                     }
                 )
             )
@@ -455,6 +455,7 @@ def walk_forward_forecaster(
     P = pred[["p_down", "p_hold", "p_up"]].to_numpy()
     pred["direction"] = CLASSES[P.argmax(axis=1)]
     pred["confidence"] = P.max(axis=1)
+    pred.attrs["candidates"] = chosen  # model_id -> the candidate that refit kept (attrs: not stored)
     if ((pred["train_end"] + horizon) > pred["row"]).any():
         raise AssertionError("a model was fit on data at or after its prediction time")
     return pred, model
