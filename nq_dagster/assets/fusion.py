@@ -86,6 +86,8 @@ def fusion_model(
             "promotion_reason": decision["reason"],
             "promotion_figures": MetadataValue.json(decision),
             "candidates_chosen": MetadataValue.json(out["candidates"]["chosen"]),
+            "baseline_candidate_share": MetadataValue.json(out["candidates"]["baseline_candidate_share"]),
+            "season": int(out["season"] or 0),
             "model_version": version,
             "config_version": cfg.version,
             "walk_forward_predictions": len(out["fused"]),

@@ -21,14 +21,13 @@ def candidate_columns(features: pd.DataFrame) -> list[str]:
 def base_variants(d: int, n_selected: int, season: int = 0, reach: int = N_LAGS) -> list[np.ndarray]:
     """The linear base stages the fit chooses among (by held-out error), as column indices of a design whose
     last columns are [selected features (n_selected), N_LAGS recent changes, the level, the seasonal change]:
-    AR on the changes of each order in AR_ORDERS and, where a season m was detected, of order m + 1 (one
-    season back; at most `reach`, the changes a stream holds), with and without the level (which makes it AR
-    on the levels), and, with a season, each of those with the seasonal naive forecast as a regressor; each
-    with the selected features and without them (plain AR, what a short series often supports best)."""
+    AR on the changes of each order in AR_ORDERS, with and without the level (which makes it AR on the
+    levels), and, where a season was detected, each of those with the seasonal naive forecast as a regressor;
+    each with the selected features and without them (plain AR, what a short series often supports best).
+    Where a season m was detected, also plain AR of order m + 1 (one season back; at most `reach`, the changes
+    a stream holds), with and without the level."""
     lag0 = d - N_LAGS - 2
     orders = [p for p in AR_ORDERS if p <= reach]
-    if season and min(season + 1, reach) > max(orders):
-        orders.append(min(season + 1, reach))
     out = []
     for sel in [np.arange(lag0 - n_selected, lag0), np.arange(0)] if n_selected else [np.arange(0)]:
         for p in orders:
@@ -44,6 +43,14 @@ def base_variants(d: int, n_selected: int, season: int = 0, reach: int = N_LAGS)
                             ]
                         ).astype(np.int64)
                     )
+    long = min(season + 1, reach) if season else 0
+    if long > max(orders):
+        # one season back: plain AR on the changes, with and without the level (a basis costs rows x order^2:
+        # the 8 combinations of the short orders at order 47 made a 10k-row fit several times slower)
+        out += [
+            np.concatenate([np.arange(lag0, lag0 + long), [d - 2] if level else []]).astype(np.int64)
+            for level in (False, True)
+        ]
     return out
 
 
