@@ -4,7 +4,7 @@ rows under the same scoring rule.
 
     .venv/bin/pip install -e '.[bench]'        # pmdarima, reservoirpy (statsmodels is a runtime dependency)
     .venv/bin/python bench/real_series.py [--out bench/results/real_series.md] [--only taylor,sunspots]
-        [--retrain 0.85]
+        [--retrain 0.85] [--chaotic-rows 5000]
 
 For every series: rows, held-out predictions, the fused model's directional accuracy, each baseline's accuracy
 (persistence, seasonal naive where a season is detected, AR(p) by AIC on levels and on changes, a plain ESN),
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NQ = [sys.executable, "-m", "nq_dagster.cli"]
 
 
-def load_series() -> dict[str, pd.DataFrame]:
+def load_series(chaotic_rows: int = 5000) -> dict[str, pd.DataFrame]:
     import statsmodels.api as sm
     from pmdarima.datasets import load_heartrate, load_msft, load_taylor, load_wineind
     from reservoirpy.datasets import lorenz
@@ -67,7 +67,7 @@ def load_series() -> dict[str, pd.DataFrame]:
         "co2": frame(
             sm.datasets.co2.load_pandas().data["co2"].interpolate().bfill().to_numpy(), "1958-03-29", "W-SAT"
         ),  # weekly Mauna Loa CO2 (a yearly season of 52 weeks)
-        **{name: frame(v, "2020-01-01", "min") for name, v in chaotic_series().items()},
+        **{name: frame(v, "2020-01-01", "min") for name, v in chaotic_series(chaotic_rows).items()},
     }
 
 
@@ -124,8 +124,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench/results/real_series.md"))
     ap.add_argument("--only", default="")
     ap.add_argument("--retrain", type=float, default=0.0, help="train on this share first, then on all")
+    ap.add_argument("--chaotic-rows", type=int, default=5000, help="rows of each generated chaotic series")
     args = ap.parse_args()
-    series = load_series()
+    series = load_series(args.chaotic_rows)
     if args.only:
         series = {k: v for k, v in series.items() if k in args.only.split(",")}
     home = Path(tempfile.mkdtemp(prefix="nq-real-")) / "nq"
