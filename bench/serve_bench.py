@@ -12,7 +12,8 @@ keep-alive client (so that the client, on the same 2 cores, costs as little as p
 the
    subscriber receiving the prediction, p50 / p95.
 
-Run: .venv/bin/python -m bench.serve_bench
+Run: .venv/bin/python -m bench.serve_bench [--prepared DIR] (DIR: a home prepared once and copied for each
+run; alternating runs of two versions of the code then share the data and skip the setup)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,6 +34,9 @@ import numpy as np
 import pandas as pd
 
 import nq_dagster.codecs  # noqa: F401  (the artifacts this bench loads are registered engine types)
+from nq_dagster.client import Client
+
+START_TIMEOUT_S = 900.0
 
 
 class Conn:
@@ -127,8 +132,8 @@ async def ws_delay(port, key, source, start, step, last, n=300) -> np.ndarray:
             v *= float(np.exp(0.001 * rng.normal()))
             t = time.perf_counter()
 
-            async def next_prediction():  # outcome messages (a tick realizes an earlier prediction) pass by
-                while (msg := json.loads(await ws.recv()))["type"] != "prediction":
+            async def next_prediction():  # batches of outcomes only (a tick realizes an earlier one) pass
+                while not (msg := json.loads(await ws.recv())).get("predictions"):
                     pass
                 return msg
 
@@ -139,7 +144,7 @@ async def ws_delay(port, key, source, start, step, last, n=300) -> np.ndarray:
             assert code == 200
             msg = await recv
             delays.append(time.perf_counter() - t)
-            assert msg["prediction"]["source"] == source
+            assert msg["predictions"][0]["source"] == source
         return 1000 * np.array(delays[10:])
 
 
@@ -165,18 +170,26 @@ def prepare() -> tuple[Path, object, list[str], str]:
 
 
 def start_server(
-    home: Path, port: int, extra: list[str] = (), log_name: str = "serve.log"
+    home: Path,
+    port: int,
+    extra: list[str] = (),
+    log_name: str = "serve.log",
+    python_prelude: str | None = None,
 ) -> subprocess.Popen:
-    """`nq serve` in its own process; returns once its status answers."""
-    import httpx
-
+    """`nq serve` in its own process; returns once it is ready (its models loaded). `python_prelude`: Python
+    run in that process before the command (a comparison run's patch)."""
     env = {**os.environ, "NQ_HOME": str(home)}
     log = open(home.parent / log_name, "wb")  # noqa: SIM115
+    launch = ["-m", "nq_dagster.cli"]
+    if python_prelude:
+        launch = [
+            "-c",
+            f"{python_prelude}\nimport sys\nfrom nq_dagster.cli import main\nsys.exit(main(sys.argv[1:]))",
+        ]
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "nq_dagster.cli",
+            *launch,
             "--home",
             str(home),
             "serve",
@@ -190,24 +203,43 @@ def start_server(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    t = time.perf_counter()
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        assert proc.poll() is None and time.perf_counter() - t < 300, "server did not start"
+    # (a shared, loaded machine took over 300 s to load and warm up the 34 sources)
+    # the port opens before the models load (issue 27): ready once /readyz says so (the package's client)
+    try:
+        with Client(f"http://127.0.0.1:{port}") as nq:
+            nq.wait_ready(timeout_s=START_TIMEOUT_S)
+        assert proc.poll() is None, f"server exited (log: {log.name})"
+    except BaseException:
+        proc.kill()  # never left running behind a failed bench
+        raise
+    return proc
+
+
+def prepared(keep: Path | None) -> tuple[Path, object, list[str], str]:
+    """`prepare()`, or with `keep` (`--prepared DIR`) a copy of the home prepared there once: alternating runs
+    of two versions of the code then measure the same data and skip the minutes of setup."""
+    if keep is None:
+        return prepare()
+    from nq_dagster.store import Warehouse
+
+    if not (keep / "bench.json").exists():
+        home, _, names, key = prepare()
+        shutil.copytree(home, keep / "nq")
+        (keep / "bench.json").write_text(json.dumps({"names": names, "key": key}))
+    meta = json.loads((keep / "bench.json").read_text())
+    home = Path(tempfile.mkdtemp()) / "nq"
+    shutil.copytree(keep / "nq", home)
+    sv = Warehouse(home).load_artifact("serving_state", "market_A")
+    return home, sv, meta["names"], meta["key"]
 
 
 def main() -> None:
-    home, sv, names, key = prepare()
+    keep = Path(sys.argv[sys.argv.index("--prepared") + 1]) if "--prepared" in sys.argv else None
+    home, sv, names, key = prepared(keep)
     port = free_port()
     t = time.perf_counter()
     proc = start_server(home, port)
     try:
-        import httpx
-
         print(f"server ready (34 sources loaded and warmed up) in {time.perf_counter() - t:.1f} s")
         step = pd.Timedelta(milliseconds=sv.model.step_ms)
         start = pd.Timestamp(sv.stream.last_ts, tz="UTC")
@@ -217,9 +249,8 @@ def main() -> None:
         rate = asyncio.run(throughput(port, key, names, start, step, last))
         floor_rate = asyncio.run(throughput(port, key, names, start, step, last, seconds=5.0, route="ping"))
         ws = asyncio.run(ws_delay(port, key, "ws", start, step, last))
-        status = httpx.get(
-            f"http://127.0.0.1:{port}/api/v1/metrics", headers={"Authorization": f"Bearer {key}"}
-        ).json()
+        with Client(f"http://127.0.0.1:{port}", key) as nq:
+            status = nq.metrics().model_dump()
     finally:
         proc.terminate()
         proc.wait(60)

@@ -217,3 +217,57 @@ def load_config(home: str | Path | None = None) -> PipelineConfig:
         return PipelineConfig(**validate_overrides(overrides, str(path)))
     except ConfigError as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+# what each key means, for the generated table of docs/configuration.md (config_table)
+MEANINGS = {
+    "encoding": "spike encoding of the input features",
+    "neuron_count": "input neurons in total, split over the features",
+    "window_bins": "bins per time step (one bin = bin_ms)",
+    "bin_ms": "length of one bin, milliseconds",
+    "min_rate_hz": "rate encoding: firing rate of a 0 input, Hz",
+    "max_rate_hz": "rate encoding: firing rate of a 1 input, Hz",
+    "feature_window": "rolling window (steps) of z-scores and volatility",
+    "reservoir_mode": "echo-state network or leaky integrate-and-fire reservoir",
+    "reservoir_size": "reservoir neurons",
+    "spectral_radius": "largest absolute eigenvalue of the recurrent weights",
+    "leak": "reservoir leak rate",
+    "connectivity": "share of recurrent weights that are non-zero",
+    "input_scaling": "scale of the input weights",
+    "detection_threshold": "pattern strength above which a pattern counts as detected",
+    "qubit_count": "qubits of the feature-selection and portfolio QUBOs (state vector of 2^n)",
+    "evolution_time": "annealing / evolution time",
+    "energy_tolerance": "convergence: energy within this of the exact ground energy",
+    "select_k": "features the quantum selection keeps",
+    "horizon": "steps ahead a prediction is for",
+    "hold_band": "a change smaller than hold_band x rolling std of changes is `hold`",
+    "train_min": "rows the first walk-forward model fits on (scaled down for short series)",
+    "refit_every": "rows between walk-forward refits (scaled for short series)",
+    "calibration_fraction": "share of realized rows held out to calibrate confidences",
+    "ridge_alpha": "ridge penalty of the readout",
+    "seed": "seed of every random draw (encoders, reservoir weights)",
+}
+
+
+def _valid(name: str) -> str:
+    """The values `validate_overrides` accepts for one key, in words."""
+    if name in CHOICES:
+        return " \\| ".join(CHOICES[name])
+    if name in UNIT_INTERVAL:
+        return "0 to 1"
+    low = {"feature_window": ">= 2", "min_rate_hz": ">= 0", "hold_band": ">= 0", "seed": ">= 0"}.get(
+        name, "> 0" if name in POSITIVE or name == "ridge_alpha" else ""
+    )
+    top = UPPER.get(name)
+    high = "" if top is None else f"at most {int(top):,}" if float(top).is_integer() else f"at most {top:g}"
+    also = {"min_rate_hz": ", below max_rate_hz", "select_k": ", at most qubit_count"}.get(name, "")
+    return ", ".join(x for x in (low, high) if x) + also
+
+
+def config_table() -> str:
+    """The table of `config.json` keys in docs/configuration.md: key, default, valid values, meaning, read
+    from the rules `validate_overrides` applies (tests/test_layers.py fails when the page drifts)."""
+    rows = ["| key | default | valid | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(PipelineConfig):
+        rows.append(f"| `{f.name}` | `{f.default}` | {_valid(f.name)} | {MEANINGS[f.name]} |")
+    return "\n".join(rows)

@@ -15,6 +15,7 @@ from nq_dagster.fusion.walkforward import schedule_for
 from nq_dagster.ingest import landing_files
 from nq_dagster.settings import Settings
 from nq_dagster.store import Warehouse
+from nq_dagster.store.names import FIRST_STEP, unknown_name
 
 INSTANCE_YAML = """\
 # Dagster instance for nq-dagster (written by `nq`; edit freely, it is not overwritten).
@@ -87,13 +88,32 @@ def run_config_for(wh: Warehouse, settings: Settings | None = None) -> dict:
 
 
 def run_pipeline(
-    wh: Warehouse, sources: list[str] | None = None, log=print, settings: Settings | None = None
+    wh: Warehouse,
+    sources: list[str] | None = None,
+    log=print,
+    settings: Settings | None = None,
+    progress=None,
 ) -> dict[str, bool]:
     """Materialize the per-source graph for `sources` (default: every source with data or landing files),
     then the cross-source assets, in this process against the instance of `wh`'s data directory. Returns
-    success per run."""
+    success per run. `progress`: a stream (stderr) to draw each run's progress on (`nq_dagster.progress`),
+    or None for none."""
+    present = sorted(set(wh.sources("raw_ticks")) | set(landing_files(wh)))
     if sources is None:
-        sources = sorted(set(wh.sources("raw_ticks")) | set(landing_files(wh)))
+        sources = present
+    else:  # a typo must create nothing: a Dagster partition added for it stayed for ever (issue 28)
+        for src in sources:
+            if src not in present:
+                raise ValueError(
+                    unknown_name(
+                        "source",
+                        src,
+                        present,
+                        f"`nq ingest FILE --source {src}` to create it" if present else FIRST_STEP,
+                    )
+                )
+    if not sources:
+        return {}
     instance = open_instance(wh)
     run_config = run_config_for(wh, settings)
     known = set(instance.get_dynamic_partitions("source"))
@@ -110,14 +130,7 @@ def run_pipeline(
             if not enough:
                 ok[src] = False
                 continue
-        res = job.execute_in_process(
-            partition_key=src,
-            instance=instance,
-            raise_on_error=False,
-            run_config=run_config,
-            tags={"nq/source": src, "nq/trigger": "cli"},
-        )
-        ok[src] = res.success
+        res = _execute(job, instance, run_config, src, wh, progress)
         checks = res.get_asset_check_evaluations()
         failed = [c for c in checks if not c.passed]
         ok[src] = res.success and not failed
@@ -153,6 +166,40 @@ def run_pipeline(
         ok["_all"] = res.success
         log(f"  cross-source: {'ok' if res.success else 'FAILED'} (run {res.run_id[:8]})")
     return ok
+
+
+def _execute(job, instance, run_config: dict, source: str, wh: Warehouse, progress):
+    """One run of `job` for `source`, its progress drawn on `progress` (a stream) from the run's events; the
+    rows it ran on are tagged afterwards, the scale of the next run's estimate."""
+    import uuid
+
+    from nq_dagster.progress import ROWS_TAG, RunProgress, step_history
+
+    run_id = str(uuid.uuid4())
+    bar = None
+    if progress is not None:
+        bar = RunProgress(
+            label=source,
+            steps=[n.name for n in job.graph.nodes],
+            rows=wh.stored_rows("raw_ticks", source),
+            history=step_history(instance, job.name),
+            out=progress,
+        )
+        instance.add_event_listener(run_id, bar.on_event)
+    try:
+        res = job.execute_in_process(
+            partition_key=source,
+            instance=instance,
+            raise_on_error=False,
+            run_config=run_config,
+            run_id=run_id,
+            tags={"nq/source": source, "nq/trigger": "cli"},
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    instance.add_run_tags(run_id, {ROWS_TAG: str(wh.stored_rows("raw_ticks", source))})
+    return res
 
 
 def root_cause(err) -> str:

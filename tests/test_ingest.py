@@ -454,7 +454,10 @@ def test_field_count_long_values_and_rename(wh, tmp_path, capsys):
         write(tmp_path, "extra.csv", "timestamp,value\n2026-01-01T00:00:00Z,1,extra\n"), source="e"
     )
     assert r.status == "quarantined" and "row 2 has more fields than the header's 2" in r.reason
-    r = ing.ingest_file(
+    # (a line past NQ_INGEST_MAX_LINE_BYTES is refused before it is parsed: tests/test_hostile_ingest.py)
+    from nq_dagster.ingest.limits import IngestLimits
+
+    r = Ingestor(wh, IngestLimits(max_line_bytes=8_000_000)).ingest_file(
         write(tmp_path, "huge.csv", "timestamp,value\n2026-01-01T00:00:00Z," + "x" * 5_000_000 + "\n"),
         source="e",
     )

@@ -24,9 +24,9 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("validation", {"validation"}),
     ("ingest", {"ingest", "demo"}),
     ("streams", {"streams"}),
-    ("serve", {"serve"}),
+    ("serve", {"serve", "client"}),  # the client shares the answers' models (serve.http.schemas)
     ("dagster", {"resources", "assets", "deployment", "jobs", "sensors"}),
-    ("assembly", {"definitions", "runner", "k8s_jobs", "cli"}),
+    ("assembly", {"definitions", "runner", "progress", "k8s_jobs", "cli"}),
 ]
 
 
@@ -161,8 +161,23 @@ def test_store_and_query_start_without_dagster_or_torch(tmp_path):
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
 
 
-def test_readme_lists_every_setting():
+def test_docs_list_every_setting_and_config_key():
+    """docs/configuration.md carries the generated tables of environment settings and config.json keys."""
+    from nq_dagster.config import config_table
     from nq_dagster.settings import settings_table
 
-    readme = (PKG.parent / "README.md").read_text(encoding="utf-8")
-    assert settings_table() in readme, "README's settings table differs from settings_table(): paste it anew"
+    page = (PKG.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert settings_table() in page, "docs/configuration.md's settings table differs from settings_table()"
+    assert config_table() in page, "docs/configuration.md's config table differs from config_table()"
+
+
+def test_docs_cite_no_file_outside_the_repository():
+    """Every relative link of README.md and docs/*.md resolves inside the repository (DESIGN.md once lived
+    outside it)."""
+    import re
+
+    root = PKG.parent
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#:]+)\)", page.read_text(encoding="utf-8")):
+            path = (page.parent / target).resolve()
+            assert path.is_relative_to(root.resolve()) and path.exists(), f"{page.name} links {target}"

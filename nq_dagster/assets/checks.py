@@ -27,11 +27,12 @@ warnings.filterwarnings(
 
 
 def _result(context: AssetCheckExecutionContext, suite: str, df: pd.DataFrame) -> AssetCheckResult:
-    where = f" for source {context.run.tags.get('dagster/partition', '?')}"
+    source = context.run.tags.get("dagster/partition", "?")
+    where = f" for source {source}"
     report = run_suite(suite, df)
     shown = report.results.assign(first_bad_rows=report.results["first_bad_rows"].map(str))
     if not report.success:
-        context.log.error(report.message(where))
+        context.log.error(report.message(where, source))
     return AssetCheckResult(
         passed=report.success,
         severity=AssetCheckSeverity.ERROR,
@@ -39,7 +40,7 @@ def _result(context: AssetCheckExecutionContext, suite: str, df: pd.DataFrame) -
             "expectations": len(report.results),
             "failed": int((~report.results["success"]).sum()),
             "rows_checked": len(df),
-            "summary": MetadataValue.md(report.message(where) + "\n\n" + md_table(shown)),
+            "summary": MetadataValue.md(report.message(where, source) + "\n\n" + md_table(shown)),
         },
     )
 
@@ -80,19 +81,35 @@ def live_predictions_quality(
 ) -> AssetCheckResult:
     source = context.run.tags.get("dagster/partition")
     wh = warehouse.warehouse()
-    span = _streamed_span(context, source)
-    if span is None:  # this run predicted nothing new: nothing new to check
-        df = pd.DataFrame()
-    else:
-        df = wh.read_table("predictions", source, after=span[0] - pd.Timedelta(1, "ns"), until=span[1])
+    meta = _streamed_metadata(context, source)
+    span = _streamed_span(meta)
+    if span is None:
+        # this run predicted nothing new (no new rows, every new row out of range, a live server owns the
+        # source): there is nothing to check, and a suite over zero rows "failed" every expectation with
+        # "0 bad value(s)" while nothing was wrong (issue 28)
+        why = "no new rows"
+        if meta is not None and "served_by" in meta:
+            why = f"no new rows here: the source is served live by `nq serve` {meta['served_by'].value}"
+        elif meta is not None and meta.get("rows_out_of_range") and meta["rows_out_of_range"].value:
+            why = f"no new rows predicted ({meta['rows_out_of_range'].value} left out of range)"
+        return AssetCheckResult(
+            passed=True,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={
+                "rows_checked": 0,
+                "skipped": why,
+                "summary": MetadataValue.md(
+                    f"predictions for source {source}: {why}; nothing to check (the suite runs on the rows "
+                    "a streaming run writes)."
+                ),
+            },
+        )
+    df = wh.read_table("predictions", source, after=span[0] - pd.Timedelta(1, "ns"), until=span[1])
     return _result(context, "predictions", df)
 
 
-def _streamed_span(
-    context: AssetCheckExecutionContext, source: str | None
-) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-    """(first, last) timestamp of the predictions this run's `live_predictions` wrote, from its
-    materialization."""
+def _streamed_metadata(context: AssetCheckExecutionContext, source: str | None) -> dict | None:
+    """The metadata of this run's `live_predictions` materialization (None when this run has none)."""
     from dagster import AssetKey, AssetRecordsFilter
 
     if not source:
@@ -102,23 +119,30 @@ def _streamed_span(
     ).records
     if not recs or recs[0].run_id != context.run.run_id:
         return None
-    meta = recs[0].asset_materialization.metadata
-    if "first_timestamp" not in meta or "last_timestamp" not in meta:
+    return recs[0].asset_materialization.metadata
+
+
+def _streamed_span(meta: dict | None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """(first, last) timestamp of the predictions this run's `live_predictions` wrote, from its
+    materialization's metadata."""
+    if meta is None or "first_timestamp" not in meta or "last_timestamp" not in meta:
         return None
     return pd.Timestamp(meta["first_timestamp"].value), pd.Timestamp(meta["last_timestamp"].value)
 
 
 def freshness_table(wh, max_lag_s: float, now: pd.Timestamp | None = None) -> pd.DataFrame:
-    """Per source: the newest data row, the newest prediction, and how long the newest data has waited.
+    """Per source: the newest data row, the newest prediction, whether it has a model, and how long the newest
+    data has waited.
 
-    A source is stale when it has data newer than its newest prediction that was ingested more than
-    `max_lag_s` seconds ago."""
+    A source is stale when it has a model (a serving state, or predictions) and data newer than its newest
+    prediction that was ingested more than `max_lag_s` seconds ago. A source without a model cannot be
+    behind: it is still gathering the rows training needs, and counting it made sources with too few rows
+    alert for ever (issue 28)."""
     now = now or pd.Timestamp.now(tz="UTC")
     tables = set(wh.table_names())
+    columns = ["source", "last_data", "last_prediction", "last_ingest", "has_model", "waiting_s", "stale"]
     if "raw_ticks" not in tables:  # nothing ingested yet: nothing can be stale
-        return pd.DataFrame(
-            columns=["source", "last_data", "last_prediction", "last_ingest", "waiting_s", "stale"]
-        )
+        return pd.DataFrame(columns=columns)
     # the newest row of each source's data and predictions from the parts' footers (no history read)
     newest = {}
     for table in ("raw_ticks", "predictions"):
@@ -140,19 +164,22 @@ def freshness_table(wh, max_lag_s: float, now: pd.Timestamp | None = None) -> pd
                           WHERE status LIKE 'ingested%' GROUP BY 1""")
     df = df.merge(ingests, on="source", how="left")
     if df.empty:
-        return df.assign(waiting_s=pd.Series(dtype=float), stale=pd.Series(dtype=bool))
+        return pd.DataFrame(columns=columns)
     for c in ("last_data", "last_prediction", "last_ingest"):
         df[c] = pd.to_datetime(df[c], utc=True)
-    behind = df["last_prediction"].isna() | (df["last_data"] > df["last_prediction"])
+    modelled = set(wh.artifact_sources("serving_state")) | set(newest["predictions"])
+    df["has_model"] = df["source"].isin(modelled)
+    behind = df["has_model"] & (df["last_prediction"].isna() | (df["last_data"] > df["last_prediction"]))
     df["waiting_s"] = ((now - df["last_ingest"]).dt.total_seconds()).where(behind, 0.0).fillna(0.0)
     df["stale"] = behind & (df["waiting_s"] > max_lag_s)
-    return df
+    return df[columns]
 
 
 @asset_check(
     asset=predictions,
-    description="Freshness: every source's newest data has a prediction, or arrived "
-    "less than NQ_FRESHNESS_SECONDS (default 300) ago. Run by every streaming run (and the "
+    description="Freshness: every source with a model has a prediction for its newest data, or that data "
+    "arrived less than NQ_FRESHNESS_SECONDS (default 300) ago; a source still gathering the rows training "
+    "needs is listed, not counted. Run by every streaming run (and the "
     "`freshness_check` job).",
 )
 def predictions_fresh(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
@@ -165,14 +192,34 @@ def predictions_fresh(context: AssetCheckExecutionContext, warehouse: WarehouseR
         if len(df)
         else df
     )
+    modelled = int(df["has_model"].sum()) if len(df) else 0
+    waiting = ", ".join(df.loc[~df["has_model"], "source"]) if len(df) else ""
     text = (
-        f"{len(stale)} of {len(df)} source(s) stale (data waiting more than {max_lag:g} s for a prediction): "
-        f"{', '.join(stale['source']) or 'none'}.\n\n" + (md_table(shown) if len(df) else "")
+        f"{len(stale)} of {modelled} source(s) with a model stale (data waiting more than {max_lag:g} s "
+        f"for a prediction): {', '.join(stale['source']) or 'none'}."
+        + (
+            f" Not counted, no model yet (still gathering the rows training needs): {waiting}."
+            if waiting
+            else ""
+        )
+        + (
+            ' Fix: see the failed runs (`nq query "select * from run_failures"`), or run the daemon '
+            "(`nq dev`) so landed files are streamed"
+            if len(stale)
+            else ""
+        )
+        + "\n\n"
+        + (md_table(shown) if len(df) else "")
     )
     return AssetCheckResult(
         passed=len(stale) == 0,
         severity=AssetCheckSeverity.WARN,
-        metadata={"stale_sources": len(stale), "sources": len(df), "summary": MetadataValue.md(text)},
+        metadata={
+            "stale_sources": len(stale),
+            "sources_with_a_model": modelled,
+            "sources": len(df),
+            "summary": MetadataValue.md(text),
+        },
     )
 
 

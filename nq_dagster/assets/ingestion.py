@@ -7,7 +7,13 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 from nq_dagster.assets.automation import TRAINING_AUTOMATION
 from nq_dagster.assets.common import ONLY_TAG, md_table, source_asset, table_metadata
 from nq_dagster.config import rows_needed
-from nq_dagster.ingest import Ingestor, build_series, landing_files  # noqa: F401 (build_series: re-exported)
+from nq_dagster.ingest import (  # noqa: F401 (build_series: re-exported)
+    IngestFailed,
+    IngestLimits,
+    Ingestor,
+    build_series,
+    landing_files,
+)
 from nq_dagster.resources import WarehouseResource
 
 
@@ -23,7 +29,11 @@ def raw_ticks(context: AssetExecutionContext, warehouse: WarehouseResource) -> M
     only = context.run.tags.get(ONLY_TAG)
     if only:  # the landing sensor isolates a file after a failed run on several: this run takes it alone
         files = [p for p in files if str(p.relative_to(wh.landing)) == only]
-    results = [Ingestor(wh).ingest_file(p, source=source, move=True) for p in files]
+    ingestor = Ingestor(wh, IngestLimits.from_settings(warehouse.settings()))
+    try:
+        results = [ingestor.ingest_file(p, source=source, move=True) for p in files]
+    except IngestFailed as exc:  # a held lock, a full disk: one line; the files wait in landing/ for a retry
+        raise Failure(description=str(exc)) from None
     for r in results:
         if r.status == "quarantined":
             context.log.warning(f"quarantined {r.file}: {r.reason}")

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from nq_dagster.cli import commands
+from nq_dagster.cli.help import polish
 from nq_dagster.settings import Settings
 
 
@@ -25,6 +26,19 @@ def _processes(name: str):
     return run
 
 
+def _summary_options(p: argparse.ArgumentParser) -> None:
+    """`--wide` and `--format` of the per-source summary that `nq run` and `nq demo` print."""
+    p.add_argument(
+        "--wide", action="store_true", help="every column of the summary (default: fits 100 columns)"
+    )
+    p.add_argument(
+        "--format",
+        choices=["table", "csv", "json"],
+        default="table",
+        help="the summary as a table, CSV or JSON",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nq", description=__doc__.split("\n\n")[0])
     p.add_argument("--home", help="data directory (default: $NQ_HOME or ./.nq)")
@@ -33,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sources", type=int, default=5)
     d.add_argument("--points", type=int, default=3000)
     d.add_argument("--seed", type=int, default=0)
+    _summary_options(d)
     d.set_defaults(fn=commands.cmd_demo)
     r = sub.add_parser("run", help="run the graph for landed / stored sources")
     r.add_argument("--source", action="append", help="only this source (repeatable)")
+    _summary_options(r)
     r.set_defaults(fn=commands.cmd_run)
     i = sub.add_parser("ingest", help="ingest CSV / Parquet / JSON-lines files")
     i.add_argument("files", nargs="+")
@@ -49,6 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="OLD=NEW",
         help="map a column of the file to the source's name for it (repeatable), e.g. reading=value",
+    )
+    i.add_argument(
+        "--delimiter",
+        default=",",
+        help="CSV field delimiter (default ','; e.g. ';', or '\\t' for tabs)",
+    )
+    i.add_argument(
+        "--timestamp-format",
+        metavar="STRFTIME",
+        help="read the timestamps by this strftime format only, e.g. '%%b %%d %%Y' for 'Jan 1 2000' "
+        "(default: ISO 8601 or epoch seconds/milliseconds)",
+    )
+    i.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help="IANA zone of timestamps written without an offset, e.g. Europe/Paris (default: UTC)",
+    )
+    i.add_argument(
+        "--value-column",
+        metavar="NAME",
+        help="the column to predict, stored as `value` (needed when a file has several value columns and "
+        "none named value or price)",
     )
     i.set_defaults(fn=commands.cmd_ingest)
     cp = sub.add_parser("compact", help="merge each source's raw_ticks parts into one (atomic)")
@@ -134,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("--port", type=int, default=3000)
     dv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     dv.set_defaults(fn=_processes("cmd_dev"))
-    return p
+    return polish(p)  # --version, an example per command, every option's description and default
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,6 +110,7 @@ class ShardedPredictor:
         self._range: dict[str, tuple[float, float]] = {}
         self._rows: dict[str, int] = {}
         self._model: dict[str, ModelVersion] = {}
+        self._last_call: tuple | None = None  # what `undo_last` puts back
         self._shards: list[_Shard] = [self._start() for _ in range(self.processes - 1)]
         if self._shards and device == "cpu":
             # the shards are the parallelism: torch's intra-op threads in this process would contend with the
@@ -300,6 +301,7 @@ class ShardedPredictor:
                 remote.append(k)
         out: dict[str, list[dict]] = {}
         undo = None
+        self._last_call = None
         if error is None and 0 in by_shard:  # ... then this process advances its own sources meanwhile
             try:
                 with single_threaded_blas():
@@ -322,9 +324,28 @@ class ShardedPredictor:
                 self.local.rollback(undo)
             raise error
         elapsed_ms = (time.perf_counter() - t_recv) * 1000.0
+        before = {s: (self._last_ts[s], self._rows[s]) for s in out}
         for s, recs in out.items():
             for r in recs:
                 r["processing_time_ms"] = elapsed_ms
             self._last_ts[s] = int(checked[s][1][-1])
             self._rows[s] += len(recs)
+        self._last_call = (undo, remote, before)
         return {s: out[s] for s in ticks}
+
+    def undo_last(self) -> None:
+        """As `Predictor.undo_last`: this process's sources rolled back, and each worker's decision on the
+        last advance turned to undo (it travels with the worker's next message, as a failed call's does)."""
+        if self._last_call is None:
+            return
+        undo, remote, before = self._last_call
+        self._last_call = None
+        if undo is not None:
+            self.local.rollback(undo)
+        for k in remote:
+            sh = self._shards[k - 1]
+            if sh.pending:
+                sh.decision = False
+        for s, (last_ts, rows) in before.items():
+            if s in self._owner:  # (not a source of a shard restarted since)
+                self._last_ts[s], self._rows[s] = last_ts, rows

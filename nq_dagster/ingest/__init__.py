@@ -5,20 +5,25 @@ quarantines and logs a file, `ticks` checks a batch of ticks, `landing` lists th
 a source's rows back as the pipeline's series.
 """
 
-from nq_dagster.ingest.errors import BadRow, FileRejected
-from nq_dagster.ingest.ingestor import INGEST_LOG_DDL, FileResult, Ingestor, content_hash
+from nq_dagster.ingest.errors import BadRow, FileRejected, IngestFailed
+from nq_dagster.ingest.ingestor import INGEST_LOG_DDL, STALE_TEMP_S, FileResult, Ingestor, content_hash
 from nq_dagster.ingest.landing import landing_files
-from nq_dagster.ingest.read import SUFFIXES
+from nq_dagster.ingest.limits import IngestLimits
+from nq_dagster.ingest.read import SUFFIXES, ReadOptions
 from nq_dagster.ingest.series import build_series, primary_column, rows_after
 from nq_dagster.ingest.ticks import Tick, TickCheck, check_ticks, fast_validate_ticks
 
 __all__ = [
     "INGEST_LOG_DDL",
+    "STALE_TEMP_S",
     "SUFFIXES",
     "BadRow",
     "FileRejected",
     "FileResult",
+    "IngestFailed",
+    "IngestLimits",
     "Ingestor",
+    "ReadOptions",
     "Tick",
     "TickCheck",
     "build_series",

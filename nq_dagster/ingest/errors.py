@@ -27,6 +27,10 @@ RowProblem = Literal[
     "fields",
     "json",
     "time_range",
+    "boolean",
+    "underflow",
+    "leap_second",
+    "surrogate",
 ]
 FileProblem = Literal[
     "unsupported",
@@ -44,13 +48,28 @@ FileProblem = Literal[
     "columns_differ",
     "bad_rows",
     "no_good_rows",
+    "compressed",
+    "limit",
+    "json_row",
+    "duplicate_columns",
+    "reserved",
+    "column_name",
+    "rename_clash",
+    "delimiter",
+    "value_column",
+    "no_value_column",
 ]
 
 # kind -> (problem, fix); the problem may name the row's `duplicate_of`, `source` or `fields`
 ROW_PROBLEMS: dict[str, tuple[str, str]] = {
     "timestamp": (
         "unparseable timestamp",
-        "use ISO 8601 (2026-01-31T12:00:00Z) or epoch seconds/milliseconds",
+        "use ISO 8601 (2026-01-31T12:00:00Z) or epoch seconds/milliseconds, or name the file's format with "
+        "--timestamp-format (strftime, e.g. '%b %d %Y')",
+    ),
+    "leap_second": (
+        "a leap second (second 60), which the stores' UTC clock has no place for",
+        "write it as second 59 (or 00 of the next minute), or drop the row",
     ),
     "missing": ("missing value", "write a decimal number, or drop the row"),
     "not_a_number": ("not a number", "write a decimal number, or drop the row"),
@@ -69,6 +88,18 @@ ROW_PROBLEMS: dict[str, tuple[str, str]] = {
         "drop rows that were ingested before, or use a new timestamp",
     ),
     "encoding": ("not UTF-8", "re-save the file as UTF-8"),
+    "surrogate": (
+        "a lone UTF-16 surrogate escape, which no UTF-8 text can hold",
+        "write the character itself, or a complete surrogate pair",
+    ),
+    "boolean": (
+        "a boolean, not a number (booleans are refused in every format)",
+        "write the number (1 or 0) if it is a measurement, or drop the column",
+    ),
+    "underflow": (
+        "a number too small for a double: it would be stored as 0",
+        "write 0 if 0 is meant, or rescale the column",
+    ),
     "fields": ("more fields than the header's {fields}", "every line needs the header's number of fields"),
     "json": ("not valid JSON", "one JSON object per line"),
 }
@@ -96,6 +127,26 @@ FILE_PROBLEMS: dict[str, str] = {
     "FILE --source {source} --rename found=expected`), or ingest it under a new source "
     "name",
     "bad_rows": "{file}: {count} bad row(s); first: {first}",
+    "compressed": "{file}: {codec}-compressed data in a file named {suffix!r}; ingest reads plain files only "
+    "(a decompression bomb must not fill the memory). Fix: decompress it (e.g. `gunzip -c FILE > x{suffix}`) "
+    "and ingest that",
+    "limit": "{file}: {what} {found:,} is over the limit of {limit:,} ({setting}). Fix: {fix}, or raise "
+    "{setting}",
+    "json_row": "{file}: row {row}: {problem}. Fix: {fix}",
+    "duplicate_columns": "{file}: column names repeat: {names} (names are compared trimmed and "
+    "case-insensitive). Fix: give each column its own name",
+    "reserved": "{file}: column {column!r} has a name the store keeps for itself ({reserved}). Fix: rename "
+    "it (`--rename {column}=NEW`) or drop it",
+    "column_name": "{file}: column name {column!r} holds a control character (e.g. NUL). Fix: name the "
+    "column with printable characters",
+    "rename_clash": "{file}: --rename {old}={new}: the file already has a column {existing!r}. Fix: rename "
+    "to a name the file does not use",
+    "delimiter": "{file}: the header {header!r} is one column but holds {name} characters: the file seems "
+    "{name}-separated. Fix: `nq ingest FILE --delimiter {shown}`, or re-save it comma-separated",
+    "value_column": "{file}: {count} value columns ({columns}) and none named 'value' or 'price': which one "
+    "to predict is not clear. Fix: choose one with `--value-column NAME` (or name it 'value')",
+    "no_value_column": "{file}: --value-column {column!r}: the file has no such column; its columns are "
+    "{columns}. Fix: name one of them",
     "no_good_rows": "{file}: no good rows left to ingest",
 }
 
@@ -141,10 +192,26 @@ class FileRejected(Exception):
     """The whole file is unusable (empty, unreadable, wrong encoding, missing columns) or has bad rows;
     `kind` is a key of `FILE_PROBLEMS`, `detail` the values its message names."""
 
-    def __init__(self, file: str | Path, kind: FileProblem, bad_rows: list[BadRow] | None = None, **detail):
+    def __init__(
+        self,
+        file: str | Path,
+        kind: FileProblem,
+        bad_rows: list[BadRow] | None = None,
+        bad_count: int | None = None,
+        **detail,
+    ):
         self.file, self.kind, self.detail = str(file), kind, detail
         self.bad_rows = list(bad_rows or [])
+        # the rows refused, counted exactly: `bad_rows` names at most 1,000 per rule and column
+        self.bad_count = len(self.bad_rows) if bad_count is None else max(bad_count, len(self.bad_rows))
         first = self.bad_rows[0].describe(self.file) if self.bad_rows else ""
-        super().__init__(
-            FILE_PROBLEMS[kind].format(file=self.file, count=len(self.bad_rows), first=first, **detail)
-        )
+        detail.setdefault("count", self.bad_count)
+        message = FILE_PROBLEMS[kind].format(file=self.file, first=first, **detail)
+        # one line, whatever a library's error text holds (pandas' tokenizer ends its message with a newline)
+        super().__init__(" ".join(message.split()))
+
+
+class IngestFailed(Exception):
+    """An ingest that could not finish for a reason outside the file (another ingest holds the source's lock,
+    the disk is full): one line with the fix. The file is left where it was and nothing of it is stored, so
+    running the ingest again later is the remedy; it is never quarantined for this."""

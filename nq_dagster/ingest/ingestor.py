@@ -10,6 +10,7 @@ outcome is a row of `ingest_log`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -24,8 +25,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nq_dagster.ingest.errors import BadRow, FileRejected
-from nq_dagster.ingest.rules import Checked, check_file
+from nq_dagster.ingest.errors import BadRow, FileRejected, IngestFailed
+from nq_dagster.ingest.limits import IngestLimits, check_size
+from nq_dagster.ingest.read import DEFAULT_OPTIONS, ReadOptions
+from nq_dagster.ingest.rules import ROWS_NAMED, Checked, check_file
 from nq_dagster.store import (
     INGEST_LOG_DDL,
     LIVE_PARTS,
@@ -34,6 +37,11 @@ from nq_dagster.store import (
     atomic_write_bytes,
     check_source_name,
 )
+from nq_dagster.store.atomic import remove_stale_temp_files
+
+STALE_TEMP_S = 3600.0  # a temporary file of an atomic write older than this was left by a killed process
+PRIMARY_VALUE_NAMES = ("value", "price")  # a file's column so named is the one predicted, without asking
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -45,6 +53,8 @@ class FileResult:
     bad_rows: list[BadRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reason: str = ""
+    bad_count: int = 0  # rows refused, exactly (`bad_rows` names at most 1,000 per rule and column)
+    reason_file: Path | None = None  # quarantine/<file>.reason.txt, when one was written
 
     @property
     def rows_accepted(self) -> int:
@@ -67,9 +77,15 @@ def _file_digest(path: Path) -> str:
 class Ingestor:
     """Ingests files into the warehouse; one instance per batch of files."""
 
-    def __init__(self, warehouse: Warehouse):
+    def __init__(
+        self, warehouse: Warehouse, limits: IngestLimits | None = None, lock_timeout_s: float = 120.0
+    ):
         self.wh = warehouse.ensure()
-        self.wh.remove_stale_temp_files()  # what an ingest killed mid-write left
+        self.limits = limits or IngestLimits()
+        self.lock_timeout_s = lock_timeout_s
+        # what an ingest killed mid-write left: temporary parts, artifacts, quarantine copies and reason files
+        self.wh.remove_stale_temp_files(STALE_TEMP_S)
+        remove_stale_temp_files([self.wh.quarantine], STALE_TEMP_S)
 
     def _already_ingested(self, digest: str, sources: str) -> bool:
         """The same bytes were ingested before for the same sources (names validated: no quote can occur)."""
@@ -107,12 +123,36 @@ class Ingestor:
         skip_bad_rows: bool = False,
         move: bool = False,
         rename: dict[str, str] | None = None,
+        options: ReadOptions | None = None,
     ) -> FileResult:
         """Ingest one file. `move` moves it out of the landing zone afterwards (processed or quarantine);
-        `rename` maps the file's column names to the source's ({"reading": "value"})."""
+        `rename` maps the file's column names to the source's ({"reading": "value"}); `options` says how to
+        read it (delimiter, timestamp format and zone, value column). Raises IngestFailed (one line, the file
+        left in place, nothing stored) when another ingest holds the source's lock or the disk is full."""
         path = Path(path)
         if source is not None:
             check_source_name(source)  # before anything is looked up or stored under it
+        try:
+            return self._ingest(path, source, skip_bad_rows, move, rename, options or DEFAULT_OPTIONS)
+        except TimeoutError as exc:  # a source's lock (store/locks.py words it)
+            raise IngestFailed(f"{path}: not ingested: {exc}; nothing of the file was stored") from None
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise IngestFailed(
+                    f"{path}: not ingested: no space left on the device of {self.wh.home} "
+                    f"({exc.strerror}); nothing of the file was stored and it was left where it is. Fix: "
+                    "free disk space (or raise the quota) and ingest it again"
+                ) from None
+            raise
+
+    def _ingest(
+        self, path: Path, source, skip_bad_rows: bool, move: bool, rename, options: ReadOptions
+    ) -> FileResult:
+        try:
+            check_size(path, _stat(path).st_size, self.limits)
+        except FileRejected as exc:  # not read: the file itself stays (a copy would be as big)
+            result = FileResult(file=str(path), content_hash="", status="ingested")
+            return self._reject(path, None, result, exc, move=False)
         with ThreadPoolExecutor(1) as pool:
             # sha256 releases the GIL: a thread reads and hashes the file while this one reads it and parses
             # it (the hash of the bytes read here, after the read, ran beside the parse and slowed it;
@@ -139,7 +179,7 @@ class Ingestor:
                     return self._skip_duplicate(path, FileResult(str(path), digest, "ingested"), move)
             checked: Checked | FileRejected
             try:
-                checked = check_file(path, data, source, rename)
+                checked = check_file(path, data, source, rename, options, self.limits)
             except FileRejected as exc:
                 checked = exc
             digest = digest_of_data()
@@ -152,42 +192,80 @@ class Ingestor:
         # processes (the CLI, the daemon's runs), so two overlapping files never both store a (source,
         # timestamp)
         names = sorted(clean["source"].unique().to_list())
-        with self.wh.source_locks(names):
+        result.bad_count = checked.bad_count
+        with self.wh.source_locks(names, self.lock_timeout_s):
             return self._store(
-                path, data, digest, part, clean, names, bad, notes, result, skip_bad_rows, move
+                path,
+                data,
+                digest,
+                part,
+                clean,
+                names,
+                bad,
+                notes,
+                result,
+                skip_bad_rows,
+                move,
+                options.value_column,
             )
 
-    def _check_columns(self, path: Path, clean: pl.DataFrame, names: list[str]) -> None:
+    def _check_columns(self, path: Path, clean: pl.DataFrame, names: list[str]) -> list[str]:
         """A source's value columns are fixed by its first file: a later file with other columns is refused
-        (it would be stored as NULLs under the old names plus new columns nothing reads)."""
+        (it would be stored as NULLs under the old names plus new columns nothing reads). The first file says
+        which column is predicted: its only value column, one named value or price, or the one chosen with
+        `--value-column` (stored as `value`); else it is refused with its columns (an Open/High/Low/Close/
+        Volume file must not be predicted by a guess). Returns the notes that state the choice."""
         found = sorted(c for c in clean.columns if c not in ("source", "timestamp", "_row"))
+        notes = []
         for src in names:
             parts = [q for q in self.wh.table_parts("raw_ticks", src) if not q.stem.startswith(LIVE_PARTS)]
             if not parts:
+                named = [c for c in found if c.lower() in PRIMARY_VALUE_NAMES]
+                if len(found) > 1 and not named:
+                    raise FileRejected(path, "value_column", count=len(found), columns=", ".join(found))
+                if len(found) > 1:
+                    notes.append(f"source {src!r}: predicts column {named[0]!r} (of {', '.join(found)})")
                 continue
             names = pq.read_schema(str(parts[0]), filesystem=self.wh.filesystem).names
             expected = sorted(c for c in names if c not in ("source", "timestamp", "file", "content_hash"))
             if found != expected:
                 raise FileRejected(path, "columns_differ", found=found, source=src, expected=expected)
+        return notes
 
     def _reject(
-        self, path: Path, data: bytes, result: FileResult, exc: FileRejected, move: bool
+        self, path: Path, data: bytes | None, result: FileResult, exc: FileRejected, move: bool
     ) -> FileResult:
         result.status = "quarantined"
         result.reason = str(exc)
         result.bad_rows = exc.bad_rows
+        result.bad_count = exc.bad_count
         self._quarantine(path, data, result, move)
         self._log(result)
         return result
 
     def _store(
-        self, path, data, digest, part, clean: pl.DataFrame, names, bad, notes, result, skip_bad_rows, move
+        self,
+        path,
+        data,
+        digest,
+        part,
+        clean: pl.DataFrame,
+        names,
+        bad,
+        notes,
+        result,
+        skip_bad_rows,
+        move,
+        value_column: str | None = None,
     ) -> FileResult:
         try:
             if clean.height and self._already_ingested(digest, ",".join(names)):
                 return self._skip_duplicate(path, result, move)
             result.notes += notes
-            self._check_columns(path, clean, names)
+            chosen = self._check_columns(path, clean, names)
+            if value_column:
+                chosen = [f"predicts column {value_column!r} (stored as 'value')"]
+            result.notes += chosen
             # duplicates against what is already stored, for each source in the file
             dup_mask = pl.Series("dup", [], dtype=pl.Boolean)
             for src in names:
@@ -207,7 +285,8 @@ class Ingestor:
                         dup_mask = pl.zeros(clean.height, dtype=pl.Boolean, eager=True)
                     dup_mask = dup_mask.scatter((clean["source"] == src).arg_true().filter(hit), True)
             if len(dup_mask) and dup_mask.any():  # (a copy of every column otherwise, for nothing)
-                dups = clean.filter(dup_mask).head(1000)
+                result.bad_count += int(dup_mask.sum())
+                dups = clean.filter(dup_mask).head(ROWS_NAMED)
                 for row, src, ts in zip(
                     dups["_row"].to_list(), dups["source"].to_list(), dups["timestamp"].to_list(), strict=True
                 ):
@@ -216,9 +295,9 @@ class Ingestor:
             bad.sort(key=lambda b: b.row)
             result.bad_rows = bad
             if bad and not skip_bad_rows:
-                raise FileRejected(path, "bad_rows", bad)
+                raise FileRejected(path, "bad_rows", bad, result.bad_count)
             if clean.height == 0:
-                raise FileRejected(path, "no_good_rows", bad)
+                raise FileRejected(path, "no_good_rows", bad, result.bad_count)
         except FileRejected as exc:
             return self._reject(path, data, result, exc, move)
         # the stored table, built in Arrow (polars' columns as they are); the file name and hash (and the
@@ -240,6 +319,11 @@ class Ingestor:
             table = table.append_column("file", const(path.name)).append_column("content_hash", const(digest))
             self.wh.write_table("raw_ticks", str(src), table, part=part, store_schema=False)
             result.sources[str(src)] = n
+            if len(names) > 1:
+                # a multi-source file lands one part per source: each is logged as it lands, so a kill before
+                # the last leaves a row naming what is stored (ingesting the file again rewrites the same
+                # parts by name: nothing is stored twice)
+                self._log_part(result, str(src), n, len(names))
         if bad:
             result.status = "ingested-with-bad-rows"
             self._quarantine(path, data, result, move=False, rows_only=True)
@@ -254,12 +338,18 @@ class Ingestor:
         return result
 
     def _reason_text(self, path: Path, result: FileResult) -> str:
-        lines = [f"file: {path}", f"sha256: {result.content_hash}", f"status: {result.status}"]
+        lines = [
+            f"file: {path}",
+            f"sha256: {result.content_hash or '(not read)'}",
+            f"status: {result.status}",
+        ]
         if result.reason:
             lines.append(f"reason: {result.reason}")
         if result.bad_rows:
-            lines.append(f"bad rows ({len(result.bad_rows)}):")
-            lines += ["  " + b.describe(path.name) for b in result.bad_rows[:1000]]
+            listed = min(len(result.bad_rows), ROWS_NAMED)
+            more = f"; the first {listed:,} listed" if result.bad_count > listed else ""
+            lines.append(f"bad rows ({max(result.bad_count, len(result.bad_rows)):,}{more}):")
+            lines += ["  " + b.describe(path.name) for b in result.bad_rows[:ROWS_NAMED]]
         if result.status == "quarantined":
             lines.append(
                 "nothing of this file was stored; fix the rows above and ingest it again, "
@@ -268,19 +358,22 @@ class Ingestor:
         return "\n".join(lines) + "\n"
 
     def _quarantine(
-        self, path: Path, data: bytes, result: FileResult, move: bool, rows_only: bool = False
+        self, path: Path, data: bytes | None, result: FileResult, move: bool, rows_only: bool = False
     ) -> None:
+        """The file (moved, or copied; a file too big to read is left where it is) and its reason file in
+        quarantine/."""
         q = self.wh.quarantine
         q.mkdir(parents=True, exist_ok=True)
         target = q / path.name
-        if not rows_only:
-            if target.exists() and content_hash(target.read_bytes()) != result.content_hash:
-                target = q / f"{path.stem}.{result.content_hash[:8]}{path.suffix}"
+        if not rows_only and (data is not None or move):
+            if target.exists() and _file_digest(target) != result.content_hash:
+                target = q / f"{path.stem}.{(result.content_hash or os.urandom(4).hex())[:8]}{path.suffix}"
             if move:
                 shutil.move(str(path), target)
             else:
                 atomic_write_bytes(target, data)
-        atomic_write_bytes(q / f"{target.name}.reason.txt", self._reason_text(path, result).encode())
+        result.reason_file = q / f"{target.name}.reason.txt"
+        atomic_write_bytes(result.reason_file, self._reason_text(path, result).encode())
 
     def _finish(self, path: Path, result: FileResult, move: bool) -> None:
         if move and path.exists():
@@ -291,16 +384,32 @@ class Ingestor:
             shutil.move(str(path), target)
 
     def _log(self, result: FileResult) -> None:
+        self._log_row(
+            result,
+            ",".join(sorted(result.sources)),
+            result.rows_accepted,
+            result.bad_count,
+            result.status,
+            result.reason,
+        )
+
+    def _log_part(self, result: FileResult, source: str, rows: int, of: int) -> None:
+        done = len(result.sources)
+        self._log_row(
+            result, source, rows, 0, "stored-part", f"source {done} of {of} of a multi-source file stored"
+        )
+
+    def _log_row(self, result: FileResult, sources: str, rows: int, rejected: int, status: str, reason: str):
         row = pd.DataFrame(
             [
                 {
                     "content_hash": result.content_hash,
                     "file": result.file,
-                    "sources": ",".join(sorted(result.sources)),
-                    "rows_accepted": result.rows_accepted,
-                    "rows_rejected": len(result.bad_rows),
-                    "status": result.status,
-                    "reason": result.reason,
+                    "sources": sources,
+                    "rows_accepted": rows,
+                    "rows_rejected": rejected,
+                    "status": status,
+                    "reason": reason,
                     "ingested_at": datetime.now(UTC),
                 }
             ]

@@ -9,8 +9,10 @@ so its words are the ones a user is shown. Both give polars columns of text, num
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from nq_dagster.ingest.errors import BadRow, FileRejected
+from nq_dagster.ingest.limits import IngestLimits, check_columns_count
 
 TIMESTAMP_NAMES = ("timestamp", "time", "ts", "datetime", "date")
 SUFFIXES = {
@@ -30,6 +33,32 @@ SUFFIXES = {
     ".ndjson": "jsonl",
     ".json": "jsonl",
 }
+
+
+# names the store gives its own columns of raw_ticks (and the rules their row numbers): a value column so
+# named would be overwritten or break the write
+RESERVED_NAMES = ("file", "content_hash", "_row")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# a number whose exponent is -308 or below can round to 0.0 (1e-400): such text is read by the general reader,
+# whose text the rules check
+UNDERFLOW_SHAPE = re.compile(rb"[eE]-0*[1-9][0-9]{2}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a user says to read a file (`nq ingest`'s options): the CSV field delimiter, a strftime format for
+    the timestamps, the time zone of naive timestamps (default UTC), the column to predict (stored as
+    `value`)."""
+
+    delimiter: str = ","
+    timestamp_format: str | None = None
+    timezone: str | None = None
+    value_column: str | None = None
+
+
+DEFAULT_OPTIONS = ReadOptions()
 
 
 @dataclass
@@ -58,7 +87,7 @@ def _fast_dtype(dtype: pl.DataType) -> bool:
     return dtype == pl.String or dtype == pl.Datetime or dtype == pl.Date or dtype.is_numeric()
 
 
-def read_fast(path: Path, data: bytes) -> Columns | None:
+def read_fast(path: Path, data: bytes, options: ReadOptions = DEFAULT_OPTIONS) -> Columns | None:
     """CSV or Parquet read by polars, or None when the file is not plainly readable that way: a UTF-8
     byte-order mark, no rows, a reader error, column names that differ only in case or padding, a column
     type the rules do not take as it is, a source column that is not text (the general reader names it as
@@ -67,8 +96,10 @@ def read_fast(path: Path, data: bytes) -> Columns | None:
     if kind not in ("csv", "parquet") or not data or data.isspace() or data.startswith(b"\xef\xbb\xbf"):
         return None
     try:
-        frame = _read_csv_numbers_typed(data) if kind == "csv" else pl.read_parquet(data)
+        frame = _read_csv_numbers_typed(data, options.delimiter) if kind == "csv" else pl.read_parquet(data)
     except Exception:  # noqa: BLE001 - any parse problem: the general reader says what and where
+        return None
+    if kind == "csv" and _may_underflow(frame, data):
         return None
     if frame.height == 0 or not distinct_names(frame.columns):
         return None
@@ -79,17 +110,24 @@ def read_fast(path: Path, data: bytes) -> Columns | None:
     return Columns(frame, 2 if kind == "csv" else 1)
 
 
-def _read_csv_numbers_typed(data: bytes) -> pl.DataFrame:
+def _may_underflow(frame: pl.DataFrame, data: bytes) -> bool:
+    """A number column read as floats holds a 0.0 and the file has a number with a 3-digit negative exponent:
+    it may be 1e-400 read as 0 (the reader's floats no longer say), so the general reader's text decides."""
+    zeros = [c for c, t in frame.schema.items() if t.is_float() and (frame[c] == 0.0).any()]
+    return bool(zeros) and UNDERFLOW_SHAPE.search(data) is not None
+
+
+def _read_csv_numbers_typed(data: bytes, sep: str = ",") -> pl.DataFrame:
     """The CSV with every column that can only be a value (not a timestamp or source name) parsed as
     numbers by the reader itself (a separate string-to-number cast doubled that column's cost); a value the
     reader does not take as a number: every column as text, and the rules find it. (The bytes go to polars
     as they are: through io.BytesIO they were copied first.)"""
-    header = pl.read_csv(data, n_rows=0, infer_schema=False).columns
+    header = pl.read_csv(data, n_rows=0, infer_schema=False, separator=sep).columns
     numbers = {c: pl.Float64 for c in header if c.lower().strip() not in (*TIMESTAMP_NAMES, "source")}
     try:
-        return pl.read_csv(data, infer_schema=False, schema_overrides=numbers)
+        return pl.read_csv(data, infer_schema=False, schema_overrides=numbers, separator=sep)
     except pl.exceptions.PolarsError:
-        return pl.read_csv(data, infer_schema=False)
+        return pl.read_csv(data, infer_schema=False, separator=sep)
 
 
 def _row_of_offset(data: bytes, offset: int) -> int:
@@ -100,8 +138,8 @@ def from_pandas(frame: pd.DataFrame) -> pl.DataFrame:
     """pandas' columns as the rules take them: numbers as floats, booleans, datetimes, anything else as text
     (`astype("string")`, a missing value null)."""
     out = {}
-    for name in frame.columns:
-        col = frame[name]
+    for name in list(frame.columns):
+        col = frame.pop(name)  # (each column's Python objects freed once converted, not held to the end)
         if pd.api.types.is_bool_dtype(col):
             out[name] = pl.Series(col.to_numpy(dtype=bool))
         elif pd.api.types.is_numeric_dtype(col):
@@ -113,9 +151,110 @@ def from_pandas(frame: pd.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(out)
 
 
-def read_user_file(path: Path, data: bytes) -> Columns:
+def check_names(path: Path, names: list[str], limits: IngestLimits) -> None:
+    """A file's column names as written: not too many, no control character (a NUL in a name breaks the
+    columnar libraries), none repeated once trimmed and lower-cased (`value,Value` would be stored as two
+    columns, or one renamed behind the user's back), none of the store's own (`RESERVED_NAMES`)."""
+    check_columns_count(path, len(names), limits)
+    for n in names:
+        if _CONTROL.search(n):
+            raise FileRejected(path, "column_name", column=n)
+    seen: dict[str, str] = {}
+    repeated = []
+    for n in names:
+        key = n.strip().lower()
+        if key in seen:
+            repeated.append(f"{seen[key]!r} and {n!r}")
+        seen.setdefault(key, n)
+    if repeated:
+        raise FileRejected(path, "duplicate_columns", names=", ".join(repeated[:5]))
+    for n in names:
+        if n.strip().lower() in RESERVED_NAMES:
+            raise FileRejected(path, "reserved", column=n, reserved=", ".join(RESERVED_NAMES))
+
+
+def csv_header(path: Path, data: bytes, options: ReadOptions) -> list[str] | None:
+    """The names of a CSV file's header line as written (the readers rename repeated names), None when the
+    line is not UTF-8 (the general reader names the byte). One column whose name holds a `;`, tab or `|`
+    while the delimiter is the default comma is a file in another dialect: refused with the hint."""
+    line = data[: data.find(b"\n")] if b"\n" in data else data
+    try:
+        text = line.decode("utf-8-sig").rstrip("\r")
+    except UnicodeDecodeError:
+        return None
+    names = next(csv.reader([text], delimiter=options.delimiter), [])
+    if len(names) == 1 and options.delimiter == ",":
+        for sep, name in DELIMITERS.items():
+            if sep in names[0]:
+                shown = "'\\t'" if sep == "\t" else repr(sep)
+                raise FileRejected(path, "delimiter", header=names[0][:80], name=name, shown=shown)
+    return [n.strip() if options.delimiter == "," else n for n in names]
+
+
+class _JsonRowProblem(ValueError):
+    def __init__(self, problem: str, fix: str):
+        super().__init__(problem)
+        self.problem, self.fix = problem, fix
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are distinct: `{"value": 1, "value": 999}` is refused, never the last kept."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _JsonRowProblem(f"key {key!r} appears twice in one object", "write each key once per object")
+    return out
+
+
+def _float_or_text(text: str) -> float | str:
+    """A JSON number as a float, or as its text when it rounds to 0.0 but is not 0 (1e-400): the rules then
+    refuse it by row and column with the value as written."""
+    x = float(text)
+    if x == 0.0 and re.search(r"[1-9]", text.split("e")[0].split("E")[0]):
+        return text
+    return x
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_DECODER_EXACT = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_float=_float_or_text)
+
+
+def _json_line(line: str, exact: bool):
+    """One line's JSON value; every way Python's reader fails (nesting too deep, an integer of thousands of
+    digits, repeated keys, a lone surrogate) is a `_JsonRowProblem` or a JSONDecodeError."""
+    try:
+        rec = (_DECODER_EXACT if exact else _DECODER).decode(line)
+    except RecursionError:
+        raise _JsonRowProblem(
+            "nested too deep for the JSON reader", "write one flat JSON object per line"
+        ) from None
+    except json.JSONDecodeError:
+        raise
+    except _JsonRowProblem:
+        raise
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise _JsonRowProblem(
+            f"a number that cannot be read ({str(exc)[:80]})",
+            "write it as a decimal with an exponent (1.5e30)",
+        ) from None
+    if _SURROGATE_ESCAPE.search(line):
+        try:
+            json.dumps(rec, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _JsonRowProblem(
+                "a lone UTF-16 surrogate escape (\\uD800-\\uDFFF), which UTF-8 text cannot hold",
+                "write the character itself, or a complete surrogate pair",
+            ) from None
+    return rec
+
+
+def read_user_file(
+    path: Path, data: bytes, options: ReadOptions = DEFAULT_OPTIONS, limits: IngestLimits | None = None
+) -> Columns:
     """Any supported file as its columns and row numbers; a file that cannot be read is refused with the
     reason, the row and the fix (FileRejected)."""
+    limits = limits or IngestLimits()
     kind = _kind(path)
     if not data.strip():
         raise FileRejected(path, "empty")
@@ -139,8 +278,16 @@ def read_user_file(path: Path, data: bytes) -> Columns:
             reason=exc.reason,
         ) from exc
     if kind == "csv":
+        del text  # (validated; the parser reads the bytes: a StringIO of the text held 4 bytes a character)
         try:
-            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+            frame = pd.read_csv(
+                io.BytesIO(data),
+                encoding="utf-8-sig",
+                dtype=str,
+                keep_default_na=False,
+                skipinitialspace=True,
+                sep=options.delimiter,
+            )
         except pd.errors.ParserError as exc:
             raise FileRejected(path, "malformed_csv", error=exc) from exc
         except pd.errors.EmptyDataError as exc:
@@ -152,32 +299,67 @@ def read_user_file(path: Path, data: bytes) -> Columns:
             raise FileRejected(path, "extra_fields", [extra], row=2, fields=n)
         return Columns(from_pandas(frame), 2)
     records, lines = [], []
+    exact = UNDERFLOW_SHAPE.search(data) is not None
+    keys: dict[str, None] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = _json_line(line, exact)
         except json.JSONDecodeError as exc:
             raise FileRejected(
                 path, "json", [BadRow(lineno, "*", "json", line[:40])], row=lineno, error=exc.msg
             ) from exc
+        except _JsonRowProblem as exc:
+            raise FileRejected(
+                path,
+                "json_row",
+                [BadRow(lineno, "*", "json", line[:40])],
+                row=lineno,
+                problem=exc.problem,
+                fix=exc.fix,
+            ) from None
         if not isinstance(rec, dict):
             raise FileRejected(path, "not_object", row=lineno, got=type(rec).__name__)
+        if len(keys) <= limits.max_columns:  # (the union of keys: a column per key)
+            keys.update(dict.fromkeys(rec))
         records.append(rec)
         lines.append(lineno)
+    check_names(path, list(keys), limits)
     return Columns(from_pandas(pd.DataFrame.from_records(records)), np.asarray(lines, dtype=np.int64))
 
 
-def renamed_columns(path: Path, columns: list[str], rename: dict[str, str] | None) -> dict[str, str]:
-    """The column mapping of `--rename old=new` for a file's columns (names compared trimmed,
-    case-insensitive); a name the file does not have is an error naming what it has."""
+def renamed_columns(
+    path: Path, columns: list[str], rename: dict[str, str] | None, value_column: str | None = None
+) -> dict[str, str]:
+    """The column mapping of `--rename old=new` and `--value-column NAME` (NAME stored as `value`) for a
+    file's columns (names compared trimmed, case-insensitive); a name the file does not have is an error
+    naming what it has, and so is a new name that another column keeps (`--rename value=timestamp`) or that
+    the store keeps for itself."""
+    rename = dict(rename or {})
+    by_key = {c.strip().lower(): c for c in columns}
+    if value_column is not None:
+        if value_column.strip().lower() not in by_key:
+            raise FileRejected(path, "no_value_column", column=value_column, columns=list(columns))
+        if value_column.strip().lower() != "value":
+            rename[value_column] = "value"
     if not rename:
         return {}
-    by_key = {c.strip().lower(): c for c in columns}
     out = {}
     for old, new in rename.items():
         col = by_key.get(old.strip().lower())
         if col is None:
             raise FileRejected(path, "rename", old=old, new=new, columns=list(columns))
         out[col] = new.strip()
+    if any(new.lower() in RESERVED_NAMES for new in out.values()):
+        new = next(n for n in out.values() if n.lower() in RESERVED_NAMES)
+        raise FileRejected(path, "reserved", column=new, reserved=", ".join(RESERVED_NAMES))
+    kept = {c.strip().lower(): c for c in columns if c not in out}
+    targets: dict[str, str] = {}
+    for old, new in out.items():
+        key = new.lower()
+        if key in kept or key in targets:
+            existing = kept.get(key) or targets[key]
+            raise FileRejected(path, "rename_clash", old=old, new=new, existing=existing)
+        targets[key] = old
     return out

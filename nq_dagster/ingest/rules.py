@@ -11,6 +11,7 @@ order, costs a few passes over its columns: no per-row Python, no sort.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +19,15 @@ import numpy as np
 import polars as pl
 
 from nq_dagster.ingest.errors import BadRow, FileRejected, RowProblem
+from nq_dagster.ingest.limits import IngestLimits, check_parquet, check_text
 from nq_dagster.ingest.read import (
+    DEFAULT_OPTIONS,
+    SUFFIXES,
     TIMESTAMP_NAMES,
     Columns,
+    ReadOptions,
+    check_names,
+    csv_header,
     distinct_names,
     read_fast,
     read_user_file,
@@ -42,6 +49,7 @@ class Checked:
     clean: pl.DataFrame
     bad: list[BadRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    bad_count: int = 0  # rows refused, counted exactly (`bad` names at most ROWS_NAMED per rule and column)
 
 
 def valid_source_name(name: str | None) -> bool:
@@ -65,14 +73,27 @@ def _as_text(col: pl.Series) -> pl.Series:
 def parse_numbers(col: pl.Series) -> pl.Series:
     """A value column -> Float64: null where a value is not a number (text that does not parse: the row's
     problem is "missing value" or "not a number"), NaN or infinity where it is not finite. Text is read with
-    padding ignored; numbers as they are (a missing one is NaN); booleans as 1.0 / 0.0."""
-    if col.dtype.is_numeric() or col.dtype == pl.Boolean:
+    padding ignored; numbers as they are (a missing one is NaN). Booleans are not numbers, in any format
+    (JSON's `true`, Parquet's boolean, CSV's "true"): null, refused by row."""
+    if col.dtype == pl.Boolean:
+        return pl.repeat(None, len(col), dtype=pl.Float64, eager=True)
+    if col.dtype.is_numeric():
         return col.cast(pl.Float64).fill_null(float("nan"))
     text = _as_text(col)
     as_float = text.cast(pl.Float64, strict=False)  # padded numbers ("  1.5") are rare: stripped only then
     if as_float.null_count() == text.null_count():
         return as_float
     return text.str.strip_chars().cast(pl.Float64, strict=False)
+
+
+def underflows(col: pl.Series, numbers: pl.Series) -> np.ndarray:
+    """Where text read as 0.0 is not zero (1e-400 is below the smallest double): a mask. Only text can say;
+    the readers hand over as text any number column that may hold one (`read.UNDERFLOW_SHAPE`)."""
+    zero = (numbers == 0.0).fill_null(False)
+    if col.dtype != pl.String or not zero.any():
+        return np.zeros(len(col), dtype=bool)
+    mantissa = col.str.strip_chars().str.replace(r"[eE].*$", "")
+    return (zero & mantissa.str.contains(r"[1-9]").fill_null(False)).to_numpy()
 
 
 def finite_number(value) -> bool:
@@ -119,7 +140,9 @@ def _named(frame: pl.DataFrame, path: Path) -> tuple[str, str | None, list[str]]
     return ts_col, src_col, value_cols
 
 
-def check_columns(columns: Columns, path: Path, source_override: str | None) -> Checked:
+def check_columns(
+    columns: Columns, path: Path, source_override: str | None, options: ReadOptions = DEFAULT_OPTIONS
+) -> Checked:
     """Every rule over every row of `columns`; the source is `source_override`, else the file's source column,
     else the file's name. Raises FileRejected when the columns themselves are unusable (no rows, no timestamp
     column, no value column)."""
@@ -127,8 +150,9 @@ def check_columns(columns: Columns, path: Path, source_override: str | None) -> 
     ts_col, src_col, value_cols = _named(frame, path)
     n = frame.height
     notes: list[str] = []
-    timestamps = parse_timestamps(frame[ts_col])
+    timestamps = parse_timestamps(frame[ts_col], options.timestamp_format, options.timezone)
     values = {c: parse_numbers(frame[c]) for c in value_cols}
+    tiny = {c: underflows(frame[c], v) for c, v in values.items()}
     sources: pl.Series | None = None
     single = None  # the one source of every row, when known without looking at the rows
     if source_override:
@@ -150,6 +174,7 @@ def check_columns(columns: Columns, path: Path, source_override: str | None) -> 
         and not timestamps.null_count()
         and not out_of_range(timestamps).any()
         and all(not v.null_count() and v.is_finite().all() for v in values.values())
+        and not any(m.any() for m in tiny.values())
     )
     out = {"timestamp": timestamps, **{c.strip(): v for c, v in values.items()}}
     if all_good and single is not None and (timestamps.cast(pl.Int64).diff().drop_nulls() > 0).all():
@@ -164,20 +189,34 @@ def check_columns(columns: Columns, path: Path, source_override: str | None) -> 
     bad: list[BadRow] = []
     bad_mask = np.zeros(n, dtype=bool)
     if not all_good:
-        bad_mask = _bad_rows(frame, rows, ts_col, src_col, timestamps, values, sources, valid, bad)
+        bad_mask = _bad_rows(frame, rows, ts_col, src_col, timestamps, values, tiny, sources, valid, bad)
     # every column by its stripped name, in the file's order (a later column of the same name wins)
     table = pl.DataFrame({"source": sources, **out, "_row": _row_numbers(rows, n)})
-    clean, repeats, in_order = _sorted_without_repeats(table, bad_mask)
+    clean, repeats, in_order, n_repeats = _sorted_without_repeats(table, bad_mask)
     for i, first in repeats.iter_rows():
         shown = _shown(frame[ts_col], i)
         bad.append(BadRow(_row_of(rows, i), ts_col, "duplicate", shown, duplicate_of=first))
     if not in_order:
         notes.append(SORTED_NOTE)
     bad.sort(key=lambda b: b.row)
-    return Checked(clean, bad, notes)
+    return Checked(clean, bad, notes, int(bad_mask.sum()) + n_repeats)
 
 
-def _bad_rows(frame, rows, ts_col, src_col, timestamps, values, sources, valid, bad) -> np.ndarray:
+_LEAP_SECOND = re.compile(r"\d{1,2}:\d{2}:60(?:[.,]\d*)?(?:Z|[+-]\d{2}:?\d{2})?\s*$")
+
+
+def _timestamp_kind(shown: str) -> RowProblem:
+    return "leap_second" if _LEAP_SECOND.search(shown) else "timestamp"
+
+
+def _number_kind(shown: str) -> RowProblem:
+    text = shown.strip()
+    if text == "":
+        return "missing"
+    return "boolean" if text.lower() in ("true", "false") else "not_a_number"
+
+
+def _bad_rows(frame, rows, ts_col, src_col, timestamps, values, tiny, sources, valid, bad) -> np.ndarray:
     """The rows a rule refuses, as a mask; each named (up to ROWS_NAMED per rule and column) in `bad`."""
 
     def name(mask: np.ndarray, column: str, kind_of, shown_in: pl.Series) -> None:
@@ -187,16 +226,17 @@ def _bad_rows(frame, rows, ts_col, src_col, timestamps, values, sources, valid, 
             bad.append(BadRow(_row_of(rows, int(i)), column, kind, shown))
 
     mask = timestamps.is_null().to_numpy()
-    name(mask, ts_col, "timestamp", frame[ts_col])
+    name(mask, ts_col, _timestamp_kind, frame[ts_col])
     far = out_of_range(timestamps)
     name(far, ts_col, "time_range", frame[ts_col])
     mask |= far
     for c, v in values.items():
         nonnum = v.is_null().to_numpy()
         nonfinite = ~nonnum & ~v.fill_null(0.0).is_finite().to_numpy()
-        name(nonnum, c, lambda shown: "missing" if shown.strip() == "" else "not_a_number", frame[c])
+        name(nonnum, c, "boolean" if frame[c].dtype == pl.Boolean else _number_kind, frame[c])
         name(nonfinite, c, "not_finite", frame[c])
-        mask |= nonnum | nonfinite
+        name(tiny[c], c, "underflow", frame[c])
+        mask |= nonnum | nonfinite | tiny[c]
     invalid = ~sources.is_in(pl.Series(sorted(valid), dtype=pl.String)).to_numpy()
     name(invalid, src_col or "source", "source", sources)
     return mask | invalid
@@ -204,10 +244,11 @@ def _bad_rows(frame, rows, ts_col, src_col, timestamps, values, sources, valid, 
 
 def _sorted_without_repeats(
     table: pl.DataFrame, bad_mask: np.ndarray
-) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
+) -> tuple[pl.DataFrame, pl.DataFrame, bool, int]:
     """The rows no other rule refused, sorted by (source, timestamp), less each row that repeats an earlier
     row's (source, timestamp); the repeats as (index in the file, row number of the first), in file order, at
-    most ROWS_NAMED; and whether each source's rows were in time order in the file."""
+    most ROWS_NAMED; whether each source's rows were in time order in the file; and how many repeats there
+    were in all."""
     keyed = table.with_row_index("_i")
     if bad_mask.any():
         keyed = keyed.filter(pl.Series(~bad_mask))
@@ -217,7 +258,8 @@ def _sorted_without_repeats(
     repeat = same_source & (pl.col("timestamp") == pl.col("timestamp").shift(1))
     keyed = keyed.with_columns(repeat.fill_null(False).alias("_repeat"))
     repeats = pl.DataFrame(schema={"_i": pl.Int64, "_first": pl.Int64})
-    if keyed["_repeat"].any():
+    n_repeats = int(keyed["_repeat"].sum())
+    if n_repeats:
         first = pl.when(~pl.col("_repeat")).then(pl.col("_row")).fill_null(strategy="forward")
         repeats = keyed.select(pl.col("_i").cast(pl.Int64), first.alias("_first"), "_repeat")
         repeats = repeats.filter("_repeat")
@@ -226,27 +268,47 @@ def _sorted_without_repeats(
     # in time order in the file <=> the sort kept each source's rows in file order
     in_file_order = ~same_source | (pl.col("_i") > pl.col("_i").shift(1))
     in_order = keyed.select(in_file_order.fill_null(True).all()).item()
-    return keyed.drop("_i", "_repeat"), repeats, in_order
+    return keyed.drop("_i", "_repeat"), repeats, in_order, n_repeats
 
 
 def check_file(
-    path: Path, data: bytes, source_override: str | None, rename: dict[str, str] | None = None
+    path: Path,
+    data: bytes,
+    source_override: str | None,
+    rename: dict[str, str] | None = None,
+    options: ReadOptions = DEFAULT_OPTIONS,
+    limits: IngestLimits | None = None,
 ) -> Checked:
     """Read and check a file. The fast reader first; when it declines, or refuses a column or a row, the
     general reader reads the file again and its verdict stands (its row numbers and values are those the
     user wrote, blank lines and padding included; the fast reader's verdict on a good file is the same,
     tests/test_ingest.py checks it). Raises FileRejected for a file that cannot be read or whose columns
-    are unusable."""
-    columns = read_fast(path, data)
+    are unusable, or that passes a limit (`limits`: checked on the bytes, the header or the Parquet footer
+    before a row is built)."""
+    limits = limits or IngestLimits()
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind in ("csv", "jsonl"):
+        check_text(path, data, kind, limits)
+    if kind == "csv":
+        header = csv_header(path, data, options)
+        if header is not None and data and not data.isspace():  # (strip() would copy the file)
+            check_names(path, header, limits)
+    elif kind == "parquet":
+        names = check_parquet(path, data, limits)
+        if names is not None:
+            check_names(path, names, limits)
+    columns = read_fast(path, data, options)
     if columns is not None:
         try:
-            columns.frame = columns.frame.rename(renamed_columns(path, columns.frame.columns, rename))
+            mapping = renamed_columns(path, columns.frame.columns, rename, options.value_column)
+            columns.frame = columns.frame.rename(mapping)
             if distinct_names(columns.frame.columns):
-                checked = check_columns(columns, path, source_override)
+                checked = check_columns(columns, path, source_override, options)
                 if not checked.bad:
                     return checked
         except FileRejected:
             pass  # the general reader says it again
-    columns = read_user_file(path, data)
-    columns.frame = columns.frame.rename(renamed_columns(path, columns.frame.columns, rename))
-    return check_columns(columns, path, source_override)
+    columns = read_user_file(path, data, options, limits)
+    mapping = renamed_columns(path, columns.frame.columns, rename, options.value_column)
+    columns.frame = columns.frame.rename(mapping)
+    return check_columns(columns, path, source_override, options)

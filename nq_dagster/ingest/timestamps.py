@@ -81,7 +81,26 @@ def _by_first_shape(text: pl.Series) -> pl.Series | None:
         fmt += "Z" if zone else ""
         expr = pl.first().str.strptime(pl.Datetime("us"), fmt, strict=False, cache=False)
         expr = expr.dt.replace_time_zone("UTC")
-    return text.to_frame().lazy().select(expr).collect().to_series()
+    parsed = text.to_frame().lazy().select(expr).collect().to_series()
+    if m.group(4) is not None:
+        t0 = text[0]
+        parsed = _without_leap_seconds(text, parsed, len(t0) - len(t0.lstrip()) + m.start(4), zone)
+    return parsed
+
+
+def _without_leap_seconds(text: pl.Series, parsed: pl.Series, at: int, zone: str | None) -> pl.Series:
+    """This parser reads a leap second (23:59:60) as the next day's 00:00:00 (and may repeat that row); the
+    others refuse it: null here too, and the rules name it. Only rows that parsed to a whole day (UTC, no
+    offset) or a whole minute (with an offset) can be one, so the text of few rows is looked at (a string pass
+    over every row cost a quarter of a 1M-row ingest)."""
+    us = parsed.cast(pl.Int64)
+    whole = 86_400_000_000 if zone in (None, "Z") else 60_000_000
+    candidates = ((us % whole) == 0).fill_null(False)
+    if not candidates.any():
+        return parsed
+    at_rows = candidates.arg_true()
+    leap = text.gather(at_rows).str.slice(at, 2) == "60"
+    return parsed.scatter(at_rows.filter(leap), None) if leap.any() else parsed
 
 
 def _numbers_or_iso(text: pl.Series) -> pl.Series:
@@ -117,21 +136,67 @@ def _parse_text(text: pl.Series) -> pl.Series:
     return parsed.scatter(at, _numbers_or_iso(text.gather(at)))
 
 
-def parse_timestamps(col: pl.Series) -> pl.Series:
+_ZONED = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
+
+
+def _localize(naive_utc: pl.Series, tz: str | None) -> pl.Series:
+    """Times read as UTC wall clocks -> the same wall clocks in `tz`, as UTC (None: UTC). A wall clock that
+    does not exist there (skipped by a DST change) or exists twice (repeated by one) is null: not one time."""
+    if tz is None or tz == "UTC":
+        return naive_utc
+    wall = naive_utc.dt.replace_time_zone(None)
+    local = wall.dt.replace_time_zone(tz, ambiguous="null", non_existent="null")
+    return local.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+
+
+def _with_format(text: pl.Series, fmt: str, tz: str | None) -> pl.Series:
+    """Text read by a strftime format only (`--timestamp-format`): null where a value does not match it; a
+    format with %z gives aware times, else the times are naive, in `tz` (default UTC)."""
+    parsed = text.str.strip_chars().str.strptime(pl.Datetime("us"), fmt, strict=False, cache=False)
+    if parsed.dtype.time_zone is not None:
+        parsed = parsed.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+    else:
+        parsed = _localize(parsed.dt.replace_time_zone("UTC"), tz)
+    if (
+        "%S" in fmt or "%T" in fmt
+    ):  # a leap second, as on the ISO 8601 path (its seconds are not at one place)
+        us = parsed.cast(pl.Int64)
+        at_rows = ((us % 60_000_000) == 0).fill_null(False).arg_true()
+        if len(at_rows):
+            leap = text.gather(at_rows).str.contains(r":60(?:\D|$)")
+            parsed = parsed.scatter(at_rows.filter(leap), None) if leap.any() else parsed
+    return parsed
+
+
+def parse_timestamps(col: pl.Series, fmt: str | None = None, tz: str | None = None) -> pl.Series:
     """A column of timestamps -> Datetime(us, UTC), null where a value is not a time. Typed datetimes are
     taken as UTC when naive; numbers are epoch seconds or milliseconds (`epoch_seconds`); text is a number
-    (so) or ISO 8601 (padding ignored). Booleans and other types are not times."""
+    (so) or ISO 8601 (padding ignored). Booleans and other types are not times. `fmt` (strftime) reads text
+    by that format only; `tz` (an IANA name) is the zone of naive times, typed or text (epoch numbers and
+    times with an offset are absolute)."""
     dtype = col.dtype
     if dtype == pl.Datetime:
         naive = dtype.time_zone is None
-        parsed = col.dt.replace_time_zone("UTC") if naive else col.dt.convert_time_zone("UTC")
-        return parsed.dt.cast_time_unit("us")
+        if naive:
+            return _localize(col.dt.replace_time_zone("UTC").dt.cast_time_unit("us"), tz)
+        return col.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
     if dtype == pl.Date:
-        return col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+        return _localize(col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"), tz)
     if dtype.is_numeric():
         return _from_epoch(col.cast(pl.Float64).to_numpy())  # (a null is NaN here: not a time)
     if dtype == pl.String:
-        return _parse_text(col)
+        if fmt:
+            return _with_format(col, fmt, tz)
+        parsed = _parse_text(col)
+        if tz is None or tz == "UTC":
+            return parsed
+        text = col.str.strip_chars()
+        naive = text.cast(pl.Float64, strict=False).is_null() & ~text.str.contains(_ZONED.pattern)
+        naive = naive.fill_null(False) & parsed.is_not_null()
+        if not naive.any():
+            return parsed
+        at = naive.arg_true()
+        return parsed.scatter(at, _localize(parsed.gather(at), tz))
     return pl.repeat(None, len(col), dtype=UTC_MICROS, eager=True)
 
 

@@ -30,7 +30,9 @@ def file_locks(directory: Path, names: list[str], timeout_s: float) -> Iterator[
                 except BlockingIOError:
                     if time.monotonic() > deadline:
                         raise TimeoutError(
-                            f"source {name!r}: another ingest held its lock for {timeout_s:g} s"
+                            f"source {name!r} is locked: another ingest or compaction held "
+                            f"{directory / f'source-{name}.lock'} for {timeout_s:g} s. Fix: let it finish "
+                            "(`nq ingest` or a run of the daemon) and try again"
                         ) from None
                     time.sleep(0.02)
             stack.callback(fcntl.flock, fh, fcntl.LOCK_UN)

@@ -18,10 +18,21 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from nq_dagster.store.backends import Backend
+from nq_dagster.store.names import FIRST_STEP, unknown_name
 from nq_dagster.store.parts import table_names, table_parts
 from nq_dagster.store.schemas import LOG_TABLES
 
 CATALOGUE = {"information_schema", "duckdb_tables", "duckdb_views", "duckdb_columns"}
+# the tables the pipeline writes (a table shows in `nq query` once it has rows); the logs are always there
+PIPELINE_TABLES = (
+    "raw_ticks",
+    "series",
+    "patterns",
+    "features",
+    "predictions",
+    "validation_metrics",
+    "portfolio",
+)
 
 
 class QueryRefused(ValueError):
@@ -61,9 +72,19 @@ def register_views(con: duckdb.DuckDBPyConnection, store: Backend, sql: str) -> 
             schema = pa.unify_schemas(
                 [pq.read_schema(str(q), filesystem=store.fs) for q in parts], promote_options="permissive"
             )
+            kw = {}
+            if name not in LOG_TABLES and "source" not in schema.names:
+                # as on local disk: a table whose rows do not name their source takes it from the partition
+                schema = schema.append(pa.field("source", pa.string()))
+                kw = {
+                    "partitioning": pads.partitioning(pa.schema([("source", pa.string())]), flavor="hive"),
+                    "partition_base_dir": str(parts[0].parent.parent),
+                }
             con.register(
                 name,
-                pads.dataset([str(q) for q in parts], schema=schema, format="parquet", filesystem=store.fs),
+                pads.dataset(
+                    [str(q) for q in parts], schema=schema, format="parquet", filesystem=store.fs, **kw
+                ),
             )
     for n, ddl in LOG_TABLES.items():
         if n not in names and n in named:
@@ -136,6 +157,8 @@ def user_query(store: Backend, tables_dir: Path, sql: str, limits: QueryLimits |
                 f"the query reads outside the warehouse, which `nq query` does not allow "
                 f"({str(exc).splitlines()[0]})"
             ) from None
+        except duckdb.CatalogException as exc:
+            raise QueryRefused(_catalog_message(store, str(exc))) from None
         except duckdb.InterruptException:
             raise QueryRefused(
                 f"the query ran past its time limit of {limits.timeout_s:g} s and was stopped. "
@@ -152,3 +175,21 @@ def user_query(store: Backend, tables_dir: Path, sql: str, limits: QueryLimits |
         return df.iloc[: limits.max_rows]
     finally:
         con.close()
+
+
+def _catalog_message(store: Backend, error: str) -> str:
+    """DuckDB's Catalog Error in the warehouse's words: an unknown table named with the tables that exist (and
+    the nearest), a table of the pipeline that holds no rows yet, an empty warehouse with its first step."""
+    first = error.splitlines()[0].removeprefix("Catalog Error: ")
+    m = re.match(r"Table with name (\S+) does not exist", first)
+    if not m:  # an unknown function, type, schema: DuckDB's first line, without its prefix
+        return first
+    name = m.group(1)
+    present = [n for n in table_names(store) if table_parts(store, n)]
+    known = sorted({*present, *LOG_TABLES})
+    if name in PIPELINE_TABLES:
+        return f"table {name!r} holds no rows yet (the pipeline writes it when a source is run). Fix: " + (
+            "`nq run`" if "raw_ticks" in present else FIRST_STEP
+        )
+    fix = "use one of the tables listed" if present else f"the warehouse is empty: {FIRST_STEP}"
+    return unknown_name("table", name, known, fix)

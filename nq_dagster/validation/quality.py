@@ -14,12 +14,31 @@ import pandas as pd
 
 from nq_dagster.fusion.record import PREDICTION_COLUMNS  # the one schema of the record
 
-FIX = {
-    "series": "the series is built by `series` from `raw_ticks`; inspect the source's raw rows with "
-    "`nq query \"select * from raw_ticks where source = '<source>'\"` and re-ingest a corrected file",
-    "predictions": (
-        "predictions come from `fusion_model`; re-materialize it for the source (`nq run --source <source>`)"
-    ),
+# the fix offered for a failed expectation, by suite and expectation type: the remedy must match the failure
+# (one fix per suite offered "re-materialize fusion_model" for a duplicate row, issue 28); "{source}" is
+# filled in
+_RETRAIN = "retrain the source (`nq run --source {source}`), which rewrites training's predictions"
+FIXES = {
+    "series": {
+        "expect_table_columns_to_match_set": "the series needs `timestamp` and `value` columns: ingest a "
+        "file with them (`nq ingest FILE --source {source}`; `--rename OLD=value` maps another column)",
+        "expect_table_row_count_to_be_between": "the source has no rows: ingest some "
+        "(`nq ingest FILE --source {source}`) or `nq demo` for example data",
+        "*": "the series is built by `series` from `raw_ticks`; inspect the source's raw rows with "
+        "`nq query \"select * from raw_ticks where source = '{source}'\"` and re-ingest a corrected file",
+    },
+    "predictions": {
+        "expect_table_columns_to_match_set": "stored predictions lack this version's record columns "
+        "(written by another version): " + _RETRAIN,
+        "expect_column_values_to_be_unique": "a prediction id repeats: two writers stored the same records; "
+        + _RETRAIN,
+        "expect_compound_columns_to_be_unique": "a time of the source was predicted twice (two writers, e.g. "
+        'the streaming job and `nq serve` on the same rows); list them with `nq query "select timestamp, '
+        "count(*) from predictions where source = '{source}' group by 1 having count(*) > 1\"`",
+        "expect_column_pair_values_a_to_be_greater_than_b": "a model saw the target of a row it predicts: a "
+        "defect of the model code, not of your data; " + _RETRAIN + " and report the rows listed",
+        "*": "the model wrote a value outside the record's rules (a defect, not your data); " + _RETRAIN,
+    },
 }
 
 
@@ -111,14 +130,19 @@ class QualityReport:
     def failures(self) -> pd.DataFrame:
         return self.results[~self.results["success"]]
 
-    def message(self, where: str = "") -> str:
+    def message(self, where: str = "", source: str = "<source>") -> str:
         if self.success:
             return f"{self.suite}{where}: all {len(self.results)} expectations met"
         lines = [f"{self.suite}{where}: {len(self.failures())} of {len(self.results)} expectations failed"]
+        fixes: list[str] = []
         for r in self.failures().itertuples():
             rows = f" at rows {r.first_bad_rows}" if r.first_bad_rows else ""
             lines.append(f"- {r.expectation}({r.column}): {r.unexpected_count} bad value(s){rows}")
-        lines.append(f"fix: {FIX[self.suite]}")
+            table = FIXES[self.suite]
+            fix = table.get(r.expectation, table["*"]).format(source=source)
+            if fix not in fixes:
+                fixes.append(fix)
+        lines += [f"fix: {f}" for f in fixes]
         return "\n".join(lines)
 
 

@@ -1,11 +1,11 @@
 """The serving engine: the sources this replica owns, advanced by one worker thread through the one prediction
-path, every acknowledged tick in the log first and in the tables after a flush.
+path, every acknowledged tick in the journal first and in the tables after a flush.
 
 `Engine` assembles the parts and is what the HTTP layer talks to: `submit` ticks (a future of `Answer`s),
 `call` a function between batches, and read-only views (sources, model info, recent records, outcomes,
 health). Three threads: the worker (`worker.py`), the flusher (`flusher.py`), the watcher (`watcher.py`: new
 models, rows from files via `pickup.py`, this replica's lease via `ownership.py`). A start recovers what a
-dead process left in the log (`restart.py`).
+dead process left in the journal (`restart.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from nq_dagster.serve.engine.ownership import Ownership, replica_lease
 from nq_dagster.serve.engine.pickup import FilePickup
 from nq_dagster.serve.engine.records import RecordCache
 from nq_dagster.serve.engine.restart import ShardRestarts, recover
-from nq_dagster.serve.engine.ticklog import Fsync, TickLog
+from nq_dagster.serve.engine.ticklog import Fsync, TickLog, probe_dir
 from nq_dagster.serve.engine.watcher import Models, watch
 from nq_dagster.serve.engine.work import NoModel, NotOwner, Priority
 from nq_dagster.serve.engine.worker import OnBatch, OnRecords, Worker
@@ -111,7 +111,6 @@ class Engine:
         for source in self.models.owned_trained_sources():
             self.models.load(source)
         recover(self.predictor, self.ticklog, self.cache, self.flusher.flush_segment)
-        self.ticklog.open_segment()
         self._write_lease()
         threads = (("worker", self.worker.run), ("flusher", self.flusher.run), ("watcher", self._watch))
         for name, target in threads:
@@ -149,14 +148,16 @@ class Engine:
         priority: Priority = "normal",
         stored: bool = False,
         received: float | None = None,
+        key: str = "",
     ) -> cf.Future:
         """Queue ticks [(source, timestamp, value)]; the future gives a list of `Answer`, one per tick, sorted
         by (source, time) as ingest sorts. `received` (perf_counter) is when the request arrived:
-        processing_time_ms counts from it."""
+        processing_time_ms counts from it. `key`: the API key's id, whose share of the batches it is served
+        in (worker.py, fair.py)."""
         for source, _, _ in rows:
             if not self.own.owns(source):
                 raise NotOwner(source, self.own.owner(source))
-        return self.worker.submit(rows, label, priority, stored, received)
+        return self.worker.submit(rows, label, priority, stored, received, key)
 
     def call(self, fn) -> cf.Future:
         """Run fn() on the worker thread, between two batches."""
@@ -204,7 +205,20 @@ class Engine:
 
     def log_backlog(self) -> int:
         """Closed segments not yet in the tables (the open one aside)."""
-        return max(0, len(self.ticklog.segments()) - 1)
+        open_one = self.ticklog.path is not None and self.ticklog.path.exists()
+        return max(0, len(self.ticklog.segments()) - open_one)
+
+    def journal_status(self) -> dict:
+        """The journal's part of the storage status: the last storage error (None once a batch commits again),
+        whether its directory takes a write now, and the counts since the start."""
+        err = self.ticklog.error
+        return {
+            "error": err,
+            "writable": err is None or probe_dir(self.ticklog.dir) is None,
+            "refused_batches": self.ticklog.failures,
+            "quarantined_segments": self.flusher.quarantined,
+            "tick_conflicts": self.flusher.conflicts,
+        }
 
     @property
     def last_flush_error(self) -> str | None:
@@ -218,12 +232,15 @@ class Engine:
     def _rotate(self) -> None:
         """Close the open segment and hand it, with the states after it, to the flusher (worker thread)."""
         sources = sorted(self.ticklog.sources)
-        path = self.ticklog.close_segment()
-        if path is None:
+        closed = self.ticklog.close_segment()
+        if closed is None:
             return
-        self.ticklog.open_segment()
-        states = self.restarts.predict(lambda: self.predictor.serving_states(sources))
-        self.flusher.hand(ClosedSegment(path, states))
+        path, conn = closed
+        states: dict = {}
+        try:
+            states = self.restarts.predict(lambda: self.predictor.serving_states(sources))
+        finally:  # without its states the segment is still stored (the states are saved at the next one)
+            self.flusher.hand(ClosedSegment(path, states, conn))
 
     # the watcher thread -------------------------------------------------------------------------------------
     def _watch(self) -> None:

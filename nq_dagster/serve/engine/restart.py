@@ -1,8 +1,8 @@
 """Starting again from the log: at a start after a crash, and when a prediction process dies.
 
-Recovery. Segments a dead process left hold acknowledged ticks the tables may not: each source's state is
-advanced over its ticks after the state's last one, the records go back into memory, and the segment is
-flushed as the flusher would have flushed it.
+Recovery. Journal segments a dead process left hold acknowledged ticks the tables may not: each source's state
+is advanced over its ticks after the state's last one, the records go back into memory, and the segment is
+flushed as the flusher would have flushed it (a damaged one: what could be read, then quarantined).
 
 Shard restart. With `--processes` > 1 a prediction process may die (OOM, kill -9). The call that found it dead
 (`ShardGone`) starts it again, loads its sources from their saved states (live_state, else training's), moves
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -72,28 +73,35 @@ class ShardRestarts:
 
 
 def recover(
-    predictor, ticklog: TickLog, cache: RecordCache, flush_segment: Callable[[Path, dict], None]
+    predictor, ticklog: TickLog, cache: RecordCache, flush_segment: Callable[[Path, dict], bool]
 ) -> None:
     """Segments a dead process left: advance the states over their ticks, then flush them (before the engine
-    opens a segment of its own)."""
+    opens a segment of its own). A segment that cannot be read whole gives what it can (the flusher stores
+    that, quarantines the file and names what was lost); the others are recovered all the same."""
+    ticklog.remove_orphans()
     for path in ticklog.segments():
-        ticks = read_segment(path)
+        try:
+            read = read_segment(path)
+        except (sqlite3.Error, OSError) as exc:  # the storage, not the file: starting without it would fork
+            raise RuntimeError(
+                f"journal segment {path} cannot be read now ({type(exc).__name__}: {exc}); nothing was "
+                "changed. Fix: make the data directory readable and writable, then start again"
+            ) from exc
         touched = set()
-        for t in ticks:
+        for t in read.ticks:
             if t.source in predictor.sources() and t.ts_ns > predictor.last_ts(t.source):
                 predictor.advance(t.source, [t.value], np.array([t.ts_ns], dtype=np.int64))
                 touched.add(t.source)
             cache.of(t.source)[t.ts_ns] = t.record
         loaded = set(predictor.sources())
-        states = predictor.serving_states(sorted({t.source for t in ticks} & loaded))
-        flush_segment(path, states)
-        log.info(
-            json.dumps(
-                {
-                    "event": "wal_recovered",
-                    "segment": path.name,
-                    "ticks": len(ticks),
-                    "states_advanced": sorted(touched),
-                }
-            )
-        )
+        states = predictor.serving_states(sorted({t.source for t in read.ticks} & loaded))
+        stored = flush_segment(path, states)
+        event = {
+            "event": "wal_recovered" if stored else "wal_recovery_failed",
+            "segment": path.name,
+            "ticks": len(read.ticks),
+            "states_advanced": sorted(touched),
+        }
+        if read.damaged:
+            event["unreadable"] = read.describe()
+        (log.info if stored and not read.damaged else log.warning)(json.dumps(event))

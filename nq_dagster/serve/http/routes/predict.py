@@ -16,10 +16,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from nq_dagster.serve.engine import Answer, NoModel, NotOwner, Rejected
+from nq_dagster.serve.engine import Answer, JournalUnavailable, NoModel, NotOwner, Rejected
 from nq_dagster.serve.http.auth import guarded
 from nq_dagster.serve.http.bodies import RealtimeBody, parse
 from nq_dagster.serve.http.errors import ApiError
+from nq_dagster.serve.http.startup import require_ready
 from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.keys import KeyRecord
 
@@ -27,32 +28,49 @@ REALTIME = "/api/v1/process/realtime"
 
 
 async def run_ticks(
-    state: ServerState, rows: list[tuple], label: str, priority: str, received: float | None
+    state: ServerState, rows: list[tuple], label: str, priority: str, received: float | None, key: str
 ) -> list[Answer]:
-    """The engine's answers to ticks [(source, timestamp, value)]; its refusals as API errors."""
+    """The engine's answers to ticks [(source, timestamp, value)] of the key with id `key`; its refusals as
+    API errors."""
+    require_ready(state.startup)
     try:
-        return await asyncio.wrap_future(state.engine.submit(rows, label, priority, received=received))
+        return await asyncio.wrap_future(
+            state.engine.submit(rows, label, priority, received=received, key=key)
+        )
     except Rejected as exc:
         raise ApiError(422, exc.messages[0], field=exc.field, details=exc.messages) from None
     except NoModel as exc:
         raise ApiError(409, str(exc), field="source") from None
     except NotOwner as exc:
         raise ApiError(421, str(exc), field="source") from None
+    except JournalUnavailable as exc:  # fail closed: not stored, so not acknowledged (engine/ticklog.py)
+        raise ApiError(503, str(exc), headers={"Retry-After": "1"}) from None
 
 
 async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Response:
     raw = await request.body()
     body: RealtimeBody = parse(RealtimeBody, raw, max_values=state.settings.max_values)
+    state.access.charge(key, len(body.data))
     if not state.engine.own.owns(body.source):
         return await forward(state, request, body.source, raw)
     answers = await run_ticks(
-        state, body.ticks(), f"POST {REALTIME}", body.config.priority, request.scope["state"]["received"]
+        state,
+        body.ticks(),
+        f"POST {REALTIME}",
+        body.config.priority,
+        request.scope["state"]["received"],
+        key.id,
     )
     omitted = body.omitted()
-    if len(answers) == 1 and answers[0].text is not None and not omitted:  # the common case
-        a = answers[0]
+    if not omitted:  # the records' JSON as the engine encoded it for the log, `duplicate` appended
+        parts = [_with_duplicate(a) for a in answers]
+        if len(parts) == 1:  # the common case
+            return Response(parts[0], media_type="application/json")
+        # joined, not encoded again: a 1,000-record answer encoded here held the event loop (other keys'
+        # requests) for tens of milliseconds
+        source = json.dumps(body.source)
         return Response(
-            f'{a.text[:-1]}, "duplicate": {json.dumps(a.duplicate)}}}', media_type="application/json"
+            f'{{"source": {source}, "predictions": [{", ".join(parts)}]}}', media_type="application/json"
         )
     out = [
         {**{k: v for k, v in a.record.items() if k not in omitted}, "duplicate": a.duplicate} for a in answers
@@ -61,6 +79,11 @@ async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Resp
         for r in out:
             r["omitted"] = omitted  # left out of the answer; the served model is the trained fused model
     return JSONResponse(out[0] if len(out) == 1 else {"source": body.source, "predictions": out})
+
+
+def _with_duplicate(a: Answer) -> str:
+    text = a.text if a.text is not None else json.dumps(a.record, allow_nan=False)
+    return f'{text[:-1]}, "duplicate": {json.dumps(a.duplicate)}}}'
 
 
 async def forward(state: ServerState, request: Request, source: str, raw: bytes) -> Response:
