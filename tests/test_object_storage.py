@@ -44,7 +44,7 @@ def s3(monkeypatch):
 def test_graph_on_object_storage(wh, s3, capsys):
     assert main(["--home", str(wh.home), "demo", "--sources", "3", "--points", "450", "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    assert out.count("2/2 data-quality checks passed") == 3
+    assert out.count("3/3 data-quality checks passed") == 3  # series, predictions, served_model_promoted
     # the record is in the bucket, not on the local disk
     keys = {i.path for i in s3.get_file_info(pafs.FileSelector("nq-test/team-a", recursive=True))}
     assert "nq-test/team-a/warehouse/predictions/source=mackey_glass/data.parquet" in keys

@@ -50,7 +50,7 @@ def test_demo_ingest_query_cli(wh, tmp_path, capsys):
     for src, cols in printed.items():  # the summary's score is the one the validation report stored
         stored = wh.read_table("validation_metrics", src)["score"].iloc[0]
         assert float(cols[-1]) == pytest.approx(float(stored), abs=0.06)
-    assert out.count("2/2 data-quality checks passed") == 3
+    assert out.count("3/3 data-quality checks passed") == 3  # series, predictions, served_model_promoted
     assert (wh.reports / "mackey_glass.html").exists()
     assert (
         main(

@@ -74,10 +74,13 @@ def test_tick_by_tick_with_a_seasonal_column(seasonal_graph):
     # Mackey-Glass keeps a reservoir stage (its held-out gain is beyond one standard error): the stream's
     # reservoir path reaches the forecast here, not only the record's neuromorphic results
     assert len(seasonal_graph[1].model.model.stages) == 2
-    _tick_by_tick_equals_training_graph(seasonal_graph)
+    # design 6: the base is an AR over one season of changes (47 near-collinear columns of a smooth series),
+    # whose folded linear form (`FusionModel.linear_form`) differs from the staged computation by ~5e-9 (1e-7
+    # of the largest change); the error scale here is a few 1e-6, so a probability may move by ~1e-4 on a row
+    _tick_by_tick_equals_training_graph(seasonal_graph, prob_tol=2e-4)
 
 
-def _tick_by_tick_equals_training_graph(graph):
+def _tick_by_tick_equals_training_graph(graph, prob_tol: float = 1e-6):
     df, before, batch, after = graph
     assert before.stream.n_rows == N0
     p = Predictor()
@@ -95,7 +98,7 @@ def _tick_by_tick_equals_training_graph(graph):
     scale = np.abs(want["predicted_change"]).max()
     assert np.abs(got["predicted_change"] - want["predicted_change"]).max() <= 1e-6 * scale
     for c in ("confidence", "p_down", "p_hold", "p_up"):
-        assert np.abs(got[c] - want[c]).max() < 1e-6, c
+        assert np.abs(got[c] - want[c]).max() < prob_tol, c
     # the prediction intervals: the stream's conformal state goes on from training's, as its pass does
     for c in ("interval_80_low", "interval_80_high", "interval_95_low", "interval_95_high"):
         assert want[c].notna().all() and np.abs(got[c] - want[c]).max() <= 1e-6 * np.abs(want[c]).max(), c

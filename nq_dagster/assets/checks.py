@@ -13,7 +13,7 @@ from dagster import (
 )
 
 from nq_dagster.assets.common import md_table, source_partitions
-from nq_dagster.assets.fusion import predictions
+from nq_dagster.assets.fusion import predictions, served_state, serving_state
 from nq_dagster.assets.ingestion import series
 from nq_dagster.assets.streaming import live_predictions
 from nq_dagster.resources import WarehouseResource
@@ -219,5 +219,46 @@ def predictions_fresh(context: AssetCheckExecutionContext, warehouse: WarehouseR
             "sources_with_a_model": modelled,
             "sources": len(df),
             "summary": MetadataValue.md(text),
+        },
+    )
+
+
+@asset_check(
+    asset=serving_state,
+    blocking=True,
+    partitions_def=source_partitions,
+    description="The served model is a promoted version: the `serving_state` a stream, `nq predict` and the "
+    "server continue from is the version the promotion gate last promoted (`validation.promotion`), never a "
+    "rejected candidate nor an unrecorded one. Blocking: nothing streams from a model the gate did not pass. "
+    "Shows the gate's last decision and its figures.",
+)
+def served_model_promoted(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> AssetCheckResult:
+    import nq_dagster.codecs  # noqa: F401  (the artifacts read here are registered engine types)
+    from nq_dagster.validation import promotion
+
+    source = context.run.tags.get("dagster/partition")
+    wh = warehouse.warehouse()
+    st, why = served_state(wh, source)
+    decisions = promotion.history(wh, source)
+    last = decisions[-1] if decisions else {}
+    served = st.model.model_version if st is not None else None
+    status = promotion.status_of(wh, source, served) if served else None
+    passed = status == "promoted"
+    text = (
+        f"served version {served}: {status or 'not recorded by the gate'}"
+        if served
+        else f"no served version: {why}"
+    )
+    return AssetCheckResult(
+        passed=passed,
+        metadata={
+            "served_version": served or "",
+            "served_status": status or "",
+            "last_decision": last.get("status", ""),
+            "last_decision_version": last.get("model_version", ""),
+            "summary": MetadataValue.md(text + (f"\n\nLast decision: {last.get('reason')}" if last else "")),
+            "last_decision_figures": MetadataValue.json(last),
         },
     )

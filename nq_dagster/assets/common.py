@@ -41,7 +41,7 @@ DAILY = FreshnessPolicy.time_window(
 # an entry when that asset's output for the same inputs and config changes. The model's assets follow the
 # fused model's design (fusion.predictor.DESIGN_VERSION; tests/test_pipeline.py keeps them equal): a model of
 # another design is refused at load, so its outputs are stale the moment the design moves.
-DESIGN = "design-5"
+DESIGN = "design-6"
 CODE_VERSIONS = {
     "raw_ticks": "1",
     "series": "1",

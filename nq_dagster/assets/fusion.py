@@ -49,15 +49,25 @@ def fusion_model(
     feature_selection: dict,
     warehouse: WarehouseResource,
 ) -> Output[dict]:
-    """Walk-forward fused model (reservoir readout + selected features + recent changes), its ablations and
-    AR(5); `version` is the last model as streaming and serving use it."""
+    """Walk-forward fused model (reservoir readout + selected features + recent changes, with every baseline
+    as a candidate), its ablations and the baselines; `version` is the last model as streaming and serving use
+    it; `promotion` the gate's decision against the version served now (`validation.promotion`), which
+    `serving_state` acts on."""
+    from nq_dagster.fusion.model import DESIGN_VERSION
     from nq_dagster.fusion.pipeline import run_fusion
     from nq_dagster.fusion.training import model_version_from_fit
+    from nq_dagster.validation import promotion
 
     cfg = warehouse.pipeline_config()
+    source = context.partition_key
+    current, why_not = served_state(warehouse.warehouse(), source)
+    why_not = why_not or promotion.comparable(
+        current.model if current else None, cfg.as_dict(), DESIGN_VERSION
+    )
+    incumbent = (current.model.model, current.stream.season) if current is not None and not why_not else None
     t0 = time.perf_counter()
     out = run_fusion(
-        features, reservoir_states["states"], feature_selection["selected"], cfg, context.partition_key
+        features, reservoir_states["states"], feature_selection["selected"], cfg, source, incumbent
     )
     elapsed = time.perf_counter() - t0
     version = f"{cfg.version}-{pd.Timestamp.now(tz='UTC').strftime('%Y%m%dT%H%M%S')}"
@@ -81,9 +91,18 @@ def fusion_model(
             "version": mv,
         }
     )
+    out["promotion"] = decision = promotion.decide(
+        out, current.model if current else None, why_not, features["timestamp"].to_numpy(), version
+    )
     return Output(
         out,
         metadata={
+            "promotion": decision["status"],
+            "promotion_reason": decision["reason"],
+            "promotion_figures": MetadataValue.json(decision),
+            "candidates_chosen": MetadataValue.json(out["candidates"]["chosen"]),
+            "baseline_candidate_share": MetadataValue.json(out["candidates"]["baseline_candidate_share"]),
+            "season": int(out["season"] or 0),
             "model_version": version,
             "config_version": cfg.version,
             "walk_forward_predictions": len(out["fused"]),
@@ -95,6 +114,16 @@ def fusion_model(
     )
 
 
+def served_state(wh, source: str) -> tuple[Any, str]:
+    """The serving state served now (training's last promoted one), or None and why it cannot be used."""
+    if not wh.has_artifact("serving_state", source):
+        return None, "no version is served yet"
+    try:
+        return wh.load_artifact("serving_state", source), ""
+    except Exception as exc:  # noqa: BLE001 - an unreadable served state is replaced, and the decision says why
+        return None, f"the served state does not load ({type(exc).__name__}: {exc})"
+
+
 @source_asset("fusion", {"numpy"}, TRAINING_AUTOMATION, freshness_policy=DAILY)
 def serving_state(
     context: AssetExecutionContext,
@@ -102,12 +131,16 @@ def serving_state(
     features: pd.DataFrame,
     spike_trains: dict,
     reservoir_states: dict,
+    warehouse: WarehouseResource,
 ) -> Output[Any]:  # a fusion.predictor.ServingState
-    """What the streaming job, `nq predict` and the server continue from: the latest model version and the
-    source's streaming state after its last row (encoder windows, reservoir state, detector windows)."""
+    """What the streaming job, `nq predict` and the server continue from: the latest promoted model version
+    and the source's streaming state after its last row (encoder windows, reservoir state, detector windows).
+    A version the promotion gate rejected (`fusion_model`'s `promotion`) is not written here: it is kept as
+    `candidate_state`, and the version served now stays; every decision goes to `model_versions`."""
     from nq_dagster.fusion.model import ServingState
     from nq_dagster.fusion.stream import CANDIDATES, from_history
     from nq_dagster.neuromorphic.stages import unpack_spikes
+    from nq_dagster.validation import promotion
 
     cfg = fusion_model["version"].cfg
     stream = from_history(
@@ -127,9 +160,24 @@ def serving_state(
         fusion_model["version"], stream, fusion_model.get("calibration"), iv["state"] if iv else None
     )
     source = context.partition_key
+    wh = warehouse.warehouse()
+    decision = fusion_model.get("promotion") or {"status": "promoted", "reason": "promoted (no gate ran)"}
+    decision = {**decision, "model_version": st.model.model_version}
+    promotion.record(wh, source, decision)
+    gate = {
+        "promotion": decision["status"],
+        "promotion_reason": decision["reason"],
+        "promotion_figures": MetadataValue.json(decision),
+    }
+    if decision["status"] == "rejected":
+        # the served state stays as it is (the IO manager writes nothing for None): the server's watcher sees
+        # no new serving_state; the candidate is kept beside it with the figures
+        wh.save_artifact(promotion.CANDIDATE, source, st)
+        return Output(None, metadata={**gate, "model_version": decision.get("current_version") or ""})
     return Output(
         st,
         metadata={
+            **gate,
             "rows_seen": stream.n_rows,
             "model_version": st.model.model_version,
             "state_bytes": stream.nbytes(),

@@ -1,4 +1,4 @@
-"""The `nq` command: demo, run, ingest, query, predict, serve, keys, dev.
+"""The `nq` command: demo, run, ingest, query, predict, serve, keys, models, dev.
 
 Every command works on the data directory `$NQ_HOME` (default `.nq/` under the
 working directory, or `--home`). Pipeline runs execute in-process against the
@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key")
     kr.add_argument("id")
     k.set_defaults(fn=commands.cmd_keys)
+    mv = sub.add_parser("models", help="model versions and the promotion gate's decisions")
+    mv.add_argument("--source", help="one source (default: every source)")
+    mv.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    mv.set_defaults(fn=commands.cmd_models)
     dv = sub.add_parser("dev", help="open the Dagster UI")
     dv.add_argument("--port", type=int, default=3000)
     dv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")

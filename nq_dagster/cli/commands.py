@@ -338,3 +338,19 @@ def cmd_keys(args, settings: Settings) -> int:
             raise ValueError(str(exc.args[0])) from None
         print(f"revoked key {rec.id} at {rec.revoked_at}")
     return 0
+
+
+def cmd_models(args, settings: Settings) -> int:
+    """Every model version training recorded, per source, with the promotion gate's decision: current (served
+    now), promoted (served before), rejected (kept as a candidate, never served), and the figures."""
+    import nq_dagster.codecs  # noqa: F401  (the artifacts read here are registered engine types)
+    from nq_dagster.validation import promotion
+
+    wh = Warehouse.from_settings(settings).ensure()
+    sources = [args.source] if args.source else wh.artifact_sources(promotion.REGISTRY)
+    df = promotion.versions_table(wh, sources)
+    if not len(df):
+        print(f"no model versions recorded in {wh.where}; `nq run` trains and records them", file=sys.stderr)
+        return 0
+    _print_frame(df, args.format)
+    return 0

@@ -22,8 +22,10 @@ from nq_dagster.fusion.walkforward import FusionModel, calibrate
 # 3: [spike reservoir | analog reservoir and inputs | selected features | 16 recent changes | level | seasonal
 # change]; 4: the same design, probabilities mixed with the base rates (`walkforward.calibrate`); 5: the same
 # design and rule, base candidates without the selected features, stages chosen by the one-standard-error rule
-# (`walkforward.simplest_within_one_se`). 1 and 2 (no analog block, 5 changes, no seasonal column) too.
-DESIGN_VERSION = 5
+# (`walkforward.simplest_within_one_se`); 6: 56 recent changes (an AR reaches one season back on hourly,
+# half-hourly and weekly data), the baselines as candidates, chosen by direction log loss first
+# (`walkforward.choose_candidate`). 1 and 2 (no analog block, 5 changes, no seasonal column) too.
+DESIGN_VERSION = 6
 
 
 @dataclass

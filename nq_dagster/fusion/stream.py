@@ -48,7 +48,7 @@ from nq_dagster.neuromorphic.reservoir import BatchedReservoirs, Reservoir, Rese
 from nq_dagster.neuromorphic.stages import INPUT_NAMES, SPIKE_STAT_NAMES, analog_drive, analog_inputs
 
 CANDIDATES = INPUT_NAMES + PATTERN_NAMES + SPIKE_STAT_NAMES  # the candidate fusion features, in this order
-N_LAGS = 16  # recent one-step changes every model sees, and then the level (the AR part of the design)
+N_LAGS = 56  # recent one-step changes every model sees (one season back on hourly, half-hourly, weekly data)
 N_CODES = DETECTOR_WINDOW - ORDER + 1  # ordinal patterns in one permutation-entropy window
 _TRIU = np.triu_indices(DETECTOR_WINDOW - 1)
 

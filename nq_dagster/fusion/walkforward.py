@@ -127,6 +127,7 @@ class FusionModel:
     scale_per_band: float | None = None  # when set, the error scale is this times the row's hold band
     mix: float = 1.0  # the probabilities: mix x the error model's + (1 - mix) x base_rate (`calibrate`)
     base_rate: np.ndarray | None = None  # (3,) class frequencies of the calibration rows
+    candidate: str = ""  # which candidate the fit chose ("fused", or the baseline it equals: `fit_model`)
 
     def predict_change(self, X: np.ndarray) -> np.ndarray:
         return sum(st.predict(X) for st in self.stages)
@@ -227,6 +228,39 @@ def simplest_within_one_se(candidates: list[tuple[np.ndarray, int, object]]):
     return candidates[min(ok)[2]][2]
 
 
+def direction_log_loss(
+    pred: np.ndarray, y_chg: np.ndarray, y_dir: np.ndarray, band: np.ndarray
+) -> np.ndarray:
+    """Per row, -log of the probability a forecast's calibrated direction classes (`calibrate` on these same
+    rows, as the walk-forward calibrates every candidate) give the realized class."""
+    holder = FusionModel([], 1.0, 0, 0, [])
+    calibrate(holder, pred, y_chg, y_dir, band)
+    P = direction_probabilities(pred, band, holder.error_scale(band), holder.mix, holder.base_rate)
+    return -np.log(P[np.arange(len(y_dir)), np.searchsorted(CLASSES, y_dir)])
+
+
+def choose_candidate(
+    candidates: list[tuple[np.ndarray, int, FusionModel]], yh: np.ndarray, y_dir: np.ndarray, band: np.ndarray
+) -> FusionModel:
+    """The candidate (held-out predicted change, coefficients, model) a fit keeps: the record claims a
+    direction, so first those whose held-out direction log loss is within one standard error (of the paired
+    row-by-row difference) of the lowest; among them, squared error decides by the one-standard-error rule
+    (`simplest_within_one_se`). A candidate clearly better in squared error but worse in direction is not kept
+    (a laser series' fused readout with lower squared error than the ESN but six points less accurate)."""
+    losses = [direction_log_loss(pred, yh, y_dir, band) for pred, _, _ in candidates]
+    means = np.array([float(np.mean(x)) for x in losses])
+    b = int(np.argmin(means))
+    keep = []
+    for i, x in enumerate(losses):
+        d = x - losses[b]
+        se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+        if means[i] - means[b] <= se:
+            keep.append(i)
+    return simplest_within_one_se(
+        [((yh - candidates[i][0]) ** 2, candidates[i][1], candidates[i][2]) for i in keep]
+    )
+
+
 def fit_model(
     X: np.ndarray,
     targets: pd.DataFrame,
@@ -238,6 +272,8 @@ def fit_model(
     base_variants: list[np.ndarray] | None = None,
     rest_groups: list[np.ndarray] | None = None,
     sums: dict | None = None,
+    extra: list[tuple[str, list[LinearStage], int]] | None = None,
+    group_names: list[str] | None = None,
 ) -> FusionModel:
     """Fit on rows [warmup, fit_end); calibrate the probability scale on [fit_end, train_end] by log loss.
 
@@ -254,11 +290,14 @@ def fit_model(
     each is a candidate second stage fitted to the base's residual, its ridge penalty chosen on the held-out
     rows (reservoir states are nearly collinear; leave-one-out picked penalties that extrapolated badly).
     Candidates then: with / without intercept (a drift learned on an old regime can dominate a market's
-    forecast; a zero-drift model is the martingale default), the base alone or with one reservoir stage; among
-    them the simplest whose held-out squared error is within one standard error of the lowest
-    (`simplest_within_one_se`), so each stage stays only where it lowers held-out error by more than the noise
-    of those rows. (The penalty and the choice use the same held-out rows: 15 penalties of one stage, a mild
-    optimism the walk-forward rows do not share.)"""
+    forecast; a zero-drift model is the martingale default), the base alone or with one reservoir stage, and
+    `extra`: (name, fixed stages, coefficients) fitted elsewhere on the same fit rows (the baselines the
+    report scores, `fusion.baselines`), so the fused model is never a choice that excludes a baseline. Among
+    them `choose_candidate` keeps those whose direction log loss on the held-out rows (what the record claims)
+    is within one standard error of the lowest, then the simplest whose held-out squared error is within one
+    standard error of the lowest among those (`simplest_within_one_se`), so each stage stays only where it
+    lowers held-out error by more than the noise of those rows. (The penalty and the choice use the same held-
+    out rows: 15 penalties of one stage, a mild optimism the walk-forward rows do not share.)"""
     n, fit_end = fit_rows(train_end, warmup, calibration_fraction)
     if fit_end >= n:
         raise ValueError(
@@ -287,16 +326,22 @@ def fit_model(
                 sums[k] = GramSums(X, g, warmup)
             rest_bases.append(RidgeBasis(Xf, g, sums[k].upto(fit_end)))
     candidates = []
+    stage_names = ["base"] + ["base+" + g for g in (group_names or [f"stage{k}" for k in range(len(groups))])]
     for intercept in (False, True):
         fits = [b.fit(yf, intercept) for b in bases]
         base = min(fits, key=lambda st: float(np.mean((yh - st.predict(Xh)) ** 2)))
         resid_f, resid_h = yf - base.predict(Xf), yh - base.predict(Xh)
-        for stages in [[base]] + [[base, rb.fit(resid_f, intercept, (Xh, resid_h))] for rb in rest_bases]:
-            cand = FusionModel(stages, 1.0, train_end, fit_end, columns)
+        sets = [[base]] + [[base, rb.fit(resid_f, intercept, (Xh, resid_h))] for rb in rest_bases]
+        for name, stages in zip(stage_names, sets, strict=True):
+            cand = FusionModel(stages, 1.0, train_end, fit_end, columns, candidate=name)
             coefficients = sum(len(st.coef) + intercept for st in stages)
-            candidates.append(((yh - cand.predict_change(Xh)) ** 2, coefficients, cand))
-    model = simplest_within_one_se(candidates)
-    calibrate(model, model.predict_change(Xh), yh, y_dir[held], targets["band"].to_numpy()[held])
+            candidates.append((cand.predict_change(Xh), coefficients, cand))
+    for name, stages, coefficients in extra or []:  # the baselines, fitted by their own rule on these rows
+        cand = FusionModel(list(stages), 1.0, train_end, fit_end, columns, candidate=name)
+        candidates.append((cand.predict_change(Xh), coefficients, cand))
+    band_h = targets["band"].to_numpy()[held]
+    model = choose_candidate(candidates, yh, y_dir[held], band_h)
+    calibrate(model, model.predict_change(Xh), yh, y_dir[held], band_h)
     return model
 
 
@@ -313,9 +358,12 @@ def walk_forward(
     base_variants: list[np.ndarray] | None = None,
     recalibrate_every: int | None = None,
     rest_groups: list[np.ndarray] | None = None,
+    extra=None,
+    group_names: list[str] | None = None,
 ) -> tuple[pd.DataFrame, FusionModel]:
     """Predictions for every row t >= train_min, each by a model trained only on targets realized by t
-    (`fit_model` on the design X at each refit point; `walk_forward_forecaster` does the rest).
+    (`fit_model` on the design X at each refit point; `walk_forward_forecaster` does the rest). `extra`:
+    train_end -> the fixed candidates `fit_model` takes (the baselines fitted on the same rows).
 
     Returns the prediction frame (row, p_down, p_hold, p_up, pred_change, error_scale, direction, confidence,
     train_end, model_id) and the last fitted model (for serving the next rows)."""
@@ -337,6 +385,8 @@ def walk_forward(
             base_variants,
             rest_groups,
             sums,
+            extra(train_end) if extra is not None else None,
+            group_names,
         )
         return model, lambda lo, hi: model.predict_change(X[lo:hi])
 
@@ -368,12 +418,13 @@ def walk_forward_forecaster(
             f"need more than train_min={train_min} rows (and train_min >= {MIN_TRAIN // 2}); got {T}"
         )
     recal = recalibrate_every or recal_every(refit_every)
-    out = []
+    out, chosen = [], {}
     band = targets["band"].to_numpy()
     y_chg, y_dir = targets["change"].to_numpy(), targets["direction"].to_numpy()
     for k, t0 in enumerate(range(train_min, T, refit_every)):
         train_end = t0 - horizon
         model, predict = fit(train_end)
+        chosen[k] = model.candidate
         window = min(train_end + 1 - model.fit_end, RECAL_WINDOW)
         stop = min(T, t0 + refit_every)
         chg_all = predict(model.fit_end, stop)  # out of sample for this model: rows >= fit_end
@@ -404,6 +455,7 @@ def walk_forward_forecaster(
     P = pred[["p_down", "p_hold", "p_up"]].to_numpy()
     pred["direction"] = CLASSES[P.argmax(axis=1)]
     pred["confidence"] = P.max(axis=1)
+    pred.attrs["candidates"] = chosen  # model_id -> the candidate that refit kept (attrs: not stored)
     if ((pred["train_end"] + horizon) > pred["row"]).any():
         raise AssertionError("a model was fit on data at or after its prediction time")
     return pred, model

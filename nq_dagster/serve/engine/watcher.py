@@ -1,10 +1,12 @@
 """The models a replica serves, and the watcher that keeps them current.
 
 At start every owned source with a `serving_state` artifact is loaded. Training writes a new `serving_state`;
-the watcher thread sees its modification time change and has the worker swap the model in between two
-batches (`streams.load_stream`: the new model continues from the furthest state, the live one or
-the saved `live_state`, over the rows after it), so no request fails or waits for a restart. A model that does
-not load is recorded (status shows it; requests for it get 422) and the server keeps serving the others.
+the watcher thread sees its modification time change and has the worker swap the model in between two batches
+(`streams.load_stream`: the new model continues from the furthest state, the live one or the saved
+`live_state`, over the rows after it), so no request fails or waits for a restart. Only promoted versions are
+served: training writes `serving_state` only for a version the promotion gate passed (`validation.promotion`),
+and a state whose version the gate recorded as rejected is refused here too. A model that does not load is
+recorded (status shows it; requests for it get 422) and the server keeps serving the others.
 
 The same thread writes this replica's lease and picks up rows that files brought (`pickup.py`).
 """
@@ -26,6 +28,7 @@ from nq_dagster.serve.engine.ticklog import TickLog
 from nq_dagster.serve.engine.work import NoModel
 from nq_dagster.store import Warehouse
 from nq_dagster.streams import load_stream
+from nq_dagster.validation import promotion
 
 log = logging.getLogger("nq.serve")
 
@@ -71,6 +74,11 @@ class Models:
         try:
             current = self.predictor.serving_state(source) if source in self.predictor.sources() else None
             state, how = load_stream(self.wh, source, current, lambda: self.series(source))
+            if promotion.status_of(self.wh, source, state.model.model_version) == "rejected":
+                raise ValueError(
+                    f"model version {state.model.model_version} was rejected by the promotion gate "
+                    "(`nq models`); the current version stays served"
+                )
         except Exception as exc:  # a broken artifact must not take the server down; status shows it
             self.errors[source] = f"{type(exc).__name__}: {exc}"
             self._mtime[source] = mtime
