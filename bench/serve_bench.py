@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 import nq_dagster.codecs  # noqa: F401  (the artifacts this bench loads are registered engine types)
+from nq_dagster.client import Client
 
 START_TIMEOUT_S = 900.0
 
@@ -131,8 +132,8 @@ async def ws_delay(port, key, source, start, step, last, n=300) -> np.ndarray:
             v *= float(np.exp(0.001 * rng.normal()))
             t = time.perf_counter()
 
-            async def next_prediction():  # outcome messages (a tick realizes an earlier prediction) pass by
-                while (msg := json.loads(await ws.recv()))["type"] != "prediction":
+            async def next_prediction():  # batches of outcomes only (a tick realizes an earlier one) pass
+                while not (msg := json.loads(await ws.recv())).get("predictions"):
                     pass
                 return msg
 
@@ -143,7 +144,7 @@ async def ws_delay(port, key, source, start, step, last, n=300) -> np.ndarray:
             assert code == 200
             msg = await recv
             delays.append(time.perf_counter() - t)
-            assert msg["prediction"]["source"] == source
+            assert msg["predictions"][0]["source"] == source
         return 1000 * np.array(delays[10:])
 
 
@@ -171,9 +172,7 @@ def prepare() -> tuple[Path, object, list[str], str]:
 def start_server(
     home: Path, port: int, extra: list[str] = (), log_name: str = "serve.log"
 ) -> subprocess.Popen:
-    """`nq serve` in its own process; returns once its status answers."""
-    import httpx
-
+    """`nq serve` in its own process; returns once it is ready (its models loaded)."""
     env = {**os.environ, "NQ_HOME": str(home)}
     log = open(home.parent / log_name, "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -194,17 +193,12 @@ def start_server(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    t = time.perf_counter()
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        # (a shared, loaded machine took over 300 s to load and warm up the 34 sources)
-        if proc.poll() is not None or time.perf_counter() - t > START_TIMEOUT_S:
-            proc.kill()
-            raise AssertionError(f"server did not start; its log: {home.parent / log_name}")
+    # (a shared, loaded machine took over 300 s to load and warm up the 34 sources)
+    # the port opens before the models load (issue 27): ready once /readyz says so (the package's client)
+    with Client(f"http://127.0.0.1:{port}") as nq:
+        nq.wait_ready(timeout_s=START_TIMEOUT_S)
+    assert proc.poll() is None, "server exited"
+    return proc
 
 
 def prepared(keep: Path | None) -> tuple[Path, object, list[str], str]:
@@ -232,8 +226,6 @@ def main() -> None:
     t = time.perf_counter()
     proc = start_server(home, port)
     try:
-        import httpx
-
         print(f"server ready (34 sources loaded and warmed up) in {time.perf_counter() - t:.1f} s")
         step = pd.Timedelta(milliseconds=sv.model.step_ms)
         start = pd.Timestamp(sv.stream.last_ts, tz="UTC")
@@ -243,9 +235,8 @@ def main() -> None:
         rate = asyncio.run(throughput(port, key, names, start, step, last))
         floor_rate = asyncio.run(throughput(port, key, names, start, step, last, seconds=5.0, route="ping"))
         ws = asyncio.run(ws_delay(port, key, "ws", start, step, last))
-        status = httpx.get(
-            f"http://127.0.0.1:{port}/api/v1/metrics", headers={"Authorization": f"Bearer {key}"}
-        ).json()
+        with Client(f"http://127.0.0.1:{port}", key) as nq:
+            status = nq.metrics().model_dump()
     finally:
         proc.terminate()
         proc.wait(60)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Deployment = Literal["local", "k8s"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -101,6 +101,23 @@ class Settings(BaseModel):
     serve_processes: int = Field(1, ge=1, le=64, description="prediction processes of one server")
     serve_torch_threads: int = Field(1, ge=1, le=256, description="torch threads in the server")
     hostname: str = Field("", description="HOSTNAME (a StatefulSet pod's name gives its replica ordinal)")
+    serve_cors_origins: str = Field(
+        "", description="origins a browser may call the server from, comma-separated (empty: CORS off)"
+    )
+    serve_metrics_open: bool = Field(
+        False, description="`/metrics` without a key (a Prometheus scrape on the cluster network)"
+    )
+    # OAuth 2.0 bearer tokens (JWT) beside the API keys
+    jwt_jwks: str = Field(
+        "", description="the identity provider's JWKS: a file path or an https URL (empty: API keys only)"
+    )
+    jwt_issuer: str = Field("", description="the `iss` a token must carry (required with NQ_JWT_JWKS)")
+    jwt_audience: str = Field("", description="the `aud` a token must carry (required with NQ_JWT_JWKS)")
+    jwt_leeway_s: float = Field(30.0, ge=0, le=600, description="clock skew allowed on exp / nbf / iat (s)")
+    jwt_roles_claim: str = Field(
+        "roles", description="claim with the role(s): viewer, developer or admin (dotted path allowed)"
+    )
+    jwt_tenant_claim: str = Field("tenant", description="claim with the caller's tenant")
 
     @field_validator("home", "dagster_home", "secrets_dir")
     @classmethod
@@ -113,6 +130,15 @@ class Settings(BaseModel):
         if any(len(p.split("=", 1)) != 2 for p in v.split(",") if p.strip()):
             raise ValueError(f"{v!r}: expected key=value[,key=value]")
         return v
+
+    @model_validator(mode="after")
+    def _jwt_complete(self) -> Settings:
+        if self.jwt_jwks and not (self.jwt_issuer and self.jwt_audience):
+            raise ValueError(
+                "NQ_JWT_JWKS is set: NQ_JWT_ISSUER and NQ_JWT_AUDIENCE are required too (a token is accepted "
+                "only from that issuer, for that audience)"
+            )
+        return self
 
     # -- derived ---------------------------------------------------------------------------------------------
     @property
@@ -166,7 +192,9 @@ class Settings(BaseModel):
             return cls(**values)
         except ValidationError as exc:
             err = exc.errors()[0]
-            field = str(err["loc"][0]) if err["loc"] else "?"
+            if not err["loc"]:  # a rule across fields: its message names the variables
+                raise SettingsError(err["msg"].removeprefix("Value error, ")) from None
+            field = str(err["loc"][0])
             var = FIELDS.get(field, field).split("|")[0]
             raise SettingsError(f"{var}={values.get(field)!r}: {err['msg']}") from None
 
@@ -211,6 +239,14 @@ FIELDS: dict[str, str] = {
     "serve_processes": "NQ_SERVE_PROCESSES",
     "serve_torch_threads": "NQ_SERVE_TORCH_THREADS",
     "hostname": "HOSTNAME",
+    "serve_cors_origins": "NQ_SERVE_CORS_ORIGINS",
+    "serve_metrics_open": "NQ_SERVE_METRICS_OPEN",
+    "jwt_jwks": "NQ_JWT_JWKS",
+    "jwt_issuer": "NQ_JWT_ISSUER",
+    "jwt_audience": "NQ_JWT_AUDIENCE",
+    "jwt_leeway_s": "NQ_JWT_LEEWAY_S",
+    "jwt_roles_claim": "NQ_JWT_ROLES_CLAIM",
+    "jwt_tenant_claim": "NQ_JWT_TENANT_CLAIM",
 }
 
 

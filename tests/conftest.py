@@ -40,3 +40,12 @@ def small_home(home):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def trained_base(tmp_path_factory):
+    """One trained data directory for the whole session (tests/serving.build_trained_home: about 45 s on two
+    cores), shared by the server test modules; each test copies it (`serving.copy_home`) before using it."""
+    from .serving import build_trained_home
+
+    return build_trained_home(tmp_path_factory.mktemp("trained"))

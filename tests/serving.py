@@ -70,7 +70,9 @@ def free_port() -> int:
 class ThreadServer:
     """`nq serve`'s app under uvicorn in a thread of the test process (fast intervals)."""
 
-    def __init__(self, home: Path, port: int | None = None, **kw):
+    def __init__(self, home: Path, port: int | None = None, uvicorn_options: dict | None = None, **kw):
+        """`uvicorn_options`: uvicorn's settings beyond the test defaults (`nq serve`'s limits:
+        `serve.http.guard.uvicorn_options()`)."""
         import uvicorn
 
         from nq_dagster.serve.http.app import create_server
@@ -88,6 +90,7 @@ class ThreadServer:
             access_log=False,
             log_config=None,
             ws_ping_interval=None,
+            **(uvicorn_options or {}),
         )
         self.uv = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.uv.run, daemon=True)
@@ -126,16 +129,18 @@ class ProcessServer:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
+        # import, the models, with --processes the prediction processes: over a minute on a loaded 2-core box
+        deadline = time.monotonic() + 120
         while True:
             assert self.proc.poll() is None, self.output()
             try:
-                if httpx.get(f"{self.url}/api/v1/status", timeout=1).status_code in (200, 503):
+                # the port opens before the models load: ready once they have
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline, "server did not start: " + self.output()
-            time.sleep(0.1)
+            time.sleep(0.25)
 
     def output(self) -> str:
         if not self.log.closed:

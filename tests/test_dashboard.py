@@ -13,7 +13,7 @@ import pytest
 
 from nq_dagster.serve.keys import KeyStore
 
-from .serving import ThreadServer, build_trained_home, copy_home, tick
+from .serving import ThreadServer, copy_home, tick
 
 CHROMIUM = os.environ.get("NQ_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip(
@@ -28,8 +28,8 @@ if not CHROMIUM:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_trained_home(tmp_path_factory.mktemp("dash"))
+def base(trained_base):
+    return trained_base
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ def test_helm_values_parse_and_agree_with_code():
 
 def test_serve_statefulset():
     """The prediction server's manifests validate strictly; replica count and ownership settings agree; probes
-    hit /api/v1/status; the pods run as non-root on a read-only root file system with the shared data
+    hit /livez and /readyz; the pods run as non-root on a read-only root file system with the shared data
     volume."""
     docs = list(yaml.safe_load_all((K8S / "serve.yaml").read_text()))
     kv = pytest.importorskip("kubernetes_validate")
@@ -145,7 +145,9 @@ def test_serve_statefulset():
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert int(env["NQ_SERVE_REPLICAS"]) == sts["spec"]["replicas"]
     assert "{i}" in env["NQ_SERVE_PEERS"] and "nq-serve-headless" in env["NQ_SERVE_PEERS"]
-    assert c["readinessProbe"]["httpGet"]["path"] == c["livenessProbe"]["httpGet"]["path"] == "/api/v1/status"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert "initialDelaySeconds" not in c["livenessProbe"]  # the port opens before the models load
     assert pod["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "nq-data"}} in pod["volumes"]
     assert c["command"][:2] == ["nq", "serve"] and "0.0.0.0" in c["command"]

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("validation", {"validation"}),
     ("ingest", {"ingest", "demo"}),
     ("streams", {"streams"}),
-    ("serve", {"serve"}),
+    ("serve", {"serve", "client"}),  # the client shares the answers' models (serve.http.schemas)
     ("dagster", {"resources", "assets", "deployment", "jobs", "sensors"}),
     ("assembly", {"definitions", "runner", "progress", "k8s_jobs", "cli"}),
 ]

@@ -26,7 +26,6 @@ from .serving import (
     CLONES,
     ProcessServer,
     ThreadServer,
-    build_trained_home,
     copy_home,
     free_port,
     served_rows,
@@ -37,8 +36,8 @@ ws_client = pytest.importorskip("websockets.sync.client")
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return build_trained_home(tmp_path_factory.mktemp("serve"))
+def base(trained_base):
+    return trained_base
 
 
 @pytest.fixture
@@ -229,9 +228,12 @@ def test_websocket_subscribers_get_exactly_their_sources(home, srv, ticks):
                 if s in sent:
                     sent[s].append(r.json()["prediction_id"])
         for ws, s in ((a, "s1"), (b, "s2")):
-            msgs = [json.loads(ws.recv(5)) for _ in range(8 + 7)]  # 8 predictions, 7 outcomes they realized
-            got = [m["prediction"] for m in msgs if m["type"] == "prediction"]
-            outcomes = [m["outcome"] for m in msgs if m["type"] == "outcome"]
+            got, outcomes = [], []
+            while len(got) < 8 or len(outcomes) < 7:  # 8 predictions, 7 outcomes they realized
+                m = json.loads(ws.recv(5))
+                assert m["type"] == "batch"  # one message per engine batch
+                got += m["predictions"]
+                outcomes += m["outcomes"]
             assert [g["prediction_id"] for g in got] == sent[s] and {g["source"] for g in got} == {s}
             assert len(outcomes) == 7 and {o["source"] for o in outcomes} == {s}
             with pytest.raises(TimeoutError):
@@ -583,7 +585,7 @@ def test_a_slow_subscriber_is_closed_and_the_others_keep_up():
         got = []
         for i in range(5):
             hub.publish([{"source": "a", "confidence": 0.5, "direction": "up", "i": i}])
-            got.append((await fast.get())["prediction"]["i"])
+            got.append((await fast.get())["predictions"][0]["i"])
         drained = [slow.get_nowait() for _ in range(slow.qsize())]
         return got, drained, len(hub.subs), m.ws_dropped._value.get()
 
@@ -666,7 +668,7 @@ def test_routes_called_directly_answer_as_through_the_router(home, srv, ticks, c
     assert "boom" not in r.text and any("req-500" in m.getMessage() for m in caplog.records)
     assert c.get("/api/v1/status").status_code == 200
     text = c.get("/metrics").text
-    assert 'nq_http_requests_total{endpoint="/api/v1/ping",method="GET",status="500"} 1.0' in text
+    assert 'nq_http_requests_total{code="500",endpoint="/api/v1/ping",method="GET"} 1.0' in text
 
 
 def test_a_server_with_two_prediction_processes_answers_as_one(home, ticks):

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from nq_dagster.cli import commands
+from nq_dagster.cli.help import polish
 from nq_dagster.settings import Settings
 
 
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("--port", type=int, default=3000)
     dv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     dv.set_defaults(fn=_processes("cmd_dev"))
-    return p
+    return polish(p)  # --version, an example per command, every option's description and default
 
 
 def main(argv: list[str] | None = None) -> int:

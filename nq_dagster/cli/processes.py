@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -11,15 +13,42 @@ from nq_dagster.runner import prepare_home
 from nq_dagster.settings import Settings, child_env
 
 
+def bind_problem(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on (checked before anything loads, so a busy port is reported at
+    once, in one line), or None. SO_REUSEADDR as uvicorn binds: a port in TIME_WAIT is not busy."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"cannot resolve --host {host!r}: {exc.strerror}"
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is in use (another server?): choose another with --port"
+            if exc.errno == errno.EACCES:
+                return f"no permission to listen on port {port} on {host}: use a port above 1023"
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def cmd_serve(args, settings: Settings) -> int:
-    """The prediction server: every trained source's model in memory, under uvicorn."""
+    """The prediction server: every trained source's model in memory, under uvicorn. The port opens at once;
+    the models load in the background (`/readyz` says when they have)."""
     import uvicorn
 
     from nq_dagster.serve.engine import Ownership
     from nq_dagster.serve.http.app import create_server
+    from nq_dagster.serve.http.guard import uvicorn_options
     from nq_dagster.serve.logs import configure_logging
     from nq_dagster.serve.server_settings import ServerSettings
 
+    problem = bind_problem(args.host, args.port)
+    if problem:
+        print(f"nq serve: {problem}", file=sys.stderr)
+        return 2
     wh = prepare_home(settings)
     replicas = args.replicas or settings.serve_replicas
     replica = args.replica if args.replica is not None else settings.replica_index
@@ -43,11 +72,14 @@ def cmd_serve(args, settings: Settings) -> int:
         address=address,
         flush_interval_s=args.flush_interval,
         processes=processes,
+        background=True,
     )
     keys = server.keys.list()
+    owned = server.state.startup.owned
     print(
-        f"nq serve: {address} (replica {own.replica} of {own.replicas}); data {wh.home}; sources: "
-        f"{', '.join(server.engine.sources()) or 'none trained yet'}",
+        f"nq serve: {address} (replica {own.replica} of {own.replicas}); data {wh.home}; loading "
+        f"{len(owned)} source(s) in the background: {', '.join(owned) or 'none trained yet'} "
+        f"(ready when {address}/readyz answers 200)",
         file=sys.stderr,
     )
     if not any(k.revoked_at is None for k in keys):
@@ -56,6 +88,7 @@ def cmd_serve(args, settings: Settings) -> int:
             "nq keys create --role developer",
             file=sys.stderr,
         )
+    # header size and time limits, keep-alive, connection cap, WebSocket message size (serve/http/guard.py)
     uvicorn.run(
         server.app,
         host=args.host,
@@ -66,6 +99,7 @@ def cmd_serve(args, settings: Settings) -> int:
         lifespan="on",
         timeout_graceful_shutdown=30,
         interface="asgi3",
+        **uvicorn_options(),
     )
     return 0
 

@@ -180,11 +180,12 @@ class TokenBucket:
         self.rate, self.burst = rate, float(burst)
         self.tokens, self.t = float(burst), time.monotonic()
 
-    def take(self) -> float:
+    def take(self, cost: float = 1.0) -> float:
+        """Take `cost` tokens (a request of n values costs n); the seconds to wait when there are too few."""
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
         self.t = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= cost:
+            self.tokens -= cost
             return 0.0
-        return (1.0 - self.tokens) / self.rate
+        return (cost - self.tokens) / self.rate

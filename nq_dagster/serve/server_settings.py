@@ -20,7 +20,8 @@ class ServerSettings:
     ws_queue: int = 1_000  # predictions a WebSocket client may fall behind before it is closed
     callback_hosts: tuple[str, ...] = ()  # hosts batch callbacks may go to (empty: callbacks refused)
     max_model_age_hours: float = 48.0  # status says "degraded" for a source whose model is older
-    jobs_kept: int = 1_000
+    jobs_per_key: int = 20  # batch jobs a key keeps (serve/jobs/r<k>.sqlite); a new one replaces its oldest
+    job_ttl_hours: float = 24.0  # a batch job and its results are deleted this long after it was posted
 
     @classmethod
     def load(cls, wh: Warehouse, **overrides) -> ServerSettings:

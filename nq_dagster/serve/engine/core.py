@@ -148,14 +148,16 @@ class Engine:
         priority: Priority = "normal",
         stored: bool = False,
         received: float | None = None,
+        key: str = "",
     ) -> cf.Future:
         """Queue ticks [(source, timestamp, value)]; the future gives a list of `Answer`, one per tick, sorted
         by (source, time) as ingest sorts. `received` (perf_counter) is when the request arrived:
-        processing_time_ms counts from it."""
+        processing_time_ms counts from it. `key`: the API key's id, whose share of the batches it is served
+        in (worker.py, fair.py)."""
         for source, _, _ in rows:
             if not self.own.owns(source):
                 raise NotOwner(source, self.own.owner(source))
-        return self.worker.submit(rows, label, priority, stored, received)
+        return self.worker.submit(rows, label, priority, stored, received, key)
 
     def call(self, fn) -> cf.Future:
         """Run fn() on the worker thread, between two batches."""

@@ -18,14 +18,15 @@ from typing import Literal
 PRIORITY_STOP = -10  # ends the worker, before anything still queued (close() waits for a last rotation first)
 PRIORITY_CALL = -1  # a function run on the worker between two batches (model swap, log rotation)
 PRIORITY_HIGH = 0  # realtime requests with config.priority "high"
-PRIORITY_NORMAL = 1  # every other request ("low" and "normal" alike) and the rows picked up from files
+PRIORITY_NORMAL = 1  # every other request and the rows picked up from files
+PRIORITY_LOW = 2  # config.priority "low" and batch jobs' chunks: after the same key's other requests
 
 Priority = Literal["low", "normal", "high"]
 WorkKind = Literal["ticks", "call", "stop"]
 
 
 def queue_priority(priority: Priority | str) -> int:
-    return PRIORITY_HIGH if priority == "high" else PRIORITY_NORMAL
+    return {"high": PRIORITY_HIGH, "low": PRIORITY_LOW}.get(priority, PRIORITY_NORMAL)
 
 
 @dataclass(order=True)
@@ -41,6 +42,7 @@ class Work:
     fn: Callable[[], object] | None = field(compare=False, default=None)
     future: cf.Future = field(compare=False, default_factory=cf.Future)
     enqueued: float = field(compare=False, default_factory=time.perf_counter)  # processing_time_ms from here
+    key: str = field(compare=False, default="")  # the API key's id ("": the server's own, picked-up files)
 
 
 @dataclass(slots=True)

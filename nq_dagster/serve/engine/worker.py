@@ -1,8 +1,10 @@
 """The batching worker: one thread that takes everything queued (up to MAX_BATCH requests), validates it in
-one call, answers re-posted ticks with their stored prediction, advances every source at once through the one
-prediction path (`Predictor.advance_many`), commits each new tick and its record to the journal, and only then
-resolves the requests. So a tick is acknowledged after it is in the journal (a batch the journal refuses moves
-no state and gets 503), and a source's ticks are predicted in the order they were accepted.
+one call and plans each request (re-posted ticks answered with their stored prediction); the new ticks wait in
+`fair.FairTicks`, which picks each batch's share fairly between API keys. A batch advances its sources at once
+through the one prediction path (`Predictor.advance_many`) and appends each new tick and its record to the
+journal; a request is resolved once its last tick is committed. So a tick is acknowledged after it is in the
+journal (a batch the journal refuses moves no state and gets 503), a source's ticks are predicted in the order
+they were accepted, and one key's large requests do not hold another key's ticks back (fair.py).
 
 Calls queued with `call` (a model swap, a log rotation) run between two batches, on this thread, so the
 predictor and the log have one writer.
@@ -24,6 +26,7 @@ import pandas as pd
 from nq_dagster.fusion.record import jsonable
 from nq_dagster.fusion.threads import single_threaded_blas
 from nq_dagster.fusion.ticks import out_of_range_message
+from nq_dagster.serve.engine.fair import FairTicks, Pending, Running
 from nq_dagster.serve.engine.outcomes import Outcomes
 from nq_dagster.serve.engine.records import RecordCache
 from nq_dagster.serve.engine.restart import ShardRestarts
@@ -46,7 +49,7 @@ from nq_dagster.serve.engine.work import (
 
 log = logging.getLogger("nq.serve")
 
-MAX_BATCH = 512  # requests taken by the worker at once
+MAX_BATCH = 512  # requests taken (validated and planned) by the worker at once
 
 # callback(JSON records, the outcomes they realized): metrics and the WebSocket hub, on the worker thread
 OnRecords = Callable[[list[dict], list[dict]], None]
@@ -68,6 +71,7 @@ class Worker:
         self.ticklog, self.restarts = ticklog, restarts
         self._q: queue.PriorityQueue[Work] = queue.PriorityQueue()
         self._seq = itertools.count()
+        self.fair = FairTicks()
         self.on_records: OnRecords | None = None
         self.on_batch: OnBatch | None = None
 
@@ -79,8 +83,9 @@ class Worker:
         priority: Priority = "normal",
         stored: bool = False,
         received: float | None = None,
+        key: str = "",
     ) -> cf.Future:
-        w = Work(queue_priority(priority), next(self._seq), "ticks", rows, label, stored)
+        w = Work(queue_priority(priority), next(self._seq), "ticks", rows, label, stored, key=key)
         if received is not None:
             w.enqueued = received
         self._q.put(w)
@@ -95,7 +100,8 @@ class Worker:
         self._q.put(Work(PRIORITY_STOP, next(self._seq), "stop"))
 
     def depth(self) -> int:
-        return self._q.qsize()
+        """Requests queued, and ticks accepted that wait for a batch."""
+        return self._q.qsize() + len(self.fair)
 
     # the thread ---------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -104,37 +110,34 @@ class Worker:
 
     def _loop(self) -> None:
         while True:
-            first = self._q.get()
-            if first.kind == "stop":
+            # block only when no accepted tick waits for a batch
+            first = self._q.get() if not self.fair else self._next_nowait()
+            items = [] if first is None else [first]
+            while items and len(items) < MAX_BATCH and (w := self._next_nowait()) is not None:
+                items.append(w)
+            if any(w.kind == "stop" for w in items):
                 return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    w = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if w.kind == "stop":
-                    self._q.put(w)
-                    break
-                batch.append(w)
-            group: list[Work] = []
-            for w in batch:
+            for w in items:
                 if w.kind == "call":
-                    self._process(group)
-                    group = []
                     try:
                         w.future.set_result(w.fn())
                     except BaseException as exc:  # noqa: BLE001 - handed to the caller
                         w.future.set_exception(exc)
-                else:
-                    group.append(w)
-            self._process(group)
+            self._admit([w for w in items if w.kind == "ticks"])
+            self._step()
+
+    def _next_nowait(self) -> Work | None:
+        try:
+            return self._q.get_nowait()
+        except queue.Empty:
+            return None
 
     def _plan(
-        self, w: Work, ticks: list[Tick], loaded: set[str], last: dict[str, int], new: NewTicks
+        self, w: Work, ticks: list[Tick], loaded: set[str], last: dict[str, int]
     ) -> tuple[list[Planned], NewTicks]:
         """Where each of a request's ticks gets its answer, and the request's new (ts_ns, value) per source,
-        after the ticks the batch accepted before it (`new`, `last`). Raises the request's refusal."""
+        after the ticks accepted before it (waiting in `self.fair` or planned in this round: `last`). Raises
+        the request's refusal."""
         tentative: NewTicks = {}
         out: list[Planned] = []
         for tick in ticks:
@@ -148,7 +151,8 @@ class Worker:
                     )
                 )
             if src not in last:
-                last[src] = self.predictor.last_ts(src)
+                waiting = self.fair.last(src)
+                last[src] = waiting if waiting is not None else self.predictor.last_ts(src)
             pending = tentative.get(src)
             floor = pending[-1][0] if pending else last[src]
             if t > floor and not tick.repost:
@@ -161,8 +165,8 @@ class Worker:
                 tentative.setdefault(src, []).append((t, tick.value))
                 out.append(Planned(src, t))
                 continue
-            if any(t == p[0] for p in new.get(src, ())):
-                out.append(Planned(src, t, duplicate=True))  # posted twice in one batch
+            if (src, t) in self.fair.index:
+                out.append(Planned(src, t, duplicate=True))  # posted again before it was predicted
                 continue
             stored = self.cache.stored(src, t)
             if stored is None:
@@ -178,62 +182,98 @@ class Worker:
             out.append(Planned(src, t, duplicate=True, stored=stored))
         return out, tentative
 
-    def _process(self, group: list[Work]) -> None:
+    def _admit(self, group: list[Work]) -> None:
+        """Validate and plan the requests just taken; their new ticks wait in `self.fair` for a batch."""
         if not group:
             return
-        t0 = time.perf_counter()
-        new: NewTicks = {}
         try:
             checked = validate_requests([w.rows for w in group], [w.label for w in group])
-            for i, exc in checked.rejected.items():
-                group[i].future.set_exception(exc)
-            plans: dict[int, list[Planned]] = {}
-            origin: dict[tuple[str, int], int] = {}  # (source, ts_ns) of a new tick -> its request's position
-            last: dict[str, int] = {}
-            loaded = set(self.predictor.sources())
-            for i, ticks in checked.accepted.items():
-                try:
-                    plans[i], tentative = self._plan(group[i], ticks, loaded, last, new)
-                except (Rejected, NoModel) as exc:
-                    group[i].future.set_exception(exc)
-                    continue
-                for src, pairs in tentative.items():
-                    new.setdefault(src, []).extend(pairs)
-                    last[src] = pairs[-1][0]
-                    for t, _ in pairs:
-                        origin[(src, t)] = i
-            fresh: dict[tuple[str, int], Answer] = {}
-            outcomes: list[dict] = []
-            if new:
-                fresh, outcomes = self._predict(group, new, origin)
-            for i, planned in plans.items():
-                answers = []
-                for p in planned:
-                    if p.stored is not None:
-                        answers.append(Answer(p.stored, None, True))
-                    else:
-                        a = fresh[(p.source, p.ts_ns)]
-                        answers.append(Answer(a.record, a.text, p.duplicate))
-                group[i].future.set_result(answers)
-            if fresh and self.on_records is not None:
-                self.on_records([a.record for a in fresh.values()], outcomes)
-        except (
-            JournalUnavailable
-        ) as exc:  # fail closed: the batch is refused, nothing of it kept (ticklog.py)
+        except Exception as exc:  # noqa: BLE001 - every request just taken learns it failed
+            log.exception("validation failed")
             for w in group:
-                if not w.future.done():
-                    w.future.set_exception(exc)
-        except Exception as exc:  # noqa: BLE001 - every request of the batch learns it failed
-            log.exception("batch failed")
-            for w in group:
-                if not w.future.done():
-                    w.future.set_exception(exc)
+                w.future.set_exception(exc)
+            return
+        for i, exc in checked.rejected.items():
+            group[i].future.set_exception(exc)
+        last: dict[str, int] = {}
+        loaded = set(self.predictor.sources())
+        for i, ticks in checked.accepted.items():
+            w = group[i]
+            try:
+                planned, tentative = self._plan(w, ticks, loaded, last)
+            except (Rejected, NoModel) as exc:
+                w.future.set_exception(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - this request's failure only
+                log.exception("planning %s failed", w.label)
+                w.future.set_exception(exc)
+                continue
+            run = Running(w, planned)
+            waiting = [Pending(s, t, v, run) for s, pairs in tentative.items() for t, v in pairs]
+            for p in planned:
+                if p.duplicate and p.stored is None:
+                    self.fair.index[(p.source, p.ts_ns)].waiters.append(run)
+                    run.missing += 1
+            run.missing += len(waiting)
+            for src, pairs in tentative.items():
+                last[src] = pairs[-1][0]
+            self.fair.add(w.key, w.priority, waiting)
+            if run.missing == 0:
+                w.future.set_result(run.answer_list())
+
+    def _step(self) -> None:
+        """One batch: the ticks `self.fair` picks, predicted and logged; the requests they complete are
+        answered."""
+        taken = self.fair.pick()
+        if not taken:
+            return
+        t0 = time.perf_counter()
+        new: NewTicks = {s: [(p.ts_ns, p.value) for p in pts] for s, pts in taken.items()}
+        origin = {(p.source, p.ts_ns): p.run.work for pts in taken.values() for p in pts}
+        try:
+            fresh, outcomes = self._predict(new, origin)
+        except Exception as exc:  # noqa: BLE001 - every request with a tick in the batch learns it failed
+            if not isinstance(exc, JournalUnavailable):  # fail closed: a 503 with the reason (ticklog.py)
+                log.exception("batch failed")
+            for pts in taken.values():
+                for p in pts:
+                    self._fail(p.run, exc)
+                    for r in p.waiters:
+                        self._fail(r, exc)
+            return
         finally:
             if self.on_batch is not None:
-                self.on_batch(len(group), sum(len(v) for v in new.values()), time.perf_counter() - t0)
+                self.on_batch(len(origin), sum(len(v) for v in new.values()), time.perf_counter() - t0)
+        for pts in taken.values():
+            for p in pts:
+                key = (p.source, p.ts_ns)
+                a = fresh[key]
+                self.fair.index.pop(key, None)
+                for r in (p.run, *p.waiters):
+                    if r.failed:
+                        continue
+                    r.answers[key] = a
+                    r.missing -= 1
+                    if r.missing == 0:
+                        r.work.future.set_result(r.answer_list())
+        if self.on_records is not None:
+            self.on_records([a.record for a in fresh.values()], outcomes)
+
+    def _fail(self, run: Running, exc: Exception) -> None:
+        """A request whose tick could not be predicted: refused, its other ticks dropped, and so are the
+        requests waiting for one of them."""
+        if run.failed:
+            return
+        run.failed = True
+        self.fair.drop(run)
+        if not run.work.future.done():
+            run.work.future.set_exception(exc)
+        for p in run.pending:
+            for r in p.waiters:
+                self._fail(r, exc)
 
     def _predict(
-        self, group: list[Work], new: NewTicks, origin: dict[tuple[str, int], int]
+        self, new: NewTicks, origin: dict[tuple[str, int], Work]
     ) -> tuple[dict[tuple[str, int], Answer], list[dict]]:
         """Advance every source over its new ticks at once; log each tick with its record; the records (as
         answers to the request that brought the tick) and the outcomes they realized."""
@@ -250,7 +290,7 @@ class Worker:
         done = time.perf_counter()
         for s, recs in got.items():
             for (t, v), rec in zip(new[s], recs, strict=True):
-                w = group[origin[(s, t)]]
+                w = origin[(s, t)]
                 rec["processing_time_ms"] = (done - w.enqueued) * 1000.0  # request received -> record ready
                 rec["value"] = v  # the tick's value (not a column of the record's table)
                 j = jsonable(rec)

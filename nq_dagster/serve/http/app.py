@@ -13,7 +13,9 @@ Routes (JSON; the record as DESIGN.md section 6), one module each under `routes/
     WS   /ws/predictions           viewer     subscription -> a push of every new prediction of its sources
     GET  /api/v1/status            anyone: overall health only; viewer: components and measured figures
     GET  /api/v1/metrics           viewer     the original's metrics document, every figure computed
-    GET  /metrics                  viewer     Prometheus exposition
+    GET  /metrics                  viewer     Prometheus exposition (open when NQ_SERVE_METRICS_OPEN is set)
+    GET  /livez, /readyz           anyone     liveness (the process answers) and readiness (models loaded)
+    GET  /openapi.json, /docs      anyone     the OpenAPI 3.1 document and Swagger UI (vendored, offline)
     GET/PUT /api/v1/config/{service}  viewer/admin  versioned pipeline config (neuromorphic, quantum, fusion)
     GET/POST /api/v1/keys, DELETE /api/v1/keys/{id}  admin
     GET  /api/v1/ping              viewer     an authenticated no-op (the benchmark's floor)
@@ -37,14 +39,27 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nq_dagster.serve.engine import Engine, Ownership
 from nq_dagster.serve.http.errors import EXCEPTION_HANDLERS, ApiError, BodyTooLarge, answer_error
 from nq_dagster.serve.http.middleware import RequestMiddleware
-from nq_dagster.serve.http.routes import config, dashboard, jobs, keys, metrics, models, predict, status, ws
+from nq_dagster.serve.http.routes import (
+    config,
+    dashboard,
+    docs,
+    jobs,
+    keys,
+    metrics,
+    models,
+    predict,
+    status,
+    ws,
+)
+from nq_dagster.serve.http.startup import Startup
 from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.keys import KeyStore
 from nq_dagster.serve.server_settings import ServerSettings
@@ -84,7 +99,7 @@ class DirectRoutes:
 class ServerApp:
     """What the factory builds: `app` the ASGI application, `state` what its routes share."""
 
-    app: RequestMiddleware
+    app: ASGIApp  # the request middleware, inside CORS when origins are configured
     state: ServerState
     direct: DirectRoutes
 
@@ -117,8 +132,25 @@ def _wire(state: ServerState) -> None:
     state.engine.on_batch = lambda n, ticks, seconds: state.metrics.batch_seconds.observe(seconds)
 
 
-def create_app(wh: Warehouse, engine: Engine, settings: ServerSettings) -> ServerApp:
-    state = ServerState.build(wh, engine, settings)
+def _close(startup: Startup) -> None:
+    """The engine's close once its start is over (a SIGTERM while the models load waits for them)."""
+    startup.wait()
+    with contextlib.suppress(Exception) if startup.error else contextlib.nullcontext():
+        startup.engine.close()
+
+
+def create_app(
+    wh: Warehouse,
+    engine: Engine,
+    settings: ServerSettings,
+    process: Settings | None = None,
+    startup: Startup | None = None,
+) -> ServerApp:
+    """The app on `engine`; `startup` the engine's start in progress (default: the engine started already).
+    `process`: the process's settings (CORS origins, open metrics, the identity provider)."""
+    process = process or Settings()
+    startup = startup or Startup(engine, started=True)
+    state = ServerState.build(wh, engine, settings, startup, process)
     _wire(state)
 
     @contextlib.asynccontextmanager
@@ -127,14 +159,33 @@ def create_app(wh: Warehouse, engine: Engine, settings: ServerSettings) -> Serve
         try:
             yield
         finally:
-            await asyncio.to_thread(engine.close)
+            await asyncio.to_thread(_close, startup)
             if state.peers is not None:
                 await state.peers.aclose()
 
     routes = [r for module in ROUTE_MODULES for r in module.routes(state)]
+    routes += docs.routes(state, routes)
     router = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     direct = DirectRoutes(router, routes)
-    app = RequestMiddleware(direct, metrics=state.metrics, body_limit=settings.body_limit, routes=routes)
+    app: ASGIApp = RequestMiddleware(
+        direct, metrics=state.metrics, body_limit=settings.body_limit, routes=routes
+    )
+    origins = [o.strip() for o in process.serve_cors_origins.split(",") if o.strip()]
+    if origins:  # off by default: a browser page of another origin may call the API only when listed
+        app = CORSMiddleware(
+            app,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=[
+                "X-Request-Id",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
+            max_age=600,
+        )
     return ServerApp(app, state, direct)
 
 
@@ -147,9 +198,12 @@ def create_server(
     flush_interval_s: float = 10.0,
     watch_interval_s: float = 1.0,
     processes: int = 1,
+    background: bool = False,
 ) -> ServerApp:
     """An engine on the data directory `home` (a path, with the environment's other settings, or the process's
-    `Settings` from a composition root), started (models loaded, the log recovered), and its app."""
+    `Settings` from a composition root), started (models loaded, the log recovered), and its app.
+    `background`: return at once and start the engine in a thread (`nq serve`: the port opens before the
+    models load; `/readyz` says when they have)."""
     process = home if isinstance(home, Settings) else Settings.from_env().with_home(home)
     wh = Warehouse.from_settings(process)
     engine = Engine(
@@ -160,5 +214,9 @@ def create_server(
         flush_interval_s=flush_interval_s,
         watch_interval_s=watch_interval_s,
         processes=processes,
-    ).start()
-    return create_app(wh, engine, settings or ServerSettings.load(wh))
+    )
+    if background:
+        startup = Startup(engine).begin()
+    else:
+        startup = Startup(engine.start(), started=True)
+    return create_app(wh, engine, settings or ServerSettings.load(wh), process, startup)

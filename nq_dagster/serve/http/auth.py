@@ -1,5 +1,6 @@
 """Who may call what: the bearer key checked against the key store, the role the route needs (viewer <
-developer < admin), each key's rate limit (a token bucket) and its cap on requests in flight.
+developer < admin), each key's rate limit (a token bucket counting ticks: a request of n values costs n, any
+other request 1) and its cap on requests in flight.
 
 `guarded(access, role, handler)` is the dependency a route declares: it makes the endpoint that authenticates,
 admits and counts the request, then calls `handler(request, key)`; refusals are `ApiError`s (401, 403, 429).
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from nq_dagster.serve.http.errors import ApiError
+from nq_dagster.serve.http.tokens import TokenVerifier, looks_like_jwt
 from nq_dagster.serve.keys import KeyRecord, KeyStore, TokenBucket, role_allows
 
 Handler = Callable[[Request, KeyRecord], Awaitable[Response]]
@@ -24,8 +26,10 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class Access:
     """The key store, and per key its token bucket and its requests in flight (this process's)."""
 
-    def __init__(self, keys: KeyStore):
+    def __init__(self, keys: KeyStore, tokens: TokenVerifier | None = None):
+        """`tokens`: the identity provider's JWTs are accepted beside the keys (see `tokens.py`)."""
         self.keys = keys
+        self.tokens = tokens
         self.buckets: dict[str, TokenBucket] = {}
         self.inflight: collections.Counter[str] = collections.Counter()
 
@@ -38,7 +42,11 @@ class Access:
                 "missing API key: send `Authorization: Bearer <key>` (create one with `nq keys create`)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        rec = self.keys.verify(auth[7:].strip())
+        bearer = auth[7:].strip()
+        if self.tokens is not None and looks_like_jwt(bearer):
+            rec = self.tokens.verify(bearer)  # 401 naming why, 403 without a role
+        else:
+            rec = self.keys.verify(bearer)
         if rec is None:
             raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
         scope_state["key_id"] = rec.id
@@ -46,24 +54,52 @@ class Access:
             raise ApiError(403, f"this key's role {rec.role!r} may not do this: it needs {role!r} or above")
         return rec
 
-    def admit(self, rec: KeyRecord) -> None:
-        """Within the key's rate and its cap on requests in flight, else 429 with Retry-After."""
+    def _bucket(self, rec: KeyRecord) -> TokenBucket:
         bucket = self.buckets.get(rec.id)
         if bucket is None or bucket.rate != rec.rate_per_s or bucket.burst != rec.burst:
             bucket = self.buckets[rec.id] = TokenBucket(rec.rate_per_s, rec.burst)
-        wait = bucket.take()
+        return bucket
+
+    def admit(self, rec: KeyRecord) -> None:
+        """Within the key's rate and its cap on requests in flight, else 429 with Retry-After. A request
+        takes one token here; `charge` takes the rest of a request that carries more ticks."""
+        wait = self._bucket(rec).take()
         if wait > 0:
             raise ApiError(
                 429,
-                f"rate limit of {rec.rate_per_s * 60:g}/min (burst {rec.burst}) reached; "
+                f"rate limit of {rec.rate_per_s * 60:g} ticks/min (burst {rec.burst}) reached; "
                 f"retry in {wait:.2f} s",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                headers={"Retry-After": str(max(1, math.ceil(wait))), **rate_limit_headers(rec, wait)},
             )
         if self.inflight[rec.id] >= rec.max_concurrent:
             raise ApiError(
                 429,
                 f"{rec.max_concurrent} requests of this key are in flight already; wait for one",
                 headers={"Retry-After": "1"},
+            )
+
+    def charge(self, rec: KeyRecord, ticks: int, field: str = "data") -> None:
+        """A request of `ticks` values costs `ticks` tokens (issue 26: the limit counted requests, so
+        1,000-value requests were never limited); `admit` took the first. More values than the burst can
+        ever hold: 413 naming the most a request of this key may carry; else too few tokens now: 429 with
+        Retry-After."""
+        if ticks > rec.burst:
+            raise ApiError(
+                413,
+                f"{field}: {ticks} values cost {ticks} of this key's rate-limit tokens and its burst is "
+                f"{rec.burst}: send at most {rec.burst} values per request (or use a key with a larger "
+                "burst)",
+                field=field,
+            )
+        if ticks <= 1:
+            return
+        wait = self._bucket(rec).take(ticks - 1)
+        if wait > 0:
+            raise ApiError(
+                429,
+                f"rate limit of {rec.rate_per_s * 60:g} ticks/min (burst {rec.burst}) reached: this "
+                f"request's {ticks} values need {ticks} tokens; retry in {wait:.2f} s",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
 
 
@@ -81,3 +117,14 @@ def guarded(access: Access, role: str, handler: Handler) -> Endpoint:
 
     endpoint.__name__ = getattr(handler, "__name__", "endpoint")
     return endpoint
+
+
+def rate_limit_headers(rec: KeyRecord, wait: float) -> dict[str, str]:
+    """The IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers) of a key's refused request: its bucket
+    holds `burst` requests and refills at its rate; none is left, the next is allowed in `wait` seconds."""
+    return {
+        "RateLimit-Limit": str(rec.burst),
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": str(max(1, math.ceil(wait))),
+        "RateLimit-Policy": f"{rec.burst};w={max(1, math.ceil(rec.burst / rec.rate_per_s))}",
+    }

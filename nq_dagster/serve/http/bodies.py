@@ -20,7 +20,6 @@ from pydantic import (
     PlainValidator,
     StrictBool,
     StrictStr,
-    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -28,11 +27,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from nq_dagster.serve.http import strictjson
 from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.keys import ROLES
 from nq_dagster.store import SOURCE_RE
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+CALLBACK_UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
 BODY_ERROR = "nq_body"  # the error type of a rule stated here: its context has the field, message and status
 
 
@@ -203,8 +204,23 @@ class BatchBody(Body):
         if v is None:
             return v
         hosts = tuple((info.context or {}).get("callback_hosts", ()))
-        u = urlparse(v) if isinstance(v, str) else None
-        host = (u.hostname or "").lower() if u else ""
+        if not isinstance(v, str):
+            raise body_error("callback_url", "callback_url: expected a string (an http or https URL)")
+        if len(v) > 2048 or CALLBACK_UNSAFE.search(v):
+            # control characters, spaces and backslashes are read differently by different URL parsers
+            raise body_error(
+                "callback_url",
+                "callback_url: at most 2,048 characters, no control characters, spaces or '\\'",
+            )
+        try:
+            u = urlparse(v)
+            host = (u.hostname or "").lower()
+            u.port  # noqa: B018 - raises for a port that is not a number
+        except ValueError as exc:  # `http://[127.0.0.1]@host/`: "Invalid IPv6 URL"
+            raise body_error("callback_url", f"callback_url: not a valid URL ({exc})") from None
+        if "@" in u.netloc:
+            # `user@host` URLs: what a reader takes for the host is not always what the client connects to
+            raise body_error("callback_url", "callback_url: user information (`...@`) is not allowed")
         if not u or u.scheme not in ("http", "https") or host not in hosts:
             allowed = ", ".join(hosts) or "empty"
             raise body_error(
@@ -240,18 +256,17 @@ class NewKey(Body):
 class Filters(BaseModel):
     model_config = ConfigDict(extra="ignore")
     min_confidence: Number = 0.0
-    directions: list[Literal["up", "down", "hold"]] | None = None  # none: every direction
+    directions: list[Literal["up", "down", "hold"]] | None = Field(
+        None, max_length=3
+    )  # none: every direction
 
 
 class Subscription(BaseModel):
     """A WebSocket subscription's sources (none: every source served) and filters."""
 
     model_config = ConfigDict(extra="ignore")
-    sources: list[StrictStr] | None = None
+    sources: list[Annotated[StrictStr, Field(max_length=64)]] | None = Field(None, max_length=1_000)
     filters: Filters | None = None
-
-
-_OBJECT = TypeAdapter(dict[str, Any])
 
 
 def field_of(loc: tuple) -> str:
@@ -282,12 +297,23 @@ def _error(model: type[BaseModel], err: dict) -> ApiError:
     return ApiError(422, f"{field}: {what}", field=field)
 
 
+def _document(raw: bytes) -> Any:
+    """The parsed body, within `strictjson`'s bounds, or the 422 that names what is wrong."""
+    try:
+        return strictjson.loads(raw)
+    except strictjson.JsonLimitError as exc:
+        raise ApiError(422, exc.message, field=exc.field) from None
+    except ValueError as exc:
+        raise ApiError(422, f"body is not valid JSON: {exc}", field="body") from None
+
+
 def parse(model: type[BaseModel], raw: bytes | dict, **context: Any) -> Any:
     """The body as `model`, or the ApiError of its first problem (every problem in `details` when several)."""
+    doc = raw if isinstance(raw, dict) else _document(raw)
+    if not isinstance(doc, dict):
+        raise ApiError(422, f"body must be a JSON object, got {_json_type(doc)}", field="body")
     try:
-        if isinstance(raw, dict):
-            return model.model_validate(raw, context=context)
-        return model.model_validate_json(raw, context=context)
+        return model.model_validate(doc, context=context)
     except ValidationError as exc:
         errors = [_error(model, e) for e in exc.errors(include_url=False)]
         first = errors[0]
@@ -298,7 +324,13 @@ def parse(model: type[BaseModel], raw: bytes | dict, **context: Any) -> Any:
 
 def parse_object(raw: bytes) -> dict[str, Any]:
     """Any JSON object (a body whose keys the handler validates, as the config's)."""
-    try:
-        return _OBJECT.validate_json(raw)
-    except ValidationError as exc:
-        raise _error(BaseModel, exc.errors(include_url=False)[0]) from None
+    doc = _document(raw)
+    if not isinstance(doc, dict):
+        raise ApiError(422, f"body must be a JSON object, got {_json_type(doc)}", field="body")
+    return doc
+
+
+def _json_type(doc: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(doc), "a number"
+    )

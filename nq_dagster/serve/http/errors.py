@@ -82,6 +82,14 @@ def answer_error(exc: Exception, scope) -> Response:
         if exc.status_code in (204, 304):
             return Response(status_code=exc.status_code, headers=exc.headers)
         return error_response(exc.status_code, exc.detail, rid, headers=exc.headers)
+    if isinstance(exc, OSError):  # a full disk, a read-only directory: say what failed, not "internal error"
+        where = f" on {exc.filename}" if exc.filename else ""
+        return error_response(
+            503,
+            f"storage error{where}: {exc.strerror or exc}; retry when the data directory is writable",
+            rid,
+            headers={"Retry-After": "5"},
+        )
     return internal_error(rid)
 
 

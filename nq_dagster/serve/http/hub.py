@@ -1,6 +1,8 @@
-"""The WebSocket hub: subscribers and what each asked for; `publish` runs on the event loop. A subscriber that
-falls `limit` messages behind is closed (code 1013, by its sender), so one slow client never slows the
-others."""
+"""The WebSocket hub: subscribers and what each asked for; `publish` runs on the event loop, once per engine
+batch. Each subscriber gets one message per batch (the batch's predictions and outcomes of its sources, as
+lists), so a 1,000-value request is one message to a reader, not 2,000 (issue 26 item 4: a subscriber that
+kept up was closed because each tick queued two messages). A subscriber that falls `limit` messages behind is
+closed (code 1013, by its sender), so one slow client never slows the others."""
 
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ class Subscriber:
         )
 
 
+def batch_message(predictions: list[dict], outcomes: list[dict]) -> dict:
+    """What a subscriber receives for one engine batch (ws.py documents it)."""
+    return {"type": "batch", "predictions": predictions, "outcomes": outcomes}
+
+
 class Hub:
     def __init__(self, metrics: Metrics, limit: int):
         self.subs: dict[int, Subscriber] = {}
@@ -46,17 +53,17 @@ class Hub:
 
     def publish(self, records: list[dict], outcomes: list[dict] = ()) -> None:
         for sid, sub in list(self.subs.items()):
-            items = [{"type": "prediction", "prediction": rec} for rec in records if sub.wants(rec)]
-            items += [{"type": "outcome", "outcome": o} for o in outcomes if o["source"] in sub.sources]
-            for item in items:
-                try:
-                    sub.queue.put_nowait(item)
-                except asyncio.QueueFull:
-                    self.subs.pop(sid, None)
-                    self.metrics.ws_dropped.inc()
-                    self.metrics.ws_clients.set(len(self.subs))
-                    with contextlib.suppress(asyncio.QueueEmpty):
-                        while True:
-                            sub.queue.get_nowait()
-                    sub.queue.put_nowait(None)  # the sender closes the socket
-                    break
+            preds = [rec for rec in records if sub.wants(rec)]
+            outs = [o for o in outcomes if o["source"] in sub.sources]
+            if not preds and not outs:
+                continue
+            try:
+                sub.queue.put_nowait(batch_message(preds, outs))
+            except asyncio.QueueFull:
+                self.subs.pop(sid, None)
+                self.metrics.ws_dropped.inc()
+                self.metrics.ws_clients.set(len(self.subs))
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    while True:
+                        sub.queue.get_nowait()
+                sub.queue.put_nowait(None)  # the sender closes the socket

@@ -14,9 +14,12 @@ from nq_dagster.serve.http.auth import Access
 from nq_dagster.serve.http.batchjobs import Jobs
 from nq_dagster.serve.http.figures import Figures
 from nq_dagster.serve.http.hub import Hub
+from nq_dagster.serve.http.startup import Startup
 from nq_dagster.serve.http.telemetry import Metrics
+from nq_dagster.serve.http.tokens import TokenVerifier
 from nq_dagster.serve.keys import KeyStore
 from nq_dagster.serve.server_settings import ServerSettings
+from nq_dagster.settings import Settings
 from nq_dagster.store import Warehouse
 from nq_dagster.store.config_store import ConfigStore
 
@@ -33,23 +36,33 @@ class ServerState:
     hub: Hub
     jobs: Jobs
     figures: Figures
+    startup: Startup
+    process: Settings  # the process's settings (metrics access, CORS, identity provider)
     loop: asyncio.AbstractEventLoop | None = None
     peers: httpx.AsyncClient | None = field(default=None, repr=False)
 
     @classmethod
-    def build(cls, wh: Warehouse, engine: Engine, settings: ServerSettings) -> ServerState:
+    def build(
+        cls, wh: Warehouse, engine: Engine, settings: ServerSettings, startup: Startup, process: Settings
+    ) -> ServerState:
         keys, metrics = KeyStore(wh.home), Metrics()
         return cls(
             wh=wh,
             engine=engine,
             settings=settings,
             keys=keys,
-            access=Access(keys),
+            access=Access(keys, TokenVerifier.from_settings(process)),
             configs=ConfigStore(wh.home),
             metrics=metrics,
             hub=Hub(metrics, settings.ws_queue),
-            jobs=Jobs(settings.jobs_kept),
+            jobs=Jobs(
+                wh.home / "serve" / "jobs" / f"r{engine.own.replica}.sqlite",
+                per_key=settings.jobs_per_key,
+                ttl_s=settings.job_ttl_hours * 3600.0,
+            ),
             figures=Figures(wh, engine),
+            startup=startup,
+            process=process,
         )
 
     def peer_client(self) -> httpx.AsyncClient:

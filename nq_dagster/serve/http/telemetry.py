@@ -1,6 +1,12 @@
 """The server's measurements: Prometheus metrics (one registry per app, exposed at `/metrics`) and the exact
 rolling figures behind `/api/v1/status` and `/api/v1/metrics` (percentiles over the last predictions, rates
-over the last minute, success over the last five minutes)."""
+over the last minute, success over the last five minutes).
+
+Prometheus conventions: the status label is `code` on every series (as promhttp and the Go client name it),
+the process and platform collectors are registered (`process_*`, `python_*`), and no `_created` series are
+exported (they double the series count and dashboards never read them). Success is "not a server error": a
+4xx is the client's mistake and the server answered it correctly.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,19 @@ import itertools
 import time
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+# process-wide in prometheus_client (there is no per-registry switch); every registry of this process is ours
+disable_created_metrics()
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -36,6 +54,12 @@ LATENCY_BUCKETS = (
 class Metrics:
     def __init__(self):
         r = self.registry = CollectorRegistry()
+        for collector in (
+            PROCESS_COLLECTOR,
+            PLATFORM_COLLECTOR,
+            GC_COLLECTOR,
+        ):  # stateless: shared, read at scrape
+            r.register(collector)
         self.request_seconds = Histogram(
             "nq_http_request_duration_seconds",
             "HTTP request latency",
@@ -44,7 +68,7 @@ class Metrics:
             registry=r,
         )
         self.requests = Counter(
-            "nq_http_requests", "HTTP requests by status", ["endpoint", "method", "status"], registry=r
+            "nq_http_requests", "HTTP requests by status code", ["endpoint", "method", "code"], registry=r
         )
         self.errors = Counter(
             "nq_http_errors", "HTTP responses with status >= 400", ["endpoint", "code"], registry=r
@@ -75,6 +99,12 @@ class Metrics:
         self.live_accuracy = Gauge(
             "nq_live_accuracy",
             "Accuracy of the last 500 served predictions whose outcome is known (realized by later ticks)",
+            ["source"],
+            registry=r,
+        )
+        self.live_confidence = Gauge(
+            "nq_live_mean_confidence",
+            "Mean stated confidence of those same predictions (beside nq_live_accuracy: honest when equal)",
             ["source"],
             registry=r,
         )
@@ -116,7 +146,7 @@ class Metrics:
                 "p99": pct(99),
                 "over_last": len(ms),
             },
-            "success_rate_5m": (sum(c < 300 for c in window) / len(window)) if window else None,
+            "success_rate_5m": (sum(c < 500 for c in window) / len(window)) if window else None,
             "server_error_rate_5m": (sum(c >= 500 for c in window) / len(window)) if window else None,
             "requests_5m": len(window),
         }

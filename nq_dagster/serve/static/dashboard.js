@@ -220,8 +220,10 @@ function connect() {
   ws.onmessage = (ev) => {
     const m = JSON.parse(ev.data);
     if (m.type === "subscribed") { backoff = 500; banner(""); setConn("on", "live"); }
-    else if (m.type === "prediction") { addPrediction(m.prediction); received.push(performance.now()); }
-    else if (m.type === "outcome") addOutcome(m.outcome);
+    else if (m.type === "batch") {  // one message per engine batch: its predictions, then its outcomes
+      for (const p of m.predictions) { addPrediction(p); received.push(performance.now()); }
+      for (const o of m.outcomes) addOutcome(o);
+    }
   };
   ws.onclose = (ev) => {
     if (ev.code === 4401 || ev.code === 4403) { askForKey("The stream refused the key: " + (ev.reason || ev.code)); setConn("off", "refused"); return; }

@@ -1,12 +1,16 @@
 """Batch jobs (developer): `POST /api/v1/process/batch` takes data points of many sources and answers 202 with
 a job id; `GET /api/v1/jobs/{job_id}` gives the job's status and results (to the key that posted it, or an
-admin). A job's points run in chunks of 256 at low priority, so realtime requests get in between; each chunk
-is validated as ingest validates a file, and a refused chunk's errors go into the job. An allowed callback URL
-gets the finished job."""
+admin). Jobs are kept in SQLite (`batchjobs.py`: a TTL, a per-key quota, marked failed when a restart
+interrupts them). A job's points run in chunks of 256 at low priority, so the key's realtime requests get in
+between (and other keys get their share: engine/fair.py); each chunk is validated as ingest validates a file,
+a refused chunk is tried point by point so that a bad point fails alone, with its error in the job. An allowed
+callback URL gets the finished job."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
 import uuid
 from functools import partial
@@ -18,18 +22,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from nq_dagster.serve.http.auth import guarded
-from nq_dagster.serve.http.batchjobs import Job
+from nq_dagster.serve.http.batchjobs import Job, QuotaFull
 from nq_dagster.serve.http.bodies import BatchBody, JobRef, parse, parse_object
 from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.http.routes.predict import run_ticks
+from nq_dagster.serve.http.startup import require_ready
 from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.keys import KeyRecord
 from nq_dagster.store import SOURCE_RE
+
+log = logging.getLogger("nq.serve")
 
 CHUNK = 256  # points of a job per engine request
 
 
 async def batch(state: ServerState, request: Request, key: KeyRecord) -> Response:
+    require_ready(state.startup)  # a job queued while the models load would fail every chunk
     raw = parse_object(await request.body())
     job_id = parse(JobRef, raw).job_id or uuid.uuid4().hex
     known = state.jobs.get(job_id)
@@ -37,7 +45,7 @@ async def batch(state: ServerState, request: Request, key: KeyRecord) -> Respons
         # another key's job: its summary is that key's alone (issue 26: a reused job_id read it)
         raise ApiError(409, f"job_id {job_id!r} is taken; choose another (or omit it)", field="job_id")
     if known is not None:
-        return JSONResponse({k: v for k, v in known.public().items() if k != "results"}, status_code=200)
+        return JSONResponse(known.public(), status_code=200)
     s = state.settings
     body: BatchBody = parse(BatchBody, raw, max_points=s.max_points, callback_hosts=s.callback_hosts)
     rows = body.ticks()
@@ -52,7 +60,17 @@ async def batch(state: ServerState, request: Request, key: KeyRecord) -> Respons
             field="data_points",
         )
     job = Job(job_id, len(rows), key.id, body.callback_url)
-    state.jobs.add(job)
+    try:
+        state.jobs.add(job)
+    except QuotaFull as exc:
+        raise ApiError(429, str(exc), headers={"Retry-After": "5"}) from None
+    except (OSError, sqlite3.Error) as exc:
+        raise ApiError(
+            503,
+            f"batch jobs store not writable: {state.jobs.path}: {exc}; retry when the data directory is "
+            "writable",
+            headers={"Retry-After": "5"},
+        ) from None
     asyncio.get_running_loop().create_task(run_job(state, job, rows))
     return JSONResponse(
         {
@@ -65,49 +83,87 @@ async def batch(state: ServerState, request: Request, key: KeyRecord) -> Respons
     )
 
 
-async def run_job(state: ServerState, job: Job, rows: list[tuple]) -> None:
-    """The job's points sorted as ingest sorts (source, then time), in chunks; then the callback."""
-    job.status = "running"
+def _ingest_order(rows: list[tuple]) -> list[int]:
+    """The positions of the points sorted as ingest sorts (source, then time; unparseable times first, where
+    the engine refuses them)."""
     order = pd.to_datetime(
-        pd.Series([r[1] if isinstance(r[1], str) else None for r in rows]),
+        pd.Series([r[1] if isinstance(r[1], str) else None for r in rows], dtype=object),
         utc=True,
         errors="coerce",
         format="ISO8601",
     )
-    keyed = sorted(
+    return sorted(
         range(len(rows)),
         key=lambda i: (
             str(rows[i][0]),
-            order.iloc[i].value if not pd.isna(order.iloc[i]) else 0,
+            # seconds, not `.value` (nanoseconds): a year-9999 point overflowed it and stopped the job
+            order.iloc[i].timestamp() if not pd.isna(order.iloc[i]) else 0.0,
             rows[i][1] if not isinstance(rows[i][1], str) else 0,
             i,
         ),
     )
-    for start in range(0, len(keyed), CHUNK):
-        chunk = [rows[i] for i in keyed[start : start + CHUNK]]
-        try:
-            answers = await run_ticks(state, chunk, f"job {job.id}: data_points", "low", None)
-            job.results += [{**a.record, "duplicate": a.duplicate} for a in answers]
-        except ApiError as exc:
-            job.errors += exc.details or [exc.message]
-        except Exception as exc:  # noqa: BLE001 - recorded in the job
-            job.errors.append(f"{type(exc).__name__}: {exc}")
-    job.status = "done" if not job.errors else ("failed" if not job.results else "done_with_errors")
+
+
+async def _run_chunk(state: ServerState, job: Job, chunk: list[tuple]) -> list[dict]:
+    """A chunk's records; a refused chunk is tried point by point, so a bad point fails alone (its error
+    names it) and the others are predicted."""
+    label = f"job {job.id}: data_points"
+    try:
+        answers = await run_ticks(state, chunk, label, "low", None, job.key_id)
+    except ApiError as exc:
+        if len(chunk) == 1:
+            for message in exc.details or [exc.message]:
+                job.error(message)
+            return []
+        out = []
+        for point in chunk:
+            out += await _run_chunk(state, job, [point])
+        return out
+    return [{**a.record, "duplicate": a.duplicate} for a in answers]
+
+
+async def run_job(state: ServerState, job: Job, rows: list[tuple]) -> None:
+    """The job's points sorted as ingest sorts (source, then time), in chunks; then the callback. Whatever
+    fails is recorded in the job, which always ends finished or failed."""
+    job.status = "running"
+    try:
+        state.jobs.save(job)
+        keyed = _ingest_order(rows)
+        for start in range(0, len(keyed), CHUNK):
+            chunk = [rows[i] for i in keyed[start : start + CHUNK]]
+            try:
+                records = await _run_chunk(state, job, chunk)
+            except Exception as exc:  # noqa: BLE001 - recorded in the job, the next chunk goes on
+                log.exception("batch job %s: a chunk failed", job.id)
+                job.error(f"points {start + 1}-{start + len(chunk)}: {type(exc).__name__}: {exc}")
+                records = []
+            job.predicted += len(records)
+            job.duplicates += sum(1 for r in records if r.get("duplicate"))
+            state.jobs.save(job, records)
+        job.status = "done" if not job.errors else ("failed" if not job.predicted else "done_with_errors")
+    except Exception as exc:  # noqa: BLE001 - never left running
+        log.exception("batch job %s failed", job.id)
+        job.error(f"the job stopped: {type(exc).__name__}: {exc}")
+        job.status = "failed"
     job.finished_at = time.time()
     if job.callback_url:
         try:
             async with httpx.AsyncClient(timeout=5.0, follow_redirects=False) as client:
-                r = await client.post(job.callback_url, json=job.public())
+                r = await client.post(job.callback_url, json=job.public(state.jobs.results(job.id)))
             job.callback = {"status_code": r.status_code}
         except httpx.HTTPError as exc:
             job.callback = {"error": str(exc)}
+    try:
+        state.jobs.save(job)
+    except (OSError, sqlite3.Error):
+        log.exception("batch job %s: its end could not be stored (a restart marks it failed)", job.id)
 
 
 async def job_status(state: ServerState, request: Request, key: KeyRecord) -> Response:
     job = state.jobs.get(request.path_params["job_id"])
     if job is None or (job.key_id != key.id and key.role != "admin"):
         raise ApiError(404, f"no job {request.path_params['job_id']!r} of this key on this replica")
-    return JSONResponse(job.public())
+    return JSONResponse(job.public(state.jobs.results(job.id)))
 
 
 def routes(state: ServerState) -> list[BaseRoute]:

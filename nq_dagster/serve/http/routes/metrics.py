@@ -1,6 +1,7 @@
 """The server's figures (viewer): `GET /api/v1/metrics`, the original's metrics document with every figure
 computed (latency percentiles, rates, validation and live accuracy, the models); `GET /metrics`, the
-Prometheus exposition."""
+Prometheus exposition (viewer, or anyone when `NQ_SERVE_METRICS_OPEN` is set: a scrape on the cluster network
+carries no key; the figures are operational, no prediction or tick is in them)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from nq_dagster.serve.logs import iso
 NOTES = {
     "latency": "tick received to record ready, exact percentiles over the last 10,000 predictions",
     "success_rate": "share of admitted processing requests (past key, role, rate and size checks) "
-    "answered 2xx over the last 5 minutes; 4xx for bad ticks count as failures",
+    "not answered with a server error (5xx) over the last 5 minutes; a refused bad tick (4xx) is a success",
     "validation": "from each source's latest validation report (realized outcomes)",
     "live": "served predictions whose outcome later ticks realized (last 500 per source)",
 }
@@ -56,7 +57,7 @@ async def metrics_json(state: ServerState, request: Request, key: KeyRecord) -> 
     )
 
 
-async def prometheus(state: ServerState, request: Request, key: KeyRecord) -> Response:
+async def prometheus(state: ServerState, request: Request, key: KeyRecord | None = None) -> Response:
     m = state.metrics
     m.queue_depth.set(state.engine.queue_depth())
     m.model_info.clear()
@@ -68,6 +69,7 @@ async def prometheus(state: ServerState, request: Request, key: KeyRecord) -> Re
     for s, v in state.figures.live().items():
         if v["accuracy"] is not None:
             m.live_accuracy.labels(s).set(v["accuracy"])
+            m.live_confidence.labels(s).set(v["mean_confidence"])
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -75,5 +77,11 @@ def routes(state: ServerState) -> list[BaseRoute]:
     viewer = partial(guarded, state.access, "viewer")
     return [
         Route("/api/v1/metrics", viewer(partial(metrics_json, state)), methods=["GET"]),
-        Route("/metrics", viewer(partial(prometheus, state)), methods=["GET"]),
+        Route(
+            "/metrics",
+            partial(prometheus, state)
+            if state.process.serve_metrics_open
+            else viewer(partial(prometheus, state)),
+            methods=["GET"],
+        ),
     ]

@@ -54,7 +54,15 @@ def _portfolio(state: ServerState) -> list[dict] | None:
 
 async def models(state: ServerState, request: Request, key: KeyRecord) -> Response:
     validation = await asyncio.to_thread(state.figures.validation)
-    info = {s: {**i, "validation": validation.get(s)} for s, i in state.engine.model_info().items()}
+    states = await asyncio.to_thread(state.startup.model_states)
+    loaded = state.engine.model_info()
+    errors = state.engine.load_errors()
+    info = {}
+    for s, st in states.items():  # every owned source: loaded (its model), loading, or failed (why)
+        if s in loaded:
+            info[s] = {"status": "loaded", **loaded[s], "validation": validation.get(s)}
+        else:
+            info[s] = {"status": st} | ({"error": errors[s]} if s in errors else {})
     return JSONResponse({"models": info, "portfolio": _portfolio(state)})
 
 

@@ -20,6 +20,7 @@ from nq_dagster.serve.engine import Answer, JournalUnavailable, NoModel, NotOwne
 from nq_dagster.serve.http.auth import guarded
 from nq_dagster.serve.http.bodies import RealtimeBody, parse
 from nq_dagster.serve.http.errors import ApiError
+from nq_dagster.serve.http.startup import require_ready
 from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.keys import KeyRecord
 
@@ -27,11 +28,15 @@ REALTIME = "/api/v1/process/realtime"
 
 
 async def run_ticks(
-    state: ServerState, rows: list[tuple], label: str, priority: str, received: float | None
+    state: ServerState, rows: list[tuple], label: str, priority: str, received: float | None, key: str
 ) -> list[Answer]:
-    """The engine's answers to ticks [(source, timestamp, value)]; its refusals as API errors."""
+    """The engine's answers to ticks [(source, timestamp, value)] of the key with id `key`; its refusals as
+    API errors."""
+    require_ready(state.startup)
     try:
-        return await asyncio.wrap_future(state.engine.submit(rows, label, priority, received=received))
+        return await asyncio.wrap_future(
+            state.engine.submit(rows, label, priority, received=received, key=key)
+        )
     except Rejected as exc:
         raise ApiError(422, exc.messages[0], field=exc.field, details=exc.messages) from None
     except NoModel as exc:
@@ -45,10 +50,16 @@ async def run_ticks(
 async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Response:
     raw = await request.body()
     body: RealtimeBody = parse(RealtimeBody, raw, max_values=state.settings.max_values)
+    state.access.charge(key, len(body.data))
     if not state.engine.own.owns(body.source):
         return await forward(state, request, body.source, raw)
     answers = await run_ticks(
-        state, body.ticks(), f"POST {REALTIME}", body.config.priority, request.scope["state"]["received"]
+        state,
+        body.ticks(),
+        f"POST {REALTIME}",
+        body.config.priority,
+        request.scope["state"]["received"],
+        key.id,
     )
     omitted = body.omitted()
     if len(answers) == 1 and answers[0].text is not None and not omitted:  # the common case

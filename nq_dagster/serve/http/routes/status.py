@@ -1,4 +1,9 @@
-"""`GET /api/v1/status`: anyone gets the overall health (200, or 503 when down); a viewer key gets the
+"""Health. `GET /livez` (anyone): the process answers (503 when its engine failed to start or its threads
+died: restart it). `GET /readyz` (anyone): 200 when the owned sources' models are loaded, the tick log
+recovered and storage writable; else 503 with what is missing (a model that failed to load is listed, and
+does not hold readiness back: the server serves the others).
+
+`GET /api/v1/status`: anyone gets the overall health (200, or 503 when down); a viewer key gets the
 components (engine, storage, each model) and the measured figures. Overall: down when the engine or the
 storage is; degraded when storage had an error, no model is loaded, a model is older than
 `max_model_age_hours` or failed to load, or more than 5 % of the last 5 minutes' processing requests failed
@@ -63,8 +68,9 @@ def status_document(state: ServerState) -> tuple[str, dict]:
         "log_segments": eng.log_backlog(),
         "journal": journal,
     }
+    starting = not state.startup.done.is_set()
     engine = {
-        "status": "healthy" if eng.alive else "down",
+        "status": "starting" if starting else ("healthy" if eng.alive else "down"),
         "queue_depth": eng.queue_depth(),
         "replica": eng.own.replica,
         "replicas": eng.own.replicas,
@@ -74,7 +80,8 @@ def status_document(state: ServerState) -> tuple[str, dict]:
     if engine["status"] == "down" or storage["status"] == "down":
         overall = "down"
     elif (
-        storage["status"] != "healthy"
+        starting
+        or storage["status"] != "healthy"
         or not models
         or any(m["status"] != "healthy" for m in models.values())
         or (figures["server_error_rate_5m"] or 0.0) > SERVER_ERRORS_DEGRADED
@@ -103,8 +110,43 @@ async def status(state: ServerState, request: Request) -> Response:
     )
 
 
+async def livez(state: ServerState, request: Request) -> Response:
+    st = state.startup
+    alive = st.error is None and (not st.done.is_set() or state.engine.alive)
+    doc = {
+        "status": "alive" if alive else "dead",
+        "uptime_seconds": round(time.time() - state.engine.started_at, 3),
+    }
+    if not alive:
+        doc["error"] = st.error or "the engine's threads stopped; see the server log"
+    return JSONResponse(doc, status_code=200 if alive else 503)
+
+
+async def readyz(state: ServerState, request: Request) -> Response:
+    missing = state.startup.missing()
+    if missing:  # still starting: the write probe would only slow the loading down (probes come every second)
+        why = "not checked while starting"
+    else:
+        writable, why = await asyncio.to_thread(storage_writable, state)
+        if not writable:
+            missing.append(f"storage {why}")
+    models = state.startup.model_states()
+    doc = {"ready": not missing, "missing": missing, "models": models, "storage": why}
+    return JSONResponse(doc, status_code=503 if missing else 200)
+
+
 def routes(state: ServerState) -> list[BaseRoute]:
     async def endpoint(request: Request) -> Response:  # open to anyone: no key needed for the overall health
         return await status(state, request)
 
-    return [Route("/api/v1/status", endpoint, methods=["GET"])]
+    async def live(request: Request) -> Response:
+        return await livez(state, request)
+
+    async def ready(request: Request) -> Response:
+        return await readyz(state, request)
+
+    return [
+        Route("/api/v1/status", endpoint, methods=["GET"]),
+        Route("/livez", live, methods=["GET"]),
+        Route("/readyz", ready, methods=["GET"]),
+    ]
