@@ -82,6 +82,11 @@ def test_realtime_matches_the_prediction_path_and_stores_each_tick_once(home, sr
     again = c.post("/api/v1/process/realtime", json=tick("m", ticks.timestamp[5], ticks.value[5])).json()
     assert again["duplicate"] and again["prediction_id"] == got[5]["prediction_id"]
     assert again["confidence"] == got[5]["confidence"]
+    # posted again with another value: refused by name, never answered with the old record (issue 26)
+    other = c.post("/api/v1/process/realtime", json=tick("m", ticks.timestamp[5], ticks.value[5] + 1.0))
+    assert other.status_code == 422, other.text
+    msg = other.json()["error"]["message"]
+    assert "already has value" in msg and repr(float(ticks.value[5])) in msg, msg
     # the same ticks through the one prediction path, from the state training saved
     p = Predictor()
     p.load(Warehouse(home).load_artifact("serving_state", "m"))

@@ -16,6 +16,7 @@ import concurrent.futures as cf
 import itertools
 import json
 import logging
+import math
 import queue
 import time
 from collections.abc import Callable
@@ -55,6 +56,20 @@ MAX_BATCH = 512  # requests taken (validated and planned) by the worker at once
 OnRecords = Callable[[list[dict], list[dict]], None]
 OnBatch = Callable[[int, int, float], None]  # callback(requests, new ticks, seconds) for metrics
 NewTicks = dict[str, list[tuple[int, float]]]  # per source: a batch's new ticks (ts_ns, value), in order
+
+
+def _same_value(label: str, source: str, ts_ns: int, kept: float, sent: float) -> None:
+    """A re-posted tick must carry the value already accepted for its time: a stored tick is never changed,
+    and answering another value with the old record would hide the conflict (issue 26)."""
+    if kept != sent and not (math.isfinite(kept) and math.isclose(kept, sent, rel_tol=1e-12, abs_tol=0.0)):
+        when = pd.Timestamp(ts_ns, tz="UTC")
+        raise Rejected(
+            [
+                f"{label}: source {source!r}: timestamp {when} already has value {kept!r}; this request sent "
+                f"{sent!r}. A tick is never changed once accepted: post the value under a new timestamp"
+            ],
+            "data",
+        )
 
 
 class Worker:
@@ -165,10 +180,13 @@ class Worker:
                 tentative.setdefault(src, []).append((t, tick.value))
                 out.append(Planned(src, t))
                 continue
-            if (src, t) in self.fair.index:
+            if (pending_tick := self.fair.index.get((src, t))) is not None:
+                _same_value(w.label, src, t, pending_tick.value, tick.value)
                 out.append(Planned(src, t, duplicate=True))  # posted again before it was predicted
                 continue
             stored = self.cache.stored(src, t)
+            if stored is not None and stored.get("value") is not None:
+                _same_value(w.label, src, t, stored["value"], tick.value)
             if stored is None:
                 when, seen = pd.Timestamp(t, tz="UTC"), pd.Timestamp(floor, tz="UTC")
                 raise Rejected(
