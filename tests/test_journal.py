@@ -281,6 +281,9 @@ def test_storage_errors_fail_closed_move_nothing_and_recover_without_a_restart(h
         doc = httpx.get(server.url + "/api/v1/status", headers=viewer).json()
         assert doc["components"]["storage"]["status"] == "down", doc["components"]["storage"]
         assert doc["status"] == "down"
+        scrape = httpx.get(server.url + "/metrics", headers=viewer).text
+        assert "nq_storage_up 0.0" in scrape, scrape[-2000:]
+        assert "nq_journal_refused_batches 0.0" not in scrape, scrape[-2000:]
         # writing works again: the server answers without a restart, from the tick it refused on
         if fault == "file_size_limit":
             resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))

@@ -109,6 +109,19 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("nq_engine_queue_depth", "Requests waiting for the engine", registry=r)
+        # the tick journal's faults (serve/engine/ticklog.py, flusher.py), as status shows them: set at scrape
+        self.journal_refused = Gauge(
+            "nq_journal_refused_batches", "Batches the journal could not commit (answered 503)", registry=r
+        )
+        self.journal_quarantined = Gauge(
+            "nq_journal_quarantined_segments", "Damaged journal segments moved to quarantine", registry=r
+        )
+        self.tick_conflicts = Gauge(
+            "nq_tick_conflicts", "Served ticks whose time was already stored with another value", registry=r
+        )
+        self.storage_up = Gauge(
+            "nq_storage_up", "1 while the journal commits, 0 after a storage error", registry=r
+        )
         self.batch_seconds = Histogram(
             "nq_engine_batch_seconds", "Engine time per batch", buckets=LATENCY_BUCKETS, registry=r
         )

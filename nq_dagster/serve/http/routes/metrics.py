@@ -60,6 +60,11 @@ async def metrics_json(state: ServerState, request: Request, key: KeyRecord) -> 
 async def prometheus(state: ServerState, request: Request, key: KeyRecord | None = None) -> Response:
     m = state.metrics
     m.queue_depth.set(state.engine.queue_depth())
+    j = state.engine.journal_status()
+    m.journal_refused.set(j["refused_batches"])
+    m.journal_quarantined.set(j["quarantined_segments"])
+    m.tick_conflicts.set(j["tick_conflicts"])
+    m.storage_up.set(0 if j.get("error") else 1)
     m.model_info.clear()
     for s, info in state.engine.model_info().items():
         m.model_info.labels(s, info["model_version"], info["config_version"]).set(1)
