@@ -99,7 +99,7 @@ class Access:
                 429,
                 f"rate limit of {rec.rate_per_s * 60:g} ticks/min (burst {rec.burst}) reached: this "
                 f"request's {ticks} values need {ticks} tokens; retry in {wait:.2f} s",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                headers={"Retry-After": str(max(1, math.ceil(wait))), **rate_limit_headers(rec, wait)},
             )
 
 
