@@ -170,16 +170,26 @@ def prepare() -> tuple[Path, object, list[str], str]:
 
 
 def start_server(
-    home: Path, port: int, extra: list[str] = (), log_name: str = "serve.log"
+    home: Path,
+    port: int,
+    extra: list[str] = (),
+    log_name: str = "serve.log",
+    python_prelude: str | None = None,
 ) -> subprocess.Popen:
-    """`nq serve` in its own process; returns once it is ready (its models loaded)."""
+    """`nq serve` in its own process; returns once it is ready (its models loaded). `python_prelude`: Python
+    run in that process before the command (a comparison run's patch)."""
     env = {**os.environ, "NQ_HOME": str(home)}
     log = open(home.parent / log_name, "wb")  # noqa: SIM115
+    launch = ["-m", "nq_dagster.cli"]
+    if python_prelude:
+        launch = [
+            "-c",
+            f"{python_prelude}\nimport sys\nfrom nq_dagster.cli import main\nsys.exit(main(sys.argv[1:]))",
+        ]
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "nq_dagster.cli",
+            *launch,
             "--home",
             str(home),
             "serve",
@@ -195,9 +205,13 @@ def start_server(
     )
     # (a shared, loaded machine took over 300 s to load and warm up the 34 sources)
     # the port opens before the models load (issue 27): ready once /readyz says so (the package's client)
-    with Client(f"http://127.0.0.1:{port}") as nq:
-        nq.wait_ready(timeout_s=START_TIMEOUT_S)
-    assert proc.poll() is None, "server exited"
+    try:
+        with Client(f"http://127.0.0.1:{port}") as nq:
+            nq.wait_ready(timeout_s=START_TIMEOUT_S)
+        assert proc.poll() is None, f"server exited (log: {log.name})"
+    except BaseException:
+        proc.kill()  # never left running behind a failed bench
+        raise
     return proc
 
 

@@ -5,6 +5,7 @@ first (the composition roots, the Dagster layer where it touches artifacts, the 
 torch (through the reservoir state), so the Dagster code location imports it only in the steps that need it.
 """
 
+from nq_dagster.fusion.intervals import IntervalState
 from nq_dagster.fusion.model import LiveCalibration, ModelVersion, ServingState
 from nq_dagster.fusion.ridge import LinearStage
 from nq_dagster.fusion.stream import StreamState
@@ -20,6 +21,7 @@ ARTIFACT_CLASSES = (
     ModelVersion,
     LiveCalibration,
     ServingState,
+    IntervalState,
 )
 
 for _cls in ARTIFACT_CLASSES:

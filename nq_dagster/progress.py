@@ -4,9 +4,9 @@ It listens to the run's events (`DagsterInstance.add_event_listener`); on a term
 every second, elsewhere (a log file, CI) it prints one plain line per step.
 
 The estimate is measured, never guessed from the share of steps (the steps differ a hundredfold in cost):
-the step durations of the last successful run of the same job on this instance, scaled by this source's
-rows against that run's (training time grows about linearly in rows, docs/pipeline.md). Without such a run
-there is no estimate, and the line says so."""
+each step's median duration over the last five successful runs of the same job on this instance, scaled by
+this source's rows against theirs (training time grows about linearly in rows, docs/pipeline.md). Without
+such a run there is no estimate, and the line says so."""
 
 from __future__ import annotations
 
@@ -30,20 +30,34 @@ class StepHistory:
         return scale * sum(self.seconds.get(s, 0.0) for s in steps_left)
 
 
-def step_history(instance, job_name: str) -> StepHistory | None:
-    """The step durations of the last successful run of `job_name` that recorded its rows, else None."""
+def step_history(instance, job_name: str, runs: int = 5) -> StepHistory | None:
+    """Each step's duration over the last `runs` successful runs of `job_name` that recorded their rows: the
+    median, each run scaled to the rows of the latest (one run on a machine that was busy at the time would
+    make every later estimate wrong by as much); None when there is no such run."""
+    import statistics
+
     from dagster import DagsterRunStatus, RunsFilter
 
+    measured: list[tuple[dict[str, float], int]] = []
     for run in instance.get_runs(
-        filters=RunsFilter(job_name=job_name, statuses=[DagsterRunStatus.SUCCESS]), limit=5
+        filters=RunsFilter(job_name=job_name, statuses=[DagsterRunStatus.SUCCESS]), limit=4 * runs
     ):
         if ROWS_TAG not in run.tags:
             continue
         stats = instance.get_run_step_stats(run.run_id)
         seconds = {s.step_key: s.end_time - s.start_time for s in stats if s.start_time and s.end_time}
         if seconds:
-            return StepHistory(seconds, int(run.tags[ROWS_TAG]))
-    return None
+            measured.append((seconds, max(1, int(run.tags[ROWS_TAG]))))
+        if len(measured) == runs:
+            break
+    if not measured:
+        return None
+    rows = measured[0][1]
+    steps = {k for seconds, _ in measured for k in seconds}
+    return StepHistory(
+        {k: statistics.median(sec[k] * rows / n for sec, n in measured if k in sec) for k in steps},
+        rows,
+    )
 
 
 def _clock(seconds: float) -> str:

@@ -69,7 +69,7 @@ class Settings(BaseModel):
     query_max_rows: int = Field(100_000, ge=1, le=100_000_000, description="`nq query`: rows printed at most")
     # ingest: bounds on one file, checked before its rows are built (nq_dagster/ingest/limits.py)
     ingest_max_bytes: int = Field(
-        512 * 1024**2,
+        256 * 1024**2,
         ge=1024,
         description="ingest: bytes of one file (a Parquet file's uncompressed bytes too) at most",
     )

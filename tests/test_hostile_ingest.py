@@ -166,24 +166,25 @@ def test_limits_refuse_before_rows_are_built(wh, tmp_path, monkeypatch):
 
 
 BOMB = """
-import gzip, resource, sys, time
+import sys, time
 from pathlib import Path
 from nq_dagster.store import Warehouse
 from nq_dagster.ingest import Ingestor
 home, bomb = Path(sys.argv[1]), Path(sys.argv[2])
-member = gzip.compress(b"timestamp,value\\n" + b"0" * (64 << 20), 9)
-bomb.write_bytes(member * 64)  # ~4 GiB once decompressed
 wh = Warehouse(home).ensure()
 t = time.perf_counter()
 r = Ingestor(wh).ingest_file(bomb)
-print(r.status, round(time.perf_counter() - t, 3), bomb.stat().st_size,
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, r.reason.split(":")[1])
+# VmHWM: this process's own peak (ru_maxrss keeps the forking parent's high-water mark across exec)
+hwm = int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1]) // 1024
+print(r.status, round(time.perf_counter() - t, 3), bomb.stat().st_size, hwm, r.reason.split(":")[1])
 """
 
 
 def test_a_gzip_bomb_named_csv_is_refused_in_bounded_memory(tmp_path):
     """A file of ~4 MB that decompresses to ~4 GiB (the issue's 8.5 GB peak): refused from its first bytes;
     the process's peak RSS stays that of the interpreter and its libraries."""
+    member = gzip.compress(b"timestamp,value\n" + b"0" * (64 << 20), 9)
+    (tmp_path / "bomb.csv").write_bytes(member * 64)  # ~4 GiB once decompressed
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run(
         [sys.executable, "-c", BOMB, str(tmp_path / "nq"), str(tmp_path / "bomb.csv")],
@@ -197,7 +198,7 @@ def test_a_gzip_bomb_named_csv_is_refused_in_bounded_memory(tmp_path):
     assert status == "quarantined" and "gzip" in " ".join(out[4:])
     # decompressing 4 GiB takes minutes here; 15 s leaves room for a loaded 2-core CI machine
     assert size < 8 << 20 and seconds < 15.0
-    assert peak_mib < 600, f"peak RSS {peak_mib} MiB"
+    assert peak_mib < 500, f"peak RSS {peak_mib} MiB"  # (VmHWM; an idle interpreter with the ingest: ~160)
 
 
 # -- item 6: true counts; item 7: multi-source, temp files, FIFOs, compaction --------------------------------
@@ -345,7 +346,7 @@ def _fuzz_ingest(wh, path: Path) -> None:
         assert after == before + r.rows_accepted
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     names=NAMES,
     rows=st.lists(st.lists(CELL, min_size=1, max_size=4), max_size=6),
@@ -365,7 +366,7 @@ def test_fuzz_csv_and_json_lines(wh, tmp_path, names, rows, kind):
     _fuzz_ingest(wh, put(tmp_path, f"f{len(os.listdir(tmp_path))}.{kind}", text))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     values=st.one_of(
         st.lists(st.one_of(st.floats(), st.none()), min_size=1, max_size=8),
@@ -382,3 +383,98 @@ def test_fuzz_parquet(wh, tmp_path, values, stamps, name):
     buf = io.BytesIO()
     pq.write_table(pa.table({"timestamp": pa.array(stamps[:n], pa.int64()), name: col}), buf)
     _fuzz_ingest(wh, put(tmp_path, f"p{len(os.listdir(tmp_path))}.parquet", buf.getvalue()))
+
+
+def test_sensor_tick_survives_a_fake_parquet_and_removes_stale_quarantine_temp_files(wh):
+    """A landed `.parquet` that is not Parquet made the tick raise (its footer was read to count rows); now
+    the tick requests the run that quarantines it with the reason. A killed ingest's temp file in quarantine/
+    is removed by the tick once older than an hour."""
+    from dagster import instance_for_test
+
+    from nq_dagster.sensors.landing import plan_runs
+    from nq_dagster.settings import Settings
+
+    (wh.landing / "s").mkdir()
+    (wh.landing / "s" / "x.parquet").write_bytes(b"not parquet at all")
+    stale = wh.quarantine / ".y.csv.abc.tmp"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    with instance_for_test() as instance:
+        plan = plan_runs(wh, instance, {}, set(), Settings(home=wh.home), now=time.time() + 60)
+    assert [r.job_name for r in plan.requests] == ["ingest_only"] and not stale.exists()
+
+
+def test_sensor_tick_on_a_full_disk_is_one_line_and_moves_nothing(wh, monkeypatch):
+    """Quarantining a landed symlink needs a write; on a full disk the tick skips with one line and the fix
+    (it raised OSError before), and the link stays in landing/ for the next tick."""
+    from dagster import SkipReason, build_sensor_context, instance_for_test
+
+    import nq_dagster.sensors.landing as landing
+    from nq_dagster.resources import WarehouseResource
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("NQ_SETTLE_SECONDS", "0")
+    monkeypatch.setattr(landing, "atomic_write_bytes", full)
+    link = wh.landing / "s.csv"
+    link.symlink_to("/etc/hostname")
+    with instance_for_test() as instance:
+        ctx = build_sensor_context(
+            instance=instance, resources={"warehouse": WarehouseResource(home=str(wh.home))}
+        )
+        result = landing.landing_sensor(ctx)
+    assert isinstance(result, SkipReason) and "no space left" in result.skip_message
+    assert "Fix: free disk space" in result.skip_message and os.path.lexists(link)
+
+
+def test_raw_ticks_run_on_a_held_lock_fails_in_one_line_and_keeps_the_file(wh, monkeypatch):
+    """The daemon's ingest (the raw_ticks asset): a held lock fails the run with one line (the sensor retries
+    it), never a TimeoutError traceback, and the landed file waits in landing/."""
+    from dagster import DagsterInstance, instance_for_test, materialize
+
+    from nq_dagster.assets.ingestion import raw_ticks
+    from nq_dagster.ingest import ingestor
+    from nq_dagster.resources import WarehouseResource
+
+    def held(self, sources, timeout_s=120.0):
+        raise TimeoutError(
+            f"source {sources[0]!r} is locked: another ingest or compaction held it. Fix: wait"
+        )
+
+    monkeypatch.setattr(ingestor.Warehouse, "source_locks", held)
+    landed = wh.landing / "s" / "a.csv"
+    landed.parent.mkdir(parents=True)
+    landed.write_text(GOOD)
+    with instance_for_test() as instance:
+        assert isinstance(instance, DagsterInstance)
+        instance.add_dynamic_partitions("source", ["s"])
+        res = materialize(
+            [raw_ticks],
+            partition_key="s",
+            instance=instance,
+            resources={"warehouse": WarehouseResource(home=str(wh.home))},
+            raise_on_error=False,
+        )
+        failure = next(e for e in res.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data
+    # a dagster Failure: its description is what the run log and the UI show, without a traceback
+    assert not res.success and failure.user_failure_data is not None
+    assert "is locked" in failure.user_failure_data.description and landed.exists()
+
+
+def test_zlib_is_refused_and_text_that_looks_like_its_header_is_not(wh, tmp_path):
+    import zlib
+
+    r = Ingestor(wh).ingest_file(put(tmp_path, "z.csv", zlib.compress(GOOD.encode())))
+    assert r.status == "quarantined" and "zlib-compressed" in r.reason
+    caret = "x^2,timestamp\n4,2026-01-01T00:00:00Z\n9,2026-01-01T00:01:00Z\n"  # "x^" is a zlib header too
+    assert Ingestor(wh).ingest_file(put(tmp_path, "caret.csv", caret)).status == "ingested"
+
+
+def test_a_leap_second_is_refused_through_a_timestamp_format_too(wh, tmp_path):
+    from nq_dagster.ingest import ReadOptions
+
+    text = "timestamp,value\nDec 31 2016 23:59:59,1\nDec 31 2016 23:59:60,2\n"
+    opts = ReadOptions(timestamp_format="%b %d %Y %H:%M:%S")
+    r = Ingestor(wh).ingest_file(put(tmp_path, "fmtleap.csv", text), options=opts)
+    assert r.status == "quarantined" and "row 3" in r.reason and "leap second" in r.reason

@@ -96,6 +96,9 @@ def _tick_by_tick_equals_training_graph(graph):
     assert np.abs(got["predicted_change"] - want["predicted_change"]).max() <= 1e-6 * scale
     for c in ("confidence", "p_down", "p_hold", "p_up"):
         assert np.abs(got[c] - want[c]).max() < 1e-6, c
+    # the prediction intervals: the stream's conformal state goes on from training's, as its pass does
+    for c in ("interval_80_low", "interval_80_high", "interval_95_low", "interval_95_high"):
+        assert want[c].notna().all() and np.abs(got[c] - want[c]).max() <= 1e-6 * np.abs(want[c]).max(), c
     # the nested results (pattern strengths, spike rate, reservoir summary) as the batch graph computed them
     for g, w in zip(got["neuromorphic_results"], want["neuromorphic_results"], strict=True):
         g, w = json.loads(g), json.loads(w)

@@ -13,6 +13,7 @@ import pytest
 from nq_dagster.demo import mackey_glass
 
 from .conftest import small_home
+from .test_object_storage import s3  # noqa: F401 - the moto S3 fixture
 
 N_TRAIN = 400
 
@@ -213,3 +214,59 @@ def test_the_terminal_bar_rewrites_one_line_within_100_columns(trained):
     assert all(len(f) <= 100 for f in frames)
     total = len(job.graph.nodes)
     assert any(f"[{'#' * 10}" in f and f" {total}/{total} " in f for f in frames)
+
+
+# --- the report's return chart (item 7) --------------------------------------------------------------------
+
+
+def test_the_return_chart_is_after_costs_and_beside_the_verdict(tmp_path):
+    """Flipping position every row costs 2 x 5 bp per flip: the net line is the gross one minus exactly that;
+    the chart sits right after the verdict, says "after costs", and the report nowhere shows a gross line."""
+    import numpy as np
+
+    from nq_dagster.validation.report import COST_BP, strategy_returns, write_report
+
+    values = np.exp(np.cumsum(np.full(11, 0.01)))  # +1 % a row
+    rows = np.arange(10)
+    pred = np.array([1, -1] * 5)
+    gross, net = strategy_returns(values, rows, pred)
+    turnover = np.array([1] + [2] * 9)
+    assert np.allclose(pred * gross - net, COST_BP * 1e-4 * turnover)
+    n = 40
+    ev = {
+        "reliability": pd.DataFrame({"mean_confidence": [0.5], "accuracy": [0.5]}),
+        "correct": np.ones(n, bool),
+        "baseline_dirs": {},
+        "y_dir": np.ones(n, int),
+        "pred_dir": np.ones(n, int),
+        "rows": np.arange(n),
+        "metrics": {"score": 0.0, "verdict": "no skill"},
+        "criteria": pd.DataFrame({"criterion": ["x"], "p_value": [0.5], "p_holm": [0.5]}),
+        "baselines": pd.DataFrame({"name": ["persistence"]}),
+        "ablations": pd.DataFrame({"name": ["fused"]}),
+        "regimes": pd.DataFrame({"regime": ["low"]}),
+    }
+    path, _ = write_report(tmp_path / "market_A.html", "market_A", ev, np.linspace(100, 110, n + 1), "market")
+    doc = path.read_text()
+    assert "no costs" not in doc and "after costs" in doc
+    assert doc.index("Validation score") < doc.index("<figure>") < doc.index("<h2>Metrics")
+
+
+# --- every table queryable by source, on object storage too (item 1) ---------------------------------------
+
+
+@pytest.mark.usefixtures("s3")
+def test_views_over_object_storage_take_the_source_from_the_partition(wh):
+    """`series` rows do not name their source: on S3 as on local disk, `nq query` takes it from the
+    partition."""
+    from nq_dagster.settings import Settings
+    from nq_dagster.store import Warehouse
+    from nq_dagster.store.views import QueryLimits
+
+    w = Warehouse.from_settings(Settings.from_env().with_home(str(wh.home))).ensure()
+    assert not w.store.local
+    for src, n in (("a", 3), ("b", 1)):
+        ts = pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC")
+        w.write_table("series", src, pd.DataFrame({"timestamp": ts, "value": range(n)}))
+    df = w.user_query("select source, count(*) as n from series group by 1 order by 1", QueryLimits())
+    assert df.to_dict("records") == [{"source": "a", "n": 3}, {"source": "b", "n": 1}]

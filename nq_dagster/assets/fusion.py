@@ -14,6 +14,9 @@ from nq_dagster.store import LIVE_PARTS
 
 
 def quantum_summary(q: dict) -> dict:
+    """The feature-selection QUBO's results as a record's quantum_results: `converged` is the configured
+    annealing run's; `note` says what the answer is (the exact optimum) and what each annealer achieved."""
+    g = q.get("schedule")
     return {
         "energy": q["energy"],
         "phase_coherence": q["annealed_coherence"],
@@ -22,7 +25,19 @@ def quantum_summary(q: dict) -> dict:
             "iterations": q["iterations"],
             "annealing_success_probability": q["annealing_success_probability"],
             "method": q["method"],
+            "exact_optimum": q["exact"],
+            **(
+                {
+                    "min_spectral_gap": g["min_gap"],
+                    "gap_schedule_time": g["evolution_time"],
+                    "gap_schedule_success_probability": g["success_probability"],
+                    "gap_schedule_reached_target": g["reached"],
+                }
+                if g
+                else {}
+            ),
         },
+        "note": q.get("note"),
     }
 
 
@@ -107,7 +122,10 @@ def serving_state(
         fusion_model.get("season") or 0,
         cfg.horizon,
     )
-    st = ServingState(fusion_model["version"], stream, fusion_model.get("calibration"))
+    iv = fusion_model.get("intervals")
+    st = ServingState(
+        fusion_model["version"], stream, fusion_model.get("calibration"), iv["state"] if iv else None
+    )
     source = context.partition_key
     return Output(
         st,
@@ -141,11 +159,14 @@ def predictions(
     f = fusion_model["fused"]
     mv = fusion_model["version"]
     rows = f["row"].to_numpy()
+    iv = fusion_model.get("intervals")
     ts = pd.to_datetime(features["timestamp"], utc=True).to_numpy("datetime64[ns]").view(np.int64)
     recs = build_records(
         source,
         ts[rows],
         f[["p_down", "p_hold", "p_up"]].to_numpy(),
+        fusion_model["targets"]["band"].to_numpy()[rows],
+        f["error_scale"].to_numpy(),
         f["pred_change"].to_numpy(),
         features[list(PATTERN_NAMES)].to_numpy()[rows],
         features["spike_rate"].to_numpy()[rows],
@@ -156,6 +177,7 @@ def predictions(
         ts[f["train_end"].to_numpy()],
         mv.step_ms * mv.cfg.horizon,
         None,
+        iv["half"] if iv else None,
     )
     df = records_frame(recs)
     live = live_prediction_times(warehouse.warehouse(), source)
@@ -219,6 +241,7 @@ def validation_report(
 ) -> Output[pd.DataFrame]:
     """Statistics on realized outcomes (baselines, ablations, Diebold-Mariano, calibration) and the HTML
     report."""
+    from nq_dagster.fusion.intervals import coverage_table
     from nq_dagster.validation.evaluate import evaluate, evaluate_live
     from nq_dagster.validation.report import markdown_summary, write_report
 
@@ -231,10 +254,20 @@ def validation_report(
         if "anomaly" in t.columns and len(t) == len(series):
             truth = t["anomaly"].to_numpy()
     ev = evaluate(fusion_model, truth)
+    ev["intervals"] = coverage_table(fusion_model)
+    for r in ev["intervals"].to_dict("records"):
+        pct = round(100 * r["level"])
+        ev["metrics"][f"coverage_{pct}"], ev["metrics"][f"coverage_{pct}_late"] = (
+            r["coverage"],
+            r["coverage_last_30pct"],
+        )
     live_parts = [p for p in wh.table_parts("predictions", source) if p.stem.startswith(LIVE_PARTS)]
     live = pd.concat([wh.read_part(p).to_pandas() for p in live_parts]) if live_parts else None
     targets = fusion_model["targets"]
-    ev["live"] = evaluate_live(live, series["timestamp"], targets) if len(targets) == len(series) else None
+    horizon = fusion_model["version"].cfg.horizon
+    ev["live"] = (
+        evaluate_live(live, series["timestamp"], targets, horizon) if len(targets) == len(series) else None
+    )
     if ev["live"] and ev["live"].get("realized"):
         lv = ev["live"]
         ev["metrics"].update(

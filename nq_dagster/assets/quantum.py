@@ -81,6 +81,7 @@ def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> O
 
     The predicted edge of a source is a score, not a return forecast: the mean of direction (+1/-1/0) times
     confidence over its last 50 predictions, times the standard deviation of its realized returns."""
+    from nq_dagster.quantum.portfolio_check import out_of_sample
     from nq_dagster.quantum.qubo import portfolio_qubo, solve_qubo
 
     cfg = warehouse.pipeline_config()
@@ -96,19 +97,19 @@ def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> O
                 )
             },
         )
-    mu, rets = [], []
+    mu, rets, preds = [], [], []
     for s in sources:
         p = wh.read_table("predictions", s).sort_values("timestamp")
         ser = wh.read_table("series", s).set_index("timestamp")["value"]
         r = ser.pct_change().replace([np.inf, -np.inf], np.nan).dropna()
-        rets.append(r.to_numpy())
-        last = p.tail(50)
-        sign = last["direction"].map({"up": 1, "down": -1, "hold": 0}).to_numpy()
-        mu.append(float(np.mean(sign * last["confidence"].to_numpy())) * float(r.std()))
+        rets.append(r)
+        preds.append(p)
+        mu.append(_edge(p, r))
     n_common = min(len(r) for r in rets)  # the most recent common number of steps, aligned by position
-    cov = np.cov(np.vstack([r[-n_common:] for r in rets]))
+    cov = np.cov(np.vstack([r.to_numpy()[-n_common:] for r in rets]))
     mu = np.array(mu)
-    Qp, h = portfolio_qubo(mu, cov, k=max(1, len(sources) // 2))
+    k = max(1, len(sources) // 2)
+    Qp, h = portfolio_qubo(mu, cov, k=k)
     res = solve_qubo(Qp, h, evolution_time=cfg.evolution_time, energy_tolerance=cfg.energy_tolerance)
     df = pd.DataFrame(
         {
@@ -118,12 +119,46 @@ def portfolio(context: AssetExecutionContext, warehouse: WarehouseResource) -> O
             "chosen": res.x.astype(bool),
         }
     )
+    # out of sample: chosen with the first 70 % of the common steps (edge from the predictions before them),
+    # held over the last 30 %
+    cut = int(n_common * 0.7)
+    before = [
+        _edge(p[p["timestamp"] < r.index[-n_common:][cut]], r.iloc[-n_common:].iloc[:cut])
+        for p, r in zip(preds, rets, strict=True)
+    ]
+    try:
+        check = out_of_sample(
+            np.column_stack([r.to_numpy()[-n_common:] for r in rets]),
+            np.nan_to_num(np.array(before)),
+            k,
+            evolution_time=cfg.evolution_time,
+            energy_tolerance=cfg.energy_tolerance,
+        )
+        check_md = md_table(check)
+    except ValueError as exc:
+        check, check_md = None, f"not run: {exc}"
     return Output(
         df,
         metadata={
             "chosen": MetadataValue.json([s for s, b in zip(sources, res.x, strict=True) if b]),
             "energy": float(res.energy),
             **res.diagnostics(),
-            "summary": MetadataValue.md(md_table(df)),
+            "summary": MetadataValue.md(
+                md_table(df)
+                + "\n\n#### Out of sample (chosen on the first 70 % of the common steps, held over the last "
+                "30 %; realized return and volatility per step, equal weights within each portfolio)\n\n"
+                + check_md
+            ),
+            **({"out_of_sample": MetadataValue.json(check.to_dict("records"))} if check is not None else {}),
         },
     )
+
+
+def _edge(preds: pd.DataFrame, returns: pd.Series) -> float:
+    """A source's predicted edge: the mean of direction (+1/-1/0) times confidence over its last 50
+    predictions, times the standard deviation of its realized returns (0 without predictions)."""
+    last = preds.tail(50)
+    if not len(last):
+        return 0.0
+    sign = last["direction"].map({"up": 1, "down": -1, "hold": 0}).to_numpy()
+    return float(np.mean(sign * last["confidence"].to_numpy())) * float(returns.std())

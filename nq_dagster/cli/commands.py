@@ -28,7 +28,7 @@ def compact_summary(df: pd.DataFrame) -> pd.DataFrame:
         return df
     out = pd.DataFrame({"source": df["source"].astype(str).str.slice(0, 20), "rows": df["points"]})
     if "accuracy" not in df:
-        return out.assign(verdict="not validated yet")
+        return out.assign(verdict="not validated")
     out["predicted"] = df["predictions"].astype("Int64")
     out["accuracy (95% CI)"] = [
         "-" if pd.isna(a) else f"{a:.3f} ({lo:.2f}-{hi:.2f})"
@@ -40,9 +40,10 @@ def compact_summary(df: pd.DataFrame) -> pd.DataFrame:
     ]
     out["ECE"] = df["ece"].round(3)
     out["verdict"] = [
-        "not validated yet" if pd.isna(sc) else f"{sc:.0f}/100 {'skill' if sk is True else 'no skill'}"
+        "not validated" if pd.isna(sc) else "skill" if sk is True else "no skill"
         for sc, sk in zip(df["score"], df["skill"], strict=True)
     ]
+    out["score"] = [None if pd.isna(sc) else round(float(sc), 1) for sc in df["score"]]  # of 100
     return out
 
 

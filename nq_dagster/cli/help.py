@@ -13,7 +13,7 @@ import nq_dagster
 EXAMPLES: dict[str, list[str]] = {
     "demo": [
         "nq demo                      # 5 sources of 3000 points, trained and validated",
-        "nq demo --sources 2 --points 1500 --seed 7",
+        "nq demo --sources 3 --points 1500 --seed 7",
     ],
     "run": ["nq run                       # every landed / stored source", "nq run --source market_A --wide"],
     "ingest": [

@@ -1,9 +1,9 @@
 """The WebSocket subscription of the client: `subscribe(client, sources)` is an async iterator of
-`PredictionMessage` and `OutcomeMessage` that survives the server going away (a restart, a rolling update, a
-dropped connection, a 1013 for a slow reader): it reconnects with backoff, subscribes again, and resumes: the
-predictions served while it was away come first (from `GET /api/v1/predictions`, marked `resumed`), each
-prediction once (by `prediction_id`). A refused subscription (a bad key: close code 4401/4403; a malformed
-one: 1008) is raised, not retried.
+`PredictionMessage` and `OutcomeMessage` (the server's batch messages taken apart, in order) that survives
+the server going away (a restart, a rolling update, a dropped connection, a 1013 for a slow reader): it
+reconnects with backoff, subscribes again, and resumes: the predictions served while it was away come first
+(from `GET /api/v1/predictions`, marked `resumed`), each prediction once (by `prediction_id`). A refused
+subscription (a bad key: close code 4401/4403; a malformed one: 1008) is raised, not retried.
 """
 
 from __future__ import annotations
@@ -107,7 +107,14 @@ async def subscribe(
                 connected_before = True
                 async for raw in ws:
                     msg = json.loads(raw)
-                    if msg.get("type") == "prediction":
+                    if msg.get("type") == "batch":  # the server's push: one message per engine batch
+                        batch = s.BatchMessage.model_validate(msg)
+                        for rec in batch.predictions:
+                            if state.fresh(rec):
+                                yield s.PredictionMessage(type="prediction", prediction=rec)
+                        for outcome in batch.outcomes:
+                            yield s.OutcomeMessage(type="outcome", outcome=outcome)
+                    elif msg.get("type") == "prediction":  # servers before issue 26: one message each
                         pm = s.PredictionMessage.model_validate(msg)
                         if state.fresh(pm.prediction):
                             yield pm

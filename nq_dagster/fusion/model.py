@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from nq_dagster.config import PipelineConfig
+from nq_dagster.fusion.intervals import IntervalState
 from nq_dagster.fusion.stream import CANDIDATES, StreamState
 from nq_dagster.fusion.walkforward import FusionModel, calibrate
 
@@ -138,3 +139,4 @@ class ServingState:
     model: ModelVersion
     stream: StreamState
     calibration: LiveCalibration | None = None  # None: the model's own scale until the next training
+    intervals: IntervalState | None = None  # the conformal state (fusion/intervals.py); None: no intervals

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from nq_dagster.fusion.baselines import run_baselines, season_of
+from nq_dagster.fusion.intervals import walk_forward_intervals
 from nq_dagster.fusion.stream import CANDIDATES, N_LAGS, seasonal_column
 from nq_dagster.fusion.training import design_matrix, live_calibration
 from nq_dagster.fusion.walkforward import lag_matrix, make_targets, schedule_for, walk_forward
@@ -123,6 +124,8 @@ def run_fusion(
     return {
         "targets": targets,
         "calibration": calibration,
+        # the fused rows' prediction intervals and the conformal state a stream continues (fusion/intervals)
+        "intervals": walk_forward_intervals(fused, targets, values, cfg.horizon),
         "analog": {"last": analog[-1].copy(), "final": analog_final, "scaling": scaling},
         "fused": fused,
         "ablations": ablations,

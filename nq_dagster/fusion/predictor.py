@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from nq_dagster.config import PipelineConfig
+from nq_dagster.fusion import intervals
 from nq_dagster.fusion.model import DESIGN_VERSION, ModelVersion, ServingState
-from nq_dagster.fusion.record import build_records
+from nq_dagster.fusion.record import build_records, coherent_change
 from nq_dagster.fusion.stream import (
     CANDIDATES,
     N_LAGS,
@@ -207,7 +208,7 @@ class Predictor:
             t0,
             None,
             st.analog_block()[None],
-        )[0]
+        )[0][0]
 
     def advance(self, source: str, values, timestamps=None) -> list[dict]:
         """One record per new value (in order); the source's state moves on past them."""
@@ -248,6 +249,7 @@ class Predictor:
         todo = ticks
         current = {s: self._sources[s].serving.stream for s in todo}
         cals = {s: self._sources[s].serving.calibration for s in todo}
+        ivs = {s: self._sources[s].serving.intervals for s in todo}
         out: dict[str, list[dict]] = {s: [] for s in todo}
         rounds = max((len(v) for v, _ in todo.values()), default=0)
         groups: dict[str, list[str]] = {}
@@ -288,7 +290,7 @@ class Predictor:
                         cals[s].before(t, xi) if cals[s] is not None else None
                         for s, t, xi in zip(part, rows, x, strict=True)
                     ]
-                    recs = self._records(
+                    recs, model_chg, new_ivs = self._records(
                         srcs,
                         tf.frames,
                         tf.candidates,
@@ -298,24 +300,24 @@ class Predictor:
                         t_recv,
                         cal,
                         tf.analog,
+                        ([ivs[s] for s in part], x),
                     )
                     for i, s in enumerate(part):
                         out[s].append(recs[i])
                         current[s] = tf.states[i]
-                        if cal[i] is not None:
-                            cals[s] = cal[i].after(
-                                recs[i]["predicted_change"], recs[i]["hold_band"], float(x[i])
-                            )
-        return out, {s: (st, cals[s]) for s, st in current.items()}
+                        ivs[s] = new_ivs[i]
+                        if cal[i] is not None:  # recalibrated on the model's own change, as training does
+                            cals[s] = cal[i].after(float(model_chg[i]), recs[i]["hold_band"], float(x[i]))
+        return out, {s: (st, cals[s], ivs[s]) for s, st in current.items()}
 
     def commit(self, pending: dict) -> dict:
         """Move the sources on to the states `compute` returned (every record was built); returns what
         `rollback` needs to undo it."""
         undo = {}
-        for s, (st, cal) in pending.items():
+        for s, (st, cal, iv) in pending.items():
             src = self._sources[s]
             undo[s] = src.serving
-            src.serving = replace(src.serving, stream=st, calibration=cal)
+            src.serving = replace(src.serving, stream=st, calibration=cal, intervals=iv)
         return undo
 
     def rollback(self, undo: dict) -> None:
@@ -379,9 +381,13 @@ class Predictor:
         t_recv: float,
         cal: list | None = None,
         analog: np.ndarray | None = None,
-    ) -> list[dict]:
+        ticks: tuple[list, np.ndarray] | None = None,
+    ) -> tuple[list[dict], np.ndarray, list]:
         """One record per row: row i is a tick of srcs[i] (sources of one config). Each source's own model
-        predicts its change; probabilities and records are built for all rows at once."""
+        predicts its change; probabilities and records are built for all rows at once. `ticks`: (each row's
+        interval state, the tick's value): the intervals step on (`intervals.step`); None (`latest`): the
+        intervals stated for the last row. Returns (records, the models' own predicted changes, the interval
+        states after the rows)."""
         cfg = srcs[0].cfg
         band = cfg.hold_band * band_sd * np.sqrt(cfg.horizon)
         # each source's own model, folded into one linear form per design block (`_linear_blocks`): four
@@ -408,10 +414,22 @@ class Predictor:
         base = np.array([o.base_rate if o.base_rate is not None else np.full(3, 1 / 3) for o in owners])
         probs = direction_probabilities(chg, band, scale, mix, base)
         mvs = [src.serving.model for src in srcs]
+        if ticks is None:
+            new_ivs = [src.serving.intervals for src in srcs]
+            half = np.array([iv.last_half if iv is not None else [np.nan] * 2 for iv in new_ivs])
+        else:
+            centre = coherent_change(probs, band, scale, chg)
+            new_ivs, half = [], np.full((len(srcs), 2), np.nan)
+            for i, (iv, x) in enumerate(zip(*ticks, strict=True)):
+                if iv is not None:
+                    iv, half[i] = intervals.step(iv, float(x), float(centre[i]), float(scale[i]))
+                new_ivs.append(iv)
         recs = build_records(
             [mv.source for mv in mvs],
             ts,
             probs,
+            band,
+            scale,
             chg,
             cands[:, PATTERN_COLS],
             cands[:, SPIKE_RATE_COL],
@@ -422,6 +440,7 @@ class Predictor:
             np.array([mv.train_end_ns for mv in mvs]),
             np.array([mv.step_ms * cfg.horizon for mv in mvs]),
             None,
+            half,
         )
         elapsed_ms = (time.perf_counter() - t_recv) * 1000.0  # from the call that brought the tick
         for i, (r, mv) in enumerate(zip(recs, mvs, strict=True)):
@@ -429,7 +448,7 @@ class Predictor:
             r["calibration"] = mv.calibration(r["confidence"])
             # |change| below it is "hold": the rule realized outcomes are scored by
             r["hold_band"] = float(band[i])
-        return recs
+        return recs, chg, new_ivs
 
 
 def continue_from(
@@ -449,10 +468,11 @@ def continue_from(
         if live.model.model_version == trained.model.model_version:
             # the same model: the stream goes on with the calibration it has been recalibrating (dropping it
             # made every streaming run, and every server restart, fall back to the model's own scale)
-            return ServingState(trained.model, live.stream, live.calibration), "live state"
+            return ServingState(trained.model, live.stream, live.calibration, live.intervals), "live state"
         # the stream went on past training: training's calibration window ends before the live rows, so the
         # new model keeps its own scale until its next training (the live calibration is the old model's)
-        return ServingState(trained.model, live.stream), "live state, new model"
+        # the intervals go on with the live stream: their pending predictions are the ones it served
+        return ServingState(trained.model, live.stream, None, live.intervals), "live state, new model"
     if rows_after is None:
         raise ValueError(
             f"{trained.model.source}: the config changed since the live state; rows after "

@@ -8,10 +8,12 @@ naming the setting to raise. The limits are `Settings` fields (`NQ_INGEST_MAX_*`
 
 from __future__ import annotations
 
+import codecs
 import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from nq_dagster.ingest.errors import FileRejected
@@ -25,8 +27,8 @@ COMPRESSED_MAGIC = {
     b"PK\x03\x04": "zip",
     b"\x04\x22\x4d\x18": "lz4",
 }
-# zlib streams start with 0x78 then one of these (a text file starting with 'x' and one of them is rare, and
-# only a check of the stream's header sum says so)
+# zlib streams start with 0x78 then one of these, with a header sum divisible by 31 (so does text beginning
+# "x^": whether the first 4 KiB are UTF-8 decides)
 _ZLIB_SECOND = {0x01, 0x5E, 0x9C, 0xDA}
 
 
@@ -35,7 +37,7 @@ class IngestLimits:
     """Bounds on one file: bytes on disk (and a Parquet file's uncompressed bytes), bytes in one line,
     columns, rows. The defaults are `Settings`' (NQ_INGEST_MAX_BYTES, _LINE_BYTES, _COLUMNS, _ROWS)."""
 
-    max_bytes: int = 512 * 1024**2
+    max_bytes: int = 256 * 1024**2
     max_line_bytes: int = 1024**2
     max_columns: int = 1000
     max_rows: int = 20_000_000
@@ -66,7 +68,10 @@ def compression(data: bytes) -> str | None:
         if data.startswith(magic):
             return name
     if len(data) >= 2 and data[0] == 0x78 and data[1] in _ZLIB_SECOND and (data[0] * 256 + data[1]) % 31 == 0:
-        return "zlib"
+        try:  # a header may begin "x^" too: text that is UTF-8 is not a compressed stream
+            codecs.getincrementaldecoder("utf-8")().decode(data[:4096], final=False)
+        except UnicodeDecodeError:
+            return "zlib"
     return None
 
 
@@ -104,7 +109,10 @@ def check_text(path: Path, data: bytes, kind: str, limits: IngestLimits) -> None
             "NQ_INGEST_MAX_LINE_BYTES",
             "check the line ends (one record per line)",
         )
-    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    if len(data) <= 2 * limits.max_rows:
+        return  # every line holds a byte and its newline: this file cannot hold more rows than the limit
+    # numpy counts the newlines at 4x the speed of bytes.count (bench/RESULTS.md)
+    lines = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10)) + (not data.endswith(b"\n"))
     rows = lines - (1 if kind == "csv" else 0)
     if rows > limits.max_rows:
         raise _over(path, "rows", rows, limits.max_rows, "NQ_INGEST_MAX_ROWS", "split the file")

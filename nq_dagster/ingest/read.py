@@ -138,8 +138,8 @@ def from_pandas(frame: pd.DataFrame) -> pl.DataFrame:
     """pandas' columns as the rules take them: numbers as floats, booleans, datetimes, anything else as text
     (`astype("string")`, a missing value null)."""
     out = {}
-    for name in frame.columns:
-        col = frame[name]
+    for name in list(frame.columns):
+        col = frame.pop(name)  # (each column's Python objects freed once converted, not held to the end)
         if pd.api.types.is_bool_dtype(col):
             out[name] = pl.Series(col.to_numpy(dtype=bool))
         elif pd.api.types.is_numeric_dtype(col):
@@ -278,9 +278,11 @@ def read_user_file(
             reason=exc.reason,
         ) from exc
     if kind == "csv":
+        del text  # (validated; the parser reads the bytes: a StringIO of the text held 4 bytes a character)
         try:
             frame = pd.read_csv(
-                io.StringIO(text),
+                io.BytesIO(data),
+                encoding="utf-8-sig",
                 dtype=str,
                 keep_default_na=False,
                 skipinitialspace=True,

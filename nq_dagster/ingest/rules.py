@@ -291,7 +291,7 @@ def check_file(
         check_text(path, data, kind, limits)
     if kind == "csv":
         header = csv_header(path, data, options)
-        if header is not None and data.strip():
+        if header is not None and data and not data.isspace():  # (strip() would copy the file)
             check_names(path, header, limits)
     elif kind == "parquet":
         names = check_parquet(path, data, limits)

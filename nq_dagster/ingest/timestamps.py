@@ -81,13 +81,26 @@ def _by_first_shape(text: pl.Series) -> pl.Series | None:
         fmt += "Z" if zone else ""
         expr = pl.first().str.strptime(pl.Datetime("us"), fmt, strict=False, cache=False)
         expr = expr.dt.replace_time_zone("UTC")
+    parsed = text.to_frame().lazy().select(expr).collect().to_series()
     if m.group(4) is not None:
-        # a leap second (:60) is read by this parser as the next minute's :00 (and may repeat that row) but
-        # refused by the others: null here too, and the rules name it
         t0 = text[0]
-        at = len(t0) - len(t0.lstrip()) + m.start(4)
-        expr = pl.when(pl.first().str.slice(at, 2) == "60").then(None).otherwise(expr)
-    return text.to_frame().lazy().select(expr).collect().to_series()
+        parsed = _without_leap_seconds(text, parsed, len(t0) - len(t0.lstrip()) + m.start(4), zone)
+    return parsed
+
+
+def _without_leap_seconds(text: pl.Series, parsed: pl.Series, at: int, zone: str | None) -> pl.Series:
+    """This parser reads a leap second (23:59:60) as the next day's 00:00:00 (and may repeat that row); the
+    others refuse it: null here too, and the rules name it. Only rows that parsed to a whole day (UTC, no
+    offset) or a whole minute (with an offset) can be one, so the text of few rows is looked at (a string pass
+    over every row cost a quarter of a 1M-row ingest)."""
+    us = parsed.cast(pl.Int64)
+    whole = 86_400_000_000 if zone in (None, "Z") else 60_000_000
+    candidates = ((us % whole) == 0).fill_null(False)
+    if not candidates.any():
+        return parsed
+    at_rows = candidates.arg_true()
+    leap = text.gather(at_rows).str.slice(at, 2) == "60"
+    return parsed.scatter(at_rows.filter(leap), None) if leap.any() else parsed
 
 
 def _numbers_or_iso(text: pl.Series) -> pl.Series:
@@ -141,8 +154,18 @@ def _with_format(text: pl.Series, fmt: str, tz: str | None) -> pl.Series:
     format with %z gives aware times, else the times are naive, in `tz` (default UTC)."""
     parsed = text.str.strip_chars().str.strptime(pl.Datetime("us"), fmt, strict=False, cache=False)
     if parsed.dtype.time_zone is not None:
-        return parsed.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
-    return _localize(parsed.dt.replace_time_zone("UTC"), tz)
+        parsed = parsed.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+    else:
+        parsed = _localize(parsed.dt.replace_time_zone("UTC"), tz)
+    if (
+        "%S" in fmt or "%T" in fmt
+    ):  # a leap second, as on the ISO 8601 path (its seconds are not at one place)
+        us = parsed.cast(pl.Int64)
+        at_rows = ((us % 60_000_000) == 0).fill_null(False).arg_true()
+        if len(at_rows):
+            leap = text.gather(at_rows).str.contains(r":60(?:\D|$)")
+            parsed = parsed.scatter(at_rows.filter(leap), None) if leap.any() else parsed
+    return parsed
 
 
 def parse_timestamps(col: pl.Series, fmt: str | None = None, tz: str | None = None) -> pl.Series:

@@ -22,6 +22,7 @@ Each tick (every 5 s, the sensor daemon's loop; `NQ_SENSOR_INTERVAL`, default 3,
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -46,7 +47,7 @@ from dagster import (
 
 from nq_dagster.assets.common import ONLY_TAG, SETTINGS, SOURCE_TAG
 from nq_dagster.config import load_config, rows_needed
-from nq_dagster.ingest import STALE_TEMP_S, SUFFIXES, content_hash, landing_files
+from nq_dagster.ingest import STALE_TEMP_S, SUFFIXES, landing_files
 from nq_dagster.jobs import INGEST_JOB, STREAMING_JOB, ingest_only, source_pipeline, streaming
 from nq_dagster.jobs import SOURCE_JOB as TRAINING_JOB
 from nq_dagster.resources import WarehouseResource
@@ -83,16 +84,26 @@ def _hash(path: Path, cache: dict) -> str:
     st = path.stat()
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
     if key not in cache:
-        cache[key] = content_hash(path.read_bytes())
+        with open(
+            path, "rb"
+        ) as fh:  # in chunks: a landed file of any size is not held in the daemon's memory
+            cache[key] = hashlib.file_digest(fh, "sha256").hexdigest()  # (= content_hash of its bytes)
     return cache[key]
 
 
-def _landing_rows(path: Path) -> int:
-    """Rows a landing file holds (lines after the header; Parquet from its footer), to decide on training."""
+def _landing_rows(path: Path, max_bytes: int) -> int:
+    """Rows a landing file holds (lines after the header; Parquet from its footer), to decide on training. A
+    file the ingest will refuse counts none: one over NQ_INGEST_MAX_BYTES (not read each tick), a Parquet
+    file whose footer does not read (the run quarantines it with the reason; never a failed sensor tick)."""
+    if path.stat().st_size > max_bytes:
+        return 0
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).metadata.num_rows
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # noqa: BLE001 - pyarrow raises several types for a file that is not Parquet
+            return 0
     with open(path, "rb") as fh:
         lines = sum(1 for line in fh if line.strip())
     return max(0, lines - (0 if path.suffix.lower() in (".jsonl", ".ndjson") else 1))
@@ -122,9 +133,11 @@ def _quarantine(wh: Warehouse, files: list[Path], reason: str) -> list[str]:
         target = wh.quarantine / f.name
         if os.path.lexists(target):
             target = wh.quarantine / f"{f.stem}.{int(time.time())}{f.suffix}"
-        f.replace(target)
         text = f"file: {f}\nreason: {reason}\nnothing of this file was stored; fix it and land it again\n"
+        # the reason first: a write that fails (a full disk) leaves the file in landing/, never a file in
+        # quarantine/ without its reason
         atomic_write_bytes(target.with_name(target.name + ".reason.txt"), text.encode())
+        f.replace(target)
         moved.append(f"{target} ({reason})")
     return moved
 
@@ -226,7 +239,14 @@ def _files_key(plan: Plan, files: list[Path]) -> str:
 
 
 def _next_request(
-    wh: Warehouse, instance, plan: Plan, source: str, ready: list[Path], need: int, max_attempts: int
+    wh: Warehouse,
+    instance,
+    plan: Plan,
+    source: str,
+    ready: list[Path],
+    need: int,
+    max_attempts: int,
+    max_bytes: int = 256 * 1024**2,
 ) -> RunRequest | None:
     """The run for a source's waiting files, or None (quarantined, or still running).
 
@@ -236,7 +256,7 @@ def _next_request(
     NQ_MAX_ATTEMPTS."""
     if has_current_model(wh, source):
         job = STREAMING_JOB
-    elif wh.stored_rows("raw_ticks", source) + sum(_landing_rows(f) for f in ready) >= need:
+    elif wh.stored_rows("raw_ticks", source) + sum(_landing_rows(f, max_bytes) for f in ready) >= need:
         job = TRAINING_JOB
     else:
         job = INGEST_JOB
@@ -341,7 +361,9 @@ def plan_runs(
         if waiting_run:
             plan.waiting[source] = f"run {waiting_run[0].run_id[:8]} for this source is still queued"
             continue
-        request = _next_request(wh, instance, plan, source, ready, need, max_attempts)
+        request = _next_request(
+            wh, instance, plan, source, ready, need, max_attempts, settings.ingest_max_bytes
+        )
         if request is not None:
             plan.requests.append(request)
     waiting = set(landing_files(wh))  # forget the counts of file sets no longer waiting
@@ -363,7 +385,16 @@ def landing_sensor(context: SensorEvaluationContext, warehouse: WarehouseResourc
     wh = warehouse.warehouse(settings)
     cursor = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions("source"))
-    plan = plan_runs(wh, context.instance, cursor, known, settings)
+    try:
+        plan = plan_runs(wh, context.instance, cursor, known, settings)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # quarantining or a temp file's removal met a full disk: one line, the files wait in landing/
+        return SkipReason(
+            f"no space left on the device of {wh.home} ({exc.strerror}); nothing was moved. Fix: free disk "
+            "space; the files in landing/ are picked up at the next tick"
+        )
     for q in plan.quarantined:
         context.log.warning(f"quarantined {q}")
     if not plan.requests and not plan.new_sources:

@@ -17,7 +17,7 @@ class ServerSettings:
     body_limit: int = 1 << 20  # bytes of a request body
     max_points: int = 100_000  # data points of one batch job
     max_values: int = 1_000  # values of one realtime request
-    ws_queue: int = 1_000  # predictions a WebSocket client may fall behind before it is closed
+    ws_queue: int = 1_000  # messages (one per batch) a WebSocket client may fall behind before it is closed
     callback_hosts: tuple[str, ...] = ()  # hosts batch callbacks may go to (empty: callbacks refused)
     max_model_age_hours: float = 48.0  # status says "degraded" for a source whose model is older
     jobs_per_key: int = 20  # batch jobs a key keeps (serve/jobs/r<k>.sqlite); a new one replaces its oldest

@@ -72,9 +72,19 @@ def register_views(con: duckdb.DuckDBPyConnection, store: Backend, sql: str) -> 
             schema = pa.unify_schemas(
                 [pq.read_schema(str(q), filesystem=store.fs) for q in parts], promote_options="permissive"
             )
+            kw = {}
+            if name not in LOG_TABLES and "source" not in schema.names:
+                # as on local disk: a table whose rows do not name their source takes it from the partition
+                schema = schema.append(pa.field("source", pa.string()))
+                kw = {
+                    "partitioning": pads.partitioning(pa.schema([("source", pa.string())]), flavor="hive"),
+                    "partition_base_dir": str(parts[0].parent.parent),
+                }
             con.register(
                 name,
-                pads.dataset([str(q) for q in parts], schema=schema, format="parquet", filesystem=store.fs),
+                pads.dataset(
+                    [str(q) for q in parts], schema=schema, format="parquet", filesystem=store.fs, **kw
+                ),
             )
     for n, ddl in LOG_TABLES.items():
         if n not in names and n in named:

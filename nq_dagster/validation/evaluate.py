@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from nq_dagster.fusion.record import within_horizon
 from nq_dagster.fusion.walkforward import CLASSES
 from nq_dagster.validation.stats import (
     accuracy_test,
@@ -326,11 +327,14 @@ def class_share_train(train_dirs: np.ndarray, c: int) -> float:
     return (np.sum(d == c) + 1) / (len(d) + 3)
 
 
-def evaluate_live(live: pd.DataFrame, timestamps: pd.Series, targets: pd.DataFrame) -> dict | None:
+def evaluate_live(
+    live: pd.DataFrame, timestamps: pd.Series, targets: pd.DataFrame, horizon: int = 1
+) -> dict | None:
     """What was served live (the streaming job's and the prediction server's records in `predictions`), scored
     on the outcomes that have been realized since: accuracy with its 95 % interval and the test against the
     majority class of the same rows, and how the stated confidence compares with the accuracy achieved.
-    None when nothing served live has a realized outcome yet."""
+    A prediction whose outcome row (`horizon` rows later) came too long after it (`record.within_horizon`) is
+    unrealized (a gap): counted, left out of the accuracy. None when nothing was served live."""
     if live is None or not len(live):
         return None
     ts = pd.to_datetime(timestamps, utc=True).to_numpy()
@@ -340,9 +344,15 @@ def evaluate_live(live: pd.DataFrame, timestamps: pd.Series, targets: pd.DataFra
     ok[ok] = ts[idx[ok]] == lt[ok]
     y = np.full(len(live), -9)
     y[ok] = targets["direction"].to_numpy()[idx[ok]]
+    at = np.where(ok, idx + horizon, 0)
+    reached = ok & (at < len(ts))
+    gap_ms = np.zeros(len(live))
+    gap_ms[reached] = (ts[at[reached]] - lt[reached]) / np.timedelta64(1, "ms")
+    late = reached & ~within_horizon(gap_ms, live["time_horizon_ms"].to_numpy(dtype=float))
+    y[late] = -9
     realized = y != -9
     if not realized.any():
-        return {"served": len(live), "realized": 0}
+        return {"served": len(live), "realized": 0, "unrealized_gap": int(late.sum())}
     names = {"down": -1, "hold": 0, "up": 1}
     pred = live["direction"].map(names).to_numpy()[realized]
     y = y[realized]
@@ -353,6 +363,7 @@ def evaluate_live(live: pd.DataFrame, timestamps: pd.Series, targets: pd.DataFra
     return {
         "served": len(live),
         "realized": int(realized.sum()),
+        "unrealized_gap": int(late.sum()),
         "accuracy": acc["accuracy"],
         "ci_low": acc["ci_low"],
         "ci_high": acc["ci_high"],

@@ -15,6 +15,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nq_dagster.store import atomic_write_bytes  # noqa: E402
+
+COST_BP = 5.0  # trading cost of the report's return chart, basis points per unit of position change
 from nq_dagster.validation.evaluate import SCORE_DEFINITION  # noqa: E402
 from nq_dagster.validation.stats import fmt_p  # noqa: E402
 
@@ -51,6 +53,17 @@ img { max-width: 100%; height: auto; }
 """
 
 
+INTERVALS_NOTE = (
+    "Each record's interval_80 / interval_95 is predicted_change +- q x the model's error scale, q a "
+    "conformal quantile of the realized walk-forward errors (split conformal: each error is of a model that "
+    "had not seen that outcome) whose level adaptive conformal inference (Gibbs and Candes 2021) moves after "
+    "each outcome, "
+    "so coverage holds under drift. Coverage is the share of realized changes inside their interval; "
+    "max_gap_points is the larger distance to the level, overall or over the last 30 %, in percentage points "
+    "(the target: within 2 where there are at least 2,000 realized rows)."
+)
+
+
 def markdown_summary(source: str, ev: dict) -> str:
     m = ev["metrics"]
     lines = [
@@ -76,11 +89,35 @@ def markdown_summary(source: str, ev: dict) -> str:
     if lv and lv.get("realized"):
         lines += [
             "",
-            f"Served live: {lv['served']} predictions, {lv['realized']} with a realized outcome; accuracy "
+            f"Served live: {lv['served']} predictions, {lv['realized']} with a realized outcome "
+            f"({lv.get('unrealized_gap', 0)} unrealized: the tick at the horizon came too late); accuracy "
             f"**{lv['accuracy']:.3f}** (95 % CI {lv['ci_low']:.3f}-{lv['ci_high']:.3f}), majority "
             f"{lv['majority_share']:.3f}, mean confidence {lv['mean_confidence']:.3f}.",
         ]
+    cov = ev.get("intervals")
+    if cov is not None and len(cov):
+        late = cov.columns[3]
+        lines += [
+            "",
+            "Prediction intervals (empirical coverage on realized held-out rows, overall / "
+            f"{late.replace('coverage_', '').replace('_', ' ').replace('pct', ' %')}): "
+            + "; ".join(
+                f"{r['level']:.0%}: {r['coverage']:.3f} / {r[late]:.3f} on {r['realized']}"
+                for r in cov.to_dict("records")
+            ),
+        ]
     return "\n".join(lines)
+
+
+def strategy_returns(
+    values: np.ndarray, rows: np.ndarray, pred_dir: np.ndarray, cost_bp: float = COST_BP
+) -> tuple[np.ndarray, np.ndarray]:
+    """(buy-and-hold log returns, the log returns of holding the predicted direction -1 / 0 / +1 over each
+    predicted row after `cost_bp` basis points per unit of position change), over the held-out rows `rows`."""
+    ret = np.diff(np.log(values))[rows[rows < len(values) - 1]]
+    pos = np.asarray(pred_dir[: len(ret)], dtype=float)
+    traded = np.abs(np.diff(np.concatenate([[0.0], pos])))
+    return ret, pos * ret - cost_bp * 1e-4 * traded
 
 
 def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: str) -> tuple[Path, list]:
@@ -108,16 +145,23 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
     ax.legend(fontsize=7)
     figs.append(("Rolling accuracy", _png(fig)))
     cm = pd.crosstab(pd.Series(ev["y_dir"], name="realized"), pd.Series(ev["pred_dir"], name="predicted"))
+    returns_png = None
     if kind == "market":
+        # never without costs (a gross line flattered a no-skill model, issue 28), and shown only beside the
+        # verdict, which is what says whether the direction has skill
         fig, ax = plt.subplots(figsize=(7, 3))
         rows = ev["rows"]
         ret = np.diff(np.log(values))[rows[rows < len(values) - 1]]
-        pos = ev["pred_dir"][: len(ret)]
-        ax.plot(np.cumsum(pos * ret), label="long/short on predicted direction")
+        pos = np.asarray(ev["pred_dir"][: len(ret)], dtype=float)
+        traded = np.abs(np.diff(np.concatenate([[0.0], pos])))
+        net = pos * ret - COST_BP * 1e-4 * traded
+        ax.plot(
+            np.cumsum(net), label=f"long/short on predicted direction, after {COST_BP:g} bp per unit traded"
+        )
         ax.plot(np.cumsum(ret), label="buy and hold", alpha=0.7)
-        ax.set(title="Cumulative log return (no costs)")
+        ax.set(title=f"Cumulative log return after costs ({COST_BP:g} bp per unit of position change)")
         ax.legend(fontsize=7)
-        figs.append(("Cumulative return", _png(fig)))
+        returns_png = _png(fig)
     if "anomaly_points" in ev:
         fig, ax = plt.subplots(figsize=(7, 3))
         ax.plot(values, lw=0.7, color="0.4", label="series")
@@ -136,6 +180,16 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
         f"<p><b>Validation score {ev['metrics']['score']:.0f}/100</b>: "
         f"{html.escape(ev['metrics']['verdict'])}. "
         "Every figure is measured on held-out, realized outcomes.</p>",
+        *(
+            [
+                f"<figure><img src='data:image/png;base64,{returns_png}'/><figcaption>Trading the "
+                f"predicted direction after costs of {COST_BP:g} bp per unit of position change, beside "
+                "buying and holding. The score above, not this line, says whether the direction has skill: "
+                "without skill a rising line is drift or luck.</figcaption></figure>"
+            ]
+            if returns_png
+            else []
+        ),
         _table(ev["criteria"].drop(columns=["p_value", "p_holm"])),
         f"<p><b>How the score is computed.</b> {html.escape(SCORE_DEFINITION)}</p>",
         "<h2>Metrics</h2>",
@@ -147,8 +201,16 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
         "detected); ar_levels / ar_diffs: AR(p) on levels / on changes, p by AIC (statsmodels); esn: a plain "
         "echo-state network on the analog inputs. p-values are one-sided: McNemar for accuracy, "
         "Diebold-Mariano for squared error.</p>",
+        "<h2>Prediction intervals: empirical coverage</h2>",
+        _table(ev["intervals"])
+        if ev.get("intervals") is not None and len(ev["intervals"])
+        else "<p>none</p>",
+        f"<p>{html.escape(INTERVALS_NOTE)}</p>",
         "<h2>Served live (streaming job and prediction server), realized outcomes</h2>",
-        _fields(ev["live"]) if ev.get("live") else "<p>Nothing served live yet.</p>",
+        _fields(ev["live"])
+        if ev.get("live")
+        else "<p>Nothing had been served live when this report was written; it is rewritten at the next "
+        "training. The dashboard of `nq serve` and /api/v1/metrics show the live accuracy since.</p>",
         "<h2>Ablations</h2>",
         _table(ev["ablations"]),
         "<h2>Accuracy per volatility regime</h2>",

@@ -3,11 +3,12 @@
 A request is planned when the worker takes it (validated, each tick new or a re-post); its new ticks then wait
 here, in the lane of its key and priority, until a batch predicts them. Each batch takes ticks round robin
 over the keys that have some, one tick per key per round, at most `BATCH_TICKS` ticks in all and at most
-`SOURCE_STEPS` of one source (a source's ticks are predicted one after another: their count, not the number of
-sources, sets how long a batch takes). So a key posting 1,000-value requests on several connections gets its
-share of each batch, and a key sending single ticks waits about one short batch, not behind whole 1,000-tick
-requests (bench/RESULTS.md, "Fairness between keys"). A source's ticks still go in the order they were
-accepted, whichever key sent them: a tick waits for the earlier ticks of its source.
+`SOURCE_STEPS` of one source, one while another key has ticks waiting (a source's ticks are predicted one
+after another: their count, not the number of sources, sets how long a batch takes). So a key posting
+1,000-value requests on several connections gets its share of each batch, and a key sending single ticks waits
+about one short batch, not behind whole 1,000-tick requests (bench/RESULTS.md, "Fairness between keys"). A
+source's ticks still go in the order they were accepted, whichever key sent them: a tick waits for the earlier
+ticks of its source.
 
 The request's answer waits for its last tick (it is acknowledged only once every tick is in the log).
 Everything here runs on the worker thread.
@@ -21,7 +22,11 @@ from dataclasses import dataclass, field
 from nq_dagster.serve.engine.work import Answer, Planned, Work
 
 BATCH_TICKS = 256  # new ticks predicted in one batch, all keys together
-SOURCE_STEPS = 4  # ticks of one source in one batch (each is a sequential step of its stream)
+# ticks of one source in one batch (each is a sequential step of its stream, so these set a batch's length): a
+# key alone gets a few (fewer batches, less overhead per tick); with another key waiting, one, so that key
+# waits at most about two one-step batches (bench/RESULTS.md, "Fairness between keys")
+SOURCE_STEPS = 2
+SHARED_STEPS = 1
 LANES = 3  # a key's priorities: high, normal, low (work.PRIORITY_*)
 
 
@@ -60,8 +65,13 @@ class Pending:
 
 
 class FairTicks:
-    def __init__(self, batch_ticks: int = BATCH_TICKS, source_steps: int = SOURCE_STEPS):
-        self.batch_ticks, self.source_steps = batch_ticks, source_steps
+    def __init__(
+        self,
+        batch_ticks: int = BATCH_TICKS,
+        source_steps: int = SOURCE_STEPS,
+        shared_steps: int = SHARED_STEPS,
+    ):
+        self.batch_ticks, self.source_steps, self.shared_steps = batch_ticks, source_steps, shared_steps
         self._lanes: dict[str, list[collections.deque[Pending]]] = {}
         self._rr: collections.deque[str] = collections.deque()  # keys with ticks waiting, next first
         self._order: dict[str, collections.deque[Pending]] = {}  # per source, in the order accepted
@@ -101,10 +111,11 @@ class FairTicks:
         """The next batch's ticks per source (see the module docstring), taken out of their lanes."""
         taken: dict[str, list[Pending]] = {}
         n = 0
+        steps = self.source_steps if len(self._rr) == 1 else self.shared_steps
         while n < self.batch_ticks:
             progressed = False
             for key in self._rr:
-                p = self._take(self._lanes[key], taken)
+                p = self._take(self._lanes[key], taken, steps)
                 if p is None:
                     continue
                 taken.setdefault(p.source, []).append(p)
@@ -123,7 +134,7 @@ class FairTicks:
         return taken
 
     def _take(
-        self, lanes: list[collections.deque[Pending]], taken: dict[str, list[Pending]]
+        self, lanes: list[collections.deque[Pending]], taken: dict[str, list[Pending]], steps: int
     ) -> Pending | None:
         """The key's first tick (highest priority lane first) that may go now: the next of its source and
         within the source's steps."""
@@ -134,7 +145,7 @@ class FairTicks:
             p = lane[0]
             order = self._order[p.source]
             _skip_failed(order)
-            if order[0] is p and len(taken.get(p.source, ())) < self.source_steps:
+            if order[0] is p and len(taken.get(p.source, ())) < steps:
                 lane.popleft()
                 order.popleft()
                 return p

@@ -8,6 +8,7 @@ import contextlib
 import time
 
 from nq_dagster.serve.engine import Engine
+from nq_dagster.serve.engine.outcomes import live_accuracy
 from nq_dagster.store import Warehouse
 
 VALIDATION_REREAD_S = 10.0
@@ -39,13 +40,6 @@ class Figures:
         return out
 
     def live(self) -> dict:
-        """Per source: outcomes realized since the start, their accuracy and mean confidence."""
-        out = {}
-        for s in self.engine.sources():
-            o = self.engine.outcomes(s)
-            out[s] = {
-                "realized": len(o),
-                "accuracy": (sum(x["correct"] for x in o) / len(o)) if o else None,
-                "mean_confidence": (sum(x["confidence"] for x in o) / len(o)) if o else None,
-            }
-        return out
+        """Per source: outcomes realized since the start, their accuracy and mean confidence, and the count of
+        those left unrealized by a gap in the ticks (`outcomes.GAP_TOLERANCE`)."""
+        return {s: live_accuracy(self.engine.outcomes(s)) for s in self.engine.sources()}

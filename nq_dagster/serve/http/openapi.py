@@ -31,7 +31,7 @@ from nq_dagster.serve.http.operations import (
 def _components() -> tuple[dict, dict]:
     """(the $ref of each model, the components' schemas)."""
     answers = {m for op in OPERATIONS for m, _ in op.ok.values() if m is not None}
-    answers |= {s.ErrorAnswer, s.Subscribed, s.Outcome, s.PredictionList, s.StatusPublic}
+    answers |= {s.ErrorAnswer, s.Subscribed, s.BatchMessage, s.Outcome, s.PredictionList, s.StatusPublic}
     bodies = {op.body for op in OPERATIONS if op.body is not None} | {Subscription}
     models = [(m, "serialization") for m in sorted(answers, key=lambda m: m.__name__)]
     models += [(m, "validation") for m in sorted(bodies, key=lambda m: m.__name__)]

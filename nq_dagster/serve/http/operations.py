@@ -312,9 +312,40 @@ OPERATIONS: tuple[Operation, ...] = (
         "dashboard",
         "viewer",
         {200: (None, "the report")},
+        description="A stable URL: the key in the `Authorization` header or, from a browser link, in the "
+        "`nq_report_key` cookie the dashboard sets (path /reports, SameSite=Strict).",
         params=(Param("name", "path", {"type": "string"}, "`<source>.html`", True),),
         errors={404: "no validation report for 'market_A' yet: run `nq run --source market_A`"},
         media="text/html",
+    ),
+    Operation(
+        "POST",
+        "/api/v1/upload",
+        "Ingest a file (the dashboard's upload)",
+        "dashboard",
+        "developer",
+        {
+            200: (
+                s.UploadAnswer,
+                "what the ingest rules did with the file (status `quarantined`: nothing stored)",
+            )
+        },
+        description="The body is the file's bytes (CSV, JSON lines or Parquet, within the body limit), "
+        "ingested by the rules of `nq ingest`; each bad row listed with its column, problem, value and fix.",
+        params=(
+            Param("source", "query", {"type": "string"}, "the source the rows are stored under", True),
+            Param("filename", "query", {"type": "string"}, "its suffix says the format (default upload.csv)"),
+            Param(
+                "skip_bad_rows",
+                "query",
+                {"type": "boolean"},
+                "store the good rows (default: refuse the file)",
+            ),
+        ),
+        errors={
+            413: "request body of 2000000 bytes is over the limit of 1048576",
+            422: "source: a source name (letters, digits, _ and -) is required",
+        },
     ),
     Operation(
         "GET",
@@ -343,10 +374,13 @@ WEBSOCKET = """
 The client's first message subscribes: `{"type": "subscription", "sources": ["market_A"], "filters":
 {"min_confidence": 0.6, "directions": ["up"]}, "api_key": "..."}` (`api_key` because a browser cannot set
 headers on a WebSocket; no `sources`: every source served). The server answers `{"type": "subscribed", ...}`
-(schema `Subscribed`), then pushes `{"type": "prediction", "prediction": <PredictionRecord>}` for each new
-prediction of those sources and `{"type": "outcome", "outcome": <Outcome>}` for each outcome they realize.
-Close codes: 1008 a malformed subscription, 4000 + the HTTP status of a refused key (4401, 4403), 1013 a
-subscriber that fell too far behind. `nq_dagster.client` reconnects and resubscribes.
+(schema `Subscribed`), then pushes, once per engine batch, `{"type": "batch", "predictions":
+[<PredictionRecord>...], "outcomes": [<Outcome>...]}` (schema `BatchMessage`): the batch's new predictions of
+those sources and the outcomes they realized. Close codes, each with a reason: 1003 a binary frame, 1007 a
+message that is not JSON or past its bounds (depth 32, integers of 20 digits), 1008 a malformed subscription
+(at most 1,000 sources), 1009 a message over 64 KiB, 4000 + the HTTP status of a refused key (4401, 4403; also
+when the key is revoked while the socket is open), 1013 a subscriber that fell too far behind.
+`nq_dagster.client` reconnects and resubscribes, and yields the predictions and outcomes one by one.
 """
 
 DESCRIPTION = (

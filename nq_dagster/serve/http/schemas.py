@@ -98,6 +98,11 @@ class PredictionRecord(Answer):
     quantum_results: QuantumResults | None = None
     calibration: Calibration | None = Field(None, description="how honest this confidence was in training")
     hold_band: float | None = Field(None, description="|change| below this counts as hold")
+    interval_80: list[float] | None = Field(
+        None,
+        description="[low, high] of the change at 80 % (conformal, kept calibrated live); null: older model",
+    )
+    interval_95: list[float] | None = Field(None, description="[low, high] of the change at 95 %")
     value: float | None = Field(None, description="the tick's value")
     duplicate: bool | None = Field(
         None, description="true when this tick was posted before: the stored prediction, nothing new stored"
@@ -117,10 +122,15 @@ class Outcome(Answer):
     timestamp: str = Field(description="the predicted tick's time")
     realized_at: str = Field(description="the tick that realized it")
     predicted: Direction
-    actual: Direction
     confidence: float
-    correct: bool
-    change: float
+    realized: bool = Field(
+        True, description="false when the tick came too long after the horizon to tell the outcome (a gap)"
+    )
+    actual: Direction | None = Field(description="the class of the realized change; null for a gap")
+    correct: bool | None = Field(description="predicted == actual; null for a gap (never scored)")
+    change: float | None = Field(description="the realized change; null for a gap")
+    gap_ms: float | None = Field(None, description="time from the prediction to the realizing tick")
+    time_horizon_ms: float | None = Field(None, description="the prediction's horizon")
 
 
 class PredictionsBySource(RootModel[dict[str, list[PredictionRecord]]]):
@@ -277,6 +287,31 @@ class ConfigUpdated(ConfigVersion):
     note: str
 
 
+class BadRowInfo(Answer):
+    row: int = Field(description="the row as the user counts it (the header is row 1)")
+    column: str = Field(description="the column at fault (`*`: the whole line)")
+    problem: str
+    value: str = Field(description="the value as written (cut when long)")
+    fix: str
+
+
+class UploadAnswer(Answer):
+    """What `POST /api/v1/upload` did with a file: the ingest rules of `nq ingest`."""
+
+    file: str
+    status: str = Field(
+        description="ingested | ingested-with-bad-rows | skipped-duplicate-file | quarantined"
+    )
+    sources: dict[str, int] = Field(description="rows stored per source")
+    rows_accepted: int
+    reason: str = Field(description="why the file was quarantined (empty otherwise)")
+    notes: list[str]
+    bad_rows_total: int
+    bad_rows: list[BadRowInfo] = Field(description="the first 100 bad rows")
+    stored_rows: int = Field(description="the source's rows now")
+    rows_needed_to_train: int
+
+
 class KeyInfo(Answer):
     id: str
     role: Literal["viewer", "developer", "admin"]
@@ -314,3 +349,12 @@ class PredictionMessage(Answer):
 class OutcomeMessage(Answer):
     type: Literal["outcome"]
     outcome: Outcome
+
+
+class BatchMessage(Answer):
+    """What the server pushes, once per engine batch with any: its new predictions of the subscribed sources
+    (filtered) and the outcomes they realized."""
+
+    type: Literal["batch"]
+    predictions: list[PredictionRecord]
+    outcomes: list[Outcome]
