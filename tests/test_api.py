@@ -216,6 +216,26 @@ def test_the_port_answers_while_models_load_and_readyz_says_what_is_missing(home
         )
 
 
+def test_a_stop_while_the_models_load_is_not_held_for_them(home, monkeypatch):
+    from nq_dagster.serve.engine.watcher import Models
+
+    gate, real_load = threading.Event(), Models.load
+
+    def slow_load(self, source):
+        gate.wait(60)
+        return real_load(self, source)
+
+    monkeypatch.setattr(Models, "load", slow_load)
+    srv = create_server(str(home), background=True)
+    t0 = time.monotonic()
+    with TestClient(srv.app) as c:  # leaving it runs the lifespan's shutdown, as SIGTERM does
+        assert c.get("/readyz").status_code == 503
+    assert time.monotonic() - t0 < 10
+    gate.set()
+    assert srv.state.startup.wait(60)
+    srv.engine.close()  # the engine the start finished meanwhile (this process's threads)
+
+
 def test_a_busy_port_is_reported_at_once_in_one_line(tmp_path, capfd):
     from nq_dagster.cli import main
 

@@ -62,6 +62,19 @@ def test_a_rate_limited_answer_carries_ratelimit_headers(tmp_path):
     )
     assert r.headers["ratelimit-policy"] == "1;w=10"
 
+    # a request of several values costs one token each: its 429 carries them too
+    key = KeyStore(tmp_path / "b" / "nq").create("developer", "6/min", 3, 4, "ticks")[0]
+    hdr = {"Authorization": f"Bearer {key}"}
+    body = {"source": "s", "data": [1.0, 2.0, 3.0], "timestamps": [1, 2, 3]}
+    with TestClient(server(tmp_path / "b").app) as c:  # a new app: leaving the first closed its engine
+        one = {**body, "data": [1.0], "timestamps": [1]}
+        assert (
+            c.post("/api/v1/process/realtime", json=one, headers=hdr).status_code == 409
+        )  # no model; charged
+        r = c.post("/api/v1/process/realtime", json=body, headers=hdr)
+    assert r.status_code == 429 and "3 values need 3 tokens" in r.json()["error"]["message"]
+    assert r.headers["ratelimit-limit"] == "3" and r.headers["ratelimit-reset"] == r.headers["retry-after"]
+
 
 def exported(metrics: Metrics) -> dict[str, set[str]]:
     """Every series name the registry exposes, with its label names."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ from nq_dagster.serve.keys import KeyStore
 from nq_dagster.serve.server_settings import ServerSettings
 from nq_dagster.settings import Settings
 from nq_dagster.store import Warehouse
+
+log = logging.getLogger("nq.serve")
 
 ROUTE_MODULES = (predict, jobs, models, status, metrics, config, keys, dashboard, ws)
 
@@ -133,8 +136,13 @@ def _wire(state: ServerState) -> None:
 
 
 def _close(startup: Startup) -> None:
-    """The engine's close once its start is over (a SIGTERM while the models load waits for them)."""
-    startup.wait()
+    """The engine's close (SIGTERM: finish the queue, write the log into the tables). During the start there
+    is nothing to finish: no request was acknowledged (processing answers 503 until the start is done), and a
+    stop now is a crash during the start, which the next start recovers from; so the process is not held for
+    the models to load (minutes on a loaded machine, past a pod's grace period)."""
+    if not startup.done.is_set():
+        log.warning("stopped while starting: the models were still loading; nothing was acknowledged yet")
+        return
     with contextlib.suppress(Exception) if startup.error else contextlib.nullcontext():
         startup.engine.close()
 
