@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(fn=commands.cmd_keys)
     mv = sub.add_parser("models", help="model versions and the promotion gate's decisions")
     mv.add_argument("--source", help="one source (default: every source)")
-    mv.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    mv.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     mv.set_defaults(fn=commands.cmd_models)
     dv = sub.add_parser("dev", help="open the Dagster UI")
     dv.add_argument("--port", type=int, default=3000)

@@ -41,6 +41,10 @@ EXAMPLES: dict[str, list[str]] = {
     "create": ["nq keys create --role viewer --name dashboard"],
     "list": ["nq keys list"],
     "revoke": ["nq keys revoke 3f2a9c1d"],
+    "models": [
+        "nq models                    # every source's versions: current, promoted, rejected",
+        "nq models --source market_A --format json",
+    ],
     "dev": ["nq dev                       # the Dagster UI on http://127.0.0.1:3000", "nq dev --port 3001"],
 }
 

@@ -109,7 +109,10 @@ class Flusher:
         return len(self._pending) + self._q.qsize()
 
     def run(self) -> None:
-        next_sync = next_rotate = time.monotonic()
+        next_sync = time.monotonic()
+        # the first rotation one interval after the start, as every later one: rotating at once stored what
+        # the first requests had journaled whenever this thread started late (a loaded machine)
+        next_rotate = next_sync + self.flush_interval_s
         while True:
             try:
                 item = self._q.get(timeout=self.fsync_interval_s)
