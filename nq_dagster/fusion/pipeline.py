@@ -193,6 +193,12 @@ def run_fusion(
         )
     )
     offsets = {"linear": X_fused.shape[1] - last.shape[1], "analog": R}
+    # the fused walk-forward and its ablations fit the same base stages (selected features, linear block) on
+    # the same rows: each computed once (`fit_model`'s `shared`), columns known by these ids
+    bases: dict = {}
+    ids_res = [("reservoir", i) for i in range(R)]
+    ids_sel = [("selected", c) for c in selected]
+    ids_last = [("linear", k) for k in range(last.shape[1])]
     fused, model = walk_forward(
         X_fused,
         targets,
@@ -202,6 +208,7 @@ def run_fusion(
         rest_groups=[np.arange(R), np.arange(R, R + A)],
         group_names=["spiking", "analog"],
         extra=lambda train_end: baseline_candidates(fits, train_end, offsets),
+        shared=(bases, ids_res + [("analog", i) for i in range(A)] + ids_sel + ids_last),
         **kw,
     )
     X_res = np.hstack([states, last])
@@ -211,6 +218,7 @@ def run_fusion(
             targets,
             n_base=last.shape[1],
             base_variants=base_variants(X_res.shape[1], 0, season, reach),
+            shared=(bases, ids_res + ids_last),
             **kw,
         )[0]
     }
@@ -221,6 +229,7 @@ def run_fusion(
             targets,
             n_base=X_pat.shape[1],
             base_variants=base_variants(X_pat.shape[1], sel.shape[1], season, reach),
+            shared=(bases, ids_sel + ids_last),
             **kw,
         )[0]
     baselines, _ = run_baselines(

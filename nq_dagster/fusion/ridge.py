@@ -67,6 +67,7 @@ class RidgeBasis:
         self.s, self.V, self.Z = np.clip(s, 0.0, None), V, Z
         self.ZV = Z @ V if Z is not None else None
         self.ZV2 = self.ZV**2 if Z is not None else None
+        self.leverage = None  # ZV2 @ (1 / (s + ALPHAS)): the same for every target and intercept choice
 
     def fit(
         self, y: np.ndarray, intercept: bool, held: tuple[np.ndarray, np.ndarray] | None = None
@@ -83,7 +84,9 @@ class RidgeBasis:
         inv = 1.0 / (self.s[:, None] + ALPHAS[None, :])  # (p, n_alphas)
         W = b[:, None] * inv  # coefficients in the eigenbasis, one column per penalty
         if held is None:
-            H = self.ZV2 @ inv + (1.0 / n if intercept else 0.0)
+            if self.leverage is None:
+                self.leverage = self.ZV2 @ inv
+            H = self.leverage + (1.0 / n if intercept else 0.0)
             errs = np.mean(((yc[:, None] - self.ZV @ W) / (1.0 - H)) ** 2, axis=0)
         else:
             Zh = (held[0][:, self.cols] - self.mean) / self.scale

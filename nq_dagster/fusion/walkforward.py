@@ -274,6 +274,7 @@ def fit_model(
     sums: dict | None = None,
     extra: list[tuple[str, list[LinearStage], int]] | None = None,
     group_names: list[str] | None = None,
+    shared: tuple[dict, list] | None = None,
 ) -> FusionModel:
     """Fit on rows [warmup, fit_end); calibrate the probability scale on [fit_end, train_end] by log loss.
 
@@ -297,7 +298,10 @@ def fit_model(
     is within one standard error of the lowest, then the simplest whose held-out squared error is within one
     standard error of the lowest among those (`simplest_within_one_se`), so each stage stays only where it
     lowers held-out error by more than the noise of those rows. (The penalty and the choice use the same held-
-    out rows: 15 penalties of one stage, a mild optimism the walk-forward rows do not share.)"""
+    out rows: 15 penalties of one stage, a mild optimism the walk-forward rows do not share.)
+    `shared` = (cache, column ids): base stages of columns with the same ids on the same fit rows (the fused
+    model's walk-forward and its ablations read the same linear block) are fitted once per run and reused (the
+    same numbers), each stage naming its own design's columns."""
     n, fit_end = fit_rows(train_end, warmup, calibration_fraction)
     if fit_end >= n:
         raise ValueError(
@@ -315,7 +319,19 @@ def fit_model(
     else:
         base_all, rest = np.arange(d), None
     variants = base_variants or [base_all]
-    bases = [RidgeBasis(Xf, cols) for cols in variants]
+    # each variant's fits by intercept; with `shared`, those of the same data (column ids, fit rows) in
+    # another walk-forward of this run: fitted once (only the small stages are kept, not the n x p basis)
+    if shared is None:
+        base_fits: list[dict] = [{} for _ in variants]
+    else:
+        base_fits = [
+            shared[0].setdefault((id(targets), warmup, fit_end, tuple(shared[1][c] for c in cols)), {})
+            for cols in variants
+        ]
+    bases = [
+        RidgeBasis(Xf, cols) if len(done) < 2 else None
+        for cols, done in zip(variants, base_fits, strict=True)
+    ]
     groups = (rest_groups or [rest]) if rest is not None else []
     if sums is None:
         rest_bases = [RidgeBasis(Xf, g) for g in groups]
@@ -328,7 +344,11 @@ def fit_model(
     candidates = []
     stage_names = ["base"] + ["base+" + g for g in (group_names or [f"stage{k}" for k in range(len(groups))])]
     for intercept in (False, True):
-        fits = [b.fit(yf, intercept) for b in bases]
+        fits = []
+        for cols, b, done in zip(variants, bases, base_fits, strict=True):
+            if intercept not in done:
+                done[intercept] = b.fit(yf, intercept)
+            fits.append(relabeled(done[intercept], cols))
         base = min(fits, key=lambda st: float(np.mean((yh - st.predict(Xh)) ** 2)))
         resid_f, resid_h = yf - base.predict(Xf), yh - base.predict(Xh)
         sets = [[base]] + [[base, rb.fit(resid_f, intercept, (Xh, resid_h))] for rb in rest_bases]
@@ -343,6 +363,23 @@ def fit_model(
     model = choose_candidate(candidates, yh, y_dir[held], band_h)
     calibrate(model, model.predict_change(Xh), yh, y_dir[held], band_h)
     return model
+
+
+def relabeled(stage: LinearStage, cols: np.ndarray) -> LinearStage:
+    """A fitted stage reading the columns `cols` (the same data at other indices of another design), as
+    `RidgeBasis.fit` labels its stages."""
+    cols = np.asarray(cols, dtype=np.int64)
+    contiguous = len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols)))
+    return LinearStage(
+        int(cols[0]) if len(cols) else 0,
+        int(cols[-1]) + 1 if len(cols) else 0,
+        stage.mean.copy(),
+        stage.scale.copy(),
+        stage.coef.copy(),
+        stage.intercept,
+        stage.alpha,
+        None if contiguous else cols.copy(),
+    )
 
 
 def walk_forward(
@@ -360,6 +397,7 @@ def walk_forward(
     rest_groups: list[np.ndarray] | None = None,
     extra=None,
     group_names: list[str] | None = None,
+    shared: tuple[dict, list] | None = None,
 ) -> tuple[pd.DataFrame, FusionModel]:
     """Predictions for every row t >= train_min, each by a model trained only on targets realized by t
     (`fit_model` on the design X at each refit point; `walk_forward_forecaster` does the rest). `extra`:
@@ -387,6 +425,7 @@ def walk_forward(
             sums,
             extra(train_end) if extra is not None else None,
             group_names,
+            shared,
         )
         return model, lambda lo, hi: model.predict_change(X[lo:hi])
 
