@@ -21,49 +21,13 @@ import time
 from pathlib import Path
 
 from nq_dagster.serve.engine.ticklog import TickLog
+from nq_dagster.serve.http.operations import RECORD_EXAMPLE
 
 TRIALS = 5
 TICKS = 2048  # per trial and batch size
 
-RECORD = {
-    "prediction_id": "67ffaa51-8c8c-549e-86c2-57caef372964",
-    "source": "m",
-    "timestamp": "2026-01-05T10:00:00+00:00",
-    "direction": "up",
-    "confidence": 0.5337358623581796,
-    "magnitude": 0.004241511169905815,
-    "predicted_change": -0.004241511169905815,
-    "time_horizon_ms": 60000.0,
-    "processing_time_ms": 23.56836199942336,
-    "model_version": "20edf19590cf-20261202T154051",
-    "config_version": "20edf19590cf",
-    "train_end": "2026-01-05T07:29:00+00:00",
-    "neuromorphic_results": {
-        "patterns": {
-            "synchronous": 0.1702,
-            "travelling_wave": 0.0967,
-            "standing_wave": 0.0646,
-            "emergent": 0.1548,
-            "rhythmic": 0.0,
-            "sparse": 0.8849,
-            "burst": 0.1488,
-            "chaotic": 0.9714,
-        },
-        "spike_analysis": {"spike_rate": 0.010833},
-        "reservoir_state": {"mean": 0.01651, "norm": 2.576557},
-    },
-    "quantum_results": {
-        "energy": -16.380126152889325,
-        "phase_coherence": 0.7858426560481605,
-        "convergence": {
-            "converged": False,
-            "iterations": 50,
-            "annealing_success_probability": 0.002187652497011531,
-            "method": "state-vector (exact ground state)",
-        },
-    },
-    "probabilities": {"down": 0.415856630562613, "hold": 0.05040750707920754, "up": 0.5337358623581796},
-}
+# the OpenAPI document's example record (a served record's fields and size, about 1.1 KB)
+RECORD = dict(RECORD_EXAMPLE)
 
 
 def batches(batch: int) -> list[list[tuple]]:

@@ -93,6 +93,8 @@ RECORD_EXAMPLE = {
         "note": "walk-forward predictions of this source in this confidence bin, realized outcomes",
     },
     "hold_band": 0.037474,
+    "interval_80": [-0.061, 0.058],
+    "interval_95": [-0.094, 0.091],
     "value": 80.692562,
     "duplicate": False,
 }
