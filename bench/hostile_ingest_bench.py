@@ -4,7 +4,10 @@ imported. The files: a gzip bomb named .csv (~4 MB -> 4 GiB), a Parquet file of 
 100,000-column CSV, a 100 MB line, and the worst file that is read whole: a CSV just under 64 MiB whose last
 row is bad, so the polars reader and then the general (pandas) reader both read it.
 
-Run: .venv/bin/python -m bench.hostile_ingest_bench
+Run: .venv/bin/python -m bench.hostile_ingest_bench; with `--paths`, the fast path and the bad-row path
+(general reader) on CSV files of ~48 MiB instead. The children import `nq_dagster` from the working
+directory: `cd CHECKOUT && PYTHONPATH=$PWD python /path/to/bench/hostile_ingest_bench.py --paths` measures
+that checkout's ingest (before/after in one run).
 """
 
 import gzip
@@ -68,6 +71,32 @@ def make_files(d: Path) -> dict[str, Path]:
     return files
 
 
+def make_path_files(d: Path, mib: int = 48) -> dict[str, Path]:
+    """The fast path and the bad-row (general reader) path on CSV files of the same shape: good; last row bad;
+    one bad row in 100 (named: the first 1,000); the good rows with every 1,000th timestamp repeated (the
+    repeat rule's shown text read again)."""
+    rows = (mib << 20) // 32
+    files = {}
+
+    def write(name: str, bad_every: int = 0, last_bad: bool = False, repeat_every: int = 0) -> Path:
+        p = d / name
+        with open(p, "w") as fh:
+            fh.write("timestamp,value\n")
+            for i in range(rows):
+                ts = 1_700_000_000 + i - (1 if repeat_every and i and i % repeat_every == 0 else 0)
+                value = "x" if bad_every and i % bad_every == bad_every - 1 else f"{i % 1000}.123456789"
+                fh.write(f"{ts},{value}\n")
+            if last_bad:
+                fh.write("1600000000,x\n")
+        return p
+
+    files["CSV, good (fast path)"] = write("good.csv")
+    files["CSV, last row bad (general path)"] = write("lastbad.csv", last_bad=True)
+    files["CSV, 1 row in 100 bad"] = write("manybad.csv", bad_every=100)
+    files["CSV, 1 timestamp in 1,000 repeated"] = write("repeats.csv", repeat_every=1000)
+    return files
+
+
 def run(path: Path, home: Path) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(path), str(home)], capture_output=True, text=True, check=True
@@ -76,13 +105,14 @@ def run(path: Path, home: Path) -> dict:
 
 
 def main() -> None:
+    paths = "--paths" in sys.argv  # the fast and bad-row paths only (issue 31's memory bound)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        files = make_files(d)
+        files = make_path_files(d) if paths else make_files(d)
         idle = run(d / "idle", d / "home")
         print(f"idle interpreter with the ingest imported: {idle['peak_mib']:.0f} MiB\n")
-        print("| file | size on disk | outcome | time | peak RSS | above idle |")
-        print("|---|---|---|---|---|---|")
+        print("| file | size on disk | outcome | time | peak RSS | above idle | x file |")
+        print("|---|---|---|---|---|---|---|")
         for name, path in files.items():
             r = run(path, d / "home")
             size = path.stat().st_size / 2**20
@@ -90,7 +120,7 @@ def main() -> None:
             peak = r["peak_mib"]
             print(
                 f"| {name} | {size:.1f} MiB | {r['status']}: {reason} | {r['s']:.2f} s | {peak:.0f} MiB "
-                f"| {peak - idle['peak_mib']:.0f} MiB |"
+                f"| {peak - idle['peak_mib']:.0f} MiB | {(peak - idle['peak_mib']) / size:.1f} |"
             )
 
 

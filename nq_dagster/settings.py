@@ -78,6 +78,9 @@ class Settings(BaseModel):
     )
     ingest_max_columns: int = Field(1000, ge=2, le=100_000, description="ingest: columns of one file at most")
     ingest_max_rows: int = Field(20_000_000, ge=1, description="ingest: rows of one file at most")
+    ingest_lock_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="ingest: seconds to wait for a source's lock (another ingest)"
+    )
     # the Dagster layer
     sensor_interval: int = Field(3, ge=1, le=3600, description="seconds between landing-sensor ticks")
     settle_seconds: float = Field(0.25, ge=0, le=3600, description="a landed file must be this old (s)")
@@ -227,6 +230,7 @@ FIELDS: dict[str, str] = {
     "ingest_max_line_bytes": "NQ_INGEST_MAX_LINE_BYTES",
     "ingest_max_columns": "NQ_INGEST_MAX_COLUMNS",
     "ingest_max_rows": "NQ_INGEST_MAX_ROWS",
+    "ingest_lock_timeout_s": "NQ_INGEST_LOCK_TIMEOUT_S",
     "min_rows_to_train": "NQ_MIN_ROWS_TO_TRAIN",
     "train_cron": "NQ_TRAIN_CRON",
     "freshness_seconds": "NQ_FRESHNESS_SECONDS",

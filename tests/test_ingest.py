@@ -425,6 +425,48 @@ def test_the_vectorised_path_equals_the_row_by_row_path_on_good_files(tmp_path, 
     pd.testing.assert_frame_equal(fast_pq.clean.to_pandas(), slow_pq.clean.to_pandas())
 
 
+def _chunked_case(kind: str, n: int = 5000) -> str:
+    rng = np.random.default_rng(7)
+    lines = ["timestamp,value,source"]
+    for i in range(n):
+        ts, value, src = f"2026-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z", f"{i}.5", "a"
+        if kind == "bad_values" and rng.random() < 0.3:
+            value = rng.choice(["x", "", "inf", "true", "1e-400"])
+        if kind == "repeats" and i % 700 == 699:
+            ts = "2026-01-01T00:00:05Z"  # a repeat of row 7, many chunks later
+        if kind == "sources":
+            src = ["a", "b", "bad name", "c"][i % 4]
+        if kind == "unordered" and i % 2:
+            ts = f"2025-12-31T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z"
+        if kind == "bad_times" and i % 3 == 0:
+            ts = rng.choice(["now", "9999-12-31T00:00:00Z", " 2026-01-01 ", "2016-12-31T23:59:60Z"])
+        lines.append(f"{ts},{value},{src}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("kind", ["good", "bad_values", "repeats", "sources", "unordered", "bad_times"])
+def test_a_csv_checked_in_chunks_has_the_verdict_of_one_read(tmp_path, monkeypatch, kind):
+    """The general CSV path checks a file chunk by chunk (`check_chunks`, bounded memory); its clean rows,
+    bad rows (named and counted), notes are those of the whole file read at once and checked by
+    `check_columns`, with rows, repeats and sources spread over several chunks."""
+    from nq_dagster.ingest import read
+    from nq_dagster.ingest.read import csv_chunks, csv_texts, read_user_file
+    from nq_dagster.ingest.rules import check_chunks, check_columns
+
+    monkeypatch.setattr(read, "CSV_CHUNK_VALUES", 1)  # chunks of 1,024 rows: 5 of them
+    path = write(tmp_path, f"{kind}.csv", _chunked_case(kind))
+    data = path.read_bytes()
+    assert len(list(csv_chunks(path, data))) == 5
+    whole = check_columns(read_user_file(path, data), path, None)
+    texts = lambda column, at: csv_texts(path, data, read.DEFAULT_OPTIONS, column, at)  # noqa: E731
+    chunked = check_chunks(csv_chunks(path, data), path, None, data.count(b"\n") + 1, texts=texts)
+    pd.testing.assert_frame_equal(whole.clean.to_pandas(), chunked.clean.to_pandas())
+    assert chunked.bad == whole.bad and chunked.notes == whole.notes
+    assert chunked.bad_count == whole.bad_count
+    assert (kind in ("good", "unordered")) == (whole.bad_count == 0)  # (each case meets its rule)
+    assert kind != "unordered" or any("order" in note for note in whole.notes)
+
+
 def test_sorting_note_is_per_source(wh, tmp_path):
     """Two sources interleaved, each in time order: no "out of time order" note (the check was across
     sources)."""

@@ -78,11 +78,12 @@ class Ingestor:
     """Ingests files into the warehouse; one instance per batch of files."""
 
     def __init__(
-        self, warehouse: Warehouse, limits: IngestLimits | None = None, lock_timeout_s: float = 120.0
+        self, warehouse: Warehouse, limits: IngestLimits | None = None, lock_timeout_s: float | None = None
     ):
         self.wh = warehouse.ensure()
         self.limits = limits or IngestLimits()
-        self.lock_timeout_s = lock_timeout_s
+        # (an explicit value wins over the limits' NQ_INGEST_LOCK_TIMEOUT_S: tests)
+        self.lock_timeout_s = self.limits.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
         # what an ingest killed mid-write left: temporary parts, artifacts, quarantine copies and reason files
         self.wh.remove_stale_temp_files(STALE_TEMP_S)
         remove_stale_temp_files([self.wh.quarantine], STALE_TEMP_S)
@@ -135,7 +136,10 @@ class Ingestor:
         try:
             return self._ingest(path, source, skip_bad_rows, move, rename, options or DEFAULT_OPTIONS)
         except TimeoutError as exc:  # a source's lock (store/locks.py words it)
-            raise IngestFailed(f"{path}: not ingested: {exc}; nothing of the file was stored") from None
+            raise IngestFailed(
+                f"{path}: not ingested: {exc}, or raise NQ_INGEST_LOCK_TIMEOUT_S (now "
+                f"{self.lock_timeout_s:g} s) to wait longer; nothing of the file was stored"
+            ) from None
         except OSError as exc:
             if exc.errno in _FULL:
                 raise IngestFailed(
@@ -317,6 +321,7 @@ class Ingestor:
 
             table = table.add_column(0, "source", const(str(src)))
             table = table.append_column("file", const(path.name)).append_column("content_hash", const(digest))
+            self._remove_killed_writes(str(src), part)
             self.wh.write_table("raw_ticks", str(src), table, part=part, store_schema=False)
             result.sources[str(src)] = n
             if len(names) > 1:
@@ -330,6 +335,16 @@ class Ingestor:
         self._finish(path, result, move)
         self._log(result)
         return result
+
+    def _remove_killed_writes(self, source: str, part: str) -> None:
+        """A temporary file of this part's own name (`.<part>.parquet.*.tmp`) can only be an ingest's of the
+        same bytes into this source, which held the source's lock as this one does now: one that was killed
+        while it wrote. Removed at once (the age rule of `remove_stale_temp_files` waits an hour, for writes
+        this ingest cannot tell from its own)."""
+        directory = self.wh.partition_dir("raw_ticks", source)
+        if directory.is_dir():
+            for temp in directory.glob(f".{part}.parquet.*.tmp"):
+                temp.unlink(missing_ok=True)
 
     def _skip_duplicate(self, path: Path, result: FileResult, move: bool) -> FileResult:
         result.status = "skipped-duplicate-file"

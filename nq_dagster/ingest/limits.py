@@ -35,12 +35,15 @@ _ZLIB_SECOND = {0x01, 0x5E, 0x9C, 0xDA}
 @dataclass(frozen=True)
 class IngestLimits:
     """Bounds on one file: bytes on disk (and a Parquet file's uncompressed bytes), bytes in one line,
-    columns, rows. The defaults are `Settings`' (NQ_INGEST_MAX_BYTES, _LINE_BYTES, _COLUMNS, _ROWS)."""
+    columns, rows; and how long its ingest waits for a source's lock (seconds) before it gives up in one line
+    (the file left where it is). The defaults are `Settings`' (NQ_INGEST_MAX_BYTES, _LINE_BYTES, _COLUMNS,
+    _ROWS, NQ_INGEST_LOCK_TIMEOUT_S)."""
 
     max_bytes: int = 256 * 1024**2
     max_line_bytes: int = 1024**2
     max_columns: int = 1000
     max_rows: int = 20_000_000
+    lock_timeout_s: float = 120.0
 
     @classmethod
     def from_settings(cls, settings) -> IngestLimits:
@@ -49,6 +52,7 @@ class IngestLimits:
             max_line_bytes=settings.ingest_max_line_bytes,
             max_columns=settings.ingest_max_columns,
             max_rows=settings.ingest_max_rows,
+            lock_timeout_s=settings.ingest_lock_timeout_s,
         )
 
 

@@ -9,10 +9,12 @@ so its words are the ones a user is shown. Both give polars columns of text, num
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,12 +134,34 @@ def _read_csv_numbers_typed(data: bytes, sep: str = ",", text_values: bool = Tru
     as they are: through io.BytesIO they were copied first.)"""
     header = pl.read_csv(data, n_rows=0, infer_schema=False, separator=sep).columns
     numbers = {c: pl.Float64 for c in header if c.lower().strip() not in (*TIMESTAMP_NAMES, "source")}
+    numbers.update(_epoch_timestamp_column(data, header, sep))
     try:
         return pl.read_csv(data, infer_schema=False, schema_overrides=numbers, separator=sep)
     except pl.exceptions.PolarsError:
         if not text_values:
             return None
         return pl.read_csv(data, infer_schema=False, separator=sep)
+
+
+_EPOCH_TEXT = re.compile(r"-?[0-9]{1,13}(?:\.[0-9]*)?")
+
+
+def _epoch_timestamp_column(data: bytes, header: list[str], sep: str) -> dict[str, pl.DataType]:
+    """{the timestamp column: Float64} when the first row's timestamp is a plain epoch number, else {}: the
+    reader then parses the column as numbers (8 bytes a row, where text held 16 or more and its parse made
+    a stripped copy; ~25% of a good file's peak). `parse_timestamps` reads numbers as the same epoch values;
+    a later row that is not a number fails the typed read, and the general reader decides."""
+    names = [c.lower().strip() for c in header]
+    at = next((names.index(n) for n in TIMESTAMP_NAMES if n in names), None)
+    start = data.find(b"\n") + 1
+    end = data.find(b"\n", start)
+    if at is None or start == 0:
+        return {}
+    line = data[start : end if end != -1 else len(data)].decode("utf-8", "replace").rstrip("\r")
+    fields = next(csv.reader([line], delimiter=sep), [])
+    if at < len(fields) and _EPOCH_TEXT.fullmatch(fields[at]):
+        return {header[at]: pl.Float64}
+    return {}
 
 
 # values per chunk of the general CSV reader: a chunk's Python strings (~60 bytes each) are held at once;
@@ -275,23 +299,77 @@ def _json_line(line: str, exact: bool):
     return rec
 
 
-def read_user_file(
-    path: Path, data: bytes, options: ReadOptions = DEFAULT_OPTIONS, limits: IngestLimits | None = None
-) -> Columns:
-    """Any supported file as its columns and row numbers; a file that cannot be read is refused with the
-    reason, the row and the fix (FileRejected)."""
-    limits = limits or IngestLimits()
-    kind = _kind(path)
-    if not data.strip():
-        raise FileRejected(path, "empty")
-    if kind == "parquet":
-        try:
-            frame = pq.read_table(io.BytesIO(data)).to_pandas()
-        except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise FileRejected(path, "parquet", error=exc) from exc
-        return Columns(from_pandas(frame), 1)
+def csv_chunks(path: Path, data: bytes, options: ReadOptions = DEFAULT_OPTIONS) -> Iterator[Columns]:
+    """A CSV file (valid UTF-8: `read_user_file` checks it) read by the general reader as polars text, in
+    chunks of ~CSV_CHUNK_VALUES values, each with the row number of its first row: the parser makes a Python
+    object of every value before its Arrow text, so one chunk's objects are alive at a time (the whole file
+    at once left 141 MiB resident for a 20 MiB file), and a caller that checks each chunk before the next
+    holds one chunk's text at a time. The same parser over the same stream, so the same values, errors and
+    row numbers as one read."""
     try:
-        text = data.decode("utf-8-sig")
+        reader = pd.read_csv(
+            io.BytesIO(data),
+            encoding="utf-8-sig",
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
+            sep=options.delimiter,
+            iterator=True,
+        )
+        first = reader.get_chunk(1024)
+        if not isinstance(first.index, pd.RangeIndex):
+            # pandas took the first column as an index: the first data row has more fields than the header
+            n = len(first.columns)
+            extra = BadRow(2, "*", "fields", str(first.index[0]), fields=n)
+            raise FileRejected(path, "extra_fields", [extra], row=2, fields=n)
+        size = max(1024, CSV_CHUNK_VALUES // max(1, len(first.columns)))
+        row = 2 + len(first)
+        columns = Columns(from_pandas(first), 2)
+        del first  # (each chunk's pandas objects freed before the caller checks its text)
+        yield columns
+        del columns
+        while (chunk := _next_chunk(reader, size)) is not None:
+            n = len(chunk)
+            columns = Columns(from_pandas(chunk), row)
+            del chunk
+            yield columns
+            del columns
+            row += n
+    except pd.errors.ParserError as exc:
+        raise FileRejected(path, "malformed_csv", error=exc) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise FileRejected(path, "empty") from exc
+
+
+def csv_texts(path: Path, data: bytes, options: ReadOptions, column: str, at: set[int]) -> dict[int, str]:
+    """The text of one column of a CSV file at some rows (row numbers as `csv_chunks` gives them), as the
+    general reader reads it: the values a message shows for rows whose checked columns no longer hold it."""
+    out: dict[int, str] = {}
+    for columns in csv_chunks(path, data, options):
+        start = int(columns.rows)
+        for r in sorted(x for x in at if start <= x < start + columns.frame.height):
+            out[r] = columns.frame[column][r - start]
+        if len(out) == len(at):
+            break
+    return out
+
+
+UTF8_BLOCK = 1 << 20
+
+
+def check_utf8(path: Path, data: bytes) -> None:
+    """The bytes are UTF-8 text, else refused naming the row and byte: checked in blocks of UTF8_BLOCK (a
+    decoded copy of the whole file was as big as the file, or 4x), the file decoded whole only to word the
+    refusal."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for lo in range(0, len(data), UTF8_BLOCK):
+            decoder.decode(data[lo : lo + UTF8_BLOCK], final=lo + UTF8_BLOCK >= len(data))
+        return
+    except UnicodeDecodeError:
+        pass
+    try:
+        data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         row = _row_of_offset(data, exc.start)
         shown = repr(data[exc.start : exc.start + 4])
@@ -303,38 +381,28 @@ def read_user_file(
             byte=exc.start,
             reason=exc.reason,
         ) from exc
-    if kind == "csv":
-        del text  # (validated; the parser reads the bytes: a StringIO of the text held 4 bytes a character)
+
+
+def read_user_file(
+    path: Path, data: bytes, options: ReadOptions = DEFAULT_OPTIONS, limits: IngestLimits | None = None
+) -> Columns:
+    """Any supported file as its columns and row numbers; a file that cannot be read is refused with the
+    reason, the row and the fix (FileRejected)."""
+    limits = limits or IngestLimits()
+    kind = _kind(path)
+    if not data or data.isspace():  # (strip() would copy the file)
+        raise FileRejected(path, "empty")
+    if kind == "parquet":
         try:
-            reader = pd.read_csv(
-                io.BytesIO(data),
-                encoding="utf-8-sig",
-                dtype=str,
-                keep_default_na=False,
-                skipinitialspace=True,
-                sep=options.delimiter,
-                iterator=True,
-            )
-            # in chunks of ~CSV_CHUNK_VALUES values, each made polars text before the next is parsed: the
-            # parser makes a Python object of every value before its Arrow text: the whole file at once left
-            # 141 MiB resident for a 20 MiB file, chunks of 2**16 values 91 MiB; the same parser over the
-            # same stream, so the same values, errors and line numbers
-            first = reader.get_chunk(1024)
-            if not isinstance(first.index, pd.RangeIndex):
-                # pandas took the first column as an index: the first data row has more fields than the header
-                n = len(first.columns)
-                extra = BadRow(2, "*", "fields", str(first.index[0]), fields=n)
-                raise FileRejected(path, "extra_fields", [extra], row=2, fields=n)
-            size = max(1024, CSV_CHUNK_VALUES // max(1, len(first.columns)))
-            parts = [from_pandas(first)]
-            del first
-            while (chunk := _next_chunk(reader, size)) is not None:
-                parts.append(from_pandas(chunk))
-                del chunk
-        except pd.errors.ParserError as exc:
-            raise FileRejected(path, "malformed_csv", error=exc) from exc
-        except pd.errors.EmptyDataError as exc:
-            raise FileRejected(path, "empty") from exc
+            frame = pq.read_table(io.BytesIO(data)).to_pandas()
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise FileRejected(path, "parquet", error=exc) from exc
+        return Columns(from_pandas(frame), 1)
+    check_utf8(path, data)
+    text = data.decode("utf-8-sig")
+    if kind == "csv":
+        del text  # (the parser reads the bytes: a StringIO of the text held 4 bytes a character)
+        parts = [c.frame for c in csv_chunks(path, data, options)]
         return Columns(pl.concat(parts, how="vertical", rechunk=False) if len(parts) > 1 else parts[0], 2)
     records, lines = [], []
     exact = UNDERFLOW_SHAPE.search(data) is not None
