@@ -381,6 +381,32 @@ def test_kill_9_inside_the_per_source_loop_leaves_each_source_stored_and_logged_
     assert final.values.tolist() == [["a,b,c", "ingested"]]
 
 
+@pytest.mark.parametrize("swapped", [False, True])
+def test_a_symlink_in_the_landing_zone_is_never_read(wh, tmp_path, monkeypatch, swapped):
+    """An ingest of a landed file that is a symbolic link (to a secret) refuses it without reading it: the
+    reason, its file and ingest_log name the link, never the target's content; the link is left for the
+    sensor to quarantine. `swapped`: the link appears after the check (a regular file swapped for a link
+    between the sensor's listing and the read): the read itself refuses to follow it (O_NOFOLLOW)."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("timestamp,TOP-SECRET-LINE\n2026-01-01,1\n")
+    link = wh.landing / "alpha" / "x.csv"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(secret)
+    if swapped:
+        monkeypatch.setattr(Path, "is_symlink", lambda self: False)
+    r = Ingestor(wh).ingest_file(link, source="alpha", move=True)
+    monkeypatch.undo()
+    assert r.status == "quarantined" and "symbolic link" in r.reason and one_line(r.reason)
+    log = wh.query("SELECT reason FROM ingest_log")["reason"].tolist()
+    for text in (r.reason, r.reason_file.read_text(), *log):
+        assert "TOP-SECRET" not in text
+    assert link.is_symlink() and secret.exists() and not wh.table_parts("raw_ticks", "alpha")
+    # outside the landing zone a link named on the command line is the user's own file: read
+    outside = tmp_path / "mine.csv"
+    outside.symlink_to(put(tmp_path, "real.csv", GOOD))
+    assert Ingestor(wh).ingest_file(outside).status == "ingested"
+
+
 def test_stale_temp_files_in_quarantine_are_removed(wh, tmp_path):
     old = wh.quarantine / ".x.csv.abc123.tmp"
     young = wh.quarantine / ".y.csv.def456.tmp"

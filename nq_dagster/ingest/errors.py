@@ -58,6 +58,7 @@ FileProblem = Literal[
     "delimiter",
     "value_column",
     "no_value_column",
+    "symlink",
 ]
 
 # kind -> (problem, fix); the problem may name the row's `duplicate_of`, `source` or `fields`
@@ -108,6 +109,10 @@ ROW_PROBLEMS: dict[str, tuple[str, str]] = {
 # from its bad rows)
 FILE_PROBLEMS: dict[str, str] = {
     "unsupported": "{file}: unsupported file type {suffix!r}. Fix: use .csv, .parquet or .jsonl",
+    "symlink": (
+        "{file}: a symbolic link in the landing zone, refused (never followed: it could point at any file of "
+        "the machine). Fix: put the file itself there"
+    ),
     "empty": "{file}: the file is empty. Fix: write a header and at least one data row",
     "parquet": "{file}: not a readable Parquet file ({error}). Fix: re-export it as Parquet",
     "encoding": "{file}: row {row}: byte {byte} is not UTF-8 ({reason}). Fix: re-save the file as UTF-8",

@@ -74,6 +74,13 @@ def _file_digest(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def _read_bytes(path: Path, follow: bool) -> bytes:
+    """The file's bytes; `follow=False`: refused with ELOOP when the path is a symbolic link (O_NOFOLLOW)."""
+    fd = os.open(path, os.O_RDONLY | (0 if follow else os.O_NOFOLLOW))
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
 class Ingestor:
     """Ingests files into the warehouse; one instance per batch of files."""
 
@@ -152,6 +159,13 @@ class Ingestor:
     def _ingest(
         self, path: Path, source, skip_bad_rows: bool, move: bool, rename, options: ReadOptions
     ) -> FileResult:
+        landed = path.absolute().is_relative_to(self.wh.landing.absolute())
+        if landed and path.is_symlink():
+            # a file of the landing zone is never read through a link (a swap after the sensor listed it as a
+            # regular file included: the read below refuses to follow one too); left in place for the
+            # sensor, which quarantines the link itself
+            result = FileResult(file=str(path), content_hash="", status="ingested")
+            return self._reject(path, None, result, FileRejected(path, "symlink"), move=False)
         try:
             check_size(path, _stat(path).st_size, self.limits)
         except FileRejected as exc:  # not read: the file itself stays (a copy would be as big)
@@ -165,7 +179,13 @@ class Ingestor:
             # hashed
             before = _stat(path)
             hashing = pool.submit(_file_digest, path)
-            data = path.read_bytes()
+            try:
+                data = _read_bytes(path, follow=not landed)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                result = FileResult(file=str(path), content_hash="", status="ingested")
+                return self._reject(path, None, result, FileRejected(path, "symlink"), move=False)
 
             def digest_of_data() -> str:
                 digest, after = hashing.result(), _stat(path)  # (after both reads)

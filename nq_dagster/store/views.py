@@ -146,6 +146,7 @@ def user_query(store: Backend, tables_dir: Path, sql: str, limits: QueryLimits |
         allowed = str(tables_dir).replace("'", "''") + "/"
         con.execute(f"SET allowed_directories = ['{allowed}']")
         con.execute("SET enable_external_access = false")
+        con.execute("SET enable_progress_bar = false")  # (a long query drew its bar over the refusal line)
         con.execute("SET lock_configuration = true")
         timer = threading.Timer(limits.timeout_s, con.interrupt)
         timer.start()
