@@ -78,6 +78,8 @@ class IntervalState:
 def initial_state(horizon: int, levels=LEVELS, horizon_ms: float | None = None) -> IntervalState:
     """A stream's state before its first row; with `horizon_ms`, outcomes after a gap are not realized."""
     lv = np.asarray(levels, dtype=float)
+    if np.any(np.diff(lv) <= 0):
+        raise ValueError(f"interval levels must be ascending and distinct, got {lv.tolist()}")
     return IntervalState(
         horizon,
         lv,
@@ -122,13 +124,14 @@ def step(
     realized, covered, gaps, times = st.realized, st.covered, st.unrealized_gap, st.pending_ms
     if len(pending) >= st.horizon:
         x0, mu, s, *half = pending[0]
-        elapsed = np.nan if times is None or ts_ms is None else ts_ms - times[0]
-        if np.isfinite(elapsed) and not within_horizon(elapsed, st.horizon_ms):
+        elapsed = None if times is None or ts_ms is None else ts_ms - float(times[0])
+        # NaN (a pending row stepped without its time) compares False: realized, as before the rule
+        if elapsed is not None and elapsed == elapsed and not within_horizon(elapsed, st.horizon_ms):
             gaps += 1  # the tick came after a gap in the feed: not what happened at the horizon
         else:
             err = abs((x - x0) - mu)
             miss = err > np.asarray(half)
-            alpha = alpha + step_sizes(st.levels) * ((1.0 - st.levels) - miss)
+            alpha = alpha + GAMMA_SCALE * (1.0 - st.levels) * ((1.0 - st.levels) - miss)  # step_sizes
             score = err / max(s, 1e-12)
             if len(scores) >= WINDOW:
                 ranked = np.delete(ranked, min(np.searchsorted(ranked, scores[0]), len(ranked) - 1))
@@ -141,9 +144,8 @@ def step(
     half_w = quantile_factor(ranked, alpha) * max(scale, 0.0)
     # nested: a higher level's interval holds the lower one's (each level has its own alpha_t and step, so
     # after a run of misses at 80 % its quantile can pass the 95 % one's); widening only lowers that level's
-    # misses, and the miss ACI counts is the stated interval's
-    order = np.argsort(st.levels)
-    half_w[order] = np.maximum.accumulate(half_w[order])
+    # misses, and the miss ACI counts is the stated interval's. Levels are ascending (`initial_state`).
+    half_w = np.maximum.accumulate(half_w)
     row = np.empty((1, 3 + L))
     row[0, :3], row[0, 3:] = (x, change, scale), half_w
     pending = np.vstack([pending, row])
