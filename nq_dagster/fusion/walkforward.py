@@ -408,7 +408,10 @@ def fit_model(
         rest_bases = []
         for k, g in enumerate(groups):
             if k not in sums or sums[k].lo != warmup:
-                sums[k] = GramSums(X, g, warmup, None if gap is None else ~targets["gap"].to_numpy())
+                # the running sums serve every refit of this walk-forward: the gaps of the whole series (a
+                # later refit's rows may hold gaps this one's do not)
+                every = targets["gap"].to_numpy() if "gap" in targets.columns else None
+                sums[k] = GramSums(X, g, warmup, None if every is None or not every.any() else ~every)
             rest_bases.append(RidgeBasis(Xf, g, sums[k].upto(fit_end)))
     candidates = []
     stage_names = ["base"] + ["base+" + g for g in (group_names or [f"stage{k}" for k in range(len(groups))])]
