@@ -164,3 +164,12 @@ def test_retrains_go_through_the_gate_and_a_rejected_version_is_never_served(
     wh.save_artifact("serving_state", "mg", candidate)  # a rejected version where the served one should be
     models = Models(wh, Ownership(), Predictor(), TickLog(tmp_path / "wal"))
     assert models.load("mg") == "failed" and "rejected by the promotion gate" in models.errors["mg"]
+
+
+def test_the_decision_states_which_rows_it_compared():
+    fusion, current, ts = _case(new_noise=0.3, cur_noise=0.3)
+    d = promotion.decide(fusion, current, "", ts, "v-new")
+    assert d["first_row_time"] == str(pd.Timestamp(ts[100]).tz_convert("UTC"))  # the first row after training
+    assert d["last_row_time"] == str(pd.Timestamp(ts[598]).tz_convert("UTC"))  # the last realized one
+    assert d["compared_rows"].startswith("499 realized walk-forward rows from " + d["first_row_time"])
+    assert d["unrealized_gap"] == 0

@@ -82,7 +82,8 @@ def test_intervals_cover_at_their_levels_overall_and_late_under_drift(seed):
         # ACI's guarantee (Gibbs and Candes 2021, Prop. 4.1): over any stretch of m rows the miss rate is
         # within (1 + 2 gamma) / (gamma m) of 1 - level, whatever the data; and the target, 2 points
         for cov, m in ((c["coverage"], c["n"]), (c["coverage_late"], c["n_late"])):
-            bound = (1 + 2 * intervals.GAMMA) / (intervals.GAMMA * m)
+            gamma = intervals.step_sizes(intervals.LEVELS)[j]
+            bound = (1 + 2 * gamma) / (gamma * m)
             assert abs(cov - level) <= min(bound, 0.02), (level, cov, m, bound)
         # the model's own Normal quantile with its wrong scale misses the target by far (over-covers)
         naive = np.abs(y[: n // 2]) <= scale[0] * intervals.quantile_factor(

@@ -152,7 +152,13 @@ def run_fusion(
     values = features["value"].to_numpy()
     analog, analog_final, scaling = analog_states(values, cfg, source)
     sched = schedule_for(len(values), cfg)
-    targets = make_targets(values, cfg.horizon, cfg.hold_band, cfg.feature_window)
+    targets = make_targets(
+        values,
+        cfg.horizon,
+        cfg.hold_band,
+        cfg.feature_window,
+        features["timestamp"].to_numpy() if "timestamp" in features.columns else None,
+    )
     kw = dict(
         horizon=cfg.horizon,
         train_min=sched.train_min,
@@ -256,7 +262,7 @@ def run_fusion(
         "targets": targets,
         "calibration": calibration,
         # the fused rows' prediction intervals and the conformal state a stream continues (fusion/intervals)
-        "intervals": walk_forward_intervals(fused, targets, values, cfg.horizon),
+        "intervals": walk_forward_intervals(fused, targets, values, cfg.horizon, features.get("timestamp")),
         "analog": {"last": analog[-1].copy(), "final": analog_final, "scaling": scaling},
         "fused": fused,
         "ablations": ablations,

@@ -422,7 +422,10 @@ class Predictor:
             new_ivs, half = [], np.full((len(srcs), 2), np.nan)
             for i, (iv, x) in enumerate(zip(*ticks, strict=True)):
                 if iv is not None:
-                    iv, half[i] = intervals.step(iv, float(x), float(centre[i]), float(scale[i]))
+                    # the tick's time: an outcome after a gap in the feed is not scored (as training's pass)
+                    iv, half[i] = intervals.step(
+                        iv, float(x), float(centre[i]), float(scale[i]), float(ts[i]) / 1e6
+                    )
                 new_ivs.append(iv)
         recs = build_records(
             [mv.source for mv in mvs],

@@ -112,20 +112,26 @@ class GramSums:
     to hi. The walk-forward's fit rows only ever grow, so a source's reservoir Gram matrices cost O(T p^2)
     over all refits instead of O(T^2 p^2 / refit_every)."""
 
-    def __init__(self, X: np.ndarray, cols: np.ndarray, lo: int):
+    def __init__(self, X: np.ndarray, cols: np.ndarray, lo: int, keep: np.ndarray | None = None):
+        """`keep`: per row of X, whether it is a fit row (None: all; the walk-forward leaves out rows whose
+        horizon tick came after a gap in the feed)."""
         self.X, self.cols, self.lo, self.hi = X, np.asarray(cols, dtype=np.int64), lo, lo
+        self.keep, self.count = keep, 0
         p = len(self.cols)
         self.sxx, self.sx = np.zeros((p, p)), np.zeros(p)
 
     @property
     def n(self) -> int:
-        return self.hi - self.lo
+        return self.count
 
     def upto(self, hi: int) -> GramSums:
         if hi < self.hi:
             raise ValueError("fit rows only grow in a walk-forward")
         if hi > self.hi:
             A = self.X[self.hi : hi, self.cols]
+            if self.keep is not None:
+                A = A[self.keep[self.hi : hi]]
+            self.count += len(A)
             self.sxx += A.T @ A
             self.sx += A.sum(axis=0)
             self.hi = hi

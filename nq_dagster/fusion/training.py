@@ -12,7 +12,13 @@ import pandas as pd
 from nq_dagster.config import PipelineConfig
 from nq_dagster.fusion.model import DESIGN_VERSION, LiveCalibration, ModelVersion
 from nq_dagster.fusion.ticks import to_ns
-from nq_dagster.fusion.walkforward import RECAL_WINDOW, UNREALIZED, FusionModel, recal_every
+from nq_dagster.fusion.walkforward import (
+    RECAL_WINDOW,
+    FusionModel,
+    median_spacing_ms,
+    realized_rows,
+    recal_every,
+)
 
 CONFIDENCE_EDGES = (1 / 3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0 + 1e-12)
 
@@ -83,12 +89,12 @@ def model_version_from_fit(
     """The model version training hands to streaming: the last walk-forward model and what it achieved."""
     fused, targets = fusion["fused"], fusion["targets"]
     y = targets["direction"].to_numpy()[fused["row"].to_numpy()]
-    ok = y != UNREALIZED
+    ok = realized_rows(targets, fused["row"].to_numpy())
     reliability = reliability_table(
         fused["confidence"].to_numpy()[ok], fused["direction"].to_numpy()[ok] == y[ok]
     )
     ts = to_ns(timestamps)
-    step_ms = float(np.median(np.diff(ts)) / 1e6) if len(ts) > 1 else 0.0
+    step_ms = median_spacing_ms(ts)  # the spacing the horizon gaps of training's targets are measured in
     return ModelVersion(
         source=source,
         model_version=version,

@@ -15,6 +15,15 @@ the training rows, held out from the regression fit, so
 a confidence is always calibrated on data the model did not fit. Each
 prediction records `train_end`, the last row whose target the model saw, and
 `train_end + h <= t` is checked.
+
+Gaps: with the rows' timestamps, row t's target is realized only when row t + h came within
+`record.GAP_TOLERANCE` x h x the series' median spacing of row t (`record.within_horizon`, the rule the
+prediction server's outcomes apply to the same ticks). A row whose horizon tick came later (the feed stopped)
+is flagged `gap` in the targets: its change spans the stop, not the horizon, so it is left out of every fit's
+regression and calibration rows at a refit (`fit_model`) and out of the report's accuracy and coverage
+(`validation.evaluate`), and counted there. The error scale's recalibration between refits (`_recalibrate`)
+still reads them: the stream's `model.LiveCalibration` repeats it tick by tick without the ticks' times, and
+both must stay equal (not changed yet).
 """
 
 from __future__ import annotations
@@ -28,16 +37,45 @@ from scipy.special import ndtr
 
 # the shortest series that trains (MIN_TRAIN rows before the first prediction): one rule, config.rows_needed
 from nq_dagster.config import MIN_ROWS, MIN_TRAIN
+from nq_dagster.fusion.record import within_horizon
 from nq_dagster.fusion.ridge import GramSums, LinearStage, RidgeBasis
+from nq_dagster.fusion.ticks import to_ns
 
 CLASSES = np.array([-1, 0, 1])  # down, hold, up
 CLASS_NAMES = {-1: "down", 0: "hold", 1: "up"}
 UNREALIZED = -9  # the direction of a row whose target lies beyond the data (not yet realized)
 
 
+def median_spacing_ms(timestamps) -> float:
+    """The source's spacing: the median time between consecutive rows, in ms (0 with fewer than two rows);
+    a record's time_horizon_ms is horizon x this (`training.model_version_from_fit`)."""
+    ts = to_ns(timestamps)
+    return float(np.median(np.diff(ts)) / 1e6) if len(ts) > 1 else 0.0
+
+
+def horizon_gaps(timestamps, horizon: int, step_ms: float | None = None) -> np.ndarray:
+    """Per row, whether its horizon tick (row t + h) came too late to realize its prediction: more than
+    `record.GAP_TOLERANCE` x h x step_ms after row t (`record.within_horizon`, the server's rule), step_ms the
+    median spacing unless given. Rows whose horizon lies beyond the data are not gaps (not yet realized)."""
+    ts = to_ns(timestamps)
+    step = median_spacing_ms(ts) if step_ms is None else float(step_ms)
+    gap = np.zeros(len(ts), dtype=bool)
+    if len(ts) > horizon:
+        elapsed_ms = (ts[horizon:] - ts[:-horizon]) / 1e6
+        gap[:-horizon] = ~within_horizon(elapsed_ms, step * horizon)
+    return gap
+
+
 def make_targets(
-    values: np.ndarray, horizon: int = 1, hold_band: float = 0.1, vol_window: int = 50
+    values: np.ndarray,
+    horizon: int = 1,
+    hold_band: float = 0.1,
+    vol_window: int = 50,
+    timestamps=None,
 ) -> pd.DataFrame:
+    """Per row t: the realized change over the horizon, its direction class, the hold band, the recent
+    volatility, the last change, and `gap` (with `timestamps`: the horizon tick came too late to realize the
+    prediction, `horizon_gaps`; all False without)."""
     v = np.asarray(values, dtype=float)
     T = len(v)
     change = np.full(T, np.nan)
@@ -50,9 +88,28 @@ def make_targets(
     direction = np.where(np.isnan(change), UNREALIZED, direction)
     last_change = np.full(T, np.nan)
     last_change[horizon:] = v[horizon:] - v[:-horizon]
+    gap = np.zeros(T, dtype=bool) if timestamps is None else horizon_gaps(timestamps, horizon)
+    if len(gap) != T:
+        raise ValueError(f"{len(gap)} timestamps for {T} values")
     return pd.DataFrame(
-        {"change": change, "direction": direction, "band": band, "volatility": sd, "last_change": last_change}
+        {
+            "change": change,
+            "direction": direction,
+            "band": band,
+            "volatility": sd,
+            "last_change": last_change,
+            "gap": gap,
+        }
     )
+
+
+def realized_rows(targets: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """Of these rows, which have a realized outcome: the target within the data and not a gap."""
+    rows = np.asarray(rows)
+    ok = targets["direction"].to_numpy()[rows] != UNREALIZED
+    if "gap" in targets.columns:
+        ok &= ~targets["gap"].to_numpy()[rows]
+    return ok
 
 
 def direction_probabilities(
@@ -313,6 +370,18 @@ def fit_model(
         raise AssertionError("training rows include an unrealized target: leakage guard")
     d = X.shape[1]
     fit, held = slice(warmup, fit_end), slice(fit_end, n)
+    gap = targets["gap"].to_numpy()[:n] if "gap" in targets.columns else None
+    if gap is not None and gap[warmup:].any():
+        # a gap row's change spans the feed's stop, not the horizon: neither fitted nor calibrated on
+        fit = warmup + np.flatnonzero(~gap[warmup:fit_end])
+        held = fit_end + np.flatnonzero(~gap[fit_end:n])
+        if len(held) == 0 or len(fit) == 0:
+            raise ValueError(
+                f"every {'held-out' if len(fit) else 'fit'} row up to row {n - 1} is a gap (its horizon tick "
+                "came too late): the series needs rows at its regular spacing to train"
+            )
+    else:
+        gap = None
     Xf, Xh, yf, yh = X[fit], X[held], y_chg[fit], y_chg[held]
     if 0 < n_base < d:
         base_all, rest = np.arange(d - n_base, d), np.arange(0, d - n_base)
@@ -339,7 +408,10 @@ def fit_model(
         rest_bases = []
         for k, g in enumerate(groups):
             if k not in sums or sums[k].lo != warmup:
-                sums[k] = GramSums(X, g, warmup)
+                # the running sums serve every refit of this walk-forward: the gaps of the whole series (a
+                # later refit's rows may hold gaps this one's do not)
+                every = targets["gap"].to_numpy() if "gap" in targets.columns else None
+                sums[k] = GramSums(X, g, warmup, None if every is None or not every.any() else ~every)
             rest_bases.append(RidgeBasis(Xf, g, sums[k].upto(fit_end)))
     candidates = []
     stage_names = ["base"] + ["base+" + g for g in (group_names or [f"stage{k}" for k in range(len(groups))])]

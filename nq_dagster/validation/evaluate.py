@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from nq_dagster.fusion.record import within_horizon
-from nq_dagster.fusion.walkforward import CLASSES
+from nq_dagster.fusion.walkforward import CLASSES, UNREALIZED, realized_rows
 from nq_dagster.validation.stats import (
     accuracy_test,
     brier_score,
@@ -90,7 +90,10 @@ def evaluate(fusion: dict, anomaly_truth: np.ndarray | None = None) -> dict:
     rows = fused["row"].to_numpy()
     y_dir = targets["direction"].to_numpy()[rows]
     y_chg = targets["change"].to_numpy()[rows]
-    realized = y_dir != -9
+    # realized: the horizon tick is in the data and came within the horizon's time (not after a gap in the
+    # feed: `walkforward.make_targets`, the server's rule); a gap row is counted, never scored
+    realized = realized_rows(targets, rows)
+    unrealized_gap = int(np.sum(~realized & (y_dir != UNREALIZED)))
     f = fused.loc[realized]
     rows, y_dir, y_chg = rows[realized], y_dir[realized], y_chg[realized]
     correct = f["direction"].to_numpy() == y_dir
@@ -103,7 +106,8 @@ def evaluate(fusion: dict, anomaly_truth: np.ndarray | None = None) -> dict:
     late = np.arange(len(rows)) >= int(len(rows) * (1 - LATE_FRACTION))
     ece_late, _ = reliability(conf[late], correct[late])
     err_model = (f["pred_change"].to_numpy() - y_chg) ** 2
-    train_dirs = targets["direction"].to_numpy()[: int(f["train_end"].min()) + 1]
+    first = np.arange(int(f["train_end"].min()) + 1)
+    train_dirs = targets["direction"].to_numpy()[first[realized_rows(targets, first)]]
 
     base_rows, base_dirs = [], {}
     for name, b in fusion["baselines"].items():
@@ -270,6 +274,7 @@ def evaluate(fusion: dict, anomaly_truth: np.ndarray | None = None) -> dict:
     worse = base_df[base_df["baseline"].isin(set(worse_acc) | set(worse_mse))]
     metrics = {
         "predictions": int(len(rows)),
+        "unrealized_gap": unrealized_gap,
         "accuracy": acc["accuracy"],
         "acc_ci_low": acc["ci_low"],
         "acc_ci_high": acc["ci_high"],
@@ -323,7 +328,7 @@ def evaluate(fusion: dict, anomaly_truth: np.ndarray | None = None) -> dict:
 
 
 def class_share_train(train_dirs: np.ndarray, c: int) -> float:
-    d = train_dirs[train_dirs != -9]
+    d = train_dirs[train_dirs != UNREALIZED]
     return (np.sum(d == c) + 1) / (len(d) + 3)
 
 

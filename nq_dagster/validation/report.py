@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from nq_dagster.fusion.record import GAP_TOLERANCE  # noqa: E402
 from nq_dagster.store import atomic_write_bytes  # noqa: E402
 
 COST_BP = 5.0  # trading cost of the report's return chart, basis points per unit of position change
@@ -64,6 +65,17 @@ INTERVALS_NOTE = (
 )
 
 
+def unrealized_line(m: dict) -> str:
+    """How many walk-forward predictions had no outcome to score: their horizon tick came after a gap in the
+    feed (later than record.GAP_TOLERANCE x the horizon's time: the server's rule), left out of every
+    figure."""
+    return (
+        f"{m.get('unrealized_gap', 0)} predictions unrealized: gap (the tick at the horizon came more than "
+        f"{GAP_TOLERANCE:g} x the horizon's time after the prediction; left out of accuracy, coverage and "
+        "every test)."
+    )
+
+
 def markdown_summary(source: str, ev: dict) -> str:
     m = ev["metrics"]
     lines = [
@@ -84,7 +96,7 @@ def markdown_summary(source: str, ev: dict) -> str:
         f"| {r.criterion} | {'yes' if r.passed else 'no'} | {'yes' if r.counted else 'no'} | {r.figure} |"
         for r in ev["criteria"].itertuples()
     ]
-    lines += ["", f"*Score:* {SCORE_DEFINITION}"]
+    lines += ["", unrealized_line(m), "", f"*Score:* {SCORE_DEFINITION}"]
     lv = ev.get("live")
     if lv and lv.get("realized"):
         lines += [
@@ -180,6 +192,7 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
         f"<p><b>Validation score {ev['metrics']['score']:.0f}/100</b>: "
         f"{html.escape(ev['metrics']['verdict'])}. "
         "Every figure is measured on held-out, realized outcomes.</p>",
+        f"<p>{html.escape(unrealized_line(ev['metrics']))}</p>",
         *(
             [
                 f"<figure><img src='data:image/png;base64,{returns_png}'/><figcaption>Trading the "
