@@ -43,10 +43,11 @@ row with those parameters (no refit per step; parameters re-estimated when the f
 `STAT_REFIT_GROWTH`). Their forecasts depend on the whole past (a smoothed level, seasonal states), which no
 finite block of the design holds, so what the report scores and the fused model may choose is the forecast's
 least-squares projection on the linear block (the 56 recent changes, the level, the seasonal change) over the
-rows the refit may read (`_projected_stage`); `design_fidelity` (R^2 of that projection) says how much of
-the state-space forecast the stream's form keeps. statsforecast's AutoARIMA / AutoETS / AutoTheta were tried
-and not used: it requires pandas < 3 (the project runs pandas 3) and its seasonal AutoARIMA took 135 s per fit
-on 2,000 hourly rows (statsmodels' SARIMAX airline fit 120 s at m = 24, 406 s at m = 46).
+fit rows (`_projected_stage`); `design_fidelity` (R^2 of that projection on the held-out rows, out of
+sample for it) says how much of the state-space forecast the stream's form keeps. statsforecast's
+AutoARIMA / AutoETS / AutoTheta were tried and not used: it requires pandas < 3 (the project runs pandas
+3) and its seasonal AutoARIMA took 135 s per fit on 2,000 hourly rows (statsmodels' SARIMAX airline fit
+120 s at m = 24, 406 s at m = 46).
 """
 
 from __future__ import annotations
@@ -343,6 +344,12 @@ def airline_forecast(v: np.ndarray, params: tuple[float, float], season: int, ho
     return out
 
 
+def _r2(target: np.ndarray, got: np.ndarray) -> float:
+    """The share of `target`'s variance that `got` reproduces (1 - residual / total sum of squares)."""
+    resid = target - got
+    return 1.0 - float(resid @ resid) / max(float(np.sum((target - target.mean()) ** 2)), 1e-300)
+
+
 def _projected_stage(L: np.ndarray, pred: np.ndarray, lo: int, hi: int) -> tuple[LinearStage, float]:
     """The least-squares affine function of the linear block L (rows lo .. hi - 1) closest to `pred` (the
     forecasts of those rows) and its R^2 (the share of the forecast's variance it reproduces)."""
@@ -494,10 +501,12 @@ def forecasters(
                 fitted.append((fit_end, forecast(estimate(v[warmup : fit_end + horizon]))))
             chg = fitted[-1][1]
             lo = max(first, warmup)
-            if n - lo < 4 * (L.shape[1] + 1):
+            if fit_end - lo < 4 * (L.shape[1] + 1):
                 return wrap(train_end, name, None, lambda a, b: chg[a:b])
-            stage, r2 = _projected_stage(L, chg[lo:n], lo, n)
-            fit.fidelity[train_end] = r2
+            # projected on the fit rows only: the held-out rows that choose among candidates (and score the
+            # projection's R^2) are out of sample for the projection too
+            stage, _ = _projected_stage(L, chg[lo:fit_end], lo, fit_end)
+            fit.fidelity[train_end] = _r2(chg[fit_end:n], stage.predict(L[fit_end:n]))
             return wrap(train_end, name, stage, lambda a, b: stage.predict(L[a:b]))
 
         fit.fidelity = {}
@@ -548,7 +557,7 @@ def forecasters(
     if tuned is not None:
         XT = np.asarray(tuned, dtype=float)
         sums_t = GramSums(XT, np.arange(XT.shape[1]), warmup)
-        sums_p = GramSums(X, np.arange(X.shape[1]), warmup)
+        sums_p = sums  # the plain ESN's sums: the same columns and fit rows
 
         def esn_tuned(train_end: int):
             n, fit_end = split(train_end)
@@ -557,14 +566,15 @@ def forecasters(
             )
             # the tuned reservoir is not the stream's: its forecast projected on the analog block (which the
             # stream holds), over the rows this refit may read; the least penalty that fits them best
+            # projected on the fit rows, its penalty chosen by how well it reproduces the tuned forecast on
+            # the held-out rows (a near-zero penalty fits the fit rows and extrapolates wildly: on the Ikeda
+            # map a projection over fit and held-out rows chose that and lost to the plain ESN)
             target = readout.predict(XT[warmup:n])
-            stage = RidgeBasis(X[warmup:n], np.arange(X.shape[1]), sums_p.upto(n)).fit(
-                target, True, held=(X[warmup:n], target)
+            cut = fit_end - warmup
+            stage = RidgeBasis(X[warmup:fit_end], np.arange(X.shape[1]), sums_p.upto(fit_end)).fit(
+                target[:cut], True, held=(X[fit_end:n], target[cut:])
             )
-            resid = target - stage.predict(X[warmup:n])
-            esn_tuned.fidelity[train_end] = 1.0 - float(resid @ resid) / max(
-                float(np.sum((target - target.mean()) ** 2)), 1e-300
-            )
+            esn_tuned.fidelity[train_end] = _r2(target[cut:], stage.predict(X[fit_end:n]))
             return wrap(train_end, "esn_tuned", stage, lambda lo, hi: stage.predict(X[lo:hi]))
 
         esn_tuned.fidelity = {}
