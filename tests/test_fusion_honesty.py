@@ -142,23 +142,21 @@ def daily():
 def test_seasonal_series_has_the_seasonal_baselines_as_candidates_and_none_more_accurate(daily):
     """On a daily-seasonal hourly series the season (24) is detected, the seasonal baselines (seasonal naive,
     damped Holt-Winters, Theta, airline ARIMA) and the tuned ESN are scored and are candidates of the fused
-    model at every refit, their projections keep > 0.9 of their forecasts, a seasonal one is chosen at some
-    refit, and no baseline is significantly more accurate in direction (one-sided McNemar p >= 0.05)."""
+    model from the second refit on, their projections keep > 0.9 of their forecasts, a seasonal one is
+    chosen at some refit, and no baseline is significantly more accurate in direction (one-sided McNemar
+    p >= 0.05)."""
     assert daily["season"] == 24
     b = evaluate(daily)["baselines"].set_index("baseline")
     assert {"seasonal_naive", "ets", "theta", "sarima", "esn_tuned"} <= set(b.index)
-    assert all(v == 1.0 for v in daily["candidates"]["baseline_candidate_share"].values())
+    # the first refit's 245 fit rows are too few for a 59-column projection (4 rows a column): from the second
+    assert all(v >= 0.75 for v in daily["candidates"]["baseline_candidate_share"].values())
     assert min(daily["candidates"]["design_fidelity"].values()) > 0.9
     assert {"ets", "theta", "sarima"} & set(daily["candidates"]["chosen"])
     assert (b["p_baseline_more_accurate"] >= 0.05).all(), b
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (notes/baselines.md): Theta's squared error is significantly lower (p = 0.0002) than "
-    "the fused model's, which kept Theta at 2 of 4 refits and other candidates, tied in direction log loss, "
-    "at the others",
-)
 def test_seasonal_series_fused_not_significantly_worse_in_squared_error(daily):
+    """No baseline is of significantly lower squared error (one-sided Diebold-Mariano p >= 0.05). (Before the
+    projections were fitted on the fit rows only, Theta's was: p = 0.0002.)"""
     b = evaluate(daily)["baselines"].set_index("baseline")
     assert (b["p_dm_baseline_lower_mse"] >= 0.05).all(), b
