@@ -88,6 +88,52 @@ def test_freshness_counts_only_sources_with_a_model(home):
     assert table.loc["mackey_glass", "has_model"] and table.loc["mackey_glass", "stale"]
 
 
+def test_predictions_fresh_is_evaluated_after_training_runs(trained):
+    """`nq demo` and `nq run` (run_pipeline) end with one evaluation of `predictions_fresh`: the Dagster
+    overview shows its result, not "Not evaluated" (training runs do not run it; before, only a streaming run
+    did). Read back through the instance's API, as the UI reads it."""
+    from dagster import AssetCheckKey, AssetKey
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    from nq_dagster.runner import open_instance
+
+    instance = open_instance(trained)
+    rec = instance.get_latest_asset_check_evaluation_record(
+        AssetCheckKey(AssetKey("predictions"), "predictions_fresh")
+    )
+    assert rec is not None and rec.status == AssetCheckExecutionRecordStatus.SUCCEEDED
+    evaluation = rec.event.asset_check_evaluation
+    assert evaluation.passed and evaluation.metadata["sources_with_a_model"].value == 1
+    assert instance.get_run_by_id(rec.run_id).job_name == "freshness_check"
+
+
+def test_the_daemon_evaluates_predictions_fresh_every_15_minutes():
+    """Data that waits for a prediction grows stale without an event: the automation sensor's conditions
+    request the freshness check (alone) once after each quarter-hour tick, and not between ticks."""
+    import datetime
+
+    from dagster import AssetCheckKey, AssetKey, DagsterInstance, evaluate_automation_conditions
+
+    from nq_dagster.definitions import automation_sensor, defs
+
+    key = AssetCheckKey(AssetKey("predictions"), "predictions_fresh")
+    assert key in automation_sensor.asset_selection.resolve_checks(defs.resolve_asset_graph())
+    at = datetime.datetime(2026, 3, 2, 12, 1, tzinfo=datetime.UTC)  # far from the daily training's 03:00
+    with DagsterInstance.ephemeral() as instance:
+        requested = []
+        cursor = None
+        for minute in (1, 14, 16, 20, 29, 31):
+            r = evaluate_automation_conditions(
+                defs=defs, instance=instance, cursor=cursor, evaluation_time=at.replace(minute=minute)
+            )
+            cursor = r.cursor
+            checks = {k for res in r.results if res.true_subset.size for k in [res.key]}
+            assert checks <= {key}, checks  # nothing else on this clock
+            if key in checks:
+                requested.append(minute)
+        assert requested == [16, 31]  # after the :15 and :30 ticks, once each
+
+
 def test_the_fix_offered_matches_the_failure():
     """A duplicate time is not fixed by retraining the model, a leak is not the user's data: each failure gets
     its own remedy, with the source filled in."""
