@@ -400,3 +400,44 @@ def test_dashboard_draws_the_validation_score_per_version_and_the_report_counts_
         assert not errors, errors
     finally:
         srv.stop()
+
+
+def test_dashboard_on_an_empty_home_says_what_to_run_first_then_shows_the_first_model(
+    base, browser, tmp_path
+):
+    """A server on a data directory with no model: the page says to train first (`nq demo`, `nq ingest` then
+    `nq run`) instead of an empty page. When a model is trained (here: copied in, as training writes it), its
+    card appears without a reload and streams what is posted."""
+    from nq_dagster.store import Warehouse
+
+    home = tmp_path / "nq"
+    Warehouse(home).ensure()
+    key = KeyStore(home).create("developer", rate="60000/min", burst=1000)[0]
+    srv = ThreadServer(home)
+    try:
+        page, errors = open_page(browser, srv.url, key)
+        page.wait_for_selector("#empty:not([hidden])", timeout=10_000)
+        text = page.inner_text("#empty")
+        assert "nq demo" in text and "nq ingest" in text and "nq run" in text
+        trained = Warehouse(base[0])
+        st = trained.load_artifact("serving_state", "m")
+        wh = Warehouse(home)
+        wh.write_table("raw_ticks", "m", trained.read_table("raw_ticks", "m"), part="part-copy")
+        wh.save_artifact("serving_state", "m", st)
+        page.wait_for_selector('.card[data-source="m"]', timeout=20_000)
+        assert page.is_hidden("#empty")
+        page.wait_for_selector("#conn[data-state=on]", timeout=10_000)
+        c = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {key}"})
+        t = base[1].iloc[0]
+        deadline = time.monotonic() + 20
+        while True:  # the watcher loads the model within its interval
+            r = c.post("/api/v1/process/realtime", json=tick("m", t.timestamp, t.value))
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+        pid = r.json()["prediction_id"]
+        page.wait_for_selector(f'.card[data-source="m"] .last[data-prediction-id="{pid}"]', timeout=5_000)
+        assert not errors, errors
+    finally:
+        srv.stop()

@@ -106,6 +106,7 @@ function makeCard(source, model) {
       el("canvas", { class: "strip", width: STRIP, height: 8 })),
   );
   $("#sources").append(root);
+  $("#empty").hidden = true;
   const c = {
     source, root, model, t: [], v: [], up: [], down: [], hold: [], lat: [], strip: [], outcomes: [], last: null,
     recent: [], results: new Map(), dirty: true, plot: null, acc: null, slowAt: 0,
@@ -310,6 +311,7 @@ async function load() {
     const c = cards.get(s) || makeCard(s, m);
     c.model = m; renderStatic(c);
   }
+  $("#empty").hidden = cards.size > 0;  // an empty data directory: say what to run first
   for (const recs of Object.values(preds)) recs.forEach(addPrediction);
   for (const os of Object.values(outs)) os.forEach(addOutcome);
   const pf = models.portfolio;
@@ -338,6 +340,11 @@ function handle(m) {
 // performance: throughput, latency percentiles and success rate from /api/v1/metrics, polled
 const perf = { t: [], rate: [], p50: [], p95: [], plot: null, timer: null };
 async function pollMetrics() {
+  // no model at the last look: the server loads a newly trained one by itself, so look again; the stream's
+  // subscription names the sources it had (none): a new one needs a new subscription
+  if (!cards.size) {
+    try { await load(); if (cards.size && ws) ws.close(); } catch (e) { /* the next poll tries again */ }
+  }
   let m;
   try { m = await api("/api/v1/metrics"); } catch (e) { return; }
   const panel = $("#perf");
