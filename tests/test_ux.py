@@ -318,3 +318,33 @@ def test_views_over_object_storage_take_the_source_from_the_partition(wh):
     q = "select source, count(*) as n from series where source in ('a', 'b') group by 1 order by 1"
     df = w.user_query(q, QueryLimits())
     assert df.to_dict("records") == [{"source": "a", "n": 3}, {"source": "b", "n": 1}]
+
+
+def test_a_report_s_live_section_is_replaced_whatever_its_age():
+    """The server replaces the live section of a report between its markers, and in a report written before
+    the markers (from its heading to the next one); the figures it shows are the ones computed."""
+    from nq_dagster.serve.http.routes.reports import with_live_section
+    from nq_dagster.validation.report import live_section
+
+    live = {
+        "served": 40,
+        "realized": 39,
+        "unrealized_gap": 0,
+        "accuracy": 19 / 39,
+        "ci_low": 0.33,
+        "ci_high": 0.64,
+        "mean_confidence": 0.494,
+        "by_model_version": [{"model_version": "v1", "served": 40, "realized": 39}],
+    }
+    now = live_section(live, as_of="2026-12-02 20:00:00 UTC")
+    assert "40 predictions served live, 39 with a realized outcome: accuracy 0.487" in now
+    assert "mean stated confidence of 0.494" in now and "As of 2026-12-02 20:00:00 UTC" in now
+    head, tail = "<h1>r</h1><h2>Intervals</h2><p>x</p>", "<h2>Ablations</h2><p>y</p></body>"
+    for written in (
+        head + live_section(None) + tail,  # a report with the markers, nothing served at training
+        head + "<h2>Served live (streaming job and prediction server), realized outcomes</h2>"
+        "<p>Nothing had been served live when this report was written</p>" + tail,  # before the markers
+    ):
+        page = with_live_section(written, now)
+        assert page == head + now + tail
+        assert "Nothing had been served" not in page
