@@ -51,6 +51,8 @@ def trend(wh, source: str) -> list[dict]:
     import nq_dagster.codecs  # noqa: F401  (the serving state read for `current` is a registered engine type)
 
     pts = points(wh, source)
+    if not pts and not wh.table_parts("validation_metrics", source):
+        return []  # never validated (a source still loading rows, a copy of a state): nothing more to read
     table = promotion.versions_table(wh, [source])
     # a version decided twice (serving_state re-materialized alone): its last decision
     rows = (
