@@ -16,6 +16,7 @@ from nq_dagster.assets.common import SETTINGS
 from nq_dagster.deployment import training_executor
 from nq_dagster.jobs import (  # noqa: F401  (names re-exported for the CLI)
     CROSS_SOURCE_JOB,
+    FRESHNESS_JOB,
     SOURCE_JOB,
     cross_source,
     freshness_job,

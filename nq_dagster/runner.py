@@ -10,7 +10,7 @@ import fcntl
 from dagster import DagsterInstance
 
 from nq_dagster.config import load_config, rows_needed
-from nq_dagster.definitions import CROSS_SOURCE_JOB, SOURCE_JOB, defs
+from nq_dagster.definitions import CROSS_SOURCE_JOB, FRESHNESS_JOB, SOURCE_JOB, defs
 from nq_dagster.fusion.walkforward import schedule_for
 from nq_dagster.ingest import landing_files
 from nq_dagster.settings import Settings
@@ -162,10 +162,37 @@ def run_pipeline(
             f"{len(with_predictions)})"
         )
     elif cross is not None and any(ok.values()):
-        res = cross.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config)
+        res = cross.execute_in_process(
+            instance=instance, raise_on_error=False, run_config=run_config, tags={"nq/trigger": "cli"}
+        )
         ok["_all"] = res.success
         log(f"  cross-source: {'ok' if res.success else 'FAILED'} (run {res.run_id[:8]})")
+    if any(ok.values()):
+        freshness_line(instance, run_config, log)
     return ok
+
+
+def freshness_line(instance, run_config: dict, log) -> None:
+    """Evaluate `predictions_fresh` once after the training runs and say its result in one line. Training runs
+    do not run it (it covers every source; a stale source would fail another's training run), so without this
+    run the check had no evaluation until the first streaming run: the Dagster overview showed it "Not
+    evaluated" after `nq demo` (issue 28). A stale source is a warning here: the command's exit status is
+    its training's."""
+    res = defs.resolve_job_def(FRESHNESS_JOB).execute_in_process(
+        instance=instance, raise_on_error=False, run_config=run_config, tags={"nq/trigger": "cli"}
+    )
+    checks = res.get_asset_check_evaluations()
+    if not res.success or not checks:
+        log(f"  freshness: the check did not run (run {res.run_id[:8]})")
+        return
+    c = checks[0]
+    stale = c.metadata["stale_sources"].value
+    modelled = c.metadata["sources_with_a_model"].value
+    if c.passed:
+        log(f"  freshness: ok, no source with a model is stale ({modelled} checked; run {res.run_id[:8]})")
+    else:
+        summary = str(c.metadata["summary"].value).split("\n\n")[0]
+        log(f"  freshness: WARNING {stale} of {modelled} source(s) stale (run {res.run_id[:8]}): {summary}")
 
 
 def _execute(job, instance, run_config: dict, source: str, wh: Warehouse, progress):

@@ -319,3 +319,125 @@ def test_dashboard_upload_goes_through_the_ingest_rules_with_row_reasons(base, b
         assert not errors, errors
     finally:
         srv.stop()
+
+
+def test_dashboard_draws_the_validation_score_per_version_and_the_report_counts_what_was_served(
+    base, browser, tmp_path
+):
+    """Training recorded a point of the validation score's trend; with a second version's point (as a later
+    training records it, rejected by the gate) the performance panel draws both, as /api/v1/validation/history
+    says, on a 420 px screen. The report opened at its stable URL after 40 served ticks counts them and states
+    their live accuracy as the server's realized outcomes give it; 10 ticks later, 50."""
+    import re
+
+    from nq_dagster.store import Warehouse
+    from nq_dagster.validation import history, promotion
+
+    home = copy_home(base[0], tmp_path / "nq")
+    wh = Warehouse(home)
+    trained = history.points(wh, "m")
+    metrics = wh.read_table("validation_metrics", "m").iloc[-1]
+    assert len(trained) == 1 and trained[0]["score"] == metrics["score"]
+    assert trained[0]["model_version"] == metrics["model_version"]
+    later = {"score": 37.5, "accuracy": 0.61, "predictions": 420, "verdict": "skill"}
+    history.record(wh, "m", later, "v-later")
+    promotion.record(wh, "m", {"model_version": "v-later", "status": "rejected", "reason": "a test"})
+    ticks = base[1]
+    store = KeyStore(home)
+    viewer = store.create("viewer", rate="60000/min", burst=1000)[0]
+    dev = store.create("developer", rate="60000/min", burst=1000)[0]
+    srv = ThreadServer(home)
+    try:
+        c = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {dev}"})
+        hist = c.get("/api/v1/validation/history?source=m").json()["m"]
+        assert [p["model_version"] for p in hist] == [trained[0]["model_version"], "v-later"]
+        assert [p["status"] for p in hist] == ["current", "rejected"] and hist[1]["score"] == 37.5
+
+        def serve(lo: int, hi: int) -> None:
+            body = {
+                "source": "m",
+                "data": [float(v) for v in ticks.value[lo:hi]],
+                "timestamps": [t.isoformat() for t in ticks.timestamp[lo:hi]],
+            }
+            assert c.post("/api/v1/process/realtime", json=body).status_code == 200
+
+        serve(0, 40)
+        page = browser.new_context(viewport={"width": 420, "height": 900}).new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(srv.url + "/")
+        page.fill("#key", viewer)
+        page.click("#keyform button[type=submit]")
+        page.wait_for_selector("#perf-validation:not([hidden]) .fig[data-source=m]", timeout=10_000)
+        drawn = page.evaluate("() => validation.plot.data.map(a => Array.from(a))")
+        m_scores = drawn[1 + page.evaluate("() => validation.sources.indexOf('m')")]
+        assert [v for v in m_scores if v is not None] == [p["score"] for p in hist]
+        assert drawn[0] == sorted(drawn[0]) and len(drawn[0]) >= 2
+        text = page.inner_text("#perf-validation .fig[data-source=m]")
+        assert "2 versions" in text and f"(was {hist[0]['score']:.0f})" in text and "rejected" in text
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 420
+
+        def live_line() -> str:
+            report = page.context.new_page()  # the link's URL; the key in the dashboard's cookie
+            assert report.goto(srv.url + "/reports/m.html").status == 200
+            section = report.inner_text("section#live")
+            report.close()
+            assert "Nothing served live" not in section
+            return section
+
+        for served in (40, 50):
+            if served == 50:
+                serve(40, 50)
+            outs = [o for o in c.get("/api/v1/outcomes?source=m").json()["m"] if o["realized"]]
+            acc = sum(o["correct"] for o in outs) / len(outs)
+            section = live_line()
+            got = re.search(
+                r"(\d+) predictions served live, (\d+) with a realized outcome: accuracy ([\d.]+)", section
+            )
+            assert got, section
+            assert (int(got[1]), int(got[2])) == (served, len(outs)) and got[3] == f"{acc:.3f}"
+            assert "mean stated confidence" in section
+        assert not errors, errors
+    finally:
+        srv.stop()
+
+
+def test_dashboard_on_an_empty_home_says_what_to_run_first_then_shows_the_first_model(
+    base, browser, tmp_path
+):
+    """A server on a data directory with no model: the page says to train first (`nq demo`, `nq ingest` then
+    `nq run`) instead of an empty page. When a model is trained (here: copied in, as training writes it), its
+    card appears without a reload and streams what is posted."""
+    from nq_dagster.store import Warehouse
+
+    home = tmp_path / "nq"
+    Warehouse(home).ensure()
+    key = KeyStore(home).create("developer", rate="60000/min", burst=1000)[0]
+    srv = ThreadServer(home)
+    try:
+        page, errors = open_page(browser, srv.url, key)
+        page.wait_for_selector("#empty:not([hidden])", timeout=10_000)
+        text = page.inner_text("#empty")
+        assert "nq demo" in text and "nq ingest" in text and "nq run" in text
+        trained = Warehouse(base[0])
+        st = trained.load_artifact("serving_state", "m")
+        wh = Warehouse(home)
+        wh.write_table("raw_ticks", "m", trained.read_table("raw_ticks", "m"), part="part-copy")
+        wh.save_artifact("serving_state", "m", st)
+        page.wait_for_selector('.card[data-source="m"]', timeout=20_000)
+        assert page.is_hidden("#empty")
+        page.wait_for_selector("#conn[data-state=on]", timeout=10_000)
+        c = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {key}"})
+        t = base[1].iloc[0]
+        deadline = time.monotonic() + 20
+        while True:  # the watcher loads the model within its interval
+            r = c.post("/api/v1/process/realtime", json=tick("m", t.timestamp, t.value))
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+        pid = r.json()["prediction_id"]
+        page.wait_for_selector(f'.card[data-source="m"] .last[data-prediction-id="{pid}"]', timeout=5_000)
+        assert not errors, errors
+    finally:
+        srv.stop()

@@ -318,19 +318,28 @@ def test_check_results_carry_their_source(wh):
 def test_portfolio_follows_new_predictions():
     """Declarative automation: the portfolio is requested once after sources' predictions are materialized,
     and not again until new ones are (evaluated on this project's definitions)."""
+    import datetime
+
     from dagster import AssetKey, AssetMaterialization, DagsterInstance, evaluate_automation_conditions
 
     from nq_dagster.definitions import defs
 
+    # evaluated at fixed times between two ticks of the clocked conditions (the daily training, the freshness
+    # check every 15 minutes): only the portfolio's own condition can request anything
+    at = datetime.datetime.now(datetime.UTC).replace(hour=12, minute=1)
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("source", ["a", "b", "new"])  # "new" has no predictions yet
-        result = evaluate_automation_conditions(defs=defs, instance=instance)
+        result = evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=at)
         assert result.total_requested == 0  # nothing happened upstream yet
         for s in ("a", "b"):
             instance.report_runless_asset_event(AssetMaterialization(asset_key="predictions", partition=s))
-        result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+        result = evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor, evaluation_time=at.replace(minute=2)
+        )
         assert result.get_requested_partitions(AssetKey("portfolio")) == {None}
-        result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+        result = evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor, evaluation_time=at.replace(minute=3)
+        )
         assert result.total_requested == 0  # handled: not again until new predictions
 
 

@@ -306,10 +306,10 @@ def test_builtin_freshness_fails_for_a_stale_training_output_and_passes_after_a_
     assert run_pipeline(wh, ["mackey_glass"], log=lambda *_: None)["mackey_glass"]
     assert state() == FreshnessState.PASS
     runs = instance.get_runs()
-    assert {r.job_name for r in runs} <= {
-        "source_pipeline",
-        "cross_source",
-    }  # no run of its own for freshness
+    # the runs `nq run` launched (its training, and its one evaluation of the `predictions_fresh` check):
+    # the freshness daemon launched none of its own
+    assert {r.job_name for r in runs} <= {"source_pipeline", "cross_source", "freshness_check"}
+    assert all(r.tags.get("nq/trigger") == "cli" for r in runs)
 
 
 def test_a_dead_run_is_failed_even_with_a_run_queued_behind_it(landing, monkeypatch, dagster_storage):

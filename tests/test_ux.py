@@ -88,6 +88,52 @@ def test_freshness_counts_only_sources_with_a_model(home):
     assert table.loc["mackey_glass", "has_model"] and table.loc["mackey_glass", "stale"]
 
 
+def test_predictions_fresh_is_evaluated_after_training_runs(trained):
+    """`nq demo` and `nq run` (run_pipeline) end with one evaluation of `predictions_fresh`: the Dagster
+    overview shows its result, not "Not evaluated" (training runs do not run it; before, only a streaming run
+    did). Read back through the instance's API, as the UI reads it."""
+    from dagster import AssetCheckKey, AssetKey
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    from nq_dagster.runner import open_instance
+
+    instance = open_instance(trained)
+    rec = instance.get_latest_asset_check_evaluation_record(
+        AssetCheckKey(AssetKey("predictions"), "predictions_fresh")
+    )
+    assert rec is not None and rec.status == AssetCheckExecutionRecordStatus.SUCCEEDED
+    evaluation = rec.event.asset_check_evaluation
+    assert evaluation.passed and evaluation.metadata["sources_with_a_model"].value == 1
+    assert instance.get_run_by_id(rec.run_id).job_name == "freshness_check"
+
+
+def test_the_daemon_evaluates_predictions_fresh_every_15_minutes():
+    """Data that waits for a prediction grows stale without an event: the automation sensor's conditions
+    request the freshness check (alone) once after each quarter-hour tick, and not between ticks."""
+    import datetime
+
+    from dagster import AssetCheckKey, AssetKey, DagsterInstance, evaluate_automation_conditions
+
+    from nq_dagster.definitions import automation_sensor, defs
+
+    key = AssetCheckKey(AssetKey("predictions"), "predictions_fresh")
+    assert key in automation_sensor.asset_selection.resolve_checks(defs.resolve_asset_graph())
+    at = datetime.datetime(2026, 3, 2, 12, 1, tzinfo=datetime.UTC)  # far from the daily training's 03:00
+    with DagsterInstance.ephemeral() as instance:
+        requested = []
+        cursor = None
+        for minute in (1, 14, 16, 20, 29, 31):
+            r = evaluate_automation_conditions(
+                defs=defs, instance=instance, cursor=cursor, evaluation_time=at.replace(minute=minute)
+            )
+            cursor = r.cursor
+            checks = {k for res in r.results if res.true_subset.size for k in [res.key]}
+            assert checks <= {key}, checks  # nothing else on this clock
+            if key in checks:
+                requested.append(minute)
+        assert requested == [16, 31]  # after the :15 and :30 ticks, once each
+
+
 def test_the_fix_offered_matches_the_failure():
     """A duplicate time is not fixed by retraining the model, a leak is not the user's data: each failure gets
     its own remedy, with the source filled in."""
@@ -272,3 +318,33 @@ def test_views_over_object_storage_take_the_source_from_the_partition(wh):
     q = "select source, count(*) as n from series where source in ('a', 'b') group by 1 order by 1"
     df = w.user_query(q, QueryLimits())
     assert df.to_dict("records") == [{"source": "a", "n": 3}, {"source": "b", "n": 1}]
+
+
+def test_a_report_s_live_section_is_replaced_whatever_its_age():
+    """The server replaces the live section of a report between its markers, and in a report written before
+    the markers (from its heading to the next one); the figures it shows are the ones computed."""
+    from nq_dagster.serve.http.routes.reports import with_live_section
+    from nq_dagster.validation.report import live_section
+
+    live = {
+        "served": 40,
+        "realized": 39,
+        "unrealized_gap": 0,
+        "accuracy": 19 / 39,
+        "ci_low": 0.33,
+        "ci_high": 0.64,
+        "mean_confidence": 0.494,
+        "by_model_version": [{"model_version": "v1", "served": 40, "realized": 39}],
+    }
+    now = live_section(live, as_of="2026-12-02 20:00:00 UTC")
+    assert "40 predictions served live, 39 with a realized outcome: accuracy 0.487" in now
+    assert "mean stated confidence of 0.494" in now and "As of 2026-12-02 20:00:00 UTC" in now
+    head, tail = "<h1>r</h1><h2>Intervals</h2><p>x</p>", "<h2>Ablations</h2><p>y</p></body>"
+    for written in (
+        head + live_section(None) + tail,  # a report with the markers, nothing served at training
+        head + "<h2>Served live (streaming job and prediction server), realized outcomes</h2>"
+        "<p>Nothing had been served live when this report was written</p>" + tail,  # before the markers
+    ):
+        page = with_live_section(written, now)
+        assert page == head + now + tail
+        assert "Nothing had been served" not in page

@@ -45,3 +45,11 @@ class EnoughRowsToTrain(AutomationCondition):
 TRAINING_AUTOMATION = (
     AutomationCondition.on_cron(TRAIN_CRON) & ~AutomationCondition.in_progress() & EnoughRowsToTrain()
 ).with_label(f"daily training ({TRAIN_CRON} UTC) of sources with enough rows")
+
+# `predictions_fresh` covers every source and tells something only when it runs: data that waits for a
+# prediction grows stale with no event to run it on (a streaming run that never came, or failed), so the
+# daemon evaluates it on a clock too (a run of the check alone, the `freshness_check` job's selection)
+FRESHNESS_CRON = "*/15 * * * *"
+FRESHNESS_AUTOMATION = (
+    AutomationCondition.cron_tick_passed(FRESHNESS_CRON) & ~AutomationCondition.in_progress()
+).with_label(f"every 15 minutes ({FRESHNESS_CRON} UTC)")

@@ -12,6 +12,7 @@ from dagster import (
     asset_check,
 )
 
+from nq_dagster.assets.automation import FRESHNESS_AUTOMATION
 from nq_dagster.assets.common import md_table, source_partitions
 from nq_dagster.assets.fusion import predictions, served_state, serving_state
 from nq_dagster.assets.ingestion import series
@@ -177,10 +178,11 @@ def freshness_table(wh, max_lag_s: float, now: pd.Timestamp | None = None) -> pd
 
 @asset_check(
     asset=predictions,
+    automation_condition=FRESHNESS_AUTOMATION,
     description="Freshness: every source with a model has a prediction for its newest data, or that data "
     "arrived less than NQ_FRESHNESS_SECONDS (default 300) ago; a source still gathering the rows training "
-    "needs is listed, not counted. Run by every streaming run (and the "
-    "`freshness_check` job).",
+    "needs is listed, not counted. Run by every streaming run, after every `nq run` / `nq demo`, every 15 "
+    "minutes by the automation sensor (`nq dev`), and by the `freshness_check` job.",
 )
 def predictions_fresh(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
     settings = warehouse.settings()

@@ -290,6 +290,7 @@ def validation_report(
     """Statistics on realized outcomes (baselines, ablations, Diebold-Mariano, calibration) and the HTML
     report."""
     from nq_dagster.fusion.intervals import coverage_table
+    from nq_dagster.validation import history
     from nq_dagster.validation.evaluate import evaluate, evaluate_live
     from nq_dagster.validation.report import markdown_summary, write_report
 
@@ -332,6 +333,8 @@ def validation_report(
         [{**ev["metrics"], "model_version": fusion_model["model_version"], "report": str(path)}]
     )
     wh.write_table("validation_metrics", source, metrics)
+    # one point per model version of the score's trend (the dashboard's chart, /api/v1/validation/history)
+    history.record(wh, source, ev["metrics"], fusion_model["model_version"])
     md = markdown_summary(source, ev) + "\n\n#### Baselines\n\n" + md_table(ev["baselines"])
     return Output(
         ev["criteria"],

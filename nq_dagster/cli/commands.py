@@ -81,12 +81,12 @@ def cmd_demo(args, settings: Settings) -> int:
     )
     print()
     print_summary(wh, args)
+    # each line within 100 columns (a terminal's width; the summary above fits it too)
     print(f"\nreports: {wh.reports}")
-    print(f'query:   nq query "SELECT * FROM predictions LIMIT 5"   (NQ_HOME={wh.home})')
-    print(
-        f"serve:   nq keys create --role developer && nq serve   then open http://127.0.0.1:8080/ (the live "
-        f"dashboard; paste the key)   (NQ_HOME={wh.home})"
-    )
+    print('query:   nq query "SELECT * FROM predictions LIMIT 5"')
+    print("serve:   nq keys create --role developer && nq serve")
+    print("         then open http://127.0.0.1:8080/ (the live dashboard; paste the key)")
+    print(f"(these commands need NQ_HOME={wh.home}, or --home, unless it is ./.nq)")
     return 0 if all(ok.values()) else 1
 
 

@@ -132,6 +132,48 @@ def strategy_returns(
     return ret, pos * ret - cost_bp * 1e-4 * traded
 
 
+LIVE_START, LIVE_END = "<section id='live'>", "</section>"  # `nq serve` rewrites what is between at each read
+
+
+def live_section(live: dict | None, as_of: str = "") -> str:
+    """The report's section on what was served live (`evaluate.evaluate_live`'s figures, or None). `as_of`:
+    when a server computed it at the report's request (empty: when the report was written)."""
+    title = "<h2>Served live (streaming job and prediction server), realized outcomes</h2>"
+    if as_of:
+        when = (
+            f"<p>As of {html.escape(as_of)}: computed by the prediction server when this page was requested, "
+            "from every prediction served live and stored (and those in the server's memory), scored on the "
+            "outcomes realized since by the same rule as the held-out rows above.</p>"
+        )
+    else:
+        when = "<p>As of this report's training.</p>"
+    if not live:
+        body = (
+            "<p>Nothing had been served live when this report was written; opened through `nq serve` "
+            "(/reports/), this section is computed at each request.</p>"
+            if not as_of
+            else "<p>Nothing served live yet for this source.</p>"
+        )
+        return f"{LIVE_START}{title}{body}{LIVE_END}"
+    lines = ""
+    if live.get("realized"):
+        lines = (
+            f"<p><b>{live['served']} predictions served live, {live['realized']} with a realized outcome: "
+            f"accuracy {live['accuracy']:.3f}</b> (95 % CI {live['ci_low']:.3f}-{live['ci_high']:.3f}) "
+            f"against a mean stated confidence of {live['mean_confidence']:.3f}.</p>"
+        )
+    else:
+        lines = f"<p><b>{live['served']} predictions served live</b>, none with a realized outcome yet.</p>"
+    by_version = live.get("by_model_version")
+    table = (
+        "<p>By model version:</p>" + _table(pd.DataFrame(by_version))
+        if by_version is not None and len(by_version) > 1
+        else ""
+    )
+    fields = {k: v for k, v in live.items() if k != "by_model_version"}
+    return f"{LIVE_START}{title}{when}{lines}{_fields(fields)}{table}{LIVE_END}"
+
+
 def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: str) -> tuple[Path, list]:
     """The HTML report at `path`; returns (path, the plots as (title, base64 PNG)) so that the asset can show
     them in its metadata too."""
@@ -222,11 +264,7 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
         if ev.get("intervals") is not None and len(ev["intervals"])
         else "<p>none</p>",
         f"<p>{html.escape(INTERVALS_NOTE)}</p>",
-        "<h2>Served live (streaming job and prediction server), realized outcomes</h2>",
-        _fields(ev["live"])
-        if ev.get("live")
-        else "<p>Nothing had been served live when this report was written; it is rewritten at the next "
-        "training. The dashboard of `nq serve` and /api/v1/metrics show the live accuracy since.</p>",
+        live_section(ev.get("live")),
         "<h2>Ablations</h2>",
         _table(ev["ablations"]),
         "<h2>Accuracy per volatility regime</h2>",

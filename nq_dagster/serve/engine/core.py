@@ -187,6 +187,11 @@ class Engine:
     def recent(self, source: str, limit: int = 100) -> list[dict]:
         return self.cache.recent(source, limit)
 
+    def model_config(self, source: str):
+        """The `PipelineConfig` of the model serving `source` (its horizon and hold band say how its outcomes
+        are realized), or None when this engine holds no model for it."""
+        return self.predictor.model(source).cfg if source in self.predictor.sources() else None
+
     def outcomes(self, source: str, limit: int = OUTCOMES_KEPT) -> list[dict]:
         return self._outcomes.of(source, limit)
 

@@ -10,6 +10,7 @@ Routes (JSON; the record as DESIGN.md section 6), one module each under `routes/
     GET  /api/v1/predictions       viewer     the latest predictions this replica served (?source=&limit=)
     GET  /api/v1/outcomes          viewer     realized outcomes of the predictions served since the start
     GET  /api/v1/models            viewer     each source's model, its validation; the portfolio
+    GET  /api/v1/validation/history  viewer   each source's validation score per model version, over time
     WS   /ws/predictions           viewer     subscription -> a push of every new prediction of its sources
     GET  /api/v1/status            anyone: overall health only; viewer: components and measured figures
     GET  /api/v1/metrics           viewer     the original's metrics document, every figure computed
@@ -19,7 +20,8 @@ Routes (JSON; the record as DESIGN.md section 6), one module each under `routes/
     GET/PUT /api/v1/config/{service}  viewer/admin  versioned pipeline config (neuromorphic, quantum, fusion)
     GET/POST /api/v1/keys, DELETE /api/v1/keys/{id}  admin
     GET  /api/v1/ping              viewer     an authenticated no-op (the benchmark's floor)
-    GET  /, /static/*, /reports/{source}.html  the dashboard (static) and the validation reports (viewer)
+    GET  /, /static/*, /reports/{source}.html  the dashboard (static) and the validation reports (viewer;
+                                   a report's live section computed at the request)
 
 Layers of a request: `RequestMiddleware` (request id, body limit, timing, access log), then `DirectRoutes`,
 which calls the GET and POST routes without path parameters directly (a dictionary lookup, as the router would
@@ -57,6 +59,7 @@ from nq_dagster.serve.http.routes import (
     metrics,
     models,
     predict,
+    reports,
     status,
     ws,
 )
@@ -69,7 +72,7 @@ from nq_dagster.store import Warehouse
 
 log = logging.getLogger("nq.serve")
 
-ROUTE_MODULES = (predict, jobs, models, status, metrics, config, keys, dashboard, ws)
+ROUTE_MODULES = (predict, jobs, models, status, metrics, config, keys, reports, dashboard, ws)
 
 
 class DirectRoutes:

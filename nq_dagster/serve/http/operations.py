@@ -196,6 +196,18 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "GET",
+        "/api/v1/validation/history",
+        "Each source's validation score per model version, over time",
+        "models",
+        "viewer",
+        {200: (s.ValidationHistory, "per source, oldest first: one point per trained model version")},
+        description="The figures of each model version's validation report (score, accuracy, held-out "
+        "predictions, verdict) and the promotion gate's decision on it: the dashboard's score trend.",
+        params=(SOURCE_Q,),
+        errors={422: "source 'a b': 1-64 letters, digits, '_', '-' or '.'"},
+    ),
+    Operation(
+        "GET",
         "/api/v1/ping",
         "An authenticated no-op",
         "health",
@@ -315,7 +327,9 @@ OPERATIONS: tuple[Operation, ...] = (
         "viewer",
         {200: (None, "the report")},
         description="A stable URL: the key in the `Authorization` header or, from a browser link, in the "
-        "`nq_report_key` cookie the dashboard sets (path /reports, SameSite=Strict).",
+        "`nq_report_key` cookie the dashboard sets (path /reports, SameSite=Strict). Its section on what "
+        "was served live is computed at the request (every live prediction stored and those in the "
+        "server's memory, scored on the outcomes realized since), the rest is as training wrote it.",
         params=(Param("name", "path", {"type": "string"}, "`<source>.html`", True),),
         errors={404: "no validation report for 'market_A' yet: run `nq run --source market_A`"},
         media="text/html",

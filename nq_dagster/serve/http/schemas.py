@@ -196,6 +196,29 @@ class ModelInfo(Answer):
     validation: Validation | None = None
 
 
+class ValidationPoint(Answer):
+    """A model version's validation report (`validation.history`)."""
+
+    model_version: str
+    validated_at: str = Field(description="when its report was written (ISO 8601, UTC)")
+    score: float = Field(description="validation score 0-100 (0: no significant skill)")
+    accuracy: float = Field(description="directional accuracy on its held-out realized rows")
+    predictions: int = Field(description="held-out realized predictions scored")
+    verdict: str
+    status: Literal["current", "promoted", "rejected", "unrecorded"] = Field(
+        description="current: served now; promoted: served before; rejected: kept out by the promotion gate; "
+        "unrecorded: trained before the gate kept decisions"
+    )
+    recorded: bool = Field(
+        description="false for the one point of a data directory trained before points were kept (its "
+        "latest report only)"
+    )
+
+
+class ValidationHistory(RootModel[dict[str, list[ValidationPoint]]]):
+    """Per source, its validation score per model version, oldest first."""
+
+
 class PortfolioRow(Answer):
     source: str
     predicted_edge: float | None = None

@@ -6,7 +6,7 @@
 "use strict";
 
 const WINDOW = 300, OUTCOMES = 500, STRIP = 120, REDRAW_MS = 250, KEY = "nq.apiKey";
-const RECENT = 8, ROLL = 50, METRICS_MS = 5000, PERF_POINTS = 120;
+const RECENT = 8, ROLL = 50, METRICS_MS = 5000, PERF_POINTS = 120, VALIDATION_MS = 60000;
 const SLOW_MS = 1000;  // the outcome views (marks, accuracy chart, banner) redraw at most this often per card
 const REPORT_COOKIE = "nq_report_key";  // the key for /reports/ links (a plain URL carries no header)
 const LIVE_ALERT_P = 0.01, LIVE_ALERT_MIN = 30;  // live accuracy below stated confidence: binomial p, outcomes
@@ -106,6 +106,7 @@ function makeCard(source, model) {
       el("canvas", { class: "strip", width: STRIP, height: 8 })),
   );
   $("#sources").append(root);
+  $("#empty").hidden = true;
   const c = {
     source, root, model, t: [], v: [], up: [], down: [], hold: [], lat: [], strip: [], outcomes: [], last: null,
     recent: [], results: new Map(), dirty: true, plot: null, acc: null, slowAt: 0,
@@ -310,6 +311,7 @@ async function load() {
     const c = cards.get(s) || makeCard(s, m);
     c.model = m; renderStatic(c);
   }
+  $("#empty").hidden = cards.size > 0;  // an empty data directory: say what to run first
   for (const recs of Object.values(preds)) recs.forEach(addPrediction);
   for (const os of Object.values(outs)) os.forEach(addOutcome);
   const pf = models.portfolio;
@@ -338,6 +340,11 @@ function handle(m) {
 // performance: throughput, latency percentiles and success rate from /api/v1/metrics, polled
 const perf = { t: [], rate: [], p50: [], p95: [], plot: null, timer: null };
 async function pollMetrics() {
+  // no model at the last look: the server loads a newly trained one by itself, so look again; the stream's
+  // subscription names the sources it had (none): a new one needs a new subscription
+  if (!cards.size) {
+    try { await load(); if (cards.size && ws) ws.close(); } catch (e) { /* the next poll tries again */ }
+  }
   let m;
   try { m = await api("/api/v1/metrics"); } catch (e) { return; }
   const panel = $("#perf");
@@ -355,14 +362,63 @@ async function pollMetrics() {
   if (!perf.plot) {
     perf.plot = new uPlot({
       width: Math.max(240, $("#perf").clientWidth - 24), height: 110, cursor: { show: false },
-      scales: { x: { time: true } },
-      series: [{}, { label: "predictions/s", stroke: "#0969da", width: 1.5, scale: "rate" },
+      legend: { show: true, live: false },
+      // the window the panel keeps (PERF_POINTS polls), from the first poll on: one point is not years wide
+      // (from the data: uPlot widens a single value's range by years before a range function sees it)
+      scales: { x: { time: true, range: (u) => { const hi = u.data[0].at(-1) ?? Date.now() / 1000;
+        return [hi - PERF_POINTS * METRICS_MS / 1000, hi + METRICS_MS / 1000]; } } },
+      series: [{}, { label: "predictions/s", stroke: "#0969da", width: 1.5, scale: "rate", points: { show: true, size: 3 } },
         { label: "p50 ms", stroke: "#1a7f37", width: 1, scale: "ms" },
         { label: "p95 ms", stroke: "#cf222e", width: 1, scale: "ms" }],
-      axes: [{}, { scale: "rate", size: 44 }, { scale: "ms", side: 1, size: 44, grid: { show: false } }],
+      axes: [{}, { scale: "rate", size: 44 }, { scale: "ms", side: 1, size: 56, grid: { show: false } }],
     }, [[], [], [], []], $("#perf-chart"));
   }
   perf.plot.setData([perf.t, perf.rate, perf.p50, perf.p95]);
+}
+
+// the validation score per source over time: one point per trained model version (each version's report), from
+// /api/v1/validation/history at load and every VALIDATION_MS (a training adds a point at most once a run)
+const PALETTE = ["#0969da", "#bf8700", "#1a7f37", "#cf222e", "#8250df", "#1b7c83", "#bc4c00", "#6e7781", "#e16f24", "#4d2d00"];
+const validation = { plot: null, timer: null, sources: [] };
+function validationSeries(hist) {
+  const sources = Object.keys(hist).filter(s => hist[s].length).sort();
+  const xs = [...new Set(sources.flatMap(s => hist[s].map(p => Date.parse(p.validated_at) / 1000)))].sort((a, b) => a - b);
+  const ys = sources.map(s => {
+    const at = new Map(hist[s].map(p => [Date.parse(p.validated_at) / 1000, p.score]));
+    return xs.map(x => at.has(x) ? at.get(x) : null);
+  });
+  return { sources, data: [xs, ...ys] };
+}
+async function pollValidation() {
+  let hist;
+  try { hist = await api("/api/v1/validation/history"); } catch (e) { return; }
+  const { sources, data } = validationSeries(hist);
+  $("#perf-validation").hidden = !sources.length;
+  if (sources.length) $("#perf").hidden = false;
+  // one line per source and version, what the chart cannot say: the newest score and its status
+  $("#perf-validation-figures").replaceChildren(...sources.map(s => {
+    const pts = hist[s], last = pts[pts.length - 1], prev = pts.length > 1 ? pts[pts.length - 2] : null;
+    return el("div", { class: "fig", "data-source": s }, el("span", { class: "muted" }, `${s} (${pts.length} version${pts.length > 1 ? "s" : ""})`),
+      el("b", {}, `${fmt(last.score, 0)}/100` + (prev ? ` (was ${fmt(prev.score, 0)})` : "") + (last.score === 0 ? " no skill" : "")
+        + (last.status === "rejected" ? ", rejected" : "")));
+  }));
+  if (!sources.length) return;
+  if (!validation.plot || validation.sources.join() !== sources.join()) {  // a new source: a new legend
+    if (validation.plot) validation.plot.destroy();
+    validation.sources = sources;
+    validation.plot = new uPlot({
+      width: Math.max(240, $("#perf").clientWidth - 24), height: 120, cursor: { show: false },
+      legend: { show: true, live: false },
+      // a single version (a source trained once) is a point in a day's width, not in years'
+      scales: { x: { time: true, range: (u) => { const x = u.data[0], lo = x[0], hi = x.at(-1);
+        return lo === hi ? [lo - 43200, hi + 43200] : [lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo)]; } }, y: { range: [0, 100] } },
+      series: [{}, ...sources.map((s, i) => ({ label: s, stroke: PALETTE[i % PALETTE.length], width: 1.5,
+        spanGaps: true, points: { show: true, size: 6, fill: PALETTE[i % PALETTE.length] } }))],
+      axes: [{}, { size: 36 }],
+    }, data, $("#perf-validation-chart"));
+  } else {
+    validation.plot.setData(data);
+  }
 }
 
 // the upload form: the file's bytes to POST /api/v1/upload; the answer's row-level reasons shown as a table
@@ -433,6 +489,7 @@ async function start() {
   setReportCookie(key);
   $("#upload").hidden = false;
   if (!perf.timer) { pollMetrics(); perf.timer = setInterval(pollMetrics, METRICS_MS); }
+  if (!validation.timer) { pollValidation(); validation.timer = setInterval(pollValidation, VALIDATION_MS); }
   connect();
 }
 
@@ -453,6 +510,7 @@ window.addEventListener("resize", () => {
     c.acc.setSize({ width: Math.max(200, $(".accchart", c.root).clientWidth), height: 120 });
   }
   if (perf.plot) perf.plot.setSize({ width: Math.max(240, $("#perf").clientWidth - 24), height: 110 });
+  if (validation.plot) validation.plot.setSize({ width: Math.max(240, $("#perf").clientWidth - 24), height: 120 });
 });
 setInterval(redraw, REDRAW_MS);
 start();
