@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--burst", type=int, default=50, help="requests allowed at once above the rate")
     kc.add_argument("--max-concurrent", type=int, default=32, help="requests of this key in flight at once")
     kc.add_argument("--name", help="a label")
+    kc.add_argument(
+        "--tenant",
+        help="the tenant the key belongs to: it reaches that tenant's sources only, and as admin administers "
+        "that tenant only (default: none, the default namespace; an admin key without one is the platform's)",
+    )
     ksub.add_parser("list", help="list keys (never the keys themselves)")
     kr = ksub.add_parser("revoke", help="revoke a key")
     kr.add_argument("id")

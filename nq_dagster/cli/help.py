@@ -35,10 +35,14 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "keys": [
         "nq keys create --role developer --rate 600/min --name ingest-bot",
+        "nq keys create --role developer --tenant acme",
         "nq keys list",
         "nq keys revoke 3f2a9c1d",
     ],
-    "create": ["nq keys create --role viewer --name dashboard"],
+    "create": [
+        "nq keys create --role viewer --name dashboard",
+        "nq keys create --role admin --tenant acme --name acme-admin   # administers tenant acme only",
+    ],
     "list": ["nq keys list"],
     "revoke": ["nq keys revoke 3f2a9c1d"],
     "models": [

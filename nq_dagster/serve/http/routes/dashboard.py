@@ -18,8 +18,9 @@ from nq_dagster.serve.http.auth import guarded
 from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.http.routes.upload import upload
 from nq_dagster.serve.http.state import ServerState
+from nq_dagster.serve.http.tenants import Scope
 from nq_dagster.serve.keys import KeyRecord
-from nq_dagster.store import SOURCE_RE
+from nq_dagster.store import SOURCE_RE, STORED_SOURCE_RE
 
 STATIC = Path(__file__).resolve().parents[2] / "static"  # nq_dagster/serve/static
 REPORT_COOKIE = "nq_report_key"  # dashboard.js sets it
@@ -36,11 +37,13 @@ async def index(request: Request) -> Response:
 async def report(state: ServerState, request: Request, key: KeyRecord) -> Response:
     name = request.path_params["name"]
     source = name[:-5] if name.endswith(".html") else ""
-    if not SOURCE_RE.match(source):
+    scope = Scope.of(key)
+    if not (STORED_SOURCE_RE if scope.platform else SOURCE_RE).match(source):
         raise ApiError(404, f"no report {name!r}: reports are <source>.html")
-    path = state.wh.reports / f"{source}.html"
+    stored = scope.stored(source)  # a tenant's report is its own source's (tenants.py)
+    path = state.wh.reports / f"{stored}.html"
     if not path.is_file():
-        raise ApiError(404, f"no validation report for {source!r} yet: run `nq run --source {source}`")
+        raise ApiError(404, f"no validation report for {source!r} yet: run `nq run --source {stored}`")
     return Response(path.read_bytes(), media_type="text/html; charset=utf-8")
 
 

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from nq_dagster.serve.http.auth import guarded
+from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.keys import KeyRecord
 from nq_dagster.serve.logs import iso
@@ -78,15 +79,31 @@ async def prometheus(state: ServerState, request: Request, key: KeyRecord | None
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def platform_only(handler):
+    """The server's figures cover every tenant's sources: a tenant's key is refused them."""
+
+    async def endpoint(state: ServerState, request: Request, key: KeyRecord) -> Response:
+        if key.tenant is not None:
+            raise ApiError(
+                403,
+                f"the server's figures cover every tenant: a key of tenant {key.tenant!r} may not read them "
+                "(its predictions, outcomes and models are at /api/v1/predictions, /outcomes, /models)",
+            )
+        return await handler(state, request, key)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
 def routes(state: ServerState) -> list[BaseRoute]:
     viewer = partial(guarded, state.access, "viewer")
     return [
-        Route("/api/v1/metrics", viewer(partial(metrics_json, state)), methods=["GET"]),
+        Route("/api/v1/metrics", viewer(partial(platform_only(metrics_json), state)), methods=["GET"]),
         Route(
             "/metrics",
             partial(prometheus, state)
             if state.process.serve_metrics_open
-            else viewer(partial(prometheus, state)),
+            else viewer(partial(platform_only(prometheus), state)),
             methods=["GET"],
         ),
     ]
