@@ -276,7 +276,10 @@ def test_a_tenant_cannot_reach_another_tenants_source_by_any_route(world):
     assert c.get("/api/v1/jobs/acme-job", headers=auth(keys["platform", "admin"])).status_code == 200
     # server-wide figures are the platform's
     assert c.get("/api/v1/metrics", headers=auth(viewer)).status_code == 403
-    assert c.get("/api/v1/metrics", headers=auth(keys["default", "viewer"])).status_code == 200
+    doc = c.get("/api/v1/metrics", headers=auth(keys["default", "viewer"])).json()
+    assert "m" in doc["models"] and not any("~" in s for part in ("models", "live") for s in doc[part])
+    plat = c.get("/api/v1/metrics", headers=auth(keys["platform", "admin"])).json()
+    assert {"acme~x", "beta~x"} <= set(plat["models"])
 
 
 def test_a_tenant_admin_administers_its_tenant_only(world):
@@ -392,3 +395,33 @@ def test_successful_answers_carry_the_rate_limit_fields(world):
     assert 3600 * 3 - 60 <= int(r.headers["RateLimit-Reset"]) <= 3600 * 3  # 3 tokens at 1/h: full in 3 h
     r = c.get("/api/v1/predictions", headers=auth(keys["acme", "viewer"]))
     assert r.headers["RateLimit-Limit"] == "1000"
+
+
+def test_nq_status_talks_to_the_server_through_the_client(world, tmp_path, capsys):
+    from nq_dagster.cli import main
+
+    url, keys = world["srv"].url, world["keys"]
+    key_file = tmp_path / "key"
+    key_file.write_text(keys["acme", "viewer"] + "\n")
+    assert main(["status", "--server", url, "--key-file", str(key_file)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[0] for line in out.splitlines()[3:]]  # after the health, engine and header lines
+    assert f"{url}: " in out and ", ready" in out and "engine healthy" in out
+    assert rows == ["x"] and "acme~x" not in out, out  # acme's models only, by its names
+    assert main(["status", "--server", url, "--key-file", str(key_file), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ready"]["ready"] and set(doc["status"]["components"]["models"]) == {"x"}
+    key_file.write_text(keys["default", "viewer"])
+    assert main(["status", "--server", url, "--key-file", str(key_file), "--format", "json"]) == 0
+    models = json.loads(capsys.readouterr().out)["status"]["components"]["models"]
+    assert "m" in models and "x" not in models and not any("~" in s for s in models)
+    # without a key: the overall health; no server there: exit 1 saying so
+    assert main(["status", "--server", url]) == 0
+    assert "send a viewer key" in capsys.readouterr().out
+    from .serving import free_port
+
+    assert main(["status", "--server", f"http://127.0.0.1:{free_port()}", "--timeout", "2"]) == 1
+    assert "cannot connect" in capsys.readouterr().err
+    key_file.write_text("")
+    assert main(["status", "--server", url, "--key-file", str(key_file)]) == 2
+    assert "the file is empty" in capsys.readouterr().err

@@ -49,6 +49,10 @@ EXAMPLES: dict[str, list[str]] = {
         "nq models                    # every source's versions: current, promoted, rejected",
         "nq models --source market_A --format json",
     ],
+    "status": [
+        "nq status --server http://127.0.0.1:8080                       # health and readiness",
+        "nq status --server http://127.0.0.1:8080 --key-file ~/.nq-key --format json",
+    ],
     "dev": ["nq dev                       # the Dagster UI on http://127.0.0.1:3000", "nq dev --port 3001"],
 }
 

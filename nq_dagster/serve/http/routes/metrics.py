@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 from nq_dagster.serve.http.auth import guarded
 from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.http.state import ServerState
+from nq_dagster.serve.http.tenants import Scope
 from nq_dagster.serve.keys import KeyRecord
 from nq_dagster.serve.logs import iso
 
@@ -34,6 +35,11 @@ async def metrics_json(state: ServerState, request: Request, key: KeyRecord) -> 
     validation = await asyncio.to_thread(state.figures.validation)
     eng = state.engine
     ms = f["processing_time_ms"]
+    scope = Scope.of(key)  # the default namespace's keys: its sources' figures only, no tenant's
+
+    def own(per_source: dict) -> dict:
+        return {s: v for s, v in per_source.items() if scope.sees(s)}
+
     return JSONResponse(
         {
             "timestamp": iso(time.time()),
@@ -47,11 +53,11 @@ async def metrics_json(state: ServerState, request: Request, key: KeyRecord) -> 
             "latency_window": ms["over_last"],
             "success_rate": f["success_rate_5m"],
             "active_connections": len(state.hub.subs),
-            "validation": validation,
-            "live": state.figures.live(),
+            "validation": own(validation),
+            "live": own(state.figures.live()),
             "models": {
                 s: {k: v for k, v in info.items() if k not in ("quantum", "reliability")}
-                for s, info in eng.model_info().items()
+                for s, info in own(eng.model_info()).items()
             },
             "notes": NOTES,
         }

@@ -105,7 +105,7 @@ async def status(state: ServerState, request: Request) -> Response:
     code = 503 if overall == "down" else 200
     if "authorization" in request.headers:
         key = state.access.authenticate(request.headers, "viewer", request.scope["state"])
-        if key.tenant is not None:  # a tenant's key sees its own sources' models only
+        if not key.platform_admin:  # a tenant's key its own sources' models, the default namespace's its own
             scope = Scope.of(key)
             models = doc["components"]["models"]
             shown = {scope.shown(s): m for s, m in models.items() if scope.sees(s)}
