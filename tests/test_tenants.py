@@ -425,3 +425,32 @@ def test_nq_status_talks_to_the_server_through_the_client(world, tmp_path, capsy
     key_file.write_text("")
     assert main(["status", "--server", url, "--key-file", str(key_file)]) == 2
     assert "the file is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "doc, why",
+    [
+        ({"tenants": {"acme": {"sources": 0}}}, "f: tenants.acme.sources: 0 is not a positive integer"),
+        ({"tenants": {"acme": {"sources": 2.5}}}, "f: tenants.acme.sources: 2.5 is not a positive integer"),
+        ({"default": {"rows": 5}}, "f: default: unknown quota 'rows'; the quotas are sources"),
+        ({"tenants": {"a~b": {}}}, "f: tenants: tenant name 'a~b' is not valid"),
+        ({"default": {"ticks_per_minute": True}}, "ticks_per_minute: True is not a positive number"),
+        ([], 'f: expected {"default"'),
+    ],
+)
+def test_a_bad_tenants_file_is_refused_naming_the_field(doc, why):
+    from nq_dagster.serve.http.tenants import parse_tenants
+
+    with pytest.raises(ValueError) as err:
+        parse_tenants(doc, "f")
+    assert why in str(err.value)
+
+
+def test_tenant_quotas_merge_over_the_default():
+    from nq_dagster.serve.http.tenants import Quota, parse_tenants
+
+    default, named = parse_tenants(
+        {"default": {"sources": 3, "stored_rows": 100}, "tenants": {"acme": {"stored_rows": None}}}, "f"
+    )
+    assert default == Quota(sources=3, stored_rows=100)
+    assert named["acme"] == Quota(sources=3, stored_rows=None)

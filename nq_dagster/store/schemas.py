@@ -43,7 +43,8 @@ def check_source_name(source: str) -> str:
     if not STORED_SOURCE_RE.match(source or ""):
         raise ValueError(
             f"source name {source!r} is not valid: use 1-64 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
+            "starting with a letter or digit (a tenant's source: <tenant>~<name>, the tenant 1-32 letters, "
+            "digits, '_' or '-')"
         )
     return source
 
