@@ -175,7 +175,7 @@ OPERATIONS: tuple[Operation, ...] = (
             SOURCE_Q,
             Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "per source"),
         ),
-        errors={422: "limit: an integer"},
+        errors={422: "limit: an integer (or `source`: a name that is not valid, e.g. with `~`)"},
     ),
     Operation(
         "GET",
@@ -185,6 +185,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "viewer",
         {200: (s.OutcomesBySource, "per source, oldest first (the last 500)")},
         params=(SOURCE_Q,),
+        errors={422: "source: source name 'beta~x' is not valid: use 1-64 letters, digits, '_', '-' or '.'"},
     ),
     Operation(
         "GET",
