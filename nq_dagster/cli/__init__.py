@@ -1,4 +1,4 @@
-"""The `nq` command: demo, run, ingest, query, predict, serve, keys, models, dev.
+"""The `nq` command: demo, run, ingest, query, predict, serve, keys, models, status, dev.
 
 Every command works on the data directory `$NQ_HOME` (default `.nq/` under the
 working directory, or `--home`). Pipeline runs execute in-process against the
@@ -22,6 +22,17 @@ def _processes(name: str):
         from nq_dagster.cli import processes
 
         return getattr(processes, name)(args, settings)
+
+    return run
+
+
+def _remote(name: str):
+    """A command of `cli.remote` (it talks to a server through the client), imported when it runs."""
+
+    def run(args, settings: Settings) -> int:
+        from nq_dagster.cli import remote
+
+        return getattr(remote, name)(args, settings)
 
     return run
 
@@ -165,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--burst", type=int, default=50, help="requests allowed at once above the rate")
     kc.add_argument("--max-concurrent", type=int, default=32, help="requests of this key in flight at once")
     kc.add_argument("--name", help="a label")
+    kc.add_argument(
+        "--tenant",
+        help="the tenant the key belongs to: it reaches that tenant's sources only, and as admin administers "
+        "that tenant only (default: none, the default namespace; an admin key without one is the platform's)",
+    )
     ksub.add_parser("list", help="list keys (never the keys themselves)")
     kr = ksub.add_parser("revoke", help="revoke a key")
     kr.add_argument("id")
@@ -173,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     mv.add_argument("--source", help="one source (default: every source)")
     mv.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     mv.set_defaults(fn=commands.cmd_models)
+    st = sub.add_parser("status", help="a running server's health and models (through nq_dagster.client)")
+    st.add_argument("--server", required=True, help="the server's URL, e.g. http://127.0.0.1:8080")
+    st.add_argument(
+        "--key-file",
+        help="a file holding a viewer key (`-`: standard input) for the components and models; without "
+        "one, the overall health only",
+    )
+    st.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer")
+    st.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    st.set_defaults(fn=_remote("cmd_status"))
     dv = sub.add_parser("dev", help="open the Dagster UI")
     dv.add_argument("--port", type=int, default=3000)
     dv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")

@@ -326,8 +326,12 @@ def cmd_keys(args, settings: Settings) -> int:
     wh = Warehouse.from_settings(settings).ensure()
     store = KeyStore(wh.home)
     if args.keys_command == "create":
-        key, rec = store.create(args.role, args.rate, args.burst, args.max_concurrent, args.name or "")
-        print(f"key id {rec.id} (role {rec.role}, rate {args.rate}, burst {rec.burst}). The key, shown once:")
+        key, rec = store.create(
+            args.role, args.rate, args.burst, args.max_concurrent, args.name or "", tenant=args.tenant
+        )
+        of = f", tenant {rec.tenant}" if rec.tenant else ""
+        said = f"role {rec.role}{of}, rate {args.rate}, burst {rec.burst}"
+        print(f"key id {rec.id} ({said}). The key, shown once:")
         print(key)
     elif args.keys_command == "list":
         print(json.dumps([k.public() for k in store.list()], indent=1))

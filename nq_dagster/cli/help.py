@@ -35,15 +35,23 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "keys": [
         "nq keys create --role developer --rate 600/min --name ingest-bot",
+        "nq keys create --role developer --tenant acme",
         "nq keys list",
         "nq keys revoke 3f2a9c1d",
     ],
-    "create": ["nq keys create --role viewer --name dashboard"],
+    "create": [
+        "nq keys create --role viewer --name dashboard",
+        "nq keys create --role admin --tenant acme --name acme-admin   # administers tenant acme only",
+    ],
     "list": ["nq keys list"],
     "revoke": ["nq keys revoke 3f2a9c1d"],
     "models": [
         "nq models                    # every source's versions: current, promoted, rejected",
         "nq models --source market_A --format json",
+    ],
+    "status": [
+        "nq status --server http://127.0.0.1:8080                       # health and readiness",
+        "nq status --server http://127.0.0.1:8080 --key-file ~/.nq-key --format json",
     ],
     "dev": ["nq dev                       # the Dagster UI on http://127.0.0.1:3000", "nq dev --port 3001"],
 }

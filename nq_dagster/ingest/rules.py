@@ -38,7 +38,7 @@ from nq_dagster.ingest.read import (
     renamed_columns,
 )
 from nq_dagster.ingest.timestamps import out_of_range, parse_timestamps
-from nq_dagster.store import SOURCE_RE
+from nq_dagster.store import STORED_SOURCE_RE
 
 ROWS_NAMED = 1000  # bad rows named per rule and column (a file of a million bad rows is not a million lines)
 OVERRIDE_NOTE = "--source {source!r} overrides the file's source column"
@@ -57,7 +57,10 @@ class Checked:
 
 
 def valid_source_name(name: str | None) -> bool:
-    return bool(SOURCE_RE.match(name or ""))
+    """A source name as stored: a plain name or a tenant's `<tenant>~<name>` (store/names.py). The server
+    maps a tenant's names to these after checking them against the plain form, so only the operator's files
+    and commands name a namespace directly."""
+    return bool(STORED_SOURCE_RE.match(name or ""))
 
 
 def valid_source_names(names: list[str | None]) -> set[str]:

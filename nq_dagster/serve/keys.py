@@ -1,4 +1,4 @@
-"""API keys: stored hashed, with a role, a rate limit and a concurrency cap; a token bucket per key.
+"""API keys: stored hashed, with a role, a tenant, a rate limit and a concurrency cap; a token bucket per key.
 
 A key looks like `nq_<id>_<secret>`. Only HMAC-SHA256(server secret, key) is stored (in `serve/keys.json`,
 written atomically, so every replica sharing the data directory sees the same keys); the server secret lives
@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from nq_dagster.store import atomic_write_bytes
+from nq_dagster.store.names import check_tenant_name
 
 ROLES = ("viewer", "developer", "admin")  # each role may do everything the ones before it may
 SECONDS_PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
@@ -60,6 +61,13 @@ class KeyRecord:
     name: str
     created_at: str
     revoked_at: str | None = None
+    # the tenant whose sources this key reaches (store/names.py); None: the default namespace, and with the
+    # admin role the platform's administrator, above every tenant
+    tenant: str | None = None
+
+    @property
+    def platform_admin(self) -> bool:
+        return self.tenant is None and self.role == "admin"
 
     def public(self) -> dict:
         d = asdict(self)
@@ -126,10 +134,19 @@ class KeyStore:
         os.chmod(self.path, 0o600)
 
     def create(
-        self, role: str, rate: str = "600/min", burst: int = 50, max_concurrent: int = 32, name: str = ""
+        self,
+        role: str,
+        rate: str = "600/min",
+        burst: int = 50,
+        max_concurrent: int = 32,
+        name: str = "",
+        tenant: str | None = None,
     ) -> tuple[str, KeyRecord]:
+        """A new key (shown once) and its record; `tenant`: the namespace it reaches (None: the default)."""
         if role not in ROLES:
             raise ValueError(f"role {role!r}: use one of {', '.join(ROLES)}")
+        if tenant is not None:
+            check_tenant_name(tenant)
         if burst < 1 or max_concurrent < 1:
             raise ValueError("burst and max_concurrent must be at least 1")
         kid = secrets.token_hex(6)
@@ -143,6 +160,7 @@ class KeyStore:
             max_concurrent=int(max_concurrent),
             name=name,
             created_at=datetime.now(UTC).isoformat(),
+            tenant=tenant,
         )
         keys = dict(self._load(fresh=True))  # read-modify-write: never from the cache
         keys[kid] = rec

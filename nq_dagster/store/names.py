@@ -1,9 +1,12 @@
 """Names a user types (a source, a table) checked against the names that exist, with the nearest ones offered:
-a typo is answered with "did you mean", and an empty data directory with the command that fills it."""
+a typo is answered with "did you mean", and an empty data directory with the command that fills it; and the
+tenants' namespaces of source names."""
 
 from __future__ import annotations
 
 import difflib
+
+from nq_dagster.store.schemas import TENANT_RE, TENANT_SEP
 
 # what to run when there is nothing yet (an empty data directory)
 FIRST_STEP = "`nq ingest FILE --source NAME` for your own data, or `nq demo` for example data"
@@ -31,3 +34,31 @@ def unknown_name(kind: str, name: str, known: list[str] | set[str], fix: str) ->
         parts.append(f"there are no {kind}s here yet.")
     parts.append(f"Fix: {fix}")
     return " ".join(parts)
+
+
+# -- tenants' namespaces ------------------------------------------------------------------------------------
+# A tenant's source `x` is stored as `<tenant>~x`; the default namespace (keys and tokens without a tenant) is
+# today's plain names, so nothing stored before tenants existed moves. `~` is in no name a user types
+# (schemas.SOURCE_RE): through the API nobody can create, post to or read a name of another namespace; the
+# operator may name one on the command line (`nq ingest FILE --source acme~x`, `nq run --source acme~x`).
+
+
+def check_tenant_name(tenant: str) -> str:
+    """`tenant` if it is a valid tenant name (1-32 letters, digits, '_' or '-'), else a ValueError."""
+    if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
+        raise ValueError(
+            f"tenant name {tenant!r} is not valid: use 1-32 letters, digits, '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return tenant
+
+
+def stored_source(tenant: str | None, name: str) -> str:
+    """The stored name of the source `name` (as a user types it) of `tenant` (None: the default one)."""
+    return name if tenant is None else f"{tenant}{TENANT_SEP}{name}"
+
+
+def split_source(stored: str) -> tuple[str | None, str]:
+    """(tenant or None, the name its tenant sees) of a stored source name."""
+    tenant, sep, name = stored.partition(TENANT_SEP)
+    return (tenant, name) if sep else (None, stored)

@@ -11,6 +11,12 @@ import re
 SOURCE_RE = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"
 )  # \Z: "$" would also match before a final newline
+# A tenant's source `x` is stored as `<tenant>~x` (store/names.py): `~` is in no name a user types
+# (SOURCE_RE), so no user can make or reach another namespace by naming it; storage, the engine and the
+# Dagster layer take either form.
+TENANT_SEP = "~"
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
+STORED_SOURCE_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_-]{0,31}~)?[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 LOG_PARTITION = "_log"  # the partition of the log tables ('_log' is no valid source name)
 LIVE_PARTS = ("stream-", "serve-")  # parts the streaming job and the server write (predictions, raw_ticks)
@@ -33,10 +39,12 @@ LOG_TABLES = {"ingest_log": INGEST_LOG_DDL, "run_failures": RUN_FAILURES_DDL}
 
 
 def check_source_name(source: str) -> str:
-    if not SOURCE_RE.match(source or ""):
+    """`source` if it is a source name as stored (a plain name, or a tenant's `<tenant>~<name>`)."""
+    if not STORED_SOURCE_RE.match(source or ""):
         raise ValueError(
             f"source name {source!r} is not valid: use 1-64 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
+            "starting with a letter or digit (a tenant's source: <tenant>~<name>, the tenant 1-32 letters, "
+            "digits, '_' or '-')"
         )
     return source
 

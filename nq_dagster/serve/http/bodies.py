@@ -245,12 +245,19 @@ class NewKey(Body):
         "burst": "an integer, at least 1",
         "max_concurrent": "an integer, at least 1",
         "name": "a string",
+        "tenant": "a tenant name: 1-32 letters, digits, '_' or '-'",
     }
     role: Literal["viewer", "developer", "admin"]
     rate: str = "600/min"  # N/s, N/min or N/h
     burst: int = Field(50, ge=1)
     max_concurrent: int = Field(32, ge=1)
     name: str = ""
+    tenant: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$",
+        description="the tenant the key belongs to (only the platform's administrator names one; a tenant's "
+        "admin creates keys of its own tenant); none: the default namespace",
+    )
 
 
 class Filters(BaseModel):

@@ -1,12 +1,12 @@
 """Errors and the one JSON shape every error answer has:
 
-    {"error": {"code": <status>, "message": "...", "field": "<the request's part>", "details": [...]},
-     "request_id": "..."}
+    {"error": {"code": <status>, "message": "...", "field": "<the request's part>", "details": [...],
+               "quota": "<the quota that refused it>"}, "request_id": "..."}
 
-(`field` and `details` when known). Handlers raise `ApiError`; `answer_error` turns an exception into that
-answer, for Starlette's exception handlers (`EXCEPTION_HANDLERS`) and for the routes the app calls directly
-alike. An unexpected exception is a 500 that names the request id and nothing of the error; the middleware
-logs its traceback (`middleware.py`).
+(`field`, `details` and `quota` when known). Handlers raise `ApiError`; `answer_error` turns an exception into
+that answer, for Starlette's exception handlers (`EXCEPTION_HANDLERS`) and for the routes the app calls
+directly alike. An unexpected exception is a 500 that names the request id and nothing of the error; the
+middleware logs its traceback (`middleware.py`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ class ApiError(Exception):
         field: str | None = None,
         headers: dict | None = None,
         details: list[str] | None = None,
+        quota: str | None = None,
     ):
         super().__init__(message)
         self.status, self.message, self.field = status, message, field
-        self.headers, self.details = headers, details
+        self.headers, self.details, self.quota = headers, details, quota
 
     def response(self, request_id: str) -> JSONResponse:
         return error_response(
@@ -39,6 +40,7 @@ class ApiError(Exception):
             field=self.field,
             details=self.details,
             headers=self.headers,
+            quota=self.quota,
         )
 
 
@@ -54,12 +56,15 @@ def error_response(
     field: str | None = None,
     details: list[str] | None = None,
     headers: dict | None = None,
+    quota: str | None = None,
 ) -> JSONResponse:
     err: dict = {"code": status, "message": message}
     if field:
         err["field"] = field
     if details:
         err["details"] = details
+    if quota:
+        err["quota"] = quota
     return JSONResponse({"error": err, "request_id": request_id}, status_code=status, headers=headers)
 
 

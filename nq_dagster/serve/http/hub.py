@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nq_dagster.serve.http.telemetry import Metrics
@@ -20,6 +21,7 @@ class Subscriber:
     sources: set[str]
     min_confidence: float
     directions: set[str]  # empty: every direction
+    rename: Callable[[dict], dict] | None = None  # a tenant's: records and outcomes by the names it knows
 
     def wants(self, rec: dict) -> bool:
         return (
@@ -40,10 +42,17 @@ class Hub:
         self.metrics, self.limit = metrics, limit
         self._ids = itertools.count()
 
-    def add(self, sources: set, min_conf: float, directions: set) -> tuple[int, asyncio.Queue]:
+    def add(
+        self,
+        sources: set,
+        min_conf: float,
+        directions: set,
+        rename: Callable[[dict], dict] | None = None,
+    ) -> tuple[int, asyncio.Queue]:
+        """A subscriber of `sources` (stored names); `rename`: how it knows a record (a tenant's names)."""
         q: asyncio.Queue = asyncio.Queue(maxsize=self.limit)
         sid = next(self._ids)
-        self.subs[sid] = Subscriber(q, sources, min_conf, directions)
+        self.subs[sid] = Subscriber(q, sources, min_conf, directions, rename)
         self.metrics.ws_clients.set(len(self.subs))
         return sid, q
 
@@ -57,6 +66,8 @@ class Hub:
             outs = [o for o in outcomes if o["source"] in sub.sources]
             if not preds and not outs:
                 continue
+            if sub.rename is not None:
+                preds, outs = [sub.rename(r) for r in preds], [sub.rename(o) for o in outs]
             try:
                 sub.queue.put_nowait(batch_message(preds, outs))
             except asyncio.QueueFull:

@@ -175,7 +175,7 @@ OPERATIONS: tuple[Operation, ...] = (
             SOURCE_Q,
             Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "per source"),
         ),
-        errors={422: "limit: an integer"},
+        errors={422: "limit: an integer (or `source`: a name that is not valid, e.g. with `~`)"},
     ),
     Operation(
         "GET",
@@ -185,6 +185,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "viewer",
         {200: (s.OutcomesBySource, "per source, oldest first (the last 500)")},
         params=(SOURCE_Q,),
+        errors={422: "source: source name 'beta~x' is not valid: use 1-64 letters, digits, '_', '-' or '.'"},
     ),
     Operation(
         "GET",
@@ -404,5 +405,9 @@ DESCRIPTION = (
     "section 6), realized outcomes, model and validation figures. Authenticate with `Authorization: Bearer "
     "<key>`: an API key (`nq keys create`) or, when configured, an OAuth 2.0 JWT from the identity provider. "
     "Roles: viewer < developer < admin. Every error answer has the shape `ErrorAnswer`; a 429 carries "
-    "`Retry-After` and `RateLimit-Limit/Remaining/Reset`.\n" + WEBSOCKET
+    "`Retry-After` and `RateLimit-Limit/Remaining/Reset`, and every successful answer of a keyed route the "
+    "same three. Tenants: a key or token of a tenant reaches that tenant's sources only, by the names it "
+    "gave them; a name with `~` is no valid source name. A tenant's quotas refuse with 429 "
+    "(`ticks_per_minute`, `concurrent_requests`) or 403 (`sources`, `stored_rows`), naming the quota in "
+    "`error.quota`.\n" + WEBSOCKET
 )

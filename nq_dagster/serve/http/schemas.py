@@ -27,6 +27,11 @@ class ErrorDetail(Answer):
     message: str = Field(description="what went wrong and what to do about it")
     field: str | None = Field(None, description="the part of the request at fault (`data[1]`, `source`)")
     details: list[str] | None = Field(None, description="every problem, when there were several")
+    quota: Literal["sources", "ticks_per_minute", "concurrent_requests", "stored_rows"] | None = Field(
+        None,
+        description="the tenant's quota that refused the request (429: ticks_per_minute, "
+        "concurrent_requests; 403: sources, stored_rows)",
+    )
 
 
 class ErrorAnswer(Answer):
@@ -345,6 +350,9 @@ class KeyInfo(Answer):
     name: str
     created_at: str
     revoked_at: str | None
+    tenant: str | None = Field(
+        None, description="the tenant whose sources the key reaches; null: the default namespace"
+    )
 
 
 class KeyList(Answer):

@@ -16,6 +16,7 @@ from nq_dagster.serve.http.figures import Figures
 from nq_dagster.serve.http.hub import Hub
 from nq_dagster.serve.http.startup import Startup
 from nq_dagster.serve.http.telemetry import Metrics
+from nq_dagster.serve.http.tenants import Tenants
 from nq_dagster.serve.http.tokens import TokenVerifier
 from nq_dagster.serve.keys import KeyStore
 from nq_dagster.serve.server_settings import ServerSettings
@@ -51,7 +52,7 @@ class ServerState:
             engine=engine,
             settings=settings,
             keys=keys,
-            access=Access(keys, TokenVerifier.from_settings(process)),
+            access=Access(keys, TokenVerifier.from_settings(process), Tenants(wh)),
             configs=ConfigStore(wh.home),
             metrics=metrics,
             hub=Hub(metrics, settings.ws_queue),

@@ -24,6 +24,7 @@ import jwt
 from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.keys import ROLES, KeyRecord
 from nq_dagster.settings import Settings
+from nq_dagster.store.names import check_tenant_name
 
 ALGORITHMS = ("RS256", "ES256")
 KEY_TYPE = {"RS256": "RSA", "ES256": "EC"}
@@ -35,9 +36,7 @@ TOKEN_RATE_PER_S, TOKEN_BURST, TOKEN_CONCURRENT = 10.0, 50, 32  # the API keys' 
 
 @dataclass
 class TokenRecord(KeyRecord):
-    """A verified token's caller, in the shape the routes know (a key record), with its tenant."""
-
-    tenant: str | None = None
+    """A verified token's caller, in the shape the routes know (a key record, its tenant included)."""
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -171,6 +170,11 @@ class TokenVerifier:
                 "identity provider's administrator for one",
             )
         tenant = _claim(claims, self.tenant_claim)
+        if tenant is not None:
+            try:
+                check_tenant_name(str(tenant))
+            except ValueError as exc:
+                raise ApiError(403, f"the token's claim {self.tenant_claim!r}: {exc}") from None
         return TokenRecord(
             id=f"jwt:{claims['sub']}",
             role=max(roles, key=ROLES.index),

@@ -39,7 +39,14 @@ async def config_get(state: ServerState, request: Request, key: KeyRecord) -> Re
 
 
 async def config_put(state: ServerState, request: Request, key: KeyRecord) -> Response:
-    """The body is the changes, or `{"values": {...changes}}`."""
+    """The body is the changes, or `{"values": {...changes}}`. The pipeline's configuration is the platform's:
+    a tenant's admin may read it, not change it."""
+    if key.tenant is not None:
+        raise ApiError(
+            403,
+            f"the pipeline configuration is the platform's: an admin of tenant {key.tenant!r} may read it, "
+            "not change it (ask the platform's administrator)",
+        )
     body = parse_object(await request.body())
     changes = body["values"] if isinstance(body.get("values"), dict) else body
     author = f"key {key.id}" + (f" ({key.name})" if key.name else "")

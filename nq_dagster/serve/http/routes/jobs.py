@@ -28,12 +28,49 @@ from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.http.routes.predict import run_ticks
 from nq_dagster.serve.http.startup import require_ready
 from nq_dagster.serve.http.state import ServerState
+from nq_dagster.serve.http.tenants import DEFAULT_SCOPE, Scope
 from nq_dagster.serve.keys import KeyRecord
-from nq_dagster.store import SOURCE_RE
+from nq_dagster.store import STORED_SOURCE_RE, TENANT_SEP
+from nq_dagster.store.names import stored_source
 
 log = logging.getLogger("nq.serve")
 
 CHUNK = 256  # points of a job per engine request
+
+
+def owner_id(key: KeyRecord) -> str:
+    """A job's owner: the key's id; `<tenant>~<id>` for a tenant's key (its admins read its jobs)."""
+    return key.id if key.tenant is None else stored_source(key.tenant, key.id)
+
+
+def may_read(job: Job, key: KeyRecord) -> bool:
+    """The key that posted the job; an admin of its tenant; the platform's administrator."""
+    if job.key_id == owner_id(key) or key.platform_admin:
+        return True
+    return (
+        key.role == "admin"
+        and key.tenant is not None
+        and job.key_id.startswith(stored_source(key.tenant, ""))
+    )
+
+
+def tenant_rows(rows: list[tuple], scope: Scope) -> list[tuple]:
+    """The points with their sources' stored names. A tenant's names are prefixed whatever they are (a name
+    with `~` stays invalid, refused as a bad point); in the default namespace a `~` name (another namespace's)
+    is refused whole."""
+    if scope.platform:
+        return rows
+    if scope.tenant is None:
+        for i, (src, _, _) in enumerate(rows):
+            if isinstance(src, str) and TENANT_SEP in src:
+                raise ApiError(
+                    422,
+                    f"data_points[{i}].source: source name {src!r} is not valid: use 1-64 letters, digits, "
+                    "'_', '-' or '.'",
+                    field=f"data_points[{i}].source",
+                )
+        return rows
+    return [(stored_source(scope.tenant, src) if isinstance(src, str) else src, t, v) for src, t, v in rows]
 
 
 async def batch(state: ServerState, request: Request, key: KeyRecord) -> Response:
@@ -41,25 +78,29 @@ async def batch(state: ServerState, request: Request, key: KeyRecord) -> Respons
     raw = parse_object(await request.body())
     job_id = parse(JobRef, raw).job_id or uuid.uuid4().hex
     known = state.jobs.get(job_id)
-    if known is not None and known.key_id != key.id and key.role != "admin":
+    if known is not None and not may_read(known, key):
         # another key's job: its summary is that key's alone (issue 26: a reused job_id read it)
         raise ApiError(409, f"job_id {job_id!r} is taken; choose another (or omit it)", field="job_id")
     if known is not None:
         return JSONResponse(known.public(), status_code=200)
     s = state.settings
     body: BatchBody = parse(BatchBody, raw, max_points=s.max_points, callback_hosts=s.callback_hosts)
-    rows = body.ticks()
+    scope = Scope.of(key)
+    rows = tenant_rows(body.ticks(), scope)
     own = state.engine.own
-    foreign = sorted({src for src, _, _ in rows if SOURCE_RE.match(src) and not own.owns(src)})
+    foreign = sorted({src for src, _, _ in rows if STORED_SOURCE_RE.match(src) and not own.owns(src)})
     if foreign:
         raise ApiError(
             421,
             "data_points: sources served by other replicas: "
-            + ", ".join(f"{src} (replica {own.owner(src)})" for src in foreign[:20])
+            + ", ".join(f"{scope.shown(src)} (replica {own.owner(src)})" for src in foreign[:20])
             + "; send each its own batch",
             field="data_points",
         )
-    job = Job(job_id, len(rows), key.id, body.callback_url)
+    tenants = state.access.tenants
+    if tenants is not None and scope.tenant is not None:
+        await asyncio.to_thread(tenants.check_store, scope.tenant, None, len(rows))
+    job = Job(job_id, len(rows), owner_id(key), body.callback_url)
     try:
         state.jobs.add(job)
     except QuotaFull as exc:
@@ -71,7 +112,7 @@ async def batch(state: ServerState, request: Request, key: KeyRecord) -> Respons
             "writable",
             headers={"Retry-After": "5"},
         ) from None
-    asyncio.get_running_loop().create_task(run_job(state, job, rows))
+    asyncio.get_running_loop().create_task(run_job(state, job, rows, scope))
     return JSONResponse(
         {
             "job_id": job_id,
@@ -104,12 +145,12 @@ def _ingest_order(rows: list[tuple]) -> list[int]:
     )
 
 
-async def _run_chunk(state: ServerState, job: Job, chunk: list[tuple]) -> list[dict]:
-    """A chunk's records; a refused chunk is tried point by point, so a bad point fails alone (its error
-    names it) and the others are predicted."""
+async def _run_chunk(state: ServerState, job: Job, chunk: list[tuple], scope: Scope) -> list[dict]:
+    """A chunk's records (as the job's key knows its sources); a refused chunk is tried point by point, so a
+    bad point fails alone (its error names it) and the others are predicted."""
     label = f"job {job.id}: data_points"
     try:
-        answers = await run_ticks(state, chunk, label, "low", None, job.key_id)
+        answers = await run_ticks(state, chunk, label, "low", None, job.key_id, scope)
     except ApiError as exc:
         if len(chunk) == 1:
             for message in exc.details or [exc.message]:
@@ -117,12 +158,14 @@ async def _run_chunk(state: ServerState, job: Job, chunk: list[tuple]) -> list[d
             return []
         out = []
         for point in chunk:
-            out += await _run_chunk(state, job, [point])
+            out += await _run_chunk(state, job, [point], scope)
         return out
-    return [{**a.record, "duplicate": a.duplicate} for a in answers]
+    if scope.tenant is not None and state.access.tenants is not None:
+        state.access.tenants.accepted(scope.tenant, sum(1 for a in answers if not a.duplicate))
+    return [{**scope.record(a.record), "duplicate": a.duplicate} for a in answers]
 
 
-async def run_job(state: ServerState, job: Job, rows: list[tuple]) -> None:
+async def run_job(state: ServerState, job: Job, rows: list[tuple], scope: Scope = DEFAULT_SCOPE) -> None:
     """The job's points sorted as ingest sorts (source, then time), in chunks; then the callback. Whatever
     fails is recorded in the job, which always ends finished or failed."""
     job.status = "running"
@@ -132,7 +175,7 @@ async def run_job(state: ServerState, job: Job, rows: list[tuple]) -> None:
         for start in range(0, len(keyed), CHUNK):
             chunk = [rows[i] for i in keyed[start : start + CHUNK]]
             try:
-                records = await _run_chunk(state, job, chunk)
+                records = await _run_chunk(state, job, chunk, scope)
             except Exception as exc:  # noqa: BLE001 - recorded in the job, the next chunk goes on
                 log.exception("batch job %s: a chunk failed", job.id)
                 job.error(f"points {start + 1}-{start + len(chunk)}: {type(exc).__name__}: {exc}")
@@ -161,7 +204,7 @@ async def run_job(state: ServerState, job: Job, rows: list[tuple]) -> None:
 
 async def job_status(state: ServerState, request: Request, key: KeyRecord) -> Response:
     job = state.jobs.get(request.path_params["job_id"])
-    if job is None or (job.key_id != key.id and key.role != "admin"):
+    if job is None or not may_read(job, key):
         raise ApiError(404, f"no job {request.path_params['job_id']!r} of this key on this replica")
     return JSONResponse(job.public(state.jobs.results(job.id)))
 

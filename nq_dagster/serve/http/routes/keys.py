@@ -1,5 +1,7 @@
 """API keys (admin): `GET /api/v1/keys` lists them (never a key or its hash), `POST /api/v1/keys` creates one
-(the key shown once in the answer), `DELETE /api/v1/keys/{key_id}` revokes one."""
+(the key shown once in the answer), `DELETE /api/v1/keys/{key_id}` revokes one. A tenant's admin administers
+its tenant's keys only (lists them, creates keys of its tenant, revokes them; another tenant's key is 404 to
+it); the platform's administrator (an admin without a tenant) every key, and creates keys of any tenant."""
 
 from __future__ import annotations
 
@@ -16,14 +18,28 @@ from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.keys import KeyRecord
 
 
+def administers(admin: KeyRecord, rec: KeyRecord) -> bool:
+    return admin.platform_admin or rec.tenant == admin.tenant
+
+
 async def keys_list(state: ServerState, request: Request, key: KeyRecord) -> Response:
-    return JSONResponse({"keys": [k.public() for k in state.keys.list()]})
+    return JSONResponse({"keys": [k.public() for k in state.keys.list() if administers(key, k)]})
 
 
 async def keys_create(state: ServerState, request: Request, key: KeyRecord) -> Response:
     body: NewKey = parse(NewKey, await request.body())
+    tenant = body.tenant if key.platform_admin else key.tenant
+    if body.tenant is not None and body.tenant != tenant:
+        raise ApiError(
+            403,
+            f"tenant: this admin key administers tenant {key.tenant!r} only; it may not create keys of "
+            f"{body.tenant!r}",
+            field="tenant",
+        )
     try:
-        new, rec = state.keys.create(body.role, body.rate, body.burst, body.max_concurrent, body.name)
+        new, rec = state.keys.create(
+            body.role, body.rate, body.burst, body.max_concurrent, body.name, tenant=tenant
+        )
     except ValueError as exc:
         raise ApiError(422, str(exc), field="rate") from None
     return JSONResponse(
@@ -32,8 +48,12 @@ async def keys_create(state: ServerState, request: Request, key: KeyRecord) -> R
 
 
 async def keys_revoke(state: ServerState, request: Request, key: KeyRecord) -> Response:
+    kid = request.path_params["key_id"]
+    known = next((k for k in state.keys.list() if k.id == kid), None)
+    if known is not None and not administers(key, known):  # as unknown: another tenant's ids are not told
+        raise ApiError(404, f"no key with id {kid!r}")
     try:
-        rec = state.keys.revoke(request.path_params["key_id"])
+        rec = state.keys.revoke(kid)
     except KeyError as exc:
         raise ApiError(404, str(exc.args[0])) from None
     return JSONResponse(rec.public())

@@ -15,7 +15,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from nq_dagster.serve.http.auth import guarded
+from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.http.state import ServerState
+from nq_dagster.serve.http.tenants import Scope
 from nq_dagster.serve.keys import KeyRecord
 from nq_dagster.serve.logs import iso
 
@@ -33,6 +35,11 @@ async def metrics_json(state: ServerState, request: Request, key: KeyRecord) -> 
     validation = await asyncio.to_thread(state.figures.validation)
     eng = state.engine
     ms = f["processing_time_ms"]
+    scope = Scope.of(key)  # the default namespace's keys: its sources' figures only, no tenant's
+
+    def own(per_source: dict) -> dict:
+        return {s: v for s, v in per_source.items() if scope.sees(s)}
+
     return JSONResponse(
         {
             "timestamp": iso(time.time()),
@@ -46,11 +53,11 @@ async def metrics_json(state: ServerState, request: Request, key: KeyRecord) -> 
             "latency_window": ms["over_last"],
             "success_rate": f["success_rate_5m"],
             "active_connections": len(state.hub.subs),
-            "validation": validation,
-            "live": state.figures.live(),
+            "validation": own(validation),
+            "live": own(state.figures.live()),
             "models": {
                 s: {k: v for k, v in info.items() if k not in ("quantum", "reliability")}
-                for s, info in eng.model_info().items()
+                for s, info in own(eng.model_info()).items()
             },
             "notes": NOTES,
         }
@@ -78,15 +85,31 @@ async def prometheus(state: ServerState, request: Request, key: KeyRecord | None
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def platform_only(handler):
+    """The server's figures cover every tenant's sources: a tenant's key is refused them."""
+
+    async def endpoint(state: ServerState, request: Request, key: KeyRecord) -> Response:
+        if key.tenant is not None:
+            raise ApiError(
+                403,
+                f"the server's figures cover every tenant: a key of tenant {key.tenant!r} may not read them "
+                "(its predictions, outcomes and models are at /api/v1/predictions, /outcomes, /models)",
+            )
+        return await handler(state, request, key)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
 def routes(state: ServerState) -> list[BaseRoute]:
     viewer = partial(guarded, state.access, "viewer")
     return [
-        Route("/api/v1/metrics", viewer(partial(metrics_json, state)), methods=["GET"]),
+        Route("/api/v1/metrics", viewer(partial(platform_only(metrics_json), state)), methods=["GET"]),
         Route(
             "/metrics",
             partial(prometheus, state)
             if state.process.serve_metrics_open
-            else viewer(partial(prometheus, state)),
+            else viewer(partial(platform_only(prometheus), state)),
             methods=["GET"],
         ),
     ]

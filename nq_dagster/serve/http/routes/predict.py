@@ -22,27 +22,35 @@ from nq_dagster.serve.http.bodies import RealtimeBody, parse
 from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.http.startup import require_ready
 from nq_dagster.serve.http.state import ServerState
+from nq_dagster.serve.http.tenants import DEFAULT_SCOPE, Scope
 from nq_dagster.serve.keys import KeyRecord
 
 REALTIME = "/api/v1/process/realtime"
 
 
 async def run_ticks(
-    state: ServerState, rows: list[tuple], label: str, priority: str, received: float | None, key: str
+    state: ServerState,
+    rows: list[tuple],
+    label: str,
+    priority: str,
+    received: float | None,
+    key: str,
+    scope: Scope = DEFAULT_SCOPE,
 ) -> list[Answer]:
-    """The engine's answers to ticks [(source, timestamp, value)] of the key with id `key`; its refusals as
-    API errors."""
+    """The engine's answers to ticks [(source, timestamp, value)] (stored source names) of the key with id
+    `key`; its refusals as API errors, worded with the names `scope` knows its sources by."""
     require_ready(state.startup)
     try:
         return await asyncio.wrap_future(
             state.engine.submit(rows, label, priority, received=received, key=key)
         )
     except Rejected as exc:
-        raise ApiError(422, exc.messages[0], field=exc.field, details=exc.messages) from None
+        messages = [scope.words(m) for m in exc.messages]
+        raise ApiError(422, messages[0], field=exc.field, details=messages) from None
     except NoModel as exc:
-        raise ApiError(409, str(exc), field="source") from None
+        raise ApiError(409, scope.words(str(exc)), field="source") from None
     except NotOwner as exc:
-        raise ApiError(421, str(exc), field="source") from None
+        raise ApiError(421, scope.words(str(exc)), field="source") from None
     except JournalUnavailable as exc:  # fail closed: not stored, so not acknowledged (engine/ticklog.py)
         raise ApiError(503, str(exc), headers={"Retry-After": "1"}) from None
 
@@ -51,6 +59,8 @@ async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Resp
     raw = await request.body()
     body: RealtimeBody = parse(RealtimeBody, raw, max_values=state.settings.max_values)
     state.access.charge(key, len(body.data))
+    if key.tenant is not None:  # a tenant's source: stored as `<tenant>~<name>` (tenants.py)
+        return await realtime_tenant(state, request, key, body, raw)
     if not state.engine.own.owns(body.source):
         return await forward(state, request, body.source, raw)
     answers = await run_ticks(
@@ -61,9 +71,43 @@ async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Resp
         request.scope["state"]["received"],
         key.id,
     )
+    return _answer(body, answers, DEFAULT_SCOPE)
+
+
+async def realtime_tenant(
+    state: ServerState, request: Request, key: KeyRecord, body: RealtimeBody, raw: bytes
+) -> Response:
+    """`realtime` for a tenant's key: its quota of stored rows; its names mapped to the stored ones, back."""
+    scope, tenants = Scope.of(key), state.access.tenants
+    source = scope.stored(body.source)
+    if not state.engine.own.owns(source):
+        return await forward(state, request, source, raw)
+    n = len(body.data)
+    if tenants is not None:
+        if tenants.fresh(key.tenant):
+            tenants.check_store(key.tenant, rows=n)
+        else:  # reads the parts' footers: off the event loop
+            await asyncio.to_thread(tenants.check_store, key.tenant, None, n)
+    rows = [(source, t, v) for _, t, v in body.ticks()]
+    answers = await run_ticks(
+        state,
+        rows,
+        f"POST {REALTIME}",
+        body.config.priority,
+        request.scope["state"]["received"],
+        key.id,
+        scope,
+    )
+    if tenants is not None:
+        tenants.accepted(key.tenant, sum(1 for a in answers if not a.duplicate))
+    return _answer(body, answers, scope)
+
+
+def _answer(body: RealtimeBody, answers: list[Answer], scope: Scope) -> Response:
+    """The answer to a realtime request: its records as the caller knows its sources."""
     omitted = body.omitted()
     if not omitted:  # the records' JSON as the engine encoded it for the log, `duplicate` appended
-        parts = [_with_duplicate(a) for a in answers]
+        parts = [_with_duplicate(a, scope) for a in answers]
         if len(parts) == 1:  # the common case
             return Response(parts[0], media_type="application/json")
         # joined, not encoded again: a 1,000-record answer encoded here held the event loop (other keys'
@@ -73,7 +117,8 @@ async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Resp
             f'{{"source": {source}, "predictions": [{", ".join(parts)}]}}', media_type="application/json"
         )
     out = [
-        {**{k: v for k, v in a.record.items() if k not in omitted}, "duplicate": a.duplicate} for a in answers
+        {**{k: v for k, v in scope.record(a.record).items() if k not in omitted}, "duplicate": a.duplicate}
+        for a in answers
     ]
     if omitted:
         for r in out:
@@ -81,8 +126,9 @@ async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Resp
     return JSONResponse(out[0] if len(out) == 1 else {"source": body.source, "predictions": out})
 
 
-def _with_duplicate(a: Answer) -> str:
+def _with_duplicate(a: Answer, scope: Scope) -> str:
     text = a.text if a.text is not None else json.dumps(a.record, allow_nan=False)
+    text = scope.record_text(text, a.record["source"])
     return f'{text[:-1]}, "duplicate": {json.dumps(a.duplicate)}}}'
 
 

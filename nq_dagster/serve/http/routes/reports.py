@@ -34,8 +34,9 @@ from nq_dagster.serve.engine.records import CACHE_PER_SOURCE
 from nq_dagster.serve.http.auth import guarded
 from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.http.state import ServerState
+from nq_dagster.serve.http.tenants import Scope
 from nq_dagster.serve.keys import KeyRecord
-from nq_dagster.store import LIVE_PARTS, SOURCE_RE
+from nq_dagster.store import LIVE_PARTS, SOURCE_RE, STORED_SOURCE_RE
 
 log = logging.getLogger("nq.serve")
 REPORT_COOKIE = "nq_report_key"  # dashboard.js sets it
@@ -165,9 +166,14 @@ def report_page(state: ServerState, live: LiveFigures, source: str) -> bytes:
 async def report(state: ServerState, live: LiveFigures, request: Request, key: KeyRecord) -> Response:
     name = request.path_params["name"]
     source = name[:-5] if name.endswith(".html") else ""
-    if not SOURCE_RE.match(source):
+    scope = Scope.of(key)
+    if not (STORED_SOURCE_RE if scope.platform else SOURCE_RE).match(source):
         raise ApiError(404, f"no report {name!r}: reports are <source>.html")
-    body = await asyncio.to_thread(report_page, state, live, source)
+    stored = scope.stored(source)  # a tenant's report is its own source's (tenants.py)
+    try:
+        body = await asyncio.to_thread(report_page, state, live, stored)
+    except ApiError as exc:  # worded with the caller's names, never the stored one
+        raise ApiError(exc.status, scope.words(exc.message)) from None
     # computed at each request: a cached copy would show an old live section
     return Response(body, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
 
@@ -194,12 +200,11 @@ async def validation_history(state: ServerState, request: Request, key: KeyRecor
     from nq_dagster.validation.history import trend
 
     source = request.query_params.get("source")
-    if source is not None and not SOURCE_RE.match(source):
-        raise ApiError(422, f"source {source!r}: 1-64 letters, digits, '_', '-' or '.'", field="source")
-    sources = [source] if source else state.engine.sources()
+    scope = Scope.of(key)
+    sources = [scope.stored(source)] if source is not None else scope.visible(state.engine.sources())
 
     def read() -> dict:
-        return {s: trend(state.wh, s) for s in sources}
+        return {scope.shown(s): trend(state.wh, s) for s in sources}
 
     return JSONResponse(await asyncio.to_thread(read))
 

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from nq_dagster.serve.http.state import ServerState
+from nq_dagster.serve.http.tenants import Scope
 from nq_dagster.store import atomic_write_bytes
 
 SERVER_ERRORS_DEGRADED = 0.05  # share of 5xx answers over 5 minutes past which the server is degraded
@@ -103,7 +104,12 @@ async def status(state: ServerState, request: Request) -> Response:
     overall, doc = await asyncio.to_thread(status_document, state)
     code = 503 if overall == "down" else 200
     if "authorization" in request.headers:
-        state.access.authenticate(request.headers, "viewer", request.scope["state"])
+        key = state.access.authenticate(request.headers, "viewer", request.scope["state"])
+        if not key.platform_admin:  # a tenant's key its own sources' models, the default namespace's its own
+            scope = Scope.of(key)
+            models = doc["components"]["models"]
+            shown = {scope.shown(s): m for s, m in models.items() if scope.sees(s)}
+            doc = {**doc, "components": {**doc["components"], "models": shown}}
         return JSONResponse(doc, status_code=code)
     return JSONResponse(
         {"status": overall, "detail": "send a viewer key for components and figures"}, status_code=code

@@ -20,14 +20,21 @@ from starlette.responses import JSONResponse, Response
 
 from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.http.state import ServerState
+from nq_dagster.serve.http.tenants import Scope
 from nq_dagster.serve.keys import KeyRecord
 
 BAD_ROWS_SHOWN = 100  # the answer lists this many bad rows at most (all are in the ingest log's reason file)
 SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json", ".parquet")
 
 
-def _ingest(state: ServerState, data: bytes, source: str, filename: str, skip_bad_rows: bool) -> dict:
-    """Write the bytes to a file of the data directory, ingest it, remove it; the answer as JSON."""
+def _ingest(
+    state: ServerState, data: bytes, source: str, filename: str, skip_bad_rows: bool, scope: Scope
+) -> dict:
+    """Write the bytes to a file of the data directory, ingest it, remove it; the answer as JSON. `source`:
+    the stored name; a tenant's quotas of sources and stored rows are checked first (403 naming the quota)."""
+    tenants = state.access.tenants
+    if tenants is not None:
+        tenants.check_store(scope.tenant, source)
     from nq_dagster.config import load_config, rows_needed
     from nq_dagster.ingest import Ingestor
 
@@ -40,14 +47,16 @@ def _ingest(state: ServerState, data: bytes, source: str, filename: str, skip_ba
         r = Ingestor(wh).ingest_file(path, source=source, skip_bad_rows=skip_bad_rows)
     finally:
         path.unlink(missing_ok=True)
+        if tenants is not None:
+            tenants.forget(scope.tenant)
     need, rows = rows_needed(load_config(wh.home)), wh.stored_rows("raw_ticks", source)
     return {
         "file": filename,
         "status": r.status,
-        "sources": r.sources,
+        "sources": [scope.shown(s) for s in r.sources],
         "rows_accepted": r.rows_accepted,
-        "reason": r.reason,
-        "notes": r.notes,
+        "reason": scope.words(r.reason) if r.reason else r.reason,
+        "notes": [scope.words(n) for n in r.notes],
         "bad_rows_total": len(r.bad_rows),
         "bad_rows": [
             {"row": b.row, "column": b.column, "problem": b.problem, "value": b.value, "fix": b.fix}
@@ -65,6 +74,8 @@ async def upload(state: ServerState, request: Request, key: KeyRecord) -> Respon
     source = q.get("source", "")
     if not SOURCE_RE.match(source):
         raise ApiError(422, "source: a source name (letters, digits, _ and -) is required", field="source")
+    scope = Scope.of(key)
+    source = scope.stored(source)
     filename = Path(q.get("filename") or "upload.csv").name
     filename = re.sub(r"[^A-Za-z0-9._-]", "_", filename)[-80:] or "upload.csv"
     if not filename.lower().endswith(SUFFIXES):
@@ -75,6 +86,6 @@ async def upload(state: ServerState, request: Request, key: KeyRecord) -> Respon
     if not data:
         raise ApiError(422, "the body is empty: send the file's bytes", field="body")
     skip = q.get("skip_bad_rows", "false").lower() in ("1", "true", "yes", "on")
-    answer = await asyncio.to_thread(_ingest, state, data, source, filename, skip)
+    answer = await asyncio.to_thread(_ingest, state, data, source, filename, skip, scope)
     # 200 whatever the rules decided: the request was served; `status` says what became of the file
     return JSONResponse(answer)

@@ -34,7 +34,10 @@ from nq_dagster.serve.http import strictjson
 from nq_dagster.serve.http.bodies import Filters, Subscription
 from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.http.state import ServerState
+from nq_dagster.serve.http.tenants import Scope
 from nq_dagster.serve.keys import RELOAD_S
+from nq_dagster.store import TENANT_SEP
+from nq_dagster.store.names import stored_source
 
 log = logging.getLogger("nq.serve")
 
@@ -99,7 +102,7 @@ async def subscribe(state: ServerState, websocket: WebSocket) -> None:
         if "authorization" not in headers and isinstance(msg.get("api_key"), str):
             headers["authorization"] = f"Bearer {msg['api_key']}"
         try:
-            state.access.authenticate(headers, "viewer", {})
+            rec = state.access.authenticate(headers, "viewer", {})
         except ApiError as exc:
             await websocket.close(code=4000 + exc.status, reason=exc.message[:120])
             return
@@ -108,14 +111,25 @@ async def subscribe(state: ServerState, websocket: WebSocket) -> None:
         except ValidationError as exc:
             await websocket.close(code=1008, reason=_reason(exc))
             return
-        sources = state.engine.sources() if sub.sources is None else sub.sources
+        scope = Scope.of(rec)
+        if sub.sources is None:
+            sources = scope.visible(state.engine.sources())
+        elif scope.tenant is not None:  # its names, in its namespace whatever they are
+            sources = [stored_source(scope.tenant, s) for s in sub.sources]
+        elif not scope.platform and any(TENANT_SEP in s for s in sub.sources):
+            await websocket.close(code=1008, reason="sources: a name with '~' is not a valid source name")
+            return
+        else:
+            sources = sub.sources
         filters = sub.filters or Filters()
         min_conf, directions = filters.min_confidence, filters.directions or []
-        sid, q = state.hub.add(set(sources), float(min_conf), set(directions))
+        sid, q = state.hub.add(
+            set(sources), float(min_conf), set(directions), None if scope.plain else scope.record
+        )
         await websocket.send_json(
             {
                 "type": "subscribed",
-                "sources": sorted(sources),
+                "sources": sorted(scope.shown(s) for s in sources),
                 "filters": {"min_confidence": min_conf, "directions": directions},
             }
         )
