@@ -100,6 +100,18 @@ class Settings(BaseModel):
     serve_peers: str = Field("", description="peer URLs, comma-separated, `{i}` expanded per replica")
     serve_processes: int = Field(1, ge=1, le=64, description="prediction processes of one server")
     serve_stream: str = Field("", description="NATS URL the server takes ticks from (`--stream`); empty: off")
+    serve_shared_store: str = Field(
+        "",
+        repr=False,  # its password: checked (and named without it) by serve/shared.check_url
+        description="postgresql:// URL of the store the replicas share: one rate limit and cap per key "
+        "across replicas, batch jobs any replica answers for (empty: per replica)",
+    )
+    serve_shared_lease_s: float = Field(
+        15.0,
+        ge=1,
+        le=600,
+        description="a replica silent this long in the shared store is dead: its slots and jobs are released",
+    )
     serve_torch_threads: int = Field(1, ge=1, le=256, description="torch threads in the server")
     hostname: str = Field("", description="HOSTNAME (a StatefulSet pod's name gives its replica ordinal)")
     serve_cors_origins: str = Field(
@@ -239,6 +251,8 @@ FIELDS: dict[str, str] = {
     "serve_peers": "NQ_SERVE_PEERS",
     "serve_processes": "NQ_SERVE_PROCESSES",
     "serve_stream": "NQ_SERVE_STREAM",
+    "serve_shared_store": "NQ_SERVE_SHARED_STORE",
+    "serve_shared_lease_s": "NQ_SERVE_SHARED_LEASE_S",
     "serve_torch_threads": "NQ_SERVE_TORCH_THREADS",
     "hostname": "HOSTNAME",
     "serve_cors_origins": "NQ_SERVE_CORS_ORIGINS",

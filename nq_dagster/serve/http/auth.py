@@ -1,6 +1,8 @@
 """Who may call what: the bearer key checked against the key store, the role the route needs (viewer <
 developer < admin), each key's rate limit (a token bucket counting ticks: a request of n values costs n, any
-other request 1) and its cap on requests in flight.
+other request 1) and its cap on requests in flight, counted by a `serve/limits.py` backend: this process's
+memory, or the store the replicas share (`NQ_SERVE_SHARED_STORE`: one budget per key across replicas; when the
+store cannot be reached, 503 naming it: fail closed, see `serve/shared.py`).
 
 `guarded(access, role, handler)` is the dependency a route declares: it makes the endpoint that authenticates,
 admits and counts the request, then calls `handler(request, key)`; refusals are `ApiError`s (401, 403, 429).
@@ -8,7 +10,7 @@ admits and counts the request, then calls `handler(request, key)`; refusals are 
 
 from __future__ import annotations
 
-import collections
+import hmac
 import math
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -17,21 +19,24 @@ from starlette.responses import Response
 
 from nq_dagster.serve.http.errors import ApiError
 from nq_dagster.serve.http.tokens import TokenVerifier, looks_like_jwt
-from nq_dagster.serve.keys import KeyRecord, KeyStore, TokenBucket, role_allows
+from nq_dagster.serve.keys import KeyRecord, KeyStore, role_allows
+from nq_dagster.serve.limits import Limits, LocalLimits
+from nq_dagster.serve.shared import StoreUnavailable
 
 Handler = Callable[[Request, KeyRecord], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class Access:
-    """The key store, and per key its token bucket and its requests in flight (this process's)."""
+    """The key store, and per key its token bucket and its requests in flight (`limits`: this process's, or
+    the replicas' shared store)."""
 
-    def __init__(self, keys: KeyStore, tokens: TokenVerifier | None = None):
-        """`tokens`: the identity provider's JWTs are accepted beside the keys (see `tokens.py`)."""
+    def __init__(self, keys: KeyStore, tokens: TokenVerifier | None = None, limits: Limits | None = None):
+        """`tokens`: the identity provider's JWTs are accepted beside the keys (see `tokens.py`); `limits`:
+        where buckets and requests in flight are counted (default `LocalLimits`, this process)."""
         self.keys = keys
         self.tokens = tokens
-        self.buckets: dict[str, TokenBucket] = {}
-        self.inflight: collections.Counter[str] = collections.Counter()
+        self.limits: Limits = limits if limits is not None else LocalLimits()
 
     def authenticate(self, headers: Mapping[str, str], role: str, scope_state: dict) -> KeyRecord:
         """The caller's key record; its id goes into the request's state (the access log names it)."""
@@ -54,16 +59,17 @@ class Access:
             raise ApiError(403, f"this key's role {rec.role!r} may not do this: it needs {role!r} or above")
         return rec
 
-    def _bucket(self, rec: KeyRecord) -> TokenBucket:
-        bucket = self.buckets.get(rec.id)
-        if bucket is None or bucket.rate != rec.rate_per_s or bucket.burst != rec.burst:
-            bucket = self.buckets[rec.id] = TokenBucket(rec.rate_per_s, rec.burst)
-        return bucket
+    def _take(self, rec: KeyRecord, cost: float) -> float:
+        try:
+            return self.limits.take(rec, cost)
+        except StoreUnavailable as exc:
+            raise store_down(exc) from None
 
     def admit(self, rec: KeyRecord) -> None:
         """Within the key's rate and its cap on requests in flight, else 429 with Retry-After. A request
-        takes one token here; `charge` takes the rest of a request that carries more ticks."""
-        wait = self._bucket(rec).take()
+        takes one token here and one of the key's slots (give it back with `release`); `charge` takes the
+        rest of a request that carries more ticks."""
+        wait = self._take(rec, 1.0)
         if wait > 0:
             raise ApiError(
                 429,
@@ -71,7 +77,11 @@ class Access:
                 f"retry in {wait:.2f} s",
                 headers={"Retry-After": str(max(1, math.ceil(wait))), **rate_limit_headers(rec, wait)},
             )
-        if self.inflight[rec.id] >= rec.max_concurrent:
+        try:
+            admitted = self.limits.acquire(rec)
+        except StoreUnavailable as exc:
+            raise store_down(exc) from None
+        if not admitted:
             raise ApiError(
                 429,
                 f"{rec.max_concurrent} requests of this key are in flight already; wait for one",
@@ -93,7 +103,7 @@ class Access:
             )
         if ticks <= 1:
             return
-        wait = self._bucket(rec).take(ticks - 1)
+        wait = self._take(rec, float(ticks - 1))
         if wait > 0:
             raise ApiError(
                 429,
@@ -102,18 +112,43 @@ class Access:
                 headers={"Retry-After": str(max(1, math.ceil(wait))), **rate_limit_headers(rec, wait)},
             )
 
+    def forward_mark(self, rec: KeyRecord, request_id: str) -> str:
+        """The `X-NQ-Forwarded` value of a request this replica admitted and passes to the source's owner: the
+        owner does not count it again (with a shared store it would be charged twice to one budget)."""
+        return self.keys.sign(f"forwarded {rec.id} {request_id}")
+
+    def forwarded(self, headers: Mapping[str, str], rec: KeyRecord, scope_state: dict) -> bool:
+        """Whether this request was admitted and counted by the replica that forwarded it (its mark checks
+        out: a client cannot forge it without the server secret)."""
+        mark = headers.get("x-nq-forwarded", "")
+        if not mark:
+            return False
+        ok = hmac.compare_digest(mark, self.forward_mark(rec, scope_state.get("request_id", "")))
+        scope_state["forwarded"] = ok
+        return ok
+
+    def release(self, rec: KeyRecord) -> None:
+        """The end of a request `admit` let in: its slot is free again."""
+        self.limits.release(rec)
+
+
+def store_down(exc: StoreUnavailable) -> ApiError:
+    """The shared store is unreachable: refused (fail closed), never admitted on this replica's own count."""
+    return ApiError(503, f"{exc}; requests are refused until it answers", headers={"Retry-After": "1"})
+
 
 def guarded(access: Access, role: str, handler: Handler) -> Endpoint:
     """The endpoint of a route that needs `role`: authenticated, admitted, counted in flight while it runs."""
 
     async def endpoint(request: Request) -> Response:
         key = access.authenticate(request.headers, role, request.scope["state"])
+        if access.forwarded(request.headers, key, request.scope["state"]):
+            return await handler(request, key)  # admitted, charged and in flight on the forwarding replica
         access.admit(key)
-        access.inflight[key.id] += 1
         try:
             return await handler(request, key)
         finally:
-            access.inflight[key.id] -= 1
+            access.release(key)
 
     endpoint.__name__ = getattr(handler, "__name__", "endpoint")
     return endpoint

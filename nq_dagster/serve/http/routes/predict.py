@@ -50,9 +50,10 @@ async def run_ticks(
 async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Response:
     raw = await request.body()
     body: RealtimeBody = parse(RealtimeBody, raw, max_values=state.settings.max_values)
-    state.access.charge(key, len(body.data))
+    if not request.scope["state"].get("forwarded"):  # else charged by the replica that forwarded it
+        state.access.charge(key, len(body.data))
     if not state.engine.own.owns(body.source):
-        return await forward(state, request, body.source, raw)
+        return await forward(state, request, body.source, raw, key)
     answers = await run_ticks(
         state,
         body.ticks(),
@@ -86,7 +87,7 @@ def _with_duplicate(a: Answer) -> str:
     return f'{text[:-1]}, "duplicate": {json.dumps(a.duplicate)}}}'
 
 
-async def forward(state: ServerState, request: Request, source: str, raw: bytes) -> Response:
+async def forward(state: ServerState, request: Request, source: str, raw: bytes, key: KeyRecord) -> Response:
     """A source another replica owns: pass the request to it, or say who owns it (421)."""
     own = state.engine.own
     owner = own.owner(source)
@@ -108,7 +109,7 @@ async def forward(state: ServerState, request: Request, source: str, raw: bytes)
         "authorization": request.headers.get("authorization", ""),
         "content-type": "application/json",
         "x-request-id": request.scope["state"]["request_id"],
-        "x-nq-forwarded": "1",
+        "x-nq-forwarded": state.access.forward_mark(key, request.scope["state"]["request_id"]),
     }
     try:
         r = await state.peer_client().post(

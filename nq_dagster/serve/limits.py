@@ -1,0 +1,137 @@
+"""Where a key's rate budget and its requests in flight are counted: `LocalLimits` (this process's memory, the
+default) or `SharedLimits` (the store every replica shares, `serve/shared.py`: one budget per key, not one
+per replica). `http/auth.Access` decides what to refuse and how to say it; a backend only counts.
+
+The interface (`Limits`): `take(rec, cost)` takes `cost` tokens of the key's bucket (rate `rec.rate_per_s`,
+capacity `rec.burst`) and returns 0 when it could, else the seconds until it could, taking nothing;
+`acquire(rec)` takes one of the key's `rec.max_concurrent` slots (False when all are taken); `release(rec)`
+gives one back. The shared backend raises `StoreUnavailable` when the store cannot be reached.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Protocol
+
+from nq_dagster.serve.keys import KeyRecord, TokenBucket
+from nq_dagster.serve.shared import SharedStore, StoreUnavailable
+
+log = logging.getLogger("nq.serve")
+
+
+class Limits(Protocol):
+    def take(self, rec: KeyRecord, cost: float = 1.0) -> float: ...
+
+    def acquire(self, rec: KeyRecord) -> bool: ...
+
+    def release(self, rec: KeyRecord) -> None: ...
+
+
+class LocalLimits:
+    """A token bucket and a counter of requests in flight per key in this process (a budget per replica)."""
+
+    def __init__(self):
+        self.buckets: dict[str, TokenBucket] = {}
+        self.inflight: collections.Counter[str] = collections.Counter()
+
+    def _bucket(self, rec: KeyRecord) -> TokenBucket:
+        bucket = self.buckets.get(rec.id)
+        if bucket is None or bucket.rate != rec.rate_per_s or bucket.burst != rec.burst:
+            bucket = self.buckets[rec.id] = TokenBucket(rec.rate_per_s, rec.burst)
+        return bucket
+
+    def take(self, rec: KeyRecord, cost: float = 1.0) -> float:
+        return self._bucket(rec).take(cost)
+
+    def acquire(self, rec: KeyRecord) -> bool:
+        if self.inflight[rec.id] >= rec.max_concurrent:
+            return False
+        self.inflight[rec.id] += 1
+        return True
+
+    def release(self, rec: KeyRecord) -> None:
+        self.inflight[rec.id] -= 1
+
+
+# One message, so one round trip and one implicit transaction. The UPDATE computes the refill from the row it
+# locked (in READ COMMITTED a waiting UPDATE re-reads the row its predecessor committed), so two replicas
+# taking the last token at once cannot both get it. `now()` is the message's start: a take that waited on the
+# row lock counts no refill for the wait (never more tokens than the rate gives). `taken` says whether this
+# take took its cost.
+TAKE = """
+INSERT INTO nq_buckets (key_id, tokens, ts) VALUES (%(k)s, %(burst)s, now()) ON CONFLICT (key_id) DO NOTHING;
+UPDATE nq_buckets SET
+    tokens = least(%(burst)s, tokens + %(rate)s * greatest(0, extract(epoch FROM now() - ts)))
+        - CASE WHEN least(%(burst)s, tokens + %(rate)s * greatest(0, extract(epoch FROM now() - ts)))
+            >= %(n)s THEN %(n)s ELSE 0 END,
+    taken = CASE WHEN least(%(burst)s, tokens + %(rate)s * greatest(0, extract(epoch FROM now() - ts)))
+            >= %(n)s THEN %(n)s ELSE 0 END,
+    ts = greatest(ts, now())
+WHERE key_id = %(k)s
+RETURNING tokens, taken
+"""
+
+# The key's slots in use are the sum over live instances (a dead one's are not counted: its lease ran out);
+# the advisory lock on the key makes the count and the increment one step across replicas.
+ACQUIRE = """
+SELECT pg_advisory_xact_lock(hashtext('nq_inflight'), hashtext(%(k)s));
+INSERT INTO nq_inflight (key_id, instance, n)
+SELECT %(k)s, %(me)s, 1
+WHERE (SELECT coalesce(sum(i.n), 0) FROM nq_inflight i JOIN nq_replicas r ON r.instance = i.instance
+       WHERE i.key_id = %(k)s AND r.expires_at > now()) < %(cap)s
+ON CONFLICT (key_id, instance) DO UPDATE SET n = nq_inflight.n + 1
+RETURNING n
+"""
+
+RELEASE = "UPDATE nq_inflight SET n = greatest(n - %(n)s, 0) WHERE key_id = %(k)s AND instance = %(me)s"
+
+
+class SharedLimits:
+    """The key's bucket and slots in the shared store: one statement message per call (a round trip on the
+    calling thread; `bench/limits_bench.py` measures it)."""
+
+    def __init__(self, store: SharedStore):
+        self.store = store
+        # releases the store missed (it was down): given back by the lease thread once it answers, so a
+        # slot is not held for as long as this replica lives
+        self._owed: collections.Counter[str] = collections.Counter()
+        self._owed_lock = threading.Lock()
+        store.after_beat.append(self._settle)
+
+    def take(self, rec: KeyRecord, cost: float = 1.0) -> float:
+        with self.store.cursor() as cur:
+            cur.execute(TAKE, {"k": rec.id, "burst": float(rec.burst), "rate": rec.rate_per_s, "n": cost})
+            tokens, taken = cur.fetchone()
+        if taken > 0 or cost <= 0:
+            return 0.0
+        return max(cost - tokens, 0.0) / rec.rate_per_s or 1e-3
+
+    def acquire(self, rec: KeyRecord) -> bool:
+        with self.store.cursor() as cur:
+            cur.execute(ACQUIRE, {"k": rec.id, "me": self.store.instance, "cap": rec.max_concurrent})
+            return cur.fetchone() is not None
+
+    def release(self, rec: KeyRecord) -> None:
+        try:
+            with self.store.cursor() as cur:
+                cur.execute(RELEASE, {"k": rec.id, "me": self.store.instance, "n": 1})
+        except StoreUnavailable as exc:
+            log.warning("shared store: a slot of key %s is given back later: %s", rec.id, exc)
+            with self._owed_lock:
+                self._owed[rec.id] += 1
+
+    def _settle(self, conn) -> None:
+        with self._owed_lock:
+            owed, self._owed = self._owed, collections.Counter()
+        try:
+            with conn.cursor() as cur:
+                while owed:
+                    k, n = next(iter(owed.items()))
+                    cur.execute(RELEASE, {"k": k, "me": self.store.instance, "n": n})
+                    del owed[k]
+        finally:
+            if owed:
+                with self._owed_lock:
+                    self._owed.update(owed)
