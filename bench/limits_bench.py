@@ -2,7 +2,7 @@
 shared PostgreSQL store (`SharedLimits`, one budget across replicas), in one run, back to back.
 
 What a request pays, through the server's own code (`serve/http/auth.Access`): `admit` (one token, one of
-the key's slots), `charge` for a realtime request of n values (the other n - 1 tokens), then `release` (the
+the key's slots), `charge` for a realtime request of n values (the other n - 1 tokens), then `leave` (the
 slot back). Measured per request for n = 1 and n = 64, one caller; then 8 threads over two store handles
 (two replicas' worth) on one key, the requests per second the limiter lets through when nothing else runs
 (the rate set high enough never to refuse). The store: a private PostgreSQL (tests/pg.py: Debian's binaries,
@@ -41,7 +41,7 @@ def per_request(access: Access, rec: KeyRecord, n: int, requests: int) -> np.nda
         t0 = time.perf_counter()
         access.admit(rec)
         access.charge(rec, n)
-        access.release(rec)
+        access.leave(rec)
         out[i] = time.perf_counter() - t0
     return out
 
@@ -55,7 +55,7 @@ def threaded(accesses: list[Access], rec: KeyRecord, threads: int, seconds: floa
         a = accesses[i % len(accesses)]
         while time.perf_counter() < stop:
             a.admit(rec)
-            a.release(rec)
+            a.leave(rec)
             counts[i] += 1
 
     ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]

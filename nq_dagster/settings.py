@@ -51,7 +51,7 @@ class Settings(BaseModel):
     aws_access_key_id: str = Field("", description="AWS_ACCESS_KEY_ID (empty: the SDK's default chain)")
     aws_secret_access_key: str = Field("", repr=False, description="AWS_SECRET_ACCESS_KEY")
     secrets_dir: Path | None = Field(
-        None, description="a directory of files named like NQ_S3_* / AWS_* variables"
+        None, description="a directory of files named like NQ_S3_* / AWS_* / NQ_SERVE_SHARED_STORE variables"
     )
     # storage maintenance
     compact_parts: int = Field(64, ge=2, le=100_000, description="a source's parts past this are compacted")
@@ -188,7 +188,8 @@ class Settings(BaseModel):
         if secrets and os.path.isdir(secrets):
             # files named like a variable fill it unless the environment sets it (a mounted k8s secret)
             for name in sorted(os.listdir(secrets)):
-                if name.startswith(("NQ_S3_", "AWS_")) and not env.get(name):
+                # NQ_SERVE_SHARED_STORE: its URL carries the store's password (k8s/serve.yaml mounts it here)
+                if name.startswith(("NQ_S3_", "AWS_", "NQ_SERVE_SHARED_STORE")) and not env.get(name):
                     with open(os.path.join(secrets, name), encoding="utf-8") as fh:
                         env[name] = fh.read().strip()
         values: dict[str, str] = {}

@@ -131,8 +131,8 @@ def test_helm_values_parse_and_agree_with_code():
 def test_serve_statefulset():
     """The prediction server's manifests validate strictly; the replicas share the stream's partitions by
     leases (no fixed replica count, which would stop the autoscaler's pods from owning anything) and the
-    shared store (its URL from a secret, never in the file); probes hit /livez and /readyz; the pods run as
-    non-root on a read-only root file system with the shared data volume."""
+    shared store (its URL a file from a secret, never in the manifest or the environment); probes hit /livez
+    and /readyz; the pods run as non-root on a read-only root file system with the shared data volume."""
     docs = list(yaml.safe_load_all((K8S / "serve.yaml").read_text()))
     kv = pytest.importorskip("kubernetes_validate")
     for d in docs:
@@ -146,10 +146,14 @@ def test_serve_statefulset():
     env = {e["name"]: e for e in c["env"]}
     assert "NQ_SERVE_REPLICAS" not in env and "NQ_SERVE_PEERS" not in env
     assert env["NQ_SERVE_STREAM"]["value"].startswith("nats://")
-    ref = env["NQ_SERVE_SHARED_STORE"]["valueFrom"]["secretKeyRef"]
-    assert (
-        ref == {"name": "nq-shared-store-url", "key": "url"} and "value" not in env["NQ_SERVE_SHARED_STORE"]
+    assert "NQ_SERVE_SHARED_STORE" not in env  # its URL holds a password: a file in NQ_SECRETS_DIR
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "secrets"]
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "secrets"]
+    assert mount["mountPath"] == env["NQ_SECRETS_DIR"]["value"] and mount["readOnly"]
+    shared = next(
+        x["secret"] for x in vol["projected"]["sources"] if x["secret"]["name"] == "nq-shared-store-url"
     )
+    assert shared["items"] == [{"key": "NQ_SERVE_SHARED_STORE", "path": "NQ_SERVE_SHARED_STORE"}]
     from nq_dagster.settings import Settings
 
     Settings.from_env({k: e["value"] for k, e in env.items() if "value" in e})  # every value parses

@@ -79,7 +79,7 @@ def test_shared_bucket_is_one_budget_under_contention(store_url):
 
     def hammer(i: int) -> None:
         while time.monotonic() - t0 < 1.5:
-            if limits[i % 2].take(rec) == 0.0:
+            if limits[i % 2].take(rec.id, rec.rate_per_s, rec.burst) == 0.0:
                 got[i] += 1
 
     threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
@@ -92,9 +92,10 @@ def test_shared_bucket_is_one_budget_under_contention(store_url):
     assert total <= rec.burst + rec.rate_per_s * elapsed + 1, (total, elapsed)
     assert total >= 0.6 * rec.rate_per_s * 1.5, (total, got)  # the budget is spent, not lost to contention
     # the slots: four in all across both handles, a fifth refused until one is given back
-    assert [limits[i % 2].acquire(rec) for i in range(5)] == [True] * 4 + [False]
-    limits[0].release(rec)
-    assert limits[1].acquire(rec)
+    assert [limits[i % 2].acquire(rec.id, rec.max_concurrent) for i in range(5)] == [True] * 4 + [False]
+    limits[0].release(rec.id)
+    assert limits[1].acquire(rec.id, rec.max_concurrent)
+    assert 0 <= limits[0].tokens(rec.id) <= rec.burst  # the last take's count (RateLimit-Remaining)
     for s in stores:
         s.close()
 
@@ -106,8 +107,20 @@ def test_store_url_is_checked_and_its_password_never_shown():
     store = SharedStore(f"postgresql://nq:hunter2@127.0.0.1:{port}/x", start=False)
     rec = KeyRecord("k", "developer", "", rate_per_s=1.0, burst=1, max_concurrent=1, name="", created_at="")
     with pytest.raises(StoreUnavailable) as err:
-        SharedLimits(store).take(rec)
+        SharedLimits(store).take(rec.id, rec.rate_per_s, rec.burst)
     assert f"postgresql://nq@127.0.0.1:{port}/x" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_store_url_from_the_secrets_directory(tmp_path):
+    """Kubernetes mounts the store's URL (its password inside) as a file in NQ_SECRETS_DIR (k8s/serve.yaml);
+    the environment, when it sets the variable, wins; the URL is not in the settings' repr."""
+    from nq_dagster.settings import Settings
+
+    (tmp_path / "NQ_SERVE_SHARED_STORE").write_text("postgresql://u:pw@db:5432/nq\n")
+    s = Settings.from_env({"NQ_SECRETS_DIR": str(tmp_path)})
+    assert s.serve_shared_store == "postgresql://u:pw@db:5432/nq" and "pw@" not in repr(s)
+    env = {"NQ_SECRETS_DIR": str(tmp_path), "NQ_SERVE_SHARED_STORE": "postgresql://other/x"}
+    assert Settings.from_env(env).serve_shared_store == "postgresql://other/x"
 
 
 def test_a_key_at_its_rate_over_three_replicas_gets_one_rate(trio):

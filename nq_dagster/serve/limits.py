@@ -2,10 +2,12 @@
 default) or `SharedLimits` (the store every replica shares, `serve/shared.py`: one budget per key, not one
 per replica). `http/auth.Access` decides what to refuse and how to say it; a backend only counts.
 
-The interface (`Limits`): `take(rec, cost)` takes `cost` tokens of the key's bucket (rate `rec.rate_per_s`,
-capacity `rec.burst`) and returns 0 when it could, else the seconds until it could, taking nothing;
-`acquire(rec)` takes one of the key's `rec.max_concurrent` slots (False when all are taken); `release(rec)`
-gives one back. The shared backend raises `StoreUnavailable` when the store cannot be reached.
+The interface (`Limits`), keyed by a name (a key's id; `tenant:<name>` for a tenant's quota): `take(name,
+rate, burst, cost)` takes `cost` tokens of the bucket `name` (`rate` per second up to `burst`) and returns 0
+when it could, else the seconds until it could, taking nothing; `acquire(name, cap)` takes one of `cap`
+slots (False when all are taken); `release(name)` gives one back; `tokens(name)` is what the bucket held
+after this process's last take (None before one: the RateLimit-Remaining field, without another round trip).
+The shared backend raises `StoreUnavailable` when the store cannot be reached.
 """
 
 from __future__ import annotations
@@ -15,18 +17,20 @@ import logging
 import threading
 from typing import Protocol
 
-from nq_dagster.serve.keys import KeyRecord, TokenBucket
+from nq_dagster.serve.keys import TokenBucket
 from nq_dagster.serve.shared import SharedStore, StoreUnavailable
 
 log = logging.getLogger("nq.serve")
 
 
 class Limits(Protocol):
-    def take(self, rec: KeyRecord, cost: float = 1.0) -> float: ...
+    def take(self, name: str, rate: float, burst: float, cost: float = 1.0) -> float: ...
 
-    def acquire(self, rec: KeyRecord) -> bool: ...
+    def acquire(self, name: str, cap: int) -> bool: ...
 
-    def release(self, rec: KeyRecord) -> None: ...
+    def release(self, name: str) -> None: ...
+
+    def tokens(self, name: str) -> float | None: ...
 
 
 class LocalLimits:
@@ -36,23 +40,24 @@ class LocalLimits:
         self.buckets: dict[str, TokenBucket] = {}
         self.inflight: collections.Counter[str] = collections.Counter()
 
-    def _bucket(self, rec: KeyRecord) -> TokenBucket:
-        bucket = self.buckets.get(rec.id)
-        if bucket is None or bucket.rate != rec.rate_per_s or bucket.burst != rec.burst:
-            bucket = self.buckets[rec.id] = TokenBucket(rec.rate_per_s, rec.burst)
-        return bucket
+    def take(self, name: str, rate: float, burst: float, cost: float = 1.0) -> float:
+        bucket = self.buckets.get(name)
+        if bucket is None or bucket.rate != rate or bucket.burst != burst:  # anew when its limits changed
+            bucket = self.buckets[name] = TokenBucket(rate, burst)
+        return bucket.take(cost)
 
-    def take(self, rec: KeyRecord, cost: float = 1.0) -> float:
-        return self._bucket(rec).take(cost)
-
-    def acquire(self, rec: KeyRecord) -> bool:
-        if self.inflight[rec.id] >= rec.max_concurrent:
+    def acquire(self, name: str, cap: int) -> bool:
+        if self.inflight[name] >= cap:
             return False
-        self.inflight[rec.id] += 1
+        self.inflight[name] += 1
         return True
 
-    def release(self, rec: KeyRecord) -> None:
-        self.inflight[rec.id] -= 1
+    def release(self, name: str) -> None:
+        self.inflight[name] -= 1
+
+    def tokens(self, name: str) -> float | None:
+        bucket = self.buckets.get(name)
+        return None if bucket is None else bucket.tokens
 
 
 # One message, so one round trip and one implicit transaction. The UPDATE computes the refill from the row it
@@ -99,28 +104,33 @@ class SharedLimits:
         self._owed: collections.Counter[str] = collections.Counter()
         self._owed_lock = threading.Lock()
         store.after_beat.append(self._settle)
+        self._tokens: dict[str, float] = {}
 
-    def take(self, rec: KeyRecord, cost: float = 1.0) -> float:
+    def take(self, name: str, rate: float, burst: float, cost: float = 1.0) -> float:
         with self.store.cursor() as cur:
-            cur.execute(TAKE, {"k": rec.id, "burst": float(rec.burst), "rate": rec.rate_per_s, "n": cost})
+            cur.execute(TAKE, {"k": name, "burst": float(burst), "rate": rate, "n": cost})
             tokens, taken = cur.fetchone()
+        self._tokens[name] = tokens
         if taken > 0 or cost <= 0:
             return 0.0
-        return max(cost - tokens, 0.0) / rec.rate_per_s or 1e-3
+        return max(cost - tokens, 0.0) / rate or 1e-3
 
-    def acquire(self, rec: KeyRecord) -> bool:
+    def acquire(self, name: str, cap: int) -> bool:
         with self.store.cursor() as cur:
-            cur.execute(ACQUIRE, {"k": rec.id, "me": self.store.instance, "cap": rec.max_concurrent})
+            cur.execute(ACQUIRE, {"k": name, "me": self.store.instance, "cap": cap})
             return cur.fetchone() is not None
 
-    def release(self, rec: KeyRecord) -> None:
+    def release(self, name: str) -> None:
         try:
             with self.store.cursor() as cur:
-                cur.execute(RELEASE, {"k": rec.id, "me": self.store.instance, "n": 1})
+                cur.execute(RELEASE, {"k": name, "me": self.store.instance, "n": 1})
         except StoreUnavailable as exc:
-            log.warning("shared store: a slot of key %s is given back later: %s", rec.id, exc)
+            log.warning("shared store: a slot of %s is given back later: %s", name, exc)
             with self._owed_lock:
-                self._owed[rec.id] += 1
+                self._owed[name] += 1
+
+    def tokens(self, name: str) -> float | None:
+        return self._tokens.get(name)
 
     def _settle(self, conn) -> None:
         with self._owed_lock:

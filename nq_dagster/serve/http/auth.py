@@ -61,14 +61,14 @@ class Access:
 
     def _take(self, rec: KeyRecord, cost: float) -> float:
         try:
-            return self.limits.take(rec, cost)
+            return self.limits.take(rec.id, rec.rate_per_s, rec.burst, cost)
         except StoreUnavailable as exc:
             raise store_down(exc) from None
 
     def admit(self, rec: KeyRecord) -> None:
         """Within the key's rate and its cap on requests in flight, else 429 with Retry-After. A request
-        takes one token here and one of the key's slots (give it back with `release`); `charge` takes the
-        rest of a request that carries more ticks."""
+        takes one token here and one of the key's slots (given back by `leave`); `charge` takes the rest of
+        a request that carries more ticks."""
         wait = self._take(rec, 1.0)
         if wait > 0:
             raise ApiError(
@@ -78,7 +78,7 @@ class Access:
                 headers={"Retry-After": str(max(1, math.ceil(wait))), **rate_limit_headers(rec, wait)},
             )
         try:
-            admitted = self.limits.acquire(rec)
+            admitted = self.limits.acquire(rec.id, rec.max_concurrent)
         except StoreUnavailable as exc:
             raise store_down(exc) from None
         if not admitted:
@@ -127,9 +127,9 @@ class Access:
         scope_state["forwarded"] = ok
         return ok
 
-    def release(self, rec: KeyRecord) -> None:
+    def leave(self, rec: KeyRecord) -> None:
         """The end of a request `admit` let in: its slot is free again."""
-        self.limits.release(rec)
+        self.limits.release(rec.id)
 
 
 def store_down(exc: StoreUnavailable) -> ApiError:
@@ -148,7 +148,7 @@ def guarded(access: Access, role: str, handler: Handler) -> Endpoint:
         try:
             return await handler(request, key)
         finally:
-            access.release(key)
+            access.leave(key)
 
     endpoint.__name__ = getattr(handler, "__name__", "endpoint")
     return endpoint
