@@ -145,6 +145,8 @@ class _Connection:
                 self._conn = None
                 self._fail(exc)
             except psycopg2.Error as exc:  # a statement refused (timeout, lock): the connection stays
+                if getattr(exc, "pgcode", None) == "42P01":  # undefined table: a store emptied under us
+                    self.store._schema_ready = False  # created again by the next call
                 with contextlib.suppress(Exception):
                     with self._conn.cursor() as c:  # an explicit BEGIN the failed statement left open
                         c.execute("ROLLBACK")
