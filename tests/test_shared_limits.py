@@ -124,11 +124,13 @@ def test_store_url_from_the_secrets_directory(tmp_path):
 
 
 def test_a_key_at_its_rate_over_three_replicas_gets_one_rate(trio):
-    """One key (30 ticks/s, burst 10) hammered through all three replicas at once for 4 s: the requests and
+    """One key (20 ticks/s, burst 10) hammered through all three replicas at once for 4 s: the requests and
     ticks accepted in total are within burst + rate x window, as from one server; each replica accepted some
     (the budget is shared, not given to one). Per-replica buckets would accept about three times as many."""
     home, servers = trio
-    key = new_key(home, rate="1800/min", burst=10, max_concurrent=64)
+    # 20/s: well under what three replicas answer on a loaded 2-core machine (60-90 requests/s in all at load
+    # average 16), so the clients always ask for more than the rate
+    key = new_key(home, rate="1200/min", burst=10, max_concurrent=64)
     window = 4.0
     accepted = [0, 0, 0]
     refused = [0, 0, 0]
@@ -159,10 +161,10 @@ def test_a_key_at_its_rate_over_three_replicas_gets_one_rate(trio):
     elapsed = time.monotonic() - t0
     assert not other, other[:3]
     total = sum(accepted)
-    print(f"accepted {accepted} refused {refused} in {elapsed:.2f} s: {total / elapsed:.1f}/s, rate 30/s")
+    print(f"accepted {accepted} refused {refused} in {elapsed:.2f} s: {total / elapsed:.1f}/s, rate 20/s")
     assert sum(refused) > total, (accepted, refused)  # the clients asked for more than the rate
-    assert total <= 10 + 30 * elapsed + 1, (accepted, elapsed)
-    assert total >= 0.6 * 30 * window, (accepted, refused)
+    assert total <= 10 + 20 * elapsed + 1, (accepted, elapsed)
+    assert total >= 0.6 * 20 * window, (accepted, refused)
     assert all(a > 0 for a in accepted), accepted
 
 
