@@ -28,6 +28,13 @@ from nq_dagster.serve.limits import LocalLimits, SharedLimits
 from nq_dagster.serve.shared import SharedStore
 
 
+class TwoTrips(SharedLimits):
+    """The shared limiter with `admit` as two round trips (take, then acquire): the cost before the combined
+    statement, measured in the same run."""
+
+    admit = LocalLimits.admit
+
+
 def key(kid: str) -> KeyRecord:
     return KeyRecord(
         kid, "developer", "", rate_per_s=1e6, burst=10**7, max_concurrent=1000, name="", created_at=""
@@ -81,10 +88,14 @@ def main(argv: list[str] | None = None) -> None:
         stores = [SharedStore(url, replica=i) for i in range(2)]
         local = Access(keys=None, limits=LocalLimits())  # the key store is not used by admit / charge
         shared = [Access(keys=None, limits=SharedLimits(s)) for s in stores]
+        two_trips = Access(keys=None, limits=TwoTrips(stores[0]))
         print(f"load average before: {os.getloadavg()}")
         rows = []
         for n in (1, 64):
-            for name, access in (("in memory", local), ("shared store", shared[0])):
+            variants = [("in memory", local), ("shared store", shared[0])]
+            if n == 1:
+                variants.append(("shared store, admit in two round trips", two_trips))
+            for name, access in variants:
                 rec = key(f"bench-{name}-{n}")
                 per_request(access, rec, n, 50)  # warm: the bucket's row, the connection
                 s = per_request(access, rec, n, args.requests) * 1e6

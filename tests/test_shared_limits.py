@@ -96,6 +96,13 @@ def test_shared_bucket_is_one_budget_under_contention(store_url):
     limits[0].release(rec.id)
     assert limits[1].acquire(rec.id, rec.max_concurrent)
     assert 0 <= limits[0].tokens(rec.id) <= rec.burst  # the last take's count (RateLimit-Remaining)
+    # admit = a token, then a slot, in one round trip: refused for the slot (all 4 taken), then for the rate
+    assert limits[0].admit(rec.id, rec.rate_per_s, rec.burst, rec.max_concurrent) == (0.0, False)
+    slow = KeyRecord("slow", "developer", "", 0.01, burst=1, max_concurrent=1, name="", created_at="")
+    assert limits[1].admit(slow.id, slow.rate_per_s, slow.burst, slow.max_concurrent) == (0.0, True)
+    wait, acquired = limits[0].admit(slow.id, slow.rate_per_s, slow.burst, slow.max_concurrent)
+    assert 90 < wait <= 100 and not acquired  # one token at 0.01/s: about 100 s away, and no slot taken
+    limits[1].release(slow.id)
     for s in stores:
         s.close()
 

@@ -5,7 +5,9 @@ per replica). `http/auth.Access` decides what to refuse and how to say it; a bac
 The interface (`Limits`), keyed by a name (a key's id; `tenant:<name>` for a tenant's quota): `take(name,
 rate, burst, cost)` takes `cost` tokens of the bucket `name` (`rate` per second up to `burst`) and returns 0
 when it could, else the seconds until it could, taking nothing; `acquire(name, cap)` takes one of `cap`
-slots (False when all are taken); `release(name)` gives one back; `tokens(name)` is what the bucket held
+slots (False when all are taken); `admit(name, rate, burst, cap)` is a take of one token and then, if it
+took it, an acquire, as `(wait, acquired)` (one round trip to a shared store instead of two); `release(name)`
+gives one back; `tokens(name)` is what the bucket held
 after this process's last take (None before one: the RateLimit-Remaining field, without another round trip).
 The shared backend raises `StoreUnavailable` when the store cannot be reached.
 """
@@ -27,6 +29,8 @@ class Limits(Protocol):
     def take(self, name: str, rate: float, burst: float, cost: float = 1.0) -> float: ...
 
     def acquire(self, name: str, cap: int) -> bool: ...
+
+    def admit(self, name: str, rate: float, burst: float, cap: int) -> tuple[float, bool]: ...
 
     def release(self, name: str) -> None: ...
 
@@ -51,6 +55,10 @@ class LocalLimits:
             return False
         self.inflight[name] += 1
         return True
+
+    def admit(self, name: str, rate: float, burst: float, cap: int) -> tuple[float, bool]:
+        wait = self.take(name, rate, burst, 1.0)
+        return (wait, False) if wait > 0 else (0.0, self.acquire(name, cap))
 
     def release(self, name: str) -> None:
         self.inflight[name] -= 1
@@ -90,6 +98,26 @@ ON CONFLICT (key_id, instance) DO UPDATE SET n = nq_inflight.n + 1
 RETURNING n
 """
 
+# take one token, then (only if taken) one slot: TAKE and ACQUIRE in one message, so one round trip; the last
+# statement reads the bucket as the UPDATE left it (a later statement of the same transaction sees it)
+ADMIT = (
+    TAKE.rsplit("RETURNING", 1)[0]
+    + """;
+SELECT pg_advisory_xact_lock(hashtext('nq_inflight'), hashtext(%(k)s));
+WITH b AS (SELECT tokens, taken FROM nq_buckets WHERE key_id = %(k)s),
+ins AS (
+    INSERT INTO nq_inflight (key_id, instance, n)
+    SELECT %(k)s, %(me)s, 1 FROM b
+    WHERE b.taken > 0
+      AND (SELECT coalesce(sum(i.n), 0) FROM nq_inflight i JOIN nq_replicas r ON r.instance = i.instance
+           WHERE i.key_id = %(k)s AND r.expires_at > now()) < %(cap)s
+    ON CONFLICT (key_id, instance) DO UPDATE SET n = nq_inflight.n + 1
+    RETURNING n
+)
+SELECT b.tokens, b.taken, (SELECT count(*) FROM ins) FROM b
+"""
+)
+
 RELEASE = "UPDATE nq_inflight SET n = greatest(n - %(n)s, 0) WHERE key_id = %(k)s AND instance = %(me)s"
 
 
@@ -119,6 +147,17 @@ class SharedLimits:
         with self.store.cursor() as cur:
             cur.execute(ACQUIRE, {"k": name, "me": self.store.instance, "cap": cap})
             return cur.fetchone() is not None
+
+    def admit(self, name: str, rate: float, burst: float, cap: int) -> tuple[float, bool]:
+        me = self.store.instance
+        args = {"k": name, "burst": float(burst), "rate": rate, "n": 1.0, "me": me, "cap": cap}
+        with self.store.cursor() as cur:
+            cur.execute(ADMIT, args)
+            tokens, taken, acquired = cur.fetchone()
+        self._tokens[name] = tokens
+        if taken <= 0:
+            return max(1.0 - tokens, 0.0) / rate or 1e-3, False
+        return 0.0, acquired > 0
 
     def release(self, name: str) -> None:
         try:

@@ -69,7 +69,10 @@ class Access:
         """Within the key's rate and its cap on requests in flight, else 429 with Retry-After. A request
         takes one token here and one of the key's slots (given back by `leave`); `charge` takes the rest of
         a request that carries more ticks."""
-        wait = self._take(rec, 1.0)
+        try:
+            wait, admitted = self.limits.admit(rec.id, rec.rate_per_s, rec.burst, rec.max_concurrent)
+        except StoreUnavailable as exc:
+            raise store_down(exc) from None
         if wait > 0:
             raise ApiError(
                 429,
@@ -77,10 +80,6 @@ class Access:
                 f"retry in {wait:.2f} s",
                 headers={"Retry-After": str(max(1, math.ceil(wait))), **rate_limit_headers(rec, wait)},
             )
-        try:
-            admitted = self.limits.acquire(rec.id, rec.max_concurrent)
-        except StoreUnavailable as exc:
-            raise store_down(exc) from None
         if not admitted:
             raise ApiError(
                 429,
