@@ -11,7 +11,7 @@ $(BIN)/nq: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)" || $(BIN)/pip install -q --index-url https://download.pytorch.org/whl/cpu "torch>=2.3,<=2.14.1"
-	$(BIN)/pip install -q -e ".[dev,k8s,stream]"
+	$(BIN)/pip install -q -e ".[dev,k8s,stream,shared]"
 	touch $(BIN)/nq
 
 setup: $(BIN)/nq

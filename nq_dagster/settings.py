@@ -51,7 +51,7 @@ class Settings(BaseModel):
     aws_access_key_id: str = Field("", description="AWS_ACCESS_KEY_ID (empty: the SDK's default chain)")
     aws_secret_access_key: str = Field("", repr=False, description="AWS_SECRET_ACCESS_KEY")
     secrets_dir: Path | None = Field(
-        None, description="a directory of files named like NQ_S3_* / AWS_* variables"
+        None, description="a directory of files named like NQ_S3_* / AWS_* / NQ_SERVE_SHARED_STORE variables"
     )
     # storage maintenance
     compact_parts: int = Field(64, ge=2, le=100_000, description="a source's parts past this are compacted")
@@ -103,6 +103,18 @@ class Settings(BaseModel):
     serve_peers: str = Field("", description="peer URLs, comma-separated, `{i}` expanded per replica")
     serve_processes: int = Field(1, ge=1, le=64, description="prediction processes of one server")
     serve_stream: str = Field("", description="NATS URL the server takes ticks from (`--stream`); empty: off")
+    serve_shared_store: str = Field(
+        "",
+        repr=False,  # its password: checked (and named without it) by serve/shared.check_url
+        description="postgresql:// URL of the store the replicas share: one rate limit and cap per key "
+        "across replicas, batch jobs any replica answers for (empty: per replica)",
+    )
+    serve_shared_lease_s: float = Field(
+        15.0,
+        ge=1,
+        le=600,
+        description="a replica silent this long in the shared store is dead: its slots and jobs are released",
+    )
     serve_torch_threads: int = Field(1, ge=1, le=256, description="torch threads in the server")
     hostname: str = Field("", description="HOSTNAME (a StatefulSet pod's name gives its replica ordinal)")
     serve_cors_origins: str = Field(
@@ -179,7 +191,8 @@ class Settings(BaseModel):
         if secrets and os.path.isdir(secrets):
             # files named like a variable fill it unless the environment sets it (a mounted k8s secret)
             for name in sorted(os.listdir(secrets)):
-                if name.startswith(("NQ_S3_", "AWS_")) and not env.get(name):
+                # NQ_SERVE_SHARED_STORE: its URL carries the store's password (k8s/serve.yaml mounts it here)
+                if name.startswith(("NQ_S3_", "AWS_", "NQ_SERVE_SHARED_STORE")) and not env.get(name):
                     with open(os.path.join(secrets, name), encoding="utf-8") as fh:
                         env[name] = fh.read().strip()
         values: dict[str, str] = {}
@@ -243,6 +256,8 @@ FIELDS: dict[str, str] = {
     "serve_peers": "NQ_SERVE_PEERS",
     "serve_processes": "NQ_SERVE_PROCESSES",
     "serve_stream": "NQ_SERVE_STREAM",
+    "serve_shared_store": "NQ_SERVE_SHARED_STORE",
+    "serve_shared_lease_s": "NQ_SERVE_SHARED_LEASE_S",
     "serve_torch_threads": "NQ_SERVE_TORCH_THREADS",
     "hostname": "HOSTNAME",
     "serve_cors_origins": "NQ_SERVE_CORS_ORIGINS",

@@ -70,11 +70,19 @@ class PgCluster:
         # fsync off: a test cluster's durability is not under test (Dagster's is the database's own), and on
         # a shared disk fsync dominates schema creation
         self._run("initdb", "-D", str(self.data), "-U", "nq", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server (again, after `pause`) on the same port and data."""
         opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
         self._run(
             "pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "server.log"), "-w", "start"
         )
-        return self
+
+    def pause(self) -> None:
+        """Stop the server as a crash would (`-m immediate`), keeping its data: the store is down."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=60)
 
     def url(self, db: str = "postgres") -> str:
         return f"postgresql://nq@127.0.0.1:{self.port}/{db}"

@@ -129,9 +129,10 @@ def test_helm_values_parse_and_agree_with_code():
 
 
 def test_serve_statefulset():
-    """The prediction server's manifests validate strictly; replica count and ownership settings agree; probes
-    hit /livez and /readyz; the pods run as non-root on a read-only root file system with the shared data
-    volume."""
+    """The prediction server's manifests validate strictly; the replicas share the stream's partitions by
+    leases (no fixed replica count, which would stop the autoscaler's pods from owning anything) and the
+    shared store (its URL a file from a secret, never in the manifest or the environment); probes hit /livez
+    and /readyz; the pods run as non-root on a read-only root file system with the shared data volume."""
     docs = list(yaml.safe_load_all((K8S / "serve.yaml").read_text()))
     kv = pytest.importorskip("kubernetes_validate")
     for d in docs:
@@ -142,15 +143,97 @@ def test_serve_statefulset():
     assert sts["spec"]["serviceName"] == "nq-serve-headless"
     pod = sts["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    env = {e["name"]: e.get("value") for e in c["env"]}
-    assert int(env["NQ_SERVE_REPLICAS"]) == sts["spec"]["replicas"]
-    assert "{i}" in env["NQ_SERVE_PEERS"] and "nq-serve-headless" in env["NQ_SERVE_PEERS"]
+    env = {e["name"]: e for e in c["env"]}
+    assert "NQ_SERVE_REPLICAS" not in env and "NQ_SERVE_PEERS" not in env
+    assert env["NQ_SERVE_STREAM"]["value"].startswith("nats://")
+    assert "NQ_SERVE_SHARED_STORE" not in env  # its URL holds a password: a file in NQ_SECRETS_DIR
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "secrets"]
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "secrets"]
+    assert mount["mountPath"] == env["NQ_SECRETS_DIR"]["value"] and mount["readOnly"]
+    shared = next(
+        x["secret"] for x in vol["projected"]["sources"] if x["secret"]["name"] == "nq-shared-store-url"
+    )
+    assert shared["items"] == [{"key": "NQ_SERVE_SHARED_STORE", "path": "NQ_SERVE_SHARED_STORE"}]
+    from nq_dagster.settings import Settings
+
+    Settings.from_env({k: e["value"] for k, e in env.items() if "value" in e})  # every value parses
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert "initialDelaySeconds" not in c["livenessProbe"]  # the port opens before the models load
     assert pod["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "nq-data"}} in pod["volumes"]
     assert c["command"][:2] == ["nq", "serve"] and "0.0.0.0" in c["command"]
+
+
+def exported_metrics() -> set[str]:
+    """The Prometheus series names the server defines, read from its sources: the HTTP server's telemetry
+    (serve/http/telemetry.py) and the stream's gauges (serve/stream/nats.py: `nq_stream_<name>`)."""
+    import re
+
+    serve = K8S.parent / "nq_dagster" / "serve"
+    telemetry = (serve / "http" / "telemetry.py").read_text()
+    names = set(re.findall(r"(?:Gauge|Counter|Histogram|Summary)\(\s*\"(nq_[a-z0-9_]+)\"", telemetry))
+    stream = (serve / "stream" / "nats.py").read_text()
+    assert 'Gauge(f"nq_stream_{name}"' in stream
+    names |= {f"nq_stream_{n}" for n in re.findall(r"^\s*\(\s*\"([a-z_]+)\",\s*\"", stream, re.M)}
+    return names
+
+
+def test_autoscaler_scales_the_server_on_metrics_it_exports():
+    """The HorizontalPodAutoscaler targets the server's StatefulSet on per-pod metrics of load that the
+    server exports (the stream's consumer lag, the engine's queue) and that prometheus-adapter's rules serve
+    under the same names, from the same series; scale-down is slower than scale-up (a removed pod hands its
+    partitions over); at most as many pods as the stream has partitions."""
+    docs = list(yaml.safe_load_all((K8S / "serve.yaml").read_text()))
+    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": "nq-serve",
+    }
+    assert (
+        sts["metadata"]["name"] == "nq-serve" and hpa["metadata"]["namespace"] == sts["metadata"]["namespace"]
+    )
+    names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]]
+    assert all(m["type"] == "Pods" for m in hpa["spec"]["metrics"])
+    assert set(names) == {"nq_stream_pending", "nq_engine_queue_depth"}
+    assert set(names) <= exported_metrics(), (names, sorted(exported_metrics()))
+    from nq_dagster.serve.http.telemetry import Metrics
+
+    assert "nq_engine_queue_depth" in {
+        m.name for m in Metrics().registry.collect()
+    }  # registered, not only text
+    assert all(float(m["pods"]["target"]["averageValue"]) > 0 for m in hpa["spec"]["metrics"])
+    lo, hi = hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]
+    assert 2 <= lo <= sts["spec"]["replicas"] <= hi <= 16  # 16: `nq serve --partitions`' default
+    b = hpa["spec"]["behavior"]
+    assert b["scaleDown"]["stabilizationWindowSeconds"] > b["scaleUp"]["stabilizationWindowSeconds"]
+    ann = sts["spec"]["template"]["metadata"]["annotations"]  # Prometheus finds the pods, then the adapter
+    assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/path"] == "/metrics"
+    adapter = yaml.safe_load((K8S / "prometheus-adapter-values.yaml").read_text())
+    rules = {r["name"]["as"]: r for r in adapter["rules"]["custom"]}
+    assert set(rules) == set(names)
+    for name, rule in rules.items():
+        assert rule["seriesQuery"].startswith(name + "{") and rule["name"]["matches"] == f"^{name}$"
+        assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+        assert "<<.Series>>" in rule["metricsQuery"] and "<<.LabelMatchers>>" in rule["metricsQuery"]
+    env = {e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "NQ_SERVE_METRICS_OPEN" in env  # Prometheus scrapes without a key
+
+
+def test_shared_store_postgres_values():
+    """The PostgreSQL the replicas share is a named dependency: its release's service, user and database are
+    the ones the documented URL (serve.yaml) names, its password comes from a secret."""
+    values = yaml.safe_load((K8S / "postgres-values.yaml").read_text())
+    url = (
+        f"postgresql://{values['auth']['username']}:PASSWORD@{values['fullnameOverride']}.nq.svc.cluster.local"
+        f":5432/{values['auth']['database']}"
+    )
+    assert url in (K8S / "serve.yaml").read_text()
+    assert values["auth"]["existingSecret"] and "password" not in values["auth"]
+    assert values["primary"]["persistence"]["enabled"]
 
 
 def test_nats_values_for_the_tick_stream():

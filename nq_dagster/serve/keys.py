@@ -111,6 +111,11 @@ class KeyStore:
     def _digest(self, key: str) -> str:
         return hmac.new(self._server_secret(), key.encode(), hashlib.sha256).hexdigest()
 
+    def sign(self, text: str) -> str:
+        """HMAC-SHA256 of `text` with the server secret: what only replicas sharing the data directory can
+        compute (a request forwarded between them says so with it)."""
+        return self._digest(f"sign:{text}")
+
     def _load(self, fresh: bool = False) -> dict[str, KeyRecord]:
         with self._lock:
             now = time.monotonic()

@@ -171,6 +171,8 @@ def create_app(
             yield
         finally:
             await asyncio.to_thread(_close, startup)
+            if state.shared is not None:  # after the engine: the jobs it finished are stored
+                await asyncio.to_thread(state.shared.close)
             if state.peers is not None:
                 await state.peers.aclose()
 

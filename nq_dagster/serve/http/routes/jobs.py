@@ -1,10 +1,11 @@
 """Batch jobs (developer): `POST /api/v1/process/batch` takes data points of many sources and answers 202 with
 a job id; `GET /api/v1/jobs/{job_id}` gives the job's status and results (to the key that posted it, or an
-admin). Jobs are kept in SQLite (`batchjobs.py`: a TTL, a per-key quota, marked failed when a restart
-interrupts them). A job's points run in chunks of 256 at low priority, so the key's realtime requests get in
-between (and other keys get their share: engine/fair.py); each chunk is validated as ingest validates a file,
-a refused chunk is tried point by point so that a bad point fails alone, with its error in the job. An allowed
-callback URL gets the finished job."""
+admin). Jobs are kept in SQLite, or in the store the replicas share (`batchjobs.py`: a TTL, a per-key quota,
+marked failed when a restart or a replica's death interrupts them). A job's points run in chunks of 256 at
+low priority, so the key's realtime requests get in between (and other keys get their share:
+engine/fair.py); each chunk is validated as ingest validates a file, a refused chunk is tried point by point
+so that a bad point fails alone, with its error in the job. An allowed callback URL gets the finished job.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from nq_dagster.serve.http.startup import require_ready
 from nq_dagster.serve.http.state import ServerState
 from nq_dagster.serve.http.tenants import DEFAULT_SCOPE, Scope
 from nq_dagster.serve.keys import KeyRecord
+from nq_dagster.serve.shared import StoreUnavailable
 from nq_dagster.store import STORED_SOURCE_RE, TENANT_SEP
 from nq_dagster.store.names import stored_source
 
@@ -77,7 +79,7 @@ async def batch(state: ServerState, request: Request, key: KeyRecord) -> Respons
     require_ready(state.startup)  # a job queued while the models load would fail every chunk
     raw = parse_object(await request.body())
     job_id = parse(JobRef, raw).job_id or uuid.uuid4().hex
-    known = state.jobs.get(job_id)
+    known = _get(state, job_id)
     if known is not None and not may_read(known, key):
         # another key's job: its summary is that key's alone (issue 26: a reused job_id read it)
         raise ApiError(409, f"job_id {job_id!r} is taken; choose another (or omit it)", field="job_id")
@@ -105,10 +107,12 @@ async def batch(state: ServerState, request: Request, key: KeyRecord) -> Respons
         state.jobs.add(job)
     except QuotaFull as exc:
         raise ApiError(429, str(exc), headers={"Retry-After": "5"}) from None
+    except StoreUnavailable as exc:
+        raise ApiError(503, f"batch jobs not stored: {exc}", headers={"Retry-After": "5"}) from None
     except (OSError, sqlite3.Error) as exc:
         raise ApiError(
             503,
-            f"batch jobs store not writable: {state.jobs.path}: {exc}; retry when the data directory is "
+            f"batch jobs store not writable: {state.jobs.where}: {exc}; retry when the data directory is "
             "writable",
             headers={"Retry-After": "5"},
         ) from None
@@ -198,15 +202,27 @@ async def run_job(state: ServerState, job: Job, rows: list[tuple], scope: Scope 
             job.callback = {"error": str(exc)}
     try:
         state.jobs.save(job)
-    except (OSError, sqlite3.Error):
+    except (OSError, sqlite3.Error, StoreUnavailable):
         log.exception("batch job %s: its end could not be stored (a restart marks it failed)", job.id)
 
 
+def _get(state: ServerState, job_id: str) -> Job | None:
+    try:
+        return state.jobs.get(job_id)
+    except StoreUnavailable as exc:
+        raise ApiError(503, f"batch jobs not readable: {exc}", headers={"Retry-After": "5"}) from None
+
+
 async def job_status(state: ServerState, request: Request, key: KeyRecord) -> Response:
-    job = state.jobs.get(request.path_params["job_id"])
+    job = _get(state, request.path_params["job_id"])
     if job is None or not may_read(job, key):
-        raise ApiError(404, f"no job {request.path_params['job_id']!r} of this key on this replica")
-    return JSONResponse(job.public(state.jobs.results(job.id)))
+        where = "in the shared store" if state.shared is not None else "on this replica"
+        raise ApiError(404, f"no job {request.path_params['job_id']!r} of this key {where}")
+    try:
+        results = state.jobs.results(job.id)
+    except StoreUnavailable as exc:
+        raise ApiError(503, f"batch jobs not readable: {exc}", headers={"Retry-After": "5"}) from None
+    return JSONResponse(job.public(results))
 
 
 def routes(state: ServerState) -> list[BaseRoute]:

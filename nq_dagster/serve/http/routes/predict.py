@@ -58,11 +58,12 @@ async def run_ticks(
 async def realtime(state: ServerState, request: Request, key: KeyRecord) -> Response:
     raw = await request.body()
     body: RealtimeBody = parse(RealtimeBody, raw, max_values=state.settings.max_values)
-    state.access.charge(key, len(body.data))
+    if not request.scope["state"].get("forwarded"):  # else charged by the replica that forwarded it
+        state.access.charge(key, len(body.data))
     if key.tenant is not None:  # a tenant's source: stored as `<tenant>~<name>` (tenants.py)
         return await realtime_tenant(state, request, key, body, raw)
     if not state.engine.own.owns(body.source):
-        return await forward(state, request, body.source, raw)
+        return await forward(state, request, body.source, raw, key)
     answers = await run_ticks(
         state,
         body.ticks(),
@@ -81,7 +82,7 @@ async def realtime_tenant(
     scope, tenants = Scope.of(key), state.access.tenants
     source = scope.stored(body.source)
     if not state.engine.own.owns(source):
-        return await forward(state, request, source, raw)
+        return await forward(state, request, source, raw, key)
     n = len(body.data)
     if tenants is not None:
         if tenants.fresh(key.tenant):
@@ -132,7 +133,7 @@ def _with_duplicate(a: Answer, scope: Scope) -> str:
     return f'{text[:-1]}, "duplicate": {json.dumps(a.duplicate)}}}'
 
 
-async def forward(state: ServerState, request: Request, source: str, raw: bytes) -> Response:
+async def forward(state: ServerState, request: Request, source: str, raw: bytes, key: KeyRecord) -> Response:
     """A source another replica owns: pass the request to it, or say who owns it (421)."""
     own = state.engine.own
     owner = own.owner(source)
@@ -154,7 +155,7 @@ async def forward(state: ServerState, request: Request, source: str, raw: bytes)
         "authorization": request.headers.get("authorization", ""),
         "content-type": "application/json",
         "x-request-id": request.scope["state"]["request_id"],
-        "x-nq-forwarded": "1",
+        "x-nq-forwarded": state.access.forward_mark(key, request.scope["state"]["request_id"]),
     }
     try:
         r = await state.peer_client().post(
