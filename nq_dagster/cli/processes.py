@@ -73,6 +73,14 @@ def cmd_serve(args, settings: Settings) -> int:
     else:
         peer_list = tuple(p for p in peers.split(",") if p.strip())
         own = Ownership(replica if replicas > 1 else 0, replicas, peer_list)
+    if stream:  # held for the process's life: survivors flush this journal only once this process is gone
+        from nq_dagster.serve.stream.leases import hold_journal_lock
+
+        try:
+            journal_lock = hold_journal_lock(wh, own.replica, wait_s=1.5 * args.lease_ttl)  # noqa: F841
+        except RuntimeError as exc:
+            print(f"nq serve: {exc}", file=sys.stderr)
+            return 2
     configure_logging(args.log_level.upper())
     # one torch thread: the server's parallelism is the batch of requests; torch's intra-op pool on top of the
     # event loop and the engine's worker only contends for the cores (bench/RESULTS.md, "Prediction server")
@@ -108,9 +116,8 @@ def cmd_serve(args, settings: Settings) -> int:
         )
     app = server.app
     if stream:
-        from nq_dagster.serve.stream.nats import StreamOptions, TickStream, with_stream
-
         from nq_dagster.serve.stream.leases import LeaseOptions
+        from nq_dagster.serve.stream.nats import StreamOptions, TickStream, with_stream
 
         options = StreamOptions(max_values=server.state.settings.max_values)
         ticks = TickStream(

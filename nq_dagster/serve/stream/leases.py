@@ -16,9 +16,10 @@ the holder trusts its lease only until `sent + 0.8 * TTL` (local monotonic clock
 sent, so earlier than the broker's expiry): a replica that cannot renew (paused, cut from the broker) stops
 taking ticks of the partition before anyone else can claim it.
 
-Balance: each replica holds up to ceil(P / live replicas) partitions, claims free ones up to that and releases
-its extras (clean handoff, then `kv.delete(last=revision)`), so a replica that joins gets its share without a
-restart and the survivors of a death share the dead one's.
+Balance: each replica claims free partitions up to ceil(P / live replicas) and releases its extras (clean
+handoff, then `kv.delete(last=revision)`) down to that, or down to floor(P / live) while another live replica
+holds fewer, so a replica that joins gets its share without a restart and the survivors of a death share the
+dead one's.
 
 Takeover. Before the new holder consumes a partition it makes sure the ticks the previous holder journaled are
 in the tables (serve/engine/ticklog.py: a replica's journal holds what it has not flushed yet): a clean handoff,
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -94,6 +96,7 @@ class PartitionLeases:
         self.revs: dict[int, int] = {}
         self.valid_until: dict[int, float] = {}  # monotonic
         self._member_rev: int | None = None
+        self._letting_go: asyncio.Task | None = None
         self.kv = self.handoff = None
         self._stopping = asyncio.Event()
 
@@ -160,6 +163,7 @@ class PartitionLeases:
             )
         except KeyWrongLastSequenceError:  # expired (the broker was away longer than the TTL): join again
             self._member_rev = await self.kv.create(f"member.{self.own.replica}", self._value())
+        lost: list[int] = []
         for k in sorted(self.revs):
             sent = time.monotonic()
             try:
@@ -168,19 +172,42 @@ class PartitionLeases:
             except KeyWrongLastSequenceError:
                 self.stats.lost += 1
                 log.warning("leases: partition %d lost (its lease expired or was taken)", k)
-                await self._let_go([k], delete=False)
+                lost.append(k)
+        if lost:
+            self._background(self._let_go(lost, delete=False))
         members, table = await self._read()
         self.own.table = {k: v for k, v in table.items() if k not in self.revs}
-        live = max(1, len(members | {self.own.replica}))
-        target = math.ceil(self.own.partitions / live)
+        live_set = members | {self.own.replica}
+        live = len(live_set)
+        high, low = math.ceil(self.own.partitions / live), self.own.partitions // live
         self.stats.live = live
+        if self._letting_go is not None and not self._letting_go.done():
+            return  # a release is flushing the journal: balance again once it is done; renewals go on
+        counts = {r: sum(1 for h, _ in table.values() if h == r) for r in live_set}
+        # down to ceil(P/live); down to floor(P/live) while another live replica holds less than that (a
+        # replica that just joined), so the shares end within one of each other
+        target = low if any(n < low for r, n in counts.items() if r != self.own.replica) else high
         extra = sorted(self.revs, reverse=True)[: max(0, len(self.revs) - target)]
         if extra:
-            await self._let_go(extra, delete=True)
+            self._background(self._let_go(extra, delete=True))
+            return
         free = [k for k in self._order() if k not in table and k not in self.revs]
         for k in free[: max(0, target - len(self.revs))]:
             await self._claim(k, members)
         self._publish_held()
+
+    def _background(self, coro) -> None:
+        """A release off the loop's round (stopping consumers and flushing the journal take seconds under
+        load; the other leases must go on being renewed meanwhile)."""
+        previous = self._letting_go
+
+        async def after() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            await coro
+
+        self._letting_go = asyncio.create_task(after())
 
     def _order(self) -> list[int]:
         """Free partitions tried from an offset of this replica's own, so that replicas claiming at once
@@ -230,9 +257,9 @@ class PartitionLeases:
         lost)."""
         revs = {k: self.revs.pop(k, None) for k in ks}
         for k in ks:
-            self.valid_until.pop(k, None)
+            self.valid_until.pop(k, None)  # the consumers take no new batch
+        await self.on_release(ks)  # the batches in hand finish (the engine still owns their sources)
         self._publish_held()
-        await self.on_release(ks)
         value = json.dumps({"replica": self.own.replica, "clean": True}).encode()
         for k in ks:
             await self.handoff.put(f"part.{k}", value)
@@ -246,14 +273,32 @@ class PartitionLeases:
         value = json.dumps({"replica": self.own.replica, "clean": False}).encode()
         await self.handoff.put(f"part.{k}", value)
 
-    async def previous_alive(self, replica: int) -> bool:
+    async def previous_alive(self, replica: int, wh) -> bool:
+        """A member key in the bucket, or its journal's lock held (the broker may have lost the keys)."""
         from nats.js.errors import KeyNotFoundError
 
         try:
             await self.kv.get(f"member.{replica}")
             return True
         except KeyNotFoundError:
-            return False
+            return not await asyncio.to_thread(journal_orphaned, wh, replica)
+
+    async def mark_recovered(self) -> None:
+        """At the start, once the engine recovered this replica's journal into the tables: every partition
+        it held in a previous life is clean now (a new holder need not wait for it)."""
+        from nats.js.errors import NoKeysError
+
+        try:
+            keys = await self.handoff.keys()
+        except NoKeysError:
+            return
+        value = json.dumps({"replica": self.own.replica, "clean": True}).encode()
+        for key in keys:
+            with contextlib.suppress(Exception):
+                entry = await self.handoff.get(key)
+                h = json.loads(entry.value)
+                if h.get("replica") == self.own.replica and not h.get("clean"):
+                    await self.handoff.update(key, value, last=entry.revision)
 
     def _publish_held(self) -> None:
         self.own.held = frozenset(self.revs)
@@ -262,11 +307,55 @@ class PartitionLeases:
     async def stop(self) -> None:
         """Let every partition go cleanly (shutdown): the others claim them at their next round."""
         self._stopping.set()
+        if self._letting_go is not None:
+            with contextlib.suppress(Exception):
+                await self._letting_go
         if self.revs:
             with contextlib.suppress(Exception):
                 await self._let_go(sorted(self.revs), delete=True)
         with contextlib.suppress(Exception):
             await self.kv.delete(f"member.{self.own.replica}")
+
+
+def journal_lock_path(wh, replica: int):
+    return wh.home / "serve" / "wal" / f"r{replica}.owner.lock"
+
+
+def hold_journal_lock(wh, replica: int, wait_s: float):
+    """The exclusive lock a live replica holds on its journal for its whole life (the open file is returned:
+    keep it). A replica's process gone, the kernel frees it, so a survivor knows the journal is an orphan
+    even when the broker lost the member keys (a broker restart longer than the TTL). RuntimeError when
+    another live process holds it past `wait_s`."""
+    path = journal_lock_path(wh, replica)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")  # noqa: SIM115 - held for the process's life
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fh
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                fh.close()
+                raise RuntimeError(
+                    f"replica {replica}'s journal is held by another live process ({path}): give this one "
+                    "another --replica"
+                ) from None
+            time.sleep(0.1)
+
+
+def journal_orphaned(wh, replica: int) -> bool:
+    """Whether no live process holds replica `replica`'s journal (see `hold_journal_lock`)."""
+    path = journal_lock_path(wh, replica)
+    if not path.exists():
+        return True
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
 
 
 def recover_journal(wh, replica: int) -> int:
@@ -281,6 +370,8 @@ def recover_journal(wh, replica: int) -> int:
     if not wal.exists():
         return 0
     with file_locks(wh.home / ".locks", [f"journal-r{replica}"], timeout_s=120):
+        if not journal_orphaned(wh, replica):  # it came back meanwhile: its own start recovers it
+            return 0
         ticklog = TickLog(wal)
         flusher = Flusher(wh, replica, ticklog, 1.0, 1.0, rotate=lambda: None, stop=threading.Event())
         ticklog.remove_orphans()

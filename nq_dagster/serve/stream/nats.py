@@ -87,6 +87,10 @@ class StreamStats:
     by_partition: dict[int, tuple[int, int]] = field(default_factory=dict)  # k -> (pending, ack_pending)
 
 
+class LeaseGone(Exception):
+    """A batch met a source whose partition this replica no longer holds: left unacknowledged."""
+
+
 class Refused(Exception):
     """A message the stream cannot take: its reason goes to the dead-letter subject."""
 
@@ -211,6 +215,7 @@ class TickStream:
         if self.startup is not None and not self.startup.ready:
             log.error("stream: the server's start failed (see /readyz); no partition is claimed")
             return
+        await self.leases.mark_recovered()
         await self.leases.run()
 
     # the broker's objects -----------------------------------------------------------------------------------
@@ -298,8 +303,8 @@ class TickStream:
                 queued.append((m, self.engine.submit(rows, label, key=STREAM_KEY)))
             except Refused as exc:
                 queued.append((m, exc))
-            except NotOwner as exc:
-                queued.append((m, Refused(str(exc), 421, "source")))
+            except NotOwner:  # the partition's lease went meanwhile: not ours to answer, nor to acknowledge
+                raise LeaseGone(f"partition of {source_of(m.subject)!r} no longer held here") from None
         out: list[tuple[str, bytes, str]] = []  # (subject, payload, message id)
         for m, fut in queued:
             source = source_of(m.subject)
@@ -434,10 +439,10 @@ class PartitionConsumer:
         st = self.stream
         prev = previous["replica"] if previous else None
         if prev is not None and prev != st.own.replica and not previous.get("clean"):
-            # alive: it lets go cleanly at its next renewal; dead: its journal is flushed here. A previous
-            # holder alive for 3 TTL without letting go was restarted (its start flushed its journal)
-            deadline = time.monotonic() + 3 * st.lease_opt.ttl_s
-            while await st.leases.previous_alive(prev) and time.monotonic() < deadline:
+            # alive: it lets go cleanly at its next renewal (or, restarted, once its start recovered its
+            # journal); dead: its journal is flushed here. Past 12 TTL the wait ends, with a warning
+            deadline = time.monotonic() + 12 * st.lease_opt.ttl_s
+            while await st.leases.previous_alive(prev, st.engine.wh) and time.monotonic() < deadline:
                 if self.stopping.is_set():
                     return
                 with contextlib.suppress(Exception):
@@ -446,7 +451,11 @@ class PartitionConsumer:
                         break
                 await asyncio.sleep(st.lease_opt.renew_s)
             else:
-                if not await st.leases.previous_alive(prev):
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "stream: partition %d: replica %d never let it go cleanly; going on", self.k, prev
+                    )
+                elif not await st.leases.previous_alive(prev, st.engine.wh):
                     n = await asyncio.to_thread(recover_journal, st.engine.wh, prev)
                     log.info("stream: journal of dead replica %d: %d segment(s) into the tables", prev, n)
         engine = st.engine
