@@ -89,9 +89,9 @@ def replica(home, broker: NatsServer, k: int, *extra: str) -> ProcessServer:
     )
 
 
-def messages(ticks: pd.DataFrame) -> list[tuple[str, bytes, str]]:
+def messages(ticks: pd.DataFrame, n: int = N) -> list[tuple[str, bytes, str]]:
     out = []
-    for i in range(N):
+    for i in range(n):
         ts = ticks.timestamp[i].isoformat()
         for s in SOURCES:
             body = {"data": [float(ticks.value[i])], "timestamp": ts}
@@ -137,7 +137,7 @@ def wait_done(url: str, timeout: float = 180) -> None:
     wait_for(lambda: run(partitions_done(url)), timeout, "every partition's messages acknowledged", 0.5)
 
 
-def check_exactly_once_in_order(url: str, wh: Warehouse, ticks: pd.DataFrame) -> None:
+def check_exactly_once_in_order(url: str, wh: Warehouse, ticks: pd.DataFrame, n: int = N) -> None:
     """Every published tick's record on nq.predictions.<source> once, in order, equal to the one prediction
     path's for the same ticks."""
     got: dict[str, list[dict]] = {s: [] for s in SOURCES}
@@ -146,9 +146,9 @@ def check_exactly_once_in_order(url: str, wh: Warehouse, ticks: pd.DataFrame) ->
     p = Predictor()
     for s, recs in got.items():
         stamps = [pd.Timestamp(r["timestamp"]) for r in recs]
-        assert stamps == list(ticks.timestamp[:N]), f"{s}: not each tick once, in order"
+        assert stamps == list(ticks.timestamp[:n]), f"{s}: not each tick once, in order"
         p.load(wh.load_artifact("serving_state", s))
-        want = p.advance(s, ticks.value[:N].to_numpy(), ticks.timestamp[:N].to_numpy())
+        want = p.advance(s, ticks.value[:n].to_numpy(), ticks.timestamp[:n].to_numpy())
         assert [r["prediction_id"] for r in recs] == [w["prediction_id"] for w in want], s
         assert [r["direction"] for r in recs] == [w["direction"] for w in want], s
         assert np.allclose([r["confidence"] for r in recs], [w["confidence"] for w in want], rtol=1e-6), s
@@ -256,7 +256,8 @@ def test_replica_added_then_one_killed_mid_stream(home, trained_base, broker, ca
     lost = sum(gauge(m, "nq_stream_leases_lost") for m in survivors.values())
     with capsys.disabled():
         print(
-            f"\ntakeover: the dead replica's {len(theirs)} partitions claimed {claimed_s:.1f} s after the kill "
+            f"\ntakeover: the dead replica's {len(theirs)} partitions claimed {claimed_s:.1f} s after the "
+            "kill "
             f"(lease TTL {TTL:g} s); claim to consuming {took:.2f} s (the last one); every tick done "
             f"{resumed_s:.1f} s after the kill"
         )
@@ -290,29 +291,34 @@ def test_broker_restarted_mid_stream_under_three_replicas(home, trained_base, br
 
 
 def test_slow_consumer_is_bounded_and_its_lag_visible(home, trained_base, broker):
-    """Ticks published far faster than one replica predicts them: the broker keeps the backlog (ack-pending
-    per partition stays at its bound), the server's memory stays flat, the lag shows in /metrics, and
-    everything is predicted once in the end."""
-    ticks = trained_base[1]
+    """Ticks published faster than one replica predicts them: the broker keeps the backlog (each partition's
+    consumer holds at most one batch unacknowledged), the lag shows in /metrics per partition and in total,
+    and everything is predicted once in the end."""
+    ticks, n = trained_base[1], 150
     wh = Warehouse(home)
     server = replica(home, broker, 0)
+    seen: list[str] = []
     try:
-        run(publish(broker.url, messages(ticks)))  # all at once: a backlog of 480 ticks
-        text = metrics(server, home)
-        lag = wait_for(
-            lambda: (t := metrics(server, home)) and gauge(t, "nq_stream_pending") > 0 and t,
-            30,
-            "the lag in /metrics",
-            0.1,
-        )
+        wait_for(lambda: len(run(lease_table(broker.url))) == PARTITIONS, 90, "every partition held")
+        pub = threading.Thread(target=run, args=(publish(broker.url, messages(ticks, n)),))
+        pub.start()  # 3,000 ticks as fast as the broker takes them
+
+        def lagging():
+            text = metrics(server, home)
+            seen.append(text)
+            return gauge(text, "nq_stream_pending") > 0 and text
+
+        lag = wait_for(lagging, 60, "the lag in /metrics", 0.2)
         assert re.search(r'^nq_stream_partition_pending\{partition="\d+"\} [1-9]', lag, re.M)
-        for line in re.findall(r"^nq_stream_partition_ack_pending\{.*\} (\S+)$", lag, re.M):
-            assert float(line) <= 1024  # max_ack_pending per partition
+        pub.join(120)
         wait_done(broker.url)
+        time.sleep(1.5)  # the figures are refreshed once a second
         text = metrics(server, home)
         assert gauge(text, "nq_stream_owned_partitions") == PARTITIONS
-        time.sleep(1.2)
-        assert gauge(metrics(server, home), "nq_stream_pending") == 0
+        assert gauge(text, "nq_stream_pending") == 0
     finally:
         server.stop(signal.SIGTERM)
-    check_exactly_once_in_order(broker.url, wh, ticks)
+    for text in seen:  # one batch per partition at most: the memory bound
+        for v in re.findall(r"^nq_stream_partition_ack_pending\{.*\} (\S+)$", text, re.M):
+            assert float(v) <= 256
+    check_exactly_once_in_order(broker.url, wh, ticks, n)

@@ -4,11 +4,11 @@ alive and what they serve.
 Two modes. Fixed (plain HTTP deployments): replica `k` of `n` owns the sources whose stable hash (the first 8
 bytes of SHA-256 of the name) modulo `n` is `k`, so every replica, and every client, computes the same owner
 without asking anyone; peers are listed by hand. Leased (`nq serve --stream`): sources fall in `partitions`
-partitions (FNV-1a of the name modulo P, the broker's own `partition()` subject mapping, so the broker files each
-tick under its partition), and a replica owns the partitions whose lease it holds in the broker's key-value
-bucket (serve/stream/leases.py); the lease table says who owns the others. Each replica rewrites its lease file
-(`store.leases`) every watch interval; the streaming job reads those files to leave a served source to its
-server.
+partitions (FNV-1a of the name modulo P, the broker's own `partition()` subject mapping, so the broker files
+each tick under its partition), and a replica owns the partitions whose lease it holds in the broker's
+key-value bucket (serve/stream/leases.py); the lease table says who owns the others. Each replica rewrites its
+lease file (`store.leases`) every watch interval; the streaming job reads those files to leave a served source
+to its server.
 """
 
 from __future__ import annotations

@@ -4,17 +4,18 @@ Two JetStream key-value buckets (file storage, created when missing):
 
     nq_leases   (TTL = the lease TTL)  member.<replica> -> {"replica", "address"}: the live replicas
                                        part.<k>         -> {"replica", "address"}: partition k's holder
-    nq_handoff  (no TTL)               part.<k>         -> {"replica", "clean"}: partition k's last holder, and
-                                                          whether it flushed its journal when it let go
+    nq_handoff  (no TTL)               part.<k>         -> {"replica", "clean"}: partition k's last
+                                                          holder, and whether it flushed its journal when
+                                                          it let go
 
 A lease is taken with `kv.create` (fails while another replica's key lives) and renewed every TTL/4 with
 `kv.update(key, last=revision)`: the revision is the fencing token. A renewal refused (the key expired and was
 taken, or deleted) means the lease is lost: the partition's consumer stops at once, this replica's journal is
-written into the tables, and the handoff says "clean". A key not renewed for the TTL expires in the broker, so a
-replica killed -9 loses its partitions after at most the TTL; a survivor claims each one. Between two renewals
-the holder trusts its lease only until `sent + 0.8 * TTL` (local monotonic clock, from before the renewal was
-sent, so earlier than the broker's expiry): a replica that cannot renew (paused, cut from the broker) stops
-taking ticks of the partition before anyone else can claim it.
+written into the tables, and the handoff says "clean". A key not renewed for the TTL expires in the broker, so
+a replica killed -9 loses its partitions after at most the TTL; a survivor claims each one. Between two
+renewals the holder trusts its lease only until `sent + 0.8 * TTL` (local monotonic clock, from before the
+renewal was sent, so earlier than the broker's expiry): a replica that cannot renew (paused, cut from the
+broker) stops taking ticks of the partition before anyone else can claim it.
 
 Balance: each replica claims free partitions up to ceil(P / live replicas) and releases its extras (clean
 handoff, then `kv.delete(last=revision)`) down to that, or down to floor(P / live) while another live replica
@@ -22,13 +23,13 @@ holds fewer, so a replica that joins gets its share without a restart and the su
 dead one's.
 
 Takeover. Before the new holder consumes a partition it makes sure the ticks the previous holder journaled are
-in the tables (serve/engine/ticklog.py: a replica's journal holds what it has not flushed yet): a clean handoff,
-or itself as the last holder, needs nothing; a previous holder still alive is waited for (it lets go cleanly
-within a renewal); a dead one's journal is flushed into the tables by the new holder (`recover_journal`, under
-a file lock, idempotent: parts are named by the segment). Then the partition's sources are loaded from their
-last saved state plus the rows after it (`streams.load_stream`), and the durable consumer continues from its
-first unacknowledged message; a tick the dead replica had predicted and not acknowledged is answered with its
-stored record.
+in the tables (serve/engine/ticklog.py: a replica's journal holds what it has not flushed yet): a clean
+handoff, or itself as the last holder, needs nothing; a previous holder still alive is waited for (it lets go
+cleanly within a renewal); a dead one's journal is flushed into the tables by the new holder
+(`recover_journal`, under a file lock, idempotent: parts are named by the segment). Then the partition's
+sources are loaded from their last saved state plus the rows after it (`streams.load_stream`), and the durable
+consumer continues from its first unacknowledged message; a tick the dead replica had predicted and not
+acknowledged is answered with its stored record.
 """
 
 from __future__ import annotations
