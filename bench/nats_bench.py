@@ -253,6 +253,11 @@ def main() -> None:
         lives = [wh.load_artifact("live_state", n) for n in names if wh.has_artifact("live_state", n)]
         if lives:
             sv = max(lives, key=lambda lv: lv.stream.last_ts)
+        # a replica killed there left rows past its saved states (its journal went into the tables): the
+        # ticks start after the last stored row of any source
+        last_row = max(pd.Timestamp(wh.read_table("raw_ticks", n)["timestamp"].max()).value for n in names)
+        if last_row > sv.stream.last_ts:
+            sv = replace(sv, stream=replace(sv.stream, last_ts=last_row))
     else:
         home, sv, names = prepare()
     print(f"data directory: {home}")

@@ -579,7 +579,7 @@ def take_over(engine, source: str) -> int:
         return 0  # status names the failure; its ticks get 409/422 to the dead-letter subject
     values, stamps = rows_after(lambda: engine.models.series(source))(engine.predictor.last_ts(source))
     if len(values):
-        ns = np.asarray(stamps).astype("datetime64[ns]").astype(np.int64)
+        ns = np.asarray(pd.to_datetime(stamps, utc=True).as_unit("ns").asi8, dtype=np.int64)
         engine.restarts.predict(lambda: engine.predictor.advance(source, values, ns))
     log.info(json.dumps({"event": "source_taken_over", "source": source, "rows_replayed": len(values)}))
     return len(values)
