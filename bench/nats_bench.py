@@ -33,6 +33,7 @@ import pandas as pd
 import nq_dagster.codecs  # noqa: F401  (the artifacts this bench loads are registered engine types)
 
 N_SOURCES, DRAIN_PER_SOURCE, RATE, SECONDS = 64, 100, 1000, 10.0
+PARTITIONS = 16
 
 
 class Outputs:
@@ -76,7 +77,7 @@ async def relay(url: str, stop: asyncio.Event) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
     cfg = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=1024, ack_wait=30)
-    sub = await js.pull_subscribe("nq.ticks.>", durable="floor", stream="NQ_TICKS", config=cfg)
+    sub = await js.pull_subscribe("nq.tick.>", durable="floor", stream="NQ_TICKS", config=cfg)
     while not stop.is_set():
         try:
             msgs = await sub.fetch(256, timeout=0.5)
@@ -123,6 +124,35 @@ async def measure(url: str, batches: list[list], consumer_starts, pace: int) -> 
     return rate, delays
 
 
+async def takeover(url: str, victim, names: list[str], sv, rate: int) -> float:
+    """Kill -9 `victim` while one tick per source is published every 1/rate s, after the measured phases;
+    returns the seconds from the kill until every source has an output for a tick published after it."""
+    import signal
+
+    import nats
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    outs = Outputs()
+    await outs.start(nc, "nq.predictions.>")
+    step = pd.Timedelta(milliseconds=sv.model.step_ms)
+    start = pd.Timestamp(sv.stream.last_ts, tz="UTC") + step * 100_000  # after every measured tick
+    os.kill(victim.pid, signal.SIGKILL)
+    killed = time.perf_counter()
+    answered: set[str] = set()
+    k = 0
+    while len(answered) < len(names):
+        assert time.perf_counter() - killed < 300, f"{len(names) - len(answered)} sources never answered"
+        for subj, body, mid, _ in ticks(names, start, step, k, 1, float(sv.stream.values[-1])):
+            await js.publish(subj, body, headers={"Nats-Msg-Id": mid})
+        k += 1
+        await asyncio.sleep(len(names) / rate)
+        answered = {s for s, _ in outs.arrived}
+    took = time.perf_counter() - killed
+    await nc.close()
+    return took
+
+
 def prepare() -> tuple[Path, object, list[str]]:
     from bench.predict_bench import setup
     from nq_dagster.store import Warehouse
@@ -144,22 +174,25 @@ def prepare() -> tuple[Path, object, list[str]]:
 def streams(url: str) -> None:
     """The streams `nq serve --stream` creates, for the floor's run (same storage and duplicate window)."""
     import nats
-    from nats.js.api import StorageType, StreamConfig
+    from nats.js.api import StorageType, StreamConfig, SubjectTransform
 
-    from nq_dagster.serve.stream.nats import DEAD, OUTCOMES, PREDICTIONS, TICKS, StreamOptions
+    from nq_dagster.serve.stream.nats import DEAD, FILED, OUTCOMES, PREDICTIONS, TICKS, StreamOptions
 
     async def go():
         nc = await nats.connect(url)
         js = nc.jetstream()
         o = StreamOptions()
         out = [f"{PREDICTIONS}.>", f"{OUTCOMES}.>", f"{DEAD}.>"]
-        for name, subjects in (("NQ_TICKS", [f"{TICKS}.>"]), ("NQ_OUT", out)):
+        dest = f"{FILED}.{{{{partition({PARTITIONS},1)}}}}.{{{{wildcard(1)}}}}"
+        transform = SubjectTransform(src=f"{TICKS}.*", dest=dest)  # as the server files them
+        for name, subjects, tr in (("NQ_TICKS", [f"{TICKS}.*"], transform), ("NQ_OUT", out, None)):
             await js.add_stream(
                 StreamConfig(
                     name=name,
                     subjects=subjects,
                     storage=StorageType.FILE,
                     duplicate_window=o.duplicate_window_s,
+                    subject_transform=tr,
                 )
             )
         await nc.close()
@@ -167,17 +200,17 @@ def streams(url: str) -> None:
     asyncio.run(go())
 
 
-def start_server(home: Path, port: int, url: str):
+def start_server(home: Path, port: int, url: str, replica: int = 0):
     """`nq serve --stream` in its own process, once its status answers (64 models load first: minutes on a
     loaded machine, so no bound here but the run's)."""
     import subprocess
 
     import httpx
 
-    log = open(home.parent / "serve-stream.log", "wb")  # noqa: SIM115 - the process holds it
+    log = open(home.parent / f"serve-stream-r{replica}.log", "wb")  # noqa: SIM115 - the process holds it
     cmd = [sys.executable, "-m", "nq_dagster.cli", "--home", str(home), "serve", "--port", str(port)]
     proc = subprocess.Popen(
-        [*cmd, "--log-level", "warning", "--stream", url],
+        [*cmd, "--log-level", "warning", "--stream", url, "--replica", str(replica)],
         env={**os.environ, "NQ_HOME": str(home)},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -202,6 +235,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", help="a data directory this bench prepared before (skips training)")
     ap.add_argument(
+        "--replicas", type=int, default=1, help="`nq serve --stream` replicas sharing the partitions"
+    )
+    ap.add_argument("--kill", action="store_true", help="with 2+ replicas: kill -9 one, time the takeover")
+    ap.add_argument(
         "--rate", type=int, default=RATE, help="ticks/s of the paced phase (below the drain rate)"
     )
     args = ap.parse_args()
@@ -216,6 +253,11 @@ def main() -> None:
         lives = [wh.load_artifact("live_state", n) for n in names if wh.has_artifact("live_state", n)]
         if lives:
             sv = max(lives, key=lambda lv: lv.stream.last_ts)
+        # a replica killed there left rows past its saved states (its journal went into the tables): the
+        # ticks start after the last stored row of any source
+        last_row = max(pd.Timestamp(wh.read_table("raw_ticks", n)["timestamp"].max()).value for n in names)
+        if last_row > sv.stream.last_ts:
+            sv = replace(sv, stream=replace(sv.stream, last_ts=last_row))
     else:
         home, sv, names = prepare()
     print(f"data directory: {home}")
@@ -250,34 +292,51 @@ def main() -> None:
         broker.kill()
 
     broker = NatsServer(home.parent / "nats-serve").start()
-    proc = None
+    procs: list = []
     try:
         streams(broker.url)
 
         async def server_starts():
-            nonlocal proc
-            port = free_port()
-            proc = await asyncio.to_thread(start_server, home, port, broker.url)
+            procs.extend(
+                await asyncio.gather(
+                    *(
+                        asyncio.to_thread(start_server, home, free_port(), broker.url, k)
+                        for k in range(args.replicas)
+                    )
+                )
+            )
 
             async def halt():
-                proc.terminate()
-                await asyncio.to_thread(proc.wait, 60)
+                if args.kill and len(procs) > 1:
+                    results["takeover"] = await takeover(broker.url, procs[-1], names, sv, args.rate)
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+                        await asyncio.to_thread(p.wait, 60)
 
             return halt
 
         results["serve"] = asyncio.run(measure(broker.url, work, server_starts, args.rate))
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
         broker.kill()
 
     print(f"\n| path ({N_SOURCES} sources) | drain, ticks/s | delay at {args.rate}/s, p50 | p95 |")
     print("|---|---|---|---|")
-    for name, label in (("floor", "broker floor (relay, no work)"), ("serve", "`nq serve --stream`")):
+    serve_label = f"`nq serve --stream`, {args.replicas} replica(s)"
+    for name, label in (("floor", "broker floor (relay, no work)"), ("serve", serve_label)):
         rate, d = results[name]
         print(f"| {label} | {rate:,.0f} | {np.percentile(d, 50):.1f} ms | {np.percentile(d, 95):.1f} ms |")
+    if "takeover" in results:
+        print(
+            "takeover after kill -9 of one replica (lease TTL 5 s): every source answering again "
+            f"{results['takeover']:.1f} s after the kill"
+        )
     print(
-        f"CPU threads {os.cpu_count()}; broker, server and client share them; python {sys.version.split()[0]}"
+        f"CPU threads {os.cpu_count()}; broker, server and client share them; "
+        f"python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f}"
     )
 
 

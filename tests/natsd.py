@@ -137,3 +137,47 @@ async def ack_floor(url: str, stream: str, durable: str) -> int:
         return 0
     finally:
         await nc.close()
+
+
+async def partitions_done(url: str, stream: str = "NQ_TICKS", prefix: str = "nq-serve-p") -> bool:
+    """Whether every partition that holds messages has its durable consumer (`<prefix><k>`) with nothing
+    pending and nothing unacknowledged."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream, subjects_filter="nq.tick.>")
+        parts = {subject.split(".")[2] for subject in (info.state.subjects or {})}
+        consumers = {c.name: c for c in await js.consumers_info(stream)}
+        for k in parts:
+            c = consumers.get(f"{prefix}{k}")
+            if c is None or c.num_pending or c.num_ack_pending:
+                return False
+        return True
+    finally:
+        await nc.close()
+
+
+async def acked(url: str, stream: str = "NQ_TICKS", prefix: str = "nq-serve-p") -> int:
+    """Messages the partition consumers have acknowledged: the stream's messages less those pending or
+    unacknowledged, counted over partitions with a consumer (0 before any)."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream, subjects_filter="nq.tick.>")
+        per_part: dict[str, int] = {}
+        for subject, n in (info.state.subjects or {}).items():
+            k = subject.split(".")[2]
+            per_part[k] = per_part.get(k, 0) + n
+        consumers = {c.name: c for c in await js.consumers_info(stream)}
+        done = 0
+        for k, n in per_part.items():
+            c = consumers.get(f"{prefix}{k}")
+            if c is not None:
+                done += n - c.num_pending - c.num_ack_pending
+        return done
+    finally:
+        await nc.close()

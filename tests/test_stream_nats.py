@@ -18,7 +18,7 @@ from nq_dagster.fusion.predictor import Predictor
 from nq_dagster.serve.stream.nats import Refused, ticks_of
 from nq_dagster.store import Warehouse
 
-from .natsd import NatsServer, ack_floor, consumer_done, nats_server_bin, publish, read
+from .natsd import NatsServer, acked, nats_server_bin, partitions_done, publish, read
 from .serving import ProcessServer, copy_home, served_rows
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install -e '.[stream]')")
@@ -66,13 +66,13 @@ def run(coro):
 
 
 def handled(url: str) -> int:
-    """Messages the server has acknowledged (its consumer's floor; 0 before it has one): one request."""
-    return run(ack_floor(url, "NQ_TICKS", "nq-serve"))
+    """Messages the server has acknowledged (over its partitions' consumers; 0 before it has one)."""
+    return run(acked(url))
 
 
 def wait_done(url: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while not run(consumer_done(url, "NQ_TICKS", "nq-serve")):
+    while not run(partitions_done(url)):
         assert time.monotonic() < deadline, "the server did not acknowledge every message"
         time.sleep(0.5)
 

@@ -164,7 +164,22 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--stream",
         help="also take ticks from NATS JetStream at this URL (nats://host:4222; default NQ_SERVE_STREAM): "
-        "subjects nq.ticks.<source> in, nq.predictions.<source> and nq.dead.<source> out",
+        "subjects nq.ticks.<source> in, nq.predictions.<source> and nq.dead.<source> out; replicas "
+        "started with it share the stream's partitions and take over a dead one's",
+    )
+    sv.add_argument(
+        "--partitions",
+        type=int,
+        default=16,
+        help="with --stream: partitions of the tick stream (default 16; fixed for the stream's life, more "
+        "than the replicas), shared among the live replicas by leases",
+    )
+    sv.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=5.0,
+        help="with --stream: seconds a partition lease lives unrenewed (default 5): a dead replica's "
+        "partitions are taken over after at most this",
     )
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sv.set_defaults(fn=_processes("cmd_serve"))

@@ -32,6 +32,7 @@ EXAMPLES: dict[str, list[str]] = {
     "serve": [
         "nq serve                     # http://127.0.0.1:8080, docs at /docs",
         "nq serve --host 0.0.0.0 --port 9000 --processes 2",
+        "nq serve --stream nats://nats:4222 --replica 1 --partitions 16 --lease-ttl 5",
     ],
     "keys": [
         "nq keys create --role developer --rate 600/min --name ingest-bot",

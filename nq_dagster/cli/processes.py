@@ -55,11 +55,32 @@ def cmd_serve(args, settings: Settings) -> int:
     peers = args.peers or settings.serve_peers
     if "{i}" in peers:
         peers = ",".join(peers.replace("{i}", str(i)) for i in range(replicas))
-    own = Ownership(replica if replicas > 1 else 0, replicas, tuple(p for p in peers.split(",") if p.strip()))
     stream = args.stream or settings.serve_stream
-    if stream and own.replicas > 1:  # the consumer is rewound by re-creating it: one replica may own it
-        print("nq serve: --stream takes one replica (--replicas 1)", file=sys.stderr)
-        return 2
+    if stream:  # ownership by partition leases in the broker (serve/stream/leases.py), not by a count
+        from nq_dagster.serve.engine.ownership import LeasedOwnership
+
+        if args.replicas or args.peers:
+            print(
+                "nq serve: --stream shares the sources by partition leases: drop --replicas/--peers "
+                "(give each replica its own --replica number)",
+                file=sys.stderr,
+            )
+            return 2
+        if args.partitions < 1 or args.lease_ttl <= 0:
+            print("nq serve: --partitions must be >= 1 and --lease-ttl > 0", file=sys.stderr)
+            return 2
+        own = LeasedOwnership(replica, args.partitions)
+    else:
+        peer_list = tuple(p for p in peers.split(",") if p.strip())
+        own = Ownership(replica if replicas > 1 else 0, replicas, peer_list)
+    if stream:  # held for the process's life: survivors flush this journal only once this process is gone
+        from nq_dagster.serve.stream.leases import hold_journal_lock
+
+        try:
+            journal_lock = hold_journal_lock(wh, own.replica, wait_s=1.5 * args.lease_ttl)  # noqa: F841
+        except RuntimeError as exc:
+            print(f"nq serve: {exc}", file=sys.stderr)
+            return 2
     configure_logging(args.log_level.upper())
     # one torch thread: the server's parallelism is the batch of requests; torch's intra-op pool on top of the
     # event loop and the engine's worker only contends for the cores (bench/RESULTS.md, "Prediction server")
@@ -81,7 +102,8 @@ def cmd_serve(args, settings: Settings) -> int:
     keys = server.keys.list()
     owned = server.state.startup.owned
     print(
-        f"nq serve: {address} (replica {own.replica} of {own.replicas}); data {wh.home}; loading "
+        f"nq serve: {address} (replica {own.replica}"
+        f"{' of ' + str(own.replicas) if not stream else ', partitions by lease'}); data {wh.home}; loading "
         f"{len(owned)} source(s) in the background: {', '.join(owned) or 'none trained yet'} "
         f"(ready when {address}/readyz answers 200)",
         file=sys.stderr,
@@ -94,11 +116,18 @@ def cmd_serve(args, settings: Settings) -> int:
         )
     app = server.app
     if stream:
+        from nq_dagster.serve.stream.leases import LeaseOptions
         from nq_dagster.serve.stream.nats import StreamOptions, TickStream, with_stream
 
         options = StreamOptions(max_values=server.state.settings.max_values)
         ticks = TickStream(
-            server.engine, stream, options, server.state.metrics.registry, server.state.startup
+            server.engine,
+            stream,
+            options,
+            server.state.metrics.registry,
+            server.state.startup,
+            address=address,
+            leases=LeaseOptions(ttl_s=args.lease_ttl),
         )
         app = with_stream(app, ticks)
     # header size and time limits, keep-alive, connection cap, WebSocket message size (serve/http/guard.py)

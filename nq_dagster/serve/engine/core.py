@@ -253,7 +253,8 @@ class Engine:
         watch(self._stop, self.watch_interval_s, steps)
 
     def _write_lease(self) -> None:
-        write_lease(self.wh, replica_lease(self.own, self.address, self.predictor.sources()))
+        owned = [s for s in self.predictor.sources() if self.own.owns(s)]
+        write_lease(self.wh, replica_lease(self.own, self.address, owned))
 
     def _reload_models(self) -> None:
         for s in self.models.changed():
@@ -261,4 +262,5 @@ class Engine:
 
     def _pick_up_files(self) -> None:
         for s in self.predictor.sources():
-            self.pickup.pick_up(s)
+            if self.own.owns(s):  # a source whose partition lease moved away stays loaded, not served here
+                self.pickup.pick_up(s)

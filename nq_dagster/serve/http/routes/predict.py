@@ -137,7 +137,13 @@ async def forward(state: ServerState, request: Request, source: str, raw: bytes,
     """A source another replica owns: pass the request to it, or say who owns it (421)."""
     own = state.engine.own
     owner = own.owner(source)
-    if not own.peers:
+    if owner is None:  # leased ownership: the partition's lease expired and no replica has claimed it yet
+        raise ApiError(
+            503,
+            f"source {source!r}: its partition is being taken over by another replica; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    if not own.peers or owner not in (own.peers if isinstance(own.peers, dict) else range(len(own.peers))):
         raise ApiError(
             421,
             f"source {source!r} is served by replica {owner} of {own.replicas}; send it there",
