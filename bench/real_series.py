@@ -7,10 +7,7 @@ rows under the same scoring rule.
         [--retrain 0.85] [--chaotic-rows 5000]
 
 For every series: rows, held-out predictions, the fused model's directional accuracy, each baseline's accuracy
-(persistence, seasonal naive where a season is detected, AR(p) by AIC on levels and on changes, damped
-Holt-Winters, Theta, the airline seasonal ARIMA where a season is detected, a plain ESN), the intervals'
-coverage at 80 % / 95 % overall and over the last 30 %, the state-space baselines' design fidelity (R^2 of
-their projection on the design),
+(persistence, seasonal naive where a season is detected, AR(p) by AIC on levels and on changes, a plain ESN),
 the one-sided p-values that the best baseline is more accurate (McNemar) and has lower squared error
 (Diebold-Mariano), ECE over all held-out rows and the last 30 %, the verdict and the validation score; then,
 per series and baseline, both models' accuracy and squared error and both one-sided p-values (the "worse"
@@ -122,19 +119,6 @@ def chaotic_series(n: int = 5000) -> dict[str, np.ndarray]:
     }
 
 
-def coverage_columns(intervals: pd.DataFrame | None) -> dict:
-    """cov80 / cov80_late / cov95 / cov95_late: empirical coverage of the fused rows' intervals, overall and
-    over the last 30 % (`intervals.coverage_table`)."""
-    out = {}
-    if intervals is None or not len(intervals):
-        return out
-    for _, r in intervals.iterrows():
-        level = int(round(100 * float(r["level"])))
-        out[f"cov{level}"] = float(r["coverage"])
-        out[f"cov{level}_late"] = float(r["coverage_last_30pct"])
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "bench/results/real_series.md"))
@@ -168,7 +152,6 @@ def main() -> int:
         log.append(p.stdout + p.stderr)
     print("\n".join(log))
 
-    from nq_dagster.fusion.intervals import coverage_table
     from nq_dagster.store import Warehouse
     from nq_dagster.validation.evaluate import evaluate
     from nq_dagster.validation.promotion import versions_table
@@ -200,17 +183,7 @@ def main() -> int:
                 "fused": m["accuracy"],
                 **{
                     k: float(b.loc[k, "accuracy"]) if k in b.index else np.nan
-                    for k in (
-                        "persistence",
-                        "seasonal_naive",
-                        "ar_levels",
-                        "ar_diffs",
-                        "ets",
-                        "theta",
-                        "sarima",
-                        "esn",
-                        "esn_tuned",
-                    )
+                    for k in ("persistence", "seasonal_naive", "ar_levels", "ar_diffs", "esn")
                 },
                 "best": best,
                 "p_best_more_accurate": float(b.loc[best, "p_baseline_more_accurate"]),
@@ -219,13 +192,6 @@ def main() -> int:
                 "ece": m["ece"],
                 "ece_late": m["ece_late"],
                 "score": m["score"],
-                **coverage_columns(coverage_table(fusion)),
-                "fidelity": ", ".join(
-                    f"{k} {v:.3f}" for k, v in fusion["candidates"].get("design_fidelity", {}).items()
-                ),
-                "esn_tuning": "{leak}/{spectral_radius}".format(**fusion["candidates"]["esn_tuning"])
-                if "esn_tuning" in fusion["candidates"]
-                else "",
                 "chosen": ", ".join(f"{k} {v}" for k, v in fusion["candidates"]["chosen"].items()),
                 "verdict": m["verdict"][:90],
             }

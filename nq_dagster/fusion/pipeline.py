@@ -5,14 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from nq_dagster.fusion.baselines import (
-    BLOCKS,
-    forecasters,
-    run_baselines,
-    season_of,
-    shifted,
-    tuned_analog_states,
-)
+from nq_dagster.fusion.baselines import BLOCKS, forecasters, run_baselines, season_of, shifted
 from nq_dagster.fusion.intervals import walk_forward_intervals
 from nq_dagster.fusion.stream import CANDIDATES, N_LAGS, seasonal_column
 from nq_dagster.fusion.training import design_matrix, live_calibration
@@ -81,8 +74,6 @@ def memoized(fits: dict) -> dict:
 
         out[name] = once
         out[name].cache = cache
-        out[name].fidelity = getattr(fit, "fidelity", None)  # state-space baselines: R^2 of their projection
-        out[name].parameters = getattr(fit, "parameters", None)
     return out
 
 
@@ -96,24 +87,15 @@ def baseline_candidates(fits: dict, train_end: int, offsets: dict) -> list[tuple
         if model.stages:
             st = model.stages[0]
             k = int(np.sum(np.abs(st.coef) > 1e-9 * max(float(np.abs(st.coef).max()), 1e-300))) + 1
-            # a state-space baseline's complexity is its model's parameters, not its projection's weights
-            k = getattr(fit, "parameters", None) or k
             out.append((name, [shifted(st, offsets[BLOCKS[name]])], k))
     return out
 
 
 def candidate_table(fits: dict, fused: pd.DataFrame) -> dict:
     """What the fused model chose among: per baseline, the share of refits where it was a candidate (it has an
-    exact stage in the design); how many refits chose each candidate; and, per state-space baseline (ets,
-    theta, sarima), the mean R^2 of its forecast's projection on the design's linear block (1: the stream's
-    form is the model's forecast; lower: the report scores and the fused model may choose the projection)."""
+    exact stage in the design); and how many refits chose each candidate."""
     per_refit = pd.Series(fused.attrs.get("candidates", {}), dtype=object)
     return {
-        "design_fidelity": {
-            name: round(float(np.mean(list(fit.fidelity.values()))), 4)
-            for name, fit in fits.items()
-            if getattr(fit, "fidelity", None)
-        },
         "baseline_candidate_share": {
             name: sum(bool(m.stages) for m, _ in fit.cache.values()) / max(len(fit.cache), 1)
             for name, fit in fits.items()
@@ -202,16 +184,6 @@ def run_fusion(
         + [f"lag{k}" for k in range(N_LAGS)]
         + ["level", "seasonal_change"]
     )
-    # the tuned ESN's reservoir, chosen on the first training stretch (None: the configured one won)
-    tuned, tuning = tuned_analog_states(
-        values,
-        cfg,
-        source,
-        sched.train_min - cfg.horizon,
-        sched.warmup,
-        cfg.calibration_fraction,
-        targets["change"].to_numpy(),
-    )
     # the baselines, fitted once per refit point: scored by the report and candidates of the fused model
     fits = memoized(
         forecasters(
@@ -224,7 +196,6 @@ def run_fusion(
             analog,
             season,
             reach,
-            tuned,
         )
     )
     offsets = {"linear": X_fused.shape[1] - last.shape[1], "analog": R}
@@ -287,7 +258,7 @@ def run_fusion(
         )
     return {
         "incumbent": inc,
-        "candidates": {**candidate_table(fits, fused), "esn_tuning": tuning},
+        "candidates": candidate_table(fits, fused),
         "targets": targets,
         "calibration": calibration,
         # the fused rows' prediction intervals and the conformal state a stream continues (fusion/intervals)

@@ -253,10 +253,7 @@ def write_report(path: Path, source: str, ev: dict, values: np.ndarray, kind: st
         _table(ev["baselines"]),
         "<p>persistence: the last change repeats; seasonal_naive: the value one season earlier (when a "
         "season is "
-        "detected); ar_levels / ar_diffs: AR(p) on levels / on changes, p by AIC (statsmodels); ets: damped "
-        "additive Holt-Winters; theta: the Theta method; sarima: the airline model ARIMA(0,1,1)(0,1,1)_m "
-        "(where a season is detected); these three projected on the design's recent changes, level and "
-        "seasonal change (fusion/baselines.py); esn: a plain "
+        "detected); ar_levels / ar_diffs: AR(p) on levels / on changes, p by AIC (statsmodels); esn: a plain "
         "echo-state network on the analog inputs. p-values are one-sided: McNemar for accuracy, "
         "Diebold-Mariano for squared error.</p>",
         "<h2>Prediction intervals: empirical coverage</h2>",
