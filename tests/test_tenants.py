@@ -353,7 +353,7 @@ def test_quotas_refuse_naming_the_quota(world):
         csv = "timestamp,value\n" + "".join(f"2026-01-01T00:{i:02d}:00Z,{100 + i}\n" for i in range(40))
         r = c.post("/api/v1/upload", params={"source": "a"}, content=csv, headers=auth(gamma))
         assert r.status_code == 200 and r.json()["status"] == "ingested", r.text
-        assert r.json()["sources"] == ["a"] and r.json()["stored_rows"] == 40
+        assert r.json()["sources"] == {"a": 40} and r.json()["stored_rows"] == 40
         assert Warehouse(home).stored_rows("raw_ticks", "gamma~a") == 40
         r = c.post("/api/v1/upload", params={"source": "b"}, content=csv, headers=auth(gamma))
         assert r.status_code == 403 and r.json()["error"]["quota"] == "sources", r.text

@@ -53,11 +53,11 @@ def _ingest(
     return {
         "file": filename,
         "status": r.status,
-        "sources": [scope.shown(s) for s in r.sources],
+        "sources": {scope.shown(s): n for s, n in r.sources.items()},
         "rows_accepted": r.rows_accepted,
         "reason": scope.words(r.reason) if r.reason else r.reason,
         "notes": [scope.words(n) for n in r.notes],
-        "bad_rows_total": len(r.bad_rows),
+        "bad_rows_total": max(r.bad_count, len(r.bad_rows)),  # exact: the list is capped
         "bad_rows": [
             {"row": b.row, "column": b.column, "problem": b.problem, "value": b.value, "fix": b.fix}
             for b in r.bad_rows[:BAD_ROWS_SHOWN]
